@@ -1,0 +1,46 @@
+// The shape of one GNA call, as every backend (CPU, sm90, sm100) sees it.
+//
+// Tensors are row-major and heads-last: q [batch, X1..Xr, heads, head_dim],
+// k [batch, X1..Xr, kv_heads, head_dim], v [batch, X1..Xr, kv_heads,
+// head_dim_v], out like q with head_dim_v, lse fp32 [batch, X1..Xr, heads].
+// `batch` is the product of all leading dimensions. Query head h uses kv head
+// h / (heads / kv_heads).
+#pragma once
+
+#include <cstdint>
+
+#include "gna/window.h"
+
+namespace gna {
+
+enum class DType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+inline constexpr int kMaxRank = 3;
+
+struct Problem {
+  int rank = 1;  // number of spatial axes, 1..3
+  int64_t batch = 1;
+  int extent[kMaxRank] = {1, 1, 1};
+  int heads = 1;
+  int kv_heads = 1;
+  int head_dim = 0;
+  int head_dim_v = 0;
+  int kernel_size[kMaxRank] = {1, 1, 1};
+  int stride[kMaxRank] = {1, 1, 1};
+  int dilation[kMaxRank] = {1, 1, 1};
+  bool causal[kMaxRank] = {false, false, false};
+  float scale = 1.0f;
+  DType dtype = DType::kF32;
+
+  GNA_HOST_DEVICE Axis axis(int a) const {
+    return Axis{extent[a], kernel_size[a], stride[a], dilation[a], causal[a]};
+  }
+  // Spatial tokens per batch entry.
+  GNA_HOST_DEVICE int64_t tokens() const {
+    int64_t n = 1;
+    for (int a = 0; a < rank; ++a) n *= extent[a];
+    return n;
+  }
+};
+
+}  // namespace gna
