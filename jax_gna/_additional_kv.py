@@ -1,0 +1,44 @@
+"""Additional key/value tokens (e.g. text tokens) attended by every query.
+
+Implementations other than the reference compute the neighborhood part and a dense attention
+over the extra tokens separately and merge the two by their log-sum-exps. The merge is plain
+JAX, so gradients are exact as long as the neighborhood part is differentiable in both its
+output and its LSE.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jax_gna import reference
+
+
+def merge(
+    out_a: jax.Array, lse_a: jax.Array, out_b: jax.Array, lse_b: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """One softmax over the union of two disjoint key sets, from the two partial results.
+
+    ``out_*`` ``[..., H, Dv]`` and fp32 ``lse_*`` ``[..., H]``; the output has ``out_a``'s dtype.
+    """
+    lse = jnp.logaddexp(lse_a, lse_b)
+    out = jnp.exp(lse_a - lse)[..., None] * out_a.astype(jnp.float32) + jnp.exp(lse_b - lse)[
+        ..., None
+    ] * out_b.astype(jnp.float32)
+    return out.astype(out_a.dtype), lse
+
+
+def attend_and_merge(
+    query: jax.Array,
+    out: jax.Array,
+    lse: jax.Array,
+    additional_keys: jax.Array,
+    additional_values: jax.Array,
+    scale: float,
+    n_batch: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Add the extra tokens to a neighborhood result ``(out, lse)`` of `query`."""
+    extra_out, extra_lse = reference.softmax_attention(
+        query, [additional_keys], [additional_values], scale, n_batch
+    )
+    return merge(out, lse, extra_out, extra_lse)

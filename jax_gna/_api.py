@@ -1,0 +1,257 @@
+"""The public entry points: `gna` and the rank-checked `na1d`, `na2d`, `na3d`."""
+
+from __future__ import annotations
+
+from typing import Literal, overload
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jax_gna import _additional_kv, _implementations, reference
+from jax_gna._params import make_params
+
+IntOrTuple = int | tuple[int, ...]
+BoolOrTuple = bool | tuple[bool, ...]
+
+
+def _as_arrays(*xs):
+    return tuple(None if x is None else jnp.asarray(x) for x in xs)
+
+
+def _params(query, key, value, kernel_size, stride, dilation, is_causal, scale, ek, ev, rank):
+    return make_params(
+        query,
+        key,
+        value,
+        kernel_size,
+        stride=stride,
+        dilation=dilation,
+        is_causal=is_causal,
+        scale=scale,
+        additional_keys=ek,
+        additional_values=ev,
+        rank=rank,
+    )
+
+
+def _gna(
+    query,
+    key,
+    value,
+    kernel_size,
+    *,
+    stride,
+    dilation,
+    is_causal,
+    scale,
+    additional_keys,
+    additional_values,
+    return_lse,
+    implementation,
+    rank,
+):
+    query, key, value, ek, ev = _as_arrays(query, key, value, additional_keys, additional_values)
+    params = _params(
+        query, key, value, kernel_size, stride, dilation, is_causal, scale, ek, ev, rank
+    )
+    impl = _implementations.select(implementation, query, key, value, params)
+    if impl == "reference":
+        out, lse = reference.attention(query, key, value, params, ek, ev)
+    else:
+        out, lse = _implementations.run(impl, query, key, value, params)
+        if ek is not None:
+            n_batch = query.ndim - params.rank - 2
+            out, lse = _additional_kv.attend_and_merge(
+                query, out, lse, ek, ev, params.scale, n_batch
+            )
+    return (out, lse) if return_lse else out
+
+
+@overload
+def gna(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    kernel_size: IntOrTuple,
+    *,
+    stride: IntOrTuple = 1,
+    dilation: IntOrTuple = 1,
+    is_causal: BoolOrTuple = False,
+    scale: float | None = None,
+    additional_keys: ArrayLike | None = None,
+    additional_values: ArrayLike | None = None,
+    return_lse: Literal[False] = False,
+    implementation: str | None = None,
+) -> jax.Array: ...
+
+
+@overload
+def gna(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    kernel_size: IntOrTuple,
+    *,
+    stride: IntOrTuple = 1,
+    dilation: IntOrTuple = 1,
+    is_causal: BoolOrTuple = False,
+    scale: float | None = None,
+    additional_keys: ArrayLike | None = None,
+    additional_values: ArrayLike | None = None,
+    return_lse: Literal[True],
+    implementation: str | None = None,
+) -> tuple[jax.Array, jax.Array]: ...
+
+
+def gna(
+    query,
+    key,
+    value,
+    kernel_size,
+    *,
+    stride=1,
+    dilation=1,
+    is_causal=False,
+    scale=None,
+    additional_keys=None,
+    additional_values=None,
+    return_lse=False,
+    implementation=None,
+):
+    r"""Generalized neighborhood attention (GNA) over a 1-D, 2-D or 3-D token grid.
+
+    Every query attends to a window of ``kernel_size`` keys per axis around it, in one softmax:
+
+    .. math::
+
+      \mathrm{out}_i = \sum_{j \in \mathcal{N}(i)} \mathrm{softmax}_j(s \cdot q_i \cdot k_j)\, v_j
+
+    Per axis, windows shift inward at the borders (they never shrink); ``stride`` makes groups
+    of ``stride`` consecutive queries share one window (1 is neighborhood attention, equal to
+    ``kernel_size`` is blocked attention); ``dilation`` spreads the window over every
+    ``dilation``-th token; ``is_causal`` keeps only keys at or before the query. The exact rule
+    is `jax_gna.reference.gna`, the pure-jnp oracle.
+
+    Shape legend: ``B...`` batch dims (any number, including none), ``X...`` spatial dims (one per
+    axis of the window), ``H`` query heads, ``Hkv`` key/value heads (``H % Hkv == 0``; query head
+    ``h`` uses key/value head ``h // (H // Hkv)``), ``D`` query/key head dim, ``Dv`` value head
+    dim, ``E`` additional tokens.
+
+    Args:
+      query: ``[B..., X..., H, D]``.
+      key: ``[B..., X..., Hkv, D]``, same dtype and token layout as ``query``.
+      value: ``[B..., X..., Hkv, Dv]``.
+      kernel_size: window size, an int (every axis) or one int per axis, each ``>= 2`` and with
+        ``kernel_size * dilation <= extent``. The number of spatial axes is the length of any
+        per-axis tuple among the parameters, else ``query.ndim - 3`` (one batch dim); use
+        `na1d`/`na2d`/`na3d` to fix it.
+      stride: an int or one per axis, ``1 <= stride <= kernel_size``.
+      dilation: an int or one per axis, ``>= 1``.
+      is_causal: a bool or one per axis.
+      scale: multiplier of the scores; default ``D ** -0.5``. Must be static.
+      additional_keys: optional ``[B..., E, Hkv, D]`` tokens (e.g. text tokens) that every query
+        attends to, in the same softmax.
+      additional_values: ``[B..., E, Hkv, Dv]``, given together with ``additional_keys``.
+      return_lse: also return the log-sum-exp of the scaled scores.
+      implementation: ``None`` picks the best available (``"cuda"`` on a supported GPU, then
+        ``"cpu"`` on the CPU when the extension is built, else ``"xla"``); ``"cuda"`` our GPU
+        kernels; ``"cpu"`` our C++ CPU kernel; ``"xla"`` portable pure JAX, memory proportional
+        to tokens x window, any backend; ``"reference"`` the dense masked softmax (O(N^2)
+        memory). Asking for one that cannot run this call raises ``NotImplementedError`` with
+        the reason; `jax_gna.supported_implementations` lists them all.
+
+    Returns:
+      ``out`` ``[B..., X..., H, Dv]`` in the input dtype, and with ``return_lse=True`` also
+      ``lse`` ``[B..., X..., H]`` in float32 (natural log).
+
+    Raises:
+      TypeError, ValueError: for invalid arguments, naming the argument and the rule.
+      NotImplementedError: when the requested implementation cannot run this call.
+    """
+    return _gna(
+        query,
+        key,
+        value,
+        kernel_size,
+        stride=stride,
+        dilation=dilation,
+        is_causal=is_causal,
+        scale=scale,
+        additional_keys=additional_keys,
+        additional_values=additional_values,
+        return_lse=return_lse,
+        implementation=implementation,
+        rank=None,
+    )
+
+
+def _fixed_rank(rank: int):
+    def na(
+        query: ArrayLike,
+        key: ArrayLike,
+        value: ArrayLike,
+        kernel_size: IntOrTuple,
+        *,
+        stride: IntOrTuple = 1,
+        dilation: IntOrTuple = 1,
+        is_causal: BoolOrTuple = False,
+        scale: float | None = None,
+        additional_keys: ArrayLike | None = None,
+        additional_values: ArrayLike | None = None,
+        return_lse: bool = False,
+        implementation: str | None = None,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        return _gna(
+            query,
+            key,
+            value,
+            kernel_size,
+            stride=stride,
+            dilation=dilation,
+            is_causal=is_causal,
+            scale=scale,
+            additional_keys=additional_keys,
+            additional_values=additional_values,
+            return_lse=return_lse,
+            implementation=implementation,
+            rank=rank,
+        )
+
+    na.__name__ = na.__qualname__ = f"na{rank}d"
+    na.__doc__ = (
+        f"{rank}-D generalized neighborhood attention: `gna` with exactly {rank} spatial "
+        f"axis{'es' if rank > 1 else ''}.\n\n"
+        f"``query`` is ``[B..., {', '.join('X' + str(a + 1) for a in range(rank))}, H, D]``; "
+        "every other argument, the results and the errors are as in `jax_gna.gna`."
+    )
+    return na
+
+
+na1d = _fixed_rank(1)
+na2d = _fixed_rank(2)
+na3d = _fixed_rank(3)
+
+
+def supported_implementations(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    kernel_size: IntOrTuple,
+    *,
+    stride: IntOrTuple = 1,
+    dilation: IntOrTuple = 1,
+    is_causal: BoolOrTuple = False,
+    scale: float | None = None,
+) -> dict[str, str | None]:
+    """Which implementations can run this call: each name mapped to ``None`` (usable) or the
+    reason it cannot (missing extension, unsupported GPU, dtype, head dim...). Arguments as in
+    `gna`. ``implementation=None`` picks the first usable of ``"cuda"``, ``"cpu"``, ``"xla"``."""
+    query, key, value = _as_arrays(query, key, value)
+    params = _params(
+        query, key, value, kernel_size, stride, dilation, is_causal, scale, None, None, None
+    )
+    return _implementations.supported(query, key, value, params)
+
+
+__all__ = ["gna", "na1d", "na2d", "na3d", "supported_implementations"]

@@ -1,0 +1,108 @@
+"""Which implementation runs a call: probes that return the reason they refuse, and the fixed
+order ``implementation=None`` walks.
+
+Order for ``None``: ``"cuda"`` (our kernels, on a GPU they support), ``"cpu"`` (our C++ FFI
+handler, on the CPU), then ``"xla"`` (portable pure JAX, any backend). ``"reference"`` (dense
+masked softmax, O(N^2) memory) is never picked automatically.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+
+from jax_gna._params import GnaParams
+from jax_gna._xla import gna_xla
+
+Implementation = Literal["cuda", "cpu", "xla", "reference"]
+IMPLEMENTATIONS: tuple[str, ...] = ("cuda", "cpu", "xla", "reference")
+AUTO_ORDER: tuple[str, ...] = ("cuda", "cpu", "xla")
+
+
+def _ops():
+    """The FFI op layer, or the reason it cannot be used (the compiled extension is optional)."""
+    try:
+        from jax_gna import _ops
+    except ImportError as e:  # pragma: no cover - depends on the build
+        return None, f"the compiled extension is not available ({e})"
+    return _ops, None
+
+
+def platform_of(query: jax.Array) -> str:
+    """The platform the call will run on: the query's device for a concrete array, else the
+    default backend (under tracing)."""
+    try:
+        devices = query.devices()
+    except (AttributeError, jax.errors.ConcretizationTypeError, RuntimeError):
+        return jax.default_backend()
+    return next(iter(devices)).platform
+
+
+def why_not(
+    implementation: str, query: jax.Array, key: jax.Array, value: jax.Array, params: GnaParams
+) -> str | None:
+    """None if `implementation` can run this call, else the reason it cannot."""
+    if implementation in ("xla", "reference"):
+        return None
+    if implementation not in ("cuda", "cpu"):
+        raise ValueError(
+            f"Unknown `implementation` {implementation!r}; expected None or one of "
+            f"{IMPLEMENTATIONS}."
+        )
+    platform = platform_of(query)
+    wanted = "gpu" if implementation == "cuda" else "cpu"
+    if platform != wanted:
+        return f"it runs on {wanted.upper()} and this call runs on {platform.upper()}"
+    ops, reason = _ops()
+    if ops is None:
+        return reason
+    return ops.why_not(implementation, query, key, value, params)
+
+
+def supported(
+    query: jax.Array, key: jax.Array, value: jax.Array, params: GnaParams
+) -> dict[str, str | None]:
+    """Every implementation mapped to None (usable) or the reason it is not."""
+    return {impl: why_not(impl, query, key, value, params) for impl in IMPLEMENTATIONS}
+
+
+def select(
+    implementation: str | None,
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    params: GnaParams,
+) -> str:
+    """The implementation to run: the first usable one in `AUTO_ORDER` for None; the requested
+    one otherwise, or NotImplementedError saying why it cannot run and what would."""
+    if implementation is None:
+        for impl in AUTO_ORDER:
+            if why_not(impl, query, key, value, params) is None:
+                return impl
+        raise AssertionError("unreachable: the xla implementation always runs")
+    if not isinstance(implementation, str) or implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"Unknown `implementation` {implementation!r}; expected None or one of "
+            f"{IMPLEMENTATIONS}."
+        )
+    reason = why_not(implementation, query, key, value, params)
+    if reason is not None:
+        usable = [i for i in IMPLEMENTATIONS if why_not(i, query, key, value, params) is None]
+        raise NotImplementedError(
+            f"implementation={implementation!r} cannot run this call: {reason}. "
+            f"Usable here: {usable} (or implementation=None to pick the best)."
+        )
+    return implementation
+
+
+def run(
+    implementation: str, query: jax.Array, key: jax.Array, value: jax.Array, params: GnaParams
+) -> tuple[jax.Array, jax.Array]:
+    """``(out, lse)`` of the neighborhood part by a non-reference implementation."""
+    if implementation == "xla":
+        return gna_xla(query, key, value, params)
+    ops, reason = _ops()
+    if ops is None:  # pragma: no cover - `select` refused it already
+        raise NotImplementedError(reason)
+    return ops.gna_ffi(query, key, value, params)

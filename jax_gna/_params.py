@@ -1,0 +1,296 @@
+"""Normalisation and validation of GNA arguments: the one place that decides what is legal.
+
+`make_params` brings every argument to one form (ints become per-axis tuples, ``None`` becomes
+the default), checks each one against the shapes, and returns a frozen, hashable `GnaParams`.
+Nothing runs before it has passed. Messages name the argument, the rule and what came in.
+
+Shape legend used across the package: ``B...`` leading batch dims, ``X...`` spatial dims (one
+per axis of the window), ``H`` query heads, ``Hkv`` key/value heads, ``D`` query/key head dim,
+``Dv`` value head dim, ``E`` extra (additional) key/value tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class GnaParams:
+    """Static, normalised GNA parameters: one entry per spatial axis."""
+
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    is_causal: tuple[bool, ...]
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return len(self.kernel_size)
+
+    def attrs(self) -> dict[str, Any]:
+        """FFI attributes. The only place their dtypes are decided (the C++ bindings take
+        ``Span<const int64_t>`` and ``float``; any other type fails to decode at run time)."""
+
+        def i64(values: Sequence[int]) -> np.ndarray:
+            return np.asarray(values, dtype=np.int64)
+
+        return dict(
+            kernel_size=i64(self.kernel_size),
+            stride=i64(self.stride),
+            dilation=i64(self.dilation),
+            is_causal=i64([int(c) for c in self.is_causal]),
+            scale=np.float32(self.scale),
+        )
+
+
+_FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _is_traced(x: Any) -> bool:
+    # Any jax array (traced or not) is data, not a static parameter.
+    return isinstance(x, jax.Array)
+
+
+def _static_int(name: str, value: Any) -> int:
+    if _is_traced(value):
+        raise TypeError(
+            f"`{name}` must be static (a Python int), got a traced value {value}; "
+            "pass it as a static argument instead of a jax array."
+        )
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"Invalid value for `{name}`; expected an integer or tuple of integers, got {value!r}."
+        )
+    return int(value)
+
+
+def _per_axis(name: str, value: Any, rank: int, default: Any) -> tuple:
+    """An int/bool or a per-axis sequence -> a tuple of length `rank`."""
+    if value is None:
+        value = default
+    if _is_traced(value):
+        raise TypeError(f"`{name}` must be static, got a traced value {value}.")
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != rank:
+            raise ValueError(
+                f"`{name}` has {len(value)} entries but the problem has {rank} spatial axes; "
+                f"expected one entry per axis, got {tuple(value)!r}."
+            )
+        return tuple(value)
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"`{name}` must be a Python int/bool or a tuple, got an array {value!r}.")
+    return (value,) * rank
+
+
+def infer_rank(ndim: int, kernel_size: Any, stride: Any, dilation: Any, is_causal: Any) -> int:
+    """The number of spatial axes: the length of any per-axis tuple, else ``ndim - 3`` (one
+    batch dim). Use `na1d`/`na2d`/`na3d` or tuples when there are several batch dims."""
+    for value in (kernel_size, stride, dilation, is_causal):
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            return len(value)
+    return ndim - 3
+
+
+def _check_axes(params: GnaParams, spatial: Sequence[int]) -> None:
+    k, s, d, c = params.kernel_size, params.stride, params.dilation, params.is_causal
+    if any(x < 2 for x in k):
+        raise ValueError(
+            "Invalid value for `kernel_size`; expected an integer or tuple of integers, "
+            f"all >= 2, got {k}."
+        )
+    if any(x < 1 for x in s):
+        raise ValueError(
+            f"Invalid value for `stride`; expected an integer or tuple of positive integers, "
+            f"got {s}."
+        )
+    if any(x < 1 for x in d):
+        raise ValueError(
+            "Invalid value for `dilation`; expected an integer or tuple of positive integers, "
+            f"got {d}."
+        )
+    if any(si > ki for si, ki in zip(s, k)):
+        raise ValueError(
+            f"`stride` cannot be larger than `kernel_size` along any axis, got kernel_size={k}, "
+            f"stride={s}."
+        )
+    if any(not isinstance(x, bool | np.bool_) for x in c):
+        raise TypeError(
+            f"Invalid value for `is_causal`; expected a bool or tuple of bools, got {c}."
+        )
+    if any(ki * di > n for ki, di, n in zip(k, d, spatial)):
+        raise ValueError(
+            "The product of `kernel_size` and `dilation` cannot be larger than the input along "
+            f"any spatial axis, got spatial shape={tuple(spatial)}, kernel_size={k}, "
+            f"dilation={d}."
+        )
+
+
+def _check_dtype(name: str, x: Any) -> None:
+    if str(x.dtype) not in _FLOAT_DTYPES:
+        raise TypeError(f"`{name}` must be a floating-point array, got dtype {x.dtype}.")
+
+
+def make_params(
+    query: Any,
+    key: Any,
+    value: Any,
+    kernel_size: Any,
+    *,
+    stride: Any = 1,
+    dilation: Any = 1,
+    is_causal: Any = False,
+    scale: Any = None,
+    additional_keys: Any = None,
+    additional_values: Any = None,
+    rank: int | None = None,
+) -> GnaParams:
+    """Validate a GNA call and normalise its parameters.
+
+    Args:
+      query: ``[B..., X..., H, D]``.
+      key: ``[B..., X..., Hkv, D]``.
+      value: ``[B..., X..., Hkv, Dv]``.
+      kernel_size, stride, dilation, is_causal, scale, additional_keys, additional_values:
+        as in `jax_gna.gna`.
+      rank: the number of spatial axes if the caller fixes it (`na1d` ... `na3d`).
+
+    Returns:
+      The normalised `GnaParams`.
+
+    Raises:
+      TypeError: for arguments of the wrong type (including traced static arguments).
+      ValueError: for values that break a rule.
+    """
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(f"`{name}` must be an array, got {type(x).__name__}.")
+        _check_dtype(name, x)
+    if rank is None:
+        rank = infer_rank(query.ndim, kernel_size, stride, dilation, is_causal)
+    if not 1 <= rank <= 3:
+        raise ValueError(
+            f"GNA supports 1, 2 or 3 spatial axes; got {rank} (query shape {query.shape}, "
+            f"kernel_size={kernel_size!r}). Arrays are [batch..., *spatial, heads, head_dim]."
+        )
+    if query.ndim < rank + 2:
+        raise ValueError(
+            f"`query` must have shape [batch..., *spatial, heads, head_dim] with {rank} spatial "
+            f"axes, i.e. at least {rank + 2} dims; got shape {query.shape}."
+        )
+    if key.ndim != query.ndim or value.ndim != query.ndim:
+        raise ValueError(
+            "`query`, `key` and `value` must have the same rank, got "
+            f"query {query.shape}, key {key.shape}, value {value.shape}."
+        )
+    n_batch = query.ndim - rank - 2
+    if (
+        key.shape[:n_batch] != query.shape[:n_batch]
+        or value.shape[:n_batch] != query.shape[:n_batch]
+    ):
+        raise ValueError(
+            "`query`, `key` and `value` must have the same batch dims, got "
+            f"query {query.shape[:n_batch]}, key {key.shape[:n_batch]}, "
+            f"value {value.shape[:n_batch]}."
+        )
+    spatial = tuple(query.shape[n_batch : n_batch + rank])
+    if key.shape[:-2] != query.shape[:-2] or value.shape[:-2] != query.shape[:-2]:
+        raise ValueError(
+            "Neighborhood attention needs `query`, `key` and `value` to share one token layout "
+            f"(spatial shape), got query {spatial}, key {key.shape[n_batch:-2]}, "
+            f"value {value.shape[n_batch:-2]}."
+        )
+    heads, kv_heads = query.shape[-2], key.shape[-2]
+    if value.shape[-2] != kv_heads:
+        raise ValueError(
+            f"`key` and `value` must have the same number of heads, got {kv_heads} and "
+            f"{value.shape[-2]}."
+        )
+    if kv_heads < 1 or heads % kv_heads:
+        raise ValueError(
+            f"Key/value heads must evenly divide query heads, got heads={heads}, "
+            f"kv_heads={kv_heads}."
+        )
+    if key.shape[-1] != query.shape[-1]:
+        raise ValueError(
+            f"`query` and `key` must have the same head dim, got {query.shape[-1]} and "
+            f"{key.shape[-1]}."
+        )
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError(
+            "`query`, `key` and `value` must have the same dtype, got "
+            f"{query.dtype}, {key.dtype}, {value.dtype}."
+        )
+
+    ks = tuple(
+        _static_int("kernel_size", x) for x in _per_axis("kernel_size", kernel_size, rank, 1)
+    )
+    st = tuple(_static_int("stride", x) for x in _per_axis("stride", stride, rank, 1))
+    dl = tuple(_static_int("dilation", x) for x in _per_axis("dilation", dilation, rank, 1))
+    ca = tuple(_per_axis("is_causal", is_causal, rank, False))
+    if scale is None:
+        scale = query.shape[-1] ** -0.5
+    elif _is_traced(scale):
+        raise TypeError(
+            f"`scale` must be a static Python number, got a traced value {scale}; close over it "
+            "or mark it static."
+        )
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"`scale` must be a real number or None, got {scale!r}.")
+    params = GnaParams(ks, st, dl, tuple(bool(c) for c in ca), float(scale))
+    _check_axes(GnaParams(ks, st, dl, ca, float(scale)), spatial)
+    _check_additional(query, key, value, additional_keys, additional_values, n_batch)
+    return params
+
+
+def _check_additional(
+    query: Any, key: Any, value: Any, extra_k: Any, extra_v: Any, n_batch: int
+) -> None:
+    if extra_k is None and extra_v is None:
+        return
+    if extra_k is None or extra_v is None:
+        raise ValueError(
+            "`additional_keys` and `additional_values` must be given together or not at all, "
+            f"got additional_keys={'None' if extra_k is None else 'an array'}, "
+            f"additional_values={'None' if extra_v is None else 'an array'}."
+        )
+    for name, x in (("additional_keys", extra_k), ("additional_values", extra_v)):
+        if not hasattr(x, "shape"):
+            raise TypeError(f"`{name}` must be an array, got {type(x).__name__}.")
+        if x.ndim != n_batch + 3:
+            raise ValueError(
+                f"`{name}` must have shape [batch..., extra_tokens, kv_heads, dim] "
+                f"({n_batch + 3} dims), got {x.shape}."
+            )
+        if x.shape[:n_batch] != query.shape[:n_batch]:
+            raise ValueError(
+                f"`{name}` must have the batch dims of `query` {query.shape[:n_batch]}, "
+                f"got {x.shape[:n_batch]}."
+            )
+        if x.shape[-2] != key.shape[-2]:
+            raise ValueError(
+                f"`{name}` must have the kv heads of `key` ({key.shape[-2]}), got {x.shape[-2]}."
+            )
+        if x.dtype != query.dtype:
+            raise TypeError(f"`{name}` must have dtype {query.dtype}, got {x.dtype}.")
+    if extra_k.shape[-1] != key.shape[-1]:
+        raise ValueError(
+            f"`additional_keys` must have the head dim of `key` ({key.shape[-1]}), "
+            f"got {extra_k.shape[-1]}."
+        )
+    if extra_v.shape[-1] != value.shape[-1]:
+        raise ValueError(
+            f"`additional_values` must have the head dim of `value` ({value.shape[-1]}), "
+            f"got {extra_v.shape[-1]}."
+        )
+    if extra_k.shape[-3] != extra_v.shape[-3]:
+        raise ValueError(
+            "`additional_keys` and `additional_values` must hold the same number of extra "
+            f"tokens, got {extra_k.shape[-3]} and {extra_v.shape[-3]}."
+        )
