@@ -11,6 +11,7 @@ heads, ``D`` query/key head dim, ``Dv`` value head dim, ``E`` additional key/val
 from __future__ import annotations
 
 import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
