@@ -44,8 +44,7 @@ GNA_HOST_DEVICE int group_length(int length, int dilation, int group) {
 
 // Window of the query at group coordinate `iq` inside a group of `lg`
 // positions, in group coordinates.
-GNA_HOST_DEVICE Range window_in_group(int iq, int lg, int kernel_size, int stride,
-                                      bool causal) {
+GNA_HOST_DEVICE Range window_in_group(int iq, int lg, int kernel_size, int stride, bool causal) {
   if (causal) {
     // The group leader is the last query of its stride group; the end is the
     // query's own (no future keys).
@@ -55,8 +54,7 @@ GNA_HOST_DEVICE Range window_in_group(int iq, int lg, int kernel_size, int strid
   // The leader is the centre (right-centre for even strides) of the stride
   // group; windows shift inward at the borders and never shrink.
   const int leader = min_int((iq / stride) * stride + stride / 2, lg - 1);
-  const int start =
-      min_int(max_int(leader - kernel_size / 2, 0), lg - kernel_size);
+  const int start = min_int(max_int(leader - kernel_size / 2, 0), lg - kernel_size);
   return Range{start, start + kernel_size};
 }
 
@@ -64,8 +62,7 @@ GNA_HOST_DEVICE Range window_in_group(int iq, int lg, int kernel_size, int strid
 GNA_HOST_DEVICE Range window(const Axis& axis, int i) {
   const int g = i % axis.dilation;
   const int lg = group_length(axis.length, axis.dilation, g);
-  return window_in_group(i / axis.dilation, lg, axis.kernel_size, axis.stride,
-                         axis.causal);
+  return window_in_group(i / axis.dilation, lg, axis.kernel_size, axis.stride, axis.causal);
 }
 
 // Whether key `j` is visible to query `i` along this axis.
@@ -81,8 +78,8 @@ GNA_HOST_DEVICE bool visible(const Axis& axis, int i, int j) {
 // positions. Window starts and ends are non-decreasing in the query, so the
 // set is the contiguous range [first query with end > jk, first query with
 // start > jk); both bounds are found by binary search.
-GNA_HOST_DEVICE Range inverse_window_in_group(int jk, int lg, int kernel_size,
-                                              int stride, bool causal) {
+GNA_HOST_DEVICE Range inverse_window_in_group(int jk, int lg, int kernel_size, int stride,
+                                              bool causal) {
   int lo = 0, hi = lg;  // first iq with end(iq) > jk
   while (lo < hi) {
     const int mid = (lo + hi) / 2;
@@ -108,8 +105,7 @@ GNA_HOST_DEVICE Range inverse_window_in_group(int jk, int lg, int kernel_size,
 GNA_HOST_DEVICE Range inverse_window(const Axis& axis, int j) {
   const int g = j % axis.dilation;
   const int lg = group_length(axis.length, axis.dilation, g);
-  return inverse_window_in_group(j / axis.dilation, lg, axis.kernel_size,
-                                 axis.stride, axis.causal);
+  return inverse_window_in_group(j / axis.dilation, lg, axis.kernel_size, axis.stride, axis.causal);
 }
 
 }  // namespace gna
