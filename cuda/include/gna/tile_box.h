@@ -1,0 +1,138 @@
+// Tile geometry for the fused kernels (DESIGN.md §5): which KV tiles a Q tile
+// must visit, and whether a (Q tile, KV tile) pair is empty, fully visible or
+// partial (only partial pairs need the per-element mask).
+//
+// Host and device, no CUDA or CUTLASS headers. Everything here works in
+// dilation-group coordinates: along an axis of extent L and dilation d, group
+// g holds Lg = ceil((L - g) / d) positions, and tiles are ranges of group
+// coordinates. A kernel runs one dilation group per CTA, so a Q tile and its
+// KV tiles always belong to the same group.
+//
+// Why per-axis reasoning is exact: visibility is a product over axes
+// (window.h), so a (Q tile, KV tile) pair has a visible pair of tokens iff it
+// has one along every axis, and every pair is visible iff that holds along
+// every axis. Along one axis, window starts and ends are non-decreasing in the
+// query and consecutive windows leave no gap (start(q + 1) <= end(q): a stride
+// jump is at most stride <= kernel_size; a causal window holds its query), so
+// the windows of queries [qf, ql] cover exactly [start(qf), end(ql)).
+#pragma once
+
+#include "gna/window.h"
+
+namespace gna {
+
+enum class TileKind : int {
+  kEmpty = 0,    // no visible (valid query, valid key) pair: skip the tile
+  kFull = 1,     // every valid query sees every key and no key is padding: no mask
+  kPartial = 2,  // anything else: mask per element
+};
+
+// One axis of a problem, in the coordinates of one dilation group.
+struct GroupAxis {
+  int length;  // Lg, positions in the group
+  int kernel_size;
+  int stride;
+  bool causal;
+};
+
+GNA_HOST_DEVICE GroupAxis group_axis(const Axis& axis, int group) {
+  return GroupAxis{group_length(axis.length, axis.dilation, group), axis.kernel_size, axis.stride,
+                   axis.causal};
+}
+
+GNA_HOST_DEVICE Range group_window(const GroupAxis& a, int iq) {
+  return window_in_group(iq, a.length, a.kernel_size, a.stride, a.causal);
+}
+
+GNA_HOST_DEVICE int ceil_div_int(int a, int b) { return (a + b - 1) / b; }
+
+// Number of tiles of `tile` positions that cover an axis of `length`.
+GNA_HOST_DEVICE int tile_count(int length, int tile) { return ceil_div_int(length, tile); }
+
+// The KV tiles (indices, tiles of `kv_tile` positions) that the Q tile starting
+// at `q_origin` with `q_tile` positions visits along one axis: floor of the
+// window start of its first query, ceil of the window end of its last valid
+// query (positions past the group's end are padding and ask for nothing).
+// Empty ({0, 0}) when the Q tile holds no valid query.
+GNA_HOST_DEVICE Range kv_tile_range(const GroupAxis& a, int q_origin, int q_tile, int kv_tile) {
+  const int q_last = min_int(q_origin + q_tile, a.length) - 1;
+  if (q_origin < 0 || q_last < q_origin) return Range{0, 0};
+  const int start = group_window(a, q_origin).start;
+  const int end = group_window(a, q_last).end;
+  return Range{start / kv_tile, ceil_div_int(end, kv_tile)};
+}
+
+// Classification of one (Q tile, KV tile) pair along one axis. `q_origin`,
+// `k_origin` are the first positions of the tiles (a KV tile may reach past
+// either end of the group: those positions are padding).
+GNA_HOST_DEVICE TileKind classify_axis(const GroupAxis& a, int q_origin, int q_tile, int k_origin,
+                                       int kv_tile) {
+  const int q_first = max_int(q_origin, 0);
+  const int q_last = min_int(q_origin + q_tile, a.length) - 1;
+  const int k_lo = max_int(k_origin, 0);
+  const int k_hi = min_int(k_origin + kv_tile, a.length);
+  if (q_last < q_first || k_hi <= k_lo) return TileKind::kEmpty;
+  const Range first = group_window(a, q_first);
+  const Range last = group_window(a, q_last);
+  if (last.end <= k_lo || first.start >= k_hi) return TileKind::kEmpty;
+  const bool no_padding = k_origin >= 0 && k_origin + kv_tile <= a.length;
+  if (no_padding && last.start <= k_origin && first.end >= k_origin + kv_tile)
+    return TileKind::kFull;
+  return TileKind::kPartial;
+}
+
+// Combine per-axis kinds: empty if any axis is empty, full if all are full.
+GNA_HOST_DEVICE TileKind combine_kinds(TileKind a, TileKind b) {
+  if (a == TileKind::kEmpty || b == TileKind::kEmpty) return TileKind::kEmpty;
+  if (a == TileKind::kFull && b == TileKind::kFull) return TileKind::kFull;
+  return TileKind::kPartial;
+}
+
+// A box of tiles over up to three axes: tile indices [begin[a], end[a]).
+struct TileBox {
+  int begin[3];
+  int end[3];
+
+  GNA_HOST_DEVICE int extent(int a) const { return end[a] - begin[a]; }
+  GNA_HOST_DEVICE int size() const {
+    int n = 1;
+    for (int a = 0; a < 3; ++a) n *= max_int(extent(a), 0);
+    return n;
+  }
+  // The `i`-th tile of the box (last axis fastest), as tile indices.
+  GNA_HOST_DEVICE void tile(int i, int out[3]) const {
+    for (int a = 2; a >= 0; --a) {
+      const int n = extent(a);
+      out[a] = begin[a] + i % n;
+      i /= n;
+    }
+  }
+};
+
+// The KV-tile box of a Q tile over `rank` axes (axes past `rank` get the
+// trivial box {0, 1}). `q_tile_index` are Q tile indices per axis.
+GNA_HOST_DEVICE TileBox kv_tile_box(const GroupAxis* axes, int rank, const int* q_tile_index,
+                                    const int* q_tile, const int* kv_tile) {
+  TileBox box{{0, 0, 0}, {1, 1, 1}};
+  for (int a = 0; a < rank; ++a) {
+    const Range r = kv_tile_range(axes[a], q_tile_index[a] * q_tile[a], q_tile[a], kv_tile[a]);
+    box.begin[a] = r.start;
+    box.end[a] = r.end;
+  }
+  return box;
+}
+
+// Classification of the pair (Q tile `q_tile_index`, KV tile `kv_tile_index`)
+// over `rank` axes.
+GNA_HOST_DEVICE TileKind classify_tile(const GroupAxis* axes, int rank, const int* q_tile_index,
+                                       const int* q_tile, const int* kv_tile_index,
+                                       const int* kv_tile) {
+  TileKind kind = TileKind::kFull;
+  for (int a = 0; a < rank; ++a) {
+    kind = combine_kinds(kind, classify_axis(axes[a], q_tile_index[a] * q_tile[a], q_tile[a],
+                                             kv_tile_index[a] * kv_tile[a], kv_tile[a]));
+  }
+  return kind;
+}
+
+}  // namespace gna

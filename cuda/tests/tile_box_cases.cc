@@ -1,0 +1,74 @@
+// Prints, for GNA problems read from stdin, the KV-tile box of every Q tile and
+// the classification of every (Q tile, KV tile) pair, as computed by
+// gna/tile_box.h. tests/test_tile_box.py compiles this with the host compiler
+// and checks the output against a brute-force NumPy oracle.
+//
+// Input, one problem per line:
+//   rank, then per axis: length kernel_size stride dilation causal q_tile kv_tile
+// Output, per problem: "case <n>", then per (dilation group, Q tile):
+//   "q <g...> <qt...> box <begin end>... kinds <digits>"
+// where the digits are the TileKind of KV tiles with indices -1..count per axis
+// (last axis fastest), so tiles past both ends of the group are covered too.
+#include <cstdio>
+#include <string>
+
+#include "gna/tile_box.h"
+
+int main() {
+  int rank;
+  int n = 0;
+  while (std::scanf("%d", &rank) == 1) {
+    gna::Axis axes[3];
+    int qt[3] = {1, 1, 1}, kt[3] = {1, 1, 1};
+    for (int a = 0; a < rank; ++a) {
+      int causal;
+      if (std::scanf("%d %d %d %d %d %d %d", &axes[a].length, &axes[a].kernel_size,
+                     &axes[a].stride, &axes[a].dilation, &causal, &qt[a], &kt[a]) != 7)
+        return 1;
+      axes[a].causal = causal != 0;
+    }
+    std::printf("case %d\n", n++);
+    int groups = 1;
+    for (int a = 0; a < rank; ++a) groups *= axes[a].dilation;
+    for (int gi = 0; gi < groups; ++gi) {
+      int g[3] = {0, 0, 0};
+      gna::GroupAxis ga[3];
+      for (int a = 0, r = gi; a < rank; ++a) {
+        g[a] = r % axes[a].dilation;
+        r /= axes[a].dilation;
+        ga[a] = gna::group_axis(axes[a], g[a]);
+      }
+      int nq[3] = {1, 1, 1}, nk[3] = {1, 1, 1};
+      for (int a = 0; a < rank; ++a) {
+        nq[a] = gna::tile_count(ga[a].length, qt[a]);
+        nk[a] = gna::tile_count(ga[a].length, kt[a]) + 2;  // indices -1..count
+      }
+      const int total_q = nq[0] * nq[1] * nq[2];
+      for (int qi = 0; qi < total_q; ++qi) {
+        int q[3];
+        for (int a = 2, r = qi; a >= 0; --a) {
+          q[a] = r % nq[a];
+          r /= nq[a];
+        }
+        const gna::TileBox box = gna::kv_tile_box(ga, rank, q, qt, kt);
+        std::string kinds;
+        const int total_k = nk[0] * nk[1] * nk[2];
+        for (int ki = 0; ki < total_k; ++ki) {
+          int k[3];
+          for (int a = 2, r = ki; a >= 0; --a) {
+            k[a] = r % nk[a] - (a < rank ? 1 : 0);
+            r /= nk[a];
+          }
+          kinds += char('0' + int(gna::classify_tile(ga, rank, q, qt, k, kt)));
+        }
+        std::printf("q");
+        for (int a = 0; a < rank; ++a) std::printf(" %d", g[a]);
+        for (int a = 0; a < rank; ++a) std::printf(" %d", q[a]);
+        std::printf(" box");
+        for (int a = 0; a < rank; ++a) std::printf(" %d %d", box.begin[a], box.end[a]);
+        std::printf(" kinds %s\n", kinds.c_str());
+      }
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,168 @@
+"""`cuda/include/gna/tile_box.h` (KV-tile boxes, empty/full/partial tiles) against brute force.
+
+The C++ header is compiled into a small program (`cuda/tests/tile_box_cases.cc`) with the host
+compiler; its answers are checked against per-element visibility computed here from DESIGN.md §3
+directly (no code under test is used as the oracle).
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+EMPTY, FULL, PARTIAL = 0, 1, 2
+
+
+def _window(iq: int, lg: int, k: int, s: int, causal: bool) -> tuple[int, int]:
+    """DESIGN.md §3, one query in group coordinates."""
+    if causal:
+        leader = min((iq // s) * s + s - 1, lg - 1)
+        return max(leader - k + 1, 0), iq + 1
+    leader = min((iq // s) * s + s // 2, lg - 1)
+    start = min(max(leader - k // 2, 0), lg - k)
+    return start, start + k
+
+
+def _axis_visibility(lg, k, s, causal, q_pos, k_pos) -> np.ndarray:
+    """[len(q_pos), len(k_pos)] visibility; positions outside [0, lg) see/are seen by nothing."""
+    vis = np.zeros((len(q_pos), len(k_pos)), dtype=bool)
+    for i, q in enumerate(q_pos):
+        if not 0 <= q < lg:
+            continue
+        start, end = _window(q, lg, k, s, causal)
+        for j, key in enumerate(k_pos):
+            vis[i, j] = 0 <= key < lg and start <= key < end
+    return vis
+
+
+def _brute_kind(axes, g, q_idx, k_idx) -> int:
+    """Kind of one (Q tile, KV tile) pair from the N-d per-element visibility."""
+    mats, q_valid, k_valid = [], [], []
+    for (length, k, s, d, causal, qt, kt), ga, qi, ki in zip(axes, g, q_idx, k_idx):
+        lg = (length - ga + d - 1) // d
+        q_pos = list(range(qi * qt, qi * qt + qt))
+        k_pos = list(range(ki * kt, ki * kt + kt))
+        mats.append(_axis_visibility(lg, k, s, causal, q_pos, k_pos))
+        q_valid.append(np.array([0 <= p < lg for p in q_pos]))
+        k_valid.append(np.array([0 <= p < lg for p in k_pos]))
+    # N-d visibility [q0, q1, .., k0, k1, ..] as the AND over axes, element by element.
+    rank = len(axes)
+    vis = np.ones([m.shape[0] for m in mats] + [m.shape[1] for m in mats], dtype=bool)
+    qv = np.ones([m.shape[0] for m in mats], dtype=bool)
+    for a, m in enumerate(mats):
+        shape = [1] * (2 * rank)
+        shape[a], shape[rank + a] = m.shape
+        vis &= m.reshape(shape)
+        qshape = [1] * rank
+        qshape[a] = m.shape[0]
+        qv &= q_valid[a].reshape(qshape)
+    all_keys_valid = all(v.all() for v in k_valid)
+    count = int(vis.sum())
+    if count == 0:
+        return EMPTY
+    n_valid_q = int(qv.sum())
+    n_keys = int(np.prod([m.shape[1] for m in mats]))
+    return FULL if all_keys_valid and count == n_valid_q * n_keys else PARTIAL
+
+
+def _random_axis(rng, small: bool):
+    length = int(rng.integers(2, 10 if small else 23))
+    d = int(rng.integers(1, max(2, length // 2) + 1)) if rng.random() < 0.3 else 1
+    d = min(d, length // 2)
+    k = int(rng.integers(2, length // d + 1))
+    s = int(rng.integers(1, k + 1))
+    causal = bool(rng.random() < 0.3)
+    qt = int(rng.choice([1, 2, 3, 4, 8]))
+    kt = int(rng.choice([1, 2, 3, 4, 8]))
+    return (length, k, s, d, causal, qt, kt)
+
+
+def _cases():
+    rng = np.random.default_rng(1234)
+    cases = []
+    # Exhaustive 1-D: every legal (L, K, s, d, causal) for small L, a few tile pairs.
+    for length in range(2, 11):
+        for d in range(1, length // 2 + 1):
+            for k in range(2, length // d + 1):
+                for s in range(1, k + 1):
+                    for causal in (False, True):
+                        for qt, kt in ((1, 1), (2, 3), (4, 4), (3, 8)):
+                            cases.append([(length, k, s, d, causal, qt, kt)])
+    for _ in range(150):
+        cases.append([_random_axis(rng, small=False)])
+    for _ in range(120):
+        cases.append([_random_axis(rng, small=True) for _ in range(2)])
+    for _ in range(60):
+        cases.append([_random_axis(rng, small=True) for _ in range(3)])
+    return cases
+
+
+@pytest.fixture(scope="module")
+def tile_box_program(tmp_path_factory) -> Path:
+    if CXX is None:
+        pytest.skip("no host C++ compiler (g++/c++/clang++) found")
+    exe = tmp_path_factory.mktemp("tile_box") / "tile_box_cases"
+    src = ROOT / "cuda" / "tests" / "tile_box_cases.cc"
+    subprocess.run(
+        [CXX, "-std=c++17", "-O1", "-I", str(ROOT / "cuda" / "include"), str(src), "-o", str(exe)],
+        check=True,
+    )
+    return exe
+
+
+def test_boxes_and_kinds_match_brute_force(tile_box_program):
+    cases = _cases()
+    text = "\n".join(
+        " ".join([str(len(c))] + [" ".join(str(int(x)) for x in ax) for ax in c]) for c in cases
+    )
+    out = subprocess.run(
+        [str(tile_box_program)], input=text, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    it = iter(out)
+    line = next(it)
+    checked = 0
+    for n, axes in enumerate(cases):
+        assert line == f"case {n}", line
+        rank = len(axes)
+        groups = list(itertools.product(*[range(ax[3]) for ax in axes]))
+        line = next(it, None)
+        rows = []
+        while line is not None and line.startswith("q"):
+            rows.append(line)
+            line = next(it, None)
+        expected_rows = 0
+        for g in groups:
+            lgs = [(ax[0] - ga + ax[3] - 1) // ax[3] for ax, ga in zip(axes, g)]
+            nq = [(lg + ax[5] - 1) // ax[5] for lg, ax in zip(lgs, axes)]
+            expected_rows += int(np.prod(nq))
+        assert len(rows) == expected_rows, (axes, len(rows), expected_rows)
+        for row in rows:
+            parts = row.split()
+            g = tuple(int(x) for x in parts[1 : 1 + rank])
+            q_idx = [int(x) for x in parts[1 + rank : 1 + 2 * rank]]
+            box = [int(x) for x in parts[2 + 2 * rank : 2 + 4 * rank]]
+            kinds = parts[-1]
+            lgs = [(ax[0] - ga + ax[3] - 1) // ax[3] for ax, ga in zip(axes, g)]
+            k_ranges = [range(-1, (lg + ax[6] - 1) // ax[6] + 1) for lg, ax in zip(lgs, axes)]
+            nonempty = []
+            for pos, k_idx in enumerate(itertools.product(*k_ranges)):
+                want = _brute_kind(axes, g, q_idx, k_idx)
+                got = int(kinds[pos])
+                assert got == want, (axes, g, q_idx, k_idx, got, want)
+                if want != EMPTY:
+                    nonempty.append(k_idx)
+                checked += 1
+            assert nonempty, (axes, g, q_idx)  # every valid query sees itself
+            for a in range(rank):
+                lo = min(k[a] for k in nonempty)
+                hi = max(k[a] for k in nonempty) + 1
+                assert (box[2 * a], box[2 * a + 1]) == (lo, hi), (axes, g, q_idx, a, box)
+    assert line is None
+    assert checked > 10000
