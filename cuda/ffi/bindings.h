@@ -1,0 +1,103 @@
+// The one definition of the jax_gna_fwd / jax_gna_bwd FFI signatures, shared by the handlers of
+// every platform (which only prepend their own context, e.g. the CUDA stream), and the decoding
+// of buffers + attributes into a gna::Problem.
+//
+// Attribute names and types must match jax_gna/_params.py GnaParams.attrs(): int64 arrays and
+// an fp32 scale (any other type fails to decode at run time).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "problem_from_shapes.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace gna::ffi_bindings {
+
+namespace ffi = xla::ffi;
+using I64Span = ffi::Span<const int64_t>;
+
+// jax_gna_fwd: (q, k, v) -> (out, lse, workspace).
+template <typename Binding>
+auto bind_fwd(Binding binding) {
+  return std::move(binding).template Arg<ffi::AnyBuffer>()        // q    [B..., X..., H, D]
+      .template Arg<ffi::AnyBuffer>()                  // k    [B..., X..., Hkv, D]
+      .template Arg<ffi::AnyBuffer>()                  // v    [B..., X..., Hkv, Dv]
+      .template Ret<ffi::AnyBuffer>()                  // out  [B..., X..., H, Dv], q's dtype
+      .template Ret<ffi::Buffer<ffi::F32>>()           // lse  [B..., X..., H]
+      .template Ret<ffi::Buffer<ffi::U8>>()            // workspace [bytes]
+      .template Attr<I64Span>("kernel_size")
+      .template Attr<I64Span>("stride")
+      .template Attr<I64Span>("dilation")
+      .template Attr<I64Span>("is_causal")
+      .template Attr<float>("scale");
+}
+
+// jax_gna_bwd: (dout, q, k, v, out, lse, dlse) -> (dq, dk, dv, workspace).
+template <typename Binding>
+auto bind_bwd(Binding binding) {
+  return std::move(binding).template Arg<ffi::AnyBuffer>()        // dout [B..., X..., H, Dv]
+      .template Arg<ffi::AnyBuffer>()                  // q
+      .template Arg<ffi::AnyBuffer>()                  // k
+      .template Arg<ffi::AnyBuffer>()                  // v
+      .template Arg<ffi::AnyBuffer>()                  // out
+      .template Arg<ffi::Buffer<ffi::F32>>()           // lse  [B..., X..., H]
+      .template Arg<ffi::Buffer<ffi::F32>>()           // dlse [B..., X..., H]
+      .template Ret<ffi::AnyBuffer>()                  // dq
+      .template Ret<ffi::AnyBuffer>()                  // dk
+      .template Ret<ffi::AnyBuffer>()                  // dv
+      .template Ret<ffi::Buffer<ffi::U8>>()            // workspace [bytes]
+      .template Attr<I64Span>("kernel_size")
+      .template Attr<I64Span>("stride")
+      .template Attr<I64Span>("dilation")
+      .template Attr<I64Span>("is_causal")
+      .template Attr<float>("scale");
+}
+
+inline Int64List as_list(I64Span s) { return Int64List{s.begin(), s.size()}; }
+
+inline bool dtype_of(ffi::DataType t, DType* out) {
+  switch (t) {
+    case ffi::DataType::F32:
+      *out = DType::kF32;
+      return true;
+    case ffi::DataType::F16:
+      *out = DType::kF16;
+      return true;
+    case ffi::DataType::BF16:
+      *out = DType::kBF16;
+      return true;
+    default:
+      return false;
+  }
+}
+
+// The problem of a call, after checking dtypes and shapes; `what` names the target in errors.
+inline ffi::ErrorOr<Problem> decode_problem(const char* what, const ffi::AnyBuffer& q,
+                                            const ffi::AnyBuffer& k, const ffi::AnyBuffer& v,
+                                            I64Span kernel_size, I64Span stride,
+                                            I64Span dilation, I64Span is_causal, float scale) {
+  DType dtype;
+  if (!dtype_of(q.element_type(), &dtype))
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        std::string(what) + ": q must be float32, float16 or bfloat16"));
+  if (k.element_type() != q.element_type() || v.element_type() != q.element_type())
+    return ffi::Unexpected(
+        ffi::Error::InvalidArgument(std::string(what) + ": q, k and v must share one dtype"));
+  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
+  Problem problem;
+  const std::string error = problem_from_shapes(
+      as_list(qd), as_list(kd), as_list(vd), dtype,
+      WindowAttrs{as_list(kernel_size), as_list(stride), as_list(dilation), as_list(is_causal),
+                  scale},
+      &problem);
+  if (!error.empty())
+    return ffi::Unexpected(ffi::Error::InvalidArgument(std::string(what) + ": " + error));
+  return problem;
+}
+
+// Element counts of the results, as the Python side declares them.
+inline int64_t rows(const Problem& p) { return p.batch * p.tokens() * p.heads; }
+
+}  // namespace gna::ffi_bindings

@@ -1,0 +1,135 @@
+// `CUDA` handlers of jax_gna_fwd / jax_gna_bwd. Host code only (compiled by the C++ compiler):
+// decode, pick the kernel family for the device's compute capability, launch on XLA's stream.
+// They never synchronise, allocate or read device memory on the host, so they are marked
+// command-buffer (CUDA graph) compatible.
+#include <cuda_runtime.h>
+
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "bindings.h"
+#include "handlers.h"
+
+#ifdef JAX_GNA_HAS_SM90
+#include "../sm90/fwd_launch.h"
+#endif
+
+namespace {
+
+namespace ffi = xla::ffi;
+using gna::ffi_bindings::I64Span;
+
+struct ComputeCapability {
+  int major = -1;
+  int minor = 0;
+};
+
+// Per device, cached: attribute queries are cheap but not free, and the answer never changes.
+ComputeCapability compute_capability(int device) {
+  static std::mutex mutex;
+  static std::unordered_map<int, ComputeCapability> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(device);
+  if (it != cache.end()) return it->second;
+  ComputeCapability cc;
+  if (cudaDeviceGetAttribute(&cc.major, cudaDevAttrComputeCapabilityMajor, device) !=
+          cudaSuccess ||
+      cudaDeviceGetAttribute(&cc.minor, cudaDevAttrComputeCapabilityMinor, device) !=
+          cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free error so it is not reported by a later call
+    return ComputeCapability{};
+  }
+  cache.emplace(device, cc);
+  return cc;
+}
+
+std::string cc_name(ComputeCapability cc) {
+  return std::to_string(cc.major) + "." + std::to_string(cc.minor);
+}
+
+ffi::Error cuda_fwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::AnyBuffer k,
+                    ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out,
+                    ffi::Result<ffi::Buffer<ffi::F32>> lse,
+                    ffi::Result<ffi::Buffer<ffi::U8>> workspace, I64Span kernel_size,
+                    I64Span stride, I64Span dilation, I64Span is_causal, float scale) {
+  auto problem = gna::ffi_bindings::decode_problem("jax_gna_fwd", q, k, v, kernel_size, stride,
+                                                   dilation, is_causal, scale);
+  if (problem.has_error()) return problem.error();
+  const gna::Problem& p = *problem;
+  const int64_t rows = gna::ffi_bindings::rows(p);
+  if (out->element_type() != q.element_type() ||
+      static_cast<int64_t>(out->element_count()) != rows * p.head_dim_v ||
+      static_cast<int64_t>(lse->element_count()) != rows)
+    return ffi::Error::InvalidArgument("jax_gna_fwd: out/lse have the wrong shape or dtype");
+  const ComputeCapability cc = compute_capability(device);
+  if (cc.major < 0)
+    return ffi::Error::Internal("jax_gna_fwd: cannot query the compute capability of device " +
+                                std::to_string(device));
+  if (const char* reason = gna::cuda_ffi::fwd_can_implement(p, cc.major, cc.minor))
+    return ffi::Error(ffi::ErrorCode::kUnimplemented,
+                      std::string("jax_gna_fwd on a GPU of compute capability ") + cc_name(cc) +
+                          ": " + reason);
+  if (workspace->size_bytes() < gna::cuda_ffi::fwd_workspace_bytes(p))
+    return ffi::Error::InvalidArgument("jax_gna_fwd: workspace too small");
+  cudaError_t status = cudaErrorNotSupported;
+#ifdef JAX_GNA_HAS_SM90
+  if (cc.major == 9)
+    status = gna::sm90::fwd_launch(p, q.untyped_data(), k.untyped_data(), v.untyped_data(),
+                                   out->untyped_data(), lse->typed_data(),
+                                   workspace->untyped_data(), stream);
+#endif
+  if (status != cudaSuccess)
+    return ffi::Error::Internal(std::string("jax_gna_fwd: kernel launch failed: ") +
+                                cudaGetErrorString(status));
+  return ffi::Error::Success();
+}
+
+ffi::Error cuda_bwd(cudaStream_t, ffi::AnyBuffer, ffi::AnyBuffer, ffi::AnyBuffer, ffi::AnyBuffer,
+                    ffi::AnyBuffer, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>,
+                    ffi::Result<ffi::AnyBuffer>, ffi::Result<ffi::AnyBuffer>,
+                    ffi::Result<ffi::AnyBuffer>, ffi::Result<ffi::Buffer<ffi::U8>>, I64Span,
+                    I64Span, I64Span, I64Span, float) {
+  return ffi::Error(ffi::ErrorCode::kUnimplemented,
+                    "jax_gna_bwd: this build has no CUDA backward kernels (gradients of "
+                    "implementation='cuda' run the 'xla' backward)");
+}
+
+}  // namespace
+
+namespace gna::cuda_ffi {
+
+const char* fwd_can_implement(const Problem& problem, int major, int minor) {
+#ifdef JAX_GNA_HAS_SM90
+  if (major < 0 || (major == 9 && minor == 0)) return gna::sm90::fwd_can_implement(problem);
+#endif
+  (void)problem, (void)minor;
+  if (major < 0) return "this build of jax_gna has no CUDA forward kernels";
+  return "this build of jax_gna has no kernels for this GPU (built archs: " JAX_GNA_CUDA_ARCHS
+         "; sm_90a kernels run on compute capability 9.0 only)";
+}
+
+bool has_backward() { return false; }
+
+size_t fwd_workspace_bytes(const Problem& problem) {
+#ifdef JAX_GNA_HAS_SM90
+  return gna::sm90::fwd_workspace_bytes(problem);
+#else
+  (void)problem;
+  return 0;
+#endif
+}
+
+size_t bwd_workspace_bytes(const Problem&) { return 0; }
+
+}  // namespace gna::cuda_ffi
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    JaxGnaFwdCuda, cuda_fwd,
+    gna::ffi_bindings::bind_fwd(
+        ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::DeviceOrdinal>()),
+    {ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    JaxGnaBwdCuda, cuda_bwd,
+    gna::ffi_bindings::bind_bwd(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()),
+    {ffi::Traits::kCmdBufferCompatible});

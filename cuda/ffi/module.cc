@@ -1,0 +1,199 @@
+// The nanobind module jax_gna._ext: FFI handler capsules per platform, what this build
+// contains, and small host helpers (window geometry for tests, workspace sizes, "can the CUDA
+// kernel run this problem?").
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "gna/window.h"
+#include "handlers.h"
+#include "problem_from_shapes.h"
+#include "xla/ffi/api/c_api.h"
+
+namespace nb = nanobind;
+
+namespace {
+
+using Ints = std::vector<int64_t>;
+
+template <typename Fn>
+nb::capsule handler_capsule(Fn* fn) {
+  static_assert(std::is_invocable_r_v<XLA_FFI_Error*, Fn, XLA_FFI_CallFrame*>,
+                "not an XLA FFI handler");
+  return nb::capsule(reinterpret_cast<void*>(fn));
+}
+
+gna::Int64List list(const Ints& v) { return gna::Int64List{v.data(), v.size()}; }
+
+gna::DType dtype_from_name(const std::string& name) {
+  if (name == "float32") return gna::DType::kF32;
+  if (name == "float16") return gna::DType::kF16;
+  if (name == "bfloat16") return gna::DType::kBF16;
+  throw nb::value_error(("unsupported dtype " + name + "; expected float32, float16 or bfloat16")
+                            .c_str());
+}
+
+// Decodes a call exactly as the FFI handlers do; raises ValueError with the reason otherwise.
+gna::Problem problem(const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
+                     const Ints& kernel_size, const Ints& stride, const Ints& dilation,
+                     const Ints& is_causal) {
+  gna::Problem p;
+  const std::string error = gna::problem_from_shapes(
+      list(q), list(k), list(v), dtype_from_name(dtype),
+      gna::WindowAttrs{list(kernel_size), list(stride), list(dilation), list(is_causal), 1.0f},
+      &p);
+  if (!error.empty()) throw nb::value_error(error.c_str());
+  return p;
+}
+
+gna::Axis axis(int length, int kernel_size, int stride, int dilation, bool is_causal) {
+  if (kernel_size < 2 || stride < 1 || stride > kernel_size || dilation < 1 ||
+      kernel_size * dilation > length)
+    throw nb::value_error("illegal window");
+  return gna::Axis{length, kernel_size, stride, dilation, is_causal};
+}
+
+std::vector<std::string> built_cuda_archs() {
+  std::vector<std::string> archs;
+#ifdef JAX_GNA_CUDA_ARCHS
+  const std::string all = JAX_GNA_CUDA_ARCHS;  // comma-separated
+  size_t start = 0;
+  while (start <= all.size()) {
+    const size_t end = std::min(all.find(',', start), all.size());
+    if (end > start) archs.push_back(all.substr(start, end - start));
+    start = end + 1;
+  }
+#endif
+  return archs;
+}
+
+}  // namespace
+
+NB_MODULE(_ext, m) {
+  m.doc() = "jax_gna's compiled extension: XLA FFI handlers and host helpers.";
+
+  m.def(
+      "cpu_targets",
+      [] {
+        nb::dict targets;
+        targets["jax_gna_fwd"] = handler_capsule(JaxGnaFwdCpu);
+        targets["jax_gna_bwd"] = handler_capsule(JaxGnaBwdCpu);
+        return targets;
+      },
+      "FFI target name -> handler capsule for platform 'cpu'.");
+  m.def(
+      "cuda_targets",
+      [] {
+        nb::dict targets;
+#ifdef JAX_GNA_WITH_CUDA
+        targets["jax_gna_fwd"] = handler_capsule(JaxGnaFwdCuda);
+        targets["jax_gna_bwd"] = handler_capsule(JaxGnaBwdCuda);
+#endif
+        return targets;
+      },
+      "FFI target name -> handler capsule for platform 'CUDA' (empty without CUDA).");
+  m.def("built_cuda_archs", &built_cuda_archs,
+        "CUDA architectures with kernels in this build, e.g. ['90a'] (empty without CUDA).");
+  m.def(
+      "cuda_has_backward",
+      [] {
+#ifdef JAX_GNA_WITH_CUDA
+        return gna::cuda_ffi::has_backward();
+#else
+        return false;
+#endif
+      },
+      "Whether the CUDA handler of jax_gna_bwd has kernels (else it returns UNIMPLEMENTED).");
+  m.attr("kernel_set") = JAX_GNA_KERNEL_SET_NAME;
+  m.attr("xla_ffi_api_version") = nb::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR);
+
+  m.def(
+      "window",
+      [](int length, int kernel_size, int stride, int dilation, bool is_causal) {
+        const gna::Axis a = axis(length, kernel_size, stride, dilation, is_causal);
+        std::pair<Ints, Ints> result;
+        for (int i = 0; i < length; ++i) {
+          const gna::Range w = gna::window(a, i);
+          result.first.push_back(w.start);
+          result.second.push_back(w.end);
+        }
+        return result;
+      },
+      nb::arg("length"), nb::arg("kernel_size"), nb::arg("stride") = 1,
+      nb::arg("dilation") = 1, nb::arg("is_causal") = false,
+      "(start, end) of every query's window along one axis, by cuda/include/gna/window.h.");
+  m.def(
+      "inverse_window",
+      [](int length, int kernel_size, int stride, int dilation, bool is_causal) {
+        const gna::Axis a = axis(length, kernel_size, stride, dilation, is_causal);
+        std::pair<Ints, Ints> result;
+        for (int j = 0; j < length; ++j) {
+          const gna::Range w = gna::inverse_window(a, j);
+          result.first.push_back(w.start);
+          result.second.push_back(w.end);
+        }
+        return result;
+      },
+      nb::arg("length"), nb::arg("kernel_size"), nb::arg("stride") = 1,
+      nb::arg("dilation") = 1, nb::arg("is_causal") = false,
+      "(q_start, q_end) of the queries attending to every key along one axis (window.h).");
+
+  m.def(
+      "fwd_workspace_bytes",
+      [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
+         const Ints& kernel_size, const Ints& stride, const Ints& dilation,
+         const Ints& is_causal) -> size_t {
+        const gna::Problem p = problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal);
+        size_t bytes = 0;  // the CPU kernels need none
+#ifdef JAX_GNA_WITH_CUDA
+        bytes = std::max(bytes, gna::cuda_ffi::fwd_workspace_bytes(p));
+#endif
+        (void)p;
+        return bytes;
+      },
+      "Bytes of the uint8 workspace output of jax_gna_fwd (the largest any handler needs).");
+  m.def(
+      "bwd_workspace_bytes",
+      [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
+         const Ints& kernel_size, const Ints& stride, const Ints& dilation,
+         const Ints& is_causal) -> size_t {
+        const gna::Problem p = problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal);
+        size_t bytes = 0;
+#ifdef JAX_GNA_WITH_CUDA
+        bytes = std::max(bytes, gna::cuda_ffi::bwd_workspace_bytes(p));
+#endif
+        (void)p;
+        return bytes;
+      },
+      "Bytes of the uint8 workspace output of jax_gna_bwd (the largest any handler needs).");
+  m.def(
+      "cuda_fwd_can_implement",
+      [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
+         const Ints& kernel_size, const Ints& stride, const Ints& dilation,
+         const Ints& is_causal, int cc_major, int cc_minor) -> std::optional<std::string> {
+        const gna::Problem p = problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal);
+#ifdef JAX_GNA_WITH_CUDA
+        if (const char* reason = gna::cuda_ffi::fwd_can_implement(p, cc_major, cc_minor))
+          return std::string(reason);
+        return std::nullopt;
+#else
+        (void)p, (void)cc_major, (void)cc_minor;
+        return std::string("this build of jax_gna has no CUDA kernels");
+#endif
+      },
+      nb::arg("q_shape"), nb::arg("k_shape"), nb::arg("v_shape"), nb::arg("dtype"),
+      nb::arg("kernel_size"), nb::arg("stride"), nb::arg("dilation"), nb::arg("is_causal"),
+      nb::arg("cc_major") = -1, nb::arg("cc_minor") = 0,
+      "None if the CUDA forward kernels can run this problem on a device of compute capability "
+      "cc_major.cc_minor (cc_major < 0: any built arch), else the reason.");
+}

@@ -1,0 +1,395 @@
+"""GNA as XLA FFI custom calls: the op composition behind ``implementation="cpu"/"cuda"``.
+
+One target name per direction (``jax_gna_fwd``, ``jax_gna_bwd``) with a handler per platform;
+XLA runs the handler of the platform the computation is compiled for, so everything here is
+platform-neutral. The layers, outermost first (research/jax_ffi.md §4.3, §9.4):
+
+1. ``jax.custom_vjp``: the forward saves ``(q, k, v, out, lse)``; the backward calls the
+   backward op with cotangents for both ``out`` and ``lse``.
+2. Explicit-mesh re-typing: custom calls type their results replicated, so results get the
+   sharding of the input they belong to again (`_retype`); a no-op outside Explicit meshes.
+3. ``jax.custom_batching.custom_vmap``: vmap moves the mapped axis to the front and calls the
+   same op again; the handlers fold every leading dim into the batch.
+4. ``custom_partitioning`` with a Shardy rule: batch and head dims may stay sharded, spatial
+   and head dims are replicated; `_shardings` rebuilds every operand's sharding from q's spec
+   (GQA-safe: the kv heads are split by the same mesh axes, or heads are replicated).
+5. ``jax.ffi.ffi_call``: attributes from `GnaParams.attrs` (the one place their dtypes are
+   decided) and the workspace as an extra uint8 result, dropped right away.
+
+Shape legend: ``B...`` batch dims, ``X...`` spatial dims, ``H`` query heads, ``Hkv`` key/value
+heads, ``D`` query/key head dim, ``Dv`` value head dim.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.custom_batching import custom_vmap
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jax_gna import _extension, _xla
+from jax_gna._params import GnaParams
+
+CPU_DTYPES = ("float32", "float16", "bfloat16")
+CUDA_DTYPES = ("float16", "bfloat16")
+
+
+# ---------------------------------------------------------------------------------------------
+# Availability
+
+
+def cuda_backward_available() -> bool:
+    """Whether this build has CUDA backward kernels. Until it does, gradients of the CUDA
+    forward are computed by the ``xla`` backward (chosen per platform at lowering time, see
+    `_attention_bwd`); the CPU backward is always the FFI kernel."""
+    return _extension.ext is not None and _extension.ext.cuda_has_backward()
+
+
+def _problem_args(query, key, value, params: GnaParams) -> tuple:
+    """The arguments the extension's host helpers take to describe one call."""
+    return (
+        list(query.shape),
+        list(key.shape),
+        list(value.shape),
+        str(query.dtype),
+        list(params.kernel_size),
+        list(params.stride),
+        list(params.dilation),
+        [int(c) for c in params.is_causal],
+    )
+
+
+def _compute_capability(query) -> tuple[int, int] | None:
+    """(major, minor) of the GPU the call runs on: the query's device when it is a concrete
+    array, else JAX's first GPU; None without a GPU."""
+    device = None
+    try:
+        device = next(iter(query.devices()))
+    except (AttributeError, jax.errors.ConcretizationTypeError, RuntimeError, StopIteration):
+        pass
+    if device is None or device.platform != "gpu":
+        try:
+            device = jax.devices("gpu")[0]
+        except RuntimeError:
+            return None
+    cc = getattr(device, "compute_capability", None)
+    if cc is None:
+        return None
+    major, _, minor = str(cc).partition(".")
+    return int(major), int(minor or 0)
+
+
+def why_not(implementation: str, query, key, value, params: GnaParams) -> str | None:
+    """None if `implementation` (``"cpu"`` or ``"cuda"``) can run this call, else the reason.
+
+    Covers the extension (built? with CUDA kernels?), dtype, and for CUDA the device's compute
+    capability and what the kernels support (head dim, ...), as the C++ launcher decides it.
+    The caller checks the platform the call runs on.
+    """
+    ext = _extension.ext
+    if ext is None:
+        return _extension.missing
+    dtype = str(query.dtype)
+    if implementation == "cpu":
+        if dtype not in CPU_DTYPES:
+            return f"the CPU kernel supports dtypes {CPU_DTYPES}, got {dtype}"
+        return None
+    if implementation != "cuda":
+        raise ValueError(f"why_not: expected 'cpu' or 'cuda', got {implementation!r}")
+    if not ext.cuda_targets():
+        return (
+            "this build of jax_gna has no CUDA kernels (it was built without nvcc, with "
+            "JAX_GNA_CUDA=OFF, or without an arch in JAX_GNA_CUDA_ARCHS that has kernels)"
+        )
+    if dtype not in CUDA_DTYPES:
+        return f"the CUDA kernels support dtypes {CUDA_DTYPES}, got {dtype}"
+    cc = _compute_capability(query)
+    if cc is None:
+        return "no CUDA GPU is visible to JAX"
+    try:
+        return ext.cuda_fwd_can_implement(*_problem_args(query, key, value, params), *cc)
+    except ValueError as e:
+        return str(e)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer 5: the custom calls
+
+
+def _ffi_forward(params: GnaParams, q, k, v):
+    ext = _extension.ext
+    if ext is None:
+        raise NotImplementedError(_extension.missing)
+    workspace = ext.fwd_workspace_bytes(*_problem_args(q, k, v, params))
+    results = (
+        jax.ShapeDtypeStruct(q.shape[:-1] + v.shape[-1:], q.dtype),  # out
+        jax.ShapeDtypeStruct(q.shape[:-1], jnp.float32),  # lse
+        jax.ShapeDtypeStruct((workspace,), jnp.uint8),
+    )
+    call = jax.ffi.ffi_call(_extension.FWD_TARGET, results, vmap_method="broadcast_all")
+    out, lse, _ = call(q, k, v, **params.attrs())
+    return out, lse
+
+
+def _ffi_backward(params: GnaParams, dout, q, k, v, out, lse, dlse):
+    ext = _extension.ext
+    if ext is None:
+        raise NotImplementedError(_extension.missing)
+    workspace = ext.bwd_workspace_bytes(*_problem_args(q, k, v, params))
+    results = (
+        jax.ShapeDtypeStruct(q.shape, q.dtype),
+        jax.ShapeDtypeStruct(k.shape, k.dtype),
+        jax.ShapeDtypeStruct(v.shape, v.dtype),
+        jax.ShapeDtypeStruct((workspace,), jnp.uint8),
+    )
+    call = jax.ffi.ffi_call(_extension.BWD_TARGET, results, vmap_method="broadcast_all")
+    dq, dk, dv, _ = call(dout.astype(q.dtype), q, k, v, out, lse, dlse, **params.attrs())
+    return dq, dk, dv
+
+
+def _xla_backward(params: GnaParams, dout, q, k, v, out, lse, dlse):
+    """The ``xla`` backward, standing in for CUDA backward kernels this build does not have.
+
+    In an Explicit mesh it runs per shard over batch and heads (shard_map with the same specs
+    the custom calls use), since its reshapes cannot re-type sharded dims."""
+
+    def backward(dout, q, k, v, out, lse, dlse):
+        return _xla._backward(q, k, v, out, lse, dout, dlse, params)
+
+    args = (dout, q, k, v, out, lse, dlse)
+    mesh = _explicit_mesh(q)
+    if mesh is None:
+        return backward(*args)
+    tensor, rows = _shardings(mesh, jax.typeof(q), params.rank, k.shape[-2])
+    in_specs = (tensor.spec,) * 5 + (rows.spec,) * 2
+    args = tuple(jax.sharding.reshard(x, spec) for x, spec in zip(args, in_specs))
+    return jax.shard_map(
+        backward, mesh=mesh, in_specs=in_specs, out_specs=(tensor.spec,) * 3, check_vma=False
+    )(*args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer 4: sharding
+
+
+def _mesh_axes_size(mesh, axes) -> int:
+    if axes is None:
+        return 1
+    names = axes if isinstance(axes, tuple) else (axes,)
+    size = 1
+    for name in names:
+        size *= mesh.shape[name]
+    return size
+
+
+def _shardings(mesh, query_info, rank: int, kv_heads: int):
+    """(sharding of [B..., X..., heads, dim] operands, sharding of [B..., X..., heads] ones),
+    both derived from q's spec: batch and head axes kept, spatial and head dims replicated.
+    Heads stay sharded only if the mesh axes split the kv heads evenly too (then every shard
+    holds whole GQA groups); otherwise they are replicated."""
+    ndim = len(query_info.shape)
+    spec = tuple(getattr(query_info.sharding, "spec", ()))
+    spec = spec + (None,) * (ndim - len(spec))
+    n_batch = ndim - rank - 2
+    heads = spec[n_batch + rank]
+    if kv_heads % _mesh_axes_size(mesh, heads):
+        heads = None
+    rows = (*spec[:n_batch], *([None] * rank), heads)
+    return NamedSharding(mesh, P(*rows, None)), NamedSharding(mesh, P(*rows))
+
+
+def _rule(rank: int, group: int, operands: str, results: str) -> str:
+    """Shardy rule text for the layout letters in `operands` / `results` (``q``: query-headed
+    tensor with dim d, ``o``: query-headed with dim e, ``k``/``v``: kv-headed with d / e, ``l``:
+    query-headed without dim).
+
+    With GQA the query heads are a factor ``h`` of their own rather than the compound ``(m g)``:
+    a compound lets Shardy split ``m`` by a sub-axis (e.g. 4 devices over 2 kv heads), which
+    JAX cannot express as a NamedSharding for `partition` and fails on. `partition` keeps the
+    two consistent instead (`_shardings`)."""
+    spatial = " ".join(f"x{a}" for a in range(rank))
+    q_heads = "h" if group > 1 else "m"
+    layouts = {
+        "q": f"... {spatial} {q_heads} d",
+        "o": f"... {spatial} {q_heads} e",
+        "k": f"... {spatial} m d",
+        "v": f"... {spatial} m e",
+        "l": f"... {spatial} {q_heads}",
+    }
+    lhs = ", ".join(layouts[c] for c in operands)
+    rhs = ", ".join(layouts[c] for c in results)
+    return f"{lhs} -> {rhs}"
+
+
+def _factors(rule: str) -> list[str]:
+    return rule.replace("(", " ").replace(")", " ").replace(",", " ").replace("->", " ").split()
+
+
+def _partitioned(
+    impl: Callable,
+    rank: int,
+    group: int,
+    operands: str,
+    results: str,
+    anchor: int,
+    kv_anchor: int,
+) -> Callable:
+    """`impl` under custom_partitioning: sharded over batch and heads, never gathered there.
+
+    `operands`/`results` are layout letters (see `_rule`); `anchor` is the index of the query
+    operand whose spec decides every sharding, `kv_anchor` that of an operand with kv heads."""
+    op = custom_partitioning(impl)
+
+    def layout_shardings(mesh, arg_shapes):
+        tensor, rows = _shardings(mesh, arg_shapes[anchor], rank, arg_shapes[kv_anchor].shape[-2])
+        return lambda letters: tuple(rows if c == "l" else tensor for c in letters)
+
+    def infer(mesh, arg_shapes, result_shape):
+        return layout_shardings(mesh, arg_shapes)(results)
+
+    def partition(mesh, arg_shapes, result_shape):
+        pick = layout_shardings(mesh, arg_shapes)
+        return mesh, impl, pick(results), pick(operands)
+
+    rule = _rule(rank, group, operands, results)
+    replicated = {*(f"x{a}" for a in range(rank)), "d", "e"}
+    op.def_partition(
+        partition=partition,
+        infer_sharding_from_operands=infer,
+        sharding_rule=rule,
+        # Shardy wants these in the order the factors first appear in the rule.
+        need_replication_factors=tuple(dict.fromkeys(f for f in _factors(rule) if f in replicated)),
+    )
+    return op
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer 3: batching
+
+
+def _folding_vmap(op: Callable) -> Callable:
+    """`op` with a vmap rule that moves the mapped axis into the (folded) batch dims."""
+    batched_op = custom_vmap(op)
+
+    @batched_op.def_vmap
+    def _rule(axis_size, in_batched, *args):
+        args = [
+            x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))
+            for x, batched in zip(args, in_batched)
+        ]
+        results = batched_op(*args)  # itself: nested vmaps fold one axis each
+        return results, jax.tree.map(lambda _: True, results)
+
+    return batched_op
+
+
+@functools.lru_cache(maxsize=256)
+def _forward_op(params: GnaParams, group: int) -> Callable:
+    impl = functools.partial(_ffi_forward, params)
+    return _folding_vmap(_partitioned(impl, params.rank, group, "qkv", "ol", 0, 1))
+
+
+@functools.lru_cache(maxsize=256)
+def _backward_op(params: GnaParams, group: int) -> Callable:
+    impl = functools.partial(_ffi_backward, params)
+    return _folding_vmap(_partitioned(impl, params.rank, group, "oqkvoll", "qkv", 1, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers 1 and 2: differentiation and Explicit-mesh typing
+
+
+def _explicit_mesh(x: jax.Array):
+    """The mesh of `x`'s type if it has Explicit axes (where types carry shardings), else None."""
+    mesh = getattr(jax.typeof(x).sharding, "mesh", None)
+    if mesh is None or mesh.empty:
+        return None
+    if jax.sharding.AxisType.Explicit not in tuple(mesh.axis_types):
+        return None
+    return mesh
+
+
+def _retype(y: jax.Array, like: jax.Array, keep_last: bool) -> jax.Array:
+    """In an Explicit mesh, give `y` the sharding of `like` (custom calls type their results
+    replicated, which custom_vjp and the caller would see as a different type). Without
+    `keep_last`, `y` is `like`'s layout without its last dim (lse); the last dim of a result
+    is never sharded."""
+    if _explicit_mesh(like) is None:
+        return y
+    sharding = jax.typeof(like).sharding
+    spec = tuple(sharding.spec) + (None,) * (like.ndim - len(sharding.spec))
+    spec = spec[:-1] + (None,) if keep_last else spec[:-1]
+    return jax.sharding.reshard(y, P(*spec))
+
+
+def _group(query, key) -> int:
+    return query.shape[-2] // key.shape[-2]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _attention(query, key, value, params: GnaParams):
+    out, lse = _forward_op(params, _group(query, key))(query, key, value)
+    return _retype(out, query, keep_last=True), _retype(lse, query, keep_last=False)
+
+
+def _attention_fwd(query, key, value, params):
+    out, lse = _attention(query, key, value, params)
+    return (out, lse), (query, key, value, out, lse)
+
+
+def _attention_bwd(params, residuals, cotangents):
+    query, key, value, out, lse = residuals
+    dout, dlse = cotangents
+    args = (dout, query, key, value, out, lse, dlse.astype(jnp.float32))
+    ffi_backward = _backward_op(params, _group(query, key))
+
+    def typed(backward):
+        def run(*args):
+            dq, dk, dv = backward(*args)
+            return (
+                _retype(dq, query, keep_last=True),
+                _retype(dk, key, keep_last=True),
+                _retype(dv, value, keep_last=True),
+            )
+
+        return run
+
+    if cuda_backward_available():
+        return typed(ffi_backward)(*args)
+    # No CUDA backward kernels in this build: on GPUs the xla backward runs instead.
+    # platform_dependent keeps only the branch of the platform being compiled for.
+    return jax.lax.platform_dependent(
+        *args,
+        cpu=typed(ffi_backward),
+        default=typed(functools.partial(_xla_backward, params)),
+    )
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def gna_ffi(query, key, value, params: GnaParams) -> tuple[jax.Array, jax.Array]:
+    """``(out, lse)`` through the FFI custom calls.
+
+    Args:
+      query: ``[B..., X..., H, D]``, float32/float16/bfloat16 (CPU) or float16/bfloat16 (CUDA).
+      key: ``[B..., X..., Hkv, D]``.
+      value: ``[B..., X..., Hkv, Dv]``.
+      params: validated parameters (`jax_gna._params.make_params`).
+
+    Returns:
+      ``out`` ``[B..., X..., H, Dv]`` in the query's dtype and ``lse`` ``[B..., X..., H]`` in
+      float32. Differentiable in q, k, v with cotangents for both; works under jit, vmap, grad,
+      jax.checkpoint and with batch- or head-sharded inputs (Auto and Explicit meshes).
+
+    Raises:
+      NotImplementedError: without a built extension.
+    """
+    if _extension.ext is None:
+        raise NotImplementedError(_extension.missing)
+    return _attention(query, key, value, params)
