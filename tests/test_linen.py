@@ -1,0 +1,156 @@
+"""jax_gna.linen.NeighborhoodAttention against flax.linen.MultiHeadDotProductAttention (a window
+covering the whole grid is dense attention) and against its NNX twin with the same parameters."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jax_gna.linen
+import jax_gna.nnx
+from jax_gna.linen import NeighborhoodAttention
+
+F = 16  # input features
+
+
+def _x(shape, seed=0, dtype=jnp.float32):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def _init(module, x, **kw):
+    return module.init(jax.random.key(0), x, **kw)
+
+
+SETTINGS = {
+    "plain": dict(num_heads=4),
+    "qkv_out_features": dict(num_heads=2, qkv_features=8, out_features=12),
+    "normalize_qk_no_bias": dict(num_heads=2, normalize_qk=True, use_bias=False),
+}
+
+
+@pytest.mark.parametrize("settings", SETTINGS.values(), ids=SETTINGS)
+def test_parameters_match_multi_head_dot_product_attention(settings):
+    x = _x((2, 5, 5, F))
+    key = jax.random.key(0)
+    ours = jax.eval_shape(NeighborhoodAttention(kernel_size=(3, 3), **settings).init, key, x)
+    theirs = jax.eval_shape(nn.MultiHeadDotProductAttention(**settings).init, key, x[:, 0])
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("settings", SETTINGS.values(), ids=SETTINGS)
+def test_window_covering_the_grid_equals_multi_head_dot_product_attention(settings):
+    x = _x((2, 3, 5, F))
+    variables = _init(NeighborhoodAttention(kernel_size=(3, 5), **settings), x)
+    ours = NeighborhoodAttention(kernel_size=(3, 5), **settings).apply(variables, x)
+    theirs = nn.MultiHeadDotProductAttention(**settings).apply(variables, x.reshape(2, 15, F))
+    np.testing.assert_allclose(ours, theirs.reshape(ours.shape), rtol=2e-5, atol=2e-5)
+
+
+TWINS = {  # layer settings, [batch, *spatial], with context tokens
+    "2d_gqa_context": (dict(num_heads=4, kernel_size=(3, 3), num_kv_heads=2), (2, 6, 7), True),
+    "2d_causal_strided_ln": (
+        dict(num_heads=2, kernel_size=(3, 3), stride=(2, 1), is_causal=(True, False)),
+        (2, 6, 7),
+        False,
+    ),
+    "1d_bf16_compute": (
+        dict(num_heads=2, kernel_size=3, spatial_dims=1, dtype=jnp.bfloat16),
+        (3, 9),
+        True,
+    ),
+    "3d_bf16_params_ln": (
+        dict(num_heads=2, kernel_size=(2, 3, 3), normalize_qk=True, param_dtype=jnp.bfloat16),
+        (1, 3, 4, 5),
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("settings, grid, with_context", TWINS.values(), ids=TWINS)
+def test_linen_and_nnx_give_identical_outputs_for_identical_parameters(
+    settings, grid, with_context
+):
+    x = _x(grid + (F,))
+    context = _x((grid[0], 4, F), seed=1) if with_context else None
+    linen_layer = NeighborhoodAttention(**settings)
+    variables = _init(linen_layer, x, context=context)
+    nnx_layer = jax_gna.nnx.NeighborhoodAttention(in_features=F, rngs=nnx.Rngs(0), **settings)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_equal((a.shape, a.dtype), (b.shape, b.dtype)),
+        variables["params"],
+        nnx.to_pure_dict(nnx.state(nnx_layer, nnx.Param)),
+    )
+    nnx.update(nnx_layer, variables["params"])
+    ours, twin = linen_layer.apply(variables, x, context=context), nnx_layer(x, context=context)
+    assert ours.dtype == twin.dtype
+    np.testing.assert_array_equal(ours, twin)
+
+
+def test_jit_and_grad_match_multi_head_dot_product_attention():
+    x = _x((2, 4, 4, F))
+    ours, theirs = NeighborhoodAttention(4, (4, 4)), nn.MultiHeadDotProductAttention(4)
+    variables = _init(ours, x)
+
+    def loss(params, module, x):
+        return jnp.sum(jnp.sin(module.apply({"params": params}, x)))
+
+    g_ours = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], ours, x)
+    g_theirs = jax.grad(loss)(variables["params"], theirs, x.reshape(2, 16, F))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_ours, g_theirs
+    )
+
+
+DTYPES = {
+    "bf16_inputs_f32_params": (jnp.bfloat16, None, jnp.float32),
+    "bf16_compute": (jnp.float32, jnp.bfloat16, jnp.float32),
+    "bf16_params": (jnp.float32, None, jnp.bfloat16),
+}
+
+
+@pytest.mark.parametrize("x_dtype, dtype, param_dtype", DTYPES.values(), ids=DTYPES)
+def test_dtype_policy_matches_multi_head_dot_product_attention(x_dtype, dtype, param_dtype):
+    x = _x((2, 3, 3, F), dtype=x_dtype)
+    kw = dict(num_heads=2, dtype=dtype, param_dtype=param_dtype)
+    variables = _init(NeighborhoodAttention(kernel_size=(3, 3), **kw), x)
+    assert {a.dtype for a in jax.tree.leaves(variables)} == {jnp.dtype(param_dtype)}
+    ours = NeighborhoodAttention(kernel_size=(3, 3), **kw).apply(variables, x)
+    theirs = nn.MultiHeadDotProductAttention(**kw).apply(variables, x.reshape(2, 9, F))
+    assert ours.dtype == theirs.dtype
+    np.testing.assert_allclose(
+        ours.astype(np.float32), theirs.reshape(ours.shape).astype(np.float32), atol=0.05
+    )
+
+
+X = _x((2, 5, 5, F))
+ERRORS = {
+    "dropout_rate": (dict(dropout_rate=0.1, deterministic=True), {}, "dropout_rate=0.1"),
+    "decode": (dict(decode=True), {}, "decode=True"),
+    "mask": ({}, dict(mask=jnp.ones((2, 2, 25, 25), bool)), "mask"),
+    "sow_weights": ({}, dict(sow_weights=True), "sow_weights=True"),
+}
+
+
+@pytest.mark.parametrize("fields, call, match", ERRORS.values(), ids=ERRORS)
+def test_unsupported_options_raise_naming_the_option(fields, call, match):
+    with pytest.raises(NotImplementedError, match=match):
+        _init(NeighborhoodAttention(2, (3, 3), **fields), X, **call)
+
+
+def test_int_kernel_size_needs_spatial_dims():
+    with pytest.raises(ValueError, match="spatial_dims"):
+        _init(NeighborhoodAttention(2, 3), X)
+
+
+def test_attention_fn_in_multi_head_dot_product_attention_equals_the_layer():
+    window = dict(stride=(2, 1), is_causal=(False, True))
+    ours = NeighborhoodAttention(2, (3, 3), **window)
+    theirs = nn.MultiHeadDotProductAttention(
+        2, attention_fn=jax_gna.linen.make_attention_fn((3, 3), **window)
+    )
+    variables = _init(ours, X)
+    np.testing.assert_allclose(theirs.apply(variables, X), ours.apply(variables, X), atol=1e-6)
+    with pytest.raises(NotImplementedError, match="mask"):
+        theirs.apply(variables, X, mask=jnp.ones((2, 2, 25, 25), bool))
