@@ -1,0 +1,58 @@
+// Definition of launch_fwd_kernel, included by the instantiation TUs only.
+#pragma once
+
+#include <mutex>
+
+#include "fwd_kernel_launch.h"
+#include "../kernel/fwd_kernel_ws.cuh"
+
+namespace gna::sm90 {
+
+template <DType kDType>
+struct ElementOf;
+template <>
+struct ElementOf<DType::kF16> {
+  using type = cutlass::half_t;
+};
+template <>
+struct ElementOf<DType::kBF16> {
+  using type = cutlass::bfloat16_t;
+};
+
+template <DType kDType, int kHeadDim, int kRank>
+cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k,
+                              const CUtensorMap& map_v, const FwdParams& params, unsigned grid,
+                              cudaStream_t stream) {
+  using Kernel = FwdKernel<typename ElementOf<kDType>::type, kHeadDim, kRank>;
+  auto* kernel = &gna_fwd_sm90_kernel<Kernel>;
+
+  // The dynamic smem limit is a per-device function attribute: raise it once
+  // per device ordinal (a process may drive several GPUs).
+  constexpr int kMaxDevices = 64;
+  static std::once_flag once[kMaxDevices];
+  static cudaError_t attr_error[kMaxDevices];
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
+  std::call_once(once[device], [&] {
+    attr_error[device] = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Kernel::kSmemBytes));
+  });
+  if (attr_error[device] != cudaSuccess) return attr_error[device];
+
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(grid, 1, 1);
+  config.blockDim = dim3(Kernel::kThreads, 1, 1);
+  config.dynamicSmemBytes = Kernel::kSmemBytes;
+  config.stream = stream;
+  return cudaLaunchKernelEx(&config, kernel, map_q, map_k, map_v, params);
+}
+
+}  // namespace gna::sm90
+
+// One explicit instantiation per (dtype, head dim, rank).
+#define GNA_SM90_FWD_INSTANTIATE(DTYPE, HEAD_DIM, RANK)                                       \
+  template cudaError_t gna::sm90::launch_fwd_kernel<gna::DType::DTYPE, HEAD_DIM, RANK>(       \
+      const CUtensorMap&, const CUtensorMap&, const CUtensorMap&, const gna::sm90::FwdParams&, \
+      unsigned, cudaStream_t);

@@ -1,0 +1,20 @@
+// Host-side interface between the dispatcher (fwd_dispatch.cu, plain host
+// code) and the kernel instantiations (instantiations/*.cu, CUTLASS/CuTe).
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include "gna/problem.h"
+#include "../fwd_config.h"
+
+namespace gna::sm90 {
+
+// Launches the forward kernel of (dtype, head dim, rank) with the given tensor
+// maps (made by make_token_tensor_map with that kernel's tile shapes).
+template <DType kDType, int kHeadDim, int kRank>
+cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k,
+                              const CUtensorMap& map_v, const FwdParams& params, unsigned grid,
+                              cudaStream_t stream);
+
+}  // namespace gna::sm90

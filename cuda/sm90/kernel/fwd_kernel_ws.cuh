@@ -1,0 +1,515 @@
+// Hopper GNA forward kernel: warp-specialised, TMA loads straight from the
+// user's heads-last layout, wgmma, online softmax in fp32 registers, P·V with
+// P from registers, LSE output.
+//
+// One CTA = one Q tile (128 tokens, a multi-dimensional box of the token grid)
+// of one head, one batch entry and one dilation group. 384 threads:
+//   warpgroup 0 (Producer): one thread issues TMA loads of Q once, then K and V
+//     of every KV tile of the Q tile's KV box (gna/tile_box.h) into a ring.
+//   warpgroups 1, 2 (Consumer0/1): 64 query rows each; S = Q K^T (SS wgmma),
+//     mask (partial tiles only), online softmax, O += P V (RS wgmma). The QK
+//     GEMM of tile j is in flight while the PV GEMM of tile j-1 runs and the
+//     softmax of tile j waits for it (FA3's intra-warpgroup overlap).
+// Coordinates are dilation-group coordinates (tile_box.h); TMA tensor maps
+// traverse each spatial axis with element stride = dilation, so a box lands
+// only the tokens of the CTA's group. Tokens outside the grid (TMA zero-fill,
+// or the next batch entry where the batch is folded into the first axis) are
+// masked by coordinates and query rows outside the grid are never stored.
+#pragma once
+
+#include <cuda.h>
+
+#include <cute/arch/copy_sm90_tma.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/numeric_types.h>
+#include <cutlass/pipeline/pipeline.hpp>
+
+#include "gna/tile_box.h"
+#include "../fwd_config.h"
+
+namespace gna::sm90 {
+
+enum class WarpGroupRole : int { Producer = 0, Consumer0 = 1, Consumer1 = 2 };
+
+template <class Element_, int kHeadDim_, int kRank_>
+struct FwdKernel {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kRank = kRank_;
+  static constexpr FwdTileConfig kTiles = fwd_tile_config(kRank, kHeadDim);
+  static constexpr int kQ0 = kTiles.q[0], kQ1 = kTiles.q[1], kQ2 = kTiles.q[2];
+  static constexpr int kK0 = kTiles.kv[0], kK1 = kTiles.kv[1], kK2 = kTiles.kv[2];
+  static constexpr int kTileQ = kTiles.q_size();
+  static constexpr int kTileKV = kTiles.kv_size();
+  static constexpr int kStages = kTiles.stages;
+  static constexpr int kThreads = 384;
+  static_assert(kTileQ == 128, "two consumer warpgroups of 64 rows");
+  static_assert(kTileKV % 16 == 0 && kTileKV <= 256, "wgmma N / K granularity");
+  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "head dim 32..256");
+
+  // Smem tiles are loaded in chunks of 64 elements (128 B, SW128) along D, or
+  // one 32-element chunk (64 B, SW64) for d32.
+  static constexpr int kChunk = kHeadDim >= 64 ? 64 : 32;
+  static constexpr int kChunks = kHeadDim / kChunk;
+  using AtomK = cute::conditional_t<kChunk == 64, cute::GMMA::Layout_K_SW128_Atom<Element>,
+                                    cute::GMMA::Layout_K_SW64_Atom<Element>>;
+  using AtomMN = cute::conditional_t<kChunk == 64, cute::GMMA::Layout_MN_SW128_Atom<Element>,
+                                     cute::GMMA::Layout_MN_SW64_Atom<Element>>;
+  // Q, K: K-major (token rows, D contiguous), D chunks after all rows of a chunk:
+  // exactly where consecutive TMA boxes of kChunk x tile tokens land.
+  using SmemLayoutQ = decltype(cute::tile_to_shape(
+      AtomK{}, cute::Shape<cute::Int<kTileQ>, cute::Int<kHeadDim>>{}));
+  using SmemLayoutK = decltype(cute::tile_to_shape(
+      AtomK{}, cute::Shape<cute::Int<kTileKV>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
+  // V as the B operand of P·V: (N = D, K = tokens), MN-major; same bytes as K.
+  using SmemLayoutV = decltype(cute::tile_to_shape(
+      AtomMN{}, cute::Shape<cute::Int<kHeadDim>, cute::Int<kTileKV>, cute::Int<kStages>>{},
+      cute::Step<cute::_2, cute::_1, cute::_3>{}));
+
+  using TiledMmaQK = decltype(cute::make_tiled_mma(
+      cute::GMMA::ss_op_selector<Element, Element, float,
+                                 cute::Shape<cute::_64, cute::Int<kTileKV>, cute::Int<kHeadDim>>>(),
+      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+  using TiledMmaPV = decltype(cute::make_tiled_mma(
+      cute::GMMA::rs_op_selector<Element, Element, float,
+                                 cute::Shape<cute::_64, cute::Int<kHeadDim>, cute::Int<kTileKV>>,
+                                 cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
+      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+
+  using PipelineKV = cutlass::PipelineTmaAsync<kStages>;
+
+  struct SharedStorage {
+    alignas(1024) Element q[kTileQ * kHeadDim];
+    alignas(1024) Element k[kStages * kTileKV * kHeadDim];
+    alignas(1024) Element v[kStages * kTileKV * kHeadDim];
+    typename PipelineKV::SharedStorage pipe_k;
+    typename PipelineKV::SharedStorage pipe_v;
+    alignas(8) uint64_t q_barrier;
+  };
+  // + 1024: the dynamic smem base is re-aligned to 1024 B (SW128 TMA/GMMA).
+  static constexpr size_t kSmemBytes = sizeof(SharedStorage) + 1024;
+
+  static constexpr uint32_t kTileBytesQ = kTileQ * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kTileBytesKV = kTileKV * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kChunkBytesQ = kTileQ * kChunk * sizeof(Element);
+  static constexpr uint32_t kChunkBytesKV = kTileKV * kChunk * sizeof(Element);
+
+  // Which CTA does what; every role decodes it identically from blockIdx.x.
+  struct Work {
+    int q_tile[3];
+    int group[3];
+    int head;
+    int batch;
+    GroupAxis axes[3];
+    TileBox box;
+    bool valid;  // false: the Q tile holds no query of its dilation group
+  };
+
+  static CUTLASS_DEVICE Work decode_work(const FwdParams& p) {
+    Work w;
+    int i = blockIdx.x;
+    int qt = i % p.num_q_tiles;
+    i /= p.num_q_tiles;
+    int gi = i % p.num_groups;
+    i /= p.num_groups;
+    w.head = i % p.heads;
+    w.batch = i / p.heads;
+    for (int a = 2; a >= 0; --a) {
+      w.q_tile[a] = qt % p.q_tiles[a];
+      qt /= p.q_tiles[a];
+      w.group[a] = gi % p.dilation[a];
+      gi /= p.dilation[a];
+    }
+    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
+    constexpr int kv_tile[3] = {kK0, kK1, kK2};
+    w.valid = true;
+    for (int a = 0; a < 3; ++a) {
+      w.axes[a] = GroupAxis{group_length(p.extent[a], p.dilation[a], w.group[a]),
+                            p.kernel_size[a], p.stride[a], p.causal[a] != 0};
+      w.valid &= w.q_tile[a] * q_tile[a] < w.axes[a].length;
+    }
+    w.box = kv_tile_box(w.axes, 3, w.q_tile, q_tile, kv_tile);
+    return w;
+  }
+
+  // TMA coordinate of group position `x` along kernel axis `a`.
+  static CUTLASS_DEVICE int tma_coord(const FwdParams& p, const Work& w, int a, int x) {
+    return w.group[a] + p.dilation[a] * x;
+  }
+
+  static CUTLASS_DEVICE void tma_load_tile(const CUtensorMap* map, uint64_t* barrier, Element* smem,
+                                           uint32_t chunk_bytes, int head, int c2, int c1, int c0,
+                                           uint64_t hint) {
+    CUTLASS_PRAGMA_UNROLL
+    for (int c = 0; c < kChunks; ++c) {
+      cute::SM90_TMA_LOAD_5D::copy(map, barrier, hint,
+                                   reinterpret_cast<char*>(smem) + c * chunk_bytes, c * kChunk,
+                                   head, c2, c1, c0);
+    }
+  }
+
+  static CUTLASS_DEVICE void producer(const CUtensorMap* map_q, const CUtensorMap* map_k,
+                                      const CUtensorMap* map_v, const FwdParams& p,
+                                      const Work& w, SharedStorage& ss, PipelineKV& pipe_k,
+                                      PipelineKV& pipe_v) {
+    constexpr uint64_t kEvictNormal = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+    constexpr uint64_t kEvictLast = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
+    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
+    constexpr int kv_tile[3] = {kK0, kK1, kK2};
+    const int kv_head = w.head / p.kv_group;
+
+    cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.q_barrier, kTileBytesQ);
+    tma_load_tile(map_q, &ss.q_barrier, ss.q, kChunkBytesQ, w.head,
+                  tma_coord(p, w, 2, w.q_tile[2] * q_tile[2]),
+                  tma_coord(p, w, 1, w.q_tile[1] * q_tile[1]),
+                  w.batch * p.extent[0] + tma_coord(p, w, 0, w.q_tile[0] * q_tile[0]),
+                  kEvictNormal);
+
+    auto state_k = cutlass::make_producer_start_state<PipelineKV>();
+    auto state_v = cutlass::make_producer_start_state<PipelineKV>();
+    const int n = w.box.size();
+    for (int j = 0; j < n; ++j) {
+      int t[3];
+      w.box.tile(j, t);
+      const int c2 = tma_coord(p, w, 2, t[2] * kv_tile[2]);
+      const int c1 = tma_coord(p, w, 1, t[1] * kv_tile[1]);
+      const int c0 = w.batch * p.extent[0] + tma_coord(p, w, 0, t[0] * kv_tile[0]);
+      pipe_k.producer_acquire(state_k);
+      tma_load_tile(map_k, pipe_k.producer_get_barrier(state_k),
+                    ss.k + state_k.index() * kTileKV * kHeadDim, kChunkBytesKV, kv_head, c2, c1,
+                    c0, kEvictLast);
+      ++state_k;
+      pipe_v.producer_acquire(state_v);
+      tma_load_tile(map_v, pipe_v.producer_get_barrier(state_v),
+                    ss.v + state_v.index() * kTileKV * kHeadDim, kChunkBytesKV, kv_head, c2, c1,
+                    c0, kEvictLast);
+      ++state_v;
+    }
+  }
+
+  // Row `r` of the Q tile / column `c` of a KV tile as per-axis offsets.
+  static CUTLASS_DEVICE void q_offsets(int r, int o[3]) {
+    o[0] = r / (kQ1 * kQ2);
+    o[1] = (r / kQ2) % kQ1;
+    o[2] = r % kQ2;
+  }
+  static CUTLASS_DEVICE void kv_offsets(int c, int o[3]) {
+    o[0] = c / (kK1 * kK2);
+    o[1] = (c / kK2) % kK1;
+    o[2] = c % kK2;
+  }
+
+  static CUTLASS_DEVICE float exp2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+  }
+
+  template <class TA, class TB, class TC>
+  static CUTLASS_DEVICE void gemm_qk(TiledMmaQK& mma, const TA& tA, const TB& tB, TC& tC) {
+    cute::warpgroup_fence_operand(tC);
+    cute::warpgroup_arrive();
+    mma.accumulate_ = cute::GMMA::ScaleOut::Zero;
+    CUTLASS_PRAGMA_UNROLL
+    for (int kb = 0; kb < cute::size<2>(tA); ++kb) {
+      cute::gemm(mma, tA(cute::_, cute::_, kb), tB(cute::_, cute::_, kb), tC);
+      mma.accumulate_ = cute::GMMA::ScaleOut::One;
+    }
+    cute::warpgroup_commit_batch();
+    cute::warpgroup_fence_operand(tC);
+  }
+
+  template <class TA, class TB, class TC>
+  static CUTLASS_DEVICE void gemm_pv(TiledMmaPV& mma, TA& tA, const TB& tB, TC& tC) {
+    cute::warpgroup_fence_operand(tA);
+    cute::warpgroup_fence_operand(tC);
+    cute::warpgroup_arrive();
+    mma.accumulate_ = cute::GMMA::ScaleOut::One;
+    CUTLASS_PRAGMA_UNROLL
+    for (int kb = 0; kb < cute::size<2>(tA); ++kb) {
+      cute::gemm(mma, tA(cute::_, cute::_, kb), tB(cute::_, cute::_, kb), tC);
+    }
+    cute::warpgroup_commit_batch();
+    cute::warpgroup_fence_operand(tC);
+    cute::warpgroup_fence_operand(tA);
+  }
+
+  static CUTLASS_DEVICE void consumer(const FwdParams& p, const Work& w, SharedStorage& ss,
+                                      PipelineKV& pipe_k, PipelineKV& pipe_v) {
+    using namespace cute;
+    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
+    constexpr int kv_tile[3] = {kK0, kK1, kK2};
+    const int ctid = threadIdx.x - 128;  // 0..255 over both consumer warpgroups
+    const int wg = ctid / 128;
+
+    TiledMmaQK mma_qk;
+    TiledMmaPV mma_pv;
+    auto thr_qk = mma_qk.get_thread_slice(ctid);
+    auto thr_pv = mma_pv.get_thread_slice(ctid);
+
+    Tensor sQ = make_tensor(make_smem_ptr(ss.q), SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(ss.k), SmemLayoutK{});
+    Tensor sV = make_tensor(make_smem_ptr(ss.v), SmemLayoutV{});
+    Tensor tSrQ = thr_qk.partition_fragment_A(sQ);  // (MMA, 1, K/16) descriptors
+    Tensor tSrK = thr_qk.partition_fragment_B(sK);  // (MMA, 1, K/16, stages)
+    Tensor tOrV = thr_pv.partition_fragment_B(sV);  // (MMA, 1, KV/16, stages)
+
+    Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kTileQ>, Int<kTileKV>>{});
+    Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kTileQ>, Int<kHeadDim>>{});
+    // P in the A-operand register layout of P·V: the accumulator of two n8 blocks
+    // holds exactly the values of one k16 A fragment, in the same register order,
+    // so both compact fragments convert element by element.
+    Tensor tOrP = make_tensor<Element>(partition_shape_A(mma_pv, Shape<Int<kTileQ>, Int<kTileKV>>{}));
+    static_assert(decltype(size(tOrP))::value == decltype(size(tSrS))::value);
+
+    // Accumulator element i of an m64nN wgmma (S, O) sits at row
+    // 16 * warp + lane / 4 + 8 * ((i >> 1) & 1) of the warpgroup's 64 rows and at
+    // column 8 * (i >> 2) + 2 * (lane % 4) + (i & 1).
+    const int lane = threadIdx.x & 31;
+    const int row_base = 64 * wg + 16 * ((ctid / 32) & 3) + lane / 4;
+    const int col_base = 2 * (lane & 3);
+    static_assert(kK2 % 8 == 0, "the n8 column blocks of S must not straddle a KV tile row");
+
+    // The two rows this thread owns: their windows per axis.
+    int row_win_lo[2][3], row_win_len[2][3];
+    CUTLASS_PRAGMA_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      int o[3];
+      q_offsets(row_base + 8 * r, o);
+      CUTLASS_PRAGMA_UNROLL
+      for (int a = 0; a < 3; ++a) {
+        const int q = min_int(w.q_tile[a] * q_tile[a] + o[a], w.axes[a].length - 1);
+        const Range win = group_window(w.axes[a], q);
+        row_win_lo[r][a] = win.start;
+        row_win_len[r][a] = win.end - win.start;
+      }
+    }
+
+    float row_max[2] = {-INFINITY, -INFINITY};
+    float row_sum[2] = {0.f, 0.f};
+    // Scores enter exp2 as S * mult - max * mult (one FFMA). A non-positive
+    // scale would flip the max, so such scores are scaled before the mask.
+    const bool prescale = p.prescale != 0;
+    const float mult = prescale ? 1.f : p.scale_log2;
+    clear(tOrO);
+
+    // Softmax of the S tile in tSrS (masked first when partial); leaves P
+    // (unnormalised, fp32) in tSrS and the per-row rescale of O in corr.
+    auto softmax_step = [&](bool partial, const int* kv_origin, float* corr) {
+      if (prescale) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(tSrS); ++i) tSrS(i) *= p.scale_log2;
+      }
+      if (partial) {
+        // Column 8 * n8 + col_base + i0: n8 fixes the offsets along axes 0 and 1
+        // (compile time), axis 2 adds col_base + i0.
+        int x2[2];
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < 2; ++r) x2[r] = kv_origin[2] + col_base - row_win_lo[r][2];
+        CUTLASS_PRAGMA_UNROLL
+        for (int n8 = 0; n8 < kTileKV / 8; ++n8) {
+          int o[3];
+          kv_offsets(8 * n8, o);
+          CUTLASS_PRAGMA_UNROLL
+          for (int r = 0; r < 2; ++r) {
+            const bool row_ok =
+                unsigned(kv_origin[0] + o[0] - row_win_lo[r][0]) < unsigned(row_win_len[r][0]) &&
+                unsigned(kv_origin[1] + o[1] - row_win_lo[r][1]) < unsigned(row_win_len[r][1]);
+            CUTLASS_PRAGMA_UNROLL
+            for (int i0 = 0; i0 < 2; ++i0) {
+              const int i = i0 + 2 * r + 4 * n8;
+              const bool vis = row_ok && unsigned(x2[r] + o[2] + i0) < unsigned(row_win_len[r][2]);
+              if (!vis) tSrS(i) = -INFINITY;
+            }
+          }
+        }
+      }
+      float m[2] = {row_max[0], row_max[1]};
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tSrS); ++i) m[(i >> 1) & 1] = fmaxf(m[(i >> 1) & 1], tSrS(i));
+      float m_scaled[2];
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffff, m[r], 1));
+        m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffff, m[r], 2));
+        m_scaled[r] = m[r] == -INFINITY ? 0.f : m[r] * mult;
+        corr[r] = exp2_approx(row_max[r] * mult - m_scaled[r]);
+        row_max[r] = m[r];
+        row_sum[r] *= corr[r];
+      }
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tSrS); ++i) {
+        const int r = (i >> 1) & 1;
+        const float e = exp2_approx(tSrS(i) * mult - m_scaled[r]);
+        tSrS(i) = e;
+        row_sum[r] += e;
+      }
+    };
+    auto rescale_o = [&](const float* corr) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= corr[(i >> 1) & 1];
+    };
+    auto convert_p = [&]() {
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tSrS); ++i) tOrP(i) = static_cast<Element>(tSrS(i));
+    };
+    auto tile_info = [&](int j, int* origin) {
+      int t[3];
+      w.box.tile(j, t);
+      CUTLASS_PRAGMA_UNROLL
+      for (int a = 0; a < 3; ++a) origin[a] = t[a] * kv_tile[a];
+      return classify_tile(w.axes, 3, w.q_tile, q_tile, t, kv_tile) != TileKind::kFull;
+    };
+
+    typename PipelineKV::PipelineState state_k, state_v;
+    const int n = w.box.size();
+
+    cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_barrier, 0);
+
+    // Tile 0: S = Q K0^T, softmax.
+    {
+      pipe_k.consumer_wait(state_k);
+      gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
+      warpgroup_wait<0>();
+      pipe_k.consumer_release(state_k);
+      ++state_k;
+      int origin[3];
+      const bool partial = tile_info(0, origin);
+      float corr[2];
+      softmax_step(partial, origin, corr);
+      convert_p();
+    }
+    for (int j = 1; j < n; ++j) {
+      pipe_k.consumer_wait(state_k);
+      gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
+      pipe_v.consumer_wait(state_v);
+      gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
+      int origin[3];
+      const bool partial = tile_info(j, origin);
+      warpgroup_wait<1>();  // S_j ready; P_{j-1} V_{j-1} may still run
+      pipe_k.consumer_release(state_k);
+      ++state_k;
+      float corr[2];
+      softmax_step(partial, origin, corr);
+      warpgroup_wait<0>();  // P_{j-1} V_{j-1} done: O and P registers are free
+      pipe_v.consumer_release(state_v);
+      ++state_v;
+      rescale_o(corr);
+      convert_p();
+    }
+    pipe_v.consumer_wait(state_v);
+    gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
+    warpgroup_wait<0>();
+    pipe_v.consumer_release(state_v);
+
+    // Epilogue: normalise, LSE, O through this warpgroup's (now unused) Q rows.
+    float inv[2], lse[2];
+    CUTLASS_PRAGMA_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      float s = row_sum[r];
+      s += __shfl_xor_sync(0xffffffff, s, 1);
+      s += __shfl_xor_sync(0xffffffff, s, 2);
+      inv[r] = s > 0.f ? 1.f / s : 0.f;
+      const float m_scaled = row_max[r] == -INFINITY ? 0.f : row_max[r] * mult;
+      lse[r] = s > 0.f ? (m_scaled + __log2f(s)) * 0.69314718055994531f : -INFINITY;
+    }
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= inv[(i >> 1) & 1];
+
+    // Per-row global token index (or -1 when the row is outside the grid).
+    auto row_token = [&](int row) -> int64_t {
+      int o[3];
+      q_offsets(row, o);
+      int64_t token = w.batch;
+      CUTLASS_PRAGMA_UNROLL
+      for (int a = 0; a < 3; ++a) {
+        const int q = w.q_tile[a] * q_tile[a] + o[a];
+        if (q >= w.axes[a].length) return -1;
+        token = token * p.extent[a] + (w.group[a] + p.dilation[a] * q);
+      }
+      return token;
+    };
+
+    if ((ctid & 3) == 0) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        const int64_t token = row_token(row_base + 8 * r);
+        if (token >= 0) p.lse[token * p.heads + w.head] = lse[r];
+      }
+    }
+
+    cutlass::arch::NamedBarrier wg_barrier(128, 1 + wg);
+    wg_barrier.sync();  // every warp of this warpgroup is done reading its Q rows
+    Tensor sO = make_tensor(make_smem_ptr(ss.q), SmemLayoutQ{});
+    Tensor tOsO = thr_pv.partition_C(sO);
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < size(tOrO); ++i) tOsO(i) = static_cast<Element>(tOrO(i));
+    wg_barrier.sync();
+
+    constexpr int kVecPerRow = kHeadDim / 8;  // 16-byte vectors
+    Element* out = static_cast<Element*>(p.out);
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (int idx = ctid & 127; idx < 64 * kVecPerRow; idx += 128) {
+      const int row = wg * 64 + idx / kVecPerRow;
+      const int col = (idx % kVecPerRow) * 8;
+      const int64_t token = row_token(row);
+      if (token < 0) continue;
+      const uint4 vec = *reinterpret_cast<const uint4*>(raw_pointer_cast(&sO(row, col)));
+      *reinterpret_cast<uint4*>(out + (token * p.heads + w.head) * kHeadDim + col) = vec;
+    }
+  }
+
+  static CUTLASS_DEVICE void run(const CUtensorMap* map_q, const CUtensorMap* map_k,
+                                 const CUtensorMap* map_v, const FwdParams& p, char* smem_raw) {
+    const Work w = decode_work(p);
+    if (!w.valid) return;  // uniform over the CTA
+
+    SharedStorage& ss = *reinterpret_cast<SharedStorage*>(
+        (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    const int warp_group = threadIdx.x / 128;
+    const auto role = WarpGroupRole(warp_group);
+
+    typename PipelineKV::Params pipe_params;
+    pipe_params.transaction_bytes = kTileBytesKV;
+    pipe_params.role = role == WarpGroupRole::Producer ? PipelineKV::ThreadCategory::Producer
+                                                       : PipelineKV::ThreadCategory::Consumer;
+    pipe_params.is_leader = threadIdx.x == 0;
+    pipe_params.num_consumers = 256;
+    pipe_params.initializing_warp = 0;
+    PipelineKV pipe_k(ss.pipe_k, pipe_params, cute::Shape<cute::_1, cute::_1, cute::_1>{});
+    pipe_params.initializing_warp = 1;
+    PipelineKV pipe_v(ss.pipe_v, pipe_params, cute::Shape<cute::_1, cute::_1, cute::_1>{});
+    if (threadIdx.x == 64) {
+      cutlass::arch::ClusterTransactionBarrier::init(&ss.q_barrier, 1);
+      cutlass::arch::fence_barrier_init();
+    }
+    __syncthreads();
+
+    if (role == WarpGroupRole::Producer) {
+      cutlass::arch::warpgroup_reg_dealloc<40>();
+      if (threadIdx.x == 0) producer(map_q, map_k, map_v, p, w, ss, pipe_k, pipe_v);
+    } else {
+      cutlass::arch::warpgroup_reg_alloc<232>();
+      consumer(p, w, ss, pipe_k, pipe_v);
+    }
+  }
+};
+
+template <class Kernel>
+__global__ void __launch_bounds__(Kernel::kThreads, 1)
+    gna_fwd_sm90_kernel(const __grid_constant__ CUtensorMap map_q,
+                        const __grid_constant__ CUtensorMap map_k,
+                        const __grid_constant__ CUtensorMap map_v,
+                        const __grid_constant__ FwdParams params) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ char smem[];
+  Kernel::run(&map_q, &map_k, &map_v, params, smem);
+#else
+  // Built for another architecture: never launched (the launcher checks the device).
+#endif
+}
+
+}  // namespace gna::sm90
