@@ -199,3 +199,16 @@ def attention(
         unflat(dev, extra_v) if has_extra else None,
     )
     return out, lse, grad_tuple
+
+
+def random_window(rng: np.random.Generator, shape) -> tuple[tuple, tuple, tuple, tuple]:
+    """A uniformly drawn legal ``(kernel_size, stride, dilation, is_causal)`` for `shape`
+    (NATTEN's sweep: K ~ U[2, L], d ~ U[1, L // K], s ~ U[1, K], causal per axis)."""
+    ks, ss, ds, cs = [], [], [], []
+    for n in shape:
+        k = int(rng.integers(2, n + 1))
+        ds.append(int(rng.integers(1, n // k + 1)))
+        ss.append(int(rng.integers(1, k + 1)))
+        ks.append(k)
+        cs.append(bool(rng.integers(0, 2)))
+    return tuple(ks), tuple(ss), tuple(ds), tuple(cs)

@@ -1,0 +1,235 @@
+"""Argument normalisation and validation (`jax_gna._params`): every bad input raises the right
+exception type, before anything runs, with a message naming the argument."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_gna
+from jax_gna import reference
+from jax_gna._params import GnaParams, make_params
+
+f32 = jnp.float32
+
+
+def z(*shape, dtype=f32):
+    return jnp.zeros(shape, dtype)
+
+
+# q [B=2, X=6, Y=5, H=4, D=8], k/v with 2 kv heads, v head dim 3.
+Q, K, V = z(2, 6, 5, 4, 8), z(2, 6, 5, 2, 8), z(2, 6, 5, 2, 3)
+EK, EV = z(2, 3, 2, 8), z(2, 3, 2, 3)
+
+# name -> (kwargs overriding the good call, exception, regex the message must match)
+BAD = {
+    "rank_too_small": (dict(q=z(4, 8), k=z(4, 8), v=z(4, 8)), ValueError, "spatial axes"),
+    "rank_too_large": (
+        dict(q=z(1, 2, 2, 2, 2, 1, 4), k=z(1, 2, 2, 2, 2, 1, 4), v=z(1, 2, 2, 2, 2, 1, 4),
+             kernel_size=2),
+        ValueError, "spatial axes",
+    ),
+    "rank_from_tuple_too_large": (dict(kernel_size=(2, 2, 2, 2)), ValueError, "spatial axes"),
+    "key_rank_differs": (dict(k=z(2, 6, 5, 1, 2, 8)), ValueError, "same rank"),
+    "value_rank_differs": (dict(v=z(6, 5, 2, 3)), ValueError, "same rank"),
+    "token_layout_differs": (dict(k=z(2, 6, 4, 2, 8)), ValueError, "token layout"),
+    "value_layout_differs": (dict(v=z(2, 5, 5, 2, 3)), ValueError, "token layout"),
+    "batch_differs": (dict(k=z(3, 6, 5, 2, 8)), ValueError, "batch dims"),
+    "value_batch_differs": (dict(v=z(1, 6, 5, 2, 3)), ValueError, "batch dims"),
+    "heads_not_divisible": (
+        dict(q=z(2, 6, 5, 3, 8)), ValueError, r"evenly divide.*heads=3, kv_heads=2"
+    ),
+    "kv_heads_differ": (dict(v=z(2, 6, 5, 1, 3)), ValueError, "`key` and `value`.*heads"),
+    "qk_head_dim_differs": (dict(k=z(2, 6, 5, 2, 7)), ValueError, "head dim.*8 and 7"),
+    "dtype_mismatch": (dict(k=z(2, 6, 5, 2, 8, dtype=jnp.bfloat16)), TypeError, "same dtype"),
+    "value_dtype_mismatch": (dict(v=z(2, 6, 5, 2, 3, dtype=jnp.float16)), TypeError, "dtype"),
+    "integer_query": (
+        dict(q=z(2, 6, 5, 4, 8, dtype=jnp.int32)), TypeError, "`query`.*floating-point"
+    ),
+    "integer_all": (
+        dict(q=z(2, 6, 5, 4, 8, dtype=jnp.int32), k=z(2, 6, 5, 2, 8, dtype=jnp.int32),
+             v=z(2, 6, 5, 2, 3, dtype=jnp.int32)),
+        TypeError, "floating-point",
+    ),
+    "kernel_size_1": (dict(kernel_size=1), ValueError, r"`kernel_size`.*>= 2.*\(1, 1\)"),
+    "kernel_size_0_one_axis": (dict(kernel_size=(3, 0)), ValueError, "`kernel_size`"),
+    "kernel_size_negative": (dict(kernel_size=-3), ValueError, "`kernel_size`"),
+    "stride_0": (dict(stride=0), ValueError, "`stride`.*positive"),
+    "stride_negative_one_axis": (dict(stride=(1, -1)), ValueError, "`stride`"),
+    "stride_larger_than_kernel": (
+        dict(kernel_size=(3, 2), stride=(3, 3)), ValueError, r"`stride`.*`kernel_size`.*\(3, 3\)"
+    ),
+    "dilation_0": (dict(dilation=0), ValueError, "`dilation`.*positive"),
+    "dilation_negative_one_axis": (dict(dilation=(2, -1)), ValueError, "`dilation`"),
+    "kernel_times_dilation_exceeds_extent": (
+        dict(kernel_size=(3, 3), dilation=(2, 2)), ValueError,
+        r"`kernel_size` and `dilation`.*\(6, 5\)",
+    ),
+    "kernel_exceeds_extent": (dict(kernel_size=(7, 3)), ValueError, "`kernel_size`"),
+    "is_causal_int": (dict(is_causal=1), TypeError, "`is_causal`"),
+    "is_causal_tuple_with_int": (dict(is_causal=(True, 0)), TypeError, "`is_causal`"),
+    "is_causal_string": (dict(is_causal="yes"), TypeError, "`is_causal`"),
+    "kernel_tuple_too_short_for_na2d": (
+        dict(kernel_size=(3,), fn="na2d"), ValueError, "`kernel_size` has 1 entries"
+    ),
+    "stride_tuple_length_mismatch": (
+        dict(kernel_size=(3, 3), stride=(1, 1, 1)), ValueError, "`stride` has 3 entries"
+    ),
+    "dilation_tuple_length_mismatch": (
+        dict(dilation=(1,), fn="na2d"), ValueError, "`dilation` has 1 entries"
+    ),
+    "is_causal_tuple_length_mismatch": (
+        dict(kernel_size=(3, 3), is_causal=(True,)), ValueError, "`is_causal` has 1 entries"
+    ),
+    "kernel_size_bool": (dict(kernel_size=True), TypeError, "`kernel_size`"),
+    "kernel_size_bool_in_tuple": (dict(kernel_size=(3, True)), TypeError, "`kernel_size`"),
+    "kernel_size_float": (dict(kernel_size=3.0), TypeError, "`kernel_size`"),
+    "stride_float": (dict(stride=(1, 1.5)), TypeError, "`stride`"),
+    "dilation_numpy_array": (dict(dilation=np.array([1, 1])), TypeError, "`dilation`"),
+    "scale_string": (dict(scale="big"), TypeError, "`scale`"),
+    "scale_bool": (dict(scale=True), TypeError, "`scale`"),
+    "extra_keys_without_values": (
+        dict(ek=EK, ev=None), ValueError, "`additional_keys` and `additional_values`.*together"
+    ),
+    "extra_values_without_keys": (
+        dict(ek=None, ev=EV), ValueError, "`additional_keys` and `additional_values`.*together"
+    ),
+    "extra_batch_mismatch": (
+        dict(ek=z(1, 3, 2, 8), ev=EV), ValueError, "`additional_keys`.*batch"
+    ),
+    "extra_values_batch_mismatch": (
+        dict(ek=EK, ev=z(3, 3, 2, 3)), ValueError, "`additional_values`.*batch"
+    ),
+    "extra_heads_mismatch": (
+        dict(ek=z(2, 3, 4, 8), ev=EV), ValueError, "`additional_keys`.*heads"
+    ),
+    "extra_values_heads_mismatch": (
+        dict(ek=EK, ev=z(2, 3, 1, 3)), ValueError, "`additional_values`.*heads"
+    ),
+    "extra_key_dim_mismatch": (
+        dict(ek=z(2, 3, 2, 3), ev=EV), ValueError, "`additional_keys`.*head dim"
+    ),
+    "extra_value_dim_mismatch": (
+        dict(ek=EK, ev=z(2, 3, 2, 8)), ValueError, "`additional_values`.*head dim"
+    ),
+    "extra_token_counts_differ": (
+        dict(ek=EK, ev=z(2, 4, 2, 3)), ValueError, r"same number of extra tokens.*3 and 4"
+    ),
+    "extra_wrong_rank": (
+        dict(ek=z(2, 1, 3, 2, 8), ev=EV), ValueError, "`additional_keys`.*dims"
+    ),
+    "extra_dtype_mismatch": (
+        dict(ek=z(2, 3, 2, 8, dtype=jnp.float16), ev=EV), TypeError, "`additional_keys`.*dtype"
+    ),
+    "na2d_on_1d_problem": (
+        dict(q=z(6, 4, 8), k=z(6, 2, 8), v=z(6, 2, 3), fn="na2d"), ValueError, "`query`.*4 dims"
+    ),
+    "na3d_on_2d_problem": (
+        dict(q=z(6, 5, 4, 8), k=z(6, 5, 2, 8), v=z(6, 5, 2, 3), fn="na3d"),
+        ValueError, "`query`.*5 dims",
+    ),
+    "na1d_with_2d_kernel_tuple": (
+        dict(kernel_size=(3, 3), fn="na1d"), ValueError, "`kernel_size` has 2 entries"
+    ),
+}  # fmt: skip
+
+ENTRY_POINTS = {
+    "gna": jax_gna.gna,
+    "gna_xla": lambda *a, **kw: jax_gna.gna(*a, **kw, implementation="xla"),
+    "reference": reference.gna,
+}
+
+
+def _call(fn, q=Q, k=K, v=V, kernel_size=3, ek=None, ev=None, **kw):
+    return fn(q, k, v, kernel_size, additional_keys=ek, additional_values=ev, **kw)
+
+
+def test_good_call_is_accepted():
+    for fn in (*ENTRY_POINTS.values(), jax_gna.na2d):
+        out = _call(fn, ek=EK, ev=EV, stride=(2, 1), dilation=(2, 1), is_causal=(True, False))
+        assert out.shape == (2, 6, 5, 4, 3)
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+@pytest.mark.parametrize("name", list(BAD))
+def test_invalid_argument_raises(name, entry):
+    kwargs, exc, match = BAD[name]
+    kwargs = dict(kwargs)
+    fn = kwargs.pop("fn", None)
+    fn = getattr(jax_gna, fn) if fn is not None else ENTRY_POINTS[entry]
+    with pytest.raises(exc, match=match):
+        _call(fn, **kwargs)
+
+
+def test_make_params_rejects_non_arrays():
+    with pytest.raises(TypeError, match="`query` must be an array"):
+        make_params([[0.0]], K, V, 3)
+    with pytest.raises(TypeError, match="`value` must be an array"):
+        make_params(Q, K, None, 3)
+
+
+@pytest.mark.parametrize("what", ["scale", "kernel_size", "kernel_size_entry", "stride"])
+def test_traced_static_argument_raises_type_error(what):
+    def f(q, k, v, x):
+        kw = {
+            "scale": dict(kernel_size=3, scale=x),
+            "kernel_size": dict(kernel_size=x),
+            "kernel_size_entry": dict(kernel_size=(3, x)),
+            "stride": dict(kernel_size=3, stride=x),
+        }[what]
+        return jax_gna.gna(q, k, v, **kw)
+
+    name = "kernel_size" if what.startswith("kernel_size") else what
+    value = jnp.float32(0.5) if what == "scale" else jnp.int32(2)
+    with pytest.raises(TypeError, match=f"`{name}`.*(static|traced)"):
+        jax.jit(f)(Q, K, V, value)
+
+
+def test_concrete_jax_array_as_static_argument_raises():
+    with pytest.raises(TypeError, match="`kernel_size`"):
+        jax_gna.gna(Q, K, V, jnp.int32(3))
+    with pytest.raises(TypeError, match="`scale`"):
+        jax_gna.gna(Q, K, V, 3, scale=jnp.float32(1.0))
+
+
+def test_normalisation():
+    p = make_params(Q, K, V, 3)
+    assert p == GnaParams((3, 3), (1, 1), (1, 1), (False, False), 8**-0.5)
+    assert p.rank == 2
+    p = make_params(
+        Q, K, V, (3, 2), stride=(2, None and 1 or 1), dilation=2, is_causal=(True, np.False_)
+    )
+    assert p.kernel_size == (3, 2) and p.stride == (2, 1) and p.dilation == (2, 2)
+    assert p.is_causal == (True, False)
+    assert all(type(c) is bool for c in p.is_causal)
+    p = make_params(Q, K, V, np.int64(3), stride=None, dilation=None, is_causal=None, scale=2)
+    assert p == GnaParams((3, 3), (1, 1), (1, 1), (False, False), 2.0)
+    assert all(type(x) is int for x in p.kernel_size + p.stride + p.dilation)
+    assert type(p.scale) is float
+    # Several batch dims: rank from a tuple, or fixed by the caller.
+    q = z(2, 3, 6, 5, 4, 8)
+    k = z(2, 3, 6, 5, 2, 8)
+    assert make_params(q, k, k, (3, 3)).rank == 2
+    assert make_params(q, k, k, 3, rank=2).rank == 2
+    assert make_params(z(6, 4, 8), z(6, 2, 8), z(6, 2, 8), (3,)).rank == 1
+
+
+def test_params_are_frozen_and_hashable():
+    a = make_params(Q, K, V, 3, stride=(2, 1), is_causal=(True, False))
+    b = make_params(Q, K, V, (3, 3), stride=(2, 1), is_causal=(True, False))
+    assert a == b and hash(a) == hash(b)
+    assert len({a, b, make_params(Q, K, V, 3)}) == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.stride = (1, 1)
+
+
+def test_attrs_dtypes():
+    attrs = make_params(Q, K, V, (3, 2), stride=(2, 1), dilation=(1, 2), is_causal=(True, False))
+    attrs = attrs.attrs()
+    for name in ("kernel_size", "stride", "dilation", "is_causal"):
+        assert isinstance(attrs[name], np.ndarray) and attrs[name].dtype == np.int64, name
+    assert list(attrs["kernel_size"]) == [3, 2] and list(attrs["stride"]) == [2, 1]
+    assert list(attrs["dilation"]) == [1, 2] and list(attrs["is_causal"]) == [1, 0]
+    assert type(attrs["scale"]) is np.float32 and attrs["scale"] == np.float32(8**-0.5)
