@@ -1,0 +1,120 @@
+"""The kernels' supported tile shapes, listed in one place.
+
+Edit `SM90_FORWARD` when the Hopper kernels gain or lose a configuration; everything else (the
+simulator's `jax_gna.sim.choose_tiles`, the profiler's dry run) reads it from here.
+
+A tile configuration is a Q tile shape and a KV tile shape, one entry per spatial axis of the
+problem, in the problem's axis order (``(T, H, W)`` for 3-D). Tiles live in dilation-group
+coordinates: with dilation, a ``(2, 8, 8)`` tile holds 2 x 8 x 8 tokens of one dilation group.
+The Q tile's token count is the rows of the kernel's GEMM tile, the KV tile's its columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class TileConfig:
+    """One Q tile shape and one KV tile shape, each one int per spatial axis."""
+
+    q: tuple[int, ...]
+    kv: tuple[int, ...]
+
+    def __post_init__(self):
+        q, kv = tuple(int(x) for x in self.q), tuple(int(x) for x in self.kv)
+        if len(q) != len(kv) or not q:
+            raise ValueError(
+                f"Q and KV tile shapes need one entry per spatial axis each, got q={q}, kv={kv}."
+            )
+        if any(x < 1 for x in q + kv):
+            raise ValueError(f"Tile shapes must be positive, got q={q}, kv={kv}.")
+        object.__setattr__(self, "q", q)
+        object.__setattr__(self, "kv", kv)
+
+    @property
+    def rank(self) -> int:
+        return len(self.q)
+
+    def __str__(self) -> str:
+        return f"Q{_shape(self.q)}/KV{_shape(self.kv)}"
+
+
+def _shape(t: tuple[int, ...]) -> str:
+    return "(" + ",".join(str(x) for x in t) + ")"
+
+
+def _cfgs(*pairs: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[TileConfig, ...]:
+    return tuple(TileConfig(q, kv) for q, kv in pairs)
+
+
+# Hopper (sm_90a) forward kernels, fp16 and bf16: rank -> head dim -> configurations. The first
+# configuration of each list is the default of `cuda/sm90/fwd_config.h` (`fwd_tile_config`).
+# - Q tiles of 128 tokens feed two 64-row wgmma consumer warpgroups; KV tiles of 128 tokens
+#   give a 64x128 score tile per warpgroup (the FA3 / CUTLASS example 88 shape).
+# - Head dim 256: KV tiles of 64 tokens, or Q + two K/V stages would not fit in shared memory.
+# - 2-D 16x8 and 3-D 2x8x8 sit inside one stride group of the standard problems (FLUX stride
+#   16x16, HunyuanVideo 16x8x8), so their windows cover whole KV tiles.
+_D128_LIKE = {
+    1: _cfgs(((128,), (128,))),
+    2: _cfgs(((16, 8), (16, 8)), ((8, 16), (8, 16))),
+    3: _cfgs(((2, 8, 8), (2, 8, 8)), ((4, 4, 8), (4, 4, 8))),
+}
+_D256 = {
+    1: _cfgs(((128,), (64,))),
+    2: _cfgs(((16, 8), (8, 8)), ((8, 16), (8, 8))),
+    3: _cfgs(((2, 8, 8), (1, 8, 8)), ((4, 4, 8), (2, 4, 8))),
+}
+SM90_FORWARD: dict[int, dict[int, tuple[TileConfig, ...]]] = {
+    rank: {32: _D128_LIKE[rank], 64: _D128_LIKE[rank], 128: _D128_LIKE[rank], 256: _D256[rank]}
+    for rank in (1, 2, 3)
+}
+SM90_DTYPES: tuple[str, ...] = ("float16", "bfloat16")
+
+_TABLES = {"sm90": (SM90_FORWARD, SM90_DTYPES)}
+
+
+def supported_tiles(rank: int, head_dim: int, dtype: object, arch: str = "sm90") -> tuple:
+    """The forward tile configurations the ``arch`` kernels implement for this call.
+
+    Args:
+      rank: number of spatial axes (1, 2 or 3).
+      head_dim: the query/key head dim ``D``.
+      dtype: the input dtype (anything `numpy.dtype` or JAX understands, e.g. ``"bfloat16"``).
+      arch: the kernel family; only ``"sm90"`` (Hopper) is listed so far.
+
+    Returns:
+      A tuple of `TileConfig`, the kernel's default first.
+
+    Raises:
+      ValueError: for an unknown ``arch`` or a rank outside 1..3.
+      NotImplementedError: when the kernels have no configuration for this dtype or head dim.
+    """
+    if arch not in _TABLES:
+        raise ValueError(f"Unknown `arch` {arch!r}; expected one of {tuple(_TABLES)}.")
+    table, dtypes = _TABLES[arch]
+    if rank not in table:
+        raise ValueError(f"GNA supports 1, 2 or 3 spatial axes, got rank={rank}.")
+    name = dtype_name(dtype)
+    if name not in dtypes:
+        raise NotImplementedError(f"The {arch} kernels support dtypes {dtypes}, got dtype={name}.")
+    if head_dim not in table[rank]:
+        raise NotImplementedError(
+            f"The {arch} kernels support head dims {tuple(table[rank])}, got head_dim={head_dim}."
+        )
+    return table[rank][head_dim]
+
+
+def dtype_name(dtype: object) -> str:
+    """Canonical name of a dtype given as a string, NumPy/JAX dtype or scalar type."""
+    aliases = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "f32": "float32"}
+    if isinstance(dtype, str) and dtype.lower() in aliases:
+        return aliases[dtype.lower()]
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        import jax.numpy as jnp  # bfloat16 is not a NumPy dtype name without ml_dtypes
+
+        return jnp.dtype(dtype).name

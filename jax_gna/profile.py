@@ -1,0 +1,714 @@
+"""Profiler CLI: ``python -m jax_gna.profile -i 30 48 80 -n 24 -d 128 -w 18 24 24 -s 16 8 8``.
+
+Times each requested GNA implementation and dense attention on the same inputs (cuDNN through
+``jax.nn.dot_product_attention(implementation="cudnn")`` on a GPU; XLA's dense attention
+elsewhere, and the table says so), and prints time, speedup over dense, the simulator's bound
+(`jax_gna.sim`) and effective TFLOP/s. Effective FLOPs count the attended (query, key) pairs
+only: ``2 * B * H * pairs * (D + Dv)`` forward (``4 * B * H * pairs * D`` when ``Dv == D``);
+``--backprop`` times forward + backward and counts the backward as 2.5x the forward.
+
+Timing: one call to compile, ``--warmup`` calls, then the median of ``--iters`` calls, each
+waited for with ``block_until_ready`` (wall clock, so it includes dispatch).
+
+``--dry-run`` runs nothing and needs no GPU: it lists the kernels' candidate tile
+configurations with their simulated numbers (and optionally the strides worth trying).
+The arguments follow NATTEN's profiler (``python -m natten.profiler``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from jax_gna import _tiles, sim
+
+_IMPLEMENTATIONS = ("auto", "cuda", "cpu", "xla", "reference")
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+# Dense attention through XLA materialises [B, H, N, N] float32 scores (and a few temporaries):
+# skip it above this much memory instead of running out.
+_DENSE_XLA_MAX_BYTES = {"cpu": 4 << 30, "gpu": 24 << 30}
+_BACKWARD_FLOPS_FACTOR = 2.5
+
+_FLAGS = {
+    "kernel_size": "-w/--window",
+    "stride": "-s/--stride",
+    "dilation": "--dilation",
+    "is_causal": "-c/--causal",
+    "heads": "-n/--heads, --heads-kv",
+    "spatial shape": "-i/--input-size",
+    "head dim": "-d/--dim, --dim-value",
+}
+
+
+def _flag_hint(message: str) -> str:
+    """Which flags a jax_gna validation message is about (it names the gna arguments)."""
+    hits = [f"{name} is {flag}" for name, flag in _FLAGS.items() if name in message]
+    return f" ({'; '.join(hits)})" if hits else ""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "t", "yes", "y"):
+        return True
+    if t in ("0", "false", "f", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false/1/0), got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m jax_gna.profile",
+        description="Profile jax_gna against dense attention, next to the simulator's bound.",
+        epilog="Example: python -m jax_gna.profile -i 30 48 80 -n 24 -d 128 -w 18 24 24 "
+        "-s 16 8 8 --dry-run",
+    )
+    prob = p.add_argument_group("problem")
+    prob.add_argument(
+        "-i", "--input-size", type=_positive_int, nargs="+", required=True, metavar="X",
+        help="token layout: 1 to 3 extents",
+    )  # fmt: skip
+    prob.add_argument("-b", "--batch", type=_positive_int, default=1, help="batch (default 1)")
+    prob.add_argument("-n", "--heads", type=_positive_int, default=1, help="query heads")
+    prob.add_argument("--heads-kv", type=_positive_int, help="key/value heads (default: heads)")
+    prob.add_argument("-d", "--dim", type=_positive_int, default=64, help="QK head dim (64)")
+    prob.add_argument("--dim-value", type=_positive_int, help="V head dim (default: --dim)")
+    prob.add_argument(
+        "-w", "--window", type=_positive_int, nargs="+", metavar="K",
+        help="window per axis (one value for all axes; default: the input size, i.e. dense)",
+    )  # fmt: skip
+    prob.add_argument(
+        "-s", "--stride", type=_positive_int, nargs="+", metavar="S", help="stride (1)"
+    )
+    prob.add_argument("--dilation", type=_positive_int, nargs="+", metavar="D", help="dilation")
+    prob.add_argument(
+        "-c", "--causal", type=_bool, nargs="*", metavar="BOOL",
+        help="causal per axis; bare -c makes every axis causal",
+    )  # fmt: skip
+    prob.add_argument("--dtype", choices=tuple(_DTYPES), default="bf16", help="(default bf16)")
+    prob.add_argument(
+        "--add-kv", type=_non_negative_int, default=0, metavar="E",
+        help="extra key/value tokens every query attends to (e.g. text tokens)",
+    )  # fmt: skip
+    prob.add_argument("--backprop", action="store_true", help="time forward + backward")
+    run = p.add_argument_group("what to run")
+    run.add_argument(
+        "--implementation", action="append", metavar="NAME",
+        help="implementation(s) to time, repeatable or comma-separated: "
+        f"{', '.join(_IMPLEMENTATIONS)} (default: auto, what implementation=None picks)",
+    )  # fmt: skip
+    run.add_argument("--q-tile", type=_positive_int, nargs="+", metavar="T", help="Q tile shape")
+    run.add_argument("--kv-tile", type=_positive_int, nargs="+", metavar="T", help="KV tile")
+    run.add_argument("--warmup", type=_non_negative_int, default=5, help="warm-up calls (5)")
+    run.add_argument("--iters", type=_positive_int, default=20, help="timed calls (20)")
+    run.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
+    run.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    run.add_argument(
+        "--dry-run", action="store_true",
+        help="run nothing: list candidate tile configurations with their simulated numbers",
+    )  # fmt: skip
+    run.add_argument(
+        "--suggest-strides", type=_non_negative_int, default=0, metavar="N",
+        help="with --dry-run: also list the N best Pareto-improving strides",
+    )  # fmt: skip
+    return p
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The validated arguments."""
+
+    problem: sim.Problem
+    batch: int
+    heads: int
+    heads_kv: int
+    dim: int
+    dim_value: int
+    dtype: str
+    add_kv: int
+    backprop: bool
+    implementations: tuple[str, ...]
+    tiles: _tiles.TileConfig | None
+    warmup: int
+    iters: int
+    dense: bool
+    json: str | None
+    dry_run: bool
+    suggest_strides: int
+
+
+def _per_axis(parser, flag: str, values, rank: int, default):
+    if values is None:
+        return default
+    if len(values) == 1:
+        return tuple(values) * rank
+    if len(values) != rank:
+        wanted = "1 value" if rank == 1 else f"1 or {rank} values (one per axis of -i/--input-size)"
+        parser.error(
+            f"argument {flag}: expected {wanted}, got {len(values)}: " + " ".join(map(str, values))
+        )
+    return tuple(values)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    """Parse and validate; bad arguments exit through argparse with a message naming the flag."""
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    shape = tuple(a.input_size)
+    rank = len(shape)
+    if not 1 <= rank <= 3:
+        parser.error(f"argument -i/--input-size: expected 1 to 3 extents, got {rank}")
+    window = _per_axis(parser, "-w/--window", a.window, rank, shape)
+    stride = _per_axis(parser, "-s/--stride", a.stride, rank, (1,) * rank)
+    dilation = _per_axis(parser, "--dilation", a.dilation, rank, (1,) * rank)
+    if a.causal is None:
+        causal = (False,) * rank
+    elif not a.causal:
+        causal = (True,) * rank
+    else:
+        causal = _per_axis(parser, "-c/--causal", a.causal, rank, None)
+    heads_kv = a.heads if a.heads_kv is None else a.heads_kv
+    dim_value = a.dim if a.dim_value is None else a.dim_value
+    dtype = _DTYPES[a.dtype]
+    _validate_gna(parser, a, shape, window, stride, dilation, causal, heads_kv, dim_value, dtype)
+    problem = sim.Problem(shape, window, stride, dilation, causal)
+
+    impls: list[str] = []
+    for item in a.implementation or ["auto"]:
+        for name in (x.strip() for x in item.split(",")):
+            if name not in _IMPLEMENTATIONS:
+                parser.error(
+                    f"argument --implementation: unknown implementation {name!r}; expected "
+                    f"one of {', '.join(_IMPLEMENTATIONS)}"
+                )
+            if name not in impls:
+                impls.append(name)
+
+    tiles = None
+    if (a.q_tile is None) != (a.kv_tile is None):
+        parser.error("argument --q-tile/--kv-tile: give both tile shapes or neither")
+    if a.q_tile is not None:
+        for flag, t in (("--q-tile", a.q_tile), ("--kv-tile", a.kv_tile)):
+            if len(t) != rank:
+                parser.error(
+                    f"argument {flag}: expected {rank} values (one per axis of "
+                    f"-i/--input-size), got {len(t)}: {' '.join(map(str, t))}"
+                )
+        tiles = _tiles.TileConfig(tuple(a.q_tile), tuple(a.kv_tile))
+    if a.suggest_strides and not a.dry_run:
+        parser.error("argument --suggest-strides: only with --dry-run")
+    return Config(
+        problem=problem,
+        batch=a.batch,
+        heads=a.heads,
+        heads_kv=heads_kv,
+        dim=a.dim,
+        dim_value=dim_value,
+        dtype=dtype,
+        add_kv=a.add_kv,
+        backprop=a.backprop,
+        implementations=tuple(impls),
+        tiles=tiles,
+        warmup=a.warmup,
+        iters=a.iters,
+        dense=not a.no_dense,
+        json=a.json,
+        dry_run=a.dry_run,
+        suggest_strides=a.suggest_strides,
+    )
+
+
+def _validate_gna(parser, a, shape, window, stride, dilation, causal, heads_kv, dim_v, dtype):
+    """The GNA rules, by jax_gna's own validation (on shapes only, nothing is allocated)."""
+    import jax
+
+    from jax_gna._params import make_params
+
+    def struct(*s):
+        return jax.ShapeDtypeStruct(s, dtype)
+
+    q = struct(a.batch, *shape, a.heads, a.dim)
+    k = struct(a.batch, *shape, heads_kv, a.dim)
+    v = struct(a.batch, *shape, heads_kv, dim_v)
+    ek = ev = None
+    if a.add_kv:
+        ek, ev = (
+            struct(a.batch, a.add_kv, heads_kv, a.dim),
+            struct(a.batch, a.add_kv, heads_kv, dim_v),
+        )
+    try:
+        make_params(
+            q, k, v, window, stride=stride, dilation=dilation, is_causal=causal,
+            additional_keys=ek, additional_values=ev, rank=len(shape),
+        )  # fmt: skip
+    except (TypeError, ValueError) as e:
+        parser.error(f"{e}{_flag_hint(str(e))}")
+
+
+def _candidates(cfg: Config) -> tuple[list[sim.Simulation], str]:
+    """Tile configurations for the bound, ranked, and a note saying where they come from."""
+    p = cfg.problem
+    name = {v: k for k, v in _DTYPES.items()}[cfg.dtype]
+    try:
+        sims = sim.tile_candidates(p, cfg.dim, cfg.dtype)
+        note = f"sm90 forward kernels, {name}, head dim {cfg.dim}"
+    except NotImplementedError as e:
+        try:
+            sims = sim.tile_candidates(p, cfg.dim, "bfloat16")
+            note = f"no sm90 kernel for this call ({e}); bf16 tiles, head dim {cfg.dim}"
+        except NotImplementedError as e2:
+            sims = sim.tile_candidates(p, 128, "bfloat16")
+            note = f"no sm90 kernel for this call ({e2}); bf16 tiles of head dim 128"
+    if cfg.tiles is not None:
+        user = sim.simulate(p, cfg.tiles)
+        known = [s.tiles for s in sims]
+        tag = "given by --q-tile/--kv-tile"
+        if cfg.tiles not in known:
+            tag += "; not a configuration the kernels implement, simulated only"
+        sims = [user] + [s for s in sims if s.tiles != cfg.tiles]
+        note += f"; {tag}"
+    return sims, note
+
+
+def _flattened(p: sim.Problem, tiles: _tiles.TileConfig) -> sim.Simulation | None:
+    if p.rank == 1:
+        return None
+    try:
+        return sim.simulate_flattened(p, math.prod(tiles.q), math.prod(tiles.kv))
+    except ValueError:
+        return None  # too large to brute-force
+
+
+def _describe(cfg: Config) -> str:
+    p = cfg.problem
+    kv = f" (kv {cfg.heads_kv})" if cfg.heads_kv != cfg.heads else ""
+    dv = f"/{cfg.dim_value}" if cfg.dim_value != cfg.dim else ""
+    extra = f", +{cfg.add_kv} extra KV tokens" if cfg.add_kv else ""
+    return (
+        f"batch {cfg.batch}, heads {cfg.heads}{kv}, head dim {cfg.dim}{dv}, {cfg.dtype}, {p}{extra}"
+    )
+
+
+def _pairs(cfg: Config) -> tuple[int, int, bool]:
+    """(attended pairs, dense pairs, dense is causal) per batch entry and head."""
+    p = cfg.problem
+    n, e = p.tokens, cfg.add_kv
+    dense_causal = p.rank == 1 and p.is_causal[0]
+    dense = n * (n + 1) // 2 + n * e if dense_causal else n * (n + e)
+    return p.attended_pairs + n * e, dense, dense_causal
+
+
+def _flops(cfg: Config, pairs: int) -> float:
+    fwd = 2.0 * cfg.batch * cfg.heads * pairs * (cfg.dim + cfg.dim_value)
+    return fwd * (1 + _BACKWARD_FLOPS_FACTOR) if cfg.backprop else fwd
+
+
+def dry_run(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
+    """Print the candidate tile configurations with their simulated numbers."""
+    out = out or sys.stdout
+    p = cfg.problem
+    sims, note = _candidates(cfg)
+    chosen = sims[0]
+    pairs, dense_pairs, _ = _pairs(cfg)
+    print("jax_gna profiler: dry run (nothing is executed)", file=out)
+    print(f"problem: {_describe(cfg)}", file=out)
+    print(
+        f"tokens {p.tokens}, attended pairs {p.attended_pairs} "
+        f"({p.attended_pairs / p.dense_pairs:.1%} of dense), FLOP-wise speedup "
+        f"{p.flop_speedup:.2f}x; forward {_flops(cfg, pairs) / 1e12:.3f} TFLOP "
+        f"(dense {_flops(cfg, dense_pairs) / 1e12:.3f})",
+        file=out,
+    )
+    print(f"\ncandidate tile configurations ({note}); * = chosen:", file=out)
+    print(sim.table(sims, marker=chosen), file=out)
+    flat = _flattened(p, chosen.tiles)
+    if flat is not None:
+        print("\nfor comparison, 1-D tiling of the row-major flattened layout:", file=out)
+        print(sim.table([flat]), file=out)
+    result: dict[str, Any] = {
+        "problem": _problem_json(cfg),
+        "tile_note": note,
+        "candidates": [_sim_json(s) for s in sims],
+        "chosen": _sim_json(chosen),
+        "flattened": None if flat is None else _sim_json(flat),
+    }
+    if cfg.suggest_strides:
+        best = sim.suggest_strides(p, chosen.tiles, max_results=cfg.suggest_strides)
+        print(
+            f"\nPareto-improving strides for {chosen.tiles} (best {len(best)}; a larger "
+            "stride is listed only if it raises the bound):",
+            file=out,
+        )
+        print(sim.table(best), file=out)
+        result["suggested_strides"] = [_sim_json(s) for s in best]
+    return result
+
+
+def _problem_json(cfg: Config) -> dict[str, Any]:
+    p = cfg.problem
+    return {
+        "input_size": p.shape,
+        "window": p.kernel_size,
+        "stride": p.stride,
+        "dilation": p.dilation,
+        "causal": p.is_causal,
+        "batch": cfg.batch,
+        "heads": cfg.heads,
+        "heads_kv": cfg.heads_kv,
+        "dim": cfg.dim,
+        "dim_value": cfg.dim_value,
+        "dtype": cfg.dtype,
+        "add_kv": cfg.add_kv,
+        "backprop": cfg.backprop,
+    }
+
+
+def _sim_json(s: sim.Simulation) -> dict[str, Any]:
+    return {
+        "stride": s.problem.stride,
+        "q_tile": s.tiles.q,
+        "kv_tile": s.tiles.kv,
+        "tiling": s.tiling,
+        "bound": s.bound,
+        "token_bound": s.token_bound,
+        "flop_speedup": s.flop_speedup,
+        "mean_speedup": s.mean_speedup,
+        "max_kv_tiles": s.max_kv_tiles,
+        "dense_kv_tiles": s.dense_kv_tiles,
+        "visited": s.visited,
+        "full": s.full,
+        "partial": s.partial,
+        "block_sparse": s.block_sparse,
+    }
+
+
+class _Progress:
+    """A tqdm bar on an interactive stderr when tqdm is installed, else one line per measured
+    function."""
+
+    def __init__(self, total: int):
+        self._bar = None
+        if sys.stderr.isatty():  # a bar in a log file is noise: print lines there instead
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                pass
+            else:
+                self._bar = tqdm(total=total, file=sys.stderr, leave=False, unit="call")
+
+    def stage(self, name: str) -> None:
+        if self._bar is None:
+            print(f"[jax_gna.profile] timing {name} ...", file=sys.stderr, flush=True)
+        else:
+            self._bar.set_description(name)
+
+    def step(self) -> None:
+        if self._bar is not None:
+            self._bar.update()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _measure(fn, args, warmup: int, iters: int, progress: _Progress) -> dict[str, float]:
+    import jax
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    compile_s = time.perf_counter() - t0
+    progress.step()
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+        progress.step()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+        progress.step()
+    return {
+        "median_ms": statistics.median(times) * 1e3,
+        "min_ms": min(times) * 1e3,
+        "first_call_s": compile_s,
+    }
+
+
+def _inputs(cfg: Config):
+    import jax
+
+    p = cfg.problem
+    keys = jax.random.split(jax.random.key(0), 6)
+    b, s = cfg.batch, p.shape
+
+    def normal(key, *shape):
+        return jax.random.normal(key, shape, dtype=cfg.dtype)
+
+    q = normal(keys[0], b, *s, cfg.heads, cfg.dim)
+    k = normal(keys[1], b, *s, cfg.heads_kv, cfg.dim)
+    v = normal(keys[2], b, *s, cfg.heads_kv, cfg.dim_value)
+    do = normal(keys[3], b, *s, cfg.heads, cfg.dim_value)
+    ek = ev = None
+    if cfg.add_kv:
+        ek = normal(keys[4], b, cfg.add_kv, cfg.heads_kv, cfg.dim)
+        ev = normal(keys[5], b, cfg.add_kv, cfg.heads_kv, cfg.dim_value)
+    return q, k, v, do, ek, ev
+
+
+def _with_backprop(f, backprop: bool):
+    import jax
+
+    if not backprop:
+        return jax.jit(lambda q, k, v, do, ek, ev: f(q, k, v, ek, ev))
+
+    def fwd_bwd(q, k, v, do, ek, ev):
+        out, vjp = jax.vjp(lambda q, k, v: f(q, k, v, ek, ev), q, k, v)
+        return out, vjp(do)
+
+    return jax.jit(fwd_bwd)
+
+
+def _gna_fn(cfg: Config, impl: str | None):
+    import jax_gna
+
+    p = cfg.problem
+    kwargs: dict[str, Any] = dict(
+        stride=p.stride, dilation=p.dilation, is_causal=p.is_causal, implementation=impl
+    )
+    # Forward-compatible: pass the tile shapes once `gna` takes them.
+    if cfg.tiles is not None and impl == "cuda":
+        names = inspect.signature(jax_gna.gna).parameters
+        if "q_tile" in names and "kv_tile" in names:
+            kwargs.update(q_tile=cfg.tiles.q, kv_tile=cfg.tiles.kv)
+
+    def f(q, k, v, ek, ev):
+        return jax_gna.gna(
+            q, k, v, p.kernel_size, additional_keys=ek, additional_values=ev, **kwargs
+        )
+
+    return _with_backprop(f, cfg.backprop)
+
+
+def _dense_fn(cfg: Config, implementation: str, causal: bool):
+    import jax
+    import jax.numpy as jnp
+
+    n = cfg.problem.tokens
+
+    def f(q, k, v, ek, ev):
+        b = q.shape[0]
+        q2 = q.reshape(b, n, *q.shape[-2:])
+        k2 = k.reshape(b, n, *k.shape[-2:])
+        v2 = v.reshape(b, n, *v.shape[-2:])
+        if ek is not None:
+            k2, v2 = jnp.concatenate([k2, ek], axis=1), jnp.concatenate([v2, ev], axis=1)
+        out = jax.nn.dot_product_attention(
+            q2, k2, v2, is_causal=causal, implementation=implementation
+        )
+        return out.reshape(q.shape[:-1] + (v.shape[-1],))
+
+    return _with_backprop(f, cfg.backprop)
+
+
+def _platform() -> tuple[str, str]:
+    import jax
+
+    d = jax.devices()[0]
+    return d.platform, f"{d.device_kind} ({d.platform})"
+
+
+def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
+    """Time the implementations and dense attention; print the table; return the results."""
+    out = out or sys.stdout
+    import jax_gna
+
+    p = cfg.problem
+    sims, note = _candidates(cfg)
+    chosen = sims[0]
+    platform, device = _platform()
+    pairs, dense_pairs, dense_causal = _pairs(cfg)
+    q, k, v, do, ek, ev = _inputs(cfg)
+    supported = jax_gna.supported_implementations(
+        q, k, v, p.kernel_size, stride=p.stride, dilation=p.dilation, is_causal=p.is_causal
+    )
+    auto = next(i for i in ("cuda", "cpu", "xla") if supported[i] is None)
+
+    dense_impl = "cudnn" if platform == "gpu" else "xla"
+    dense_note = ""
+    if cfg.dense and dense_impl == "xla":
+        need = 4 * 3 * cfg.batch * cfg.heads * p.tokens * (p.tokens + cfg.add_kv)
+        limit = _DENSE_XLA_MAX_BYTES.get(platform, _DENSE_XLA_MAX_BYTES["cpu"])
+        if need > limit:
+            dense_note = f"skipped: XLA's dense attention would need ~{need / 2**30:.0f} GiB"
+
+    steps = 1 + cfg.warmup + cfg.iters
+    progress = _Progress(steps * (len(cfg.implementations) + int(cfg.dense)))
+    rows: list[dict[str, Any]] = []
+    try:
+        for impl in cfg.implementations:
+            name = f"auto -> {auto}" if impl == "auto" else impl
+            reason = None if impl == "auto" else supported.get(impl)
+            row: dict[str, Any] = {"implementation": name}
+            if reason is not None:
+                row["status"] = f"unavailable: {reason}"
+                rows.append(row)
+                continue
+            progress.stage(name)
+            try:
+                fn = _gna_fn(cfg, None if impl == "auto" else impl)
+                row.update(_measure(fn, (q, k, v, do, ek, ev), cfg.warmup, cfg.iters, progress))
+                row["status"] = "ok"
+            except Exception as e:  # report and go on with the next implementation
+                row["status"] = f"failed: {type(e).__name__}: {_first_line(e)}"
+            rows.append(row)
+        dense: dict[str, Any] = {"implementation": f"dense ({dense_impl})"}
+        if not cfg.dense:
+            dense["status"] = "skipped (--no-dense)"
+        elif dense_note:
+            dense["status"] = dense_note
+        else:
+            progress.stage(dense["implementation"])
+            dense.update(_run_dense(cfg, dense_impl, dense_causal, (q, k, v, do, ek, ev), progress))
+    finally:
+        progress.close()
+
+    dense_ms = dense.get("median_ms")
+    for row in rows:
+        if row.get("status") == "ok":
+            row["tflops"] = _flops(cfg, pairs) / (row["median_ms"] * 1e-3) / 1e12
+            row["speedup"] = dense_ms / row["median_ms"] if dense_ms else None
+            row["bound"] = chosen.token_bound
+    if dense.get("status") == "ok":
+        dense["tflops"] = _flops(cfg, dense_pairs) / (dense_ms * 1e-3) / 1e12
+        dense["speedup"] = 1.0
+
+    pass_name = "forward + backward" if cfg.backprop else "forward"
+    print(f"device: {device}", file=out)
+    print(f"problem: {_describe(cfg)}", file=out)
+    print(
+        f"simulator: tiles {chosen.tiles} ({note}): bound {chosen.bound:.2f}x "
+        f"({chosen.token_bound:.2f}x against dense over the unpadded tokens, the 'sim bound' "
+        f"below), FLOP-wise {chosen.flop_speedup:.2f}x, "
+        f"{'perfectly block-sparse' if chosen.block_sparse else 'needs masking'}",
+        file=out,
+    )
+    dense_what = ("cuDNN" if dense_impl == "cudnn" else "XLA (no GPU: cuDNN needs one)") + (
+        ", causal" if dense_causal else ""
+    )
+    print(
+        f"pass: {pass_name}; median of {cfg.iters} calls after {cfg.warmup} warm-up; dense "
+        f"baseline: {dense_what}; TFLOP/s count attended pairs only"
+        + ("; backward = 2.5x forward" if cfg.backprop else ""),
+        file=out,
+    )
+    print(_results_table(rows + [dense]), file=out)
+    result = {
+        "device": device,
+        "problem": _problem_json(cfg),
+        "tile_note": note,
+        "simulation": _sim_json(chosen),
+        "pass": pass_name,
+        "warmup": cfg.warmup,
+        "iters": cfg.iters,
+        "results": rows,
+        "dense": dense,
+    }
+    return result
+
+
+def _run_dense(cfg: Config, impl: str, causal: bool, args, progress) -> dict[str, Any]:
+    try:
+        r = _measure(_dense_fn(cfg, impl, causal), args, cfg.warmup, cfg.iters, progress)
+        return {**r, "status": "ok"}
+    except Exception as e:
+        return {"status": f"failed: {type(e).__name__}: {_first_line(e)}"}
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def _results_table(rows: list[dict[str, Any]]) -> str:
+    header = ("implementation", "time (ms)", "speedup vs dense", "sim bound", "TFLOP/s")
+    lines = [header]
+    notes = []
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append((r["implementation"], "-", "-", "-", "-"))
+            notes.append(f"  {r['implementation']}: {r.get('status')}")
+            continue
+        sp = r.get("speedup")
+        lines.append(
+            (
+                r["implementation"],
+                f"{r['median_ms']:.3f}",
+                "-" if sp is None else f"{sp:.2f}x",
+                f"{r['bound']:.2f}x" if "bound" in r else "-",
+                f"{r['tflops']:.4g}",
+            )
+        )
+    widths = [max(len(x[i]) for x in lines) for i in range(len(header))]
+    text = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths)))
+        for x in lines
+    ]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text + notes)
+
+
+def run(argv: Sequence[str] | None = None, out: TextIO | None = None) -> dict[str, Any]:
+    """Parse ``argv``, dry-run or profile, write ``--json``; return the results."""
+    out = out or sys.stdout
+    cfg = parse_args(argv)
+    result = dry_run(cfg, out) if cfg.dry_run else profile(cfg, out)
+    if cfg.json:
+        with open(cfg.json, "w") as f:
+            json.dump(result, f, indent=2, default=_json_default)
+        print(f"wrote {cfg.json}", file=out)
+    return result
+
+
+def _json_default(x):
+    if hasattr(x, "item"):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    result = run(argv)
+    rows = result.get("results")
+    if rows is not None and rows and not any(r.get("status") == "ok" for r in rows):
+        return 1  # nothing could be timed
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The profiler CLI (`python -m jax_gna.profile`) and the DESIGN §8 problem list."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import jax_gna
+from jax_gna import profile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HUNYUAN = "-i 30 48 80 -n 24 -d 128 -w 18 24 24 -s 16 8 8".split()
+SMALL = "-i 12 10 -b 2 -n 4 --heads-kv 2 -d 16 -w 5 4 -s 2 1".split()
+
+
+def test_dry_run_lists_candidate_tiles_with_simulated_numbers(capsys):
+    assert profile.main([*HUNYUAN, "--dry-run", "--suggest-strides", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run" in out
+    assert "Q(2,8,8)/KV(2,8,8) *" in out  # the chosen configuration is marked
+    assert "Q(4,4,8)/KV(4,4,8)" in out
+    assert "11.11x" in out
+    assert "flattened" in out  # the 1-D tiling comparison
+    assert "Pareto-improving strides" in out
+
+
+def test_dry_run_json(tmp_path, capsys):
+    path = tmp_path / "dry.json"
+    profile.main([*HUNYUAN, "--dry-run", "--json", str(path)])
+    data = json.loads(path.read_text())
+    assert data["chosen"]["q_tile"] == [2, 8, 8]
+    assert data["chosen"]["block_sparse"] is True
+    assert data["chosen"]["bound"] == pytest.approx(11.11, abs=0.01)
+    assert data["flattened"]["bound"] < 4
+
+
+def test_dry_run_with_given_tiles_simulates_them(capsys):
+    profile.main([*HUNYUAN, "--dry-run", "--q-tile", "4", "8", "8", "--kv-tile", "2", "8", "8"])
+    out = capsys.readouterr().out
+    assert "Q(4,8,8)/KV(2,8,8) *" in out
+    assert "not a configuration the kernels implement" in out
+
+
+def test_module_runs_as_a_script():
+    r = subprocess.run(
+        [sys.executable, "-m", "jax_gna.profile", "-i", "256", "256", "-w", "80", "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Q(16,8)/KV(16,8) *" in r.stdout
+
+
+def _usable_cpu_implementations() -> list[str]:
+    import jax.numpy as jnp
+
+    x = jnp.zeros((1, 8, 1, 8), jnp.float32)
+    supported = jax_gna.supported_implementations(x, x, x, 3)
+    return [i for i in ("cpu", "xla") if supported[i] is None]
+
+
+@pytest.mark.parametrize("extra", [[], ["--backprop"], ["--add-kv", "3", "--dtype", "fp32"]])
+def test_small_real_run(tmp_path, capsys, extra):
+    impls = _usable_cpu_implementations()
+    path = tmp_path / "run.json"
+    argv = [*SMALL, "--implementation", ",".join(impls), "--warmup", "1", "--iters", "2"]
+    assert profile.main([*argv, *extra, "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "speedup vs dense" in out and "dense (xla)" in out
+    data = json.loads(path.read_text())
+    assert [r["implementation"] for r in data["results"]] == impls
+    for row in data["results"] + [data["dense"]]:
+        assert row["status"] == "ok", row
+        assert row["median_ms"] > 0 and row["tflops"] > 0
+    for row in data["results"]:
+        assert row["speedup"] == pytest.approx(data["dense"]["median_ms"] / row["median_ms"])
+        assert row["bound"] == data["simulation"]["token_bound"]
+    assert data["pass"] == ("forward + backward" if "--backprop" in extra else "forward")
+
+
+def test_unavailable_implementation_is_reported_not_run(capsys):
+    assert profile.main([*SMALL, "--implementation", "cuda", "--iters", "1", "--no-dense"]) == 1
+    out = capsys.readouterr().out
+    assert "cuda: unavailable" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-i", "16", "16", "-w", "5", "5", "5"], "argument -w/--window: expected 1 or 2 values"),
+        (["-i", "16", "-w", "5", "-s", "6"], "stride is -s/--stride"),
+        (["-i", "16", "-w", "20"], "kernel_size is -w/--window"),
+        (["-i", "16", "-n", "3", "--heads-kv", "2"], "-n/--heads"),
+        (["-i", "16", "--implementation", "tpu"], "argument --implementation: unknown"),
+        (["-i", "16", "-w", "4", "--q-tile", "8"], "--q-tile/--kv-tile: give both"),
+        (["-i", "16", "16", "-w", "4", "--q-tile", "8", "--kv-tile", "8"], "--q-tile: expected 2"),
+        (["-i", "1", "2", "3", "4"], "-i/--input-size: expected 1 to 3"),
+        (["-i", "16", "-c", "maybe"], "-c/--causal"),
+        (["-i", "16", "-d", "0"], "-d/--dim"),
+        (["-i", "16", "--dtype", "fp8"], "--dtype"),
+        (["-i", "16", "--suggest-strides", "3"], "only with --dry-run"),
+    ],
+)
+def test_bad_arguments_exit_with_a_message_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        profile.parse_args(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_causal_flag_forms():
+    assert profile.parse_args(["-i", "8", "8", "-w", "3"]).problem.is_causal == (False, False)
+    assert profile.parse_args(["-i", "8", "8", "-w", "3", "-c"]).problem.is_causal == (True, True)
+    cfg = profile.parse_args(["-i", "8", "8", "-w", "3", "-c", "true", "0"])
+    assert cfg.problem.is_causal == (True, False)
+
+
+def _design_problems():
+    """benchmarks/design_problems.py (not a package), imported by path once."""
+    if "design_problems" not in sys.modules:
+        path = ROOT / "benchmarks" / "design_problems.py"
+        spec = importlib.util.spec_from_file_location("design_problems", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["design_problems"] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules["design_problems"]
+
+
+def test_design_problems_are_valid_profiler_arguments():
+    dp = _design_problems()
+    assert len(dp.PROBLEMS) == 8
+    for p in dp.PROBLEMS:
+        cfg = profile.parse_args(p.argv())
+        assert cfg.problem.shape == p.input_size and cfg.dim == 128
+
+
+def test_design_problems_dry_run_summary(capsys):
+    dp = _design_problems()
+    assert dp.main(["--dry-run", "--only", "1d-32k"]) == 0
+    out = capsys.readouterr().out
+    summary = out.split("=== summary")[1]
+    assert "1d-32k-na" in summary and "15.06x" in summary
+    assert "1d-32k-gna" in summary and "16.00x" in summary
