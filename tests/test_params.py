@@ -147,8 +147,13 @@ def _call(fn, q=Q, k=K, v=V, kernel_size=3, ek=None, ev=None, **kw):
 
 
 def test_good_call_is_accepted():
+    """The baseline every bad case departs from (traced only: validation runs at trace time)."""
     for fn in (*ENTRY_POINTS.values(), jax_gna.na2d):
-        out = _call(fn, ek=EK, ev=EV, stride=(2, 1), dilation=(2, 1), is_causal=(True, False))
+        out = jax.eval_shape(
+            lambda fn=fn: _call(
+                fn, ek=EK, ev=EV, stride=(2, 1), dilation=(2, 1), is_causal=(True, False)
+            )
+        )
         assert out.shape == (2, 6, 5, 4, 3)
 
 
