@@ -1,0 +1,116 @@
+"""What the op emits, checked without running it: cross-lowering for CUDA on the CPU (the
+custom call, its attributes and result types), the CPU lowering of gradients, abstract
+evaluation, and jax.export with the documented safety-check opt-out."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+
+from jax_gna import _extension, _ops
+from jax_gna._params import make_params
+
+pytestmark = pytest.mark.skipif(_extension.ext is None, reason=str(_extension.missing))
+
+WINDOW = dict(kernel_size=(3, 5), stride=(1, 5), dilation=(2, 1), is_causal=(True, False))
+SCALE = 0.25
+
+
+def _inputs(dtype=jnp.bfloat16):
+    q = jnp.zeros((2, 8, 10, 4, 16), dtype)
+    k = jnp.zeros((2, 8, 10, 2, 16), dtype)
+    v = jnp.zeros((2, 8, 10, 2, 32), dtype)
+    return q, k, v
+
+
+def _ffi(q, k, v):
+    return _ops.gna_ffi(q, k, v, make_params(q, k, v, **WINDOW, scale=SCALE))
+
+
+def _loss(q, k, v):
+    out, lse = _ffi(q, k, v)
+    return jnp.sum(out.astype(jnp.float32)) + jnp.sum(lse)
+
+
+def _custom_calls(text: str, target: str) -> list[str]:
+    return [line for line in text.splitlines() if f"stablehlo.custom_call @{target}(" in line]
+
+
+def test_cuda_lowering_emits_the_forward_custom_call_with_its_attributes():
+    text = jax.jit(_ffi).trace(*_inputs()).lower(lowering_platforms=("cuda",)).as_text()
+    (call,) = _custom_calls(text, "jax_gna_fwd")
+    assert "kernel_size = dense<[3, 5]> : tensor<2xi64>" in call
+    assert "stride = dense<[1, 5]> : tensor<2xi64>" in call
+    assert "dilation = dense<[2, 1]> : tensor<2xi64>" in call
+    assert "is_causal = dense<[1, 0]> : tensor<2xi64>" in call
+    assert "scale = 2.500000e-01 : f32" in call
+    operands, results = call.rsplit(" -> ", 1)
+    assert operands.count("tensor<2x8x10x4x16xbf16>") == 1
+    assert operands.count("tensor<2x8x10x2x16xbf16>") == 1
+    assert operands.count("tensor<2x8x10x2x32xbf16>") == 1
+    # out in the input dtype, fp32 lse, the uint8 workspace.
+    assert re.search(r"tensor<2x8x10x4x32xbf16>, tensor<2x8x10x4xf32>, tensor<\d+xui8>", results)
+
+
+def test_cuda_gradients_use_the_xla_backward_until_cuda_backward_kernels_exist():
+    text = jax.jit(jax.grad(_loss, (0, 1, 2))).trace(*_inputs())
+    text = text.lower(lowering_platforms=("cuda",)).as_text()
+    assert len(_custom_calls(text, "jax_gna_fwd")) == 1
+    if _ops.cuda_backward_available():
+        assert len(_custom_calls(text, "jax_gna_bwd")) == 1
+    else:
+        assert not _custom_calls(text, "jax_gna_bwd")
+
+
+def test_cpu_gradients_use_the_backward_custom_call_only():
+    q, k, v = _inputs(jnp.float32)
+    text = jax.jit(jax.grad(_loss, (0, 1, 2))).lower(q, k, v).as_text()
+    assert len(_custom_calls(text, "jax_gna_bwd")) == 1
+    assert "stablehlo.while" not in text  # the xla stand-in branch was not lowered
+    (call,) = _custom_calls(text, "jax_gna_bwd")
+    assert "kernel_size = dense<[3, 5]> : tensor<2xi64>" in call
+
+
+def test_multi_platform_lowering():
+    text = jax.jit(_ffi).trace(*_inputs()).lower(lowering_platforms=("cuda", "cpu")).as_text()
+    assert _custom_calls(text, "jax_gna_fwd")
+
+
+def test_eval_shape():
+    out, lse = jax.eval_shape(_ffi, *_inputs())
+    assert out.shape == (2, 8, 10, 4, 32) and out.dtype == jnp.bfloat16
+    assert lse.shape == (2, 8, 10, 4) and lse.dtype == jnp.float32
+
+
+def test_export_needs_the_custom_call_opt_out():
+    with pytest.raises(ValueError, match="custom calls"):
+        export.export(jax.jit(_ffi), platforms=["cuda"])(*_inputs())
+    opt_out = [export.DisabledSafetyCheck.custom_call(_extension.FWD_TARGET)]
+    exported = export.export(jax.jit(_ffi), platforms=["cuda"], disabled_checks=opt_out)(*_inputs())
+    assert "jax_gna_fwd" in exported.mlir_module()
+
+
+def test_exported_cpu_module_runs():
+    q, k, v = (
+        jax.random.normal(key, shape)
+        for key, shape in zip(
+            jax.random.split(jax.random.key(0), 3),
+            [(2, 8, 10, 4, 16), (2, 8, 10, 2, 16), (2, 8, 10, 2, 32)],
+        )
+    )
+    opt_out = [
+        export.DisabledSafetyCheck.custom_call(_extension.FWD_TARGET),
+        export.DisabledSafetyCheck.custom_call(_extension.BWD_TARGET),
+    ]
+    exported = export.export(jax.jit(_ffi), platforms=["cpu"], disabled_checks=opt_out)(q, k, v)
+    try:  # serialization needs the optional flatbuffers package
+        exported = export.deserialize(exported.serialize())
+    except ImportError:
+        pass
+    out, lse = exported.call(q, k, v)
+    expected_out, expected_lse = jax.jit(_ffi)(q, k, v)
+    np.testing.assert_array_equal(out, expected_out)
+    np.testing.assert_array_equal(lse, expected_lse)

@@ -1,0 +1,62 @@
+"""The C++ window math (cuda/include/gna/window.h, through host helpers of the extension)
+against the NumPy window module (jax_gna/_window.py): exhaustively for small extents, every
+legal kernel size, stride, dilation and causality."""
+
+import numpy as np
+import pytest
+
+from jax_gna import _extension, _window
+
+pytestmark = pytest.mark.skipif(_extension.ext is None, reason=str(_extension.missing))
+
+
+def _legal_axes(max_length: int):
+    for length in range(2, max_length + 1):
+        for kernel_size in range(2, length + 1):
+            for stride in range(1, kernel_size + 1):
+                for dilation in range(1, length // kernel_size + 1):
+                    for is_causal in (False, True):
+                        yield length, kernel_size, stride, dilation, is_causal
+
+
+@pytest.mark.parametrize("max_length", [16])
+def test_window_matches_numpy_for_every_legal_axis(max_length):
+    checked = 0
+    for axis in _legal_axes(max_length):
+        start, end = _extension.ext.window(*axis)
+        expected_start, expected_end = _window.neighborhood(*axis)
+        np.testing.assert_array_equal(start, expected_start, err_msg=f"start, axis {axis}")
+        np.testing.assert_array_equal(end, expected_end, err_msg=f"end, axis {axis}")
+        checked += 1
+    assert checked > 1000
+
+
+@pytest.mark.parametrize("max_length", [16])
+def test_inverse_window_matches_numpy_for_every_legal_axis(max_length):
+    for axis in _legal_axes(max_length):
+        q_start, q_end = _extension.ext.inverse_window(*axis)
+        expected_start, expected_end = _window.inverse_neighborhood(*axis)
+        np.testing.assert_array_equal(q_start, expected_start, err_msg=f"q_start, axis {axis}")
+        np.testing.assert_array_equal(q_end, expected_end, err_msg=f"q_end, axis {axis}")
+
+
+@pytest.mark.parametrize(
+    "axis",
+    [
+        (300, 37, 5, 3, False),
+        (300, 37, 37, 2, True),
+        (257, 16, 7, 16, False),
+        (1000, 9, 1, 1, True),
+    ],
+    ids=lambda a: f"L{a[0]}-K{a[1]}-s{a[2]}-d{a[3]}-{'causal' if a[4] else 'full'}",
+)
+def test_window_matches_numpy_on_long_axes(axis):
+    np.testing.assert_array_equal(_extension.ext.window(*axis), _window.neighborhood(*axis))
+    np.testing.assert_array_equal(
+        _extension.ext.inverse_window(*axis), _window.inverse_neighborhood(*axis)
+    )
+
+
+def test_host_helper_rejects_illegal_window():
+    with pytest.raises(ValueError, match="illegal window"):
+        _extension.ext.window(4, 3, 1, 2, False)  # kernel_size * dilation > length
