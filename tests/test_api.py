@@ -260,3 +260,16 @@ def test_half_precision_output_dtype():
         chex.assert_trees_all_close(
             out.astype(f32), want(a)[0].astype(np.float32), atol=3e-2, rtol=1e-2
         )
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
+def test_zero_extra_tokens_is_no_extra_tokens(impl):
+    a = arrays(20, extra=0)
+    empty = dict(
+        additional_keys=jnp.zeros((2, 0, 2, 8), f32),
+        additional_values=jnp.zeros((2, 0, 2, 6), f32),
+    )
+    out, lse = jax_gna.gna(**a, **empty, **WINDOW, implementation=impl, return_lse=True)
+    w_out, w_lse = want(a)
+    np.testing.assert_allclose(out, w_out, **TOL)
+    np.testing.assert_allclose(lse, w_lse, **TOL)
