@@ -5,7 +5,7 @@
 #   JAX_GNA_CUDA_ARCHS  e.g. "90a;100a"; a family is built only when its arch is listed
 #   JAX_GNA_KERNEL_SET  full | smoke; a family's cuda/<family>/sources.cmake may use it to pick
 #                       its translation units (GNA_FAMILY_SOURCES); otherwise every .cu is built
-#                       and JAX_GNA_KERNEL_SET_SMOKE=1 is defined for the smoke set
+#                       and GNA_KERNEL_SET_SMOKE=1 is defined for the smoke set
 #   CUTLASS_INCLUDE_DIR CUTLASS/CuTe headers; default: the nvidia-cutlass wheel's headers
 
 set(JAX_GNA_BUILT_CUDA_ARCHS "")
@@ -78,7 +78,7 @@ foreach(_family "90a:sm90" "100a:sm100")
   target_include_directories(${_lib} PRIVATE "${PROJECT_SOURCE_DIR}/cuda/include")
   target_include_directories(${_lib} SYSTEM PRIVATE "${CUTLASS_INCLUDE_DIR}")
   if(JAX_GNA_KERNEL_SET STREQUAL "smoke")
-    target_compile_definitions(${_lib} PRIVATE JAX_GNA_KERNEL_SET_SMOKE=1)
+    target_compile_definitions(${_lib} PRIVATE GNA_KERNEL_SET_SMOKE=1)
   endif()
   string(TOUPPER "${_dir}" _dir_upper)
   target_link_libraries(_ext PRIVATE ${_lib})

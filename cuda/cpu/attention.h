@@ -15,8 +15,7 @@ void forward(const Problem& problem, const void* q, const void* k, const void* v
 
 // Gradients for cotangents `dout` (problem dtype, like out) and `dlse` (fp32, like lse):
 // dq, dk, dv in the problem dtype. `out` and `lse` are the forward results.
-void backward(const Problem& problem, const void* dout, const void* q, const void* k,
-              const void* v, const void* out, const float* lse, const float* dlse, void* dq,
-              void* dk, void* dv);
+void backward(const Problem& problem, const void* dout, const void* q, const void* k, const void* v,
+              const void* out, const float* lse, const float* dlse, void* dq, void* dk, void* dv);
 
 }  // namespace gna::cpu

@@ -24,7 +24,8 @@ inline float bf16_to_float(uint16_t h) { return bits_to_float(static_cast<uint32
 
 inline uint16_t float_to_bf16(float f) {
   const uint32_t bits = float_to_bits(f);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);  // NaN
+  if ((bits & 0x7fffffffu) > 0x7f800000u)
+    return static_cast<uint16_t>((bits >> 16) | 0x40u);  // NaN
   // Round to nearest, ties to even.
   const uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
   return static_cast<uint16_t>((bits + rounding) >> 16);

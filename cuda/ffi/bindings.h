@@ -21,12 +21,13 @@ using I64Span = ffi::Span<const int64_t>;
 // jax_gna_fwd: (q, k, v) -> (out, lse, workspace).
 template <typename Binding>
 auto bind_fwd(Binding binding) {
-  return std::move(binding).template Arg<ffi::AnyBuffer>()        // q    [B..., X..., H, D]
-      .template Arg<ffi::AnyBuffer>()                  // k    [B..., X..., Hkv, D]
-      .template Arg<ffi::AnyBuffer>()                  // v    [B..., X..., Hkv, Dv]
-      .template Ret<ffi::AnyBuffer>()                  // out  [B..., X..., H, Dv], q's dtype
-      .template Ret<ffi::Buffer<ffi::F32>>()           // lse  [B..., X..., H]
-      .template Ret<ffi::Buffer<ffi::U8>>()            // workspace [bytes]
+  return std::move(binding)
+      .template Arg<ffi::AnyBuffer>()         // q    [B..., X..., H, D]
+      .template Arg<ffi::AnyBuffer>()         // k    [B..., X..., Hkv, D]
+      .template Arg<ffi::AnyBuffer>()         // v    [B..., X..., Hkv, Dv]
+      .template Ret<ffi::AnyBuffer>()         // out  [B..., X..., H, Dv], q's dtype
+      .template Ret<ffi::Buffer<ffi::F32>>()  // lse  [B..., X..., H]
+      .template Ret<ffi::Buffer<ffi::U8>>()   // workspace [bytes]
       .template Attr<I64Span>("kernel_size")
       .template Attr<I64Span>("stride")
       .template Attr<I64Span>("dilation")
@@ -37,17 +38,18 @@ auto bind_fwd(Binding binding) {
 // jax_gna_bwd: (dout, q, k, v, out, lse, dlse) -> (dq, dk, dv, workspace).
 template <typename Binding>
 auto bind_bwd(Binding binding) {
-  return std::move(binding).template Arg<ffi::AnyBuffer>()        // dout [B..., X..., H, Dv]
-      .template Arg<ffi::AnyBuffer>()                  // q
-      .template Arg<ffi::AnyBuffer>()                  // k
-      .template Arg<ffi::AnyBuffer>()                  // v
-      .template Arg<ffi::AnyBuffer>()                  // out
-      .template Arg<ffi::Buffer<ffi::F32>>()           // lse  [B..., X..., H]
-      .template Arg<ffi::Buffer<ffi::F32>>()           // dlse [B..., X..., H]
-      .template Ret<ffi::AnyBuffer>()                  // dq
-      .template Ret<ffi::AnyBuffer>()                  // dk
-      .template Ret<ffi::AnyBuffer>()                  // dv
-      .template Ret<ffi::Buffer<ffi::U8>>()            // workspace [bytes]
+  return std::move(binding)
+      .template Arg<ffi::AnyBuffer>()         // dout [B..., X..., H, Dv]
+      .template Arg<ffi::AnyBuffer>()         // q
+      .template Arg<ffi::AnyBuffer>()         // k
+      .template Arg<ffi::AnyBuffer>()         // v
+      .template Arg<ffi::AnyBuffer>()         // out
+      .template Arg<ffi::Buffer<ffi::F32>>()  // lse  [B..., X..., H]
+      .template Arg<ffi::Buffer<ffi::F32>>()  // dlse [B..., X..., H]
+      .template Ret<ffi::AnyBuffer>()         // dq
+      .template Ret<ffi::AnyBuffer>()         // dk
+      .template Ret<ffi::AnyBuffer>()         // dv
+      .template Ret<ffi::Buffer<ffi::U8>>()   // workspace [bytes]
       .template Attr<I64Span>("kernel_size")
       .template Attr<I64Span>("stride")
       .template Attr<I64Span>("dilation")
@@ -76,22 +78,22 @@ inline bool dtype_of(ffi::DataType t, DType* out) {
 // The problem of a call, after checking dtypes and shapes; `what` names the target in errors.
 inline ffi::ErrorOr<Problem> decode_problem(const char* what, const ffi::AnyBuffer& q,
                                             const ffi::AnyBuffer& k, const ffi::AnyBuffer& v,
-                                            I64Span kernel_size, I64Span stride,
-                                            I64Span dilation, I64Span is_causal, float scale) {
+                                            I64Span kernel_size, I64Span stride, I64Span dilation,
+                                            I64Span is_causal, float scale) {
   DType dtype;
   if (!dtype_of(q.element_type(), &dtype))
-    return ffi::Unexpected(ffi::Error::InvalidArgument(
-        std::string(what) + ": q must be float32, float16 or bfloat16"));
+    return ffi::Unexpected(ffi::Error::InvalidArgument(std::string(what) +
+                                                       ": q must be float32, float16 or bfloat16"));
   if (k.element_type() != q.element_type() || v.element_type() != q.element_type())
     return ffi::Unexpected(
         ffi::Error::InvalidArgument(std::string(what) + ": q, k and v must share one dtype"));
   const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
   Problem problem;
-  const std::string error = problem_from_shapes(
-      as_list(qd), as_list(kd), as_list(vd), dtype,
-      WindowAttrs{as_list(kernel_size), as_list(stride), as_list(dilation), as_list(is_causal),
-                  scale},
-      &problem);
+  const std::string error =
+      problem_from_shapes(as_list(qd), as_list(kd), as_list(vd), dtype,
+                          WindowAttrs{as_list(kernel_size), as_list(stride), as_list(dilation),
+                                      as_list(is_causal), scale},
+                          &problem);
   if (!error.empty())
     return ffi::Unexpected(ffi::Error::InvalidArgument(std::string(what) + ": " + error));
   return problem;

@@ -21,8 +21,8 @@ ffi::Error cpu_fwd(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
       static_cast<int64_t>(out->element_count()) != rows * p.head_dim_v ||
       static_cast<int64_t>(lse->element_count()) != rows)
     return ffi::Error::InvalidArgument("jax_gna_fwd: out/lse have the wrong shape or dtype");
-  gna::cpu::forward(p, q.untyped_data(), k.untyped_data(), v.untyped_data(),
-                    out->untyped_data(), lse->typed_data());
+  gna::cpu::forward(p, q.untyped_data(), k.untyped_data(), v.untyped_data(), out->untyped_data(),
+                    lse->typed_data());
   return ffi::Error::Success();
 }
 
@@ -44,19 +44,17 @@ ffi::Error cpu_bwd(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi:
       static_cast<int64_t>(lse.element_count()) != rows ||
       static_cast<int64_t>(dlse.element_count()) != rows)
     return ffi::Error::InvalidArgument("jax_gna_bwd: dout/out/lse/dlse have the wrong shape");
-  if (dq->element_type() != dtype || dk->element_type() != dtype ||
-      dv->element_type() != dtype || dq->element_count() != q.element_count() ||
-      dk->element_count() != k.element_count() || dv->element_count() != v.element_count())
+  if (dq->element_type() != dtype || dk->element_type() != dtype || dv->element_type() != dtype ||
+      dq->element_count() != q.element_count() || dk->element_count() != k.element_count() ||
+      dv->element_count() != v.element_count())
     return ffi::Error::InvalidArgument("jax_gna_bwd: dq/dk/dv must match q/k/v");
-  gna::cpu::backward(p, dout.untyped_data(), q.untyped_data(), k.untyped_data(),
-                     v.untyped_data(), out.untyped_data(), lse.typed_data(), dlse.typed_data(),
-                     dq->untyped_data(), dk->untyped_data(), dv->untyped_data());
+  gna::cpu::backward(p, dout.untyped_data(), q.untyped_data(), k.untyped_data(), v.untyped_data(),
+                     out.untyped_data(), lse.typed_data(), dlse.typed_data(), dq->untyped_data(),
+                     dk->untyped_data(), dv->untyped_data());
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxGnaFwdCpu, cpu_fwd,
-                              gna::ffi_bindings::bind_fwd(ffi::Ffi::Bind()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxGnaBwdCpu, cpu_bwd,
-                              gna::ffi_bindings::bind_bwd(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxGnaFwdCpu, cpu_fwd, gna::ffi_bindings::bind_fwd(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxGnaBwdCpu, cpu_bwd, gna::ffi_bindings::bind_bwd(ffi::Ffi::Bind()));

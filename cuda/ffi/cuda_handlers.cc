@@ -33,10 +33,8 @@ ComputeCapability compute_capability(int device) {
   auto it = cache.find(device);
   if (it != cache.end()) return it->second;
   ComputeCapability cc;
-  if (cudaDeviceGetAttribute(&cc.major, cudaDevAttrComputeCapabilityMajor, device) !=
-          cudaSuccess ||
-      cudaDeviceGetAttribute(&cc.minor, cudaDevAttrComputeCapabilityMinor, device) !=
-          cudaSuccess) {
+  if (cudaDeviceGetAttribute(&cc.major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&cc.minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
     cudaGetLastError();  // clear the sticky-free error so it is not reported by a later call
     return ComputeCapability{};
   }
@@ -67,9 +65,9 @@ ffi::Error cuda_fwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::
     return ffi::Error::Internal("jax_gna_fwd: cannot query the compute capability of device " +
                                 std::to_string(device));
   if (const char* reason = gna::cuda_ffi::fwd_can_implement(p, cc.major, cc.minor))
-    return ffi::Error(ffi::ErrorCode::kUnimplemented,
-                      std::string("jax_gna_fwd on a GPU of compute capability ") + cc_name(cc) +
-                          ": " + reason);
+    return ffi::Error(
+        ffi::ErrorCode::kUnimplemented,
+        std::string("jax_gna_fwd on a GPU of compute capability ") + cc_name(cc) + ": " + reason);
   if (workspace->size_bytes() < gna::cuda_ffi::fwd_workspace_bytes(p))
     return ffi::Error::InvalidArgument("jax_gna_fwd: workspace too small");
   cudaError_t status = cudaErrorNotSupported;

@@ -39,8 +39,8 @@ gna::DType dtype_from_name(const std::string& name) {
   if (name == "float32") return gna::DType::kF32;
   if (name == "float16") return gna::DType::kF16;
   if (name == "bfloat16") return gna::DType::kBF16;
-  throw nb::value_error(("unsupported dtype " + name + "; expected float32, float16 or bfloat16")
-                            .c_str());
+  throw nb::value_error(
+      ("unsupported dtype " + name + "; expected float32, float16 or bfloat16").c_str());
 }
 
 // Decodes a call exactly as the FFI handlers do; raises ValueError with the reason otherwise.
@@ -50,8 +50,7 @@ gna::Problem problem(const Ints& q, const Ints& k, const Ints& v, const std::str
   gna::Problem p;
   const std::string error = gna::problem_from_shapes(
       list(q), list(k), list(v), dtype_from_name(dtype),
-      gna::WindowAttrs{list(kernel_size), list(stride), list(dilation), list(is_causal), 1.0f},
-      &p);
+      gna::WindowAttrs{list(kernel_size), list(stride), list(dilation), list(is_causal), 1.0f}, &p);
   if (!error.empty()) throw nb::value_error(error.c_str());
   return p;
 }
@@ -129,8 +128,8 @@ NB_MODULE(_ext, m) {
         }
         return result;
       },
-      nb::arg("length"), nb::arg("kernel_size"), nb::arg("stride") = 1,
-      nb::arg("dilation") = 1, nb::arg("is_causal") = false,
+      nb::arg("length"), nb::arg("kernel_size"), nb::arg("stride") = 1, nb::arg("dilation") = 1,
+      nb::arg("is_causal") = false,
       "(start, end) of every query's window along one axis, by cuda/include/gna/window.h.");
   m.def(
       "inverse_window",
@@ -144,8 +143,8 @@ NB_MODULE(_ext, m) {
         }
         return result;
       },
-      nb::arg("length"), nb::arg("kernel_size"), nb::arg("stride") = 1,
-      nb::arg("dilation") = 1, nb::arg("is_causal") = false,
+      nb::arg("length"), nb::arg("kernel_size"), nb::arg("stride") = 1, nb::arg("dilation") = 1,
+      nb::arg("is_causal") = false,
       "(q_start, q_end) of the queries attending to every key along one axis (window.h).");
 
   m.def(
@@ -179,8 +178,8 @@ NB_MODULE(_ext, m) {
   m.def(
       "cuda_fwd_can_implement",
       [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
-         const Ints& kernel_size, const Ints& stride, const Ints& dilation,
-         const Ints& is_causal, int cc_major, int cc_minor) -> std::optional<std::string> {
+         const Ints& kernel_size, const Ints& stride, const Ints& dilation, const Ints& is_causal,
+         int cc_major, int cc_minor) -> std::optional<std::string> {
         const gna::Problem p = problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal);
 #ifdef JAX_GNA_WITH_CUDA
         if (const char* reason = gna::cuda_ffi::fwd_can_implement(p, cc_major, cc_minor))

@@ -62,9 +62,9 @@ std::string problem_from_shapes(Int64List q, Int64List k, Int64List v, DType dty
     const int64_t ks = attrs.kernel_size[a], st = attrs.stride[a], dl = attrs.dilation[a];
     if (!fits_int(length)) return "spatial extents must fit in int";
     if (ks < 2 || st < 1 || st > ks || dl < 1 || ks * dl > length)
-      return "illegal window on axis " + std::to_string(a) + ": extent " +
-             std::to_string(length) + ", kernel_size " + std::to_string(ks) + ", stride " +
-             std::to_string(st) + ", dilation " + std::to_string(dl) +
+      return "illegal window on axis " + std::to_string(a) + ": extent " + std::to_string(length) +
+             ", kernel_size " + std::to_string(ks) + ", stride " + std::to_string(st) +
+             ", dilation " + std::to_string(dl) +
              " (need kernel_size >= 2, 1 <= stride <= kernel_size, kernel_size * dilation <= "
              "extent)";
     p.extent[a] = static_cast<int>(length);
