@@ -20,7 +20,12 @@ def _x(shape, seed=0, dtype=jnp.float32):
 
 
 def _init(module, x, **kw):
-    return module.init(jax.random.key(0), x, **kw)
+    return jax.jit(module.init)(jax.random.key(0), x, **kw)
+
+
+def _apply(module, variables, *args, **kw):
+    """module.apply under jax.jit (eager dispatch is several times slower on a CPU)."""
+    return jax.jit(module.apply)(variables, *args, **kw)
 
 
 SETTINGS = {
@@ -43,8 +48,8 @@ def test_parameters_match_multi_head_dot_product_attention(settings):
 def test_window_covering_the_grid_equals_multi_head_dot_product_attention(settings):
     x = _x((2, 3, 5, F))
     variables = _init(NeighborhoodAttention(kernel_size=(3, 5), **settings), x)
-    ours = NeighborhoodAttention(kernel_size=(3, 5), **settings).apply(variables, x)
-    theirs = nn.MultiHeadDotProductAttention(**settings).apply(variables, x.reshape(2, 15, F))
+    ours = _apply(NeighborhoodAttention(kernel_size=(3, 5), **settings), variables, x)
+    theirs = _apply(nn.MultiHeadDotProductAttention(**settings), variables, x.reshape(2, 15, F))
     np.testing.assert_allclose(ours, theirs.reshape(ours.shape), rtol=2e-5, atol=2e-5)
 
 
@@ -83,7 +88,8 @@ def test_linen_and_nnx_give_identical_outputs_for_identical_parameters(
         nnx.to_pure_dict(nnx.state(nnx_layer, nnx.Param)),
     )
     nnx.update(nnx_layer, variables["params"])
-    ours, twin = linen_layer.apply(variables, x, context=context), nnx_layer(x, context=context)
+    ours = _apply(linen_layer, variables, x, context=context)
+    twin = nnx.jit(lambda m, x, c: m(x, context=c))(nnx_layer, x, context)
     assert ours.dtype == twin.dtype
     np.testing.assert_array_equal(ours, twin)
 
@@ -116,8 +122,8 @@ def test_dtype_policy_matches_multi_head_dot_product_attention(x_dtype, dtype, p
     kw = dict(num_heads=2, dtype=dtype, param_dtype=param_dtype)
     variables = _init(NeighborhoodAttention(kernel_size=(3, 3), **kw), x)
     assert {a.dtype for a in jax.tree.leaves(variables)} == {jnp.dtype(param_dtype)}
-    ours = NeighborhoodAttention(kernel_size=(3, 3), **kw).apply(variables, x)
-    theirs = nn.MultiHeadDotProductAttention(**kw).apply(variables, x.reshape(2, 9, F))
+    ours = _apply(NeighborhoodAttention(kernel_size=(3, 3), **kw), variables, x)
+    theirs = _apply(nn.MultiHeadDotProductAttention(**kw), variables, x.reshape(2, 9, F))
     assert ours.dtype == theirs.dtype
     np.testing.assert_allclose(
         ours.astype(np.float32), theirs.reshape(ours.shape).astype(np.float32), atol=0.05
@@ -136,7 +142,7 @@ ERRORS = {
 @pytest.mark.parametrize("fields, call, match", ERRORS.values(), ids=ERRORS)
 def test_unsupported_options_raise_naming_the_option(fields, call, match):
     with pytest.raises(NotImplementedError, match=match):
-        _init(NeighborhoodAttention(2, (3, 3), **fields), X, **call)
+        NeighborhoodAttention(2, (3, 3), **fields).init(jax.random.key(0), X, **call)
 
 
 def test_int_kernel_size_needs_spatial_dims():
@@ -151,6 +157,6 @@ def test_attention_fn_in_multi_head_dot_product_attention_equals_the_layer():
         2, attention_fn=jax_gna.linen.make_attention_fn((3, 3), **window)
     )
     variables = _init(ours, X)
-    np.testing.assert_allclose(theirs.apply(variables, X), ours.apply(variables, X), atol=1e-6)
+    np.testing.assert_allclose(_apply(theirs, variables, X), _apply(ours, variables, X), atol=1e-6)
     with pytest.raises(NotImplementedError, match="mask"):
         theirs.apply(variables, X, mask=jnp.ones((2, 2, 25, 25), bool))
