@@ -148,6 +148,7 @@ def test_boxes_and_kinds_match_brute_force(tile_box_program):
             g = tuple(int(x) for x in parts[1 : 1 + rank])
             q_idx = [int(x) for x in parts[1 + rank : 1 + 2 * rank]]
             box = [int(x) for x in parts[2 + 2 * rank : 2 + 4 * rank]]
+            full = [int(x) for x in parts[3 + 4 * rank : 3 + 6 * rank]]
             kinds = parts[-1]
             lgs = [(ax[0] - ga + ax[3] - 1) // ax[3] for ax, ga in zip(axes, g)]
             k_ranges = [range(-1, (lg + ax[6] - 1) // ax[6] + 1) for lg, ax in zip(lgs, axes)]
@@ -156,6 +157,8 @@ def test_boxes_and_kinds_match_brute_force(tile_box_program):
                 want = _brute_kind(axes, g, q_idx, k_idx)
                 got = int(kinds[pos])
                 assert got == want, (axes, g, q_idx, k_idx, got, want)
+                in_full = all(full[2 * a] <= k_idx[a] < full[2 * a + 1] for a in range(rank))
+                assert in_full == (want == FULL), (axes, g, q_idx, k_idx, full, want)
                 if want != EMPTY:
                     nonempty.append(k_idx)
                 checked += 1

@@ -28,6 +28,14 @@ struct FwdTileConfig {
 //   stride-aligned windows cover whole KV tiles (no masks, no wasted tiles).
 constexpr FwdTileConfig fwd_tile_config(int rank, int head_dim) {
   const bool d256 = head_dim > 128;
+#if defined(GNA_SM90_STAGES_EXPERIMENT)  // development only: K/V stages for d <= 128
+  if (!d256) {
+    const int s = GNA_SM90_STAGES_EXPERIMENT;
+    if (rank == 1) return FwdTileConfig{{1, 1, 128}, {1, 1, 128}, s};
+    if (rank == 2) return FwdTileConfig{{1, 16, 8}, {1, 16, 8}, s};
+    return FwdTileConfig{{2, 8, 8}, {2, 8, 8}, s};
+  }
+#endif
   if (rank == 1) return d256 ? FwdTileConfig{{1, 1, 128}, {1, 1, 64}, 2}
                              : FwdTileConfig{{1, 1, 128}, {1, 1, 128}, 2};
   if (rank == 2) return d256 ? FwdTileConfig{{1, 16, 8}, {1, 8, 8}, 2}
@@ -45,6 +53,7 @@ struct FwdParams {
   int causal[3];
   int q_tiles[3];     // Q tiles per axis, for dilation group 0 (the longest)
   int num_q_tiles;    // product of q_tiles
+  int tile_order[3];  // axes from fastest to slowest in the CTA order (L2 reuse)
   int num_groups;     // product of dilations
   int heads;
   int kv_group;       // heads / kv_heads

@@ -2,6 +2,8 @@
 // instantiations. Host code only (no CUTLASS), so it compiles fast.
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 
 #include <cuda.h>
@@ -165,6 +167,11 @@ cudaError_t fwd_launch(const Problem& p, const void* q, const void* k, const voi
     fp.num_q_tiles *= fp.q_tiles[a];
     fp.num_groups *= ax.dilation[a];
   }
+  // CTA order over Q tiles: last axis fastest by default. GNA_SM90_TILE_ORDER
+  // (e.g. "012": first axis fastest) is a development knob for L2 experiments.
+  static const char* order_env = std::getenv("GNA_SM90_TILE_ORDER");
+  const bool env_ok = order_env && std::strlen(order_env) == 3;
+  for (int k = 0; k < 3; ++k) fp.tile_order[k] = env_ok ? (order_env[k] - '0') % 3 : 2 - k;
   fp.heads = p.heads;
   fp.kv_group = p.heads / p.kv_heads;
   fp.batch = int(p.batch);

@@ -13,6 +13,8 @@ fi
 flags=(-std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a
        -Icuda/include -I"$CUTLASS_INCLUDE_DIR" -Xptxas=-warn-spills)
 [ "$set_" = smoke ] && flags+=(-DGNA_KERNEL_SET_SMOKE)
+# shellcheck disable=SC2206
+flags+=(${EXTRA_NVCC_FLAGS:-})
 jobs="${JOBS:-2}"
 objs=()
 pids=()

@@ -6,7 +6,8 @@
 // Input, one problem per line:
 //   rank, then per axis: length kernel_size stride dilation causal q_tile kv_tile
 // Output, per problem: "case <n>", then per (dilation group, Q tile):
-//   "q <g...> <qt...> box <begin end>... kinds <digits>"
+//   "q <g...> <qt...> box <begin end>... full <begin end>... kinds <digits>"
+// (full: per axis, the KV tiles full_tile_range calls full).
 // where the digits are the TileKind of KV tiles with indices -1..count per axis
 // (last axis fastest), so tiles past both ends of the group are covered too.
 #include <cstdio>
@@ -51,6 +52,15 @@ int main() {
           r /= nq[a];
         }
         const gna::TileBox box = gna::kv_tile_box(ga, rank, q, qt, kt);
+        // Box order: next() walks the same tiles as tile(i).
+        int walk[3];
+        box.tile(0, walk);
+        for (int i = 0; i < box.size(); ++i) {
+          int t[3];
+          box.tile(i, t);
+          if (t[0] != walk[0] || t[1] != walk[1] || t[2] != walk[2]) return 3;
+          box.next(walk);
+        }
         std::string kinds;
         const int total_k = nk[0] * nk[1] * nk[2];
         for (int ki = 0; ki < total_k; ++ki) {
@@ -66,6 +76,11 @@ int main() {
         for (int a = 0; a < rank; ++a) std::printf(" %d", q[a]);
         std::printf(" box");
         for (int a = 0; a < rank; ++a) std::printf(" %d %d", box.begin[a], box.end[a]);
+        std::printf(" full");
+        for (int a = 0; a < rank; ++a) {
+          const gna::Range f = gna::full_tile_range(ga[a], q[a] * qt[a], qt[a], kt[a]);
+          std::printf(" %d %d", f.start, f.end);
+        }
         std::printf(" kinds %s\n", kinds.c_str());
       }
     }

@@ -81,6 +81,18 @@ GNA_HOST_DEVICE TileKind classify_axis(const GroupAxis& a, int q_origin, int q_t
   return TileKind::kPartial;
 }
 
+// The KV tiles (indices) along one axis that classify_axis calls full for the
+// Q tile at `q_origin`: every valid query's window holds the whole tile and the
+// tile lies inside the group. Empty range when there are none.
+GNA_HOST_DEVICE Range full_tile_range(const GroupAxis& a, int q_origin, int q_tile, int kv_tile) {
+  const int q_first = max_int(q_origin, 0);
+  const int q_last = min_int(q_origin + q_tile, a.length) - 1;
+  if (q_last < q_first) return Range{0, 0};
+  const int lo = ceil_div_int(group_window(a, q_last).start, kv_tile);
+  const int hi = min_int(group_window(a, q_first).end, a.length) / kv_tile;
+  return lo < hi ? Range{lo, hi} : Range{0, 0};
+}
+
 // Combine per-axis kinds: empty if any axis is empty, full if all are full.
 GNA_HOST_DEVICE TileKind combine_kinds(TileKind a, TileKind b) {
   if (a == TileKind::kEmpty || b == TileKind::kEmpty) return TileKind::kEmpty;
@@ -99,12 +111,19 @@ struct TileBox {
     for (int a = 0; a < 3; ++a) n *= max_int(extent(a), 0);
     return n;
   }
-  // The `i`-th tile of the box (last axis fastest), as tile indices.
+  // Box order is last axis fastest: the `i`-th tile as tile indices, and the
+  // step from one tile to the next.
   GNA_HOST_DEVICE void tile(int i, int out[3]) const {
     for (int a = 2; a >= 0; --a) {
       const int n = extent(a);
       out[a] = begin[a] + i % n;
       i /= n;
+    }
+  }
+  GNA_HOST_DEVICE void next(int t[3]) const {
+    for (int a = 2; a >= 0; --a) {
+      if (++t[a] < end[a]) return;
+      t[a] = begin[a];
     }
   }
 };

@@ -80,6 +80,9 @@ struct FwdKernel {
       cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
 
   using PipelineKV = cutlass::PipelineTmaAsync<kStages>;
+  // Named barriers (ids after CUTLASS's reserved ones), one per consumer warpgroup.
+  static constexpr int kEpilogueBarrier = 0;
+  static constexpr int kSchedulerBarrier = 2;
 
   struct SharedStorage {
     alignas(1024) Element q[kTileQ * kHeadDim];
@@ -105,6 +108,7 @@ struct FwdKernel {
     int batch;
     GroupAxis axes[3];
     TileBox box;
+    Range full[3];  // per axis, the KV tiles that need no mask (tile_box.h)
     bool valid;  // false: the Q tile holds no query of its dilation group
   };
 
@@ -117,9 +121,20 @@ struct FwdKernel {
     i /= p.num_groups;
     w.head = i % p.heads;
     w.batch = i / p.heads;
+    // Q tiles in p.tile_order (fastest axis first), written with selects so
+    // that w.q_tile stays in registers.
+    CUTLASS_PRAGMA_UNROLL
+    for (int k = 0; k < 3; ++k) {
+      const int a = p.tile_order[k];
+      const int n = a == 0 ? p.q_tiles[0] : a == 1 ? p.q_tiles[1] : p.q_tiles[2];
+      const int v = qt % n;
+      qt /= n;
+      if (a == 0) w.q_tile[0] = v;
+      if (a == 1) w.q_tile[1] = v;
+      if (a == 2) w.q_tile[2] = v;
+    }
+    CUTLASS_PRAGMA_UNROLL
     for (int a = 2; a >= 0; --a) {
-      w.q_tile[a] = qt % p.q_tiles[a];
-      qt /= p.q_tiles[a];
       w.group[a] = gi % p.dilation[a];
       gi /= p.dilation[a];
     }
@@ -132,6 +147,8 @@ struct FwdKernel {
       w.valid &= w.q_tile[a] * q_tile[a] < w.axes[a].length;
     }
     w.box = kv_tile_box(w.axes, 3, w.q_tile, q_tile, kv_tile);
+    for (int a = 0; a < 3; ++a)
+      w.full[a] = full_tile_range(w.axes[a], w.q_tile[a] * q_tile[a], q_tile[a], kv_tile[a]);
     return w;
   }
 
@@ -171,9 +188,8 @@ struct FwdKernel {
     auto state_k = cutlass::make_producer_start_state<PipelineKV>();
     auto state_v = cutlass::make_producer_start_state<PipelineKV>();
     const int n = w.box.size();
-    for (int j = 0; j < n; ++j) {
-      int t[3];
-      w.box.tile(j, t);
+    int t[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
+    for (int j = 0; j < n; ++j, w.box.next(t)) {
       const int c2 = tma_coord(p, w, 2, t[2] * kv_tile[2]);
       const int c1 = tma_coord(p, w, 1, t[1] * kv_tile[1]);
       const int c0 = w.batch * p.extent[0] + tma_coord(p, w, 0, t[0] * kv_tile[0]);
@@ -356,39 +372,56 @@ struct FwdKernel {
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < size(tSrS); ++i) tOrP(i) = static_cast<Element>(tSrS(i));
     };
-    auto tile_info = [&](int j, int* origin) {
-      int t[3];
-      w.box.tile(j, t);
+    // KV tiles in box order (last axis fastest, as the producer loads them).
+    int tile[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
+    auto tile_info = [&](int* origin) {
+      bool full = true;
       CUTLASS_PRAGMA_UNROLL
-      for (int a = 0; a < 3; ++a) origin[a] = t[a] * kv_tile[a];
-      return classify_tile(w.axes, 3, w.q_tile, q_tile, t, kv_tile) != TileKind::kFull;
+      for (int a = 0; a < 3; ++a) {
+        origin[a] = tile[a] * kv_tile[a];
+        full &= w.full[a].start <= tile[a] && tile[a] < w.full[a].end;
+      }
+      w.box.next(tile);
+      return !full;  // partial: mask per element
     };
 
     typename PipelineKV::PipelineState state_k, state_v;
     const int n = w.box.size();
+
+    // Ping-pong between the two consumer warpgroups (FA3): a warpgroup issues
+    // its GEMMs only in its turn and hands the turn over right after issuing,
+    // so one warpgroup's softmax runs while the other's GEMMs hold the tensor
+    // cores. Both warpgroups take n + 1 turns.
+    auto take_turn = [&] { cutlass::arch::NamedBarrier::sync(256, kSchedulerBarrier + wg); };
+    auto pass_turn = [&] { cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier + 1 - wg); };
+    if (wg == 0) cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier);  // WG 0 starts
 
     cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_barrier, 0);
 
     // Tile 0: S = Q K0^T, softmax.
     {
       pipe_k.consumer_wait(state_k);
+      take_turn();
       gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
+      pass_turn();
+      int origin[3];
+      const bool partial = tile_info(origin);
       warpgroup_wait<0>();
       pipe_k.consumer_release(state_k);
       ++state_k;
-      int origin[3];
-      const bool partial = tile_info(0, origin);
       float corr[2];
       softmax_step(partial, origin, corr);
       convert_p();
     }
     for (int j = 1; j < n; ++j) {
       pipe_k.consumer_wait(state_k);
-      gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
       pipe_v.consumer_wait(state_v);
+      take_turn();
+      gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
       gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
+      pass_turn();
       int origin[3];
-      const bool partial = tile_info(j, origin);
+      const bool partial = tile_info(origin);
       warpgroup_wait<1>();  // S_j ready; P_{j-1} V_{j-1} may still run
       pipe_k.consumer_release(state_k);
       ++state_k;
@@ -401,7 +434,9 @@ struct FwdKernel {
       convert_p();
     }
     pipe_v.consumer_wait(state_v);
+    take_turn();
     gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
+    pass_turn();
     warpgroup_wait<0>();
     pipe_v.consumer_release(state_v);
 
@@ -441,7 +476,7 @@ struct FwdKernel {
       }
     }
 
-    cutlass::arch::NamedBarrier wg_barrier(128, 1 + wg);
+    cutlass::arch::NamedBarrier wg_barrier(128, kEpilogueBarrier + wg);
     wg_barrier.sync();  // every warp of this warpgroup is done reading its Q rows
     Tensor sO = make_tensor(make_smem_ptr(ss.q), SmemLayoutQ{});
     Tensor tOsO = thr_pv.partition_C(sO);
