@@ -1,0 +1,50 @@
+"""Type stub of the compiled extension (cuda/ffi/module.cc)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+kernel_set: str  # JAX_GNA_KERNEL_SET of the build: "full" or "smoke"
+xla_ffi_api_version: tuple[int, int]  # of the XLA FFI headers the handlers were built with
+
+def cpu_targets() -> dict[str, Any]: ...  # target name -> handler capsule, platform "cpu"
+def cuda_targets() -> dict[str, Any]: ...  # platform "CUDA"; empty without CUDA kernels
+def built_cuda_archs() -> list[str]: ...
+def cuda_has_backward() -> bool: ...
+def window(
+    length: int, kernel_size: int, stride: int = 1, dilation: int = 1, is_causal: bool = False
+) -> tuple[list[int], list[int]]: ...
+def inverse_window(
+    length: int, kernel_size: int, stride: int = 1, dilation: int = 1, is_causal: bool = False
+) -> tuple[list[int], list[int]]: ...
+def fwd_workspace_bytes(
+    q_shape: Sequence[int],
+    k_shape: Sequence[int],
+    v_shape: Sequence[int],
+    dtype: str,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    is_causal: Sequence[int],
+) -> int: ...
+def bwd_workspace_bytes(
+    q_shape: Sequence[int],
+    k_shape: Sequence[int],
+    v_shape: Sequence[int],
+    dtype: str,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    is_causal: Sequence[int],
+) -> int: ...
+def cuda_fwd_can_implement(
+    q_shape: Sequence[int],
+    k_shape: Sequence[int],
+    v_shape: Sequence[int],
+    dtype: str,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    is_causal: Sequence[int],
+    cc_major: int = -1,
+    cc_minor: int = 0,
+) -> str | None: ...
