@@ -12,6 +12,7 @@ from typing import Literal
 
 import jax
 
+from jax_gna._mesh import explicit_mesh, per_shard
 from jax_gna._params import GnaParams
 from jax_gna._xla import gna_xla
 
@@ -101,7 +102,14 @@ def run(
 ) -> tuple[jax.Array, jax.Array]:
     """``(out, lse)`` of the neighborhood part by a non-reference implementation."""
     if implementation == "xla":
-        return gna_xla(query, key, value, params)
+        mesh = explicit_mesh(query)
+        if mesh is None:
+            return gna_xla(query, key, value, params)
+        # Its reshapes cannot re-type sharded dims: run it per batch/head shard.
+        attend = lambda q, k, v: gna_xla(q, k, v, params)  # noqa: E731
+        kv_heads = key.shape[-2]
+        run = per_shard(attend, mesh, jax.typeof(query), params.rank, kv_heads, "ttt", "tr")
+        return run(query, key, value)
     ops, reason = _ops()
     if ops is None:  # pragma: no cover - `select` refused it already
         raise NotImplementedError(reason)

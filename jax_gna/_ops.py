@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
 from jax.experimental.custom_partitioning import custom_partitioning
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jax_gna import _extension, _xla
+from jax_gna._mesh import explicit_mesh, per_shard, shardings
 from jax_gna._params import GnaParams
 
 CPU_DTYPES = ("float32", "float16", "bfloat16")
@@ -162,45 +162,15 @@ def _xla_backward(params: GnaParams, dout, q, k, v, out, lse, dlse):
         return _xla._backward(q, k, v, out, lse, dout, dlse, params)
 
     args = (dout, q, k, v, out, lse, dlse)
-    mesh = _explicit_mesh(q)
+    mesh = explicit_mesh(q)
     if mesh is None:
         return backward(*args)
-    tensor, rows = _shardings(mesh, jax.typeof(q), params.rank, k.shape[-2])
-    in_specs = (tensor.spec,) * 5 + (rows.spec,) * 2
-    args = tuple(jax.sharding.reshard(x, spec) for x, spec in zip(args, in_specs))
-    return jax.shard_map(
-        backward, mesh=mesh, in_specs=in_specs, out_specs=(tensor.spec,) * 3, check_vma=False
-    )(*args)
+    run = per_shard(backward, mesh, jax.typeof(q), params.rank, k.shape[-2], "tttttrr", "ttt")
+    return run(*args)
 
 
 # ---------------------------------------------------------------------------------------------
 # Layer 4: sharding
-
-
-def _mesh_axes_size(mesh, axes) -> int:
-    if axes is None:
-        return 1
-    names = axes if isinstance(axes, tuple) else (axes,)
-    size = 1
-    for name in names:
-        size *= mesh.shape[name]
-    return size
-
-
-def _shardings(mesh, query_info, rank: int, kv_heads: int):
-    """(sharding of [B..., X..., heads, dim] operands, sharding of [B..., X..., heads] ones),
-    both derived from q's spec: batch and head axes kept, spatial and head dims replicated.
-    Heads stay sharded only if the mesh axes split the kv heads evenly too (then every shard
-    holds whole GQA groups); otherwise they are replicated."""
-    ndim = len(query_info.shape)
-    spec = tuple(getattr(query_info.sharding, "spec", ()))
-    spec = spec + (None,) * (ndim - len(spec))
-    n_batch = ndim - rank - 2
-    heads = spec[n_batch + rank]
-    if kv_heads % _mesh_axes_size(mesh, heads):
-        heads = None
-    rows = (*spec[:n_batch], *([None] * rank), heads)
-    return NamedSharding(mesh, P(*rows, None)), NamedSharding(mesh, P(*rows))
 
 
 def _rule(rank: int, group: int, operands: str, results: str) -> str:
@@ -245,15 +215,15 @@ def _partitioned(
     operand whose spec decides every sharding, `kv_anchor` that of an operand with kv heads."""
     op = custom_partitioning(impl)
 
-    def layout_shardings(mesh, arg_shapes):
-        tensor, rows = _shardings(mesh, arg_shapes[anchor], rank, arg_shapes[kv_anchor].shape[-2])
+    def layoutshardings(mesh, arg_shapes):
+        tensor, rows = shardings(mesh, arg_shapes[anchor], rank, arg_shapes[kv_anchor].shape[-2])
         return lambda letters: tuple(rows if c == "l" else tensor for c in letters)
 
     def infer(mesh, arg_shapes, result_shape):
-        return layout_shardings(mesh, arg_shapes)(results)
+        return layoutshardings(mesh, arg_shapes)(results)
 
     def partition(mesh, arg_shapes, result_shape):
-        pick = layout_shardings(mesh, arg_shapes)
+        pick = layoutshardings(mesh, arg_shapes)
         return mesh, impl, pick(results), pick(operands)
 
     rule = _rule(rank, group, operands, results)
@@ -304,22 +274,12 @@ def _backward_op(params: GnaParams, group: int) -> Callable:
 # Layers 1 and 2: differentiation and Explicit-mesh typing
 
 
-def _explicit_mesh(x: jax.Array):
-    """The mesh of `x`'s type if it has Explicit axes (where types carry shardings), else None."""
-    mesh = getattr(jax.typeof(x).sharding, "mesh", None)
-    if mesh is None or mesh.empty:
-        return None
-    if jax.sharding.AxisType.Explicit not in tuple(mesh.axis_types):
-        return None
-    return mesh
-
-
 def _retype(y: jax.Array, like: jax.Array, keep_last: bool) -> jax.Array:
     """In an Explicit mesh, give `y` the sharding of `like` (custom calls type their results
     replicated, which custom_vjp and the caller would see as a different type). Without
     `keep_last`, `y` is `like`'s layout without its last dim (lse); the last dim of a result
     is never sharded."""
-    if _explicit_mesh(like) is None:
+    if explicit_mesh(like) is None:
         return y
     sharding = jax.typeof(like).sharding
     spec = tuple(sharding.spec) + (None,) * (like.ndim - len(sharding.spec))
