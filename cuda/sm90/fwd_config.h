@@ -10,8 +10,8 @@
 namespace gna::sm90 {
 
 struct FwdTileConfig {
-  int q[3];   // Q tile per kernel axis; product 128 (two consumer warpgroups x 64 rows)
-  int kv[3];  // KV tile per kernel axis
+  int q[3];    // Q tile per kernel axis; product 128 (two consumer warpgroups x 64 rows)
+  int kv[3];   // KV tile per kernel axis
   int stages;  // K and V pipeline stages
 
   constexpr int q_size() const { return q[0] * q[1] * q[2]; }
@@ -36,10 +36,12 @@ constexpr FwdTileConfig fwd_tile_config(int rank, int head_dim) {
     return FwdTileConfig{{2, 8, 8}, {2, 8, 8}, s};
   }
 #endif
-  if (rank == 1) return d256 ? FwdTileConfig{{1, 1, 128}, {1, 1, 64}, 2}
-                             : FwdTileConfig{{1, 1, 128}, {1, 1, 128}, 2};
-  if (rank == 2) return d256 ? FwdTileConfig{{1, 16, 8}, {1, 8, 8}, 2}
-                             : FwdTileConfig{{1, 16, 8}, {1, 16, 8}, 2};
+  if (rank == 1)
+    return d256 ? FwdTileConfig{{1, 1, 128}, {1, 1, 64}, 2}
+                : FwdTileConfig{{1, 1, 128}, {1, 1, 128}, 2};
+  if (rank == 2)
+    return d256 ? FwdTileConfig{{1, 16, 8}, {1, 8, 8}, 2}
+                : FwdTileConfig{{1, 16, 8}, {1, 16, 8}, 2};
   return d256 ? FwdTileConfig{{2, 8, 8}, {1, 8, 8}, 2} : FwdTileConfig{{2, 8, 8}, {2, 8, 8}, 2};
 }
 
@@ -56,10 +58,10 @@ struct FwdParams {
   int tile_order[3];  // axes from fastest to slowest in the CTA order (L2 reuse)
   int num_groups;     // product of dilations
   int heads;
-  int kv_group;       // heads / kv_heads
+  int kv_group;  // heads / kv_heads
   int batch;
-  float scale_log2;   // softmax scale * log2(e)
-  int prescale;       // 1: multiply S by scale_log2 before the max (scale <= 0)
+  float scale_log2;  // softmax scale * log2(e)
+  int prescale;      // 1: multiply S by scale_log2 before the max (scale <= 0)
   void* out;
   float* lse;
 };

@@ -76,12 +76,12 @@ cudaError_t make_token_tensor_map(CUtensorMap* map, const void* ptr, DType dtype
   const cuuint32_t box[5] = {cuuint32_t(chunk), 1, cuuint32_t(tile[2] * ax.dilation[2]),
                              cuuint32_t(tile[1] * ax.dilation[1]),
                              cuuint32_t(tile[0] * ax.dilation[0])};
-  const cuuint32_t elem_strides[5] = {1, 1, cuuint32_t(ax.dilation[2]),
-                                      cuuint32_t(ax.dilation[1]), cuuint32_t(ax.dilation[0])};
+  const cuuint32_t elem_strides[5] = {1, 1, cuuint32_t(ax.dilation[2]), cuuint32_t(ax.dilation[1]),
+                                      cuuint32_t(ax.dilation[0])};
   const CUresult r = encode(
       map,
-      dtype == DType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-      5, const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      dtype == DType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 5,
+      const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
       chunk * es == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
       CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
@@ -107,10 +107,14 @@ cudaError_t launch_rank(int rank, DType dtype, const CUtensorMap& mq, const CUte
                         const CUtensorMap& mv, const FwdParams& fp, unsigned grid,
                         cudaStream_t stream) {
   switch (rank) {
-    case 1: return launch_typed<kHeadDim, 1>(dtype, mq, mk, mv, fp, grid, stream);
-    case 2: return launch_typed<kHeadDim, 2>(dtype, mq, mk, mv, fp, grid, stream);
-    case 3: return launch_typed<kHeadDim, 3>(dtype, mq, mk, mv, fp, grid, stream);
-    default: return cudaErrorInvalidValue;
+    case 1:
+      return launch_typed<kHeadDim, 1>(dtype, mq, mk, mv, fp, grid, stream);
+    case 2:
+      return launch_typed<kHeadDim, 2>(dtype, mq, mk, mv, fp, grid, stream);
+    case 3:
+      return launch_typed<kHeadDim, 3>(dtype, mq, mk, mv, fp, grid, stream);
+    default:
+      return cudaErrorInvalidValue;
   }
 }
 
@@ -187,20 +191,23 @@ cudaError_t fwd_launch(const Problem& p, const void* q, const void* k, const voi
   cudaError_t err;
   if ((err = make_token_tensor_map(&mq, q, p.dtype, p.head_dim, p.heads, ax, p.batch, tiles.q)))
     return err;
-  if ((err = make_token_tensor_map(&mk, k, p.dtype, p.head_dim, p.kv_heads, ax, p.batch,
-                                   tiles.kv)))
+  if ((err = make_token_tensor_map(&mk, k, p.dtype, p.head_dim, p.kv_heads, ax, p.batch, tiles.kv)))
     return err;
-  if ((err = make_token_tensor_map(&mv, v, p.dtype, p.head_dim, p.kv_heads, ax, p.batch,
-                                   tiles.kv)))
+  if ((err = make_token_tensor_map(&mv, v, p.dtype, p.head_dim, p.kv_heads, ax, p.batch, tiles.kv)))
     return err;
 
   const unsigned g = unsigned(grid);
   switch (p.head_dim) {
-    case 32: return launch_rank<32>(p.rank, p.dtype, mq, mk, mv, fp, g, stream);
-    case 64: return launch_rank<64>(p.rank, p.dtype, mq, mk, mv, fp, g, stream);
-    case 128: return launch_rank<128>(p.rank, p.dtype, mq, mk, mv, fp, g, stream);
-    case 256: return launch_rank<256>(p.rank, p.dtype, mq, mk, mv, fp, g, stream);
-    default: return cudaErrorInvalidValue;
+    case 32:
+      return launch_rank<32>(p.rank, p.dtype, mq, mk, mv, fp, g, stream);
+    case 64:
+      return launch_rank<64>(p.rank, p.dtype, mq, mk, mv, fp, g, stream);
+    case 128:
+      return launch_rank<128>(p.rank, p.dtype, mq, mk, mv, fp, g, stream);
+    case 256:
+      return launch_rank<256>(p.rank, p.dtype, mq, mk, mv, fp, g, stream);
+    default:
+      return cudaErrorInvalidValue;
   }
 }
 

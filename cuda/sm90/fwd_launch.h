@@ -1,7 +1,7 @@
 // Hopper (sm_90a) GNA forward: the launcher API the FFI handler calls.
 //
 // Host-includable: no CUTLASS, no device code. The kernels live in
-// cuda/sm90/instantiations/*.cu (compiled for sm_90a only).
+// cuda/sm90/fwd_instance.cu (compiled for sm_90a only).
 #pragma once
 
 #include <cstddef>

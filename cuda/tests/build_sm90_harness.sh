@@ -16,18 +16,33 @@ flags=(-std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -gencode=arch=compute_90
 # shellcheck disable=SC2206
 flags+=(${EXTRA_NVCC_FLAGS:-})
 jobs="${JOBS:-2}"
+# One object per kernel, as cuda/sm90/sources.cmake builds them (smoke: bf16, head dim 128).
+kernels=()
+if [ "$set_" = smoke ]; then
+  for r in 1 2 3; do kernels+=("kBF16 128 $r"); done
+else
+  for t in kF16 kBF16; do for d in 32 64 128 256; do for r in 1 2 3; do
+    kernels+=("$t $d $r")
+  done; done; done
+fi
+stale() { [ -n "${FORCE:-}" ] || [ ! -e "$1" ] || find cuda/sm90 cuda/include -newer "$1" | grep -q .; }
 objs=()
 pids=()
-for src in cuda/sm90/instantiations/*.cu cuda/sm90/fwd_dispatch.cu; do
-  obj="$out/$(basename "${src%.cu}").o"
+compile() {  # compile <object> <nvcc args...>, in the background, at most $jobs at a time
+  local obj="$1"
+  shift
   objs+=("$obj")
-  if [ "$obj" -nt "$src" ] && [ -z "${FORCE:-}" ] && ! find cuda/sm90 cuda/include -newer "$obj" | grep -q .; then
-    continue
-  fi
-  ( /usr/bin/time -f "$src: %e s, %M KB" nvcc "${flags[@]}" -c "$src" -o "$obj" ) &
+  stale "$obj" || return 0
+  ( /usr/bin/time -f "$obj: %e s, %M KB" nvcc "${flags[@]}" "$@" -o "$obj" ) &
   pids+=($!)
   while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 1; done
+}
+for k in "${kernels[@]}"; do
+  read -r t d r <<<"$k"
+  compile "$out/fwd_${t}_d${d}_r${r}.o" -DGNA_FWD_DTYPE="$t" -DGNA_FWD_HEAD_DIM="$d" \
+    -DGNA_FWD_RANK="$r" -c cuda/sm90/fwd_instance.cu
 done
+compile "$out/fwd_dispatch.o" -c cuda/sm90/fwd_dispatch.cu
 for p in "${pids[@]}"; do wait "$p"; done
 nvcc "${flags[@]}" -Xcompiler -fopenmp cuda/tests/sm90_fwd_harness.cu "${objs[@]}" -o "$out/sm90_fwd_harness" -lgomp
 echo "built $out/sm90_fwd_harness ($set_)"

@@ -20,18 +20,18 @@
 #include <string>
 #include <vector>
 
+#include "../sm90/fwd_launch.h"
 #include "gna/problem.h"
 #include "gna/window.h"
-#include "../sm90/fwd_launch.h"
 
-#define CHECK_CUDA(x)                                                                    \
-  do {                                                                                   \
-    cudaError_t e_ = (x);                                                                \
-    if (e_ != cudaSuccess) {                                                             \
+#define CHECK_CUDA(x)                                                                      \
+  do {                                                                                     \
+    cudaError_t e_ = (x);                                                                  \
+    if (e_ != cudaSuccess) {                                                               \
       std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorName(e_), __FILE__, \
-                   __LINE__, cudaGetErrorString(e_));                                    \
-      std::exit(2);                                                                      \
-    }                                                                                    \
+                   __LINE__, cudaGetErrorString(e_));                                      \
+      std::exit(2);                                                                        \
+    }                                                                                      \
   } while (0)
 
 namespace {
@@ -82,15 +82,20 @@ std::string describe(const Problem& p) {
   char buf[512];
   int n = std::snprintf(buf, sizeof buf, "%s d%d r%d b%lld h%d/%d X=", dtype_name(p.dtype),
                         p.head_dim, p.rank, (long long)p.batch, p.heads, p.kv_heads);
-  for (int a = 0; a < p.rank; ++a) n += std::snprintf(buf + n, sizeof buf - n, "%s%d", a ? "x" : "", p.extent[a]);
+  for (int a = 0; a < p.rank; ++a)
+    n += std::snprintf(buf + n, sizeof buf - n, "%s%d", a ? "x" : "", p.extent[a]);
   n += std::snprintf(buf + n, sizeof buf - n, " K=");
-  for (int a = 0; a < p.rank; ++a) n += std::snprintf(buf + n, sizeof buf - n, "%s%d", a ? "x" : "", p.kernel_size[a]);
+  for (int a = 0; a < p.rank; ++a)
+    n += std::snprintf(buf + n, sizeof buf - n, "%s%d", a ? "x" : "", p.kernel_size[a]);
   n += std::snprintf(buf + n, sizeof buf - n, " s=");
-  for (int a = 0; a < p.rank; ++a) n += std::snprintf(buf + n, sizeof buf - n, "%s%d", a ? "x" : "", p.stride[a]);
+  for (int a = 0; a < p.rank; ++a)
+    n += std::snprintf(buf + n, sizeof buf - n, "%s%d", a ? "x" : "", p.stride[a]);
   n += std::snprintf(buf + n, sizeof buf - n, " d=");
-  for (int a = 0; a < p.rank; ++a) n += std::snprintf(buf + n, sizeof buf - n, "%s%d", a ? "x" : "", p.dilation[a]);
+  for (int a = 0; a < p.rank; ++a)
+    n += std::snprintf(buf + n, sizeof buf - n, "%s%d", a ? "x" : "", p.dilation[a]);
   n += std::snprintf(buf + n, sizeof buf - n, " c=");
-  for (int a = 0; a < p.rank; ++a) n += std::snprintf(buf + n, sizeof buf - n, "%d", int(p.causal[a]));
+  for (int a = 0; a < p.rank; ++a)
+    n += std::snprintf(buf + n, sizeof buf - n, "%d", int(p.causal[a]));
   std::snprintf(buf + n, sizeof buf - n, " scale=%.3g", p.scale);
   return buf;
 }
@@ -194,7 +199,8 @@ CheckResult compare(const Problem& p, const Buffers& buf, const std::vector<int6
   CHECK_CUDA(cudaMemcpy(lse.data(), buf.lse, buf.nlse * 4, cudaMemcpyDeviceToHost));
   CheckResult res;
   // Every element must be written and finite (poisoned with NaN before launch).
-  for (size_t i = 0; i < buf.nq; ++i) res.nonfinite += !std::isfinite(to_double(out.data(), i, p.dtype));
+  for (size_t i = 0; i < buf.nq; ++i)
+    res.nonfinite += !std::isfinite(to_double(out.data(), i, p.dtype));
   for (size_t i = 0; i < buf.nlse; ++i) res.nonfinite += !std::isfinite(lse[i]);
   std::vector<int64_t> rows = rows_in;
   if (rows.empty()) {
@@ -303,13 +309,18 @@ int run_check(int n_random) {
   cases.push_back(make_problem(2, {64, 64}, {16, 16}, {16, 16}, {1, 1}, {0, 0}, 1, 2, 2, 128, bf));
   cases.push_back(make_problem(2, {30, 50}, {7, 21}, {3, 5}, {1, 1}, {1, 0}, 2, 3, 1, 128, hf));
   cases.push_back(make_problem(2, {33, 47}, {5, 7}, {2, 1}, {2, 3}, {0, 1}, 1, 2, 2, 128, bf));
-  cases.push_back(make_problem(3, {9, 17, 20}, {5, 7, 9}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 2, 1, 128, bf));
-  cases.push_back(make_problem(3, {10, 16, 16}, {4, 8, 8}, {2, 8, 8}, {1, 1, 1}, {0, 0, 0}, 1, 2, 1, 128, bf));
-  cases.push_back(make_problem(3, {7, 13, 11}, {3, 5, 4}, {1, 2, 3}, {1, 1, 1}, {1, 0, 1}, 2, 2, 2, 128, hf));
-  cases.push_back(make_problem(3, {8, 15, 14}, {3, 4, 3}, {1, 1, 2}, {1, 2, 2}, {0, 1, 0}, 1, 2, 1, 128, bf));
+  cases.push_back(
+      make_problem(3, {9, 17, 20}, {5, 7, 9}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 2, 1, 128, bf));
+  cases.push_back(
+      make_problem(3, {10, 16, 16}, {4, 8, 8}, {2, 8, 8}, {1, 1, 1}, {0, 0, 0}, 1, 2, 1, 128, bf));
+  cases.push_back(
+      make_problem(3, {7, 13, 11}, {3, 5, 4}, {1, 2, 3}, {1, 1, 1}, {1, 0, 1}, 2, 2, 2, 128, hf));
+  cases.push_back(
+      make_problem(3, {8, 15, 14}, {3, 4, 3}, {1, 1, 2}, {1, 2, 2}, {0, 1, 0}, 1, 2, 1, 128, bf));
   for (int D : {32, 64, 256}) {
     cases.push_back(make_problem(2, {37, 45}, {13, 9}, {1, 1}, {1, 1}, {0, 0}, 2, 2, 1, D, bf));
-    cases.push_back(make_problem(3, {9, 17, 20}, {5, 7, 9}, {2, 1, 3}, {1, 1, 1}, {0, 1, 0}, 1, 2, 2, D, hf));
+    cases.push_back(
+        make_problem(3, {9, 17, 20}, {5, 7, 9}, {2, 1, 3}, {1, 1, 1}, {0, 1, 0}, 1, 2, 2, D, hf));
   }
   std::mt19937 rng(20261122);
   const int dims[4] = {32, 64, 128, 256};
@@ -340,13 +351,15 @@ int run_check(int n_random) {
     failures += !ok;
     const int ti = p.dtype == DType::kBF16 ? 0 : 1;
     worst[ti] = std::max(worst[ti], r.max_err);
-    std::printf("[%3zu] %s %s: max|err| %.2e  max|lse err| %.2e  bad rows %lld/%lld  nonfinite %lld\n",
-                c, ok ? "ok  " : "FAIL", describe(p).c_str(), r.max_err, r.max_lse_err, r.bad,
-                r.rows, r.nonfinite);
+    std::printf(
+        "[%3zu] %s %s: max|err| %.2e  max|lse err| %.2e  bad rows %lld/%lld  nonfinite %lld\n", c,
+        ok ? "ok  " : "FAIL", describe(p).c_str(), r.max_err, r.max_lse_err, r.bad, r.rows,
+        r.nonfinite);
     std::fflush(stdout);
   }
-  std::printf("CHECK SUMMARY: %zu cases, %d failed, %d skipped; worst max|err| bf16 %.2e f16 %.2e\n",
-              cases.size(), failures, skipped, worst[0], worst[1]);
+  std::printf(
+      "CHECK SUMMARY: %zu cases, %d failed, %d skipped; worst max|err| bf16 %.2e f16 %.2e\n",
+      cases.size(), failures, skipped, worst[0], worst[1]);
   return failures ? 1 : 0;
 }
 
@@ -442,10 +455,12 @@ int run_bench(const char* filter, int reps) {
     double keys = 1;
     for (int a = 0; a < p.rank; ++a) keys *= p.kernel_size[a];
     const double flops = 4.0 * p.heads * double(p.batch) * p.tokens() * keys * p.head_dim;
-    std::printf("%-26s %10.3f %10.1f %9.2e %s (bad %lld, nonfinite %lld; batches of %d: min %.3f max %.3f ms; single launch %.3f ms)\n",
-                bench.name, ms, flops / (ms * 1e-3) / 1e12, cr.max_err,
-                cr.bad == 0 && cr.nonfinite == 0 ? "ok" : "FAIL", cr.bad, cr.nonfinite, batch,
-                times.front(), times.back(), single[2]);
+    std::printf(
+        "%-26s %10.3f %10.1f %9.2e %s (bad %lld, nonfinite %lld; batches of %d: min %.3f max %.3f "
+        "ms; single launch %.3f ms)\n",
+        bench.name, ms, flops / (ms * 1e-3) / 1e12, cr.max_err,
+        cr.bad == 0 && cr.nonfinite == 0 ? "ok" : "FAIL", cr.bad, cr.nonfinite, batch,
+        times.front(), times.back(), single[2]);
     std::fflush(stdout);
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
@@ -462,7 +477,8 @@ int main(int argc, char** argv) {
   std::printf("device: %s (cc %d.%d, %d SMs)\n", prop.name, prop.major, prop.minor,
               prop.multiProcessorCount);
   if (mode == "check") return run_check(argc > 2 ? std::atoi(argv[2]) : 60);
-  if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr, argc > 3 ? std::atoi(argv[3]) : 10);
+  if (mode == "bench")
+    return run_bench(argc > 2 ? argv[2] : nullptr, argc > 3 ? std::atoi(argv[3]) : 10);
   std::fprintf(stderr, "usage: %s check [n_random] | bench [filter] [reps]\n", argv[0]);
   return 2;
 }

@@ -23,8 +23,8 @@ int main() {
     int qt[3] = {1, 1, 1}, kt[3] = {1, 1, 1};
     for (int a = 0; a < rank; ++a) {
       int causal;
-      if (std::scanf("%d %d %d %d %d %d %d", &axes[a].length, &axes[a].kernel_size,
-                     &axes[a].stride, &axes[a].dilation, &causal, &qt[a], &kt[a]) != 7)
+      if (std::scanf("%d %d %d %d %d %d %d", &axes[a].length, &axes[a].kernel_size, &axes[a].stride,
+                     &axes[a].dilation, &causal, &qt[a], &kt[a]) != 7)
         return 1;
       axes[a].causal = causal != 0;
     }

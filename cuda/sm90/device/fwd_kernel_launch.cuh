@@ -3,8 +3,8 @@
 
 #include <mutex>
 
-#include "fwd_kernel_launch.h"
 #include "../kernel/fwd_kernel_ws.cuh"
+#include "fwd_kernel_launch.h"
 
 namespace gna::sm90 {
 
@@ -36,8 +36,8 @@ cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k
   if (err != cudaSuccess) return err;
   if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
   std::call_once(once[device], [&] {
-    attr_error[device] = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Kernel::kSmemBytes));
+    attr_error[device] = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              int(Kernel::kSmemBytes));
   });
   if (attr_error[device] != cudaSuccess) return attr_error[device];
 
@@ -52,7 +52,7 @@ cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k
 }  // namespace gna::sm90
 
 // One explicit instantiation per (dtype, head dim, rank).
-#define GNA_SM90_FWD_INSTANTIATE(DTYPE, HEAD_DIM, RANK)                                       \
-  template cudaError_t gna::sm90::launch_fwd_kernel<gna::DType::DTYPE, HEAD_DIM, RANK>(       \
+#define GNA_SM90_FWD_INSTANTIATE(DTYPE, HEAD_DIM, RANK)                                        \
+  template cudaError_t gna::sm90::launch_fwd_kernel<gna::DType::DTYPE, HEAD_DIM, RANK>(        \
       const CUtensorMap&, const CUtensorMap&, const CUtensorMap&, const gna::sm90::FwdParams&, \
       unsigned, cudaStream_t);

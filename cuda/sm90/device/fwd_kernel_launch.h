@@ -1,12 +1,12 @@
 // Host-side interface between the dispatcher (fwd_dispatch.cu, plain host
-// code) and the kernel instantiations (instantiations/*.cu, CUTLASS/CuTe).
+// code) and the kernel instantiations (fwd_instance.cu, one TU per kernel, CUTLASS/CuTe).
 #pragma once
 
 #include <cuda.h>
 #include <cuda_runtime.h>
 
-#include "gna/problem.h"
 #include "../fwd_config.h"
+#include "gna/problem.h"
 
 namespace gna::sm90 {
 

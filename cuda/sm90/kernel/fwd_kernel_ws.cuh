@@ -19,16 +19,16 @@
 
 #include <cuda.h>
 
-#include <cute/arch/copy_sm90_tma.hpp>
-#include <cute/atom/mma_atom.hpp>
-#include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
 #include <cutlass/numeric_types.h>
+#include <cute/arch/copy_sm90_tma.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/tensor.hpp>
 #include <cutlass/pipeline/pipeline.hpp>
 
-#include "gna/tile_box.h"
 #include "../fwd_config.h"
+#include "gna/tile_box.h"
 
 namespace gna::sm90 {
 
@@ -60,8 +60,8 @@ struct FwdKernel {
                                      cute::GMMA::Layout_MN_SW64_Atom<Element>>;
   // Q, K: K-major (token rows, D contiguous), D chunks after all rows of a chunk:
   // exactly where consecutive TMA boxes of kChunk x tile tokens land.
-  using SmemLayoutQ = decltype(cute::tile_to_shape(
-      AtomK{}, cute::Shape<cute::Int<kTileQ>, cute::Int<kHeadDim>>{}));
+  using SmemLayoutQ =
+      decltype(cute::tile_to_shape(AtomK{}, cute::Shape<cute::Int<kTileQ>, cute::Int<kHeadDim>>{}));
   using SmemLayoutK = decltype(cute::tile_to_shape(
       AtomK{}, cute::Shape<cute::Int<kTileKV>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
   // V as the B operand of P·V: (N = D, K = tokens), MN-major; same bytes as K.
@@ -109,7 +109,7 @@ struct FwdKernel {
     GroupAxis axes[3];
     TileBox box;
     Range full[3];  // per axis, the KV tiles that need no mask (tile_box.h)
-    bool valid;  // false: the Q tile holds no query of its dilation group
+    bool valid;     // false: the Q tile holds no query of its dilation group
   };
 
   static CUTLASS_DEVICE Work decode_work(const FwdParams& p) {
@@ -142,8 +142,8 @@ struct FwdKernel {
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
     w.valid = true;
     for (int a = 0; a < 3; ++a) {
-      w.axes[a] = GroupAxis{group_length(p.extent[a], p.dilation[a], w.group[a]),
-                            p.kernel_size[a], p.stride[a], p.causal[a] != 0};
+      w.axes[a] = GroupAxis{group_length(p.extent[a], p.dilation[a], w.group[a]), p.kernel_size[a],
+                            p.stride[a], p.causal[a] != 0};
       w.valid &= w.q_tile[a] * q_tile[a] < w.axes[a].length;
     }
     w.box = kv_tile_box(w.axes, 3, w.q_tile, q_tile, kv_tile);
@@ -169,9 +169,8 @@ struct FwdKernel {
   }
 
   static CUTLASS_DEVICE void producer(const CUtensorMap* map_q, const CUtensorMap* map_k,
-                                      const CUtensorMap* map_v, const FwdParams& p,
-                                      const Work& w, SharedStorage& ss, PipelineKV& pipe_k,
-                                      PipelineKV& pipe_v) {
+                                      const CUtensorMap* map_v, const FwdParams& p, const Work& w,
+                                      SharedStorage& ss, PipelineKV& pipe_k, PipelineKV& pipe_v) {
     constexpr uint64_t kEvictNormal = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
     constexpr uint64_t kEvictLast = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
     constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
@@ -179,11 +178,10 @@ struct FwdKernel {
     const int kv_head = w.head / p.kv_group;
 
     cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.q_barrier, kTileBytesQ);
-    tma_load_tile(map_q, &ss.q_barrier, ss.q, kChunkBytesQ, w.head,
-                  tma_coord(p, w, 2, w.q_tile[2] * q_tile[2]),
-                  tma_coord(p, w, 1, w.q_tile[1] * q_tile[1]),
-                  w.batch * p.extent[0] + tma_coord(p, w, 0, w.q_tile[0] * q_tile[0]),
-                  kEvictNormal);
+    tma_load_tile(
+        map_q, &ss.q_barrier, ss.q, kChunkBytesQ, w.head,
+        tma_coord(p, w, 2, w.q_tile[2] * q_tile[2]), tma_coord(p, w, 1, w.q_tile[1] * q_tile[1]),
+        w.batch * p.extent[0] + tma_coord(p, w, 0, w.q_tile[0] * q_tile[0]), kEvictNormal);
 
     auto state_k = cutlass::make_producer_start_state<PipelineKV>();
     auto state_v = cutlass::make_producer_start_state<PipelineKV>();
@@ -195,13 +193,13 @@ struct FwdKernel {
       const int c0 = w.batch * p.extent[0] + tma_coord(p, w, 0, t[0] * kv_tile[0]);
       pipe_k.producer_acquire(state_k);
       tma_load_tile(map_k, pipe_k.producer_get_barrier(state_k),
-                    ss.k + state_k.index() * kTileKV * kHeadDim, kChunkBytesKV, kv_head, c2, c1,
-                    c0, kEvictLast);
+                    ss.k + state_k.index() * kTileKV * kHeadDim, kChunkBytesKV, kv_head, c2, c1, c0,
+                    kEvictLast);
       ++state_k;
       pipe_v.producer_acquire(state_v);
       tma_load_tile(map_v, pipe_v.producer_get_barrier(state_v),
-                    ss.v + state_v.index() * kTileKV * kHeadDim, kChunkBytesKV, kv_head, c2, c1,
-                    c0, kEvictLast);
+                    ss.v + state_v.index() * kTileKV * kHeadDim, kChunkBytesKV, kv_head, c2, c1, c0,
+                    kEvictLast);
       ++state_v;
     }
   }
@@ -278,7 +276,8 @@ struct FwdKernel {
     // P in the A-operand register layout of P·V: the accumulator of two n8 blocks
     // holds exactly the values of one k16 A fragment, in the same register order,
     // so both compact fragments convert element by element.
-    Tensor tOrP = make_tensor<Element>(partition_shape_A(mma_pv, Shape<Int<kTileQ>, Int<kTileKV>>{}));
+    Tensor tOrP =
+        make_tensor<Element>(partition_shape_A(mma_pv, Shape<Int<kTileQ>, Int<kTileKV>>{}));
     static_assert(decltype(size(tOrP))::value == decltype(size(tSrS))::value);
 
     // Accumulator element i of an m64nN wgmma (S, O) sits at row

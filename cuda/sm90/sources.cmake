@@ -1,0 +1,27 @@
+# sm90 translation units: the host-side dispatcher plus one generated TU per kernel
+# (dtype x head dim x rank) that includes fwd_instance.cu, so the kernels compile in parallel.
+# The kernel set must agree with fwd_kernel_set.h (smoke: bf16, head dim 128).
+set(_sm90 "${PROJECT_SOURCE_DIR}/cuda/sm90")
+set(GNA_FAMILY_SOURCES "${_sm90}/fwd_dispatch.cu")
+if(JAX_GNA_KERNEL_SET STREQUAL "smoke")
+  set(_dtypes kBF16)
+  set(_head_dims 128)
+else()
+  set(_dtypes kF16 kBF16)
+  set(_head_dims 32 64 128 256)
+endif()
+foreach(_dtype IN LISTS _dtypes)
+  foreach(_head_dim IN LISTS _head_dims)
+    foreach(_rank 1 2 3)
+      set(_tu "${CMAKE_CURRENT_BINARY_DIR}/sm90/fwd_${_dtype}_d${_head_dim}_r${_rank}.cu")
+      # CONFIGURE rewrites the file only when its content changes: no needless rebuilds.
+      file(CONFIGURE OUTPUT "${_tu}" CONTENT
+"#define GNA_FWD_DTYPE ${_dtype}
+#define GNA_FWD_HEAD_DIM ${_head_dim}
+#define GNA_FWD_RANK ${_rank}
+#include \"${_sm90}/fwd_instance.cu\"
+")
+      list(APPEND GNA_FAMILY_SOURCES "${_tu}")
+    endforeach()
+  endforeach()
+endforeach()

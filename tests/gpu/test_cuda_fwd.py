@@ -1,0 +1,260 @@
+"""implementation="cuda" on a Hopper GPU: the sm90 forward kernel through the public API.
+
+Random configurations per rank (odd extents, stride, dilation, per-axis causal, GQA, head dims
+32-256, fp16/bf16, extra batch dims, extra KV tokens, user scale) against the dense masked
+reference computed in float32 on the same device from the same inputs; then jit (no retrace),
+vmap, automatic selection, gradients (the xla backward behind the CUDA forward) and XLA
+command buffers (CUDA graphs). Run on a GPU machine with ``python -m pytest -m gpu tests/gpu``;
+``GNA_GPU_CASES`` sets the configurations per rank (default 40).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_gna
+from jax_gna import _extension, reference
+
+pytestmark = pytest.mark.gpu
+
+
+def _skip_reason() -> str | None:
+    if _extension.ext is None:
+        return str(_extension.missing)
+    if "90a" not in _extension.built_cuda_archs():
+        return f"this build has no sm_90a kernels (built: {_extension.built_cuda_archs()})"
+    try:
+        gpus = jax.devices("gpu")
+    except RuntimeError:
+        return "no GPU visible to JAX"
+    if str(getattr(gpus[0], "compute_capability", "")) != "9.0":
+        return f"needs compute capability 9.0, found {gpus[0].compute_capability}"
+    return None
+
+
+_REASON = _skip_reason()
+if _REASON is not None:
+    pytestmark = [pytestmark, pytest.mark.skip(reason=_REASON)]
+
+N_CASES = int(os.environ.get("GNA_GPU_CASES", "40"))
+FULL_SET = _extension.ext is not None and _extension.ext.kernel_set != "smoke"
+HEAD_DIMS = (32, 64, 128, 256) if FULL_SET else (128,)
+DTYPES = (jnp.bfloat16, jnp.float16) if FULL_SET else (jnp.bfloat16,)
+# bf16 keeps 8 mantissa bits (the kernel rounds P to the input dtype before P @ V).
+TOL = {jnp.bfloat16: 2.5e-2, jnp.float16: 4e-3}
+LSE_TOL = 2e-3
+
+
+def _random_case(rng: np.random.Generator, rank: int) -> dict:
+    extents, kernel, stride, dilation, causal = [], [], [], [], []
+    for _ in range(rank):
+        d = int(rng.choice([1, 1, 1, 2, 3]))
+        k = int(rng.integers(2, 9 if rank < 3 else 6))
+        length = int(rng.integers(k * d, k * d + (40 if rank == 1 else 12)))
+        extents.append(length)
+        kernel.append(k)
+        stride.append(int(rng.integers(1, k + 1)))
+        dilation.append(d)
+        causal.append(bool(rng.random() < 0.3))
+    heads_kv = int(rng.choice([1, 2]))
+    return dict(
+        batch=tuple(int(b) for b in rng.choice([(1,), (2,), (2, 1)])),
+        extents=tuple(extents),
+        heads=heads_kv * int(rng.choice([1, 2, 3])),
+        heads_kv=heads_kv,
+        dim=int(rng.choice(HEAD_DIMS)),
+        dtype=DTYPES[int(rng.integers(len(DTYPES)))],
+        kernel_size=tuple(kernel),
+        stride=tuple(stride),
+        dilation=tuple(dilation),
+        is_causal=tuple(causal),
+        scale=None if rng.random() < 0.7 else float(rng.uniform(-0.5, 0.5)),
+        extra=int(rng.choice([0, 0, 0, 5])),
+    )
+
+
+def _inputs(case: dict, seed: int):
+    rng = np.random.default_rng(seed)
+    lead = (*case["batch"], *case["extents"])
+
+    def normal(*shape):
+        return jnp.asarray(rng.standard_normal(shape, dtype=np.float32), case["dtype"])
+
+    q = normal(*lead, case["heads"], case["dim"])
+    k = normal(*lead, case["heads_kv"], case["dim"])
+    v = normal(*lead, case["heads_kv"], case["dim"])
+    extra = {}
+    if case["extra"]:
+        n = (*case["batch"], case["extra"], case["heads_kv"], case["dim"])
+        extra = dict(additional_keys=normal(*n), additional_values=normal(*n))
+    return q, k, v, extra
+
+
+def _window(case: dict) -> dict:
+    return {n: case[n] for n in ("kernel_size", "stride", "dilation", "is_causal", "scale")}
+
+
+def _check_against_reference(case: dict, seed: int) -> None:
+    q, k, v, extra = _inputs(case, seed)
+    out, lse = jax_gna.gna(
+        q, k, v, **_window(case), **extra, return_lse=True, implementation="cuda"
+    )
+    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+    extra32 = {n: f32(x) for n, x in extra.items()}
+    want, want_lse = reference.gna(
+        f32(q), f32(k), f32(v), **_window(case), **extra32, return_lse=True
+    )
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert lse.dtype == jnp.float32 and lse.shape == q.shape[:-1]
+    tol = TOL[case["dtype"]]
+    np.testing.assert_allclose(f32(out), want, atol=tol, rtol=tol, err_msg=str(case))
+    np.testing.assert_allclose(lse, want_lse, atol=LSE_TOL, rtol=LSE_TOL, err_msg=str(case))
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_random_configurations_match_reference(rank):
+    rng = np.random.default_rng(1000 + rank)
+    for i in range(N_CASES):
+        _check_against_reference(_random_case(rng, rank), seed=i)
+
+
+BLOCKED = [  # tile-aligned, perfectly block-sparse, and the design problems in miniature
+    dict(extents=(256,), kernel_size=(128,), stride=(64,)),
+    dict(extents=(32, 32), kernel_size=(16, 16), stride=(8, 8)),
+    dict(extents=(8, 16, 16), kernel_size=(4, 8, 8), stride=(4, 4, 4)),
+    dict(extents=(9, 17, 31), kernel_size=(5, 8, 7), stride=(1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("shape", BLOCKED, ids=lambda s: "x".join(map(str, s["extents"])))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_larger_problems_match_reference(shape, dtype):
+    rank = len(shape["extents"])
+    case = dict(
+        batch=(1,),
+        heads=4,
+        heads_kv=2,
+        dim=128,
+        dtype=dtype,
+        dilation=(1,) * rank,
+        is_causal=(False,) * rank,
+        scale=None,
+        extra=0,
+        **shape,
+    )
+    _check_against_reference(case, seed=7)
+
+
+def _small(dtype=jnp.bfloat16):
+    case = dict(
+        batch=(2,),
+        extents=(12, 10),
+        heads=4,
+        heads_kv=2,
+        dim=128,
+        dtype=dtype,
+        kernel_size=(5, 4),
+        stride=(2, 1),
+        dilation=(1, 2),
+        is_causal=(False, True),
+        scale=None,
+        extra=0,
+    )
+    return case, *_inputs(case, seed=3)[:3]
+
+
+def test_auto_selection_picks_cuda_and_explains_fallbacks():
+    case, q, k, v = _small()
+    w = _window(case)
+    supported = jax_gna.supported_implementations(q, k, v, **w)
+    assert supported["cuda"] is None
+    assert supported["cpu"] is not None and "CPU" in supported["cpu"]
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    assert "float32" in jax_gna.supported_implementations(*f32, **w)["cuda"]
+    # implementation=None on float32 still runs (the xla path) and is exact.
+    got = jax_gna.gna(*f32, **w)
+    np.testing.assert_allclose(got, reference.gna(*f32, **w), atol=1e-5, rtol=1e-5)
+    with pytest.raises(NotImplementedError, match="float32"):
+        jax_gna.gna(*f32, **w, implementation="cuda")
+
+
+def test_jit_vmap_and_no_retrace():
+    case, q, k, v = _small()
+    w = _window(case)
+    traces = []
+
+    @jax.jit
+    def f(q, k, v):
+        traces.append(1)
+        return jax_gna.gna(q, k, v, **w, implementation="cuda")
+
+    want = reference.gna(*(x.astype(jnp.float32) for x in (q, k, v)), **w)
+    for _ in range(3):
+        np.testing.assert_allclose(f(q, k, v).astype(jnp.float32), want, atol=2.5e-2, rtol=2.5e-2)
+    assert len(traces) == 1
+    batched = jax.vmap(lambda q: jax_gna.gna(q, k, v, **w, implementation="cuda"))(
+        jnp.stack([q, q[::-1]])
+    )
+    np.testing.assert_allclose(batched[0].astype(jnp.float32), want, atol=2.5e-2, rtol=2.5e-2)
+    np.testing.assert_array_equal(batched[1], f(q[::-1], k, v))
+
+
+def test_gradients_through_the_cuda_forward():
+    case, q, k, v = _small()
+    w = _window(case)
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    rng = np.random.default_rng(0)
+    cot = jnp.asarray(rng.standard_normal(q.shape, dtype=np.float32))
+
+    def loss(impl):
+        def f(q, k, v):
+            out = jax_gna.gna(q, k, v, **w, implementation=impl)
+            return jnp.sum(out.astype(jnp.float32) * cot)
+
+        return jax.grad(f, argnums=(0, 1, 2))
+
+    got = jax.jit(loss("cuda"))(q, k, v)
+    want = loss("reference")(*f32)
+    for g, r in zip(got, want):
+        assert g.dtype == jnp.bfloat16
+        np.testing.assert_allclose(g.astype(jnp.float32), r, atol=6e-2, rtol=6e-2)
+
+
+_GRAPH_SCRIPT = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np, jax_gna
+    rng = np.random.default_rng(0)
+    x = lambda *s: jnp.asarray(rng.standard_normal(s, dtype=np.float32), jnp.bfloat16)
+    q, k, v = x(2, 24, 20, 4, 64), x(2, 24, 20, 2, 64), x(2, 24, 20, 2, 64)
+    w = dict(kernel_size=(7, 5), stride=(2, 3), dilation=(2, 1), is_causal=(True, False))
+    f = jax.jit(lambda q, k, v: jnp.tanh(jax_gna.gna(q, k, v, **w, implementation="cuda")) * 2)
+    hlo = f.lower(q, k, v).compile().as_text()
+    outs = [np.asarray(f(q, k, v).astype(jnp.float32)) for _ in range(3)]
+    want = np.tanh(np.asarray(jax_gna.reference.gna(
+        *(a.astype(jnp.float32) for a in (q, k, v)), **w))) * 2
+    print("COMMAND_BUFFER", "command_buffer" in hlo)
+    print("MAXERR", max(float(np.abs(o - want).max()) for o in outs))
+    print("IDENTICAL", all((o == outs[0]).all() for o in outs))
+    """
+)
+
+
+def test_runs_inside_xla_command_buffers():
+    flags = "--xla_gpu_enable_command_buffer=FUSION,CUSTOM_CALL --xla_gpu_graph_min_graph_size=1"
+    env = dict(os.environ, XLA_FLAGS=flags)
+    run = subprocess.run(
+        [sys.executable, "-c", _GRAPH_SCRIPT], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in run.stdout.splitlines() if " " in line)
+    assert lines["COMMAND_BUFFER"] == "True", "XLA did not build a command buffer"
+    assert float(lines["MAXERR"]) < 5e-2
+    assert lines["IDENTICAL"] == "True"
