@@ -7,8 +7,10 @@ elsewhere, and the table says so), and prints time, speedup over dense, the simu
 only: ``2 * B * H * pairs * (D + Dv)`` forward (``4 * B * H * pairs * D`` when ``Dv == D``);
 ``--backprop`` times forward + backward and counts the backward as 2.5x the forward.
 
-Timing: one call to compile, ``--warmup`` calls, then the median of ``--iters`` calls, each
-waited for with ``block_until_ready`` (wall clock, so it includes dispatch).
+Timing: one call to compile, ``--warmup`` calls, then the median of ``--iters`` samples (wall
+clock). A sample is one call waited for with ``block_until_ready``, or for calls under 20 ms the
+mean of a batch dispatched back to back (so Python dispatch, which a real model's queued
+stream hides, does not dominate microsecond kernels); dense attention is timed the same way.
 
 ``--dry-run`` runs nothing and needs no GPU: it lists the kernels' candidate tile
 configurations with their simulated numbers (and optionally the strides worth trying).
@@ -438,25 +440,39 @@ class _Progress:
             self._bar.close()
 
 
+# Calls shorter than this are timed in back-to-back batches: one call alone would measure
+# Python dispatch and the host sync rather than the GPU work (a queued XLA stream hides both).
+_MIN_BATCH_S = 0.02
+
+
 def _measure(fn, args, warmup: int, iters: int, progress: _Progress) -> dict[str, float]:
+    """Median and minimum time per call over `iters` samples. A sample is one call, or for
+    short calls the mean of a batch of calls dispatched back to back (at least `_MIN_BATCH_S`
+    long), so every implementation is timed the same way."""
     import jax
 
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     compile_s = time.perf_counter() - t0
     progress.step()
+    t0 = time.perf_counter()
     for _ in range(warmup):
         jax.block_until_ready(fn(*args))
         progress.step()
+    per_call = (time.perf_counter() - t0) / max(warmup, 1)
+    batch = max(1, min(1000, int(_MIN_BATCH_S / max(per_call, 1e-6))))
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
+        for _ in range(batch):
+            result = fn(*args)
+        jax.block_until_ready(result)
+        times.append((time.perf_counter() - t0) / batch)
         progress.step()
     return {
         "median_ms": statistics.median(times) * 1e3,
         "min_ms": min(times) * 1e3,
+        "calls_per_sample": batch,
         "first_call_s": compile_s,
     }
 
@@ -623,7 +639,7 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
         ", causal" if dense_causal else ""
     )
     print(
-        f"pass: {pass_name}; median of {cfg.iters} calls after {cfg.warmup} warm-up; dense "
+        f"pass: {pass_name}; median of {cfg.iters} samples after {cfg.warmup} warm-up; dense "
         f"baseline: {dense_what}; TFLOP/s count attended pairs only"
         + ("; backward = 2.5x forward" if cfg.backprop else ""),
         file=out,
