@@ -103,5 +103,6 @@ endif()
 target_sources(_ext PRIVATE "${PROJECT_SOURCE_DIR}/cuda/ffi/cuda_handlers.cc")
 string(REPLACE ";" "," _archs_csv "${JAX_GNA_BUILT_CUDA_ARCHS}")
 target_compile_definitions(_ext PRIVATE JAX_GNA_WITH_CUDA=1 JAX_GNA_CUDA_ARCHS="${_archs_csv}")
-set_target_properties(_ext PROPERTIES CUDA_RUNTIME_LIBRARY Static)
+# _ext has no device code of its own (the kernels are in the object libraries above).
+set_target_properties(_ext PROPERTIES CUDA_RUNTIME_LIBRARY Static CUDA_ARCHITECTURES OFF)
 target_link_libraries(_ext PRIVATE CUDA::cudart_static)

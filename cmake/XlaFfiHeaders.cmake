@@ -2,9 +2,11 @@
 #
 # XLA_FFI_INCLUDE_DIR (cache) wins; otherwise the headers of the jax in the build environment
 # (jax.ffi.include_dir()). A handler reports the API version of the headers it was built with
-# and the XLA runtime refuses newer ones: jaxlib 0.10/0.11 are API 0.3, jaxlib 0.12 is 0.5.
+# and the XLA runtime refuses newer ones, so build against the jax you run (pip's
+# --no-build-isolation does). Seen here: jaxlib 0.10.2 is API 0.3, jaxlib 0.11.2 is 0.4; jaxlib
+# 0.12 is 0.5, which we do not support yet.
 
-set(JAX_GNA_MAX_XLA_FFI_API_MINOR 3)
+set(JAX_GNA_MAX_XLA_FFI_API_MINOR 4)
 
 if(NOT XLA_FFI_INCLUDE_DIR)
   execute_process(
@@ -31,8 +33,8 @@ string(REGEX MATCH "[0-9]+$" XLA_FFI_API_MINOR "${_minor_line}")
 if(NOT XLA_FFI_API_MAJOR STREQUAL "0" OR XLA_FFI_API_MINOR GREATER JAX_GNA_MAX_XLA_FFI_API_MINOR)
   message(FATAL_ERROR
     "The XLA FFI headers in ${XLA_FFI_INCLUDE_DIR} are API ${XLA_FFI_API_MAJOR}."
-    "${XLA_FFI_API_MINOR}, but handlers built with them would be refused at registration by "
-    "jaxlib 0.10/0.11 (API 0.${JAX_GNA_MAX_XLA_FFI_API_MINOR}). Build against jax/jaxlib "
+    "${XLA_FFI_API_MINOR}, newer than jax_gna supports (API <= 0.${JAX_GNA_MAX_XLA_FFI_API_MINOR}: "
+    "jaxlib 0.10/0.11). Build against jax/jaxlib "
     ">=0.10,<0.12 (pip install --no-build-isolation with such a jax installed), or point "
     "XLA_FFI_INCLUDE_DIR at headers of API <= 0.${JAX_GNA_MAX_XLA_FFI_API_MINOR}.")
 endif()
