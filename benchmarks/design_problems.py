@@ -59,6 +59,9 @@ PROBLEMS: tuple[DesignProblem, ...] = (
     DesignProblem("cosmos-gna", (16, 44, 80), 32, (16, 24, 16), (1, 8, 16)),
     DesignProblem("1d-32k-na", (32768,), 1, (2048,), (1,)),
     DesignProblem("1d-32k-gna", (32768,), 1, (2048,), (256,)),
+    # Window = whole extent: dense attention through the GNA kernel, against cuDNN.
+    DesignProblem("flux-4k-dense", (256, 256), 24, (256, 256), (1, 1)),
+    DesignProblem("1d-32k-dense", (32768,), 1, (32768,), (1,)),
 )
 
 

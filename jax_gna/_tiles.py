@@ -57,15 +57,17 @@ def _cfgs(*pairs: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[TileConfig, 
 # - Head dim 256: KV tiles of 64 tokens, or Q + two K/V stages would not fit in shared memory.
 # - 2-D 16x8 and 3-D 2x8x8 sit inside one stride group of the standard problems (FLUX stride
 #   16x16, HunyuanVideo 16x8x8), so their windows cover whole KV tiles.
+# One configuration per rank and head dim is compiled today; `jax_gna.sim` can rank others
+# (e.g. Q(4,4,8)/KV(4,4,8), better for Cosmos-like windows) passed to it explicitly.
 _D128_LIKE = {
     1: _cfgs(((128,), (128,))),
-    2: _cfgs(((16, 8), (16, 8)), ((8, 16), (8, 16))),
-    3: _cfgs(((2, 8, 8), (2, 8, 8)), ((4, 4, 8), (4, 4, 8))),
+    2: _cfgs(((16, 8), (16, 8))),
+    3: _cfgs(((2, 8, 8), (2, 8, 8))),
 }
 _D256 = {
     1: _cfgs(((128,), (64,))),
-    2: _cfgs(((16, 8), (8, 8)), ((8, 16), (8, 8))),
-    3: _cfgs(((2, 8, 8), (1, 8, 8)), ((4, 4, 8), (2, 4, 8))),
+    2: _cfgs(((16, 8), (8, 8))),
+    3: _cfgs(((2, 8, 8), (1, 8, 8))),
 }
 SM90_FORWARD: dict[int, dict[int, tuple[TileConfig, ...]]] = {
     rank: {32: _D128_LIKE[rank], 64: _D128_LIKE[rank], 128: _D128_LIKE[rank], 256: _D256[rank]}
