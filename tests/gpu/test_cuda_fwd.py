@@ -4,8 +4,9 @@ Random configurations per rank (odd extents, stride, dilation, per-axis causal, 
 32-256, fp16/bf16, extra batch dims, extra KV tokens, user scale) against the dense masked
 reference computed in float32 on the same device from the same inputs; then jit (no retrace),
 vmap, automatic selection, gradients (the xla backward behind the CUDA forward) and XLA
-command buffers (CUDA graphs). Run on a GPU machine with ``python -m pytest -m gpu tests/gpu``;
-``GNA_GPU_CASES`` sets the configurations per rank (default 100).
+command buffers (CUDA graphs). Run on a GPU machine with ``python -m pytest -m gpu tests/gpu``
+(add ``-n 8`` and ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` to spread the XLA compiles over
+cores); ``GNA_GPU_CASES`` sets the configurations per rank (default 100).
 
 The reference runs with float32 matmuls at "highest" precision: XLA's GPU default (TF32) would
 make the oracle itself off by ~1e-3.
@@ -129,11 +130,16 @@ def _check_against_reference(case: dict, seed: int) -> None:
     np.testing.assert_allclose(lse, want_lse, atol=LSE_TOL, rtol=LSE_TOL, err_msg=str(case))
 
 
+CHUNKS = 10  # separate test items, so pytest-xdist spreads the compiles over workers
+
+
+@pytest.mark.parametrize("chunk", range(CHUNKS))
 @pytest.mark.parametrize("rank", [1, 2, 3])
-def test_random_configurations_match_reference(rank):
+def test_random_configurations_match_reference(rank, chunk):
     rng = np.random.default_rng(1000 + rank)
-    for i in range(N_CASES):
-        _check_against_reference(_random_case(rng, rank), seed=i)
+    cases = [_random_case(rng, rank) for _ in range(N_CASES)]  # same cases for every chunk
+    for i in range(chunk, N_CASES, CHUNKS):
+        _check_against_reference(cases[i], seed=i)
 
 
 BLOCKED = [  # tile-aligned, perfectly block-sparse, and the design problems in miniature
