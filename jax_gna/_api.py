@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jax_gna import _additional_kv, _implementations, reference
+from jax_gna import _additional_kv, _implementations, parallel, reference
 from jax_gna._params import make_params
 
 IntOrTuple = int | tuple[int, ...]
@@ -55,6 +55,14 @@ def _gna(
     params = _params(
         query, key, value, kernel_size, stride, dilation, is_causal, scale, ek, ev, rank
     )
+    split = parallel.spatial_split(query, params) if implementation in (None, "xla") else None
+    if split is not None:
+        # A spatially sharded input: exchange halos instead of gathering the axis.
+        mesh, axis_name, axis = split
+        out, lse = parallel.sharded(
+            query, key, value, params, ek, ev, mesh=mesh, axis_name=axis_name, spatial_axis=axis
+        )
+        return (out, lse) if return_lse else out
     impl = _implementations.select(implementation, query, key, value, params)
     if impl == "reference":
         out, lse = reference.attention(query, key, value, params, ek, ev)

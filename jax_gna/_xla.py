@@ -45,6 +45,10 @@ class _AxisPlan:
     box: int  # keys per tile box (group coordinates)
     box_start: np.ndarray  # [dilation, n_tiles]
     tile_mask: np.ndarray  # [dilation, n_tiles, tile, box] query/key visibility inside the box
+    # Keys may span more positions than the queries (a shard's block with its halo,
+    # `jax_gna.parallel`); equal to `length` / `group_max` otherwise.
+    key_length: int
+    key_group_max: int
 
     @property
     def padded(self) -> int:
@@ -65,26 +69,60 @@ def _tile_sizes(spatial, params: GnaParams) -> list[int]:
     return tiles
 
 
-def _axis_plan(length: int, k: int, s: int, d: int, causal: bool, tile: int) -> _AxisPlan:
+def _group_windows(
+    length: int, k: int, s: int, d: int, causal: bool, padded: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Windows ``[d, padded]`` (group coordinates) of every dilation group's queries."""
     lengths = _window.group_lengths(length, d)
-    group_max = int(lengths.max())
-    n_tiles = -(-group_max // tile)
-    padded = n_tiles * tile
     starts = np.empty((d, padded), np.int64)
     ends = np.empty((d, padded), np.int64)
     for g, lg in enumerate(lengths):
         # Padded queries take the window of the group's last query: finite, and discarded.
         iq = np.minimum(np.arange(padded), lg - 1)
         starts[g], ends[g] = _window._window_in_group(iq, np.int64(lg), k, s, causal)
+    return starts, ends
+
+
+def plan_from_windows(
+    length: int,
+    key_length: int,
+    d: int,
+    tile: int,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    box: int | None = None,
+) -> _AxisPlan:
+    """The tiling of one axis from its query windows.
+
+    Args:
+      length, key_length: query and key positions along the axis.
+      d: dilation; query and key position ``x`` belong to group ``x % d``, coordinate ``x // d``.
+      tile: queries per tile (group coordinates).
+      starts, ends: ``[d, n_tiles * tile]`` window of every (padded) query, in key group
+        coordinates; padded queries must hold a valid window too.
+      box: keys per tile box, at least the largest window span of a tile; default that span.
+    """
+    group_max = -(-length // d)
+    key_group_max = -(-key_length // d)
+    n_tiles = starts.shape[1] // tile
     first = starts[:, ::tile]
     last_end = ends[:, tile - 1 :: tile]
-    box = int((last_end - first).max())
-    box_start = np.minimum(first, group_max - box)
+    box = max(int((last_end - first).max()), box or 0)
+    box_start = np.minimum(first, key_group_max - box)
     keys = box_start[:, :, None] + np.arange(box)  # [d, n_tiles, box]
     st = starts.reshape(d, n_tiles, tile)[..., None]
     en = ends.reshape(d, n_tiles, tile)[..., None]
     tile_mask = (st <= keys[:, :, None, :]) & (keys[:, :, None, :] < en)
-    return _AxisPlan(length, d, group_max, tile, n_tiles, box, box_start, tile_mask)
+    return _AxisPlan(
+        length, d, group_max, tile, n_tiles, box, box_start, tile_mask, key_length, key_group_max
+    )
+
+
+def _axis_plan(length: int, k: int, s: int, d: int, causal: bool, tile: int) -> _AxisPlan:
+    group_max = -(-length // d)
+    padded = -(-group_max // tile) * tile
+    starts, ends = _group_windows(length, k, s, d, causal, padded)
+    return plan_from_windows(length, length, d, tile, starts, ends)
 
 
 @functools.lru_cache(maxsize=64)
@@ -123,11 +161,15 @@ def _to_groups(x: jax.Array, plans, pad_to_tiles: bool, fill: float = 0.0) -> ja
     """[B, X..., H, D] -> [B, d..., G..., H, D] with G the group positions, padded with
     `fill` (and, with `pad_to_tiles`, up to whole tiles)."""
     r = len(plans)
-    pad = [(0, 0)] + [(0, p.group_max * p.dilation - p.length) for p in plans] + [(0, 0)] * 2
+    # Queries (padded to tiles) and keys may have different extents.
+    shape = [
+        (p.group_max, p.length) if pad_to_tiles else (p.key_group_max, p.key_length) for p in plans
+    ]
+    pad = [(0, 0)] + [(0, g * p.dilation - n) for (g, n), p in zip(shape, plans)] + [(0, 0)] * 2
     x = jnp.pad(x, pad, constant_values=fill)
     split = [x.shape[0]]
-    for p in plans:
-        split += [p.group_max, p.dilation]
+    for (g, _), p in zip(shape, plans):
+        split += [g, p.dilation]
     x = x.reshape(*split, *x.shape[-2:])
     order = [0] + [2 + 2 * a for a in range(r)] + [1 + 2 * a for a in range(r)]
     x = x.transpose(*order, 2 * r + 1, 2 * r + 2)
@@ -159,14 +201,14 @@ def _from_tiles(y: jax.Array, plans) -> jax.Array:
 
 
 def _from_groups(y: jax.Array, plans) -> jax.Array:
-    """Inverse of `_to_groups` (without tile padding) for [B, d..., G..., H, D]."""
+    """Inverse of `_to_groups` (without tile padding, i.e. keys) for [B, d..., G..., H, D]."""
     r = len(plans)
     order = [0]
     for a in range(r):
         order += [1 + r + a, 1 + a]
     y = y.transpose(*order, 1 + 2 * r, 2 + 2 * r)
-    y = y.reshape(y.shape[0], *(p.group_max * p.dilation for p in plans), *y.shape[-2:])
-    return y[(slice(None),) + tuple(slice(0, p.length) for p in plans)]
+    y = y.reshape(y.shape[0], *(p.key_group_max * p.dilation for p in plans), *y.shape[-2:])
+    return y[(slice(None),) + tuple(slice(0, p.key_length) for p in plans)]
 
 
 def _slice(x: jax.Array, groups, offsets, sizes) -> jax.Array:
@@ -193,25 +235,30 @@ def _tile_scores(q_t, k_t, mask, scale):
     return jnp.where(mask, s, -jnp.inf)
 
 
-def _prepare(query, key, value, params):
+def _prepare(query, key, value, params, plans):
     rank = params.rank
     n_batch = query.ndim - rank - 2
-    spatial = tuple(query.shape[n_batch : n_batch + rank])
-    plans = _plan(spatial, params)
+    if plans is None:
+        plans = _plan(tuple(query.shape[n_batch : n_batch + rank]), params)
     b = math.prod(query.shape[:n_batch])
-    flat = lambda x: x.reshape(b, *spatial, *x.shape[-2:]).astype(jnp.float32)  # noqa: E731
+
+    def flat(x):
+        return x.reshape(b, *x.shape[n_batch:]).astype(jnp.float32)
+
     qg = _to_groups(flat(query), plans, pad_to_tiles=True)
     kg = _to_groups(flat(key), plans, pad_to_tiles=False)
     vg = _to_groups(flat(value), plans, pad_to_tiles=False)
     return plans, n_batch, qg, kg, vg
 
 
-def _forward(query, key, value, params: GnaParams):
-    plans, n_batch, qg, kg, vg = _prepare(query, key, value, params)
+def _forward(query, key, value, params: GnaParams, plans=None, table=None):
+    """``(out, lse)``. `plans` and `table` (`_tile_table` arrays, possibly traced) override
+    the ones derived from the shapes and `params` (`jax_gna.parallel` passes a shard's)."""
+    plans, n_batch, qg, kg, vg = _prepare(query, key, value, params, plans)
     heads, kv_heads = query.shape[-2], key.shape[-2]
     tiles = tuple(p.tile for p in plans)
     boxes = tuple(p.box for p in plans)
-    groups, q_off, k_off, *masks = _tile_table(plans)
+    groups, q_off, k_off, *masks = _tile_table(plans) if table is None else table
     b = qg.shape[0]
     tq, tk = math.prod(tiles), math.prod(boxes)
 
@@ -235,13 +282,13 @@ def _forward(query, key, value, params: GnaParams):
     return out, lse.reshape(*lead, *lse.shape[1:])
 
 
-def _backward(query, key, value, out, lse, dout, dlse, params: GnaParams):
-    plans, n_batch, qg, kg, vg = _prepare(query, key, value, params)
+def _backward(query, key, value, out, lse, dout, dlse, params: GnaParams, plans=None, table=None):
+    plans, n_batch, qg, kg, vg = _prepare(query, key, value, params, plans)
     heads, kv_heads = query.shape[-2], key.shape[-2]
     group = heads // kv_heads
     tiles = tuple(p.tile for p in plans)
     boxes = tuple(p.box for p in plans)
-    groups, q_off, k_off, *masks = _tile_table(plans)
+    groups, q_off, k_off, *masks = _tile_table(plans) if table is None else table
     b = qg.shape[0]
     tq, tk = math.prod(tiles), math.prod(boxes)
     spatial = tuple(p.length for p in plans)
