@@ -315,6 +315,10 @@ def _specs(mesh, query, kv_heads: int, rank: int, spatial_axis: int, axis_name: 
     return P(*spec), P(*spec[:-1]), P(*spec[:n_batch], None, heads, None)
 
 
+# Jitted so that eager calls run one program instead of op-by-op dispatch of the tiles.
+@functools.partial(
+    jax.jit, static_argnames=("params", "mesh", "axis_name", "spatial_axis", "implementation")
+)
 def sharded(
     query,
     key,

@@ -1,0 +1,240 @@
+"""Context parallelism (`jax_gna.parallel`) on 8 fake CPU devices (tests/conftest.py).
+
+Results and gradients of `gna_sharded` equal the single-device reference for 1-D/2-D/3-D
+windows with strides, dilation, causal axes, GQA, extra tokens and uneven shards; the compiled
+programs exchange halo-sized blocks (collective-permute) and never gather the sharded axis;
+`jax_gna.gna` takes that route for spatially sharded inputs."""
+
+import importlib.util
+import pathlib
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jax_gna
+from jax_gna import parallel, reference
+
+pytestmark = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (fake) devices")
+
+TOL = dict(atol=2e-5, rtol=2e-5)
+
+# name: (q shape, kv heads, window, devices, sharded spatial axis, extra tokens)
+CASES = {
+    "1d": ((1, 32, 4, 8), 4, dict(kernel_size=5), 8, 0, 0),
+    "1d-stride-dilation-uneven": (
+        (2, 35, 2, 8),
+        1,
+        dict(kernel_size=4, stride=3, dilation=2),
+        4,
+        0,
+        0,
+    ),
+    "1d-causal-stride": ((1, 24, 2, 8), 2, dict(kernel_size=6, stride=2, is_causal=True), 4, 0, 0),
+    "1d-8-devices-uneven": ((1, 61, 2, 8), 2, dict(kernel_size=7, stride=2), 8, 0, 0),
+    "2d-gqa-causal-dilated-axis1": (
+        (2, 6, 33, 4, 8),
+        2,
+        dict(kernel_size=(3, 4), stride=(1, 2), dilation=(1, 3), is_causal=(False, True)),
+        4,
+        1,
+        0,
+    ),
+    "2d-extra-tokens": ((1, 20, 5, 4, 8), 2, dict(kernel_size=(5, 3), stride=(2, 1)), 4, 0, 3),
+    "3d-hunyuan-like": (
+        (1, 30, 4, 5, 2, 8),
+        2,
+        dict(kernel_size=(18, 3, 3), stride=(16, 2, 1)),
+        2,
+        0,
+        0,
+    ),
+    "3d-axis2-dilated-uneven": (
+        (1, 3, 4, 22, 2, 8),
+        1,
+        dict(kernel_size=(2, 3, 4), stride=(1, 3, 2), dilation=(1, 1, 2)),
+        4,
+        2,
+        2,
+    ),
+}
+
+
+def _arrays(q_shape, kv_heads, extra, seed=0):
+    rng = np.random.default_rng(seed)  # not jax.random: it compiles per shape (slow on CPU)
+    kv_shape = (*q_shape[:-2], kv_heads, q_shape[-1])
+    v_shape = (*q_shape[:-2], kv_heads, 6)
+    shapes = [q_shape, kv_shape, v_shape]
+    if extra:
+        batch = q_shape[:1]
+        shapes += [(*batch, extra, kv_heads, q_shape[-1]), (*batch, extra, kv_heads, 6)]
+    arrays = [jnp.asarray(rng.standard_normal(s, dtype=np.float32)) for s in shapes]
+    return arrays + [None] * (5 - len(arrays))
+
+
+def _loss(fn):
+    def loss(*args):
+        out, lse = fn(*args)
+        return jnp.sum(out * jnp.cos(out)) + jnp.sum(jnp.sin(lse))
+
+    return loss
+
+
+def _compare(fn, reference_fn, args):
+    argnums = tuple(i for i, x in enumerate(args) if x is not None)
+    got = jax.jit(fn)(*args), jax.jit(jax.grad(_loss(fn), argnums))(*args)
+    want = jax.jit(reference_fn)(*args), jax.jit(jax.grad(_loss(reference_fn), argnums))(*args)
+    chex.assert_trees_all_close(got, want, **TOL)
+    return got
+
+
+def _mesh(devices, mode=AxisType.Auto):
+    return jax.make_mesh((devices,), ("x",), axis_types=(mode,))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_sharded_results_and_gradients_match_one_device(name):
+    q_shape, kv_heads, window, devices, axis, extra = CASES[name]
+    mesh = _mesh(devices)
+
+    def sharded(q, k, v, ek, ev):
+        return parallel.gna_sharded(
+            q, k, v, **window, mesh=mesh, axis_name="x", spatial_axis=axis,
+            additional_keys=ek, additional_values=ev, return_lse=True,
+        )  # fmt: skip
+
+    def single(q, k, v, ek, ev):
+        return reference.gna(
+            q, k, v, **window, additional_keys=ek, additional_values=ev, return_lse=True
+        )
+
+    (out, lse), grads = _compare(sharded, single, _arrays(q_shape, kv_heads, extra))
+    if q_shape[1 + axis] % devices == 0:  # uneven extents are padded, then sliced back
+        assert out.sharding.spec[1 + axis] == "x"
+    assert lse.shape == q_shape[:-1]
+
+
+def test_reference_implementation_per_shard():
+    q_shape, kv_heads, window, devices, axis, extra = CASES["2d-gqa-causal-dilated-axis1"]
+    mesh = _mesh(devices)
+    q, k, v, _, _ = _arrays(q_shape, kv_heads, extra)
+
+    def sharded(q, k, v):
+        return parallel.gna_sharded(
+            q, k, v, **window, mesh=mesh, axis_name="x", spatial_axis=axis,
+            return_lse=True, implementation="reference",
+        )  # fmt: skip
+
+    _compare(sharded, lambda q, k, v: reference.gna(q, k, v, **window, return_lse=True), (q, k, v))
+
+
+def test_halo_of_hunyuan_video_time_axis_over_two_devices():
+    # Stride groups [0, 16) and [16, 30) see frames [0, 18) and [12, 30): the second shard's
+    # frame 15 needs the whole first shard, the first shard needs frames 15-17.
+    h = parallel.halo(30, 2, 18, stride=16)
+    assert (h.shard, h.left, h.right) == (15, 15, 3)
+
+
+def test_causal_axis_needs_no_right_halo():
+    h = parallel.halo(64, 8, 7, stride=3, dilation=2, is_causal=True)
+    assert h.right == 0 and h.left > 0
+
+
+def test_neighborhood_halo_is_the_window_reach():
+    assert parallel.halo(64, 4, 7).left == parallel.halo(64, 4, 7).right == 3
+    assert parallel.halo(64, 4, 7, dilation=3).left == 9
+
+
+def test_shard_smaller_than_halo_names_the_minimum_shard_size():
+    q, k, v, _, _ = _arrays((1, 16, 2, 8), 2, 0)
+    with pytest.raises(ValueError, match="minimum shard size is 6"):
+        parallel.gna_sharded(q, k, v, 5, dilation=2, mesh=_mesh(4), axis_name="x")
+
+
+def test_invalid_axis_and_implementation_are_refused():
+    q, k, v, _, _ = _arrays((1, 16, 2, 8), 2, 0)
+    with pytest.raises(ValueError, match="not an axis of the mesh"):
+        parallel.gna_sharded(q, k, v, 3, mesh=_mesh(4), axis_name="y")
+    with pytest.raises(ValueError, match="spatial_axis"):
+        parallel.gna_sharded(q, k, v, 3, mesh=_mesh(4), axis_name="x", spatial_axis=1)
+    with pytest.raises(NotImplementedError, match="cannot run sharded"):
+        parallel.gna_sharded(q, k, v, 3, mesh=_mesh(4), axis_name="x", implementation="cpu")
+
+
+def _permutes(hlo: str) -> list[tuple[int, ...]]:
+    """Shapes of the compiled program's collective-permutes."""
+    shapes = re.findall(r"= \w+\[([\d,]*)\]\{[^}]*\} collective-permute\(", hlo)
+    return [tuple(int(x) for x in s.split(",")) for s in shapes]
+
+
+@pytest.mark.parametrize("mode", [AxisType.Explicit, AxisType.Auto], ids=lambda m: m.name)
+def test_jit_of_spatially_sharded_inputs_exchanges_halos_not_the_axis(mode):
+    """`jax_gna.gna` under jit: Explicit meshes route by the input's type; on Auto meshes
+    types carry no sharding under jit, so `gna_sharded` is called directly."""
+    window = dict(kernel_size=(5, 3), stride=(2, 1))
+    q, k, v, _, _ = _arrays((2, 32, 5, 4, 8), 2, 0)
+    h = parallel.halo(32, 4, 5, stride=2)
+    mesh = _mesh(4, mode)
+    if mode == AxisType.Explicit:
+        fn = lambda q, k, v: jax_gna.gna(q, k, v, **window, return_lse=True)  # noqa: E731
+    else:
+
+        def fn(q, k, v):
+            return parallel.gna_sharded(q, k, v, **window, axis_name="x", return_lse=True)
+
+    with jax.set_mesh(mesh):
+        args = [jax.device_put(x, NamedSharding(mesh, P(None, "x"))) for x in (q, k, v)]
+        forward = jax.jit(fn)
+        backward = jax.jit(jax.grad(_loss(fn), (0, 1, 2)))
+        got = forward(*args), backward(*args)
+        hlo_fwd = forward.lower(*args).compile().as_text()
+        hlo_bwd = backward.lower(*args).compile().as_text()
+    single = lambda q, k, v: reference.gna(q, k, v, **window, return_lse=True)  # noqa: E731
+    want = single(q, k, v), jax.grad(_loss(single), (0, 1, 2))(q, k, v)
+    chex.assert_trees_all_close(got, want, **TOL)
+    assert got[0][0].sharding.spec[1] == "x"
+    for hlo in (hlo_fwd, hlo_bwd):
+        assert "all-gather" not in hlo and "all-to-all" not in hlo
+        shapes = _permutes(hlo)
+        assert shapes, "no collective-permute in the compiled program"
+        # [B, halo, 5, heads, dim]: only halo rows of the sharded axis move.
+        assert {s[1] for s in shapes} <= {h.left, h.right}, shapes
+        assert all(s[0] == 2 and s[2] == 5 for s in shapes), shapes
+    assert h.left < 32 // 4 and h.right < 32 // 4  # strictly less than a shard
+
+
+def test_eager_call_on_auto_mesh_routes_by_the_arrays_sharding(monkeypatch):
+    calls = []
+    sharded = parallel.sharded
+    monkeypatch.setattr(parallel, "sharded", lambda *a, **kw: calls.append(kw) or sharded(*a, **kw))
+    q, k, v, _, _ = _arrays((1, 24, 3, 2, 8), 2, 0)
+    mesh = _mesh(4)
+    put = lambda x: jax.device_put(x, NamedSharding(mesh, P(None, "x")))  # noqa: E731
+    out = jax_gna.gna(put(q), put(k), put(v), (5, 3))
+    chex.assert_trees_all_close(out, reference.gna(q, k, v, (5, 3)), **TOL)
+    assert len(calls) == 1 and calls[0]["axis_name"] == "x" and calls[0]["spatial_axis"] == 0
+
+
+def test_gna_gathers_when_shards_are_smaller_than_the_halo():
+    q, k, v, _, _ = _arrays((1, 16, 2, 8), 2, 0)
+    mesh = _mesh(8, AxisType.Explicit)
+    with jax.set_mesh(mesh):
+        qs, ks, vs = (jax.device_put(x, NamedSharding(mesh, P(None, "x"))) for x in (q, k, v))
+        out = jax.jit(lambda q, k, v: jax_gna.gna(q, k, v, 9))(qs, ks, vs)
+    chex.assert_trees_all_close(out, reference.gna(q, k, v, 9), **TOL)
+
+
+def test_benchmark_small_mode_runs_on_fake_devices():
+    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "context_parallel.py"
+    spec = importlib.util.spec_from_file_location("context_parallel", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--small", "--iters", "1"])
+    assert result["max_abs_error"] < 1e-4
+    assert result["speedup"] > 0 and 0 <= result["halo_share"]
+    assert result["halo"]["left"] > 0
