@@ -1,0 +1,169 @@
+"""Context parallelism: GNA with the time axis split over devices vs one device.
+
+Runs the same problem (default HunyuanVideo-shaped: 1 x 30x48x80 tokens, 24 heads, head dim
+128, bf16, window 18x24x24, stride 16x8x8) once on one device and once with
+`jax_gna.parallel.gna_sharded` over ``--devices`` devices along spatial axis 0, and prints:
+
+- the median step time of each and the speedup;
+- the halo exchange alone (the same ppermutes of K and V, nothing else) and its share of the
+  sharded step: the communication share;
+- the halo sizes and the largest difference between the two results.
+
+Both sides use the same local attention (``implementation="xla"``, the one `gna_sharded` runs
+per shard), so the speedup measures the parallelisation; ``--baseline cuda`` times the
+one-device CUDA kernel as well, for context.
+
+    python benchmarks/context_parallel.py                   # needs 2 GPUs
+    python benchmarks/context_parallel.py --backward        # forward + backward
+    python benchmarks/context_parallel.py --small           # CPU, 2 fake devices, tiny problem
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=int, nargs="+", default=[30, 48, 80])
+    parser.add_argument("--heads", type=int, default=24)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--window", type=int, nargs="+", default=[18, 24, 24])
+    parser.add_argument("--stride", type=int, nargs="+", default=[16, 8, 8])
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--backward", action="store_true", help="time forward + backward")
+    parser.add_argument("--baseline", default=None, help="also time gna(implementation=...)")
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument(
+        "--small", "--dry-run", action="store_true", help="tiny problem on fake CPU devices"
+    )
+    args = parser.parse_args(argv)
+    if args.small:
+        args.shape, args.heads, args.dim = [8, 6, 8], 2, 16
+        args.window, args.stride, args.dtype = [5, 3, 3], [4, 1, 1], "float32"
+    return args
+
+
+def _median_seconds(fn, *xs, iters: int) -> float:
+    import jax
+
+    jax.block_until_ready(fn(*xs))  # compile and warm up
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*xs))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None) -> dict:
+    args = _parse(argv)
+    if args.small and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        # Only effective before jax starts its backends (running as a script).
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={8}"
+        ).strip()
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import jax_gna
+    from jax_gna import parallel
+    from jax_gna._params import make_params
+
+    devices = jax.devices("cpu") if args.small else jax.devices()
+    if len(devices) < args.devices:
+        sys.exit(f"needs {args.devices} devices, found {len(devices)}: {devices}")
+    dtype = jnp.dtype(args.dtype)
+    window = dict(kernel_size=tuple(args.window), stride=tuple(args.stride))
+    rng = np.random.default_rng(0)
+    shape = (1, *args.shape, args.heads, args.dim)
+    q, k, v = (rng.standard_normal(shape, dtype=np.float32).astype(dtype) for _ in range(3))
+
+    def loss_of(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32))
+
+    def step(fn):
+        return jax.jit(jax.grad(loss_of(fn), (0, 1, 2)) if args.backward else fn)
+
+    # One device.
+    one = jax.device_put((q, k, v), devices[0])
+    single = step(lambda q, k, v: jax_gna.gna(q, k, v, **window, implementation="xla"))
+    t_single = _median_seconds(single, *one, iters=args.iters)
+    t_baseline = None
+    if args.baseline:
+        base = step(lambda q, k, v: jax_gna.gna(q, k, v, **window, implementation=args.baseline))
+        t_baseline = _median_seconds(base, *one, iters=args.iters)
+
+    # The time axis over `--devices` devices.
+    mesh = jax.sharding.Mesh(np.asarray(devices[: args.devices]), ("x",))
+    split = jax.device_put((q, k, v), NamedSharding(mesh, P(None, "x")))
+
+    def sharded_fn(q, k, v):
+        return parallel.gna_sharded(q, k, v, **window, mesh=mesh, axis_name="x")
+
+    sharded = step(sharded_fn)
+    t_sharded = _median_seconds(sharded, *split, iters=args.iters)
+
+    # The halo exchange alone: the ppermutes of K and V that gna_sharded does.
+    params = make_params(*one, **window)
+    local = parallel._local(tuple(args.shape), params, 0, args.devices)
+    spec = P(None, "x")
+
+    def exchange(k, v):
+        return tuple(parallel._with_halo(x, local, 1, "x") for x in (k, v))
+
+    halo_only = jax.jit(
+        jax.shard_map(exchange, mesh=mesh, in_specs=(spec, spec), out_specs=(spec, spec))
+    )
+    t_halo = _median_seconds(halo_only, *split[1:], iters=args.iters)
+
+    got = jax.jit(sharded_fn)(*split)
+    want = jax.jit(lambda q, k, v: jax_gna.gna(q, k, v, **window, implementation="xla"))(*one)
+    error = float(np.max(np.abs(np.asarray(got, np.float32) - np.asarray(want, np.float32))))
+
+    h = local.halo
+    result = dict(
+        device=devices[0].device_kind,
+        shape=list(shape),
+        dtype=args.dtype,
+        window=window,
+        devices=args.devices,
+        backward=args.backward,
+        halo=dict(shard=h.shard, left=h.left, right=h.right),
+        single_s=t_single,
+        sharded_s=t_sharded,
+        halo_s=t_halo,
+        speedup=t_single / t_sharded,
+        halo_share=t_halo / t_sharded,
+        baseline_s=t_baseline,
+        max_abs_error=error,
+    )
+    what = "forward+backward" if args.backward else "forward"
+    print(f"{result['device']}: {shape} {args.dtype} window {args.window} stride {args.stride}")
+    print(f"time axis {args.shape[0]} over {args.devices} devices: shards of {h.shard}, halo "
+          f"{h.left} left / {h.right} right")  # fmt: skip
+    print(f"{what}: 1 device {t_single * 1e3:.2f} ms, {args.devices} devices "
+          f"{t_sharded * 1e3:.2f} ms, speedup {result['speedup']:.2f}x")  # fmt: skip
+    print(f"halo exchange alone {t_halo * 1e3:.3f} ms = {100 * result['halo_share']:.1f}% of "
+          f"the sharded step")  # fmt: skip
+    if t_baseline is not None:
+        print(f"1 device, implementation={args.baseline!r}: {t_baseline * 1e3:.2f} ms")
+    print(f"max |sharded - single| = {error:.3g}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
