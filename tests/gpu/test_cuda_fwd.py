@@ -215,7 +215,7 @@ def test_auto_selection_picks_cuda_and_explains_fallbacks():
     with pytest.raises(NotImplementedError, match="float32"):
         jax_gna.gna(*f32, **w, implementation="cuda")
     # A configuration the kernels refuse (1-D dilation 3) falls back to xla, with the reason.
-    x = jnp.asarray(np.random.default_rng(1).standard_normal((40, 2, 64)), jnp.bfloat16)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 40, 2, 64)), jnp.bfloat16)
     why = jax_gna.supported_implementations(x, x, x, 5, dilation=3)["cuda"]
     assert why is not None and "dilation" in why
     want = _oracle(x, x, x, kernel_size=5, dilation=3)
