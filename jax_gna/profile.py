@@ -9,8 +9,10 @@ only: ``2 * B * H * pairs * (D + Dv)`` forward (``4 * B * H * pairs * D`` when `
 
 Timing: one call to compile, ``--warmup`` calls, then the median of ``--iters`` samples (wall
 clock). A sample is one call waited for with ``block_until_ready``, or for calls under 20 ms the
-mean of a batch dispatched back to back (so Python dispatch, which a real model's queued
-stream hides, does not dominate microsecond kernels); dense attention is timed the same way.
+mean of a batch dispatched back to back (so Python dispatch, which a real model's queued stream
+hides, does not dominate microsecond kernels). The samples of the implementations and of dense
+attention are interleaved, one of each in turn, so that the GPU's clock drift under sustained
+load reaches them alike.
 
 ``--dry-run`` runs nothing and needs no GPU: it lists the kernels' candidate tile
 configurations with their simulated numbers (and optionally the strides worth trying).
@@ -445,36 +447,81 @@ class _Progress:
 _MIN_BATCH_S = 0.02
 
 
-def _measure(fn, args, warmup: int, iters: int, progress: _Progress) -> dict[str, float]:
-    """Median and minimum time per call over `iters` samples. A sample is one call, or for
-    short calls the mean of a batch of calls dispatched back to back (at least `_MIN_BATCH_S`
-    long), so every implementation is timed the same way."""
-    import jax
+class _Timer:
+    """Times one candidate. A sample is one call, or for short calls the mean of a batch of
+    calls dispatched back to back (at least `_MIN_BATCH_S` long), so every candidate is timed
+    the same way. `profile` interleaves the samples of all candidates, so that the GPU's clock
+    drift under sustained load reaches each of them alike."""
 
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    compile_s = time.perf_counter() - t0
-    progress.step()
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-        progress.step()
-    per_call = (time.perf_counter() - t0) / max(warmup, 1)
-    batch = max(1, min(1000, int(_MIN_BATCH_S / max(per_call, 1e-6))))
-    times = []
-    for _ in range(iters):
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+        self.times: list[float] = []
+
+    def prepare(self, warmup: int, progress: _Progress) -> None:
+        """First call (compile) and warm-up calls; picks the batch size."""
+        import jax
+
         t0 = time.perf_counter()
-        for _ in range(batch):
-            result = fn(*args)
-        jax.block_until_ready(result)
-        times.append((time.perf_counter() - t0) / batch)
+        jax.block_until_ready(self.fn(*self.args))
+        self.compile_s = time.perf_counter() - t0
         progress.step()
-    return {
-        "median_ms": statistics.median(times) * 1e3,
-        "min_ms": min(times) * 1e3,
-        "calls_per_sample": batch,
-        "first_call_s": compile_s,
-    }
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            jax.block_until_ready(self.fn(*self.args))
+            progress.step()
+        per_call = (time.perf_counter() - t0) / max(warmup, 1)
+        self.batch = max(1, min(1000, int(_MIN_BATCH_S / max(per_call, 1e-6))))
+
+    def sample(self) -> None:
+        import jax
+
+        t0 = time.perf_counter()
+        for _ in range(self.batch):
+            result = self.fn(*self.args)
+        jax.block_until_ready(result)
+        self.times.append((time.perf_counter() - t0) / self.batch)
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "median_ms": statistics.median(self.times) * 1e3,
+            "min_ms": min(self.times) * 1e3,
+            "calls_per_sample": self.batch,
+            "first_call_s": self.compile_s,
+            "status": "ok",
+        }
+
+
+def _time_interleaved(
+    candidates: dict[str, Any], args, warmup: int, iters: int, progress: _Progress
+) -> dict[str, dict[str, Any]]:
+    """Each candidate's timing (or failure) by name. `candidates` maps a name to a function, or
+    to an exception raised while building it."""
+    results: dict[str, dict[str, Any]] = {}
+    timers: dict[str, _Timer] = {}
+
+    def fail(name: str, e: Exception) -> None:  # report and go on with the others
+        results[name] = {"status": f"failed: {type(e).__name__}: {_first_line(e)}"}
+        timers.pop(name, None)
+
+    for name, fn in candidates.items():
+        if isinstance(fn, Exception):
+            fail(name, fn)
+            continue
+        progress.stage(name)
+        try:
+            timers[name] = _Timer(fn, args)
+            timers[name].prepare(warmup, progress)
+        except Exception as e:
+            fail(name, e)
+    for _ in range(iters):
+        for name, timer in list(timers.items()):
+            try:
+                timer.sample()
+            except Exception as e:
+                fail(name, e)
+        progress.step()
+    results.update({name: timer.result() for name, timer in timers.items()})
+    return results
 
 
 def _inputs(cfg: Config):
@@ -584,36 +631,39 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
         if need > limit:
             dense_note = f"skipped: XLA's dense attention would need ~{need / 2**30:.0f} GiB"
 
-    steps = 1 + cfg.warmup + cfg.iters
-    progress = _Progress(steps * (len(cfg.implementations) + int(cfg.dense)))
+    candidates: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
+    for impl in cfg.implementations:
+        name = f"auto -> {auto}" if impl == "auto" else impl
+        reason = None if impl == "auto" else supported.get(impl)
+        rows.append({"implementation": name})
+        if reason is not None:
+            rows[-1]["status"] = f"unavailable: {reason}"
+            continue
+        try:
+            candidates[name] = _gna_fn(cfg, None if impl == "auto" else impl)
+        except Exception as e:
+            candidates[name] = e
+    dense: dict[str, Any] = {"implementation": f"dense ({dense_impl})"}
+    if not cfg.dense:
+        dense["status"] = "skipped (--no-dense)"
+    elif dense_note:
+        dense["status"] = dense_note
+    else:
+        try:
+            candidates[dense["implementation"]] = _dense_fn(cfg, dense_impl, dense_causal)
+        except Exception as e:
+            candidates[dense["implementation"]] = e
+
+    progress = _Progress(len(candidates) * (1 + cfg.warmup) + cfg.iters)
     try:
-        for impl in cfg.implementations:
-            name = f"auto -> {auto}" if impl == "auto" else impl
-            reason = None if impl == "auto" else supported.get(impl)
-            row: dict[str, Any] = {"implementation": name}
-            if reason is not None:
-                row["status"] = f"unavailable: {reason}"
-                rows.append(row)
-                continue
-            progress.stage(name)
-            try:
-                fn = _gna_fn(cfg, None if impl == "auto" else impl)
-                row.update(_measure(fn, (q, k, v, do, ek, ev), cfg.warmup, cfg.iters, progress))
-                row["status"] = "ok"
-            except Exception as e:  # report and go on with the next implementation
-                row["status"] = f"failed: {type(e).__name__}: {_first_line(e)}"
-            rows.append(row)
-        dense: dict[str, Any] = {"implementation": f"dense ({dense_impl})"}
-        if not cfg.dense:
-            dense["status"] = "skipped (--no-dense)"
-        elif dense_note:
-            dense["status"] = dense_note
-        else:
-            progress.stage(dense["implementation"])
-            dense.update(_run_dense(cfg, dense_impl, dense_causal, (q, k, v, do, ek, ev), progress))
+        timed = _time_interleaved(
+            candidates, (q, k, v, do, ek, ev), cfg.warmup, cfg.iters, progress
+        )
     finally:
         progress.close()
+    for row in (*rows, dense):
+        row.update(timed.get(row["implementation"], {}))
 
     dense_ms = dense.get("median_ms")
     for row in rows:
@@ -657,14 +707,6 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
         "dense": dense,
     }
     return result
-
-
-def _run_dense(cfg: Config, impl: str, causal: bool, args, progress) -> dict[str, Any]:
-    try:
-        r = _measure(_dense_fn(cfg, impl, causal), args, cfg.warmup, cfg.iters, progress)
-        return {**r, "status": "ok"}
-    except Exception as e:
-        return {"status": f"failed: {type(e).__name__}: {_first_line(e)}"}
 
 
 def _first_line(e: Exception) -> str:

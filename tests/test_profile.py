@@ -147,3 +147,31 @@ def test_design_problems_dry_run_summary(capsys):
     summary = out.split("=== summary")[1]
     assert "1d-32k-na" in summary and "15.06x" in summary
     assert "1d-32k-gna" in summary and "16.00x" in summary
+
+
+def test_interleaved_timing_reports_a_failure_and_times_the_rest():
+    calls = {"flaky": 0}
+
+    def ok(x):
+        return x + 1
+
+    def flaky(x):
+        calls["flaky"] += 1
+        if calls["flaky"] > 3:  # compile + 1 warm-up + 1 sample succeed, then it breaks
+            raise RuntimeError("device lost\nsecond line")
+        return x
+
+    import jax.numpy as jnp
+
+    progress = profile._Progress(0)
+    got = profile._time_interleaved(
+        {"ok": ok, "flaky": flaky, "broken": ValueError("no kernel")},
+        (jnp.ones(3),),
+        warmup=1,
+        iters=4,
+        progress=progress,
+    )
+    progress.close()
+    assert got["ok"]["status"] == "ok" and got["ok"]["median_ms"] > 0
+    assert got["flaky"]["status"] == "failed: RuntimeError: device lost"
+    assert got["broken"]["status"] == "failed: ValueError: no kernel"
