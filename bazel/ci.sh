@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The Bazel build in CI (called by .ci/run): every target of the workspace built and the host-side
+# tests run, offline, with Debian's Bazel 4. With nvcc on PATH the extension includes the sm90
+# kernels (JAX_GNA_KERNEL_SET, default smoke here: bf16, head dim 128, ranks 1-3).
+#
+# Usage: bazel/ci.sh   (the Python with jax and nanobind: $JAX_GNA_PYTHON, else python3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+
+packages=(bazel-bootstrap bazel-platforms bazel-skylib)
+if ! command -v bazel >/dev/null || [ ! -d /usr/share/bazel/tools/platforms ] ||
+  [ ! -d /usr/share/bazel/tools/skylib ]; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "bazel/ci.sh: Bazel is missing; install Debian's ${packages[*]} (as root: apt-get" \
+      "install -y ${packages[*]}) and run this again" >&2
+    exit 1
+  fi
+  echo "== apt-get install ${packages[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q "${packages[@]}" >/dev/null ||
+    { apt-get update -q >/dev/null && apt-get install -y -q "${packages[@]}" >/dev/null; }
+fi
+
+export JAX_GNA_PYTHON="${JAX_GNA_PYTHON:-$(command -v python3)}"
+export JAX_GNA_KERNEL_SET="${JAX_GNA_KERNEL_SET:-smoke}"
+if command -v nvcc >/dev/null; then
+  cuda="nvcc found: _ext includes the sm_90a kernels (kernel set $JAX_GNA_KERNEL_SET)"
+else
+  cuda="no nvcc: CPU handlers only"
+fi
+echo "== bazel test //... ($(bazel --version 2>/dev/null || echo bazel 4); $JAX_GNA_PYTHON; $cuda)"
+
+# Bazel's install and output bases in a temporary folder: nothing outside it, nothing kept.
+root="$(mktemp -d)"
+bazel=(bazel --batch "--output_user_root=$root")
+cleanup() { chmod -R u+w "$root" 2>/dev/null || true; rm -rf "$root"; }
+trap cleanup EXIT
+
+set +e
+"${bazel[@]}" test //... --color=no --curses=no --show_progress_rate_limit=30
+rc=$?
+set -e
+logs="$("${bazel[@]}" info bazel-testlogs 2>/dev/null)"
+for test in geometry_test extension_test; do
+  summary="$(grep -E '[0-9]+ checks|[0-9]+ (passed|failed)' "$logs/$test/test.log" 2>/dev/null |
+    tail -n 1 | tr -s '=' ' ')"
+  echo "   $test: ${summary:-no summary (see the log above)}"
+done
+echo "   Bazel took $((SECONDS - start)) s"
+exit "$rc"
