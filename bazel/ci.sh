@@ -24,12 +24,18 @@ fi
 
 export JAX_GNA_PYTHON="${JAX_GNA_PYTHON:-$(command -v python3)}"
 export JAX_GNA_KERNEL_SET="${JAX_GNA_KERNEL_SET:-smoke}"
+# nanobind and the CUTLASS headers: `pip install -e .` keeps them in its isolated build env.
 if command -v nvcc >/dev/null; then
   cuda="nvcc found: _ext includes the sm_90a kernels (kernel set $JAX_GNA_KERNEL_SET)"
+  "$JAX_GNA_PYTHON" -c "import importlib.util as u; exit(u.find_spec('cutlass_library') is None)" ||
+    "$JAX_GNA_PYTHON" -m pip install -q --no-deps "nvidia-cutlass==4.2.0.0"
 else
   cuda="no nvcc: CPU handlers only"
 fi
-echo "== bazel test //... ($(bazel --version 2>/dev/null || echo bazel 4); $JAX_GNA_PYTHON; $cuda)"
+"$JAX_GNA_PYTHON" -c "import nanobind" 2>/dev/null ||
+  "$JAX_GNA_PYTHON" -m pip install -q "nanobind>=2.4"
+version="$(dpkg-query -W -f '${Version}' bazel-bootstrap 2>/dev/null || echo '?')"
+echo "== bazel test //... (bazel-bootstrap $version; $JAX_GNA_PYTHON; $cuda)"
 
 # Bazel's install and output bases in a temporary folder: nothing outside it, nothing kept.
 root="$(mktemp -d)"
