@@ -10,9 +10,13 @@ platform-neutral. The layers, outermost first (research/jax_ffi.md §4.3, §9.4)
    sharding of the input they belong to again (`_retype`); a no-op outside Explicit meshes.
 3. ``jax.custom_batching.custom_vmap``: vmap moves the mapped axis to the front and calls the
    same op again; the handlers fold every leading dim into the batch.
-4. ``custom_partitioning`` with a Shardy rule: batch and head dims may stay sharded, spatial
-   and head dims are replicated; `_shardings` rebuilds every operand's sharding from q's spec
-   (GQA-safe: the kv heads are split by the same mesh axes, or heads are replicated).
+4. ``custom_partitioning`` with a Shardy rule: batch and head dims may stay sharded, head dims
+   (D, Dv) are replicated; `shardings` rebuilds every operand's sharding from q's spec
+   (GQA-safe: the kv heads are split by the same mesh axes, or heads are replicated). A
+   spatial dim sharded over several devices stays sharded when the halo fits in a shard: the
+   partitioned lowering is `jax_gna.parallel`'s shard-local halo exchange + attention (the
+   ``xla`` tiles with per-device window tables, forward and backward); other spatial
+   shardings are replicated (gathered) as before.
 5. ``jax.ffi.ffi_call``: attributes from `GnaParams.attrs` (the one place their dtypes are
    decided) and the workspace as an extra uint8 result, dropped right away.
 
@@ -29,9 +33,10 @@ import jax
 import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
 from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jax_gna import _extension, _xla
+from jax_gna import _extension, _xla, parallel
 from jax_gna._mesh import explicit_mesh, per_shard, shardings
 from jax_gna._params import GnaParams
 
@@ -200,34 +205,69 @@ def _factors(rule: str) -> list[str]:
     return rule.replace("(", " ").replace(")", " ").replace(",", " ").replace("->", " ").split()
 
 
+# A shard-local lowering of one op: (params, local problem, sharded dim, mesh axes) -> the
+# function of the op's operands that one device runs (`jax_gna.parallel`'s halo algorithm).
+HaloLowering = Callable[[GnaParams, "parallel._Local", int, "parallel.AxisName"], Callable]
+
+
+def _with_spatial(sharding: NamedSharding, dim: int, entry) -> NamedSharding:
+    spec = list(sharding.spec)
+    spec[dim] = entry
+    return NamedSharding(sharding.mesh, P(*spec))
+
+
 def _partitioned(
     impl: Callable,
-    rank: int,
+    params: GnaParams,
     group: int,
     operands: str,
     results: str,
     anchor: int,
     kv_anchor: int,
+    halo: HaloLowering | None = None,
 ) -> Callable:
     """`impl` under custom_partitioning: sharded over batch and heads, never gathered there.
 
     `operands`/`results` are layout letters (see `_rule`); `anchor` is the index of the query
-    operand whose spec decides every sharding, `kv_anchor` that of an operand with kv heads."""
+    operand whose spec decides every sharding, `kv_anchor` that of an operand with kv heads.
+
+    A spatial dim of the query sharded over several devices stays sharded when `halo` is given
+    and the halo fits in a shard (`parallel.plan_split`): the lowering then exchanges K/V halos
+    with the neighbours and attends locally (`halo(...)`), instead of gathering the axis.
+    Otherwise spatial dims are replicated (XLA gathers them before the call)."""
     op = custom_partitioning(impl)
+    rank = params.rank
 
     def layoutshardings(mesh, arg_shapes):
-        tensor, rows = shardings(mesh, arg_shapes[anchor], rank, arg_shapes[kv_anchor].shape[-2])
-        return lambda letters: tuple(rows if c == "l" else tensor for c in letters)
+        q_info = arg_shapes[anchor]
+        tensor, rows = shardings(mesh, q_info, rank, arg_shapes[kv_anchor].shape[-2])
+        lowering = impl
+        split = None
+        if halo is not None:
+            spec = getattr(q_info.sharding, "spec", ())
+            split = parallel.plan_split(mesh, spec, tuple(q_info.shape), params)
+        if split is not None:
+            entry, axis, local = split
+            dim = len(q_info.shape) - rank - 2 + axis
+            tensor, rows = _with_spatial(tensor, dim, entry), _with_spatial(rows, dim, entry)
+            lowering = halo(params, local, dim, entry)
+
+        def pick(letters: str) -> tuple:
+            return tuple(rows if c == "l" else tensor for c in letters)
+
+        return pick, lowering
 
     def infer(mesh, arg_shapes, result_shape):
-        return layoutshardings(mesh, arg_shapes)(results)
+        return layoutshardings(mesh, arg_shapes)[0](results)
 
     def partition(mesh, arg_shapes, result_shape):
-        pick = layoutshardings(mesh, arg_shapes)
-        return mesh, impl, pick(results), pick(operands)
+        pick, lowering = layoutshardings(mesh, arg_shapes)
+        return mesh, lowering, pick(results), pick(operands)
 
     rule = _rule(rank, group, operands, results)
-    replicated = {*(f"x{a}" for a in range(rank)), "d", "e"}
+    # Spatial factors may stay sharded only where `partition` can take the halo path; it
+    # replicates them itself otherwise (the returned operand shardings make XLA gather).
+    replicated = {"d", "e"} | (set() if halo else {f"x{a}" for a in range(rank)})
     op.def_partition(
         partition=partition,
         infer_sharding_from_operands=infer,
@@ -236,6 +276,22 @@ def _partitioned(
         need_replication_factors=tuple(dict.fromkeys(f for f in _factors(rule) if f in replicated)),
     )
     return op
+
+
+def _halo_forward(params: GnaParams, local, dim: int, axis_name) -> Callable:
+    def run(q, k, v):
+        return parallel.attend_shard(q, k, v, params, local, dim, axis_name)
+
+    return run
+
+
+def _halo_backward(params: GnaParams, local, dim: int, axis_name) -> Callable:
+    def run(dout, q, k, v, out, lse, dlse):
+        return parallel.attend_shard_backward(
+            dout.astype(q.dtype), q, k, v, out, lse, dlse, params, local, dim, axis_name
+        )
+
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,13 +317,14 @@ def _folding_vmap(op: Callable) -> Callable:
 @functools.lru_cache(maxsize=256)
 def _forward_op(params: GnaParams, group: int) -> Callable:
     impl = functools.partial(_ffi_forward, params)
-    return _folding_vmap(_partitioned(impl, params.rank, group, "qkv", "ol", 0, 1))
+    return _folding_vmap(_partitioned(impl, params, group, "qkv", "ol", 0, 1, _halo_forward))
 
 
 @functools.lru_cache(maxsize=256)
 def _backward_op(params: GnaParams, group: int) -> Callable:
     impl = functools.partial(_ffi_backward, params)
-    return _folding_vmap(_partitioned(impl, params.rank, group, "oqkvoll", "qkv", 1, 2))
+    op = _partitioned(impl, params, group, "oqkvoll", "qkv", 1, 2, _halo_backward)
+    return _folding_vmap(op)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -267,6 +267,79 @@ def _with_halo(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> ja
     return jnp.concatenate(parts, axis=dim) if len(parts) > 1 else x
 
 
+def attend_shard(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    params: GnaParams,
+    local: _Local,
+    dim: int,
+    axis_name: AxisName,
+    implementation: str = "xla",
+) -> tuple[jax.Array, jax.Array]:
+    """``(out, lse)`` of one shard: receive the K/V halos from the neighbours along mesh axis
+    `axis_name` and attend the shard's queries with the global windows.
+
+    Runs inside a manual-axes context (the body of `jax.shard_map`, or the lowering returned
+    by a `custom_partitioning` rule, `jax_gna._ops`); `dim` is the sharded dim of the arrays.
+    Differentiable (the transpose of the halo exchange returns halo gradients to their owners).
+    """
+    device = jax.lax.axis_index(axis_name)
+    key = _with_halo(key, local, dim, axis_name)
+    value = _with_halo(value, local, dim, axis_name)
+    attend = _local_xla if implementation == "xla" else _local_reference
+    return attend(query, key, value, device, params, local)
+
+
+def attend_shard_backward(
+    dout: jax.Array,
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    out: jax.Array,
+    lse: jax.Array,
+    dlse: jax.Array,
+    params: GnaParams,
+    local: _Local,
+    dim: int,
+    axis_name: AxisName,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(dq, dk, dv)`` of one shard given the forward's ``out``/``lse`` (no recomputation):
+    the ``xla`` backward over the shard's key block, then the halo rows of ``dk``/``dv`` go
+    back to the neighbours that own them (the transpose of the halo exchange)."""
+    device = jax.lax.axis_index(axis_name)
+    with_halo = functools.partial(_with_halo, local=local, dim=dim, axis_name=axis_name)
+    key_block, pull_key = jax.vjp(with_halo, key)
+    value_block, pull_value = jax.vjp(with_halo, value)
+    table = tuple(jnp.asarray(t)[device] for t in local.tables)
+    dq, dk, dv = _xla._backward(
+        query, key_block, value_block, out, lse, dout, dlse, params, local.plans, table
+    )
+    return dq, *pull_key(dk), *pull_value(dv)
+
+
+def plan_split(mesh, spec, shape: tuple[int, ...], params: GnaParams):
+    """``(mesh axes, spatial axis, local problem)`` for a query of `shape` laid out by the
+    PartitionSpec `spec` on `mesh`, if its first spatial dim split over several devices can
+    run by halo exchange (the halo fits in a shard, the shards are equal); else None (the
+    axis must be gathered). Later sharded spatial dims are left to be gathered."""
+    n_batch = len(shape) - params.rank - 2
+    spec = tuple(spec) + (None,) * (len(shape) - len(spec))
+    for a in range(params.rank):
+        entry = spec[n_batch + a]
+        if entry is None or _axis_size(mesh, entry) < 2:
+            continue
+        spatial = tuple(shape[n_batch : n_batch + params.rank])
+        devices = _axis_size(mesh, entry)
+        if spatial[a] % devices:
+            return None  # uneven shards: only `gna_sharded` pads them
+        local = _local(spatial, params, a, devices)
+        if local.halo.min_shard > local.halo.shard:
+            return None
+        return entry, a, local
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Specs and the shard_map
 
@@ -341,13 +414,9 @@ def sharded(
     local = _local(spatial, params, spatial_axis, devices)
     _check_halo(local.halo, spatial_axis, axis_name)
     tensor, rows, extra = _specs(mesh, query, key.shape[-2], rank, spatial_axis, axis_name)
-    attend = _local_xla if implementation == "xla" else _local_reference
 
     def body(q, k, v, *extra_kv):
-        device = jax.lax.axis_index(axis_name)
-        k = _with_halo(k, local, dim, axis_name)
-        v = _with_halo(v, local, dim, axis_name)
-        out, lse = attend(q, k, v, device, params, local)
+        out, lse = attend_shard(q, k, v, params, local, dim, axis_name, implementation)
         if extra_kv:
             out, lse = _additional_kv.attend_and_merge(
                 q, out, lse, *extra_kv, params.scale, n_batch
@@ -500,18 +569,8 @@ def spatial_split(query: jax.Array, params: GnaParams):
         if not isinstance(concrete, NamedSharding):
             return None
         mesh, spec = concrete.mesh, concrete.spec
-    n_batch = query.ndim - params.rank - 2
-    spec = tuple(spec) + (None,) * (query.ndim - len(spec))
-    for a in range(params.rank):
-        entry = spec[n_batch + a]
-        if entry is None or _axis_size(mesh, entry) < 2:
-            continue
-        spatial = tuple(query.shape[n_batch : n_batch + params.rank])
-        h = _local(spatial, params, a, _axis_size(mesh, entry)).halo
-        if h.min_shard > h.shard or spatial[a] % h.devices:
-            return None  # gathering is the only way; the op layer does it
-        return mesh, entry, a
-    return None
+    split = plan_split(mesh, spec, tuple(query.shape), params)
+    return None if split is None else (mesh, split[0], split[1])
 
 
 __all__ = ["Halo", "gna_sharded", "halo"]
