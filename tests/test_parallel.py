@@ -3,7 +3,8 @@
 Results and gradients of `gna_sharded` equal the single-device reference for 1-D/2-D/3-D
 windows with strides, dilation, causal axes, GQA, extra tokens and uneven shards; the compiled
 programs exchange halo-sized blocks (collective-permute) and never gather the sharded axis;
-`jax_gna.gna` takes that route for spatially sharded inputs."""
+`jax_gna.gna` takes that route for spatially sharded inputs: eagerly, under jit on Explicit
+meshes, and under jit on Auto meshes through the FFI op's partitioning rule."""
 
 import importlib.util
 import pathlib
@@ -238,3 +239,97 @@ def test_benchmark_small_mode_runs_on_fake_devices():
     assert result["max_abs_error"] < 1e-4
     assert result["speedup"] > 0 and 0 <= result["halo_share"]
     assert result["halo"]["left"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# `jax_gna.gna` under jit on an Auto mesh: traced values carry no sharding, so the FFI op's
+# custom_partitioning rule sees the operand shardings and takes the halo path itself.
+
+# name: (q shape, kv heads, window, devices); axis 1 (the first spatial axis) is sharded.
+AUTO_JIT_CASES = {
+    "1d-stride-dilation-2dev": ((2, 32, 2, 8), 1, dict(kernel_size=4, stride=3, dilation=2), 2),
+    "1d-causal-4dev": ((1, 32, 2, 8), 2, dict(kernel_size=6, stride=2, is_causal=True), 4),
+    "2d-gqa-causal-dilated-4dev": (
+        (2, 32, 6, 4, 8),
+        2,
+        dict(kernel_size=(4, 3), stride=(2, 1), dilation=(2, 1), is_causal=(True, False)),
+        4,
+    ),
+    "3d-gqa-2dev": ((1, 12, 4, 5, 4, 8), 2, dict(kernel_size=(5, 3, 3), stride=(3, 2, 1)), 2),
+}
+
+needs_ffi = pytest.mark.skipif(
+    jax_gna.supported_implementations(*_arrays((1, 8, 1, 8), 1, 0)[:3], 3)["cpu"] is not None,
+    reason="the CPU FFI kernel (implementation=None's pick under jit on CPU) is not built",
+)
+
+
+def _auto_jit(fn, mesh, n=3):
+    return jax.jit(fn, in_shardings=(NamedSharding(mesh, P(None, "x")),) * n)
+
+
+@needs_ffi
+@pytest.mark.parametrize("name", AUTO_JIT_CASES)
+def test_jit_on_auto_mesh_exchanges_halos_through_the_partitioning_rule(name):
+    q_shape, kv_heads, window, devices = AUTO_JIT_CASES[name]
+    q, k, v, _, _ = _arrays(q_shape, kv_heads, 0)
+    mesh = _mesh(devices)
+    fn = lambda q, k, v: jax_gna.gna(q, k, v, **window, return_lse=True)  # noqa: E731
+    single = lambda q, k, v: reference.gna(q, k, v, **window, return_lse=True)  # noqa: E731
+    forward = _auto_jit(fn, mesh)
+    got = forward(q, k, v), _auto_jit(jax.grad(_loss(fn), (0, 1, 2)), mesh)(q, k, v)
+    want = jax.jit(single)(q, k, v), jax.jit(jax.grad(_loss(single), (0, 1, 2)))(q, k, v)
+    chex.assert_trees_all_close(got, want, **TOL)
+    (out, lse), grads = got
+    assert all(x.sharding.spec[1] == "x" for x in (out, lse, *grads))
+    hlo = forward.lower(q, k, v).compile().as_text()
+    assert "all-gather" not in hlo and "all-to-all" not in hlo
+    h = parallel.halo(q_shape[1], devices, **{n: w[0] for n, w in _per_axis(window).items()})
+    shapes = _permutes(hlo)
+    assert shapes and {s[1] for s in shapes} <= {h.left, h.right}, shapes
+    assert "jax_gna_fwd" not in hlo  # the shard-local halo lowering replaced the custom call
+
+
+def _per_axis(window: dict) -> dict:
+    return {n: w if isinstance(w, tuple) else (w,) for n, w in window.items()}
+
+
+@needs_ffi
+def test_jit_on_auto_mesh_backward_exchanges_halo_gradients_not_the_axis():
+    q_shape, kv_heads, window, devices = AUTO_JIT_CASES["2d-gqa-causal-dilated-4dev"]
+    q, k, v, _, _ = _arrays(q_shape, kv_heads, 0)
+    fn = lambda q, k, v: jax_gna.gna(q, k, v, **window, return_lse=True)  # noqa: E731
+    hlo = _auto_jit(jax.grad(_loss(fn), (0, 1, 2)), _mesh(devices)).lower(q, k, v)
+    hlo = hlo.compile().as_text()
+    assert "all-gather" not in hlo and "collective-permute" in hlo
+
+
+@needs_ffi
+def test_jit_on_auto_mesh_gathers_when_shards_are_smaller_than_the_halo():
+    q, k, v, _, _ = _arrays((1, 16, 2, 8), 2, 0)  # 4 shards of 4 < the minimum shard of 6
+    fn = lambda q, k, v: jax_gna.gna(q, k, v, 5, dilation=2, return_lse=True)  # noqa: E731
+    forward = _auto_jit(fn, _mesh(4))
+    got = forward(q, k, v), _auto_jit(jax.grad(_loss(fn), (0, 1, 2)), _mesh(4))(q, k, v)
+    single = lambda q, k, v: reference.gna(q, k, v, 5, dilation=2, return_lse=True)  # noqa: E731
+    chex.assert_trees_all_close(
+        got, (single(q, k, v), jax.grad(_loss(single), (0, 1, 2))(q, k, v)), **TOL
+    )
+    hlo = forward.lower(q, k, v).compile().as_text()
+    assert "all-gather" in hlo and "jax_gna_fwd" in hlo
+
+
+@needs_ffi
+def test_jit_on_auto_mesh_keeps_batch_sharding_next_to_the_halo_exchange():
+    q_shape, kv_heads, window, _ = AUTO_JIT_CASES["2d-gqa-causal-dilated-4dev"]
+    q, k, v, _, _ = _arrays(q_shape, kv_heads, 0)
+    mesh = jax.make_mesh((2, 2), ("b", "x"), axis_types=(AxisType.Auto,) * 2)
+    fn = lambda q, k, v: jax_gna.gna(q, k, v, **window, return_lse=True)  # noqa: E731
+    forward = jax.jit(fn, in_shardings=(NamedSharding(mesh, P("b", "x")),) * 3)
+    out, lse = forward(q, k, v)
+    chex.assert_trees_all_close(
+        (out, lse), reference.gna(q, k, v, **window, return_lse=True), **TOL
+    )
+    assert tuple(out.sharding.spec)[:2] == ("b", "x")
+    hlo = forward.lower(q, k, v).compile().as_text()
+    assert "all-gather" not in hlo and "collective-permute" in hlo
+    assert all(s[0] == 1 for s in _permutes(hlo))  # a batch shard's halo only
