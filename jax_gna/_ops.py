@@ -163,15 +163,19 @@ def _xla_backward(params: GnaParams, dout, q, k, v, out, lse, dlse):
     In an Explicit mesh it runs per shard over batch and heads (shard_map with the same specs
     the custom calls use), since its reshapes cannot re-type sharded dims."""
 
-    def backward(dout, q, k, v, out, lse, dlse):
-        return _xla._backward(q, k, v, out, lse, dout, dlse, params)
-
     args = (dout, q, k, v, out, lse, dlse)
     mesh = explicit_mesh(q)
     if mesh is None:
-        return backward(*args)
+        # Partitioned like the FFI backward: per batch/head shard, halo path for a sharded
+        # spatial dim (else XLA would partition the tile loops itself, gathering the axis).
+        return _xla_backward_op(params, _group(q, k))(*args)
+    backward = functools.partial(_xla_backward_impl, params)
     run = per_shard(backward, mesh, jax.typeof(q), params.rank, k.shape[-2], "tttttrr", "ttt")
     return run(*args)
+
+
+def _xla_backward_impl(params: GnaParams, dout, q, k, v, out, lse, dlse):
+    return _xla._backward(q, k, v, out, lse, dout, dlse, params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +327,15 @@ def _forward_op(params: GnaParams, group: int) -> Callable:
 @functools.lru_cache(maxsize=256)
 def _backward_op(params: GnaParams, group: int) -> Callable:
     impl = functools.partial(_ffi_backward, params)
+    op = _partitioned(impl, params, group, "oqkvoll", "qkv", 1, 2, _halo_backward)
+    return _folding_vmap(op)
+
+
+@functools.lru_cache(maxsize=256)
+def _xla_backward_op(params: GnaParams, group: int) -> Callable:
+    # Jitted: custom_partitioning refuses a body with hoisted constants (the tile tables);
+    # a jit call keeps them inside its own closed jaxpr.
+    impl = jax.jit(functools.partial(_xla_backward_impl, params))
     op = _partitioned(impl, params, group, "oqkvoll", "qkv", 1, 2, _halo_backward)
     return _folding_vmap(op)
 

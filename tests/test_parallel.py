@@ -333,3 +333,28 @@ def test_jit_on_auto_mesh_keeps_batch_sharding_next_to_the_halo_exchange():
     hlo = forward.lower(q, k, v).compile().as_text()
     assert "all-gather" not in hlo and "collective-permute" in hlo
     assert all(s[0] == 1 for s in _permutes(hlo))  # a batch shard's halo only
+
+
+@needs_ffi
+def test_xla_backward_stand_in_exchanges_halo_gradients_on_auto_mesh():
+    """The backward GPUs use while the build has no CUDA backward kernels (on CPU the FFI
+    backward is chosen, so it is called directly): same partitioning rule, same halo path."""
+    from jax_gna import _ops
+    from jax_gna._params import make_params
+
+    q_shape, kv_heads, window, devices = AUTO_JIT_CASES["2d-gqa-causal-dilated-4dev"]
+    q, k, v, _, _ = _arrays(q_shape, kv_heads, 0)
+    params = make_params(q, k, v, **window)
+    fn = lambda q, k, v: jax_gna.gna(q, k, v, **window, return_lse=True)  # noqa: E731
+
+    def grads(q, k, v):
+        out, lse = fn(q, k, v)
+        dout, dlse = jax.grad(lambda o, s: _loss(lambda *_: (o, s))(q, k, v), (0, 1))(out, lse)
+        return _ops._xla_backward(params, dout, q, k, v, out, lse, dlse)
+
+    backward = _auto_jit(grads, _mesh(devices))
+    single = lambda q, k, v: reference.gna(q, k, v, **window, return_lse=True)  # noqa: E731
+    want = jax.grad(_loss(single), (0, 1, 2))(q, k, v)
+    chex.assert_trees_all_close(backward(q, k, v), want, **TOL)
+    hlo = backward.lower(q, k, v).compile().as_text()
+    assert "all-gather" not in hlo and "collective-permute" in hlo
