@@ -415,7 +415,8 @@ def gna_ffi(query, key, value, params: GnaParams) -> tuple[jax.Array, jax.Array]
     Returns:
       ``out`` ``[B..., X..., H, Dv]`` in the query's dtype and ``lse`` ``[B..., X..., H]`` in
       float32. Differentiable in q, k, v with cotangents for both; works under jit, vmap, grad,
-      jax.checkpoint and with batch- or head-sharded inputs (Auto and Explicit meshes).
+      jax.checkpoint and with batch- or head-sharded inputs (Auto and Explicit meshes); a
+      sharded spatial dim exchanges K/V halos when they fit in a shard (`_partitioned`).
 
     Raises:
       NotImplementedError: without a built extension.

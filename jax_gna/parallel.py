@@ -15,6 +15,11 @@ The local attention runs the memory-efficient ``xla`` machinery with the shard's
 Gradients are exact: the backward of `jax.lax.ppermute` sends the halo's key/value gradients
 back to the devices that own them.
 
+The shard-local functions (`attend_shard`, `attend_shard_backward`) serve two callers: the
+`jax.shard_map` of `gna_sharded`, and the `custom_partitioning` rule of the FFI op
+(`jax_gna._ops`), which lowers a spatially sharded call to them under jit on Auto meshes, where
+traced values carry no sharding for `jax_gna.gna` to route by (`plan_split` decides for both).
+
 Shape legend: ``B...`` batch dims, ``X...`` spatial dims, ``H`` query heads, ``Hkv`` key/value
 heads, ``D`` query/key head dim, ``Dv`` value head dim, ``E`` additional key/value tokens.
 """

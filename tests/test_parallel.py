@@ -176,7 +176,8 @@ def _permutes(hlo: str) -> list[tuple[int, ...]]:
 @pytest.mark.parametrize("mode", [AxisType.Explicit, AxisType.Auto], ids=lambda m: m.name)
 def test_jit_of_spatially_sharded_inputs_exchanges_halos_not_the_axis(mode):
     """`jax_gna.gna` under jit: Explicit meshes route by the input's type; on Auto meshes
-    types carry no sharding under jit, so `gna_sharded` is called directly."""
+    types carry no sharding under jit, so `gna_sharded` is called directly here (`gna` there
+    goes through the FFI op's partitioning rule: the Auto-mesh tests below)."""
     window = dict(kernel_size=(5, 3), stride=(2, 1))
     q, k, v, _, _ = _arrays((2, 32, 5, 4, 8), 2, 0)
     h = parallel.halo(32, 4, 5, stride=2)
