@@ -21,6 +21,7 @@
 
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/numeric_conversion.h>
 #include <cutlass/numeric_types.h>
 #include <cute/arch/copy_sm90_tma.hpp>
 #include <cute/atom/mma_atom.hpp>
@@ -342,34 +343,56 @@ struct FwdKernel {
           }
         }
       }
-      float m[2] = {row_max[0], row_max[1]};
+      // Row maxima and sums over kAcc independent accumulators per row: a single
+      // running max/sum would be a dependent chain of 32 instructions per row,
+      // whose latency the other warpgroup's GEMMs may not cover.
+      constexpr int kAcc = 4;
+      auto acc = [](int i) { return (i & 1) | ((i >> 1) & 2); };  // (i0, n8 % 2)
+      float mp[2][kAcc];
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(tSrS); ++i) m[(i >> 1) & 1] = fmaxf(m[(i >> 1) & 1], tSrS(i));
-      float m_scaled[2];
+      for (int r = 0; r < 2; ++r)
+        CUTLASS_PRAGMA_UNROLL
+        for (int a = 0; a < kAcc; ++a) mp[r][a] = row_max[r];
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tSrS); ++i) {
+        float& m = mp[(i >> 1) & 1][acc(i)];
+        m = fmaxf(m, tSrS(i));
+      }
+      float m[2], m_scaled[2];
       CUTLASS_PRAGMA_UNROLL
       for (int r = 0; r < 2; ++r) {
+        m[r] = fmaxf(fmaxf(mp[r][0], mp[r][1]), fmaxf(mp[r][2], mp[r][3]));
         m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffff, m[r], 1));
         m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffff, m[r], 2));
         m_scaled[r] = m[r] == -INFINITY ? 0.f : m[r] * mult;
         corr[r] = exp2_approx(row_max[r] * mult - m_scaled[r]);
         row_max[r] = m[r];
-        row_sum[r] *= corr[r];
       }
+      float sp[2][kAcc] = {};
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < size(tSrS); ++i) {
         const int r = (i >> 1) & 1;
         const float e = exp2_approx(tSrS(i) * mult - m_scaled[r]);
         tSrS(i) = e;
-        row_sum[r] += e;
+        sp[r][acc(i)] += e;
       }
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < 2; ++r)
+        row_sum[r] = row_sum[r] * corr[r] + ((sp[r][0] + sp[r][1]) + (sp[r][2] + sp[r][3]));
     };
     auto rescale_o = [&](const float* corr) {
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= corr[(i >> 1) & 1];
     };
+    // Pairs of P convert in one instruction (cvt.rn.{bf16,f16}x2.f32).
     auto convert_p = [&]() {
+      cutlass::NumericArrayConverter<Element, float, 2> cvt;
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(tSrS); ++i) tOrP(i) = static_cast<Element>(tSrS(i));
+      for (int i = 0; i < size(tSrS); i += 2) {
+        const cutlass::Array<Element, 2> pair = cvt(cutlass::Array<float, 2>{tSrS(i), tSrS(i + 1)});
+        tOrP(i) = pair[0];
+        tOrP(i + 1) = pair[1];
+      }
     };
     // KV tiles in box order (last axis fastest, as the producer loads them).
     int tile[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
