@@ -8,11 +8,14 @@ only: ``2 * B * H * pairs * (D + Dv)`` forward (``4 * B * H * pairs * D`` when `
 ``--backprop`` times forward + backward and counts the backward as 2.5x the forward.
 
 Timing: one call to compile, ``--warmup`` calls, then the median of ``--iters`` samples (wall
-clock). A sample is one call waited for with ``block_until_ready``, or for calls under 20 ms the
-mean of a batch dispatched back to back (so Python dispatch, which a real model's queued stream
-hides, does not dominate microsecond kernels). The samples of the implementations and of dense
-attention are interleaved, one of each in turn, so that the GPU's clock drift under sustained
-load reaches them alike.
+clock, ``block_until_ready`` at the end of each). A sample runs one candidate for at least
+0.2 s: a batch of calls dispatched back to back, so that each candidate is timed in its own
+sustained clock state (a GPU's clock under load settles over tens of milliseconds, and depends
+on what runs). Forward calls under 2 ms are chained inside one jitted function (each call's
+query is the previous call's output, up to 64 calls), so that Python's per-call dispatch,
+which a jitted model does not pay per op, does not hide the GPU time of microsecond kernels;
+everything each call launches is still timed. The samples of the implementations and of dense
+attention alternate, one of each in turn, so that slow drift reaches them alike.
 
 ``--dry-run`` runs nothing and needs no GPU: it lists the kernels' candidate tile
 configurations with their simulated numbers (and optionally the strides worth trying).
@@ -442,35 +445,59 @@ class _Progress:
             self._bar.close()
 
 
-# Calls shorter than this are timed in back-to-back batches: one call alone would measure
-# Python dispatch and the host sync rather than the GPU work (a queued XLA stream hides both).
-_MIN_BATCH_S = 0.02
+# A sample runs one candidate at least this long (back-to-back calls), so that it is timed in
+# its own sustained clock state rather than in the one the previous candidate left.
+_MIN_SAMPLE_S = 0.2
+# Calls shorter than this are chained in one jitted function (`_Op.chained`), at most
+# `_MAX_CHAIN` per dispatch: Python dispatch (tens of microseconds per jitted call) would
+# otherwise be what a back-to-back loop of microsecond kernels measures.
+_CHAIN_BELOW_S = 0.002
+_MAX_CHAIN = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class _Op:
+    """A jitted candidate, and where its output can feed its next call (a forward pass whose
+    output has the query's shape and dtype), `chained(n)`: n dependent calls in one jit."""
+
+    call: Any
+    chained: Any = None
+
+    def __call__(self, *args):
+        return self.call(*args)
 
 
 class _Timer:
-    """Times one candidate. A sample is one call, or for short calls the mean of a batch of
-    calls dispatched back to back (at least `_MIN_BATCH_S` long), so every candidate is timed
-    the same way. `profile` interleaves the samples of all candidates, so that the GPU's clock
-    drift under sustained load reaches each of them alike."""
+    """Times one candidate. A sample is a batch of calls dispatched back to back, at least
+    `_MIN_SAMPLE_S` long; short forward calls are chained (`_Op.chained`) so that each dispatch
+    carries milliseconds of GPU work. `profile` interleaves the samples of all candidates."""
 
     def __init__(self, fn, args):
         self.fn, self.args = fn, args
+        self.chain = 1
         self.times: list[float] = []
 
-    def prepare(self, warmup: int, progress: _Progress) -> None:
-        """First call (compile) and warm-up calls; picks the batch size."""
+    def _per_call(self, fn, calls: int, progress: _Progress | None = None) -> float:
         import jax
 
         t0 = time.perf_counter()
-        jax.block_until_ready(self.fn(*self.args))
-        self.compile_s = time.perf_counter() - t0
-        progress.step()
-        t0 = time.perf_counter()
-        for _ in range(warmup):
-            jax.block_until_ready(self.fn(*self.args))
-            progress.step()
-        per_call = (time.perf_counter() - t0) / max(warmup, 1)
-        self.batch = max(1, min(1000, int(_MIN_BATCH_S / max(per_call, 1e-6))))
+        for _ in range(calls):
+            jax.block_until_ready(fn(*self.args))
+            if progress is not None:
+                progress.step()
+        return (time.perf_counter() - t0) / max(calls, 1)
+
+    def prepare(self, warmup: int, progress: _Progress) -> None:
+        """First call (compile) and warm-up calls; picks the chain length and the batch size."""
+        self.compile_s = self._per_call(self.fn, 1, progress)
+        per_call = self._per_call(self.fn, warmup, progress) if warmup else self.compile_s
+        chained = getattr(self.fn, "chained", None)
+        if chained is not None and per_call < _CHAIN_BELOW_S:
+            self.chain = min(_MAX_CHAIN, math.ceil(_CHAIN_BELOW_S / max(per_call, 1e-6)))
+            self.fn = chained(self.chain)
+            self._per_call(self.fn, 1)  # compile
+            per_call = self._per_call(self.fn, max(warmup, 1))
+        self.batch = max(1, min(1000, math.ceil(_MIN_SAMPLE_S / max(per_call, 1e-6))))
 
     def sample(self) -> None:
         import jax
@@ -479,13 +506,14 @@ class _Timer:
         for _ in range(self.batch):
             result = self.fn(*self.args)
         jax.block_until_ready(result)
-        self.times.append((time.perf_counter() - t0) / self.batch)
+        self.times.append((time.perf_counter() - t0) / (self.batch * self.chain))
 
     def result(self) -> dict[str, Any]:
         return {
             "median_ms": statistics.median(self.times) * 1e3,
             "min_ms": min(self.times) * 1e3,
-            "calls_per_sample": self.batch,
+            "calls_per_sample": self.batch * self.chain,
+            "chained_calls": self.chain,
             "first_call_s": self.compile_s,
             "status": "ok",
         }
@@ -545,11 +573,34 @@ def _inputs(cfg: Config):
     return q, k, v, do, ek, ev
 
 
-def _with_backprop(f, backprop: bool):
+def _chainable(cfg: Config) -> bool:
+    """Whether forward calls may be chained (`_Op`): on a GPU (elsewhere dispatch is small next
+    to the compute, and a chain of the xla implementation compiles slowly), with an output of
+    the query's shape."""
+    import jax
+
+    return jax.default_backend() == "gpu" and cfg.dim_value == cfg.dim
+
+
+def _with_backprop(f, backprop: bool, chainable: bool):
+    """The jitted call of `f` (forward, or forward + backward); forward calls whose output has
+    the query's shape (`chainable`) can also be chained (`_Op`)."""
     import jax
 
     if not backprop:
-        return jax.jit(lambda q, k, v, do, ek, ev: f(q, k, v, ek, ev))
+
+        def chained(n: int):
+            def run(q, k, v, do, ek, ev):
+                for _ in range(n):
+                    q = f(q, k, v, ek, ev)
+                return q
+
+            return jax.jit(run)
+
+        def forward(q, k, v, do, ek, ev):
+            return f(q, k, v, ek, ev)
+
+        return _Op(jax.jit(forward), chained if chainable else None)
 
     def fwd_bwd(q, k, v, do, ek, ev):
         out, vjp = jax.vjp(lambda q, k, v: f(q, k, v, ek, ev), q, k, v)
@@ -576,7 +627,7 @@ def _gna_fn(cfg: Config, impl: str | None):
             q, k, v, p.kernel_size, additional_keys=ek, additional_values=ev, **kwargs
         )
 
-    return _with_backprop(f, cfg.backprop)
+    return _with_backprop(f, cfg.backprop, _chainable(cfg))
 
 
 def _dense_fn(cfg: Config, implementation: str, causal: bool):
@@ -597,7 +648,7 @@ def _dense_fn(cfg: Config, implementation: str, causal: bool):
         )
         return out.reshape(q.shape[:-1] + (v.shape[-1],))
 
-    return _with_backprop(f, cfg.backprop)
+    return _with_backprop(f, cfg.backprop, _chainable(cfg))
 
 
 def _platform() -> tuple[str, str]:

@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import jax_gna
@@ -175,3 +176,25 @@ def test_interleaved_timing_reports_a_failure_and_times_the_rest():
     assert got["ok"]["status"] == "ok" and got["ok"]["median_ms"] > 0
     assert got["flaky"]["status"] == "failed: RuntimeError: device lost"
     assert got["broken"]["status"] == "failed: ValueError: no kernel"
+
+
+def test_short_forward_calls_are_chained_in_one_jit():
+    import jax.numpy as jnp
+
+    def f(q, k, v, ek, ev):  # an output of the query's shape: chainable
+        return q * 0.5 + v
+
+    op = profile._with_backprop(f, backprop=False, chainable=True)
+    q, k, v = jnp.ones(4), jnp.zeros(4), jnp.full(4, 2.0)
+    # Each call's query is the previous output: 1 -> 2.5 -> 3.25 -> 3.625.
+    np.testing.assert_allclose(op.chained(3)(q, k, v, None, None, None), 3.625)
+    assert profile._with_backprop(f, backprop=False, chainable=False).chained is None
+
+    timer = profile._Timer(op, (q, k, v, None, None, None))
+    progress = profile._Progress(0)
+    timer.prepare(warmup=2, progress=progress)  # microsecond calls: chained
+    timer.sample()
+    got = timer.result()
+    assert 1 < got["chained_calls"] <= profile._MAX_CHAIN
+    assert got["calls_per_sample"] == timer.batch * got["chained_calls"]
+    assert got["median_ms"] > 0
