@@ -350,8 +350,10 @@ struct FwdKernel {
       auto acc = [](int i) { return (i & 1) | ((i >> 1) & 2); };  // (i0, n8 % 2)
       float mp[2][kAcc];
       CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r) CUTLASS_PRAGMA_UNROLL
-      for (int a = 0; a < kAcc; ++a) mp[r][a] = row_max[r];
+      for (int r = 0; r < 2; ++r) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int a = 0; a < kAcc; ++a) mp[r][a] = row_max[r];
+      }
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < size(tSrS); ++i) {
         float& m = mp[(i >> 1) & 1][acc(i)];
