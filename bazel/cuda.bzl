@@ -126,18 +126,22 @@ nvcc_object = rule(
 )
 
 # The sm90 forward kernels, one translation unit each (fwd_instance.cu with GNA_FWD_DTYPE,
-# GNA_FWD_HEAD_DIM, GNA_FWD_RANK), as in cuda/sm90/sources.cmake; the sets must agree with it
-# and with cuda/sm90/fwd_kernel_set.h.
+# GNA_FWD_HEAD_DIM, GNA_FWD_RANK, GNA_FWD_CONFIG), as in cuda/sm90/sources.cmake; the sets must
+# agree with it, with cuda/sm90/fwd_kernel_set.h and (the configurations) cuda/sm90/fwd_config.h.
 _KERNEL_SETS = {
     "full": (["kF16", "kBF16"], [32, 64, 128, 256]),
     "smoke": (["kBF16"], [128]),
 }
 
+def _tile_configs(head_dim, rank):
+    # Indices into fwd_config.h's table: two for ranks 2 and 3 at head dims <= 128, else one.
+    return [0] if rank == 1 or head_dim > 128 else [0, 1]
+
 def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
     """A cc_library `name` with the kernels of cuda/<family>/ for `arch`, compiled by nvcc.
 
     Follows the layout of cuda/sm90: a host-side dispatcher `fwd_dispatch.cu` and one object
-    per (dtype, head dim, rank) from `fwd_instance.cu`; every header under cuda/<family>/ and
+    per (dtype, head dim, rank, tile configuration) from `fwd_instance.cu`; every header under cuda/<family>/ and
     cuda/include/ may be included; CUTLASS comes from @local_python_deps//:cutlass_headers.
     """
     root = "cuda/" + family
@@ -156,18 +160,20 @@ def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
     for dtype in dtypes:
         for head_dim in head_dims:
             for rank in [1, 2, 3]:
-                obj = "{}_fwd_{}_d{}_r{}".format(name, dtype, head_dim, rank)
-                nvcc_object(
-                    name = obj,
-                    src = root + "/fwd_instance.cu",
-                    defines = defines + [
-                        "GNA_FWD_DTYPE=" + dtype,
-                        "GNA_FWD_HEAD_DIM={}".format(head_dim),
-                        "GNA_FWD_RANK={}".format(rank),
-                    ],
-                    **common
-                )
-                objects.append(obj)
+                for config in _tile_configs(head_dim, rank):
+                    obj = "{}_fwd_{}_d{}_r{}_c{}".format(name, dtype, head_dim, rank, config)
+                    nvcc_object(
+                        name = obj,
+                        src = root + "/fwd_instance.cu",
+                        defines = defines + [
+                            "GNA_FWD_DTYPE=" + dtype,
+                            "GNA_FWD_HEAD_DIM={}".format(head_dim),
+                            "GNA_FWD_RANK={}".format(rank),
+                            "GNA_FWD_CONFIG={}".format(config),
+                        ],
+                        **common
+                    )
+                    objects.append(obj)
     native.cc_library(
         name = name,
         srcs = [":" + o for o in objects],

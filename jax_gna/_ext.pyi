@@ -10,6 +10,9 @@ def cpu_targets() -> dict[str, Any]: ...  # target name -> handler capsule, plat
 def cuda_targets() -> dict[str, Any]: ...  # platform "CUDA"; empty without CUDA kernels
 def built_cuda_archs() -> list[str]: ...
 def cuda_has_backward() -> bool: ...
+def cuda_fwd_tile_configs() -> dict[
+    int, dict[int, list[tuple[tuple[int, ...], tuple[int, ...]]]]
+]: ...
 def window(
     length: int, kernel_size: int, stride: int = 1, dilation: int = 1, is_causal: bool = False
 ) -> tuple[list[int], list[int]]: ...
@@ -47,4 +50,6 @@ def cuda_fwd_can_implement(
     is_causal: Sequence[int],
     cc_major: int = -1,
     cc_minor: int = 0,
+    q_tile: Sequence[int] = (),
+    kv_tile: Sequence[int] = (),
 ) -> str | None: ...

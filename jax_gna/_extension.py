@@ -59,5 +59,7 @@ def build_info() -> dict[str, object]:
         "cuda_archs": built_cuda_archs(),
         "cuda_backward": ext.cuda_has_backward(),
         "kernel_set": ext.kernel_set,
+        # {rank: {head_dim: [(q_tile, kv_tile), ...]}}, the default first (jax_gna/_tiles.py).
+        "cuda_forward_tiles": ext.cuda_fwd_tile_configs(),
         "xla_ffi_api_version": tuple(ext.xla_ffi_api_version),
     }

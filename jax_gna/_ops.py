@@ -137,7 +137,7 @@ def _ffi_forward(params: GnaParams, q, k, v):
         jax.ShapeDtypeStruct((workspace,), jnp.uint8),
     )
     call = jax.ffi.ffi_call(_extension.FWD_TARGET, results, vmap_method="broadcast_all")
-    out, lse, _ = call(q, k, v, **params.attrs())
+    out, lse, _ = call(q, k, v, **params.forward_attrs())
     return out, lse
 
 

@@ -29,25 +29,35 @@ class GnaParams:
     dilation: tuple[int, ...]
     is_causal: tuple[bool, ...]
     scale: float
+    # Tile shapes of the CUDA forward kernels (both or neither); None: not chosen yet.
+    q_tile_shape: tuple[int, ...] | None = None
+    kv_tile_shape: tuple[int, ...] | None = None
 
     @property
     def rank(self) -> int:
         return len(self.kernel_size)
 
     def attrs(self) -> dict[str, Any]:
-        """FFI attributes. The only place their dtypes are decided (the C++ bindings take
-        ``Span<const int64_t>`` and ``float``; any other type fails to decode at run time)."""
-
-        def i64(values: Sequence[int]) -> np.ndarray:
-            return np.asarray(values, dtype=np.int64)
-
+        """FFI attributes of ``jax_gna_bwd``. The only place their dtypes are decided (the C++
+        bindings take ``Span<const int64_t>`` and ``float``; any other type fails to decode at
+        run time)."""
         return dict(
-            kernel_size=i64(self.kernel_size),
-            stride=i64(self.stride),
-            dilation=i64(self.dilation),
-            is_causal=i64([int(c) for c in self.is_causal]),
+            kernel_size=_i64(self.kernel_size),
+            stride=_i64(self.stride),
+            dilation=_i64(self.dilation),
+            is_causal=_i64([int(c) for c in self.is_causal]),
             scale=np.float32(self.scale),
         )
+
+    def forward_attrs(self) -> dict[str, Any]:
+        """FFI attributes of ``jax_gna_fwd``: `attrs` plus the tile shapes (empty: unset)."""
+        return self.attrs() | dict(
+            q_tile=_i64(self.q_tile_shape or ()), kv_tile=_i64(self.kv_tile_shape or ())
+        )
+
+
+def _i64(values: Sequence[int]) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
 
 
 _FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")

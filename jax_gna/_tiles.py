@@ -50,19 +50,22 @@ def _cfgs(*pairs: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[TileConfig, 
     return tuple(TileConfig(q, kv) for q, kv in pairs)
 
 
-# Hopper (sm_90a) forward kernels, fp16 and bf16: rank -> head dim -> configurations. The first
-# configuration of each list is the default of `cuda/sm90/fwd_config.h` (`fwd_tile_config`).
+# Hopper (sm_90a) forward kernels, fp16 and bf16: rank -> head dim -> configurations, the
+# compiled ones of `cuda/sm90/fwd_config.h` (`fwd_tile_table`) in the same order; the first is
+# the kernel's default (what it runs when no tiles are requested), and the extension reports
+# its own table (`jax_gna._extension.build_info()["cuda_forward_tiles"]`, checked by
+# tests/test_tiles.py).
 # - Q tiles of 128 tokens feed two 64-row wgmma consumer warpgroups; KV tiles of 128 tokens
 #   give a 64x128 score tile per warpgroup (the FA3 / CUTLASS example 88 shape).
-# - Head dim 256: KV tiles of 64 tokens, or Q + two K/V stages would not fit in shared memory.
+# - Head dim 256: KV tiles of 64 tokens, or Q + two K/V stages would not fit in shared memory;
+#   one configuration per rank.
 # - 2-D 16x8 and 3-D 2x8x8 sit inside one stride group of the standard problems (FLUX stride
-#   16x16, HunyuanVideo 16x8x8), so their windows cover whole KV tiles.
-# One configuration per rank and head dim is compiled today; `jax_gna.sim` can rank others
-# (e.g. Q(4,4,8)/KV(4,4,8), better for Cosmos-like windows) passed to it explicitly.
+#   16x16, HunyuanVideo 16x8x8), so their windows cover whole KV tiles; 2-D 8x16 and 3-D
+#   4x4x8 are the alternatives for windows and strides that fit those better.
 _D128_LIKE = {
     1: _cfgs(((128,), (128,))),
-    2: _cfgs(((16, 8), (16, 8))),
-    3: _cfgs(((2, 8, 8), (2, 8, 8))),
+    2: _cfgs(((16, 8), (16, 8)), ((8, 16), (8, 16))),
+    3: _cfgs(((2, 8, 8), (2, 8, 8)), ((4, 4, 8), (4, 4, 8))),
 }
 _D256 = {
     1: _cfgs(((128,), (64,))),

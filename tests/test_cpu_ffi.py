@@ -173,14 +173,9 @@ def test_why_not_reports_the_reason():
     assert "float64" in _ops.why_not("cpu", q64, k, v, params)
 
 
-def test_host_helper_and_handler_reject_an_illegal_window():
-    q, k, v = CASES[0].inputs()
-    shapes = ([2, 20, 2, 8], [2, 20, 2, 8], [2, 20, 2, 8], "float32")
-    with pytest.raises(ValueError, match="illegal window on axis 0"):
-        _extension.ext.fwd_workspace_bytes(*shapes, [21], [1], [1], [0])
-    # The handler checks too (a direct call that bypasses the Python validation).
-    attrs = make_params(q, k, v, 5).attrs() | {"kernel_size": np.asarray([30], np.int64)}
-    call = jax.ffi.ffi_call(
+def _direct_forward_call():
+    """The forward custom call without the Python layers (and their validation)."""
+    return jax.ffi.ffi_call(
         "jax_gna_fwd",
         (
             jax.ShapeDtypeStruct((2, 20, 2, 8), jnp.float32),
@@ -188,5 +183,30 @@ def test_host_helper_and_handler_reject_an_illegal_window():
             jax.ShapeDtypeStruct((0,), jnp.uint8),
         ),
     )
+
+
+def test_host_helper_and_handler_reject_an_illegal_window():
+    q, k, v = CASES[0].inputs()
+    shapes = ([2, 20, 2, 8], [2, 20, 2, 8], [2, 20, 2, 8], "float32")
+    with pytest.raises(ValueError, match="illegal window on axis 0"):
+        _extension.ext.fwd_workspace_bytes(*shapes, [21], [1], [1], [0])
+    # The handler checks too (a direct call that bypasses the Python validation).
+    attrs = make_params(q, k, v, 5).forward_attrs() | {"kernel_size": np.asarray([30], np.int64)}
     with pytest.raises(Exception, match="illegal window on axis 0"):
-        jax.block_until_ready(call(q, k, v, **attrs))
+        jax.block_until_ready(_direct_forward_call()(q, k, v, **attrs))
+
+
+def test_handler_checks_tile_attributes_and_otherwise_ignores_them():
+    q, k, v = CASES[0].inputs()
+    attrs = make_params(q, k, v, 5).forward_attrs()
+    assert attrs["q_tile"].size == 0 and attrs["kv_tile"].size == 0  # unset
+    want = _direct_forward_call()(q, k, v, **attrs)
+    tiled = attrs | {"q_tile": np.asarray([4], np.int64), "kv_tile": np.asarray([8], np.int64)}
+    got = _direct_forward_call()(q, k, v, **tiled)  # the CPU kernel has no tiles
+    np.testing.assert_array_equal(got[0], want[0])
+    for bad, match in [
+        ({"q_tile": np.asarray([4, 4], np.int64)}, "one entry per spatial axis"),
+        ({"kv_tile": np.asarray([0], np.int64)}, "tile shapes must be positive"),
+    ]:
+        with pytest.raises(Exception, match=match):
+            jax.block_until_ready(_direct_forward_call()(q, k, v, **(tiled | bad)))

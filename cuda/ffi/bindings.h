@@ -32,7 +32,9 @@ auto bind_fwd(Binding binding) {
       .template Attr<I64Span>("stride")
       .template Attr<I64Span>("dilation")
       .template Attr<I64Span>("is_causal")
-      .template Attr<float>("scale");
+      .template Attr<float>("scale")
+      .template Attr<I64Span>("q_tile")    // requested tiles, one per axis, or empty: unset
+      .template Attr<I64Span>("kv_tile");  // (read by backends with tile configurations)
 }
 
 // jax_gna_bwd: (dout, q, k, v, out, lse, dlse) -> (dq, dk, dv, workspace).
@@ -76,10 +78,13 @@ inline bool dtype_of(ffi::DataType t, DType* out) {
 }
 
 // The problem of a call, after checking dtypes and shapes; `what` names the target in errors.
+// `q_tile`/`kv_tile`: the forward's requested tile shapes (empty: unset).
 inline ffi::ErrorOr<Problem> decode_problem(const char* what, const ffi::AnyBuffer& q,
                                             const ffi::AnyBuffer& k, const ffi::AnyBuffer& v,
                                             I64Span kernel_size, I64Span stride, I64Span dilation,
-                                            I64Span is_causal, float scale) {
+                                            I64Span is_causal, float scale,
+                                            Int64List q_tile = {nullptr, 0},
+                                            Int64List kv_tile = {nullptr, 0}) {
   DType dtype;
   if (!dtype_of(q.element_type(), &dtype))
     return ffi::Unexpected(ffi::Error::InvalidArgument(std::string(what) +
@@ -92,7 +97,7 @@ inline ffi::ErrorOr<Problem> decode_problem(const char* what, const ffi::AnyBuff
   const std::string error =
       problem_from_shapes(as_list(qd), as_list(kd), as_list(vd), dtype,
                           WindowAttrs{as_list(kernel_size), as_list(stride), as_list(dilation),
-                                      as_list(is_causal), scale},
+                                      as_list(is_causal), scale, q_tile, kv_tile},
                           &problem);
   if (!error.empty())
     return ffi::Unexpected(ffi::Error::InvalidArgument(std::string(what) + ": " + error));

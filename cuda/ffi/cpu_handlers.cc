@@ -11,9 +11,13 @@ using gna::ffi_bindings::I64Span;
 ffi::Error cpu_fwd(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                    ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
                    ffi::Result<ffi::Buffer<ffi::U8>> /*workspace*/, I64Span kernel_size,
-                   I64Span stride, I64Span dilation, I64Span is_causal, float scale) {
-  auto problem = gna::ffi_bindings::decode_problem("jax_gna_fwd", q, k, v, kernel_size, stride,
-                                                   dilation, is_causal, scale);
+                   I64Span stride, I64Span dilation, I64Span is_causal, float scale, I64Span q_tile,
+                   I64Span kv_tile) {
+  // The tile request is checked like every attribute, and otherwise unused: the CPU kernel has
+  // no tile configurations.
+  auto problem = gna::ffi_bindings::decode_problem(
+      "jax_gna_fwd", q, k, v, kernel_size, stride, dilation, is_causal, scale,
+      gna::ffi_bindings::as_list(q_tile), gna::ffi_bindings::as_list(kv_tile));
   if (problem.has_error()) return problem.error();
   const gna::Problem& p = *problem;
   const int64_t rows = gna::ffi_bindings::rows(p);

@@ -12,6 +12,7 @@
 #include "handlers.h"
 
 #ifdef JAX_GNA_HAS_SM90
+#include "../sm90/fwd_config.h"
 #include "../sm90/fwd_launch.h"
 #endif
 
@@ -50,9 +51,11 @@ ffi::Error cuda_fwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::
                     ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out,
                     ffi::Result<ffi::Buffer<ffi::F32>> lse,
                     ffi::Result<ffi::Buffer<ffi::U8>> workspace, I64Span kernel_size,
-                    I64Span stride, I64Span dilation, I64Span is_causal, float scale) {
-  auto problem = gna::ffi_bindings::decode_problem("jax_gna_fwd", q, k, v, kernel_size, stride,
-                                                   dilation, is_causal, scale);
+                    I64Span stride, I64Span dilation, I64Span is_causal, float scale,
+                    I64Span q_tile, I64Span kv_tile) {
+  auto problem = gna::ffi_bindings::decode_problem(
+      "jax_gna_fwd", q, k, v, kernel_size, stride, dilation, is_causal, scale,
+      gna::ffi_bindings::as_list(q_tile), gna::ffi_bindings::as_list(kv_tile));
   if (problem.has_error()) return problem.error();
   const gna::Problem& p = *problem;
   const int64_t rows = gna::ffi_bindings::rows(p);
@@ -119,6 +122,23 @@ size_t fwd_workspace_bytes(const Problem& problem) {
 }
 
 size_t bwd_workspace_bytes(const Problem&) { return 0; }
+
+std::vector<FwdTileShapes> fwd_tile_configs() {
+  std::vector<FwdTileShapes> all;
+#ifdef JAX_GNA_HAS_SM90
+  for (int rank = 1; rank <= 3; ++rank) {
+    for (int head_dim : gna::sm90::kFwdHeadDims) {
+      const gna::sm90::FwdTileConfigs table = gna::sm90::fwd_tile_configs(rank, head_dim);
+      for (int c = 0; c < table.count; ++c) {
+        const gna::sm90::FwdTileConfig& t = table.config[c];  // kernel axes: the last `rank`
+        all.push_back({rank, head_dim, std::vector<int>(t.q + 3 - rank, t.q + 3),
+                       std::vector<int>(t.kv + 3 - rank, t.kv + 3)});
+      }
+    }
+  }
+#endif
+  return all;
+}
 
 }  // namespace gna::cuda_ffi
 

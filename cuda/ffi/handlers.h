@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <vector>
 
 #include "gna/problem.h"
 #include "xla/ffi/api/api.h"
@@ -21,5 +22,15 @@ const char* fwd_can_implement(const Problem& problem, int major, int minor);
 bool has_backward();
 size_t fwd_workspace_bytes(const Problem& problem);
 size_t bwd_workspace_bytes(const Problem& problem);
+
+// One tile configuration of the forward kernels, per problem axis (`rank` entries each).
+struct FwdTileShapes {
+  int rank, head_dim;
+  std::vector<int> q, kv;
+};
+// The forward kernels' tile configurations for every rank and head dim they take, each
+// (rank, head dim)'s default first; empty without forward kernels. (Which dtypes and head dims
+// this build holds is fwd_can_implement's business.)
+std::vector<FwdTileShapes> fwd_tile_configs();
 }  // namespace gna::cuda_ffi
 #endif

@@ -46,11 +46,13 @@ gna::DType dtype_from_name(const std::string& name) {
 // Decodes a call exactly as the FFI handlers do; raises ValueError with the reason otherwise.
 gna::Problem problem(const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
                      const Ints& kernel_size, const Ints& stride, const Ints& dilation,
-                     const Ints& is_causal) {
+                     const Ints& is_causal, const Ints& q_tile = {}, const Ints& kv_tile = {}) {
   gna::Problem p;
-  const std::string error = gna::problem_from_shapes(
-      list(q), list(k), list(v), dtype_from_name(dtype),
-      gna::WindowAttrs{list(kernel_size), list(stride), list(dilation), list(is_causal), 1.0f}, &p);
+  const std::string error =
+      gna::problem_from_shapes(list(q), list(k), list(v), dtype_from_name(dtype),
+                               gna::WindowAttrs{list(kernel_size), list(stride), list(dilation),
+                                                list(is_causal), 1.0f, list(q_tile), list(kv_tile)},
+                               &p);
   if (!error.empty()) throw nb::value_error(error.c_str());
   return p;
 }
@@ -179,8 +181,10 @@ NB_MODULE(_ext, m) {
       "cuda_fwd_can_implement",
       [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
          const Ints& kernel_size, const Ints& stride, const Ints& dilation, const Ints& is_causal,
-         int cc_major, int cc_minor) -> std::optional<std::string> {
-        const gna::Problem p = problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal);
+         int cc_major, int cc_minor, const Ints& q_tile,
+         const Ints& kv_tile) -> std::optional<std::string> {
+        const gna::Problem p =
+            problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal, q_tile, kv_tile);
 #ifdef JAX_GNA_WITH_CUDA
         if (const char* reason = gna::cuda_ffi::fwd_can_implement(p, cc_major, cc_minor))
           return std::string(reason);
@@ -192,7 +196,28 @@ NB_MODULE(_ext, m) {
       },
       nb::arg("q_shape"), nb::arg("k_shape"), nb::arg("v_shape"), nb::arg("dtype"),
       nb::arg("kernel_size"), nb::arg("stride"), nb::arg("dilation"), nb::arg("is_causal"),
-      nb::arg("cc_major") = -1, nb::arg("cc_minor") = 0,
+      nb::arg("cc_major") = -1, nb::arg("cc_minor") = 0, nb::arg("q_tile") = Ints{},
+      nb::arg("kv_tile") = Ints{},
       "None if the CUDA forward kernels can run this problem on a device of compute capability "
-      "cc_major.cc_minor (cc_major < 0: any built arch), else the reason.");
+      "cc_major.cc_minor (cc_major < 0: any built arch) with the tile shapes q_tile/kv_tile "
+      "(empty: whichever compiled configuration fits), else the reason.");
+  m.def(
+      "cuda_fwd_tile_configs",
+      [] {
+        nb::dict table;  // rank -> head dim -> list of (q tile, kv tile), the default first
+#ifdef JAX_GNA_WITH_CUDA
+        for (const auto& c : gna::cuda_ffi::fwd_tile_configs()) {
+          nb::object rank = nb::int_(c.rank), head_dim = nb::int_(c.head_dim);
+          if (!table.contains(rank)) table[rank] = nb::dict();
+          nb::dict by_dim = nb::borrow<nb::dict>(table[rank]);
+          if (!by_dim.contains(head_dim)) by_dim[head_dim] = nb::list();
+          nb::borrow<nb::list>(by_dim[head_dim])
+              .append(nb::make_tuple(nb::tuple(nb::cast(c.q)), nb::tuple(nb::cast(c.kv))));
+        }
+#endif
+        return table;
+      },
+      "The CUDA forward kernels' tile configurations: {rank: {head_dim: [(q_tile, kv_tile), "
+      "...]}}, each default first (empty without CUDA kernels); jax_gna/_tiles.py lists the "
+      "same.");
 }

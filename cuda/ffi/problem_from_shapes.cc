@@ -73,6 +73,19 @@ std::string problem_from_shapes(Int64List q, Int64List k, Int64List v, DType dty
     p.dilation[a] = static_cast<int>(dl);
     p.causal[a] = attrs.is_causal[a] != 0;
   }
+  if (attrs.q_tile.size != attrs.kv_tile.size ||
+      (attrs.q_tile.size != 0 && attrs.q_tile.size != rank))
+    return "q_tile and kv_tile must both be empty (unset) or have one entry per spatial axis (" +
+           std::to_string(rank) + "), got " + shape_str(attrs.q_tile) + " and " +
+           shape_str(attrs.kv_tile);
+  for (size_t a = 0; a < attrs.q_tile.size; ++a) {
+    if (attrs.q_tile[a] < 1 || attrs.kv_tile[a] < 1 || !fits_int(attrs.q_tile[a]) ||
+        !fits_int(attrs.kv_tile[a]))
+      return "tile shapes must be positive, got q_tile " + shape_str(attrs.q_tile) +
+             " and kv_tile " + shape_str(attrs.kv_tile);
+    p.q_tile[a] = static_cast<int>(attrs.q_tile[a]);
+    p.kv_tile[a] = static_cast<int>(attrs.kv_tile[a]);
+  }
   for (size_t a = rank; a < static_cast<size_t>(kMaxRank); ++a) {
     p.extent[a] = p.kernel_size[a] = p.stride[a] = p.dilation[a] = 1;
     p.causal[a] = false;

@@ -21,6 +21,8 @@ struct Int64List {
 struct WindowAttrs {
   Int64List kernel_size, stride, dilation, is_causal;
   float scale;
+  // Requested tile shapes (Problem::q_tile, kv_tile): both empty (unset) or one entry per axis.
+  Int64List q_tile{nullptr, 0}, kv_tile{nullptr, 0};
 };
 
 // q [B..., X..., H, D], k [B..., X..., Hkv, D], v [B..., X..., Hkv, Dv] with

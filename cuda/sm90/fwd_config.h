@@ -18,31 +18,58 @@ struct FwdTileConfig {
   constexpr int kv_size() const { return kv[0] * kv[1] * kv[2]; }
 };
 
+// Head dims the sm90 forward kernels take (fwd_kernel_set.h: which a build holds).
+inline constexpr int kFwdHeadDims[] = {32, 64, 128, 256};
+
+// The compiled configurations of one (rank, head dim): at most kMaxFwdTileConfigs,
+// the default (what an unset tile request runs) first. The build files that list the
+// kernels (sources.cmake, build_sm90_harness.sh, bazel/cuda.bzl) and Python's
+// jax_gna/_tiles.py SM90_FORWARD list the same configurations.
+inline constexpr int kMaxFwdTileConfigs = 2;
+
+struct FwdTileConfigs {
+  int count;
+  FwdTileConfig config[kMaxFwdTileConfigs];
+};
+
 // Why these shapes:
 // - 128-token Q tiles feed two 64-row wgmma warpgroups; 128-token KV tiles give
 //   a 64x128 S tile per warpgroup, the shape FA3 and CUTLASS 88 run fastest.
 // - d256: KV tiles of 64 tokens, or Q 32K + O/S registers and two K/V stages
 //   (Q 64 KB + 2 x (32 + 32) KB = 192 KB) would not fit in 227 KB of smem.
-// - 2-D 16x8 and 3-D 2x8x8 keep the tile inside one stride group for the
-//   standard problems (FLUX stride 16x16, HunyuanVideo 16x8x8), so their
+//   One configuration each (their compile time buys little).
+// - 2-D 16x8 and 3-D 2x8x8 (the defaults) keep the tile inside one stride group
+//   for the standard problems (FLUX stride 16x16, HunyuanVideo 16x8x8), so their
 //   stride-aligned windows cover whole KV tiles (no masks, no wasted tiles).
-constexpr FwdTileConfig fwd_tile_config(int rank, int head_dim) {
-  const bool d256 = head_dim > 128;
-#if defined(GNA_SM90_STAGES_EXPERIMENT)  // development only: K/V stages for d <= 128
-  if (!d256) {
-    const int s = GNA_SM90_STAGES_EXPERIMENT;
-    if (rank == 1) return FwdTileConfig{{1, 1, 128}, {1, 1, 128}, s};
-    if (rank == 2) return FwdTileConfig{{1, 16, 8}, {1, 16, 8}, s};
-    return FwdTileConfig{{2, 8, 8}, {2, 8, 8}, s};
+// - 2-D 8x16 and 3-D 4x4x8 are the alternatives: their KV boxes waste less for
+//   windows not aligned to the defaults' stride groups. The simulator (Python's
+//   jax_gna.sim, which picks the configuration per call) ranks 4x4x8 first for
+//   Cosmos 16x24x16 (stride 1 and 1x8x16) and HunyuanVideo at stride 1, 8x16 for
+//   windows or strides longer along the last axis. The last KV axis stays a
+//   multiple of 8 (S column blocks, see the kernel).
+constexpr FwdTileConfigs fwd_tile_table(int rank, int head_dim) {
+  if (head_dim > 128) {
+    if (rank == 1) return {1, {{{1, 1, 128}, {1, 1, 64}, 2}}};
+    if (rank == 2) return {1, {{{1, 16, 8}, {1, 8, 8}, 2}}};
+    return {1, {{{2, 8, 8}, {1, 8, 8}, 2}}};
   }
+  if (rank == 1) return {1, {{{1, 1, 128}, {1, 1, 128}, 2}}};
+  if (rank == 2) return {2, {{{1, 16, 8}, {1, 16, 8}, 2}, {{1, 8, 16}, {1, 8, 16}, 2}}};
+  return {2, {{{2, 8, 8}, {2, 8, 8}, 2}, {{4, 4, 8}, {4, 4, 8}, 2}}};
+}
+
+constexpr FwdTileConfigs fwd_tile_configs(int rank, int head_dim) {
+  FwdTileConfigs t = fwd_tile_table(rank, head_dim);
+#if defined(GNA_SM90_STAGES_EXPERIMENT)  // development only: K/V stages for d <= 128
+  if (head_dim <= 128)
+    for (int i = 0; i < t.count; ++i) t.config[i].stages = GNA_SM90_STAGES_EXPERIMENT;
 #endif
-  if (rank == 1)
-    return d256 ? FwdTileConfig{{1, 1, 128}, {1, 1, 64}, 2}
-                : FwdTileConfig{{1, 1, 128}, {1, 1, 128}, 2};
-  if (rank == 2)
-    return d256 ? FwdTileConfig{{1, 16, 8}, {1, 8, 8}, 2}
-                : FwdTileConfig{{1, 16, 8}, {1, 16, 8}, 2};
-  return d256 ? FwdTileConfig{{2, 8, 8}, {1, 8, 8}, 2} : FwdTileConfig{{2, 8, 8}, {2, 8, 8}, 2};
+  return t;
+}
+
+// Configuration `index` (0: the default) of (rank, head dim).
+constexpr FwdTileConfig fwd_tile_config(int rank, int head_dim, int index) {
+  return fwd_tile_configs(rank, head_dim).config[index];
 }
 
 // Runtime parameters of one launch, in kernel axes (trivial axes: extent 1,

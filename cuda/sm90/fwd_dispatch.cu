@@ -1,10 +1,14 @@
 // sm90 forward: validation, TMA tensor maps and dispatch to the kernel
 // instantiations. Host code only (no CUTLASS), so it compiles fast.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include <cuda.h>
 
@@ -87,43 +91,129 @@ cudaError_t make_token_tensor_map(CUtensorMap* map, const void* ptr, DType dtype
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-template <int kHeadDim, int kRank>
+template <int kHeadDim, int kRank, int kConfig>
 cudaError_t launch_typed(DType dtype, const CUtensorMap& mq, const CUtensorMap& mk,
                          const CUtensorMap& mv, const FwdParams& fp, unsigned grid,
                          cudaStream_t stream) {
   if constexpr (fwd_kernel_built(DType::kBF16, kHeadDim)) {
     if (dtype == DType::kBF16)
-      return launch_fwd_kernel<DType::kBF16, kHeadDim, kRank>(mq, mk, mv, fp, grid, stream);
+      return launch_fwd_kernel<DType::kBF16, kHeadDim, kRank, kConfig>(mq, mk, mv, fp, grid,
+                                                                       stream);
   }
   if constexpr (fwd_kernel_built(DType::kF16, kHeadDim)) {
     if (dtype == DType::kF16)
-      return launch_fwd_kernel<DType::kF16, kHeadDim, kRank>(mq, mk, mv, fp, grid, stream);
+      return launch_fwd_kernel<DType::kF16, kHeadDim, kRank, kConfig>(mq, mk, mv, fp, grid, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+// Configuration `config` of (kHeadDim, kRank), tried from index kConfig up.
+template <int kHeadDim, int kRank, int kConfig = 0>
+cudaError_t launch_config(int config, DType dtype, const CUtensorMap& mq, const CUtensorMap& mk,
+                          const CUtensorMap& mv, const FwdParams& fp, unsigned grid,
+                          cudaStream_t stream) {
+  if constexpr (kConfig < fwd_tile_configs(kRank, kHeadDim).count) {
+    if (config == kConfig)
+      return launch_typed<kHeadDim, kRank, kConfig>(dtype, mq, mk, mv, fp, grid, stream);
+    return launch_config<kHeadDim, kRank, kConfig + 1>(config, dtype, mq, mk, mv, fp, grid, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 template <int kHeadDim>
-cudaError_t launch_rank(int rank, DType dtype, const CUtensorMap& mq, const CUtensorMap& mk,
-                        const CUtensorMap& mv, const FwdParams& fp, unsigned grid,
-                        cudaStream_t stream) {
+cudaError_t launch_rank(int rank, int config, DType dtype, const CUtensorMap& mq,
+                        const CUtensorMap& mk, const CUtensorMap& mv, const FwdParams& fp,
+                        unsigned grid, cudaStream_t stream) {
   switch (rank) {
     case 1:
-      return launch_typed<kHeadDim, 1>(dtype, mq, mk, mv, fp, grid, stream);
+      return launch_config<kHeadDim, 1>(config, dtype, mq, mk, mv, fp, grid, stream);
     case 2:
-      return launch_typed<kHeadDim, 2>(dtype, mq, mk, mv, fp, grid, stream);
+      return launch_config<kHeadDim, 2>(config, dtype, mq, mk, mv, fp, grid, stream);
     case 3:
-      return launch_typed<kHeadDim, 3>(dtype, mq, mk, mv, fp, grid, stream);
+      return launch_config<kHeadDim, 3>(config, dtype, mq, mk, mv, fp, grid, stream);
     default:
       return cudaErrorInvalidValue;
   }
 }
 
-}  // namespace
+// A TMA box spans tile * dilation positions per axis and may not exceed 256.
+bool boxes_fit(const FwdTileConfig& tiles, const KernelAxes& ax) {
+  for (int a = 0; a < 3; ++a) {
+    const int tile = tiles.q[a] > tiles.kv[a] ? tiles.q[a] : tiles.kv[a];
+    if (tile * ax.dilation[a] > 256) return false;
+  }
+  return true;
+}
 
-const char* fwd_can_implement(const Problem& p) {
+// Index of the configuration of (p.rank, p.head_dim) with p's requested tiles
+// (problem axes, padded to kernel axes like the problem), or -1.
+int requested_config(const Problem& p) {
+  const FwdTileConfigs table = fwd_tile_configs(p.rank, p.head_dim);
+  for (int c = 0; c < table.count; ++c) {
+    bool same = true;
+    for (int a = 0; a < 3; ++a) {
+      const int i = a - (3 - p.rank);
+      same = same && table.config[c].q[a] == (i >= 0 ? p.q_tile[i] : 1) &&
+             table.config[c].kv[a] == (i >= 0 ? p.kv_tile[i] : 1);
+    }
+    if (same) return c;
+  }
+  return -1;
+}
+
+std::string shape_text(const int* tile, int rank) {
+  std::string s = "(";
+  for (int i = 0; i < rank; ++i) s += (i ? "," : "") + std::to_string(tile[3 - rank + i]);
+  return s + ")";
+}
+
+// Why a tile request of (rank, head dim) is refused, naming the compiled
+// configurations; one static string per (rank, head dim), so callers get a
+// `const char*` that lives as long as the process.
+const char* not_compiled(int rank, int head_dim) {
+  static const auto reasons = [] {
+    std::vector<std::string> r;
+    for (int rk = 1; rk <= 3; ++rk) {
+      for (int d : kFwdHeadDims) {
+        const FwdTileConfigs table = fwd_tile_configs(rk, d);
+        std::string s = "these tile shapes are not a compiled sm90 configuration; rank " +
+                        std::to_string(rk) + ", head dim " + std::to_string(d) + " has ";
+        for (int c = 0; c < table.count; ++c)
+          s += (c ? ", " : "") + std::string("Q") + shape_text(table.config[c].q, rk) + "/KV" +
+               shape_text(table.config[c].kv, rk) + (c ? "" : " (the default)");
+        r.push_back(s);
+      }
+    }
+    return r;
+  }();
+  int d = 0;
+  while (kFwdHeadDims[d] != head_dim) ++d;  // the caller checked the head dim
+  return reasons[(rank - 1) * std::size(kFwdHeadDims) + d].c_str();
+}
+
+// The configuration `p` runs: the requested one, or with none requested the
+// first (the default first) whose TMA boxes fit. nullptr and *config, or why not.
+const char* pick_config(const Problem& p, const KernelAxes& ax, int* config) {
+  static constexpr const char* kBoxTooLarge =
+      "the sm90 kernels need tile * dilation <= 256 along every axis (a TMA box limit; tiles "
+      "span up to 128 tokens in 1-D and 16 per axis in 2-D/3-D, so 1-D allows dilation <= 2)";
+  const FwdTileConfigs table = fwd_tile_configs(p.rank, p.head_dim);
+  if (p.tiles_requested()) {
+    *config = requested_config(p);
+    if (*config < 0) return not_compiled(p.rank, p.head_dim);
+    return boxes_fit(table.config[*config], ax) ? nullptr : kBoxTooLarge;
+  }
+  for (*config = 0; *config < table.count; ++*config)
+    if (boxes_fit(table.config[*config], ax)) return nullptr;
+  return kBoxTooLarge;
+}
+
+// fwd_can_implement, and the index of the configuration that runs `p`.
+const char* can_implement(const Problem& p, int* config) {
   if (p.dtype != DType::kF16 && p.dtype != DType::kBF16)
     return "the sm90 kernels take float16 or bfloat16 only";
-  if (p.head_dim != 32 && p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256)
+  if (std::find(std::begin(kFwdHeadDims), std::end(kFwdHeadDims), p.head_dim) ==
+      std::end(kFwdHeadDims))
     return "the sm90 kernels take head_dim 32, 64, 128 or 256 only";
   if (p.head_dim_v != p.head_dim) return "the sm90 kernels need head_dim_v == head_dim";
   if (!fwd_kernel_built(p.dtype, p.head_dim))
@@ -133,28 +223,28 @@ const char* fwd_can_implement(const Problem& p) {
     return "heads must be a positive multiple of kv_heads";
   if (!std::isfinite(p.scale)) return "the softmax scale must be finite";
   if (p.batch < 1) return "batch must be >= 1";
-  const FwdTileConfig tiles = fwd_tile_config(p.rank, p.head_dim);
   const KernelAxes ax = kernel_axes(p);
   int64_t tokens = p.batch;
-  for (int a = 0; a < 3; ++a) {
-    tokens *= ax.extent[a];
-    // A TMA box spans tile * dilation positions and may not exceed 256.
-    const int tile = tiles.q[a] > tiles.kv[a] ? tiles.q[a] : tiles.kv[a];
-    if (tile * ax.dilation[a] > 256)
-      return "the sm90 kernels need tile * dilation <= 256 along every axis (a dilation this "
-             "large is not supported: 1-D allows dilation <= 2, 2-D <= 16, 3-D <= 32/128)";
-  }
+  for (int a = 0; a < 3; ++a) tokens *= ax.extent[a];
   if (tokens * p.heads >= (int64_t(1) << 31) || p.batch * ax.extent[0] >= (int64_t(1) << 31))
     return "the sm90 kernels need batch * tokens * heads < 2^31";
-  return nullptr;
+  return pick_config(p, ax, config);
+}
+
+}  // namespace
+
+const char* fwd_can_implement(const Problem& p) {
+  int config;
+  return can_implement(p, &config);
 }
 
 size_t fwd_workspace_bytes(const Problem&) { return 0; }
 
 cudaError_t fwd_launch(const Problem& p, const void* q, const void* k, const void* v, void* out,
                        float* lse, void* /*workspace*/, cudaStream_t stream) {
-  if (fwd_can_implement(p) != nullptr) return cudaErrorInvalidValue;
-  const FwdTileConfig tiles = fwd_tile_config(p.rank, p.head_dim);
+  int config;
+  if (can_implement(p, &config) != nullptr) return cudaErrorInvalidValue;
+  const FwdTileConfig tiles = fwd_tile_config(p.rank, p.head_dim, config);
   const KernelAxes ax = kernel_axes(p);
 
   FwdParams fp = {};
@@ -199,13 +289,13 @@ cudaError_t fwd_launch(const Problem& p, const void* q, const void* k, const voi
   const unsigned g = unsigned(grid);
   switch (p.head_dim) {
     case 32:
-      return launch_rank<32>(p.rank, p.dtype, mq, mk, mv, fp, g, stream);
+      return launch_rank<32>(p.rank, config, p.dtype, mq, mk, mv, fp, g, stream);
     case 64:
-      return launch_rank<64>(p.rank, p.dtype, mq, mk, mv, fp, g, stream);
+      return launch_rank<64>(p.rank, config, p.dtype, mq, mk, mv, fp, g, stream);
     case 128:
-      return launch_rank<128>(p.rank, p.dtype, mq, mk, mv, fp, g, stream);
+      return launch_rank<128>(p.rank, config, p.dtype, mq, mk, mv, fp, g, stream);
     case 256:
-      return launch_rank<256>(p.rank, p.dtype, mq, mk, mv, fp, g, stream);
+      return launch_rank<256>(p.rank, config, p.dtype, mq, mk, mv, fp, g, stream);
     default:
       return cudaErrorInvalidValue;
   }

@@ -1,7 +1,9 @@
 // Which sm90 forward kernels this build holds. CMake defines
 // GNA_KERNEL_SET_SMOKE for JAX_GNA_KERNEL_SET=smoke (bf16, head dim 128, all
-// ranks); otherwise every dtype x head dim x rank is built. The dispatcher and
-// the instantiation TUs both read this, so they never disagree.
+// ranks); otherwise every dtype x head dim x rank is built, each (head dim, rank)
+// with every tile configuration of fwd_config.h. The dispatcher and the
+// instantiation TUs both read this, so they never disagree; the build files
+// (sources.cmake, cuda/tests/build_sm90_harness.sh, bazel/cuda.bzl) list the same.
 #pragma once
 
 #include "gna/problem.h"

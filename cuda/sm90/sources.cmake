@@ -1,6 +1,8 @@
 # sm90 translation units: the host-side dispatcher plus one generated TU per kernel
-# (dtype x head dim x rank) that includes fwd_instance.cu, so the kernels compile in parallel.
-# The kernel set must agree with fwd_kernel_set.h (smoke: bf16, head dim 128).
+# (dtype x head dim x rank x tile configuration) that includes fwd_instance.cu, so the kernels
+# compile in parallel. The kernel set must agree with fwd_kernel_set.h (smoke: bf16, head dim
+# 128) and the configurations with fwd_config.h's table (fwd_tile_table: two for ranks 2 and 3
+# at head dims up to 128, one otherwise; a wrong index fails to compile, a missing one to link).
 set(_sm90 "${PROJECT_SOURCE_DIR}/cuda/sm90")
 set(GNA_FAMILY_SOURCES "${_sm90}/fwd_dispatch.cu")
 if(JAX_GNA_KERNEL_SET STREQUAL "smoke")
@@ -13,15 +15,23 @@ endif()
 foreach(_dtype IN LISTS _dtypes)
   foreach(_head_dim IN LISTS _head_dims)
     foreach(_rank 1 2 3)
-      set(_tu "${CMAKE_CURRENT_BINARY_DIR}/sm90/fwd_${_dtype}_d${_head_dim}_r${_rank}.cu")
-      # CONFIGURE rewrites the file only when its content changes: no needless rebuilds.
-      file(CONFIGURE OUTPUT "${_tu}" CONTENT
+      if(_rank EQUAL 1 OR _head_dim GREATER 128)
+        set(_configs 0)
+      else()
+        set(_configs 0 1)
+      endif()
+      foreach(_config IN LISTS _configs)
+        set(_tu "${CMAKE_CURRENT_BINARY_DIR}/sm90/fwd_${_dtype}_d${_head_dim}_r${_rank}_c${_config}.cu")
+        # CONFIGURE rewrites the file only when its content changes: no needless rebuilds.
+        file(CONFIGURE OUTPUT "${_tu}" CONTENT
 "#define GNA_FWD_DTYPE ${_dtype}
 #define GNA_FWD_HEAD_DIM ${_head_dim}
 #define GNA_FWD_RANK ${_rank}
+#define GNA_FWD_CONFIG ${_config}
 #include \"${_sm90}/fwd_instance.cu\"
 ")
-      list(APPEND GNA_FAMILY_SOURCES "${_tu}")
+        list(APPEND GNA_FAMILY_SOURCES "${_tu}")
+      endforeach()
     endforeach()
   endforeach()
 endforeach()

@@ -16,15 +16,18 @@ flags=(-std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -gencode=arch=compute_90
 # shellcheck disable=SC2206
 flags+=(${EXTRA_NVCC_FLAGS:-})
 jobs="${JOBS:-2}"
-# One object per kernel, as cuda/sm90/sources.cmake builds them (smoke: bf16, head dim 128).
+# One object per kernel, as cuda/sm90/sources.cmake builds them (smoke: bf16, head dim 128;
+# tile configurations as in fwd_config.h: two for ranks 2 and 3 at head dims <= 128, else one).
+configs() { if [ "$2" = 1 ] || [ "$1" -gt 128 ]; then echo 0; else echo 0 1; fi; }
 kernels=()
 if [ "$set_" = smoke ]; then
-  for r in 1 2 3; do kernels+=("kBF16 128 $r"); done
+  types=(kBF16) dims=(128)
 else
-  for t in kF16 kBF16; do for d in 32 64 128 256; do for r in 1 2 3; do
-    kernels+=("$t $d $r")
-  done; done; done
+  types=(kF16 kBF16) dims=(32 64 128 256)
 fi
+for t in "${types[@]}"; do for d in "${dims[@]}"; do for r in 1 2 3; do
+  for c in $(configs "$d" "$r"); do kernels+=("$t $d $r $c"); done
+done; done; done
 stale() { [ -n "${FORCE:-}" ] || [ ! -e "$1" ] || find cuda/sm90 cuda/include -newer "$1" | grep -q .; }
 objs=()
 pids=()
@@ -38,9 +41,9 @@ compile() {  # compile <object> <nvcc args...>, in the background, at most $jobs
   while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 1; done
 }
 for k in "${kernels[@]}"; do
-  read -r t d r <<<"$k"
-  compile "$out/fwd_${t}_d${d}_r${r}.o" -DGNA_FWD_DTYPE="$t" -DGNA_FWD_HEAD_DIM="$d" \
-    -DGNA_FWD_RANK="$r" -c cuda/sm90/fwd_instance.cu
+  read -r t d r c <<<"$k"
+  compile "$out/fwd_${t}_d${d}_r${r}_c${c}.o" -DGNA_FWD_DTYPE="$t" -DGNA_FWD_HEAD_DIM="$d" \
+    -DGNA_FWD_RANK="$r" -DGNA_FWD_CONFIG="$c" -c cuda/sm90/fwd_instance.cu
 done
 compile "$out/fwd_dispatch.o" -c cuda/sm90/fwd_dispatch.cu
 for p in "${pids[@]}"; do wait "$p"; done

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "../sm90/fwd_config.h"
 #include "../sm90/fwd_launch.h"
 #include "gna/problem.h"
 #include "gna/window.h"
@@ -96,7 +97,14 @@ std::string describe(const Problem& p) {
   n += std::snprintf(buf + n, sizeof buf - n, " c=");
   for (int a = 0; a < p.rank; ++a)
     n += std::snprintf(buf + n, sizeof buf - n, "%d", int(p.causal[a]));
-  std::snprintf(buf + n, sizeof buf - n, " scale=%.3g", p.scale);
+  n += std::snprintf(buf + n, sizeof buf - n, " scale=%.3g", p.scale);
+  if (p.tiles_requested()) {
+    for (const int* tile : {p.q_tile, p.kv_tile}) {
+      n += std::snprintf(buf + n, sizeof buf - n, "%s", tile == p.q_tile ? " tiles Q" : "/KV");
+      for (int a = 0; a < p.rank; ++a)
+        n += std::snprintf(buf + n, sizeof buf - n, "%s%d", a ? "x" : "", tile[a]);
+    }
+  }
   return buf;
 }
 
@@ -261,11 +269,13 @@ Problem make_problem(int rank, const std::vector<int>& ext, const std::vector<in
 }
 
 // A random legal problem of a given rank / head dim / dtype, small enough for
-// the brute-force reference.
+// the brute-force reference, run with a tile configuration drawn among the
+// compiled ones (fwd_config.h).
 Problem random_problem(std::mt19937& rng, int rank, int D, DType t) {
   auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   const int max_tokens = rank == 1 ? 3000 : 2500;
-  static const int tile_q[3][3] = {{1, 1, 128}, {1, 16, 8}, {2, 8, 8}};  // kernel axes
+  const gna::sm90::FwdTileConfigs table = gna::sm90::fwd_tile_configs(rank, D);
+  const gna::sm90::FwdTileConfig tiles = table.config[uni(0, table.count - 1)];
   std::vector<int> ext(rank), ks(rank), st(rank), dil(rank), causal(rank);
   for (;;) {
     long long tokens = 1;
@@ -278,7 +288,7 @@ Problem random_problem(std::mt19937& rng, int rank, int D, DType t) {
   }
   for (int a = 0; a < rank; ++a) {
     const int kaxis = 3 - rank + a;
-    const int max_dil = std::min(256 / tile_q[rank - 1][kaxis], ext[a] / 2);
+    const int max_dil = std::min(256 / std::max(tiles.q[kaxis], tiles.kv[kaxis]), ext[a] / 2);
     dil[a] = (uni(0, 3) == 0 && max_dil >= 2) ? uni(2, std::min(max_dil, 4)) : 1;
     const int lmax = ext[a] / dil[a];
     ks[a] = uni(2, lmax);
@@ -290,6 +300,10 @@ Problem random_problem(std::mt19937& rng, int rank, int D, DType t) {
   const int heads = kvh * uni(1, 2);
   const int batch = uni(1, 2);
   Problem p = make_problem(rank, ext, ks, st, dil, causal, batch, heads, kvh, D, t);
+  for (int a = 0; a < rank; ++a) {
+    p.q_tile[a] = tiles.q[3 - rank + a];
+    p.kv_tile[a] = tiles.kv[3 - rank + a];
+  }
   const int sc = uni(0, 9);
   if (sc == 0) p.scale = -0.05f;  // non-positive scale: the prescaled path
   if (sc == 1) p.scale = 0.5f;

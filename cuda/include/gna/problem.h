@@ -31,10 +31,16 @@ struct Problem {
   bool causal[kMaxRank] = {false, false, false};
   float scale = 1.0f;
   DType dtype = DType::kF32;
+  // Requested tile shapes per problem axis (Q tile, KV tile), or all 0: unset, the
+  // backend runs its default. Only backends with tile configurations read them (the
+  // sm90 forward refuses shapes it has no compiled kernel for).
+  int q_tile[kMaxRank] = {0, 0, 0};
+  int kv_tile[kMaxRank] = {0, 0, 0};
 
   GNA_HOST_DEVICE Axis axis(int a) const {
     return Axis{extent[a], kernel_size[a], stride[a], dilation[a], causal[a]};
   }
+  GNA_HOST_DEVICE bool tiles_requested() const { return q_tile[0] != 0; }
   // Spatial tokens per batch entry.
   GNA_HOST_DEVICE int64_t tokens() const {
     int64_t n = 1;

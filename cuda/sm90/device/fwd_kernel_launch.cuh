@@ -19,11 +19,13 @@ struct ElementOf<DType::kBF16> {
   using type = cutlass::bfloat16_t;
 };
 
-template <DType kDType, int kHeadDim, int kRank>
+template <DType kDType, int kHeadDim, int kRank, int kConfig>
 cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k,
                               const CUtensorMap& map_v, const FwdParams& params, unsigned grid,
                               cudaStream_t stream) {
-  using Kernel = FwdKernel<typename ElementOf<kDType>::type, kHeadDim, kRank>;
+  static_assert(kConfig >= 0 && kConfig < fwd_tile_configs(kRank, kHeadDim).count,
+                "no such tile configuration: the build's kernel list disagrees with fwd_config.h");
+  using Kernel = FwdKernel<typename ElementOf<kDType>::type, kHeadDim, kRank, kConfig>;
   auto* kernel = &gna_fwd_sm90_kernel<Kernel>;
 
   // The dynamic smem limit is a per-device function attribute: raise it once
@@ -51,8 +53,8 @@ cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k
 
 }  // namespace gna::sm90
 
-// One explicit instantiation per (dtype, head dim, rank).
-#define GNA_SM90_FWD_INSTANTIATE(DTYPE, HEAD_DIM, RANK)                                        \
-  template cudaError_t gna::sm90::launch_fwd_kernel<gna::DType::DTYPE, HEAD_DIM, RANK>(        \
-      const CUtensorMap&, const CUtensorMap&, const CUtensorMap&, const gna::sm90::FwdParams&, \
+// One explicit instantiation per (dtype, head dim, rank, tile configuration).
+#define GNA_SM90_FWD_INSTANTIATE(DTYPE, HEAD_DIM, RANK, CONFIG)                                 \
+  template cudaError_t gna::sm90::launch_fwd_kernel<gna::DType::DTYPE, HEAD_DIM, RANK, CONFIG>( \
+      const CUtensorMap&, const CUtensorMap&, const CUtensorMap&, const gna::sm90::FwdParams&,  \
       unsigned, cudaStream_t);

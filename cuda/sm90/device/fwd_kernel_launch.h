@@ -10,9 +10,10 @@
 
 namespace gna::sm90 {
 
-// Launches the forward kernel of (dtype, head dim, rank) with the given tensor
-// maps (made by make_token_tensor_map with that kernel's tile shapes).
-template <DType kDType, int kHeadDim, int kRank>
+// Launches the forward kernel of (dtype, head dim, rank, tile configuration
+// index into fwd_tile_configs(kRank, kHeadDim)) with the given tensor maps (made
+// by make_token_tensor_map with that configuration's tile shapes).
+template <DType kDType, int kHeadDim, int kRank, int kConfig>
 cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k,
                               const CUtensorMap& map_v, const FwdParams& params, unsigned grid,
                               cudaStream_t stream);

@@ -35,12 +35,13 @@ namespace gna::sm90 {
 
 enum class WarpGroupRole : int { Producer = 0, Consumer0 = 1, Consumer1 = 2 };
 
-template <class Element_, int kHeadDim_, int kRank_>
+// kConfig_: which of fwd_tile_configs(kRank, kHeadDim) (fwd_config.h) the kernel runs.
+template <class Element_, int kHeadDim_, int kRank_, int kConfig_>
 struct FwdKernel {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kRank = kRank_;
-  static constexpr FwdTileConfig kTiles = fwd_tile_config(kRank, kHeadDim);
+  static constexpr FwdTileConfig kTiles = fwd_tile_config(kRank, kHeadDim, kConfig_);
   static constexpr int kQ0 = kTiles.q[0], kQ1 = kTiles.q[1], kQ2 = kTiles.q[2];
   static constexpr int kK0 = kTiles.kv[0], kK1 = kTiles.kv[1], kK2 = kTiles.kv[2];
   static constexpr int kTileQ = kTiles.q_size();
