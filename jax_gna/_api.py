@@ -19,7 +19,10 @@ def _as_arrays(*xs):
     return tuple(None if x is None else jnp.asarray(x) for x in xs)
 
 
-def _params(query, key, value, kernel_size, stride, dilation, is_causal, scale, ek, ev, rank):
+def _params(
+    query, key, value, kernel_size, stride, dilation, is_causal, scale, ek, ev, rank, tiles=None
+):
+    tiles = tiles or (None, None)
     return make_params(
         query,
         key,
@@ -31,6 +34,8 @@ def _params(query, key, value, kernel_size, stride, dilation, is_causal, scale, 
         scale=scale,
         additional_keys=ek,
         additional_values=ev,
+        q_tile_shape=tiles[0],
+        kv_tile_shape=tiles[1],
         rank=rank,
     )
 
@@ -49,21 +54,37 @@ def _gna(
     additional_values,
     return_lse,
     implementation,
+    q_tile_shape,
+    kv_tile_shape,
     rank,
 ):
     query, key, value, ek, ev = _as_arrays(query, key, value, additional_keys, additional_values)
+    tiles = (q_tile_shape, kv_tile_shape)
     params = _params(
-        query, key, value, kernel_size, stride, dilation, is_causal, scale, ek, ev, rank
+        query, key, value, kernel_size, stride, dilation, is_causal, scale, ek, ev, rank, tiles
     )
-    split = parallel.spatial_split(query, params) if implementation in (None, "xla") else None
+    split = None
+    # Explicit "xla" with tile shapes goes on to `select`, which refuses them.
+    if implementation is None or (implementation == "xla" and not params.has_tiles):
+        split = parallel.spatial_split(query, params.without_tiles())
     if split is not None:
         # A spatially sharded input: exchange halos instead of gathering the axis.
         mesh, axis_name, axis = split
         out, lse = parallel.sharded(
-            query, key, value, params, ek, ev, mesh=mesh, axis_name=axis_name, spatial_axis=axis
+            query,
+            key,
+            value,
+            params.without_tiles(),
+            ek,
+            ev,
+            mesh=mesh,
+            axis_name=axis_name,
+            spatial_axis=axis,
         )
         return (out, lse) if return_lse else out
     impl = _implementations.select(implementation, query, key, value, params)
+    if impl != "cuda":
+        params = params.without_tiles()  # `select` allows them only for None: ignored here
     if impl == "reference":
         out, lse = reference.attention(query, key, value, params, ek, ev)
     else:
@@ -91,6 +112,8 @@ def gna(
     additional_values: ArrayLike | None = None,
     return_lse: Literal[False] = False,
     implementation: str | None = None,
+    q_tile_shape: IntOrTuple | None = None,
+    kv_tile_shape: IntOrTuple | None = None,
 ) -> jax.Array: ...
 
 
@@ -109,6 +132,8 @@ def gna(
     additional_values: ArrayLike | None = None,
     return_lse: Literal[True],
     implementation: str | None = None,
+    q_tile_shape: IntOrTuple | None = None,
+    kv_tile_shape: IntOrTuple | None = None,
 ) -> tuple[jax.Array, jax.Array]: ...
 
 
@@ -126,6 +151,8 @@ def gna(
     additional_values=None,
     return_lse=False,
     implementation=None,
+    q_tile_shape=None,
+    kv_tile_shape=None,
 ):
     r"""Generalized neighborhood attention (GNA) over a 1-D, 2-D or 3-D token grid.
 
@@ -168,6 +195,14 @@ def gna(
         to tokens x window, any backend; ``"reference"`` the dense masked softmax (O(N^2)
         memory). Asking for one that cannot run this call raises ``NotImplementedError`` with
         the reason; `jax_gna.supported_implementations` lists them all.
+      q_tile_shape: Q tile of the ``"cuda"`` forward kernel, an int or one per spatial axis (in
+        dilation-group coordinates), given together with ``kv_tile_shape``; it must be one of
+        the compiled configurations (`jax_gna.sim.supported_tiles`), else ``"cuda"`` raises
+        ``NotImplementedError`` listing them. Unset, the kernel runs the compiled configuration
+        with the best simulated bound for this call (`jax_gna.sim.tile_candidates`). Other
+        implementations have no tiles: an explicit ``"cpu"``/``"xla"``/``"reference"`` refuses
+        tile shapes, and ``implementation=None`` ignores them unless it picks ``"cuda"``.
+      kv_tile_shape: KV tile of the ``"cuda"`` forward kernel, as ``q_tile_shape``.
 
     Returns:
       ``out`` ``[B..., X..., H, Dv]`` in the input dtype, and with ``return_lse=True`` also
@@ -190,6 +225,8 @@ def gna(
         additional_values=additional_values,
         return_lse=return_lse,
         implementation=implementation,
+        q_tile_shape=q_tile_shape,
+        kv_tile_shape=kv_tile_shape,
         rank=None,
     )
 
@@ -209,6 +246,8 @@ def _fixed_rank(rank: int):
         additional_values: ArrayLike | None = None,
         return_lse: bool = False,
         implementation: str | None = None,
+        q_tile_shape: IntOrTuple | None = None,
+        kv_tile_shape: IntOrTuple | None = None,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         return _gna(
             query,
@@ -223,6 +262,8 @@ def _fixed_rank(rank: int):
             additional_values=additional_values,
             return_lse=return_lse,
             implementation=implementation,
+            q_tile_shape=q_tile_shape,
+            kv_tile_shape=kv_tile_shape,
             rank=rank,
         )
 
@@ -251,13 +292,17 @@ def supported_implementations(
     dilation: IntOrTuple = 1,
     is_causal: BoolOrTuple = False,
     scale: float | None = None,
+    q_tile_shape: IntOrTuple | None = None,
+    kv_tile_shape: IntOrTuple | None = None,
 ) -> dict[str, str | None]:
     """Which implementations can run this call: each name mapped to ``None`` (usable) or the
-    reason it cannot (missing extension, unsupported GPU, dtype, head dim...). Arguments as in
-    `gna`. ``implementation=None`` picks the first usable of ``"cuda"``, ``"cpu"``, ``"xla"``."""
+    reason it cannot (missing extension, unsupported GPU, dtype, head dim, tile shapes the
+    kernels lack...). Arguments as in `gna`. ``implementation=None`` picks the first usable of
+    ``"cuda"``, ``"cpu"``, ``"xla"`` (tile shapes aside: see `gna`)."""
     query, key, value = _as_arrays(query, key, value)
+    tiles = (q_tile_shape, kv_tile_shape)
     params = _params(
-        query, key, value, kernel_size, stride, dilation, is_causal, scale, None, None, None
+        query, key, value, kernel_size, stride, dilation, is_causal, scale, None, None, None, tiles
     )
     return _implementations.supported(query, key, value, params)
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_gna._api import gna
+from jax_gna._params import tile_shapes
 
 IntOrTuple = int | tuple[int, ...]
 BoolOrTuple = bool | tuple[bool, ...]
@@ -118,6 +119,23 @@ def make_window(
         dilation=_per_axis("dilation", dilation, rank),
         is_causal=_per_axis("is_causal", is_causal, rank),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+    """A layer's ``q_tile_shape``/``kv_tile_shape`` for the ``"cuda"`` kernels (`jax_gna.gna`);
+    both None: the kernels pick."""
+
+    q_tile_shape: tuple[int, ...] | None = None
+    kv_tile_shape: tuple[int, ...] | None = None
+
+
+def make_tiles(
+    q_tile_shape: IntOrTuple | None, kv_tile_shape: IntOrTuple | None, rank: int
+) -> Tiles:
+    """Normalise and check a layer's tile shapes (both or neither, positive ints, one per
+    spatial axis); whether the kernels have them is checked when the layer runs."""
+    return Tiles(*tile_shapes(q_tile_shape, kv_tile_shape, rank))
 
 
 # -- refusals ---------------------------------------------------------------------------------
@@ -251,9 +269,11 @@ def attend(
     context_values: jax.Array | None = None,
     dtype: Any = None,
     implementation: str | None = None,
+    tiles: Tiles | None = None,
 ) -> jax.Array:
     """`jax_gna.gna` on projected heads ``[B..., X..., H|Hkv, D]`` (context ``[B..., E, Hkv,
     D]``), all cast to ``dtype`` (inferred when None)."""
+    tiles = tiles or Tiles()
     query, key, value, context_keys, context_values = _promote(
         (query, key, value, context_keys, context_values), dtype
     )
@@ -268,6 +288,8 @@ def attend(
         additional_keys=context_keys,
         additional_values=context_values,
         implementation=implementation,
+        q_tile_shape=tiles.q_tile_shape,
+        kv_tile_shape=tiles.kv_tile_shape,
     )
 
 
@@ -281,6 +303,7 @@ def forward(
     *,
     dtype: Any,
     implementation: str | None,
+    tiles: Tiles | None = None,
 ) -> jax.Array:
     """Project, normalise, attend, project back. Context tokens go through the same ``key`` /
     ``value`` projections (and ``key_ln``) as the grid tokens."""
@@ -301,6 +324,7 @@ def forward(
         context_values=context_values,
         dtype=dtype,
         implementation=implementation,
+        tiles=tiles,
     )
     return layers.out(x)
 
@@ -316,6 +340,8 @@ def make_attention_fn(
     is_causal: BoolOrTuple = False,
     spatial_dims: int | None = None,
     implementation: str | None = None,
+    q_tile_shape: IntOrTuple | None = None,
+    kv_tile_shape: IntOrTuple | None = None,
 ) -> Callable[..., jax.Array]:
     """A drop-in ``attention_fn`` for ``flax.nnx.MultiHeadAttention`` and
     ``flax.linen.MultiHeadDotProductAttention`` that runs `jax_gna.gna`.
@@ -332,8 +358,9 @@ def make_attention_fn(
       (2, 8, 8, 32)
 
     The layer's inputs must then be ``[B..., X..., F]``: Flax projects them to ``[B..., X...,
-    H, D]`` and the function attends over the ``X...`` grid. Arguments as in `jax_gna.gna`;
-    ``spatial_dims`` gives the number of spatial axes when every option is an int.
+    H, D]`` and the function attends over the ``X...`` grid. Arguments as in `jax_gna.gna`
+    (``q_tile_shape``/``kv_tile_shape`` too); ``spatial_dims`` gives the number of spatial axes
+    when every option is an int.
 
     The returned function accepts every keyword Flax passes. ``dtype`` casts query, key and
     value (inferred when None, like Flax); ``is_causal=True`` at call time makes every axis
@@ -344,6 +371,7 @@ def make_attention_fn(
     keyword whose value is not None.
     """
     window = make_window(kernel_size, stride, dilation, is_causal, spatial_dims)
+    tiles = make_tiles(q_tile_shape, kv_tile_shape, window.rank)
 
     def neighborhood_attention_fn(
         query: jax.Array,
@@ -383,6 +411,6 @@ def make_attention_fn(
             if v is not None:
                 raise unsupported(name, v, "jax_gna does not know this option", "leave it None")
         w = window.with_causal((True,) * window.rank) if is_causal else window
-        return attend(query, key, value, w, dtype=dtype, implementation=implementation)
+        return attend(query, key, value, w, dtype=dtype, implementation=implementation, tiles=tiles)
 
     return neighborhood_attention_fn

@@ -4,6 +4,11 @@ order ``implementation=None`` walks.
 Order for ``None``: ``"cuda"`` (our kernels, on a GPU they support), ``"cpu"`` (our C++ FFI
 handler, on the CPU), then ``"xla"`` (portable pure JAX, any backend). ``"reference"`` (dense
 masked softmax, O(N^2) memory) is never picked automatically.
+
+Tile shapes (``q_tile_shape``/``kv_tile_shape``) belong to the ``"cuda"`` kernels: an explicit
+other implementation refuses them; ``None`` honours them when it picks ``"cuda"`` (and raises if
+the kernels could run the call but not with those tiles) and drops them otherwise, so that one
+model runs everywhere.
 """
 
 from __future__ import annotations
@@ -44,13 +49,18 @@ def why_not(
     implementation: str, query: jax.Array, key: jax.Array, value: jax.Array, params: GnaParams
 ) -> str | None:
     """None if `implementation` can run this call, else the reason it cannot."""
-    if implementation in ("xla", "reference"):
-        return None
-    if implementation not in ("cuda", "cpu"):
+    if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"Unknown `implementation` {implementation!r}; expected None or one of "
             f"{IMPLEMENTATIONS}."
         )
+    if params.has_tiles and implementation != "cuda":
+        return (
+            "`q_tile_shape`/`kv_tile_shape` choose the tiles of the 'cuda' kernels and "
+            f"{implementation!r} has none (leave them unset, or use implementation='cuda' or None)"
+        )
+    if implementation in ("xla", "reference"):
+        return None
     platform = platform_of(query)
     wanted = "gpu" if implementation == "cuda" else "cpu"
     if platform != wanted:
@@ -76,10 +86,19 @@ def select(
     params: GnaParams,
 ) -> str:
     """The implementation to run: the first usable one in `AUTO_ORDER` for None; the requested
-    one otherwise, or NotImplementedError saying why it cannot run and what would."""
+    one otherwise, or NotImplementedError saying why it cannot run and what would. With tile
+    shapes, None picks as without them and raises if it picks ``"cuda"`` and the kernels lack
+    those tiles (see the module docstring)."""
     if implementation is None:
         for impl in AUTO_ORDER:
-            if why_not(impl, query, key, value, params) is None:
+            if why_not(impl, query, key, value, params.without_tiles()) is None:
+                if impl == "cuda" and params.has_tiles:
+                    reason = why_not(impl, query, key, value, params)
+                    if reason is not None:
+                        raise NotImplementedError(
+                            "implementation=None picked 'cuda' for this call, and it refuses the "
+                            f"tile shapes: {reason}."
+                        )
                 return impl
         raise AssertionError("unreachable: the xla implementation always runs")
     if not isinstance(implementation, str) or implementation not in IMPLEMENTATIONS:
@@ -89,10 +108,12 @@ def select(
         )
     reason = why_not(implementation, query, key, value, params)
     if reason is not None:
-        usable = [i for i in IMPLEMENTATIONS if why_not(i, query, key, value, params) is None]
+        untiled = params.without_tiles()
+        usable = [i for i in IMPLEMENTATIONS if why_not(i, query, key, value, untiled) is None]
+        tiles = " without `q_tile_shape`/`kv_tile_shape`" if params.has_tiles else ""
         raise NotImplementedError(
             f"implementation={implementation!r} cannot run this call: {reason}. "
-            f"Usable here: {usable} (or implementation=None to pick the best)."
+            f"Usable here{tiles}: {usable} (or implementation=None to pick the best)."
         )
     return implementation
 
@@ -113,4 +134,6 @@ def run(
     ops, reason = _ops()
     if ops is None:  # pragma: no cover - `select` refused it already
         raise NotImplementedError(reason)
+    if implementation == "cuda":
+        params = ops.cuda_tiles(query, key, value, params)
     return ops.gna_ffi(query, key, value, params)

@@ -26,6 +26,7 @@ heads, ``D`` query/key head dim, ``Dv`` value head dim.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -36,7 +37,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jax_gna import _extension, _xla, parallel
+from jax_gna import _extension, _xla, parallel, sim
 from jax_gna._mesh import explicit_mesh, per_shard, shardings
 from jax_gna._params import GnaParams
 
@@ -89,12 +90,31 @@ def _compute_capability(query) -> tuple[int, int] | None:
     return int(major), int(minor or 0)
 
 
+def _cuda_can_implement(query, key, value, params: GnaParams, tiles=None) -> str | None:
+    """The C++ launcher's verdict on this call with `tiles` (a `TileConfig`; None: those of
+    `params`, or, without any, whichever compiled configuration fits), on the query's GPU
+    (without one: on any arch this build has kernels for)."""
+    q_tile, kv_tile = (
+        (params.q_tile_shape, params.kv_tile_shape) if tiles is None else (tiles.q, tiles.kv)
+    )
+    cc = _compute_capability(query) or (-1, 0)
+    try:
+        return _extension.ext.cuda_fwd_can_implement(
+            *_problem_args(query, key, value, params),
+            *cc,
+            q_tile=list(q_tile or ()),
+            kv_tile=list(kv_tile or ()),
+        )
+    except ValueError as e:
+        return str(e)
+
+
 def why_not(implementation: str, query, key, value, params: GnaParams) -> str | None:
     """None if `implementation` (``"cpu"`` or ``"cuda"``) can run this call, else the reason.
 
     Covers the extension (built? with CUDA kernels?), dtype, and for CUDA the device's compute
-    capability and what the kernels support (head dim, ...), as the C++ launcher decides it.
-    The caller checks the platform the call runs on.
+    capability and what the kernels support (head dim, requested tile shapes, ...), as the C++
+    launcher decides it. The caller checks the platform the call runs on.
     """
     ext = _extension.ext
     if ext is None:
@@ -113,13 +133,43 @@ def why_not(implementation: str, query, key, value, params: GnaParams) -> str | 
         )
     if dtype not in CUDA_DTYPES:
         return f"the CUDA kernels support dtypes {CUDA_DTYPES}, got {dtype}"
-    cc = _compute_capability(query)
-    if cc is None:
+    if _compute_capability(query) is None:
         return "no CUDA GPU is visible to JAX"
+    reason = _cuda_can_implement(query, key, value, params)
+    if reason is not None and params.has_tiles:
+        if _cuda_can_implement(query, key, value, params.without_tiles()) is None:
+            # The kernels run this call, only not with these tiles: say which argument it is.
+            reason = (
+                f"q_tile_shape={params.q_tile_shape}, kv_tile_shape={params.kv_tile_shape}: "
+                f"{reason}"
+            )
+    return reason
+
+
+def cuda_tiles(query, key, value, params: GnaParams) -> GnaParams:
+    """`params` with the tile shapes the CUDA forward runs: the requested ones, else among the
+    compiled configurations that can run this call (`jax_gna._tiles.SM90_FORWARD`; a TMA box
+    spans tile x dilation positions, at most 256), the one with the best simulated bound, ties
+    broken by fewer partial tiles (`jax_gna.sim.tile_candidates`)."""
+    if params.has_tiles:
+        return params
+    n_batch = query.ndim - params.rank - 2
+    problem = sim.Problem(
+        tuple(query.shape[n_batch : n_batch + params.rank]),
+        params.kernel_size,
+        params.stride,
+        params.dilation,
+        params.is_causal,
+    )
     try:
-        return ext.cuda_fwd_can_implement(*_problem_args(query, key, value, params), *cc)
-    except ValueError as e:
-        return str(e)
+        candidates = sim.tile_candidates(problem, query.shape[-1], query.dtype)
+    except NotImplementedError:  # not in the Python table: let the launcher use its default
+        return params
+    for candidate in candidates:
+        if _cuda_can_implement(query, key, value, params, candidate.tiles) is None:
+            tiles = candidate.tiles
+            return dataclasses.replace(params, q_tile_shape=tiles.q, kv_tile_shape=tiles.kv)
+    return params
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,13 @@ class GnaParams:
     def rank(self) -> int:
         return len(self.kernel_size)
 
+    @property
+    def has_tiles(self) -> bool:
+        return self.q_tile_shape is not None
+
+    def without_tiles(self) -> GnaParams:
+        return dataclasses.replace(self, q_tile_shape=None, kv_tile_shape=None)
+
     def attrs(self) -> dict[str, Any]:
         """FFI attributes of ``jax_gna_bwd``. The only place their dtypes are decided (the C++
         bindings take ``Span<const int64_t>`` and ``float``; any other type fails to decode at
@@ -142,6 +149,30 @@ def _check_axes(params: GnaParams, spatial: Sequence[int]) -> None:
         )
 
 
+def tile_shapes(
+    q_tile_shape: Any, kv_tile_shape: Any, rank: int
+) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """Normalise a tile request: both None, or two per-axis tuples of positive ints. Whether the
+    kernels have these tiles is the implementation's business (`jax_gna._ops.why_not`)."""
+    if (q_tile_shape is None) != (kv_tile_shape is None):
+        raise ValueError(
+            "`q_tile_shape` and `kv_tile_shape` must be given together or not at all, got "
+            f"q_tile_shape={q_tile_shape!r}, kv_tile_shape={kv_tile_shape!r}."
+        )
+    if q_tile_shape is None:
+        return None, None
+    shapes = []
+    for name, value in (("q_tile_shape", q_tile_shape), ("kv_tile_shape", kv_tile_shape)):
+        shape = tuple(_static_int(name, x) for x in _per_axis(name, value, rank, None))
+        if any(x < 1 for x in shape):
+            raise ValueError(
+                f"Invalid value for `{name}`; expected an integer or tuple of positive "
+                f"integers, one per spatial axis, got {shape}."
+            )
+        shapes.append(shape)
+    return shapes[0], shapes[1]
+
+
 def _check_dtype(name: str, x: Any) -> None:
     if str(x.dtype) not in _FLOAT_DTYPES:
         raise TypeError(f"`{name}` must be a floating-point array, got dtype {x.dtype}.")
@@ -159,6 +190,8 @@ def make_params(
     scale: Any = None,
     additional_keys: Any = None,
     additional_values: Any = None,
+    q_tile_shape: Any = None,
+    kv_tile_shape: Any = None,
     rank: int | None = None,
 ) -> GnaParams:
     """Validate a GNA call and normalise its parameters.
@@ -167,8 +200,8 @@ def make_params(
       query: ``[B..., X..., H, D]``.
       key: ``[B..., X..., Hkv, D]``.
       value: ``[B..., X..., Hkv, Dv]``.
-      kernel_size, stride, dilation, is_causal, scale, additional_keys, additional_values:
-        as in `jax_gna.gna`.
+      kernel_size, stride, dilation, is_causal, scale, additional_keys, additional_values,
+        q_tile_shape, kv_tile_shape: as in `jax_gna.gna`.
       rank: the number of spatial axes if the caller fixes it (`na1d` ... `na3d`).
 
     Returns:
@@ -253,10 +286,10 @@ def make_params(
         )
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"`scale` must be a real number or None, got {scale!r}.")
-    params = GnaParams(ks, st, dl, tuple(bool(c) for c in ca), float(scale))
     _check_axes(GnaParams(ks, st, dl, ca, float(scale)), spatial)
     _check_additional(query, key, value, additional_keys, additional_values, n_batch)
-    return params
+    q_tile, kv_tile = tile_shapes(q_tile_shape, kv_tile_shape, rank)
+    return GnaParams(ks, st, dl, tuple(bool(c) for c in ca), float(scale), q_tile, kv_tile)
 
 
 def _check_additional(

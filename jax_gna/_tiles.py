@@ -54,7 +54,8 @@ def _cfgs(*pairs: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[TileConfig, 
 # compiled ones of `cuda/sm90/fwd_config.h` (`fwd_tile_table`) in the same order; the first is
 # the kernel's default (what it runs when no tiles are requested), and the extension reports
 # its own table (`jax_gna._extension.build_info()["cuda_forward_tiles"]`, checked by
-# tests/test_tiles.py).
+# tests/test_tiles.py). `jax_gna.gna(implementation="cuda" or None)` runs the one with the best
+# simulated bound for the call (`jax_gna.sim.tile_candidates`) unless tile shapes are given.
 # - Q tiles of 128 tokens feed two 64-row wgmma consumer warpgroups; KV tiles of 128 tokens
 #   give a 64x128 score tile per warpgroup (the FA3 / CUTLASS example 88 shape).
 # - Head dim 256: KV tiles of 64 tokens, or Q + two K/V stages would not fit in shared memory;

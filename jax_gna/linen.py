@@ -58,6 +58,8 @@ class NeighborhoodAttention(nn.Module):
       kernel_init, out_kernel_init, bias_init, out_bias_init, use_bias: as in Flax.
       normalize_qk: apply LayerNorm to query and key heads.
       implementation: passed to `jax_gna.gna` (None picks the best available).
+      q_tile_shape, kv_tile_shape: tile shapes of the ``"cuda"`` kernels, passed to
+        `jax_gna.gna` (both or neither; None: the kernels pick for each call).
       dropout_rate: must be 0.0; broadcast_dropout and deterministic have no effect.
       decode: must be False.
     """
@@ -81,6 +83,8 @@ class NeighborhoodAttention(nn.Module):
     use_bias: bool = True
     normalize_qk: bool = False
     implementation: str | None = None
+    q_tile_shape: IntOrTuple | None = None
+    kv_tile_shape: IntOrTuple | None = None
     dropout_rate: float = 0.0
     broadcast_dropout: bool = True
     deterministic: bool | None = None
@@ -124,6 +128,7 @@ class NeighborhoodAttention(nn.Module):
         window = _flax_attention.make_window(
             self.kernel_size, self.stride, self.dilation, self.is_causal, self.spatial_dims
         ).with_causal(is_causal)
+        tiles = _flax_attention.make_tiles(self.q_tile_shape, self.kv_tile_shape, window.rank)
         inputs_k, inputs_v = _flax_attention.resolve_inputs(
             inputs_q, inputs_k, inputs_v, context, window.rank
         )
@@ -183,4 +188,5 @@ class NeighborhoodAttention(nn.Module):
             window,
             dtype=self.dtype,
             implementation=self.implementation,
+            tiles=tiles,
         )

@@ -79,6 +79,9 @@ class NeighborhoodAttention(nnx.Module):
       use_bias: whether the projections have biases.
       normalize_qk: apply LayerNorm to query and key heads (arxiv.org/abs/2302.05442).
       implementation: passed to `jax_gna.gna` (None picks the best available).
+      q_tile_shape: tile shapes of the ``"cuda"`` kernels, passed to `jax_gna.gna` (both or
+        neither; None: the kernels pick the best compiled configuration for each call).
+      kv_tile_shape: see ``q_tile_shape``.
       dropout_rate: must be 0.0 (accepted so migrating code fails loudly, not silently).
       broadcast_dropout: accepted for compatibility; no effect without dropout.
       deterministic: accepted for compatibility; no effect without dropout.
@@ -110,6 +113,8 @@ class NeighborhoodAttention(nnx.Module):
         use_bias: bool = True,
         normalize_qk: bool = False,
         implementation: str | None = None,
+        q_tile_shape: IntOrTuple | None = None,
+        kv_tile_shape: IntOrTuple | None = None,
         dropout_rate: float = 0.0,
         broadcast_dropout: bool = True,
         deterministic: bool | None = None,
@@ -121,6 +126,7 @@ class NeighborhoodAttention(nnx.Module):
         self.window = _flax_attention.make_window(
             kernel_size, stride, dilation, is_causal, spatial_dims
         )
+        self.tiles = _flax_attention.make_tiles(q_tile_shape, kv_tile_shape, self.window.rank)
         self.num_heads = num_heads
         self.in_features = in_features
         self.qkv_features = in_features if qkv_features is None else qkv_features
@@ -243,6 +249,7 @@ class NeighborhoodAttention(nnx.Module):
             window,
             dtype=self.dtype,
             implementation=self.implementation,
+            tiles=self.tiles,
         )
 
     def init_cache(self, input_shape: Any, dtype: Dtype = jnp.float32) -> None:

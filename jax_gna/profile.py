@@ -17,6 +17,11 @@ which a jitted model does not pay per op, does not hide the GPU time of microsec
 everything each call launches is still timed. The samples of the implementations and of dense
 attention alternate, one of each in turn, so that slow drift reaches them alike.
 
+``--q-tile``/``--kv-tile`` set the tile shapes of the ``cuda`` implementation (``auto`` too,
+when it picks ``cuda``; the other implementations have no tiles); without them the kernels run
+the compiled configuration with the best simulated bound. The table's tiles column says which
+configuration ran, and its bound is that configuration's.
+
 ``--dry-run`` runs nothing and needs no GPU: it lists the kernels' candidate tile
 configurations with their simulated numbers (and optionally the strides worth trying).
 The arguments follow NATTEN's profiler (``python -m natten.profiler``).
@@ -26,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import math
 import statistics
@@ -616,11 +620,8 @@ def _gna_fn(cfg: Config, impl: str | None):
     kwargs: dict[str, Any] = dict(
         stride=p.stride, dilation=p.dilation, is_causal=p.is_causal, implementation=impl
     )
-    # Forward-compatible: pass the tile shapes once `gna` takes them.
-    if cfg.tiles is not None and impl == "cuda":
-        names = inspect.signature(jax_gna.gna).parameters
-        if "q_tile" in names and "kv_tile" in names:
-            kwargs.update(q_tile=cfg.tiles.q, kv_tile=cfg.tiles.kv)
+    if cfg.tiles is not None and impl in ("cuda", None):  # other implementations have no tiles
+        kwargs.update(q_tile_shape=cfg.tiles.q, kv_tile_shape=cfg.tiles.kv)
 
     def f(q, k, v, ek, ev):
         return jax_gna.gna(
@@ -628,6 +629,24 @@ def _gna_fn(cfg: Config, impl: str | None):
         )
 
     return _with_backprop(f, cfg.backprop, _chainable(cfg))
+
+
+def _cuda_tiles(cfg: Config, q, k, v) -> _tiles.TileConfig | None:
+    """The tile configuration ``implementation="cuda"`` runs on these inputs: --q-tile/--kv-tile,
+    else the kernels' pick for the call."""
+    from jax_gna import _ops
+    from jax_gna._params import make_params
+
+    if cfg.tiles is not None:
+        return cfg.tiles
+    p = cfg.problem
+    params = make_params(
+        q, k, v, p.kernel_size, stride=p.stride, dilation=p.dilation, is_causal=p.is_causal
+    )
+    params = _ops.cuda_tiles(q, k, v, params)
+    if not params.has_tiles:
+        return None
+    return _tiles.TileConfig(params.q_tile_shape, params.kv_tile_shape)
 
 
 def _dense_fn(cfg: Config, implementation: str, causal: bool):
@@ -669,10 +688,13 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
     platform, device = _platform()
     pairs, dense_pairs, dense_causal = _pairs(cfg)
     q, k, v, do, ek, ev = _inputs(cfg)
-    supported = jax_gna.supported_implementations(
-        q, k, v, p.kernel_size, stride=p.stride, dilation=p.dilation, is_causal=p.is_causal
-    )
+    window = dict(stride=p.stride, dilation=p.dilation, is_causal=p.is_causal)
+    supported = jax_gna.supported_implementations(q, k, v, p.kernel_size, **window)
     auto = next(i for i in ("cuda", "cpu", "xla") if supported[i] is None)
+    if cfg.tiles is not None:  # they go to the cuda implementation only (`_gna_fn`)
+        supported["cuda"] = jax_gna.supported_implementations(
+            q, k, v, p.kernel_size, **window, q_tile_shape=cfg.tiles.q, kv_tile_shape=cfg.tiles.kv
+        )["cuda"]
 
     dense_impl = "cudnn" if platform == "gpu" else "xla"
     dense_note = ""
@@ -684,6 +706,7 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
 
     candidates: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
+    ran_tiles: dict[str, _tiles.TileConfig | None] = {}  # the tiles of the cuda rows
     for impl in cfg.implementations:
         name = f"auto -> {auto}" if impl == "auto" else impl
         reason = None if impl == "auto" else supported.get(impl)
@@ -691,6 +714,14 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
         if reason is not None:
             rows[-1]["status"] = f"unavailable: {reason}"
             continue
+        if (auto if impl == "auto" else impl) == "cuda":
+            try:
+                ran_tiles[name] = _cuda_tiles(cfg, q, k, v)
+            except Exception as e:
+                candidates[name] = e
+                continue
+            if ran_tiles[name] is not None:
+                rows[-1]["tiles"] = str(ran_tiles[name])
         try:
             candidates[name] = _gna_fn(cfg, None if impl == "auto" else impl)
         except Exception as e:
@@ -721,7 +752,8 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
         if row.get("status") == "ok":
             row["tflops"] = _flops(cfg, pairs) / (row["median_ms"] * 1e-3) / 1e12
             row["speedup"] = dense_ms / row["median_ms"] if dense_ms else None
-            row["bound"] = chosen.token_bound
+            tiles = ran_tiles.get(row["implementation"])
+            row["bound"] = (chosen if tiles is None else sim.simulate(p, tiles)).token_bound
     if dense.get("status") == "ok":
         dense["tflops"] = _flops(cfg, dense_pairs) / (dense_ms * 1e-3) / 1e12
         dense["speedup"] = 1.0
@@ -766,18 +798,20 @@ def _first_line(e: Exception) -> str:
 
 
 def _results_table(rows: list[dict[str, Any]]) -> str:
-    header = ("implementation", "time (ms)", "speedup vs dense", "sim bound", "TFLOP/s")
+    header = ("implementation", "tiles", "time (ms)", "speedup vs dense", "sim bound", "TFLOP/s")
     lines = [header]
     notes = []
     for r in rows:
+        tiles = r.get("tiles", "-")
         if r.get("status") != "ok":
-            lines.append((r["implementation"], "-", "-", "-", "-"))
+            lines.append((r["implementation"], tiles, "-", "-", "-", "-"))
             notes.append(f"  {r['implementation']}: {r.get('status')}")
             continue
         sp = r.get("speedup")
         lines.append(
             (
                 r["implementation"],
+                tiles,
                 f"{r['median_ms']:.3f}",
                 "-" if sp is None else f"{sp:.2f}x",
                 f"{r['bound']:.2f}x" if "bound" in r else "-",
@@ -786,7 +820,7 @@ def _results_table(rows: list[dict[str, Any]]) -> str:
         )
     widths = [max(len(x[i]) for x in lines) for i in range(len(header))]
     text = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths)))
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths)))
         for x in lines
     ]
     text.insert(1, "  ".join("-" * w for w in widths))

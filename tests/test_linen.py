@@ -145,6 +145,20 @@ def test_unsupported_options_raise_naming_the_option(fields, call, match):
         NeighborhoodAttention(2, (3, 3), **fields).init(jax.random.key(0), X, **call)
 
 
+def test_tile_shapes_are_checked_and_passed_through():
+    variables = _init(NeighborhoodAttention(2, (3, 3)), X)
+    tiled = NeighborhoodAttention(2, (3, 3), q_tile_shape=(16, 8), kv_tile_shape=(16, 8))
+    # Off the GPU implementation=None ignores them; an explicit other implementation refuses.
+    np.testing.assert_array_equal(
+        _apply(tiled, variables, X), _apply(NeighborhoodAttention(2, (3, 3)), variables, X)
+    )
+    xla = NeighborhoodAttention(2, (3, 3), implementation="xla", q_tile_shape=8, kv_tile_shape=8)
+    with pytest.raises(NotImplementedError, match="`q_tile_shape`/`kv_tile_shape`"):
+        _apply(xla, variables, X)
+    with pytest.raises(ValueError, match="`q_tile_shape` and `kv_tile_shape`"):
+        _init(NeighborhoodAttention(2, (3, 3), kv_tile_shape=8), X)
+
+
 def test_int_kernel_size_needs_spatial_dims():
     with pytest.raises(ValueError, match="spatial_dims"):
         _init(NeighborhoodAttention(2, 3), X)

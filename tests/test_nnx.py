@@ -240,6 +240,26 @@ def test_implementation_is_passed_through():
         layer(x)
 
 
+def test_tile_shapes_are_passed_through():
+    x = _x((1, 5, 5, F))
+    kw = dict(num_heads=2, in_features=F, kernel_size=(3, 3))
+    plain = NeighborhoodAttention(rngs=nnx.Rngs(9), **kw)
+    tiled = NeighborhoodAttention(rngs=nnx.Rngs(9), q_tile_shape=(16, 8), kv_tile_shape=8, **kw)
+    assert tiled.tiles.q_tile_shape == (16, 8) and tiled.tiles.kv_tile_shape == (8, 8)
+    # Off the GPU implementation=None ignores them; an explicit other implementation refuses.
+    np.testing.assert_array_equal(_call(tiled, x), _call(plain, x))
+    xla = NeighborhoodAttention(implementation="xla", q_tile_shape=8, kv_tile_shape=8,
+                                rngs=nnx.Rngs(9), **kw)  # fmt: skip
+    with pytest.raises(NotImplementedError, match="`q_tile_shape`/`kv_tile_shape`"):
+        xla(x)
+    fn = make_attention_fn((3, 3), implementation="xla", q_tile_shape=8, kv_tile_shape=8)
+    q = jnp.zeros((1, 5, 5, 2, 8))
+    with pytest.raises(NotImplementedError, match="'cuda' kernels"):
+        fn(q, q, q)
+    with pytest.raises(ValueError, match="together"):
+        make_attention_fn((3, 3), kv_tile_shape=8)
+
+
 def _layer(**kw):
     return NeighborhoodAttention(2, F, (3, 3), rngs=nnx.Rngs(0), **kw)
 
@@ -256,6 +276,13 @@ CONSTRUCTOR_ERRORS = {
     "kernel_size_type": (dict(kernel_size=(3.0, 3)), TypeError, "kernel_size"),
     "spatial_dims_mismatch": (dict(spatial_dims=3), ValueError, "kernel_size"),
     "rank_4": (dict(kernel_size=(3, 3, 3, 3)), ValueError, "1, 2 or 3"),
+    "q_tile_alone": (dict(q_tile_shape=(16, 8)), ValueError, "`q_tile_shape` and `kv_tile_shape`"),
+    "tile_length": (
+        dict(q_tile_shape=(2, 8, 8), kv_tile_shape=(2, 8, 8)),
+        ValueError,
+        "`q_tile_shape` has 3",
+    ),
+    "tile_type": (dict(q_tile_shape=16, kv_tile_shape=8.0), TypeError, "`kv_tile_shape`"),
 }
 
 

@@ -230,6 +230,52 @@ def test_params_are_frozen_and_hashable():
         a.stride = (1, 1)
 
 
+TILE_ERRORS = {
+    "q_alone": (dict(q_tile_shape=(16, 8)), ValueError, "given together.*kv_tile_shape=None"),
+    "kv_alone": (dict(kv_tile_shape=8), ValueError, "given together.*q_tile_shape=None"),
+    "length": (dict(q_tile_shape=(16, 8, 1), kv_tile_shape=8), ValueError,
+               "`q_tile_shape` has 3 entries but the problem has 2 spatial axes"),
+    "zero": (dict(q_tile_shape=(16, 0), kv_tile_shape=8), ValueError,
+             r"`q_tile_shape`; expected .*positive integers, one per spatial axis, got \(16, 0\)"),
+    "negative_kv": (dict(q_tile_shape=8, kv_tile_shape=-8), ValueError,
+                    "`kv_tile_shape`.*positive"),
+    "float": (dict(q_tile_shape=(16, 8.0), kv_tile_shape=8), TypeError, "`q_tile_shape`"),
+    "bool": (dict(q_tile_shape=8, kv_tile_shape=True), TypeError, "`kv_tile_shape`"),
+    "string": (dict(q_tile_shape="16x8", kv_tile_shape=8), TypeError, "`q_tile_shape`"),
+    "array": (dict(q_tile_shape=np.array([16, 8]), kv_tile_shape=8), TypeError, "`q_tile_shape`"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kw, error, match", TILE_ERRORS.values(), ids=TILE_ERRORS)
+def test_invalid_tile_shapes_raise(kw, error, match):
+    with pytest.raises(error, match=match):
+        make_params(Q, K, V, 3, **kw)
+    with pytest.raises(error, match=match):  # before any implementation is considered
+        jax_gna.gna(Q, K, V, 3, implementation="xla", **kw)
+
+
+def test_traced_tile_shape_raises_type_error():
+    with pytest.raises(TypeError, match="`q_tile_shape`.*(static|traced)"):
+        jax.jit(lambda q, t: jax_gna.gna(q, K, V, 3, q_tile_shape=(t, 8), kv_tile_shape=8))(
+            Q, jnp.int32(16)
+        )
+
+
+def test_tile_shapes_are_normalised_and_passed_as_forward_attributes():
+    p = make_params(Q, K, V, 3, q_tile_shape=[16, np.int64(8)], kv_tile_shape=8)
+    assert p.q_tile_shape == (16, 8) and p.kv_tile_shape == (8, 8) and p.has_tiles
+    assert all(type(x) is int for x in p.q_tile_shape + p.kv_tile_shape)
+    assert p.without_tiles() == make_params(Q, K, V, 3) and not p.without_tiles().has_tiles
+    assert hash(p) != hash(p.without_tiles())
+    fwd = p.forward_attrs()
+    assert fwd.keys() == p.attrs().keys() | {"q_tile", "kv_tile"}
+    assert fwd["q_tile"].dtype == fwd["kv_tile"].dtype == np.int64
+    assert list(fwd["q_tile"]) == [16, 8] and list(fwd["kv_tile"]) == [8, 8]
+    unset = make_params(Q, K, V, 3).forward_attrs()
+    assert unset["q_tile"].shape == unset["kv_tile"].shape == (0,)  # empty: the kernels pick
+    assert unset["q_tile"].dtype == np.int64
+
+
 def test_attrs_dtypes():
     attrs = make_params(Q, K, V, (3, 2), stride=(2, 1), dilation=(1, 2), is_causal=(True, False))
     attrs = attrs.attrs()

@@ -85,6 +85,44 @@ def test_small_real_run(tmp_path, capsys, extra):
     assert data["pass"] == ("forward + backward" if "--backprop" in extra else "forward")
 
 
+def test_tile_flags_reach_the_cuda_implementation_only(monkeypatch):
+    cfg = profile.parse_args([*SMALL, "--q-tile", "16", "8", "--kv-tile", "16", "8"])
+    seen = {}
+
+    def fake_gna(q, k, v, kernel_size, **kw):
+        seen[kw["implementation"]] = (kw.get("q_tile_shape"), kw.get("kv_tile_shape"))
+        return q
+
+    monkeypatch.setattr(jax_gna, "gna", fake_gna)
+    inputs = profile._inputs(cfg)
+    for impl in ("cuda", None, "cpu", "xla", "reference"):
+        profile._gna_fn(cfg, impl)(*inputs)
+    tiles = ((16, 8), (16, 8))
+    untiled = (None, None)
+    assert seen == {"cuda": tiles, None: tiles, "cpu": untiled, "xla": untiled,
+                    "reference": untiled}  # fmt: skip
+
+
+@pytest.mark.skipif(
+    jax_gna._extension.ext is None or not jax_gna._extension.ext.cuda_targets(),
+    reason="this build has no CUDA kernels",
+)
+def test_table_says_which_tiles_the_cuda_implementation_runs():
+    cfg = profile.parse_args("-i 32 48 -n 2 -d 128 -w 8 16 -s 8 16".split())
+    q, k, v, *_ = profile._inputs(cfg)
+    assert profile._cuda_tiles(cfg, q, k, v) == jax_gna.sim.TileConfig((8, 16), (8, 16))
+    given = profile.parse_args("-i 32 48 -n 2 -d 128 -w 8 16 --q-tile 16 8 --kv-tile 16 8".split())
+    assert profile._cuda_tiles(given, q, k, v) == jax_gna.sim.TileConfig((16, 8), (16, 8))
+    row = dict(implementation="cuda", tiles="Q(8,16)/KV(8,16)", status="ok", median_ms=1.0,
+               speedup=2.0, bound=12.0, tflops=3.0)  # fmt: skip
+    table = profile._results_table([row, dict(implementation="dense (cudnn)", status="ok",
+                                              median_ms=2.0, speedup=1.0, tflops=6.0)])  # fmt: skip
+    header, _, cuda, dense = table.splitlines()
+    assert header.split()[:2] == ["implementation", "tiles"]
+    assert cuda.split()[:2] == ["cuda", "Q(8,16)/KV(8,16)"]
+    assert dense.split()[2] == "-"
+
+
 def test_unavailable_implementation_is_reported_not_run(capsys):
     assert profile.main([*SMALL, "--implementation", "cuda", "--iters", "1", "--no-dense"]) == 1
     out = capsys.readouterr().out

@@ -38,28 +38,6 @@ def _random_problem(rng: np.random.Generator, rank: int):
             return tuple(shape), tuple(ks), tuple(st), tuple(dl), tuple(ca)
 
 
-def _brute_force(visible: np.ndarray, q_id: np.ndarray, k_id: np.ndarray, kv_slots: int):
-    """Per Q tile: visited KV tiles and full KV tiles, from token -> tile ids and visibility."""
-    q_tiles, q_inv = np.unique(q_id, axis=0, return_inverse=True)
-    k_tiles, k_inv = np.unique(k_id, axis=0, return_inverse=True)
-    q_member = np.zeros((len(q_tiles), len(q_id)), dtype=np.int64)
-    q_member[q_inv.ravel(), np.arange(len(q_id))] = 1
-    k_member = np.zeros((len(k_tiles), len(k_id)), dtype=np.int64)
-    k_member[k_inv.ravel(), np.arange(len(k_id))] = 1
-    pairs = q_member @ visible.astype(np.int64) @ k_member.T  # visible pairs per tile pair
-    n_valid_q = q_member.sum(axis=1)
-    visited = (pairs > 0).sum(axis=1)
-    full = (pairs == n_valid_q[:, None] * kv_slots).sum(axis=1)
-    return visited, full
-
-
-def _multi_d_ids(shape, dilation, tile):
-    """Per token (row-major): (group per axis, tile index per axis) in group coordinates."""
-    coords = np.array(list(itertools.product(*(range(x) for x in shape))))
-    d = np.array(dilation)
-    return np.concatenate([coords % d, (coords // d) // np.array(tile)], axis=1)
-
-
 def _flattened_ids(shape, dilation, tile):
     """Per token: (group per axis, 1-D tile of the group's row-major flattened sub-grid)."""
     coords = np.array(list(itertools.product(*(range(x) for x in shape))))
@@ -85,10 +63,10 @@ def test_multi_dimensional_tiling_matches_brute_force(rank, seed):
     kv_tile = tuple(int(x) for x in rng.integers(1, 6, size=rank))
     case = f"shape={shape} K={ks} s={st} d={dl} causal={ca} q={q_tile} kv={kv_tile}"
     visible = oracle.visible(shape, ks, st, dl, ca)
-    visited, full = _brute_force(
+    visited, full = oracle.tile_pairs(
         visible,
-        _multi_d_ids(shape, dl, q_tile),
-        _multi_d_ids(shape, dl, kv_tile),
+        oracle.tile_ids(shape, dl, q_tile),
+        oracle.tile_ids(shape, dl, kv_tile),
         math.prod(kv_tile),
     )
 
@@ -110,7 +88,7 @@ def test_flattened_tiling_matches_brute_force(rank, seed):
     tq, tk = (int(x) for x in rng.integers(1, 20, size=2))
     case = f"shape={shape} K={ks} s={st} d={dl} causal={ca} q={tq} kv={tk}"
     visible = oracle.visible(shape, ks, st, dl, ca)
-    visited, full = _brute_force(
+    visited, full = oracle.tile_pairs(
         visible, _flattened_ids(shape, dl, tq), _flattened_ids(shape, dl, tk), tk
     )
 

@@ -1,25 +1,64 @@
-"""The CUDA forward's tile configurations: one table, and the launcher's verdict on a request.
+"""The CUDA forward's tile configurations: one table, the pick per call, and user overrides.
 
 - The extension's own table (`cuda/sm90/fwd_config.h`) equals `jax_gna._tiles.SM90_FORWARD`.
 - The C++ launcher refuses tile shapes it has no kernel for and names the compiled ones.
+- Without tile shapes, ``implementation="cuda"`` runs the compiled configuration with the best
+  bound: checked against tile counts brute-forced from the per-element mask of `tests/oracle.py`
+  (never from `jax_gna.sim`), and read back from the lowered custom call's attributes.
 
-Needs a build with CUDA kernels (nvcc; CI builds the smoke set: bf16, head dim 128), else those
-tests skip.
+Lowering needs no GPU: `pretend_hopper` makes the call look like it runs on a compute capability
+9.0 device, so the whole ``"cuda"`` path down to `jax.ffi.ffi_call` is traced on the CPU (nothing
+is compiled or run). Needs a build with CUDA kernels (nvcc; CI builds the smoke set: bf16, head
+dim 128), else those tests skip.
 """
 
 from __future__ import annotations
 
 import math
+import re
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from jax_gna import _extension, _tiles
+import jax_gna
+from jax_gna import _extension, _implementations, _ops, _tiles
+from jax_gna._params import make_params
+from tests import oracle
 
 ext = _extension.ext
 needs_cuda_build = pytest.mark.skipif(
     ext is None or not ext.cuda_targets(), reason="this build has no CUDA kernels"
 )
 D = 128  # in every kernel set (smoke: bf16, head dim 128)
+
+
+def _qkv(shape, heads=2, dim=D):
+    x = jnp.zeros((1, *shape, heads, dim), jnp.bfloat16)
+    return x, x, x
+
+
+@pytest.fixture
+def pretend_hopper(monkeypatch):
+    monkeypatch.setattr(_implementations, "platform_of", lambda query: "gpu")
+    monkeypatch.setattr(_ops, "_compute_capability", lambda query: (9, 0))
+
+
+def _fwd_attr(text: str, name: str) -> tuple[int, ...]:
+    """An int64 array attribute of the jax_gna_fwd custom call in lowered StableHLO text."""
+    (call,) = [line for line in text.splitlines() if "@jax_gna_fwd" in line]
+    m = re.search(rf"\b{name} = dense<([^>]*)> : tensor<(\d+)xi64>", call)
+    assert m, call
+    values, size = m.group(1).strip("[]"), int(m.group(2))
+    parsed = tuple(int(x) for x in values.split(",")) if values else ()
+    return parsed * size if len(parsed) == 1 and size > 1 else parsed  # a splat: one value
+
+
+def _lowered_tiles(q, k, v, kernel_size, **kwargs) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    f = jax.jit(lambda q, k, v: jax_gna.gna(q, k, v, kernel_size, implementation="cuda", **kwargs))
+    text = f.lower(q, k, v).as_text()
+    return _fwd_attr(text, "q_tile"), _fwd_attr(text, "kv_tile")
 
 
 # -- one table ----------------------------------------------------------------------------------
@@ -73,3 +112,133 @@ def test_launcher_runs_every_compiled_configuration_and_refuses_others():
         _can((32, 48), (8, 16), q_tile=(16, 8, 1), kv_tile=(16, 8, 1))
     with pytest.raises(ValueError, match="positive"):
         _can((32, 48), (8, 16), q_tile=(16, 0), kv_tile=(16, 8))
+
+
+@needs_cuda_build
+@pytest.mark.parametrize(
+    ("shape", "window", "dilation", "fits"),
+    [
+        ((40, 8), (2, 2), (20, 1), _tiles.TileConfig((8, 16), (8, 16))),  # 16 x 20 > 256
+        ((4, 80, 8), (2, 2, 2), (1, 40, 1), _tiles.TileConfig((4, 4, 8), (4, 4, 8))),  # 8 x 40
+        ((4, 140, 8), (2, 2, 2), (1, 70, 1), None),  # 4 x 70 > 256 too
+    ],
+)
+def test_pick_skips_configurations_whose_tma_boxes_do_not_fit(shape, window, dilation, fits):
+    q, k, v = _qkv(shape)
+    params = make_params(q, k, v, window, dilation=dilation)
+    picked = _ops.cuda_tiles(q, k, v, params)
+    if fits is None:
+        assert not picked.has_tiles
+        assert "tile * dilation <= 256" in _can(shape, window, dilation)
+    else:
+        assert (picked.q_tile_shape, picked.kv_tile_shape) == (fits.q, fits.kv)
+        assert _can(shape, window, dilation) is None  # unset: the first that fits
+        default = _tiles.SM90_FORWARD[len(shape)][D][0]
+        why = _can(shape, window, dilation, default.q, default.kv)
+        assert "tile * dilation <= 256" in why
+
+
+# -- the pick: best bound, then fewest partial tiles, then the table's order --------------------
+
+
+def _brute_force_best(shape, window, stride, dilation, causal) -> _tiles.TileConfig:
+    """The compiled configuration a kernel should run, by counting tiles on the element mask:
+    fewest token pairs on the critical path (Q tiles x the worst Q tile's visited KV tiles x
+    tile sizes: the best bound against dense attention over the N real tokens), then fewest
+    partially visible (masked) tile pairs, then the table's order."""
+    visible = oracle.visible(shape, window, stride, dilation, causal)
+    ranked = []
+    for i, cfg in enumerate(_tiles.SM90_FORWARD[len(shape)][D]):
+        visited, full = oracle.tile_pairs(
+            visible,
+            oracle.tile_ids(shape, dilation, cfg.q),
+            oracle.tile_ids(shape, dilation, cfg.kv),
+            math.prod(cfg.kv),
+        )
+        work = len(visited) * int(visited.max()) * math.prod(cfg.q) * math.prod(cfg.kv)
+        ranked.append((work, int(visited.sum() - full.sum()), i, cfg))
+    return min(ranked)[-1]
+
+
+SELECTION = {  # name -> (shape, window, stride, dilation, causal)
+    "2d-blocked-8x16": ((32, 48), (8, 16), (8, 16), (1, 1), (False, False)),
+    "2d-blocked-16x8": ((48, 32), (16, 8), (16, 8), (1, 1), (False, False)),
+    "2d-na-7x21": ((24, 48), (7, 21), (1, 1), (1, 1), (False, False)),
+    "2d-tie-na-13x13": ((40, 40), (13, 13), (1, 1), (1, 1), (False, False)),
+    "2d-dilated-causal": ((30, 44), (5, 9), (1, 2), (2, 2), (True, False)),
+    "3d-blocked-4x4x8": ((8, 16, 16), (4, 4, 8), (4, 4, 8), (1, 1, 1), (False,) * 3),
+    "3d-blocked-2x8x8": ((4, 16, 16), (2, 8, 8), (2, 8, 8), (1, 1, 1), (False,) * 3),
+    "3d-na-5x5x5": ((8, 12, 16), (5, 5, 5), (1, 1, 1), (1, 1, 1), (False,) * 3),
+}
+
+
+@needs_cuda_build
+@pytest.mark.usefixtures("pretend_hopper")
+def test_cuda_path_runs_the_best_compiled_configuration():
+    picked = {}
+    for name, (shape, window, stride, dilation, causal) in SELECTION.items():
+        best = _brute_force_best(shape, window, stride, dilation, causal)
+        q, k, v = _qkv(shape)
+        lowered = _lowered_tiles(q, k, v, window, stride=stride, dilation=dilation,
+                                 is_causal=causal)  # fmt: skip
+        assert lowered == (best.q, best.kv), name
+        picked[name] = best
+    # The problems exercise both configurations of each rank, so the pick is not a constant.
+    for rank in (2, 3):
+        chosen = {c for n, c in picked.items() if n.startswith(f"{rank}d")}
+        assert chosen == set(_tiles.SM90_FORWARD[rank][D]), rank
+
+
+@needs_cuda_build
+@pytest.mark.usefixtures("pretend_hopper")
+def test_requested_tiles_reach_the_custom_call():
+    q, k, v = _qkv((32, 48))
+    # The best pick here is (8, 16); asking for the default runs the default.
+    assert _lowered_tiles(q, k, v, (8, 16), stride=(8, 16)) == ((8, 16), (8, 16))
+    tiles = _lowered_tiles(q, k, v, (8, 16), stride=(8, 16), q_tile_shape=(16, 8),
+                           kv_tile_shape=(16, 8))  # fmt: skip
+    assert tiles == ((16, 8), (16, 8))
+    # The backward takes no tile attributes (jax.grad traces both).
+    grad = jax.jit(
+        jax.grad(
+            lambda q: jax_gna.gna(q, k, v, (8, 16), implementation="cuda", q_tile_shape=(16, 8),
+                                  kv_tile_shape=(16, 8)).astype(jnp.float32).sum()
+        )
+    )  # fmt: skip
+    text = grad.lower(q).as_text()
+    assert "@jax_gna_fwd" in text
+
+
+@needs_cuda_build
+@pytest.mark.usefixtures("pretend_hopper")
+def test_tiles_the_kernels_lack_raise_and_are_reported():
+    q, k, v = _qkv((32, 48))
+    kw = dict(q_tile_shape=8, kv_tile_shape=8)  # (8, 8): 64-token Q tiles, not compiled
+    why = jax_gna.supported_implementations(q, k, v, (8, 16), **kw)
+    assert re.search(r"q_tile_shape=\(8, 8\), kv_tile_shape=\(8, 8\): these tile shapes are "
+                     r"not a compiled.*Q\(16,8\)/KV\(16,8\) \(the default\), Q\(8,16\)",
+                     why["cuda"])  # fmt: skip
+    assert all("'cuda' kernels" in why[i] for i in ("cpu", "xla", "reference"))
+    usable = r"Usable here without `q_tile_shape`/`kv_tile_shape`: \['cuda'"
+    with pytest.raises(NotImplementedError, match=f"cannot run this call: q_tile_shape=.*{usable}"):
+        jax_gna.gna(q, k, v, (8, 16), implementation="cuda", **kw)
+    with pytest.raises(NotImplementedError, match="None picked 'cuda'.*not a compiled"):
+        jax_gna.gna(q, k, v, (8, 16), **kw)
+    # Without the override the same call is fine.
+    assert jax_gna.supported_implementations(q, k, v, (8, 16))["cuda"] is None
+
+
+# -- without a GPU ------------------------------------------------------------------------------
+
+
+def test_other_implementations_refuse_tiles_and_none_ignores_them_off_the_gpu():
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((1, 12, 10, 2, 16)), jnp.float32) for _ in "qkv")
+    kw = dict(q_tile_shape=(16, 8), kv_tile_shape=(16, 8))
+    for impl in ("xla", "reference") + (("cpu",) if ext is not None else ()):
+        with pytest.raises(NotImplementedError, match=r"`q_tile_shape`/`kv_tile_shape`.*'cuda'"):
+            jax_gna.gna(q, k, v, (3, 5), implementation=impl, **kw)
+    # implementation=None on the CPU picks as without them, and the result is the same.
+    want = jax_gna.gna(q, k, v, (3, 5))
+    np.testing.assert_array_equal(jax_gna.gna(q, k, v, (3, 5), **kw), want)
+    np.testing.assert_array_equal(jax.jit(lambda q: jax_gna.gna(q, k, v, (3, 5), **kw))(q), want)
