@@ -1,9 +1,10 @@
 """implementation="cuda" on a Hopper GPU: the sm90 forward kernel through the public API.
 
 Random configurations per rank (odd extents, stride, dilation, per-axis causal, GQA, head dims
-32-256, fp16/bf16, extra batch dims, extra KV tokens, user scale) against the dense masked
-reference computed in float32 on the same device from the same inputs; then jit (no retrace),
-vmap, automatic selection, gradients (the xla backward behind the CUDA forward) and XLA
+32-256, fp16/bf16, extra batch dims, extra KV tokens, user scale, a tile configuration drawn
+among the compiled ones) against the dense masked reference computed in float32 on the same
+device from the same inputs; every compiled tile configuration on a few problems; then jit (no
+retrace), vmap, automatic selection, gradients (the xla backward behind the CUDA forward) and XLA
 command buffers (CUDA graphs). Run on a GPU machine with ``python -m pytest -m gpu tests/gpu``
 (add ``-n 8`` and ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` to spread the XLA compiles over
 cores); ``GNA_GPU_CASES`` sets the configurations per rank (default 100).
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 
 import jax_gna
-from jax_gna import _extension, reference
+from jax_gna import _extension, _tiles, reference
 
 pytestmark = pytest.mark.gpu
 
@@ -88,7 +89,7 @@ def _random_case(rng: np.random.Generator, rank: int) -> dict:
         dilation.append(d)
         causal.append(bool(rng.random() < 0.3))
     heads_kv = int(rng.choice([1, 2]))
-    return dict(
+    case = dict(
         batch=[(1,), (2,), (2, 1)][int(rng.integers(3))],
         extents=tuple(extents),
         heads=heads_kv * int(rng.choice([1, 2, 3])),
@@ -102,6 +103,10 @@ def _random_case(rng: np.random.Generator, rank: int) -> dict:
         scale=None if rng.random() < 0.7 else float(rng.uniform(-0.5, 0.5)),
         extra=int(rng.choice([0, 0, 0, 5])),
     )
+    # Any compiled configuration fits these dilations (tile x dilation <= 256 per axis).
+    configs = _tiles.supported_tiles(rank, case["dim"], case["dtype"])
+    case["tiles"] = configs[int(rng.integers(len(configs)))]
+    return case
 
 
 def _inputs(case: dict, seed: int):
@@ -128,11 +133,14 @@ def _window(case: dict) -> dict:
 def _check_against_reference(case: dict, seed: int) -> None:
     q, k, v, extra = _inputs(case, seed)
     w = _window(case)
+    tiles = case.get("tiles")  # None: the kernels pick
+    if tiles is not None:
+        tiles = dict(q_tile_shape=tiles.q, kv_tile_shape=tiles.kv)
     f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
     # One compile per call under jit (eagerly, every primitive compiles on its own per shape).
     gna = jax.jit(
         lambda q, k, v, extra: jax_gna.gna(
-            q, k, v, **w, **extra, return_lse=True, implementation="cuda"
+            q, k, v, **w, **extra, **(tiles or {}), return_lse=True, implementation="cuda"
         )
     )
     out, lse = gna(q, k, v, extra)
@@ -154,6 +162,51 @@ def test_random_configurations_match_reference(rank, chunk):
     cases = [_random_case(rng, rank) for _ in range(N_CASES)]  # same cases for every chunk
     for i in range(chunk, N_CASES, CHUNKS):
         _check_against_reference(cases[i], seed=i)
+
+
+# Every compiled tile configuration of the head dims this build holds.
+COMPILED = [
+    (rank, dim, cfg)
+    for rank in (1, 2, 3)
+    for dim in HEAD_DIMS
+    for cfg in _tiles.supported_tiles(rank, dim, "bfloat16")
+]
+# Per rank: odd extents with borders, causal + dilation + stride, and a tile-aligned blocked one.
+CONFIG_PROBLEMS = {
+    1: [
+        dict(extents=(300,), kernel_size=(37,), stride=(1,), dilation=(1,), is_causal=(False,)),
+        dict(extents=(411,), kernel_size=(64,), stride=(8,), dilation=(2,), is_causal=(True,)),
+        dict(extents=(512,), kernel_size=(128,), stride=(128,), dilation=(1,), is_causal=(False,)),
+    ],
+    2: [
+        dict(extents=(29, 37), kernel_size=(9, 13), stride=(1, 1), dilation=(1, 1),
+             is_causal=(False, False)),
+        dict(extents=(40, 35), kernel_size=(7, 6), stride=(3, 2), dilation=(2, 3),
+             is_causal=(True, False)),
+        dict(extents=(32, 64), kernel_size=(16, 16), stride=(16, 16), dilation=(1, 1),
+             is_causal=(False, False)),
+    ],
+    3: [
+        dict(extents=(9, 13, 19), kernel_size=(5, 7, 9), stride=(1, 1, 1), dilation=(1, 1, 1),
+             is_causal=(False, False, False)),
+        dict(extents=(12, 14, 17), kernel_size=(3, 4, 5), stride=(2, 1, 3), dilation=(2, 3, 1),
+             is_causal=(False, True, True)),
+        dict(extents=(8, 16, 16), kernel_size=(4, 8, 8), stride=(4, 8, 8), dilation=(1, 1, 1),
+             is_causal=(False, False, False)),
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rank", "dim", "tiles"), COMPILED, ids=[f"{r}d-d{d}-{c}" for r, d, c in COMPILED]
+)
+def test_every_compiled_tile_configuration_matches_reference(rank, dim, tiles):
+    for i, problem in enumerate(CONFIG_PROBLEMS[rank]):
+        case = dict(
+            batch=(2,), heads=4, heads_kv=2, dim=dim, dtype=jnp.bfloat16, scale=None, extra=0,
+            tiles=tiles, **problem,
+        )  # fmt: skip
+        _check_against_reference(case, seed=100 + i)
 
 
 BLOCKED = [  # tile-aligned, perfectly block-sparse, and the design problems in miniature
@@ -221,6 +274,22 @@ def test_auto_selection_picks_cuda_and_explains_fallbacks():
     want = _oracle(x, x, x, kernel_size=5, dilation=3)
     got = jax_gna.gna(x, x, x, 5, dilation=3).astype(jnp.float32)
     np.testing.assert_allclose(got, want, atol=2.5e-2, rtol=2.5e-2)
+
+
+@pytest.mark.parametrize("impl", ["cuda", None])
+def test_tile_overrides_run_or_raise(impl):
+    case, q, k, v = _small()
+    w = _window(case)
+    want = _oracle(q, k, v, **w)
+    for tiles in _tiles.supported_tiles(2, 128, "bfloat16"):
+        got = jax_gna.gna(
+            q, k, v, **w, implementation=impl, q_tile_shape=tiles.q, kv_tile_shape=tiles.kv
+        )
+        np.testing.assert_allclose(
+            got.astype(jnp.float32), want, atol=2.5e-2, rtol=2.5e-2, err_msg=str(tiles)
+        )
+    with pytest.raises(NotImplementedError, match=r"not a compiled.*Q\(16,8\)/KV\(16,8\)"):
+        jax_gna.gna(q, k, v, **w, implementation=impl, q_tile_shape=8, kv_tile_shape=8)
 
 
 def test_jit_vmap_and_no_retrace():
