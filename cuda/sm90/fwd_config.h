@@ -84,6 +84,7 @@ struct FwdParams {
   int num_q_tiles;    // product of q_tiles
   int tile_order[3];  // axes from fastest to slowest in the CTA order (L2 reuse)
   int num_groups;     // product of dilations
+  int num_items;      // work items: num_q_tiles * num_groups * heads * batch
   int heads;
   int kv_group;  // heads / kv_heads
   int batch;

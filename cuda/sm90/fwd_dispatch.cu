@@ -20,6 +20,9 @@
 namespace gna::sm90 {
 namespace {
 
+// Windows of at most this many KV tiles run on a persistent grid (persistent_grid).
+constexpr int kPersistentMaxWindowTiles = 32;
+
 using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
                                    const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
                                    const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
@@ -145,6 +148,35 @@ bool boxes_fit(const FwdTileConfig& tiles, const KernelAxes& ax) {
   return true;
 }
 
+// SMs of the current device, read once per device ordinal.
+cudaError_t multiprocessor_count(int* sms) {
+  constexpr int kMaxDevices = 64;
+  static int cached[kMaxDevices] = {};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
+  if (cached[device] == 0) {
+    err = cudaDeviceGetAttribute(&cached[device], cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess) return err;
+  }
+  *sms = cached[device];
+  return cudaSuccess;
+}
+
+// One CTA per SM looping over the work items, rather than one CTA per item,
+// when items visit few KV tiles: an item's fixed cost (Q load, pipeline fill
+// and drain, epilogue) is then a large share of it, and a persistent CTA loads
+// the next item's Q while the current one finishes. GNA_SM90_PERSISTENT=0/1
+// forces either (development knob).
+bool persistent_grid(const Problem& p, const FwdTileConfig& tiles) {
+  static const char* env = std::getenv("GNA_SM90_PERSISTENT");
+  if (env && (env[0] == '0' || env[0] == '1')) return env[0] == '1';
+  int64_t window = 1;
+  for (int a = 0; a < p.rank; ++a) window *= p.kernel_size[a];
+  return window <= int64_t(kPersistentMaxWindowTiles) * tiles.kv_size();
+}
+
 // Index of the configuration of (p.rank, p.head_dim) with p's requested tiles
 // (problem axes, padded to kernel axes like the problem), or -1.
 int requested_config(const Problem& p) {
@@ -246,6 +278,7 @@ cudaError_t fwd_launch(const Problem& p, const void* q, const void* k, const voi
   if (can_implement(p, &config) != nullptr) return cudaErrorInvalidValue;
   const FwdTileConfig tiles = fwd_tile_config(p.rank, p.head_dim, config);
   const KernelAxes ax = kernel_axes(p);
+  cudaError_t err;
 
   FwdParams fp = {};
   fp.num_q_tiles = 1;
@@ -274,11 +307,17 @@ cudaError_t fwd_launch(const Problem& p, const void* q, const void* k, const voi
   fp.out = out;
   fp.lse = lse;
 
-  const int64_t grid = int64_t(fp.num_q_tiles) * fp.num_groups * p.heads * p.batch;
-  if (grid >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
+  const int64_t items = int64_t(fp.num_q_tiles) * fp.num_groups * p.heads * p.batch;
+  if (items >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
+  fp.num_items = int(items);
+  int64_t grid = items;
+  if (persistent_grid(p, tiles)) {
+    int sms = 0;
+    if ((err = multiprocessor_count(&sms))) return err;
+    grid = std::min<int64_t>(items, sms);
+  }
 
   CUtensorMap mq, mk, mv;
-  cudaError_t err;
   if ((err = make_token_tensor_map(&mq, q, p.dtype, p.head_dim, p.heads, ax, p.batch, tiles.q)))
     return err;
   if ((err = make_token_tensor_map(&mk, k, p.dtype, p.head_dim, p.kv_heads, ax, p.batch, tiles.kv)))

@@ -2,8 +2,11 @@
 // user's heads-last layout, wgmma, online softmax in fp32 registers, P·V with
 // P from registers, LSE output.
 //
-// One CTA = one Q tile (128 tokens, a multi-dimensional box of the token grid)
-// of one head, one batch entry and one dilation group. 384 threads:
+// A work item = one Q tile (128 tokens, a multi-dimensional box of the token
+// grid) of one head, one batch entry and one dilation group. A CTA runs items
+// blockIdx.x, blockIdx.x + gridDim.x, ... (one item per CTA, or a persistent
+// grid of one CTA per SM for short KV boxes: then the next item's Q loads while
+// the current item finishes). 384 threads:
 //   warpgroup 0 (Producer): one thread issues TMA loads of Q once, then K and V
 //     of every KV tile of the Q tile's KV box (gna/tile_box.h) into a ring.
 //   warpgroups 1, 2 (Consumer0/1): 64 query rows each; S = Q K^T (SS wgmma),
@@ -86,13 +89,22 @@ struct FwdKernel {
   static constexpr int kEpilogueBarrier = 0;
   static constexpr int kSchedulerBarrier = 2;
 
+  // O is staged in its own tile where shared memory allows (d <= 128), so that Q
+  // is free for the next item once the last S GEMM has read it; otherwise O
+  // reuses the Q tile and Q is free after the epilogue.
+  static constexpr size_t kTileElems = size_t(kTileQ + 2 * kStages * kTileKV) * kHeadDim;
+  static constexpr bool kSeparateO =
+      (kTileElems + size_t(kTileQ) * kHeadDim) * sizeof(Element) + 4096 <= 227 * 1024;
+
   struct SharedStorage {
     alignas(1024) Element q[kTileQ * kHeadDim];
     alignas(1024) Element k[kStages * kTileKV * kHeadDim];
     alignas(1024) Element v[kStages * kTileKV * kHeadDim];
+    alignas(1024) Element o[kSeparateO ? kTileQ * kHeadDim : 8];
     typename PipelineKV::SharedStorage pipe_k;
     typename PipelineKV::SharedStorage pipe_v;
-    alignas(8) uint64_t q_barrier;
+    alignas(8) uint64_t q_full;   // Q landed (TMA transaction barrier)
+    alignas(8) uint64_t q_empty;  // every consumer thread is done with Q
   };
   // + 1024: the dynamic smem base is re-aligned to 1024 B (SW128 TMA/GMMA).
   static constexpr size_t kSmemBytes = sizeof(SharedStorage) + 1024;
@@ -114,9 +126,9 @@ struct FwdKernel {
     bool valid;     // false: the Q tile holds no query of its dilation group
   };
 
-  static CUTLASS_DEVICE Work decode_work(const FwdParams& p) {
+  static CUTLASS_DEVICE Work decode_work(const FwdParams& p, int item) {
     Work w;
-    int i = blockIdx.x;
+    int i = item;
     int qt = i % p.num_q_tiles;
     i /= p.num_q_tiles;
     int gi = i % p.num_groups;
@@ -170,23 +182,26 @@ struct FwdKernel {
     }
   }
 
+  // Loads of one work item: Q once (after the previous item released it), then K
+  // and V of every KV tile of the box into the ring.
+  template <class State>
   static CUTLASS_DEVICE void producer(const CUtensorMap* map_q, const CUtensorMap* map_k,
                                       const CUtensorMap* map_v, const FwdParams& p, const Work& w,
-                                      SharedStorage& ss, PipelineKV& pipe_k, PipelineKV& pipe_v) {
+                                      int count, SharedStorage& ss, PipelineKV& pipe_k,
+                                      PipelineKV& pipe_v, State& state_k, State& state_v) {
     constexpr uint64_t kEvictNormal = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
     constexpr uint64_t kEvictLast = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
     constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
     const int kv_head = w.head / p.kv_group;
 
-    cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.q_barrier, kTileBytesQ);
+    if (count > 0) cutlass::arch::ClusterBarrier::wait(&ss.q_empty, (count - 1) & 1);
+    cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.q_full, kTileBytesQ);
     tma_load_tile(
-        map_q, &ss.q_barrier, ss.q, kChunkBytesQ, w.head,
-        tma_coord(p, w, 2, w.q_tile[2] * q_tile[2]), tma_coord(p, w, 1, w.q_tile[1] * q_tile[1]),
+        map_q, &ss.q_full, ss.q, kChunkBytesQ, w.head, tma_coord(p, w, 2, w.q_tile[2] * q_tile[2]),
+        tma_coord(p, w, 1, w.q_tile[1] * q_tile[1]),
         w.batch * p.extent[0] + tma_coord(p, w, 0, w.q_tile[0] * q_tile[0]), kEvictNormal);
 
-    auto state_k = cutlass::make_producer_start_state<PipelineKV>();
-    auto state_v = cutlass::make_producer_start_state<PipelineKV>();
     const int n = w.box.size();
     int t[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
     for (int j = 0; j < n; ++j, w.box.next(t)) {
@@ -253,8 +268,11 @@ struct FwdKernel {
     cute::warpgroup_fence_operand(tA);
   }
 
-  static CUTLASS_DEVICE void consumer(const FwdParams& p, const Work& w, SharedStorage& ss,
-                                      PipelineKV& pipe_k, PipelineKV& pipe_v) {
+  // One work item; the pipeline states carry over to the next.
+  template <class State>
+  static CUTLASS_DEVICE void consumer(const FwdParams& p, const Work& w, int count,
+                                      SharedStorage& ss, PipelineKV& pipe_k, PipelineKV& pipe_v,
+                                      State& state_k, State& state_v) {
     using namespace cute;
     constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
@@ -409,8 +427,8 @@ struct FwdKernel {
       return !full;  // partial: mask per element
     };
 
-    typename PipelineKV::PipelineState state_k, state_v;
     const int n = w.box.size();
+    auto release_q = [&] { cutlass::arch::ClusterBarrier::arrive(&ss.q_empty); };
 
     // Ping-pong between the two consumer warpgroups (FA3): a warpgroup issues
     // its GEMMs only in its turn and hands the turn over right after issuing,
@@ -418,9 +436,7 @@ struct FwdKernel {
     // cores. Both warpgroups take n + 1 turns.
     auto take_turn = [&] { cutlass::arch::NamedBarrier::sync(256, kSchedulerBarrier + wg); };
     auto pass_turn = [&] { cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier + 1 - wg); };
-    if (wg == 0) cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier);  // WG 0 starts
-
-    cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_barrier, 0);
+    cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, count & 1);
 
     // Tile 0: S = Q K0^T, softmax.
     {
@@ -433,6 +449,7 @@ struct FwdKernel {
       warpgroup_wait<0>();
       pipe_k.consumer_release(state_k);
       ++state_k;
+      if (kSeparateO && n == 1) release_q();
       float corr[2];
       softmax_step(partial, origin, corr);
       convert_p();
@@ -449,6 +466,7 @@ struct FwdKernel {
       warpgroup_wait<1>();  // S_j ready; P_{j-1} V_{j-1} may still run
       pipe_k.consumer_release(state_k);
       ++state_k;
+      if (kSeparateO && j == n - 1) release_q();  // the last read of Q is done
       float corr[2];
       softmax_step(partial, origin, corr);
       warpgroup_wait<0>();  // P_{j-1} V_{j-1} done: O and P registers are free
@@ -463,6 +481,7 @@ struct FwdKernel {
     pass_turn();
     warpgroup_wait<0>();
     pipe_v.consumer_release(state_v);
+    ++state_v;  // the states carry over to the next item
 
     // Epilogue: normalise, LSE, O through this warpgroup's (now unused) Q rows.
     float inv[2], lse[2];
@@ -501,8 +520,10 @@ struct FwdKernel {
     }
 
     cutlass::arch::NamedBarrier wg_barrier(128, kEpilogueBarrier + wg);
-    wg_barrier.sync();  // every warp of this warpgroup is done reading its Q rows
-    Tensor sO = make_tensor(make_smem_ptr(ss.q), SmemLayoutQ{});
+    // Every warp of this warpgroup is done reading its rows of the O tile (the
+    // previous item's copy-out) or, where O reuses it, of the Q tile.
+    wg_barrier.sync();
+    Tensor sO = make_tensor(make_smem_ptr(kSeparateO ? ss.o : ss.q), SmemLayoutQ{});
     Tensor tOsO = thr_pv.partition_C(sO);
     CUTLASS_PRAGMA_UNROLL
     for (int i = 0; i < size(tOrO); ++i) tOsO(i) = static_cast<Element>(tOrO(i));
@@ -519,13 +540,11 @@ struct FwdKernel {
       const uint4 vec = *reinterpret_cast<const uint4*>(raw_pointer_cast(&sO(row, col)));
       *reinterpret_cast<uint4*>(out + (token * p.heads + w.head) * kHeadDim + col) = vec;
     }
+    if (!kSeparateO) release_q();
   }
 
   static CUTLASS_DEVICE void run(const CUtensorMap* map_q, const CUtensorMap* map_k,
                                  const CUtensorMap* map_v, const FwdParams& p, char* smem_raw) {
-    const Work w = decode_work(p);
-    if (!w.valid) return;  // uniform over the CTA
-
     SharedStorage& ss = *reinterpret_cast<SharedStorage*>(
         (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
     const int warp_group = threadIdx.x / 128;
@@ -542,17 +561,36 @@ struct FwdKernel {
     pipe_params.initializing_warp = 1;
     PipelineKV pipe_v(ss.pipe_v, pipe_params, cute::Shape<cute::_1, cute::_1, cute::_1>{});
     if (threadIdx.x == 64) {
-      cutlass::arch::ClusterTransactionBarrier::init(&ss.q_barrier, 1);
+      cutlass::arch::ClusterTransactionBarrier::init(&ss.q_full, 1);
+      cutlass::arch::ClusterBarrier::init(&ss.q_empty, 256);
       cutlass::arch::fence_barrier_init();
     }
     __syncthreads();
 
+    // Items without a query of their dilation group are skipped by every role
+    // alike; `count` numbers the others (barrier phases).
     if (role == WarpGroupRole::Producer) {
       cutlass::arch::warpgroup_reg_dealloc<40>();
-      if (threadIdx.x == 0) producer(map_q, map_k, map_v, p, w, ss, pipe_k, pipe_v);
+      if (threadIdx.x != 0) return;
+      auto state_k = cutlass::make_producer_start_state<PipelineKV>();
+      auto state_v = cutlass::make_producer_start_state<PipelineKV>();
+      int count = 0;
+      for (int item = blockIdx.x; item < p.num_items; item += gridDim.x) {
+        const Work w = decode_work(p, item);
+        if (!w.valid) continue;
+        producer(map_q, map_k, map_v, p, w, count++, ss, pipe_k, pipe_v, state_k, state_v);
+      }
     } else {
       cutlass::arch::warpgroup_reg_alloc<232>();
-      consumer(p, w, ss, pipe_k, pipe_v);
+      typename PipelineKV::PipelineState state_k, state_v;
+      // Warpgroup 0 takes the first GEMM turn; turns then alternate across items.
+      if (threadIdx.x < 256) cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier);
+      int count = 0;
+      for (int item = blockIdx.x; item < p.num_items; item += gridDim.x) {
+        const Work w = decode_work(p, item);
+        if (!w.valid) continue;
+        consumer(p, w, count++, ss, pipe_k, pipe_v, state_k, state_v);
+      }
     }
   }
 };
