@@ -482,13 +482,16 @@ class _Timer:
         self.times: list[float] = []
 
     def _per_call(self, fn, calls: int, progress: _Progress | None = None) -> float:
+        """Seconds per call of `calls` calls dispatched back to back (throughput, as samples
+        run them; a wait after each call would add the host's sync latency)."""
         import jax
 
         t0 = time.perf_counter()
         for _ in range(calls):
-            jax.block_until_ready(fn(*self.args))
+            result = fn(*self.args)
             if progress is not None:
                 progress.step()
+        jax.block_until_ready(result)
         return (time.perf_counter() - t0) / max(calls, 1)
 
     def prepare(self, warmup: int, progress: _Progress) -> None:

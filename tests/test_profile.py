@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jax_gna
-from jax_gna import profile
+from jax_gna import _extension, profile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HUNYUAN = "-i 30 48 80 -n 24 -d 128 -w 18 24 24 -s 16 8 8".split()
@@ -104,7 +104,7 @@ def test_tile_flags_reach_the_cuda_implementation_only(monkeypatch):
 
 
 @pytest.mark.skipif(
-    jax_gna._extension.ext is None or not jax_gna._extension.ext.cuda_targets(),
+    _extension.ext is None or not _extension.ext.cuda_targets(),
     reason="this build has no CUDA kernels",
 )
 def test_table_says_which_tiles_the_cuda_implementation_runs():
