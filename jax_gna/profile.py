@@ -11,8 +11,8 @@ Timing: one call to compile, ``--warmup`` calls, then the median of ``--iters`` 
 clock, ``block_until_ready`` at the end of each). A sample runs one candidate for at least
 0.2 s: a batch of calls dispatched back to back, so that each candidate is timed in its own
 sustained clock state (a GPU's clock under load settles over tens of milliseconds, and depends
-on what runs). Forward calls under 2 ms are chained inside one jitted function (each call's
-query is the previous call's output, up to 64 calls), so that Python's per-call dispatch,
+on what runs). On a GPU, forward calls under 2 ms are chained inside one jitted function (each
+call's query is the previous call's output, up to 64 calls), so that Python's per-call dispatch,
 which a jitted model does not pay per op, does not hide the GPU time of microsecond kernels;
 everything each call launches is still timed. The samples of the implementations and of dense
 attention alternate, one of each in turn, so that slow drift reaches them alike.
