@@ -93,19 +93,27 @@ def visible(shape, kernel_size, stride=1, dilation=1, is_causal=False) -> np.nda
     return out
 
 
-def tile_pairs(visible: np.ndarray, q_id: np.ndarray, k_id: np.ndarray, kv_slots: int):
-    """Per Q tile: visited KV tiles and full KV tiles, from token -> tile ids (`tile_ids`) and
-    visibility (`visible`). A (Q tile, KV tile) pair is visited when it holds a visible pair,
-    full when every pair of a query of the Q tile and a slot of the KV tile (``kv_slots`` slots;
-    a slot past the end of the layout is padding, never visible) is visible."""
+def tile_pair_counts(visible: np.ndarray, q_id: np.ndarray, k_id: np.ndarray):
+    """Visible token pairs per (Q tile, KV tile), from token -> tile ids (`tile_ids`) and
+    visibility (`visible`): ``(q_tiles, k_tiles, pairs, n_valid_q)`` with the distinct Q and KV
+    tile ids (rows), ``pairs[i, j]`` for Q tile ``q_tiles[i]`` and KV tile ``k_tiles[j]``, and the
+    number of tokens of each Q tile."""
     q_tiles, q_inv = np.unique(q_id, axis=0, return_inverse=True)
     k_tiles, k_inv = np.unique(k_id, axis=0, return_inverse=True)
     q_member = np.zeros((len(q_tiles), len(q_id)), dtype=np.int64)
     q_member[q_inv.ravel(), np.arange(len(q_id))] = 1
     k_member = np.zeros((len(k_tiles), len(k_id)), dtype=np.int64)
     k_member[k_inv.ravel(), np.arange(len(k_id))] = 1
-    pairs = q_member @ visible.astype(np.int64) @ k_member.T  # visible pairs per tile pair
-    n_valid_q = q_member.sum(axis=1)
+    pairs = q_member @ visible.astype(np.int64) @ k_member.T
+    return q_tiles, k_tiles, pairs, q_member.sum(axis=1)
+
+
+def tile_pairs(visible: np.ndarray, q_id: np.ndarray, k_id: np.ndarray, kv_slots: int):
+    """Per Q tile: visited KV tiles and full KV tiles, from token -> tile ids (`tile_ids`) and
+    visibility (`visible`). A (Q tile, KV tile) pair is visited when it holds a visible pair,
+    full when every pair of a query of the Q tile and a slot of the KV tile (``kv_slots`` slots;
+    a slot past the end of the layout is padding, never visible) is visible."""
+    _, _, pairs, n_valid_q = tile_pair_counts(visible, q_id, k_id)
     visited = (pairs > 0).sum(axis=1)
     full = (pairs == n_valid_q[:, None] * kv_slots).sum(axis=1)
     return visited, full

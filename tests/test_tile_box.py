@@ -1,19 +1,24 @@
-"""`cuda/include/gna/tile_box.h` (KV-tile boxes, empty/full/partial tiles) against brute force.
+"""`cuda/include/gna/tile_box.h` (KV-tile boxes, empty/full/partial tiles, and the backward's
+Q-tile boxes) against brute force.
 
 The C++ header is compiled into a small program (`cuda/tests/tile_box_cases.cc`) with the host
-compiler; its answers are checked against per-element visibility computed here from DESIGN.md §3
-directly (no code under test is used as the oracle).
+compiler; its answers are checked against per-element visibility computed from DESIGN.md §3
+directly: here (forward boxes and kinds) and by `tests/oracle.py`'s element mask (the backward's
+Q-tile boxes). No code under test is used as the oracle.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests import oracle
 
 ROOT = Path(__file__).resolve().parents[1]
 CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
@@ -117,7 +122,9 @@ def tile_box_program(tmp_path_factory) -> Path:
     return exe
 
 
-def test_boxes_and_kinds_match_brute_force(tile_box_program):
+@pytest.fixture(scope="module")
+def case_rows(tile_box_program) -> tuple[list, list[list[str]]]:
+    """The cases and, per case, the program's output lines after its "case <n>" line."""
     cases = _cases()
     text = "\n".join(
         " ".join([str(len(c))] + [" ".join(str(int(x)) for x in ax) for ax in c]) for c in cases
@@ -125,23 +132,34 @@ def test_boxes_and_kinds_match_brute_force(tile_box_program):
     out = subprocess.run(
         [str(tile_box_program)], input=text, capture_output=True, text=True, check=True
     ).stdout.splitlines()
-    it = iter(out)
-    line = next(it)
+    rows: list[list[str]] = []
+    for line in out:
+        if line.startswith("case "):
+            assert line == f"case {len(rows)}", line
+            rows.append([])
+        else:
+            rows[-1].append(line)
+    assert len(rows) == len(cases)
+    return cases, rows
+
+
+def _tile_count(axes, g) -> list[int]:
+    """Per axis: (group length, Q tiles, KV tiles) of dilation group ``g``."""
+    out = []
+    for ax, ga in zip(axes, g):
+        lg = (ax[0] - ga + ax[3] - 1) // ax[3]
+        out.append((lg, (lg + ax[5] - 1) // ax[5], (lg + ax[6] - 1) // ax[6]))
+    return out
+
+
+def test_boxes_and_kinds_match_brute_force(case_rows):
+    cases, case_out = case_rows
     checked = 0
-    for n, axes in enumerate(cases):
-        assert line == f"case {n}", line
+    for axes, out in zip(cases, case_out):
         rank = len(axes)
         groups = list(itertools.product(*[range(ax[3]) for ax in axes]))
-        line = next(it, None)
-        rows = []
-        while line is not None and line.startswith("q"):
-            rows.append(line)
-            line = next(it, None)
-        expected_rows = 0
-        for g in groups:
-            lgs = [(ax[0] - ga + ax[3] - 1) // ax[3] for ax, ga in zip(axes, g)]
-            nq = [(lg + ax[5] - 1) // ax[5] for lg, ax in zip(lgs, axes)]
-            expected_rows += int(np.prod(nq))
+        rows = [r for r in out if r.startswith("q")]
+        expected_rows = sum(math.prod(n[1] for n in _tile_count(axes, g)) for g in groups)
         assert len(rows) == expected_rows, (axes, len(rows), expected_rows)
         for row in rows:
             parts = row.split()
@@ -150,8 +168,7 @@ def test_boxes_and_kinds_match_brute_force(tile_box_program):
             box = [int(x) for x in parts[2 + 2 * rank : 2 + 4 * rank]]
             full = [int(x) for x in parts[3 + 4 * rank : 3 + 6 * rank]]
             kinds = parts[-1]
-            lgs = [(ax[0] - ga + ax[3] - 1) // ax[3] for ax, ga in zip(axes, g)]
-            k_ranges = [range(-1, (lg + ax[6] - 1) // ax[6] + 1) for lg, ax in zip(lgs, axes)]
+            k_ranges = [range(-1, n[2] + 1) for n in _tile_count(axes, g)]
             nonempty = []
             for pos, k_idx in enumerate(itertools.product(*k_ranges)):
                 want = _brute_kind(axes, g, q_idx, k_idx)
@@ -167,5 +184,51 @@ def test_boxes_and_kinds_match_brute_force(tile_box_program):
                 lo = min(k[a] for k in nonempty)
                 hi = max(k[a] for k in nonempty) + 1
                 assert (box[2 * a], box[2 * a + 1]) == (lo, hi), (axes, g, q_idx, a, box)
-    assert line is None
+    assert checked > 10000
+
+
+def _box_tiles(g, ranges) -> set[tuple[int, ...]]:
+    """(group..., tile...) of every tile of a box given as per-axis [begin, end) pairs."""
+    return {tuple(g) + t for t in itertools.product(*(range(b, e) for b, e in ranges))}
+
+
+def test_inverse_boxes_match_element_mask(case_rows):
+    """For every KV tile, q_tile_box holds exactly the Q tiles with a visible token pair, and
+    full_q_tile_range exactly those whose every valid query sees every slot of the KV tile,
+    by the N-d element mask of `tests/oracle.py` over the whole token grid."""
+    cases, case_out = case_rows
+    checked = 0
+    for axes, out in zip(cases, case_out):
+        rank = len(axes)
+        shape = tuple(ax[0] for ax in axes)
+        ks, st, dl, ca, qt, kt = (tuple(ax[i] for ax in axes) for i in range(1, 7))
+        q_tiles, k_tiles, pairs, n_valid_q = oracle.tile_pair_counts(
+            oracle.visible(shape, ks, st, dl, ca),
+            oracle.tile_ids(shape, dl, qt),
+            oracle.tile_ids(shape, dl, kt),
+        )
+        q_keys = [tuple(int(x) for x in t) for t in q_tiles]
+        k_col = {tuple(int(x) for x in t): j for j, t in enumerate(k_tiles)}
+        rows = [r for r in out if r.startswith("k")]
+        groups = list(itertools.product(*[range(d) for d in dl]))
+        expected_rows = sum(math.prod(n[2] + 2 for n in _tile_count(axes, g)) for g in groups)
+        assert len(rows) == expected_rows, (axes, len(rows), expected_rows)
+        for row in rows:
+            parts = row.split()
+            g = tuple(int(x) for x in parts[1 : 1 + rank])
+            k_idx = tuple(int(x) for x in parts[1 + rank : 1 + 2 * rank])
+            box = [int(x) for x in parts[2 + 2 * rank : 2 + 4 * rank]]
+            full = [int(x) for x in parts[3 + 4 * rank : 3 + 6 * rank]]
+            j = k_col.get(g + k_idx)  # None: the KV tile holds no token of group g
+            want_visited, want_full = set(), set()
+            if j is not None:
+                for i, q in enumerate(q_keys):
+                    if pairs[i, j] > 0:
+                        want_visited.add(q)
+                    if pairs[i, j] == n_valid_q[i] * math.prod(kt):
+                        want_full.add(q)
+            case = (axes, g, k_idx, box, full)
+            assert _box_tiles(g, zip(box[::2], box[1::2])) == want_visited, case
+            assert _box_tiles(g, zip(full[::2], full[1::2])) == want_full, case
+            checked += 1
     assert checked > 10000

@@ -8,19 +8,28 @@
 // - kv_tile_box / classify_tile / full_tile_range: against brute-force
 //   per-token visibility for every legal 1-D axis up to length 10 and
 //   pseudo-random 2-D and 3-D problems, with several tile sizes.
+// - q_tile_box / full_q_tile_range (the backward's inverse boxes): for every
+//   KV tile, the Q tiles in its box are exactly those whose kv_tile_box holds
+//   it, and its full Q tiles exactly those full in the forward and by
+//   per-element visibility (window.h's visible()); TileBox::index inverts
+//   TileBox::tile on those pairs. Every legal 1-D axis up to length 12 with
+//   small tiles, and pseudo-random 1-D, 2-D and 3-D problems with the
+//   compiled sm90 tile shapes (cuda/sm90/fwd_config.h, in the kernels'
+//   three-axis form) and small random tiles.
 // tests/test_window_cpp.py and tests/test_tile_box.py check the same headers
 // against the NumPy implementation and oracle.
 #include <cstdint>
 #include <cstdio>
 #include <vector>
 
+#include "cuda/sm90/fwd_config.h"
 #include "gna/tile_box.h"
 #include "gna/window.h"
 
 namespace {
 
 int failures = 0;
-int checks = 0;
+int64_t checks = 0;
 
 #define EXPECT(cond, ...)                                             \
   do {                                                                \
@@ -33,6 +42,15 @@ int checks = 0;
       }                                                               \
     }                                                                 \
   } while (0)
+
+// A fixed pseudo-random sequence (linear congruential): next(n) in [0, n).
+struct Lcg {
+  uint32_t state;
+  int next(int n) {
+    state = state * 1664525u + 1013904223u;
+    return static_cast<int>((state >> 8) % static_cast<uint32_t>(n));
+  }
+};
 
 std::vector<gna::Axis> legal_axes(int max_length) {
   std::vector<gna::Axis> axes;
@@ -184,25 +202,247 @@ void test_tiles() {
   const int tiles[][2] = {{1, 1}, {2, 3}, {4, 4}, {3, 8}};
   for (const gna::Axis& a : legal_axes(10))
     for (const auto& t : tiles) check_tiles(&a, 1, &t[0], &t[1]);
-  // Pseudo-random 2-D and 3-D problems (a fixed linear congruential sequence).
-  uint32_t state = 12345;
-  auto next = [&state](int n) {
-    state = state * 1664525u + 1013904223u;
-    return static_cast<int>((state >> 8) % static_cast<uint32_t>(n));
-  };
+  // Pseudo-random 2-D and 3-D problems.
+  Lcg rng{12345};
   for (int n = 0; n < 300; ++n) {
     const int rank = 2 + n % 2;
     gna::Axis axes[3];
     int q_tile[3], kv_tile[3];
     for (int a = 0; a < rank; ++a) {
-      const int length = 2 + next(8);
-      const int dilation = next(4) == 0 ? 1 + next(length / 2) : 1;
-      const int kernel_size = 2 + next(length / dilation - 1);
-      axes[a] = gna::Axis{length, kernel_size, 1 + next(kernel_size), dilation, next(3) == 0};
-      q_tile[a] = 1 + next(4);
-      kv_tile[a] = 1 + next(4);
+      const int length = 2 + rng.next(8);
+      const int dilation = rng.next(4) == 0 ? 1 + rng.next(length / 2) : 1;
+      const int kernel_size = 2 + rng.next(length / dilation - 1);
+      axes[a] =
+          gna::Axis{length, kernel_size, 1 + rng.next(kernel_size), dilation, rng.next(3) == 0};
+      q_tile[a] = 1 + rng.next(4);
+      kv_tile[a] = 1 + rng.next(4);
     }
     check_tiles(axes, rank, q_tile, kv_tile);
+  }
+}
+
+// Element-level facts about the tile pairs of one axis and one dilation group,
+// from window.h's visible() on full-axis coordinates (token p of the group is
+// position group + dilation * p). Tile indices run from -1 to the tile count,
+// stored shifted by one, so tiles past both ends of the group are covered.
+struct AxisPairs {
+  int nq = 0, nk = 0;            // tiles covering the group
+  std::vector<int64_t> visible;  // [(nq + 2) * (nk + 2)]: visible (valid q, valid k) pairs
+  std::vector<int> valid_q;      // [nq + 2]: valid queries of the Q tile
+  std::vector<char> keys_valid;  // [nk + 2]: every position of the KV tile is in the group
+
+  int64_t pairs(int t, int u) const { return visible[(t + 1) * (nk + 2) + (u + 1)]; }
+};
+
+AxisPairs axis_pairs(const gna::Axis& axis, int group, int q_tile, int kv_tile) {
+  int lg = 0;  // group length by counting, not by group_length()
+  for (int i = group; i < axis.length; i += axis.dilation) ++lg;
+  AxisPairs p;
+  p.nq = (lg + q_tile - 1) / q_tile;
+  p.nk = (lg + kv_tile - 1) / kv_tile;
+  p.visible.assign((p.nq + 2) * (p.nk + 2), 0);
+  p.valid_q.assign(p.nq + 2, 0);
+  p.keys_valid.assign(p.nk + 2, 0);
+  for (int u = -1; u <= p.nk; ++u) p.keys_valid[u + 1] = u >= 0 && (u + 1) * kv_tile <= lg;
+  for (int qp = 0; qp < lg; ++qp) {
+    const int t = qp / q_tile;
+    ++p.valid_q[t + 1];
+    for (int kp = 0; kp < lg; ++kp)
+      p.visible[(t + 1) * (p.nk + 2) + kp / kv_tile + 1] +=
+          gna::visible(axis, group + axis.dilation * qp, group + axis.dilation * kp);
+  }
+  return p;
+}
+
+// Visits every tile index vector of a box of tile counts `n` (per axis, -1..n[a]
+// on the first `rank` axes, 0 elsewhere), last axis fastest.
+template <typename F>
+void for_each_tile(int rank, const int* n, F f) {
+  int lo[3], hi[3];
+  for (int a = 0; a < 3; ++a) {
+    lo[a] = a < rank ? -1 : 0;
+    hi[a] = a < rank ? n[a] : 0;
+  }
+  for (int i0 = lo[0]; i0 <= hi[0]; ++i0)
+    for (int i1 = lo[1]; i1 <= hi[1]; ++i1)
+      for (int i2 = lo[2]; i2 <= hi[2]; ++i2) {
+        const int t[3] = {i0, i1, i2};
+        f(t);
+      }
+}
+
+bool in_box(const gna::TileBox& box, int rank, const int* t) {
+  for (int a = 0; a < rank; ++a)
+    if (t[a] < box.begin[a] || t[a] >= box.end[a]) return false;
+  return true;
+}
+
+int64_t inverse_problems = 0, inverse_pairs = 0, visited_pairs = 0, full_pairs = 0;
+
+// The backward's Q-tile boxes of every KV tile against the forward's KV-tile
+// boxes and against per-element visibility, over every dilation group.
+void check_inverse(const gna::Axis* axes, int rank, const int* q_tile, const int* kv_tile) {
+  ++inverse_problems;
+  int groups = 1;
+  for (int a = 0; a < rank; ++a) groups *= axes[a].dilation;
+  for (int gi = 0; gi < groups; ++gi) {
+    gna::GroupAxis ga[3];
+    AxisPairs el[3];
+    int nq[3] = {1, 1, 1}, nk[3] = {1, 1, 1};
+    for (int a = 0, r = gi; a < rank; ++a) {
+      const int g = r % axes[a].dilation;
+      r /= axes[a].dilation;
+      ga[a] = gna::group_axis(axes[a], g);
+      el[a] = axis_pairs(axes[a], g, q_tile[a], kv_tile[a]);
+      nq[a] = el[a].nq;
+      nk[a] = el[a].nk;
+      EXPECT(gna::tile_count(ga[a].length, q_tile[a]) == nq[a], "Q tile count, axis %d", a);
+    }
+    // The forward's view of every Q tile: its KV box and per-axis full ranges.
+    std::vector<gna::TileBox> fwd_box;
+    std::vector<gna::Range> fwd_full;
+    for_each_tile(rank, nq, [&](const int* t) {
+      fwd_box.push_back(gna::kv_tile_box(ga, rank, t, q_tile, kv_tile));
+      for (int a = 0; a < 3; ++a)
+        fwd_full.push_back(
+            a < rank ? gna::full_tile_range(ga[a], t[a] * q_tile[a], q_tile[a], kv_tile[a])
+                     : gna::Range{0, 1});
+    });
+    for_each_tile(rank, nk, [&](const int* u) {
+      const gna::TileBox box = gna::q_tile_box(ga, rank, u, q_tile, kv_tile);
+      gna::Range full[3];
+      for (int a = 0; a < rank; ++a)
+        full[a] = gna::full_q_tile_range(ga[a], u[a] * kv_tile[a], kv_tile[a], q_tile[a]);
+      int64_t in_box_count = 0;
+      int i = 0;
+      for_each_tile(rank, nq, [&](const int* t) {
+        const gna::TileBox& fwd = fwd_box[i];
+        const gna::Range* ffull = &fwd_full[3 * i];
+        ++i;
+        // Element level: the pair has a visible pair of tokens iff it has one
+        // along every axis; it is full iff every valid query sees every key
+        // along every axis and no key is padding.
+        bool any = true, all = true;
+        for (int a = 0; a < rank; ++a) {
+          const int64_t v = el[a].pairs(t[a], u[a]);
+          any &= v > 0;
+          all &= el[a].keys_valid[u[a] + 1] && v == int64_t(el[a].valid_q[t[a] + 1]) * kv_tile[a];
+        }
+        all &= any;
+        bool inv_full = true, fwd_full_pair = true;
+        for (int a = 0; a < rank; ++a) {
+          inv_full &= full[a].start <= t[a] && t[a] < full[a].end;
+          fwd_full_pair &= ffull[a].start <= u[a] && u[a] < ffull[a].end;
+        }
+        const bool inv = in_box(box, rank, t);
+        in_box_count += inv;
+        ++inverse_pairs;
+        visited_pairs += inv;
+        full_pairs += inv_full;
+        EXPECT(inv == in_box(fwd, rank, u),
+               "q_tile_box vs kv_tile_box: rank %d L=(%d %d %d) group %d kv tile (%d %d %d) q tile "
+               "(%d %d %d): inverse %d",
+               rank, axes[0].length, rank > 1 ? axes[1].length : 0, rank > 2 ? axes[2].length : 0,
+               gi, u[0], u[1], u[2], t[0], t[1], t[2], int(inv));
+        EXPECT(inv == any,
+               "q_tile_box vs element visibility: rank %d group %d kv (%d %d %d) q (%d %d %d)",
+               rank, gi, u[0], u[1], u[2], t[0], t[1], t[2]);
+        EXPECT(inv_full == all,
+               "full_q_tile_range vs element visibility: rank %d group %d kv (%d %d %d) q (%d %d "
+               "%d): got %d",
+               rank, gi, u[0], u[1], u[2], t[0], t[1], t[2], int(inv_full));
+        EXPECT(inv_full == fwd_full_pair, "full_q_tile_range vs full_tile_range: rank %d", rank);
+        if (inv) {  // the position of the KV tile in the Q tile's box order
+          const int pos = fwd.index(u);
+          int back[3];
+          fwd.tile(pos, back);
+          EXPECT(
+              0 <= pos && pos < fwd.size() && back[0] == u[0] && back[1] == u[1] && back[2] == u[2],
+              "TileBox::index: position %d of %d", pos, fwd.size());
+        }
+        const gna::TileKind kind = gna::classify_tile(ga, rank, t, q_tile, u, kv_tile);
+        EXPECT(kind == (all   ? gna::TileKind::kFull
+                        : any ? gna::TileKind::kPartial
+                              : gna::TileKind::kEmpty),
+               "classify_tile vs element visibility: rank %d", rank);
+      });
+      // The box is exact, so walking it visits exactly the Q tiles above.
+      EXPECT(box.size() == in_box_count, "q_tile_box size %d, %lld tiles inside", box.size(),
+             static_cast<long long>(in_box_count));
+    });
+  }
+}
+
+// A random legal axis of `length` positions, leaning towards the boundary
+// cases: s == K (blocked) and s == 1 a third of the time each, a window as
+// long as the group one time in eight.
+gna::Axis random_axis(Lcg& rng, int length) {
+  const int dilation = rng.next(3) == 0 ? 1 + rng.next(gna::max_int(length / 2, 1)) : 1;
+  const int max_k = length / dilation;  // >= 2 when dilation <= length / 2
+  int kernel_size = 2 + rng.next(max_k - 1);
+  if (rng.next(8) == 0) kernel_size = max_k;
+  const int pick = rng.next(3);
+  const int stride = pick == 0 ? kernel_size : pick == 1 ? 1 : 1 + rng.next(kernel_size);
+  return gna::Axis{length, kernel_size, stride, dilation, rng.next(3) == 0};
+}
+
+void test_inverse_tiles() {
+  // Every legal 1-D axis up to length 12, small and uneven tiles.
+  const int tiles[][2] = {{1, 1}, {2, 3}, {3, 2}, {4, 4}, {3, 8}, {8, 3}, {5, 5}};
+  for (const gna::Axis& a : legal_axes(12))
+    for (const auto& t : tiles) check_inverse(&a, 1, &t[0], &t[1]);
+
+  // The compiled sm90 configurations, in the kernels' form: three kernel axes,
+  // a rank-r problem left-padded with trivial axes (extent 1, window 1), plus
+  // the same shapes with Q and KV swapped and a few backward candidates (Q
+  // tiles of 64 tokens, KV tiles of 128).
+  struct Shapes {
+    int rank;
+    int q[3];
+    int kv[3];
+  };
+  std::vector<Shapes> shapes;
+  for (int rank = 1; rank <= 3; ++rank)
+    for (int d : gna::sm90::kFwdHeadDims) {
+      const gna::sm90::FwdTileConfigs t = gna::sm90::fwd_tile_configs(rank, d);
+      for (int c = 0; c < t.count; ++c) {
+        const gna::sm90::FwdTileConfig& f = t.config[c];
+        shapes.push_back({rank, {f.q[0], f.q[1], f.q[2]}, {f.kv[0], f.kv[1], f.kv[2]}});
+        shapes.push_back({rank, {f.kv[0], f.kv[1], f.kv[2]}, {f.q[0], f.q[1], f.q[2]}});
+      }
+    }
+  shapes.push_back({1, {1, 1, 64}, {1, 1, 128}});
+  shapes.push_back({2, {1, 8, 8}, {1, 16, 8}});
+  shapes.push_back({3, {1, 8, 8}, {2, 8, 8}});
+  Lcg rng{2024};
+  for (int n = 0; n < 1500; ++n) {
+    const Shapes& s = shapes[n % shapes.size()];
+    gna::Axis axes[3];
+    for (int a = 0; a < 3; ++a) {
+      if (a < 3 - s.rank) {
+        axes[a] = gna::Axis{1, 1, 1, 1, false};
+        continue;
+      }
+      // Extents from a few tiles to a few windows of tiles, odd ones included.
+      const int tile = gna::max_int(s.q[a], s.kv[a]);
+      const int max_length = s.rank == 1 ? 900 : s.rank == 2 ? 90 : a == 0 ? 14 : 40;
+      axes[a] = random_axis(rng, 2 + rng.next(gna::min_int(max_length, 6 * tile)));
+    }
+    check_inverse(axes, 3, s.q, s.kv);
+  }
+
+  // Pseudo-random 1-D, 2-D and 3-D problems with small random tiles.
+  for (int n = 0; n < 3000; ++n) {
+    const int rank = 1 + n % 3;
+    const int max_length = rank == 1 ? 60 : rank == 2 ? 24 : 12;
+    gna::Axis axes[3];
+    int q_tile[3], kv_tile[3];
+    for (int a = 0; a < rank; ++a) {
+      axes[a] = random_axis(rng, 2 + rng.next(max_length - 1));
+      q_tile[a] = 1 + rng.next(rank == 1 ? 12 : 6);
+      kv_tile[a] = 1 + rng.next(rank == 1 ? 12 : 6);
+    }
+    check_inverse(axes, rank, q_tile, kv_tile);
   }
 }
 
@@ -212,6 +452,11 @@ int main() {
   test_known_windows();
   test_window_invariants_and_inverse();
   test_tiles();
-  std::printf("%d checks, %d failed\n", checks, failures);
+  test_inverse_tiles();
+  std::printf(
+      "inverse boxes: %lld problems, %lld (Q tile, KV tile) pairs, %lld visited, %lld full\n",
+      static_cast<long long>(inverse_problems), static_cast<long long>(inverse_pairs),
+      static_cast<long long>(visited_pairs), static_cast<long long>(full_pairs));
+  std::printf("%lld checks, %d failed\n", static_cast<long long>(checks), failures);
   return failures == 0 ? 0 : 1;
 }

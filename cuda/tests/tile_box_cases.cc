@@ -1,7 +1,8 @@
-// Prints, for GNA problems read from stdin, the KV-tile box of every Q tile and
-// the classification of every (Q tile, KV tile) pair, as computed by
-// gna/tile_box.h. tests/test_tile_box.py compiles this with the host compiler
-// and checks the output against a brute-force NumPy oracle.
+// Prints, for GNA problems read from stdin, the KV-tile box of every Q tile,
+// the classification of every (Q tile, KV tile) pair and the backward's Q-tile
+// box of every KV tile, as computed by gna/tile_box.h. tests/test_tile_box.py
+// compiles this with the host compiler and checks the output against
+// brute-force NumPy oracles.
 //
 // Input, one problem per line:
 //   rank, then per axis: length kernel_size stride dilation causal q_tile kv_tile
@@ -10,10 +11,39 @@
 // (full: per axis, the KV tiles full_tile_range calls full).
 // where the digits are the TileKind of KV tiles with indices -1..count per axis
 // (last axis fastest), so tiles past both ends of the group are covered too.
+// Then per (dilation group, KV tile with indices -1..count per axis):
+//   "k <g...> <kt...> qbox <begin end>... qfull <begin end>..."
+// (qbox: q_tile_box; qfull: per axis, full_q_tile_range).
 #include <cstdio>
 #include <string>
 
 #include "gna/tile_box.h"
+
+namespace {
+
+// The `i`-th KV tile (last axis fastest) of indices -1..count per axis on the
+// first `rank` axes (0 past them); `n` holds count + 2 per axis (1 past rank).
+void kv_tile_of(int i, int rank, const int* n, int k[3]) {
+  for (int a = 2; a >= 0; --a) {
+    k[a] = i % n[a] - (a < rank ? 1 : 0);
+    i /= n[a];
+  }
+}
+
+// "<tag> <g...> <tile...> <box_name> <begin end>... <full_name> <begin end>...",
+// without the line's end.
+void print_row(const char* tag, int rank, const int* g, const int* tile, const char* box_name,
+               const gna::TileBox& box, const char* full_name, const gna::Range* full) {
+  std::printf("%s", tag);
+  for (int a = 0; a < rank; ++a) std::printf(" %d", g[a]);
+  for (int a = 0; a < rank; ++a) std::printf(" %d", tile[a]);
+  std::printf(" %s", box_name);
+  for (int a = 0; a < rank; ++a) std::printf(" %d %d", box.begin[a], box.end[a]);
+  std::printf(" %s", full_name);
+  for (int a = 0; a < rank; ++a) std::printf(" %d %d", full[a].start, full[a].end);
+}
+
+}  // namespace
 
 int main() {
   int rank;
@@ -65,23 +95,24 @@ int main() {
         const int total_k = nk[0] * nk[1] * nk[2];
         for (int ki = 0; ki < total_k; ++ki) {
           int k[3];
-          for (int a = 2, r = ki; a >= 0; --a) {
-            k[a] = r % nk[a] - (a < rank ? 1 : 0);
-            r /= nk[a];
-          }
+          kv_tile_of(ki, rank, nk, k);
           kinds += char('0' + int(gna::classify_tile(ga, rank, q, qt, k, kt)));
         }
-        std::printf("q");
-        for (int a = 0; a < rank; ++a) std::printf(" %d", g[a]);
-        for (int a = 0; a < rank; ++a) std::printf(" %d", q[a]);
-        std::printf(" box");
-        for (int a = 0; a < rank; ++a) std::printf(" %d %d", box.begin[a], box.end[a]);
-        std::printf(" full");
-        for (int a = 0; a < rank; ++a) {
-          const gna::Range f = gna::full_tile_range(ga[a], q[a] * qt[a], qt[a], kt[a]);
-          std::printf(" %d %d", f.start, f.end);
-        }
+        gna::Range full[3];
+        for (int a = 0; a < rank; ++a)
+          full[a] = gna::full_tile_range(ga[a], q[a] * qt[a], qt[a], kt[a]);
+        print_row("q", rank, g, q, "box", box, "full", full);
         std::printf(" kinds %s\n", kinds.c_str());
+      }
+      const int total_k = nk[0] * nk[1] * nk[2];
+      for (int ki = 0; ki < total_k; ++ki) {
+        int k[3];
+        kv_tile_of(ki, rank, nk, k);
+        gna::Range full[3];
+        for (int a = 0; a < rank; ++a)
+          full[a] = gna::full_q_tile_range(ga[a], k[a] * kt[a], kt[a], qt[a]);
+        print_row("k", rank, g, k, "qbox", gna::q_tile_box(ga, rank, k, qt, kt), "qfull", full);
+        std::printf("\n");
       }
     }
   }

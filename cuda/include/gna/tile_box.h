@@ -1,6 +1,7 @@
 // Tile geometry for the fused kernels (DESIGN.md §5): which KV tiles a Q tile
-// must visit, and whether a (Q tile, KV tile) pair is empty, fully visible or
-// partial (only partial pairs need the per-element mask).
+// must visit (forward), which Q tiles visit a KV tile (backward), and whether a
+// (Q tile, KV tile) pair is empty, fully visible or partial (only partial pairs
+// need the per-element mask).
 //
 // Host and device, no CUDA or CUTLASS headers. Everything here works in
 // dilation-group coordinates: along an axis of extent L and dilation d, group
@@ -93,6 +94,63 @@ GNA_HOST_DEVICE Range full_tile_range(const GroupAxis& a, int q_origin, int q_ti
   return lo < hi ? Range{lo, hi} : Range{0, 0};
 }
 
+// Backward (KV-stationary): a CTA owns one KV tile of one dilation group and
+// visits every Q tile whose forward KV range holds that KV tile, so that dK and
+// dV of the tile accumulate on chip and each (Q tile, KV tile) pair is computed
+// exactly once, as in the forward. The two functions below are the inverse of
+// kv_tile_range and full_tile_range along one axis:
+//   Q tile t in q_tile_range(u)      iff  KV tile u in kv_tile_range(t)
+//   Q tile t in full_q_tile_range(u) iff  KV tile u in full_tile_range(t)
+// (cuda/tests/geometry_test.cc checks both exhaustively against the forward and
+// against per-element visibility).
+//
+// Why they are exact: the queries whose windows meet the keys [k_lo, k_hi) are
+// {q : end(q) > k_lo and start(q) < k_hi}. Starts and ends are non-decreasing
+// in q, so this is a suffix intersected with a prefix, the contiguous range
+// [inverse_window(k_lo).start, inverse_window(k_hi - 1).end). A Q tile visits
+// the KV tile iff it holds one of those queries (the forward range of a Q tile
+// is exactly the KV tiles met by its valid queries' windows, see the top of
+// this file). Every valid key is seen by at least its own query, so the range
+// is never empty for a KV tile holding a valid key. Cost: two inverse_window
+// binary searches (O(log Lg) window evaluations each), once per CTA and axis.
+
+// The Q tiles (indices, tiles of `q_tile` positions) that visit the KV tile
+// starting at `kv_origin` with `kv_tile` positions along one axis. Empty
+// ({0, 0}) when the KV tile holds no valid key.
+GNA_HOST_DEVICE Range q_tile_range(const GroupAxis& a, int kv_origin, int kv_tile, int q_tile) {
+  const int k_lo = max_int(kv_origin, 0);
+  const int k_hi = min_int(kv_origin + kv_tile, a.length);
+  if (k_hi <= k_lo) return Range{0, 0};
+  const int first =
+      inverse_window_in_group(k_lo, a.length, a.kernel_size, a.stride, a.causal).start;
+  const int end =
+      inverse_window_in_group(k_hi - 1, a.length, a.kernel_size, a.stride, a.causal).end;
+  return Range{first / q_tile, ceil_div_int(end, q_tile)};
+}
+
+// The Q tiles along one axis for which the pair (Q tile, KV tile at
+// `kv_origin`) is full (classify_axis): the KV tile lies inside the group and
+// every valid query of the Q tile sees all of it. Those queries are
+// {q : end(q) >= kv_origin + kv_tile and start(q) <= kv_origin}, the range
+// [inverse_window(last key).start, inverse_window(first key).end). A Q tile
+// qualifies when its valid queries lie inside it: padding rows of the last Q
+// tile do not count (as in the forward), so when the range reaches the end of
+// the group the last Q tile qualifies too. Empty range when there are none
+// (a KV tile with padding would also get an empty range from the searches: no
+// query sees a key past the group's end; the first test only says it plainly).
+GNA_HOST_DEVICE Range full_q_tile_range(const GroupAxis& a, int kv_origin, int kv_tile,
+                                        int q_tile) {
+  if (kv_origin < 0 || kv_origin + kv_tile > a.length) return Range{0, 0};
+  const int first =
+      inverse_window_in_group(kv_origin + kv_tile - 1, a.length, a.kernel_size, a.stride, a.causal)
+          .start;
+  const int end =
+      inverse_window_in_group(kv_origin, a.length, a.kernel_size, a.stride, a.causal).end;
+  const int lo = ceil_div_int(first, q_tile);
+  const int hi = end >= a.length ? tile_count(a.length, q_tile) : end / q_tile;
+  return lo < hi ? Range{lo, hi} : Range{0, 0};
+}
+
 // Combine per-axis kinds: empty if any axis is empty, full if all are full.
 GNA_HOST_DEVICE TileKind combine_kinds(TileKind a, TileKind b) {
   if (a == TileKind::kEmpty || b == TileKind::kEmpty) return TileKind::kEmpty;
@@ -120,6 +178,14 @@ struct TileBox {
       i /= n;
     }
   }
+  // The inverse of tile(): the position in box order of tile `t` (inside the
+  // box). The backward's deterministic dQ order adds the partials of a Q tile
+  // in this order of their KV tiles.
+  GNA_HOST_DEVICE int index(const int t[3]) const {
+    int i = 0;
+    for (int a = 0; a < 3; ++a) i = i * extent(a) + (t[a] - begin[a]);
+    return i;
+  }
   GNA_HOST_DEVICE void next(int t[3]) const {
     for (int a = 2; a >= 0; --a) {
       if (++t[a] < end[a]) return;
@@ -135,6 +201,20 @@ GNA_HOST_DEVICE TileBox kv_tile_box(const GroupAxis* axes, int rank, const int* 
   TileBox box{{0, 0, 0}, {1, 1, 1}};
   for (int a = 0; a < rank; ++a) {
     const Range r = kv_tile_range(axes[a], q_tile_index[a] * q_tile[a], q_tile[a], kv_tile[a]);
+    box.begin[a] = r.start;
+    box.end[a] = r.end;
+  }
+  return box;
+}
+
+// The Q-tile box that visits the KV tile `kv_tile_index` (KV tile indices per
+// axis) over `rank` axes, the backward's counterpart of kv_tile_box: Q tile t
+// is in it iff kv_tile_box(t) holds the KV tile. Axes past `rank` get {0, 1}.
+GNA_HOST_DEVICE TileBox q_tile_box(const GroupAxis* axes, int rank, const int* kv_tile_index,
+                                   const int* q_tile, const int* kv_tile) {
+  TileBox box{{0, 0, 0}, {1, 1, 1}};
+  for (int a = 0; a < rank; ++a) {
+    const Range r = q_tile_range(axes[a], kv_tile_index[a] * kv_tile[a], kv_tile[a], q_tile[a]);
     box.begin[a] = r.start;
     box.end[a] = r.end;
   }
