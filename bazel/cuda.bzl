@@ -125,16 +125,26 @@ nvcc_object = rule(
     },
 )
 
-# The sm90 forward kernels, one translation unit each (fwd_instance.cu with GNA_FWD_DTYPE,
-# GNA_FWD_HEAD_DIM, GNA_FWD_RANK, GNA_FWD_CONFIG), as in cuda/sm90/sources.cmake; the sets must
-# agree with it, with cuda/sm90/fwd_kernel_set.h and (the configurations) cuda/sm90/fwd_config.h.
+# The forward kernels of a family, one translation unit each (fwd_instance.cu with GNA_FWD_DTYPE,
+# GNA_FWD_HEAD_DIM, GNA_FWD_RANK, GNA_FWD_CONFIG), as in cuda/<family>/sources.cmake; the sets
+# must agree with it, with cuda/<family>/fwd_kernel_set.h and (the configurations)
+# cuda/<family>/fwd_config.h. sm100 has no head dim 256, and its smoke set is one kernel.
 _KERNEL_SETS = {
-    "full": (["kF16", "kBF16"], [32, 64, 128, 256]),
-    "smoke": (["kBF16"], [128]),
+    "sm90": {
+        "full": (["kF16", "kBF16"], [32, 64, 128, 256]),
+        "smoke": (["kBF16"], [128]),
+    },
+    "sm100": {
+        "full": (["kF16", "kBF16"], [32, 64, 128]),
+        "smoke": (["kBF16"], [128]),
+    },
 }
 
-def _tile_configs(head_dim, rank):
-    # Indices into fwd_config.h's table: two for ranks 2 and 3 at head dims <= 128, else one.
+def _tile_configs(family, kernel_set, head_dim, rank):
+    # Indices into fwd_config.h's table: two for ranks 2 and 3 at head dims <= 128, else one
+    # (the sm100 smoke set: rank 3, configuration 0 only).
+    if family == "sm100" and kernel_set == "smoke":
+        return [0] if rank == 3 else []
     return [0] if rank == 1 or head_dim > 128 else [0, 1]
 
 def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
@@ -145,7 +155,13 @@ def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
     cuda/include/ may be included; CUTLASS comes from @local_python_deps//:cutlass_headers.
     """
     root = "cuda/" + family
-    hdrs = native.glob([root + "/**/*.h", root + "/**/*.cuh", "cuda/include/gna/*.h"])
+    hdrs = native.glob([
+        root + "/**/*.h",
+        root + "/**/*.cuh",
+        "cuda/include/gna/*.h",
+        "cuda/common/*.h",
+        "cuda/common/*.cuh",
+    ])
     defines = ["GNA_KERNEL_SET_SMOKE=1"] if kernel_set == "smoke" else []
     common = dict(
         arch = arch,
@@ -156,11 +172,11 @@ def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
     )
     objects = [name + "_fwd_dispatch"]
     nvcc_object(name = objects[0], src = root + "/fwd_dispatch.cu", defines = defines, **common)
-    dtypes, head_dims = _KERNEL_SETS[kernel_set]
+    dtypes, head_dims = _KERNEL_SETS[family][kernel_set]
     for dtype in dtypes:
         for head_dim in head_dims:
             for rank in [1, 2, 3]:
-                for config in _tile_configs(head_dim, rank):
+                for config in _tile_configs(family, kernel_set, head_dim, rank):
                     obj = "{}_fwd_{}_d{}_r{}_c{}".format(name, dtype, head_dim, rank, config)
                     nvcc_object(
                         name = obj,

@@ -1,0 +1,182 @@
+// Host side of the fused forward that every architecture's dispatcher (cuda/sm90, cuda/sm100)
+// shares: TMA tensor maps straight over the user's heads-last layout and the choice of a
+// compiled tile configuration (the problem in kernel axes and the launch parameters are in
+// fwd_params.h, plain C++). Host code
+// (CUDA runtime and driver types, no CUTLASS); every function is inline, so each dispatcher
+// TU gets its own copy.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include "fwd_params.h"
+#include "gna/problem.h"
+
+namespace gna::fwd_host {
+
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no -lcuda).
+inline EncodeTiledFn encode_tiled() {
+  static EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult status;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                         &status) != cudaSuccess ||
+        status != cudaDriverEntryPointSuccess)
+      f = nullptr;
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+inline int elem_bytes(DType t) { return t == DType::kF32 ? 4 : 2; }
+
+// A 5-D tensor map over q/k/v/out [batch, E0, E1, E2, heads, D] as
+// {D, heads, E2, E1, batch * E0} (innermost first; the batch folds into the
+// first kernel axis). One box = one tile of one head, `chunk` elements of D
+// (64, or the whole head dim below 64: 128-byte or 64-byte swizzle rows),
+// each spatial axis traversed with element stride = dilation.
+inline cudaError_t make_token_tensor_map(CUtensorMap* map, const void* ptr, DType dtype,
+                                         int head_dim, int heads, const KernelAxes& ax,
+                                         int64_t batch, const int tile[3]) {
+  EncodeTiledFn encode = encode_tiled();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const uint64_t es = elem_bytes(dtype);
+  const int chunk = head_dim >= 64 ? 64 : head_dim;
+  const cuuint64_t dims[5] = {cuuint64_t(head_dim), cuuint64_t(heads), cuuint64_t(ax.extent[2]),
+                              cuuint64_t(ax.extent[1]), cuuint64_t(batch * ax.extent[0])};
+  const cuuint64_t strides[4] = {es * head_dim, es * head_dim * heads,
+                                 es * head_dim * heads * ax.extent[2],
+                                 es * head_dim * heads * ax.extent[2] * ax.extent[1]};
+  const cuuint32_t box[5] = {cuuint32_t(chunk), 1, cuuint32_t(tile[2] * ax.dilation[2]),
+                             cuuint32_t(tile[1] * ax.dilation[1]),
+                             cuuint32_t(tile[0] * ax.dilation[0])};
+  const cuuint32_t elem_strides[5] = {1, 1, cuuint32_t(ax.dilation[2]), cuuint32_t(ax.dilation[1]),
+                                      cuuint32_t(ax.dilation[0])};
+  const CUresult r = encode(
+      map,
+      dtype == DType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 5,
+      const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      chunk * es == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+// The Q, K and V tensor maps of one launch with `tiles`.
+inline cudaError_t make_qkv_tensor_maps(const Problem& p, const KernelAxes& ax,
+                                        const FwdTileConfig& tiles, const void* q, const void* k,
+                                        const void* v, CUtensorMap* mq, CUtensorMap* mk,
+                                        CUtensorMap* mv) {
+  cudaError_t err;
+  if ((err = make_token_tensor_map(mq, q, p.dtype, p.head_dim, p.heads, ax, p.batch, tiles.q)))
+    return err;
+  if ((err = make_token_tensor_map(mk, k, p.dtype, p.head_dim, p.kv_heads, ax, p.batch, tiles.kv)))
+    return err;
+  return make_token_tensor_map(mv, v, p.dtype, p.head_dim, p.kv_heads, ax, p.batch, tiles.kv);
+}
+
+// A TMA box spans tile * dilation positions per axis and may not exceed 256.
+inline bool boxes_fit(const FwdTileConfig& tiles, const KernelAxes& ax) {
+  for (int a = 0; a < 3; ++a) {
+    const int tile = tiles.q[a] > tiles.kv[a] ? tiles.q[a] : tiles.kv[a];
+    if (tile * ax.dilation[a] > 256) return false;
+  }
+  return true;
+}
+
+// SMs of the current device, read once per device ordinal.
+inline cudaError_t multiprocessor_count(int* sms) {
+  constexpr int kMaxDevices = 64;
+  static int cached[kMaxDevices] = {};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
+  if (cached[device] == 0) {
+    err = cudaDeviceGetAttribute(&cached[device], cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess) return err;
+  }
+  *sms = cached[device];
+  return cudaSuccess;
+}
+
+// Index of the configuration in `table` with p's requested tiles (problem axes, padded to
+// kernel axes like the problem), or -1.
+inline int requested_config(const Problem& p, const FwdTileConfigs& table) {
+  for (int c = 0; c < table.count; ++c) {
+    bool same = true;
+    for (int a = 0; a < 3; ++a) {
+      const int i = a - (3 - p.rank);
+      same = same && table.config[c].q[a] == (i >= 0 ? p.q_tile[i] : 1) &&
+             table.config[c].kv[a] == (i >= 0 ? p.kv_tile[i] : 1);
+    }
+    if (same) return c;
+  }
+  return -1;
+}
+
+inline std::string shape_text(const int* tile, int rank) {
+  std::string s = "(";
+  for (int i = 0; i < rank; ++i) s += (i ? "," : "") + std::to_string(tile[3 - rank + i]);
+  return s + ")";
+}
+
+// Why a tile request is refused, naming the compiled configurations of (rank, head dim) in
+// `table` of architecture `arch` ("sm90"). The caller keeps the string (one per rank and
+// head dim, built once) so that it can hand out a `const char*` that lives as long as the
+// process.
+inline std::string not_compiled_text(const char* arch, int rank, int head_dim,
+                                     const FwdTileConfigs& table) {
+  std::string s = std::string("these tile shapes are not a compiled ") + arch +
+                  " configuration; rank " + std::to_string(rank) + ", head dim " +
+                  std::to_string(head_dim) + " has ";
+  for (int c = 0; c < table.count; ++c)
+    s += (c ? ", " : "") + std::string("Q") + shape_text(table.config[c].q, rank) + "/KV" +
+         shape_text(table.config[c].kv, rank) + (c ? "" : " (the default)");
+  return s;
+}
+
+// The configuration `p` runs from `table`: the requested one, or with none requested the
+// first (the default first) whose TMA boxes fit. nullptr and *config, or why not
+// (`not_compiled` for an unknown request, `box_too_large` when the boxes do not fit).
+inline const char* pick_config(const Problem& p, const KernelAxes& ax, const FwdTileConfigs& table,
+                               const char* not_compiled, const char* box_too_large, int* config) {
+  if (p.tiles_requested()) {
+    *config = requested_config(p, table);
+    if (*config < 0) return not_compiled;
+    return boxes_fit(table.config[*config], ax) ? nullptr : box_too_large;
+  }
+  for (*config = 0; *config < table.count; ++*config)
+    if (boxes_fit(table.config[*config], ax)) return nullptr;
+  return box_too_large;
+}
+
+// The architecture-independent checks of a forward problem: positive heads that kv_heads
+// divides, a finite scale, batch >= 1, rank 1..3, and indices that fit the kernels' int32
+// arithmetic. nullptr or the reason (prefixed by nothing: the messages name `arch`).
+inline const char* check_common(const Problem& p, const KernelAxes& ax) {
+  if (p.rank < 1 || p.rank > 3) return "the CUDA kernels take ranks 1, 2 and 3 only";
+  if (p.heads < 1 || p.kv_heads < 1 || p.heads % p.kv_heads != 0)
+    return "heads must be a positive multiple of kv_heads";
+  if (!std::isfinite(p.scale)) return "the softmax scale must be finite";
+  if (p.batch < 1) return "batch must be >= 1";
+  int64_t tokens = p.batch;
+  for (int a = 0; a < 3; ++a) tokens *= ax.extent[a];
+  if (tokens * p.heads >= (int64_t(1) << 31) || p.batch * ax.extent[0] >= (int64_t(1) << 31))
+    return "the CUDA kernels need batch * tokens * heads < 2^31";
+  return nullptr;
+}
+
+}  // namespace gna::fwd_host

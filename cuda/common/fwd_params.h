@@ -1,0 +1,183 @@
+// What the fused forward kernels of every architecture (sm90, sm100) share on the host and the
+// device: a tile configuration, the runtime parameters of one launch (built on the host from a
+// Problem) and the decoding of a work item (on the device). Plain C++ (no CUDA or CUTLASS
+// headers), so host dispatchers and host tests (cuda/sm100/tests/fwd_work_cases.cc) include it.
+//
+// The kernels work on three "kernel axes": a rank-r problem is left-padded with trivial axes
+// (extent 1), so problem axis i is kernel axis 3 - r + i. Tokens of a tile are row-major over
+// the kernel axes (last axis fastest), which is the order a TMA box over the user's
+// [.., X1, X2, X3, heads, D] layout delivers.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "gna/problem.h"
+#include "gna/tile_box.h"
+
+// Unrolled on the device; plain loops for a host compiler (which does not know the pragma).
+#if defined(__CUDACC__)
+#define GNA_UNROLL _Pragma("unroll")
+#else
+#define GNA_UNROLL
+#endif
+
+namespace gna {
+
+struct FwdTileConfig {
+  int q[3];    // Q tile per kernel axis (128 tokens in every configuration so far)
+  int kv[3];   // KV tile per kernel axis
+  int stages;  // K and V pipeline stages
+
+  constexpr int q_size() const { return q[0] * q[1] * q[2]; }
+  constexpr int kv_size() const { return kv[0] * kv[1] * kv[2]; }
+};
+
+// The compiled configurations of one (rank, head dim) of one architecture: at most
+// kMaxFwdTileConfigs, the default (what an unset tile request runs) first.
+inline constexpr int kMaxFwdTileConfigs = 2;
+
+struct FwdTileConfigs {
+  int count;
+  FwdTileConfig config[kMaxFwdTileConfigs];
+};
+
+// Runtime parameters of one launch, in kernel axes (trivial axes: extent 1,
+// window 1, stride 1, dilation 1, not causal).
+struct FwdParams {
+  int extent[3];
+  int kernel_size[3];
+  int stride[3];
+  int dilation[3];
+  int causal[3];
+  int q_tiles[3];     // Q tiles per axis, for dilation group 0 (the longest)
+  int num_q_tiles;    // product of q_tiles
+  int tile_order[3];  // axes from fastest to slowest in the CTA order (L2 reuse)
+  int num_groups;     // product of dilations
+  int num_items;      // work items: num_q_tiles * num_groups * heads * batch
+  int heads;
+  int kv_group;  // heads / kv_heads
+  int batch;
+  float scale_log2;  // softmax scale * log2(e)
+  int prescale;      // 1: multiply S by scale_log2 before the max (scale <= 0)
+  void* out;
+  float* lse;
+};
+
+// One work item: a Q tile of one head, one batch entry and one dilation group, with the box of
+// KV tiles it visits (every role of a CTA decodes it identically from the item index).
+struct FwdWork {
+  int q_tile[3];
+  int group[3];
+  int head;
+  int batch;
+  GroupAxis axes[3];
+  TileBox box;
+  Range full[3];  // per axis, the KV tiles that need no mask (tile_box.h)
+  bool valid;     // false: the Q tile holds no query of its dilation group
+};
+
+// Item order: Q tiles fastest (in p.tile_order), then dilation groups, heads, batch.
+// `q_tile` / `kv_tile` are the kernel's tile shapes (kernel axes).
+GNA_HOST_DEVICE FwdWork decode_fwd_work(const FwdParams& p, int item, const int q_tile[3],
+                                        const int kv_tile[3]) {
+  FwdWork w;
+  int i = item;
+  int qt = i % p.num_q_tiles;
+  i /= p.num_q_tiles;
+  int gi = i % p.num_groups;
+  i /= p.num_groups;
+  w.head = i % p.heads;
+  w.batch = i / p.heads;
+  // Q tiles in p.tile_order (fastest axis first), written with selects so
+  // that w.q_tile stays in registers.
+  GNA_UNROLL
+  for (int k = 0; k < 3; ++k) {
+    const int a = p.tile_order[k];
+    const int n = a == 0 ? p.q_tiles[0] : a == 1 ? p.q_tiles[1] : p.q_tiles[2];
+    const int v = qt % n;
+    qt /= n;
+    if (a == 0) w.q_tile[0] = v;
+    if (a == 1) w.q_tile[1] = v;
+    if (a == 2) w.q_tile[2] = v;
+  }
+  GNA_UNROLL
+  for (int a = 2; a >= 0; --a) {
+    w.group[a] = gi % p.dilation[a];
+    gi /= p.dilation[a];
+  }
+  w.valid = true;
+  for (int a = 0; a < 3; ++a) {
+    w.axes[a] = GroupAxis{group_length(p.extent[a], p.dilation[a], w.group[a]), p.kernel_size[a],
+                          p.stride[a], p.causal[a] != 0};
+    w.valid &= w.q_tile[a] * q_tile[a] < w.axes[a].length;
+  }
+  w.box = kv_tile_box(w.axes, 3, w.q_tile, q_tile, kv_tile);
+  for (int a = 0; a < 3; ++a)
+    w.full[a] = full_tile_range(w.axes[a], w.q_tile[a] * q_tile[a], q_tile[a], kv_tile[a]);
+  return w;
+}
+
+// Host only from here: what a dispatcher derives from a Problem.
+
+// The problem in kernel axes: a rank-r problem is left-padded with trivial
+// axes, so problem axis i is kernel axis 3 - r + i (fwd_params.h).
+struct KernelAxes {
+  int extent[3], kernel_size[3], stride[3], dilation[3], causal[3];
+};
+
+inline KernelAxes kernel_axes(const Problem& p) {
+  KernelAxes k;
+  for (int a = 0; a < 3; ++a) {
+    const int i = a - (3 - p.rank);
+    const bool real = i >= 0;
+    k.extent[a] = real ? p.extent[i] : 1;
+    k.kernel_size[a] = real ? p.kernel_size[i] : 1;
+    k.stride[a] = real ? p.stride[i] : 1;
+    k.dilation[a] = real ? p.dilation[i] : 1;
+    k.causal[a] = real && p.causal[i] ? 1 : 0;
+  }
+  return k;
+}
+
+// The launch parameters of `p` with Q tiles `q_tile` (kernel axes); num_items is left 0 when
+// the item count does not fit an int (the caller refuses the launch).
+inline FwdParams fwd_params(const Problem& p, const KernelAxes& ax, const int q_tile[3], void* out,
+                            float* lse) {
+  FwdParams fp = {};
+  fp.num_q_tiles = 1;
+  fp.num_groups = 1;
+  for (int a = 0; a < 3; ++a) {
+    fp.extent[a] = ax.extent[a];
+    fp.kernel_size[a] = ax.kernel_size[a];
+    fp.stride[a] = ax.stride[a];
+    fp.dilation[a] = ax.dilation[a];
+    fp.causal[a] = ax.causal[a];
+    const int lg0 = (ax.extent[a] + ax.dilation[a] - 1) / ax.dilation[a];  // group 0 is longest
+    fp.q_tiles[a] = (lg0 + q_tile[a] - 1) / q_tile[a];
+    fp.num_q_tiles *= fp.q_tiles[a];
+    fp.num_groups *= ax.dilation[a];
+  }
+  // CTA order over Q tiles: last axis fastest by default. GNA_FWD_TILE_ORDER (or the older
+  // GNA_SM90_TILE_ORDER; e.g. "012": first axis fastest) is a development knob for L2
+  // experiments.
+  static const char* order_env = [] {
+    const char* e = std::getenv("GNA_FWD_TILE_ORDER");
+    return e ? e : std::getenv("GNA_SM90_TILE_ORDER");
+  }();
+  const bool env_ok = order_env && std::strlen(order_env) == 3;
+  for (int k = 0; k < 3; ++k) fp.tile_order[k] = env_ok ? (order_env[k] - '0') % 3 : 2 - k;
+  fp.heads = p.heads;
+  fp.kv_group = p.heads / p.kv_heads;
+  fp.batch = int(p.batch);
+  fp.scale_log2 = p.scale * 1.4426950408889634f;
+  fp.prescale = p.scale > 0.f ? 0 : 1;
+  fp.out = out;
+  fp.lse = lse;
+  const int64_t items = int64_t(fp.num_q_tiles) * fp.num_groups * p.heads * p.batch;
+  fp.num_items = items < (int64_t(1) << 31) ? int(items) : 0;
+  return fp;
+}
+
+}  // namespace gna

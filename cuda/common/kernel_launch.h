@@ -1,0 +1,39 @@
+// Launch of a fused kernel with a large dynamic shared memory tile on a given stream (host
+// code, shared by the architectures' launchers).
+#pragma once
+
+#include <mutex>
+
+#include <cuda_runtime.h>
+
+namespace gna {
+
+// Launches `kernel` with `threads` threads per CTA, `grid` CTAs and `smem_bytes` of dynamic
+// shared memory on `stream`. The dynamic smem limit is a per-device function attribute: it is
+// raised once per device ordinal (a process may drive several GPUs), separately for each
+// `Tag` (one per kernel).
+template <class Tag, class... Params, class... Args>
+cudaError_t launch_with_smem(void (*kernel)(Params...), size_t smem_bytes, int threads,
+                             unsigned grid, cudaStream_t stream, const Args&... args) {
+  constexpr int kMaxDevices = 64;
+  static std::once_flag once[kMaxDevices];
+  static cudaError_t attr_error[kMaxDevices];
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
+  std::call_once(once[device], [&] {
+    attr_error[device] =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
+  });
+  if (attr_error[device] != cudaSuccess) return attr_error[device];
+
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(grid, 1, 1);
+  config.blockDim = dim3(threads, 1, 1);
+  config.dynamicSmemBytes = smem_bytes;
+  config.stream = stream;
+  return cudaLaunchKernelEx(&config, kernel, args...);
+}
+
+}  // namespace gna

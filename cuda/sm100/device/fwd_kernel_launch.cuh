@@ -1,0 +1,38 @@
+// Definition of launch_fwd_kernel, included by the instantiation TUs only.
+#pragma once
+
+#include "../../common/kernel_launch.h"
+#include "../kernel/fwd_kernel_ws.cuh"
+#include "fwd_kernel_launch.h"
+
+namespace gna::sm100 {
+
+template <DType kDType>
+struct ElementOf;
+template <>
+struct ElementOf<DType::kF16> {
+  using type = cutlass::half_t;
+};
+template <>
+struct ElementOf<DType::kBF16> {
+  using type = cutlass::bfloat16_t;
+};
+
+template <DType kDType, int kHeadDim, int kRank, int kConfig>
+cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k,
+                              const CUtensorMap& map_v, const FwdParams& params, unsigned grid,
+                              cudaStream_t stream) {
+  static_assert(kConfig >= 0 && kConfig < fwd_tile_configs(kRank, kHeadDim).count,
+                "no such tile configuration: the build's kernel list disagrees with fwd_config.h");
+  using Kernel = FwdKernel<typename ElementOf<kDType>::type, kHeadDim, kRank, kConfig>;
+  return launch_with_smem<Kernel>(&gna_fwd_sm100_kernel<Kernel>, Kernel::kSmemBytes,
+                                  Kernel::kThreads, grid, stream, map_q, map_k, map_v, params);
+}
+
+}  // namespace gna::sm100
+
+// One explicit instantiation per (dtype, head dim, rank, tile configuration).
+#define GNA_SM100_FWD_INSTANTIATE(DTYPE, HEAD_DIM, RANK, CONFIG)                                   \
+  template cudaError_t gna::sm100::launch_fwd_kernel<gna::DType::DTYPE, HEAD_DIM, RANK, CONFIG>(   \
+      const CUtensorMap&, const CUtensorMap&, const CUtensorMap&, const gna::FwdParams&, unsigned, \
+      cudaStream_t);

@@ -1,0 +1,21 @@
+// Host-side interface between the dispatcher (fwd_dispatch.cu, plain host
+// code) and the kernel instantiations (fwd_instance.cu, one TU per kernel, CUTLASS/CuTe).
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include "../fwd_config.h"
+#include "gna/problem.h"
+
+namespace gna::sm100 {
+
+// Launches the forward kernel of (dtype, head dim, rank, tile configuration index into
+// fwd_tile_configs(kRank, kHeadDim)) with the given tensor maps (made by
+// fwd_host::make_qkv_tensor_maps with that configuration's tile shapes), one CTA per work item.
+template <DType kDType, int kHeadDim, int kRank, int kConfig>
+cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k,
+                              const CUtensorMap& map_v, const FwdParams& params, unsigned grid,
+                              cudaStream_t stream);
+
+}  // namespace gna::sm100

@@ -1,0 +1,476 @@
+// Blackwell (sm_100a) GNA forward kernel: warp-specialised, TMA loads straight from the user's
+// heads-last layout, tcgen05 UMMA with S and O accumulated in tensor memory (TMEM), online
+// softmax in fp32 registers with one query row per thread, LSE output.
+//
+// NOT VALIDATED ON HARDWARE: no Blackwell GPU was available when this was written; it is
+// compiled (sm_100a) and its host-side geometry is tested, nothing more (cuda/sm100/NOTES.md).
+//
+// A CTA runs one work item (cuda/common/fwd_params.h): one Q tile (128 tokens, a
+// multi-dimensional box of the token grid) of one head, one batch entry and one dilation group,
+// and visits the KV tiles of the Q tile's KV box (gna/tile_box.h). 192 threads, six warps:
+//   warps 0-3 (Softmax): thread t owns query row t, which is TMEM lane t (an M = 128 UMMA
+//     accumulator holds row m in lane m). Per KV tile j: S_j from TMEM into registers, mask
+//     (partial tiles only), running max, rescale O in TMEM when a row's max grew, P_j = exp2
+//     into shared memory (bf16/f16); at the end O / rowsum to global memory and the LSE.
+//   warp 4 (Mma): allocates TMEM; one elected thread issues S_{j+1} = Q K_{j+1}^T (SS UMMA into
+//     the S buffer (j+1) % 2) before O += P_j V_j (SS UMMA, P from shared memory), so the
+//     tensor core computes the next S while the softmax works on the current one.
+//   warp 5 (Load): one thread issues TMA loads of Q once, then K_j and V_j into two rings.
+// TMEM columns: S0 [0, 128), S1 [128, 256), O [256, 256 + D). All hand-offs are mbarriers with
+// explicit phases (SharedStorage); tcgen05.commit arrives on them when UMMAs complete.
+//
+// Coordinates are dilation-group coordinates (tile_box.h); TMA tensor maps traverse each
+// spatial axis with element stride = dilation, so a box lands only the tokens of the CTA's
+// group. Tokens outside the grid (TMA zero-fill, or the next batch entry where the batch is
+// folded into the first axis) are masked by coordinates and query rows outside the grid are
+// never stored. A row that sees no key gets O = 0 and LSE = -inf.
+#pragma once
+
+#include <cuda.h>
+
+#include <utility>
+
+#include <cutlass/arch/barrier.h>
+#include <cutlass/numeric_conversion.h>
+#include <cutlass/numeric_types.h>
+#include <cute/arch/copy_sm100.hpp>
+#include <cute/arch/tmem_allocator_sm100.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/tensor.hpp>
+
+#include "../../common/fwd_device.cuh"
+#include "../fwd_config.h"
+
+namespace gna::sm100 {
+
+enum class WarpRole : int { Softmax = 0, Mma = 4, Load = 5 };
+
+// tcgen05 ordering around thread synchronisation (mbarrier waits and arrives, bar.sync):
+// TMEM reads and writes and UMMAs issued before `before_thread_sync` are ordered before the
+// synchronisation, and those after `after_thread_sync` after it.
+CUTLASS_DEVICE void tcgen05_before_thread_sync() {
+  asm volatile("tcgen05.fence::before_thread_sync;" ::: "memory");
+}
+CUTLASS_DEVICE void tcgen05_after_thread_sync() {
+  asm volatile("tcgen05.fence::after_thread_sync;" ::: "memory");
+}
+
+// 32 consecutive TMEM columns of this thread's lane (warp-collective; complete after
+// cutlass::arch::fence_view_async_tmem_load()).
+template <size_t... I>
+CUTLASS_DEVICE void tmem_load_32(uint32_t addr, uint32_t* r, std::index_sequence<I...>) {
+  cute::SM100_TMEM_LOAD_32dp32b32x::copy(addr, r[I]...);
+}
+template <size_t... I>
+CUTLASS_DEVICE void tmem_store_32(uint32_t addr, const uint32_t* r, std::index_sequence<I...>) {
+  cute::SM100_TMEM_STORE_32dp32b32x::copy(r[I]..., addr);
+}
+
+// kConfig_: which of fwd_tile_configs(kRank, kHeadDim) (fwd_config.h) the kernel runs.
+template <class Element_, int kHeadDim_, int kRank_, int kConfig_>
+struct FwdKernel {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kRank = kRank_;
+  static constexpr FwdTileConfig kTiles = fwd_tile_config(kRank, kHeadDim, kConfig_);
+  static constexpr int kQ0 = kTiles.q[0], kQ1 = kTiles.q[1], kQ2 = kTiles.q[2];
+  static constexpr int kK0 = kTiles.kv[0], kK1 = kTiles.kv[1], kK2 = kTiles.kv[2];
+  static constexpr int kTileQ = kTiles.q_size();
+  static constexpr int kTileKV = kTiles.kv_size();
+  static constexpr int kStages = kTiles.stages;
+  static constexpr int kThreads = 192;
+  static constexpr int kSoftmaxThreads = 128;
+  static_assert(kTileQ == 128, "one M = 128 UMMA, one query row per TMEM lane");
+  static_assert(kTileKV % 32 == 0 && kTileKV <= 128, "S in 32-column TMEM loads, two S buffers");
+  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 128, "head dim 32..128 (O in TMEM)");
+
+  // TMEM plan (columns; the allocation is a power of two >= 32).
+  static CUTLASS_HOST_DEVICE constexpr uint32_t tmem_s(int buffer) { return buffer ? kTileKV : 0; }
+  static constexpr uint32_t kTmemO = 2 * kTileKV;
+  static constexpr int kTmemColumns = 512;
+  static_assert(kTmemO + kHeadDim <= kTmemColumns, "S0, S1 and O must fit in TMEM");
+
+  // Smem tiles are loaded in chunks of 64 elements (128 B, SW128) along D, or
+  // one 32-element chunk (64 B, SW64) for d32.
+  static constexpr int kChunk = kHeadDim >= 64 ? 64 : 32;
+  static constexpr int kChunks = kHeadDim / kChunk;
+  using AtomK = cute::conditional_t<kChunk == 64, cute::UMMA::Layout_K_SW128_Atom<Element>,
+                                    cute::UMMA::Layout_K_SW64_Atom<Element>>;
+  using AtomMN = cute::conditional_t<kChunk == 64, cute::UMMA::Layout_MN_SW128_Atom<Element>,
+                                     cute::UMMA::Layout_MN_SW64_Atom<Element>>;
+  // Q, K: K-major (token rows, D contiguous), D chunks after all rows of a chunk:
+  // exactly where consecutive TMA boxes of kChunk x tile tokens land.
+  using SmemLayoutQ =
+      decltype(cute::tile_to_shape(AtomK{}, cute::Shape<cute::Int<kTileQ>, cute::Int<kHeadDim>>{}));
+  using SmemLayoutK = decltype(cute::tile_to_shape(
+      AtomK{}, cute::Shape<cute::Int<kTileKV>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
+  // V as the B operand of P V: (N = D, K = tokens), MN-major; same bytes as K.
+  using SmemLayoutV = decltype(cute::tile_to_shape(
+      AtomMN{}, cute::Shape<cute::Int<kHeadDim>, cute::Int<kTileKV>, cute::Int<kStages>>{},
+      cute::Step<cute::_2, cute::_1, cute::_3>{}));
+  // P as the A operand of P V: (M = 128 rows, K = KV tokens), K-major, written by the softmax
+  // threads (one row each, 16-byte vectors: a 128-byte swizzle keeps 8 elements contiguous).
+  using SmemLayoutP =
+      decltype(cute::tile_to_shape(cute::UMMA::Layout_K_SW128_Atom<Element>{},
+                                   cute::Shape<cute::Int<kTileQ>, cute::Int<kTileKV>>{}));
+
+  using TiledMmaQK = decltype(cute::make_tiled_mma(
+      cute::SM100_MMA_F16BF16_SS<Element, Element, float, kTileQ, kTileKV, cute::UMMA::Major::K,
+                                 cute::UMMA::Major::K>{}));
+  using TiledMmaPV = decltype(cute::make_tiled_mma(
+      cute::SM100_MMA_F16BF16_SS<Element, Element, float, kTileQ, kHeadDim, cute::UMMA::Major::K,
+                                 cute::UMMA::Major::MN>{}));
+
+  struct SharedStorage {
+    alignas(1024) Element q[kTileQ * kHeadDim];
+    alignas(1024) Element k[kStages * kTileKV * kHeadDim];
+    alignas(1024) Element v[kStages * kTileKV * kHeadDim];
+    alignas(1024) Element p[kTileQ * kTileKV];
+    alignas(8) uint64_t q_full;  // Q landed (TMA transaction barrier)
+    uint64_t k_full[kStages];    // K stage landed (TMA)
+    uint64_t k_empty[kStages];   // the S UMMA reading the K stage is done (tcgen05.commit)
+    uint64_t v_full[kStages];    // V stage landed (TMA)
+    uint64_t v_empty[kStages];   // the P V UMMA reading the V stage is done (commit)
+    uint64_t s_full[2];          // S buffer written (commit)
+    uint64_t s_empty[2];         // every softmax thread has read the S buffer
+    uint64_t p_full;             // P written to smem (and O rescaled) by every softmax thread
+    uint64_t o_done;             // the P V UMMA is done: O is stable and P may be rewritten
+    uint32_t tmem_base;          // written by tcgen05.alloc
+  };
+  // + 1024: the dynamic smem base is re-aligned to 1024 B (SW128 TMA/UMMA).
+  static constexpr size_t kSmemBytes = sizeof(SharedStorage) + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory of one CTA");
+
+  static constexpr uint32_t kTileBytesQ = kTileQ * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kTileBytesKV = kTileKV * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kChunkBytesQ = kTileQ * kChunk * sizeof(Element);
+  static constexpr uint32_t kChunkBytesKV = kTileKV * kChunk * sizeof(Element);
+
+  using Barrier = cutlass::arch::ClusterBarrier;
+  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
+
+  static CUTLASS_DEVICE FwdWork decode(const FwdParams& p, int item) {
+    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
+    constexpr int kv_tile[3] = {kK0, kK1, kK2};
+    return decode_fwd_work(p, item, q_tile, kv_tile);
+  }
+
+  // Warp 5, one thread: Q, then K_j and V_j of every KV tile of the box into the rings.
+  static CUTLASS_DEVICE void load(const CUtensorMap* map_q, const CUtensorMap* map_k,
+                                  const CUtensorMap* map_v, const FwdParams& p, const FwdWork& w,
+                                  SharedStorage& ss) {
+    using namespace fwd_device;
+    constexpr uint64_t kEvictNormal = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+    constexpr uint64_t kEvictLast = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
+    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
+    constexpr int kv_tile[3] = {kK0, kK1, kK2};
+    const int kv_head = w.head / p.kv_group;
+    int c2, c1, c0;
+
+    TxBarrier::arrive_and_expect_tx(&ss.q_full, kTileBytesQ);
+    tile_coords(p, w, w.q_tile, q_tile, &c2, &c1, &c0);
+    tma_load_tile<kChunks, kChunk>(map_q, &ss.q_full, ss.q, kChunkBytesQ, w.head, c2, c1, c0,
+                                   kEvictNormal);
+
+    const int n = w.box.size();
+    int t[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
+    for (int j = 0; j < n; ++j, w.box.next(t)) {
+      const int stage = j % kStages;
+      const int round = j / kStages;
+      tile_coords(p, w, t, kv_tile, &c2, &c1, &c0);
+      if (round > 0) Barrier::wait(&ss.k_empty[stage], (round - 1) & 1);
+      TxBarrier::arrive_and_expect_tx(&ss.k_full[stage], kTileBytesKV);
+      tma_load_tile<kChunks, kChunk>(map_k, &ss.k_full[stage], ss.k + stage * kTileKV * kHeadDim,
+                                     kChunkBytesKV, kv_head, c2, c1, c0, kEvictLast);
+      if (round > 0) Barrier::wait(&ss.v_empty[stage], (round - 1) & 1);
+      TxBarrier::arrive_and_expect_tx(&ss.v_full[stage], kTileBytesKV);
+      tma_load_tile<kChunks, kChunk>(map_v, &ss.v_full[stage], ss.v + stage * kTileKV * kHeadDim,
+                                     kChunkBytesKV, kv_head, c2, c1, c0, kEvictLast);
+    }
+  }
+
+  // Warp 4 (all lanes; the UMMA atoms and tcgen05.commit elect one thread): S_0, then per KV
+  // tile j: S_{j+1} (when there is one) and O += P_j V_j.
+  static CUTLASS_DEVICE void mma(const FwdWork& w, SharedStorage& ss, uint32_t tmem) {
+    using namespace cute;
+    TiledMmaQK mma_qk;
+    TiledMmaPV mma_pv;
+    auto thr_qk = mma_qk.get_slice(0);
+    auto thr_pv = mma_pv.get_slice(0);
+
+    Tensor sQ = make_tensor(make_smem_ptr(ss.q), SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(ss.k), SmemLayoutK{});
+    Tensor sV = make_tensor(make_smem_ptr(ss.v), SmemLayoutV{});
+    Tensor sP = make_tensor(make_smem_ptr(ss.p), SmemLayoutP{});
+    Tensor tCrQ = thr_qk.make_fragment_A(thr_qk.partition_A(sQ));  // (MMA, 1, D/16) descriptors
+    Tensor tCrK = thr_qk.make_fragment_B(thr_qk.partition_B(sK));  // (MMA, 1, D/16, stages)
+    Tensor tCrP = thr_pv.make_fragment_A(thr_pv.partition_A(sP));  // (MMA, 1, KV/16)
+    Tensor tCrV = thr_pv.make_fragment_B(thr_pv.partition_B(sV));  // (MMA, 1, KV/16, stages)
+    Tensor tS = partition_fragment_C(mma_qk, Shape<Int<kTileQ>, Int<kTileKV>>{});
+    Tensor tO = partition_fragment_C(mma_pv, Shape<Int<kTileQ>, Int<kHeadDim>>{});
+    tO.data() = tmem + kTmemO;
+
+    const int n = w.box.size();
+    TxBarrier::wait(&ss.q_full, 0);
+
+    auto issue_s = [&](int j) {
+      const int stage = j % kStages;
+      TxBarrier::wait(&ss.k_full[stage], (j / kStages) & 1);
+      if (j >= 2) Barrier::wait(&ss.s_empty[j & 1], ((j >> 1) + 1) & 1);  // S_{j-2} was read
+      tcgen05_after_thread_sync();
+      tS.data() = tmem + tmem_s(j & 1);
+      mma_qk.accumulate_ = UMMA::ScaleOut::Zero;
+      CUTLASS_PRAGMA_UNROLL
+      for (int kb = 0; kb < size<2>(tCrQ); ++kb) {
+        gemm(mma_qk, tCrQ(_, _, kb), tCrK(_, _, kb, stage), tS);
+        mma_qk.accumulate_ = UMMA::ScaleOut::One;
+      }
+      cutlass::arch::umma_arrive(&ss.s_full[j & 1]);
+      cutlass::arch::umma_arrive(&ss.k_empty[stage]);
+    };
+
+    issue_s(0);
+    for (int j = 0; j < n; ++j) {
+      if (j + 1 < n) issue_s(j + 1);
+      const int stage = j % kStages;
+      TxBarrier::wait(&ss.v_full[stage], (j / kStages) & 1);
+      Barrier::wait(&ss.p_full, j & 1);
+      tcgen05_after_thread_sync();
+      mma_pv.accumulate_ = j == 0 ? UMMA::ScaleOut::Zero : UMMA::ScaleOut::One;
+      CUTLASS_PRAGMA_UNROLL
+      for (int kb = 0; kb < size<2>(tCrP); ++kb) {
+        gemm(mma_pv, tCrP(_, _, kb), tCrV(_, _, kb, stage), tO);
+        mma_pv.accumulate_ = UMMA::ScaleOut::One;
+      }
+      cutlass::arch::umma_arrive(&ss.o_done);
+      cutlass::arch::umma_arrive(&ss.v_empty[stage]);
+    }
+  }
+
+  // Warps 0-3: the online softmax of row threadIdx.x, then the epilogue.
+  static CUTLASS_DEVICE void softmax(const FwdParams& p, const FwdWork& w, SharedStorage& ss,
+                                     uint32_t tmem) {
+    using namespace cute;
+    using namespace fwd_device;
+    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
+    constexpr int kv_tile[3] = {kK0, kK1, kK2};
+    constexpr auto kSeq32 = std::make_index_sequence<32>{};
+    const int row = threadIdx.x;
+    // This warp's 32 TMEM lanes (a warp may only touch lanes 32 * (warp % 4) ...).
+    const uint32_t tmem_row = tmem + (uint32_t(row & ~31) << 16);
+
+    // This row's window per axis (rows past the grid take the last valid query's: finite,
+    // never stored).
+    int win_lo[3], win_len[3];
+    {
+      int o[3];
+      tile_offsets<kQ0, kQ1, kQ2>(row, o);
+      CUTLASS_PRAGMA_UNROLL
+      for (int a = 0; a < 3; ++a) {
+        const int q = min_int(w.q_tile[a] * q_tile[a] + o[a], w.axes[a].length - 1);
+        const Range win = group_window(w.axes[a], q);
+        win_lo[a] = win.start;
+        win_len[a] = win.end - win.start;
+      }
+    }
+
+    float row_max = -INFINITY;
+    float row_sum = 0.f;
+    // Scores enter exp2 as S * mult - max * mult (one FFMA). A non-positive
+    // scale would flip the max, so such scores are scaled before the mask.
+    const bool prescale = p.prescale != 0;
+    const float mult = prescale ? 1.f : p.scale_log2;
+    Tensor sP = make_tensor(make_smem_ptr(ss.p), SmemLayoutP{});
+
+    int tile[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
+    const int n = w.box.size();
+    for (int j = 0; j < n; ++j) {
+      int origin[3];
+      bool full = true;
+      CUTLASS_PRAGMA_UNROLL
+      for (int a = 0; a < 3; ++a) {
+        origin[a] = tile[a] * kv_tile[a];
+        full &= w.full[a].start <= tile[a] && tile[a] < w.full[a].end;
+      }
+      w.box.next(tile);
+
+      // S_j into registers; the buffer is then free for S_{j+2}.
+      uint32_t s_bits[kTileKV];
+      Barrier::wait(&ss.s_full[j & 1], (j >> 1) & 1);
+      tcgen05_after_thread_sync();
+      CUTLASS_PRAGMA_UNROLL
+      for (int c = 0; c < kTileKV / 32; ++c) {
+        tmem_load_32(tmem_row + tmem_s(j & 1) + 32 * c, s_bits + 32 * c, kSeq32);
+      }
+      cutlass::arch::fence_view_async_tmem_load();
+      tcgen05_before_thread_sync();
+      Barrier::arrive(&ss.s_empty[j & 1]);
+      float* s = reinterpret_cast<float*>(s_bits);
+
+      if (prescale) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int c = 0; c < kTileKV; ++c) s[c] *= p.scale_log2;
+      }
+      if (!full) {
+        // Column c is KV token c of the tile: its per-axis offsets are compile-time.
+        CUTLASS_PRAGMA_UNROLL
+        for (int c = 0; c < kTileKV; ++c) {
+          int o[3];
+          tile_offsets<kK0, kK1, kK2>(c, o);
+          bool vis = true;
+          CUTLASS_PRAGMA_UNROLL
+          for (int a = 0; a < 3; ++a)
+            vis &= unsigned(origin[a] + o[a] - win_lo[a]) < unsigned(win_len[a]);
+          if (!vis) s[c] = -INFINITY;
+        }
+      }
+      // Row max over 4 independent accumulators (shorter dependent chains).
+      float mp[4] = {row_max, row_max, row_max, row_max};
+      CUTLASS_PRAGMA_UNROLL
+      for (int c = 0; c < kTileKV; ++c) mp[c & 3] = fmaxf(mp[c & 3], s[c]);
+      const float m = fmaxf(fmaxf(mp[0], mp[1]), fmaxf(mp[2], mp[3]));
+      const float m_scaled = m == -INFINITY ? 0.f : m * mult;
+      const float corr = exp2_approx(row_max * mult - m_scaled);
+      row_max = m;
+      float sp[4] = {0.f, 0.f, 0.f, 0.f};
+      CUTLASS_PRAGMA_UNROLL
+      for (int c = 0; c < kTileKV; ++c) {
+        s[c] = exp2_approx(s[c] * mult - m_scaled);
+        sp[c & 3] += s[c];
+      }
+      row_sum = row_sum * corr + ((sp[0] + sp[1]) + (sp[2] + sp[3]));
+
+      if (j > 0) {
+        // P_{j-1} V_{j-1} is done: O is stable and the P buffer free.
+        Barrier::wait(&ss.o_done, (j - 1) & 1);
+        tcgen05_after_thread_sync();
+        // Rescale O by corr; a warp whose rows all kept their max skips it.
+        if (__any_sync(0xffffffffu, corr != 1.f)) {
+          CUTLASS_PRAGMA_NO_UNROLL
+          for (int c = 0; c < kHeadDim / 32; ++c) {
+            uint32_t o_bits[32];
+            tmem_load_32(tmem_row + kTmemO + 32 * c, o_bits, kSeq32);
+            cutlass::arch::fence_view_async_tmem_load();
+            CUTLASS_PRAGMA_UNROLL
+            for (int i = 0; i < 32; ++i)
+              o_bits[i] = __float_as_uint(__uint_as_float(o_bits[i]) * corr);
+            tmem_store_32(tmem_row + kTmemO + 32 * c, o_bits, kSeq32);
+          }
+          cutlass::arch::fence_view_async_tmem_store();
+        }
+      }
+      // P_j: 8 elements (16 bytes) at a time into this row of the swizzled P tile.
+      cutlass::NumericArrayConverter<Element, float, 8> cvt;
+      CUTLASS_PRAGMA_UNROLL
+      for (int c = 0; c < kTileKV; c += 8) {
+        cutlass::Array<float, 8> f;
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < 8; ++i) f[i] = s[c + i];
+        const cutlass::Array<Element, 8> h = cvt(f);
+        *reinterpret_cast<uint4*>(raw_pointer_cast(&sP(row, c))) =
+            *reinterpret_cast<const uint4*>(&h);
+      }
+      cutlass::arch::fence_view_async_shared();  // generic-proxy writes -> the UMMA's reads
+      tcgen05_before_thread_sync();
+      Barrier::arrive(&ss.p_full);
+    }
+
+    // Epilogue: O / rowsum straight from TMEM to global memory, the LSE next to it.
+    Barrier::wait(&ss.o_done, (n - 1) & 1);
+    tcgen05_after_thread_sync();
+    const float inv = row_sum > 0.f ? 1.f / row_sum : 0.f;
+    const float m_scaled = row_max == -INFINITY ? 0.f : row_max * mult;
+    const float lse =
+        row_sum > 0.f ? (m_scaled + __log2f(row_sum)) * 0.69314718055994531f : -INFINITY;
+    const int64_t token = q_row_token<kQ0, kQ1, kQ2>(p, w, row);
+    Element* out = static_cast<Element*>(p.out) + (token * p.heads + w.head) * kHeadDim;
+    cutlass::NumericArrayConverter<Element, float, 8> cvt;
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (int c = 0; c < kHeadDim / 32; ++c) {
+      uint32_t o_bits[32];
+      tmem_load_32(tmem_row + kTmemO + 32 * c, o_bits, kSeq32);
+      cutlass::arch::fence_view_async_tmem_load();
+      if (token >= 0) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int v = 0; v < 4; ++v) {
+          cutlass::Array<float, 8> f;
+          CUTLASS_PRAGMA_UNROLL
+          for (int i = 0; i < 8; ++i) f[i] = __uint_as_float(o_bits[8 * v + i]) * inv;
+          const cutlass::Array<Element, 8> h = cvt(f);
+          *reinterpret_cast<uint4*>(out + 32 * c + 8 * v) = *reinterpret_cast<const uint4*>(&h);
+        }
+      }
+    }
+    if (token >= 0) p.lse[token * p.heads + w.head] = lse;
+  }
+
+  static CUTLASS_DEVICE void run(const CUtensorMap* map_q, const CUtensorMap* map_k,
+                                 const CUtensorMap* map_v, const FwdParams& p, char* smem_raw) {
+    const FwdWork w = decode(p, blockIdx.x);
+    if (!w.valid) return;  // every thread alike: the Q tile holds no query of its group
+
+    SharedStorage& ss = *reinterpret_cast<SharedStorage*>(
+        (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    const int warp = threadIdx.x / 32;
+    const WarpRole role = warp < 4 ? WarpRole::Softmax : WarpRole(warp);
+
+    if (threadIdx.x == kThreads - 1) {
+      TxBarrier::init(&ss.q_full, 1);
+      for (int s = 0; s < kStages; ++s) {
+        TxBarrier::init(&ss.k_full[s], 1);
+        TxBarrier::init(&ss.v_full[s], 1);
+        Barrier::init(&ss.k_empty[s], 1);
+        Barrier::init(&ss.v_empty[s], 1);
+      }
+      for (int b = 0; b < 2; ++b) {
+        Barrier::init(&ss.s_full[b], 1);
+        Barrier::init(&ss.s_empty[b], kSoftmaxThreads);
+      }
+      Barrier::init(&ss.p_full, kSoftmaxThreads);
+      Barrier::init(&ss.o_done, 1);
+      cutlass::arch::fence_barrier_init();
+    }
+    cute::TMEM::Allocator1Sm tmem_allocator;
+    if (role == WarpRole::Mma) {
+      tmem_allocator.allocate(kTmemColumns, &ss.tmem_base);
+      tmem_allocator.release_allocation_lock();
+    }
+    tcgen05_before_thread_sync();
+    __syncthreads();
+    tcgen05_after_thread_sync();
+    const uint32_t tmem = ss.tmem_base;
+
+    if (role == WarpRole::Load) {
+      if (cute::elect_one_sync()) load(map_q, map_k, map_v, p, w, ss);
+    } else if (role == WarpRole::Mma) {
+      mma(w, ss, tmem);
+    } else {
+      softmax(p, w, ss, tmem);
+    }
+
+    // Every TMEM read and UMMA is complete (the softmax waited for the last P V and its own
+    // loads) before the allocating warp frees the columns.
+    tcgen05_before_thread_sync();
+    __syncthreads();
+    if (role == WarpRole::Mma) {
+      tcgen05_after_thread_sync();
+      tmem_allocator.free(tmem, kTmemColumns);
+    }
+  }
+};
+
+template <class Kernel>
+__global__ void __launch_bounds__(Kernel::kThreads, 1)
+    gna_fwd_sm100_kernel(const __grid_constant__ CUtensorMap map_q,
+                         const __grid_constant__ CUtensorMap map_k,
+                         const __grid_constant__ CUtensorMap map_v,
+                         const __grid_constant__ FwdParams params) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM100_ALL)
+  extern __shared__ char smem[];
+  Kernel::run(&map_q, &map_k, &map_v, params, smem);
+#else
+  // Built for another architecture: never launched (the launcher checks the device).
+#endif
+}
+
+}  // namespace gna::sm100
