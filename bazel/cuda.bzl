@@ -151,7 +151,9 @@ def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
     """A cc_library `name` with the kernels of cuda/<family>/ for `arch`, compiled by nvcc.
 
     Follows the layout of cuda/sm90: a host-side dispatcher `fwd_dispatch.cu` and one object
-    per (dtype, head dim, rank, tile configuration) from `fwd_instance.cu`; every header under cuda/<family>/ and
+    per (dtype, head dim, rank, tile configuration) from `fwd_instance.cu`; where the family has
+    a backward (`bwd_instance.cu`), `bwd_dispatch.cu`, `bwd_passes.cu` and one object per
+    (dtype, head dim <= 128, rank); every header under cuda/<family>/ and
     cuda/include/ may be included; CUTLASS comes from @local_python_deps//:cutlass_headers.
     """
     root = "cuda/" + family
@@ -165,13 +167,19 @@ def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
     defines = ["GNA_KERNEL_SET_SMOKE=1"] if kernel_set == "smoke" else []
     common = dict(
         arch = arch,
-        hdrs = hdrs + [root + "/fwd_instance.cu"],
+        hdrs = hdrs + native.glob([root + "/*_instance.cu"]),
         includes = ["cuda/include"],
         system_includes = {"@local_python_deps//:cutlass_headers": "cutlass_include"},
         nvcc = nvcc,
     )
     objects = [name + "_fwd_dispatch"]
     nvcc_object(name = objects[0], src = root + "/fwd_dispatch.cu", defines = defines, **common)
+    has_backward = bool(native.glob([root + "/bwd_instance.cu"]))
+    if has_backward:
+        # The backward's dispatcher and element-wise passes.
+        for part in ["bwd_dispatch", "bwd_passes"]:
+            nvcc_object(name = name + "_" + part, src = root + "/" + part + ".cu", defines = defines, **common)
+            objects.append(name + "_" + part)
     dtypes, head_dims = _KERNEL_SETS[family][kernel_set]
     for dtype in dtypes:
         for head_dim in head_dims:
@@ -186,6 +194,20 @@ def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
                             "GNA_FWD_HEAD_DIM={}".format(head_dim),
                             "GNA_FWD_RANK={}".format(rank),
                             "GNA_FWD_CONFIG={}".format(config),
+                        ],
+                        **common
+                    )
+                    objects.append(obj)
+                if has_backward and head_dim <= 128:
+                    # One backward kernel per (dtype, head dim <= 128, rank) (bwd_config.h).
+                    obj = "{}_bwd_{}_d{}_r{}".format(name, dtype, head_dim, rank)
+                    nvcc_object(
+                        name = obj,
+                        src = root + "/bwd_instance.cu",
+                        defines = defines + [
+                            "GNA_BWD_DTYPE=" + dtype,
+                            "GNA_BWD_HEAD_DIM={}".format(head_dim),
+                            "GNA_BWD_RANK={}".format(rank),
                         ],
                         **common
                     )

@@ -56,7 +56,8 @@ auto bind_bwd(Binding binding) {
       .template Attr<I64Span>("stride")
       .template Attr<I64Span>("dilation")
       .template Attr<I64Span>("is_causal")
-      .template Attr<float>("scale");
+      .template Attr<float>("scale")
+      .template Attr<int64_t>("deterministic");  // 1: bit-identical results run to run
 }
 
 inline Int64List as_list(I64Span s) { return Int64List{s.begin(), s.size()}; }

@@ -35,7 +35,7 @@ ffi::Error cpu_bwd(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi:
                    ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
                    ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::Buffer<ffi::U8>> /*workspace*/,
                    I64Span kernel_size, I64Span stride, I64Span dilation, I64Span is_causal,
-                   float scale) {
+                   float scale, int64_t /*deterministic: the CPU kernel always is*/) {
   auto problem = gna::ffi_bindings::decode_problem("jax_gna_bwd", q, k, v, kernel_size, stride,
                                                    dilation, is_causal, scale);
   if (problem.has_error()) return problem.error();

@@ -12,6 +12,7 @@
 #include "handlers.h"
 
 #ifdef JAX_GNA_HAS_SM90
+#include "../sm90/bwd_launch.h"
 #include "../sm90/fwd_config.h"
 #include "../sm90/fwd_launch.h"
 #endif
@@ -86,14 +87,54 @@ ffi::Error cuda_fwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::
   return ffi::Error::Success();
 }
 
-ffi::Error cuda_bwd(cudaStream_t, ffi::AnyBuffer, ffi::AnyBuffer, ffi::AnyBuffer, ffi::AnyBuffer,
-                    ffi::AnyBuffer, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>,
-                    ffi::Result<ffi::AnyBuffer>, ffi::Result<ffi::AnyBuffer>,
-                    ffi::Result<ffi::AnyBuffer>, ffi::Result<ffi::Buffer<ffi::U8>>, I64Span,
-                    I64Span, I64Span, I64Span, float) {
-  return ffi::Error(ffi::ErrorCode::kUnimplemented,
-                    "jax_gna_bwd: this build has no CUDA backward kernels (gradients of "
-                    "implementation='cuda' run the 'xla' backward)");
+ffi::Error cuda_bwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer dout, ffi::AnyBuffer q,
+                    ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer out,
+                    ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dlse,
+                    ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
+                    ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::Buffer<ffi::U8>> workspace,
+                    I64Span kernel_size, I64Span stride, I64Span dilation, I64Span is_causal,
+                    float scale, int64_t deterministic) {
+  auto problem = gna::ffi_bindings::decode_problem("jax_gna_bwd", q, k, v, kernel_size, stride,
+                                                   dilation, is_causal, scale);
+  if (problem.has_error()) return problem.error();
+  const gna::Problem& p = *problem;
+  const int64_t rows = gna::ffi_bindings::rows(p);
+  const auto dtype = q.element_type();
+  if (dout.element_type() != dtype || out.element_type() != dtype ||
+      static_cast<int64_t>(dout.element_count()) != rows * p.head_dim_v ||
+      static_cast<int64_t>(out.element_count()) != rows * p.head_dim_v ||
+      static_cast<int64_t>(lse.element_count()) != rows ||
+      static_cast<int64_t>(dlse.element_count()) != rows)
+    return ffi::Error::InvalidArgument("jax_gna_bwd: dout/out/lse/dlse have the wrong shape");
+  if (dq->element_type() != dtype || dk->element_type() != dtype || dv->element_type() != dtype ||
+      dq->element_count() != q.element_count() || dk->element_count() != k.element_count() ||
+      dv->element_count() != v.element_count())
+    return ffi::Error::InvalidArgument("jax_gna_bwd: dq/dk/dv must match q/k/v");
+  const ComputeCapability cc = compute_capability(device);
+  if (cc.major < 0)
+    return ffi::Error::Internal("jax_gna_bwd: cannot query the compute capability of device " +
+                                std::to_string(device));
+  if (const char* reason = gna::cuda_ffi::bwd_can_implement(p, cc.major, cc.minor))
+    return ffi::Error(
+        ffi::ErrorCode::kUnimplemented,
+        std::string("jax_gna_bwd on a GPU of compute capability ") + cc_name(cc) + ": " + reason);
+  if (workspace->size_bytes() < gna::cuda_ffi::bwd_workspace_bytes(p))
+    return ffi::Error::InvalidArgument("jax_gna_bwd: workspace too small");
+  cudaError_t status = cudaErrorNotSupported;
+#ifdef JAX_GNA_HAS_SM90
+  if (cc.major == 9)
+    status = gna::sm90::bwd_launch(p, dout.untyped_data(), q.untyped_data(), k.untyped_data(),
+                                   v.untyped_data(), out.untyped_data(), lse.typed_data(),
+                                   dlse.typed_data(), dq->untyped_data(), dk->untyped_data(),
+                                   dv->untyped_data(), workspace->untyped_data(),
+                                   deterministic != 0, stream);
+#else
+  (void)deterministic;
+#endif
+  if (status != cudaSuccess)
+    return ffi::Error::Internal(std::string("jax_gna_bwd: kernel launch failed: ") +
+                                cudaGetErrorString(status));
+  return ffi::Error::Success();
 }
 
 }  // namespace
@@ -110,7 +151,23 @@ const char* fwd_can_implement(const Problem& problem, int major, int minor) {
          "; sm_90a kernels run on compute capability 9.0 only)";
 }
 
-bool has_backward() { return false; }
+const char* bwd_can_implement(const Problem& problem, int major, int minor) {
+#ifdef JAX_GNA_HAS_SM90
+  if (major < 0 || (major == 9 && minor == 0)) return gna::sm90::bwd_can_implement(problem);
+#endif
+  (void)problem, (void)minor;
+  if (major < 0) return "this build of jax_gna has no CUDA backward kernels";
+  return "this build of jax_gna has no backward kernels for this GPU (built "
+         "archs: " JAX_GNA_CUDA_ARCHS "; sm_90a kernels run on compute capability 9.0 only)";
+}
+
+bool has_backward() {
+#ifdef JAX_GNA_HAS_SM90
+  return true;
+#else
+  return false;
+#endif
+}
 
 size_t fwd_workspace_bytes(const Problem& problem) {
 #ifdef JAX_GNA_HAS_SM90
@@ -121,7 +178,14 @@ size_t fwd_workspace_bytes(const Problem& problem) {
 #endif
 }
 
-size_t bwd_workspace_bytes(const Problem&) { return 0; }
+size_t bwd_workspace_bytes(const Problem& problem) {
+#ifdef JAX_GNA_HAS_SM90
+  return gna::sm90::bwd_workspace_bytes(problem);
+#else
+  (void)problem;
+  return 0;
+#endif
+}
 
 std::vector<FwdTileShapes> fwd_tile_configs() {
   std::vector<FwdTileShapes> all;
@@ -149,5 +213,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
     {ffi::Traits::kCmdBufferCompatible});
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     JaxGnaBwdCuda, cuda_bwd,
-    gna::ffi_bindings::bind_bwd(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()),
+    gna::ffi_bindings::bind_bwd(
+        ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::DeviceOrdinal>()),
     {ffi::Traits::kCmdBufferCompatible});

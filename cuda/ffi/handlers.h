@@ -19,6 +19,8 @@ namespace gna::cuda_ffi {
 // Why the CUDA forward kernels cannot run `problem` on a device of compute capability
 // `major`.`minor` (major < 0: on the build's own arch list only), or nullptr if they can.
 const char* fwd_can_implement(const Problem& problem, int major, int minor);
+// The same for the backward kernels.
+const char* bwd_can_implement(const Problem& problem, int major, int minor);
 bool has_backward();
 size_t fwd_workspace_bytes(const Problem& problem);
 size_t bwd_workspace_bytes(const Problem& problem);

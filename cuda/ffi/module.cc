@@ -202,6 +202,26 @@ NB_MODULE(_ext, m) {
       "cc_major.cc_minor (cc_major < 0: any built arch) with the tile shapes q_tile/kv_tile "
       "(empty: whichever compiled configuration fits), else the reason.");
   m.def(
+      "cuda_bwd_can_implement",
+      [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
+         const Ints& kernel_size, const Ints& stride, const Ints& dilation, const Ints& is_causal,
+         int cc_major, int cc_minor) -> std::optional<std::string> {
+        const gna::Problem p = problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal);
+#ifdef JAX_GNA_WITH_CUDA
+        if (const char* reason = gna::cuda_ffi::bwd_can_implement(p, cc_major, cc_minor))
+          return std::string(reason);
+        return std::nullopt;
+#else
+        (void)p, (void)cc_major, (void)cc_minor;
+        return std::string("this build of jax_gna has no CUDA kernels");
+#endif
+      },
+      nb::arg("q_shape"), nb::arg("k_shape"), nb::arg("v_shape"), nb::arg("dtype"),
+      nb::arg("kernel_size"), nb::arg("stride"), nb::arg("dilation"), nb::arg("is_causal"),
+      nb::arg("cc_major") = -1, nb::arg("cc_minor") = 0,
+      "None if the CUDA backward kernels can run this problem on a device of compute capability "
+      "cc_major.cc_minor (cc_major < 0: any built arch), else the reason.");
+  m.def(
       "cuda_fwd_tile_configs",
       [] {
         nb::dict table;  // rank -> head dim -> list of (q tile, kv tile), the default first

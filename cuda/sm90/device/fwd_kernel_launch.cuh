@@ -1,23 +1,11 @@
 // Definition of launch_fwd_kernel, included by the instantiation TUs only.
 #pragma once
 
-#include <mutex>
-
 #include "../kernel/fwd_kernel_ws.cuh"
+#include "element_of.h"
 #include "fwd_kernel_launch.h"
 
 namespace gna::sm90 {
-
-template <DType kDType>
-struct ElementOf;
-template <>
-struct ElementOf<DType::kF16> {
-  using type = cutlass::half_t;
-};
-template <>
-struct ElementOf<DType::kBF16> {
-  using type = cutlass::bfloat16_t;
-};
 
 template <DType kDType, int kHeadDim, int kRank, int kConfig>
 cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k,
@@ -28,20 +16,7 @@ cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k
   using Kernel = FwdKernel<typename ElementOf<kDType>::type, kHeadDim, kRank, kConfig>;
   auto* kernel = &gna_fwd_sm90_kernel<Kernel>;
 
-  // The dynamic smem limit is a per-device function attribute: raise it once
-  // per device ordinal (a process may drive several GPUs).
-  constexpr int kMaxDevices = 64;
-  static std::once_flag once[kMaxDevices];
-  static cudaError_t attr_error[kMaxDevices];
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
-  std::call_once(once[device], [&] {
-    attr_error[device] = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              int(Kernel::kSmemBytes));
-  });
-  if (attr_error[device] != cudaSuccess) return attr_error[device];
+  if (cudaError_t err = raise_smem_limit<Kernel>(kernel, Kernel::kSmemBytes)) return err;
 
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(grid, 1, 1);

@@ -1,0 +1,579 @@
+// Hopper GNA backward kernel: KV-stationary, warp-specialised, TMA loads from the user's
+// heads-last layout, wgmma, dK and dV accumulated in registers, dQ added in fp32.
+//
+// A CTA owns one KV tile (128 tokens, a box of the token grid) of one KV head, one batch entry
+// and one dilation group, and visits every Q tile (64 tokens) whose forward KV box holds that
+// KV tile (q_tile_box, gna/tile_box.h), for every query head of the KV head's GQA group, so
+// that dK and dV sum over the group in registers with no K/V repeat. 384 threads:
+//   warpgroup 0 (Producer): one thread loads K and V once, then Q, dO and the Q tile's row
+//     statistics (lse * log2 e, delta = rowsum(dO * O) - dlse, from the pre-pass) per visit
+//     into a ring of stages.
+//   warpgroups 1, 2 (Consumer0/1): 64 KV rows each. Per visit: S^T = K Q^T and dP^T = V dO^T
+//     (SS wgmma), P^T = exp2(S^T scale log2 e - lse2) (masked on partial pairs only),
+//     dS^T = P^T (dP^T - delta), dV += P^T dO and dK += dS^T Q (RS wgmma, P^T and dS^T from
+//     registers), dS^T through shared memory for dQ = dS K (SS wgmma), dQ added to an fp32
+//     accumulator in global memory (atomics; in deterministic mode in a fixed order).
+// The softmax scale multiplies dK here and dQ in the conversion pass (bwd_passes.cu).
+// Coordinates are dilation-group coordinates, as in the forward (fwd_kernel_ws.cuh).
+#pragma once
+
+#include <cuda.h>
+
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/numeric_conversion.h>
+#include <cutlass/numeric_types.h>
+#include <cute/arch/copy_sm90_tma.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/tensor.hpp>
+#include <cutlass/pipeline/pipeline.hpp>
+
+#include "../bwd_config.h"
+#include "gna/tile_box.h"
+
+namespace gna::sm90 {
+
+template <class Element_, int kHeadDim_, int kRank_>
+struct BwdKernel {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kRank = kRank_;
+  static constexpr BwdTileConfig kTiles = bwd_tile_config(kRank);
+  static constexpr int kQ0 = kTiles.q[0], kQ1 = kTiles.q[1], kQ2 = kTiles.q[2];
+  static constexpr int kK0 = kTiles.kv[0], kK1 = kTiles.kv[1], kK2 = kTiles.kv[2];
+  static constexpr int kTileQ = kTiles.q_size();
+  static constexpr int kTileKV = kTiles.kv_size();
+  static constexpr int kStages = 2;
+  static constexpr int kThreads = 384;
+  static_assert(kTileQ == 64 && kTileKV == 128, "64-token Q tiles, 2 x 64 KV rows");
+  static_assert(kQ2 % 8 == 0, "the n8 column blocks of S^T must not straddle a Q tile row");
+  static_assert(kHeadDim == 32 || kHeadDim == 64 || kHeadDim == 128, "head dim 32, 64, 128");
+
+  // D is loaded in chunks of 64 elements (128 B, SW128), or one 32-element chunk (SW64) for d32.
+  static constexpr int kChunk = kHeadDim >= 64 ? 64 : 32;
+  static constexpr int kChunks = kHeadDim / kChunk;
+  using AtomK = cute::conditional_t<kChunk == 64, cute::GMMA::Layout_K_SW128_Atom<Element>,
+                                    cute::GMMA::Layout_K_SW64_Atom<Element>>;
+  using AtomMN = cute::conditional_t<kChunk == 64, cute::GMMA::Layout_MN_SW128_Atom<Element>,
+                                     cute::GMMA::Layout_MN_SW64_Atom<Element>>;
+  template <int kRows, int kBuffers>
+  using TokenRows = decltype(cute::tile_to_shape(
+      AtomK{}, cute::Shape<cute::Int<kRows>, cute::Int<kHeadDim>, cute::Int<kBuffers>>{}));
+  // The same bytes as (D, tokens): the MN-major B operand of a GEMM that sums over tokens.
+  template <int kRows, int kBuffers>
+  using TokenCols = decltype(cute::tile_to_shape(
+      AtomMN{}, cute::Shape<cute::Int<kHeadDim>, cute::Int<kRows>, cute::Int<kBuffers>>{},
+      cute::Step<cute::_2, cute::_1, cute::_3>{}));
+  // K, V: A operands of S^T = K Q^T, dP^T = V dO^T; K also the B operand of dQ = dS K.
+  using SmemLayoutKV = TokenRows<kTileKV, 1>;
+  using SmemLayoutKt = TokenCols<kTileKV, 1>;
+  // Q, dO per stage: B operands of S^T, dP^T (K-major) and of dK, dV (MN-major).
+  using SmemLayoutQ = TokenRows<kTileQ, kStages>;
+  using SmemLayoutQt = TokenCols<kTileQ, kStages>;
+  // dS (M = Q tokens, K = KV tokens) as the A operand of dQ = dS K, Q contiguous (64 elements,
+  // one 128-byte swizzle row), two buffers; and the same bytes as (KV, Q, buffer) for the
+  // consumers' writes of dS^T.
+  using SmemLayoutDS =
+      decltype(cute::tile_to_shape(cute::GMMA::Layout_MN_SW128_Atom<Element>{},
+                                   cute::Shape<cute::Int<kTileQ>, cute::Int<kTileKV>, cute::_2>{}));
+  using SmemLayoutDSt = decltype(cute::composition(
+      SmemLayoutDS{},
+      cute::make_layout(cute::Shape<cute::Int<kTileKV>, cute::Int<kTileQ>, cute::_2>{},
+                        cute::Stride<cute::Int<kTileQ>, cute::_1, cute::Int<kTileQ * kTileKV>>{})));
+
+  // S^T, dP^T: M = 128 KV rows over the two consumer warpgroups, N = Q tokens, K = D.
+  using TiledMmaSdP = decltype(cute::make_tiled_mma(
+      cute::GMMA::ss_op_selector<Element, Element, float,
+                                 cute::Shape<cute::_64, cute::Int<kTileQ>, cute::Int<kHeadDim>>>(),
+      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+  // dV += P^T dO, dK += dS^T Q: M = 128 KV rows, N = D, K = Q tokens; A from registers.
+  using TiledMmaKV = decltype(cute::make_tiled_mma(
+      cute::GMMA::rs_op_selector<Element, Element, float,
+                                 cute::Shape<cute::_64, cute::Int<kHeadDim>, cute::Int<kTileQ>>,
+                                 cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
+      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+  // dQ = dS K: M = 64 Q rows, N = D, K = 128 KV tokens. d128 splits N over the warpgroups
+  // (64 accumulators each, one swizzle atom of K^T each); smaller head dims split K instead:
+  // each warpgroup sums over its own 64 KV rows (its own dS^T rows, so only it must have
+  // written them) and both add into dQ.
+  static constexpr bool kSplitN = kHeadDim == 128;
+  static constexpr int kDqN = kSplitN ? kHeadDim / 2 : kHeadDim;
+  using TiledMmaDQ = decltype(cute::make_tiled_mma(
+      cute::GMMA::ss_op_selector<Element, Element, float,
+                                 cute::Shape<cute::_64, cute::Int<kDqN>, cute::Int<kTileKV>>,
+                                 cute::GMMA::Major::MN, cute::GMMA::Major::MN>(),
+      cute::Layout<cute::Shape<cute::_1, cute::Int<kSplitN ? 2 : 1>, cute::_1>>{}));
+
+  using PipelineQ = cutlass::PipelineTmaAsync<kStages>;
+  // Named barriers (ids after CUTLASS's reserved ones).
+  static constexpr int kDsBarrier = 0;     // dS^T written (both warpgroups, or 1 + wg each)
+  static constexpr int kTurnBarrier = 3;   // deterministic mode: this CTA's turn for dQ
+  static constexpr int kOrderBarrier = 4;  // deterministic mode, split K: wg 0 adds first
+
+  struct SharedStorage {
+    alignas(1024) Element k[kTileKV * kHeadDim];
+    alignas(1024) Element v[kTileKV * kHeadDim];
+    alignas(1024) Element q[kStages * kTileQ * kHeadDim];
+    alignas(1024) Element dout[kStages * kTileQ * kHeadDim];
+    alignas(1024) Element ds[2 * kTileQ * kTileKV];
+    alignas(16) float lse2[kStages][kTileQ];
+    alignas(16) float delta[kStages][kTileQ];
+    typename PipelineQ::SharedStorage pipe_q;
+    alignas(8) uint64_t kv_full;  // K and V landed (TMA transaction barrier)
+  };
+  // + 1024: the dynamic smem base is re-aligned to 1024 B (SW128 TMA/GMMA).
+  static constexpr size_t kSmemBytes = sizeof(SharedStorage) + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory");
+
+  static constexpr uint32_t kTileBytesQ = kTileQ * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kTileBytesKV = kTileKV * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kChunkBytesQ = kTileQ * kChunk * sizeof(Element);
+  static constexpr uint32_t kChunkBytesKV = kTileKV * kChunk * sizeof(Element);
+  static constexpr uint32_t kStatBytes = kTileQ * sizeof(float);
+  static constexpr uint32_t kStageBytes = 2 * kTileBytesQ + 2 * kStatBytes;
+
+  // Which CTA does what; every role decodes it identically from blockIdx.x. KV tiles are the
+  // fastest index, so the CTAs whose dQ partials a deterministic CTA waits for (lower KV
+  // tiles of the same head, batch and group) have lower block indices.
+  struct Work {
+    int kv_tile[3];
+    int group[3];
+    int kv_head;
+    int batch;
+    GroupAxis axes[3];
+    TileBox box;    // the Q tiles that visit this KV tile
+    Range full[3];  // per axis, the Q tiles whose pair with this KV tile needs no mask
+  };
+
+  static CUTLASS_DEVICE Work decode_work(const BwdParams& p, int item) {
+    Work w;
+    int i = item;
+    int kt = i % p.num_kv_tiles;
+    i /= p.num_kv_tiles;
+    int gi = i % p.num_groups;
+    i /= p.num_groups;
+    w.kv_head = i % p.kv_heads;
+    w.batch = i / p.kv_heads;
+    CUTLASS_PRAGMA_UNROLL
+    for (int a = 2; a >= 0; --a) {
+      w.kv_tile[a] = kt % p.kv_tiles[a];
+      kt /= p.kv_tiles[a];
+      w.group[a] = gi % p.dilation[a];
+      gi /= p.dilation[a];
+    }
+    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
+    constexpr int kv_tile[3] = {kK0, kK1, kK2};
+    for (int a = 0; a < 3; ++a)
+      w.axes[a] = GroupAxis{group_length(p.extent[a], p.dilation[a], w.group[a]), p.kernel_size[a],
+                            p.stride[a], p.causal[a] != 0};
+    w.box = q_tile_box(w.axes, 3, w.kv_tile, q_tile, kv_tile);
+    for (int a = 0; a < 3; ++a)
+      w.full[a] = full_q_tile_range(w.axes[a], w.kv_tile[a] * kv_tile[a], kv_tile[a], q_tile[a]);
+    return w;
+  }
+
+  // First row-statistics slot of Q tile `t` of query head `head` (bwd_config.h).
+  static CUTLASS_DEVICE int64_t stat_slot(const BwdParams& p, const Work& w, int head,
+                                          const int t[3]) {
+    int gi = 0;
+    for (int a = 0; a < 3; ++a) gi = gi * p.dilation[a] + w.group[a];
+    const int qt = (t[0] * p.q_tiles[1] + t[1]) * p.q_tiles[2] + t[2];
+    return ((int64_t(w.batch * p.heads + head) * p.num_groups + gi) * p.num_q_tiles + qt) * kTileQ;
+  }
+
+  // TMA coordinate of group position `x` along kernel axis `a`.
+  static CUTLASS_DEVICE int tma_coord(const BwdParams& p, const Work& w, int a, int x) {
+    return w.group[a] + p.dilation[a] * x;
+  }
+
+  template <uint32_t kChunkBytes>
+  static CUTLASS_DEVICE void tma_load_tile(const CUtensorMap* map, uint64_t* barrier, Element* smem,
+                                           int head, const int origin[3], const BwdParams& p,
+                                           const Work& w, uint64_t hint) {
+    const int c2 = tma_coord(p, w, 2, origin[2]);
+    const int c1 = tma_coord(p, w, 1, origin[1]);
+    const int c0 = w.batch * p.extent[0] + tma_coord(p, w, 0, origin[0]);
+    CUTLASS_PRAGMA_UNROLL
+    for (int c = 0; c < kChunks; ++c) {
+      cute::SM90_TMA_LOAD_5D::copy(map, barrier, hint,
+                                   reinterpret_cast<char*>(smem) + c * kChunkBytes, c * kChunk,
+                                   head, c2, c1, c0);
+    }
+  }
+
+  static CUTLASS_DEVICE void producer(const CUtensorMap* map_q, const CUtensorMap* map_do,
+                                      const CUtensorMap* map_k, const CUtensorMap* map_v,
+                                      const BwdParams& p, const Work& w, SharedStorage& ss,
+                                      PipelineQ& pipe) {
+    constexpr uint64_t kEvictNormal = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+    constexpr uint64_t kEvictLast = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
+    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
+    const int kv_origin[3] = {w.kv_tile[0] * kK0, w.kv_tile[1] * kK1, w.kv_tile[2] * kK2};
+    cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.kv_full, 2 * kTileBytesKV);
+    tma_load_tile<kChunkBytesKV>(map_k, &ss.kv_full, ss.k, w.kv_head, kv_origin, p, w,
+                                 kEvictNormal);
+    tma_load_tile<kChunkBytesKV>(map_v, &ss.kv_full, ss.v, w.kv_head, kv_origin, p, w,
+                                 kEvictNormal);
+
+    auto state = cutlass::make_producer_start_state<PipelineQ>();
+    const int n = w.box.size();
+    for (int g = 0; g < p.kv_group; ++g) {
+      const int head = w.kv_head * p.kv_group + g;
+      int t[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
+      for (int j = 0; j < n; ++j, w.box.next(t)) {
+        const int origin[3] = {t[0] * q_tile[0], t[1] * q_tile[1], t[2] * q_tile[2]};
+        pipe.producer_acquire(state);
+        uint64_t* bar = pipe.producer_get_barrier(state);
+        const int s = state.index();
+        tma_load_tile<kChunkBytesQ>(map_q, bar, ss.q + s * kTileQ * kHeadDim, head, origin, p, w,
+                                    kEvictLast);
+        tma_load_tile<kChunkBytesQ>(map_do, bar, ss.dout + s * kTileQ * kHeadDim, head, origin, p,
+                                    w, kEvictLast);
+        const int64_t slot = stat_slot(p, w, head, t);
+        cute::SM90_BULK_COPY_G2S::copy(p.row_lse2 + slot, bar, ss.lse2[s], kStatBytes);
+        cute::SM90_BULK_COPY_G2S::copy(p.row_delta + slot, bar, ss.delta[s], kStatBytes);
+        ++state;
+      }
+    }
+    pipe.producer_tail(state);  // the CTA must not exit with loads in flight
+  }
+
+  // Row `r` of the Q tile / of the KV tile as per-axis offsets.
+  static CUTLASS_DEVICE void q_offsets(int r, int o[3]) {
+    o[0] = r / (kQ1 * kQ2);
+    o[1] = (r / kQ2) % kQ1;
+    o[2] = r % kQ2;
+  }
+  static CUTLASS_DEVICE void kv_offsets(int r, int o[3]) {
+    o[0] = r / (kK1 * kK2);
+    o[1] = (r / kK2) % kK1;
+    o[2] = r % kK2;
+  }
+
+  // Global token of the row with per-axis group positions x (or -1 outside the grid).
+  static CUTLASS_DEVICE int64_t token_of(const BwdParams& p, const Work& w, const int x[3]) {
+    int64_t token = w.batch;
+    CUTLASS_PRAGMA_UNROLL
+    for (int a = 0; a < 3; ++a) {
+      if (x[a] >= w.axes[a].length) return -1;
+      token = token * p.extent[a] + (w.group[a] + p.dilation[a] * x[a]);
+    }
+    return token;
+  }
+
+  static CUTLASS_DEVICE float exp2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+  }
+
+  // tC (+)= tA tB over the K blocks [kBegin, kBegin + kCount) of the fragments.
+  template <int kCount, class Mma, class TA, class TB, class TC>
+  static CUTLASS_DEVICE void gemm(Mma& mma, const TA& tA, const TB& tB, TC& tC, bool accumulate,
+                                  int k_begin = 0) {
+    cute::warpgroup_fence_operand(tC);
+    cute::warpgroup_arrive();
+    mma.accumulate_ = accumulate ? cute::GMMA::ScaleOut::One : cute::GMMA::ScaleOut::Zero;
+    CUTLASS_PRAGMA_UNROLL
+    for (int kb = 0; kb < kCount; ++kb) {
+      cute::gemm(mma, tA(cute::_, cute::_, k_begin + kb), tB(cute::_, cute::_, k_begin + kb), tC);
+      mma.accumulate_ = cute::GMMA::ScaleOut::One;
+    }
+    cute::warpgroup_commit_batch();
+    cute::warpgroup_fence_operand(tC);
+  }
+
+  static CUTLASS_DEVICE void consumer(const BwdParams& p, const Work& w, SharedStorage& ss,
+                                      PipelineQ& pipe) {
+    using namespace cute;
+    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
+    constexpr int kv_tile[3] = {kK0, kK1, kK2};
+    const int ctid = threadIdx.x - 128;  // 0..255 over both consumer warpgroups
+    const int wg = ctid / 128;
+    const int lane = threadIdx.x & 31;
+    const int warp = (ctid / 32) & 3;
+
+    TiledMmaSdP mma_sdp;
+    TiledMmaKV mma_kv;
+    TiledMmaDQ mma_dq;
+    auto thr_sdp = mma_sdp.get_thread_slice(ctid);
+    auto thr_kv = mma_kv.get_thread_slice(ctid);
+    auto thr_dq = mma_dq.get_thread_slice(kSplitN ? ctid : ctid % 128);
+
+    Tensor sK = make_tensor(make_smem_ptr(ss.k), SmemLayoutKV{});
+    Tensor sV = make_tensor(make_smem_ptr(ss.v), SmemLayoutKV{});
+    Tensor sKt = make_tensor(make_smem_ptr(ss.k), SmemLayoutKt{});
+    Tensor sQ = make_tensor(make_smem_ptr(ss.q), SmemLayoutQ{});
+    Tensor sQt = make_tensor(make_smem_ptr(ss.q), SmemLayoutQt{});
+    Tensor sDO = make_tensor(make_smem_ptr(ss.dout), SmemLayoutQ{});
+    Tensor sDOt = make_tensor(make_smem_ptr(ss.dout), SmemLayoutQt{});
+    Tensor sDS = make_tensor(make_smem_ptr(ss.ds), SmemLayoutDS{});
+    Tensor sDSt = make_tensor(make_smem_ptr(ss.ds), SmemLayoutDSt{});
+
+    Tensor tSrK = thr_sdp.partition_fragment_A(sK(_, _, 0));    // (MMA, 1, D/16)
+    Tensor tSrV = thr_sdp.partition_fragment_A(sV(_, _, 0));    // (MMA, 1, D/16)
+    Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);             // (MMA, 1, D/16, stages)
+    Tensor tSrDO = thr_sdp.partition_fragment_B(sDO);           // (MMA, 1, D/16, stages)
+    Tensor tKVrQt = thr_kv.partition_fragment_B(sQt);           // (MMA, 1, Q/16, stages)
+    Tensor tKVrDOt = thr_kv.partition_fragment_B(sDOt);         // (MMA, 1, Q/16, stages)
+    Tensor tDQrDS = thr_dq.partition_fragment_A(sDS);           // (MMA, 1, KV/16, 2)
+    Tensor tDQrKt = thr_dq.partition_fragment_B(sKt(_, _, 0));  // (MMA, 1, KV/16)
+    Tensor tSsDSt = thr_sdp.partition_C(sDSt);                  // (MMA, 1, 1, 2)
+
+    Tensor tSrS = partition_fragment_C(mma_sdp, Shape<Int<kTileKV>, Int<kTileQ>>{});
+    Tensor tSrDP = partition_fragment_C(mma_sdp, Shape<Int<kTileKV>, Int<kTileQ>>{});
+    Tensor tKVrDK = partition_fragment_C(mma_kv, Shape<Int<kTileKV>, Int<kHeadDim>>{});
+    Tensor tKVrDV = partition_fragment_C(mma_kv, Shape<Int<kTileKV>, Int<kHeadDim>>{});
+    Tensor tDQrDQ = partition_fragment_C(mma_dq, Shape<Int<kTileQ>, Int<kHeadDim>>{});
+    // P^T and dS^T in the A-operand register layout of the KV GEMMs: the accumulator of two
+    // n8 blocks holds exactly the values of one k16 A fragment, in the same register order.
+    Tensor tP = make_tensor<Element>(partition_shape_A(mma_kv, Shape<Int<kTileKV>, Int<kTileQ>>{}));
+    Tensor tDS =
+        make_tensor<Element>(partition_shape_A(mma_kv, Shape<Int<kTileKV>, Int<kTileQ>>{}));
+    static_assert(decltype(size(tP))::value == decltype(size(tSrS))::value);
+    static_assert(decltype(size(tSsDSt))::value == 2 * decltype(size(tSrS))::value);
+    clear(tKVrDK);
+    clear(tKVrDV);
+
+    // Accumulator element i of an m64nN wgmma sits at row 16 * warp + lane / 4 +
+    // 8 * ((i >> 1) & 1) of the warpgroup's 64 rows and at column 8 * (i >> 2) +
+    // 2 * (lane % 4) + (i & 1).
+    const int row_base = 16 * warp + lane / 4;
+    const int col_base = 2 * (lane & 3);
+
+    // The two KV rows this thread owns: per axis, the queries (group positions) that see them
+    // (the inverse window; empty for a key outside the group).
+    int row_lo[2][3], row_len[2][3];
+    int64_t kv_token[2];
+    CUTLASS_PRAGMA_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      int o[3], x[3];
+      kv_offsets(64 * wg + row_base + 8 * r, o);
+      CUTLASS_PRAGMA_UNROLL
+      for (int a = 0; a < 3; ++a) {
+        x[a] = w.kv_tile[a] * kv_tile[a] + o[a];
+        const GroupAxis& ax = w.axes[a];
+        const Range inv =
+            x[a] < ax.length
+                ? inverse_window_in_group(x[a], ax.length, ax.kernel_size, ax.stride, ax.causal)
+                : Range{0, 0};
+        row_lo[r][a] = inv.start;
+        row_len[r][a] = inv.end - inv.start;
+      }
+      kv_token[r] = token_of(p, w, x);
+    }
+
+    const int n = w.box.size();
+    if (n > 0) cutlass::arch::ClusterTransactionBarrier::wait(&ss.kv_full, 0);
+    typename PipelineQ::PipelineState state;
+    float* dq_accum = p.dq_accum;
+    int visit = 0;
+    for (int g = 0; g < p.kv_group; ++g) {
+      const int head = w.kv_head * p.kv_group + g;
+      int t[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
+      for (int j = 0; j < n; ++j, ++visit, w.box.next(t)) {
+        bool full = true;
+        CUTLASS_PRAGMA_UNROLL
+        for (int a = 0; a < 3; ++a) full &= w.full[a].start <= t[a] && t[a] < w.full[a].end;
+        const int s = state.index();
+        const int buf = visit & 1;
+
+        pipe.consumer_wait(state);
+        gemm<kHeadDim / 16>(mma_sdp, tSrK, tSrQ(_, _, _, s), tSrS, false);
+        gemm<kHeadDim / 16>(mma_sdp, tSrV, tSrDO(_, _, _, s), tSrDP, false);
+
+        // P^T = exp2(S^T scale log2 e - lse2) (0 where masked), while dP^T is computed.
+        warpgroup_wait<1>();
+        const float* lse2 = ss.lse2[s];
+        CUTLASS_PRAGMA_UNROLL
+        for (int n8 = 0; n8 < kTileQ / 8; ++n8) {
+          const float2 l = *reinterpret_cast<const float2*>(lse2 + 8 * n8 + col_base);
+          CUTLASS_PRAGMA_UNROLL
+          for (int k = 0; k < 4; ++k) {
+            const int i = 4 * n8 + k;
+            tSrS(i) = exp2_approx(tSrS(i) * p.scale_log2 - ((k & 1) ? l.y : l.x));
+          }
+        }
+        if (!full) {
+          // Column 8 * n8 + col_base + i0: n8 fixes the Q offsets along axes 0 and 1
+          // (compile time), axis 2 adds col_base + i0.
+          CUTLASS_PRAGMA_UNROLL
+          for (int n8 = 0; n8 < kTileQ / 8; ++n8) {
+            int o[3];
+            q_offsets(8 * n8, o);
+            CUTLASS_PRAGMA_UNROLL
+            for (int r = 0; r < 2; ++r) {
+              const bool row_ok =
+                  unsigned(t[0] * q_tile[0] + o[0] - row_lo[r][0]) < unsigned(row_len[r][0]) &&
+                  unsigned(t[1] * q_tile[1] + o[1] - row_lo[r][1]) < unsigned(row_len[r][1]);
+              const int x2 = t[2] * q_tile[2] + o[2] + col_base - row_lo[r][2];
+              CUTLASS_PRAGMA_UNROLL
+              for (int i0 = 0; i0 < 2; ++i0) {
+                const int i = i0 + 2 * r + 4 * n8;
+                if (!(row_ok && unsigned(x2 + i0) < unsigned(row_len[r][2]))) tSrS(i) = 0.f;
+              }
+            }
+          }
+        }
+        // dS^T = P^T (dP^T - delta).
+        warpgroup_wait<0>();
+        const float* delta = ss.delta[s];
+        CUTLASS_PRAGMA_UNROLL
+        for (int n8 = 0; n8 < kTileQ / 8; ++n8) {
+          const float2 d = *reinterpret_cast<const float2*>(delta + 8 * n8 + col_base);
+          CUTLASS_PRAGMA_UNROLL
+          for (int k = 0; k < 4; ++k) {
+            const int i = 4 * n8 + k;
+            tSrDP(i) = tSrS(i) * (tSrDP(i) - ((k & 1) ? d.y : d.x));
+          }
+        }
+        {
+          cutlass::NumericArrayConverter<Element, float, 2> cvt;
+          CUTLASS_PRAGMA_UNROLL
+          for (int i = 0; i < size(tSrS); i += 2) {
+            const cutlass::Array<Element, 2> pp =
+                cvt(cutlass::Array<float, 2>{tSrS(i), tSrS(i + 1)});
+            tP(i) = pp[0];
+            tP(i + 1) = pp[1];
+            const cutlass::Array<Element, 2> ds =
+                cvt(cutlass::Array<float, 2>{tSrDP(i), tSrDP(i + 1)});
+            tDS(i) = ds[0];
+            tDS(i + 1) = ds[1];
+          }
+        }
+        // dV += P^T dO, dK += dS^T Q.
+        warpgroup_fence_operand(tP);
+        warpgroup_fence_operand(tDS);
+        gemm<kTileQ / 16>(mma_kv, tP, tKVrDOt(_, _, _, s), tKVrDV, true);
+        gemm<kTileQ / 16>(mma_kv, tDS, tKVrQt(_, _, _, s), tKVrDK, true);
+
+        // dS^T to shared memory (buffer `buf`; its readers two visits ago are done, see below).
+        {
+          Tensor out = tSsDSt(_, _, _, buf);
+          CUTLASS_PRAGMA_UNROLL
+          for (int i = 0; i < size(tDS); ++i) out(i) = tDS(i);
+        }
+        cutlass::arch::fence_view_async_shared();
+        if constexpr (kSplitN)
+          cutlass::arch::NamedBarrier::sync(256, kDsBarrier);
+        else
+          cutlass::arch::NamedBarrier::sync(128, kDsBarrier + 1 + wg);
+        // dQ = dS K (this warpgroup's half of D, or of the KV rows). A warpgroup passes the
+        // next visit's barrier only after finishing this GEMM, so with two buffers no write
+        // of dS^T can overtake a read of the other warpgroup.
+        constexpr int kDqK = kSplitN ? kTileKV / 16 : kTileKV / 32;
+        gemm<kDqK>(mma_dq, tDQrDS(_, _, _, buf), tDQrKt, tDQrDQ, false, kSplitN ? 0 : wg * kDqK);
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tP);
+        warpgroup_fence_operand(tDS);
+        pipe.consumer_release(state);
+        ++state;
+
+        // dQ rows of this thread: rows row_base and row_base + 8 of the Q tile.
+        int64_t q_token[2];
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          int o[3], x[3];
+          q_offsets(row_base + 8 * r, o);
+          CUTLASS_PRAGMA_UNROLL
+          for (int a = 0; a < 3; ++a) x[a] = t[a] * q_tile[a] + o[a];
+          q_token[r] = token_of(p, w, x);
+        }
+        int* semaphore = nullptr;
+        if (p.deterministic) {
+          // Wait for the KV tiles before this one in the Q tile's KV box (box order).
+          semaphore = p.dq_semaphore + stat_slot(p, w, head, t) / kTileQ;
+          if (ctid == 0) {
+            const TileBox kv_box = kv_tile_box(w.axes, 3, t, q_tile, kv_tile);
+            const int turn = kv_box.index(w.kv_tile);
+            int now;
+            do {
+              asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(semaphore));
+            } while (now != turn);
+          }
+          cutlass::arch::NamedBarrier::sync(256, kTurnBarrier);
+          if (!kSplitN && wg == 1) cutlass::arch::NamedBarrier::sync(256, kOrderBarrier);
+        }
+        const int col_wg = kSplitN ? wg * kDqN : 0;
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(tDQrDQ); i += 2) {
+          const int64_t token = q_token[(i >> 1) & 1];
+          if (token < 0) continue;
+          const int col = col_wg + 8 * (i >> 2) + col_base;
+          atomicAdd(reinterpret_cast<float2*>(dq_accum + (token * p.heads + head) * kHeadDim + col),
+                    make_float2(tDQrDQ(i), tDQrDQ(i + 1)));
+        }
+        if (p.deterministic) {
+          __threadfence();
+          if (!kSplitN && wg == 0) cutlass::arch::NamedBarrier::arrive(256, kOrderBarrier);
+          cutlass::arch::NamedBarrier::sync(256, kTurnBarrier);
+          if (ctid == 0) atomicAdd(semaphore, 1);
+        }
+      }
+    }
+
+    // Epilogue: dK (times the softmax scale) and dV of the valid KV rows.
+    Element* dk = static_cast<Element*>(p.dk);
+    Element* dv = static_cast<Element*>(p.dv);
+    cutlass::NumericArrayConverter<Element, float, 2> cvt;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < size(tKVrDK); i += 2) {
+      const int64_t token = kv_token[(i >> 1) & 1];
+      if (token < 0) continue;
+      const int64_t at = (token * p.kv_heads + w.kv_head) * kHeadDim + 8 * (i >> 2) + col_base;
+      *reinterpret_cast<cutlass::Array<Element, 2>*>(dk + at) =
+          cvt(cutlass::Array<float, 2>{tKVrDK(i) * p.scale, tKVrDK(i + 1) * p.scale});
+      *reinterpret_cast<cutlass::Array<Element, 2>*>(dv + at) =
+          cvt(cutlass::Array<float, 2>{tKVrDV(i), tKVrDV(i + 1)});
+    }
+  }
+
+  static CUTLASS_DEVICE void run(const CUtensorMap* map_q, const CUtensorMap* map_do,
+                                 const CUtensorMap* map_k, const CUtensorMap* map_v,
+                                 const BwdParams& p, char* smem_raw) {
+    SharedStorage& ss = *reinterpret_cast<SharedStorage*>(
+        (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    const bool producer_role = threadIdx.x < 128;
+
+    typename PipelineQ::Params pipe_params;
+    pipe_params.transaction_bytes = kStageBytes;
+    pipe_params.role =
+        producer_role ? PipelineQ::ThreadCategory::Producer : PipelineQ::ThreadCategory::Consumer;
+    pipe_params.is_leader = threadIdx.x == 0;
+    pipe_params.num_consumers = 256;
+    pipe_params.initializing_warp = 0;
+    PipelineQ pipe(ss.pipe_q, pipe_params, cute::Shape<cute::_1, cute::_1, cute::_1>{});
+    if (threadIdx.x == 64) {
+      cutlass::arch::ClusterTransactionBarrier::init(&ss.kv_full, 1);
+      cutlass::arch::fence_barrier_init();
+    }
+    __syncthreads();
+
+    const Work w = decode_work(p, blockIdx.x);
+    if (producer_role) {
+      cutlass::arch::warpgroup_reg_dealloc<32>();
+      if (threadIdx.x == 0 && w.box.size() > 0)
+        producer(map_q, map_do, map_k, map_v, p, w, ss, pipe);
+    } else {
+      cutlass::arch::warpgroup_reg_alloc<240>();
+      consumer(p, w, ss, pipe);
+    }
+  }
+};
+
+template <class Kernel>
+__global__ void __launch_bounds__(Kernel::kThreads, 1)
+    gna_bwd_sm90_kernel(const __grid_constant__ CUtensorMap map_q,
+                        const __grid_constant__ CUtensorMap map_do,
+                        const __grid_constant__ CUtensorMap map_k,
+                        const __grid_constant__ CUtensorMap map_v,
+                        const __grid_constant__ BwdParams params) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ char smem[];
+  Kernel::run(&map_q, &map_do, &map_k, &map_v, params, smem);
+#else
+  // Built for another architecture: never launched (the launcher checks the device).
+#endif
+}
+
+}  // namespace gna::sm90
