@@ -66,7 +66,7 @@ struct BwdParams {
   // Workspace.
   float* row_lse2;    // lse * log2(e) per row-statistics slot
   float* row_delta;   // rowsum(dO * O) - dlse per slot
-  float* dq_accum;    // fp32 [batch, X.., heads, D], zeroed before the main kernel
+  float* dq_accum;    // fp32 [num_slots, D] in blocks per Q tile (dq_order.h), zeroed first
   int* dq_semaphore;  // per (batch, head, group, Q tile): deterministic mode's turn counter
   int64_t num_slots;
   // Results.

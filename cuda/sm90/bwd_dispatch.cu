@@ -59,8 +59,7 @@ BwdWorkspace workspace_layout(const Problem& p, const BwdParams& bp) {
   w.lse2 = 0;
   w.delta = align256(slots * sizeof(float));
   w.dq_accum = w.delta + align256(slots * sizeof(float));
-  const size_t dq = size_t(p.batch) * size_t(p.tokens()) * p.heads * p.head_dim;
-  w.semaphore = w.dq_accum + align256(dq * sizeof(float));
+  w.semaphore = w.dq_accum + align256(slots * p.head_dim * sizeof(float));
   w.total = w.semaphore + align256(slots / bwd_tile_config(p.rank).q_size() * sizeof(int));
   return w;
 }
@@ -153,8 +152,8 @@ cudaError_t bwd_launch(const Problem& p, const void* dout, const void* q, const 
   bp.dv = dv;
 
   cudaError_t err;
-  const int64_t dq_count = int64_t(p.batch) * p.tokens() * p.heads * p.head_dim;
-  if ((err = cudaMemsetAsync(bp.dq_accum, 0, size_t(dq_count) * sizeof(float), stream))) return err;
+  const size_t dq_bytes = size_t(bp.num_slots) * p.head_dim * sizeof(float);
+  if ((err = cudaMemsetAsync(bp.dq_accum, 0, dq_bytes, stream))) return err;
   if ((err = launch_bwd_row_stats(p.dtype, bp, stream))) return err;
 
   CUtensorMap mq, mdo, mk, mv;
@@ -181,7 +180,7 @@ cudaError_t bwd_launch(const Problem& p, const void* dout, const void* q, const 
       err = cudaErrorInvalidValue;
   }
   if (err) return err;
-  return launch_bwd_dq_convert(p.dtype, bp, dq_count, stream);
+  return launch_bwd_dq_convert(p.dtype, bp, stream);
 }
 
 }  // namespace gna::sm90

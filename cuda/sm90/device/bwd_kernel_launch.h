@@ -22,8 +22,7 @@ cudaError_t launch_bwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_d
 // Pre-pass: the row statistics of every slot (bwd_config.h) and zeroed dQ semaphores.
 cudaError_t launch_bwd_row_stats(DType dtype, const BwdParams& params, cudaStream_t stream);
 
-// dq = dq_accum * scale in the problem's dtype, `count` elements.
-cudaError_t launch_bwd_dq_convert(DType dtype, const BwdParams& params, int64_t count,
-                                  cudaStream_t stream);
+// dq = scale * the fp32 partial sums of every slot (dq_order.h), in the problem's dtype.
+cudaError_t launch_bwd_dq_convert(DType dtype, const BwdParams& params, cudaStream_t stream);
 
 }  // namespace gna::sm90

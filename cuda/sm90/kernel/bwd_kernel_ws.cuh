@@ -29,6 +29,7 @@
 #include <cutlass/pipeline/pipeline.hpp>
 
 #include "../bwd_config.h"
+#include "../dq_order.h"
 #include "gna/tile_box.h"
 
 namespace gna::sm90 {
@@ -97,7 +98,10 @@ struct BwdKernel {
   // each warpgroup sums over its own 64 KV rows (its own dS^T rows, so only it must have
   // written them) and both add into dQ.
   static constexpr bool kSplitN = kHeadDim == 128;
-  static constexpr int kDqN = kSplitN ? kHeadDim / 2 : kHeadDim;
+  static constexpr int kDqN = dq_fragment_cols(kHeadDim);
+  static_assert(kDqN == (kSplitN ? kHeadDim / 2 : kHeadDim));
+  // One warpgroup's dQ partial: 64 rows x kDqN columns.
+  static constexpr int kDqChunk = kTileQ * kDqN;
   using TiledMmaDQ = decltype(cute::make_tiled_mma(
       cute::GMMA::ss_op_selector<Element, Element, float,
                                  cute::Shape<cute::_64, cute::Int<kDqN>, cute::Int<kTileKV>>,
@@ -106,9 +110,8 @@ struct BwdKernel {
 
   using PipelineQ = cutlass::PipelineTmaAsync<kStages>;
   // Named barriers (ids after CUTLASS's reserved ones).
-  static constexpr int kDsBarrier = 0;     // dS^T written (both warpgroups, or 1 + wg each)
-  static constexpr int kTurnBarrier = 3;   // deterministic mode: this CTA's turn for dQ
-  static constexpr int kOrderBarrier = 4;  // deterministic mode, split K: wg 0 adds first
+  static constexpr int kDsBarrier = 0;  // dS^T written (both warpgroups, or 1 + wg each)
+  static constexpr int kDqBarrier = 3;  // 3 + wg: the warpgroup's dQ staging buffer
 
   struct SharedStorage {
     alignas(1024) Element k[kTileKV * kHeadDim];
@@ -116,6 +119,7 @@ struct BwdKernel {
     alignas(1024) Element q[kStages * kTileQ * kHeadDim];
     alignas(1024) Element dout[kStages * kTileQ * kHeadDim];
     alignas(1024) Element ds[2 * kTileQ * kTileKV];
+    alignas(128) float dq[2 * kDqChunk];  // per warpgroup, its dQ partial in fragment order
     alignas(16) float lse2[kStages][kTileQ];
     alignas(16) float delta[kStages][kTileQ];
     typename PipelineQ::SharedStorage pipe_q;
@@ -366,7 +370,6 @@ struct BwdKernel {
     const int n = w.box.size();
     if (n > 0) cutlass::arch::ClusterTransactionBarrier::wait(&ss.kv_full, 0);
     typename PipelineQ::PipelineState state;
-    float* dq_accum = p.dq_accum;
     int visit = 0;
     for (int g = 0; g < p.kv_group; ++g) {
       const int head = w.kv_head * p.kv_group + g;
@@ -469,48 +472,47 @@ struct BwdKernel {
         pipe.consumer_release(state);
         ++state;
 
-        // dQ rows of this thread: rows row_base and row_base + 8 of the Q tile.
-        int64_t q_token[2];
+        // dQ partial -> this warpgroup's staging buffer (element pairs in fragment order,
+        // dq_order.h) -> one bulk reduce-add into the Q tile's fp32 block.
+        const bool leader = (ctid & 127) == 0;
+        if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+        cutlass::arch::NamedBarrier::sync(128, kDqBarrier + wg);  // the buffer is free
+        float* staging = ss.dq + wg * kDqChunk;
         CUTLASS_PRAGMA_UNROLL
-        for (int r = 0; r < 2; ++r) {
-          int o[3], x[3];
-          q_offsets(row_base + 8 * r, o);
-          CUTLASS_PRAGMA_UNROLL
-          for (int a = 0; a < 3; ++a) x[a] = t[a] * q_tile[a] + o[a];
-          q_token[r] = token_of(p, w, x);
+        for (int i = 0; i < size(tDQrDQ); i += 2) {
+          *reinterpret_cast<float2*>(staging + dq_pair_offset(i / 2, ctid & 127)) =
+              make_float2(tDQrDQ(i), tDQrDQ(i + 1));
         }
-        int* semaphore = nullptr;
-        if (p.deterministic) {
-          // Wait for the KV tiles before this one in the Q tile's KV box (box order).
-          semaphore = p.dq_semaphore + stat_slot(p, w, head, t) / kTileQ;
-          if (ctid == 0) {
-            const TileBox kv_box = kv_tile_box(w.axes, 3, t, q_tile, kv_tile);
-            const int turn = kv_box.index(w.kv_tile);
+        cutlass::arch::fence_view_async_shared();
+        cutlass::arch::NamedBarrier::sync(128, kDqBarrier + wg);
+        if (leader) {
+          const int64_t slot = stat_slot(p, w, head, t);
+          float* block = p.dq_accum + slot * kHeadDim + (kSplitN ? wg * kDqChunk : 0);
+          int* semaphore = p.dq_semaphore + slot / kTileQ;
+          if (p.deterministic) {
+            // Wait for the KV tiles before this one in the Q tile's KV box (box order), and
+            // with split K for warpgroup 0 of this CTA: two turns per KV tile.
+            const int turn = 2 * kv_tile_box(w.axes, 3, t, q_tile, kv_tile).index(w.kv_tile) + wg;
             int now;
             do {
               asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(semaphore));
             } while (now != turn);
           }
-          cutlass::arch::NamedBarrier::sync(256, kTurnBarrier);
-          if (!kSplitN && wg == 1) cutlass::arch::NamedBarrier::sync(256, kOrderBarrier);
-        }
-        const int col_wg = kSplitN ? wg * kDqN : 0;
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < size(tDQrDQ); i += 2) {
-          const int64_t token = q_token[(i >> 1) & 1];
-          if (token < 0) continue;
-          const int col = col_wg + 8 * (i >> 2) + col_base;
-          atomicAdd(reinterpret_cast<float2*>(dq_accum + (token * p.heads + head) * kHeadDim + col),
-                    make_float2(tDQrDQ(i), tDQrDQ(i + 1)));
-        }
-        if (p.deterministic) {
-          __threadfence();
-          if (!kSplitN && wg == 0) cutlass::arch::NamedBarrier::arrive(256, kOrderBarrier);
-          cutlass::arch::NamedBarrier::sync(256, kTurnBarrier);
-          if (ctid == 0) atomicAdd(semaphore, 1);
+          asm volatile(
+              "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
+              "cp.async.bulk.commit_group;" ::"l"(block),
+              "r"(uint32_t(__cvta_generic_to_shared(staging))), "n"(kDqChunk * 4)
+              : "memory");
+          if (p.deterministic) {
+            asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+            asm volatile("fence.proxy.async.global;" ::: "memory");
+            __threadfence();
+            atomicAdd(semaphore, 1);
+          }
         }
       }
     }
+    if ((ctid & 127) == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 
     // Epilogue: dK (times the softmax scale) and dV of the valid KV rows.
     Element* dk = static_cast<Element*>(p.dk);
@@ -550,8 +552,10 @@ struct BwdKernel {
     __syncthreads();
 
     const Work w = decode_work(p, blockIdx.x);
+    // Registers: 168 per thread at launch; the producer frees 144 x 128, the consumers take
+    // 72 x 256 of them (setmaxnreg blocks forever if the pool cannot cover the increase).
     if (producer_role) {
-      cutlass::arch::warpgroup_reg_dealloc<32>();
+      cutlass::arch::warpgroup_reg_dealloc<24>();
       if (threadIdx.x == 0 && w.box.size() > 0)
         producer(map_q, map_do, map_k, map_v, p, w, ss, pipe);
     } else {
