@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Bazel build in CI (called by .ci/run): every target of the workspace built and the host-side
 # tests run, offline, with Debian's Bazel 4. With nvcc on PATH the extension includes the sm90
-# kernels (JAX_GNA_KERNEL_SET, default smoke here: bf16, head dim 128, ranks 1-3).
+# and sm100 kernels (JAX_GNA_KERNEL_SET, default smoke here: bf16, head dim 128; sm100: one kernel).
 #
 # Usage: bazel/ci.sh   (the Python with jax and nanobind: $JAX_GNA_PYTHON, else python3)
 set -euo pipefail
@@ -26,7 +26,7 @@ export JAX_GNA_PYTHON="${JAX_GNA_PYTHON:-$(command -v python3)}"
 export JAX_GNA_KERNEL_SET="${JAX_GNA_KERNEL_SET:-smoke}"
 # nanobind and the CUTLASS headers: `pip install -e .` keeps them in its isolated build env.
 if command -v nvcc >/dev/null; then
-  cuda="nvcc found: _ext includes the sm_90a kernels (kernel set $JAX_GNA_KERNEL_SET)"
+  cuda="nvcc found: _ext includes the sm_90a and sm_100a kernels (kernel set $JAX_GNA_KERNEL_SET)"
   "$JAX_GNA_PYTHON" -c "import importlib.util as u; exit(u.find_spec('cutlass_library') is None)" ||
     "$JAX_GNA_PYTHON" -m pip install -q --no-deps "nvidia-cutlass==4.2.0.0"
 else

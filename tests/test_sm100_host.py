@@ -7,7 +7,8 @@ where one is). Everything it computes on the host is checked instead, through a 
 - the tile table (`cuda/sm100/fwd_config.h`) holds the sm90 shapes of `jax_gna._tiles`
   (so the simulator's pick and user tile requests mean the same on both architectures) and fits
   the kernel's budgets: 128-row Q tiles (one M = 128 UMMA), S0 + S1 + O in 512 TMEM columns,
-  Q + K/V stages + P in 227 KB of shared memory;
+  Q + K/V stages + P in 227 KB of shared memory, but over half the SM's (one CTA per SM, as
+  each allocates all of TMEM);
 - the launch (one CTA per work item: `kernel_axes`, `fwd_params`, `decode_fwd_work` of
   `cuda/common/fwd_params.h`) runs every (batch, head, dilation group, Q tile) holding a query
   exactly once, and each item's KV-tile box and mask-free KV tiles equal brute force from
@@ -31,7 +32,8 @@ from tests import oracle
 ROOT = Path(__file__).resolve().parents[1]
 CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 TMEM_COLUMNS = 512
-SMEM_BYTES = 227 * 1024
+SMEM_BYTES = 227 * 1024  # per CTA
+SM_SMEM_BYTES = 228 * 1024  # per SM
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +113,9 @@ def test_tile_table_fits_tmem_and_shared_memory(program):
         smem = elem * (q * dim + 2 * stages * kv * dim + q * kv)  # Q, K and V stages, P
         barriers = 8 * (1 + 4 * stages + 6) + 4
         assert smem + barriers + 1024 <= SMEM_BYTES, (rank, dim, stages, smem)
+        # One CTA per SM: each allocates all 512 TMEM columns (a second would wait in
+        # tcgen05.alloc), so the shared memory of two CTAs (+1 KB reserved each) must not fit.
+        assert 2 * (smem + barriers + 1024 + 1024) > SM_SMEM_BYTES, (rank, dim, stages, smem)
         assert stages >= 2, "a K/V tile loads while the previous one is used"
 
 

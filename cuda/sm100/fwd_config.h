@@ -19,9 +19,11 @@ inline constexpr int kFwdHeadDims[] = {32, 64, 128};
 //   M = 128 tcgen05.mma (cta_group::1: one row per TMEM lane); 128-token KV tiles make
 //   S = Q K^T one 128 x 128 UMMA and P V one 128 x D UMMA with K = 128.
 // - Stages: shared memory holds Q (128 x D), P (128 x 128, 32 KB) and `stages` K and V tiles:
-//   d128 192 KB at 2 stages, d64 144 KB at 3, d32 104 KB at 4 (of 227 KB).
+//   d128 192 KB at 2 stages, d64 144 KB at 3, d32 136 KB at 6 (of 227 KB). Every kernel keeps
+//   above half the SM's shared memory, so one CTA runs per SM: each CTA allocates all 512 TMEM
+//   columns, and a second CTA on the SM would only wait in tcgen05.alloc.
 constexpr FwdTileConfigs fwd_tile_configs(int rank, int head_dim) {
-  const int stages = head_dim >= 128 ? 2 : head_dim >= 64 ? 3 : 4;
+  const int stages = head_dim >= 128 ? 2 : head_dim >= 64 ? 3 : 6;
   if (rank == 1) return {1, {{{1, 1, 128}, {1, 1, 128}, stages}}};
   if (rank == 2) return {2, {{{1, 16, 8}, {1, 16, 8}, stages}, {{1, 8, 16}, {1, 8, 16}, stages}}};
   return {2, {{{2, 8, 8}, {2, 8, 8}, stages}, {{4, 4, 8}, {4, 4, 8}, stages}}};
