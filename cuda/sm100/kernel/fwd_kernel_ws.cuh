@@ -217,6 +217,7 @@ struct FwdKernel {
       const int stage = j % kStages;
       TxBarrier::wait(&ss.k_full[stage], (j / kStages) & 1);
       if (j >= 2) Barrier::wait(&ss.s_empty[j & 1], ((j >> 1) + 1) & 1);  // S_{j-2} was read
+      __syncwarp();  // the UMMA atoms elect one lane of a converged warp
       tcgen05_after_thread_sync();
       tS.data() = tmem + tmem_s(j & 1);
       mma_qk.accumulate_ = UMMA::ScaleOut::Zero;
@@ -235,6 +236,7 @@ struct FwdKernel {
       const int stage = j % kStages;
       TxBarrier::wait(&ss.v_full[stage], (j / kStages) & 1);
       Barrier::wait(&ss.p_full, j & 1);
+      __syncwarp();
       tcgen05_after_thread_sync();
       mma_pv.accumulate_ = j == 0 ? UMMA::ScaleOut::Zero : UMMA::ScaleOut::One;
       CUTLASS_PRAGMA_UNROLL
@@ -297,6 +299,7 @@ struct FwdKernel {
       // S_j into registers; the buffer is then free for S_{j+2}.
       uint32_t s_bits[kTileKV];
       Barrier::wait(&ss.s_full[j & 1], (j >> 1) & 1);
+      __syncwarp();  // tcgen05.ld is .sync.aligned: the whole warp, converged
       tcgen05_after_thread_sync();
       CUTLASS_PRAGMA_UNROLL
       for (int c = 0; c < kTileKV / 32; ++c) {
@@ -343,6 +346,7 @@ struct FwdKernel {
       if (j > 0) {
         // P_{j-1} V_{j-1} is done: O is stable and the P buffer free.
         Barrier::wait(&ss.o_done, (j - 1) & 1);
+        __syncwarp();
         tcgen05_after_thread_sync();
         // Rescale O by corr; a warp whose rows all kept their max skips it.
         if (__any_sync(0xffffffffu, corr != 1.f)) {
@@ -377,6 +381,7 @@ struct FwdKernel {
 
     // Epilogue: O / rowsum straight from TMEM to global memory, the LSE next to it.
     Barrier::wait(&ss.o_done, (n - 1) & 1);
+    __syncwarp();
     tcgen05_after_thread_sync();
     const float inv = row_sum > 0.f ? 1.f / row_sum : 0.f;
     const float m_scaled = row_max == -INFINITY ? 0.f : row_max * mult;
