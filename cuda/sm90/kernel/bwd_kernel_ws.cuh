@@ -136,9 +136,11 @@ struct BwdKernel {
   static constexpr uint32_t kStatBytes = kTileQ * sizeof(float);
   static constexpr uint32_t kStageBytes = 2 * kTileBytesQ + 2 * kStatBytes;
 
-  // Which CTA does what; every role decodes it identically from blockIdx.x. KV tiles are the
-  // fastest index, so the CTAs whose dQ partials a deterministic CTA waits for (lower KV
-  // tiles of the same head, batch and group) have lower block indices.
+  // Which CTA does what; every role decodes it identically from blockIdx.x. The KV tile is
+  // the fastest index by default (neighbouring CTAs share Q and dO tiles in L2) and the
+  // slowest in deterministic mode: there a CTA waits for the lower KV tiles of its head, batch
+  // entry and group (which then have lower block indices, so they run or ran already), and
+  // CTAs resident together should mostly belong to different heads, not wait in one chain.
   struct Work {
     int kv_tile[3];
     int group[3];
@@ -151,13 +153,22 @@ struct BwdKernel {
 
   static CUTLASS_DEVICE Work decode_work(const BwdParams& p, int item) {
     Work w;
-    int i = item;
-    int kt = i % p.num_kv_tiles;
-    i /= p.num_kv_tiles;
-    int gi = i % p.num_groups;
-    i /= p.num_groups;
-    w.kv_head = i % p.kv_heads;
-    w.batch = i / p.kv_heads;
+    int i = item, kt, gi;
+    if (p.deterministic) {
+      w.kv_head = i % p.kv_heads;
+      i /= p.kv_heads;
+      w.batch = i % p.batch;
+      i /= p.batch;
+      gi = i % p.num_groups;
+      kt = i / p.num_groups;
+    } else {
+      kt = i % p.num_kv_tiles;
+      i /= p.num_kv_tiles;
+      gi = i % p.num_groups;
+      i /= p.num_groups;
+      w.kv_head = i % p.kv_heads;
+      w.batch = i / p.kv_heads;
+    }
     CUTLASS_PRAGMA_UNROLL
     for (int a = 2; a >= 0; --a) {
       w.kv_tile[a] = kt % p.kv_tiles[a];
