@@ -113,6 +113,13 @@ struct BwdKernel {
   static constexpr int kDsBarrier = 0;  // dS^T written (both warpgroups, or 1 + wg each)
   static constexpr int kDqBarrier = 3;  // 3 + wg: the warpgroup's dQ staging buffer
 
+  // Where a staged dQ partial goes, and its turn (deterministic mode).
+  struct DqHandoff {
+    float* block;
+    int* semaphore;
+    int turn;
+  };
+
   struct SharedStorage {
     alignas(1024) Element k[kTileKV * kHeadDim];
     alignas(1024) Element v[kTileKV * kHeadDim];
@@ -124,6 +131,10 @@ struct BwdKernel {
     alignas(16) float delta[kStages][kTileQ];
     typename PipelineQ::SharedStorage pipe_q;
     alignas(8) uint64_t kv_full;  // K and V landed (TMA transaction barrier)
+    // Deterministic mode: a warpgroup hands its staged dQ partial to the writer thread.
+    DqHandoff dq_handoff[2];
+    alignas(8) uint64_t dq_full[2];   // per warpgroup: partial and handoff written
+    alignas(8) uint64_t dq_empty[2];  // per warpgroup: the writer's add is complete
   };
   // + 1024: the dynamic smem base is re-aligned to 1024 B (SW128 TMA/GMMA).
   static constexpr size_t kSmemBytes = sizeof(SharedStorage) + 1024;
@@ -196,6 +207,14 @@ struct BwdKernel {
     return ((int64_t(w.batch * p.heads + head) * p.num_groups + gi) * p.num_q_tiles + qt) * kTileQ;
   }
 
+  // The Q tile of visit `j` of a head (n visits): box order, reversed in deterministic mode.
+  // There the lower KV tiles of a Q tile add first; a higher KV tile's box starts later in box
+  // order, so walking it backwards reaches a shared Q tile after the lower KV tile did, not
+  // before (forwards, every CTA of a chain would wait for the one before it).
+  static CUTLASS_DEVICE void visit_tile(const BwdParams& p, const Work& w, int j, int n, int t[3]) {
+    w.box.tile(p.deterministic ? n - 1 - j : j, t);
+  }
+
   // TMA coordinate of group position `x` along kernel axis `a`.
   static CUTLASS_DEVICE int tma_coord(const BwdParams& p, const Work& w, int a, int x) {
     return w.group[a] + p.dilation[a] * x;
@@ -234,8 +253,9 @@ struct BwdKernel {
     const int n = w.box.size();
     for (int g = 0; g < p.kv_group; ++g) {
       const int head = w.kv_head * p.kv_group + g;
-      int t[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
-      for (int j = 0; j < n; ++j, w.box.next(t)) {
+      for (int j = 0; j < n; ++j) {
+        int t[3];
+        visit_tile(p, w, j, n, t);
         const int origin[3] = {t[0] * q_tile[0], t[1] * q_tile[1], t[2] * q_tile[2]};
         pipe.producer_acquire(state);
         uint64_t* bar = pipe.producer_get_barrier(state);
@@ -296,6 +316,39 @@ struct BwdKernel {
     }
     cute::warpgroup_commit_batch();
     cute::warpgroup_fence_operand(tC);
+  }
+
+  // block += staging (kDqChunk floats), one bulk reduce-add; completion is awaited with
+  // cp.async.bulk.wait_group.
+  static CUTLASS_DEVICE void bulk_add(float* block, const float* staging) {
+    asm volatile(
+        "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
+        "cp.async.bulk.commit_group;" ::"l"(block),
+        "r"(uint32_t(__cvta_generic_to_shared(staging))), "n"(kDqChunk * 4)
+        : "memory");
+  }
+
+  // Deterministic mode: one thread adds the consumers' staged dQ partials in turn (waiting on
+  // the Q tile's semaphore and for each add to complete), so that the consumers only wait
+  // when it falls a whole visit behind.
+  static CUTLASS_DEVICE void dq_writer(const BwdParams& p, const Work& w, SharedStorage& ss) {
+    const int visits = p.kv_group * w.box.size();
+    for (int v = 0; v < visits; ++v) {
+      for (int wg = 0; wg < 2; ++wg) {
+        cutlass::arch::ClusterBarrier::wait(&ss.dq_full[wg], v & 1);
+        const DqHandoff h = ss.dq_handoff[wg];
+        int now;
+        do {
+          asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(h.semaphore));
+        } while (now != h.turn);
+        bulk_add(h.block, ss.dq + wg * kDqChunk);
+        asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+        asm volatile("fence.proxy.async.global;" ::: "memory");
+        __threadfence();
+        atomicAdd(h.semaphore, 1);
+        cutlass::arch::ClusterBarrier::arrive(&ss.dq_empty[wg]);
+      }
+    }
   }
 
   static CUTLASS_DEVICE void consumer(const BwdParams& p, const Work& w, SharedStorage& ss,
@@ -384,8 +437,9 @@ struct BwdKernel {
     int visit = 0;
     for (int g = 0; g < p.kv_group; ++g) {
       const int head = w.kv_head * p.kv_group + g;
-      int t[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
-      for (int j = 0; j < n; ++j, ++visit, w.box.next(t)) {
+      for (int j = 0; j < n; ++j, ++visit) {
+        int t[3];
+        visit_tile(p, w, j, n, t);
         bool full = true;
         CUTLASS_PRAGMA_UNROLL
         for (int a = 0; a < 3; ++a) full &= w.full[a].start <= t[a] && t[a] < w.full[a].end;
@@ -486,8 +540,12 @@ struct BwdKernel {
         // dQ partial -> this warpgroup's staging buffer (element pairs in fragment order,
         // dq_order.h) -> one bulk reduce-add into the Q tile's fp32 block.
         const bool leader = (ctid & 127) == 0;
-        if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-        cutlass::arch::NamedBarrier::sync(128, kDqBarrier + wg);  // the buffer is free
+        if (p.deterministic) {
+          if (visit > 0) cutlass::arch::ClusterBarrier::wait(&ss.dq_empty[wg], (visit - 1) & 1);
+        } else {
+          if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+          cutlass::arch::NamedBarrier::sync(128, kDqBarrier + wg);  // the buffer is free
+        }
         float* staging = ss.dq + wg * kDqChunk;
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < size(tDQrDQ); i += 2) {
@@ -499,26 +557,14 @@ struct BwdKernel {
         if (leader) {
           const int64_t slot = stat_slot(p, w, head, t);
           float* block = p.dq_accum + slot * kHeadDim + (kSplitN ? wg * kDqChunk : 0);
-          int* semaphore = p.dq_semaphore + slot / kTileQ;
           if (p.deterministic) {
-            // Wait for the KV tiles before this one in the Q tile's KV box (box order), and
-            // with split K for warpgroup 0 of this CTA: two turns per KV tile.
-            const int turn = 2 * kv_tile_box(w.axes, 3, t, q_tile, kv_tile).index(w.kv_tile) + wg;
-            int now;
-            do {
-              asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(semaphore));
-            } while (now != turn);
-          }
-          asm volatile(
-              "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
-              "cp.async.bulk.commit_group;" ::"l"(block),
-              "r"(uint32_t(__cvta_generic_to_shared(staging))), "n"(kDqChunk * 4)
-              : "memory");
-          if (p.deterministic) {
-            asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
-            asm volatile("fence.proxy.async.global;" ::: "memory");
-            __threadfence();
-            atomicAdd(semaphore, 1);
+            // The writer thread adds it in turn: after the KV tiles before this one in the Q
+            // tile's KV box (box order) and, with split K, after warpgroup 0 of this CTA.
+            const int index = kv_tile_box(w.axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
+            ss.dq_handoff[wg] = DqHandoff{block, p.dq_semaphore + slot / kTileQ, 2 * index + wg};
+            cutlass::arch::ClusterBarrier::arrive(&ss.dq_full[wg]);
+          } else {
+            bulk_add(block, staging);
           }
         }
       }
@@ -558,6 +604,10 @@ struct BwdKernel {
     PipelineQ pipe(ss.pipe_q, pipe_params, cute::Shape<cute::_1, cute::_1, cute::_1>{});
     if (threadIdx.x == 64) {
       cutlass::arch::ClusterTransactionBarrier::init(&ss.kv_full, 1);
+      for (int i = 0; i < 2; ++i) {
+        cutlass::arch::ClusterBarrier::init(&ss.dq_full[i], 1);
+        cutlass::arch::ClusterBarrier::init(&ss.dq_empty[i], 1);
+      }
       cutlass::arch::fence_barrier_init();
     }
     __syncthreads();
@@ -569,6 +619,7 @@ struct BwdKernel {
       cutlass::arch::warpgroup_reg_dealloc<24>();
       if (threadIdx.x == 0 && w.box.size() > 0)
         producer(map_q, map_do, map_k, map_v, p, w, ss, pipe);
+      if (threadIdx.x == 32 && p.deterministic) dq_writer(p, w, ss);
     } else {
       cutlass::arch::warpgroup_reg_alloc<240>();
       consumer(p, w, ss, pipe);
