@@ -16,6 +16,9 @@
 #include "../sm90/fwd_config.h"
 #include "../sm90/fwd_launch.h"
 #endif
+#ifdef JAX_GNA_HAS_SM100
+#include "../sm100/fwd_launch.h"
+#endif
 
 namespace {
 
@@ -81,6 +84,12 @@ ffi::Error cuda_fwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::
                                    out->untyped_data(), lse->typed_data(),
                                    workspace->untyped_data(), stream);
 #endif
+#ifdef JAX_GNA_HAS_SM100
+  if (cc.major == 10 && cc.minor == 0)
+    status = gna::sm100::fwd_launch(p, q.untyped_data(), k.untyped_data(), v.untyped_data(),
+                                    out->untyped_data(), lse->typed_data(),
+                                    workspace->untyped_data(), stream);
+#endif
   if (status != cudaSuccess)
     return ffi::Error::Internal(std::string("jax_gna_fwd: kernel launch failed: ") +
                                 cudaGetErrorString(status));
@@ -143,12 +152,20 @@ namespace gna::cuda_ffi {
 
 const char* fwd_can_implement(const Problem& problem, int major, int minor) {
 #ifdef JAX_GNA_HAS_SM90
-  if (major < 0 || (major == 9 && minor == 0)) return gna::sm90::fwd_can_implement(problem);
+  if (major == 9 && minor == 0) return gna::sm90::fwd_can_implement(problem);
+#endif
+#ifdef JAX_GNA_HAS_SM100
+  if (major == 10 && minor == 0) return gna::sm100::fwd_can_implement(problem);
+#endif
+#if defined(JAX_GNA_HAS_SM90)
+  if (major < 0) return gna::sm90::fwd_can_implement(problem);
+#elif defined(JAX_GNA_HAS_SM100)
+  if (major < 0) return gna::sm100::fwd_can_implement(problem);
 #endif
   (void)problem, (void)minor;
   if (major < 0) return "this build of jax_gna has no CUDA forward kernels";
   return "this build of jax_gna has no kernels for this GPU (built archs: " JAX_GNA_CUDA_ARCHS
-         "; sm_90a kernels run on compute capability 9.0 only)";
+         "; sm_90a kernels run on compute capability 9.0 only, sm_100a kernels on 10.0 only)";
 }
 
 const char* bwd_can_implement(const Problem& problem, int major, int minor) {
