@@ -46,22 +46,25 @@ def _gna(
     value,
     kernel_size,
     *,
-    stride,
-    dilation,
-    is_causal,
-    scale,
     additional_keys,
     additional_values,
     return_lse,
     implementation,
-    q_tile_shape,
-    kv_tile_shape,
     rank,
+    **options,
 ):
+    """`gna` with the number of spatial axes fixed (`rank`) or inferred (None); `options` are
+    `make_params`'s other keywords."""
     query, key, value, ek, ev = _as_arrays(query, key, value, additional_keys, additional_values)
-    tiles = (q_tile_shape, kv_tile_shape)
-    params = _params(
-        query, key, value, kernel_size, stride, dilation, is_causal, scale, ek, ev, rank, tiles
+    params = make_params(
+        query,
+        key,
+        value,
+        kernel_size,
+        additional_keys=ek,
+        additional_values=ev,
+        rank=rank,
+        **options,
     )
     split = None
     # Explicit "xla" with tile shapes goes on to `select`, which refuses them.
@@ -114,6 +117,7 @@ def gna(
     implementation: str | None = None,
     q_tile_shape: IntOrTuple | None = None,
     kv_tile_shape: IntOrTuple | None = None,
+    deterministic: bool | None = None,
 ) -> jax.Array: ...
 
 
@@ -134,6 +138,7 @@ def gna(
     implementation: str | None = None,
     q_tile_shape: IntOrTuple | None = None,
     kv_tile_shape: IntOrTuple | None = None,
+    deterministic: bool | None = None,
 ) -> tuple[jax.Array, jax.Array]: ...
 
 
@@ -153,6 +158,7 @@ def gna(
     implementation=None,
     q_tile_shape=None,
     kv_tile_shape=None,
+    deterministic=None,
 ):
     r"""Generalized neighborhood attention (GNA) over a 1-D, 2-D or 3-D token grid.
 
@@ -203,6 +209,14 @@ def gna(
         implementations have no tiles: an explicit ``"cpu"``/``"xla"``/``"reference"`` refuses
         tile shapes, and ``implementation=None`` ignores them unless it picks ``"cuda"``.
       kv_tile_shape: KV tile of the ``"cuda"`` forward kernel, as ``q_tile_shape``.
+      deterministic: gradients of ``"cuda"``: ``True`` makes the CUDA backward bit-identical
+        run to run (it adds the dQ contributions of the key tiles in a fixed order instead of
+        by atomic adds, at some cost in speed); ``False`` allows the faster order; ``None`` (the
+        default) follows XLA: deterministic when ``XLA_FLAGS`` holds
+        ``--xla_gpu_deterministic_ops=true`` or ``--xla_gpu_exclude_nondeterministic_ops=true``
+        when the call is traced. The forward pass and the ``"cpu"`` kernel are deterministic
+        either way; calls the CUDA backward cannot run take the ``xla`` backward, which is made
+        of XLA's own ops (governed by the same flags), as are ``"xla"`` and ``"reference"``.
 
     Returns:
       ``out`` ``[B..., X..., H, Dv]`` in the input dtype, and with ``return_lse=True`` also
@@ -227,6 +241,7 @@ def gna(
         implementation=implementation,
         q_tile_shape=q_tile_shape,
         kv_tile_shape=kv_tile_shape,
+        deterministic=deterministic,
         rank=None,
     )
 
@@ -248,6 +263,7 @@ def _fixed_rank(rank: int):
         implementation: str | None = None,
         q_tile_shape: IntOrTuple | None = None,
         kv_tile_shape: IntOrTuple | None = None,
+        deterministic: bool | None = None,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         return _gna(
             query,
@@ -264,6 +280,7 @@ def _fixed_rank(rank: int):
             implementation=implementation,
             q_tile_shape=q_tile_shape,
             kv_tile_shape=kv_tile_shape,
+            deterministic=deterministic,
             rank=rank,
         )
 

@@ -39,6 +39,18 @@ def bwd_workspace_bytes(
     dilation: Sequence[int],
     is_causal: Sequence[int],
 ) -> int: ...
+def cuda_bwd_can_implement(
+    q_shape: Sequence[int],
+    k_shape: Sequence[int],
+    v_shape: Sequence[int],
+    dtype: str,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    is_causal: Sequence[int],
+    cc_major: int = -1,
+    cc_minor: int = 0,
+) -> str | None: ...
 def cuda_fwd_can_implement(
     q_shape: Sequence[int],
     k_shape: Sequence[int],

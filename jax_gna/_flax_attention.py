@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_gna._api import gna
-from jax_gna._params import tile_shapes
+from jax_gna._params import check_deterministic, tile_shapes
 
 IntOrTuple = int | tuple[int, ...]
 BoolOrTuple = bool | tuple[bool, ...]
@@ -136,6 +136,12 @@ def make_tiles(
     """Normalise and check a layer's tile shapes (both or neither, positive ints, one per
     spatial axis); whether the kernels have them is checked when the layer runs."""
     return Tiles(*tile_shapes(q_tile_shape, kv_tile_shape, rank))
+
+
+def check_deterministic_backward(value: Any) -> bool | None:
+    """A layer's ``deterministic_backward``: None or a bool, passed to `jax_gna.gna` as
+    ``deterministic`` (a layer's own ``deterministic`` is Flax's dropout switch)."""
+    return check_deterministic(value, "deterministic_backward")
 
 
 # -- refusals ---------------------------------------------------------------------------------
@@ -270,9 +276,11 @@ def attend(
     dtype: Any = None,
     implementation: str | None = None,
     tiles: Tiles | None = None,
+    deterministic_backward: bool | None = None,
 ) -> jax.Array:
     """`jax_gna.gna` on projected heads ``[B..., X..., H|Hkv, D]`` (context ``[B..., E, Hkv,
-    D]``), all cast to ``dtype`` (inferred when None)."""
+    D]``), all cast to ``dtype`` (inferred when None); ``deterministic_backward`` is gna's
+    ``deterministic``."""
     tiles = tiles or Tiles()
     query, key, value, context_keys, context_values = _promote(
         (query, key, value, context_keys, context_values), dtype
@@ -290,6 +298,7 @@ def attend(
         implementation=implementation,
         q_tile_shape=tiles.q_tile_shape,
         kv_tile_shape=tiles.kv_tile_shape,
+        deterministic=deterministic_backward,
     )
 
 
@@ -304,6 +313,7 @@ def forward(
     dtype: Any,
     implementation: str | None,
     tiles: Tiles | None = None,
+    deterministic_backward: bool | None = None,
 ) -> jax.Array:
     """Project, normalise, attend, project back. Context tokens go through the same ``key`` /
     ``value`` projections (and ``key_ln``) as the grid tokens."""
@@ -325,6 +335,7 @@ def forward(
         dtype=dtype,
         implementation=implementation,
         tiles=tiles,
+        deterministic_backward=deterministic_backward,
     )
     return layers.out(x)
 
@@ -342,6 +353,7 @@ def make_attention_fn(
     implementation: str | None = None,
     q_tile_shape: IntOrTuple | None = None,
     kv_tile_shape: IntOrTuple | None = None,
+    deterministic_backward: bool | None = None,
 ) -> Callable[..., jax.Array]:
     """A drop-in ``attention_fn`` for ``flax.nnx.MultiHeadAttention`` and
     ``flax.linen.MultiHeadDotProductAttention`` that runs `jax_gna.gna`.
@@ -360,7 +372,9 @@ def make_attention_fn(
     The layer's inputs must then be ``[B..., X..., F]``: Flax projects them to ``[B..., X...,
     H, D]`` and the function attends over the ``X...`` grid. Arguments as in `jax_gna.gna`
     (``q_tile_shape``/``kv_tile_shape`` too); ``spatial_dims`` gives the number of spatial axes
-    when every option is an int.
+    when every option is an int; ``deterministic_backward`` is `jax_gna.gna`'s
+    ``deterministic`` (bit-identical CUDA gradients; None follows XLA's flags), named apart from
+    the ``deterministic`` Flax passes at call time, which is about dropout.
 
     The returned function accepts every keyword Flax passes. ``dtype`` casts query, key and
     value (inferred when None, like Flax); ``is_causal=True`` at call time makes every axis
@@ -372,6 +386,7 @@ def make_attention_fn(
     """
     window = make_window(kernel_size, stride, dilation, is_causal, spatial_dims)
     tiles = make_tiles(q_tile_shape, kv_tile_shape, window.rank)
+    deterministic_backward = check_deterministic_backward(deterministic_backward)
 
     def neighborhood_attention_fn(
         query: jax.Array,
@@ -411,6 +426,15 @@ def make_attention_fn(
             if v is not None:
                 raise unsupported(name, v, "jax_gna does not know this option", "leave it None")
         w = window.with_causal((True,) * window.rank) if is_causal else window
-        return attend(query, key, value, w, dtype=dtype, implementation=implementation, tiles=tiles)
+        return attend(
+            query,
+            key,
+            value,
+            w,
+            dtype=dtype,
+            implementation=implementation,
+            tiles=tiles,
+            deterministic_backward=deterministic_backward,
+        )
 
     return neighborhood_attention_fn

@@ -5,7 +5,10 @@ XLA runs the handler of the platform the computation is compiled for, so everyth
 platform-neutral. The layers, outermost first (research/jax_ffi.md §4.3, §9.4):
 
 1. ``jax.custom_vjp``: the forward saves ``(q, k, v, out, lse)``; the backward calls the
-   backward op with cotangents for both ``out`` and ``lse``.
+   backward op with cotangents for both ``out`` and ``lse``. The backward op is the FFI one on
+   the CPU always, and on GPUs when the CUDA backward kernels can run the problem there
+   (`cuda_backward_reason`, asked per call at trace time); otherwise GPUs run the ``xla``
+   backward (`_attention_bwd`).
 2. Explicit-mesh re-typing: custom calls type their results replicated, so results get the
    sharding of the input they belong to again (`_retype`); a no-op outside Explicit meshes.
 3. ``jax.custom_batching.custom_vmap``: vmap moves the mapped axis to the front and calls the
@@ -17,8 +20,9 @@ platform-neutral. The layers, outermost first (research/jax_ffi.md §4.3, §9.4)
    partitioned lowering is `jax_gna.parallel`'s shard-local halo exchange + attention (the
    ``xla`` tiles with per-device window tables, forward and backward); other spatial
    shardings are replicated (gathered) as before.
-5. ``jax.ffi.ffi_call``: attributes from `GnaParams.attrs` (the one place their dtypes are
-   decided) and the workspace as an extra uint8 result, dropped right away.
+5. ``jax.ffi.ffi_call``: attributes from `GnaParams.forward_attrs` / `backward_attrs` (the
+   one place their dtypes are decided; the backward's include ``deterministic``) and the
+   workspace as an extra uint8 result, dropped right away.
 
 Shape legend: ``B...`` batch dims, ``X...`` spatial dims, ``H`` query heads, ``Hkv`` key/value
 heads, ``D`` query/key head dim, ``Dv`` value head dim.
@@ -50,9 +54,10 @@ CUDA_DTYPES = ("float16", "bfloat16")
 
 
 def cuda_backward_available() -> bool:
-    """Whether this build has CUDA backward kernels. Until it does, gradients of the CUDA
-    forward are computed by the ``xla`` backward (chosen per platform at lowering time, see
-    `_attention_bwd`); the CPU backward is always the FFI kernel."""
+    """Whether this build has CUDA backward kernels at all (sm_90a builds). Whether they run a
+    given call is `cuda_backward_reason`'s answer; gradients of the calls they cannot run (and
+    all gradients on GPUs of builds without them) are computed by the ``xla`` backward (see
+    `_attention_bwd`). The CPU backward is always the FFI kernel."""
     return _extension.ext is not None and _extension.ext.cuda_has_backward()
 
 
@@ -88,6 +93,23 @@ def _compute_capability(query) -> tuple[int, int] | None:
         return None
     major, _, minor = str(cc).partition(".")
     return int(major), int(minor or 0)
+
+
+def cuda_backward_reason(query, key, value, params: GnaParams) -> str | None:
+    """None if the CUDA backward kernels can run the gradient of this call on the query's GPU
+    (without one: on any arch this build has kernels for), else the reason (no such kernels in
+    this build, the GPU's compute capability, dtype, head dims, ...), as the C++ launcher
+    decides it."""
+    ext = _extension.ext
+    if ext is None:
+        return _extension.missing
+    if not ext.cuda_has_backward():
+        return "this build of jax_gna has no CUDA backward kernels"
+    cc = _compute_capability(query) or (-1, 0)
+    try:
+        return ext.cuda_bwd_can_implement(*_problem_args(query, key, value, params), *cc)
+    except ValueError as e:
+        return str(e)
 
 
 def _cuda_can_implement(query, key, value, params: GnaParams, tiles=None) -> str | None:
@@ -203,12 +225,13 @@ def _ffi_backward(params: GnaParams, dout, q, k, v, out, lse, dlse):
         jax.ShapeDtypeStruct((workspace,), jnp.uint8),
     )
     call = jax.ffi.ffi_call(_extension.BWD_TARGET, results, vmap_method="broadcast_all")
-    dq, dk, dv, _ = call(dout.astype(q.dtype), q, k, v, out, lse, dlse, **params.attrs())
+    dq, dk, dv, _ = call(dout.astype(q.dtype), q, k, v, out, lse, dlse, **params.backward_attrs())
     return dq, dk, dv
 
 
 def _xla_backward(params: GnaParams, dout, q, k, v, out, lse, dlse):
-    """The ``xla`` backward, standing in for CUDA backward kernels this build does not have.
+    """The ``xla`` backward, standing in on GPUs for CUDA backward kernels that cannot run the
+    call (or that this build does not have).
 
     In an Explicit mesh it runs per shard over batch and heads (shard_map with the same specs
     the custom calls use), since its reshapes cannot re-type sharded dims."""
@@ -439,10 +462,11 @@ def _attention_bwd(params, residuals, cotangents):
 
         return run
 
-    if cuda_backward_available():
-        return typed(ffi_backward)(*args)
-    # No CUDA backward kernels in this build: on GPUs the xla backward runs instead.
-    # platform_dependent keeps only the branch of the platform being compiled for.
+    if cuda_backward_reason(query, key, value, params) is None:
+        return typed(ffi_backward)(*args)  # the CPU and the CUDA handler alike
+    # The CUDA backward kernels cannot run this problem (or this build has none): on GPUs the
+    # xla backward runs instead. platform_dependent keeps only the branch of the platform
+    # being compiled for.
     return jax.lax.platform_dependent(
         *args,
         cpu=typed(ffi_backward),

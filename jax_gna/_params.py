@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,8 @@ class GnaParams:
     # Tile shapes of the CUDA forward kernels (both or neither); None: not chosen yet.
     q_tile_shape: tuple[int, ...] | None = None
     kv_tile_shape: tuple[int, ...] | None = None
+    # The CUDA backward's dQ order: True gives bit-identical gradients run to run.
+    deterministic: bool = False
 
     @property
     def rank(self) -> int:
@@ -45,7 +48,7 @@ class GnaParams:
         return dataclasses.replace(self, q_tile_shape=None, kv_tile_shape=None)
 
     def attrs(self) -> dict[str, Any]:
-        """FFI attributes of ``jax_gna_bwd``. The only place their dtypes are decided (the C++
+        """FFI attributes both directions share. The only place their dtypes are decided (the C++
         bindings take ``Span<const int64_t>`` and ``float``; any other type fails to decode at
         run time)."""
         return dict(
@@ -55,6 +58,10 @@ class GnaParams:
             is_causal=_i64([int(c) for c in self.is_causal]),
             scale=np.float32(self.scale),
         )
+
+    def backward_attrs(self) -> dict[str, Any]:
+        """FFI attributes of ``jax_gna_bwd``: `attrs` plus the deterministic flag (0 or 1)."""
+        return self.attrs() | dict(deterministic=np.int64(int(self.deterministic)))
 
     def forward_attrs(self) -> dict[str, Any]:
         """FFI attributes of ``jax_gna_fwd``: `attrs` plus the tile shapes (empty: unset)."""
@@ -173,6 +180,49 @@ def tile_shapes(
     return shapes[0], shapes[1]
 
 
+# XLA's flags that ask for bit-identical results run to run; `deterministic=None` follows them.
+DETERMINISM_FLAGS = ("xla_gpu_deterministic_ops", "xla_gpu_exclude_nondeterministic_ops")
+
+
+def xla_wants_determinism(xla_flags: str | None = None) -> bool:
+    """Whether ``XLA_FLAGS`` (default: the environment's, read now) turns on one of
+    `DETERMINISM_FLAGS`, parsed as XLA parses boolean flags: a bare ``--flag``, ``=true`` or
+    ``=1`` turns it on, ``=false`` or ``=0`` off, and the last occurrence wins."""
+    if xla_flags is None:
+        xla_flags = os.environ.get("XLA_FLAGS", "")
+    wanted = dict.fromkeys(DETERMINISM_FLAGS, False)
+    for arg in xla_flags.split():
+        name, sep, value = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") or name not in wanted:
+            continue
+        if not sep:
+            wanted[name] = True
+        elif value.lower() in ("true", "1"):
+            wanted[name] = True
+        elif value.lower() in ("false", "0"):
+            wanted[name] = False
+    return any(wanted.values())
+
+
+def check_deterministic(value: Any, name: str = "deterministic") -> bool | None:
+    """A validated determinism request: None (follow XLA's flags) or a Python bool."""
+    if value is None:
+        return None
+    if _is_traced(value):
+        raise TypeError(
+            f"`{name}` must be static (True, False or None), got a traced value {value}."
+        )
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"Invalid value for `{name}`; expected True, False or None, got {value!r}.")
+    return bool(value)
+
+
+def resolve_deterministic(value: Any) -> bool:
+    """`check_deterministic`, with None resolved by `xla_wants_determinism` (at trace time)."""
+    value = check_deterministic(value)
+    return xla_wants_determinism() if value is None else value
+
+
 def _check_dtype(name: str, x: Any) -> None:
     if str(x.dtype) not in _FLOAT_DTYPES:
         raise TypeError(f"`{name}` must be a floating-point array, got dtype {x.dtype}.")
@@ -192,6 +242,7 @@ def make_params(
     additional_values: Any = None,
     q_tile_shape: Any = None,
     kv_tile_shape: Any = None,
+    deterministic: Any = None,
     rank: int | None = None,
 ) -> GnaParams:
     """Validate a GNA call and normalise its parameters.
@@ -201,7 +252,8 @@ def make_params(
       key: ``[B..., X..., Hkv, D]``.
       value: ``[B..., X..., Hkv, Dv]``.
       kernel_size, stride, dilation, is_causal, scale, additional_keys, additional_values,
-        q_tile_shape, kv_tile_shape: as in `jax_gna.gna`.
+        q_tile_shape, kv_tile_shape, deterministic: as in `jax_gna.gna` (None for
+        ``deterministic`` is resolved here, from ``XLA_FLAGS``).
       rank: the number of spatial axes if the caller fixes it (`na1d` ... `na3d`).
 
     Returns:
@@ -289,7 +341,16 @@ def make_params(
     _check_axes(GnaParams(ks, st, dl, ca, float(scale)), spatial)
     _check_additional(query, key, value, additional_keys, additional_values, n_batch)
     q_tile, kv_tile = tile_shapes(q_tile_shape, kv_tile_shape, rank)
-    return GnaParams(ks, st, dl, tuple(bool(c) for c in ca), float(scale), q_tile, kv_tile)
+    return GnaParams(
+        ks,
+        st,
+        dl,
+        tuple(bool(c) for c in ca),
+        float(scale),
+        q_tile,
+        kv_tile,
+        resolve_deterministic(deterministic),
+    )
 
 
 def _check_additional(

@@ -60,6 +60,9 @@ class NeighborhoodAttention(nn.Module):
       implementation: passed to `jax_gna.gna` (None picks the best available).
       q_tile_shape, kv_tile_shape: tile shapes of the ``"cuda"`` kernels, passed to
         `jax_gna.gna` (both or neither; None: the kernels pick for each call).
+      deterministic_backward: passed to `jax_gna.gna` as ``deterministic``: True makes the
+        CUDA gradients bit-identical run to run, None (default) follows XLA's
+        ``--xla_gpu_deterministic_ops``. (``deterministic`` is Flax's dropout switch.)
       dropout_rate: must be 0.0; broadcast_dropout and deterministic have no effect.
       decode: must be False.
     """
@@ -85,6 +88,7 @@ class NeighborhoodAttention(nn.Module):
     implementation: str | None = None
     q_tile_shape: IntOrTuple | None = None
     kv_tile_shape: IntOrTuple | None = None
+    deterministic_backward: bool | None = None
     dropout_rate: float = 0.0
     broadcast_dropout: bool = True
     deterministic: bool | None = None
@@ -129,6 +133,9 @@ class NeighborhoodAttention(nn.Module):
             self.kernel_size, self.stride, self.dilation, self.is_causal, self.spatial_dims
         ).with_causal(is_causal)
         tiles = _flax_attention.make_tiles(self.q_tile_shape, self.kv_tile_shape, window.rank)
+        deterministic_backward = _flax_attention.check_deterministic_backward(
+            self.deterministic_backward
+        )
         inputs_k, inputs_v = _flax_attention.resolve_inputs(
             inputs_q, inputs_k, inputs_v, context, window.rank
         )
@@ -189,4 +196,5 @@ class NeighborhoodAttention(nn.Module):
             dtype=self.dtype,
             implementation=self.implementation,
             tiles=tiles,
+            deterministic_backward=deterministic_backward,
         )

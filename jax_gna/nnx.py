@@ -82,6 +82,9 @@ class NeighborhoodAttention(nnx.Module):
       q_tile_shape: tile shapes of the ``"cuda"`` kernels, passed to `jax_gna.gna` (both or
         neither; None: the kernels pick the best compiled configuration for each call).
       kv_tile_shape: see ``q_tile_shape``.
+      deterministic_backward: passed to `jax_gna.gna` as ``deterministic``: True makes the
+        CUDA gradients bit-identical run to run, None (default) follows XLA's
+        ``--xla_gpu_deterministic_ops``. (``deterministic`` is Flax's dropout switch.)
       dropout_rate: must be 0.0 (accepted so migrating code fails loudly, not silently).
       broadcast_dropout: accepted for compatibility; no effect without dropout.
       deterministic: accepted for compatibility; no effect without dropout.
@@ -115,6 +118,7 @@ class NeighborhoodAttention(nnx.Module):
         implementation: str | None = None,
         q_tile_shape: IntOrTuple | None = None,
         kv_tile_shape: IntOrTuple | None = None,
+        deterministic_backward: bool | None = None,
         dropout_rate: float = 0.0,
         broadcast_dropout: bool = True,
         deterministic: bool | None = None,
@@ -127,6 +131,9 @@ class NeighborhoodAttention(nnx.Module):
             kernel_size, stride, dilation, is_causal, spatial_dims
         )
         self.tiles = _flax_attention.make_tiles(q_tile_shape, kv_tile_shape, self.window.rank)
+        self.deterministic_backward = _flax_attention.check_deterministic_backward(
+            deterministic_backward
+        )
         self.num_heads = num_heads
         self.in_features = in_features
         self.qkv_features = in_features if qkv_features is None else qkv_features
@@ -250,6 +257,7 @@ class NeighborhoodAttention(nnx.Module):
             dtype=self.dtype,
             implementation=self.implementation,
             tiles=self.tiles,
+            deterministic_backward=self.deterministic_backward,
         )
 
     def init_cache(self, input_shape: Any, dtype: Dtype = jnp.float32) -> None:

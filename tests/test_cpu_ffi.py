@@ -210,3 +210,28 @@ def test_handler_checks_tile_attributes_and_otherwise_ignores_them():
     ]:
         with pytest.raises(Exception, match=match):
             jax.block_until_ready(_direct_forward_call()(q, k, v, **(tiled | bad)))
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_both_backward_modes_give_the_reference_gradients(deterministic):
+    """The CPU kernel ignores the flag (it is deterministic either way): both modes must give
+    jax.grad of the reference, bit-identical to each other, through the public API."""
+    case = CASES[4]  # 2-D, MQA, stride, dilation, causal
+    q, k, v = case.inputs()
+
+    def fn(implementation, **kw):
+        def attend(q, k, v):
+            if implementation == "reference":
+                return reference.gna(q, k, v, **case.window(), return_lse=True)
+            return jax_gna.gna(
+                q, k, v, **case.window(), return_lse=True, implementation=implementation, **kw
+            )
+
+        return attend
+
+    results, grads = _vjp(fn("cpu", deterministic=deterministic), q, k, v)
+    ref_results, ref_grads = _vjp(fn("reference"), q, k, v)
+    chex.assert_trees_all_close(results, ref_results, atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(grads, ref_grads, atol=1e-4, rtol=1e-4)
+    _, other = _vjp(fn("cpu", deterministic=not deterministic), q, k, v)
+    jax.tree.map(np.testing.assert_array_equal, grads, other)

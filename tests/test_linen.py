@@ -159,6 +159,24 @@ def test_tile_shapes_are_checked_and_passed_through():
         _init(NeighborhoodAttention(2, (3, 3), kv_tile_shape=8), X)
 
 
+def test_deterministic_backward_is_checked_and_passed_through(monkeypatch):
+    seen = []
+    real_gna = jax_gna._flax_attention.gna
+
+    def spy(*args, deterministic, **kw):
+        seen.append(deterministic)
+        return real_gna(*args, deterministic=deterministic, **kw)
+
+    variables = _init(NeighborhoodAttention(2, (3, 3)), X)
+    monkeypatch.setattr(jax_gna._flax_attention, "gna", spy)
+    for value in (None, True, False):
+        layer = NeighborhoodAttention(2, (3, 3), deterministic_backward=value, deterministic=True)
+        _apply(layer, variables, X)
+    assert seen == [None, True, False]
+    with pytest.raises(TypeError, match="`deterministic_backward`; expected True"):
+        _init(NeighborhoodAttention(2, (3, 3), deterministic_backward=1), X)
+
+
 def test_int_kernel_size_needs_spatial_dims():
     with pytest.raises(ValueError, match="spatial_dims"):
         _init(NeighborhoodAttention(2, 3), X)

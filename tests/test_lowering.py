@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax import export
 
+import jax_gna
 from jax_gna import _extension, _ops
 from jax_gna._params import make_params
 
@@ -55,14 +56,85 @@ def test_cuda_lowering_emits_the_forward_custom_call_with_its_attributes():
     assert re.search(r"tensor<2x8x10x4x32xbf16>, tensor<2x8x10x4xf32>, tensor<\d+xui8>", results)
 
 
-def test_cuda_gradients_use_the_xla_backward_until_cuda_backward_kernels_exist():
-    text = jax.jit(jax.grad(_loss, (0, 1, 2))).trace(*_inputs())
-    text = text.lower(lowering_platforms=("cuda",)).as_text()
+def _ffi_with(q, k, v, **kw):
+    return _ops.gna_ffi(q, k, v, make_params(q, k, v, **WINDOW, scale=SCALE, **kw))
+
+
+def _cuda_grad_text(*inputs, **kw) -> str:
+    def loss(q, k, v):
+        out, lse = _ffi_with(q, k, v, **kw)
+        return jnp.sum(out.astype(jnp.float32)) + jnp.sum(lse)
+
+    traced = jax.jit(jax.grad(loss, (0, 1, 2))).trace(*(inputs or _inputs()))
+    return traced.lower(lowering_platforms=("cuda",)).as_text()
+
+
+def test_cuda_gradients_use_the_xla_backward_where_cuda_kernels_cannot_run_them():
+    text = _cuda_grad_text()
     assert len(_custom_calls(text, "jax_gna_fwd")) == 1
-    if _ops.cuda_backward_available():
+    q, k, v = _inputs()
+    reason = _ops.cuda_backward_reason(q, k, v, make_params(q, k, v, **WINDOW))
+    if reason is None:
         assert len(_custom_calls(text, "jax_gna_bwd")) == 1
     else:
         assert not _custom_calls(text, "jax_gna_bwd")
+        assert "stablehlo.while" in text  # the xla backward's loop over tiles
+
+
+def test_cuda_backward_choice_is_per_problem(monkeypatch):
+    """The custom_vjp asks `cuda_backward_reason` per call: the CUDA backward custom call where
+    it answers None, the xla backward (no custom call) where it gives a reason."""
+    asked = []
+
+    def fake_reason(query, key, value, params):
+        asked.append((query.shape, params))
+        return None if query.shape[-1] == 16 else "head_dim=32 is not supported"
+
+    monkeypatch.setattr(_ops, "cuda_backward_reason", fake_reason)
+    text = _cuda_grad_text()
+    assert len(_custom_calls(text, "jax_gna_bwd")) == 1
+    assert asked and asked[-1][0] == (2, 8, 10, 4, 16)
+    q, k, v = _inputs()
+    wide = [jnp.zeros(x.shape[:-1] + (32,), x.dtype) for x in (q, k, v)]
+    text = _cuda_grad_text(*wide)
+    assert not _custom_calls(text, "jax_gna_bwd")
+    assert "stablehlo.while" in text
+
+
+@pytest.mark.parametrize(
+    ("deterministic", "flags", "value"),
+    [(True, "", 1), (False, "--xla_gpu_deterministic_ops=true", 0), (None, "", 0),
+     (None, "--xla_gpu_deterministic_ops=true", 1)],
+)  # fmt: skip
+def test_backward_custom_call_carries_the_deterministic_attribute(
+    monkeypatch, deterministic, flags, value
+):
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    q, k, v = _inputs(jnp.float32)
+
+    def loss(q, k, v):
+        out, lse = _ffi_with(q, k, v, deterministic=deterministic)
+        return jnp.sum(out) + jnp.sum(lse)
+
+    text = jax.jit(jax.grad(loss, (0, 1, 2))).lower(q, k, v).as_text()  # CPU
+    (call,) = _custom_calls(text, "jax_gna_bwd")
+    assert f"deterministic = {value} : i64" in call
+    (fwd,) = _custom_calls(text, "jax_gna_fwd")
+    assert "deterministic" not in fwd
+    # The public API passes it through as well, and a cross-lowering for CUDA carries it when
+    # the CUDA backward runs the problem.
+    monkeypatch.setattr(_ops, "cuda_backward_reason", lambda *args: None)
+    public = jax.jit(
+        jax.grad(
+            lambda q: jnp.sum(
+                jax_gna.gna(q, k, v, **WINDOW, deterministic=deterministic, implementation="cpu")
+            )
+        )
+    )
+    (call,) = _custom_calls(public.lower(q).as_text(), "jax_gna_bwd")
+    assert f"deterministic = {value} : i64" in call
+    (call,) = _custom_calls(_cuda_grad_text(deterministic=deterministic), "jax_gna_bwd")
+    assert f"deterministic = {value} : i64" in call
 
 
 def test_cpu_gradients_use_the_backward_custom_call_only():

@@ -12,6 +12,7 @@ from flax import nnx
 
 import jax_gna
 import jax_gna.nnx
+from jax_gna import _flax_attention
 from jax_gna.nnx import NeighborhoodAttention, make_attention_fn
 
 F = 16  # input features
@@ -260,6 +261,27 @@ def test_tile_shapes_are_passed_through():
         make_attention_fn((3, 3), kv_tile_shape=8)
 
 
+def test_deterministic_backward_is_passed_through_apart_from_dropout_deterministic(monkeypatch):
+    seen = []
+    real_gna = _flax_attention.gna
+
+    def spy(*args, deterministic, **kw):
+        seen.append(deterministic)
+        return real_gna(*args, deterministic=deterministic, **kw)
+
+    monkeypatch.setattr(_flax_attention, "gna", spy)
+    x = _x((1, 5, 5, F))
+    kw = dict(num_heads=2, in_features=F, kernel_size=(3, 3), rngs=nnx.Rngs(9))
+    NeighborhoodAttention(**kw)(x)
+    NeighborhoodAttention(deterministic_backward=True, **kw)(x, deterministic=False)
+    NeighborhoodAttention(deterministic_backward=False, deterministic=True, **kw)(x)
+    q = jnp.zeros((1, 5, 5, 2, 8))
+    make_attention_fn((3, 3), deterministic_backward=True)(q, q, q, deterministic=False)
+    assert seen == [None, True, False, True]
+    with pytest.raises(TypeError, match="`deterministic_backward`"):
+        make_attention_fn((3, 3), deterministic_backward="yes")
+
+
 def _layer(**kw):
     return NeighborhoodAttention(2, F, (3, 3), rngs=nnx.Rngs(0), **kw)
 
@@ -283,6 +305,11 @@ CONSTRUCTOR_ERRORS = {
         "`q_tile_shape` has 3",
     ),
     "tile_type": (dict(q_tile_shape=16, kv_tile_shape=8.0), TypeError, "`kv_tile_shape`"),
+    "deterministic_backward_type": (
+        dict(deterministic_backward=1),
+        TypeError,
+        "`deterministic_backward`; expected True",
+    ),
 }
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import jax_gna
 from jax_gna import reference
-from jax_gna._params import GnaParams, make_params
+from jax_gna._params import GnaParams, make_params, xla_wants_determinism
 
 f32 = jnp.float32
 
@@ -284,3 +284,61 @@ def test_attrs_dtypes():
     assert list(attrs["kernel_size"]) == [3, 2] and list(attrs["stride"]) == [2, 1]
     assert list(attrs["dilation"]) == [1, 2] and list(attrs["is_causal"]) == [1, 0]
     assert type(attrs["scale"]) is np.float32 and attrs["scale"] == np.float32(8**-0.5)
+
+
+@pytest.mark.parametrize(
+    ("flags", "wanted"),
+    [
+        ("", False),
+        ("--xla_gpu_deterministic_ops=true", True),
+        ("--xla_gpu_deterministic_ops=TRUE", True),
+        ("--xla_gpu_deterministic_ops=1", True),
+        ("--xla_gpu_deterministic_ops", True),  # a bare boolean flag is on, as XLA parses it
+        ("--xla_gpu_deterministic_ops=false", False),
+        ("--xla_gpu_deterministic_ops=0", False),
+        ("--xla_gpu_exclude_nondeterministic_ops=true", True),
+        ("--xla_force_host_platform_device_count=8  --xla_gpu_deterministic_ops=true", True),
+        ("--xla_gpu_deterministic_ops=true --xla_gpu_deterministic_ops=false", False),  # last wins
+        ("--xla_gpu_deterministic_ops_extra=true", False),  # another flag's name
+        ("--xla_gpu_deterministic_ops=maybe", False),  # XLA refuses it; not a request
+        ("xla_gpu_deterministic_ops=true", False),  # not a flag without the dashes
+    ],
+)
+def test_xla_flags_parsing(flags, wanted):
+    assert xla_wants_determinism(flags) is wanted
+
+
+def test_deterministic_none_follows_xla_flags_at_trace_time(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    assert make_params(Q, K, V, 3).deterministic is False
+    assert make_params(Q, K, V, 3, deterministic=True).deterministic is True
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=true")
+    assert make_params(Q, K, V, 3).deterministic is True
+    assert make_params(Q, K, V, 3, deterministic=False).deterministic is False
+    assert make_params(Q, K, V, 3, deterministic=np.bool_(True)).deterministic is True
+    monkeypatch.delenv("XLA_FLAGS")
+    assert make_params(Q, K, V, 3).deterministic is False
+
+
+@pytest.mark.parametrize("bad", [1, 0, "true", 1.0, np.array(True), (True,)])
+@pytest.mark.parametrize("entry", ["gna", "gna_xla", "na2d"])
+def test_invalid_deterministic_raises_type_error_naming_it(entry, bad):
+    fn = jax_gna.na2d if entry == "na2d" else ENTRY_POINTS[entry]
+    with pytest.raises(TypeError, match="`deterministic`; expected True, False or None"):
+        _call(fn, deterministic=bad)
+
+
+def test_traced_deterministic_raises_type_error():
+    with pytest.raises(TypeError, match="`deterministic` must be static"):
+        jax.jit(lambda q, d: jax_gna.gna(q, K, V, 3, deterministic=d))(Q, jnp.bool_(True))
+
+
+def test_deterministic_is_a_backward_attribute_only():
+    on, off = (make_params(Q, K, V, 3, deterministic=d) for d in (True, False))
+    assert on != off and hash(on) != hash(off)  # separate cached ops
+    assert on.without_tiles().deterministic is True
+    for params, value in ((on, 1), (off, 0)):
+        attrs = params.backward_attrs()
+        assert attrs.keys() == params.attrs().keys() | {"deterministic"}
+        assert type(attrs["deterministic"]) is np.int64 and attrs["deterministic"] == value
+        assert "deterministic" not in params.forward_attrs()
