@@ -9,10 +9,16 @@ Usage::
   python benchmarks/design_problems.py --dry-run            # simulated numbers only, no GPU
   python benchmarks/design_problems.py --implementation cuda --json results.json
   python benchmarks/design_problems.py --only hunyuan       # names containing "hunyuan"
+  # forward + backward against cuDNN forward + backward, our backward in both modes:
+  python benchmarks/design_problems.py --implementation cuda --backprop --deterministic both \
+      --json results.json
 
-The closing summary puts each measured speedup over dense next to the simulator's bounds
-(``bound``: the paper's rule; ``N^2-bound``: against dense over the unpadded tokens, which is
-what the measured speedup over cuDNN should approach).
+Every other flag goes to the profiler (``--backprop``, ``--deterministic``, ``--dtype``,
+``--iters``, ...). The closing summary puts each measured speedup over dense next to the
+simulator's bounds (``bound``: the paper's rule; ``N^2-bound``: against dense over the unpadded
+tokens, which is what the measured speedup over cuDNN should approach), with effective TFLOP/s
+(a backward counts 2.5x the forward) and, with ``--deterministic both``, what the deterministic
+backward costs over the default one.
 """
 
 from __future__ import annotations
@@ -97,15 +103,22 @@ def _summary(results: dict) -> str:
         s = r.get("simulation") or r["chosen"]
         measured = []
         for row in r.get("results", []):
-            if row.get("status") == "ok" and row.get("speedup") is not None:
-                measured.append(
-                    f"{row['implementation']} {row['speedup']:.2f}x ({row['median_ms']:.2f} ms)"
-                )
-            elif row.get("status") == "ok":
-                measured.append(f"{row['implementation']} {row['median_ms']:.2f} ms")
+            if row.get("status") != "ok":
+                continue
+            timing = f"{row['median_ms']:.2f} ms, {row['tflops']:.0f} TFLOP/s"
+            if row.get("backward", "cuda") != "cuda":
+                timing += ", xla backward"
+            if row.get("speedup") is not None:
+                measured.append(f"{row['implementation']} {row['speedup']:.2f}x ({timing})")
+            else:
+                measured.append(f"{row['implementation']} ({timing})")
+        measured += _deterministic_costs(r.get("results", []))
         dense = r.get("dense", {})
         if dense.get("status") == "ok":
-            measured.append(f"{dense['implementation']} {dense['median_ms']:.2f} ms")
+            measured.append(
+                f"{dense['implementation']} {dense['median_ms']:.2f} ms, "
+                f"{dense['tflops']:.0f} TFLOP/s"
+            )
         q, kv = ",".join(map(str, s["q_tile"])), ",".join(map(str, s["kv_tile"]))
         rows.append(
             (
@@ -122,6 +135,22 @@ def _summary(results: dict) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _deterministic_costs(rows: list[dict]) -> list[str]:
+    """Lines "<impl>: deterministic +x%", one per implementation timed in both backward modes."""
+    times = {
+        (row["implementation"].removesuffix(" [deterministic]"), row["deterministic"]): row
+        for row in rows
+        if row.get("status") == "ok" and "deterministic" in row
+    }
+    costs = []
+    for (name, deterministic), row in times.items():
+        default = times.get((name, False))
+        if deterministic and default is not None:
+            extra = row["median_ms"] / default["median_ms"] - 1
+            costs.append(f"{name}: deterministic {extra:+.0%}")
+    return costs
 
 
 if __name__ == "__main__":

@@ -5,7 +5,12 @@ Times each requested GNA implementation and dense attention on the same inputs (
 elsewhere, and the table says so), and prints time, speedup over dense, the simulator's bound
 (`jax_gna.sim`) and effective TFLOP/s. Effective FLOPs count the attended (query, key) pairs
 only: ``2 * B * H * pairs * (D + Dv)`` forward (``4 * B * H * pairs * D`` when ``Dv == D``);
-``--backprop`` times forward + backward and counts the backward as 2.5x the forward.
+``--backprop`` times forward + backward and counts the backward as 2.5x the forward;
+``--deterministic on|off|both`` then picks the backward's mode (`jax_gna.gna`'s
+``deterministic``; ``both`` times each implementation in both modes, in the same run), and the
+``backward`` column says which backward ran (the CUDA kernels, or the ``xla`` stand-in on
+problems they cannot run). The dense cuDNN backward follows XLA's
+``--xla_gpu_deterministic_ops`` flag (``XLA_FLAGS``), for the whole process.
 
 Timing: one call to compile, ``--warmup`` calls, then the median of ``--iters`` samples (wall
 clock, ``block_until_ready`` at the end of each). A sample runs one candidate for at least
@@ -14,7 +19,9 @@ sustained clock state (a GPU's clock under load settles over tens of millisecond
 on what runs). On a GPU, forward calls under 2 ms are chained inside one jitted function (each
 call's query is the previous call's output, up to 64 calls), so that Python's per-call dispatch,
 which a jitted model does not pay per op, does not hide the GPU time of microsecond kernels;
-everything each call launches is still timed. The samples of the implementations and of dense
+everything each call launches is still timed. Forward + backward calls under 2 ms are chained
+the same way (each call's query is the previous call's dQ; every call's gradients are outputs
+of the chain, so none is dropped as dead code). The samples of the implementations and of dense
 attention alternate, one of each in turn, so that slow drift reaches them alike.
 
 ``--q-tile``/``--kv-tile`` set the tile shapes of the ``cuda`` implementation (``auto`` too,
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import statistics
@@ -47,6 +55,8 @@ _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # skip it above this much memory instead of running out.
 _DENSE_XLA_MAX_BYTES = {"cpu": 4 << 30, "gpu": 24 << 30}
 _BACKWARD_FLOPS_FACTOR = 2.5
+# --deterministic: the values of `jax_gna.gna`'s `deterministic` each mode times.
+_DETERMINISTIC_MODES = {"auto": (None,), "off": (False,), "on": (True,), "both": (False, True)}
 
 _FLAGS = {
     "kernel_size": "-w/--window",
@@ -129,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra key/value tokens every query attends to (e.g. text tokens)",
     )  # fmt: skip
     prob.add_argument("--backprop", action="store_true", help="time forward + backward")
+    prob.add_argument(
+        "--deterministic", choices=_DETERMINISTIC_MODES, default="auto",
+        help="with --backprop: the backward's mode; auto follows XLA_FLAGS' "
+        "--xla_gpu_deterministic_ops, both times each implementation in both modes (auto)",
+    )  # fmt: skip
     run = p.add_argument_group("what to run")
     run.add_argument(
         "--implementation", action="append", metavar="NAME",
@@ -165,6 +180,7 @@ class Config:
     dtype: str
     add_kv: int
     backprop: bool
+    deterministic: tuple[bool | None, ...]  # one timed row per implementation and value
     implementations: tuple[str, ...]
     tiles: _tiles.TileConfig | None
     warmup: int
@@ -235,6 +251,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         tiles = _tiles.TileConfig(tuple(a.q_tile), tuple(a.kv_tile))
     if a.suggest_strides and not a.dry_run:
         parser.error("argument --suggest-strides: only with --dry-run")
+    if a.deterministic != "auto" and not a.backprop:
+        parser.error(
+            "argument --deterministic: only with --backprop (it is the backward's mode; the "
+            "forward pass is deterministic)"
+        )
     return Config(
         problem=problem,
         batch=a.batch,
@@ -245,6 +266,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         dtype=dtype,
         add_kv=a.add_kv,
         backprop=a.backprop,
+        deterministic=_DETERMINISTIC_MODES[a.deterministic],
         implementations=tuple(impls),
         tiles=tiles,
         warmup=a.warmup,
@@ -398,6 +420,7 @@ def _problem_json(cfg: Config) -> dict[str, Any]:
         "dtype": cfg.dtype,
         "add_kv": cfg.add_kv,
         "backprop": cfg.backprop,
+        "deterministic": list(cfg.deterministic) if cfg.backprop else None,
     }
 
 
@@ -581,17 +604,17 @@ def _inputs(cfg: Config):
 
 
 def _chainable(cfg: Config) -> bool:
-    """Whether forward calls may be chained (`_Op`): on a GPU (elsewhere dispatch is small next
-    to the compute, and a chain of the xla implementation compiles slowly), with an output of
-    the query's shape."""
+    """Whether calls may be chained (`_Op`): on a GPU (elsewhere dispatch is small next to the
+    compute, and a chain of the xla implementation compiles slowly), forward + backward (dQ
+    feeds the next call) or a forward with an output of the query's shape."""
     import jax
 
-    return jax.default_backend() == "gpu" and cfg.dim_value == cfg.dim
+    return jax.default_backend() == "gpu" and (cfg.backprop or cfg.dim_value == cfg.dim)
 
 
 def _with_backprop(f, backprop: bool, chainable: bool):
-    """The jitted call of `f` (forward, or forward + backward); forward calls whose output has
-    the query's shape (`chainable`) can also be chained (`_Op`)."""
+    """The jitted call of `f` (forward, or forward + backward); with `chainable`, calls can
+    also be chained (`_Op`): a forward's output, or the backward's dQ, is the next query."""
     import jax
 
     if not backprop:
@@ -613,15 +636,30 @@ def _with_backprop(f, backprop: bool, chainable: bool):
         out, vjp = jax.vjp(lambda q, k, v: f(q, k, v, ek, ev), q, k, v)
         return out, vjp(do)
 
-    return jax.jit(fwd_bwd)
+    def chained_fwd_bwd(n: int):
+        def run(q, k, v, do, ek, ev):
+            grads = []
+            for _ in range(n):
+                out, (dq, dk, dv) = fwd_bwd(q, k, v, do, ek, ev)
+                grads.append((dk, dv))  # outputs, so that no call's backward is dead code
+                q = dq
+            return out, q, grads
+
+        return jax.jit(run)
+
+    return _Op(jax.jit(fwd_bwd), chained_fwd_bwd if chainable else None)
 
 
-def _gna_fn(cfg: Config, impl: str | None):
+def _gna_fn(cfg: Config, impl: str | None, deterministic: bool | None = None):
     import jax_gna
 
     p = cfg.problem
     kwargs: dict[str, Any] = dict(
-        stride=p.stride, dilation=p.dilation, is_causal=p.is_causal, implementation=impl
+        stride=p.stride,
+        dilation=p.dilation,
+        is_causal=p.is_causal,
+        implementation=impl,
+        deterministic=deterministic,
     )
     if cfg.tiles is not None and impl in ("cuda", None):  # other implementations have no tiles
         kwargs.update(q_tile_shape=cfg.tiles.q, kv_tile_shape=cfg.tiles.kv)
@@ -650,6 +688,19 @@ def _cuda_tiles(cfg: Config, q, k, v) -> _tiles.TileConfig | None:
     if not params.has_tiles:
         return None
     return _tiles.TileConfig(params.q_tile_shape, params.kv_tile_shape)
+
+
+def _cuda_backward_reason(cfg: Config, q, k, v) -> str | None:
+    """None if ``implementation="cuda"``'s gradients run the CUDA backward kernels on these
+    inputs, else why the ``xla`` backward stands in (`jax_gna._ops.cuda_backward_reason`)."""
+    from jax_gna import _ops
+    from jax_gna._params import make_params
+
+    p = cfg.problem
+    params = make_params(
+        q, k, v, p.kernel_size, stride=p.stride, dilation=p.dilation, is_causal=p.is_causal
+    )
+    return _ops.cuda_backward_reason(q, k, v, params)
 
 
 def _dense_fn(cfg: Config, implementation: str, causal: bool):
@@ -684,6 +735,7 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
     """Time the implementations and dense attention; print the table; return the results."""
     out = out or sys.stdout
     import jax_gna
+    from jax_gna._params import resolve_deterministic, xla_wants_determinism
 
     p = cfg.problem
     sims, note = _candidates(cfg)
@@ -710,23 +762,31 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
     candidates: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     ran_tiles: dict[str, _tiles.TileConfig | None] = {}  # the tiles of the cuda rows
-    for impl in cfg.implementations:
+    for impl, deterministic in itertools.product(cfg.implementations, cfg.deterministic):
+        resolved = resolve_deterministic(deterministic)
         name = f"auto -> {auto}" if impl == "auto" else impl
+        if cfg.backprop and resolved:
+            name += " [deterministic]"
         reason = None if impl == "auto" else supported.get(impl)
         rows.append({"implementation": name})
+        if cfg.backprop:
+            rows[-1]["deterministic"] = resolved
         if reason is not None:
             rows[-1]["status"] = f"unavailable: {reason}"
             continue
         if (auto if impl == "auto" else impl) == "cuda":
             try:
                 ran_tiles[name] = _cuda_tiles(cfg, q, k, v)
+                if cfg.backprop:
+                    why = _cuda_backward_reason(cfg, q, k, v)
+                    rows[-1]["backward"] = "cuda" if why is None else f"xla ({why})"
             except Exception as e:
                 candidates[name] = e
                 continue
             if ran_tiles[name] is not None:
                 rows[-1]["tiles"] = str(ran_tiles[name])
         try:
-            candidates[name] = _gna_fn(cfg, None if impl == "auto" else impl)
+            candidates[name] = _gna_fn(cfg, None if impl == "auto" else impl, deterministic)
         except Exception as e:
             candidates[name] = e
     dense: dict[str, Any] = {"implementation": f"dense ({dense_impl})"}
@@ -774,6 +834,10 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
     dense_what = ("cuDNN" if dense_impl == "cudnn" else "XLA (no GPU: cuDNN needs one)") + (
         ", causal" if dense_causal else ""
     )
+    if cfg.backprop and dense_impl == "cudnn":
+        # XLA reads the flag once per process: it is what the environment said at start-up.
+        mode = "deterministic" if xla_wants_determinism() else "default"
+        dense_what += f", {mode} backward (XLA_FLAGS)"
     print(
         f"pass: {pass_name}; median of {cfg.iters} samples after {cfg.warmup} warm-up; dense "
         f"baseline: {dense_what}; TFLOP/s count attended pairs only"
@@ -810,6 +874,8 @@ def _results_table(rows: list[dict[str, Any]]) -> str:
             lines.append((r["implementation"], tiles, "-", "-", "-", "-"))
             notes.append(f"  {r['implementation']}: {r.get('status')}")
             continue
+        if r.get("backward", "cuda") != "cuda":
+            notes.append(f"  {r['implementation']}: backward by {r['backward']}")
         sp = r.get("speedup")
         lines.append(
             (

@@ -85,6 +85,49 @@ def test_small_real_run(tmp_path, capsys, extra):
     assert data["pass"] == ("forward + backward" if "--backprop" in extra else "forward")
 
 
+def test_backprop_in_both_deterministic_modes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "")
+    path = tmp_path / "run.json"
+    argv = [*SMALL, "--implementation", "xla", "--warmup", "0", "--iters", "1", "--backprop"]
+    assert profile.main([*argv, "--deterministic", "both", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    rows = {r["implementation"]: r for r in data["results"]}
+    assert list(rows) == ["xla", "xla [deterministic]"]
+    assert rows["xla"]["deterministic"] is False and rows["xla [deterministic]"]["deterministic"]
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert data["problem"]["deterministic"] == [False, True]
+    # auto: the XLA flag decides, and the row says which mode ran.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=true")
+    result = profile.run([*argv, "--no-dense"])
+    assert [r["implementation"] for r in result["results"]] == ["xla [deterministic]"]
+
+
+def test_deterministic_mode_reaches_gna(monkeypatch):
+    seen = []
+
+    def fake_gna(q, k, v, kernel_size, **kw):
+        seen.append(kw["deterministic"])
+        return q
+
+    monkeypatch.setattr(jax_gna, "gna", fake_gna)
+    cfg = profile.parse_args([*SMALL, "--backprop", "--deterministic", "both"])
+    assert cfg.deterministic == (False, True)
+    inputs = profile._inputs(cfg)
+    for value in cfg.deterministic:
+        profile._gna_fn(cfg, "xla", value)(*inputs)
+    assert seen == [False, True]
+
+
+def test_design_problems_summary_reports_the_deterministic_cost():
+    rows = [
+        dict(implementation="cuda", deterministic=False, status="ok", median_ms=10.0),
+        dict(implementation="cuda [deterministic]", deterministic=True, status="ok",
+             median_ms=11.5),
+        dict(implementation="xla", deterministic=False, status="ok", median_ms=1.0),
+    ]  # fmt: skip
+    assert _design_problems()._deterministic_costs(rows) == ["cuda: deterministic +15%"]
+
+
 def test_tile_flags_reach_the_cuda_implementation_only(monkeypatch):
     cfg = profile.parse_args([*SMALL, "--q-tile", "16", "8", "--kv-tile", "16", "8"])
     seen = {}
@@ -144,6 +187,8 @@ def test_unavailable_implementation_is_reported_not_run(capsys):
         (["-i", "16", "-d", "0"], "-d/--dim"),
         (["-i", "16", "--dtype", "fp8"], "--dtype"),
         (["-i", "16", "--suggest-strides", "3"], "only with --dry-run"),
+        (["-i", "16", "--deterministic", "both"], "--deterministic: only with --backprop"),
+        (["-i", "16", "--backprop", "--deterministic", "yes"], "--deterministic: invalid"),
     ],
 )
 def test_bad_arguments_exit_with_a_message_naming_the_flag(argv, message, capsys):
@@ -227,6 +272,15 @@ def test_short_forward_calls_are_chained_in_one_jit():
     # Each call's query is the previous output: 1 -> 2.5 -> 3.25 -> 3.625.
     np.testing.assert_allclose(op.chained(3)(q, k, v, None, None, None), 3.625)
     assert profile._with_backprop(f, backprop=False, chainable=False).chained is None
+
+    # Forward + backward: each call's query is the previous call's dQ, and every call's dK/dV
+    # is an output (nothing is dead code).
+    step = profile._with_backprop(f, backprop=True, chainable=True)
+    out, dq, grads = step.chained(2)(q, k, v, jnp.ones(4), None, None)
+    np.testing.assert_allclose(dq, 0.5)  # d/dq sum(do * (q / 2 + v)) = do / 2
+    np.testing.assert_allclose(out, 0.5 * 0.5 + 2.0)  # the second call's query is dq = 0.5
+    assert len(grads) == 2
+    np.testing.assert_allclose(grads[0][1], 1.0)  # dv = do
 
     timer = profile._Timer(op, (q, k, v, None, None, None))
     progress = profile._Progress(0)
