@@ -1,12 +1,28 @@
-// Launch of a fused kernel with a large dynamic shared memory tile on a given stream (host
-// code, shared by the architectures' launchers).
+// Launch of a fused kernel with a large dynamic shared memory tile on a given stream, and the
+// element type of a DType (host code with CUTLASS's numeric types, shared by the architectures'
+// launchers).
 #pragma once
 
 #include <mutex>
 
 #include <cuda_runtime.h>
+#include <cutlass/numeric_types.h>
+
+#include "gna/problem.h"
 
 namespace gna {
+
+// The CUTLASS element type of a 16-bit DType.
+template <DType kDType>
+struct ElementOf;
+template <>
+struct ElementOf<DType::kF16> {
+  using type = cutlass::half_t;
+};
+template <>
+struct ElementOf<DType::kBF16> {
+  using type = cutlass::bfloat16_t;
+};
 
 // Launches `kernel` with `threads` threads per CTA, `grid` CTAs and `smem_bytes` of dynamic
 // shared memory on `stream`. The dynamic smem limit is a per-device function attribute: it is

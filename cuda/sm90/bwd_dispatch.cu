@@ -4,10 +4,10 @@
 #include <cstdint>
 #include <iterator>
 
+#include "../common/fwd_host.h"
 #include "bwd_config.h"
 #include "bwd_launch.h"
 #include "device/bwd_kernel_launch.h"
-#include "dispatch_common.h"
 #include "fwd_kernel_set.h"
 
 namespace gna::sm90 {
@@ -110,10 +110,13 @@ const char* bwd_can_implement(const Problem& p) {
   if (p.head_dim_v != p.head_dim) return "the sm90 backward kernels need head_dim_v == head_dim";
   if (!bwd_kernel_built(p.dtype, p.head_dim))
     return "this build's sm90 kernel set (JAX_GNA_KERNEL_SET=smoke) lacks this dtype/head_dim";
-  if (const char* reason = shape_can_implement(p)) return reason;
-  const BwdTileConfig tiles = bwd_tile_config(p.rank);
   const KernelAxes ax = kernel_axes(p);
-  if (!boxes_fit(tiles.q, ax) || !boxes_fit(tiles.kv, ax))
+  if (const char* reason = fwd_host::check_common(p, ax)) return reason;
+  const BwdTileConfig tiles = bwd_tile_config(p.rank);
+  if (!fwd_host::boxes_fit(
+          FwdTileConfig{
+              {tiles.q[0], tiles.q[1], tiles.q[2]}, {tiles.kv[0], tiles.kv[1], tiles.kv[2]}, 0},
+          ax))
     return "the sm90 backward kernels need tile * dilation <= 256 along every axis (a TMA box "
            "limit; KV tiles span 128 tokens in 1-D, 16 in 2-D and 8 in 3-D, so 1-D allows "
            "dilation <= 2)";
@@ -157,13 +160,17 @@ cudaError_t bwd_launch(const Problem& p, const void* dout, const void* q, const 
   if ((err = launch_bwd_row_stats(p.dtype, bp, stream))) return err;
 
   CUtensorMap mq, mdo, mk, mv;
-  if ((err = make_token_tensor_map(&mq, q, p.dtype, p.head_dim, p.heads, ax, p.batch, tiles.q)))
+  if ((err = fwd_host::make_token_tensor_map(&mq, q, p.dtype, p.head_dim, p.heads, ax, p.batch,
+                                             tiles.q)))
     return err;
-  if ((err = make_token_tensor_map(&mdo, dout, p.dtype, p.head_dim, p.heads, ax, p.batch, tiles.q)))
+  if ((err = fwd_host::make_token_tensor_map(&mdo, dout, p.dtype, p.head_dim, p.heads, ax, p.batch,
+                                             tiles.q)))
     return err;
-  if ((err = make_token_tensor_map(&mk, k, p.dtype, p.head_dim, p.kv_heads, ax, p.batch, tiles.kv)))
+  if ((err = fwd_host::make_token_tensor_map(&mk, k, p.dtype, p.head_dim, p.kv_heads, ax, p.batch,
+                                             tiles.kv)))
     return err;
-  if ((err = make_token_tensor_map(&mv, v, p.dtype, p.head_dim, p.kv_heads, ax, p.batch, tiles.kv)))
+  if ((err = fwd_host::make_token_tensor_map(&mv, v, p.dtype, p.head_dim, p.kv_heads, ax, p.batch,
+                                             tiles.kv)))
     return err;
   const unsigned grid = unsigned(int64_t(bp.num_kv_tiles) * bp.num_groups * p.kv_heads * p.batch);
   switch (p.head_dim) {

@@ -7,31 +7,23 @@
 // order a TMA box over the user's [.., X1, X2, X3, heads, D] layout delivers.
 #pragma once
 
+#include "../common/fwd_params.h"
+
 namespace gna::sm90 {
 
-struct FwdTileConfig {
-  int q[3];    // Q tile per kernel axis; product 128 (two consumer warpgroups x 64 rows)
-  int kv[3];   // KV tile per kernel axis
-  int stages;  // K and V pipeline stages
-
-  constexpr int q_size() const { return q[0] * q[1] * q[2]; }
-  constexpr int kv_size() const { return kv[0] * kv[1] * kv[2]; }
-};
+// The shared structs (cuda/common/fwd_params.h), under this family's names too.
+using gna::FwdParams;
+using gna::FwdTileConfig;
+using gna::FwdTileConfigs;
+using gna::kMaxFwdTileConfigs;
 
 // Head dims the sm90 forward kernels take (fwd_kernel_set.h: which a build holds).
 inline constexpr int kFwdHeadDims[] = {32, 64, 128, 256};
 
-// The compiled configurations of one (rank, head dim): at most kMaxFwdTileConfigs,
-// the default (what an unset tile request runs) first. The build files that list the
-// kernels (sources.cmake, build_sm90_harness.sh, bazel/cuda.bzl) and Python's
-// jax_gna/_tiles.py SM90_FORWARD list the same configurations.
-inline constexpr int kMaxFwdTileConfigs = 2;
-
-struct FwdTileConfigs {
-  int count;
-  FwdTileConfig config[kMaxFwdTileConfigs];
-};
-
+// The compiled configurations of one (rank, head dim): at most kMaxFwdTileConfigs, the
+// default (what an unset tile request runs) first. The build files that list the kernels
+// (sources.cmake, build_sm90_harness.sh, bazel/cuda.bzl) and Python's jax_gna/_tiles.py
+// SM90_FORWARD list the same configurations.
 // Why these shapes:
 // - 128-token Q tiles feed two 64-row wgmma warpgroups; 128-token KV tiles give
 //   a 64x128 S tile per warpgroup, the shape FA3 and CUTLASS 88 run fastest.
@@ -71,27 +63,5 @@ constexpr FwdTileConfigs fwd_tile_configs(int rank, int head_dim) {
 constexpr FwdTileConfig fwd_tile_config(int rank, int head_dim, int index) {
   return fwd_tile_configs(rank, head_dim).config[index];
 }
-
-// Runtime parameters of one launch, in kernel axes (trivial axes: extent 1,
-// window 1, stride 1, dilation 1, not causal).
-struct FwdParams {
-  int extent[3];
-  int kernel_size[3];
-  int stride[3];
-  int dilation[3];
-  int causal[3];
-  int q_tiles[3];     // Q tiles per axis, for dilation group 0 (the longest)
-  int num_q_tiles;    // product of q_tiles
-  int tile_order[3];  // axes from fastest to slowest in the CTA order (L2 reuse)
-  int num_groups;     // product of dilations
-  int num_items;      // work items: num_q_tiles * num_groups * heads * batch
-  int heads;
-  int kv_group;  // heads / kv_heads
-  int batch;
-  float scale_log2;  // softmax scale * log2(e)
-  int prescale;      // 1: multiply S by scale_log2 before the max (scale <= 0)
-  void* out;
-  float* lse;
-};
 
 }  // namespace gna::sm90

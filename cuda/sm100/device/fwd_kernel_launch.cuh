@@ -7,17 +7,6 @@
 
 namespace gna::sm100 {
 
-template <DType kDType>
-struct ElementOf;
-template <>
-struct ElementOf<DType::kF16> {
-  using type = cutlass::half_t;
-};
-template <>
-struct ElementOf<DType::kBF16> {
-  using type = cutlass::bfloat16_t;
-};
-
 template <DType kDType, int kHeadDim, int kRank, int kConfig>
 cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k,
                               const CUtensorMap& map_v, const FwdParams& params, unsigned grid,

@@ -1,9 +1,9 @@
 // Definition of launch_bwd_kernel, included by the instantiation TUs only.
 #pragma once
 
+#include "../../common/kernel_launch.h"
 #include "../kernel/bwd_kernel_ws.cuh"
 #include "bwd_kernel_launch.h"
-#include "element_of.h"
 
 namespace gna::sm90 {
 
@@ -12,14 +12,9 @@ cudaError_t launch_bwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_d
                               const CUtensorMap& map_k, const CUtensorMap& map_v,
                               const BwdParams& params, unsigned grid, cudaStream_t stream) {
   using Kernel = BwdKernel<typename ElementOf<kDType>::type, kHeadDim, kRank>;
-  auto* kernel = &gna_bwd_sm90_kernel<Kernel>;
-  if (cudaError_t err = raise_smem_limit<Kernel>(kernel, Kernel::kSmemBytes)) return err;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(grid, 1, 1);
-  config.blockDim = dim3(Kernel::kThreads, 1, 1);
-  config.dynamicSmemBytes = Kernel::kSmemBytes;
-  config.stream = stream;
-  return cudaLaunchKernelEx(&config, kernel, map_q, map_do, map_k, map_v, params);
+  return launch_with_smem<Kernel>(&gna_bwd_sm90_kernel<Kernel>, Kernel::kSmemBytes,
+                                  Kernel::kThreads, grid, stream, map_q, map_do, map_k, map_v,
+                                  params);
 }
 
 }  // namespace gna::sm90

@@ -1,8 +1,8 @@
 // Definition of launch_fwd_kernel, included by the instantiation TUs only.
 #pragma once
 
+#include "../../common/kernel_launch.h"
 #include "../kernel/fwd_kernel_ws.cuh"
-#include "element_of.h"
 #include "fwd_kernel_launch.h"
 
 namespace gna::sm90 {
@@ -14,22 +14,14 @@ cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k
   static_assert(kConfig >= 0 && kConfig < fwd_tile_configs(kRank, kHeadDim).count,
                 "no such tile configuration: the build's kernel list disagrees with fwd_config.h");
   using Kernel = FwdKernel<typename ElementOf<kDType>::type, kHeadDim, kRank, kConfig>;
-  auto* kernel = &gna_fwd_sm90_kernel<Kernel>;
-
-  if (cudaError_t err = raise_smem_limit<Kernel>(kernel, Kernel::kSmemBytes)) return err;
-
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(grid, 1, 1);
-  config.blockDim = dim3(Kernel::kThreads, 1, 1);
-  config.dynamicSmemBytes = Kernel::kSmemBytes;
-  config.stream = stream;
-  return cudaLaunchKernelEx(&config, kernel, map_q, map_k, map_v, params);
+  return launch_with_smem<Kernel>(&gna_fwd_sm90_kernel<Kernel>, Kernel::kSmemBytes,
+                                  Kernel::kThreads, grid, stream, map_q, map_k, map_v, params);
 }
 
 }  // namespace gna::sm90
 
 // One explicit instantiation per (dtype, head dim, rank, tile configuration).
-#define GNA_SM90_FWD_INSTANTIATE(DTYPE, HEAD_DIM, RANK, CONFIG)                                 \
-  template cudaError_t gna::sm90::launch_fwd_kernel<gna::DType::DTYPE, HEAD_DIM, RANK, CONFIG>( \
-      const CUtensorMap&, const CUtensorMap&, const CUtensorMap&, const gna::sm90::FwdParams&,  \
-      unsigned, cudaStream_t);
+#define GNA_SM90_FWD_INSTANTIATE(DTYPE, HEAD_DIM, RANK, CONFIG)                                    \
+  template cudaError_t gna::sm90::launch_fwd_kernel<gna::DType::DTYPE, HEAD_DIM, RANK, CONFIG>(    \
+      const CUtensorMap&, const CUtensorMap&, const CUtensorMap&, const gna::FwdParams&, unsigned, \
+      cudaStream_t);
