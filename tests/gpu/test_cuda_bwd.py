@@ -45,7 +45,7 @@ import numpy as np
 import pytest
 
 # tests/gpu is on sys.path while pytest collects this file: the forward tests' helpers.
-from test_cuda_fwd import DTYPES, HEAD_DIMS, N_CASES, _inputs, _skip_reason, _window
+from test_cuda_fwd import CHUNKS, DTYPES, HEAD_DIMS, N_CASES, _inputs, _skip_reason, _window
 
 import jax_gna
 from jax_gna import _extension, _ops, reference
@@ -209,10 +209,7 @@ def _check_case(case: dict, seed: int, **kw) -> None:
     _assert_grads_close(compiled(*args), _oracle_grad(w, *args), case["dtype"], context)
 
 
-CHUNKS = 10  # separate test items, so pytest-xdist spreads the compiles over workers
-
-
-@pytest.mark.parametrize("chunk", range(CHUNKS))
+@pytest.mark.parametrize("chunk", range(CHUNKS))  # test items that pytest-xdist spreads
 @pytest.mark.parametrize("rank", [1, 2, 3])
 def test_random_configurations_match_reference_gradients(rank, chunk):
     rng = np.random.default_rng(2000 + rank)
