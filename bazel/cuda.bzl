@@ -215,7 +215,8 @@ def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
     native.cc_library(
         name = name,
         srcs = [":" + o for o in objects],
-        hdrs = native.glob([root + "/*.h", root + "/device/*.h"]),
+        # The family's host headers include the shared ones (cuda/common/fwd_params.h, ...).
+        hdrs = native.glob([root + "/*.h", root + "/device/*.h", "cuda/common/*.h"]),
         deps = ["@local_cuda//:cudart_static"],
         visibility = visibility,
     )
