@@ -108,4 +108,31 @@ inline ffi::ErrorOr<Problem> decode_problem(const char* what, const ffi::AnyBuff
 // Element counts of the results, as the Python side declares them.
 inline int64_t rows(const Problem& p) { return p.batch * p.tokens() * p.heads; }
 
+// The problem of a jax_gna_bwd call, after checking every buffer against it.
+inline ffi::ErrorOr<Problem> decode_bwd_problem(
+    const ffi::AnyBuffer& dout, const ffi::AnyBuffer& q, const ffi::AnyBuffer& k,
+    const ffi::AnyBuffer& v, const ffi::AnyBuffer& out, const ffi::Buffer<ffi::F32>& lse,
+    const ffi::Buffer<ffi::F32>& dlse, const ffi::AnyBuffer& dq, const ffi::AnyBuffer& dk,
+    const ffi::AnyBuffer& dv, I64Span kernel_size, I64Span stride, I64Span dilation,
+    I64Span is_causal, float scale) {
+  auto problem =
+      decode_problem("jax_gna_bwd", q, k, v, kernel_size, stride, dilation, is_causal, scale);
+  if (problem.has_error()) return problem;
+  const Problem& p = *problem;
+  const int64_t n = rows(p);
+  const auto dtype = q.element_type();
+  if (dout.element_type() != dtype || out.element_type() != dtype ||
+      static_cast<int64_t>(dout.element_count()) != n * p.head_dim_v ||
+      static_cast<int64_t>(out.element_count()) != n * p.head_dim_v ||
+      static_cast<int64_t>(lse.element_count()) != n ||
+      static_cast<int64_t>(dlse.element_count()) != n)
+    return ffi::Unexpected(
+        ffi::Error::InvalidArgument("jax_gna_bwd: dout/out/lse/dlse have the wrong shape"));
+  if (dq.element_type() != dtype || dk.element_type() != dtype || dv.element_type() != dtype ||
+      dq.element_count() != q.element_count() || dk.element_count() != k.element_count() ||
+      dv.element_count() != v.element_count())
+    return ffi::Unexpected(ffi::Error::InvalidArgument("jax_gna_bwd: dq/dk/dv must match q/k/v"));
+  return problem;
+}
+
 }  // namespace gna::ffi_bindings

@@ -36,22 +36,11 @@ ffi::Error cpu_bwd(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi:
                    ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::Buffer<ffi::U8>> /*workspace*/,
                    I64Span kernel_size, I64Span stride, I64Span dilation, I64Span is_causal,
                    float scale, int64_t /*deterministic: the CPU kernel always is*/) {
-  auto problem = gna::ffi_bindings::decode_problem("jax_gna_bwd", q, k, v, kernel_size, stride,
-                                                   dilation, is_causal, scale);
+  auto problem =
+      gna::ffi_bindings::decode_bwd_problem(dout, q, k, v, out, lse, dlse, *dq, *dk, *dv,
+                                            kernel_size, stride, dilation, is_causal, scale);
   if (problem.has_error()) return problem.error();
   const gna::Problem& p = *problem;
-  const int64_t rows = gna::ffi_bindings::rows(p);
-  const auto dtype = q.element_type();
-  if (dout.element_type() != dtype || out.element_type() != dtype ||
-      static_cast<int64_t>(dout.element_count()) != rows * p.head_dim_v ||
-      static_cast<int64_t>(out.element_count()) != rows * p.head_dim_v ||
-      static_cast<int64_t>(lse.element_count()) != rows ||
-      static_cast<int64_t>(dlse.element_count()) != rows)
-    return ffi::Error::InvalidArgument("jax_gna_bwd: dout/out/lse/dlse have the wrong shape");
-  if (dq->element_type() != dtype || dk->element_type() != dtype || dv->element_type() != dtype ||
-      dq->element_count() != q.element_count() || dk->element_count() != k.element_count() ||
-      dv->element_count() != v.element_count())
-    return ffi::Error::InvalidArgument("jax_gna_bwd: dq/dk/dv must match q/k/v");
   gna::cpu::backward(p, dout.untyped_data(), q.untyped_data(), k.untyped_data(), v.untyped_data(),
                      out.untyped_data(), lse.typed_data(), dlse.typed_data(), dq->untyped_data(),
                      dk->untyped_data(), dv->untyped_data());
