@@ -17,6 +17,7 @@
 #include "../sm90/fwd_launch.h"
 #endif
 #ifdef JAX_GNA_HAS_SM100
+#include "../sm100/fwd_config.h"
 #include "../sm100/fwd_launch.h"
 #endif
 
@@ -193,19 +194,28 @@ size_t bwd_workspace_bytes(const Problem& problem) {
 #endif
 }
 
-std::vector<FwdTileShapes> fwd_tile_configs() {
-  std::vector<FwdTileShapes> all;
-#ifdef JAX_GNA_HAS_SM90
+// Every (rank, head dim, configuration) of a family's table, in problem axes.
+template <class HeadDims, class Table>
+void append_tile_configs(const HeadDims& head_dims, Table table, std::vector<FwdTileShapes>* all) {
   for (int rank = 1; rank <= 3; ++rank) {
-    for (int head_dim : gna::sm90::kFwdHeadDims) {
-      const gna::sm90::FwdTileConfigs table = gna::sm90::fwd_tile_configs(rank, head_dim);
-      for (int c = 0; c < table.count; ++c) {
-        const gna::sm90::FwdTileConfig& t = table.config[c];  // kernel axes: the last `rank`
-        all.push_back({rank, head_dim, std::vector<int>(t.q + 3 - rank, t.q + 3),
-                       std::vector<int>(t.kv + 3 - rank, t.kv + 3)});
+    for (int head_dim : head_dims) {
+      const auto configs = table(rank, head_dim);
+      for (int c = 0; c < configs.count; ++c) {
+        const auto& t = configs.config[c];  // kernel axes: the last `rank`
+        all->push_back({rank, head_dim, std::vector<int>(t.q + 3 - rank, t.q + 3),
+                        std::vector<int>(t.kv + 3 - rank, t.kv + 3)});
       }
     }
   }
+}
+
+std::vector<FwdTileShapes> fwd_tile_configs() {
+  std::vector<FwdTileShapes> all;
+  // The sm90 table where sm90 is built (sm100's shapes equal it for the head dims both take).
+#if defined(JAX_GNA_HAS_SM90)
+  append_tile_configs(gna::sm90::kFwdHeadDims, gna::sm90::fwd_tile_configs, &all);
+#elif defined(JAX_GNA_HAS_SM100)
+  append_tile_configs(gna::sm100::kFwdHeadDims, gna::sm100::fwd_tile_configs, &all);
 #endif
   return all;
 }
