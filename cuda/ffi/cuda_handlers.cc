@@ -52,6 +52,36 @@ std::string cc_name(ComputeCapability cc) {
   return std::to_string(cc.major) + "." + std::to_string(cc.minor);
 }
 
+// The compute capability of `device` once the handler `what` may run `p` there: the kernels
+// take it (`can_implement`) and the workspace has `workspace_bytes(p)` bytes. Else the error.
+ffi::ErrorOr<ComputeCapability> runnable(const char* what, int32_t device, const gna::Problem& p,
+                                         const char* (*can_implement)(const gna::Problem&, int,
+                                                                      int),
+                                         size_t workspace,
+                                         size_t (*workspace_bytes)(const gna::Problem&)) {
+  const ComputeCapability cc = compute_capability(device);
+  if (cc.major < 0)
+    return ffi::Unexpected(ffi::Error::Internal(std::string(what) +
+                                                ": cannot query the compute capability of device " +
+                                                std::to_string(device)));
+  if (const char* reason = can_implement(p, cc.major, cc.minor))
+    return ffi::Unexpected(ffi::Error(
+        ffi::ErrorCode::kUnimplemented,
+        std::string(what) + " on a GPU of compute capability " + cc_name(cc) + ": " + reason));
+  if (workspace < workspace_bytes(p))
+    return ffi::Unexpected(
+        ffi::Error::InvalidArgument(std::string(what) + ": workspace too small"));
+  return cc;
+}
+
+// A handler's result from its launch status.
+ffi::Error launched(const char* what, cudaError_t status) {
+  if (status != cudaSuccess)
+    return ffi::Error::Internal(std::string(what) +
+                                ": kernel launch failed: " + cudaGetErrorString(status));
+  return ffi::Error::Success();
+}
+
 ffi::Error cuda_fwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::AnyBuffer k,
                     ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out,
                     ffi::Result<ffi::Buffer<ffi::F32>> lse,
@@ -68,33 +98,23 @@ ffi::Error cuda_fwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::
       static_cast<int64_t>(out->element_count()) != rows * p.head_dim_v ||
       static_cast<int64_t>(lse->element_count()) != rows)
     return ffi::Error::InvalidArgument("jax_gna_fwd: out/lse have the wrong shape or dtype");
-  const ComputeCapability cc = compute_capability(device);
-  if (cc.major < 0)
-    return ffi::Error::Internal("jax_gna_fwd: cannot query the compute capability of device " +
-                                std::to_string(device));
-  if (const char* reason = gna::cuda_ffi::fwd_can_implement(p, cc.major, cc.minor))
-    return ffi::Error(
-        ffi::ErrorCode::kUnimplemented,
-        std::string("jax_gna_fwd on a GPU of compute capability ") + cc_name(cc) + ": " + reason);
-  if (workspace->size_bytes() < gna::cuda_ffi::fwd_workspace_bytes(p))
-    return ffi::Error::InvalidArgument("jax_gna_fwd: workspace too small");
+  const auto cc = runnable("jax_gna_fwd", device, p, gna::cuda_ffi::fwd_can_implement,
+                           workspace->size_bytes(), gna::cuda_ffi::fwd_workspace_bytes);
+  if (cc.has_error()) return cc.error();
   cudaError_t status = cudaErrorNotSupported;
 #ifdef JAX_GNA_HAS_SM90
-  if (cc.major == 9)
+  if (cc->major == 9)
     status = gna::sm90::fwd_launch(p, q.untyped_data(), k.untyped_data(), v.untyped_data(),
                                    out->untyped_data(), lse->typed_data(),
                                    workspace->untyped_data(), stream);
 #endif
 #ifdef JAX_GNA_HAS_SM100
-  if (cc.major == 10 && cc.minor == 0)
+  if (cc->major == 10 && cc->minor == 0)
     status = gna::sm100::fwd_launch(p, q.untyped_data(), k.untyped_data(), v.untyped_data(),
                                     out->untyped_data(), lse->typed_data(),
                                     workspace->untyped_data(), stream);
 #endif
-  if (status != cudaSuccess)
-    return ffi::Error::Internal(std::string("jax_gna_fwd: kernel launch failed: ") +
-                                cudaGetErrorString(status));
-  return ffi::Error::Success();
+  return launched("jax_gna_fwd", status);
 }
 
 ffi::Error cuda_bwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer dout, ffi::AnyBuffer q,
@@ -109,19 +129,12 @@ ffi::Error cuda_bwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer dout, ff
                                             kernel_size, stride, dilation, is_causal, scale);
   if (problem.has_error()) return problem.error();
   const gna::Problem& p = *problem;
-  const ComputeCapability cc = compute_capability(device);
-  if (cc.major < 0)
-    return ffi::Error::Internal("jax_gna_bwd: cannot query the compute capability of device " +
-                                std::to_string(device));
-  if (const char* reason = gna::cuda_ffi::bwd_can_implement(p, cc.major, cc.minor))
-    return ffi::Error(
-        ffi::ErrorCode::kUnimplemented,
-        std::string("jax_gna_bwd on a GPU of compute capability ") + cc_name(cc) + ": " + reason);
-  if (workspace->size_bytes() < gna::cuda_ffi::bwd_workspace_bytes(p))
-    return ffi::Error::InvalidArgument("jax_gna_bwd: workspace too small");
+  const auto cc = runnable("jax_gna_bwd", device, p, gna::cuda_ffi::bwd_can_implement,
+                           workspace->size_bytes(), gna::cuda_ffi::bwd_workspace_bytes);
+  if (cc.has_error()) return cc.error();
   cudaError_t status = cudaErrorNotSupported;
 #ifdef JAX_GNA_HAS_SM90
-  if (cc.major == 9)
+  if (cc->major == 9)
     status = gna::sm90::bwd_launch(p, dout.untyped_data(), q.untyped_data(), k.untyped_data(),
                                    v.untyped_data(), out.untyped_data(), lse.typed_data(),
                                    dlse.typed_data(), dq->untyped_data(), dk->untyped_data(),
@@ -130,10 +143,7 @@ ffi::Error cuda_bwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer dout, ff
 #else
   (void)deterministic;
 #endif
-  if (status != cudaSuccess)
-    return ffi::Error::Internal(std::string("jax_gna_bwd: kernel launch failed: ") +
-                                cudaGetErrorString(status));
-  return ffi::Error::Success();
+  return launched("jax_gna_bwd", status);
 }
 
 }  // namespace

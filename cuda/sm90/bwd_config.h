@@ -1,4 +1,5 @@
-// Tile shapes and launch parameters of the sm90 backward kernels (host and device).
+// Tile shapes and launch parameters of the sm90 backward kernels (host and device). The tile
+// shapes use the forward's struct (cuda/common/fwd_params.h), with `stages` for the Q / dO ring.
 //
 // Kernel axes as in the forward (fwd_config.h): a rank-r problem is left-padded with trivial
 // axes, tokens of a tile are row-major over the kernel axes (last axis fastest).
@@ -6,28 +7,24 @@
 
 #include <cstdint>
 
+#include "../common/fwd_params.h"
+
 namespace gna::sm90 {
 
 // Head dims the sm90 backward kernels take (a build holds those of fwd_kernel_set.h that are
 // also listed here). d256 would need 2 x 128 accumulator registers per thread for dK and dV.
 inline constexpr int kBwdHeadDims[] = {32, 64, 128};
 
-struct BwdTileConfig {
-  int q[3];   // Q tile per kernel axis: 64 tokens (the N of the S^T = K Q^T GEMM)
-  int kv[3];  // KV tile per kernel axis: 128 tokens (two consumer warpgroups x 64 rows)
-
-  constexpr int q_size() const { return q[0] * q[1] * q[2]; }
-  constexpr int kv_size() const { return kv[0] * kv[1] * kv[2]; }
-};
-
 // Why these shapes: the KV tile is the forward's default (cuda/sm90/NOTES.md, "Backward kernel
 // plan"), so stride-aligned windows cover whole tiles; the Q tile is half of the forward's
 // along the first axis with more than one position. The last Q axis stays a multiple of 8
-// (the n8 column blocks of S^T must not straddle a Q tile row).
-constexpr BwdTileConfig bwd_tile_config(int rank) {
-  if (rank == 1) return {{1, 1, 64}, {1, 1, 128}};
-  if (rank == 2) return {{1, 8, 8}, {1, 16, 8}};
-  return {{1, 8, 8}, {2, 8, 8}};
+// (the n8 column blocks of S^T must not straddle a Q tile row). Q tile: 64 tokens (the N of
+// the S^T = K Q^T GEMM); KV tile: 128 tokens (two consumer warpgroups x 64 rows); stages: of
+// the Q / dO ring.
+constexpr FwdTileConfig bwd_tile_config(int rank) {
+  if (rank == 1) return {{1, 1, 64}, {1, 1, 128}, 2};
+  if (rank == 2) return {{1, 8, 8}, {1, 16, 8}, 2};
+  return {{1, 8, 8}, {2, 8, 8}, 2};
 }
 
 // Runtime parameters of one launch, in kernel axes (trivial axes: extent 1, window 1, stride

@@ -22,7 +22,7 @@ size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
 
 // Launch geometry shared by bwd_workspace_bytes and bwd_launch.
 BwdParams geometry(const Problem& p) {
-  const BwdTileConfig tiles = bwd_tile_config(p.rank);
+  const FwdTileConfig tiles = bwd_tile_config(p.rank);
   const KernelAxes ax = kernel_axes(p);
   BwdParams bp = {};
   bp.num_q_tiles = 1;
@@ -112,11 +112,8 @@ const char* bwd_can_implement(const Problem& p) {
     return "this build's sm90 kernel set (JAX_GNA_KERNEL_SET=smoke) lacks this dtype/head_dim";
   const KernelAxes ax = kernel_axes(p);
   if (const char* reason = fwd_host::check_common(p, ax)) return reason;
-  const BwdTileConfig tiles = bwd_tile_config(p.rank);
-  if (!fwd_host::boxes_fit(
-          FwdTileConfig{
-              {tiles.q[0], tiles.q[1], tiles.q[2]}, {tiles.kv[0], tiles.kv[1], tiles.kv[2]}, 0},
-          ax))
+  const FwdTileConfig tiles = bwd_tile_config(p.rank);
+  if (!fwd_host::boxes_fit(tiles, ax))
     return "the sm90 backward kernels need tile * dilation <= 256 along every axis (a TMA box "
            "limit; KV tiles span 128 tokens in 1-D, 16 in 2-D and 8 in 3-D, so 1-D allows "
            "dilation <= 2)";
@@ -136,7 +133,7 @@ cudaError_t bwd_launch(const Problem& p, const void* dout, const void* q, const 
                        void* dq, void* dk, void* dv, void* workspace, bool deterministic,
                        cudaStream_t stream) {
   if (bwd_can_implement(p) != nullptr) return cudaErrorInvalidValue;
-  const BwdTileConfig tiles = bwd_tile_config(p.rank);
+  const FwdTileConfig tiles = bwd_tile_config(p.rank);
   const KernelAxes ax = kernel_axes(p);
   BwdParams bp = geometry(p);
   const BwdWorkspace ws = workspace_layout(p, bp);
@@ -160,17 +157,9 @@ cudaError_t bwd_launch(const Problem& p, const void* dout, const void* q, const 
   if ((err = launch_bwd_row_stats(p.dtype, bp, stream))) return err;
 
   CUtensorMap mq, mdo, mk, mv;
-  if ((err = fwd_host::make_token_tensor_map(&mq, q, p.dtype, p.head_dim, p.heads, ax, p.batch,
-                                             tiles.q)))
-    return err;
+  if ((err = fwd_host::make_qkv_tensor_maps(p, ax, tiles, q, k, v, &mq, &mk, &mv))) return err;
   if ((err = fwd_host::make_token_tensor_map(&mdo, dout, p.dtype, p.head_dim, p.heads, ax, p.batch,
                                              tiles.q)))
-    return err;
-  if ((err = fwd_host::make_token_tensor_map(&mk, k, p.dtype, p.head_dim, p.kv_heads, ax, p.batch,
-                                             tiles.kv)))
-    return err;
-  if ((err = fwd_host::make_token_tensor_map(&mv, v, p.dtype, p.head_dim, p.kv_heads, ax, p.batch,
-                                             tiles.kv)))
     return err;
   const unsigned grid = unsigned(int64_t(bp.num_kv_tiles) * bp.num_groups * p.kv_heads * p.batch);
   switch (p.head_dim) {

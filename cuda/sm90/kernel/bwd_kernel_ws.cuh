@@ -39,12 +39,12 @@ struct BwdKernel {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kRank = kRank_;
-  static constexpr BwdTileConfig kTiles = bwd_tile_config(kRank);
+  static constexpr FwdTileConfig kTiles = bwd_tile_config(kRank);
   static constexpr int kQ0 = kTiles.q[0], kQ1 = kTiles.q[1], kQ2 = kTiles.q[2];
   static constexpr int kK0 = kTiles.kv[0], kK1 = kTiles.kv[1], kK2 = kTiles.kv[2];
   static constexpr int kTileQ = kTiles.q_size();
   static constexpr int kTileKV = kTiles.kv_size();
-  static constexpr int kStages = 2;
+  static constexpr int kStages = kTiles.stages;
   static constexpr int kThreads = 384;
   static_assert(kTileQ == 64 && kTileKV == 128, "64-token Q tiles, 2 x 64 KV rows");
   static_assert(kQ2 % 8 == 0, "the n8 column blocks of S^T must not straddle a Q tile row");
