@@ -147,6 +147,12 @@ def _tile_configs(family, kernel_set, head_dim, rank):
         return [0] if rank == 3 else []
     return [0] if rank == 1 or head_dim > 128 else [0, 1]
 
+def _bwd_ranks(family, kernel_set):
+    # The sm100 smoke set holds one backward kernel (rank 3; cuda/sm100/fwd_kernel_set.h).
+    if family == "sm100" and kernel_set == "smoke":
+        return [3]
+    return [1, 2, 3]
+
 def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
     """A cc_library `name` with the kernels of cuda/<family>/ for `arch`, compiled by nvcc.
 
@@ -198,7 +204,7 @@ def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
                         **common
                     )
                     objects.append(obj)
-                if has_backward and head_dim <= 128:
+                if has_backward and head_dim <= 128 and rank in _bwd_ranks(family, kernel_set):
                     # One backward kernel per (dtype, head dim <= 128, rank) (bwd_config.h).
                     obj = "{}_bwd_{}_d{}_r{}".format(name, dtype, head_dim, rank)
                     nvcc_object(

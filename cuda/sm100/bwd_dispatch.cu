@@ -1,0 +1,118 @@
+// sm100 backward: validation, workspace, TMA tensor maps and the launch sequence (dQ
+// accumulator memset, pre-pass, main kernel, dQ conversion). Host code only (no CUTLASS); the
+// geometry and workspace layout are the architectures' shared ones (cuda/common/bwd_params.h).
+#include <algorithm>
+#include <cstdint>
+#include <iterator>
+
+#include "../common/fwd_host.h"
+#include "bwd_config.h"
+#include "bwd_launch.h"
+#include "device/bwd_kernel_launch.h"
+#include "fwd_kernel_set.h"
+
+namespace gna::sm100 {
+namespace {
+
+BwdParams geometry(const Problem& p) {
+  return bwd_geometry(p, kernel_axes(p), bwd_tile_config(p.rank, p.head_dim));
+}
+
+template <int kHeadDim, int kRank>
+cudaError_t launch_typed(DType dtype, const CUtensorMap& mq, const CUtensorMap& mdo,
+                         const CUtensorMap& mk, const CUtensorMap& mv, const BwdParams& bp,
+                         unsigned grid, cudaStream_t stream) {
+  if constexpr (bwd_kernel_built(DType::kBF16, kHeadDim, kRank)) {
+    if (dtype == DType::kBF16)
+      return launch_bwd_kernel<DType::kBF16, kHeadDim, kRank>(mq, mdo, mk, mv, bp, grid, stream);
+  }
+  if constexpr (bwd_kernel_built(DType::kF16, kHeadDim, kRank)) {
+    if (dtype == DType::kF16)
+      return launch_bwd_kernel<DType::kF16, kHeadDim, kRank>(mq, mdo, mk, mv, bp, grid, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <int kHeadDim>
+cudaError_t launch_rank(int rank, DType dtype, const CUtensorMap& mq, const CUtensorMap& mdo,
+                        const CUtensorMap& mk, const CUtensorMap& mv, const BwdParams& bp,
+                        unsigned grid, cudaStream_t stream) {
+  switch (rank) {
+    case 1:
+      return launch_typed<kHeadDim, 1>(dtype, mq, mdo, mk, mv, bp, grid, stream);
+    case 2:
+      return launch_typed<kHeadDim, 2>(dtype, mq, mdo, mk, mv, bp, grid, stream);
+    case 3:
+      return launch_typed<kHeadDim, 3>(dtype, mq, mdo, mk, mv, bp, grid, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+const char* bwd_can_implement(const Problem& p) {
+  if (p.dtype != DType::kF16 && p.dtype != DType::kBF16)
+    return "the sm100 backward kernels take float16 or bfloat16 only";
+  if (std::find(std::begin(kBwdHeadDims), std::end(kBwdHeadDims), p.head_dim) ==
+      std::end(kBwdHeadDims))
+    return "the sm100 backward kernels take head_dim 32, 64 or 128 only";
+  if (p.head_dim_v != p.head_dim) return "the sm100 backward kernels need head_dim_v == head_dim";
+  if (!bwd_kernel_built(p.dtype, p.head_dim, p.rank))
+    return "this build's sm100 kernel set (JAX_GNA_KERNEL_SET=smoke: bfloat16, head dim 128, "
+           "rank 3) lacks this backward kernel";
+  const KernelAxes ax = kernel_axes(p);
+  if (const char* reason = fwd_host::check_common(p, ax)) return reason;
+  if (!fwd_host::boxes_fit(bwd_tile_config(p.rank, p.head_dim), ax))
+    return "the sm100 backward kernels need tile * dilation <= 256 along every axis (a TMA box "
+           "limit; tiles span 128 tokens in 1-D and 16 per axis in 2-D/3-D, so 1-D allows "
+           "dilation <= 2)";
+  if (bwd_num_items(geometry(p)) >= (int64_t(1) << 31))
+    return "the sm100 backward kernels need fewer than 2^31 work items";
+  return nullptr;
+}
+
+size_t bwd_workspace_bytes(const Problem& p) {
+  if (bwd_can_implement(p) != nullptr) return 0;
+  return bwd_workspace_layout(geometry(p)).total;
+}
+
+cudaError_t bwd_launch(const Problem& p, const void* dout, const void* q, const void* k,
+                       const void* v, const void* out, const float* lse, const float* dlse,
+                       void* dq, void* dk, void* dv, void* workspace, bool deterministic,
+                       cudaStream_t stream) {
+  if (bwd_can_implement(p) != nullptr) return cudaErrorInvalidValue;
+  const FwdTileConfig tiles = bwd_tile_config(p.rank, p.head_dim);
+  const KernelAxes ax = kernel_axes(p);
+  BwdParams bp = geometry(p);
+  bwd_bind(&bp, workspace, dout, out, lse, dlse, dq, dk, dv, deterministic);
+
+  cudaError_t err;
+  const size_t dq_bytes = size_t(bp.num_slots) * p.head_dim * sizeof(float);
+  if ((err = cudaMemsetAsync(bp.dq_accum, 0, dq_bytes, stream))) return err;
+  if ((err = launch_bwd_row_stats(p.dtype, bp, stream))) return err;
+
+  CUtensorMap mq, mdo, mk, mv;
+  if ((err = fwd_host::make_qkv_tensor_maps(p, ax, tiles, q, k, v, &mq, &mk, &mv))) return err;
+  if ((err = fwd_host::make_token_tensor_map(&mdo, dout, p.dtype, p.head_dim, p.heads, ax, p.batch,
+                                             tiles.q)))
+    return err;
+  const unsigned grid = unsigned(bwd_num_items(bp));
+  switch (p.head_dim) {
+    case 32:
+      err = launch_rank<32>(p.rank, p.dtype, mq, mdo, mk, mv, bp, grid, stream);
+      break;
+    case 64:
+      err = launch_rank<64>(p.rank, p.dtype, mq, mdo, mk, mv, bp, grid, stream);
+      break;
+    case 128:
+      err = launch_rank<128>(p.rank, p.dtype, mq, mdo, mk, mv, bp, grid, stream);
+      break;
+    default:
+      err = cudaErrorInvalidValue;
+  }
+  if (err) return err;
+  return launch_bwd_dq_convert(p.dtype, bp, stream);
+}
+
+}  // namespace gna::sm100
