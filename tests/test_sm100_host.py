@@ -1,8 +1,9 @@
-"""What the Blackwell (sm_100a) forward launches, checked on the CPU (no GPU, no nvcc).
+"""What the Blackwell (sm_100a) kernels launch, checked on the CPU (no GPU, no nvcc).
 
-The sm100 kernel cannot run here (no Blackwell GPU anywhere; `tests/gpu/test_sm100_fwd.py` runs
-where one is). Everything it computes on the host is checked instead, through a small program
-(`cuda/sm100/tests/fwd_work_cases.cc`, built with the host compiler) over the same headers:
+The sm100 kernels cannot run here (no Blackwell GPU anywhere; `tests/gpu/test_sm100_fwd.py` and
+`tests/gpu/test_sm100_bwd.py` run where one is). Everything they compute on the host is checked
+instead, through small programs (`cuda/sm100/tests/fwd_work_cases.cc`, `bwd_work_cases.cc`,
+built with the host compiler) over the same headers. The forward:
 
 - the tile table (`cuda/sm100/fwd_config.h`) holds the sm90 shapes of `jax_gna._tiles`
   (so the simulator's pick and user tile requests mean the same on both architectures) and fits
@@ -13,6 +14,17 @@ where one is). Everything it computes on the host is checked instead, through a 
   `cuda/common/fwd_params.h`) runs every (batch, head, dilation group, Q tile) holding a query
   exactly once, and each item's KV-tile box and mask-free KV tiles equal brute force from
   `tests/oracle.py`'s windows.
+
+The backward (KV-stationary, `cuda/common/bwd_params.h`):
+
+- its tile table (`cuda/sm100/bwd_config.h`) holds the forward's default shapes and fits TMEM
+  (dK, dV, S^T, dP^T) and shared memory (K, V, Q/dO stages, P^T, dS^T), one CTA per SM;
+- every (batch, KV head, dilation group, KV tile) runs once, in both CTA orders; its Q-tile box
+  and mask-free Q tiles equal brute force; it visits every query head of its GQA group over the
+  box (reversed in deterministic mode), each visit at its own row-statistics slot;
+- deterministic mode: the CTAs adding into one Q tile's dQ hold the turns 0..m-1, m the size
+  of the Q tile's forward KV box (no turn is missing, so no CTA waits forever), in the order of
+  their block indices (a CTA waits only for CTAs launched before it); the workspace parts fit.
 """
 
 from __future__ import annotations
@@ -217,3 +229,197 @@ def test_every_q_tile_runs_once_with_its_brute_force_kv_box(program, rank, seed)
             assert it["box"][a] == box, (p, it, a)
             lo, hi = it["full"][a]
             assert set(range(lo, hi)) == full, (p, it, a)
+
+
+# -- the backward -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bwd_program(tmp_path_factory) -> Path:
+    if CXX is None:
+        pytest.skip("no host C++ compiler (g++/c++/clang++) found")
+    exe = tmp_path_factory.mktemp("sm100") / "bwd_work_cases"
+    src = ROOT / "cuda" / "sm100" / "tests" / "bwd_work_cases.cc"
+    subprocess.run(
+        [CXX, "-std=c++17", "-O1", "-I", str(ROOT), "-I", str(ROOT / "cuda" / "include")]
+        + [str(src), "-o", str(exe)],
+        check=True,
+    )
+    return exe
+
+
+def _run_bwd(program: Path, problems: list[dict]) -> tuple[list[list[int]], list[dict]]:
+    lines = []
+    for p in problems:
+        fields = [p["rank"], p["batch"], p["heads"], p["kv_heads"], int(p["deterministic"])]
+        for name in ("extent", "kernel_size", "stride", "dilation", "causal"):
+            fields += [int(x) for x in p[name]]
+        lines.append(" ".join(map(str, fields)))
+    out = subprocess.run(
+        [str(program)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    table = [[int(x) for x in line.split()[1:]] for line in out if line.startswith("table ")]
+    cases: list[dict] = []
+    for line in out:
+        words = line.split()
+        if words[0] == "case":
+            assert int(words[1]) == len(cases), line
+            cases.append(
+                dict(
+                    items=int(words[3]),
+                    slots=int(words[5]),
+                    workspace=[int(x) for x in words[7:12]],
+                    work=[],
+                )
+            )
+        elif words[0] == "item":
+            v = [int(x) for x in words[1:9]]
+            box = [int(x) for x in words[10:16]]
+            full = [int(x) for x in words[17:23]]
+            cases[-1]["work"].append(
+                dict(
+                    batch=v[0],
+                    kv_head=v[1],
+                    group=tuple(v[2:5]),
+                    kv_tile=tuple(v[5:8]),
+                    box=[tuple(box[2 * a : 2 * a + 2]) for a in range(3)],
+                    full=[tuple(full[2 * a : 2 * a + 2]) for a in range(3)],
+                    visits=[],
+                )
+            )
+        elif words[0] == "visit":
+            head, t0, t1, t2, slot, turn = (int(x) for x in words[1:])
+            cases[-1]["work"][-1]["visits"].append(
+                dict(head=head, tile=(t0, t1, t2), slot=slot, turn=turn)
+            )
+    return table, cases
+
+
+def test_backward_tile_table_fits_tmem_and_shared_memory(bwd_program):
+    table, _ = _run_bwd(bwd_program, [])
+    assert len(table) == 9  # ranks 1-3 x head dims 32/64/128
+    for rank, dim, q0, q1, q2, k0, k1, k2, stages in table:
+        default = _tiles.SM90_FORWARD[rank][dim][0]
+        assert ((q0, q1, q2)[3 - rank :], (k0, k1, k2)[3 - rank :]) == (default.q, default.kv)
+        q, kv = q0 * q1 * q2, k0 * k1 * k2
+        assert q == 128 and kv == 128, "M = 128 UMMAs: a KV row or a Q row per TMEM lane"
+        assert 2 * dim + 2 * q <= TMEM_COLUMNS, "dK, dV, S^T, dP^T (dQ over dP^T)"
+        assert dim <= q, "dQ fits in dP^T's columns"
+        elem = 2
+        smem = elem * (2 * kv * dim + 2 * stages * q * dim + 2 * kv * q)  # K, V, Q/dO, P^T, dS^T
+        smem += 2 * stages * q * 4  # lse2, delta
+        barriers = 8 * (1 + 4 * stages + 6) + 4
+        assert smem + barriers + 1024 <= SMEM_BYTES, (rank, dim, stages, smem)
+        assert 2 * (smem + barriers + 1024 + 1024) > SM_SMEM_BYTES, (rank, dim, stages, smem)
+        assert stages >= 1
+
+
+def _brute_q_axis(axis: tuple, group: int, kv_tile_index: int, kv_tile: int, q_tile: int):
+    """(Q box, set of mask-free Q tiles) of one KV tile along one axis, from oracle.window."""
+    length, k, s, d, causal = axis
+    lg = oracle.group_length(length, d, group)
+    k_lo, k_hi = kv_tile_index * kv_tile, min((kv_tile_index + 1) * kv_tile, lg)
+    if k_hi <= k_lo:
+        return (0, 0), set()
+    windows = [oracle.window(group + d * iq, length, k, s, d, causal)[1:] for iq in range(lg)]
+    seen = [iq for iq, (a, b) in enumerate(windows) if b > k_lo and a < k_hi]
+    box = (min(seen) // q_tile, math.ceil((max(seen) + 1) / q_tile))
+    full = set()
+    if (kv_tile_index + 1) * kv_tile <= lg:
+        for t in range(math.ceil(lg / q_tile)):
+            rows = range(t * q_tile, min((t + 1) * q_tile, lg))
+            if all(windows[iq][0] <= k_lo and windows[iq][1] >= k_hi for iq in rows):
+                full.add(t)
+    return box, full
+
+
+def _bwd_tiles(p: dict, table: list[list[int]]) -> tuple[tuple, tuple]:
+    (row,) = [r for r in table if r[0] == p["rank"] and r[1] == 128]
+    return tuple(row[2:5]), tuple(row[5:8])
+
+
+BWD_RANDOM = [(rank, i, det) for rank in (1, 2, 3) for i in range(12) for det in (False, True)]
+
+
+@pytest.mark.parametrize(
+    ("rank", "seed", "deterministic"),
+    BWD_RANDOM,
+    ids=[f"{r}d-{i}-{'det' if d else 'default'}" for r, i, d in BWD_RANDOM],
+)
+def test_backward_work_items_boxes_visits_and_turns(bwd_program, rank, seed, deterministic):
+    p = _random_problem(np.random.default_rng(500 + 100 * rank + seed), rank)
+    p["deterministic"] = deterministic
+    table, (case,) = _run_bwd(bwd_program, [p])
+    q_tile, kv_tile = _bwd_tiles(p, table)
+    axes = _kernel_axes(p)
+    work = case["work"]
+    kv_group = p["heads"] // p["kv_heads"]
+    lg0 = [oracle.group_length(a[0], a[3], 0) for a in axes]
+    kv_tiles = [math.ceil(n / t) for n, t in zip(lg0, kv_tile, strict=True)]
+    q_tiles = [math.ceil(n / t) for n, t in zip(lg0, q_tile, strict=True)]
+    groups = list(itertools.product(*(range(a[3]) for a in axes)))
+
+    # Every (batch, KV head, group, KV tile of group 0's count) once.
+    keys = [(w["batch"], w["kv_head"], w["group"], w["kv_tile"]) for w in work]
+    assert len(keys) == case["items"] == len(set(keys))
+    want = set(
+        itertools.product(
+            range(p["batch"]),
+            range(p["kv_heads"]),
+            groups,
+            itertools.product(*map(range, kv_tiles)),
+        )
+    )
+    assert set(keys) == want
+
+    visitors: dict = {}  # (batch, head, group, Q tile) -> [(block index, turn)]
+    slots = set()
+    for index, w in enumerate(work):
+        box_tiles = []
+        for a, ax in enumerate(axes):
+            box, full = _brute_q_axis(ax, w["group"][a], w["kv_tile"][a], kv_tile[a], q_tile[a])
+            if box == (0, 0):
+                box_tiles = None
+                break
+            assert w["box"][a] == box, (p, w, a)
+            lo, hi = w["full"][a]
+            assert set(range(lo, hi)) == full, (p, w, a)
+            box_tiles.append(range(*box))
+        if box_tiles is None:  # a KV tile past a shorter group's end: no visit
+            assert not w["visits"], (p, w)
+            continue
+        tiles = list(itertools.product(*box_tiles))  # row-major: TileBox order
+        if deterministic:
+            tiles = tiles[::-1]
+        heads = range(w["kv_head"] * kv_group, (w["kv_head"] + 1) * kv_group)
+        assert [(v["head"], v["tile"]) for v in w["visits"]] == [
+            (h, t) for h in heads for t in tiles
+        ]
+        gi = 0
+        for a, ax in enumerate(axes):
+            gi = gi * ax[3] + w["group"][a]
+        for v in w["visits"]:
+            qt = (v["tile"][0] * q_tiles[1] + v["tile"][1]) * q_tiles[2] + v["tile"][2]
+            n_q = math.prod(q_tiles)
+            slot = (((w["batch"] * p["heads"] + v["head"]) * len(groups) + gi) * n_q + qt) * 128
+            assert v["slot"] == slot and 0 <= slot < case["slots"]
+            slots.add((slot, index))
+            key = (w["batch"], v["head"], w["group"], v["tile"])
+            visitors.setdefault(key, []).append((index, v["turn"]))
+    assert case["slots"] == p["batch"] * p["heads"] * len(groups) * math.prod(q_tiles) * 128
+
+    for (_, _, group, t), seen in visitors.items():
+        kv_box = 1
+        for a, ax in enumerate(axes):
+            (lo, hi), _ = _brute_axis(ax, group[a], t[a], q_tile[a], kv_tile[a])
+            kv_box *= hi - lo
+        by_block = [turn for _, turn in sorted(seen)]
+        assert sorted(by_block) == list(range(kv_box)), (p, group, t, seen)
+        if deterministic:
+            assert by_block == list(range(kv_box)), "a CTA would wait for a later block"
+
+    lse2, delta, dq, sem, total = case["workspace"]
+    n = case["slots"]
+    assert all(x % 256 == 0 for x in (lse2, delta, dq, sem))
+    assert lse2 == 0 and delta >= 4 * n and dq >= delta + 4 * n
+    assert sem >= dq + 4 * n * 128 and total >= sem + 4 * (n // 128)
