@@ -48,12 +48,12 @@ SMEM_BYTES = 227 * 1024  # per CTA
 SM_SMEM_BYTES = 228 * 1024  # per SM
 
 
-@pytest.fixture(scope="module")
-def program(tmp_path_factory) -> Path:
+def _build(tmp_path_factory, name: str) -> Path:
+    """cuda/sm100/tests/<name>.cc built with the host compiler."""
     if CXX is None:
         pytest.skip("no host C++ compiler (g++/c++/clang++) found")
-    exe = tmp_path_factory.mktemp("sm100") / "fwd_work_cases"
-    src = ROOT / "cuda" / "sm100" / "tests" / "fwd_work_cases.cc"
+    exe = tmp_path_factory.mktemp("sm100") / name
+    src = ROOT / "cuda" / "sm100" / "tests" / f"{name}.cc"
     subprocess.run(
         [CXX, "-std=c++17", "-O1", "-I", str(ROOT), "-I", str(ROOT / "cuda" / "include")]
         + [str(src), "-o", str(exe)],
@@ -62,16 +62,27 @@ def program(tmp_path_factory) -> Path:
     return exe
 
 
-def _run(program: Path, problems: list[dict]) -> tuple[list[list[int]], list[dict]]:
+def _output(program: Path, problems: list[dict], option: str) -> list[str]:
+    """The probe's stdout lines for `problems` (cuda/sm100/tests/problem_input.h), with p[option]
+    as each line's probe-specific field."""
     lines = []
     for p in problems:
-        fields = [p["rank"], p["batch"], p["heads"], p["kv_heads"], p["config"]]
+        fields = [p["rank"], p["batch"], p["heads"], p["kv_heads"], int(p[option])]
         for name in ("extent", "kernel_size", "stride", "dilation", "causal"):
             fields += [int(x) for x in p[name]]
         lines.append(" ".join(map(str, fields)))
-    out = subprocess.run(
+    return subprocess.run(
         [str(program)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True
     ).stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "fwd_work_cases")
+
+
+def _run(program: Path, problems: list[dict]) -> tuple[list[list[int]], list[dict]]:
+    out = _output(program, problems, "config")
     table = [[int(x) for x in line.split()[1:]] for line in out if line.startswith("table ")]
     cases: list[dict] = []
     for line in out:
@@ -236,28 +247,11 @@ def test_every_q_tile_runs_once_with_its_brute_force_kv_box(program, rank, seed)
 
 @pytest.fixture(scope="module")
 def bwd_program(tmp_path_factory) -> Path:
-    if CXX is None:
-        pytest.skip("no host C++ compiler (g++/c++/clang++) found")
-    exe = tmp_path_factory.mktemp("sm100") / "bwd_work_cases"
-    src = ROOT / "cuda" / "sm100" / "tests" / "bwd_work_cases.cc"
-    subprocess.run(
-        [CXX, "-std=c++17", "-O1", "-I", str(ROOT), "-I", str(ROOT / "cuda" / "include")]
-        + [str(src), "-o", str(exe)],
-        check=True,
-    )
-    return exe
+    return _build(tmp_path_factory, "bwd_work_cases")
 
 
 def _run_bwd(program: Path, problems: list[dict]) -> tuple[list[list[int]], list[dict]]:
-    lines = []
-    for p in problems:
-        fields = [p["rank"], p["batch"], p["heads"], p["kv_heads"], int(p["deterministic"])]
-        for name in ("extent", "kernel_size", "stride", "dilation", "causal"):
-            fields += [int(x) for x in p[name]]
-        lines.append(" ".join(map(str, fields)))
-    out = subprocess.run(
-        [str(program)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True
-    ).stdout.splitlines()
+    out = _output(program, problems, "deterministic")
     table = [[int(x) for x in line.split()[1:]] for line in out if line.startswith("table ")]
     cases: list[dict] = []
     for line in out:

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <iterator>
 
+#include "../common/bwd_host.h"
 #include "../common/fwd_host.h"
 #include "bwd_config.h"
 #include "bwd_launch.h"
@@ -82,37 +83,21 @@ cudaError_t bwd_launch(const Problem& p, const void* dout, const void* q, const 
                        void* dq, void* dk, void* dv, void* workspace, bool deterministic,
                        cudaStream_t stream) {
   if (bwd_can_implement(p) != nullptr) return cudaErrorInvalidValue;
-  const FwdTileConfig tiles = bwd_tile_config(p.rank, p.head_dim);
-  const KernelAxes ax = kernel_axes(p);
-  BwdParams bp = geometry(p);
-  bwd_bind(&bp, workspace, dout, out, lse, dlse, dq, dk, dv, deterministic);
-
-  cudaError_t err;
-  const size_t dq_bytes = size_t(bp.num_slots) * p.head_dim * sizeof(float);
-  if ((err = cudaMemsetAsync(bp.dq_accum, 0, dq_bytes, stream))) return err;
-  if ((err = launch_bwd_row_stats(p.dtype, bp, stream))) return err;
-
-  CUtensorMap mq, mdo, mk, mv;
-  if ((err = fwd_host::make_qkv_tensor_maps(p, ax, tiles, q, k, v, &mq, &mk, &mv))) return err;
-  if ((err = fwd_host::make_token_tensor_map(&mdo, dout, p.dtype, p.head_dim, p.heads, ax, p.batch,
-                                             tiles.q)))
-    return err;
-  const unsigned grid = unsigned(bwd_num_items(bp));
-  switch (p.head_dim) {
-    case 32:
-      err = launch_rank<32>(p.rank, p.dtype, mq, mdo, mk, mv, bp, grid, stream);
-      break;
-    case 64:
-      err = launch_rank<64>(p.rank, p.dtype, mq, mdo, mk, mv, bp, grid, stream);
-      break;
-    case 128:
-      err = launch_rank<128>(p.rank, p.dtype, mq, mdo, mk, mv, bp, grid, stream);
-      break;
-    default:
-      err = cudaErrorInvalidValue;
-  }
-  if (err) return err;
-  return launch_bwd_dq_convert(p.dtype, bp, stream);
+  const auto main_kernel = [&](const bwd_host::TensorMaps& m, const BwdParams& bp, unsigned grid) {
+    switch (p.head_dim) {
+      case 32:
+        return launch_rank<32>(p.rank, p.dtype, m.q, m.dout, m.k, m.v, bp, grid, stream);
+      case 64:
+        return launch_rank<64>(p.rank, p.dtype, m.q, m.dout, m.k, m.v, bp, grid, stream);
+      case 128:
+        return launch_rank<128>(p.rank, p.dtype, m.q, m.dout, m.k, m.v, bp, grid, stream);
+      default:
+        return cudaErrorInvalidValue;
+    }
+  };
+  return bwd_host::launch(p, bwd_tile_config(p.rank, p.head_dim), geometry(p), dout, q, k, v, out,
+                          lse, dlse, dq, dk, dv, workspace, deterministic, stream,
+                          launch_bwd_row_stats, launch_bwd_dq_convert, main_kernel);
 }
 
 }  // namespace gna::sm100

@@ -32,7 +32,6 @@
 #include <cutlass/numeric_conversion.h>
 #include <cutlass/numeric_types.h>
 #include <cute/arch/copy_sm90_tma.hpp>
-#include <cute/arch/tmem_allocator_sm100.hpp>
 #include <cute/atom/mma_atom.hpp>
 #include <cute/tensor.hpp>
 
@@ -575,32 +574,17 @@ struct BwdKernel {
       Barrier::init(&ss.dq_empty, kComputeThreads);
       cutlass::arch::fence_barrier_init();
     }
-    cute::TMEM::Allocator1Sm tmem_allocator;
-    if (role == BwdWarpRole::Mma) {
-      tmem_allocator.allocate(kTmemColumns, &ss.tmem_base);
-      tmem_allocator.release_allocation_lock();
-    }
-    tcgen05_before_thread_sync();
-    __syncthreads();
-    tcgen05_after_thread_sync();
-    const uint32_t tmem = ss.tmem_base;
-
-    if (role == BwdWarpRole::Load) {
-      if (cute::elect_one_sync()) load(map_q, map_do, map_k, map_v, p, w, ss);
-    } else if (role == BwdWarpRole::Mma) {
-      mma(p, w, ss, tmem);
-    } else {
-      compute(p, w, ss, tmem);
-    }
-
     // Every TMEM read and UMMA is complete (the compute threads waited for the last UMMAs and
-    // read dK/dV) before the allocating warp frees the columns.
-    tcgen05_before_thread_sync();
-    __syncthreads();
-    if (role == BwdWarpRole::Mma) {
-      tcgen05_after_thread_sync();
-      tmem_allocator.free(tmem, kTmemColumns);
-    }
+    // read dK/dV) when the allocating warp frees the columns (with_tmem).
+    with_tmem<kTmemColumns>(role == BwdWarpRole::Mma, &ss.tmem_base, [&](uint32_t tmem) {
+      if (role == BwdWarpRole::Load) {
+        if (cute::elect_one_sync()) load(map_q, map_do, map_k, map_v, p, w, ss);
+      } else if (role == BwdWarpRole::Mma) {
+        mma(p, w, ss, tmem);
+      } else {
+        compute(p, w, ss, tmem);
+      }
+    });
   }
 };
 

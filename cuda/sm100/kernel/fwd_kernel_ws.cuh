@@ -31,7 +31,6 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/numeric_conversion.h>
 #include <cutlass/numeric_types.h>
-#include <cute/arch/tmem_allocator_sm100.hpp>
 #include <cute/atom/mma_atom.hpp>
 #include <cute/tensor.hpp>
 
@@ -412,32 +411,17 @@ struct FwdKernel {
       Barrier::init(&ss.o_done, 1);
       cutlass::arch::fence_barrier_init();
     }
-    cute::TMEM::Allocator1Sm tmem_allocator;
-    if (role == WarpRole::Mma) {
-      tmem_allocator.allocate(kTmemColumns, &ss.tmem_base);
-      tmem_allocator.release_allocation_lock();
-    }
-    tcgen05_before_thread_sync();
-    __syncthreads();
-    tcgen05_after_thread_sync();
-    const uint32_t tmem = ss.tmem_base;
-
-    if (role == WarpRole::Load) {
-      if (cute::elect_one_sync()) load(map_q, map_k, map_v, p, w, ss);
-    } else if (role == WarpRole::Mma) {
-      mma(w, ss, tmem);
-    } else {
-      softmax(p, w, ss, tmem);
-    }
-
     // Every TMEM read and UMMA is complete (the softmax waited for the last P V and its own
-    // loads) before the allocating warp frees the columns.
-    tcgen05_before_thread_sync();
-    __syncthreads();
-    if (role == WarpRole::Mma) {
-      tcgen05_after_thread_sync();
-      tmem_allocator.free(tmem, kTmemColumns);
-    }
+    // loads) when the allocating warp frees the columns (with_tmem).
+    with_tmem<kTmemColumns>(role == WarpRole::Mma, &ss.tmem_base, [&](uint32_t tmem) {
+      if (role == WarpRole::Load) {
+        if (cute::elect_one_sync()) load(map_q, map_k, map_v, p, w, ss);
+      } else if (role == WarpRole::Mma) {
+        mma(w, ss, tmem);
+      } else {
+        softmax(p, w, ss, tmem);
+      }
+    });
   }
 };
 

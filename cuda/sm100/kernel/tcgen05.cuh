@@ -6,6 +6,7 @@
 
 #include <cutlass/cutlass.h>
 #include <cute/arch/copy_sm100.hpp>
+#include <cute/arch/tmem_allocator_sm100.hpp>
 
 namespace gna::sm100 {
 
@@ -34,6 +35,30 @@ CUTLASS_DEVICE void tmem_store_32(uint32_t addr, const uint32_t* r, std::index_s
 // 32 * (warp % 4) .. + 31; `row` is the thread's lane, 0..127).
 CUTLASS_DEVICE uint32_t tmem_lane_base(uint32_t tmem, int row) {
   return tmem + (uint32_t(row & ~31) << 16);
+}
+
+// The CTA's tensor memory around `body(tmem)`, which every thread runs: warp `alloc_warp`
+// allocates kColumns columns (their address lands in `*slot`, in shared memory), and frees them
+// once every thread has returned from `body` (the threads must have finished their TMEM reads
+// and waited for their UMMAs there).
+template <int kColumns, class Body>
+CUTLASS_DEVICE void with_tmem(bool alloc_warp, uint32_t* slot, Body&& body) {
+  cute::TMEM::Allocator1Sm allocator;
+  if (alloc_warp) {
+    allocator.allocate(kColumns, slot);
+    allocator.release_allocation_lock();
+  }
+  tcgen05_before_thread_sync();
+  __syncthreads();
+  tcgen05_after_thread_sync();
+  const uint32_t tmem = *slot;
+  body(tmem);
+  tcgen05_before_thread_sync();
+  __syncthreads();
+  if (alloc_warp) {
+    tcgen05_after_thread_sync();
+    allocator.free(tmem, kColumns);
+  }
 }
 
 }  // namespace gna::sm100

@@ -19,6 +19,7 @@
 #include <iostream>
 
 #include "cuda/sm100/bwd_config.h"
+#include "cuda/sm100/tests/problem_input.h"
 
 int main() {
   using namespace gna;
@@ -31,17 +32,7 @@ int main() {
   }
   Problem p;
   int deterministic = 0;
-  for (int n = 0; std::cin >> p.rank >> p.batch >> p.heads >> p.kv_heads >> deterministic; ++n) {
-    for (int i = 0; i < p.rank; ++i) std::cin >> p.extent[i];
-    for (int i = 0; i < p.rank; ++i) std::cin >> p.kernel_size[i];
-    for (int i = 0; i < p.rank; ++i) std::cin >> p.stride[i];
-    for (int i = 0; i < p.rank; ++i) std::cin >> p.dilation[i];
-    for (int i = 0; i < p.rank; ++i) {
-      int c;
-      std::cin >> c;
-      p.causal[i] = c != 0;
-    }
-    p.head_dim = p.head_dim_v = 128;
+  for (int n = 0; read_problem(std::cin, &p, &deterministic); ++n) {
     const FwdTileConfig tiles = sm100::bwd_tile_config(p.rank, p.head_dim);
     BwdParams bp = bwd_geometry(p, kernel_axes(p), tiles);
     bp.deterministic = deterministic;
