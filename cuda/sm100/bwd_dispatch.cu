@@ -19,36 +19,23 @@ BwdParams geometry(const Problem& p) {
   return bwd_geometry(p, kernel_axes(p), bwd_tile_config(p.rank, p.head_dim));
 }
 
-template <int kHeadDim, int kRank>
-cudaError_t launch_typed(DType dtype, const CUtensorMap& mq, const CUtensorMap& mdo,
-                         const CUtensorMap& mk, const CUtensorMap& mv, const BwdParams& bp,
-                         unsigned grid, cudaStream_t stream) {
-  if constexpr (bwd_kernel_built(DType::kBF16, kHeadDim, kRank)) {
-    if (dtype == DType::kBF16)
-      return launch_bwd_kernel<DType::kBF16, kHeadDim, kRank>(mq, mdo, mk, mv, bp, grid, stream);
+// This family's backward for bwd_host::launch.
+struct Family {
+  static constexpr bool built(DType dtype, int head_dim, int rank) {
+    return bwd_kernel_built(dtype, head_dim, rank);
   }
-  if constexpr (bwd_kernel_built(DType::kF16, kHeadDim, kRank)) {
-    if (dtype == DType::kF16)
-      return launch_bwd_kernel<DType::kF16, kHeadDim, kRank>(mq, mdo, mk, mv, bp, grid, stream);
+  template <DType kDType, int kHeadDim, int kRank>
+  static cudaError_t launch(const bwd_host::TensorMaps& m, const BwdParams& bp, unsigned grid,
+                            cudaStream_t stream) {
+    return launch_bwd_kernel<kDType, kHeadDim, kRank>(m.q, m.dout, m.k, m.v, bp, grid, stream);
   }
-  return cudaErrorInvalidValue;
-}
-
-template <int kHeadDim>
-cudaError_t launch_rank(int rank, DType dtype, const CUtensorMap& mq, const CUtensorMap& mdo,
-                        const CUtensorMap& mk, const CUtensorMap& mv, const BwdParams& bp,
-                        unsigned grid, cudaStream_t stream) {
-  switch (rank) {
-    case 1:
-      return launch_typed<kHeadDim, 1>(dtype, mq, mdo, mk, mv, bp, grid, stream);
-    case 2:
-      return launch_typed<kHeadDim, 2>(dtype, mq, mdo, mk, mv, bp, grid, stream);
-    case 3:
-      return launch_typed<kHeadDim, 3>(dtype, mq, mdo, mk, mv, bp, grid, stream);
-    default:
-      return cudaErrorInvalidValue;
+  static cudaError_t row_stats(DType dtype, const BwdParams& bp, cudaStream_t stream) {
+    return launch_bwd_row_stats(dtype, bp, stream);
   }
-}
+  static cudaError_t dq_convert(DType dtype, const BwdParams& bp, cudaStream_t stream) {
+    return launch_bwd_dq_convert(dtype, bp, stream);
+  }
+};
 
 }  // namespace
 
@@ -83,21 +70,8 @@ cudaError_t bwd_launch(const Problem& p, const void* dout, const void* q, const 
                        void* dq, void* dk, void* dv, void* workspace, bool deterministic,
                        cudaStream_t stream) {
   if (bwd_can_implement(p) != nullptr) return cudaErrorInvalidValue;
-  const auto main_kernel = [&](const bwd_host::TensorMaps& m, const BwdParams& bp, unsigned grid) {
-    switch (p.head_dim) {
-      case 32:
-        return launch_rank<32>(p.rank, p.dtype, m.q, m.dout, m.k, m.v, bp, grid, stream);
-      case 64:
-        return launch_rank<64>(p.rank, p.dtype, m.q, m.dout, m.k, m.v, bp, grid, stream);
-      case 128:
-        return launch_rank<128>(p.rank, p.dtype, m.q, m.dout, m.k, m.v, bp, grid, stream);
-      default:
-        return cudaErrorInvalidValue;
-    }
-  };
-  return bwd_host::launch(p, bwd_tile_config(p.rank, p.head_dim), geometry(p), dout, q, k, v, out,
-                          lse, dlse, dq, dk, dv, workspace, deterministic, stream,
-                          launch_bwd_row_stats, launch_bwd_dq_convert, main_kernel);
+  return bwd_host::launch<Family>(p, bwd_tile_config(p.rank, p.head_dim), geometry(p), dout, q, k,
+                                  v, out, lse, dlse, dq, dk, dv, workspace, deterministic, stream);
 }
 
 }  // namespace gna::sm100
