@@ -494,6 +494,7 @@ struct BwdKernel {
               asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(semaphore));
             } while (now != turn);
           }
+          __syncwarp();  // bar.sync is aligned: warp 0 converged after thread 0's wait
           cutlass::arch::NamedBarrier::sync(kComputeThreads, kDqBarrier);
         }
         CUTLASS_PRAGMA_UNROLL
