@@ -128,7 +128,8 @@ nvcc_object = rule(
 # The forward kernels of a family, one translation unit each (fwd_instance.cu with GNA_FWD_DTYPE,
 # GNA_FWD_HEAD_DIM, GNA_FWD_RANK, GNA_FWD_CONFIG), as in cuda/<family>/sources.cmake; the sets
 # must agree with it, with cuda/<family>/fwd_kernel_set.h and (the configurations)
-# cuda/<family>/fwd_config.h. sm100 has no head dim 256, and its smoke set is one kernel.
+# cuda/<family>/fwd_config.h. sm100 has no head dim 256, and its smoke set is one forward and one
+# backward kernel.
 _KERNEL_SETS = {
     "sm90": {
         "full": (["kF16", "kBF16"], [32, 64, 128, 256]),
