@@ -121,6 +121,67 @@ GNA_HOST_DEVICE int64_t bwd_stat_slot(const BwdParams& p, const BwdWork& w, int 
   return ((int64_t(w.batch * p.heads + head) * p.num_groups + gi) * p.num_q_tiles + qt) * q_size;
 }
 
+// KV row `o` (per-axis offsets inside the KV tile of `kv_tile` positions) of work item `w`:
+// per axis, the queries (group positions [lo, lo + len)) that see it, empty for a key outside
+// the group; returns its global token, -1 outside the grid.
+GNA_HOST_DEVICE int64_t bwd_kv_row(const BwdParams& p, const BwdWork& w, const int kv_tile[3],
+                                   const int o[3], int lo[3], int len[3]) {
+  int64_t token = w.batch;
+  GNA_UNROLL
+  for (int a = 0; a < 3; ++a) {
+    const int x = w.kv_tile[a] * kv_tile[a] + o[a];
+    const GroupAxis& ax = w.axes[a];
+    const Range inv =
+        x < ax.length ? inverse_window_in_group(x, ax.length, ax.kernel_size, ax.stride, ax.causal)
+                      : Range{0, 0};
+    lo[a] = inv.start;
+    len[a] = inv.end - inv.start;
+    token = (token < 0 || x >= ax.length)
+                ? -1
+                : token * p.extent[a] + w.group[a] + int64_t(p.dilation[a]) * x;
+  }
+  return token;
+}
+
+// The query row of row-statistics slot `slot` (the passes' view of a slot): its head, its row
+// inside the Q tile, and its token (-1 for a row outside its group).
+struct BwdSlotRow {
+  int head;
+  int row;
+  int64_t token;
+};
+
+GNA_HOST_DEVICE BwdSlotRow bwd_slot_row(const BwdParams& p, int64_t slot) {
+  const int q1 = p.q_tile[1], q2 = p.q_tile[2];
+  int64_t s = slot;
+  BwdSlotRow r;
+  r.row = int(s % (p.q_tile[0] * q1 * q2));
+  s /= p.q_tile[0] * q1 * q2;
+  int qt = int(s % p.num_q_tiles);
+  s /= p.num_q_tiles;
+  int gi = int(s % p.num_groups);
+  s /= p.num_groups;
+  r.head = int(s % p.heads);
+  r.token = s / p.heads;  // the batch entry, then the token
+  const int offset[3] = {r.row / (q1 * q2), (r.row / q2) % q1, r.row % q2};
+  int tile[3], group[3];
+  for (int a = 2; a >= 0; --a) {
+    tile[a] = qt % p.q_tiles[a];
+    qt /= p.q_tiles[a];
+    group[a] = gi % p.dilation[a];
+    gi /= p.dilation[a];
+  }
+  for (int a = 0; a < 3; ++a) {
+    const int x = tile[a] * p.q_tile[a] + offset[a];
+    if (x >= group_length(p.extent[a], p.dilation[a], group[a])) {
+      r.token = -1;
+      return r;
+    }
+    r.token = r.token * p.extent[a] + group[a] + int64_t(p.dilation[a]) * x;
+  }
+  return r;
+}
+
 // Host only from here: what a dispatcher derives from a Problem.
 
 // The launch geometry of `p` with `tiles` (no pointers, not deterministic).

@@ -34,45 +34,6 @@ __device__ float bwd_to_float(__nv_bfloat16 x) {
   return __bfloat162float(x);
 }
 
-// The query row of row-statistics slot `slot`: its head, its row inside the Q tile, and its
-// token (-1 for a row outside its group).
-struct BwdSlotRow {
-  int head;
-  int row;
-  int64_t token;
-};
-
-__device__ BwdSlotRow bwd_slot_row(const BwdParams& p, int64_t slot) {
-  const int q1 = p.q_tile[1], q2 = p.q_tile[2];
-  int64_t s = slot;
-  BwdSlotRow r;
-  r.row = int(s % (p.q_tile[0] * q1 * q2));
-  s /= p.q_tile[0] * q1 * q2;
-  int qt = int(s % p.num_q_tiles);
-  s /= p.num_q_tiles;
-  int gi = int(s % p.num_groups);
-  s /= p.num_groups;
-  r.head = int(s % p.heads);
-  r.token = s / p.heads;  // the batch entry, then the token
-  const int offset[3] = {r.row / (q1 * q2), (r.row / q2) % q1, r.row % q2};
-  int tile[3], group[3];
-  for (int a = 2; a >= 0; --a) {
-    tile[a] = qt % p.q_tiles[a];
-    qt /= p.q_tiles[a];
-    group[a] = gi % p.dilation[a];
-    gi /= p.dilation[a];
-  }
-  for (int a = 0; a < 3; ++a) {
-    const int x = tile[a] * p.q_tile[a] + offset[a];
-    if (x >= group_length(p.extent[a], p.dilation[a], group[a])) {
-      r.token = -1;
-      return r;
-    }
-    r.token = r.token * p.extent[a] + group[a] + int64_t(p.dilation[a]) * x;
-  }
-  return r;
-}
-
 template <class T>
 __global__ void __launch_bounds__(kBwdPassBlock) bwd_row_stats_kernel(BwdParams p) {
   const int64_t slot = int64_t(blockIdx.x) * kBwdPassBlock + threadIdx.x;

@@ -325,28 +325,13 @@ struct BwdKernel {
     }
   }
 
-  // KV row `row` of the tile: per axis, the queries (group positions) that see it (empty for a
-  // key outside the group), and its global token (-1 outside the grid).
+  // KV row `row` of the tile (bwd_kv_row): the queries that see it per axis, and its token.
   static CUTLASS_DEVICE int64_t kv_row(const BwdParams& p, const BwdWork& w, int row, int lo[3],
                                        int len[3]) {
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
     int o[3];
     fwd_device::tile_offsets<kK0, kK1, kK2>(row, o);
-    int64_t token = w.batch;
-    CUTLASS_PRAGMA_UNROLL
-    for (int a = 0; a < 3; ++a) {
-      const int x = w.kv_tile[a] * kv_tile[a] + o[a];
-      const GroupAxis& ax = w.axes[a];
-      const Range inv = x < ax.length ? inverse_window_in_group(x, ax.length, ax.kernel_size,
-                                                                ax.stride, ax.causal)
-                                      : Range{0, 0};
-      lo[a] = inv.start;
-      len[a] = inv.end - inv.start;
-      token = (token < 0 || x >= ax.length)
-                  ? -1
-                  : token * p.extent[a] + w.group[a] + int64_t(p.dilation[a]) * x;
-    }
-    return token;
+    return bwd_kv_row(p, w, kv_tile, o, lo, len);
   }
 
   // 8 fp32 values as 8 elements (16 bytes).
