@@ -24,7 +24,11 @@ The backward (KV-stationary, `cuda/common/bwd_params.h`):
   box (reversed in deterministic mode), each visit at its own row-statistics slot;
 - deterministic mode: the CTAs adding into one Q tile's dQ hold the turns 0..m-1, m the size
   of the Q tile's forward KV box (no turn is missing, so no CTA waits forever), in the order of
-  their block indices (a CTA waits only for CTAs launched before it); the workspace parts fit.
+  their block indices (a CTA waits only for CTAs launched before it); the workspace parts fit;
+- its data flow, emulated in fp32 on the host with the same headers (`bwd_emulation.cc`: the
+  pre-pass, every CTA's visits, masks on partial pairs only, dQ blocks at the row-statistics
+  slots and their conversion, dK/dV per KV row, garbage in rows outside the groups), gives
+  jax.grad of the reference: all of the kernel but its tensor-core plumbing.
 """
 
 from __future__ import annotations
