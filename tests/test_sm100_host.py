@@ -490,3 +490,29 @@ def test_backward_data_flow_matches_reference_gradients(emulation, tmp_path, ran
         assert np.isfinite(got).all(), f"{name}: not finite (a row unwritten or garbage); {p}"
         rms = float(np.sqrt(np.mean(w**2)))
         np.testing.assert_allclose(got, w, atol=1e-4 * rms, rtol=1e-3, err_msg=f"{name}; {p}")
+
+
+# -- the extension's backward dispatch for compute capability 10.0 ------------------------------
+
+
+def test_extension_backward_takes_compute_capability_10_where_sm100_is_built():
+    """The CUDA FFI backward handler's verdict (`cuda_bwd_can_implement`, as `jax_gna._ops`
+    asks it) for a Blackwell device, in a build with sm_100a kernels (CI builds them with nvcc:
+    the smoke set, bf16, head dim 128, rank 3): the sm100 backward takes what it was built for
+    and says why not otherwise."""
+    from jax_gna import _extension
+
+    ext = _extension.ext
+    if ext is None or "100a" not in _extension.built_cuda_archs():
+        pytest.skip("this build has no sm_100a kernels")
+    shape = [2, 6, 24, 24]
+    q, kv = [*shape, 4, 128], [*shape, 2, 128]
+    window = ([3, 9, 11], [1, 2, 3], [1, 2, 2], [1, 0, 0])
+    assert ext.cuda_has_backward()
+    assert ext.cuda_bwd_can_implement(q, kv, kv, "bfloat16", *window, 10, 0) is None
+    assert ext.bwd_workspace_bytes(q, kv, kv, "bfloat16", *window) > 0
+    why = ext.cuda_bwd_can_implement(q, kv, kv, "bfloat16", *window, 10, 3)
+    assert why is not None and "10.0" in why
+    wide = [*shape, 4, 256]
+    why = ext.cuda_bwd_can_implement(wide, wide, wide, "bfloat16", *window, 10, 0)
+    assert why is not None and "head_dim" in why
