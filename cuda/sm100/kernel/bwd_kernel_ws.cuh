@@ -3,7 +3,9 @@
 // dQ added in fp32 to the workspace.
 //
 // NOT VALIDATED ON HARDWARE: no Blackwell GPU was available when this was written; it is
-// compiled (sm_100a) and its host-side geometry is tested, nothing more (cuda/sm100/NOTES.md).
+// compiled (sm_100a), its host-side geometry and its data flow (emulated on the host,
+// cuda/sm100/tests/bwd_emulation.cc) are tested, its tcgen05/TMA/mbarrier plumbing is not
+// (cuda/sm100/NOTES.md).
 //
 // A CTA owns one KV tile (128 tokens, a box of the token grid) of one KV head, one batch entry
 // and one dilation group (decode_bwd_work, cuda/common/bwd_params.h), and visits every Q tile
