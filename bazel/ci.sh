@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Bazel build in CI (called by .ci/run): every target of the workspace built and the host-side
 # tests run, offline, with Debian's Bazel 4. With nvcc on PATH the extension includes the sm90
-# and sm100 kernels (JAX_GNA_KERNEL_SET, default smoke here: bf16, head dim 128; sm100: one kernel).
+# and sm100 kernels (JAX_GNA_KERNEL_SET, default smoke here: bf16, head dim 128; sm100: one
+# forward and one backward kernel).
 #
 # Usage: bazel/ci.sh   (the Python with jax and nanobind: $JAX_GNA_PYTHON, else python3)
 set -euo pipefail

@@ -128,7 +128,8 @@ nvcc_object = rule(
 # The forward kernels of a family, one translation unit each (fwd_instance.cu with GNA_FWD_DTYPE,
 # GNA_FWD_HEAD_DIM, GNA_FWD_RANK, GNA_FWD_CONFIG), as in cuda/<family>/sources.cmake; the sets
 # must agree with it, with cuda/<family>/fwd_kernel_set.h and (the configurations)
-# cuda/<family>/fwd_config.h. sm100 has no head dim 256, and its smoke set is one kernel.
+# cuda/<family>/fwd_config.h. sm100 has no head dim 256, and its smoke set is one forward and one
+# backward kernel.
 _KERNEL_SETS = {
     "sm90": {
         "full": (["kF16", "kBF16"], [32, 64, 128, 256]),
@@ -146,6 +147,12 @@ def _tile_configs(family, kernel_set, head_dim, rank):
     if family == "sm100" and kernel_set == "smoke":
         return [0] if rank == 3 else []
     return [0] if rank == 1 or head_dim > 128 else [0, 1]
+
+def _bwd_ranks(family, kernel_set):
+    # The sm100 smoke set holds one backward kernel (rank 3; cuda/sm100/fwd_kernel_set.h).
+    if family == "sm100" and kernel_set == "smoke":
+        return [3]
+    return [1, 2, 3]
 
 def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
     """A cc_library `name` with the kernels of cuda/<family>/ for `arch`, compiled by nvcc.
@@ -198,7 +205,7 @@ def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
                         **common
                     )
                     objects.append(obj)
-                if has_backward and head_dim <= 128:
+                if has_backward and head_dim <= 128 and rank in _bwd_ranks(family, kernel_set):
                     # One backward kernel per (dtype, head dim <= 128, rank) (bwd_config.h).
                     obj = "{}_bwd_{}_d{}_r{}".format(name, dtype, head_dim, rank)
                     nvcc_object(

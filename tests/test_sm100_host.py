@@ -1,8 +1,9 @@
-"""What the Blackwell (sm_100a) forward launches, checked on the CPU (no GPU, no nvcc).
+"""What the Blackwell (sm_100a) kernels launch, checked on the CPU (no GPU, no nvcc).
 
-The sm100 kernel cannot run here (no Blackwell GPU anywhere; `tests/gpu/test_sm100_fwd.py` runs
-where one is). Everything it computes on the host is checked instead, through a small program
-(`cuda/sm100/tests/fwd_work_cases.cc`, built with the host compiler) over the same headers:
+The sm100 kernels cannot run here (no Blackwell GPU anywhere; `tests/gpu/test_sm100_fwd.py` and
+`tests/gpu/test_sm100_bwd.py` run where one is). Everything they compute on the host is checked
+instead, through small programs (`cuda/sm100/tests/fwd_work_cases.cc`, `bwd_work_cases.cc`,
+built with the host compiler) over the same headers. The forward:
 
 - the tile table (`cuda/sm100/fwd_config.h`) holds the sm90 shapes of `jax_gna._tiles`
   (so the simulator's pick and user tile requests mean the same on both architectures) and fits
@@ -13,6 +14,21 @@ where one is). Everything it computes on the host is checked instead, through a 
   `cuda/common/fwd_params.h`) runs every (batch, head, dilation group, Q tile) holding a query
   exactly once, and each item's KV-tile box and mask-free KV tiles equal brute force from
   `tests/oracle.py`'s windows.
+
+The backward (KV-stationary, `cuda/common/bwd_params.h`):
+
+- its tile table (`cuda/sm100/bwd_config.h`) holds the forward's default shapes and fits TMEM
+  (dK, dV, S^T, dP^T) and shared memory (K, V, Q/dO stages, P^T, dS^T), one CTA per SM;
+- every (batch, KV head, dilation group, KV tile) runs once, in both CTA orders; its Q-tile box
+  and mask-free Q tiles equal brute force; it visits every query head of its GQA group over the
+  box (reversed in deterministic mode), each visit at its own row-statistics slot;
+- deterministic mode: the CTAs adding into one Q tile's dQ hold the turns 0..m-1, m the size
+  of the Q tile's forward KV box (no turn is missing, so no CTA waits forever), in the order of
+  their block indices (a CTA waits only for CTAs launched before it); the workspace parts fit;
+- its data flow, emulated in fp32 on the host with the same headers (`bwd_emulation.cc`: the
+  pre-pass, every CTA's visits, masks on partial pairs only, dQ blocks at the row-statistics
+  slots and their conversion, dK/dV per KV row, garbage in rows outside the groups), gives
+  jax.grad of the reference: all of the kernel but its tensor-core plumbing.
 """
 
 from __future__ import annotations
@@ -36,30 +52,41 @@ SMEM_BYTES = 227 * 1024  # per CTA
 SM_SMEM_BYTES = 228 * 1024  # per SM
 
 
-@pytest.fixture(scope="module")
-def program(tmp_path_factory) -> Path:
+def _build(tmp_path_factory, name: str, opt: str = "-O1") -> Path:
+    """cuda/sm100/tests/<name>.cc built with the host compiler."""
     if CXX is None:
         pytest.skip("no host C++ compiler (g++/c++/clang++) found")
-    exe = tmp_path_factory.mktemp("sm100") / "fwd_work_cases"
-    src = ROOT / "cuda" / "sm100" / "tests" / "fwd_work_cases.cc"
+    exe = tmp_path_factory.mktemp("sm100") / name
+    src = ROOT / "cuda" / "sm100" / "tests" / f"{name}.cc"
     subprocess.run(
-        [CXX, "-std=c++17", "-O1", "-I", str(ROOT), "-I", str(ROOT / "cuda" / "include")]
+        [CXX, "-std=c++17", opt, "-I", str(ROOT), "-I", str(ROOT / "cuda" / "include")]
         + [str(src), "-o", str(exe)],
         check=True,
     )
     return exe
 
 
-def _run(program: Path, problems: list[dict]) -> tuple[list[list[int]], list[dict]]:
+def _output(program: Path, problems: list[dict], option: str) -> list[str]:
+    """The probe's stdout lines for `problems` (cuda/sm100/tests/problem_input.h), with p[option]
+    as each line's probe-specific field."""
     lines = []
     for p in problems:
-        fields = [p["rank"], p["batch"], p["heads"], p["kv_heads"], p["config"]]
+        fields = [p["rank"], p["batch"], p["heads"], p["kv_heads"], int(p[option])]
         for name in ("extent", "kernel_size", "stride", "dilation", "causal"):
             fields += [int(x) for x in p[name]]
         lines.append(" ".join(map(str, fields)))
-    out = subprocess.run(
+    return subprocess.run(
         [str(program)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True
     ).stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "fwd_work_cases")
+
+
+def _run(program: Path, problems: list[dict]) -> tuple[list[list[int]], list[dict]]:
+    out = _output(program, problems, "config")
     table = [[int(x) for x in line.split()[1:]] for line in out if line.startswith("table ")]
     cases: list[dict] = []
     for line in out:
@@ -217,3 +244,275 @@ def test_every_q_tile_runs_once_with_its_brute_force_kv_box(program, rank, seed)
             assert it["box"][a] == box, (p, it, a)
             lo, hi = it["full"][a]
             assert set(range(lo, hi)) == full, (p, it, a)
+
+
+# -- the backward -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bwd_program(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "bwd_work_cases")
+
+
+def _run_bwd(program: Path, problems: list[dict]) -> tuple[list[list[int]], list[dict]]:
+    out = _output(program, problems, "deterministic")
+    table = [[int(x) for x in line.split()[1:]] for line in out if line.startswith("table ")]
+    cases: list[dict] = []
+    for line in out:
+        words = line.split()
+        if words[0] == "case":
+            assert int(words[1]) == len(cases), line
+            cases.append(
+                dict(
+                    items=int(words[3]),
+                    slots=int(words[5]),
+                    workspace=[int(x) for x in words[7:12]],
+                    work=[],
+                )
+            )
+        elif words[0] == "item":
+            v = [int(x) for x in words[1:9]]
+            box = [int(x) for x in words[10:16]]
+            full = [int(x) for x in words[17:23]]
+            cases[-1]["work"].append(
+                dict(
+                    batch=v[0],
+                    kv_head=v[1],
+                    group=tuple(v[2:5]),
+                    kv_tile=tuple(v[5:8]),
+                    box=[tuple(box[2 * a : 2 * a + 2]) for a in range(3)],
+                    full=[tuple(full[2 * a : 2 * a + 2]) for a in range(3)],
+                    visits=[],
+                )
+            )
+        elif words[0] == "visit":
+            head, t0, t1, t2, slot, turn = (int(x) for x in words[1:])
+            cases[-1]["work"][-1]["visits"].append(
+                dict(head=head, tile=(t0, t1, t2), slot=slot, turn=turn)
+            )
+    return table, cases
+
+
+def test_backward_tile_table_fits_tmem_and_shared_memory(bwd_program):
+    table, _ = _run_bwd(bwd_program, [])
+    assert len(table) == 9  # ranks 1-3 x head dims 32/64/128
+    for rank, dim, q0, q1, q2, k0, k1, k2, stages in table:
+        default = _tiles.SM90_FORWARD[rank][dim][0]
+        assert ((q0, q1, q2)[3 - rank :], (k0, k1, k2)[3 - rank :]) == (default.q, default.kv)
+        q, kv = q0 * q1 * q2, k0 * k1 * k2
+        assert q == 128 and kv == 128, "M = 128 UMMAs: a KV row or a Q row per TMEM lane"
+        assert 2 * dim + 2 * q <= TMEM_COLUMNS, "dK, dV, S^T, dP^T (dQ over dP^T)"
+        assert dim <= q, "dQ fits in dP^T's columns"
+        elem = 2
+        smem = elem * (2 * kv * dim + 2 * stages * q * dim + 2 * kv * q)  # K, V, Q/dO, P^T, dS^T
+        smem += 2 * stages * q * 4  # lse2, delta
+        barriers = 8 * (1 + 4 * stages + 6) + 4
+        assert smem + barriers + 1024 <= SMEM_BYTES, (rank, dim, stages, smem)
+        assert 2 * (smem + barriers + 1024 + 1024) > SM_SMEM_BYTES, (rank, dim, stages, smem)
+        assert stages >= 1
+
+
+def _brute_q_axis(axis: tuple, group: int, kv_tile_index: int, kv_tile: int, q_tile: int):
+    """(Q box, set of mask-free Q tiles) of one KV tile along one axis, from oracle.window."""
+    length, k, s, d, causal = axis
+    lg = oracle.group_length(length, d, group)
+    k_lo, k_hi = kv_tile_index * kv_tile, min((kv_tile_index + 1) * kv_tile, lg)
+    if k_hi <= k_lo:
+        return (0, 0), set()
+    windows = [oracle.window(group + d * iq, length, k, s, d, causal)[1:] for iq in range(lg)]
+    seen = [iq for iq, (a, b) in enumerate(windows) if b > k_lo and a < k_hi]
+    box = (min(seen) // q_tile, math.ceil((max(seen) + 1) / q_tile))
+    full = set()
+    if (kv_tile_index + 1) * kv_tile <= lg:
+        for t in range(math.ceil(lg / q_tile)):
+            rows = range(t * q_tile, min((t + 1) * q_tile, lg))
+            if all(windows[iq][0] <= k_lo and windows[iq][1] >= k_hi for iq in rows):
+                full.add(t)
+    return box, full
+
+
+def _bwd_tiles(p: dict, table: list[list[int]]) -> tuple[tuple, tuple]:
+    (row,) = [r for r in table if r[0] == p["rank"] and r[1] == 128]
+    return tuple(row[2:5]), tuple(row[5:8])
+
+
+BWD_RANDOM = [(rank, i, det) for rank in (1, 2, 3) for i in range(12) for det in (False, True)]
+
+
+@pytest.mark.parametrize(
+    ("rank", "seed", "deterministic"),
+    BWD_RANDOM,
+    ids=[f"{r}d-{i}-{'det' if d else 'default'}" for r, i, d in BWD_RANDOM],
+)
+def test_backward_work_items_boxes_visits_and_turns(bwd_program, rank, seed, deterministic):
+    p = _random_problem(np.random.default_rng(500 + 100 * rank + seed), rank)
+    p["deterministic"] = deterministic
+    table, (case,) = _run_bwd(bwd_program, [p])
+    q_tile, kv_tile = _bwd_tiles(p, table)
+    axes = _kernel_axes(p)
+    work = case["work"]
+    kv_group = p["heads"] // p["kv_heads"]
+    lg0 = [oracle.group_length(a[0], a[3], 0) for a in axes]
+    kv_tiles = [math.ceil(n / t) for n, t in zip(lg0, kv_tile, strict=True)]
+    q_tiles = [math.ceil(n / t) for n, t in zip(lg0, q_tile, strict=True)]
+    groups = list(itertools.product(*(range(a[3]) for a in axes)))
+
+    # Every (batch, KV head, group, KV tile of group 0's count) once.
+    keys = [(w["batch"], w["kv_head"], w["group"], w["kv_tile"]) for w in work]
+    assert len(keys) == case["items"] == len(set(keys))
+    want = set(
+        itertools.product(
+            range(p["batch"]),
+            range(p["kv_heads"]),
+            groups,
+            itertools.product(*map(range, kv_tiles)),
+        )
+    )
+    assert set(keys) == want
+
+    visitors: dict = {}  # (batch, head, group, Q tile) -> [(block index, turn)]
+    slots = set()
+    for index, w in enumerate(work):
+        box_tiles = []
+        for a, ax in enumerate(axes):
+            box, full = _brute_q_axis(ax, w["group"][a], w["kv_tile"][a], kv_tile[a], q_tile[a])
+            if box == (0, 0):
+                box_tiles = None
+                break
+            assert w["box"][a] == box, (p, w, a)
+            lo, hi = w["full"][a]
+            assert set(range(lo, hi)) == full, (p, w, a)
+            box_tiles.append(range(*box))
+        if box_tiles is None:  # a KV tile past a shorter group's end: no visit
+            assert not w["visits"], (p, w)
+            continue
+        tiles = list(itertools.product(*box_tiles))  # row-major: TileBox order
+        if deterministic:
+            tiles = tiles[::-1]
+        heads = range(w["kv_head"] * kv_group, (w["kv_head"] + 1) * kv_group)
+        assert [(v["head"], v["tile"]) for v in w["visits"]] == [
+            (h, t) for h in heads for t in tiles
+        ]
+        gi = 0
+        for a, ax in enumerate(axes):
+            gi = gi * ax[3] + w["group"][a]
+        for v in w["visits"]:
+            qt = (v["tile"][0] * q_tiles[1] + v["tile"][1]) * q_tiles[2] + v["tile"][2]
+            n_q = math.prod(q_tiles)
+            slot = (((w["batch"] * p["heads"] + v["head"]) * len(groups) + gi) * n_q + qt) * 128
+            assert v["slot"] == slot and 0 <= slot < case["slots"]
+            slots.add((slot, index))
+            key = (w["batch"], v["head"], w["group"], v["tile"])
+            visitors.setdefault(key, []).append((index, v["turn"]))
+    assert case["slots"] == p["batch"] * p["heads"] * len(groups) * math.prod(q_tiles) * 128
+
+    for (_, _, group, t), seen in visitors.items():
+        kv_box = 1
+        for a, ax in enumerate(axes):
+            (lo, hi), _ = _brute_axis(ax, group[a], t[a], q_tile[a], kv_tile[a])
+            kv_box *= hi - lo
+        by_block = [turn for _, turn in sorted(seen)]
+        assert sorted(by_block) == list(range(kv_box)), (p, group, t, seen)
+        if deterministic:
+            assert by_block == list(range(kv_box)), "a CTA would wait for a later block"
+
+    lse2, delta, dq, sem, total = case["workspace"]
+    n = case["slots"]
+    assert all(x % 256 == 0 for x in (lse2, delta, dq, sem))
+    assert lse2 == 0 and delta >= 4 * n and dq >= delta + 4 * n
+    assert sem >= dq + 4 * n * 128 and total >= sem + 4 * (n // 128)
+
+
+# -- the backward's data flow, emulated on the host -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def emulation(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "bwd_emulation", "-O2")
+
+
+EMULATED = [(rank, i) for rank in (1, 2, 3) for i in range(4)]
+
+
+@pytest.mark.parametrize(("rank", "seed"), EMULATED, ids=[f"{r}d-{i}" for r, i in EMULATED])
+def test_backward_data_flow_matches_reference_gradients(emulation, tmp_path, rank, seed):
+    """`bwd_emulation.cc` runs the kernel's data flow in fp32 (pre-pass, work items, visits,
+    masks on partial pairs only, dQ blocks at the row-statistics slots and their conversion,
+    dK/dV per KV row, garbage in rows outside the groups); its gradients must equal jax.grad of
+    the reference, which checks all of the kernel but the tensor-core plumbing."""
+    import jax
+
+    from jax_gna import reference
+
+    rng = np.random.default_rng(900 + 10 * rank + seed)
+    p = _random_problem(rng, rank)
+    # Small enough for a dense reference and an O(items x visits x 128^2 x D) emulation.
+    p["extent"] = tuple(
+        min(e, k * d + {1: 40, 2: 6, 3: 2}[rank])
+        for e, k, d in zip(p["extent"], p["kernel_size"], p["dilation"], strict=True)
+    )
+    dim = 32
+    scale = float(rng.choice([dim**-0.5, 0.3, -0.2]))
+    spatial = (p["batch"], *p["extent"])
+    x = lambda *s: rng.standard_normal(s, dtype=np.float32)  # noqa: E731
+    q = x(*spatial, p["heads"], dim)
+    k, v = x(*spatial, p["kv_heads"], dim), x(*spatial, p["kv_heads"], dim)
+    dout, dlse = x(*spatial, p["heads"], dim), x(*spatial, p["heads"])
+    window = dict(
+        kernel_size=p["kernel_size"], stride=p["stride"], dilation=p["dilation"],
+        is_causal=tuple(bool(c) for c in p["causal"]), scale=scale,
+    )  # fmt: skip
+    cpu = jax.devices("cpu")[0]
+
+    def forward_and_grads(q, k, v, dout, dlse):
+        (out, lse), vjp = jax.vjp(
+            lambda q, k, v: reference.gna(q, k, v, **window, return_lse=True), q, k, v
+        )
+        return out, lse, vjp((dout, dlse))
+
+    with jax.default_device(cpu), jax.default_matmul_precision("highest"):
+        out, lse, want = jax.jit(forward_and_grads)(q, k, v, dout, dlse)
+    arrays = dict(q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse)
+    for name, a in arrays.items():
+        np.asarray(a, dtype=np.float32).tofile(tmp_path / f"{name}.bin")
+    fields = [p["rank"], p["batch"], p["heads"], p["kv_heads"], dim]
+    for name in ("extent", "kernel_size", "stride", "dilation", "causal"):
+        fields += [int(c) for c in p[name]]
+    subprocess.run(
+        [str(emulation), str(tmp_path)],
+        input=" ".join(map(str, fields)) + f"\n{scale!r}\n",
+        text=True,
+        check=True,
+    )
+    for name, w, like in zip(("dq", "dk", "dv"), want, (q, k, v), strict=True):
+        got = np.fromfile(tmp_path / f"{name}.bin", dtype=np.float32).reshape(like.shape)
+        w = np.asarray(w)
+        assert np.isfinite(got).all(), f"{name}: not finite (a row unwritten or garbage); {p}"
+        rms = float(np.sqrt(np.mean(w**2)))
+        np.testing.assert_allclose(got, w, atol=1e-4 * rms, rtol=1e-3, err_msg=f"{name}; {p}")
+
+
+# -- the extension's backward dispatch for compute capability 10.0 ------------------------------
+
+
+def test_extension_backward_takes_compute_capability_10_where_sm100_is_built():
+    """The CUDA FFI backward handler's verdict (`cuda_bwd_can_implement`, as `jax_gna._ops`
+    asks it) for a Blackwell device, in a build with sm_100a kernels (CI builds them with nvcc:
+    the smoke set, bf16, head dim 128, rank 3): the sm100 backward takes what it was built for
+    and says why not otherwise."""
+    from jax_gna import _extension
+
+    ext = _extension.ext
+    if ext is None or "100a" not in _extension.built_cuda_archs():
+        pytest.skip("this build has no sm_100a kernels")
+    shape = [2, 6, 24, 24]
+    q, kv = [*shape, 4, 128], [*shape, 2, 128]
+    window = ([3, 9, 11], [1, 2, 3], [1, 2, 2], [1, 0, 0])
+    assert ext.cuda_has_backward()
+    assert ext.cuda_bwd_can_implement(q, kv, kv, "bfloat16", *window, 10, 0) is None
+    assert ext.bwd_workspace_bytes(q, kv, kv, "bfloat16", *window) > 0
+    why = ext.cuda_bwd_can_implement(q, kv, kv, "bfloat16", *window, 10, 3)
+    assert why is not None and "10.0" in why
+    wide = [*shape, 4, 256]
+    why = ext.cuda_bwd_can_implement(wide, wide, wide, "bfloat16", *window, 10, 0)
+    assert why is not None and "head_dim" in why

@@ -17,6 +17,7 @@
 #include "../sm90/fwd_launch.h"
 #endif
 #ifdef JAX_GNA_HAS_SM100
+#include "../sm100/bwd_launch.h"
 #include "../sm100/fwd_config.h"
 #include "../sm100/fwd_launch.h"
 #endif
@@ -140,9 +141,16 @@ ffi::Error cuda_bwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer dout, ff
                                    dlse.typed_data(), dq->untyped_data(), dk->untyped_data(),
                                    dv->untyped_data(), workspace->untyped_data(),
                                    deterministic != 0, stream);
-#else
-  (void)deterministic;
 #endif
+#ifdef JAX_GNA_HAS_SM100
+  if (cc->major == 10 && cc->minor == 0)
+    status = gna::sm100::bwd_launch(p, dout.untyped_data(), q.untyped_data(), k.untyped_data(),
+                                    v.untyped_data(), out.untyped_data(), lse.typed_data(),
+                                    dlse.typed_data(), dq->untyped_data(), dk->untyped_data(),
+                                    dv->untyped_data(), workspace->untyped_data(),
+                                    deterministic != 0, stream);
+#endif
+  (void)deterministic;
   return launched("jax_gna_bwd", status);
 }
 
@@ -172,14 +180,19 @@ const char* bwd_can_implement(const Problem& problem, int major, int minor) {
 #ifdef JAX_GNA_HAS_SM90
   if (major < 0 || (major == 9 && minor == 0)) return gna::sm90::bwd_can_implement(problem);
 #endif
+#ifdef JAX_GNA_HAS_SM100
+  if (major < 0 || (major == 10 && minor == 0)) return gna::sm100::bwd_can_implement(problem);
+#endif
   (void)problem, (void)minor;
   if (major < 0) return "this build of jax_gna has no CUDA backward kernels";
   return "this build of jax_gna has no backward kernels for this GPU (built "
-         "archs: " JAX_GNA_CUDA_ARCHS "; sm_90a kernels run on compute capability 9.0 only)";
+         "archs: " JAX_GNA_CUDA_ARCHS
+         "; sm_90a kernels run on compute capability 9.0 only, "
+         "sm_100a kernels on 10.0 only)";
 }
 
 bool has_backward() {
-#ifdef JAX_GNA_HAS_SM90
+#if defined(JAX_GNA_HAS_SM90) || defined(JAX_GNA_HAS_SM100)
   return true;
 #else
   return false;
@@ -195,13 +208,18 @@ size_t fwd_workspace_bytes(const Problem& problem) {
 #endif
 }
 
+// The larger of the built families' needs: the workspace is sized before the device is known.
 size_t bwd_workspace_bytes(const Problem& problem) {
+  size_t bytes = 0;
 #ifdef JAX_GNA_HAS_SM90
-  return gna::sm90::bwd_workspace_bytes(problem);
-#else
-  (void)problem;
-  return 0;
+  bytes = gna::sm90::bwd_workspace_bytes(problem);
 #endif
+#ifdef JAX_GNA_HAS_SM100
+  const size_t sm100 = gna::sm100::bwd_workspace_bytes(problem);
+  bytes = sm100 > bytes ? sm100 : bytes;
+#endif
+  (void)problem;
+  return bytes;
 }
 
 // Every (rank, head dim, configuration) of a family's table, in problem axes.

@@ -28,43 +28,19 @@
 
 #include <cuda.h>
 
-#include <utility>
-
 #include <cutlass/arch/barrier.h>
 #include <cutlass/numeric_conversion.h>
 #include <cutlass/numeric_types.h>
-#include <cute/arch/copy_sm100.hpp>
-#include <cute/arch/tmem_allocator_sm100.hpp>
 #include <cute/atom/mma_atom.hpp>
 #include <cute/tensor.hpp>
 
 #include "../../common/fwd_device.cuh"
 #include "../fwd_config.h"
+#include "tcgen05.cuh"
 
 namespace gna::sm100 {
 
 enum class WarpRole : int { Softmax = 0, Mma = 4, Load = 5 };
-
-// tcgen05 ordering around thread synchronisation (mbarrier waits and arrives, bar.sync):
-// TMEM reads and writes and UMMAs issued before `before_thread_sync` are ordered before the
-// synchronisation, and those after `after_thread_sync` after it.
-CUTLASS_DEVICE void tcgen05_before_thread_sync() {
-  asm volatile("tcgen05.fence::before_thread_sync;" ::: "memory");
-}
-CUTLASS_DEVICE void tcgen05_after_thread_sync() {
-  asm volatile("tcgen05.fence::after_thread_sync;" ::: "memory");
-}
-
-// 32 consecutive TMEM columns of this thread's lane (warp-collective; complete after
-// cutlass::arch::fence_view_async_tmem_load()).
-template <size_t... I>
-CUTLASS_DEVICE void tmem_load_32(uint32_t addr, uint32_t* r, std::index_sequence<I...>) {
-  cute::SM100_TMEM_LOAD_32dp32b32x::copy(addr, r[I]...);
-}
-template <size_t... I>
-CUTLASS_DEVICE void tmem_store_32(uint32_t addr, const uint32_t* r, std::index_sequence<I...>) {
-  cute::SM100_TMEM_STORE_32dp32b32x::copy(r[I]..., addr);
-}
 
 // kConfig_: which of fwd_tile_configs(kRank, kHeadDim) (fwd_config.h) the kernel runs.
 template <class Element_, int kHeadDim_, int kRank_, int kConfig_>
@@ -259,7 +235,7 @@ struct FwdKernel {
     constexpr auto kSeq32 = std::make_index_sequence<32>{};
     const int row = threadIdx.x;
     // This warp's 32 TMEM lanes (a warp may only touch lanes 32 * (warp % 4) ...).
-    const uint32_t tmem_row = tmem + (uint32_t(row & ~31) << 16);
+    const uint32_t tmem_row = tmem_lane_base(tmem, row);
 
     // This row's window per axis (rows past the grid take the last valid query's: finite,
     // never stored).
@@ -435,32 +411,17 @@ struct FwdKernel {
       Barrier::init(&ss.o_done, 1);
       cutlass::arch::fence_barrier_init();
     }
-    cute::TMEM::Allocator1Sm tmem_allocator;
-    if (role == WarpRole::Mma) {
-      tmem_allocator.allocate(kTmemColumns, &ss.tmem_base);
-      tmem_allocator.release_allocation_lock();
-    }
-    tcgen05_before_thread_sync();
-    __syncthreads();
-    tcgen05_after_thread_sync();
-    const uint32_t tmem = ss.tmem_base;
-
-    if (role == WarpRole::Load) {
-      if (cute::elect_one_sync()) load(map_q, map_k, map_v, p, w, ss);
-    } else if (role == WarpRole::Mma) {
-      mma(w, ss, tmem);
-    } else {
-      softmax(p, w, ss, tmem);
-    }
-
     // Every TMEM read and UMMA is complete (the softmax waited for the last P V and its own
-    // loads) before the allocating warp frees the columns.
-    tcgen05_before_thread_sync();
-    __syncthreads();
-    if (role == WarpRole::Mma) {
-      tcgen05_after_thread_sync();
-      tmem_allocator.free(tmem, kTmemColumns);
-    }
+    // loads) when the allocating warp frees the columns (with_tmem).
+    with_tmem<kTmemColumns>(role == WarpRole::Mma, &ss.tmem_base, [&](uint32_t tmem) {
+      if (role == WarpRole::Load) {
+        if (cute::elect_one_sync()) load(map_q, map_k, map_v, p, w, ss);
+      } else if (role == WarpRole::Mma) {
+        mma(w, ss, tmem);
+      } else {
+        softmax(p, w, ss, tmem);
+      }
+    });
   }
 };
 

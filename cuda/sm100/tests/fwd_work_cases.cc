@@ -15,6 +15,7 @@
 #include <iostream>
 
 #include "cuda/sm100/fwd_config.h"
+#include "cuda/sm100/tests/problem_input.h"
 
 int main() {
   using namespace gna;
@@ -30,17 +31,7 @@ int main() {
   }
   Problem p;
   int config = 0;
-  for (int n = 0; std::cin >> p.rank >> p.batch >> p.heads >> p.kv_heads >> config; ++n) {
-    for (int i = 0; i < p.rank; ++i) std::cin >> p.extent[i];
-    for (int i = 0; i < p.rank; ++i) std::cin >> p.kernel_size[i];
-    for (int i = 0; i < p.rank; ++i) std::cin >> p.stride[i];
-    for (int i = 0; i < p.rank; ++i) std::cin >> p.dilation[i];
-    for (int i = 0; i < p.rank; ++i) {
-      int c;
-      std::cin >> c;
-      p.causal[i] = c != 0;
-    }
-    p.head_dim = p.head_dim_v = 128;
+  for (int n = 0; read_problem(std::cin, &p, &config); ++n) {
     const FwdTileConfig tiles = sm100::fwd_tile_config(p.rank, p.head_dim, config);
     const KernelAxes ax = kernel_axes(p);
     const FwdParams fp = fwd_params(p, ax, tiles.q, nullptr, nullptr);

@@ -1,0 +1,263 @@
+// What the backward kernels of every architecture (sm90, sm100) share on the host and the
+// device: the runtime parameters of one launch, the row-statistics slots and workspace layout
+// (built on the host from a Problem), and the decoding of a work item. Plain C++ (no CUDA or
+// CUTLASS headers), so host dispatchers and host tests (cuda/sm100/tests/bwd_work_cases.cc)
+// include it. Kernel axes as in fwd_params.h.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "fwd_params.h"
+
+namespace gna {
+
+// Runtime parameters of one launch, in kernel axes (trivial axes: extent 1, window 1, stride
+// 1, dilation 1, not causal).
+//
+// Row statistics (`row_lse2`, `row_delta`) are laid out per Q tile so that the main kernel
+// reads a tile's values as one contiguous block: slot
+//   (((batch * heads + head) * num_groups + group) * num_q_tiles + q_tile) * q_tile_size + row,
+// with Q tiles counted row-major on group 0 (the longest); slots of rows outside their group
+// hold lse2 = +inf (P = 0) and delta = 0. dQ is accumulated in fp32 per slot (D floats each),
+// in an order inside a Q tile's block that each architecture picks (sm90/dq_order.h; sm100:
+// row-major) and the conversion pass reads back.
+struct BwdParams {
+  int extent[3];
+  int kernel_size[3];
+  int stride[3];
+  int dilation[3];
+  int causal[3];
+  int q_tile[3];   // Q tile shape, for the passes
+  int q_tiles[3];  // Q tiles per axis, group 0
+  int num_q_tiles;
+  int kv_tiles[3];  // KV tiles per axis, group 0
+  int num_kv_tiles;
+  int num_groups;  // product of dilations
+  int heads;
+  int kv_heads;
+  int kv_group;  // heads / kv_heads
+  int batch;
+  int head_dim;
+  float scale;       // softmax scale
+  float scale_log2;  // scale * log2(e)
+  int deterministic;
+  // Inputs of the pre-pass.
+  const void* out;
+  const void* dout;
+  const float* lse;
+  const float* dlse;
+  // Workspace.
+  float* row_lse2;    // lse * log2(e) per row-statistics slot
+  float* row_delta;   // rowsum(dO * O) - dlse per slot
+  float* dq_accum;    // fp32 [num_slots, D] in blocks per Q tile, zeroed first
+  int* dq_semaphore;  // per (batch, head, group, Q tile): deterministic mode's turn counter
+  int64_t num_slots;
+  // Results.
+  void* dq;
+  void* dk;
+  void* dv;
+};
+
+// One work item of a KV-stationary backward: a KV tile of one KV head, one batch entry and one
+// dilation group, the box of Q tiles that visit it and the Q tiles whose pair with it needs no
+// mask (tile_box.h).
+struct BwdWork {
+  int kv_tile[3];
+  int group[3];
+  int kv_head;
+  int batch;
+  GroupAxis axes[3];
+  TileBox box;
+  Range full[3];
+};
+
+// Item order: KV tiles fastest by default (neighbouring CTAs share Q and dO tiles in L2),
+// slowest in deterministic mode (a CTA waits for the lower KV tiles of its Q tiles, which then
+// have lower block indices and run first; CTAs resident together mostly belong to different
+// heads instead of one chain).
+GNA_HOST_DEVICE BwdWork decode_bwd_work(const BwdParams& p, int item, const int q_tile[3],
+                                        const int kv_tile[3]) {
+  BwdWork w;
+  int i = item, kt, gi;
+  if (p.deterministic) {
+    w.kv_head = i % p.kv_heads;
+    i /= p.kv_heads;
+    w.batch = i % p.batch;
+    i /= p.batch;
+    gi = i % p.num_groups;
+    kt = i / p.num_groups;
+  } else {
+    kt = i % p.num_kv_tiles;
+    i /= p.num_kv_tiles;
+    gi = i % p.num_groups;
+    i /= p.num_groups;
+    w.kv_head = i % p.kv_heads;
+    w.batch = i / p.kv_heads;
+  }
+  GNA_UNROLL
+  for (int a = 2; a >= 0; --a) {
+    w.kv_tile[a] = kt % p.kv_tiles[a];
+    kt /= p.kv_tiles[a];
+    w.group[a] = gi % p.dilation[a];
+    gi /= p.dilation[a];
+  }
+  for (int a = 0; a < 3; ++a)
+    w.axes[a] = GroupAxis{group_length(p.extent[a], p.dilation[a], w.group[a]), p.kernel_size[a],
+                          p.stride[a], p.causal[a] != 0};
+  w.box = q_tile_box(w.axes, 3, w.kv_tile, q_tile, kv_tile);
+  for (int a = 0; a < 3; ++a)
+    w.full[a] = full_q_tile_range(w.axes[a], w.kv_tile[a] * kv_tile[a], kv_tile[a], q_tile[a]);
+  return w;
+}
+
+// First row-statistics slot of Q tile `t` of query head `head` of work item `w`.
+GNA_HOST_DEVICE int64_t bwd_stat_slot(const BwdParams& p, const BwdWork& w, int head,
+                                      const int t[3]) {
+  int gi = 0;
+  for (int a = 0; a < 3; ++a) gi = gi * p.dilation[a] + w.group[a];
+  const int qt = (t[0] * p.q_tiles[1] + t[1]) * p.q_tiles[2] + t[2];
+  const int q_size = p.q_tile[0] * p.q_tile[1] * p.q_tile[2];
+  return ((int64_t(w.batch * p.heads + head) * p.num_groups + gi) * p.num_q_tiles + qt) * q_size;
+}
+
+// KV row `o` (per-axis offsets inside the KV tile of `kv_tile` positions) of work item `w`:
+// per axis, the queries (group positions [lo, lo + len)) that see it, empty for a key outside
+// the group; returns its global token, -1 outside the grid.
+GNA_HOST_DEVICE int64_t bwd_kv_row(const BwdParams& p, const BwdWork& w, const int kv_tile[3],
+                                   const int o[3], int lo[3], int len[3]) {
+  int64_t token = w.batch;
+  GNA_UNROLL
+  for (int a = 0; a < 3; ++a) {
+    const int x = w.kv_tile[a] * kv_tile[a] + o[a];
+    const GroupAxis& ax = w.axes[a];
+    const Range inv =
+        x < ax.length ? inverse_window_in_group(x, ax.length, ax.kernel_size, ax.stride, ax.causal)
+                      : Range{0, 0};
+    lo[a] = inv.start;
+    len[a] = inv.end - inv.start;
+    token = (token < 0 || x >= ax.length)
+                ? -1
+                : token * p.extent[a] + w.group[a] + int64_t(p.dilation[a]) * x;
+  }
+  return token;
+}
+
+// The query row of row-statistics slot `slot` (the passes' view of a slot): its head, its row
+// inside the Q tile, and its token (-1 for a row outside its group).
+struct BwdSlotRow {
+  int head;
+  int row;
+  int64_t token;
+};
+
+GNA_HOST_DEVICE BwdSlotRow bwd_slot_row(const BwdParams& p, int64_t slot) {
+  const int q1 = p.q_tile[1], q2 = p.q_tile[2];
+  int64_t s = slot;
+  BwdSlotRow r;
+  r.row = int(s % (p.q_tile[0] * q1 * q2));
+  s /= p.q_tile[0] * q1 * q2;
+  int qt = int(s % p.num_q_tiles);
+  s /= p.num_q_tiles;
+  int gi = int(s % p.num_groups);
+  s /= p.num_groups;
+  r.head = int(s % p.heads);
+  r.token = s / p.heads;  // the batch entry, then the token
+  const int offset[3] = {r.row / (q1 * q2), (r.row / q2) % q1, r.row % q2};
+  int tile[3], group[3];
+  for (int a = 2; a >= 0; --a) {
+    tile[a] = qt % p.q_tiles[a];
+    qt /= p.q_tiles[a];
+    group[a] = gi % p.dilation[a];
+    gi /= p.dilation[a];
+  }
+  for (int a = 0; a < 3; ++a) {
+    const int x = tile[a] * p.q_tile[a] + offset[a];
+    if (x >= group_length(p.extent[a], p.dilation[a], group[a])) {
+      r.token = -1;
+      return r;
+    }
+    r.token = r.token * p.extent[a] + group[a] + int64_t(p.dilation[a]) * x;
+  }
+  return r;
+}
+
+// Host only from here: what a dispatcher derives from a Problem.
+
+// The launch geometry of `p` with `tiles` (no pointers, not deterministic).
+inline BwdParams bwd_geometry(const Problem& p, const KernelAxes& ax, const FwdTileConfig& tiles) {
+  BwdParams bp = {};
+  bp.num_q_tiles = 1;
+  bp.num_kv_tiles = 1;
+  bp.num_groups = 1;
+  for (int a = 0; a < 3; ++a) {
+    bp.extent[a] = ax.extent[a];
+    bp.kernel_size[a] = ax.kernel_size[a];
+    bp.stride[a] = ax.stride[a];
+    bp.dilation[a] = ax.dilation[a];
+    bp.causal[a] = ax.causal[a];
+    bp.q_tile[a] = tiles.q[a];
+    const int lg0 = (ax.extent[a] + ax.dilation[a] - 1) / ax.dilation[a];  // group 0 is longest
+    bp.q_tiles[a] = (lg0 + tiles.q[a] - 1) / tiles.q[a];
+    bp.kv_tiles[a] = (lg0 + tiles.kv[a] - 1) / tiles.kv[a];
+    bp.num_q_tiles *= bp.q_tiles[a];
+    bp.num_kv_tiles *= bp.kv_tiles[a];
+    bp.num_groups *= ax.dilation[a];
+  }
+  bp.heads = p.heads;
+  bp.kv_heads = p.kv_heads;
+  bp.kv_group = p.heads / p.kv_heads;
+  bp.batch = int(p.batch);
+  bp.head_dim = p.head_dim;
+  bp.scale = p.scale;
+  bp.scale_log2 = p.scale * 1.4426950408889634f;
+  bp.num_slots = int64_t(p.batch) * p.heads * bp.num_groups * bp.num_q_tiles * tiles.q_size();
+  return bp;
+}
+
+// CTAs of one launch: one per (KV tile, group, KV head, batch entry).
+inline int64_t bwd_num_items(const BwdParams& bp) {
+  return int64_t(bp.num_kv_tiles) * bp.num_groups * bp.kv_heads * bp.batch;
+}
+
+// Byte offsets of the workspace's parts, each 256-byte aligned: row statistics, the fp32 dQ
+// accumulator, the deterministic mode's semaphores (one per Q tile slot block).
+struct BwdWorkspace {
+  size_t lse2, delta, dq_accum, semaphore, total;
+};
+
+inline BwdWorkspace bwd_workspace_layout(const BwdParams& bp) {
+  const auto align256 = [](size_t n) { return (n + 255) & ~size_t(255); };
+  const size_t slots = size_t(bp.num_slots);
+  const size_t q_size = size_t(bp.q_tile[0]) * bp.q_tile[1] * bp.q_tile[2];
+  BwdWorkspace w;
+  w.lse2 = 0;
+  w.delta = align256(slots * sizeof(float));
+  w.dq_accum = w.delta + align256(slots * sizeof(float));
+  w.semaphore = w.dq_accum + align256(slots * bp.head_dim * sizeof(float));
+  w.total = w.semaphore + align256(slots / q_size * sizeof(int));
+  return w;
+}
+
+// Points the workspace parts of `bp` into `workspace` (bwd_workspace_layout(bp).total bytes)
+// and sets the tensors of one call.
+inline void bwd_bind(BwdParams* bp, void* workspace, const void* dout, const void* out,
+                     const float* lse, const float* dlse, void* dq, void* dk, void* dv,
+                     bool deterministic) {
+  const BwdWorkspace ws = bwd_workspace_layout(*bp);
+  char* base = static_cast<char*>(workspace);
+  bp->deterministic = deterministic ? 1 : 0;
+  bp->out = out;
+  bp->dout = dout;
+  bp->lse = lse;
+  bp->dlse = dlse;
+  bp->row_lse2 = reinterpret_cast<float*>(base + ws.lse2);
+  bp->row_delta = reinterpret_cast<float*>(base + ws.delta);
+  bp->dq_accum = reinterpret_cast<float*>(base + ws.dq_accum);
+  bp->dq_semaphore = reinterpret_cast<int*>(base + ws.semaphore);
+  bp->dq = dq;
+  bp->dk = dk;
+  bp->dv = dv;
+}
+
+}  // namespace gna
