@@ -28,6 +28,7 @@ def fwd_workspace_bytes(
     stride: Sequence[int],
     dilation: Sequence[int],
     is_causal: Sequence[int],
+    view: Sequence[int] = (),  # per axis (extent, q_offset, kv_offset), flattened; () none
 ) -> int: ...
 def bwd_workspace_bytes(
     q_shape: Sequence[int],
@@ -38,6 +39,7 @@ def bwd_workspace_bytes(
     stride: Sequence[int],
     dilation: Sequence[int],
     is_causal: Sequence[int],
+    view: Sequence[int] = (),  # per axis (extent, q_offset, kv_offset), flattened; () none
 ) -> int: ...
 def cuda_bwd_can_implement(
     q_shape: Sequence[int],
@@ -50,6 +52,7 @@ def cuda_bwd_can_implement(
     is_causal: Sequence[int],
     cc_major: int = -1,
     cc_minor: int = 0,
+    view: Sequence[int] = (),
 ) -> str | None: ...
 def cuda_fwd_can_implement(
     q_shape: Sequence[int],
@@ -64,4 +67,5 @@ def cuda_fwd_can_implement(
     cc_minor: int = 0,
     q_tile: Sequence[int] = (),
     kv_tile: Sequence[int] = (),
+    view: Sequence[int] = (),
 ) -> str | None: ...

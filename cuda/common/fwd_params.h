@@ -109,8 +109,8 @@ GNA_HOST_DEVICE FwdWork decode_fwd_work(const FwdParams& p, int item, const int 
   }
   w.valid = true;
   for (int a = 0; a < 3; ++a) {
-    w.axes[a] = GroupAxis{group_length(p.extent[a], p.dilation[a], w.group[a]), p.kernel_size[a],
-                          p.stride[a], p.causal[a] != 0};
+    w.axes[a] = whole_group_axis(group_length(p.extent[a], p.dilation[a], w.group[a]), p.kernel_size[a],
+                          p.stride[a], p.causal[a] != 0);
     w.valid &= w.q_tile[a] * q_tile[a] < w.axes[a].length;
   }
   w.box = kv_tile_box(w.axes, 3, w.q_tile, q_tile, kv_tile);

@@ -102,6 +102,10 @@ cudaError_t launch_rank(int rank, DType dtype, const CUtensorMap& mq, const CUte
 }  // namespace
 
 const char* bwd_can_implement(const Problem& p) {
+  if (p.has_view())
+    return "the sm90 backward kernels take whole axes only, not a view (a shard's queries "
+           "against its key block: jax_gna.parallel runs those with the cpu or xla "
+           "implementation)";
   if (p.dtype != DType::kF16 && p.dtype != DType::kBF16)
     return "the sm90 backward kernels take float16 or bfloat16 only";
   if (std::find(std::begin(kBwdHeadDims), std::end(kBwdHeadDims), p.head_dim) ==

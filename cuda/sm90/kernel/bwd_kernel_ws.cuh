@@ -190,8 +190,8 @@ struct BwdKernel {
     constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
     for (int a = 0; a < 3; ++a)
-      w.axes[a] = GroupAxis{group_length(p.extent[a], p.dilation[a], w.group[a]), p.kernel_size[a],
-                            p.stride[a], p.causal[a] != 0};
+      w.axes[a] = whole_group_axis(group_length(p.extent[a], p.dilation[a], w.group[a]), p.kernel_size[a],
+                            p.stride[a], p.causal[a] != 0);
     w.box = q_tile_box(w.axes, 3, w.kv_tile, q_tile, kv_tile);
     for (int a = 0; a < 3; ++a)
       w.full[a] = full_q_tile_range(w.axes[a], w.kv_tile[a] * kv_tile[a], kv_tile[a], q_tile[a]);
