@@ -61,9 +61,12 @@ struct KeyBox {
 };
 
 // Row-major token strides of the spatial axes (unused axes have extent 1).
+// `keys`: the grid of the k/v arrays, else that of q/out/lse (they differ in a view).
 struct TokenGrid {
   int64_t stride[kMaxRank];
-  explicit TokenGrid(const int* extent) {
+  TokenGrid(const Problem& p, bool keys) {
+    int extent[kMaxRank];
+    for (int a = 0; a < kMaxRank; ++a) extent[a] = keys ? p.kv_length(a) : p.q_length(a);
     stride[2] = 1;
     stride[1] = extent[2];
     stride[0] = int64_t{extent[1]} * extent[2];
@@ -157,7 +160,7 @@ void forward(const Problem& p, const void* q_raw, const void* k_raw, const void*
   const Fp32Tensor k(k_raw, p.dtype, p.batch * kv_tokens * Hkv * D);
   const Fp32Tensor v(v_raw, p.dtype, p.batch * kv_tokens * Hkv * Dv);
   std::vector<float> out(p.batch * tokens * H * Dv);
-  const TokenGrid grid(p.q_extent), kv_grid(p.kv_extent);
+  const TokenGrid grid(p, false), kv_grid(p, true);
   const int64_t window = max_box_size(p);
 
   // One task = one (batch, head) pair and a chunk of query tokens.
@@ -215,7 +218,7 @@ void backward(const Problem& p, const void* dout_raw, const void* q_raw, const v
   std::vector<float> dq(p.batch * tokens * H * D, 0.f);
   std::vector<float> dk(p.batch * kv_tokens * Hkv * D, 0.f);
   std::vector<float> dv(p.batch * kv_tokens * Hkv * Dv, 0.f);
-  const TokenGrid grid(p.q_extent), kv_grid(p.kv_extent);
+  const TokenGrid grid(p, false), kv_grid(p, true);
   const int64_t window = max_box_size(p);
 
   // One task = one (batch, kv head): it owns that slice of dk/dv and the dq of the query heads

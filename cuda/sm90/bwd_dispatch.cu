@@ -163,7 +163,7 @@ cudaError_t bwd_launch(const Problem& p, const void* dout, const void* q, const 
   CUtensorMap mq, mdo, mk, mv;
   if ((err = fwd_host::make_qkv_tensor_maps(p, ax, tiles, q, k, v, &mq, &mk, &mv))) return err;
   if ((err = fwd_host::make_token_tensor_map(&mdo, dout, p.dtype, p.head_dim, p.heads, ax, p.batch,
-                                             tiles.q)))
+                                             tiles.q, ax.q_extent)))
     return err;
   const unsigned grid = unsigned(int64_t(bp.num_kv_tiles) * bp.num_groups * p.kv_heads * p.batch);
   switch (p.head_dim) {

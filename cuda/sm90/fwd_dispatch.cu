@@ -102,9 +102,6 @@ const char* can_implement(const Problem& p, int* config) {
   static constexpr const char* kBoxTooLarge =
       "the sm90 kernels need tile * dilation <= 256 along every axis (a TMA box limit; tiles "
       "span up to 128 tokens in 1-D and 16 per axis in 2-D/3-D, so 1-D allows dilation <= 2)";
-  if (p.has_view())
-    return "the sm90 kernels take whole axes only, not a view (a shard's queries against its "
-           "key block: jax_gna.parallel runs those with the cpu or xla implementation)";
   if (p.dtype != DType::kF16 && p.dtype != DType::kBF16)
     return "the sm90 kernels take float16 or bfloat16 only";
   if (std::find(std::begin(kFwdHeadDims), std::end(kFwdHeadDims), p.head_dim) ==
@@ -115,6 +112,7 @@ const char* can_implement(const Problem& p, int* config) {
     return "this build's sm90 kernel set (JAX_GNA_KERNEL_SET=smoke) lacks this dtype/head_dim";
   const KernelAxes ax = kernel_axes(p);
   if (const char* reason = fwd_host::check_common(p, ax)) return reason;
+  if (const char* reason = fwd_host::check_view(p)) return reason;
   return fwd_host::pick_config(p, ax, fwd_tile_configs(p.rank, p.head_dim),
                                not_compiled(p.rank, p.head_dim), kBoxTooLarge, config);
 }
