@@ -8,9 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-import oracle
 from jax_gna import _extension, _ops
 from jax_gna._params import GnaParams
+from tests import oracle
 
 pytestmark = pytest.mark.skipif(_extension.ext is None, reason=str(_extension.missing))
 

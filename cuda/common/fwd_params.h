@@ -87,8 +87,9 @@ struct FwdWork {
 // Axis `a` of local dilation group `group` of the launch's view, in group coordinates
 // (tile_box.h). For whole axes the same numbers as group_axis(Axis, group).
 GNA_HOST_DEVICE GroupAxis launch_group_axis(const FwdParams& p, int a, int group) {
-  return group_axis(Axis{p.extent[a], p.kernel_size[a], p.stride[a], p.dilation[a], p.causal[a] != 0},
-                    AxisView{p.q_offset[a], p.q_extent[a], p.kv_offset[a], p.kv_extent[a]}, group);
+  return group_axis(
+      Axis{p.extent[a], p.kernel_size[a], p.stride[a], p.dilation[a], p.causal[a] != 0},
+      AxisView{p.q_offset[a], p.q_extent[a], p.kv_offset[a], p.kv_extent[a]}, group);
 }
 
 // Item order: Q tiles fastest (in p.tile_order), then dilation groups, heads, batch.

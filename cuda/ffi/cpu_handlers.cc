@@ -40,8 +40,8 @@ ffi::Error cpu_bwd(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi:
                    float scale, int64_t /*deterministic: the CPU kernel always is*/,
                    I64Span view_extent, I64Span view_q_offset, I64Span view_kv_offset) {
   auto problem = gna::ffi_bindings::decode_bwd_problem(
-      dout, q, k, v, out, lse, dlse, *dq, *dk, *dv, kernel_size, stride, dilation, is_causal,
-      scale, {view_extent, view_q_offset, view_kv_offset});
+      dout, q, k, v, out, lse, dlse, *dq, *dk, *dv, kernel_size, stride, dilation, is_causal, scale,
+      {view_extent, view_q_offset, view_kv_offset});
   if (problem.has_error()) return problem.error();
   const gna::Problem& p = *problem;
   gna::cpu::backward(p, dout.untyped_data(), q.untyped_data(), k.untyped_data(), v.untyped_data(),

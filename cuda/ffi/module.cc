@@ -61,8 +61,7 @@ gna::Problem problem(const Ints& q, const Ints& k, const Ints& v, const std::str
   const std::string error = gna::problem_from_shapes(
       list(q), list(k), list(v), dtype_from_name(dtype),
       gna::WindowAttrs{list(kernel_size), list(stride), list(dilation), list(is_causal), 1.0f,
-                       list(q_tile), list(kv_tile), list(extent), list(q_offset),
-                       list(kv_offset)},
+                       list(q_tile), list(kv_tile), list(extent), list(q_offset), list(kv_offset)},
       &p);
   if (!error.empty()) throw nb::value_error(error.c_str());
   return p;

@@ -34,7 +34,8 @@ std::string problem_from_shapes(Int64List q, Int64List k, Int64List v, DType dty
   const size_t n = q.size;
   const bool view = attrs.view_extent.size != 0;
   if (attrs.view_q_offset.size != attrs.view_extent.size ||
-      attrs.view_kv_offset.size != attrs.view_extent.size || (view && attrs.view_extent.size != rank))
+      attrs.view_kv_offset.size != attrs.view_extent.size ||
+      (view && attrs.view_extent.size != rank))
     return "view_extent, view_q_offset and view_kv_offset must all be empty (no view) or have one "
            "entry per spatial axis (" +
            std::to_string(rank) + "), got " + shape_str(attrs.view_extent) + ", " +

@@ -36,15 +36,21 @@ constexpr FwdTileConfig bwd_tile_config(int rank) {
 // with Q tiles counted row-major on group 0 (the longest); slots of rows outside their group
 // hold lse2 = +inf (P = 0) and delta = 0.
 struct BwdParams {
-  int extent[3];
+  int extent[3];  // the whole axes (windows); the arrays hold the view's slices below
+  // The view (gna/problem.h): q/dout/out/lse/dq hold q_extent positions from q_offset on,
+  // k/v/dk/dv hold kv_extent from kv_offset on. Whole axes: offsets 0, extents = extent.
+  int q_offset[3];
+  int q_extent[3];
+  int kv_offset[3];
+  int kv_extent[3];
   int kernel_size[3];
   int stride[3];
   int dilation[3];
   int causal[3];
   int q_tile[3];   // Q tile shape (bwd_tile_config), for the pre-pass
-  int q_tiles[3];  // Q tiles per axis, group 0
+  int q_tiles[3];  // Q tiles per axis, local group 0
   int num_q_tiles;
-  int kv_tiles[3];  // KV tiles per axis, group 0
+  int kv_tiles[3];  // KV tiles per axis, local group 0
   int num_kv_tiles;
   int num_groups;  // product of dilations
   int heads;
@@ -71,5 +77,13 @@ struct BwdParams {
   void* dk;
   void* dv;
 };
+
+// Axis `a` of local dilation group `group` of the launch's view, in group coordinates
+// (tile_box.h); for whole axes the same numbers as group_axis(Axis, group).
+GNA_HOST_DEVICE GroupAxis bwd_group_axis(const BwdParams& p, int a, int group) {
+  return group_axis(
+      Axis{p.extent[a], p.kernel_size[a], p.stride[a], p.dilation[a], p.causal[a] != 0},
+      AxisView{p.q_offset[a], p.q_extent[a], p.kv_offset[a], p.kv_extent[a]}, group);
+}
 
 }  // namespace gna::sm90

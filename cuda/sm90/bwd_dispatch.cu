@@ -34,10 +34,16 @@ BwdParams geometry(const Problem& p) {
     bp.stride[a] = ax.stride[a];
     bp.dilation[a] = ax.dilation[a];
     bp.causal[a] = ax.causal[a];
+    bp.q_offset[a] = ax.q_offset[a];
+    bp.q_extent[a] = ax.q_extent[a];
+    bp.kv_offset[a] = ax.kv_offset[a];
+    bp.kv_extent[a] = ax.kv_extent[a];
     bp.q_tile[a] = tiles.q[a];
-    const int lg0 = (ax.extent[a] + ax.dilation[a] - 1) / ax.dilation[a];  // group 0 is longest
-    bp.q_tiles[a] = (lg0 + tiles.q[a] - 1) / tiles.q[a];
-    bp.kv_tiles[a] = (lg0 + tiles.kv[a] - 1) / tiles.kv[a];
+    // Tiles cover the local slices; local group 0 is the longest.
+    const int q_lg0 = (ax.q_extent[a] + ax.dilation[a] - 1) / ax.dilation[a];
+    const int kv_lg0 = (ax.kv_extent[a] + ax.dilation[a] - 1) / ax.dilation[a];
+    bp.q_tiles[a] = (q_lg0 + tiles.q[a] - 1) / tiles.q[a];
+    bp.kv_tiles[a] = (kv_lg0 + tiles.kv[a] - 1) / tiles.kv[a];
     bp.num_q_tiles *= bp.q_tiles[a];
     bp.num_kv_tiles *= bp.kv_tiles[a];
     bp.num_groups *= ax.dilation[a];
@@ -102,10 +108,6 @@ cudaError_t launch_rank(int rank, DType dtype, const CUtensorMap& mq, const CUte
 }  // namespace
 
 const char* bwd_can_implement(const Problem& p) {
-  if (p.has_view())
-    return "the sm90 backward kernels take whole axes only, not a view (a shard's queries "
-           "against its key block: jax_gna.parallel runs those with the cpu or xla "
-           "implementation)";
   if (p.dtype != DType::kF16 && p.dtype != DType::kBF16)
     return "the sm90 backward kernels take float16 or bfloat16 only";
   if (std::find(std::begin(kBwdHeadDims), std::end(kBwdHeadDims), p.head_dim) ==
@@ -116,6 +118,7 @@ const char* bwd_can_implement(const Problem& p) {
     return "this build's sm90 kernel set (JAX_GNA_KERNEL_SET=smoke) lacks this dtype/head_dim";
   const KernelAxes ax = kernel_axes(p);
   if (const char* reason = fwd_host::check_common(p, ax)) return reason;
+  if (const char* reason = fwd_host::check_view(p)) return reason;
   const FwdTileConfig tiles = bwd_tile_config(p.rank);
   if (!fwd_host::boxes_fit(tiles, ax))
     return "the sm90 backward kernels need tile * dilation <= 256 along every axis (a TMA box "

@@ -10,7 +10,7 @@
 
 #include "device/bwd_kernel_launch.h"
 #include "dq_order.h"
-#include "gna/window.h"
+#include "gna/tile_box.h"
 
 namespace gna::sm90 {
 namespace {
@@ -58,11 +58,11 @@ __device__ SlotRow slot_row(const BwdParams& p, int64_t slot) {
   }
   for (int a = 0; a < 3; ++a) {
     const int x = tile[a] * p.q_tile[a] + offset[a];
-    if (x >= group_length(p.extent[a], p.dilation[a], group[a])) {
+    if (x >= q_end(bwd_group_axis(p, a, group[a]))) {
       r.token = -1;
       return r;
     }
-    r.token = r.token * p.extent[a] + group[a] + int64_t(p.dilation[a]) * x;
+    r.token = r.token * p.q_extent[a] + group[a] + int64_t(p.dilation[a]) * x;
   }
   return r;
 }

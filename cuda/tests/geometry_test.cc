@@ -542,8 +542,9 @@ void check_view(const gna::Axis* axes, const gna::AxisView* views, int rank, con
         if (in_box(inv, rank, t) != any) what = "q_tile_box";
         if (full_fwd != all) what = "full_tile_range";
         if (full_inv != all) what = "full_q_tile_range";
-        if (kind != (all ? gna::TileKind::kFull : any ? gna::TileKind::kPartial
-                                                      : gna::TileKind::kEmpty))
+        if (kind != (all   ? gna::TileKind::kFull
+                     : any ? gna::TileKind::kPartial
+                           : gna::TileKind::kEmpty))
           what = "classify_tile";
         EXPECT(what == nullptr,
                "%s on a view: rank %d, axis 0 L=%d K=%d s=%d d=%d causal=%d view (%d %d %d %d), "
@@ -565,8 +566,8 @@ void check_view(const gna::Axis* axes, const gna::AxisView* views, int rank, con
         const int xq = v.q_offset + i, xk = v.kv_offset + j;
         const bool want = xq < ax.length && 0 <= xk && xk < ax.length && gna::visible(ax, xq, xk);
         const int n = j - keys.key_first;
-        const bool got = keys.count > 0 && n >= 0 && n % ax.dilation == 0 &&
-                         n / ax.dilation < keys.count;
+        const bool got =
+            keys.count > 0 && n >= 0 && n % ax.dilation == 0 && n / ax.dilation < keys.count;
         EXPECT(got == want, "view_keys: L=%d view (%d %d %d %d) query %d key %d", ax.length,
                v.q_offset, v.q_length, v.kv_offset, v.kv_length, i, j);
       }

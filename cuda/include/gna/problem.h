@@ -53,9 +53,7 @@ struct Problem {
   }
   // Positions of the q (out, lse) and of the k (v) arrays along axis a.
   GNA_HOST_DEVICE int q_length(int a) const { return q_extent[a] > 0 ? q_extent[a] : extent[a]; }
-  GNA_HOST_DEVICE int kv_length(int a) const {
-    return kv_extent[a] > 0 ? kv_extent[a] : extent[a];
-  }
+  GNA_HOST_DEVICE int kv_length(int a) const { return kv_extent[a] > 0 ? kv_extent[a] : extent[a]; }
   GNA_HOST_DEVICE AxisView view(int a) const {
     return AxisView{q_offset[a], q_length(a), kv_offset[a], kv_length(a)};
   }

@@ -76,7 +76,9 @@ GNA_HOST_DEVICE GroupAxis group_axis(const Axis& axis, const AxisView& view, int
 GNA_HOST_DEVICE int q_end(const GroupAxis& a) { return min_int(a.q_length, a.length - a.q_offset); }
 // The valid local keys: inside the key slice and inside the axis.
 GNA_HOST_DEVICE int kv_begin(const GroupAxis& a) { return max_int(0, -a.kv_offset); }
-GNA_HOST_DEVICE int kv_end(const GroupAxis& a) { return min_int(a.kv_length, a.length - a.kv_offset); }
+GNA_HOST_DEVICE int kv_end(const GroupAxis& a) {
+  return min_int(a.kv_length, a.length - a.kv_offset);
+}
 
 // Window of local query `iq`, in local key coordinates (not cut to the valid keys).
 GNA_HOST_DEVICE Range group_window(const GroupAxis& a, int iq) {
@@ -162,16 +164,16 @@ GNA_HOST_DEVICE Range q_tile_range(const GroupAxis& a, int kv_origin, int kv_til
   const int k_lo = max_int(kv_origin, kv_begin(a));
   const int k_hi = min_int(kv_origin + kv_tile, kv_end(a));
   if (k_hi <= k_lo) return Range{0, 0};
-  const int first = max_int(inverse_window_in_group(a.kv_offset + k_lo, a.length, a.kernel_size,
-                                                    a.stride, a.causal)
-                                    .start -
-                                a.q_offset,
-                            0);
-  const int end = min_int(inverse_window_in_group(a.kv_offset + k_hi - 1, a.length,
-                                                  a.kernel_size, a.stride, a.causal)
-                                  .end -
-                              a.q_offset,
-                          q_end(a));
+  const int first = max_int(
+      inverse_window_in_group(a.kv_offset + k_lo, a.length, a.kernel_size, a.stride, a.causal)
+              .start -
+          a.q_offset,
+      0);
+  const int end = min_int(
+      inverse_window_in_group(a.kv_offset + k_hi - 1, a.length, a.kernel_size, a.stride, a.causal)
+              .end -
+          a.q_offset,
+      q_end(a));
   if (end <= first) return Range{0, 0};
   return Range{first / q_tile, ceil_div_int(end, q_tile)};
 }

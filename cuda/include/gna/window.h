@@ -116,7 +116,8 @@ GNA_HOST_DEVICE ViewKeys view_keys(const Axis& axis, const AxisView& view, int i
   const int d = axis.dilation, g = qi % d;
   const Range w = window(axis, qi);
   // Group coordinates of the key slice's first and past-the-end positions of group g.
-  const int lo = max_int(view.kv_offset, 0), hi = min_int(view.kv_offset + view.kv_length, axis.length);
+  const int lo = max_int(view.kv_offset, 0),
+            hi = min_int(view.kv_offset + view.kv_length, axis.length);
   const int first = max_int(w.start, (lo - g + d - 1) / d);
   const int end = min_int(w.end, hi > g ? (hi - g + d - 1) / d : 0);
   if (end <= first) return ViewKeys{0, 0};

@@ -189,9 +189,7 @@ struct BwdKernel {
     }
     constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
-    for (int a = 0; a < 3; ++a)
-      w.axes[a] = whole_group_axis(group_length(p.extent[a], p.dilation[a], w.group[a]), p.kernel_size[a],
-                            p.stride[a], p.causal[a] != 0);
+    for (int a = 0; a < 3; ++a) w.axes[a] = bwd_group_axis(p, a, w.group[a]);
     w.box = q_tile_box(w.axes, 3, w.kv_tile, q_tile, kv_tile);
     for (int a = 0; a < 3; ++a)
       w.full[a] = full_q_tile_range(w.axes[a], w.kv_tile[a] * kv_tile[a], kv_tile[a], q_tile[a]);
@@ -220,13 +218,15 @@ struct BwdKernel {
     return w.group[a] + p.dilation[a] * x;
   }
 
+  // `extent0`: the first-axis extent of the tensor (its batch entries are folded into that
+  // axis): p.q_extent[0] for Q and dO, p.kv_extent[0] for K and V.
   template <uint32_t kChunkBytes>
   static CUTLASS_DEVICE void tma_load_tile(const CUtensorMap* map, uint64_t* barrier, Element* smem,
                                            int head, const int origin[3], const BwdParams& p,
-                                           const Work& w, uint64_t hint) {
+                                           const Work& w, int extent0, uint64_t hint) {
     const int c2 = tma_coord(p, w, 2, origin[2]);
     const int c1 = tma_coord(p, w, 1, origin[1]);
-    const int c0 = w.batch * p.extent[0] + tma_coord(p, w, 0, origin[0]);
+    const int c0 = w.batch * extent0 + tma_coord(p, w, 0, origin[0]);
     CUTLASS_PRAGMA_UNROLL
     for (int c = 0; c < kChunks; ++c) {
       cute::SM90_TMA_LOAD_5D::copy(map, barrier, hint,
@@ -245,9 +245,9 @@ struct BwdKernel {
     const int kv_origin[3] = {w.kv_tile[0] * kK0, w.kv_tile[1] * kK1, w.kv_tile[2] * kK2};
     cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.kv_full, 2 * kTileBytesKV);
     tma_load_tile<kChunkBytesKV>(map_k, &ss.kv_full, ss.k, w.kv_head, kv_origin, p, w,
-                                 kEvictNormal);
+                                 p.kv_extent[0], kEvictNormal);
     tma_load_tile<kChunkBytesKV>(map_v, &ss.kv_full, ss.v, w.kv_head, kv_origin, p, w,
-                                 kEvictNormal);
+                                 p.kv_extent[0], kEvictNormal);
 
     auto state = cutlass::make_producer_start_state<PipelineQ>();
     const int n = w.box.size();
@@ -261,9 +261,9 @@ struct BwdKernel {
         uint64_t* bar = pipe.producer_get_barrier(state);
         const int s = state.index();
         tma_load_tile<kChunkBytesQ>(map_q, bar, ss.q + s * kTileQ * kHeadDim, head, origin, p, w,
-                                    kEvictLast);
+                                    p.q_extent[0], kEvictLast);
         tma_load_tile<kChunkBytesQ>(map_do, bar, ss.dout + s * kTileQ * kHeadDim, head, origin, p,
-                                    w, kEvictLast);
+                                    w, p.q_extent[0], kEvictLast);
         const int64_t slot = stat_slot(p, w, head, t);
         cute::SM90_BULK_COPY_G2S::copy(p.row_lse2 + slot, bar, ss.lse2[s], kStatBytes);
         cute::SM90_BULK_COPY_G2S::copy(p.row_delta + slot, bar, ss.delta[s], kStatBytes);
@@ -285,13 +285,14 @@ struct BwdKernel {
     o[2] = r % kK2;
   }
 
-  // Global token of the row with per-axis group positions x (or -1 outside the grid).
+  // Token of the K/V row with per-axis local group positions x in the k/v arrays (or -1 past
+  // their end). A view's keys outside the axis have a token (their dK, dV are 0).
   static CUTLASS_DEVICE int64_t token_of(const BwdParams& p, const Work& w, const int x[3]) {
     int64_t token = w.batch;
     CUTLASS_PRAGMA_UNROLL
     for (int a = 0; a < 3; ++a) {
-      if (x[a] >= w.axes[a].length) return -1;
-      token = token * p.extent[a] + (w.group[a] + p.dilation[a] * x[a]);
+      if (x[a] >= w.axes[a].kv_length) return -1;
+      token = token * p.kv_extent[a] + (w.group[a] + p.dilation[a] * x[a]);
     }
     return token;
   }
@@ -409,8 +410,9 @@ struct BwdKernel {
     const int row_base = 16 * warp + lane / 4;
     const int col_base = 2 * (lane & 3);
 
-    // The two KV rows this thread owns: per axis, the queries (group positions) that see them
-    // (the inverse window; empty for a key outside the group).
+    // The two KV rows this thread owns: per axis, the queries (local group positions) that see
+    // them (the inverse window, cut to the valid queries; empty for a key outside the valid
+    // keys: the group, or a view's key slice and axis).
     int row_lo[2][3], row_len[2][3];
     int64_t kv_token[2];
     CUTLASS_PRAGMA_UNROLL
@@ -421,12 +423,13 @@ struct BwdKernel {
       for (int a = 0; a < 3; ++a) {
         x[a] = w.kv_tile[a] * kv_tile[a] + o[a];
         const GroupAxis& ax = w.axes[a];
-        const Range inv =
-            x[a] < ax.length
-                ? inverse_window_in_group(x[a], ax.length, ax.kernel_size, ax.stride, ax.causal)
-                : Range{0, 0};
-        row_lo[r][a] = inv.start;
-        row_len[r][a] = inv.end - inv.start;
+        const Range inv = kv_begin(ax) <= x[a] && x[a] < kv_end(ax)
+                              ? inverse_window_in_group(ax.kv_offset + x[a], ax.length,
+                                                        ax.kernel_size, ax.stride, ax.causal)
+                              : Range{ax.q_offset, ax.q_offset};
+        const int lo = max_int(inv.start - ax.q_offset, 0);
+        row_lo[r][a] = lo;
+        row_len[r][a] = max_int(min_int(inv.end - ax.q_offset, q_end(ax)) - lo, 0);
       }
       kv_token[r] = token_of(p, w, x);
     }
