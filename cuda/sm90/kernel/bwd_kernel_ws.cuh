@@ -563,7 +563,11 @@ struct BwdKernel {
           if (p.deterministic) {
             // The writer thread adds it in turn: after the KV tiles before this one in the Q
             // tile's KV box (box order) and, with split K, after warpgroup 0 of this CTA.
-            const int index = kv_tile_box(w.axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
+            // The group axes again from p, not from w: keeping w.axes live through the loop
+            // costs registers (spills) for this rare branch.
+            GroupAxis axes[3];
+            for (int a = 0; a < 3; ++a) axes[a] = bwd_group_axis(p, a, w.group[a]);
+            const int index = kv_tile_box(axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
             ss.dq_handoff[wg] = DqHandoff{block, p.dq_semaphore + slot / kTileQ, 2 * index + wg};
             cutlass::arch::ClusterBarrier::arrive(&ss.dq_full[wg]);
           } else {
