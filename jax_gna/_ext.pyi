@@ -19,6 +19,14 @@ def window(
 def inverse_window(
     length: int, kernel_size: int, stride: int = 1, dilation: int = 1, is_causal: bool = False
 ) -> tuple[list[int], list[int]]: ...
+def view_keys(
+    length: int,
+    kernel_size: int,
+    stride: int,
+    dilation: int,
+    is_causal: bool,
+    view: Sequence[int],  # (q_offset, q_length, kv_offset, kv_length)
+) -> tuple[list[int], list[int]]: ...
 def fwd_workspace_bytes(
     q_shape: Sequence[int],
     k_shape: Sequence[int],

@@ -258,6 +258,19 @@ def test_eager_call_on_auto_mesh_routes_by_the_arrays_sharding(monkeypatch):
     assert len(calls) == 1 and calls[0]["axis_name"] == "x" and calls[0]["spatial_axis"] == 0
 
 
+@pytest.mark.parametrize("implementation", [None, "xla"])
+def test_eager_routing_keeps_the_requested_implementation(monkeypatch, implementation):
+    calls = []
+    sharded = parallel.sharded
+    monkeypatch.setattr(parallel, "sharded", lambda *a, **kw: calls.append(kw) or sharded(*a, **kw))
+    q, k, v, _, _ = _arrays((1, 24, 3, 2, 8), 2, 0)
+    mesh = _mesh(4)
+    put = lambda x: jax.device_put(x, NamedSharding(mesh, P(None, "x")))  # noqa: E731
+    out = jax_gna.gna(put(q), put(k), put(v), (5, 3), implementation=implementation)
+    chex.assert_trees_all_close(out, reference.gna(q, k, v, (5, 3)), **TOL)
+    assert calls[0]["implementation"] == implementation
+
+
 def test_gna_gathers_when_shards_are_smaller_than_the_halo():
     q, k, v, _, _ = _arrays((1, 16, 2, 8), 2, 0)
     mesh = _mesh(8, AxisType.Explicit)

@@ -160,6 +160,30 @@ NB_MODULE(_ext, m) {
       "(q_start, q_end) of the queries attending to every key along one axis (window.h).");
 
   m.def(
+      "view_keys",
+      [](int length, int kernel_size, int stride, int dilation, bool is_causal,
+         std::vector<int> view) {
+        const gna::Axis a = axis(length, kernel_size, stride, dilation, is_causal);
+        if (view.size() != 4)
+          throw nb::value_error(
+              "view must be (q_offset, q_length, "
+              "kv_offset, kv_length)");
+        const gna::AxisView v{view[0], view[1], view[2], view[3]};
+        if (const char* reason = gna::axis_view_error(a, v)) throw nb::value_error(reason);
+        std::pair<Ints, Ints> result;
+        for (int i = 0; i < v.q_length; ++i) {
+          const gna::ViewKeys keys = gna::view_keys(a, v, i);
+          result.first.push_back(keys.key_first);
+          result.second.push_back(keys.count);
+        }
+        return result;
+      },
+      nb::arg("length"), nb::arg("kernel_size"), nb::arg("stride"), nb::arg("dilation"),
+      nb::arg("is_causal"), nb::arg("view"),
+      "(first key, key count) of every local query of a view (q_offset, q_length, kv_offset, "
+      "kv_length) of one axis: its keys are the local keys first + n * dilation, n < count "
+      "(window.h view_keys).");
+  m.def(
       "fwd_workspace_bytes",
       [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
          const Ints& kernel_size, const Ints& stride, const Ints& dilation, const Ints& is_causal,
