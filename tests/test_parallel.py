@@ -246,20 +246,8 @@ def test_jit_of_spatially_sharded_inputs_exchanges_halos_not_the_axis(mode):
     assert h.left < 32 // 4 and h.right < 32 // 4  # strictly less than a shard
 
 
-def test_eager_call_on_auto_mesh_routes_by_the_arrays_sharding(monkeypatch):
-    calls = []
-    sharded = parallel.sharded
-    monkeypatch.setattr(parallel, "sharded", lambda *a, **kw: calls.append(kw) or sharded(*a, **kw))
-    q, k, v, _, _ = _arrays((1, 24, 3, 2, 8), 2, 0)
-    mesh = _mesh(4)
-    put = lambda x: jax.device_put(x, NamedSharding(mesh, P(None, "x")))  # noqa: E731
-    out = jax_gna.gna(put(q), put(k), put(v), (5, 3))
-    chex.assert_trees_all_close(out, reference.gna(q, k, v, (5, 3)), **TOL)
-    assert len(calls) == 1 and calls[0]["axis_name"] == "x" and calls[0]["spatial_axis"] == 0
-
-
 @pytest.mark.parametrize("implementation", [None, "xla"])
-def test_eager_routing_keeps_the_requested_implementation(monkeypatch, implementation):
+def test_eager_call_on_auto_mesh_routes_by_the_arrays_sharding(monkeypatch, implementation):
     calls = []
     sharded = parallel.sharded
     monkeypatch.setattr(parallel, "sharded", lambda *a, **kw: calls.append(kw) or sharded(*a, **kw))
@@ -268,7 +256,8 @@ def test_eager_routing_keeps_the_requested_implementation(monkeypatch, implement
     put = lambda x: jax.device_put(x, NamedSharding(mesh, P(None, "x")))  # noqa: E731
     out = jax_gna.gna(put(q), put(k), put(v), (5, 3), implementation=implementation)
     chex.assert_trees_all_close(out, reference.gna(q, k, v, (5, 3)), **TOL)
-    assert calls[0]["implementation"] == implementation
+    assert len(calls) == 1 and calls[0]["axis_name"] == "x" and calls[0]["spatial_axis"] == 0
+    assert calls[0]["implementation"] == implementation  # the shards run what was asked for
 
 
 def test_gna_gathers_when_shards_are_smaller_than_the_halo():
