@@ -343,7 +343,9 @@ def _partitioned(
                 implementation = parallel.shard_implementation(
                     None, parallel.platform_of(mesh), *shapes, params, local
                 )
-            lowering = halo(params, local, dim, entry, implementation)
+            anchors = (q_info, arg_shapes[kv_anchor], arg_shapes[kv_anchor + 1])
+            shard_params = parallel.shard_params(implementation, *anchors, params)
+            lowering = halo(shard_params, local, dim, entry, implementation)
 
         def pick(letters: str) -> tuple:
             return tuple(rows if c == "l" else tensor for c in letters)

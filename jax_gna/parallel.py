@@ -466,6 +466,17 @@ def _ffi_backward_runs(implementation, query, key, value, params: GnaParams, loc
     )
 
 
+def shard_params(implementation: str, query, key, value, params: GnaParams) -> GnaParams:
+    """`params` for the shards' kernel calls: for ``"cuda"`` with the tile shapes one device
+    would run the whole problem with (`jax_gna._ops.cuda_tiles`; shapes of the whole arrays),
+    so that the shards and one device run the same kernel."""
+    if implementation != "cuda" or params.has_tiles:
+        return params
+    from jax_gna import _ops  # late: `jax_gna._ops` imports this module
+
+    return _ops.cuda_tiles(query, key, value, params)
+
+
 def shard_implementation(
     requested: str | None, platform: str, query, key, value, params: GnaParams, local: _Local
 ) -> str:
@@ -610,6 +621,7 @@ def sharded(
         params,
         local,
     )
+    params = shard_params(implementation, query, key, value, params)
 
     def body(q, k, v, *extra_kv):
         out, lse = attend_shard(q, k, v, params, local, dim, axis_name, implementation)
