@@ -619,9 +619,11 @@ struct BwdKernel {
     }
     __syncthreads();
 
-    const Work w = decode_work(p, blockIdx.x);
     // Registers: 168 per thread at launch; the producer frees 144 x 128, the consumers take
-    // 72 x 256 of them (setmaxnreg blocks forever if the pool cannot cover the increase).
+    // 72 x 256 of them (setmaxnreg blocks forever if the pool cannot cover the increase). The
+    // consumers decode their work again after taking theirs (`w` is then the producer's only):
+    // one live across setmaxnreg spilled with a view's runtime offsets.
+    const Work w = decode_work(p, blockIdx.x);
     if (producer_role) {
       cutlass::arch::warpgroup_reg_dealloc<24>();
       if (threadIdx.x == 0 && w.box.size() > 0)
@@ -629,7 +631,7 @@ struct BwdKernel {
       if (threadIdx.x == 32 && p.deterministic) dq_writer(p, w, ss);
     } else {
       cutlass::arch::warpgroup_reg_alloc<240>();
-      consumer(p, w, ss, pipe);
+      consumer(p, decode_work(p, blockIdx.x), ss, pipe);
     }
   }
 };
