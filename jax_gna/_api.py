@@ -83,6 +83,7 @@ def _gna(
             mesh=mesh,
             axis_name=axis_name,
             spatial_axis=axis,
+            implementation=implementation,
         )
         return (out, lse) if return_lse else out
     impl = _implementations.select(implementation, query, key, value, params)

@@ -19,6 +19,14 @@ def window(
 def inverse_window(
     length: int, kernel_size: int, stride: int = 1, dilation: int = 1, is_causal: bool = False
 ) -> tuple[list[int], list[int]]: ...
+def view_keys(
+    length: int,
+    kernel_size: int,
+    stride: int,
+    dilation: int,
+    is_causal: bool,
+    view: Sequence[int],  # (q_offset, q_length, kv_offset, kv_length)
+) -> tuple[list[int], list[int]]: ...
 def fwd_workspace_bytes(
     q_shape: Sequence[int],
     k_shape: Sequence[int],
@@ -28,6 +36,7 @@ def fwd_workspace_bytes(
     stride: Sequence[int],
     dilation: Sequence[int],
     is_causal: Sequence[int],
+    view: Sequence[int] = (),  # per axis (extent, q_offset, kv_offset), flattened; () none
 ) -> int: ...
 def bwd_workspace_bytes(
     q_shape: Sequence[int],
@@ -38,6 +47,7 @@ def bwd_workspace_bytes(
     stride: Sequence[int],
     dilation: Sequence[int],
     is_causal: Sequence[int],
+    view: Sequence[int] = (),  # per axis (extent, q_offset, kv_offset), flattened; () none
 ) -> int: ...
 def cuda_bwd_can_implement(
     q_shape: Sequence[int],
@@ -50,6 +60,7 @@ def cuda_bwd_can_implement(
     is_causal: Sequence[int],
     cc_major: int = -1,
     cc_minor: int = 0,
+    view: Sequence[int] = (),
 ) -> str | None: ...
 def cuda_fwd_can_implement(
     q_shape: Sequence[int],
@@ -64,4 +75,5 @@ def cuda_fwd_can_implement(
     cc_minor: int = 0,
     q_tile: Sequence[int] = (),
     kv_tile: Sequence[int] = (),
+    view: Sequence[int] = (),
 ) -> str | None: ...

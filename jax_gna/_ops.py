@@ -17,9 +17,10 @@ platform-neutral. The layers, outermost first (research/jax_ffi.md §4.3, §9.4)
    (D, Dv) are replicated; `shardings` rebuilds every operand's sharding from q's spec
    (GQA-safe: the kv heads are split by the same mesh axes, or heads are replicated). A
    spatial dim sharded over several devices stays sharded when the halo fits in a shard: the
-   partitioned lowering is `jax_gna.parallel`'s shard-local halo exchange + attention (the
-   ``xla`` tiles with per-device window tables, forward and backward); other spatial
-   shardings are replicated (gathered) as before.
+   partitioned lowering is `jax_gna.parallel`'s shard-local halo exchange + attention (this
+   op's kernels on each shard's view where they take it, else the ``xla`` tiles with
+   per-device window tables; forward and backward); other spatial shardings are replicated
+   (gathered) as before.
 5. ``jax.ffi.ffi_call``: attributes from `GnaParams.forward_attrs` / `backward_attrs` (the
    one place their dtypes are decided; the backward's include ``deterministic``) and the
    workspace as an extra uint8 result, dropped right away.
@@ -107,7 +108,9 @@ def cuda_backward_reason(query, key, value, params: GnaParams) -> str | None:
         return "this build of jax_gna has no CUDA backward kernels"
     cc = _compute_capability(query) or (-1, 0)
     try:
-        return ext.cuda_bwd_can_implement(*_problem_args(query, key, value, params), *cc)
+        return ext.cuda_bwd_can_implement(
+            *_problem_args(query, key, value, params), *cc, view=params.view_list()
+        )
     except ValueError as e:
         return str(e)
 
@@ -126,6 +129,7 @@ def _cuda_can_implement(query, key, value, params: GnaParams, tiles=None) -> str
             *cc,
             q_tile=list(q_tile or ()),
             kv_tile=list(kv_tile or ()),
+            view=params.view_list(),
         )
     except ValueError as e:
         return str(e)
@@ -202,7 +206,7 @@ def _ffi_forward(params: GnaParams, q, k, v):
     ext = _extension.ext
     if ext is None:
         raise NotImplementedError(_extension.missing)
-    workspace = ext.fwd_workspace_bytes(*_problem_args(q, k, v, params))
+    workspace = ext.fwd_workspace_bytes(*_problem_args(q, k, v, params), view=params.view_list())
     results = (
         jax.ShapeDtypeStruct(q.shape[:-1] + v.shape[-1:], q.dtype),  # out
         jax.ShapeDtypeStruct(q.shape[:-1], jnp.float32),  # lse
@@ -217,7 +221,7 @@ def _ffi_backward(params: GnaParams, dout, q, k, v, out, lse, dlse):
     ext = _extension.ext
     if ext is None:
         raise NotImplementedError(_extension.missing)
-    workspace = ext.bwd_workspace_bytes(*_problem_args(q, k, v, params))
+    workspace = ext.bwd_workspace_bytes(*_problem_args(q, k, v, params), view=params.view_list())
     results = (
         jax.ShapeDtypeStruct(q.shape, q.dtype),
         jax.ShapeDtypeStruct(k.shape, k.dtype),
@@ -282,9 +286,10 @@ def _factors(rule: str) -> list[str]:
     return rule.replace("(", " ").replace(")", " ").replace(",", " ").replace("->", " ").split()
 
 
-# A shard-local lowering of one op: (params, local problem, sharded dim, mesh axes) -> the
-# function of the op's operands that one device runs (`jax_gna.parallel`'s halo algorithm).
-HaloLowering = Callable[[GnaParams, "parallel._Local", int, "parallel.AxisName"], Callable]
+# A shard-local lowering of one op: (params, local problem, sharded dim, mesh axes, the
+# implementation each shard runs) -> the function of the op's operands that one device runs
+# (`jax_gna.parallel`'s halo algorithm).
+HaloLowering = Callable[[GnaParams, "parallel._Local", int, "parallel.AxisName", str], Callable]
 
 
 def _with_spatial(sharding: NamedSharding, dim: int, entry) -> NamedSharding:
@@ -302,6 +307,7 @@ def _partitioned(
     anchor: int,
     kv_anchor: int,
     halo: HaloLowering | None = None,
+    ffi: bool = True,
 ) -> Callable:
     """`impl` under custom_partitioning: sharded over batch and heads, never gathered there.
 
@@ -310,8 +316,10 @@ def _partitioned(
 
     A spatial dim of the query sharded over several devices stays sharded when `halo` is given
     and the halo fits in a shard (`parallel.plan_split`): the lowering then exchanges K/V halos
-    with the neighbours and attends locally (`halo(...)`), instead of gathering the axis.
-    Otherwise spatial dims are replicated (XLA gathers them before the call)."""
+    with the neighbours and attends locally (`halo(...)`), instead of gathering the axis: with
+    the FFI kernel of the mesh's platform on each shard's view where it takes them (`ffi`: the
+    op is the FFI one), else the ``xla`` tiles. Otherwise spatial dims are replicated (XLA
+    gathers them before the call)."""
     op = custom_partitioning(impl)
     rank = params.rank
 
@@ -327,7 +335,17 @@ def _partitioned(
             entry, axis, local = split
             dim = len(q_info.shape) - rank - 2 + axis
             tensor, rows = _with_spatial(tensor, dim, entry), _with_spatial(rows, dim, entry)
-            lowering = halo(params, local, dim, entry)
+            implementation = "xla"
+            if ffi:
+                shapes = parallel._shard_shapes(
+                    local, dim, q_info, arg_shapes[kv_anchor], arg_shapes[kv_anchor + 1]
+                )
+                implementation = parallel.shard_implementation(
+                    None, parallel.platform_of(mesh), *shapes, params, local
+                )
+            anchors = (q_info, arg_shapes[kv_anchor], arg_shapes[kv_anchor + 1])
+            shard_params = parallel.shard_params(implementation, *anchors, params)
+            lowering = halo(shard_params, local, dim, entry, implementation)
 
         def pick(letters: str) -> tuple:
             return tuple(rows if c == "l" else tensor for c in letters)
@@ -355,17 +373,28 @@ def _partitioned(
     return op
 
 
-def _halo_forward(params: GnaParams, local, dim: int, axis_name) -> Callable:
+def _halo_forward(params: GnaParams, local, dim: int, axis_name, implementation: str) -> Callable:
     def run(q, k, v):
-        return parallel.attend_shard(q, k, v, params, local, dim, axis_name)
+        return parallel.attend_shard(q, k, v, params, local, dim, axis_name, implementation)
 
     return run
 
 
-def _halo_backward(params: GnaParams, local, dim: int, axis_name) -> Callable:
+def _halo_backward(params: GnaParams, local, dim: int, axis_name, implementation: str) -> Callable:
     def run(dout, q, k, v, out, lse, dlse):
         return parallel.attend_shard_backward(
-            dout.astype(q.dtype), q, k, v, out, lse, dlse, params, local, dim, axis_name
+            dout.astype(q.dtype),
+            q,
+            k,
+            v,
+            out,
+            lse,
+            dlse,
+            params,
+            local,
+            dim,
+            axis_name,
+            implementation,
         )
 
     return run
@@ -409,7 +438,7 @@ def _xla_backward_op(params: GnaParams, group: int) -> Callable:
     # Jitted: custom_partitioning refuses a body with hoisted constants (the tile tables);
     # a jit call keeps them inside its own closed jaxpr.
     impl = jax.jit(functools.partial(_xla_backward_impl, params))
-    op = _partitioned(impl, params, group, "oqkvoll", "qkv", 1, 2, _halo_backward)
+    op = _partitioned(impl, params, group, "oqkvoll", "qkv", 1, 2, _halo_backward, ffi=False)
     return _folding_vmap(op)
 
 

@@ -35,6 +35,11 @@ class GnaParams:
     kv_tile_shape: tuple[int, ...] | None = None
     # The CUDA backward's dQ order: True gives bit-identical gradients run to run.
     deterministic: bool = False
+    # A view (cuda/include/gna/window.h AxisView): per axis (whole-axis extent, offset of the
+    # query slice, offset of the key slice); q/out/lse then hold the query slices and k/v the
+    # key slices (their shapes give the slices' lengths). None: the arrays hold whole axes.
+    # Set by `jax_gna.parallel` for the shard-local FFI calls; never by users.
+    view: tuple[tuple[int, int, int], ...] | None = None
 
     @property
     def rank(self) -> int:
@@ -57,7 +62,14 @@ class GnaParams:
             dilation=_i64(self.dilation),
             is_causal=_i64([int(c) for c in self.is_causal]),
             scale=np.float32(self.scale),
+            view_extent=_i64([v[0] for v in self.view or ()]),
+            view_q_offset=_i64([v[1] for v in self.view or ()]),
+            view_kv_offset=_i64([v[2] for v in self.view or ()]),
         )
+
+    def view_list(self) -> list[int]:
+        """The view as the extension's host helpers take it: flattened, empty without one."""
+        return [int(x) for v in self.view or () for x in v]
 
     def backward_attrs(self) -> dict[str, Any]:
         """FFI attributes of ``jax_gna_bwd``: `attrs` plus the deterministic flag (0 or 1)."""

@@ -10,10 +10,14 @@ boundaries and causal axes all come out exactly as on one device. The halo sizes
 from the window math of `jax_gna._window` (the same rule the kernels use), per side, as the
 largest reach over all shards; a causal axis needs no right halo.
 
-The local attention runs the memory-efficient ``xla`` machinery with the shard's window table
-(queries of the shard, keys of the shard plus its halo), so no query is computed twice.
-Gradients are exact: the backward of `jax.lax.ppermute` sends the halo's key/value gradients
-back to the devices that own them.
+The local attention is a *view* of the whole problem (`cuda/include/gna/window.h` AxisView):
+the shard's queries against its key block (its shard plus the halos) with the windows of the
+whole axis, so no query is computed twice. It runs the FFI kernels with that view (``"cpu"``
+on CPUs; ``"cuda"`` on GPUs where `jax_gna._ops.why_not` says the kernels take it), or the
+memory-efficient ``xla`` tiles with the shard's window table. FFI attributes are static and
+every device has its own offsets, so the FFI call is a `jax.lax.switch` over the device index
+with one branch per device. Gradients are exact: the backward of `jax.lax.ppermute` sends the
+halo's key/value gradients back to the devices that own them.
 
 The shard-local functions (`attend_shard`, `attend_shard_backward`) serve two callers: the
 `jax.shard_map` of `gna_sharded`, and the `custom_partitioning` rule of the FFI op
@@ -43,7 +47,7 @@ from jax_gna._params import GnaParams
 IntOrTuple = int | tuple[int, ...]
 BoolOrTuple = bool | tuple[bool, ...]
 AxisName = str | tuple[str, ...]
-IMPLEMENTATIONS = ("xla", "reference")
+IMPLEMENTATIONS = ("cuda", "cpu", "xla", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +134,9 @@ class _Local:
     plans: tuple  # `_xla._AxisPlan` per axis (the sharded axis: device 0's; shapes are shared)
     tables: tuple  # `_xla._tile_table` arrays, stacked over devices
     masks: tuple  # per axis [devices, queries, keys] visibility (implementation="reference")
+    # Per device, the view of the FFI kernels (`GnaParams.view`), or None for a shard that
+    # holds padding only (its results are dropped).
+    views: tuple
 
     @property
     def key_block(self) -> int:
@@ -212,7 +219,16 @@ def _local(spatial: tuple[int, ...], params: GnaParams, axis: int, devices: int)
         else _window.axis_mask(*per_axis[a][:5])[None]
         for a in range(len(spatial))
     )
-    return _Local(h, axis, pad, plans[0], tables, masks)
+    views = tuple(
+        None
+        if p * h.shard >= h.length
+        else tuple(
+            (h.length, p * h.shard, p * h.shard - h.left - pad) if a == axis else (n, 0, 0)
+            for a, n in enumerate(spatial)
+        )
+        for p in range(devices)
+    )
+    return _Local(h, axis, pad, plans[0], tables, masks, views)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +268,80 @@ def _local_reference(query, key, value, device, params: GnaParams, local: _Local
     return reference.softmax_attention(query, [key], [value], params.scale, n_batch, visible)
 
 
+def _switch_views(device, local: _Local, branch, empty):
+    """``branch(view)`` of this device's view: one `jax.lax.switch` branch per device (FFI
+    attributes are static), ``empty()`` for a shard of padding only."""
+    branches = [
+        (lambda v: lambda: branch(v))(view) if view is not None else empty for view in local.views
+    ]
+    return jax.lax.switch(device, branches)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _local_ffi(query, key, value, device, params: GnaParams, local: _Local, backward: str):
+    """The shard's ``(out, lse)`` by the FFI kernel of the platform, with its view. Rows without
+    a visible key (padding queries) come out as 0 and lse -inf."""
+    from jax_gna import _ops  # late: `jax_gna._ops` imports this module
+
+    def empty():
+        out = jnp.zeros(query.shape[:-1] + value.shape[-1:], query.dtype)
+        return out, jnp.full(query.shape[:-1], -jnp.inf, jnp.float32)
+
+    def branch(view):
+        return _ops._ffi_forward(dataclasses.replace(params, view=view), query, key, value)
+
+    return _switch_views(device, local, branch, empty)
+
+
+def _local_ffi_fwd(query, key, value, device, params, local, backward):
+    out, lse = _local_ffi(query, key, value, device, params, local, backward)
+    return (out, lse), (query, key, value, device, out, lse)
+
+
+def _local_ffi_bwd(params, local, backward, residuals, cotangents):
+    query, key, value, device, out, lse = residuals
+    dout, dlse = cotangents
+    grads = _local_backward(
+        dout,
+        query,
+        key,
+        value,
+        out,
+        lse,
+        dlse.astype(jnp.float32),
+        device,
+        params,
+        local,
+        backward,
+    )
+    return (*grads, None)
+
+
+_local_ffi.defvjp(_local_ffi_fwd, _local_ffi_bwd)
+
+
+def _local_backward(dout, query, key, value, out, lse, dlse, device, params, local, backward):
+    """``(dq, dk_block, dv_block)`` of one shard over its key block: the FFI backward with the
+    view (`backward` ``"ffi"``), or the ``xla`` backward with the shard's window table."""
+    if backward == "ffi":
+        from jax_gna import _ops  # late: `jax_gna._ops` imports this module
+
+        def empty():
+            return jnp.zeros_like(query), jnp.zeros_like(key), jnp.zeros_like(value)
+
+        def branch(view):
+            p = dataclasses.replace(params, view=view)
+            return _ops._ffi_backward(
+                p, dout.astype(query.dtype), query, key, value, out, lse, dlse
+            )
+
+        return _switch_views(device, local, branch, empty)
+    # The FFI forward gives padding rows lse -inf; their cotangents are 0, any finite lse does.
+    lse = jnp.where(jnp.isneginf(lse), 0.0, lse)
+    table = tuple(jnp.asarray(t)[device] for t in local.tables)
+    return _xla._backward(query, key, value, out, lse, dout, dlse, params, local.plans, table)
+
+
 def _with_halo(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> jax.Array:
     """A shard's block ``[pad | left halo | shard | right halo]`` along `dim`; the halos come
     from the neighbours (zeros past the global borders, where no window reaches)."""
@@ -287,11 +377,18 @@ def attend_shard(
 
     Runs inside a manual-axes context (the body of `jax.shard_map`, or the lowering returned
     by a `custom_partitioning` rule, `jax_gna._ops`); `dim` is the sharded dim of the arrays.
-    Differentiable (the transpose of the halo exchange returns halo gradients to their owners).
+    `implementation` is a resolved one (`shard_implementation`): ``"cpu"``/``"cuda"`` run the
+    FFI kernels with the shard's view. Differentiable (the transpose of the halo exchange
+    returns halo gradients to their owners).
     """
     device = jax.lax.axis_index(axis_name)
     key = _with_halo(key, local, dim, axis_name)
     value = _with_halo(value, local, dim, axis_name)
+    if implementation in ("cpu", "cuda"):
+        backward = (
+            "ffi" if _ffi_backward_runs(implementation, query, key, value, params, local) else "xla"
+        )
+        return _local_ffi(query, key, value, device, params, local, backward)
     attend = _local_xla if implementation == "xla" else _local_reference
     return attend(query, key, value, device, params, local)
 
@@ -308,19 +405,116 @@ def attend_shard_backward(
     local: _Local,
     dim: int,
     axis_name: AxisName,
+    implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(dq, dk, dv)`` of one shard given the forward's ``out``/``lse`` (no recomputation):
-    the ``xla`` backward over the shard's key block, then the halo rows of ``dk``/``dv`` go
-    back to the neighbours that own them (the transpose of the halo exchange)."""
+    the backward over the shard's key block (the FFI kernel with the shard's view where
+    `implementation` is ``"cpu"``/``"cuda"`` and it runs, else ``xla``), then the halo rows of
+    ``dk``/``dv`` go back to the neighbours that own them (the transpose of the halo
+    exchange)."""
     device = jax.lax.axis_index(axis_name)
     with_halo = functools.partial(_with_halo, local=local, dim=dim, axis_name=axis_name)
     key_block, pull_key = jax.vjp(with_halo, key)
     value_block, pull_value = jax.vjp(with_halo, value)
-    table = tuple(jnp.asarray(t)[device] for t in local.tables)
-    dq, dk, dv = _xla._backward(
-        query, key_block, value_block, out, lse, dout, dlse, params, local.plans, table
+    ffi = implementation in ("cpu", "cuda") and _ffi_backward_runs(
+        implementation, query, key_block, value_block, params, local
+    )
+    dq, dk, dv = _local_backward(
+        dout,
+        query,
+        key_block,
+        value_block,
+        out,
+        lse,
+        dlse,
+        device,
+        params,
+        local,
+        "ffi" if ffi else "xla",
     )
     return dq, *pull_key(dk), *pull_value(dv)
+
+
+def _local_shapes(query, key, value):
+    return tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (query, key, value))
+
+
+def _ffi_runs(implementation: str, query, key, value, params: GnaParams, local: _Local) -> bool:
+    """Whether the FFI forward of `implementation` takes every device's view (shapes of one
+    shard: `key`/`value` are key blocks)."""
+    from jax_gna import _ops  # late: `jax_gna._ops` imports this module
+
+    shapes = _local_shapes(query, key, value)
+    return all(
+        _ops.why_not(implementation, *shapes, dataclasses.replace(params, view=view)) is None
+        for view in local.views
+        if view is not None
+    )
+
+
+def _ffi_backward_runs(implementation, query, key, value, params: GnaParams, local) -> bool:
+    """Whether the FFI backward takes every device's view (the CPU one always does)."""
+    if implementation == "cpu":
+        return True
+    from jax_gna import _ops  # late: `jax_gna._ops` imports this module
+
+    shapes = _local_shapes(query, key, value)
+    return all(
+        _ops.cuda_backward_reason(*shapes, dataclasses.replace(params, view=view)) is None
+        for view in local.views
+        if view is not None
+    )
+
+
+def shard_params(implementation: str, query, key, value, params: GnaParams) -> GnaParams:
+    """`params` for the shards' kernel calls: for ``"cuda"`` with the tile shapes one device
+    would run the whole problem with (`jax_gna._ops.cuda_tiles`; shapes of the whole arrays),
+    so that the shards and one device run the same kernel."""
+    if implementation != "cuda" or params.has_tiles:
+        return params
+    from jax_gna import _ops  # late: `jax_gna._ops` imports this module
+
+    return _ops.cuda_tiles(query, key, value, params)
+
+
+def shard_implementation(
+    requested: str | None, platform: str, query, key, value, params: GnaParams, local: _Local
+) -> str:
+    """The implementation each shard runs: `requested` if given (``"cpu"``/``"cuda"`` raise
+    NotImplementedError when the kernels refuse a shard's view), else the FFI kernel of
+    `platform` (``"cpu"``/``"gpu"``) when it takes the views, else ``"xla"``. Shapes are those
+    of one shard (`key`/`value`: the shard's part, the key block is built from it)."""
+    if requested in ("xla", "reference"):
+        return requested
+    block = list(key.shape)
+    n_batch = query.ndim - params.rank - 2
+    block[n_batch + local.axis] = local.key_block
+    vblock = list(value.shape)
+    vblock[n_batch + local.axis] = local.key_block
+    key_block = jax.ShapeDtypeStruct(tuple(block), key.dtype)
+    value_block = jax.ShapeDtypeStruct(tuple(vblock), value.dtype)
+    candidates = [requested] if requested else (["cuda"] if platform == "gpu" else ["cpu"])
+    for impl in candidates:
+        wanted = "gpu" if impl == "cuda" else "cpu"
+        if platform == wanted and _ffi_runs(impl, query, key_block, value_block, params, local):
+            return impl
+    if requested:
+        from jax_gna import _ops  # late: `jax_gna._ops` imports this module
+
+        view = next(v for v in local.views if v is not None)
+        reason = (
+            f"it runs on {'GPU' if requested == 'cuda' else 'CPU'} and this call runs on "
+            f"{platform.upper()}"
+            if platform != ("gpu" if requested == "cuda" else "cpu")
+            else _ops.why_not(
+                requested, query, key_block, value_block, dataclasses.replace(params, view=view)
+            )
+        )
+        raise NotImplementedError(
+            f"implementation={requested!r} cannot run the shards of this call: {reason}. "
+            "Use implementation=None (the xla tiles where the kernels cannot)."
+        )
+    return "xla"
 
 
 def plan_split(mesh, spec, shape: tuple[int, ...], params: GnaParams):
@@ -408,9 +602,10 @@ def sharded(
     mesh,
     axis_name: AxisName,
     spatial_axis: int,
-    implementation: str = "xla",
+    implementation: str | None = None,
 ):
-    """``(out, lse)`` of validated inputs with `spatial_axis` split over `axis_name`."""
+    """``(out, lse)`` of validated inputs with `spatial_axis` split over `axis_name`;
+    `implementation` as in `gna_sharded`."""
     rank = params.rank
     n_batch = query.ndim - rank - 2
     dim = n_batch + spatial_axis
@@ -419,6 +614,14 @@ def sharded(
     local = _local(spatial, params, spatial_axis, devices)
     _check_halo(local.halo, spatial_axis, axis_name)
     tensor, rows, extra = _specs(mesh, query, key.shape[-2], rank, spatial_axis, axis_name)
+    implementation = shard_implementation(
+        implementation,
+        platform_of(mesh),
+        *_shard_shapes(local, dim, query, key, value),
+        params,
+        local,
+    )
+    params = shard_params(implementation, query, key, value, params)
 
     def body(q, k, v, *extra_kv):
         out, lse = attend_shard(q, k, v, params, local, dim, axis_name, implementation)
@@ -450,6 +653,27 @@ def sharded(
         out = jax.lax.slice_in_dim(out, 0, spatial[spatial_axis], axis=dim)
         lse = jax.lax.slice_in_dim(lse, 0, spatial[spatial_axis], axis=dim)
     return out, lse
+
+
+def platform_of(mesh) -> str:
+    """The platform of `mesh`'s devices (JAX's default backend where an abstract mesh does not
+    say)."""
+    if isinstance(mesh, jax.sharding.Mesh):
+        platform = mesh.devices.flat[0].platform
+    else:
+        device = getattr(mesh, "abstract_device", None)
+        platform = getattr(device, "platform", None) or jax.default_backend()
+    return "gpu" if platform in ("cuda", "rocm") else platform
+
+
+def _shard_shapes(local: _Local, dim: int, *arrays) -> tuple:
+    """`arrays` (global shapes) as one shard holds them along the sharded `dim`."""
+    out = []
+    for x in arrays:
+        shape = list(x.shape)
+        shape[dim] = local.halo.shard
+        out.append(jax.ShapeDtypeStruct(tuple(shape), x.dtype))
+    return tuple(out)
 
 
 def _explicit(mesh) -> bool:
@@ -503,10 +727,11 @@ def gna_sharded(
       additional_keys, additional_values: ``[B..., E, Hkv, D]`` / ``[B..., E, Hkv, Dv]`` extra
         tokens every query attends to; replicated on every device along `axis_name`.
       return_lse: also return the log-sum-exp ``[B..., X..., H]`` (float32).
-      implementation: ``None`` or ``"xla"`` (memory-efficient tiles over the shard's window
-        table), or ``"reference"`` (dense masked softmax per shard, for small problems). The
-        ``"cpu"`` and ``"cuda"`` kernels take square window problems only and are refused
-        with ``NotImplementedError``.
+      implementation: ``None`` (the FFI kernel of the platform, ``"cpu"`` or ``"cuda"``, run
+        on each shard's view where it takes it, else ``"xla"``), ``"cpu"`` / ``"cuda"`` (those
+        kernels; ``NotImplementedError`` where they cannot run the shards, e.g. the CUDA
+        kernels for float32), ``"xla"`` (memory-efficient tiles over the shard's window
+        table), or ``"reference"`` (dense masked softmax per shard, for small problems).
 
     Returns:
       ``out`` ``[B..., X..., H, Dv]`` sharded like ``query`` along `spatial_axis`, and with
@@ -516,7 +741,8 @@ def gna_sharded(
       ValueError: for invalid arguments (as `jax_gna.gna`), an `axis_name` not in the mesh, or
         shards smaller than the halo they must provide (the message names the minimum shard
         size).
-      NotImplementedError: for an implementation that cannot run sharded.
+      NotImplementedError: for an implementation that cannot run the shards (the message says
+        why).
     """
     # Late import: `jax_gna._api` routes spatially sharded inputs here.
     from jax_gna._api import _as_arrays, _params
@@ -532,12 +758,10 @@ def gna_sharded(
             f"`spatial_axis` must be a spatial axis index in [0, {params.rank}), "
             f"got {spatial_axis!r}."
         )
-    implementation = "xla" if implementation is None else implementation
-    if implementation not in IMPLEMENTATIONS:
-        raise NotImplementedError(
-            f"implementation={implementation!r} cannot run sharded: a shard attends its own "
-            "queries against its keys plus halo with the global windows, which only the "
-            f"{IMPLEMENTATIONS} implementations express. Use implementation=None."
+    if implementation is not None and implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"Unknown `implementation` {implementation!r}; expected None or one of "
+            f"{IMPLEMENTATIONS}."
         )
     out, lse = sharded(
         query,

@@ -93,6 +93,30 @@ def visible(shape, kernel_size, stride=1, dilation=1, is_causal=False) -> np.nda
     return out
 
 
+def view_visible(extent, views, kernel_size, stride=1, dilation=1, is_causal=False) -> np.ndarray:
+    """Boolean ``[N_query, N_key]`` visibility of a view of the problem on the grid `extent`:
+    per axis ``(q_offset, q_length, kv_offset, kv_length)``, local query ``i`` is position
+    ``q_offset + i`` and local key ``j`` position ``kv_offset + j``; positions outside
+    ``[0, extent)`` see nothing and are never seen. Built from `axis_keys` on the whole axis."""
+    extent = tuple(extent)
+    rank = len(extent)
+    ks, st, dl, ca = (_per_axis(x, rank) for x in (kernel_size, stride, dilation, is_causal))
+    full = np.ones((1, 1), dtype=bool)
+    for a in range(rank):
+        qo, nq, ko, nk = views[a]
+        m = np.zeros((nq, nk), dtype=bool)
+        for i in range(nq):
+            if not 0 <= qo + i < extent[a]:
+                continue
+            for j in axis_keys(qo + i, extent[a], ks[a], st[a], dl[a], ca[a]):
+                if 0 <= j - ko < nk:
+                    m[i, j - ko] = True
+        full = (full[:, None, :, None] & m[None, :, None, :]).reshape(
+            full.shape[0] * nq, full.shape[1] * nk
+        )
+    return full
+
+
 def tile_pair_counts(visible: np.ndarray, q_id: np.ndarray, k_id: np.ndarray):
     """Visible token pairs per (Q tile, KV tile), from token -> tile ids (`tile_ids`) and
     visibility (`visible`): ``(q_tiles, k_tiles, pairs, n_valid_q)`` with the distinct Q and KV
@@ -154,7 +178,9 @@ def attention(
     Args:
       query ``[B..., X..., H, D]``, key ``[B..., X..., Hkv, D]``, value ``[B..., X..., Hkv, Dv]``,
       extra_k/extra_v ``[B..., E, Hkv, D/Dv]``; any float dtype (converted to float64).
-      rank: number of spatial axes. mask: a precomputed `visible` (else built here).
+      rank: number of spatial axes. mask: a precomputed `visible` (else built here), or
+      ``[N_query, N_key]`` for keys with other spatial dims than the queries (`view_visible`);
+      a query without any visible key gets out 0 and lse -inf (and no gradient).
       dout ``[B..., X..., H, Dv]`` and dlse ``[B..., X..., H]``: cotangents; if given, the
       gradients are returned too.
 
@@ -173,7 +199,9 @@ def attention(
         scale = query.shape[-1] ** -0.5
     if mask is None:
         mask = visible(spatial, kernel_size, stride, dilation, is_causal)
-    q, k, v = (_flat(x, n_batch, n) for x in (query, key, value))
+    n_k = math.prod(key.shape[n_batch : n_batch + rank])
+    q = _flat(query, n_batch, n)
+    k, v = (_flat(x, n_batch, n_k) for x in (key, value))
     has_extra = extra_k is not None
     if has_extra:
         n_extra = np.asarray(extra_k).shape[-3]
@@ -193,7 +221,10 @@ def attention(
     kv_of_head = np.array([h // group for h in range(heads)])
     for bi in range(b):
         for i in range(n):
-            keys = [j for j in range(n) if mask[i, j]]
+            keys = [j for j in range(n_k) if mask[i, j]]
+            if not keys and not has_extra:
+                lse[bi, i] = -np.inf  # an empty softmax: out stays 0
+                continue
             ks = k[bi, keys][:, kv_of_head]  # [m, H, D]
             vs = v[bi, keys][:, kv_of_head]  # [m, H, Dv]
             if has_extra:

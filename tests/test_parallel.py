@@ -19,7 +19,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jax_gna
-from jax_gna import parallel, reference
+from jax_gna import _extension, parallel, reference
 
 pytestmark = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (fake) devices")
 
@@ -98,8 +98,13 @@ def _mesh(devices, mode=AxisType.Auto):
     return jax.make_mesh((devices,), ("x",), axis_types=(mode,))
 
 
+# Views on the FFI kernels need the extension; "xla" runs everywhere.
+SHARD_IMPLEMENTATIONS = ["cpu", "xla"] if _extension.ext is not None else ["xla"]
+
+
+@pytest.mark.parametrize("implementation", SHARD_IMPLEMENTATIONS)
 @pytest.mark.parametrize("name", CASES)
-def test_sharded_results_and_gradients_match_one_device(name):
+def test_sharded_results_and_gradients_match_one_device(name, implementation):
     q_shape, kv_heads, window, devices, axis, extra = CASES[name]
     mesh = _mesh(devices)
 
@@ -107,6 +112,7 @@ def test_sharded_results_and_gradients_match_one_device(name):
         return parallel.gna_sharded(
             q, k, v, **window, mesh=mesh, axis_name="x", spatial_axis=axis,
             additional_keys=ek, additional_values=ev, return_lse=True,
+            implementation=implementation,
         )  # fmt: skip
 
     def single(q, k, v, ek, ev):
@@ -163,8 +169,38 @@ def test_invalid_axis_and_implementation_are_refused():
         parallel.gna_sharded(q, k, v, 3, mesh=_mesh(4), axis_name="y")
     with pytest.raises(ValueError, match="spatial_axis"):
         parallel.gna_sharded(q, k, v, 3, mesh=_mesh(4), axis_name="x", spatial_axis=1)
-    with pytest.raises(NotImplementedError, match="cannot run sharded"):
-        parallel.gna_sharded(q, k, v, 3, mesh=_mesh(4), axis_name="x", implementation="cpu")
+    with pytest.raises(ValueError, match="Unknown `implementation`"):
+        parallel.gna_sharded(q, k, v, 3, mesh=_mesh(4), axis_name="x", implementation="tpu")
+    with pytest.raises(NotImplementedError, match="'cuda' cannot run the shards.*runs on GPU"):
+        parallel.gna_sharded(q, k, v, 3, mesh=_mesh(4), axis_name="x", implementation="cuda")
+
+
+def _view_calls(hlo: str, target: str = "jax_gna_fwd") -> list[str]:
+    """The `target` custom calls of a compiled program that carry a view (a shard's FFI call)."""
+    calls = [line for line in hlo.splitlines() if f'custom_call_target="{target}"' in line]
+    return [c for c in calls if re.search(r"view_kv_offset = dense<[^>]+> : tensor<\d+xi64>", c)]
+
+
+@pytest.mark.skipif(_extension.ext is None, reason=str(_extension.missing))
+def test_default_implementation_runs_the_cpu_kernel_on_each_shards_view():
+    q, k, v, _, _ = _arrays((1, 32, 2, 8), 2, 0)
+    mesh = _mesh(4)
+    h = parallel.halo(32, 4, 5, stride=2)
+
+    def fn(q, k, v):
+        return parallel.gna_sharded(q, k, v, 5, stride=2, mesh=mesh, axis_name="x")
+
+    forward = jax.jit(fn)
+    backward = jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a))), (0, 1, 2)))
+    hlo_fwd = forward.lower(q, k, v).compile().as_text()
+    hlo_bwd = backward.lower(q, k, v).compile().as_text()
+    # One branch per device, each the kernel on that device's view of the whole axis.
+    assert len(_view_calls(hlo_fwd)) == 4
+    assert len(_view_calls(hlo_bwd, "jax_gna_bwd")) == 4
+    for hlo in (hlo_fwd, hlo_bwd):
+        assert "all-gather" not in hlo and "all-to-all" not in hlo
+        assert {s[1] for s in _permutes(hlo)} <= {h.left, h.right}
+    chex.assert_trees_all_close(forward(q, k, v), reference.gna(q, k, v, 5, stride=2), **TOL)
 
 
 def _permutes(hlo: str) -> list[tuple[int, ...]]:
@@ -210,16 +246,18 @@ def test_jit_of_spatially_sharded_inputs_exchanges_halos_not_the_axis(mode):
     assert h.left < 32 // 4 and h.right < 32 // 4  # strictly less than a shard
 
 
-def test_eager_call_on_auto_mesh_routes_by_the_arrays_sharding(monkeypatch):
+@pytest.mark.parametrize("implementation", [None, "xla"])
+def test_eager_call_on_auto_mesh_routes_by_the_arrays_sharding(monkeypatch, implementation):
     calls = []
     sharded = parallel.sharded
     monkeypatch.setattr(parallel, "sharded", lambda *a, **kw: calls.append(kw) or sharded(*a, **kw))
     q, k, v, _, _ = _arrays((1, 24, 3, 2, 8), 2, 0)
     mesh = _mesh(4)
     put = lambda x: jax.device_put(x, NamedSharding(mesh, P(None, "x")))  # noqa: E731
-    out = jax_gna.gna(put(q), put(k), put(v), (5, 3))
+    out = jax_gna.gna(put(q), put(k), put(v), (5, 3), implementation=implementation)
     chex.assert_trees_all_close(out, reference.gna(q, k, v, (5, 3)), **TOL)
     assert len(calls) == 1 and calls[0]["axis_name"] == "x" and calls[0]["spatial_axis"] == 0
+    assert calls[0]["implementation"] == implementation  # the shards run what was asked for
 
 
 def test_gna_gathers_when_shards_are_smaller_than_the_halo():
@@ -288,7 +326,8 @@ def test_jit_on_auto_mesh_exchanges_halos_through_the_partitioning_rule(name):
     h = parallel.halo(q_shape[1], devices, **{n: w[0] for n, w in _per_axis(window).items()})
     shapes = _permutes(hlo)
     assert shapes and {s[1] for s in shapes} <= {h.left, h.right}, shapes
-    assert "jax_gna_fwd" not in hlo  # the shard-local halo lowering replaced the custom call
+    # The shard-local halo lowering calls the kernel on each device's view.
+    assert len(_view_calls(hlo)) == devices
 
 
 def _per_axis(window: dict) -> dict:

@@ -4,7 +4,9 @@ Q-tile boxes) against brute force.
 The C++ header is compiled into a small program (`cuda/tests/tile_box_cases.cc`) with the host
 compiler; its answers are checked against per-element visibility computed from DESIGN.md §3
 directly: here (forward boxes and kinds) and by `tests/oracle.py`'s element mask (the backward's
-Q-tile boxes). No code under test is used as the oracle.
+Q-tile boxes, and views: a shard's queries against a key block, with the windows of the whole
+axis, checked against the oracle's whole-axis mask restricted to the slices). No code under
+test is used as the oracle.
 """
 
 from __future__ import annotations
@@ -230,5 +232,96 @@ def test_inverse_boxes_match_element_mask(case_rows):
             case = (axes, g, k_idx, box, full)
             assert _box_tiles(g, zip(box[::2], box[1::2])) == want_visited, case
             assert _box_tiles(g, zip(full[::2], full[1::2])) == want_full, case
+            checked += 1
+    assert checked > 10000
+
+
+def _random_view(rng, length: int, d: int) -> tuple[int, int, int, int]:
+    """A legal view: the query slice starts inside the axis (it may run past its end); the key
+    slice starts at the same dilation phase, anywhere near the axis."""
+    qo = int(rng.integers(0, length))
+    shift = int(rng.integers(-(length // d) - 1, length // d + 2))
+    return (
+        qo,
+        int(rng.integers(1, length - qo + 3)),
+        qo - d * shift,
+        int(rng.integers(1, length + 3)),
+    )
+
+
+def _view_cases():
+    rng = np.random.default_rng(99)
+    cases = []
+    for n in range(400):
+        rank = 1 + n % 3
+        axes = [_random_axis(rng, small=rank > 1) for _ in range(rank)]
+        cases.append([(*ax, *_random_view(rng, ax[0], ax[3])) for ax in axes])
+    return cases
+
+
+def test_views_match_the_whole_axis_element_mask(tile_box_program):
+    """Every function of the header on views, in local tile indices: forward boxes, kinds and
+    full ranges, and the backward's Q-tile boxes and full ranges, against tile pair counts of
+    `oracle.view_visible` (valid queries: those inside the axis; keys outside the axis or the
+    slice are never visible)."""
+    cases = _view_cases()
+    text = "\n".join(
+        " ".join(["v", str(len(c))] + [" ".join(str(int(x)) for x in ax) for ax in c])
+        for c in cases
+    )
+    out = subprocess.run(
+        [str(tile_box_program)], input=text, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    starts = [i for i, line in enumerate(out) if line.startswith("case ")] + [len(out)]
+    assert len(starts) == len(cases) + 1
+    checked = 0
+    for c, axes in enumerate(cases):
+        rank = len(axes)
+        extent = tuple(ax[0] for ax in axes)
+        ks, st, dl, ca, qt, kt = (tuple(ax[i] for ax in axes) for i in range(1, 7))
+        views = [ax[7:] for ax in axes]
+        q_shape, k_shape = tuple(v[1] for v in views), tuple(v[3] for v in views)
+        mask = oracle.view_visible(extent, views, ks, st, dl, ca)
+        coords = np.array(list(itertools.product(*(range(n) for n in q_shape))))
+        valid = np.all(coords + np.array([v[0] for v in views]) < np.array(extent), axis=1)
+        q_tiles, k_tiles, pairs, n_valid_q = oracle.tile_pair_counts(
+            mask[valid], oracle.tile_ids(q_shape, dl, qt)[valid], oracle.tile_ids(k_shape, dl, kt)
+        )
+        q_keys = [tuple(int(x) for x in t) for t in q_tiles]
+        k_keys = [tuple(int(x) for x in t) for t in k_tiles]
+        slots = math.prod(kt)
+        # (Q tile, KV tile) -> kind, for the pairs with a visible token pair (others: empty).
+        kinds_of = {
+            (q, k_keys[j]): FULL if pairs[i, j] == n_valid_q[i] * slots else PARTIAL
+            for i, q in enumerate(q_keys)
+            for j in np.flatnonzero(pairs[i])
+        }
+
+        for row in out[starts[c] + 1 : starts[c + 1]]:
+            parts = row.split()
+            g = tuple(int(x) for x in parts[1 : 1 + rank])
+            idx = tuple(int(x) for x in parts[1 + rank : 1 + 2 * rank])
+            box = list(zip(*[iter(int(x) for x in parts[2 + 2 * rank : 2 + 4 * rank])] * 2))
+            full = list(zip(*[iter(int(x) for x in parts[3 + 4 * rank : 3 + 6 * rank])] * 2))
+            if parts[0] == "q":
+                kinds = parts[-1]
+                n_k = [int(np.ceil(len(range(ga, v[3], ax[3])) / ax[6])) for ga, v, ax in
+                       zip(g, views, axes)]  # fmt: skip
+                visited, want_full = set(), set()
+                for pos, k_idx in enumerate(itertools.product(*(range(-1, n + 1) for n in n_k))):
+                    want = kinds_of.get((g + idx, g + k_idx), EMPTY)
+                    assert int(kinds[pos]) == want, (axes, g, idx, k_idx)
+                    if want != EMPTY:
+                        visited.add(g + k_idx)
+                    if want == FULL:
+                        want_full.add(g + k_idx)
+                assert (_box_tiles(g, box) & visited) == visited, (axes, g, idx, box)
+                assert len(_box_tiles(g, box)) == len(visited), (axes, g, idx, box)
+                assert _box_tiles(g, full) == want_full, (axes, g, idx, full)
+            else:
+                want_visited = {q for q, k in kinds_of if k == g + idx}
+                want_full = {q for q, k in kinds_of if k == g + idx and kinds_of[q, k] == FULL}
+                assert _box_tiles(g, box) == want_visited, (axes, g, idx, box)
+                assert _box_tiles(g, full) == want_full, (axes, g, idx, full)
             checked += 1
     assert checked > 10000

@@ -1,11 +1,13 @@
 """The C++ window math (cuda/include/gna/window.h, through host helpers of the extension)
 against the NumPy window module (jax_gna/_window.py): exhaustively for small extents, every
-legal kernel size, stride, dilation and causality."""
+legal kernel size, stride, dilation and causality; the keys of a view's queries against the
+brute-force oracle's whole-axis visibility restricted to the slices."""
 
 import numpy as np
 import pytest
 
 from jax_gna import _extension, _window
+from tests import oracle
 
 pytestmark = pytest.mark.skipif(_extension.ext is None, reason=str(_extension.missing))
 
@@ -60,3 +62,28 @@ def test_window_matches_numpy_on_long_axes(axis):
 def test_host_helper_rejects_illegal_window():
     with pytest.raises(ValueError, match="illegal window"):
         _extension.ext.window(4, 3, 1, 2, False)  # kernel_size * dilation > length
+
+
+def test_view_keys_match_the_oracle_on_the_whole_axis_sliced():
+    rng = np.random.default_rng(0)
+    checked = 0
+    for axis in _legal_axes(12):
+        length, dilation = axis[0], axis[3]
+        for _ in range(3):
+            qo = int(rng.integers(0, length))
+            shift = int(rng.integers(-(length // dilation) - 1, length // dilation + 2))
+            view = (qo, int(rng.integers(1, length - qo + 3)), qo - dilation * shift,
+                    int(rng.integers(1, length + 3)))  # fmt: skip
+            first, count = _extension.ext.view_keys(*axis, view)
+            want = oracle.view_visible((length,), [view], *axis[1:])
+            got = np.zeros_like(want)
+            for i, (f, c) in enumerate(zip(first, count)):
+                got[i, f + dilation * np.arange(c)] = True
+            np.testing.assert_array_equal(got, want, err_msg=f"axis {axis}, view {view}")
+            checked += 1
+    assert checked > 1000
+
+
+def test_view_keys_refuse_a_key_slice_off_the_query_phase():
+    with pytest.raises(ValueError, match="dilation phase"):
+        _extension.ext.view_keys(10, 3, 1, 2, False, (0, 4, 1, 4))

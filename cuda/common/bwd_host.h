@@ -88,7 +88,7 @@ cudaError_t launch(const Problem& p, const FwdTileConfig& tiles, BwdParams bp, c
   if ((err = fwd_host::make_qkv_tensor_maps(p, ax, tiles, q, k, v, &maps.q, &maps.k, &maps.v)))
     return err;
   if ((err = fwd_host::make_token_tensor_map(&maps.dout, dout, p.dtype, p.head_dim, p.heads, ax,
-                                             p.batch, tiles.q)))
+                                             p.batch, tiles.q, ax.q_extent)))
     return err;
   if ((err = launch_main<Family>(p, maps, bp, unsigned(bwd_num_items(bp)), stream))) return err;
   return Family::dq_convert(p.dtype, bp, stream);

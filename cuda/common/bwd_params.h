@@ -23,15 +23,21 @@ namespace gna {
 // in an order inside a Q tile's block that each architecture picks (sm90/dq_order.h; sm100:
 // row-major) and the conversion pass reads back.
 struct BwdParams {
-  int extent[3];
+  int extent[3];  // the whole axes (windows); the arrays hold the view's slices below
+  // The view (gna/problem.h): q/dout/out/lse/dq hold q_extent positions from q_offset on,
+  // k/v/dk/dv hold kv_extent from kv_offset on. Whole axes: offsets 0, extents = extent.
+  int q_offset[3];
+  int q_extent[3];
+  int kv_offset[3];
+  int kv_extent[3];
   int kernel_size[3];
   int stride[3];
   int dilation[3];
   int causal[3];
   int q_tile[3];   // Q tile shape, for the passes
-  int q_tiles[3];  // Q tiles per axis, group 0
+  int q_tiles[3];  // Q tiles per axis, local group 0
   int num_q_tiles;
-  int kv_tiles[3];  // KV tiles per axis, group 0
+  int kv_tiles[3];  // KV tiles per axis, local group 0
   int num_kv_tiles;
   int num_groups;  // product of dilations
   int heads;
@@ -58,6 +64,14 @@ struct BwdParams {
   void* dk;
   void* dv;
 };
+
+// Axis `a` of local dilation group `group` of the launch's view, in group coordinates
+// (tile_box.h); for whole axes the same numbers as group_axis(Axis, group).
+GNA_HOST_DEVICE GroupAxis bwd_group_axis(const BwdParams& p, int a, int group) {
+  return group_axis(
+      Axis{p.extent[a], p.kernel_size[a], p.stride[a], p.dilation[a], p.causal[a] != 0},
+      AxisView{p.q_offset[a], p.q_extent[a], p.kv_offset[a], p.kv_extent[a]}, group);
+}
 
 // One work item of a KV-stationary backward: a KV tile of one KV head, one batch entry and one
 // dilation group, the box of Q tiles that visit it and the Q tiles whose pair with it needs no
@@ -102,9 +116,7 @@ GNA_HOST_DEVICE BwdWork decode_bwd_work(const BwdParams& p, int item, const int 
     w.group[a] = gi % p.dilation[a];
     gi /= p.dilation[a];
   }
-  for (int a = 0; a < 3; ++a)
-    w.axes[a] = GroupAxis{group_length(p.extent[a], p.dilation[a], w.group[a]), p.kernel_size[a],
-                          p.stride[a], p.causal[a] != 0};
+  for (int a = 0; a < 3; ++a) w.axes[a] = bwd_group_axis(p, a, w.group[a]);
   w.box = q_tile_box(w.axes, 3, w.kv_tile, q_tile, kv_tile);
   for (int a = 0; a < 3; ++a)
     w.full[a] = full_q_tile_range(w.axes[a], w.kv_tile[a] * kv_tile[a], kv_tile[a], q_tile[a]);
@@ -122,8 +134,10 @@ GNA_HOST_DEVICE int64_t bwd_stat_slot(const BwdParams& p, const BwdWork& w, int 
 }
 
 // KV row `o` (per-axis offsets inside the KV tile of `kv_tile` positions) of work item `w`:
-// per axis, the queries (group positions [lo, lo + len)) that see it, empty for a key outside
-// the group; returns its global token, -1 outside the grid.
+// per axis, the queries (local group positions [lo, lo + len)) that see it, cut to the valid
+// queries, empty for a key outside the valid keys (the group, or a view's key slice and
+// axis); returns its token in the k/v arrays, -1 past their end (a view's keys outside the
+// axis have a token: their dK, dV are 0).
 GNA_HOST_DEVICE int64_t bwd_kv_row(const BwdParams& p, const BwdWork& w, const int kv_tile[3],
                                    const int o[3], int lo[3], int len[3]) {
   int64_t token = w.batch;
@@ -131,14 +145,15 @@ GNA_HOST_DEVICE int64_t bwd_kv_row(const BwdParams& p, const BwdWork& w, const i
   for (int a = 0; a < 3; ++a) {
     const int x = w.kv_tile[a] * kv_tile[a] + o[a];
     const GroupAxis& ax = w.axes[a];
-    const Range inv =
-        x < ax.length ? inverse_window_in_group(x, ax.length, ax.kernel_size, ax.stride, ax.causal)
-                      : Range{0, 0};
-    lo[a] = inv.start;
-    len[a] = inv.end - inv.start;
-    token = (token < 0 || x >= ax.length)
+    const Range inv = kv_begin(ax) <= x && x < kv_end(ax)
+                          ? inverse_window_in_group(ax.kv_offset + x, ax.length, ax.kernel_size,
+                                                    ax.stride, ax.causal)
+                          : Range{ax.q_offset, ax.q_offset};
+    lo[a] = max_int(inv.start - ax.q_offset, 0);
+    len[a] = max_int(min_int(inv.end - ax.q_offset, q_end(ax)) - lo[a], 0);
+    token = (token < 0 || x >= ax.kv_length)
                 ? -1
-                : token * p.extent[a] + w.group[a] + int64_t(p.dilation[a]) * x;
+                : token * p.kv_extent[a] + w.group[a] + int64_t(p.dilation[a]) * x;
   }
   return token;
 }
@@ -173,11 +188,11 @@ GNA_HOST_DEVICE BwdSlotRow bwd_slot_row(const BwdParams& p, int64_t slot) {
   }
   for (int a = 0; a < 3; ++a) {
     const int x = tile[a] * p.q_tile[a] + offset[a];
-    if (x >= group_length(p.extent[a], p.dilation[a], group[a])) {
+    if (x >= q_end(bwd_group_axis(p, a, group[a]))) {
       r.token = -1;
       return r;
     }
-    r.token = r.token * p.extent[a] + group[a] + int64_t(p.dilation[a]) * x;
+    r.token = r.token * p.q_extent[a] + group[a] + int64_t(p.dilation[a]) * x;
   }
   return r;
 }
@@ -196,10 +211,16 @@ inline BwdParams bwd_geometry(const Problem& p, const KernelAxes& ax, const FwdT
     bp.stride[a] = ax.stride[a];
     bp.dilation[a] = ax.dilation[a];
     bp.causal[a] = ax.causal[a];
+    bp.q_offset[a] = ax.q_offset[a];
+    bp.q_extent[a] = ax.q_extent[a];
+    bp.kv_offset[a] = ax.kv_offset[a];
+    bp.kv_extent[a] = ax.kv_extent[a];
     bp.q_tile[a] = tiles.q[a];
-    const int lg0 = (ax.extent[a] + ax.dilation[a] - 1) / ax.dilation[a];  // group 0 is longest
-    bp.q_tiles[a] = (lg0 + tiles.q[a] - 1) / tiles.q[a];
-    bp.kv_tiles[a] = (lg0 + tiles.kv[a] - 1) / tiles.kv[a];
+    // Tiles cover the local slices; local group 0 is the longest.
+    const int q_lg0 = (ax.q_extent[a] + ax.dilation[a] - 1) / ax.dilation[a];
+    const int kv_lg0 = (ax.kv_extent[a] + ax.dilation[a] - 1) / ax.dilation[a];
+    bp.q_tiles[a] = (q_lg0 + tiles.q[a] - 1) / tiles.q[a];
+    bp.kv_tiles[a] = (kv_lg0 + tiles.kv[a] - 1) / tiles.kv[a];
     bp.num_q_tiles *= bp.q_tiles[a];
     bp.num_kv_tiles *= bp.kv_tiles[a];
     bp.num_groups *= ax.dilation[a];

@@ -47,19 +47,20 @@ inline int elem_bytes(DType t) { return t == DType::kF32 ? 4 : 2; }
 // {D, heads, E2, E1, batch * E0} (innermost first; the batch folds into the
 // first kernel axis). One box = one tile of one head, `chunk` elements of D
 // (64, or the whole head dim below 64: 128-byte or 64-byte swizzle rows),
-// each spatial axis traversed with element stride = dilation.
+// each spatial axis traversed with element stride = dilation. `extent`: the
+// array's extents E0..E2 (ax.extent, or a view's ax.q_extent / ax.kv_extent).
 inline cudaError_t make_token_tensor_map(CUtensorMap* map, const void* ptr, DType dtype,
                                          int head_dim, int heads, const KernelAxes& ax,
-                                         int64_t batch, const int tile[3]) {
+                                         int64_t batch, const int tile[3], const int extent[3]) {
   EncodeTiledFn encode = encode_tiled();
   if (encode == nullptr) return cudaErrorNotSupported;
   const uint64_t es = elem_bytes(dtype);
   const int chunk = head_dim >= 64 ? 64 : head_dim;
-  const cuuint64_t dims[5] = {cuuint64_t(head_dim), cuuint64_t(heads), cuuint64_t(ax.extent[2]),
-                              cuuint64_t(ax.extent[1]), cuuint64_t(batch * ax.extent[0])};
+  const cuuint64_t dims[5] = {cuuint64_t(head_dim), cuuint64_t(heads), cuuint64_t(extent[2]),
+                              cuuint64_t(extent[1]), cuuint64_t(batch * extent[0])};
   const cuuint64_t strides[4] = {es * head_dim, es * head_dim * heads,
-                                 es * head_dim * heads * ax.extent[2],
-                                 es * head_dim * heads * ax.extent[2] * ax.extent[1]};
+                                 es * head_dim * heads * extent[2],
+                                 es * head_dim * heads * extent[2] * extent[1]};
   const cuuint32_t box[5] = {cuuint32_t(chunk), 1, cuuint32_t(tile[2] * ax.dilation[2]),
                              cuuint32_t(tile[1] * ax.dilation[1]),
                              cuuint32_t(tile[0] * ax.dilation[0])};
@@ -80,11 +81,14 @@ inline cudaError_t make_qkv_tensor_maps(const Problem& p, const KernelAxes& ax,
                                         const void* v, CUtensorMap* mq, CUtensorMap* mk,
                                         CUtensorMap* mv) {
   cudaError_t err;
-  if ((err = make_token_tensor_map(mq, q, p.dtype, p.head_dim, p.heads, ax, p.batch, tiles.q)))
+  if ((err = make_token_tensor_map(mq, q, p.dtype, p.head_dim, p.heads, ax, p.batch, tiles.q,
+                                   ax.q_extent)))
     return err;
-  if ((err = make_token_tensor_map(mk, k, p.dtype, p.head_dim, p.kv_heads, ax, p.batch, tiles.kv)))
+  if ((err = make_token_tensor_map(mk, k, p.dtype, p.head_dim, p.kv_heads, ax, p.batch, tiles.kv,
+                                   ax.kv_extent)))
     return err;
-  return make_token_tensor_map(mv, v, p.dtype, p.head_dim, p.kv_heads, ax, p.batch, tiles.kv);
+  return make_token_tensor_map(mv, v, p.dtype, p.head_dim, p.kv_heads, ax, p.batch, tiles.kv,
+                               ax.kv_extent);
 }
 
 // A TMA box spans tile * dilation positions per axis and may not exceed 256.
@@ -172,10 +176,29 @@ inline const char* check_common(const Problem& p, const KernelAxes& ax) {
     return "heads must be a positive multiple of kv_heads";
   if (!std::isfinite(p.scale)) return "the softmax scale must be finite";
   if (p.batch < 1) return "batch must be >= 1";
-  int64_t tokens = p.batch;
-  for (int a = 0; a < 3; ++a) tokens *= ax.extent[a];
-  if (tokens * p.heads >= (int64_t(1) << 31) || p.batch * ax.extent[0] >= (int64_t(1) << 31))
+  int64_t tokens = p.batch, kv_tokens = p.batch;
+  for (int a = 0; a < 3; ++a) tokens *= ax.q_extent[a], kv_tokens *= ax.kv_extent[a];
+  if (tokens * p.heads >= (int64_t(1) << 31) || kv_tokens * p.heads >= (int64_t(1) << 31) ||
+      p.batch * (ax.q_extent[0] > ax.kv_extent[0] ? ax.q_extent[0] : ax.kv_extent[0]) >=
+          (int64_t(1) << 31))
     return "the CUDA kernels need batch * tokens * heads < 2^31";
+  return nullptr;
+}
+
+// Why the fused forward kernels cannot run `p`'s view (nullptr: whole axes, or a view they
+// take). They need the query slice inside the axis (no padding rows: every row they hold is
+// stored) and every query to see a key of the slice (a Q tile's KV box is never empty).
+inline const char* check_view(const Problem& p) {
+  if (!p.has_view()) return nullptr;
+  for (int a = 0; a < p.rank; ++a) {
+    const Axis axis = p.axis(a);
+    const AxisView view = p.view(a);
+    if (view.q_offset + view.q_length > axis.length)
+      return "a view's query slice must lie inside the axis (q_offset + queries <= extent)";
+    for (int i = 0; i < view.q_length; ++i)
+      if (view_keys(axis, view, i).count == 0)
+        return "every query of a view must see a key of the key slice";
+  }
   return nullptr;
 }
 

@@ -46,7 +46,13 @@ struct FwdTileConfigs {
 // Runtime parameters of one launch, in kernel axes (trivial axes: extent 1,
 // window 1, stride 1, dilation 1, not causal).
 struct FwdParams {
-  int extent[3];
+  int extent[3];  // the whole axes (windows); the arrays hold the view's slices below
+  // The view (gna/problem.h): q/out/lse hold q_extent positions from q_offset on, k/v hold
+  // kv_extent from kv_offset on. Whole axes: offsets 0, both extents = extent.
+  int q_offset[3];
+  int q_extent[3];
+  int kv_offset[3];
+  int kv_extent[3];
   int kernel_size[3];
   int stride[3];
   int dilation[3];
@@ -77,6 +83,14 @@ struct FwdWork {
   Range full[3];  // per axis, the KV tiles that need no mask (tile_box.h)
   bool valid;     // false: the Q tile holds no query of its dilation group
 };
+
+// Axis `a` of local dilation group `group` of the launch's view, in group coordinates
+// (tile_box.h). For whole axes the same numbers as group_axis(Axis, group).
+GNA_HOST_DEVICE GroupAxis launch_group_axis(const FwdParams& p, int a, int group) {
+  return group_axis(
+      Axis{p.extent[a], p.kernel_size[a], p.stride[a], p.dilation[a], p.causal[a] != 0},
+      AxisView{p.q_offset[a], p.q_extent[a], p.kv_offset[a], p.kv_extent[a]}, group);
+}
 
 // Item order: Q tiles fastest (in p.tile_order), then dilation groups, heads, batch.
 // `q_tile` / `kv_tile` are the kernel's tile shapes (kernel axes).
@@ -109,9 +123,8 @@ GNA_HOST_DEVICE FwdWork decode_fwd_work(const FwdParams& p, int item, const int 
   }
   w.valid = true;
   for (int a = 0; a < 3; ++a) {
-    w.axes[a] = GroupAxis{group_length(p.extent[a], p.dilation[a], w.group[a]), p.kernel_size[a],
-                          p.stride[a], p.causal[a] != 0};
-    w.valid &= w.q_tile[a] * q_tile[a] < w.axes[a].length;
+    w.axes[a] = launch_group_axis(p, a, w.group[a]);
+    w.valid &= w.q_tile[a] * q_tile[a] < q_end(w.axes[a]);
   }
   w.box = kv_tile_box(w.axes, 3, w.q_tile, q_tile, kv_tile);
   for (int a = 0; a < 3; ++a)
@@ -125,6 +138,7 @@ GNA_HOST_DEVICE FwdWork decode_fwd_work(const FwdParams& p, int item, const int 
 // axes, so problem axis i is kernel axis 3 - r + i (fwd_params.h).
 struct KernelAxes {
   int extent[3], kernel_size[3], stride[3], dilation[3], causal[3];
+  int q_offset[3], q_extent[3], kv_offset[3], kv_extent[3];  // the view (gna/problem.h)
 };
 
 inline KernelAxes kernel_axes(const Problem& p) {
@@ -137,6 +151,10 @@ inline KernelAxes kernel_axes(const Problem& p) {
     k.stride[a] = real ? p.stride[i] : 1;
     k.dilation[a] = real ? p.dilation[i] : 1;
     k.causal[a] = real && p.causal[i] ? 1 : 0;
+    k.q_offset[a] = real ? p.q_offset[i] : 0;
+    k.q_extent[a] = real ? p.q_length(i) : 1;
+    k.kv_offset[a] = real ? p.kv_offset[i] : 0;
+    k.kv_extent[a] = real ? p.kv_length(i) : 1;
   }
   return k;
 }
@@ -154,7 +172,12 @@ inline FwdParams fwd_params(const Problem& p, const KernelAxes& ax, const int q_
     fp.stride[a] = ax.stride[a];
     fp.dilation[a] = ax.dilation[a];
     fp.causal[a] = ax.causal[a];
-    const int lg0 = (ax.extent[a] + ax.dilation[a] - 1) / ax.dilation[a];  // group 0 is longest
+    fp.q_offset[a] = ax.q_offset[a];
+    fp.q_extent[a] = ax.q_extent[a];
+    fp.kv_offset[a] = ax.kv_offset[a];
+    fp.kv_extent[a] = ax.kv_extent[a];
+    // Q tiles cover the local query positions; local group 0 is the longest.
+    const int lg0 = (ax.q_extent[a] + ax.dilation[a] - 1) / ax.dilation[a];
     fp.q_tiles[a] = (lg0 + q_tile[a] - 1) / q_tile[a];
     fp.num_q_tiles *= fp.q_tiles[a];
     fp.num_groups *= ax.dilation[a];

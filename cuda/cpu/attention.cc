@@ -61,12 +61,15 @@ struct KeyBox {
 };
 
 // Row-major token strides of the spatial axes (unused axes have extent 1).
+// `keys`: the grid of the k/v arrays, else that of q/out/lse (they differ in a view).
 struct TokenGrid {
   int64_t stride[kMaxRank];
-  explicit TokenGrid(const Problem& p) {
+  TokenGrid(const Problem& p, bool keys) {
+    int extent[kMaxRank];
+    for (int a = 0; a < kMaxRank; ++a) extent[a] = keys ? p.kv_length(a) : p.q_length(a);
     stride[2] = 1;
-    stride[1] = p.extent[2];
-    stride[0] = int64_t{p.extent[1]} * p.extent[2];
+    stride[1] = extent[2];
+    stride[0] = int64_t{extent[1]} * extent[2];
   }
   void coords(int64_t token, int* c) const {
     for (int a = 0; a < kMaxRank; ++a) {
@@ -76,6 +79,8 @@ struct TokenGrid {
   }
 };
 
+// The keys (local positions of the key slice) of the local query at `query`; an empty box
+// (size 0) for a padding query or a window that misses the key slice.
 KeyBox key_box(const Problem& p, const int* query) {
   KeyBox box;
   for (int a = 0; a < kMaxRank; ++a) {
@@ -83,11 +88,10 @@ KeyBox key_box(const Problem& p, const int* query) {
       box.first[a] = 0, box.step[a] = 1, box.count[a] = 1;
       continue;
     }
-    const Axis axis = p.axis(a);
-    const Range w = window(axis, query[a]);
-    box.first[a] = w.start * axis.dilation + query[a] % axis.dilation;
-    box.step[a] = axis.dilation;
-    box.count[a] = w.end - w.start;
+    const ViewKeys keys = view_keys(p.axis(a), p.view(a), query[a]);
+    box.first[a] = keys.key_first;
+    box.step[a] = p.dilation[a];
+    box.count[a] = keys.count;
   }
   return box;
 }
@@ -149,14 +153,14 @@ void parallel_for(int64_t tasks, int64_t work_per_task, Fn&& fn) {
 
 void forward(const Problem& p, const void* q_raw, const void* k_raw, const void* v_raw,
              void* out_raw, float* lse) {
-  const int64_t tokens = p.tokens();
+  const int64_t tokens = p.tokens(), kv_tokens = p.kv_tokens();
   const int H = p.heads, Hkv = p.kv_heads, D = p.head_dim, Dv = p.head_dim_v;
   const int group = H / Hkv;
   const Fp32Tensor q(q_raw, p.dtype, p.batch * tokens * H * D);
-  const Fp32Tensor k(k_raw, p.dtype, p.batch * tokens * Hkv * D);
-  const Fp32Tensor v(v_raw, p.dtype, p.batch * tokens * Hkv * Dv);
+  const Fp32Tensor k(k_raw, p.dtype, p.batch * kv_tokens * Hkv * D);
+  const Fp32Tensor v(v_raw, p.dtype, p.batch * kv_tokens * Hkv * Dv);
   std::vector<float> out(p.batch * tokens * H * Dv);
-  const TokenGrid grid(p);
+  const TokenGrid grid(p, false), kv_grid(p, true);
   const int64_t window = max_box_size(p);
 
   // One task = one (batch, head) pair and a chunk of query tokens.
@@ -173,21 +177,26 @@ void forward(const Problem& p, const void* q_raw, const void* k_raw, const void*
       int coord[kMaxRank];
       grid.coords(t, coord);
       const KeyBox box = key_box(p, coord);
+      float* out_row = out.data() + ((b * tokens + t) * H + h) * Dv;
+      if (box.size() == 0) {  // no visible key (views only): an empty softmax
+        std::fill(out_row, out_row + Dv, 0.f);
+        lse[(b * tokens + t) * H + h] = -std::numeric_limits<float>::infinity();
+        continue;
+      }
       const float* q_row = q.data() + ((b * tokens + t) * H + h) * D;
       float max_score = -std::numeric_limits<float>::infinity();
-      for_each_key(grid, box, [&](int64_t n, int64_t key) {
-        const float* k_row = k.data() + ((b * tokens + key) * Hkv + hk) * D;
+      for_each_key(kv_grid, box, [&](int64_t n, int64_t key) {
+        const float* k_row = k.data() + ((b * kv_tokens + key) * Hkv + hk) * D;
         scores[n] = p.scale * dot(q_row, k_row, D);
         max_score = std::max(max_score, scores[n]);
       });
       float sum = 0.f;
       std::fill(acc.begin(), acc.end(), 0.f);
-      for_each_key(grid, box, [&](int64_t n, int64_t key) {
+      for_each_key(kv_grid, box, [&](int64_t n, int64_t key) {
         const float weight = std::exp(scores[n] - max_score);
         sum += weight;
-        axpy(weight, v.data() + ((b * tokens + key) * Hkv + hk) * Dv, acc.data(), Dv);
+        axpy(weight, v.data() + ((b * kv_tokens + key) * Hkv + hk) * Dv, acc.data(), Dv);
       });
-      float* out_row = out.data() + ((b * tokens + t) * H + h) * Dv;
       for (int e = 0; e < Dv; ++e) out_row[e] = acc[e] / sum;
       lse[(b * tokens + t) * H + h] = max_score + std::log(sum);
     }
@@ -198,18 +207,18 @@ void forward(const Problem& p, const void* q_raw, const void* k_raw, const void*
 void backward(const Problem& p, const void* dout_raw, const void* q_raw, const void* k_raw,
               const void* v_raw, const void* out_raw, const float* lse, const float* dlse,
               void* dq_raw, void* dk_raw, void* dv_raw) {
-  const int64_t tokens = p.tokens();
+  const int64_t tokens = p.tokens(), kv_tokens = p.kv_tokens();
   const int H = p.heads, Hkv = p.kv_heads, D = p.head_dim, Dv = p.head_dim_v;
   const int group = H / Hkv;
   const Fp32Tensor dout(dout_raw, p.dtype, p.batch * tokens * H * Dv);
   const Fp32Tensor q(q_raw, p.dtype, p.batch * tokens * H * D);
-  const Fp32Tensor k(k_raw, p.dtype, p.batch * tokens * Hkv * D);
-  const Fp32Tensor v(v_raw, p.dtype, p.batch * tokens * Hkv * Dv);
+  const Fp32Tensor k(k_raw, p.dtype, p.batch * kv_tokens * Hkv * D);
+  const Fp32Tensor v(v_raw, p.dtype, p.batch * kv_tokens * Hkv * Dv);
   const Fp32Tensor out(out_raw, p.dtype, p.batch * tokens * H * Dv);
   std::vector<float> dq(p.batch * tokens * H * D, 0.f);
-  std::vector<float> dk(p.batch * tokens * Hkv * D, 0.f);
-  std::vector<float> dv(p.batch * tokens * Hkv * Dv, 0.f);
-  const TokenGrid grid(p);
+  std::vector<float> dk(p.batch * kv_tokens * Hkv * D, 0.f);
+  std::vector<float> dv(p.batch * kv_tokens * Hkv * Dv, 0.f);
+  const TokenGrid grid(p, false), kv_grid(p, true);
   const int64_t window = max_box_size(p);
 
   // One task = one (batch, kv head): it owns that slice of dk/dv and the dq of the query heads
@@ -222,6 +231,7 @@ void backward(const Problem& p, const void* dout_raw, const void* q_raw, const v
         int coord[kMaxRank];
         grid.coords(t, coord);
         const KeyBox box = key_box(p, coord);
+        if (box.size() == 0) continue;  // no key, no gradient (lse is -inf there)
         const int64_t row = (b * tokens + t) * H + h;
         const float* q_row = q.data() + row * D;
         const float* do_row = dout.data() + row * Dv;
@@ -229,8 +239,8 @@ void backward(const Problem& p, const void* dout_raw, const void* q_raw, const v
         // d lse / d score = P, so the lse cotangent enters as a shift of the softmax "delta".
         const float delta = dot(do_row, out.data() + row * Dv, Dv) - dlse[row];
         const float row_lse = lse[row];
-        for_each_key(grid, box, [&](int64_t, int64_t key) {
-          const int64_t kv_row = (b * tokens + key) * Hkv + hk;
+        for_each_key(kv_grid, box, [&](int64_t, int64_t key) {
+          const int64_t kv_row = (b * kv_tokens + key) * Hkv + hk;
           const float* k_row = k.data() + kv_row * D;
           const float prob = std::exp(p.scale * dot(q_row, k_row, D) - row_lse);
           const float dprob = dot(do_row, v.data() + kv_row * Dv, Dv);

@@ -33,8 +33,11 @@ auto bind_fwd(Binding binding) {
       .template Attr<I64Span>("dilation")
       .template Attr<I64Span>("is_causal")
       .template Attr<float>("scale")
-      .template Attr<I64Span>("q_tile")    // requested tiles, one per axis, or empty: unset
-      .template Attr<I64Span>("kv_tile");  // (read by backends with tile configurations)
+      .template Attr<I64Span>("q_tile")           // requested tiles, one per axis, or empty: unset
+      .template Attr<I64Span>("kv_tile")          // (read by backends with tile configurations)
+      .template Attr<I64Span>("view_extent")      // a view (WindowAttrs), one per axis, or
+      .template Attr<I64Span>("view_q_offset")    // all three empty: the arrays hold the
+      .template Attr<I64Span>("view_kv_offset");  // whole axes
 }
 
 // jax_gna_bwd: (dout, q, k, v, out, lse, dlse) -> (dq, dk, dv, workspace).
@@ -57,7 +60,10 @@ auto bind_bwd(Binding binding) {
       .template Attr<I64Span>("dilation")
       .template Attr<I64Span>("is_causal")
       .template Attr<float>("scale")
-      .template Attr<int64_t>("deterministic");  // 1: bit-identical results run to run
+      .template Attr<int64_t>("deterministic")  // 1: bit-identical results run to run
+      .template Attr<I64Span>("view_extent")    // as in jax_gna_fwd
+      .template Attr<I64Span>("view_q_offset")
+      .template Attr<I64Span>("view_kv_offset");
 }
 
 inline Int64List as_list(I64Span s) { return Int64List{s.begin(), s.size()}; }
@@ -78,12 +84,17 @@ inline bool dtype_of(ffi::DataType t, DType* out) {
   }
 }
 
+// The view attributes of a call (WindowAttrs).
+struct ViewAttrs {
+  I64Span extent, q_offset, kv_offset;
+};
+
 // The problem of a call, after checking dtypes and shapes; `what` names the target in errors.
 // `q_tile`/`kv_tile`: the forward's requested tile shapes (empty: unset).
 inline ffi::ErrorOr<Problem> decode_problem(const char* what, const ffi::AnyBuffer& q,
                                             const ffi::AnyBuffer& k, const ffi::AnyBuffer& v,
                                             I64Span kernel_size, I64Span stride, I64Span dilation,
-                                            I64Span is_causal, float scale,
+                                            I64Span is_causal, float scale, const ViewAttrs& view,
                                             Int64List q_tile = {nullptr, 0},
                                             Int64List kv_tile = {nullptr, 0}) {
   DType dtype;
@@ -95,11 +106,12 @@ inline ffi::ErrorOr<Problem> decode_problem(const char* what, const ffi::AnyBuff
         ffi::Error::InvalidArgument(std::string(what) + ": q, k and v must share one dtype"));
   const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
   Problem problem;
-  const std::string error =
-      problem_from_shapes(as_list(qd), as_list(kd), as_list(vd), dtype,
-                          WindowAttrs{as_list(kernel_size), as_list(stride), as_list(dilation),
-                                      as_list(is_causal), scale, q_tile, kv_tile},
-                          &problem);
+  const std::string error = problem_from_shapes(
+      as_list(qd), as_list(kd), as_list(vd), dtype,
+      WindowAttrs{as_list(kernel_size), as_list(stride), as_list(dilation), as_list(is_causal),
+                  scale, q_tile, kv_tile, as_list(view.extent), as_list(view.q_offset),
+                  as_list(view.kv_offset)},
+      &problem);
   if (!error.empty())
     return ffi::Unexpected(ffi::Error::InvalidArgument(std::string(what) + ": " + error));
   return problem;
@@ -114,9 +126,9 @@ inline ffi::ErrorOr<Problem> decode_bwd_problem(
     const ffi::AnyBuffer& v, const ffi::AnyBuffer& out, const ffi::Buffer<ffi::F32>& lse,
     const ffi::Buffer<ffi::F32>& dlse, const ffi::AnyBuffer& dq, const ffi::AnyBuffer& dk,
     const ffi::AnyBuffer& dv, I64Span kernel_size, I64Span stride, I64Span dilation,
-    I64Span is_causal, float scale) {
+    I64Span is_causal, float scale, const ViewAttrs& view) {
   auto problem =
-      decode_problem("jax_gna_bwd", q, k, v, kernel_size, stride, dilation, is_causal, scale);
+      decode_problem("jax_gna_bwd", q, k, v, kernel_size, stride, dilation, is_causal, scale, view);
   if (problem.has_error()) return problem;
   const Problem& p = *problem;
   const int64_t n = rows(p);

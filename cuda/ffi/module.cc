@@ -46,13 +46,23 @@ gna::DType dtype_from_name(const std::string& name) {
 // Decodes a call exactly as the FFI handlers do; raises ValueError with the reason otherwise.
 gna::Problem problem(const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
                      const Ints& kernel_size, const Ints& stride, const Ints& dilation,
-                     const Ints& is_causal, const Ints& q_tile = {}, const Ints& kv_tile = {}) {
+                     const Ints& is_causal, const Ints& q_tile, const Ints& kv_tile,
+                     const Ints& view) {
+  // `view`: empty, or per axis (extent, q_offset, kv_offset) flattened.
+  Ints extent, q_offset, kv_offset;
+  for (size_t i = 0; i + 2 < view.size(); i += 3) {
+    extent.push_back(view[i]);
+    q_offset.push_back(view[i + 1]);
+    kv_offset.push_back(view[i + 2]);
+  }
+  if (view.size() % 3 != 0)
+    throw nb::value_error("view must hold (extent, q_offset, kv_offset) per spatial axis");
   gna::Problem p;
-  const std::string error =
-      gna::problem_from_shapes(list(q), list(k), list(v), dtype_from_name(dtype),
-                               gna::WindowAttrs{list(kernel_size), list(stride), list(dilation),
-                                                list(is_causal), 1.0f, list(q_tile), list(kv_tile)},
-                               &p);
+  const std::string error = gna::problem_from_shapes(
+      list(q), list(k), list(v), dtype_from_name(dtype),
+      gna::WindowAttrs{list(kernel_size), list(stride), list(dilation), list(is_causal), 1.0f,
+                       list(q_tile), list(kv_tile), list(extent), list(q_offset), list(kv_offset)},
+      &p);
   if (!error.empty()) throw nb::value_error(error.c_str());
   return p;
 }
@@ -150,11 +160,36 @@ NB_MODULE(_ext, m) {
       "(q_start, q_end) of the queries attending to every key along one axis (window.h).");
 
   m.def(
+      "view_keys",
+      [](int length, int kernel_size, int stride, int dilation, bool is_causal,
+         std::vector<int> view) {
+        const gna::Axis a = axis(length, kernel_size, stride, dilation, is_causal);
+        if (view.size() != 4)
+          throw nb::value_error(
+              "view must be (q_offset, q_length, "
+              "kv_offset, kv_length)");
+        const gna::AxisView v{view[0], view[1], view[2], view[3]};
+        if (const char* reason = gna::axis_view_error(a, v)) throw nb::value_error(reason);
+        std::pair<Ints, Ints> result;
+        for (int i = 0; i < v.q_length; ++i) {
+          const gna::ViewKeys keys = gna::view_keys(a, v, i);
+          result.first.push_back(keys.key_first);
+          result.second.push_back(keys.count);
+        }
+        return result;
+      },
+      nb::arg("length"), nb::arg("kernel_size"), nb::arg("stride"), nb::arg("dilation"),
+      nb::arg("is_causal"), nb::arg("view"),
+      "(first key, key count) of every local query of a view (q_offset, q_length, kv_offset, "
+      "kv_length) of one axis: its keys are the local keys first + n * dilation, n < count "
+      "(window.h view_keys).");
+  m.def(
       "fwd_workspace_bytes",
       [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
-         const Ints& kernel_size, const Ints& stride, const Ints& dilation,
-         const Ints& is_causal) -> size_t {
-        const gna::Problem p = problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal);
+         const Ints& kernel_size, const Ints& stride, const Ints& dilation, const Ints& is_causal,
+         const Ints& view) -> size_t {
+        const gna::Problem p =
+            problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal, {}, {}, view);
         size_t bytes = 0;  // the CPU kernels need none
 #ifdef JAX_GNA_WITH_CUDA
         bytes = std::max(bytes, gna::cuda_ffi::fwd_workspace_bytes(p));
@@ -162,13 +197,17 @@ NB_MODULE(_ext, m) {
         (void)p;
         return bytes;
       },
+      nb::arg("q_shape"), nb::arg("k_shape"), nb::arg("v_shape"), nb::arg("dtype"),
+      nb::arg("kernel_size"), nb::arg("stride"), nb::arg("dilation"), nb::arg("is_causal"),
+      nb::arg("view") = Ints{},
       "Bytes of the uint8 workspace output of jax_gna_fwd (the largest any handler needs).");
   m.def(
       "bwd_workspace_bytes",
       [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
-         const Ints& kernel_size, const Ints& stride, const Ints& dilation,
-         const Ints& is_causal) -> size_t {
-        const gna::Problem p = problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal);
+         const Ints& kernel_size, const Ints& stride, const Ints& dilation, const Ints& is_causal,
+         const Ints& view) -> size_t {
+        const gna::Problem p =
+            problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal, {}, {}, view);
         size_t bytes = 0;
 #ifdef JAX_GNA_WITH_CUDA
         bytes = std::max(bytes, gna::cuda_ffi::bwd_workspace_bytes(p));
@@ -176,15 +215,18 @@ NB_MODULE(_ext, m) {
         (void)p;
         return bytes;
       },
+      nb::arg("q_shape"), nb::arg("k_shape"), nb::arg("v_shape"), nb::arg("dtype"),
+      nb::arg("kernel_size"), nb::arg("stride"), nb::arg("dilation"), nb::arg("is_causal"),
+      nb::arg("view") = Ints{},
       "Bytes of the uint8 workspace output of jax_gna_bwd (the largest any handler needs).");
   m.def(
       "cuda_fwd_can_implement",
       [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
          const Ints& kernel_size, const Ints& stride, const Ints& dilation, const Ints& is_causal,
-         int cc_major, int cc_minor, const Ints& q_tile,
-         const Ints& kv_tile) -> std::optional<std::string> {
-        const gna::Problem p =
-            problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal, q_tile, kv_tile);
+         int cc_major, int cc_minor, const Ints& q_tile, const Ints& kv_tile,
+         const Ints& view) -> std::optional<std::string> {
+        const gna::Problem p = problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal,
+                                       q_tile, kv_tile, view);
 #ifdef JAX_GNA_WITH_CUDA
         if (const char* reason = gna::cuda_ffi::fwd_can_implement(p, cc_major, cc_minor))
           return std::string(reason);
@@ -197,7 +239,7 @@ NB_MODULE(_ext, m) {
       nb::arg("q_shape"), nb::arg("k_shape"), nb::arg("v_shape"), nb::arg("dtype"),
       nb::arg("kernel_size"), nb::arg("stride"), nb::arg("dilation"), nb::arg("is_causal"),
       nb::arg("cc_major") = -1, nb::arg("cc_minor") = 0, nb::arg("q_tile") = Ints{},
-      nb::arg("kv_tile") = Ints{},
+      nb::arg("kv_tile") = Ints{}, nb::arg("view") = Ints{},
       "None if the CUDA forward kernels can run this problem on a device of compute capability "
       "cc_major.cc_minor (cc_major < 0: any built arch) with the tile shapes q_tile/kv_tile "
       "(empty: whichever compiled configuration fits), else the reason.");
@@ -205,8 +247,9 @@ NB_MODULE(_ext, m) {
       "cuda_bwd_can_implement",
       [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
          const Ints& kernel_size, const Ints& stride, const Ints& dilation, const Ints& is_causal,
-         int cc_major, int cc_minor) -> std::optional<std::string> {
-        const gna::Problem p = problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal);
+         int cc_major, int cc_minor, const Ints& view) -> std::optional<std::string> {
+        const gna::Problem p =
+            problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal, {}, {}, view);
 #ifdef JAX_GNA_WITH_CUDA
         if (const char* reason = gna::cuda_ffi::bwd_can_implement(p, cc_major, cc_minor))
           return std::string(reason);
@@ -218,7 +261,7 @@ NB_MODULE(_ext, m) {
       },
       nb::arg("q_shape"), nb::arg("k_shape"), nb::arg("v_shape"), nb::arg("dtype"),
       nb::arg("kernel_size"), nb::arg("stride"), nb::arg("dilation"), nb::arg("is_causal"),
-      nb::arg("cc_major") = -1, nb::arg("cc_minor") = 0,
+      nb::arg("cc_major") = -1, nb::arg("cc_minor") = 0, nb::arg("view") = Ints{},
       "None if the CUDA backward kernels can run this problem on a device of compute capability "
       "cc_major.cc_minor (cc_major < 0: any built arch), else the reason.");
   m.def(

@@ -32,10 +32,20 @@ std::string problem_from_shapes(Int64List q, Int64List k, Int64List v, DType dty
     return "q, k, v must have the same rank, got " + shape_str(q) + ", " + shape_str(k) + ", " +
            shape_str(v);
   const size_t n = q.size;
+  const bool view = attrs.view_extent.size != 0;
+  if (attrs.view_q_offset.size != attrs.view_extent.size ||
+      attrs.view_kv_offset.size != attrs.view_extent.size ||
+      (view && attrs.view_extent.size != rank))
+    return "view_extent, view_q_offset and view_kv_offset must all be empty (no view) or have one "
+           "entry per spatial axis (" +
+           std::to_string(rank) + "), got " + shape_str(attrs.view_extent) + ", " +
+           shape_str(attrs.view_q_offset) + " and " + shape_str(attrs.view_kv_offset);
   for (size_t i = 0; i + 2 < n; ++i) {
-    if (k[i] != q[i] || v[i] != q[i])
-      return "q, k, v must share batch and spatial dims, got " + shape_str(q) + ", " +
-             shape_str(k) + ", " + shape_str(v);
+    const bool spatial = i + rank + 2 >= n;
+    if (v[i] != k[i] || (k[i] != q[i] && !(view && spatial)))
+      return std::string(view ? "q, k, v must share batch dims and k, v spatial dims, got "
+                              : "q, k, v must share batch and spatial dims, got ") +
+             shape_str(q) + ", " + shape_str(k) + ", " + shape_str(v);
   }
   if (k[n - 2] != v[n - 2]) return "k and v must have the same number of heads";
   if (k[n - 1] != q[n - 1]) return "q and k must have the same head dim";
@@ -58,7 +68,18 @@ std::string problem_from_shapes(Int64List q, Int64List k, Int64List v, DType dty
            ", kv_heads=" + std::to_string(p.kv_heads);
 
   for (size_t a = 0; a < rank; ++a) {
-    const int64_t length = q[n - 2 - rank + a];
+    const int64_t q_length = q[n - 2 - rank + a], kv_length = k[n - 2 - rank + a];
+    const int64_t length = view ? attrs.view_extent[a] : q_length;
+    if (!fits_int(q_length) || !fits_int(kv_length)) return "spatial extents must fit in int";
+    if (view) {
+      const int64_t qo = attrs.view_q_offset[a], ko = attrs.view_kv_offset[a];
+      if (!fits_int(length) || !fits_int(qo < 0 ? -qo : qo) || !fits_int(ko < 0 ? -ko : ko))
+        return "view extents and offsets must fit in int";
+      p.q_offset[a] = static_cast<int>(qo);
+      p.kv_offset[a] = static_cast<int>(ko);
+    }
+    p.q_extent[a] = static_cast<int>(q_length);
+    p.kv_extent[a] = static_cast<int>(kv_length);
     const int64_t ks = attrs.kernel_size[a], st = attrs.stride[a], dl = attrs.dilation[a];
     if (!fits_int(length)) return "spatial extents must fit in int";
     if (ks < 2 || st < 1 || st > ks || dl < 1 || ks * dl > length)
@@ -72,6 +93,10 @@ std::string problem_from_shapes(Int64List q, Int64List k, Int64List v, DType dty
     p.stride[a] = static_cast<int>(st);
     p.dilation[a] = static_cast<int>(dl);
     p.causal[a] = attrs.is_causal[a] != 0;
+    if (const char* reason = axis_view_error(p.axis(a), p.view(a)))
+      return "view on axis " + std::to_string(a) + ": " + reason + ", got q_offset " +
+             std::to_string(p.q_offset[a]) + ", kv_offset " + std::to_string(p.kv_offset[a]) +
+             ", dilation " + std::to_string(p.dilation[a]);
   }
   if (attrs.q_tile.size != attrs.kv_tile.size ||
       (attrs.q_tile.size != 0 && attrs.q_tile.size != rank))
@@ -88,6 +113,8 @@ std::string problem_from_shapes(Int64List q, Int64List k, Int64List v, DType dty
   }
   for (size_t a = rank; a < static_cast<size_t>(kMaxRank); ++a) {
     p.extent[a] = p.kernel_size[a] = p.stride[a] = p.dilation[a] = 1;
+    p.q_extent[a] = p.kv_extent[a] = 1;
+    p.q_offset[a] = p.kv_offset[a] = 0;
     p.causal[a] = false;
   }
   *problem = p;

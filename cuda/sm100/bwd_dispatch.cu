@@ -46,6 +46,9 @@ const char* bwd_can_implement(const Problem& p) {
       std::end(kBwdHeadDims))
     return "the sm100 backward kernels take head_dim 32, 64 or 128 only";
   if (p.head_dim_v != p.head_dim) return "the sm100 backward kernels need head_dim_v == head_dim";
+  if (p.has_view())
+    return "the sm100 kernels take whole axes only, not a view (a shard's queries against its "
+           "key block: jax_gna.parallel runs those shards with the xla implementation)";
   if (!bwd_kernel_built(p.dtype, p.head_dim, p.rank))
     return "this build's sm100 kernel set (JAX_GNA_KERNEL_SET=smoke: bfloat16, head dim 128, "
            "rank 3) lacks this backward kernel";

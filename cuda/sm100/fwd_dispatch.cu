@@ -79,6 +79,9 @@ const char* can_implement(const Problem& p, int* config) {
   static constexpr const char* kBoxTooLarge =
       "the sm100 kernels need tile * dilation <= 256 along every axis (a TMA box limit; tiles "
       "span up to 128 tokens in 1-D and 16 per axis in 2-D/3-D, so 1-D allows dilation <= 2)";
+  if (p.has_view())
+    return "the sm100 kernels take whole axes only, not a view (a shard's queries against its "
+           "key block: jax_gna.parallel runs those shards with the xla implementation)";
   if (p.dtype != DType::kF16 && p.dtype != DType::kBF16)
     return "the sm100 kernels take float16 or bfloat16 only";
   if (std::find(std::begin(kFwdHeadDims), std::end(kFwdHeadDims), p.head_dim) ==

@@ -55,6 +55,7 @@ const char* bwd_can_implement(const Problem& p) {
     return "this build's sm90 kernel set (JAX_GNA_KERNEL_SET=smoke) lacks this dtype/head_dim";
   const KernelAxes ax = kernel_axes(p);
   if (const char* reason = fwd_host::check_common(p, ax)) return reason;
+  if (const char* reason = fwd_host::check_view(p)) return reason;
   const FwdTileConfig tiles = bwd_tile_config(p.rank);
   if (!fwd_host::boxes_fit(tiles, ax))
     return "the sm90 backward kernels need tile * dilation <= 256 along every axis (a TMA box "

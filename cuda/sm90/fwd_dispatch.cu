@@ -112,6 +112,7 @@ const char* can_implement(const Problem& p, int* config) {
     return "this build's sm90 kernel set (JAX_GNA_KERNEL_SET=smoke) lacks this dtype/head_dim";
   const KernelAxes ax = kernel_axes(p);
   if (const char* reason = fwd_host::check_common(p, ax)) return reason;
+  if (const char* reason = fwd_host::check_view(p)) return reason;
   return fwd_host::pick_config(p, ax, fwd_tile_configs(p.rank, p.head_dim),
                                not_compiled(p.rank, p.head_dim), kBoxTooLarge, config);
 }

@@ -16,6 +16,13 @@
 //   small tiles, and pseudo-random 1-D, 2-D and 3-D problems with the
 //   compiled sm90 tile shapes (cuda/sm90/fwd_config.h, in the kernels'
 //   three-axis form) and small random tiles.
+// - views (window.h AxisView, tile_box.h group_axis of a view): view_keys,
+//   kv_tile_box, classify_tile, full_tile_range, q_tile_box and
+//   full_q_tile_range in local coordinates against per-element visibility on
+//   the whole axis (window.h's visible()), for every legal 1-D axis up to
+//   length 10 with views drawn around it (slices hanging over either border,
+//   missing the windows, padding queries) and pseudo-random 2-D and 3-D ones;
+//   whole-axis views against the square functions.
 // tests/test_window_cpp.py and tests/test_tile_box.py check the same headers
 // against the NumPy implementation and oracle.
 #include <cstdint>
@@ -446,6 +453,181 @@ void test_inverse_tiles() {
   }
 }
 
+// Element-level facts of one axis of a view, for one local dilation group:
+// local query position qp of the group is whole-axis position
+// view.q_offset + group + d * qp (valid below the axis' end), local key kp is
+// view.kv_offset + group + d * kp (valid inside the axis). Counted from
+// window.h's visible(), not from the group arithmetic under test.
+AxisPairs view_axis_pairs(const gna::Axis& axis, const gna::AxisView& view, int group, int q_tile,
+                          int kv_tile) {
+  const int d = axis.dilation;
+  int nq_pos = 0, nk_pos = 0;
+  for (int i = group; i < view.q_length; i += d) ++nq_pos;
+  for (int j = group; j < view.kv_length; j += d) ++nk_pos;
+  AxisPairs p;
+  p.nq = (nq_pos + q_tile - 1) / q_tile;
+  p.nk = (nk_pos + kv_tile - 1) / kv_tile;
+  p.visible.assign((p.nq + 2) * (p.nk + 2), 0);
+  p.valid_q.assign(p.nq + 2, 0);
+  p.keys_valid.assign(p.nk + 2, 0);
+  auto key_valid = [&](int kp) {
+    const int x = view.kv_offset + group + d * kp;
+    return 0 <= kp && kp < nk_pos && 0 <= x && x < axis.length;
+  };
+  for (int u = -1; u <= p.nk; ++u) {
+    bool all = u >= 0;
+    for (int kp = u * kv_tile; kp < (u + 1) * kv_tile && all; ++kp) all = key_valid(kp);
+    p.keys_valid[u + 1] = all;
+  }
+  for (int qp = 0; qp < nq_pos; ++qp) {
+    const int xq = view.q_offset + group + d * qp;
+    if (xq >= axis.length) continue;  // padding query
+    const int t = qp / q_tile;
+    ++p.valid_q[t + 1];
+    for (int kp = 0; kp < nk_pos; ++kp)
+      if (key_valid(kp))
+        p.visible[(t + 1) * (p.nk + 2) + kp / kv_tile + 1] +=
+            gna::visible(axis, xq, view.kv_offset + group + d * kp);
+  }
+  return p;
+}
+
+int64_t view_problems = 0, view_pairs = 0;
+
+// Every tile function of tile_box.h on the views of `axes` against per-element
+// visibility, over every local dilation group.
+void check_view(const gna::Axis* axes, const gna::AxisView* views, int rank, const int* q_tile,
+                const int* kv_tile) {
+  ++view_problems;
+  int groups = 1;
+  for (int a = 0; a < rank; ++a) groups *= axes[a].dilation;
+  for (int gi = 0; gi < groups; ++gi) {
+    gna::GroupAxis ga[3];
+    AxisPairs el[3];
+    int nq[3] = {1, 1, 1}, nk[3] = {1, 1, 1};
+    for (int a = 0, r = gi; a < rank; ++a) {
+      const int g = r % axes[a].dilation;
+      r /= axes[a].dilation;
+      ga[a] = gna::group_axis(axes[a], views[a], g);
+      el[a] = view_axis_pairs(axes[a], views[a], g, q_tile[a], kv_tile[a]);
+      nq[a] = el[a].nq;
+      nk[a] = el[a].nk;
+      EXPECT(gna::tile_count(ga[a].q_length, q_tile[a]) == nq[a] &&
+                 gna::tile_count(ga[a].kv_length, kv_tile[a]) == nk[a],
+             "view tile counts, axis %d", a);
+    }
+    for_each_tile(rank, nq, [&](const int* t) {
+      const gna::TileBox fwd = gna::kv_tile_box(ga, rank, t, q_tile, kv_tile);
+      for_each_tile(rank, nk, [&](const int* u) {
+        bool any = true, all = true;
+        for (int a = 0; a < rank; ++a) {
+          const int64_t v = el[a].pairs(t[a], u[a]);
+          any &= v > 0;
+          all &= el[a].keys_valid[u[a] + 1] && v == int64_t(el[a].valid_q[t[a] + 1]) * kv_tile[a];
+        }
+        all &= any;
+        ++view_pairs;
+        const gna::TileBox inv = gna::q_tile_box(ga, rank, u, q_tile, kv_tile);
+        bool full_fwd = true, full_inv = true;
+        for (int a = 0; a < rank; ++a) {
+          const gna::Range f = gna::full_tile_range(ga[a], t[a] * q_tile[a], q_tile[a], kv_tile[a]);
+          const gna::Range fi =
+              gna::full_q_tile_range(ga[a], u[a] * kv_tile[a], kv_tile[a], q_tile[a]);
+          full_fwd &= f.start <= u[a] && u[a] < f.end;
+          full_inv &= fi.start <= t[a] && t[a] < fi.end;
+        }
+        const gna::TileKind kind = gna::classify_tile(ga, rank, t, q_tile, u, kv_tile);
+        const char* what = nullptr;
+        if (in_box(fwd, rank, u) != any) what = "kv_tile_box";
+        if (in_box(inv, rank, t) != any) what = "q_tile_box";
+        if (full_fwd != all) what = "full_tile_range";
+        if (full_inv != all) what = "full_q_tile_range";
+        if (kind != (all   ? gna::TileKind::kFull
+                     : any ? gna::TileKind::kPartial
+                           : gna::TileKind::kEmpty))
+          what = "classify_tile";
+        EXPECT(what == nullptr,
+               "%s on a view: rank %d, axis 0 L=%d K=%d s=%d d=%d causal=%d view (%d %d %d %d), "
+               "group %d, tiles %d/%d, q tile (%d %d %d) kv tile (%d %d %d): any %d all %d",
+               what, rank, axes[0].length, axes[0].kernel_size, axes[0].stride, axes[0].dilation,
+               int(axes[0].causal), views[0].q_offset, views[0].q_length, views[0].kv_offset,
+               views[0].kv_length, gi, q_tile[0], kv_tile[0], t[0], t[1], t[2], u[0], u[1], u[2],
+               int(any), int(all));
+      });
+    });
+  }
+  // view_keys: exactly the visible, valid local keys of every local query.
+  for (int a = 0; a < rank; ++a) {
+    const gna::Axis& ax = axes[a];
+    const gna::AxisView& v = views[a];
+    for (int i = 0; i < v.q_length; ++i) {
+      const gna::ViewKeys keys = gna::view_keys(ax, v, i);
+      for (int j = 0; j < v.kv_length; ++j) {
+        const int xq = v.q_offset + i, xk = v.kv_offset + j;
+        const bool want = xq < ax.length && 0 <= xk && xk < ax.length && gna::visible(ax, xq, xk);
+        const int n = j - keys.key_first;
+        const bool got =
+            keys.count > 0 && n >= 0 && n % ax.dilation == 0 && n / ax.dilation < keys.count;
+        EXPECT(got == want, "view_keys: L=%d view (%d %d %d %d) query %d key %d", ax.length,
+               v.q_offset, v.q_length, v.kv_offset, v.kv_length, i, j);
+      }
+    }
+  }
+}
+
+// A random legal view of `axis`: the query slice starts inside the axis and
+// may run past its end; the key slice starts at the queries' dilation phase
+// anywhere from before the axis to past its end.
+gna::AxisView random_view(Lcg& rng, const gna::Axis& axis) {
+  const int L = axis.length, d = axis.dilation;
+  const int qo = rng.next(L);
+  const int nq = 1 + rng.next(L - qo + 2);
+  const int shift = rng.next(2 * (L / d) + 3) - (L / d) - 1;
+  return gna::AxisView{qo, nq, qo - d * shift, 1 + rng.next(L + 2)};
+}
+
+void test_views() {
+  Lcg rng{777};
+  const int tiles[][2] = {{1, 1}, {2, 3}, {3, 2}, {4, 4}};
+  for (const gna::Axis& a : legal_axes(10)) {
+    const gna::AxisView whole = gna::whole_axis(a.length);
+    for (const auto& t : tiles) {
+      check_view(&a, &whole, 1, &t[0], &t[1]);
+      for (int n = 0; n < 6; ++n) {
+        const gna::AxisView v = random_view(rng, a);
+        EXPECT(gna::axis_view_error(a, v) == nullptr, "random_view made an illegal view");
+        check_view(&a, &v, 1, &t[0], &t[1]);
+      }
+    }
+    // The whole-axis view is the square problem, function by function.
+    for (int g = 0; g < a.dilation; ++g) {
+      const gna::GroupAxis sq = gna::group_axis(a, g), vw = gna::group_axis(a, whole, g);
+      EXPECT(sq.length == vw.length && sq.q_offset == vw.q_offset && sq.q_length == vw.q_length &&
+                 sq.kv_offset == vw.kv_offset && sq.kv_length == vw.kv_length,
+             "whole-axis view of L=%d d=%d group %d", a.length, a.dilation, g);
+    }
+  }
+  for (int n = 0; n < 1500; ++n) {
+    const int rank = 2 + n % 2;
+    const int max_length = rank == 2 ? 14 : 8;
+    gna::Axis axes[3];
+    gna::AxisView views[3];
+    int q_tile[3], kv_tile[3];
+    for (int a = 0; a < rank; ++a) {
+      axes[a] = random_axis(rng, 2 + rng.next(max_length - 1));
+      views[a] = random_view(rng, axes[a]);
+      q_tile[a] = 1 + rng.next(4);
+      kv_tile[a] = 1 + rng.next(4);
+    }
+    check_view(axes, views, rank, q_tile, kv_tile);
+  }
+  // Illegal views name their rule.
+  const gna::Axis a{10, 3, 1, 2, false};
+  EXPECT(gna::axis_view_error(a, gna::AxisView{0, 4, 1, 4}) != nullptr, "dilation phase");
+  EXPECT(gna::axis_view_error(a, gna::AxisView{10, 4, 0, 4}) != nullptr, "q_offset past the end");
+  EXPECT(gna::axis_view_error(a, gna::AxisView{0, 0, 0, 4}) != nullptr, "empty query slice");
+}
+
 }  // namespace
 
 int main() {
@@ -453,6 +635,9 @@ int main() {
   test_window_invariants_and_inverse();
   test_tiles();
   test_inverse_tiles();
+  test_views();
+  std::printf("views: %lld problems, %lld (Q tile, KV tile) pairs\n",
+              static_cast<long long>(view_problems), static_cast<long long>(view_pairs));
   std::printf(
       "inverse boxes: %lld problems, %lld (Q tile, KV tile) pairs, %lld visited, %lld full\n",
       static_cast<long long>(inverse_problems), static_cast<long long>(inverse_pairs),

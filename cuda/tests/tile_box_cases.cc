@@ -6,6 +6,8 @@
 //
 // Input, one problem per line:
 //   rank, then per axis: length kernel_size stride dilation causal q_tile kv_tile
+// or a view of a problem (gna/window.h AxisView; tiles over its local slices):
+//   v rank, then per axis: the same seven numbers, then q_offset q_length kv_offset kv_length
 // Output, per problem: "case <n>", then per (dilation group, Q tile):
 //   "q <g...> <qt...> box <begin end>... full <begin end>... kinds <digits>"
 // (full: per axis, the KV tiles full_tile_range calls full).
@@ -15,6 +17,8 @@
 //   "k <g...> <kt...> qbox <begin end>... qfull <begin end>..."
 // (qbox: q_tile_box; qfull: per axis, full_q_tile_range).
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "gna/tile_box.h"
@@ -48,8 +52,13 @@ void print_row(const char* tag, int rank, const int* g, const int* tile, const c
 int main() {
   int rank;
   int n = 0;
-  while (std::scanf("%d", &rank) == 1) {
+  char first[16];
+  while (std::scanf("%15s", first) == 1) {
+    const bool has_view = std::strcmp(first, "v") == 0;
+    if (has_view && std::scanf("%d", &rank) != 1) return 1;
+    if (!has_view) rank = std::atoi(first);
     gna::Axis axes[3];
+    gna::AxisView views[3];
     int qt[3] = {1, 1, 1}, kt[3] = {1, 1, 1};
     for (int a = 0; a < rank; ++a) {
       int causal;
@@ -57,6 +66,11 @@ int main() {
                      &axes[a].dilation, &causal, &qt[a], &kt[a]) != 7)
         return 1;
       axes[a].causal = causal != 0;
+      views[a] = gna::whole_axis(axes[a].length);
+      if (has_view && std::scanf("%d %d %d %d", &views[a].q_offset, &views[a].q_length,
+                                 &views[a].kv_offset, &views[a].kv_length) != 4)
+        return 1;
+      if (gna::axis_view_error(axes[a], views[a]) != nullptr) return 2;
     }
     std::printf("case %d\n", n++);
     int groups = 1;
@@ -67,12 +81,13 @@ int main() {
       for (int a = 0, r = gi; a < rank; ++a) {
         g[a] = r % axes[a].dilation;
         r /= axes[a].dilation;
-        ga[a] = gna::group_axis(axes[a], g[a]);
+        ga[a] =
+            has_view ? gna::group_axis(axes[a], views[a], g[a]) : gna::group_axis(axes[a], g[a]);
       }
       int nq[3] = {1, 1, 1}, nk[3] = {1, 1, 1};
       for (int a = 0; a < rank; ++a) {
-        nq[a] = gna::tile_count(ga[a].length, qt[a]);
-        nk[a] = gna::tile_count(ga[a].length, kt[a]) + 2;  // indices -1..count
+        nq[a] = gna::tile_count(ga[a].q_length, qt[a]);
+        nk[a] = gna::tile_count(ga[a].kv_length, kt[a]) + 2;  // indices -1..count
       }
       const int total_q = nq[0] * nq[1] * nq[2];
       for (int qi = 0; qi < total_q; ++qi) {

@@ -5,8 +5,8 @@
 //
 // Host and device, no CUDA or CUTLASS headers. Everything here works in
 // dilation-group coordinates: along an axis of extent L and dilation d, group
-// g holds Lg = ceil((L - g) / d) positions, and tiles are ranges of group
-// coordinates. A kernel runs one dilation group per CTA, so a Q tile and its
+// g holds Lg = ceil((L - g) / d) positions, and tiles are ranges of (local,
+// see GroupAxis) group coordinates. A kernel runs one dilation group per CTA, so a Q tile and its
 // KV tiles always belong to the same group.
 //
 // Why per-axis reasoning is exact: visibility is a product over axes
@@ -28,21 +28,62 @@ enum class TileKind : int {
   kPartial = 2,  // anything else: mask per element
 };
 
-// One axis of a problem, in the coordinates of one dilation group.
+// One axis of a problem, in the coordinates of one dilation group, seen through a view
+// (window.h AxisView): tiles are ranges of *local* group coordinates. The local query n is
+// group position q_offset + n, the local key m is group position kv_offset + m. Valid queries
+// are [0, q_end), valid keys [kv_begin, kv_end) (see the helpers below); the rest of a tile is
+// padding. For the whole axis the offsets are 0 and both lengths are `length`, and every
+// function below reduces to the square problem's.
 struct GroupAxis {
-  int length;  // Lg, positions in the group
+  int length;  // Lg, positions in the group of the whole axis (windows are computed on it)
   int kernel_size;
   int stride;
   bool causal;
+  int q_offset;   // group position of local query 0 (>= 0)
+  int q_length;   // local query positions of the group
+  int kv_offset;  // group position of local key 0 (may be negative: a halo past the border)
+  int kv_length;  // local key positions of the group
 };
 
-GNA_HOST_DEVICE GroupAxis group_axis(const Axis& axis, int group) {
-  return GroupAxis{group_length(axis.length, axis.dilation, group), axis.kernel_size, axis.stride,
-                   axis.causal};
+// The whole-axis group axis of `length` group positions (no view).
+GNA_HOST_DEVICE GroupAxis whole_group_axis(int length, int kernel_size, int stride, bool causal) {
+  return GroupAxis{length, kernel_size, stride, causal, 0, length, 0, length};
 }
 
+GNA_HOST_DEVICE GroupAxis group_axis(const Axis& axis, int group) {
+  return whole_group_axis(group_length(axis.length, axis.dilation, group), axis.kernel_size,
+                          axis.stride, axis.causal);
+}
+
+// Local dilation group `local_group` of `view` (legal: axis_view_error). The local positions
+// local_group + n * dilation of the queries and of the keys belong to one whole-axis group g,
+// since the two slices start at the same dilation phase.
+GNA_HOST_DEVICE GroupAxis group_axis(const Axis& axis, const AxisView& view, int local_group) {
+  const int d = axis.dilation;
+  const int g = (view.q_offset + local_group) % d;
+  // Exact divisions: both offsets + local_group are congruent to g modulo d.
+  return GroupAxis{group_length(axis.length, d, g),
+                   axis.kernel_size,
+                   axis.stride,
+                   axis.causal,
+                   (view.q_offset + local_group - g) / d,
+                   group_length(view.q_length, d, local_group),
+                   (view.kv_offset + local_group - g) / d,
+                   group_length(view.kv_length, d, local_group)};
+}
+
+// Past the last valid local query (local queries past the axis' end are padding).
+GNA_HOST_DEVICE int q_end(const GroupAxis& a) { return min_int(a.q_length, a.length - a.q_offset); }
+// The valid local keys: inside the key slice and inside the axis.
+GNA_HOST_DEVICE int kv_begin(const GroupAxis& a) { return max_int(0, -a.kv_offset); }
+GNA_HOST_DEVICE int kv_end(const GroupAxis& a) {
+  return min_int(a.kv_length, a.length - a.kv_offset);
+}
+
+// Window of local query `iq`, in local key coordinates (not cut to the valid keys).
 GNA_HOST_DEVICE Range group_window(const GroupAxis& a, int iq) {
-  return window_in_group(iq, a.length, a.kernel_size, a.stride, a.causal);
+  const Range w = window_in_group(a.q_offset + iq, a.length, a.kernel_size, a.stride, a.causal);
+  return Range{w.start - a.kv_offset, w.end - a.kv_offset};
 }
 
 GNA_HOST_DEVICE int ceil_div_int(int a, int b) { return (a + b - 1) / b; }
@@ -53,30 +94,32 @@ GNA_HOST_DEVICE int tile_count(int length, int tile) { return ceil_div_int(lengt
 // The KV tiles (indices, tiles of `kv_tile` positions) that the Q tile starting
 // at `q_origin` with `q_tile` positions visits along one axis: floor of the
 // window start of its first query, ceil of the window end of its last valid
-// query (positions past the group's end are padding and ask for nothing).
-// Empty ({0, 0}) when the Q tile holds no valid query.
+// query, cut to the valid keys (padding queries ask for nothing). Empty
+// ({0, 0}) when the Q tile holds no valid query or its windows miss the keys.
 GNA_HOST_DEVICE Range kv_tile_range(const GroupAxis& a, int q_origin, int q_tile, int kv_tile) {
-  const int q_last = min_int(q_origin + q_tile, a.length) - 1;
+  const int q_last = min_int(q_origin + q_tile, q_end(a)) - 1;
   if (q_origin < 0 || q_last < q_origin) return Range{0, 0};
-  const int start = group_window(a, q_origin).start;
-  const int end = group_window(a, q_last).end;
+  const int start = max_int(group_window(a, q_origin).start, kv_begin(a));
+  const int end = min_int(group_window(a, q_last).end, kv_end(a));
+  if (end <= start) return Range{0, 0};
   return Range{start / kv_tile, ceil_div_int(end, kv_tile)};
 }
 
 // Classification of one (Q tile, KV tile) pair along one axis. `q_origin`,
-// `k_origin` are the first positions of the tiles (a KV tile may reach past
-// either end of the group: those positions are padding).
+// `k_origin` are the first local positions of the tiles (a KV tile may reach
+// past the valid keys: those positions are padding).
 GNA_HOST_DEVICE TileKind classify_axis(const GroupAxis& a, int q_origin, int q_tile, int k_origin,
                                        int kv_tile) {
   const int q_first = max_int(q_origin, 0);
-  const int q_last = min_int(q_origin + q_tile, a.length) - 1;
-  const int k_lo = max_int(k_origin, 0);
-  const int k_hi = min_int(k_origin + kv_tile, a.length);
+  const int q_last = min_int(q_origin + q_tile, q_end(a)) - 1;
+  const int k_begin = kv_begin(a), k_end = kv_end(a);
+  const int k_lo = max_int(k_origin, k_begin);
+  const int k_hi = min_int(k_origin + kv_tile, k_end);
   if (q_last < q_first || k_hi <= k_lo) return TileKind::kEmpty;
   const Range first = group_window(a, q_first);
   const Range last = group_window(a, q_last);
   if (last.end <= k_lo || first.start >= k_hi) return TileKind::kEmpty;
-  const bool no_padding = k_origin >= 0 && k_origin + kv_tile <= a.length;
+  const bool no_padding = k_origin >= k_begin && k_origin + kv_tile <= k_end;
   if (no_padding && last.start <= k_origin && first.end >= k_origin + kv_tile)
     return TileKind::kFull;
   return TileKind::kPartial;
@@ -84,13 +127,13 @@ GNA_HOST_DEVICE TileKind classify_axis(const GroupAxis& a, int q_origin, int q_t
 
 // The KV tiles (indices) along one axis that classify_axis calls full for the
 // Q tile at `q_origin`: every valid query's window holds the whole tile and the
-// tile lies inside the group. Empty range when there are none.
+// tile holds valid keys only. Empty range when there are none.
 GNA_HOST_DEVICE Range full_tile_range(const GroupAxis& a, int q_origin, int q_tile, int kv_tile) {
   const int q_first = max_int(q_origin, 0);
-  const int q_last = min_int(q_origin + q_tile, a.length) - 1;
+  const int q_last = min_int(q_origin + q_tile, q_end(a)) - 1;
   if (q_last < q_first) return Range{0, 0};
-  const int lo = ceil_div_int(group_window(a, q_last).start, kv_tile);
-  const int hi = min_int(group_window(a, q_first).end, a.length) / kv_tile;
+  const int lo = ceil_div_int(max_int(group_window(a, q_last).start, kv_begin(a)), kv_tile);
+  const int hi = max_int(min_int(group_window(a, q_first).end, kv_end(a)), 0) / kv_tile;
   return lo < hi ? Range{lo, hi} : Range{0, 0};
 }
 
@@ -102,52 +145,62 @@ GNA_HOST_DEVICE Range full_tile_range(const GroupAxis& a, int q_origin, int q_ti
 //   Q tile t in q_tile_range(u)      iff  KV tile u in kv_tile_range(t)
 //   Q tile t in full_q_tile_range(u) iff  KV tile u in full_tile_range(t)
 // (cuda/tests/geometry_test.cc checks both exhaustively against the forward and
-// against per-element visibility).
+// against per-element visibility, for whole axes and views).
 //
 // Why they are exact: the queries whose windows meet the keys [k_lo, k_hi) are
 // {q : end(q) > k_lo and start(q) < k_hi}. Starts and ends are non-decreasing
 // in q, so this is a suffix intersected with a prefix, the contiguous range
-// [inverse_window(k_lo).start, inverse_window(k_hi - 1).end). A Q tile visits
-// the KV tile iff it holds one of those queries (the forward range of a Q tile
-// is exactly the KV tiles met by its valid queries' windows, see the top of
-// this file). Every valid key is seen by at least its own query, so the range
-// is never empty for a KV tile holding a valid key. Cost: two inverse_window
-// binary searches (O(log Lg) window evaluations each), once per CTA and axis.
+// [inverse_window(k_lo).start, inverse_window(k_hi - 1).end) (whole-axis group
+// positions; a view shifts it to local ones and cuts it to its valid queries).
+// A Q tile visits the KV tile iff it holds one of those queries (the forward
+// range of a Q tile is exactly the KV tiles met by its valid queries' windows,
+// see the top of this file). Cost: two inverse_window binary searches
+// (O(log Lg) window evaluations each), once per CTA and axis.
 
 // The Q tiles (indices, tiles of `q_tile` positions) that visit the KV tile
 // starting at `kv_origin` with `kv_tile` positions along one axis. Empty
-// ({0, 0}) when the KV tile holds no valid key.
+// ({0, 0}) when the KV tile holds no valid key or no valid query sees it.
 GNA_HOST_DEVICE Range q_tile_range(const GroupAxis& a, int kv_origin, int kv_tile, int q_tile) {
-  const int k_lo = max_int(kv_origin, 0);
-  const int k_hi = min_int(kv_origin + kv_tile, a.length);
+  const int k_lo = max_int(kv_origin, kv_begin(a));
+  const int k_hi = min_int(kv_origin + kv_tile, kv_end(a));
   if (k_hi <= k_lo) return Range{0, 0};
-  const int first =
-      inverse_window_in_group(k_lo, a.length, a.kernel_size, a.stride, a.causal).start;
-  const int end =
-      inverse_window_in_group(k_hi - 1, a.length, a.kernel_size, a.stride, a.causal).end;
+  const int first = max_int(
+      inverse_window_in_group(a.kv_offset + k_lo, a.length, a.kernel_size, a.stride, a.causal)
+              .start -
+          a.q_offset,
+      0);
+  const int end = min_int(
+      inverse_window_in_group(a.kv_offset + k_hi - 1, a.length, a.kernel_size, a.stride, a.causal)
+              .end -
+          a.q_offset,
+      q_end(a));
+  if (end <= first) return Range{0, 0};
   return Range{first / q_tile, ceil_div_int(end, q_tile)};
 }
 
 // The Q tiles along one axis for which the pair (Q tile, KV tile at
-// `kv_origin`) is full (classify_axis): the KV tile lies inside the group and
+// `kv_origin`) is full (classify_axis): the KV tile holds valid keys only and
 // every valid query of the Q tile sees all of it. Those queries are
 // {q : end(q) >= kv_origin + kv_tile and start(q) <= kv_origin}, the range
-// [inverse_window(last key).start, inverse_window(first key).end). A Q tile
-// qualifies when its valid queries lie inside it: padding rows of the last Q
-// tile do not count (as in the forward), so when the range reaches the end of
-// the group the last Q tile qualifies too. Empty range when there are none
-// (a KV tile with padding would also get an empty range from the searches: no
-// query sees a key past the group's end; the first test only says it plainly).
+// [inverse_window(last key).start, inverse_window(first key).end), cut to the
+// valid queries. A Q tile qualifies when its valid queries lie inside it:
+// padding rows of the last Q tile do not count (as in the forward), so when
+// the range reaches the end of the valid queries the last Q tile qualifies too.
+// Empty range when there are none.
 GNA_HOST_DEVICE Range full_q_tile_range(const GroupAxis& a, int kv_origin, int kv_tile,
                                         int q_tile) {
-  if (kv_origin < 0 || kv_origin + kv_tile > a.length) return Range{0, 0};
-  const int first =
-      inverse_window_in_group(kv_origin + kv_tile - 1, a.length, a.kernel_size, a.stride, a.causal)
-          .start;
+  if (kv_origin < kv_begin(a) || kv_origin + kv_tile > kv_end(a)) return Range{0, 0};
+  const int first = inverse_window_in_group(a.kv_offset + kv_origin + kv_tile - 1, a.length,
+                                            a.kernel_size, a.stride, a.causal)
+                        .start -
+                    a.q_offset;
   const int end =
-      inverse_window_in_group(kv_origin, a.length, a.kernel_size, a.stride, a.causal).end;
-  const int lo = ceil_div_int(first, q_tile);
-  const int hi = end >= a.length ? tile_count(a.length, q_tile) : end / q_tile;
+      inverse_window_in_group(a.kv_offset + kv_origin, a.length, a.kernel_size, a.stride, a.causal)
+          .end -
+      a.q_offset;
+  const int last = q_end(a);
+  const int lo = ceil_div_int(max_int(first, 0), q_tile);
+  const int hi = end >= last ? tile_count(last, q_tile) : max_int(end, 0) / q_tile;
   return lo < hi ? Range{lo, hi} : Range{0, 0};
 }
 

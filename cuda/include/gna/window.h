@@ -34,8 +34,37 @@ struct Range {
   int end;
 };
 
+// A view of one axis: the sub-problem of one shard (jax_gna/parallel.py). Windows stay those of
+// the whole axis (`Axis::length`); the local query n is the axis position q_offset + n
+// (n < q_length) and the local key m is kv_offset + m (m < kv_length). Keys outside the key
+// slice or the axis are absent (masked); local queries past the axis' end are padding. The
+// whole axis is {0, length, 0, length}. Kernels require (axis_view_error):
+//   0 <= q_offset < length, q_length >= 1, kv_length >= 1, and
+//   (q_offset - kv_offset) % dilation == 0, so that local dilation group g of the queries and
+//   of the keys is the same whole-axis group (a kernel pairs groups by local position).
+struct AxisView {
+  int q_offset;
+  int q_length;
+  int kv_offset;
+  int kv_length;
+};
+
+GNA_HOST_DEVICE AxisView whole_axis(int length) { return AxisView{0, length, 0, length}; }
+
 GNA_HOST_DEVICE int min_int(int a, int b) { return a < b ? a : b; }
 GNA_HOST_DEVICE int max_int(int a, int b) { return a > b ? a : b; }
+
+// The broken rule, or nullptr when `view` is a legal view of `axis`.
+inline const char* axis_view_error(const Axis& axis, const AxisView& view) {
+  if (view.q_length < 1 || view.kv_length < 1) return "view lengths must be >= 1";
+  if (view.q_offset < 0 || view.q_offset >= axis.length)
+    return "the query slice must start inside the axis (0 <= q_offset < extent)";
+  const int phase = (view.q_offset - view.kv_offset) % axis.dilation;
+  if (phase != 0)
+    return "the key slice must start at the query slice's dilation phase "
+           "((q_offset - kv_offset) % dilation == 0)";
+  return nullptr;
+}
 
 // Number of positions in dilation group `group` (0 <= group < dilation).
 GNA_HOST_DEVICE int group_length(int length, int dilation, int group) {
@@ -71,6 +100,28 @@ GNA_HOST_DEVICE bool visible(const Axis& axis, int i, int j) {
   const Range w = window(axis, i);
   const int jg = j / axis.dilation;
   return w.start <= jg && jg < w.end;
+}
+
+// The keys of local query `i` of `view` (local positions key_first + n * dilation, n < count):
+// its window, cut to the key slice and the axis. count 0 for padding queries and for windows
+// that miss the slice.
+struct ViewKeys {
+  int key_first;
+  int count;
+};
+
+GNA_HOST_DEVICE ViewKeys view_keys(const Axis& axis, const AxisView& view, int i) {
+  const int qi = view.q_offset + i;
+  if (qi >= axis.length) return ViewKeys{0, 0};
+  const int d = axis.dilation, g = qi % d;
+  const Range w = window(axis, qi);
+  // Group coordinates of the key slice's first and past-the-end positions of group g.
+  const int lo = max_int(view.kv_offset, 0),
+            hi = min_int(view.kv_offset + view.kv_length, axis.length);
+  const int first = max_int(w.start, (lo - g + d - 1) / d);
+  const int end = min_int(w.end, hi > g ? (hi - g + d - 1) / d : 0);
+  if (end <= first) return ViewKeys{0, 0};
+  return ViewKeys{first * d + g - view.kv_offset, end - first};
 }
 
 // Inverse neighbourhood: the queries (group coordinates, same group) whose

@@ -147,64 +147,13 @@ struct BwdKernel {
   static constexpr uint32_t kStatBytes = kTileQ * sizeof(float);
   static constexpr uint32_t kStageBytes = 2 * kTileBytesQ + 2 * kStatBytes;
 
-  // Which CTA does what; every role decodes it identically from blockIdx.x. The KV tile is
-  // the fastest index by default (neighbouring CTAs share Q and dO tiles in L2) and the
-  // slowest in deterministic mode: there a CTA waits for the lower KV tiles of its head, batch
-  // entry and group (which then have lower block indices, so they run or ran already), and
-  // CTAs resident together should mostly belong to different heads, not wait in one chain.
-  struct Work {
-    int kv_tile[3];
-    int group[3];
-    int kv_head;
-    int batch;
-    GroupAxis axes[3];
-    TileBox box;    // the Q tiles that visit this KV tile
-    Range full[3];  // per axis, the Q tiles whose pair with this KV tile needs no mask
-  };
-
+  // Which CTA does what (decode_bwd_work, cuda/common/bwd_params.h: the item order and why);
+  // every role decodes it identically from blockIdx.x.
+  using Work = BwdWork;
   static CUTLASS_DEVICE Work decode_work(const BwdParams& p, int item) {
-    Work w;
-    int i = item, kt, gi;
-    if (p.deterministic) {
-      w.kv_head = i % p.kv_heads;
-      i /= p.kv_heads;
-      w.batch = i % p.batch;
-      i /= p.batch;
-      gi = i % p.num_groups;
-      kt = i / p.num_groups;
-    } else {
-      kt = i % p.num_kv_tiles;
-      i /= p.num_kv_tiles;
-      gi = i % p.num_groups;
-      i /= p.num_groups;
-      w.kv_head = i % p.kv_heads;
-      w.batch = i / p.kv_heads;
-    }
-    CUTLASS_PRAGMA_UNROLL
-    for (int a = 2; a >= 0; --a) {
-      w.kv_tile[a] = kt % p.kv_tiles[a];
-      kt /= p.kv_tiles[a];
-      w.group[a] = gi % p.dilation[a];
-      gi /= p.dilation[a];
-    }
     constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
-    for (int a = 0; a < 3; ++a)
-      w.axes[a] = GroupAxis{group_length(p.extent[a], p.dilation[a], w.group[a]), p.kernel_size[a],
-                            p.stride[a], p.causal[a] != 0};
-    w.box = q_tile_box(w.axes, 3, w.kv_tile, q_tile, kv_tile);
-    for (int a = 0; a < 3; ++a)
-      w.full[a] = full_q_tile_range(w.axes[a], w.kv_tile[a] * kv_tile[a], kv_tile[a], q_tile[a]);
-    return w;
-  }
-
-  // First row-statistics slot of Q tile `t` of query head `head` (bwd_config.h).
-  static CUTLASS_DEVICE int64_t stat_slot(const BwdParams& p, const Work& w, int head,
-                                          const int t[3]) {
-    int gi = 0;
-    for (int a = 0; a < 3; ++a) gi = gi * p.dilation[a] + w.group[a];
-    const int qt = (t[0] * p.q_tiles[1] + t[1]) * p.q_tiles[2] + t[2];
-    return ((int64_t(w.batch * p.heads + head) * p.num_groups + gi) * p.num_q_tiles + qt) * kTileQ;
+    return decode_bwd_work(p, item, q_tile, kv_tile);
   }
 
   // The Q tile of visit `j` of a head (n visits): box order, reversed in deterministic mode.
@@ -220,13 +169,15 @@ struct BwdKernel {
     return w.group[a] + p.dilation[a] * x;
   }
 
+  // `extent0`: the first-axis extent of the tensor (its batch entries are folded into that
+  // axis): p.q_extent[0] for Q and dO, p.kv_extent[0] for K and V.
   template <uint32_t kChunkBytes>
   static CUTLASS_DEVICE void tma_load_tile(const CUtensorMap* map, uint64_t* barrier, Element* smem,
                                            int head, const int origin[3], const BwdParams& p,
-                                           const Work& w, uint64_t hint) {
+                                           const Work& w, int extent0, uint64_t hint) {
     const int c2 = tma_coord(p, w, 2, origin[2]);
     const int c1 = tma_coord(p, w, 1, origin[1]);
-    const int c0 = w.batch * p.extent[0] + tma_coord(p, w, 0, origin[0]);
+    const int c0 = w.batch * extent0 + tma_coord(p, w, 0, origin[0]);
     CUTLASS_PRAGMA_UNROLL
     for (int c = 0; c < kChunks; ++c) {
       cute::SM90_TMA_LOAD_5D::copy(map, barrier, hint,
@@ -245,9 +196,9 @@ struct BwdKernel {
     const int kv_origin[3] = {w.kv_tile[0] * kK0, w.kv_tile[1] * kK1, w.kv_tile[2] * kK2};
     cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.kv_full, 2 * kTileBytesKV);
     tma_load_tile<kChunkBytesKV>(map_k, &ss.kv_full, ss.k, w.kv_head, kv_origin, p, w,
-                                 kEvictNormal);
+                                 p.kv_extent[0], kEvictNormal);
     tma_load_tile<kChunkBytesKV>(map_v, &ss.kv_full, ss.v, w.kv_head, kv_origin, p, w,
-                                 kEvictNormal);
+                                 p.kv_extent[0], kEvictNormal);
 
     auto state = cutlass::make_producer_start_state<PipelineQ>();
     const int n = w.box.size();
@@ -261,10 +212,10 @@ struct BwdKernel {
         uint64_t* bar = pipe.producer_get_barrier(state);
         const int s = state.index();
         tma_load_tile<kChunkBytesQ>(map_q, bar, ss.q + s * kTileQ * kHeadDim, head, origin, p, w,
-                                    kEvictLast);
+                                    p.q_extent[0], kEvictLast);
         tma_load_tile<kChunkBytesQ>(map_do, bar, ss.dout + s * kTileQ * kHeadDim, head, origin, p,
-                                    w, kEvictLast);
-        const int64_t slot = stat_slot(p, w, head, t);
+                                    w, p.q_extent[0], kEvictLast);
+        const int64_t slot = bwd_stat_slot(p, w, head, t);
         cute::SM90_BULK_COPY_G2S::copy(p.row_lse2 + slot, bar, ss.lse2[s], kStatBytes);
         cute::SM90_BULK_COPY_G2S::copy(p.row_delta + slot, bar, ss.delta[s], kStatBytes);
         ++state;
@@ -283,17 +234,6 @@ struct BwdKernel {
     o[0] = r / (kK1 * kK2);
     o[1] = (r / kK2) % kK1;
     o[2] = r % kK2;
-  }
-
-  // Global token of the row with per-axis group positions x (or -1 outside the grid).
-  static CUTLASS_DEVICE int64_t token_of(const BwdParams& p, const Work& w, const int x[3]) {
-    int64_t token = w.batch;
-    CUTLASS_PRAGMA_UNROLL
-    for (int a = 0; a < 3; ++a) {
-      if (x[a] >= w.axes[a].length) return -1;
-      token = token * p.extent[a] + (w.group[a] + p.dilation[a] * x[a]);
-    }
-    return token;
   }
 
   static CUTLASS_DEVICE float exp2_approx(float x) {
@@ -409,26 +349,16 @@ struct BwdKernel {
     const int row_base = 16 * warp + lane / 4;
     const int col_base = 2 * (lane & 3);
 
-    // The two KV rows this thread owns: per axis, the queries (group positions) that see them
-    // (the inverse window; empty for a key outside the group).
+    // The two KV rows this thread owns: per axis, the queries (local group positions) that see
+    // them (the inverse window, cut to the valid queries; empty for a key outside the valid
+    // keys: the group, or a view's key slice and axis).
     int row_lo[2][3], row_len[2][3];
     int64_t kv_token[2];
     CUTLASS_PRAGMA_UNROLL
     for (int r = 0; r < 2; ++r) {
-      int o[3], x[3];
+      int o[3];
       kv_offsets(64 * wg + row_base + 8 * r, o);
-      CUTLASS_PRAGMA_UNROLL
-      for (int a = 0; a < 3; ++a) {
-        x[a] = w.kv_tile[a] * kv_tile[a] + o[a];
-        const GroupAxis& ax = w.axes[a];
-        const Range inv =
-            x[a] < ax.length
-                ? inverse_window_in_group(x[a], ax.length, ax.kernel_size, ax.stride, ax.causal)
-                : Range{0, 0};
-        row_lo[r][a] = inv.start;
-        row_len[r][a] = inv.end - inv.start;
-      }
-      kv_token[r] = token_of(p, w, x);
+      kv_token[r] = bwd_kv_row(p, w, kv_tile, o, row_lo[r], row_len[r]);
     }
 
     const int n = w.box.size();
@@ -555,12 +485,16 @@ struct BwdKernel {
         cutlass::arch::fence_view_async_shared();
         cutlass::arch::NamedBarrier::sync(128, kDqBarrier + wg);
         if (leader) {
-          const int64_t slot = stat_slot(p, w, head, t);
+          const int64_t slot = bwd_stat_slot(p, w, head, t);
           float* block = p.dq_accum + slot * kHeadDim + (kSplitN ? wg * kDqChunk : 0);
           if (p.deterministic) {
             // The writer thread adds it in turn: after the KV tiles before this one in the Q
             // tile's KV box (box order) and, with split K, after warpgroup 0 of this CTA.
-            const int index = kv_tile_box(w.axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
+            // The group axes again from p, not from w: keeping w.axes live through the loop
+            // costs registers (spills) for this rare branch.
+            GroupAxis axes[3];
+            for (int a = 0; a < 3; ++a) axes[a] = bwd_group_axis(p, a, w.group[a]);
+            const int index = kv_tile_box(axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
             ss.dq_handoff[wg] = DqHandoff{block, p.dq_semaphore + slot / kTileQ, 2 * index + wg};
             cutlass::arch::ClusterBarrier::arrive(&ss.dq_full[wg]);
           } else {
@@ -612,9 +546,11 @@ struct BwdKernel {
     }
     __syncthreads();
 
-    const Work w = decode_work(p, blockIdx.x);
     // Registers: 168 per thread at launch; the producer frees 144 x 128, the consumers take
-    // 72 x 256 of them (setmaxnreg blocks forever if the pool cannot cover the increase).
+    // 72 x 256 of them (setmaxnreg blocks forever if the pool cannot cover the increase). The
+    // consumers decode their work again after taking theirs (`w` is then the producer's only):
+    // one live across setmaxnreg spilled with a view's runtime offsets.
+    const Work w = decode_work(p, blockIdx.x);
     if (producer_role) {
       cutlass::arch::warpgroup_reg_dealloc<24>();
       if (threadIdx.x == 0 && w.box.size() > 0)
@@ -622,7 +558,7 @@ struct BwdKernel {
       if (threadIdx.x == 32 && p.deterministic) dq_writer(p, w, ss);
     } else {
       cutlass::arch::warpgroup_reg_alloc<240>();
-      consumer(p, w, ss, pipe);
+      consumer(p, decode_work(p, blockIdx.x), ss, pipe);
     }
   }
 };

@@ -13,6 +13,10 @@
 //     mask (partial tiles only), online softmax, O += P V (RS wgmma). The QK
 //     GEMM of tile j is in flight while the PV GEMM of tile j-1 runs and the
 //     softmax of tile j waits for it (FA3's intra-warpgroup overlap).
+// A view (gna/problem.h: a shard's queries against its key block, windows of
+// the whole axis) changes only the numbers: tiles cover the local query slice,
+// group axes (tile_box.h) carry the offsets, rows mask keys outside the key
+// slice, and the Q and K/V maps have their own extents.
 // Coordinates are dilation-group coordinates (tile_box.h); TMA tensor maps
 // traverse each spatial axis with element stride = dilation, so a box lands
 // only the tokens of the CTA's group. Tokens outside the grid (TMA zero-fill,
@@ -156,9 +160,8 @@ struct FwdKernel {
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
     w.valid = true;
     for (int a = 0; a < 3; ++a) {
-      w.axes[a] = GroupAxis{group_length(p.extent[a], p.dilation[a], w.group[a]), p.kernel_size[a],
-                            p.stride[a], p.causal[a] != 0};
-      w.valid &= w.q_tile[a] * q_tile[a] < w.axes[a].length;
+      w.axes[a] = launch_group_axis(p, a, w.group[a]);
+      w.valid &= w.q_tile[a] * q_tile[a] < q_end(w.axes[a]);
     }
     w.box = kv_tile_box(w.axes, 3, w.q_tile, q_tile, kv_tile);
     for (int a = 0; a < 3; ++a)
@@ -200,14 +203,14 @@ struct FwdKernel {
     tma_load_tile(
         map_q, &ss.q_full, ss.q, kChunkBytesQ, w.head, tma_coord(p, w, 2, w.q_tile[2] * q_tile[2]),
         tma_coord(p, w, 1, w.q_tile[1] * q_tile[1]),
-        w.batch * p.extent[0] + tma_coord(p, w, 0, w.q_tile[0] * q_tile[0]), kEvictNormal);
+        w.batch * p.q_extent[0] + tma_coord(p, w, 0, w.q_tile[0] * q_tile[0]), kEvictNormal);
 
     const int n = w.box.size();
     int t[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
     for (int j = 0; j < n; ++j, w.box.next(t)) {
       const int c2 = tma_coord(p, w, 2, t[2] * kv_tile[2]);
       const int c1 = tma_coord(p, w, 1, t[1] * kv_tile[1]);
-      const int c0 = w.batch * p.extent[0] + tma_coord(p, w, 0, t[0] * kv_tile[0]);
+      const int c0 = w.batch * p.kv_extent[0] + tma_coord(p, w, 0, t[0] * kv_tile[0]);
       pipe_k.producer_acquire(state_k);
       tma_load_tile(map_k, pipe_k.producer_get_barrier(state_k),
                     ss.k + state_k.index() * kTileKV * kHeadDim, kChunkBytesKV, kv_head, c2, c1, c0,
@@ -308,7 +311,8 @@ struct FwdKernel {
     const int col_base = 2 * (lane & 3);
     static_assert(kK2 % 8 == 0, "the n8 column blocks of S must not straddle a KV tile row");
 
-    // The two rows this thread owns: their windows per axis.
+    // The two rows this thread owns: their windows per axis, cut to the valid keys (a view's
+    // key slice; for whole axes windows lie inside the group and the cut changes nothing).
     int row_win_lo[2][3], row_win_len[2][3];
     CUTLASS_PRAGMA_UNROLL
     for (int r = 0; r < 2; ++r) {
@@ -316,10 +320,11 @@ struct FwdKernel {
       q_offsets(row_base + 8 * r, o);
       CUTLASS_PRAGMA_UNROLL
       for (int a = 0; a < 3; ++a) {
-        const int q = min_int(w.q_tile[a] * q_tile[a] + o[a], w.axes[a].length - 1);
+        const int q = min_int(w.q_tile[a] * q_tile[a] + o[a], q_end(w.axes[a]) - 1);
         const Range win = group_window(w.axes[a], q);
-        row_win_lo[r][a] = win.start;
-        row_win_len[r][a] = win.end - win.start;
+        const int lo = max_int(win.start, kv_begin(w.axes[a]));
+        row_win_lo[r][a] = lo;
+        row_win_len[r][a] = max_int(min_int(win.end, kv_end(w.axes[a])) - lo, 0);
       }
     }
 
@@ -505,8 +510,8 @@ struct FwdKernel {
       CUTLASS_PRAGMA_UNROLL
       for (int a = 0; a < 3; ++a) {
         const int q = w.q_tile[a] * q_tile[a] + o[a];
-        if (q >= w.axes[a].length) return -1;
-        token = token * p.extent[a] + (w.group[a] + p.dilation[a] * q);
+        if (q >= q_end(w.axes[a])) return -1;
+        token = token * p.q_extent[a] + (w.group[a] + p.dilation[a] * q);
       }
       return token;
     };
