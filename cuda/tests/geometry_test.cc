@@ -241,24 +241,47 @@ struct AxisPairs {
   int64_t pairs(int t, int u) const { return visible[(t + 1) * (nk + 2) + (u + 1)]; }
 };
 
-AxisPairs axis_pairs(const gna::Axis& axis, int group, int q_tile, int kv_tile) {
-  int lg = 0;  // group length by counting, not by group_length()
-  for (int i = group; i < axis.length; i += axis.dilation) ++lg;
+// Element-level facts of one axis of a view, for one local dilation group:
+// local query position qp of the group is whole-axis position
+// view.q_offset + group + d * qp (valid below the axis' end), local key kp is
+// view.kv_offset + group + d * kp (valid inside the axis). Counted from
+// window.h's visible(), not from the group arithmetic under test.
+AxisPairs view_axis_pairs(const gna::Axis& axis, const gna::AxisView& view, int group, int q_tile,
+                          int kv_tile) {
+  const int d = axis.dilation;
+  int nq_pos = 0, nk_pos = 0;
+  for (int i = group; i < view.q_length; i += d) ++nq_pos;
+  for (int j = group; j < view.kv_length; j += d) ++nk_pos;
   AxisPairs p;
-  p.nq = (lg + q_tile - 1) / q_tile;
-  p.nk = (lg + kv_tile - 1) / kv_tile;
+  p.nq = (nq_pos + q_tile - 1) / q_tile;
+  p.nk = (nk_pos + kv_tile - 1) / kv_tile;
   p.visible.assign((p.nq + 2) * (p.nk + 2), 0);
   p.valid_q.assign(p.nq + 2, 0);
   p.keys_valid.assign(p.nk + 2, 0);
-  for (int u = -1; u <= p.nk; ++u) p.keys_valid[u + 1] = u >= 0 && (u + 1) * kv_tile <= lg;
-  for (int qp = 0; qp < lg; ++qp) {
+  auto key_valid = [&](int kp) {
+    const int x = view.kv_offset + group + d * kp;
+    return 0 <= kp && kp < nk_pos && 0 <= x && x < axis.length;
+  };
+  for (int u = -1; u <= p.nk; ++u) {
+    bool all = u >= 0;
+    for (int kp = u * kv_tile; kp < (u + 1) * kv_tile && all; ++kp) all = key_valid(kp);
+    p.keys_valid[u + 1] = all;
+  }
+  for (int qp = 0; qp < nq_pos; ++qp) {
+    const int xq = view.q_offset + group + d * qp;
+    if (xq >= axis.length) continue;  // padding query
     const int t = qp / q_tile;
     ++p.valid_q[t + 1];
-    for (int kp = 0; kp < lg; ++kp)
-      p.visible[(t + 1) * (p.nk + 2) + kp / kv_tile + 1] +=
-          gna::visible(axis, group + axis.dilation * qp, group + axis.dilation * kp);
+    for (int kp = 0; kp < nk_pos; ++kp)
+      if (key_valid(kp))
+        p.visible[(t + 1) * (p.nk + 2) + kp / kv_tile + 1] +=
+            gna::visible(axis, xq, view.kv_offset + group + d * kp);
   }
   return p;
+}
+
+AxisPairs axis_pairs(const gna::Axis& axis, int group, int q_tile, int kv_tile) {
+  return view_axis_pairs(axis, gna::whole_axis(axis.length), group, q_tile, kv_tile);
 }
 
 // Visits every tile index vector of a box of tile counts `n` (per axis, -1..n[a]
@@ -451,45 +474,6 @@ void test_inverse_tiles() {
     }
     check_inverse(axes, rank, q_tile, kv_tile);
   }
-}
-
-// Element-level facts of one axis of a view, for one local dilation group:
-// local query position qp of the group is whole-axis position
-// view.q_offset + group + d * qp (valid below the axis' end), local key kp is
-// view.kv_offset + group + d * kp (valid inside the axis). Counted from
-// window.h's visible(), not from the group arithmetic under test.
-AxisPairs view_axis_pairs(const gna::Axis& axis, const gna::AxisView& view, int group, int q_tile,
-                          int kv_tile) {
-  const int d = axis.dilation;
-  int nq_pos = 0, nk_pos = 0;
-  for (int i = group; i < view.q_length; i += d) ++nq_pos;
-  for (int j = group; j < view.kv_length; j += d) ++nk_pos;
-  AxisPairs p;
-  p.nq = (nq_pos + q_tile - 1) / q_tile;
-  p.nk = (nk_pos + kv_tile - 1) / kv_tile;
-  p.visible.assign((p.nq + 2) * (p.nk + 2), 0);
-  p.valid_q.assign(p.nq + 2, 0);
-  p.keys_valid.assign(p.nk + 2, 0);
-  auto key_valid = [&](int kp) {
-    const int x = view.kv_offset + group + d * kp;
-    return 0 <= kp && kp < nk_pos && 0 <= x && x < axis.length;
-  };
-  for (int u = -1; u <= p.nk; ++u) {
-    bool all = u >= 0;
-    for (int kp = u * kv_tile; kp < (u + 1) * kv_tile && all; ++kp) all = key_valid(kp);
-    p.keys_valid[u + 1] = all;
-  }
-  for (int qp = 0; qp < nq_pos; ++qp) {
-    const int xq = view.q_offset + group + d * qp;
-    if (xq >= axis.length) continue;  // padding query
-    const int t = qp / q_tile;
-    ++p.valid_q[t + 1];
-    for (int kp = 0; kp < nk_pos; ++kp)
-      if (key_valid(kp))
-        p.visible[(t + 1) * (p.nk + 2) + kp / kv_tile + 1] +=
-            gna::visible(axis, xq, view.kv_offset + group + d * kp);
-  }
-  return p;
 }
 
 int64_t view_problems = 0, view_pairs = 0;
