@@ -65,12 +65,26 @@ struct BwdParams {
   void* dv;
 };
 
-// Axis `a` of local dilation group `group` of the launch's view, in group coordinates
-// (tile_box.h); for whole axes the same numbers as group_axis(Axis, group).
+// Axis `a` of local dilation group `group`, in group coordinates (tile_box.h): of the
+// launch's view with kView, else of the whole axis (as launch_group_axis, fwd_params.h: the
+// main kernels are compiled both ways; the passes take the view at run time).
+template <bool kView = true>
 GNA_HOST_DEVICE GroupAxis bwd_group_axis(const BwdParams& p, int a, int group) {
-  return group_axis(
-      Axis{p.extent[a], p.kernel_size[a], p.stride[a], p.dilation[a], p.causal[a] != 0},
-      AxisView{p.q_offset[a], p.q_extent[a], p.kv_offset[a], p.kv_extent[a]}, group);
+  const Axis axis{p.extent[a], p.kernel_size[a], p.stride[a], p.dilation[a], p.causal[a] != 0};
+  if constexpr (kView)
+    return group_axis(axis, AxisView{p.q_offset[a], p.q_extent[a], p.kv_offset[a], p.kv_extent[a]},
+                      group);
+  else
+    return group_axis(axis, group);
+}
+
+// Whether the launch is a view (needs the main kernel compiled with kView).
+inline bool has_view(const BwdParams& p) {
+  bool view = false;
+  for (int a = 0; a < 3; ++a)
+    view |= p.q_offset[a] != 0 || p.kv_offset[a] != 0 || p.q_extent[a] != p.extent[a] ||
+            p.kv_extent[a] != p.extent[a];
+  return view;
 }
 
 // One work item of a KV-stationary backward: a KV tile of one KV head, one batch entry and one
@@ -90,6 +104,7 @@ struct BwdWork {
 // slowest in deterministic mode (a CTA waits for the lower KV tiles of its Q tiles, which then
 // have lower block indices and run first; CTAs resident together mostly belong to different
 // heads instead of one chain).
+template <bool kView = false>
 GNA_HOST_DEVICE BwdWork decode_bwd_work(const BwdParams& p, int item, const int q_tile[3],
                                         const int kv_tile[3]) {
   BwdWork w;
@@ -116,7 +131,7 @@ GNA_HOST_DEVICE BwdWork decode_bwd_work(const BwdParams& p, int item, const int 
     w.group[a] = gi % p.dilation[a];
     gi /= p.dilation[a];
   }
-  for (int a = 0; a < 3; ++a) w.axes[a] = bwd_group_axis(p, a, w.group[a]);
+  for (int a = 0; a < 3; ++a) w.axes[a] = bwd_group_axis<kView>(p, a, w.group[a]);
   w.box = q_tile_box(w.axes, 3, w.kv_tile, q_tile, kv_tile);
   for (int a = 0; a < 3; ++a)
     w.full[a] = full_q_tile_range(w.axes[a], w.kv_tile[a] * kv_tile[a], kv_tile[a], q_tile[a]);

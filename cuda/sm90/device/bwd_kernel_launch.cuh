@@ -11,7 +11,14 @@ template <DType kDType, int kHeadDim, int kRank>
 cudaError_t launch_bwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_do,
                               const CUtensorMap& map_k, const CUtensorMap& map_v,
                               const BwdParams& params, unsigned grid, cudaStream_t stream) {
-  using Kernel = BwdKernel<typename ElementOf<kDType>::type, kHeadDim, kRank>;
+  using Element = typename ElementOf<kDType>::type;
+  if (has_view(params)) {
+    using Kernel = BwdKernel<Element, kHeadDim, kRank, true>;
+    return launch_with_smem<Kernel>(&gna_bwd_sm90_kernel<Kernel>, Kernel::kSmemBytes,
+                                    Kernel::kThreads, grid, stream, map_q, map_do, map_k, map_v,
+                                    params);
+  }
+  using Kernel = BwdKernel<Element, kHeadDim, kRank, false>;
   return launch_with_smem<Kernel>(&gna_bwd_sm90_kernel<Kernel>, Kernel::kSmemBytes,
                                   Kernel::kThreads, grid, stream, map_q, map_do, map_k, map_v,
                                   params);

@@ -13,7 +13,13 @@ cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k
                               cudaStream_t stream) {
   static_assert(kConfig >= 0 && kConfig < fwd_tile_configs(kRank, kHeadDim).count,
                 "no such tile configuration: the build's kernel list disagrees with fwd_config.h");
-  using Kernel = FwdKernel<typename ElementOf<kDType>::type, kHeadDim, kRank, kConfig>;
+  using Element = typename ElementOf<kDType>::type;
+  if (has_view(params)) {
+    using Kernel = FwdKernel<Element, kHeadDim, kRank, kConfig, true>;
+    return launch_with_smem<Kernel>(&gna_fwd_sm90_kernel<Kernel>, Kernel::kSmemBytes,
+                                    Kernel::kThreads, grid, stream, map_q, map_k, map_v, params);
+  }
+  using Kernel = FwdKernel<Element, kHeadDim, kRank, kConfig, false>;
   return launch_with_smem<Kernel>(&gna_fwd_sm90_kernel<Kernel>, Kernel::kSmemBytes,
                                   Kernel::kThreads, grid, stream, map_q, map_k, map_v, params);
 }

@@ -34,8 +34,10 @@
 
 namespace gna::sm90 {
 
-template <class Element_, int kHeadDim_, int kRank_>
+// kView_: the kernel takes views (gna/problem.h); without, whole axes only (bwd_group_axis).
+template <class Element_, int kHeadDim_, int kRank_, bool kView_>
 struct BwdKernel {
+  static constexpr bool kView = kView_;
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kRank = kRank_;
@@ -153,7 +155,7 @@ struct BwdKernel {
   static CUTLASS_DEVICE Work decode_work(const BwdParams& p, int item) {
     constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
-    return decode_bwd_work(p, item, q_tile, kv_tile);
+    return decode_bwd_work<kView>(p, item, q_tile, kv_tile);
   }
 
   // The Q tile of visit `j` of a head (n visits): box order, reversed in deterministic mode.
@@ -493,7 +495,7 @@ struct BwdKernel {
             // The group axes again from p, not from w: keeping w.axes live through the loop
             // costs registers (spills) for this rare branch.
             GroupAxis axes[3];
-            for (int a = 0; a < 3; ++a) axes[a] = bwd_group_axis(p, a, w.group[a]);
+            for (int a = 0; a < 3; ++a) axes[a] = bwd_group_axis<kView>(p, a, w.group[a]);
             const int index = kv_tile_box(axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
             ss.dq_handoff[wg] = DqHandoff{block, p.dq_semaphore + slot / kTileQ, 2 * index + wg};
             cutlass::arch::ClusterBarrier::arrive(&ss.dq_full[wg]);

@@ -43,8 +43,10 @@ namespace gna::sm90 {
 enum class WarpGroupRole : int { Producer = 0, Consumer0 = 1, Consumer1 = 2 };
 
 // kConfig_: which of fwd_tile_configs(kRank, kHeadDim) (fwd_config.h) the kernel runs.
-template <class Element_, int kHeadDim_, int kRank_, int kConfig_>
+// kView_: the kernel takes views (gna/problem.h); without, whole axes only (launch_group_axis).
+template <class Element_, int kHeadDim_, int kRank_, int kConfig_, bool kView_>
 struct FwdKernel {
+  static constexpr bool kView = kView_;
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kRank = kRank_;
@@ -160,7 +162,7 @@ struct FwdKernel {
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
     w.valid = true;
     for (int a = 0; a < 3; ++a) {
-      w.axes[a] = launch_group_axis(p, a, w.group[a]);
+      w.axes[a] = launch_group_axis<kView>(p, a, w.group[a]);
       w.valid &= w.q_tile[a] * q_tile[a] < q_end(w.axes[a]);
     }
     w.box = kv_tile_box(w.axes, 3, w.q_tile, q_tile, kv_tile);
