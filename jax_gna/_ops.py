@@ -55,9 +55,9 @@ CUDA_DTYPES = ("float16", "bfloat16")
 
 
 def cuda_backward_available() -> bool:
-    """Whether this build has CUDA backward kernels at all (sm_90a builds). Whether they run a
-    given call is `cuda_backward_reason`'s answer; gradients of the calls they cannot run (and
-    all gradients on GPUs of builds without them) are computed by the ``xla`` backward (see
+    """Whether this build has CUDA backward kernels at all (sm_90a or sm_100a). Whether they
+    run a given call is `cuda_backward_reason`'s answer; gradients of the calls they cannot run
+    (and all gradients on GPUs of builds without them) are computed by the ``xla`` backward (see
     `_attention_bwd`). The CPU backward is always the FFI kernel."""
     return _extension.ext is not None and _extension.ext.cuda_has_backward()
 
