@@ -65,27 +65,8 @@ struct BwdParams {
   void* dv;
 };
 
-// Axis `a` of local dilation group `group`, in group coordinates (tile_box.h): of the
-// launch's view with kView, else of the whole axis (as launch_group_axis, fwd_params.h: the
-// main kernels are compiled both ways; the passes take the view at run time).
-template <bool kView = true>
-GNA_HOST_DEVICE GroupAxis bwd_group_axis(const BwdParams& p, int a, int group) {
-  const Axis axis{p.extent[a], p.kernel_size[a], p.stride[a], p.dilation[a], p.causal[a] != 0};
-  if constexpr (kView)
-    return group_axis(axis, AxisView{p.q_offset[a], p.q_extent[a], p.kv_offset[a], p.kv_extent[a]},
-                      group);
-  else
-    return group_axis(axis, group);
-}
-
-// Whether the launch is a view (needs the main kernel compiled with kView).
-inline bool has_view(const BwdParams& p) {
-  bool view = false;
-  for (int a = 0; a < 3; ++a)
-    view |= p.q_offset[a] != 0 || p.kv_offset[a] != 0 || p.q_extent[a] != p.extent[a] ||
-            p.kv_extent[a] != p.extent[a];
-  return view;
-}
+// Group axes and has_view: launch_group_axis / has_view (fwd_params.h) take BwdParams too; the
+// main kernels are compiled with and without views, the passes take the view at run time.
 
 // One work item of a KV-stationary backward: a KV tile of one KV head, one batch entry and one
 // dilation group, the box of Q tiles that visit it and the Q tiles whose pair with it needs no
@@ -131,7 +112,7 @@ GNA_HOST_DEVICE BwdWork decode_bwd_work(const BwdParams& p, int item, const int 
     w.group[a] = gi % p.dilation[a];
     gi /= p.dilation[a];
   }
-  for (int a = 0; a < 3; ++a) w.axes[a] = bwd_group_axis<kView>(p, a, w.group[a]);
+  for (int a = 0; a < 3; ++a) w.axes[a] = launch_group_axis<kView>(p, a, w.group[a]);
   w.box = q_tile_box(w.axes, 3, w.kv_tile, q_tile, kv_tile);
   for (int a = 0; a < 3; ++a)
     w.full[a] = full_q_tile_range(w.axes[a], w.kv_tile[a] * kv_tile[a], kv_tile[a], q_tile[a]);
@@ -203,7 +184,7 @@ GNA_HOST_DEVICE BwdSlotRow bwd_slot_row(const BwdParams& p, int64_t slot) {
   }
   for (int a = 0; a < 3; ++a) {
     const int x = tile[a] * p.q_tile[a] + offset[a];
-    if (x >= q_end(bwd_group_axis(p, a, group[a]))) {
+    if (x >= q_end(launch_group_axis<true>(p, a, group[a]))) {
       r.token = -1;
       return r;
     }

@@ -84,12 +84,13 @@ struct FwdWork {
   bool valid;     // false: the Q tile holds no query of its dilation group
 };
 
-// Axis `a` of local dilation group `group`, in group coordinates (tile_box.h): of the
-// launch's view with kView, else of the whole axis (the view fields are then ignored). Kernels
-// are compiled both ways: without a view the view arithmetic folds away at compile time (kept
-// at run time, it made the sm90 forward ~4% slower on whole axes).
-template <bool kView>
-GNA_HOST_DEVICE GroupAxis launch_group_axis(const FwdParams& p, int a, int group) {
+// Axis `a` of local dilation group `group` of a launch (FwdParams or BwdParams: the same
+// per-axis fields), in group coordinates (tile_box.h): of the launch's view with kView, else of
+// the whole axis (the view fields are then ignored). Kernels are compiled both ways: without a
+// view the view arithmetic folds away at compile time (kept at run time, it made the sm90
+// forward ~4% slower on whole axes).
+template <bool kView, class Params>
+GNA_HOST_DEVICE GroupAxis launch_group_axis(const Params& p, int a, int group) {
   const Axis axis{p.extent[a], p.kernel_size[a], p.stride[a], p.dilation[a], p.causal[a] != 0};
   if constexpr (kView)
     return group_axis(axis, AxisView{p.q_offset[a], p.q_extent[a], p.kv_offset[a], p.kv_extent[a]},
@@ -98,8 +99,9 @@ GNA_HOST_DEVICE GroupAxis launch_group_axis(const FwdParams& p, int a, int group
     return group_axis(axis, group);
 }
 
-// Whether the launch is a view (needs the kernels compiled with kView).
-inline bool has_view(const FwdParams& p) {
+// Whether the launch (FwdParams or BwdParams) is a view (needs the kernels compiled with kView).
+template <class Params>
+bool has_view(const Params& p) {
   bool view = false;
   for (int a = 0; a < 3; ++a)
     view |= p.q_offset[a] != 0 || p.kv_offset[a] != 0 || p.q_extent[a] != p.extent[a] ||

@@ -34,7 +34,7 @@
 
 namespace gna::sm90 {
 
-// kView_: the kernel takes views (gna/problem.h); without, whole axes only (bwd_group_axis).
+// kView_: the kernel takes views (gna/problem.h); without, whole axes only (launch_group_axis).
 template <class Element_, int kHeadDim_, int kRank_, bool kView_>
 struct BwdKernel {
   static constexpr bool kView = kView_;
@@ -495,7 +495,7 @@ struct BwdKernel {
             // The group axes again from p, not from w: keeping w.axes live through the loop
             // costs registers (spills) for this rare branch.
             GroupAxis axes[3];
-            for (int a = 0; a < 3; ++a) axes[a] = bwd_group_axis<kView>(p, a, w.group[a]);
+            for (int a = 0; a < 3; ++a) axes[a] = launch_group_axis<kView>(p, a, w.group[a]);
             const int index = kv_tile_box(axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
             ss.dq_handoff[wg] = DqHandoff{block, p.dq_semaphore + slot / kTileQ, 2 * index + wg};
             cutlass::arch::ClusterBarrier::arrive(&ss.dq_full[wg]);
