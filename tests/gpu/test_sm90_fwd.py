@@ -4,7 +4,8 @@ Builds the harness with nvcc (the full kernel set, or `JAX_GNA_KERNEL_SET=smoke`
 correctness sweep: random problems over ranks 1-3, head dims 32-256, fp16/bf16, odd extents,
 stride, dilation, per-axis causal, GQA and batch 2 against a brute-force float64 CPU reference,
 with NaN-poisoned outputs. Needs an H100/H200 (compute capability 9.0) and nvcc; run with
-`pytest -m gpu tests/gpu/test_sm90_fwd.py`.
+`pytest -m gpu tests/gpu/test_sm90_fwd.py`. `JAX_GNA_HARNESS_DIR` names a build folder to
+reuse (objects rebuild only where `cuda/` changed) instead of a fresh temporary one.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def harness(tmp_path_factory) -> Path:
         pytest.skip("nvcc not found: the sm90 harness is built from source")
     if _compute_capability() != "9.0":
         pytest.skip("needs a compute-capability-9.0 GPU (H100/H200)")
-    out = tmp_path_factory.mktemp("sm90")
+    # JAX_GNA_HARNESS_DIR: build (incrementally) there, e.g. to reuse objects between runs.
+    prebuilt = os.environ.get("JAX_GNA_HARNESS_DIR")
+    out = Path(prebuilt) if prebuilt else tmp_path_factory.mktemp("sm90")
     kernel_set = os.environ.get("JAX_GNA_KERNEL_SET", "full")
     env = dict(os.environ, JOBS=str(max(1, min(8, os.cpu_count() or 1))))
     subprocess.run(
