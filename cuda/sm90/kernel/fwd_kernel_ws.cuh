@@ -445,50 +445,57 @@ struct FwdKernel {
     auto pass_turn = [&] { cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier + 1 - wg); };
     cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, count & 1);
 
-    // Tile 0: S = Q K0^T, softmax.
-    {
-      pipe_k.consumer_wait(state_k);
-      take_turn();
-      gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
-      pass_turn();
-      int origin[3];
-      const bool partial = tile_info(origin);
-      warpgroup_wait<0>();
-      pipe_k.consumer_release(state_k);
-      ++state_k;
-      if (kSeparateO && n == 1) release_q();
-      float corr[2];
-      softmax_step(partial, origin, corr);
-      convert_p();
-    }
-    for (int j = 1; j < n; ++j) {
-      pipe_k.consumer_wait(state_k);
+    // A view's Q tile whose queries see no key of the key slice (n = 0) visits nothing and
+    // writes O = 0, lse = -inf. Both warpgroups skip their turns alike, so turns still alternate.
+    // (Whole axes always see keys: that kernel compiles without the branch.)
+    if (kView && n == 0) {
+      if (kSeparateO) release_q();
+    } else {
+      // Tile 0: S = Q K0^T, softmax.
+      {
+        pipe_k.consumer_wait(state_k);
+        take_turn();
+        gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
+        pass_turn();
+        int origin[3];
+        const bool partial = tile_info(origin);
+        warpgroup_wait<0>();
+        pipe_k.consumer_release(state_k);
+        ++state_k;
+        if (kSeparateO && n == 1) release_q();
+        float corr[2];
+        softmax_step(partial, origin, corr);
+        convert_p();
+      }
+      for (int j = 1; j < n; ++j) {
+        pipe_k.consumer_wait(state_k);
+        pipe_v.consumer_wait(state_v);
+        take_turn();
+        gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
+        gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
+        pass_turn();
+        int origin[3];
+        const bool partial = tile_info(origin);
+        warpgroup_wait<1>();  // S_j ready; P_{j-1} V_{j-1} may still run
+        pipe_k.consumer_release(state_k);
+        ++state_k;
+        if (kSeparateO && j == n - 1) release_q();  // the last read of Q is done
+        float corr[2];
+        softmax_step(partial, origin, corr);
+        warpgroup_wait<0>();  // P_{j-1} V_{j-1} done: O and P registers are free
+        pipe_v.consumer_release(state_v);
+        ++state_v;
+        rescale_o(corr);
+        convert_p();
+      }
       pipe_v.consumer_wait(state_v);
       take_turn();
-      gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
       gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
       pass_turn();
-      int origin[3];
-      const bool partial = tile_info(origin);
-      warpgroup_wait<1>();  // S_j ready; P_{j-1} V_{j-1} may still run
-      pipe_k.consumer_release(state_k);
-      ++state_k;
-      if (kSeparateO && j == n - 1) release_q();  // the last read of Q is done
-      float corr[2];
-      softmax_step(partial, origin, corr);
-      warpgroup_wait<0>();  // P_{j-1} V_{j-1} done: O and P registers are free
+      warpgroup_wait<0>();
       pipe_v.consumer_release(state_v);
-      ++state_v;
-      rescale_o(corr);
-      convert_p();
+      ++state_v;  // the states carry over to the next item
     }
-    pipe_v.consumer_wait(state_v);
-    take_turn();
-    gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
-    pass_turn();
-    warpgroup_wait<0>();
-    pipe_v.consumer_release(state_v);
-    ++state_v;  // the states carry over to the next item
 
     // Epilogue: normalise, LSE, O through this warpgroup's (now unused) Q rows.
     float inv[2], lse[2];
