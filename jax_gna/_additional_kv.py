@@ -8,33 +8,24 @@ output and its LSE.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from jax_gna import reference
 
 
-def merge_partials(
-    outs: list[jax.Array] | tuple[jax.Array, ...], lses: list[jax.Array] | tuple[jax.Array, ...]
+def merge(
+    out_a: jax.Array, lse_a: jax.Array, out_b: jax.Array, lse_b: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """One softmax over the union of disjoint key sets, from the partial results of each.
+    """One softmax over the union of two disjoint key sets, from the two partial results.
 
-    ``outs[i]`` ``[..., H, Dv]`` and fp32 ``lses[i]`` ``[..., H]``; a part without a visible
-    key has lse -inf (and any finite out). Rows that see no key in any part get out 0 and lse
-    -inf, with finite gradients. Accumulates in fp32; the output has ``outs[0]``'s dtype.
+    ``out_*`` ``[..., H, Dv]`` and fp32 ``lse_*`` ``[..., H]``; the output has ``out_a``'s dtype.
     """
-    if len(outs) == 1:
-        return outs[0], lses[0]
-    lse = functools.reduce(jnp.logaddexp, lses)
-    # exp(-inf - 0) = 0 where no part sees a key (where the gradient must not be NaN either).
-    finite = jnp.where(jnp.isneginf(lse), 0.0, lse)
-    out = sum(
-        jnp.exp(part_lse - finite)[..., None] * o.astype(jnp.float32)
-        for o, part_lse in zip(outs, lses)
-    )
-    return out.astype(outs[0].dtype), lse
+    lse = jnp.logaddexp(lse_a, lse_b)
+    out = jnp.exp(lse_a - lse)[..., None] * out_a.astype(jnp.float32) + jnp.exp(lse_b - lse)[
+        ..., None
+    ] * out_b.astype(jnp.float32)
+    return out.astype(out_a.dtype), lse
 
 
 def attend_and_merge(
@@ -50,4 +41,4 @@ def attend_and_merge(
     extra_out, extra_lse = reference.softmax_attention(
         query, [additional_keys], [additional_values], scale, n_batch
     )
-    return merge_partials((out, extra_out), (lse, extra_lse))
+    return merge(out, lse, extra_out, extra_lse)

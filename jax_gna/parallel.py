@@ -134,54 +134,13 @@ class _Local:
     plans: tuple  # `_xla._AxisPlan` per axis (the sharded axis: device 0's; shapes are shared)
     tables: tuple  # `_xla._tile_table` arrays, stacked over devices
     masks: tuple  # per axis [devices, queries, keys] visibility (implementation="reference")
-    blocks: tuple  # `_Block`s of the FFI kernels, in key-block order (left, own, right)
+    # Per device, the view of the FFI kernels (`GnaParams.view`), or None for a shard that
+    # holds padding only (its results are dropped).
+    views: tuple
 
     @property
     def key_block(self) -> int:
         return self.pad + self.halo.left + self.halo.shard + self.halo.right
-
-
-@dataclasses.dataclass(frozen=True)
-class _Block:
-    """A part of the key block that the FFI kernels attend separately, so that the shard's own
-    keys need not wait for the halos: `size` positions of the sharded axis from position
-    ``start`` of the key block ``[pad | left halo | shard | right halo]`` on. ``views[p]`` is
-    device `p`'s kernel view (`GnaParams.view`), or None where the block holds no key its
-    queries see (no neighbour on that side, or a shard of padding only): its result is empty."""
-
-    kind: str  # "left" (pad and left halo), "own" (the shard) or "right" (the right halo)
-    start: int
-    size: int
-    views: tuple
-
-
-def _blocks(h: Halo, pad: int, axis: int, spatial: tuple[int, ...], d: int) -> tuple:
-    """The FFI path's key blocks of every shard. The right block takes the shard's last
-    ``shard % d`` positions along (a view's keys must start at its queries' dilation phase)."""
-    tail = h.shard % d if h.right else 0
-    parts = [
-        ("left", 0, pad + h.left, lambda p: p > 0),
-        ("own", pad + h.left, h.shard - tail, lambda p: True),
-        ("right", pad + h.left + h.shard - tail, tail + h.right, lambda p: p + 1 < h.devices),
-    ]
-    blocks = []
-    for kind, start, size, has_keys in parts:
-        if size == 0 or (kind == "left" and not h.left):
-            continue
-        views = []
-        for p in range(h.devices):
-            first_key = p * h.shard - h.left - pad + start
-            real = p * h.shard < h.length and first_key < h.length and has_keys(p)
-            views.append(
-                tuple(
-                    (h.length, p * h.shard, first_key) if a == axis else (n, 0, 0)
-                    for a, n in enumerate(spatial)
-                )
-                if real
-                else None
-            )
-        blocks.append(_Block(kind, start, size, tuple(views)))
-    return tuple(blocks)
 
 
 def _shard_windows(h: Halo, pad: int, p: int, k: int, s: int, d: int, causal: bool, padded: int):
@@ -260,7 +219,16 @@ def _local(spatial: tuple[int, ...], params: GnaParams, axis: int, devices: int)
         else _window.axis_mask(*per_axis[a][:5])[None]
         for a in range(len(spatial))
     )
-    return _Local(h, axis, pad, plans[0], tables, masks, _blocks(h, pad, axis, spatial, d))
+    views = tuple(
+        None
+        if p * h.shard >= h.length
+        else tuple(
+            (h.length, p * h.shard, p * h.shard - h.left - pad) if a == axis else (n, 0, 0)
+            for a, n in enumerate(spatial)
+        )
+        for p in range(devices)
+    )
+    return _Local(h, axis, pad, plans[0], tables, masks, views)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,50 +268,51 @@ def _local_reference(query, key, value, device, params: GnaParams, local: _Local
     return reference.softmax_attention(query, [key], [value], params.scale, n_batch, visible)
 
 
-def _switch_views(device, views: tuple, branch, empty):
+def _switch_views(device, local: _Local, branch, empty):
     """``branch(view)`` of this device's view: one `jax.lax.switch` branch per device (FFI
-    attributes are static), ``empty()`` where the view is None."""
+    attributes are static), ``empty()`` for a shard of padding only."""
     branches = [
-        (lambda v: lambda: branch(v))(view) if view is not None else empty for view in views
+        (lambda v: lambda: branch(v))(view) if view is not None else empty for view in local.views
     ]
     return jax.lax.switch(device, branches)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _local_ffi(query, keys, values, device, params: GnaParams, local: _Local, backward: str):
-    """The shard's ``(out, lse)`` by the FFI kernel of the platform: one call per key block
-    (`local.blocks`; `keys`/`values` hold them), merged by log-sum-exp. The call on the own
-    block does not wait for the halo exchange, so XLA can overlap the two. Rows without a
-    visible key (padding queries) come out as 0 and lse -inf."""
+def _local_ffi(query, key, value, device, params: GnaParams, local: _Local, backward: str):
+    """The shard's ``(out, lse)`` by the FFI kernel of the platform, with its view. Rows without
+    a visible key (padding queries) come out as 0 and lse -inf."""
     from jax_gna import _ops  # late: `jax_gna._ops` imports this module
 
-    outs, lses = [], []
-    for block, key, value in zip(local.blocks, keys, values):
+    def empty():
+        out = jnp.zeros(query.shape[:-1] + value.shape[-1:], query.dtype)
+        return out, jnp.full(query.shape[:-1], -jnp.inf, jnp.float32)
 
-        def empty(value=value):
-            out = jnp.zeros(query.shape[:-1] + value.shape[-1:], query.dtype)
-            return out, jnp.full(query.shape[:-1], -jnp.inf, jnp.float32)
+    def branch(view):
+        return _ops._ffi_forward(dataclasses.replace(params, view=view), query, key, value)
 
-        def branch(view, key=key, value=value):
-            return _ops._ffi_forward(dataclasses.replace(params, view=view), query, key, value)
-
-        out, lse = _switch_views(device, block.views, branch, empty)
-        outs.append(out)
-        lses.append(lse)
-    return _additional_kv.merge_partials(outs, lses)
+    return _switch_views(device, local, branch, empty)
 
 
-def _local_ffi_fwd(query, keys, values, device, params, local, backward):
-    out, lse = _local_ffi(query, keys, values, device, params, local, backward)
-    return (out, lse), (query, keys, values, device, out, lse)
+def _local_ffi_fwd(query, key, value, device, params, local, backward):
+    out, lse = _local_ffi(query, key, value, device, params, local, backward)
+    return (out, lse), (query, key, value, device, out, lse)
 
 
 def _local_ffi_bwd(params, local, backward, residuals, cotangents):
-    query, keys, values, device, out, lse = residuals
+    query, key, value, device, out, lse = residuals
     dout, dlse = cotangents
-    dlse = dlse.astype(jnp.float32)
     grads = _local_backward(
-        dout, query, keys, values, out, lse, dlse, device, params, local, backward
+        dout,
+        query,
+        key,
+        value,
+        out,
+        lse,
+        dlse.astype(jnp.float32),
+        device,
+        params,
+        local,
+        backward,
     )
     return (*grads, None)
 
@@ -351,83 +320,46 @@ def _local_ffi_bwd(params, local, backward, residuals, cotangents):
 _local_ffi.defvjp(_local_ffi_fwd, _local_ffi_bwd)
 
 
-def _local_backward(dout, query, keys, values, out, lse, dlse, device, params, local, backward):
-    """``(dq, dkeys, dvalues)`` of one shard given the forward's ``out``/``lse``: with
-    `backward` ``"ffi"``, the FFI backward of each key block of `local.blocks` (with the
-    whole shard's out and lse each block's gradients are exact; dq sums over the blocks);
-    else the ``xla`` backward with the shard's window table over the key block that `keys`
-    and `values` (any split of it) concatenate to."""
+def _local_backward(dout, query, key, value, out, lse, dlse, device, params, local, backward):
+    """``(dq, dk_block, dv_block)`` of one shard over its key block: the FFI backward with the
+    view (`backward` ``"ffi"``), or the ``xla`` backward with the shard's window table."""
     if backward == "ffi":
         from jax_gna import _ops  # late: `jax_gna._ops` imports this module
 
-        dq, dkeys, dvalues = jnp.zeros(query.shape, jnp.float32), [], []
-        for block, key, value in zip(local.blocks, keys, values):
+        def empty():
+            return jnp.zeros_like(query), jnp.zeros_like(key), jnp.zeros_like(value)
 
-            def empty(key=key, value=value):
-                return jnp.zeros_like(query), jnp.zeros_like(key), jnp.zeros_like(value)
+        def branch(view):
+            p = dataclasses.replace(params, view=view)
+            return _ops._ffi_backward(
+                p, dout.astype(query.dtype), query, key, value, out, lse, dlse
+            )
 
-            def branch(view, key=key, value=value):
-                p = dataclasses.replace(params, view=view)
-                return _ops._ffi_backward(
-                    p, dout.astype(query.dtype), query, key, value, out, lse, dlse
-                )
-
-            dq_block, dk, dv = _switch_views(device, block.views, branch, empty)
-            dq += dq_block.astype(jnp.float32)
-            dkeys.append(dk)
-            dvalues.append(dv)
-        return dq.astype(query.dtype), tuple(dkeys), tuple(dvalues)
+        return _switch_views(device, local, branch, empty)
     # The FFI forward gives padding rows lse -inf; their cotangents are 0, any finite lse does.
     lse = jnp.where(jnp.isneginf(lse), 0.0, lse)
     table = tuple(jnp.asarray(t)[device] for t in local.tables)
-    dim = query.ndim - params.rank - 2 + local.axis
-    key, value = (jnp.concatenate(x, axis=dim) for x in (keys, values))
-    dq, dk, dv = _xla._backward(query, key, value, out, lse, dout, dlse, params, local.plans, table)
-    cuts = np.cumsum([x.shape[dim] for x in keys])[:-1]
-    return dq, tuple(jnp.split(dk, cuts, axis=dim)), tuple(jnp.split(dv, cuts, axis=dim))
+    return _xla._backward(query, key, value, out, lse, dout, dlse, params, local.plans, table)
 
 
-def _key_blocks(
-    x: jax.Array, local: _Local, dim: int, axis_name: AxisName, split: bool = True
-) -> tuple[jax.Array, ...]:
-    """A shard's key block ``[pad | left halo | shard | right halo]`` along `dim`, cut into
-    `local.blocks` (`split`) or whole (a 1-tuple). The halos come from the neighbours (zeros
-    past the global borders, where no window reaches)."""
+def _with_halo(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> jax.Array:
+    """A shard's block ``[pad | left halo | shard | right halo]`` along `dim`; the halos come
+    from the neighbours (zeros past the global borders, where no window reaches)."""
     h = local.halo
     n = h.devices
-
-    def part(start, stop):
-        return (
-            x if (start, stop) == (0, h.shard) else jax.lax.slice_in_dim(x, start, stop, axis=dim)
-        )
-
-    def cat(parts):
-        return jnp.concatenate(parts, axis=dim) if len(parts) > 1 else parts[0]
-
-    left, right = [], []
+    parts = []
     if local.pad:
         shape = list(x.shape)
         shape[dim] = local.pad
-        left.append(jnp.zeros(shape, x.dtype))
+        parts.append(jnp.zeros(shape, x.dtype))
     if h.left:
-        tail = part(h.shard - h.left, h.shard)
-        left.append(jax.lax.ppermute(tail, axis_name, [(p, p + 1) for p in range(n - 1)]))
+        tail = jax.lax.slice_in_dim(x, h.shard - h.left, h.shard, axis=dim)
+        parts.append(jax.lax.ppermute(tail, axis_name, [(p, p + 1) for p in range(n - 1)]))
+    parts.append(x)
     if h.right:
-        head = part(0, h.right)
-        right.append(jax.lax.ppermute(head, axis_name, [(p + 1, p) for p in range(n - 1)]))
-    if not split:
-        return (cat([*left, x, *right]),)
-    own = local.pad + h.left  # the shard's first position in the key block
-    blocks = []
-    for block in local.blocks:
-        if block.kind == "left":
-            blocks.append(cat(left))
-        elif block.kind == "own":
-            blocks.append(part(0, block.size))
-        else:
-            tail = block.start - own  # the shard's last positions join the right halo
-            blocks.append(cat(([part(tail, h.shard)] if tail < h.shard else []) + right))
-    return tuple(blocks)
+        head = jax.lax.slice_in_dim(x, 0, h.right, axis=dim)
+        parts.append(jax.lax.ppermute(head, axis_name, [(p + 1, p) for p in range(n - 1)]))
+    return jnp.concatenate(parts, axis=dim) if len(parts) > 1 else x
 
 
 def attend_shard(
@@ -446,17 +378,17 @@ def attend_shard(
     Runs inside a manual-axes context (the body of `jax.shard_map`, or the lowering returned
     by a `custom_partitioning` rule, `jax_gna._ops`); `dim` is the sharded dim of the arrays.
     `implementation` is a resolved one (`shard_implementation`): ``"cpu"``/``"cuda"`` run the
-    FFI kernels on each key block's view. Differentiable (the transpose of the halo exchange
+    FFI kernels with the shard's view. Differentiable (the transpose of the halo exchange
     returns halo gradients to their owners).
     """
     device = jax.lax.axis_index(axis_name)
+    key = _with_halo(key, local, dim, axis_name)
+    value = _with_halo(value, local, dim, axis_name)
     if implementation in ("cpu", "cuda"):
-        keys = _key_blocks(key, local, dim, axis_name)
-        values = _key_blocks(value, local, dim, axis_name)
-        ffi = _ffi_backward_runs(implementation, query, key, value, params, local)
-        return _local_ffi(query, keys, values, device, params, local, "ffi" if ffi else "xla")
-    (key,) = _key_blocks(key, local, dim, axis_name, split=False)
-    (value,) = _key_blocks(value, local, dim, axis_name, split=False)
+        backward = (
+            "ffi" if _ffi_backward_runs(implementation, query, key, value, params, local) else "xla"
+        )
+        return _local_ffi(query, key, value, device, params, local, backward)
     attend = _local_xla if implementation == "xla" else _local_reference
     return attend(query, key, value, device, params, local)
 
@@ -476,63 +408,61 @@ def attend_shard_backward(
     implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(dq, dk, dv)`` of one shard given the forward's ``out``/``lse`` (no recomputation):
-    the backward over the shard's key blocks (the FFI kernel on each block's view where
+    the backward over the shard's key block (the FFI kernel with the shard's view where
     `implementation` is ``"cpu"``/``"cuda"`` and it runs, else ``xla``), then the halo rows of
     ``dk``/``dv`` go back to the neighbours that own them (the transpose of the halo
     exchange)."""
     device = jax.lax.axis_index(axis_name)
+    with_halo = functools.partial(_with_halo, local=local, dim=dim, axis_name=axis_name)
+    key_block, pull_key = jax.vjp(with_halo, key)
+    value_block, pull_value = jax.vjp(with_halo, value)
     ffi = implementation in ("cpu", "cuda") and _ffi_backward_runs(
-        implementation, query, key, value, params, local
+        implementation, query, key_block, value_block, params, local
     )
-    blocks = functools.partial(_key_blocks, local=local, dim=dim, axis_name=axis_name, split=ffi)
-    keys, pull_key = jax.vjp(blocks, key)
-    values, pull_value = jax.vjp(blocks, value)
-    dq, dkeys, dvalues = _local_backward(
-        dout, query, keys, values, out, lse, dlse, device, params, local, "ffi" if ffi else "xla"
+    dq, dk, dv = _local_backward(
+        dout,
+        query,
+        key_block,
+        value_block,
+        out,
+        lse,
+        dlse,
+        device,
+        params,
+        local,
+        "ffi" if ffi else "xla",
     )
-    return dq, *pull_key(dkeys), *pull_value(dvalues)
+    return dq, *pull_key(dk), *pull_value(dv)
 
 
-def _block_calls(query, key, value, params: GnaParams, local: _Local):
-    """``(params with the view, key block, value block)`` shapes of every FFI call the shards
-    make (`key`/`value`: one shard's part)."""
-    n_batch = query.ndim - params.rank - 2
-    calls = []
-    for block in local.blocks:
-        shapes = []
-        for x in (key, value):
-            shape = list(x.shape)
-            shape[n_batch + local.axis] = block.size
-            shapes.append(jax.ShapeDtypeStruct(tuple(shape), x.dtype))
-        calls += [
-            (dataclasses.replace(params, view=view), *shapes)
-            for view in block.views
-            if view is not None
-        ]
-    return calls
+def _local_shapes(query, key, value):
+    return tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (query, key, value))
 
 
-def _ffi_refusal(implementation: str, query, key, value, params: GnaParams, local: _Local):
-    """Why the FFI forward of `implementation` cannot run some shard's call (None: it runs
-    them all); shapes of one shard."""
+def _ffi_runs(implementation: str, query, key, value, params: GnaParams, local: _Local) -> bool:
+    """Whether the FFI forward of `implementation` takes every device's view (shapes of one
+    shard: `key`/`value` are key blocks)."""
     from jax_gna import _ops  # late: `jax_gna._ops` imports this module
 
-    for view_params, key_block, value_block in _block_calls(query, key, value, params, local):
-        reason = _ops.why_not(implementation, query, key_block, value_block, view_params)
-        if reason is not None:
-            return reason
-    return None
+    shapes = _local_shapes(query, key, value)
+    return all(
+        _ops.why_not(implementation, *shapes, dataclasses.replace(params, view=view)) is None
+        for view in local.views
+        if view is not None
+    )
 
 
 def _ffi_backward_runs(implementation, query, key, value, params: GnaParams, local) -> bool:
-    """Whether the FFI backward takes every shard's calls (the CPU one always does)."""
+    """Whether the FFI backward takes every device's view (the CPU one always does)."""
     if implementation == "cpu":
         return True
     from jax_gna import _ops  # late: `jax_gna._ops` imports this module
 
+    shapes = _local_shapes(query, key, value)
     return all(
-        _ops.cuda_backward_reason(query, key_block, value_block, view_params) is None
-        for view_params, key_block, value_block in _block_calls(query, key, value, params, local)
+        _ops.cuda_backward_reason(*shapes, dataclasses.replace(params, view=view)) is None
+        for view in local.views
+        if view is not None
     )
 
 
@@ -556,17 +486,29 @@ def shard_implementation(
     of one shard (`key`/`value`: the shard's part, the key block is built from it)."""
     if requested in ("xla", "reference"):
         return requested
+    block = list(key.shape)
+    n_batch = query.ndim - params.rank - 2
+    block[n_batch + local.axis] = local.key_block
+    vblock = list(value.shape)
+    vblock[n_batch + local.axis] = local.key_block
+    key_block = jax.ShapeDtypeStruct(tuple(block), key.dtype)
+    value_block = jax.ShapeDtypeStruct(tuple(vblock), value.dtype)
     candidates = [requested] if requested else (["cuda"] if platform == "gpu" else ["cpu"])
     for impl in candidates:
         wanted = "gpu" if impl == "cuda" else "cpu"
-        if platform == wanted and _ffi_refusal(impl, query, key, value, params, local) is None:
+        if platform == wanted and _ffi_runs(impl, query, key_block, value_block, params, local):
             return impl
     if requested:
+        from jax_gna import _ops  # late: `jax_gna._ops` imports this module
+
+        view = next(v for v in local.views if v is not None)
         reason = (
             f"it runs on {'GPU' if requested == 'cuda' else 'CPU'} and this call runs on "
             f"{platform.upper()}"
             if platform != ("gpu" if requested == "cuda" else "cpu")
-            else _ffi_refusal(requested, query, key, value, params, local)
+            else _ops.why_not(
+                requested, query, key_block, value_block, dataclasses.replace(params, view=view)
+            )
         )
         raise NotImplementedError(
             f"implementation={requested!r} cannot run the shards of this call: {reason}. "

@@ -194,18 +194,9 @@ def test_default_implementation_runs_the_cpu_kernel_on_each_shards_view():
     backward = jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a))), (0, 1, 2)))
     hlo_fwd = forward.lower(q, k, v).compile().as_text()
     hlo_bwd = backward.lower(q, k, v).compile().as_text()
-    # One branch per device and key block, each the kernel on that device's view of the whole
-    # axis: its own keys (4 devices), its left halo (3 have a left neighbour), its right halo.
-    shard = 8
-    own = [p * shard for p in range(4)]
-    left = [p * shard - h.left for p in range(1, 4)]
-    right = [(p + 1) * shard for p in range(3)]
-    for hlo, target in ((hlo_fwd, "jax_gna_fwd"), (hlo_bwd, "jax_gna_bwd")):
-        offsets = [
-            int(re.search(r"view_kv_offset = dense<(-?\d+)>", c)[1])
-            for c in _view_calls(hlo, target)
-        ]
-        assert sorted(offsets) == sorted(own + left + right), (target, offsets)
+    # One branch per device, each the kernel on that device's view of the whole axis.
+    assert len(_view_calls(hlo_fwd)) == 4
+    assert len(_view_calls(hlo_bwd, "jax_gna_bwd")) == 4
     for hlo in (hlo_fwd, hlo_bwd):
         assert "all-gather" not in hlo and "all-to-all" not in hlo
         assert {s[1] for s in _permutes(hlo)} <= {h.left, h.right}
@@ -335,10 +326,8 @@ def test_jit_on_auto_mesh_exchanges_halos_through_the_partitioning_rule(name):
     h = parallel.halo(q_shape[1], devices, **{n: w[0] for n, w in _per_axis(window).items()})
     shapes = _permutes(hlo)
     assert shapes and {s[1] for s in shapes} <= {h.left, h.right}, shapes
-    # The shard-local halo lowering calls the kernel on each device's view: of its own keys,
-    # and of each halo it has a neighbour for.
-    blocks = 1 + (h.left > 0) + (h.right > 0)
-    assert len(_view_calls(hlo)) == devices + (blocks - 1) * (devices - 1)
+    # The shard-local halo lowering calls the kernel on each device's view.
+    assert len(_view_calls(hlo)) == devices
 
 
 def _per_axis(window: dict) -> dict:
