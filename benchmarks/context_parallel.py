@@ -19,6 +19,7 @@ device as well, for context.
     python benchmarks/context_parallel.py                   # needs 2 GPUs
     python benchmarks/context_parallel.py --backward        # forward + backward
     python benchmarks/context_parallel.py --small           # CPU, 2 fake devices, tiny problem
+    python benchmarks/context_parallel.py --per-shard       # also each shard's kernel alone
 
 The halo exchange is not overlapped with the attention: a shard's queries attend one key block
 (its shard plus the halos) in one kernel call. Attending the own shard first while the halo
@@ -54,6 +55,11 @@ def _parse(argv):
         help="the kernel on one device and per shard (default: cuda on GPUs, cpu on CPUs)",
     )
     parser.add_argument("--baseline", default=None, help="also time gna(implementation=...)")
+    parser.add_argument(
+        "--per-shard",
+        action="store_true",
+        help="also time each shard's kernel call alone on one device (no communication)",
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument(
         "--small", "--dry-run", action="store_true", help="tiny problem on fake CPU devices"
@@ -75,6 +81,49 @@ def _median_seconds(fn, *xs, iters: int) -> float:
         jax.block_until_ready(fn(*xs))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _per_shard_times(args, one, params, local, shard_impl) -> list[dict] | None:
+    """Each shard's kernel call (its view: queries against the key block) alone on the first
+    device, without communication: what a shard's step costs in compute. FFI kernels only."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jax_gna import _ops, parallel
+
+    if shard_impl not in ("cpu", "cuda"):
+        return None
+    params = parallel.shard_params(shard_impl, *one, params)
+    q, k, v = one
+    h = local.halo
+    times = []
+    for p, view in enumerate(local.views):
+        if view is None:
+            continue
+        view_params = dataclasses.replace(params, view=view)
+        first = p * h.shard - h.left - local.pad
+        positions = np.arange(first, first + local.key_block)
+        inside = jnp.asarray((positions >= 0) & (positions < h.length))[
+            (None, slice(None)) + (None,) * (k.ndim - 2)
+        ]
+
+        def block(x, positions=positions, inside=inside):
+            return jnp.where(inside, jnp.take(x, np.clip(positions, 0, h.length - 1), axis=1), 0)
+
+        q_shard = q[:, p * h.shard : (p + 1) * h.shard]
+        k_block, v_block = block(k), block(v)
+        forward = jax.jit(lambda q, k, v, pv=view_params: _ops._ffi_forward(pv, q, k, v))
+        entry = {"forward": _median_seconds(forward, q_shard, k_block, v_block, iters=args.iters)}
+        if args.backward:
+            out, lse = forward(q_shard, k_block, v_block)
+            backward = jax.jit(lambda *a, pv=view_params: _ops._ffi_backward(pv, *a))
+            cotangents = (out, q_shard, k_block, v_block, out, lse, jnp.zeros_like(lse))
+            entry["backward"] = _median_seconds(backward, *cotangents, iters=args.iters)
+        times.append(entry)
+    return times
 
 
 def main(argv=None) -> dict:
@@ -152,6 +201,8 @@ def main(argv=None) -> dict:
     )
     t_halo = _median_seconds(halo_only, *split[1:], iters=args.iters)
 
+    per_shard = _per_shard_times(args, one, params, local, shard_impl) if args.per_shard else None
+
     got = jax.jit(sharded_fn)(*split)
     want = jax.jit(lambda q, k, v: jax_gna.gna(q, k, v, **window, implementation=impl))(*one)
     error = float(np.max(np.abs(np.asarray(got, np.float32) - np.asarray(want, np.float32))))
@@ -173,6 +224,7 @@ def main(argv=None) -> dict:
         speedup=t_single / t_sharded,
         halo_share=t_halo / t_sharded,
         baseline_s=t_baseline,
+        per_shard=per_shard,
         max_abs_error=error,
     )
     what = "forward+backward" if args.backward else "forward"
@@ -186,6 +238,9 @@ def main(argv=None) -> dict:
           f"the sharded step")  # fmt: skip
     if t_baseline is not None:
         print(f"1 device, implementation={args.baseline!r}: {t_baseline * 1e3:.2f} ms")
+    for p, times in enumerate(per_shard or ()):
+        print(f"shard {p} alone on one device: " + ", ".join(
+            f"{name} {t * 1e3:.2f} ms" for name, t in times.items()))  # fmt: skip
     print(f"max |sharded - single| = {error:.3g}")
     if args.json:
         with open(args.json, "w") as f:

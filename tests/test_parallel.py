@@ -278,6 +278,11 @@ def test_benchmark_small_mode_runs_on_fake_devices():
     assert result["max_abs_error"] < 1e-4
     assert result["speedup"] > 0 and 0 <= result["halo_share"]
     assert result["halo"]["left"] > 0
+    result = module.main(["--small", "--iters", "1", "--backward", "--per-shard"])
+    assert result["max_abs_error"] < 1e-4
+    if result["shard_implementation"] == "cpu":  # the FFI kernel: each shard's call timed
+        assert len(result["per_shard"]) == 2
+        assert all(t["forward"] > 0 and t["backward"] > 0 for t in result["per_shard"])
 
 
 # ---------------------------------------------------------------------------------------------
