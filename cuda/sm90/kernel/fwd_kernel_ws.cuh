@@ -120,55 +120,14 @@ struct FwdKernel {
   static constexpr uint32_t kChunkBytesQ = kTileQ * kChunk * sizeof(Element);
   static constexpr uint32_t kChunkBytesKV = kTileKV * kChunk * sizeof(Element);
 
-  // Which CTA does what; every role decodes it identically from blockIdx.x.
-  struct Work {
-    int q_tile[3];
-    int group[3];
-    int head;
-    int batch;
-    GroupAxis axes[3];
-    TileBox box;
-    Range full[3];  // per axis, the KV tiles that need no mask (tile_box.h)
-    bool valid;     // false: the Q tile holds no query of its dilation group
-  };
+  // Which CTA does what (cuda/common/fwd_params.h, shared with sm100); every role decodes it
+  // identically from the item index.
+  using Work = FwdWork;
 
   static CUTLASS_DEVICE Work decode_work(const FwdParams& p, int item) {
-    Work w;
-    int i = item;
-    int qt = i % p.num_q_tiles;
-    i /= p.num_q_tiles;
-    int gi = i % p.num_groups;
-    i /= p.num_groups;
-    w.head = i % p.heads;
-    w.batch = i / p.heads;
-    // Q tiles in p.tile_order (fastest axis first), written with selects so
-    // that w.q_tile stays in registers.
-    CUTLASS_PRAGMA_UNROLL
-    for (int k = 0; k < 3; ++k) {
-      const int a = p.tile_order[k];
-      const int n = a == 0 ? p.q_tiles[0] : a == 1 ? p.q_tiles[1] : p.q_tiles[2];
-      const int v = qt % n;
-      qt /= n;
-      if (a == 0) w.q_tile[0] = v;
-      if (a == 1) w.q_tile[1] = v;
-      if (a == 2) w.q_tile[2] = v;
-    }
-    CUTLASS_PRAGMA_UNROLL
-    for (int a = 2; a >= 0; --a) {
-      w.group[a] = gi % p.dilation[a];
-      gi /= p.dilation[a];
-    }
     constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
-    w.valid = true;
-    for (int a = 0; a < 3; ++a) {
-      w.axes[a] = launch_group_axis<kView>(p, a, w.group[a]);
-      w.valid &= w.q_tile[a] * q_tile[a] < q_end(w.axes[a]);
-    }
-    w.box = kv_tile_box(w.axes, 3, w.q_tile, q_tile, kv_tile);
-    for (int a = 0; a < 3; ++a)
-      w.full[a] = full_tile_range(w.axes[a], w.q_tile[a] * q_tile[a], q_tile[a], kv_tile[a]);
-    return w;
+    return decode_fwd_work<kView>(p, item, q_tile, kv_tile);
   }
 
   // TMA coordinate of group position `x` along kernel axis `a`.
