@@ -5,8 +5,9 @@ Runs the same problem (default HunyuanVideo-shaped: 1 x 30x48x80 tokens, 24 head
 `jax_gna.parallel.gna_sharded` over ``--devices`` devices along spatial axis 0, and prints:
 
 - the median step time of each and the speedup;
-- the halo exchange alone (the same ppermutes of K and V, nothing else) and its share of the
-  sharded step: the communication share;
+- the halo exchange alone (the same ppermutes of K and V, and of the query rows a device
+  computes for its neighbour, nothing else) and its share of the sharded step: the
+  communication share;
 - the halo sizes and the largest difference between the two results.
 
 Both sides run the same kernel: ``--implementation`` (default: the FFI kernel of the platform,
@@ -21,11 +22,9 @@ device as well, for context.
     python benchmarks/context_parallel.py --small           # CPU, 2 fake devices, tiny problem
     python benchmarks/context_parallel.py --per-shard       # also each shard's kernel alone
 
-The halo exchange is not overlapped with the attention: a shard's queries attend one key block
-(its shard plus the halos) in one kernel call. Attending the own shard first while the halo
-arrives, then the halo, merged by log-sum-exp, is possible with views but needs the kernels to
-accept queries that see no key of a block; the measured communication share says what it
-could save.
+The halo exchange is not overlapped with the attention: a device's queries attend one key
+block (its shard plus the halos) in one kernel call. (Attending the own shard while the halo
+arrives, then the halo, merged by log-sum-exp, measured slower on 2 H200s: cuda/sm90/NOTES.md.)
 """
 
 from __future__ import annotations
@@ -100,12 +99,13 @@ def _per_shard_times(args, one, params, local, shard_impl) -> list[dict] | None:
     q, k, v = one
     h = local.halo
     times = []
-    for p, view in enumerate(local.views):
-        if view is None:
+    for p, call in enumerate(local.calls):
+        if call is None:
             continue
+        rows, keys, view = call
         view_params = dataclasses.replace(params, view=view)
-        first = p * h.shard - h.left - local.pad
-        positions = np.arange(first, first + local.key_block)
+        # The call's key slice: global positions, zeros past the borders (as the halo gives).
+        positions = np.arange(*keys) + local.key_origin(p)
         inside = jnp.asarray((positions >= 0) & (positions < h.length))[
             (None, slice(None)) + (None,) * (k.ndim - 2)
         ]
@@ -113,7 +113,7 @@ def _per_shard_times(args, one, params, local, shard_impl) -> list[dict] | None:
         def block(x, positions=positions, inside=inside):
             return jnp.where(inside, jnp.take(x, np.clip(positions, 0, h.length - 1), axis=1), 0)
 
-        q_shard = q[:, p * h.shard : (p + 1) * h.shard]
+        q_shard = q[:, slice(*h.computed(p))]
         k_block, v_block = block(k), block(v)
         forward = jax.jit(lambda q, k, v, pv=view_params: _ops._ffi_forward(pv, q, k, v))
         entry = {"forward": _median_seconds(forward, q_shard, k_block, v_block, iters=args.iters)}
@@ -181,7 +181,7 @@ def main(argv=None) -> dict:
     sharded = step(sharded_fn)
     t_sharded = _median_seconds(sharded, *split, iters=args.iters)
 
-    # The halo exchange alone: the ppermutes of K and V that gna_sharded does.
+    # The exchange alone: the ppermutes of Q rows, K and V that gna_sharded does.
     params = make_params(*one, **window)
     local = parallel._local(tuple(args.shape), params, 0, args.devices)
     shard_impl = parallel.shard_implementation(
@@ -193,13 +193,14 @@ def main(argv=None) -> dict:
     )
     spec = P(None, "x")
 
-    def exchange(k, v):
-        return tuple(parallel._with_halo(x, local, 1, "x") for x in (k, v))
+    def exchange(q, k, v):
+        q = parallel._with_queries(q, local, 1, "x")
+        return (q, *(parallel._with_halo(x, local, 1, "x") for x in (k, v)))
 
     halo_only = jax.jit(
-        jax.shard_map(exchange, mesh=mesh, in_specs=(spec, spec), out_specs=(spec, spec))
+        jax.shard_map(exchange, mesh=mesh, in_specs=(spec,) * 3, out_specs=(spec,) * 3)
     )
-    t_halo = _median_seconds(halo_only, *split[1:], iters=args.iters)
+    t_halo = _median_seconds(halo_only, *split, iters=args.iters)
 
     per_shard = _per_shard_times(args, one, params, local, shard_impl) if args.per_shard else None
 
@@ -217,7 +218,8 @@ def main(argv=None) -> dict:
         backward=args.backward,
         implementation=impl,
         shard_implementation=shard_impl,
-        halo=dict(shard=h.shard, left=h.left, right=h.right),
+        halo=dict(shard=h.shard, left=h.left, right=h.right, shifts=list(h.shifts)),
+        computed=[list(h.computed(p)) for p in range(h.devices)],
         single_s=t_single,
         sharded_s=t_sharded,
         halo_s=t_halo,
@@ -230,7 +232,8 @@ def main(argv=None) -> dict:
     what = "forward+backward" if args.backward else "forward"
     print(f"{result['device']}: {shape} {args.dtype} window {args.window} stride {args.stride}")
     print(f"time axis {args.shape[0]} over {args.devices} devices: shards of {h.shard}, halo "
-          f"{h.left} left / {h.right} right")  # fmt: skip
+          f"{h.left} left / {h.right} right; the devices compute "
+          f"{', '.join(f'[{lo}, {hi})' for lo, hi in result['computed'])}")  # fmt: skip
     print(f"one device ran {impl!r}; the shards ran {shard_impl!r}")
     print(f"{what}: 1 device {t_single * 1e3:.2f} ms, {args.devices} devices "
           f"{t_sharded * 1e3:.2f} ms, speedup {result['speedup']:.2f}x")  # fmt: skip

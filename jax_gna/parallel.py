@@ -52,16 +52,26 @@ IMPLEMENTATIONS = ("cuda", "cpu", "xla", "reference")
 
 @dataclasses.dataclass(frozen=True)
 class Halo:
-    """How one spatial axis is split: positions per shard and the halo each shard receives.
+    """How one spatial axis is split: positions per shard, the queries each shard computes and
+    the halo it receives.
+
+    Every device holds a shard (a contiguous block) of the axis. It computes the queries from
+    ``shifts[p]`` into its shard up to ``shifts[p + 1]`` into the next one: an inner boundary
+    moves right to the start of a stride group when that is close (`halo`), so that no stride
+    group (one window) is split between two devices; the first ``queries`` rows of the right
+    neighbour travel with the keys, and their outputs travel back.
 
     Attributes:
       length: the axis' global extent.
       devices: number of shards.
       shard: positions per shard (the last ones may hold padding when ``devices`` does not
         divide ``length``).
-      left: positions every shard receives from its left neighbour (the largest reach to the
-        left of any shard's queries).
-      right: positions received from the right neighbour.
+      left: key/value positions every shard receives from its left neighbour (the largest reach
+        to the left of any device's queries, from the start of its shard).
+      right: key/value positions received from the right neighbour (the largest reach past the
+        end of a shard).
+      shifts: per device, how far its first computed query lies inside its shard (device 0:
+        0); empty: no shifts.
     """
 
     length: int
@@ -69,11 +79,35 @@ class Halo:
     shard: int
     left: int
     right: int
+    shifts: tuple[int, ...] = ()
+
+    @property
+    def queries(self) -> int:
+        """Query rows every shard receives from its right neighbour (the largest shift)."""
+        return max(self.shifts, default=0)
 
     @property
     def min_shard(self) -> int:
         """The smallest shard that can provide this halo (a halo comes from one neighbour)."""
         return max(self.left, self.right)
+
+    def computed(self, device: int) -> tuple[int, int]:
+        """Global range ``[lo, hi)`` of the queries `device` computes (empty: padding only)."""
+        shift = self.shifts[device] if self.shifts else 0
+        following = self.shifts[device + 1] if self.shifts and device + 1 < self.devices else 0
+        lo = min(device * self.shard + shift, self.length)
+        return lo, max(lo, min((device + 1) * self.shard + following, self.length))
+
+
+def _boundary_shifts(length: int, devices: int, shard: int, stride: int) -> tuple[int, ...]:
+    """Per device, how far its first query moves right to the next stride-group start: only
+    where that is at most an eighth of a shard (at least 1), so the devices stay balanced."""
+    shifts = [0] * devices
+    for p in range(1, devices):
+        shift = -(p * shard) % stride
+        if shift <= max(1, shard // 8) and shift < shard and p * shard + shift < length:
+            shifts[p] = shift
+    return tuple(shifts)
 
 
 def halo(
@@ -84,25 +118,34 @@ def halo(
     dilation: int = 1,
     is_causal: bool = False,
 ) -> Halo:
-    """The halo of one axis of extent `length` split into `devices` contiguous shards.
+    """The split of one axis of extent `length` into `devices` contiguous shards.
 
-    The keys a shard needs are the union of its queries' windows (`jax_gna._window`); the halo
-    on each side is how far that union reaches past the shard, maximised over shards (every
-    shard exchanges the same amount).
+    With a stride and no dilation, inner boundaries that fall just inside a stride group move to
+    its end (`Halo.shifts`). The keys a device needs are the union of its queries' windows
+    (`jax_gna._window`); the halo on each side is how far that union reaches past its shard,
+    maximised over devices (every shard exchanges the same amount).
     """
     shard = -(-length // devices)
     start, end = _window.neighborhood(length, kernel_size, stride, dilation, is_causal)
     group = np.arange(length) % dilation
     first_key = start * dilation + group  # positions, not group coordinates
     last_key = (end - 1) * dilation + group
-    left = right = 0
-    for p in range(devices):
-        lo, hi = p * shard, min((p + 1) * shard, length)
-        if lo >= hi:  # a shard of padding only
-            continue
-        left = max(left, lo - int(first_key[lo:hi].min()))
-        right = max(right, int(last_key[lo:hi].max()) + 1 - (p + 1) * shard)
-    return Halo(length, devices, shard, left, right)
+
+    def measure(shifts: tuple[int, ...]) -> Halo:
+        split = Halo(length, devices, shard, 0, 0, shifts)
+        left = right = 0
+        for p in range(devices):
+            lo, hi = split.computed(p)
+            if lo < hi:
+                left = max(left, p * shard - int(first_key[lo:hi].min()))
+                right = max(right, int(last_key[lo:hi].max()) + 1 - (p + 1) * shard)
+        return dataclasses.replace(split, left=left, right=right)
+
+    unshifted = measure(())
+    if stride == 1 or dilation != 1:  # (dilation: shifted queries would change their phase)
+        return unshifted
+    shifted = measure(_boundary_shifts(length, devices, shard, stride))
+    return shifted if shifted.queries and shifted.min_shard <= shard else unshifted
 
 
 def _check_halo(h: Halo, spatial_axis: int, axis_name: AxisName) -> None:
@@ -122,113 +165,132 @@ def _check_halo(h: Halo, spatial_axis: int, axis_name: AxisName) -> None:
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: static jit arguments
 class _Local:
-    """What every shard computes: its query block against its key block (halo included).
+    """What every device computes: the rows of its query block that are its queries
+    (`Halo.computed`) against its key block, halo included.
 
-    ``pad`` zero positions go in front of the left halo so that a shard's key block starts at
-    the same dilation phase as its queries (the xla tiling pairs query and key groups by
-    position modulo the dilation)."""
+    A device's query block is its shard followed by the first ``halo.queries`` rows of its
+    right neighbour's (``rows`` rows in all). Its key block is ``[pad | left halo | shard |
+    right halo]``: ``pad`` zero positions go in front of the left halo so that the key block
+    starts at the same dilation phase as the queries (the xla tiling pairs query and key groups
+    by position modulo the dilation)."""
 
     halo: Halo
     axis: int  # the sharded spatial axis
     pad: int
     plans: tuple  # `_xla._AxisPlan` per axis (the sharded axis: device 0's; shapes are shared)
     tables: tuple  # `_xla._tile_table` arrays, stacked over devices
-    masks: tuple  # per axis [devices, queries, keys] visibility (implementation="reference")
-    # Per device, the view of the FFI kernels (`GnaParams.view`), or None for a shard that
-    # holds padding only (its results are dropped).
-    views: tuple
+    masks: tuple  # per axis [devices, query block, key block] visibility ("reference")
+    # Per device, the FFI kernels' call: (query rows [lo, hi) of the query block, key rows
+    # [lo, hi) of the key block, view `GnaParams.view`), or None for a device without queries.
+    calls: tuple
+
+    @property
+    def rows(self) -> int:
+        return self.halo.shard + self.halo.queries
 
     @property
     def key_block(self) -> int:
         return self.pad + self.halo.left + self.halo.shard + self.halo.right
 
+    def key_origin(self, device: int) -> int:
+        """Global position of the first row of `device`'s key block."""
+        return device * self.halo.shard - self.halo.left - self.pad
 
-def _shard_windows(h: Halo, pad: int, p: int, k: int, s: int, d: int, causal: bool, padded: int):
-    """Windows ``[d, padded]`` of shard `p`'s queries in the key group coordinates of its key
-    block (which starts at global position ``p * shard - left - pad``)."""
+
+def _shard_windows(local_halo: Halo, origin: int, p: int, axis_args, padded: int):
+    """Windows ``[d, padded]`` of device `p`'s query block in the key group coordinates of its
+    key block (which starts at global position `origin`); rows it does not compute take the
+    window of a computed query of their group (finite, and discarded)."""
+    h = local_halo
+    k, s, d, causal = axis_args
     start, end = _window.neighborhood(h.length, k, s, d, causal)
-    offset = p * h.shard
-    key_origin = offset - h.left - pad
+    lo, hi = h.computed(p)
     starts = np.zeros((d, padded), np.int64)
     ends = np.ones((d, padded), np.int64)  # groups without queries: any valid window
     for g in range(d):
-        positions = offset + g + d * np.arange(padded)
-        real = positions[positions < min(offset + h.shard, h.length)]
+        positions = p * h.shard + g + d * np.arange(padded)
+        real = positions[(lo <= positions) & (positions < hi)]
         if real.size == 0:
             continue
-        # Padded queries take the window of the group's last query: finite, and discarded.
-        positions = np.minimum(positions, real[-1])
-        # Key x of the block is global key_origin + x: group coordinate of the block's
-        # group-g key number u is (key_origin + g) // d + u.
-        base = (key_origin + g) // d
+        positions = np.clip(positions, real[0], real[-1])
+        # Key x of the block is global origin + x: group coordinate of the block's group-g
+        # key number u is (origin + g) // d + u.
+        base = (origin + g) // d
         starts[g], ends[g] = start[positions] - base, end[positions] - base
     return starts, ends
 
 
-def _shard_mask(h: Halo, pad: int, p: int, k: int, s: int, d: int, causal: bool) -> np.ndarray:
-    """Visibility ``[shard, key block]`` of shard `p` along the sharded axis."""
-    full = _window.axis_mask(h.length, k, s, d, causal)
-    q = np.arange(h.shard) + p * h.shard
-    x = np.arange(h.left + pad + h.shard + h.right) + p * h.shard - h.left - pad
+def _shard_mask(local_halo: Halo, origin: int, p: int, axis_args, rows: int, keys: int):
+    """Visibility ``[rows, keys]`` of device `p`'s query block against its key block."""
+    h = local_halo
+    full = _window.axis_mask(h.length, *axis_args)
+    lo, hi = h.computed(p)
+    q = np.arange(rows) + p * h.shard
+    x = np.arange(keys) + origin
     inside = (0 <= x) & (x < h.length)
-    mask = np.zeros((h.shard, x.size), bool)
-    real = q < h.length
+    real = (lo <= q) & (q < hi)
+    mask = np.zeros((rows, keys), bool)
     mask[np.ix_(real, inside)] = full[np.ix_(q[real], x[inside])]
-    mask[~real] = True  # padding queries: any finite softmax (their results are dropped)
+    mask[~real] = True  # rows it does not compute: any finite softmax (discarded)
     return mask
+
+
+def _ffi_call(h: Halo, origin: int, p: int, axis_args, spatial, axis):
+    """Device `p`'s FFI call (see `_Local.calls`): its computed queries against the keys their
+    windows reach, so that the key slice starts where the first window does (KV tiles line up
+    with the windows)."""
+    lo, hi = h.computed(p)
+    if lo >= hi:
+        return None
+    k, s, d, causal = axis_args
+    start, end = _window.neighborhood(h.length, k, s, d, causal)
+    group = np.arange(lo, hi) % d
+    first = int((start[lo:hi] * d + group).min())
+    last = int(((end[lo:hi] - 1) * d + group).max()) + 1
+    first -= (first - lo) % d  # the key slice starts at the queries' dilation phase
+    view = tuple((h.length, lo, first) if a == axis else (n, 0, 0) for a, n in enumerate(spatial))
+    shard_start = p * h.shard
+    return (lo - shard_start, hi - shard_start), (first - origin, last - origin), view
 
 
 @functools.lru_cache(maxsize=64)
 def _local(spatial: tuple[int, ...], params: GnaParams, axis: int, devices: int) -> _Local:
-    h = halo(
-        spatial[axis],
-        devices,
-        params.kernel_size[axis],
-        params.stride[axis],
-        params.dilation[axis],
-        params.is_causal[axis],
-    )
-    d = params.dilation[axis]
+    per_axis = list(zip(params.kernel_size, params.stride, params.dilation, params.is_causal))
+    axis_args = per_axis[axis]
+    h = halo(spatial[axis], devices, *axis_args)
+    d = axis_args[2]
     pad = -h.left % d
-    local_spatial = spatial[:axis] + (h.shard,) + spatial[axis + 1 :]
-    tiles = _xla._tile_sizes(local_spatial, params)
-    per_axis = list(
-        zip(spatial, params.kernel_size, params.stride, params.dilation, params.is_causal, tiles)
-    )
-    k, s, _, causal, tile = per_axis[axis][1:]
-    group_max = -(-h.shard // d)
-    padded = -(-group_max // tile) * tile
-    windows = [_shard_windows(h, pad, p, k, s, d, causal, padded) for p in range(devices)]
+    rows = h.shard + h.queries
     key_block = pad + h.left + h.shard + h.right
+    origins = [p * h.shard - h.left - pad for p in range(devices)]
+    local_spatial = spatial[:axis] + (rows,) + spatial[axis + 1 :]
+    tiles = _xla._tile_sizes(local_spatial, params)
+    group_max = -(-rows // d)
+    padded = -(-group_max // tiles[axis]) * tiles[axis]
+    windows = [_shard_windows(h, origins[p], p, axis_args, padded) for p in range(devices)]
 
     def sharded_plan(p, box=None):
-        return _xla.plan_from_windows(h.shard, key_block, d, tile, *windows[p], box=box)
+        return _xla.plan_from_windows(rows, key_block, d, tiles[axis], *windows[p], box=box)
 
     box = max(sharded_plan(p).box for p in range(devices))
     plans = [
         tuple(
-            sharded_plan(p, box) if a == axis else _xla._axis_plan(*per_axis[a])
-            for a in range(len(spatial))
+            sharded_plan(p, box) if a == axis else _xla._axis_plan(n, *per_axis[a], tiles[a])
+            for a, n in enumerate(spatial)
         )
         for p in range(devices)
     ]
     tables = tuple(np.stack(t) for t in zip(*(_xla._tile_table(pl) for pl in plans)))
     masks = tuple(
-        np.stack([_shard_mask(h, pad, p, k, s, d, causal) for p in range(devices)])
-        if a == axis
-        else _window.axis_mask(*per_axis[a][:5])[None]
-        for a in range(len(spatial))
-    )
-    views = tuple(
-        None
-        if p * h.shard >= h.length
-        else tuple(
-            (h.length, p * h.shard, p * h.shard - h.left - pad) if a == axis else (n, 0, 0)
-            for a, n in enumerate(spatial)
+        np.stack(
+            [_shard_mask(h, origins[p], p, axis_args, rows, key_block) for p in range(devices)]
         )
-        for p in range(devices)
+        if a == axis
+        else _window.axis_mask(n, *per_axis[a])[None]
+        for a, n in enumerate(spatial)
     )
-    return _Local(h, axis, pad, plans[0], tables, masks, views)
+    calls = tuple(_ffi_call(h, origins[p], p, axis_args, spatial, axis) for p in range(devices))
+    return _Local(h, axis, pad, plans[0], tables, masks, calls)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +320,7 @@ _local_xla.defvjp(_local_xla_fwd, _local_xla_bwd)
 
 
 def _local_reference(query, key, value, device, params: GnaParams, local: _Local):
-    """Dense masked softmax over the shard's key block (O(shard x block) memory)."""
+    """Dense masked softmax over the key block (O(query block x key block) memory)."""
     masks = []
     for a, m in enumerate(local.masks):
         m = jnp.asarray(m)
@@ -268,29 +330,51 @@ def _local_reference(query, key, value, device, params: GnaParams, local: _Local
     return reference.softmax_attention(query, [key], [value], params.scale, n_batch, visible)
 
 
-def _switch_views(device, local: _Local, branch, empty):
-    """``branch(view)`` of this device's view: one `jax.lax.switch` branch per device (FFI
-    attributes are static), ``empty()`` for a shard of padding only."""
+def _switch_calls(device, local: _Local, branch, empty):
+    """``branch(call)`` of this device's FFI call (`_Local.calls`): one `jax.lax.switch` branch
+    per device (FFI attributes and slices are static), ``empty()`` for a device without
+    queries."""
     branches = [
-        (lambda v: lambda: branch(v))(view) if view is not None else empty for view in local.views
+        (lambda c: lambda: branch(c))(call) if call is not None else empty for call in local.calls
     ]
     return jax.lax.switch(device, branches)
 
 
+def _rows(x: jax.Array, dim: int, bounds: tuple[int, int]) -> jax.Array:
+    return jax.lax.slice_in_dim(x, *bounds, axis=dim)
+
+
+def _pad_rows(x: jax.Array, dim: int, bounds: tuple[int, int], total: int, fill=0) -> jax.Array:
+    """`x` (rows ``bounds`` of a block of `total` rows along `dim`) back in that block."""
+    widths = [(0, 0)] * x.ndim
+    widths[dim] = (bounds[0], total - bounds[1])
+    return jnp.pad(x, widths, constant_values=fill)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def _local_ffi(query, key, value, device, params: GnaParams, local: _Local, backward: str):
-    """The shard's ``(out, lse)`` by the FFI kernel of the platform, with its view. Rows without
-    a visible key (padding queries) come out as 0 and lse -inf."""
+    """``(out, lse)`` of the query block by the FFI kernel of the platform: the device's
+    queries against its key slice, with its view. Rows it does not compute are 0, lse -inf."""
     from jax_gna import _ops  # late: `jax_gna._ops` imports this module
+
+    dim = query.ndim - params.rank - 2 + local.axis
 
     def empty():
         out = jnp.zeros(query.shape[:-1] + value.shape[-1:], query.dtype)
         return out, jnp.full(query.shape[:-1], -jnp.inf, jnp.float32)
 
-    def branch(view):
-        return _ops._ffi_forward(dataclasses.replace(params, view=view), query, key, value)
+    def branch(call):
+        rows, keys, view = call
+        out, lse = _ops._ffi_forward(
+            dataclasses.replace(params, view=view),
+            _rows(query, dim, rows),
+            _rows(key, dim, keys),
+            _rows(value, dim, keys),
+        )
+        n = local.rows
+        return _pad_rows(out, dim, rows, n), _pad_rows(lse, dim, rows, n, -jnp.inf)
 
-    return _switch_views(device, local, branch, empty)
+    return _switch_calls(device, local, branch, empty)
 
 
 def _local_ffi_fwd(query, key, value, device, params, local, backward):
@@ -321,30 +405,54 @@ _local_ffi.defvjp(_local_ffi_fwd, _local_ffi_bwd)
 
 
 def _local_backward(dout, query, key, value, out, lse, dlse, device, params, local, backward):
-    """``(dq, dk_block, dv_block)`` of one shard over its key block: the FFI backward with the
-    view (`backward` ``"ffi"``), or the ``xla`` backward with the shard's window table."""
+    """``(dq, dk_block, dv_block)`` of a query block over its key block: the FFI backward of the
+    device's call (`backward` ``"ffi"``), or the ``xla`` backward with the device's window
+    table. Rows the device does not compute must have zero cotangents."""
     if backward == "ffi":
         from jax_gna import _ops  # late: `jax_gna._ops` imports this module
+
+        dim = query.ndim - params.rank - 2 + local.axis
 
         def empty():
             return jnp.zeros_like(query), jnp.zeros_like(key), jnp.zeros_like(value)
 
-        def branch(view):
-            p = dataclasses.replace(params, view=view)
-            return _ops._ffi_backward(
-                p, dout.astype(query.dtype), query, key, value, out, lse, dlse
+        def branch(call):
+            rows, keys, view = call
+            dq, dk, dv = _ops._ffi_backward(
+                dataclasses.replace(params, view=view),
+                _rows(dout, dim, rows).astype(query.dtype),
+                _rows(query, dim, rows),
+                _rows(key, dim, keys),
+                _rows(value, dim, keys),
+                _rows(out, dim, rows),
+                _rows(lse, dim, rows),
+                _rows(dlse, dim, rows),
+            )
+            n = local.key_block
+            return (
+                _pad_rows(dq, dim, rows, local.rows),
+                _pad_rows(dk, dim, keys, n),
+                _pad_rows(dv, dim, keys, n),
             )
 
-        return _switch_views(device, local, branch, empty)
-    # The FFI forward gives padding rows lse -inf; their cotangents are 0, any finite lse does.
-    lse = jnp.where(jnp.isneginf(lse), 0.0, lse)
+        return _switch_calls(device, local, branch, empty)
+    # Rows the device does not compute get lse +inf: probability 0, so their (zero)
+    # cotangents stay finite whatever their out/lse hold.
+    h = local.halo
+    bounds = np.asarray([h.computed(p) for p in range(h.devices)]) - h.shard * np.arange(
+        h.devices
+    ).reshape(-1, 1)
+    lo, hi = jnp.asarray(bounds)[device]
+    dim = query.ndim - params.rank - 2 + local.axis
+    rows = jnp.arange(local.rows).reshape((-1,) + (1,) * (lse.ndim - dim - 1))
+    lse = jnp.where((lo <= rows) & (rows < hi), lse, jnp.inf)
     table = tuple(jnp.asarray(t)[device] for t in local.tables)
     return _xla._backward(query, key, value, out, lse, dout, dlse, params, local.plans, table)
 
 
 def _with_halo(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> jax.Array:
-    """A shard's block ``[pad | left halo | shard | right halo]`` along `dim`; the halos come
-    from the neighbours (zeros past the global borders, where no window reaches)."""
+    """A shard's key block ``[pad | left halo | shard | right halo]`` along `dim`; the halos
+    come from the neighbours (zeros past the global borders, where no window reaches)."""
     h = local.halo
     n = h.devices
     parts = []
@@ -362,6 +470,32 @@ def _with_halo(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> ja
     return jnp.concatenate(parts, axis=dim) if len(parts) > 1 else x
 
 
+def _with_queries(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> jax.Array:
+    """A shard's query block along `dim`: the shard, then the first ``halo.queries`` rows of
+    the right neighbour's (zeros on the last device)."""
+    h = local.halo
+    if not h.queries:
+        return x
+    head = jax.lax.slice_in_dim(x, 0, h.queries, axis=dim)
+    received = jax.lax.ppermute(head, axis_name, [(p + 1, p) for p in range(h.devices - 1)])
+    return jnp.concatenate([x, received], axis=dim)
+
+
+def _own_rows(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> jax.Array:
+    """A shard's rows of a result over query blocks (`_with_queries`): its own rows, of which
+    the first ``shifts[p]`` come back from the left neighbour, which computed them."""
+    h = local.halo
+    if not h.queries:
+        return x
+    own = jax.lax.slice_in_dim(x, 0, h.shard, axis=dim)
+    tail = jax.lax.slice_in_dim(x, h.shard, h.shard + h.queries, axis=dim)
+    returned = jax.lax.ppermute(tail, axis_name, [(p, p + 1) for p in range(h.devices - 1)])
+    shift = jnp.asarray(h.shifts)[jax.lax.axis_index(axis_name)]
+    taken = (jnp.arange(h.queries) < shift).reshape((-1,) + (1,) * (x.ndim - dim - 1))
+    head = jnp.where(taken, returned, jax.lax.slice_in_dim(own, 0, h.queries, axis=dim))
+    return jnp.concatenate([head, jax.lax.slice_in_dim(own, h.queries, h.shard, axis=dim)], dim)
+
+
 def attend_shard(
     query: jax.Array,
     key: jax.Array,
@@ -372,25 +506,29 @@ def attend_shard(
     axis_name: AxisName,
     implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array]:
-    """``(out, lse)`` of one shard: receive the K/V halos from the neighbours along mesh axis
-    `axis_name` and attend the shard's queries with the global windows.
+    """``(out, lse)`` of one shard: receive the K/V halos (and the query rows it computes for
+    its right neighbour) along mesh axis `axis_name`, attend its queries with the global
+    windows, and return the neighbour's rows.
 
     Runs inside a manual-axes context (the body of `jax.shard_map`, or the lowering returned
     by a `custom_partitioning` rule, `jax_gna._ops`); `dim` is the sharded dim of the arrays.
     `implementation` is a resolved one (`shard_implementation`): ``"cpu"``/``"cuda"`` run the
-    FFI kernels with the shard's view. Differentiable (the transpose of the halo exchange
-    returns halo gradients to their owners).
+    FFI kernels on the device's call (`_Local.calls`). Differentiable (the transposes of the
+    exchanges return halo gradients to their owners).
     """
     device = jax.lax.axis_index(axis_name)
+    query = _with_queries(query, local, dim, axis_name)
     key = _with_halo(key, local, dim, axis_name)
     value = _with_halo(value, local, dim, axis_name)
     if implementation in ("cpu", "cuda"):
         backward = (
             "ffi" if _ffi_backward_runs(implementation, query, key, value, params, local) else "xla"
         )
-        return _local_ffi(query, key, value, device, params, local, backward)
-    attend = _local_xla if implementation == "xla" else _local_reference
-    return attend(query, key, value, device, params, local)
+        out, lse = _local_ffi(query, key, value, device, params, local, backward)
+    else:
+        attend = _local_xla if implementation == "xla" else _local_reference
+        out, lse = attend(query, key, value, device, params, local)
+    return _own_rows(out, local, dim, axis_name), _own_rows(lse, local, dim, axis_name)
 
 
 def attend_shard_backward(
@@ -408,20 +546,28 @@ def attend_shard_backward(
     implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(dq, dk, dv)`` of one shard given the forward's ``out``/``lse`` (no recomputation):
-    the backward over the shard's key block (the FFI kernel with the shard's view where
-    `implementation` is ``"cpu"``/``"cuda"`` and it runs, else ``xla``), then the halo rows of
-    ``dk``/``dv`` go back to the neighbours that own them (the transpose of the halo
-    exchange)."""
+    the exchanges of `attend_shard` again (the query block's ``out``/``lse`` too), the backward
+    over the key block (the FFI kernel on the device's call where `implementation` is
+    ``"cpu"``/``"cuda"`` and it runs, else ``xla``), then the transposes of the exchanges send
+    the halo rows of ``dk``/``dv`` and the neighbour's rows of ``dq`` back to their owners."""
     device = jax.lax.axis_index(axis_name)
-    with_halo = functools.partial(_with_halo, local=local, dim=dim, axis_name=axis_name)
-    key_block, pull_key = jax.vjp(with_halo, key)
-    value_block, pull_value = jax.vjp(with_halo, value)
+
+    def exchange(fn):
+        return functools.partial(fn, local=local, dim=dim, axis_name=axis_name)
+
+    query_block, pull_query = jax.vjp(exchange(_with_queries), query)
+    key_block, pull_key = jax.vjp(exchange(_with_halo), key)
+    value_block, pull_value = jax.vjp(exchange(_with_halo), value)
+    out, lse = exchange(_with_queries)(out), exchange(_with_queries)(lse)
+    # Cotangents of the rows this device computes (0 elsewhere): the transpose of `_own_rows`.
+    dout = jax.vjp(exchange(_own_rows), jnp.zeros_like(out))[1](dout)[0]
+    dlse = jax.vjp(exchange(_own_rows), jnp.zeros_like(lse))[1](dlse)[0]
     ffi = implementation in ("cpu", "cuda") and _ffi_backward_runs(
-        implementation, query, key_block, value_block, params, local
+        implementation, query_block, key_block, value_block, params, local
     )
     dq, dk, dv = _local_backward(
         dout,
-        query,
+        query_block,
         key_block,
         value_block,
         out,
@@ -432,37 +578,47 @@ def attend_shard_backward(
         local,
         "ffi" if ffi else "xla",
     )
-    return dq, *pull_key(dk), *pull_value(dv)
+    return (*pull_query(dq), *pull_key(dk), *pull_value(dv))
 
 
-def _local_shapes(query, key, value):
-    return tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (query, key, value))
+def _resized(x, dim: int, n: int) -> jax.ShapeDtypeStruct:
+    shape = list(x.shape)
+    shape[dim] = n
+    return jax.ShapeDtypeStruct(tuple(shape), x.dtype)
+
+
+def _call_shapes(query, key, value, params: GnaParams, local: _Local):
+    """Per device with queries, ``(params with its view, q, k, v shapes)`` of its FFI call
+    (`query`/`key`/`value`: any arrays of the problem's batch, heads and head dims)."""
+    dim = query.ndim - params.rank - 2 + local.axis
+    for rows, keys, view in filter(None, local.calls):
+        yield (
+            dataclasses.replace(params, view=view),
+            _resized(query, dim, rows[1] - rows[0]),
+            _resized(key, dim, keys[1] - keys[0]),
+            _resized(value, dim, keys[1] - keys[0]),
+        )
 
 
 def _ffi_runs(implementation: str, query, key, value, params: GnaParams, local: _Local) -> bool:
-    """Whether the FFI forward of `implementation` takes every device's view (shapes of one
-    shard: `key`/`value` are key blocks)."""
+    """Whether the FFI forward of `implementation` takes every device's call."""
     from jax_gna import _ops  # late: `jax_gna._ops` imports this module
 
-    shapes = _local_shapes(query, key, value)
     return all(
-        _ops.why_not(implementation, *shapes, dataclasses.replace(params, view=view)) is None
-        for view in local.views
-        if view is not None
+        _ops.why_not(implementation, *shapes, p) is None
+        for p, *shapes in _call_shapes(query, key, value, params, local)
     )
 
 
 def _ffi_backward_runs(implementation, query, key, value, params: GnaParams, local) -> bool:
-    """Whether the FFI backward takes every device's view (the CPU one always does)."""
+    """Whether the FFI backward takes every device's call (the CPU one always does)."""
     if implementation == "cpu":
         return True
     from jax_gna import _ops  # late: `jax_gna._ops` imports this module
 
-    shapes = _local_shapes(query, key, value)
     return all(
-        _ops.cuda_backward_reason(*shapes, dataclasses.replace(params, view=view)) is None
-        for view in local.views
-        if view is not None
+        _ops.cuda_backward_reason(*shapes, p) is None
+        for p, *shapes in _call_shapes(query, key, value, params, local)
     )
 
 
@@ -481,33 +637,26 @@ def shard_implementation(
     requested: str | None, platform: str, query, key, value, params: GnaParams, local: _Local
 ) -> str:
     """The implementation each shard runs: `requested` if given (``"cpu"``/``"cuda"`` raise
-    NotImplementedError when the kernels refuse a shard's view), else the FFI kernel of
-    `platform` (``"cpu"``/``"gpu"``) when it takes the views, else ``"xla"``. Shapes are those
-    of one shard (`key`/`value`: the shard's part, the key block is built from it)."""
+    NotImplementedError when the kernels refuse a device's call), else the FFI kernel of
+    `platform` (``"cpu"``/``"gpu"``) when it takes the calls, else ``"xla"``."""
     if requested in ("xla", "reference"):
         return requested
-    block = list(key.shape)
-    n_batch = query.ndim - params.rank - 2
-    block[n_batch + local.axis] = local.key_block
-    vblock = list(value.shape)
-    vblock[n_batch + local.axis] = local.key_block
-    key_block = jax.ShapeDtypeStruct(tuple(block), key.dtype)
-    value_block = jax.ShapeDtypeStruct(tuple(vblock), value.dtype)
     candidates = [requested] if requested else (["cuda"] if platform == "gpu" else ["cpu"])
     for impl in candidates:
         wanted = "gpu" if impl == "cuda" else "cpu"
-        if platform == wanted and _ffi_runs(impl, query, key_block, value_block, params, local):
+        if platform == wanted and _ffi_runs(impl, query, key, value, params, local):
             return impl
     if requested:
         from jax_gna import _ops  # late: `jax_gna._ops` imports this module
 
-        view = next(v for v in local.views if v is not None)
         reason = (
             f"it runs on {'GPU' if requested == 'cuda' else 'CPU'} and this call runs on "
             f"{platform.upper()}"
             if platform != ("gpu" if requested == "cuda" else "cpu")
-            else _ops.why_not(
-                requested, query, key_block, value_block, dataclasses.replace(params, view=view)
+            else next(
+                _ops.why_not(requested, *shapes, p)
+                for p, *shapes in _call_shapes(query, key, value, params, local)
+                if _ops.why_not(requested, *shapes, p) is not None
             )
         )
         raise NotImplementedError(

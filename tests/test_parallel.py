@@ -141,10 +141,30 @@ def test_reference_implementation_per_shard():
 
 
 def test_halo_of_hunyuan_video_time_axis_over_two_devices():
-    # Stride groups [0, 16) and [16, 30) see frames [0, 18) and [12, 30): the second shard's
-    # frame 15 needs the whole first shard, the first shard needs frames 15-17.
+    # Stride groups [0, 16) and [16, 30) see frames [0, 18) and [12, 30). Frame 15 belongs to
+    # the first group, so the first device computes it (its shard is frames 0-14): each device
+    # computes whole stride groups and needs 3 frames of keys from its neighbour, not 15.
     h = parallel.halo(30, 2, 18, stride=16)
-    assert (h.shard, h.left, h.right) == (15, 15, 3)
+    assert (h.shard, h.left, h.right, h.shifts, h.queries) == (15, 3, 3, (0, 1), 1)
+    assert [h.computed(p) for p in range(2)] == [(0, 16), (16, 30)]
+
+
+def test_boundaries_move_to_stride_groups_only_when_close():
+    # Boundary 26 is 10 positions before the group starting at 36: more than an eighth of a
+    # 26-position shard, so it stays (one device would compute 20 more rows than the other).
+    h = parallel.halo(52, 2, 12, stride=12)
+    assert h.shifts == () and h.computed(1) == (26, 52)
+    assert parallel.halo(64, 2, 12, stride=12).shifts == (0, 4)  # 4 <= 32 // 8
+    assert parallel.halo(30, 2, 18, stride=16, dilation=2).shifts == ()  # dilation: no shifts
+    assert parallel.halo(32, 4, 5, stride=2).shifts == ()  # boundaries on group starts
+
+
+def test_shifted_split_covers_every_query_once():
+    for args in [(30, 2, 18, 16), (20, 4, 5, 2), (61, 8, 7, 3), (100, 3, 13, 5, 1, True)]:
+        h = parallel.halo(*args)
+        ranges = [h.computed(p) for p in range(h.devices)]
+        assert ranges[0][0] == 0 and ranges[-1][1] == h.length
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])), ranges
 
 
 def test_causal_axis_needs_no_right_halo():
@@ -199,7 +219,7 @@ def test_default_implementation_runs_the_cpu_kernel_on_each_shards_view():
     assert len(_view_calls(hlo_bwd, "jax_gna_bwd")) == 4
     for hlo in (hlo_fwd, hlo_bwd):
         assert "all-gather" not in hlo and "all-to-all" not in hlo
-        assert {s[1] for s in _permutes(hlo)} <= {h.left, h.right}
+        assert {s[1] for s in _permutes(hlo)} <= {h.left, h.right, h.queries}
     chex.assert_trees_all_close(forward(q, k, v), reference.gna(q, k, v, 5, stride=2), **TOL)
 
 
@@ -241,7 +261,7 @@ def test_jit_of_spatially_sharded_inputs_exchanges_halos_not_the_axis(mode):
         shapes = _permutes(hlo)
         assert shapes, "no collective-permute in the compiled program"
         # [B, halo, 5, heads, dim]: only halo rows of the sharded axis move.
-        assert {s[1] for s in shapes} <= {h.left, h.right}, shapes
+        assert {s[1] for s in shapes} <= {h.left, h.right, h.queries}, shapes
         assert all(s[0] == 2 and s[2] == 5 for s in shapes), shapes
     assert h.left < 32 // 4 and h.right < 32 // 4  # strictly less than a shard
 
@@ -300,6 +320,8 @@ AUTO_JIT_CASES = {
         4,
     ),
     "3d-gqa-2dev": ((1, 12, 4, 5, 4, 8), 2, dict(kernel_size=(5, 3, 3), stride=(3, 2, 1)), 2),
+    # The boundary moves to the stride group's start (frame 16): query rows travel too.
+    "2d-shifted-boundary-2dev": ((1, 30, 3, 2, 8), 1, dict(kernel_size=(18, 3), stride=(16, 1)), 2),
 }
 
 needs_ffi = pytest.mark.skipif(
@@ -330,7 +352,7 @@ def test_jit_on_auto_mesh_exchanges_halos_through_the_partitioning_rule(name):
     assert "all-gather" not in hlo and "all-to-all" not in hlo
     h = parallel.halo(q_shape[1], devices, **{n: w[0] for n, w in _per_axis(window).items()})
     shapes = _permutes(hlo)
-    assert shapes and {s[1] for s in shapes} <= {h.left, h.right}, shapes
+    assert shapes and {s[1] for s in shapes} <= {h.left, h.right, h.queries}, shapes
     # The shard-local halo lowering calls the kernel on each device's view.
     assert len(_view_calls(hlo)) == devices
 
@@ -381,13 +403,14 @@ def test_jit_on_auto_mesh_keeps_batch_sharding_next_to_the_halo_exchange():
 
 
 @needs_ffi
-def test_xla_backward_stand_in_exchanges_halo_gradients_on_auto_mesh():
+@pytest.mark.parametrize("name", ["2d-gqa-causal-dilated-4dev", "2d-shifted-boundary-2dev"])
+def test_xla_backward_stand_in_exchanges_halo_gradients_on_auto_mesh(name):
     """The backward GPUs use while the build has no CUDA backward kernels (on CPU the FFI
     backward is chosen, so it is called directly): same partitioning rule, same halo path."""
     from jax_gna import _ops
     from jax_gna._params import make_params
 
-    q_shape, kv_heads, window, devices = AUTO_JIT_CASES["2d-gqa-causal-dilated-4dev"]
+    q_shape, kv_heads, window, devices = AUTO_JIT_CASES[name]
     q, k, v, _, _ = _arrays(q_shape, kv_heads, 0)
     params = make_params(q, k, v, **window)
     fn = lambda q, k, v: jax_gna.gna(q, k, v, **window, return_lse=True)  # noqa: E731

@@ -136,9 +136,11 @@ def shard_case(seed: int) -> tuple[Case, int]:
         if local.halo.min_shard > local.halo.shard:
             continue
         p = int(rng.integers(devices))
-        view = local.views[p]
+        if local.calls[p] is None:
+            continue
+        rows, keys, view = local.calls[p]
         views = tuple(
-            (view[a][1], local.halo.shard, view[a][2], local.key_block)
+            (view[a][1], rows[1] - rows[0], view[a][2], keys[1] - keys[0])
             if a == axis
             else (0, n, 0, n)
             for a, n in enumerate(extent)
