@@ -450,35 +450,127 @@ def _local_backward(dout, query, key, value, out, lse, dlse, device, params, loc
     return _xla._backward(query, key, value, out, lse, dout, dlse, params, local.plans, table)
 
 
+def _concat(parts: list, dim: int) -> jax.Array:
+    """``jnp.concatenate(parts, dim)``, where an int part stands for that many zero rows, as a
+    pad of the largest part with the others written in place: XLA's GPU concatenate kernel of
+    these blocks runs at a third of a pad's speed (cuda/sm90/NOTES.md, "Two GPUs")."""
+    arrays = [x for x in parts if not isinstance(x, int)]
+    sizes = [x if isinstance(x, int) else x.shape[dim] for x in parts]
+    offsets = np.cumsum([0, *sizes[:-1]]).tolist()
+    big = max((i for i, x in enumerate(parts) if not isinstance(x, int)), key=sizes.__getitem__)
+    widths = [(0, 0)] * arrays[0].ndim
+    widths[dim] = (offsets[big], sum(sizes) - offsets[big] - sizes[big])
+    # The barrier keeps XLA from rewriting the pad and the updates into a concatenate.
+    out = jax.lax.optimization_barrier(jnp.pad(parts[big], widths))
+    for i, x in enumerate(parts):
+        if i != big and not isinstance(x, int):
+            out = jax.lax.dynamic_update_slice_in_dim(out, x, offsets[i], dim)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+    """An exchange of rows along `dim` between neighbours on mesh axis `axis_name`: a block is
+    ``[pad zeros | left rows from the left neighbour | own | right rows from the right one]``
+    (the left neighbour's last rows, the right neighbour's first; zeros past the ends)."""
+
+    dim: int
+    axis_name: AxisName
+    devices: int
+    pad: int = 0
+    left: int = 0
+    right: int = 0
+
+    def to_right(self, x: jax.Array) -> jax.Array:
+        return jax.lax.ppermute(x, self.axis_name, [(p, p + 1) for p in range(self.devices - 1)])
+
+    def to_left(self, x: jax.Array) -> jax.Array:
+        return jax.lax.ppermute(x, self.axis_name, [(p + 1, p) for p in range(self.devices - 1)])
+
+    def slice(self, x: jax.Array, start: int, stop: int) -> jax.Array:
+        return jax.lax.slice_in_dim(x, start, stop, axis=self.dim)
+
+    def add_at(self, x: jax.Array, start: int, rows: jax.Array) -> jax.Array:
+        """``x`` with `rows` added to its rows from `start` on (in place)."""
+        stop = start + rows.shape[self.dim]
+        return jax.lax.dynamic_update_slice_in_dim(
+            x, self.slice(x, start, stop) + rows, start, self.dim
+        )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _block(x: jax.Array, ex: _Rows) -> jax.Array:
+    """``x`` with the rows `ex` receives from the neighbours around it."""
+    n = x.shape[ex.dim]
+    parts = [ex.pad] if ex.pad else []
+    if ex.left:
+        parts.append(ex.to_right(ex.slice(x, n - ex.left, n)))
+    parts.append(x)
+    if ex.right:
+        parts.append(ex.to_left(ex.slice(x, 0, ex.right)))
+    return _concat(parts, ex.dim) if len(parts) > 1 else x
+
+
+def _block_transpose(ex: _Rows, g: jax.Array) -> jax.Array:
+    """The gradient of `_block`: a block's gradient rows go back to their owners, which add
+    them in place (no pad of the received rows to a whole shard)."""
+    start = ex.pad + ex.left
+    n = g.shape[ex.dim] - start - ex.right
+    d = ex.slice(g, start, start + n)
+    if ex.left:
+        d = ex.add_at(d, n - ex.left, ex.to_left(ex.slice(g, ex.pad, start)))
+    if ex.right:
+        d = ex.add_at(d, 0, ex.to_right(ex.slice(g, start + n, start + n + ex.right)))
+    return d
+
+
+_block.defvjp(lambda x, ex: (_block(x, ex), None), lambda ex, _, g: (_block_transpose(ex, g),))
+
+
 def _with_halo(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> jax.Array:
     """A shard's key block ``[pad | left halo | shard | right halo]`` along `dim`; the halos
     come from the neighbours (zeros past the global borders, where no window reaches)."""
     h = local.halo
-    n = h.devices
-    parts = []
-    if local.pad:
-        shape = list(x.shape)
-        shape[dim] = local.pad
-        parts.append(jnp.zeros(shape, x.dtype))
-    if h.left:
-        tail = jax.lax.slice_in_dim(x, h.shard - h.left, h.shard, axis=dim)
-        parts.append(jax.lax.ppermute(tail, axis_name, [(p, p + 1) for p in range(n - 1)]))
-    parts.append(x)
-    if h.right:
-        head = jax.lax.slice_in_dim(x, 0, h.right, axis=dim)
-        parts.append(jax.lax.ppermute(head, axis_name, [(p + 1, p) for p in range(n - 1)]))
-    return jnp.concatenate(parts, axis=dim) if len(parts) > 1 else x
+    return _block(x, _Rows(dim, axis_name, h.devices, local.pad, h.left, h.right))
 
 
 def _with_queries(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> jax.Array:
     """A shard's query block along `dim`: the shard, then the first ``halo.queries`` rows of
     the right neighbour's (zeros on the last device)."""
     h = local.halo
-    if not h.queries:
-        return x
-    head = jax.lax.slice_in_dim(x, 0, h.queries, axis=dim)
-    received = jax.lax.ppermute(head, axis_name, [(p + 1, p) for p in range(h.devices - 1)])
-    return jnp.concatenate([x, received], axis=dim)
+    return _block(x, _Rows(dim, axis_name, h.devices, right=h.queries)) if h.queries else x
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _own(x: jax.Array, ex: _Rows, shifts: tuple[int, ...]) -> jax.Array:
+    n = x.shape[ex.dim] - ex.right
+    own = ex.slice(x, 0, n)
+    returned = ex.to_right(ex.slice(x, n, n + ex.right))
+    taken = _taken(ex, shifts, x.ndim)
+    head = jnp.where(taken, returned, ex.slice(own, 0, ex.right))
+    return jax.lax.dynamic_update_slice_in_dim(own, head, 0, ex.dim)
+
+
+def _taken(ex: _Rows, shifts: tuple[int, ...], ndim: int) -> jax.Array:
+    """Whether each of the first ``ex.right`` rows of this device was computed by its left
+    neighbour (the first ``shifts[device]``)."""
+    shift = jnp.asarray(shifts)[jax.lax.axis_index(ex.axis_name)]
+    return (jnp.arange(ex.right) < shift).reshape((-1,) + (1,) * (ndim - ex.dim - 1))
+
+
+def _own_transpose(ex: _Rows, shifts: tuple[int, ...], c: jax.Array) -> jax.Array:
+    """The gradient of `_own`: the cotangents of the rows the left neighbour computed go back
+    to it (the tail of its query block); zeros where a query block's row is not computed."""
+    head = ex.slice(c, 0, ex.right)
+    taken = _taken(ex, shifts, c.ndim)
+    mine = jax.lax.dynamic_update_slice_in_dim(c, jnp.where(taken, 0, head), 0, ex.dim)
+    return _concat([mine, ex.to_left(jnp.where(taken, head, 0))], ex.dim)
+
+
+_own.defvjp(
+    lambda x, ex, shifts: (_own(x, ex, shifts), None),
+    lambda ex, shifts, _, c: (_own_transpose(ex, shifts, c),),
+)
 
 
 def _own_rows(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> jax.Array:
@@ -487,13 +579,15 @@ def _own_rows(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> jax
     h = local.halo
     if not h.queries:
         return x
-    own = jax.lax.slice_in_dim(x, 0, h.shard, axis=dim)
-    tail = jax.lax.slice_in_dim(x, h.shard, h.shard + h.queries, axis=dim)
-    returned = jax.lax.ppermute(tail, axis_name, [(p, p + 1) for p in range(h.devices - 1)])
-    shift = jnp.asarray(h.shifts)[jax.lax.axis_index(axis_name)]
-    taken = (jnp.arange(h.queries) < shift).reshape((-1,) + (1,) * (x.ndim - dim - 1))
-    head = jnp.where(taken, returned, jax.lax.slice_in_dim(own, 0, h.queries, axis=dim))
-    return jnp.concatenate([head, jax.lax.slice_in_dim(own, h.queries, h.shard, axis=dim)], dim)
+    return _own(x, _Rows(dim, axis_name, h.devices, right=h.queries), h.shifts)
+
+
+def _own_rows_transpose(c: jax.Array, local: _Local, dim: int, axis_name: AxisName):
+    """`_own_rows`' gradient: cotangents over the query block (0 on rows not computed here)."""
+    h = local.halo
+    if not h.queries:
+        return c
+    return _own_transpose(_Rows(dim, axis_name, h.devices, right=h.queries), h.shifts, c)
 
 
 def attend_shard(
@@ -559,9 +653,8 @@ def attend_shard_backward(
     key_block, pull_key = jax.vjp(exchange(_with_halo), key)
     value_block, pull_value = jax.vjp(exchange(_with_halo), value)
     out, lse = exchange(_with_queries)(out), exchange(_with_queries)(lse)
-    # Cotangents of the rows this device computes (0 elsewhere): the transpose of `_own_rows`.
-    dout = jax.vjp(exchange(_own_rows), jnp.zeros_like(out))[1](dout)[0]
-    dlse = jax.vjp(exchange(_own_rows), jnp.zeros_like(lse))[1](dlse)[0]
+    # Cotangents of the rows this device computes (0 elsewhere).
+    dout, dlse = (exchange(_own_rows_transpose)(c) for c in (dout, dlse))
     ffi = implementation in ("cpu", "cuda") and _ffi_backward_runs(
         implementation, query_block, key_block, value_block, params, local
     )
