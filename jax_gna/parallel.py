@@ -3,21 +3,26 @@
 Each device holds a contiguous block (a shard) of one spatial axis of ``query``, ``key`` and
 ``value``. A query's window reaches only a bounded distance along that axis, so instead of
 gathering the whole axis (what XLA does for an op whose spatial dims must be replicated) every
-device receives from its two neighbours the keys and values its own queries' windows reach
+device receives from its two neighbours the keys and values its queries' windows reach
 (`jax.lax.ppermute` inside `jax.shard_map`) and attends locally with the *global* windows:
 windows shifting at the global borders, stride groups and dilation groups that cross shard
 boundaries and causal axes all come out exactly as on one device. The halo sizes are computed
 from the window math of `jax_gna._window` (the same rule the kernels use), per side, as the
 largest reach over all shards; a causal axis needs no right halo.
 
+With a stride, a shard boundary just inside a stride group moves to the group's end (`halo`):
+the device on the left computes those queries too (their rows arrive with the halo, their
+outputs go back), so every device computes whole stride groups, whose queries share a window.
+That keeps the halos at the window's reach past a group and the kernels' tiles aligned.
+
 The local attention is a *view* of the whole problem (`cuda/include/gna/window.h` AxisView):
-the shard's queries against its key block (its shard plus the halos) with the windows of the
-whole axis, so no query is computed twice. It runs the FFI kernels with that view (``"cpu"``
-on CPUs; ``"cuda"`` on GPUs where `jax_gna._ops.why_not` says the kernels take it), or the
-memory-efficient ``xla`` tiles with the shard's window table. FFI attributes are static and
-every device has its own offsets, so the FFI call is a `jax.lax.switch` over the device index
-with one branch per device. Gradients are exact: the backward of `jax.lax.ppermute` sends the
-halo's key/value gradients back to the devices that own them.
+the device's queries against the keys their windows reach, with the windows of the whole axis,
+so no query is computed twice. It runs the FFI kernels with that view (``"cpu"`` on CPUs;
+``"cuda"`` on GPUs where `jax_gna._ops.why_not` says the kernels take it), or the
+memory-efficient ``xla`` tiles with the device's window table. FFI attributes and the slices'
+shapes are static and every device has its own, so the FFI call is a `jax.lax.switch` over the
+device index with one branch per device. Gradients are exact: the transposes of the exchanges
+send the halo's key/value gradients (and the query rows' gradients) back to their owners.
 
 The shard-local functions (`attend_shard`, `attend_shard_backward`) serve two callers: the
 `jax.shard_map` of `gna_sharded`, and the `custom_partitioning` rule of the FFI op
@@ -487,6 +492,19 @@ class _Rows:
     def to_left(self, x: jax.Array) -> jax.Array:
         return jax.lax.ppermute(x, self.axis_name, [(p + 1, p) for p in range(self.devices - 1)])
 
+    def swap(self, rightward: jax.Array, leftward: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(to_right(rightward), to_left(leftward))``. On two devices with equal shapes that
+        is one collective-permute: device 0 sends right while device 1 sends left, so both
+        directions of the link carry data at once (two permutes would run one after the
+        other)."""
+        if self.devices != 2 or rightward.shape != leftward.shape:
+            return self.to_right(rightward), self.to_left(leftward)
+        first = jax.lax.axis_index(self.axis_name) == 0
+        received = jax.lax.ppermute(
+            jnp.where(first, rightward, leftward), self.axis_name, [(0, 1), (1, 0)]
+        )
+        return jnp.where(first, 0, received), jnp.where(first, received, 0)
+
     def slice(self, x: jax.Array, start: int, stop: int) -> jax.Array:
         return jax.lax.slice_in_dim(x, start, stop, axis=self.dim)
 
@@ -502,12 +520,13 @@ class _Rows:
 def _block(x: jax.Array, ex: _Rows) -> jax.Array:
     """``x`` with the rows `ex` receives from the neighbours around it."""
     n = x.shape[ex.dim]
-    parts = [ex.pad] if ex.pad else []
-    if ex.left:
-        parts.append(ex.to_right(ex.slice(x, n - ex.left, n)))
-    parts.append(x)
-    if ex.right:
-        parts.append(ex.to_left(ex.slice(x, 0, ex.right)))
+    tail, head = ex.slice(x, n - ex.left, n), ex.slice(x, 0, ex.right)
+    if ex.left and ex.right:
+        from_left, from_right = ex.swap(tail, head)
+    else:
+        from_left = ex.to_right(tail) if ex.left else None
+        from_right = ex.to_left(head) if ex.right else None
+    parts = ([ex.pad] if ex.pad else []) + [p for p in (from_left, x, from_right) if p is not None]
     return _concat(parts, ex.dim) if len(parts) > 1 else x
 
 
@@ -517,10 +536,16 @@ def _block_transpose(ex: _Rows, g: jax.Array) -> jax.Array:
     start = ex.pad + ex.left
     n = g.shape[ex.dim] - start - ex.right
     d = ex.slice(g, start, start + n)
+    of_left, of_right = ex.slice(g, ex.pad, start), ex.slice(g, start + n, start + n + ex.right)
+    if ex.left and ex.right:
+        head, tail = ex.swap(of_right, of_left)
+    else:
+        tail = ex.to_left(of_left) if ex.left else None
+        head = ex.to_right(of_right) if ex.right else None
     if ex.left:
-        d = ex.add_at(d, n - ex.left, ex.to_left(ex.slice(g, ex.pad, start)))
+        d = ex.add_at(d, n - ex.left, tail)
     if ex.right:
-        d = ex.add_at(d, 0, ex.to_right(ex.slice(g, start + n, start + n + ex.right)))
+        d = ex.add_at(d, 0, head)
     return d
 
 
