@@ -167,6 +167,54 @@ def test_shifted_split_covers_every_query_once():
         assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])), ranges
 
 
+def test_each_call_reads_every_key_its_queries_see():
+    """The FFI calls' key slices (`_Local.calls`) cover their queries' windows, start at the
+    queries' dilation phase, and share one length where `call_length` says so."""
+    from jax_gna import _window
+    from jax_gna._params import GnaParams
+
+    rng = np.random.default_rng(0)
+    shared = 0
+    for _ in range(300):
+        k, s, d = int(rng.integers(2, 9)), int(rng.integers(1, 9)), int(rng.integers(1, 4))
+        s = min(s, k)
+        causal = bool(rng.random() < 0.3)
+        devices = int(rng.integers(2, 6))
+        length = int(rng.integers(k * d, 6 * k * d + 2))
+        local = parallel._local((length,), GnaParams((k,), (s,), (d,), (causal,), 1.0), 0, devices)
+        if local.halo.min_shard > local.halo.shard:
+            continue
+        visible = _window.axis_mask(length, k, s, d, causal)
+        lengths = set()
+        for p, call in enumerate(local.calls):
+            lo, hi = local.halo.computed(p)
+            assert (call is None) == (lo >= hi)
+            if call is None:
+                continue
+            rows, (ks, ke), view = call
+            first, last = local.key_origin(p) + ks, local.key_origin(p) + ke
+            assert rows == (lo - p * local.halo.shard, hi - p * local.halo.shard)
+            assert view == ((length, lo, first),) and (lo - first) % d == 0
+            assert 0 <= ks < ke <= local.key_block
+            keys = np.nonzero(visible[lo:hi].any(axis=0))[0]
+            assert first <= keys.min() and keys.max() < last, (p, call, keys)
+            lengths.add(ke - ks)
+        if local.call_length is not None:
+            assert lengths == {local.call_length}
+            shared += 1
+    assert shared > 100  # most splits take the one-copy key slices
+
+
+def test_hunyuan_video_split_builds_each_calls_keys_directly():
+    from jax_gna._params import GnaParams
+
+    params = GnaParams((18, 24, 24), (16, 8, 8), (1, 1, 1), (False,) * 3, 1.0)
+    local = parallel._local((30, 48, 80), params, 0, 2)
+    # Device 0 reads frames 0-17 (rows 3-20 of its key block), device 1 frames 12-29.
+    assert local.call_length == 18
+    assert [c[1] for c in local.calls] == [(3, 21), (0, 18)]
+
+
 def test_causal_axis_needs_no_right_halo():
     h = parallel.halo(64, 8, 7, stride=3, dilation=2, is_causal=True)
     assert h.right == 0 and h.left > 0

@@ -306,8 +306,8 @@ def test_sharded_over_two_devices_runs_the_kernels_on_views():
     if len(devices) < 2:
         pytest.skip(f"needs 2 devices, found {len(devices)}")
     mesh = jax.sharding.Mesh(np.asarray(devices[:2]), ("t",))
-    # HunyuanVideo's time axis (30 frames, window 18, stride 16: shard 1's frame 15 belongs to
-    # stride group 0, so it needs a 15-frame left halo), small frames.
+    # HunyuanVideo's time axis (30 frames, window 18, stride 16: frame 15 belongs to stride
+    # group 0, so device 0 computes frames 0-15 and device 1 frames 16-29), small frames.
     window = dict(kernel_size=(18, 4, 6), stride=(16, 2, 2))
     rng = np.random.default_rng(0)
     q, k, v = (
