@@ -188,9 +188,6 @@ class _Local:
     # Per device, the FFI kernels' call: (query rows [lo, hi) of the query block, key rows
     # [lo, hi) of the key block, view `GnaParams.view`), or None for a device without queries.
     calls: tuple
-    # The calls' common key length: each device builds its key slice directly from the halos
-    # and its shard (`_call_keys`); None where the slices cannot share one length.
-    call_length: int | None
 
     @property
     def rows(self) -> int:
@@ -297,31 +294,8 @@ def _local(spatial: tuple[int, ...], params: GnaParams, axis: int, devices: int)
         else _window.axis_mask(n, *per_axis[a])[None]
         for a, n in enumerate(spatial)
     )
-    calls = [_ffi_call(h, origins[p], p, axis_args, spatial, axis) for p in range(devices)]
-    common = _common_key_length(calls, key_block, d, axis, origins)
-    calls = common or calls
-    length = common and next(c[1][1] - c[1][0] for c in common if c is not None)
-    return _Local(h, axis, pad, plans[0], tables, masks, tuple(calls), length)
-
-
-def _common_key_length(calls: list, key_block: int, d: int, axis: int, origins: list):
-    """`calls` with key slices of one length (the longest; the switch's branches share shapes),
-    grown at the end, or at the start where the block ends (by whole dilation periods); the
-    added keys lie outside every window of the call's queries. None where that cannot be."""
-    length = max(c[1][1] - c[1][0] for c in calls if c is not None)
-    out = []
-    for p, call in enumerate(calls):
-        if call is None:
-            out.append(None)
-            continue
-        rows, (ks, ke), view = call
-        start = ks - d * max(0, -(-(ks + length - key_block) // d))
-        if start < 0 or start + length < ke:
-            return None
-        kv = list(view)
-        kv[axis] = (view[axis][0], view[axis][1], origins[p] + start)
-        out.append((rows, (start, start + length), tuple(kv)))
-    return out
+    calls = tuple(_ffi_call(h, origins[p], p, axis_args, spatial, axis) for p in range(devices))
+    return _Local(h, axis, pad, plans[0], tables, masks, calls)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,10 +335,13 @@ def _local_reference(query, key, value, device, params: GnaParams, local: _Local
     return reference.softmax_attention(query, [key], [value], params.scale, n_batch, visible)
 
 
-def _switch(device, entries: tuple, branch, empty):
-    """``branch(entries[device])``: one `jax.lax.switch` branch per device (FFI attributes and
-    slices are static), ``empty()`` where the entry is None (a device without queries)."""
-    branches = [empty if e is None else functools.partial(branch, e) for e in entries]
+def _switch_calls(device, local: _Local, branch, empty):
+    """``branch(call)`` of this device's FFI call (`_Local.calls`): one `jax.lax.switch` branch
+    per device (FFI attributes and slices are static), ``empty()`` for a device without
+    queries."""
+    branches = [
+        (lambda c: lambda: branch(c))(call) if call is not None else empty for call in local.calls
+    ]
     return jax.lax.switch(device, branches)
 
 
@@ -391,11 +368,8 @@ def _local_ffi(query, key, value, device, params: GnaParams, local: _Local, back
         out = jnp.zeros(query.shape[:-1] + value.shape[-1:], query.dtype)
         return out, jnp.full(query.shape[:-1], -jnp.inf, jnp.float32)
 
-    presliced = _presliced(local, backward)
-
     def branch(call):
         rows, keys, view = call
-        keys = (0, key.shape[dim]) if presliced else keys
         out, lse = _ops._ffi_forward(
             dataclasses.replace(params, view=view),
             _rows(query, dim, rows),
@@ -405,7 +379,7 @@ def _local_ffi(query, key, value, device, params: GnaParams, local: _Local, back
         n = local.rows
         return _pad_rows(out, dim, rows, n), _pad_rows(lse, dim, rows, n, -jnp.inf)
 
-    return _switch(device, local.calls, branch, empty)
+    return _switch_calls(device, local, branch, empty)
 
 
 def _local_ffi_fwd(query, key, value, device, params, local, backward):
@@ -447,11 +421,8 @@ def _local_backward(dout, query, key, value, out, lse, dlse, device, params, loc
         def empty():
             return jnp.zeros_like(query), jnp.zeros_like(key), jnp.zeros_like(value)
 
-        presliced = _presliced(local, backward)
-
         def branch(call):
             rows, keys, view = call
-            keys = (0, key.shape[dim]) if presliced else keys  # the call's keys already
             dq, dk, dv = _ops._ffi_backward(
                 dataclasses.replace(params, view=view),
                 _rows(dout, dim, rows).astype(query.dtype),
@@ -462,14 +433,14 @@ def _local_backward(dout, query, key, value, out, lse, dlse, device, params, loc
                 _rows(lse, dim, rows),
                 _rows(dlse, dim, rows),
             )
-            n = key.shape[dim]
+            n = local.key_block
             return (
                 _pad_rows(dq, dim, rows, local.rows),
                 _pad_rows(dk, dim, keys, n),
                 _pad_rows(dv, dim, keys, n),
             )
 
-        return _switch(device, local.calls, branch, empty)
+        return _switch_calls(device, local, branch, empty)
     # Rows the device does not compute get lse +inf: probability 0, so their (zero)
     # cotangents stay finite whatever their out/lse hold.
     h = local.halo
@@ -514,7 +485,6 @@ class _Rows:
     pad: int = 0
     left: int = 0
     right: int = 0
-    own: int = 0  # rows of a shard (for `_call_block`, whose slices hide it)
 
     def to_right(self, x: jax.Array) -> jax.Array:
         return jax.lax.ppermute(x, self.axis_name, [(p, p + 1) for p in range(self.devices - 1)])
@@ -546,21 +516,27 @@ class _Rows:
         )
 
 
-def _halos(x: jax.Array, ex: _Rows) -> tuple[jax.Array | None, jax.Array | None]:
-    """The rows `ex` receives: ``(from the left neighbour, from the right one)``, None where
-    it receives none."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _block(x: jax.Array, ex: _Rows) -> jax.Array:
+    """``x`` with the rows `ex` receives from the neighbours around it."""
     n = x.shape[ex.dim]
     tail, head = ex.slice(x, n - ex.left, n), ex.slice(x, 0, ex.right)
     if ex.left and ex.right:
-        return ex.swap(tail, head)
-    return ex.to_right(tail) if ex.left else None, ex.to_left(head) if ex.right else None
+        from_left, from_right = ex.swap(tail, head)
+    else:
+        from_left = ex.to_right(tail) if ex.left else None
+        from_right = ex.to_left(head) if ex.right else None
+    parts = ([ex.pad] if ex.pad else []) + [p for p in (from_left, x, from_right) if p is not None]
+    return _concat(parts, ex.dim) if len(parts) > 1 else x
 
 
-def _return_halos(ex: _Rows, d: jax.Array, of_left, of_right) -> jax.Array:
-    """The transpose of `_halos`: `d` (the own rows' gradient) plus the gradients of the rows
-    the neighbours received (`of_left`: of the rows received from the left neighbour, which
-    owns them; `of_right` likewise), added in place."""
-    n = d.shape[ex.dim]
+def _block_transpose(ex: _Rows, g: jax.Array) -> jax.Array:
+    """The gradient of `_block`: a block's gradient rows go back to their owners, which add
+    them in place (no pad of the received rows to a whole shard)."""
+    start = ex.pad + ex.left
+    n = g.shape[ex.dim] - start - ex.right
+    d = ex.slice(g, start, start + n)
+    of_left, of_right = ex.slice(g, ex.pad, start), ex.slice(g, start + n, start + n + ex.right)
     if ex.left and ex.right:
         head, tail = ex.swap(of_right, of_left)
     else:
@@ -573,85 +549,7 @@ def _return_halos(ex: _Rows, d: jax.Array, of_left, of_right) -> jax.Array:
     return d
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _block(x: jax.Array, ex: _Rows) -> jax.Array:
-    """``x`` with the rows `ex` receives from the neighbours around it."""
-    from_left, from_right = _halos(x, ex)
-    parts = ([ex.pad] if ex.pad else []) + [p for p in (from_left, x, from_right) if p is not None]
-    return _concat(parts, ex.dim) if len(parts) > 1 else x
-
-
-def _block_transpose(ex: _Rows, g: jax.Array) -> jax.Array:
-    """The gradient of `_block`: a block's gradient rows go back to their owners, which add
-    them in place (no pad of the received rows to a whole shard)."""
-    start = ex.pad + ex.left
-    n = g.shape[ex.dim] - start - ex.right
-    d = ex.slice(g, start, start + n)
-    of_left, of_right = ex.slice(g, ex.pad, start), ex.slice(g, start + n, start + n + ex.right)
-    return _return_halos(ex, d, of_left, of_right)
-
-
 _block.defvjp(lambda x, ex: (_block(x, ex), None), lambda ex, _, g: (_block_transpose(ex, g),))
-
-
-def _overlaps(ex: _Rows, n: int, keys: tuple[int, int]):
-    """Per part of the block ``[pad | left | own (n rows) | right]``: ``(part, rows of the part,
-    rows of the slice)`` where the block rows `keys` overlap it."""
-    ks, ke = keys
-    start = 0
-    for part, size in enumerate((ex.pad, ex.left, n, ex.right)):
-        lo, hi = max(start, ks), min(start + size, ke)
-        if lo < hi:
-            yield part, (lo - start, hi - start), (lo - ks, hi - ks)
-        start += size
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _call_block(x: jax.Array, ex: _Rows, keys: tuple) -> jax.Array:
-    """Rows ``keys[device]`` (as many on every device; None: zeros) of the block `_block`
-    would build, assembled from the received halos and ``x`` without the whole block: one
-    copy of the rows a device's kernel call reads instead of two."""
-    n = x.shape[ex.dim]
-    from_left, from_right = _halos(x, ex)
-    parts = (None, from_left, x, from_right)  # None: the pad's zeros
-
-    def branch(rows):
-        pieces = [
-            r[1] - r[0] if parts[i] is None else ex.slice(parts[i], *r)
-            for i, r, _ in _overlaps(ex, n, rows)
-        ]
-        return _concat(pieces, ex.dim)
-
-    length = next(k[1] - k[0] for k in keys if k is not None)
-    device = jax.lax.axis_index(ex.axis_name)
-    return _switch(device, keys, branch, lambda: _zeros(x, ex.dim, length))
-
-
-def _call_block_transpose(ex: _Rows, keys: tuple, g: jax.Array) -> jax.Array:
-    """The gradient of `_call_block`: each device splits its slice's gradient into those of
-    its own rows and of the halos it received, and the halos' go back to their owners."""
-    sizes = (ex.pad, ex.left, ex.own, ex.right)
-    present = [i for i in (1, 2, 3) if sizes[i]]
-
-    def zeros(i):
-        return _zeros(g, ex.dim, sizes[i])
-
-    def branch(rows):
-        grads = {i: zeros(i) for i in present}
-        for i, r, c in _overlaps(ex, ex.own, rows):
-            if i:
-                grads[i] = _concat([r[0], ex.slice(g, *c), sizes[i] - r[1]], ex.dim)
-        return tuple(grads[i] for i in present)
-
-    device = jax.lax.axis_index(ex.axis_name)
-    grads = dict(zip(present, _switch(device, keys, branch, lambda: tuple(map(zeros, present)))))
-    return _return_halos(ex, grads[2], grads.get(1), grads.get(3))
-
-
-_call_block.defvjp(
-    lambda x, ex, keys: (_call_block(x, ex, keys), None),
-    lambda ex, keys, _, g: (_call_block_transpose(ex, keys, g),),
-)
 
 
 def _with_halo(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> jax.Array:
@@ -659,20 +557,6 @@ def _with_halo(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> ja
     come from the neighbours (zeros past the global borders, where no window reaches)."""
     h = local.halo
     return _block(x, _Rows(dim, axis_name, h.devices, local.pad, h.left, h.right))
-
-
-def _with_call_keys(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> jax.Array:
-    """The key rows of this device's FFI call (`_Local.calls`, `call_length` of them)."""
-    h = local.halo
-    ex = _Rows(dim, axis_name, h.devices, local.pad, h.left, h.right, own=h.shard)
-    return _call_block(x, ex, tuple(c and c[1] for c in local.calls))
-
-
-def _presliced(local: _Local, backward: str) -> bool:
-    """Whether the FFI path gets each device's key slice (`_with_call_keys`) rather than the
-    key block: where the calls share a key length and the backward is the FFI one too (the
-    ``xla`` backward's tables index the whole key block)."""
-    return backward == "ffi" and local.call_length is not None
 
 
 def _with_queries(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> jax.Array:
@@ -753,15 +637,14 @@ def attend_shard(
     """
     device = jax.lax.axis_index(axis_name)
     query = _with_queries(query, local, dim, axis_name)
+    key = _with_halo(key, local, dim, axis_name)
+    value = _with_halo(value, local, dim, axis_name)
     if implementation in ("cpu", "cuda"):
         backward = (
             "ffi" if _ffi_backward_runs(implementation, query, key, value, params, local) else "xla"
         )
-        keys = _with_call_keys if _presliced(local, backward) else _with_halo
-        key, value = (keys(x, local, dim, axis_name) for x in (key, value))
         out, lse = _local_ffi(query, key, value, device, params, local, backward)
     else:
-        key, value = (_with_halo(x, local, dim, axis_name) for x in (key, value))
         attend = _local_xla if implementation == "xla" else _local_reference
         out, lse = attend(query, key, value, device, params, local)
     return _own_rows(out, local, dim, axis_name), _own_rows(lse, local, dim, axis_name)
@@ -791,16 +674,15 @@ def attend_shard_backward(
     def exchange(fn):
         return functools.partial(fn, local=local, dim=dim, axis_name=axis_name)
 
-    ffi = implementation in ("cpu", "cuda") and _ffi_backward_runs(
-        implementation, query, key, value, params, local
-    )
-    keys = _with_call_keys if ffi and _presliced(local, "ffi") else _with_halo
     query_block, pull_query = jax.vjp(exchange(_with_queries), query)
-    key_block, pull_key = jax.vjp(exchange(keys), key)
-    value_block, pull_value = jax.vjp(exchange(keys), value)
+    key_block, pull_key = jax.vjp(exchange(_with_halo), key)
+    value_block, pull_value = jax.vjp(exchange(_with_halo), value)
     out, lse = exchange(_with_queries)(out), exchange(_with_queries)(lse)
     # Cotangents of the rows this device computes (0 elsewhere).
     dout, dlse = (exchange(_own_rows_transpose)(c) for c in (dout, dlse))
+    ffi = implementation in ("cpu", "cuda") and _ffi_backward_runs(
+        implementation, query_block, key_block, value_block, params, local
+    )
     dq, dk, dv = _local_backward(
         dout,
         query_block,
@@ -821,12 +703,6 @@ def _resized(x, dim: int, n: int) -> jax.ShapeDtypeStruct:
     shape = list(x.shape)
     shape[dim] = n
     return jax.ShapeDtypeStruct(tuple(shape), x.dtype)
-
-
-def _zeros(x, dim: int, n: int) -> jax.Array:
-    """Zeros shaped like `x` with `n` rows along `dim`."""
-    s = _resized(x, dim, n)
-    return jnp.zeros(s.shape, s.dtype)
 
 
 def _call_shapes(query, key, value, params: GnaParams, local: _Local):

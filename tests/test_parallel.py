@@ -168,13 +168,13 @@ def test_shifted_split_covers_every_query_once():
 
 
 def test_each_call_reads_every_key_its_queries_see():
-    """The FFI calls' key slices (`_Local.calls`) cover their queries' windows, start at the
-    queries' dilation phase, and share one length where `call_length` says so."""
+    """The FFI calls (`_Local.calls`): each device's query rows are its computed queries, and
+    its key slice covers their windows and starts at their dilation phase."""
     from jax_gna import _window
     from jax_gna._params import GnaParams
 
     rng = np.random.default_rng(0)
-    shared = 0
+    checked = 0
     for _ in range(300):
         k, s, d = int(rng.integers(2, 9)), int(rng.integers(1, 9)), int(rng.integers(1, 4))
         s = min(s, k)
@@ -185,7 +185,6 @@ def test_each_call_reads_every_key_its_queries_see():
         if local.halo.min_shard > local.halo.shard:
             continue
         visible = _window.axis_mask(length, k, s, d, causal)
-        lengths = set()
         for p, call in enumerate(local.calls):
             lo, hi = local.halo.computed(p)
             assert (call is None) == (lo >= hi)
@@ -198,21 +197,8 @@ def test_each_call_reads_every_key_its_queries_see():
             assert 0 <= ks < ke <= local.key_block
             keys = np.nonzero(visible[lo:hi].any(axis=0))[0]
             assert first <= keys.min() and keys.max() < last, (p, call, keys)
-            lengths.add(ke - ks)
-        if local.call_length is not None:
-            assert lengths == {local.call_length}
-            shared += 1
-    assert shared > 100  # most splits take the one-copy key slices
-
-
-def test_hunyuan_video_split_builds_each_calls_keys_directly():
-    from jax_gna._params import GnaParams
-
-    params = GnaParams((18, 24, 24), (16, 8, 8), (1, 1, 1), (False,) * 3, 1.0)
-    local = parallel._local((30, 48, 80), params, 0, 2)
-    # Device 0 reads frames 0-17 (rows 3-20 of its key block), device 1 frames 12-29.
-    assert local.call_length == 18
-    assert [c[1] for c in local.calls] == [(3, 21), (0, 18)]
+        checked += 1
+    assert checked > 100
 
 
 def test_causal_axis_needs_no_right_halo():
