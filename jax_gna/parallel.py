@@ -126,10 +126,10 @@ def halo(
     """The split of one axis of extent `length` into `devices` contiguous shards.
 
     With a stride and no dilation, inner boundaries that fall just inside a stride group move to
-    its end (`Halo.shifts`). The keys a device needs are the union of its queries' windows
-    (`jax_gna._window`); the halo on each side is how far that union reaches past its shard,
-    maximised over devices (every shard exchanges the same amount).
-    """
+    its end (`Halo.shifts`) where that exchanges fewer rows. The keys a device needs are the
+    union of its queries' windows (`jax_gna._window`); the halo on each side is how far that
+    union reaches past its shard, maximised over devices (every shard exchanges the same
+    amount)."""
     shard = -(-length // devices)
     start, end = _window.neighborhood(length, kernel_size, stride, dilation, is_causal)
     group = np.arange(length) % dilation
@@ -150,7 +150,10 @@ def halo(
     if stride == 1 or dilation != 1:  # (dilation: shifted queries would change their phase)
         return unshifted
     shifted = measure(_boundary_shifts(length, devices, shard, stride))
-    return shifted if shifted.queries and shifted.min_shard <= shard else unshifted
+    # Only where it exchanges fewer rows (halos and query rows) and the halo fits a shard.
+    moved = shifted.left + shifted.right + shifted.queries
+    fewer = shifted.queries and moved <= unshifted.left + unshifted.right
+    return shifted if fewer and shifted.min_shard <= shard else unshifted
 
 
 def _check_halo(h: Halo, spatial_axis: int, axis_name: AxisName) -> None:

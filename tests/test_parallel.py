@@ -159,6 +159,35 @@ def test_boundaries_move_to_stride_groups_only_when_close():
     assert parallel.halo(32, 4, 5, stride=2).shifts == ()  # boundaries on group starts
 
 
+def test_boundaries_move_only_where_fewer_rows_travel():
+    from jax_gna import _window
+
+    rng = np.random.default_rng(1)
+    moved = 0
+    for _ in range(400):
+        k = int(rng.integers(2, 30))
+        s, devices = int(rng.integers(2, k + 1)), int(rng.integers(2, 9))
+        length, causal = int(rng.integers(k, 12 * k)), bool(rng.random() < 0.3)
+        h = parallel.halo(length, devices, k, s, 1, causal)
+        # The halo of plain shards, from the visibility mask.
+        visible = _window.axis_mask(length, k, s, 1, causal)
+        left = right = 0
+        for p in range(devices):
+            lo, hi = p * h.shard, min((p + 1) * h.shard, length)
+            if lo < hi:
+                keys = np.nonzero(visible[lo:hi].any(axis=0))[0]
+                left, right = (
+                    max(left, lo - keys.min()),
+                    max(right, keys.max() + 1 - p * h.shard - h.shard),
+                )
+        if h.shifts:
+            assert h.left + h.right + h.queries <= left + right
+            moved += 1
+        else:
+            assert (h.left, h.right) == (left, right)
+    assert moved > 20
+
+
 def test_shifted_split_covers_every_query_once():
     for args in [(30, 2, 18, 16), (20, 4, 5, 2), (61, 8, 7, 3), (100, 3, 13, 5, 1, True)]:
         h = parallel.halo(*args)
