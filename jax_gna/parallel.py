@@ -62,9 +62,10 @@ class Halo:
 
     Every device holds a shard (a contiguous block) of the axis. It computes the queries from
     ``shifts[p]`` into its shard up to ``shifts[p + 1]`` into the next one: an inner boundary
-    moves right to the start of a stride group when that is close (`halo`), so that no stride
-    group (one window) is split between two devices; the first ``queries`` rows of the right
-    neighbour travel with the keys, and their outputs travel back.
+    moves right to the start of a stride group when that is close and fewer rows travel
+    (`halo`), so that it does not split the group (whose queries share one window); the first
+    ``queries`` rows of the right neighbour travel with the keys, and their outputs travel
+    back.
 
     Attributes:
       length: the axis' global extent.
@@ -205,11 +206,10 @@ class _Local:
         return device * self.halo.shard - self.halo.left - self.pad
 
 
-def _shard_windows(local_halo: Halo, origin: int, p: int, axis_args, padded: int):
+def _shard_windows(h: Halo, origin: int, p: int, axis_args, padded: int):
     """Windows ``[d, padded]`` of device `p`'s query block in the key group coordinates of its
     key block (which starts at global position `origin`); rows it does not compute take the
     window of a computed query of their group (finite, and discarded)."""
-    h = local_halo
     k, s, d, causal = axis_args
     start, end = _window.neighborhood(h.length, k, s, d, causal)
     lo, hi = h.computed(p)
@@ -228,9 +228,8 @@ def _shard_windows(local_halo: Halo, origin: int, p: int, axis_args, padded: int
     return starts, ends
 
 
-def _shard_mask(local_halo: Halo, origin: int, p: int, axis_args, rows: int, keys: int):
+def _shard_mask(h: Halo, origin: int, p: int, axis_args, rows: int, keys: int):
     """Visibility ``[rows, keys]`` of device `p`'s query block against its key block."""
-    h = local_halo
     full = _window.axis_mask(h.length, *axis_args)
     lo, hi = h.computed(p)
     q = np.arange(rows) + p * h.shard
