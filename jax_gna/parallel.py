@@ -494,13 +494,17 @@ class _Rows:
     def to_left(self, x: jax.Array) -> jax.Array:
         return jax.lax.ppermute(x, self.axis_name, [(p + 1, p) for p in range(self.devices - 1)])
 
-    def swap(self, rightward: jax.Array, leftward: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(to_right(rightward), to_left(leftward))``. On two devices with equal shapes that
-        is one collective-permute: device 0 sends right while device 1 sends left, so both
-        directions of the link carry data at once (two permutes would run one after the
-        other)."""
-        if self.devices != 2 or rightward.shape != leftward.shape:
-            return self.to_right(rightward), self.to_left(leftward)
+    def exchange(self, rightward, leftward) -> tuple:
+        """``(to_right(rightward), to_left(leftward))``, None for a None message. On two
+        devices with both messages of one shape this is one collective-permute: device 0
+        sends right while device 1 sends left, so both directions of the link carry data at
+        once (two permutes run one after the other)."""
+        one = rightward is not None and leftward is not None and self.devices == 2
+        if not (one and rightward.shape == leftward.shape):
+            return (
+                None if rightward is None else self.to_right(rightward),
+                None if leftward is None else self.to_left(leftward),
+            )
         first = jax.lax.axis_index(self.axis_name) == 0
         received = jax.lax.ppermute(
             jnp.where(first, rightward, leftward), self.axis_name, [(0, 1), (1, 0)]
@@ -522,12 +526,8 @@ class _Rows:
 def _block(x: jax.Array, ex: _Rows) -> jax.Array:
     """``x`` with the rows `ex` receives from the neighbours around it."""
     n = x.shape[ex.dim]
-    tail, head = ex.slice(x, n - ex.left, n), ex.slice(x, 0, ex.right)
-    if ex.left and ex.right:
-        from_left, from_right = ex.swap(tail, head)
-    else:
-        from_left = ex.to_right(tail) if ex.left else None
-        from_right = ex.to_left(head) if ex.right else None
+    tail = ex.slice(x, n - ex.left, n) if ex.left else None
+    from_left, from_right = ex.exchange(tail, ex.slice(x, 0, ex.right) if ex.right else None)
     parts = ([ex.pad] if ex.pad else []) + [p for p in (from_left, x, from_right) if p is not None]
     return _concat(parts, ex.dim) if len(parts) > 1 else x
 
@@ -538,12 +538,9 @@ def _block_transpose(ex: _Rows, g: jax.Array) -> jax.Array:
     start = ex.pad + ex.left
     n = g.shape[ex.dim] - start - ex.right
     d = ex.slice(g, start, start + n)
-    of_left, of_right = ex.slice(g, ex.pad, start), ex.slice(g, start + n, start + n + ex.right)
-    if ex.left and ex.right:
-        head, tail = ex.swap(of_right, of_left)
-    else:
-        tail = ex.to_left(of_left) if ex.left else None
-        head = ex.to_right(of_right) if ex.right else None
+    of_left = ex.slice(g, ex.pad, start) if ex.left else None
+    of_right = ex.slice(g, start + n, start + n + ex.right) if ex.right else None
+    head, tail = ex.exchange(of_right, of_left)  # back to the owners
     if ex.left:
         d = ex.add_at(d, n - ex.left, tail)
     if ex.right:
