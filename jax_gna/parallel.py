@@ -567,6 +567,8 @@ def _with_queries(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) ->
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _own(x: jax.Array, ex: _Rows, shifts: tuple[int, ...]) -> jax.Array:
+    """The shard's rows of a query-block result `x`: its first ``shifts[device]`` rows are the
+    ones the left neighbour computed (the tail of that device's `x`)."""
     n = x.shape[ex.dim] - ex.right
     own = ex.slice(x, 0, n)
     returned = ex.to_right(ex.slice(x, n, n + ex.right))
