@@ -719,14 +719,22 @@ def _call_shapes(query, key, value, params: GnaParams, local: _Local):
         )
 
 
-def _ffi_runs(implementation: str, query, key, value, params: GnaParams, local: _Local) -> bool:
-    """Whether the FFI forward of `implementation` takes every device's call."""
+def _refusal(check, query, key, value, params: GnaParams, local: _Local) -> str | None:
+    """The first reason ``check(q, k, v, params)`` gives against a device's FFI call (None:
+    it takes every call)."""
+    for p, *shapes in _call_shapes(query, key, value, params, local):
+        reason = check(*shapes, p)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _forward_refusal(implementation: str, query, key, value, params, local) -> str | None:
+    """Why the FFI forward of `implementation` refuses a device's call (None: it takes all)."""
     from jax_gna import _ops  # late: `jax_gna._ops` imports this module
 
-    return all(
-        _ops.why_not(implementation, *shapes, p) is None
-        for p, *shapes in _call_shapes(query, key, value, params, local)
-    )
+    check = functools.partial(_ops.why_not, implementation)
+    return _refusal(check, query, key, value, params, local)
 
 
 def _ffi_backward_runs(implementation, query, key, value, params: GnaParams, local) -> bool:
@@ -735,10 +743,7 @@ def _ffi_backward_runs(implementation, query, key, value, params: GnaParams, loc
         return True
     from jax_gna import _ops  # late: `jax_gna._ops` imports this module
 
-    return all(
-        _ops.cuda_backward_reason(*shapes, p) is None
-        for p, *shapes in _call_shapes(query, key, value, params, local)
-    )
+    return _refusal(_ops.cuda_backward_reason, query, key, value, params, local) is None
 
 
 def shard_params(implementation: str, query, key, value, params: GnaParams) -> GnaParams:
@@ -760,24 +765,16 @@ def shard_implementation(
     `platform` (``"cpu"``/``"gpu"``) when it takes the calls, else ``"xla"``."""
     if requested in ("xla", "reference"):
         return requested
-    candidates = [requested] if requested else (["cuda"] if platform == "gpu" else ["cpu"])
-    for impl in candidates:
-        wanted = "gpu" if impl == "cuda" else "cpu"
-        if platform == wanted and _ffi_runs(impl, query, key, value, params, local):
-            return impl
+    impl = requested or ("cuda" if platform == "gpu" else "cpu")
+    home = "gpu" if impl == "cuda" else "cpu"
+    reason = (
+        f"it runs on {home.upper()} and this call runs on {platform.upper()}"
+        if platform != home
+        else _forward_refusal(impl, query, key, value, params, local)
+    )
+    if reason is None:
+        return impl
     if requested:
-        from jax_gna import _ops  # late: `jax_gna._ops` imports this module
-
-        reason = (
-            f"it runs on {'GPU' if requested == 'cuda' else 'CPU'} and this call runs on "
-            f"{platform.upper()}"
-            if platform != ("gpu" if requested == "cuda" else "cpu")
-            else next(
-                _ops.why_not(requested, *shapes, p)
-                for p, *shapes in _call_shapes(query, key, value, params, local)
-                if _ops.why_not(requested, *shapes, p) is not None
-            )
-        )
         raise NotImplementedError(
             f"implementation={requested!r} cannot run the shards of this call: {reason}. "
             "Use implementation=None (the xla tiles where the kernels cannot)."
