@@ -39,6 +39,7 @@
 
 #include "../../common/bwd_params.h"
 #include "../../common/fwd_device.cuh"
+#include "../../common/shared_storage.cuh"
 #include "../bwd_config.h"
 #include "tcgen05.cuh"
 
@@ -541,8 +542,7 @@ struct BwdKernel {
       return;
     }
 
-    SharedStorage& ss = *reinterpret_cast<SharedStorage*>(
-        (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    SharedStorage& ss = shared_storage<SharedStorage>(smem_raw);
     const int warp = threadIdx.x / 32;
     const BwdWarpRole role = warp < 4 ? BwdWarpRole::Compute : BwdWarpRole(warp);
 

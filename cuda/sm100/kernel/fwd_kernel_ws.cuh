@@ -35,6 +35,7 @@
 #include <cute/tensor.hpp>
 
 #include "../../common/fwd_device.cuh"
+#include "../../common/shared_storage.cuh"
 #include "../fwd_config.h"
 #include "tcgen05.cuh"
 
@@ -390,8 +391,7 @@ struct FwdKernel {
     const FwdWork w = decode(p, blockIdx.x);
     if (!w.valid) return;  // every thread alike: the Q tile holds no query of its group
 
-    SharedStorage& ss = *reinterpret_cast<SharedStorage*>(
-        (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    SharedStorage& ss = shared_storage<SharedStorage>(smem_raw);
     const int warp = threadIdx.x / 32;
     const WarpRole role = warp < 4 ? WarpRole::Softmax : WarpRole(warp);
 

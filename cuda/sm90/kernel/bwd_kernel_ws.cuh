@@ -28,6 +28,7 @@
 #include <cute/tensor.hpp>
 #include <cutlass/pipeline/pipeline.hpp>
 
+#include "../../common/shared_storage.cuh"
 #include "../bwd_config.h"
 #include "../dq_order.h"
 #include "gna/tile_box.h"
@@ -83,6 +84,9 @@ struct BwdKernel {
       SmemLayoutDS{},
       cute::make_layout(cute::Shape<cute::Int<kTileKV>, cute::Int<kTileQ>, cute::_2>{},
                         cute::Stride<cute::Int<kTileQ>, cute::_1, cute::Int<kTileQ * kTileKV>>{})));
+  // Accumulator elements i, i + 1 of S^T are neighbouring queries (columns) of one KV row,
+  // which dS keeps in one 32-bit word (queries contiguous, the swizzle moves 16-byte chunks).
+  static_assert(column_pairs_adjacent<SmemLayoutDSt, kTileKV, kTileQ>(), "dS^T pair stores");
 
   // S^T, dP^T: M = 128 KV rows over the two consumer warpgroups, N = Q tokens, K = D.
   using TiledMmaSdP = decltype(cute::make_tiled_mma(
@@ -272,23 +276,34 @@ struct BwdKernel {
 
   // Deterministic mode: one thread adds the consumers' staged dQ partials in turn (waiting on
   // the Q tile's semaphore and for each add to complete), so that the consumers only wait
-  // when it falls a whole visit behind.
+  // when it falls a whole visit behind. With the head dim split over the warpgroups (d128)
+  // their partials are disjoint halves of the Q tile's block: one turn per visit adds both,
+  // and only one wait for completion is on the Q tile's chain of KV tiles. Otherwise both add
+  // into the whole block, warpgroup 0 first.
   static CUTLASS_DEVICE void dq_writer(const BwdParams& p, const Work& w, SharedStorage& ss) {
+    constexpr int kTurns = kSplitN ? 1 : 2;  // turns per visit
+    constexpr int kAddsPerTurn = 2 / kTurns;
     const int visits = p.kv_group * w.box.size();
     for (int v = 0; v < visits; ++v) {
-      for (int wg = 0; wg < 2; ++wg) {
-        cutlass::arch::ClusterBarrier::wait(&ss.dq_full[wg], v & 1);
-        const DqHandoff h = ss.dq_handoff[wg];
+      for (int turn = 0; turn < kTurns; ++turn) {
+        for (int i = 0; i < kAddsPerTurn; ++i) {
+          cutlass::arch::ClusterBarrier::wait(&ss.dq_full[turn + i], v & 1);
+        }
+        const DqHandoff h = ss.dq_handoff[turn];
         int now;
         do {
           asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(h.semaphore));
         } while (now != h.turn);
-        bulk_add(h.block, ss.dq + wg * kDqChunk);
+        for (int i = 0; i < kAddsPerTurn; ++i) {
+          bulk_add(ss.dq_handoff[turn + i].block, ss.dq + (turn + i) * kDqChunk);
+        }
         asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
         asm volatile("fence.proxy.async.global;" ::: "memory");
         __threadfence();
         atomicAdd(h.semaphore, 1);
-        cutlass::arch::ClusterBarrier::arrive(&ss.dq_empty[wg]);
+        for (int i = 0; i < kAddsPerTurn; ++i) {
+          cutlass::arch::ClusterBarrier::arrive(&ss.dq_empty[turn + i]);
+        }
       }
     }
   }
@@ -447,11 +462,12 @@ struct BwdKernel {
         gemm<kTileQ / 16>(mma_kv, tP, tKVrDOt(_, _, _, s), tKVrDV, true);
         gemm<kTileQ / 16>(mma_kv, tDS, tKVrQt(_, _, _, s), tKVrDK, true);
 
-        // dS^T to shared memory (buffer `buf`; its readers two visits ago are done, see below).
+        // dS^T to shared memory (buffer `buf`; its readers two visits ago are done, see below),
+        // one 32-bit store per pair of neighbouring queries.
         {
           Tensor out = tSsDSt(_, _, _, buf);
           CUTLASS_PRAGMA_UNROLL
-          for (int i = 0; i < size(tDS); ++i) out(i) = tDS(i);
+          for (int i = 0; i < size(tDS); i += 2) store_shared_pair(&out(i), tDS(i), tDS(i + 1));
         }
         cutlass::arch::fence_view_async_shared();
         if constexpr (kSplitN)
@@ -497,7 +513,8 @@ struct BwdKernel {
             GroupAxis axes[3];
             for (int a = 0; a < 3; ++a) axes[a] = launch_group_axis<kView>(p, a, w.group[a]);
             const int index = kv_tile_box(axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
-            ss.dq_handoff[wg] = DqHandoff{block, p.dq_semaphore + slot / kTileQ, 2 * index + wg};
+            const int turn = kSplitN ? index : 2 * index + wg;  // as dq_writer takes them
+            ss.dq_handoff[wg] = DqHandoff{block, p.dq_semaphore + slot / kTileQ, turn};
             cutlass::arch::ClusterBarrier::arrive(&ss.dq_full[wg]);
           } else {
             bulk_add(block, staging);
@@ -526,8 +543,7 @@ struct BwdKernel {
   static CUTLASS_DEVICE void run(const CUtensorMap* map_q, const CUtensorMap* map_do,
                                  const CUtensorMap* map_k, const CUtensorMap* map_v,
                                  const BwdParams& p, char* smem_raw) {
-    SharedStorage& ss = *reinterpret_cast<SharedStorage*>(
-        (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    SharedStorage& ss = shared_storage<SharedStorage>(smem_raw);
     const bool producer_role = threadIdx.x < 128;
 
     typename PipelineQ::Params pipe_params;

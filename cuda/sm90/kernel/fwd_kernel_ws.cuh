@@ -35,6 +35,7 @@
 #include <cute/tensor.hpp>
 #include <cutlass/pipeline/pipeline.hpp>
 
+#include "../../common/shared_storage.cuh"
 #include "../fwd_config.h"
 #include "gna/tile_box.h"
 
@@ -73,6 +74,8 @@ struct FwdKernel {
   // exactly where consecutive TMA boxes of kChunk x tile tokens land.
   using SmemLayoutQ =
       decltype(cute::tile_to_shape(AtomK{}, cute::Shape<cute::Int<kTileQ>, cute::Int<kHeadDim>>{}));
+  // O (in the Q tile's layout) is staged as pairs of neighbouring columns (store_shared_pair).
+  static_assert(column_pairs_adjacent<SmemLayoutQ, kTileQ, kHeadDim>(), "O pair stores");
   using SmemLayoutK = decltype(cute::tile_to_shape(
       AtomK{}, cute::Shape<cute::Int<kTileKV>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
   // V as the B operand of P·V: (N = D, K = tokens), MN-major; same bytes as K.
@@ -499,7 +502,9 @@ struct FwdKernel {
     Tensor sO = make_tensor(make_smem_ptr(kSeparateO ? ss.o : ss.q), SmemLayoutQ{});
     Tensor tOsO = thr_pv.partition_C(sO);
     CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < size(tOrO); ++i) tOsO(i) = static_cast<Element>(tOrO(i));
+    for (int i = 0; i < size(tOrO); i += 2) {  // neighbouring columns: one 32-bit word
+      store_shared_pair(&tOsO(i), static_cast<Element>(tOrO(i)), static_cast<Element>(tOrO(i + 1)));
+    }
     wg_barrier.sync();
 
     constexpr int kVecPerRow = kHeadDim / 8;  // 16-byte vectors
@@ -510,7 +515,7 @@ struct FwdKernel {
       const int col = (idx % kVecPerRow) * 8;
       const int64_t token = row_token(row);
       if (token < 0) continue;
-      const uint4 vec = *reinterpret_cast<const uint4*>(raw_pointer_cast(&sO(row, col)));
+      const uint4 vec = load_shared_16b(raw_pointer_cast(&sO(row, col)));
       *reinterpret_cast<uint4*>(out + (token * p.heads + w.head) * kHeadDim + col) = vec;
     }
     if (!kSeparateO) release_q();
@@ -518,8 +523,7 @@ struct FwdKernel {
 
   static CUTLASS_DEVICE void run(const CUtensorMap* map_q, const CUtensorMap* map_k,
                                  const CUtensorMap* map_v, const FwdParams& p, char* smem_raw) {
-    SharedStorage& ss = *reinterpret_cast<SharedStorage*>(
-        (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    SharedStorage& ss = shared_storage<SharedStorage>(smem_raw);
     const int warp_group = threadIdx.x / 128;
     const auto role = WarpGroupRole(warp_group);
 

@@ -1,0 +1,62 @@
+// The kernels' shared storage in the dynamic shared memory, shared by the architectures.
+#pragma once
+
+#include <cstdint>
+
+#include <cutlass/cutlass.h>
+#include <cute/layout.hpp>
+
+namespace gna {
+
+// `Storage` at the dynamic shared memory base `smem` re-aligned to 1024 bytes (SW128 TMA and
+// GMMA). The pointer is advanced, not rebuilt from an integer: derived from the __shared__
+// array, it keeps its address space, so plain accesses to the storage compile to shared-memory
+// loads and stores (LDS/STS). Through an integer they become generic ones, which wait on the
+// long scoreboard like global loads (the sm90 backward's profile: cuda/sm90/NOTES.md).
+template <class Storage>
+CUTLASS_DEVICE Storage& shared_storage(char* smem) {
+  const uint32_t misalignment = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) & 1023u;
+  return *reinterpret_cast<Storage*>(smem + ((1024u - misalignment) & 1023u));
+}
+
+// Stores the 16-bit elements `lo`, `hi` as one 32-bit word at `at` (`hi` at `at + 1`) in shared
+// memory. For tiles whose swizzled addresses cute computes as integers (cute's swizzled smem
+// pointers), a plain store through them would be a generic one.
+template <class Element>
+CUTLASS_DEVICE void store_shared_pair(const Element* at, Element lo, Element hi) {
+  static_assert(sizeof(Element) == 2, "16-bit elements");
+  const uint32_t bits = uint32_t(lo.raw()) | (uint32_t(hi.raw()) << 16);
+  asm volatile("st.shared.b32 [%0], %1;" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(at))),
+               "r"(bits)
+               : "memory");
+}
+
+// Whether the smem layout `Layout` (rows x columns, and buffers: buffer 0 is checked) keeps
+// the columns 2c and 2c + 1 of each row neighbours in memory, as store_shared_pair needs. The
+// first 16 rows are checked (the compiler's constexpr budget): two periods of the GMMA
+// swizzle atoms, which repeat every 8 rows.
+template <class Layout, int kRows, int kCols>
+constexpr bool column_pairs_adjacent() {
+  for (int r = 0; r < (kRows < 16 ? kRows : 16); ++r) {
+    for (int c = 0; c < kCols; c += 2) {
+      if constexpr (decltype(cute::rank(Layout{}))::value == 3) {
+        if (Layout{}(r, c + 1, 0) != Layout{}(r, c, 0) + 1) return false;
+      } else {
+        if (Layout{}(r, c + 1) != Layout{}(r, c) + 1) return false;
+      }
+    }
+  }
+  return true;
+}
+
+// The 16 bytes at `at` in shared memory (see store_shared_pair).
+CUTLASS_DEVICE uint4 load_shared_16b(const void* at) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(at)))
+               : "memory");
+  return v;
+}
+
+}  // namespace gna
