@@ -285,24 +285,24 @@ struct BwdKernel {
     constexpr int kAddsPerTurn = 2 / kTurns;
     const int visits = p.kv_group * w.box.size();
     for (int v = 0; v < visits; ++v) {
-      for (int turn = 0; turn < kTurns; ++turn) {
+      for (int first = 0; first < kTurns; ++first) {  // the first warpgroup of the turn
         for (int i = 0; i < kAddsPerTurn; ++i) {
-          cutlass::arch::ClusterBarrier::wait(&ss.dq_full[turn + i], v & 1);
+          cutlass::arch::ClusterBarrier::wait(&ss.dq_full[first + i], v & 1);
         }
-        const DqHandoff h = ss.dq_handoff[turn];
+        const DqHandoff h = ss.dq_handoff[first];
         int now;
         do {
           asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(h.semaphore));
         } while (now != h.turn);
         for (int i = 0; i < kAddsPerTurn; ++i) {
-          bulk_add(ss.dq_handoff[turn + i].block, ss.dq + (turn + i) * kDqChunk);
+          bulk_add(ss.dq_handoff[first + i].block, ss.dq + (first + i) * kDqChunk);
         }
         asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
         asm volatile("fence.proxy.async.global;" ::: "memory");
         __threadfence();
         atomicAdd(h.semaphore, 1);
         for (int i = 0; i < kAddsPerTurn; ++i) {
-          cutlass::arch::ClusterBarrier::arrive(&ss.dq_empty[turn + i]);
+          cutlass::arch::ClusterBarrier::arrive(&ss.dq_empty[first + i]);
         }
       }
     }
