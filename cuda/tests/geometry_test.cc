@@ -399,6 +399,21 @@ void check_inverse(const gna::Axis* axes, int rank, const int* q_tile, const int
       // The box is exact, so walking it visits exactly the Q tiles above.
       EXPECT(box.size() == in_box_count, "q_tile_box size %d, %lld tiles inside", box.size(),
              static_cast<long long>(in_box_count));
+      // The backward walks the box with next() (prev() in deterministic mode) instead of tile(i).
+      if (box.size() > 0) {
+        int up[3], down[3];
+        box.tile(0, up);
+        box.tile(box.size() - 1, down);
+        for (int i = 0; i < box.size(); ++i, box.next(up), box.prev(down)) {
+          int want[3], want_back[3];
+          box.tile(i, want);
+          box.tile(box.size() - 1 - i, want_back);
+          EXPECT(up[0] == want[0] && up[1] == want[1] && up[2] == want[2],
+                 "TileBox::next: step %d of %d", i, box.size());
+          EXPECT(down[0] == want_back[0] && down[1] == want_back[1] && down[2] == want_back[2],
+                 "TileBox::prev: step %d of %d", i, box.size());
+        }
+      }
     });
   }
 }

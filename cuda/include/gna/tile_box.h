@@ -245,6 +245,13 @@ struct TileBox {
       t[a] = begin[a];
     }
   }
+  // The step back: prev(next(t)) == t inside the box.
+  GNA_HOST_DEVICE void prev(int t[3]) const {
+    for (int a = 2; a >= 0; --a) {
+      if (--t[a] >= begin[a]) return;
+      t[a] = end[a] - 1;
+    }
+  }
 };
 
 // The KV-tile box of a Q tile over `rank` axes (axes past `rank` get the

@@ -133,6 +133,9 @@ struct BwdKernel {
     alignas(1024) Element dout[kStages * kTileQ * kHeadDim];
     alignas(1024) Element ds[2 * kTileQ * kTileKV];
     alignas(128) float dq[2 * kDqChunk];  // per warpgroup, its dQ partial in fragment order
+    // Per consumer thread and KV row r: the inverse window (row_lo[3], row_len[3]), which only
+    // the masked (partial) visits read; in registers it cost the view kernels spills.
+    int row_window[2][6][256];
     alignas(16) float lse2[kStages][kTileQ];
     alignas(16) float delta[kStages][kTileQ];
     typename PipelineQ::SharedStorage pipe_q;
@@ -162,12 +165,21 @@ struct BwdKernel {
     return decode_bwd_work<kView>(p, item, q_tile, kv_tile);
   }
 
-  // The Q tile of visit `j` of a head (n visits): box order, reversed in deterministic mode.
+  // A head's visits walk the Q tiles of the box in box order, reversed in deterministic mode.
   // There the lower KV tiles of a Q tile add first; a higher KV tile's box starts later in box
   // order, so walking it backwards reaches a shared Q tile after the lower KV tile did, not
-  // before (forwards, every CTA of a chain would wait for the one before it).
-  static CUTLASS_DEVICE void visit_tile(const BwdParams& p, const Work& w, int j, int n, int t[3]) {
-    w.box.tile(p.deterministic ? n - 1 - j : j, t);
+  // before (forwards, every CTA of a chain would wait for the one before it). A step, not
+  // tile(j) per visit: that divides by the box's extents, and in the view kernels the values
+  // it keeps live spilled in the consumers' loop.
+  static CUTLASS_DEVICE void first_visit(const BwdParams& p, const Work& w, int n, int t[3]) {
+    if (n > 0) w.box.tile(p.deterministic ? n - 1 : 0, t);  // n visits; none: t is not read
+  }
+  static CUTLASS_DEVICE void next_visit(const BwdParams& p, const Work& w, int t[3]) {
+    if (p.deterministic) {
+      w.box.prev(t);
+    } else {
+      w.box.next(t);
+    }
   }
 
   // TMA coordinate of group position `x` along kernel axis `a`.
@@ -210,9 +222,9 @@ struct BwdKernel {
     const int n = w.box.size();
     for (int g = 0; g < p.kv_group; ++g) {
       const int head = w.kv_head * p.kv_group + g;
-      for (int j = 0; j < n; ++j) {
-        int t[3];
-        visit_tile(p, w, j, n, t);
+      int t[3];
+      first_visit(p, w, n, t);
+      for (int j = 0; j < n; ++j, next_visit(p, w, t)) {
         const int origin[3] = {t[0] * q_tile[0], t[1] * q_tile[1], t[2] * q_tile[2]};
         pipe.producer_acquire(state);
         uint64_t* bar = pipe.producer_get_barrier(state);
@@ -369,13 +381,22 @@ struct BwdKernel {
     // The two KV rows this thread owns: per axis, the queries (local group positions) that see
     // them (the inverse window, cut to the valid queries; empty for a key outside the valid
     // keys: the group, or a view's key slice and axis).
-    int row_lo[2][3], row_len[2][3];
-    int64_t kv_token[2];
-    CUTLASS_PRAGMA_UNROLL
-    for (int r = 0; r < 2; ++r) {
+    // Kept in shared memory (row_window) until the masked visits read them; the epilogue
+    // computes the rows' tokens again.
+    auto kv_row = [&](int r, int lo[3], int len[3]) {
       int o[3];
       kv_offsets(64 * wg + row_base + 8 * r, o);
-      kv_token[r] = bwd_kv_row(p, w, kv_tile, o, row_lo[r], row_len[r]);
+      return bwd_kv_row(p, w, kv_tile, o, lo, len);
+    };
+    CUTLASS_PRAGMA_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      int lo[3], len[3];
+      kv_row(r, lo, len);
+      CUTLASS_PRAGMA_UNROLL
+      for (int a = 0; a < 3; ++a) {
+        ss.row_window[r][a][ctid] = lo[a];
+        ss.row_window[r][3 + a][ctid] = len[a];
+      }
     }
 
     const int n = w.box.size();
@@ -384,9 +405,9 @@ struct BwdKernel {
     int visit = 0;
     for (int g = 0; g < p.kv_group; ++g) {
       const int head = w.kv_head * p.kv_group + g;
-      for (int j = 0; j < n; ++j, ++visit) {
-        int t[3];
-        visit_tile(p, w, j, n, t);
+      int t[3];
+      first_visit(p, w, n, t);
+      for (int j = 0; j < n; ++j, ++visit, next_visit(p, w, t)) {
         bool full = true;
         CUTLASS_PRAGMA_UNROLL
         for (int a = 0; a < 3; ++a) full &= w.full[a].start <= t[a] && t[a] < w.full[a].end;
@@ -412,6 +433,15 @@ struct BwdKernel {
         if (!full) {
           // Column 8 * n8 + col_base + i0: n8 fixes the Q offsets along axes 0 and 1
           // (compile time), axis 2 adds col_base + i0.
+          int row_lo[2][3], row_len[2][3];
+          CUTLASS_PRAGMA_UNROLL
+          for (int r = 0; r < 2; ++r) {
+            CUTLASS_PRAGMA_UNROLL
+            for (int a = 0; a < 3; ++a) {
+              row_lo[r][a] = ss.row_window[r][a][ctid];
+              row_len[r][a] = ss.row_window[r][3 + a][ctid];
+            }
+          }
           CUTLASS_PRAGMA_UNROLL
           for (int n8 = 0; n8 < kTileQ / 8; ++n8) {
             int o[3];
@@ -528,6 +558,12 @@ struct BwdKernel {
     Element* dk = static_cast<Element*>(p.dk);
     Element* dv = static_cast<Element*>(p.dv);
     cutlass::NumericArrayConverter<Element, float, 2> cvt;
+    int64_t kv_token[2];
+    CUTLASS_PRAGMA_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      int lo[3], len[3];
+      kv_token[r] = kv_row(r, lo, len);
+    }
     CUTLASS_PRAGMA_UNROLL
     for (int i = 0; i < size(tKVrDK); i += 2) {
       const int64_t token = kv_token[(i >> 1) & 1];
