@@ -34,9 +34,6 @@ scale is still far outside them.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -45,7 +42,16 @@ import numpy as np
 import pytest
 
 # tests/gpu is on sys.path while pytest collects this file: the forward tests' helpers.
-from test_cuda_fwd import CHUNKS, DTYPES, HEAD_DIMS, N_CASES, _inputs, _skip_reason, _window
+from test_cuda_fwd import (
+    CHUNKS,
+    DTYPES,
+    HEAD_DIMS,
+    N_CASES,
+    _inputs,
+    _skip_reason,
+    _window,
+    run_script,
+)
 
 import jax_gna
 from jax_gna import _extension, _ops, reference
@@ -372,7 +378,8 @@ _GRAD_SCRIPT = textwrap.dedent(
     import sys, jax, jax.numpy as jnp, numpy as np, jax_gna
     rng = np.random.default_rng(0)
     x = lambda *s: jnp.asarray(rng.standard_normal(s, dtype=np.float32), jnp.bfloat16)
-    q, k, v = x(2, 32, 24, 4, 64), x(2, 32, 24, 2, 64), x(2, 32, 24, 2, 64)
+    d = int(sys.argv[2])
+    q, k, v = x(2, 32, 24, 4, d), x(2, 32, 24, 2, d), x(2, 32, 24, 2, d)
     w = dict(kernel_size=(9, 7), stride=(2, 3), dilation=(2, 1), is_causal=(True, False))
     def grad(deterministic):
         def loss(q, k, v):
@@ -394,12 +401,8 @@ _GRAD_SCRIPT = textwrap.dedent(
 
 
 def _run_grad_script(tmp_path, name: str, flags: str) -> dict:
-    env = dict(os.environ, XLA_FLAGS=flags)
     path = tmp_path / f"{name}.npz"
-    run = subprocess.run(
-        [sys.executable, "-c", _GRAD_SCRIPT, str(path)], capture_output=True, text=True, env=env
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_script(_GRAD_SCRIPT, path, flags)
     return dict(np.load(path))
 
 

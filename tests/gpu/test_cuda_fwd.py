@@ -53,6 +53,9 @@ if _REASON is not None:
 N_CASES = int(os.environ.get("GNA_GPU_CASES", "100"))
 FULL_SET = _extension.ext is not None and _extension.ext.kernel_set != "smoke"
 HEAD_DIMS = (32, 64, 128, 256) if FULL_SET else (128,)
+# The subprocess scripts' head dim: 64 where the build has it (split-K paths), else the smoke
+# set's 128.
+SCRIPT_HEAD_DIM = 64 if FULL_SET else 128
 DTYPES = (jnp.bfloat16, jnp.float16) if FULL_SET else (jnp.bfloat16,)
 # bf16 keeps 8 mantissa bits (the kernel rounds P to the input dtype before P @ V).
 TOL = {jnp.bfloat16: 2.5e-2, jnp.float16: 4e-3}
@@ -339,7 +342,8 @@ _GRAPH_SCRIPT = textwrap.dedent(
     import sys, jax, jax.numpy as jnp, numpy as np, jax_gna
     rng = np.random.default_rng(0)
     x = lambda *s: jnp.asarray(rng.standard_normal(s, dtype=np.float32), jnp.bfloat16)
-    q, k, v = x(2, 24, 20, 4, 64), x(2, 24, 20, 2, 64), x(2, 24, 20, 2, 64)
+    d = int(sys.argv[2])
+    q, k, v = x(2, 24, 20, 4, d), x(2, 24, 20, 2, d), x(2, 24, 20, 2, d)
     w = dict(kernel_size=(7, 5), stride=(2, 3), dilation=(2, 1), is_causal=(True, False))
     f = jax.jit(lambda q, k, v: jnp.tanh(jax_gna.gna(q, k, v, **w, implementation="cuda")) * 2)
     outs = [np.asarray(f(q, k, v).astype(jnp.float32)) for _ in range(3)]
@@ -348,13 +352,18 @@ _GRAPH_SCRIPT = textwrap.dedent(
 )
 
 
-def _run_graph_script(tmp_path, name: str, flags: str) -> np.ndarray:
+def run_script(script: str, path, flags: str) -> None:
+    """Runs `script` in a fresh Python with ``XLA_FLAGS=flags`` (XLA reads its flags once per
+    process) and the arguments `path` (where it saves its results) and the head dim."""
     env = dict(os.environ, XLA_FLAGS=flags)
-    path = tmp_path / f"{name}.npy"
-    run = subprocess.run(
-        [sys.executable, "-c", _GRAPH_SCRIPT, str(path)], capture_output=True, text=True, env=env
-    )
+    argv = [sys.executable, "-c", script, str(path), str(SCRIPT_HEAD_DIM)]
+    run = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def _run_graph_script(tmp_path, name: str, flags: str) -> np.ndarray:
+    path = tmp_path / f"{name}.npy"
+    run_script(_GRAPH_SCRIPT, path, flags)
     return np.load(path)
 
 
