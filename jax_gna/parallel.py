@@ -358,8 +358,7 @@ def _pad_rows(x: jax.Array, dim: int, bounds: tuple[int, int], total: int, fill=
     return jnp.pad(x, widths, constant_values=fill)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _local_ffi(query, key, value, device, params: GnaParams, local: _Local, backward: str):
+def _local_ffi(query, key, value, device, params: GnaParams, local: _Local):
     """``(out, lse)`` of the query block by the FFI kernel of the platform: the device's
     queries against its key slice, with its view. Rows it does not compute are 0, lse -inf."""
     from jax_gna import _ops  # late: `jax_gna._ops` imports this module
@@ -384,44 +383,27 @@ def _local_ffi(query, key, value, device, params: GnaParams, local: _Local, back
     return _switch_calls(device, local, branch, empty)
 
 
-def _local_ffi_fwd(query, key, value, device, params, local, backward):
-    out, lse = _local_ffi(query, key, value, device, params, local, backward)
-    return (out, lse), (query, key, value, device, out, lse)
-
-
-def _local_ffi_bwd(params, local, backward, residuals, cotangents):
-    query, key, value, device, out, lse = residuals
-    dout, dlse = cotangents
-    grads = _local_backward(
-        dout,
-        query,
-        key,
-        value,
-        out,
-        lse,
-        dlse.astype(jnp.float32),
-        device,
-        params,
-        local,
-        backward,
-    )
-    return (*grads, None)
-
-
-_local_ffi.defvjp(_local_ffi_fwd, _local_ffi_bwd)
-
-
 def _local_backward(dout, query, key, value, out, lse, dlse, device, params, local, backward):
-    """``(dq, dk_block, dv_block)`` of a query block over its key block: the FFI backward of the
+    """The gradients of a query block over its key block, as `_block_parts` of the query block
+    (`_query_rows`) and of the key and value blocks (`_key_rows`): the FFI backward of the
     device's call (`backward` ``"ffi"``), or the ``xla`` backward with the device's window
-    table. Rows the device does not compute must have zero cotangents."""
+    table. Rows the device does not compute must have zero cotangents.
+
+    The FFI branches cut the parts straight from the call's results: a `jax.lax.switch`
+    branch's results are materialized, so whole blocks would cost a pass each to build and
+    another to cut (cuda/sm90/NOTES.md, "Two GPUs")."""
+    dim = query.ndim - params.rank - 2 + local.axis
+    query_rows = _query_rows(local, dim, None)
+    key_rows = _key_rows(local, dim, None)
     if backward == "ffi":
         from jax_gna import _ops  # late: `jax_gna._ops` imports this module
 
-        dim = query.ndim - params.rank - 2 + local.axis
-
         def empty():
-            return jnp.zeros_like(query), jnp.zeros_like(key), jnp.zeros_like(value)
+            return (
+                _block_parts(query_rows, jnp.zeros_like(query)),
+                _block_parts(key_rows, jnp.zeros_like(key)),
+                _block_parts(key_rows, jnp.zeros_like(value)),
+            )
 
         def branch(call):
             rows, keys, view = call
@@ -435,11 +417,10 @@ def _local_backward(dout, query, key, value, out, lse, dlse, device, params, loc
                 _rows(lse, dim, rows),
                 _rows(dlse, dim, rows),
             )
-            n = local.key_block
             return (
-                _pad_rows(dq, dim, rows, local.rows),
-                _pad_rows(dk, dim, keys, n),
-                _pad_rows(dv, dim, keys, n),
+                _call_parts(query_rows, dq, rows, local.rows),
+                _call_parts(key_rows, dk, keys, local.key_block),
+                _call_parts(key_rows, dv, keys, local.key_block),
             )
 
         return _switch_calls(device, local, branch, empty)
@@ -450,11 +431,15 @@ def _local_backward(dout, query, key, value, out, lse, dlse, device, params, loc
         h.devices
     ).reshape(-1, 1)
     lo, hi = jnp.asarray(bounds)[device]
-    dim = query.ndim - params.rank - 2 + local.axis
     rows = jnp.arange(local.rows).reshape((-1,) + (1,) * (lse.ndim - dim - 1))
     lse = jnp.where((lo <= rows) & (rows < hi), lse, jnp.inf)
     table = tuple(jnp.asarray(t)[device] for t in local.tables)
-    return _xla._backward(query, key, value, out, lse, dout, dlse, params, local.plans, table)
+    dq, dk, dv = _xla._backward(query, key, value, out, lse, dout, dlse, params, local.plans, table)
+    return (
+        _block_parts(query_rows, dq),
+        _block_parts(key_rows, dk),
+        _block_parts(key_rows, dv),
+    )
 
 
 def _concat(parts: list, dim: int) -> jax.Array:
@@ -516,10 +501,15 @@ class _Rows:
 
     def add_at(self, x: jax.Array, start: int, rows: jax.Array) -> jax.Array:
         """``x`` with `rows` added to its rows from `start` on (in place)."""
-        stop = start + rows.shape[self.dim]
-        return jax.lax.dynamic_update_slice_in_dim(
-            x, self.slice(x, start, stop) + rows, start, self.dim
-        )
+        # XLA's GPU fusions update `x` in place only if they read it at the update's own start
+        # indices (a dynamic slice sharing them); a static slice of `x`, or a constant index
+        # (which XLA turns into one), makes each add a pass over all of `x` (~0.2 ms per
+        # tensor on the HunyuanVideo shards: cuda/sm90/NOTES.md, "Two GPUs"). Hence an index
+        # XLA cannot fold: `start` plus min(device index, 0), which is 0.
+        index = jnp.minimum(jax.lax.axis_index(self.axis_name), 0) + start
+        size = rows.shape[self.dim]
+        update = jax.lax.dynamic_slice_in_dim(x, index, size, self.dim) + rows
+        return jax.lax.dynamic_update_slice_in_dim(x, update, index, self.dim)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -532,37 +522,82 @@ def _block(x: jax.Array, ex: _Rows) -> jax.Array:
     return _concat(parts, ex.dim) if len(parts) > 1 else x
 
 
-def _block_transpose(ex: _Rows, g: jax.Array) -> jax.Array:
-    """The gradient of `_block`: a block's gradient rows go back to their owners, which add
-    them in place (no pad of the received rows to a whole shard)."""
+def _block_parts(ex: _Rows, g: jax.Array) -> tuple:
+    """A block gradient `g` as ``(own rows, left halo rows, right halo rows)`` (None for a
+    halo the block does not have)."""
     start = ex.pad + ex.left
-    n = g.shape[ex.dim] - start - ex.right
-    d = ex.slice(g, start, start + n)
-    of_left = ex.slice(g, ex.pad, start) if ex.left else None
-    of_right = ex.slice(g, start + n, start + n + ex.right) if ex.right else None
+    stop = g.shape[ex.dim] - ex.right
+    return (
+        ex.slice(g, start, stop),
+        ex.slice(g, ex.pad, start) if ex.left else None,
+        ex.slice(g, stop, stop + ex.right) if ex.right else None,
+    )
+
+
+def _call_parts(ex: _Rows, g: jax.Array, bounds: tuple[int, int], total: int) -> tuple:
+    """`_block_parts` of a block of `total` rows of which `g` holds rows ``bounds`` (zeros
+    elsewhere), without building the block."""
+
+    def part(lo: int, hi: int) -> jax.Array:
+        a, b = max(lo, bounds[0]), min(hi, bounds[1])
+        if a >= b:
+            shape = list(g.shape)
+            shape[ex.dim] = hi - lo
+            return jnp.zeros(shape, g.dtype)
+        inner = _rows(g, ex.dim, (a - bounds[0], b - bounds[0]))
+        return _pad_rows(inner, ex.dim, (a - lo, b - lo), hi - lo)
+
+    start, stop = ex.pad + ex.left, total - ex.right
+    return (
+        part(start, stop),
+        part(ex.pad, start) if ex.left else None,
+        part(stop, total) if ex.right else None,
+    )
+
+
+def _return_parts(ex: _Rows, own: jax.Array, of_left, of_right) -> jax.Array:
+    """The gradient of `_block` from the block gradient's parts (`_block_parts`): the halo
+    rows go back to their owners, which add them in place (no pad of the received rows to a
+    whole shard)."""
     head, tail = ex.exchange(of_right, of_left)  # back to the owners
     if ex.left:
-        d = ex.add_at(d, n - ex.left, tail)
+        own = ex.add_at(own, own.shape[ex.dim] - ex.left, tail)
     if ex.right:
-        d = ex.add_at(d, 0, head)
-    return d
+        own = ex.add_at(own, 0, head)
+    return own
+
+
+def _block_transpose(ex: _Rows, g: jax.Array) -> jax.Array:
+    return _return_parts(ex, *_block_parts(ex, g))
 
 
 _block.defvjp(lambda x, ex: (_block(x, ex), None), lambda ex, _, g: (_block_transpose(ex, g),))
 
 
+def _key_rows(local: _Local, dim: int, axis_name: AxisName) -> _Rows:
+    """The exchange that builds a shard's key block ``[pad | left halo | shard | right
+    halo]``."""
+    h = local.halo
+    return _Rows(dim, axis_name, h.devices, local.pad, h.left, h.right)
+
+
+def _query_rows(local: _Local, dim: int, axis_name: AxisName) -> _Rows:
+    """The exchange that builds a shard's query block: the shard, then the first
+    ``halo.queries`` rows of the right neighbour's."""
+    h = local.halo
+    return _Rows(dim, axis_name, h.devices, right=h.queries)
+
+
 def _with_halo(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> jax.Array:
     """A shard's key block ``[pad | left halo | shard | right halo]`` along `dim`; the halos
     come from the neighbours (zeros past the global borders, where no window reaches)."""
-    h = local.halo
-    return _block(x, _Rows(dim, axis_name, h.devices, local.pad, h.left, h.right))
+    return _block(x, _key_rows(local, dim, axis_name))
 
 
 def _with_queries(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> jax.Array:
     """A shard's query block along `dim`: the shard, then the first ``halo.queries`` rows of
     the right neighbour's (zeros on the last device)."""
-    h = local.halo
-    return _block(x, _Rows(dim, axis_name, h.devices, right=h.queries)) if h.queries else x
+    return _block(x, _query_rows(local, dim, axis_name)) if local.halo.queries else x
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -605,7 +640,7 @@ def _own_rows(x: jax.Array, local: _Local, dim: int, axis_name: AxisName) -> jax
     h = local.halo
     if not h.queries:
         return x
-    return _own(x, _Rows(dim, axis_name, h.devices, right=h.queries), h.shifts)
+    return _own(x, _query_rows(local, dim, axis_name), h.shifts)
 
 
 def _own_rows_transpose(c: jax.Array, local: _Local, dim: int, axis_name: AxisName):
@@ -613,7 +648,61 @@ def _own_rows_transpose(c: jax.Array, local: _Local, dim: int, axis_name: AxisNa
     h = local.halo
     if not h.queries:
         return c
-    return _own_transpose(_Rows(dim, axis_name, h.devices, right=h.queries), h.shifts, c)
+    return _own_transpose(_query_rows(local, dim, axis_name), h.shifts, c)
+
+
+def _exchange(query, key, value, local: _Local, dim: int, axis_name: AxisName) -> tuple:
+    """A shard's query block and key and value blocks (`_with_queries`, `_with_halo`)."""
+    return (
+        _with_queries(query, local, dim, axis_name),
+        _with_halo(key, local, dim, axis_name),
+        _with_halo(value, local, dim, axis_name),
+    )
+
+
+def _blocks_backward(dout, dlse, blocks, out, lse, params, local, dim, axis_name, backward):
+    """``(dq, dk, dv)`` of the shard from the cotangents of its query block's ``out``/``lse``:
+    the backward over the key block (`_local_backward`), then the halo rows of ``dk``/``dv``
+    and the neighbour's rows of ``dq`` go back to their owners."""
+    device = jax.lax.axis_index(axis_name)
+    parts = _local_backward(dout, *blocks, out, lse, dlse, device, params, local, backward)
+    rows = (_query_rows, _key_rows, _key_rows)
+    return tuple(
+        _return_parts(r(local, dim, axis_name), *p) for r, p in zip(rows, parts, strict=True)
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _attend_ffi(query, key, value, params, local, dim, axis_name, backward):
+    """``(out, lse)`` of the shard's query block by the FFI kernels: the exchanges, then the
+    device's call (`_local_ffi`). One custom VJP over both, so that the backward returns the
+    halo gradients straight from the call's results (`_local_backward`)."""
+    blocks = _exchange(query, key, value, local, dim, axis_name)
+    return _local_ffi(*blocks, jax.lax.axis_index(axis_name), params, local)
+
+
+def _attend_ffi_fwd(query, key, value, params, local, dim, axis_name, backward):
+    blocks = _exchange(query, key, value, local, dim, axis_name)
+    out, lse = _local_ffi(*blocks, jax.lax.axis_index(axis_name), params, local)
+    return (out, lse), (blocks, out, lse)
+
+
+def _attend_ffi_bwd(params, local, dim, axis_name, backward, residuals, cotangents):
+    blocks, out, lse = residuals
+    dout, dlse = cotangents
+    dlse = dlse.astype(jnp.float32)
+    return _blocks_backward(dout, dlse, blocks, out, lse, params, local, dim, axis_name, backward)
+
+
+_attend_ffi.defvjp(_attend_ffi_fwd, _attend_ffi_bwd)
+
+
+def _block_shapes(query, key, value, local: _Local, dim: int) -> tuple:
+    return (
+        _resized(query, dim, local.rows),
+        _resized(key, dim, local.key_block),
+        _resized(value, dim, local.key_block),
+    )
 
 
 def attend_shard(
@@ -636,18 +725,16 @@ def attend_shard(
     FFI kernels on the device's call (`_Local.calls`). Differentiable (the transposes of the
     exchanges return halo gradients to their owners).
     """
-    device = jax.lax.axis_index(axis_name)
-    query = _with_queries(query, local, dim, axis_name)
-    key = _with_halo(key, local, dim, axis_name)
-    value = _with_halo(value, local, dim, axis_name)
     if implementation in ("cpu", "cuda"):
-        backward = (
-            "ffi" if _ffi_backward_runs(implementation, query, key, value, params, local) else "xla"
-        )
-        out, lse = _local_ffi(query, key, value, device, params, local, backward)
+        shapes = _block_shapes(query, key, value, local, dim)
+        ffi = _ffi_backward_runs(implementation, *shapes, params, local)
+        backward = "ffi" if ffi else "xla"
+        out, lse = _attend_ffi(query, key, value, params, local, dim, axis_name, backward)
     else:
+        device = jax.lax.axis_index(axis_name)
         attend = _local_xla if implementation == "xla" else _local_reference
-        out, lse = attend(query, key, value, device, params, local)
+        blocks = _exchange(query, key, value, local, dim, axis_name)
+        out, lse = attend(*blocks, device, params, local)
     return _own_rows(out, local, dim, axis_name), _own_rows(lse, local, dim, axis_name)
 
 
@@ -668,36 +755,17 @@ def attend_shard_backward(
     """``(dq, dk, dv)`` of one shard given the forward's ``out``/``lse`` (no recomputation):
     the exchanges of `attend_shard` again (the query block's ``out``/``lse`` too), the backward
     over the key block (the FFI kernel on the device's call where `implementation` is
-    ``"cpu"``/``"cuda"`` and it runs, else ``xla``), then the transposes of the exchanges send
-    the halo rows of ``dk``/``dv`` and the neighbour's rows of ``dq`` back to their owners."""
-    device = jax.lax.axis_index(axis_name)
-
-    def exchange(fn):
-        return functools.partial(fn, local=local, dim=dim, axis_name=axis_name)
-
-    query_block, pull_query = jax.vjp(exchange(_with_queries), query)
-    key_block, pull_key = jax.vjp(exchange(_with_halo), key)
-    value_block, pull_value = jax.vjp(exchange(_with_halo), value)
-    out, lse = exchange(_with_queries)(out), exchange(_with_queries)(lse)
+    ``"cpu"``/``"cuda"`` and it runs, else ``xla``), then the halo rows of ``dk``/``dv`` and
+    the neighbour's rows of ``dq`` go back to their owners."""
+    blocks = _exchange(query, key, value, local, dim, axis_name)
+    out, lse = (_with_queries(x, local, dim, axis_name) for x in (out, lse))
     # Cotangents of the rows this device computes (0 elsewhere).
-    dout, dlse = (exchange(_own_rows_transpose)(c) for c in (dout, dlse))
+    dout, dlse = (_own_rows_transpose(c, local, dim, axis_name) for c in (dout, dlse))
     ffi = implementation in ("cpu", "cuda") and _ffi_backward_runs(
-        implementation, query_block, key_block, value_block, params, local
+        implementation, *blocks, params, local
     )
-    dq, dk, dv = _local_backward(
-        dout,
-        query_block,
-        key_block,
-        value_block,
-        out,
-        lse,
-        dlse,
-        device,
-        params,
-        local,
-        "ffi" if ffi else "xla",
-    )
-    return (*pull_query(dq), *pull_key(dk), *pull_value(dv))
+    backward = "ffi" if ffi else "xla"
+    return _blocks_backward(dout, dlse, blocks, out, lse, params, local, dim, axis_name, backward)
 
 
 def _resized(x, dim: int, n: int) -> jax.ShapeDtypeStruct:
