@@ -525,13 +525,8 @@ def _block(x: jax.Array, ex: _Rows) -> jax.Array:
 def _block_parts(ex: _Rows, g: jax.Array) -> tuple:
     """A block gradient `g` as ``(own rows, left halo rows, right halo rows)`` (None for a
     halo the block does not have)."""
-    start = ex.pad + ex.left
-    stop = g.shape[ex.dim] - ex.right
-    return (
-        ex.slice(g, start, stop),
-        ex.slice(g, ex.pad, start) if ex.left else None,
-        ex.slice(g, stop, stop + ex.right) if ex.right else None,
-    )
+    n = g.shape[ex.dim]
+    return _call_parts(ex, g, (0, n), n)
 
 
 def _call_parts(ex: _Rows, g: jax.Array, bounds: tuple[int, int], total: int) -> tuple:
@@ -672,19 +667,18 @@ def _blocks_backward(dout, dlse, blocks, out, lse, params, local, dim, axis_name
     )
 
 
+def _attend_ffi_fwd(query, key, value, params, local, dim, axis_name, backward):
+    blocks = _exchange(query, key, value, local, dim, axis_name)
+    out, lse = _local_ffi(*blocks, jax.lax.axis_index(axis_name), params, local)
+    return (out, lse), (blocks, out, lse)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
 def _attend_ffi(query, key, value, params, local, dim, axis_name, backward):
     """``(out, lse)`` of the shard's query block by the FFI kernels: the exchanges, then the
     device's call (`_local_ffi`). One custom VJP over both, so that the backward returns the
     halo gradients straight from the call's results (`_local_backward`)."""
-    blocks = _exchange(query, key, value, local, dim, axis_name)
-    return _local_ffi(*blocks, jax.lax.axis_index(axis_name), params, local)
-
-
-def _attend_ffi_fwd(query, key, value, params, local, dim, axis_name, backward):
-    blocks = _exchange(query, key, value, local, dim, axis_name)
-    out, lse = _local_ffi(*blocks, jax.lax.axis_index(axis_name), params, local)
-    return (out, lse), (blocks, out, lse)
+    return _attend_ffi_fwd(query, key, value, params, local, dim, axis_name, backward)[0]
 
 
 def _attend_ffi_bwd(params, local, dim, axis_name, backward, residuals, cotangents):
