@@ -202,15 +202,31 @@ def cuda_tiles(query, key, value, params: GnaParams) -> GnaParams:
 # Layer 5: the custom calls
 
 
+def _result(like: jax.Array, shape: tuple[int, ...], dtype) -> jax.ShapeDtypeStruct:
+    """A custom call's result type, varying over the same `shard_map` axes as its input `like`.
+
+    ffi_call types its results as given; without the input's manual axes, a result computed
+    per shard inside a user's `shard_map` would be typed as the same on every device, and
+    differentiating it fails (the backward's types do not match the primal's)."""
+    aval = jax.typeof(like)
+    manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.10
+    if manual is not None and not manual.empty:
+        sharding = NamedSharding(aval.sharding.mesh, P())
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding, manual_axis_type=manual)
+    if getattr(aval, "vma", None):  # jax < 0.10
+        return jax.ShapeDtypeStruct(shape, dtype, vma=aval.vma)
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
 def _ffi_forward(params: GnaParams, q, k, v):
     ext = _extension.ext
     if ext is None:
         raise NotImplementedError(_extension.missing)
     workspace = ext.fwd_workspace_bytes(*_problem_args(q, k, v, params), view=params.view_list())
     results = (
-        jax.ShapeDtypeStruct(q.shape[:-1] + v.shape[-1:], q.dtype),  # out
-        jax.ShapeDtypeStruct(q.shape[:-1], jnp.float32),  # lse
-        jax.ShapeDtypeStruct((workspace,), jnp.uint8),
+        _result(q, q.shape[:-1] + v.shape[-1:], q.dtype),  # out
+        _result(q, q.shape[:-1], jnp.float32),  # lse
+        _result(q, (workspace,), jnp.uint8),
     )
     call = jax.ffi.ffi_call(_extension.FWD_TARGET, results, vmap_method="broadcast_all")
     out, lse, _ = call(q, k, v, **params.forward_attrs())
@@ -223,10 +239,10 @@ def _ffi_backward(params: GnaParams, dout, q, k, v, out, lse, dlse):
         raise NotImplementedError(_extension.missing)
     workspace = ext.bwd_workspace_bytes(*_problem_args(q, k, v, params), view=params.view_list())
     results = (
-        jax.ShapeDtypeStruct(q.shape, q.dtype),
-        jax.ShapeDtypeStruct(k.shape, k.dtype),
-        jax.ShapeDtypeStruct(v.shape, v.dtype),
-        jax.ShapeDtypeStruct((workspace,), jnp.uint8),
+        _result(q, q.shape, q.dtype),
+        _result(q, k.shape, k.dtype),
+        _result(q, v.shape, v.dtype),
+        _result(q, (workspace,), jnp.uint8),
     )
     call = jax.ffi.ffi_call(_extension.BWD_TARGET, results, vmap_method="broadcast_all")
     dq, dk, dv, _ = call(dout.astype(q.dtype), q, k, v, out, lse, dlse, **params.backward_attrs())

@@ -326,7 +326,7 @@ def _backward(query, key, value, out, lse, dout, dlse, params: GnaParams, plans=
         dv = _add_block(dv, dv_t.reshape(box_shape), g, ko)
         return (dk, dv), dq_t.reshape(b, tq, heads, -1)
 
-    init = (jnp.zeros(kg.shape, f32), jnp.zeros(vg.shape, f32))
+    init = (jnp.zeros_like(kg, f32), jnp.zeros_like(vg, f32))  # (inside shard_map: kg's type)
     (dk, dv), dq = jax.lax.scan(one_tile, init, (groups, q_off, k_off, *masks))
     dq = _from_tiles(dq.reshape(*dq.shape[:2], *tiles, *dq.shape[-2:]), plans)
     lead = query.shape[:n_batch]

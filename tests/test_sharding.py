@@ -10,6 +10,7 @@ import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import jax_gna
 from jax_gna import _extension, _ops, reference
 from jax_gna._params import make_params
 
@@ -150,3 +151,34 @@ def test_xla_backward_stand_in_runs_per_shard_in_explicit_mesh(expected):
         result = jax.jit(grads)(q, k, v)
     chex.assert_trees_all_close(result, expected[1], **TOL)
     assert np.all([_spec(g)[0] == "b" for g in result])
+
+
+@pytest.mark.parametrize("implementation", ["cpu", "xla", "reference"])
+@pytest.mark.parametrize("layout", ["batch", "heads"])
+def test_gna_inside_a_users_shard_map(layout, implementation, expected):
+    """`jax_gna.gna` called per shard inside the user's own `shard_map` (type checks on): its
+    results vary over the mesh axis like its inputs, so gradients flow; they match the
+    reference on the whole arrays. (The custom calls used to type their results as the same on
+    every device, and differentiating failed.)"""
+    mesh_shape, axes, spec = LAYOUTS[layout]
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[: mesh_shape[0]]), axes)
+
+    def per_shard(q, k, v):
+        out, lse = jax_gna.gna(q, k, v, **WINDOW, return_lse=True, implementation=implementation)
+        assert set(axes) <= _varying(out) and set(axes) <= _varying(lse)
+        return out, lse
+
+    lse_spec = P(*(tuple(spec) + (None,) * 4)[:4])
+    fn = jax.shard_map(per_shard, mesh=mesh, in_specs=(spec,) * 3, out_specs=(spec, lse_spec))
+    q, k, v = (_put(mesh, x, spec) for x in _inputs())
+    results = jax.jit(fn)(q, k, v)
+    grads = jax.jit(jax.grad(_loss(fn), (0, 1, 2)))(q, k, v)
+    chex.assert_trees_all_close((results, grads), expected, **TOL)
+
+
+def _varying(x) -> set:
+    """The mesh axes `x` is typed to vary over inside shard_map (the field's name varies across
+    JAX versions)."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)
+    return set(manual.varying) if manual is not None else set(getattr(aval, "vma", ()))
