@@ -21,6 +21,12 @@ device as well, for context.
     python benchmarks/context_parallel.py --backward        # forward + backward
     python benchmarks/context_parallel.py --small           # CPU, 2 fake devices, tiny problem
     python benchmarks/context_parallel.py --per-shard       # also each shard's kernel alone
+    python benchmarks/context_parallel.py --strategy heads  # all-to-all of heads, not halos
+
+With ``--strategy heads`` the devices exchange heads instead (`jax_gna.parallel.gna_sharded`'s
+``strategy``): each runs the whole axis for its share of the heads, and the communication
+share is that of the all-to-alls (with ``--backward`` those of the backward too); --per-shard
+times the halo strategy's views only.
 
 The halo exchange is not overlapped with the attention: a device's queries attend one key
 block (its shard plus the halos) in one kernel call. (Attending the own shard while the halo
@@ -58,6 +64,12 @@ def _parse(argv):
         "--per-shard",
         action="store_true",
         help="also time each shard's kernel call alone on one device (no communication)",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=("halo", "heads"),
+        default="halo",
+        help="gna_sharded's strategy: halo exchange, or the all-to-all of heads",
     )
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument(
@@ -175,8 +187,9 @@ def main(argv=None) -> dict:
 
     def sharded_fn(q, k, v):
         return parallel.gna_sharded(
-            q, k, v, **window, mesh=mesh, axis_name="x", implementation=args.implementation
-        )
+            q, k, v, **window, mesh=mesh, axis_name="x", implementation=args.implementation,
+            strategy=args.strategy,
+        )  # fmt: skip
 
     sharded = step(sharded_fn)
     t_sharded = _median_seconds(sharded, *split, iters=args.iters)
@@ -197,12 +210,38 @@ def main(argv=None) -> dict:
         q = parallel._with_queries(q, local, 1, "x")
         return (q, *(parallel._with_halo(x, local, 1, "x") for x in (k, v)))
 
-    halo_only = jax.jit(
-        jax.shard_map(exchange, mesh=mesh, in_specs=(spec,) * 3, out_specs=(spec,) * 3)
-    )
-    t_halo = _median_seconds(halo_only, *split, iters=args.iters)
+    def exchange_heads(q, k, v, d):
+        # The step's all-to-alls alone: q, k, v to heads and the output back; with --backward
+        # also dout (`d`, a q-shaped array of its own) to heads and dq, dk, dv back.
+        def to_heads(x):
+            return jax.lax.all_to_all(x, "x", 4, 1, tiled=True)
 
-    per_shard = _per_shard_times(args, one, params, local, shard_impl) if args.per_shard else None
+        def back(x):
+            return jax.lax.all_to_all(x, "x", 1, 4, tiled=True)
+
+        qh, kh, vh = to_heads(q), to_heads(k), to_heads(v)
+        moved = (back(qh), kh, vh)
+        return moved + (back(to_heads(d)), back(kh), back(vh)) if args.backward else moved
+
+    moved_args = split
+    if args.strategy == "heads":
+        n_out = 6 if args.backward else 3
+        moved = jax.shard_map(
+            exchange_heads, mesh=mesh, in_specs=(spec,) * 4, out_specs=(spec,) * n_out
+        )
+        exchange_only = jax.jit(moved)
+        moved_args = (*split, jax.device_put(q, NamedSharding(mesh, spec)))
+    else:
+        exchange_only = jax.jit(
+            jax.shard_map(exchange, mesh=mesh, in_specs=(spec,) * 3, out_specs=(spec,) * 3)
+        )
+    t_halo = _median_seconds(exchange_only, *moved_args, iters=args.iters)
+
+    per_shard = (
+        _per_shard_times(args, one, params, local, shard_impl)
+        if args.per_shard and args.strategy == "halo"
+        else None
+    )
 
     got = jax.jit(sharded_fn)(*split)
     want = jax.jit(lambda q, k, v: jax_gna.gna(q, k, v, **window, implementation=impl))(*one)
@@ -218,6 +257,8 @@ def main(argv=None) -> dict:
         backward=args.backward,
         implementation=impl,
         shard_implementation=shard_impl,
+        strategy=args.strategy,
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
         halo=dict(shard=h.shard, left=h.left, right=h.right, shifts=list(h.shifts)),
         computed=[list(h.computed(p)) for p in range(h.devices)],
         single_s=t_single,
@@ -231,14 +272,20 @@ def main(argv=None) -> dict:
     )
     what = "forward+backward" if args.backward else "forward"
     print(f"{result['device']}: {shape} {args.dtype} window {args.window} stride {args.stride}")
-    print(f"time axis {args.shape[0]} over {args.devices} devices: shards of {h.shard}, halo "
-          f"{h.left} left / {h.right} right; the devices compute "
-          f"{', '.join(f'[{lo}, {hi})' for lo, hi in result['computed'])}")  # fmt: skip
-    print(f"one device ran {impl!r}; the shards ran {shard_impl!r}")
+    if args.strategy == "halo":
+        print(f"time axis {args.shape[0]} over {args.devices} devices: shards of {h.shard}, halo "
+              f"{h.left} left / {h.right} right; the devices compute "
+              f"{', '.join(f'[{lo}, {hi})' for lo, hi in result['computed'])}")  # fmt: skip
+        print(f"one device ran {impl!r}; the shards ran {shard_impl!r}")
+    else:
+        print(f"time axis {args.shape[0]} over {args.devices} devices: shards of {h.shard}; "
+              f"each device attends the whole axis for {args.heads // args.devices} of "
+              f"{args.heads} heads, implementation {impl!r}")  # fmt: skip
     print(f"{what}: 1 device {t_single * 1e3:.2f} ms, {args.devices} devices "
           f"{t_sharded * 1e3:.2f} ms, speedup {result['speedup']:.2f}x")  # fmt: skip
-    print(f"halo exchange alone {t_halo * 1e3:.3f} ms = {100 * result['halo_share']:.1f}% of "
-          f"the sharded step")  # fmt: skip
+    moved = "halo exchange" if args.strategy == "halo" else "all-to-alls of heads"
+    print(f"strategy {args.strategy!r}: {moved} alone {t_halo * 1e3:.3f} ms = "
+          f"{100 * result['halo_share']:.1f}% of the sharded step")  # fmt: skip
     if t_baseline is not None:
         print(f"1 device, implementation={args.baseline!r}: {t_baseline * 1e3:.2f} ms")
     for p, times in enumerate(per_shard or ()):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jax_gna import _additional_kv, _implementations, parallel, reference
-from jax_gna._params import make_params
+from jax_gna._params import GnaParams, make_params
 
 IntOrTuple = int | tuple[int, ...]
 BoolOrTuple = bool | tuple[bool, ...]
@@ -86,19 +86,23 @@ def _gna(
             implementation=implementation,
         )
         return (out, lse) if return_lse else out
+    out, lse = attend(query, key, value, params, ek, ev, implementation)
+    return (out, lse) if return_lse else out
+
+
+def attend(query, key, value, params: GnaParams, ek, ev, implementation: str | None) -> tuple:
+    """``(out, lse)`` of validated arrays on one device (or per batch/head shard), extra
+    tokens `ek`/`ev` (or None) merged in, by `implementation` (None: the best usable)."""
     impl = _implementations.select(implementation, query, key, value, params)
     if impl != "cuda":
         params = params.without_tiles()  # `select` allows them only for None: ignored here
     if impl == "reference":
-        out, lse = reference.attention(query, key, value, params, ek, ev)
-    else:
-        out, lse = _implementations.run(impl, query, key, value, params)
-        if ek is not None:
-            n_batch = query.ndim - params.rank - 2
-            out, lse = _additional_kv.attend_and_merge(
-                query, out, lse, ek, ev, params.scale, n_batch
-            )
-    return (out, lse) if return_lse else out
+        return reference.attention(query, key, value, params, ek, ev)
+    out, lse = _implementations.run(impl, query, key, value, params)
+    if ek is not None:
+        n_batch = query.ndim - params.rank - 2
+        out, lse = _additional_kv.attend_and_merge(query, out, lse, ek, ev, params.scale, n_batch)
+    return out, lse
 
 
 @overload

@@ -45,7 +45,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
-from jax_gna import _additional_kv, _window, _xla, reference
+from jax_gna import _additional_kv, _head_exchange, _window, _xla, reference
 from jax_gna._mesh import shardings
 from jax_gna._params import GnaParams
 
@@ -53,6 +53,7 @@ IntOrTuple = int | tuple[int, ...]
 BoolOrTuple = bool | tuple[bool, ...]
 AxisName = str | tuple[str, ...]
 IMPLEMENTATIONS = ("cuda", "cpu", "xla", "reference")
+STRATEGIES = ("halo", "heads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -960,26 +961,41 @@ def sharded(
 
     # Shards must be equal: pad the axis at the end (no window reaches past the extent).
     total = devices * local.halo.shard
-    args = [query, key, value]
-    if total != spatial[spatial_axis]:
-        widths = [(0, 0)] * query.ndim
-        widths[dim] = (0, total - spatial[spatial_axis])
-        args = [jnp.pad(x, widths) for x in args]
-    specs = [tensor] * 3
+    return run_sharded(
+        body, mesh, (tensor, rows, extra), dim, total, query, key, value, extra_k, extra_v
+    )
+
+
+def pad_axis(x: jax.Array, dim: int, total: int) -> jax.Array:
+    """`x` padded with zeros at the end of `dim` to `total` positions."""
+    if x.shape[dim] == total:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[dim] = (0, total - x.shape[dim])
+    return jnp.pad(x, widths)
+
+
+def run_sharded(
+    body, mesh, specs: tuple, dim: int, total: int, query, key, value, extra_k, extra_v
+):
+    """``(out, lse)`` of `body` run per shard (`jax.shard_map`) on q/k/v padded along `dim` to
+    `total` positions (equal shards), and extra tokens if any; `specs` are (tensor spec, rows
+    spec, extra-token spec). The padding is sliced off the results."""
+    tensor, rows, extra = specs
+    length = query.shape[dim]
+    args = [pad_axis(x, dim, total) for x in (query, key, value)]
+    in_specs = [tensor] * 3
     if extra_k is not None:
         args += [extra_k, extra_v]
-        specs += [extra] * 2
+        in_specs += [extra] * 2
     if _explicit(mesh):
         # shard_map on an Explicit mesh asserts the specs instead of resharding.
-        args = [jax.sharding.reshard(x, NamedSharding(mesh, s)) for x, s in zip(args, specs)]
+        args = [jax.sharding.reshard(x, NamedSharding(mesh, s)) for x, s in zip(args, in_specs)]
     run = jax.shard_map(
-        body, mesh=mesh, in_specs=tuple(specs), out_specs=(tensor, rows), check_vma=False
+        body, mesh=mesh, in_specs=tuple(in_specs), out_specs=(tensor, rows), check_vma=False
     )
     out, lse = run(*args)
-    if total != spatial[spatial_axis]:
-        out = jax.lax.slice_in_dim(out, 0, spatial[spatial_axis], axis=dim)
-        lse = jax.lax.slice_in_dim(lse, 0, spatial[spatial_axis], axis=dim)
-    return out, lse
+    return tuple(jax.lax.slice_in_dim(x, 0, length, axis=dim) for x in (out, lse))
 
 
 def platform_of(mesh) -> str:
@@ -1028,6 +1044,7 @@ def gna_sharded(
     additional_values: ArrayLike | None = None,
     return_lse: bool = False,
     implementation: str | None = None,
+    strategy: str = "halo",
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """`jax_gna.gna` with one spatial axis split over a mesh axis (context parallelism).
 
@@ -1065,9 +1082,9 @@ def gna_sharded(
       ``return_lse=True`` also ``lse`` ``[B..., X..., H]``.
 
     Raises:
-      ValueError: for invalid arguments (as `jax_gna.gna`), an `axis_name` not in the mesh, or
-        shards smaller than the halo they must provide (the message names the minimum shard
-        size).
+      ValueError: for invalid arguments (as `jax_gna.gna`), an `axis_name` not in the mesh, an
+        unknown `strategy`, shards smaller than the halo they must provide (the message names
+        the minimum shard size), or, with ``strategy="heads"``, heads that do not divide.
       NotImplementedError: for an implementation that cannot run the shards (the message says
         why).
     """
@@ -1090,7 +1107,10 @@ def gna_sharded(
             f"Unknown `implementation` {implementation!r}; expected None or one of "
             f"{IMPLEMENTATIONS}."
         )
-    out, lse = sharded(
+    if strategy not in STRATEGIES:
+        raise ValueError(f"Unknown `strategy` {strategy!r}; expected one of {STRATEGIES}.")
+    run = sharded if strategy == "halo" else _head_exchange.sharded_by_heads
+    out, lse = run(
         query,
         key,
         value,

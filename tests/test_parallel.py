@@ -258,6 +258,60 @@ def test_invalid_axis_and_implementation_are_refused():
         parallel.gna_sharded(q, k, v, 3, mesh=_mesh(4), axis_name="x", implementation="cuda")
 
 
+# strategy="heads": (q shape, kv heads, window, devices, sharded spatial axis, extra tokens);
+# the heads on a device divide by the devices.
+HEAD_CASES = {
+    "3d-hunyuan-like": CASES["3d-hunyuan-like"],
+    "1d-8-devices-uneven": ((1, 61, 8, 8), 8, dict(kernel_size=7, stride=2), 8, 0, 0),
+    "2d-gqa-causal-dilated-uneven-extra-tokens": (
+        (2, 11, 7, 8, 8),
+        4,
+        dict(kernel_size=(3, 4), stride=(2, 1), dilation=(2, 1), is_causal=(True, False)),
+        2,
+        0,
+        3,
+    ),
+    "2d-axis1": ((1, 6, 12, 4, 8), 2, dict(kernel_size=(3, 5), stride=(1, 2)), 2, 1, 0),
+}
+
+
+@pytest.mark.parametrize("implementation", SHARD_IMPLEMENTATIONS)
+@pytest.mark.parametrize("name", HEAD_CASES)
+def test_heads_strategy_matches_one_device_and_exchanges_heads(name, implementation):
+    """strategy="heads": all-to-all of heads, the whole axis per device; results and gradients
+    against the reference, all-to-alls in the compiled programs and no all-gather."""
+    q_shape, kv_heads, window, devices, axis, extra = HEAD_CASES[name]
+    mesh = _mesh(devices)
+
+    def sharded(q, k, v, ek, ev):
+        return parallel.gna_sharded(
+            q, k, v, **window, mesh=mesh, axis_name="x", spatial_axis=axis,
+            additional_keys=ek, additional_values=ev, return_lse=True,
+            implementation=implementation, strategy="heads",
+        )  # fmt: skip
+
+    def single(q, k, v, ek, ev):
+        return reference.gna(
+            q, k, v, **window, additional_keys=ek, additional_values=ev, return_lse=True
+        )
+
+    args = _arrays(q_shape, kv_heads, extra, seed=3)
+    _compare(sharded, single, args)
+    argnums = tuple(i for i, x in enumerate(args) if x is not None)
+    even = q_shape[1 + axis] % devices == 0  # (uneven: the padded results are sliced)
+    for fn in (sharded, jax.grad(_loss(sharded), argnums)):
+        hlo = jax.jit(fn).lower(*args).compile().as_text()
+        assert "all-to-all" in hlo and ("all-gather" not in hlo or not even)
+
+
+def test_heads_strategy_refuses_heads_that_do_not_divide():
+    q, k, v, _, _ = _arrays((1, 16, 4, 8), 2, 0)
+    with pytest.raises(ValueError, match=r"kv heads \(2\) on a device must both divide by 4"):
+        parallel.gna_sharded(q, k, v, 3, mesh=_mesh(4), axis_name="x", strategy="heads")
+    with pytest.raises(ValueError, match="Unknown `strategy`"):
+        parallel.gna_sharded(q, k, v, 3, mesh=_mesh(4), axis_name="x", strategy="ring")
+
+
 def _view_calls(hlo: str, target: str = "jax_gna_fwd") -> list[str]:
     """The `target` custom calls of a compiled program that carry a view (a shard's FFI call)."""
     calls = [line for line in hlo.splitlines() if f'custom_call_target="{target}"' in line]

@@ -301,7 +301,10 @@ def test_random_view_matches_the_oracle(case):
         _check_grad(case, name, got, want)
 
 
-def test_sharded_over_two_devices_runs_the_kernels_on_views():
+@pytest.mark.parametrize("strategy", ["halo", "heads"])
+def test_sharded_over_two_devices_runs_the_kernels_on_views(strategy):
+    """Halo exchange: each device runs the kernels on its view. strategy="heads": on the whole
+    axis for its head (all-to-all)."""
     devices = jax.devices("cpu")[:2] if ON_CPU else jax.devices("gpu")
     if len(devices) < 2:
         pytest.skip(f"needs 2 devices, found {len(devices)}")
@@ -318,7 +321,7 @@ def test_sharded_over_two_devices_runs_the_kernels_on_views():
     def sharded(q, k, v):
         return parallel.gna_sharded(
             q, k, v, **window, mesh=mesh, axis_name="t", return_lse=True,
-            implementation=IMPLEMENTATION,
+            implementation=IMPLEMENTATION, strategy=strategy,
         )  # fmt: skip
 
     def loss(fn):
@@ -333,7 +336,10 @@ def test_sharded_over_two_devices_runs_the_kernels_on_views():
     for hlo, target in ((hlo_fwd, "jax_gna_fwd"), (hlo_bwd, "jax_gna_bwd")):
         calls = [x for x in hlo.splitlines() if f'custom_call_target="{target}"' in x]
         with_view = [c for c in calls if re.search(VIEW_ATTR, c)]
-        assert len(with_view) == 2, f"{target}: {len(with_view)} calls with a view (one per device)"
+        if strategy == "halo":
+            assert len(with_view) == 2, f"{target}: {len(with_view)} calls with a view (1/device)"
+        else:
+            assert calls and not with_view and "all-to-all" in hlo, target
         assert "all-gather" not in hlo
 
     def single(q, k, v):
