@@ -15,8 +15,6 @@ Gradients come from JAX: the transpose of an all-to-all is the reverse all-to-al
 
 from __future__ import annotations
 
-import functools
-
 import jax
 from jax.sharding import PartitionSpec as P
 
@@ -46,22 +44,8 @@ def check_heads(mesh, axis_name, tensor_spec: P, heads: int, kv_heads: int) -> N
         )
 
 
-@functools.partial(
-    jax.jit, static_argnames=("params", "mesh", "axis_name", "spatial_axis", "implementation")
-)
-def sharded_by_heads(
-    query,
-    key,
-    value,
-    params: GnaParams,
-    extra_k,
-    extra_v,
-    *,
-    mesh,
-    axis_name,
-    spatial_axis: int,
-    implementation: str | None = None,
-):
+def sharded_by_heads(query, key, value, params: GnaParams, extra_k, extra_v, mesh, axis_name,
+                     spatial_axis: int, implementation: str | None):  # fmt: skip
     """``(out, lse)`` of validated inputs with `spatial_axis` split over `axis_name`, by the
     all-to-all of heads; `implementation` runs the whole axis on every device."""
     from jax_gna import parallel

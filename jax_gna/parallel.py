@@ -917,7 +917,8 @@ def _specs(mesh, query, kv_heads: int, rank: int, spatial_axis: int, axis_name: 
 
 # Jitted so that eager calls run one program instead of op-by-op dispatch of the tiles.
 @functools.partial(
-    jax.jit, static_argnames=("params", "mesh", "axis_name", "spatial_axis", "implementation")
+    jax.jit,
+    static_argnames=("params", "mesh", "axis_name", "spatial_axis", "implementation", "strategy"),
 )
 def sharded(
     query,
@@ -931,9 +932,15 @@ def sharded(
     axis_name: AxisName,
     spatial_axis: int,
     implementation: str | None = None,
+    strategy: str = "halo",
 ):
     """``(out, lse)`` of validated inputs with `spatial_axis` split over `axis_name`;
-    `implementation` as in `gna_sharded`."""
+    `implementation` and `strategy` as in `gna_sharded`."""
+    if strategy == "heads":
+        return _head_exchange.sharded_by_heads(
+            query, key, value, params, extra_k, extra_v, mesh, axis_name, spatial_axis,
+            implementation,
+        )  # fmt: skip
     rank = params.rank
     n_batch = query.ndim - rank - 2
     dim = n_batch + spatial_axis
@@ -1109,8 +1116,7 @@ def gna_sharded(
         )
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown `strategy` {strategy!r}; expected one of {STRATEGIES}.")
-    run = sharded if strategy == "halo" else _head_exchange.sharded_by_heads
-    out, lse = run(
+    out, lse = sharded(
         query,
         key,
         value,
@@ -1121,6 +1127,7 @@ def gna_sharded(
         axis_name=axis_name,
         spatial_axis=spatial_axis,
         implementation=implementation,
+        strategy=strategy,
     )
     return (out, lse) if return_lse else out
 

@@ -98,6 +98,25 @@ def _mesh(devices, mode=AxisType.Auto):
     return jax.make_mesh((devices,), ("x",), axis_types=(mode,))
 
 
+def _sharded_and_single(mesh, window, axis, implementation, **kw):
+    """`gna_sharded` over mesh axis "x" and the one-device reference, both of
+    (q, k, v, extra keys, extra values) returning (out, lse)."""
+
+    def sharded(q, k, v, ek, ev):
+        return parallel.gna_sharded(
+            q, k, v, **window, mesh=mesh, axis_name="x", spatial_axis=axis,
+            additional_keys=ek, additional_values=ev, return_lse=True,
+            implementation=implementation, **kw,
+        )  # fmt: skip
+
+    def single(q, k, v, ek, ev):
+        return reference.gna(
+            q, k, v, **window, additional_keys=ek, additional_values=ev, return_lse=True
+        )
+
+    return sharded, single
+
+
 # Views on the FFI kernels need the extension; "xla" runs everywhere.
 SHARD_IMPLEMENTATIONS = ["cpu", "xla"] if _extension.ext is not None else ["xla"]
 
@@ -107,19 +126,7 @@ SHARD_IMPLEMENTATIONS = ["cpu", "xla"] if _extension.ext is not None else ["xla"
 def test_sharded_results_and_gradients_match_one_device(name, implementation):
     q_shape, kv_heads, window, devices, axis, extra = CASES[name]
     mesh = _mesh(devices)
-
-    def sharded(q, k, v, ek, ev):
-        return parallel.gna_sharded(
-            q, k, v, **window, mesh=mesh, axis_name="x", spatial_axis=axis,
-            additional_keys=ek, additional_values=ev, return_lse=True,
-            implementation=implementation,
-        )  # fmt: skip
-
-    def single(q, k, v, ek, ev):
-        return reference.gna(
-            q, k, v, **window, additional_keys=ek, additional_values=ev, return_lse=True
-        )
-
+    sharded, single = _sharded_and_single(mesh, window, axis, implementation)
     (out, lse), grads = _compare(sharded, single, _arrays(q_shape, kv_heads, extra))
     if q_shape[1 + axis] % devices == 0:  # uneven extents are padded, then sliced back
         assert out.sharding.spec[1 + axis] == "x"
@@ -282,19 +289,7 @@ def test_heads_strategy_matches_one_device_and_exchanges_heads(name, implementat
     against the reference, all-to-alls in the compiled programs and no all-gather."""
     q_shape, kv_heads, window, devices, axis, extra = HEAD_CASES[name]
     mesh = _mesh(devices)
-
-    def sharded(q, k, v, ek, ev):
-        return parallel.gna_sharded(
-            q, k, v, **window, mesh=mesh, axis_name="x", spatial_axis=axis,
-            additional_keys=ek, additional_values=ev, return_lse=True,
-            implementation=implementation, strategy="heads",
-        )  # fmt: skip
-
-    def single(q, k, v, ek, ev):
-        return reference.gna(
-            q, k, v, **window, additional_keys=ek, additional_values=ev, return_lse=True
-        )
-
+    sharded, single = _sharded_and_single(mesh, window, axis, implementation, strategy="heads")
     args = _arrays(q_shape, kv_heads, extra, seed=3)
     _compare(sharded, single, args)
     argnums = tuple(i for i, x in enumerate(args) if x is not None)
