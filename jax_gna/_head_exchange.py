@@ -8,7 +8,7 @@ the devices' work is equal whatever the stride groups (the halo exchange gives a
 stride groups, and 30 frames in groups of 16 split 16 + 14), and the kernels run whole axes,
 not views. It moves far more than a halo: (n - 1) / n of q, k, v and out, and in the backward
 of dout, dq, dk and dv, which pays where the halo split is uneven and the backward dominates
-(README, "Context parallelism"). The heads (query and kv) on a device must divide by ``n``.
+(README, "Multi-device"). The heads (query and kv) on a device must divide by ``n``.
 
 Gradients come from JAX: the transpose of an all-to-all is the reverse all-to-all.
 """
@@ -21,21 +21,16 @@ from jax.sharding import PartitionSpec as P
 from jax_gna._params import GnaParams
 
 
-def _heads_per_device(mesh, spec_entry, heads: int) -> int:
-    """Heads on one device before the exchange (a head axis already sharded keeps that)."""
-    from jax_gna.parallel import _axis_size
-
-    return heads // (1 if spec_entry is None else _axis_size(mesh, spec_entry))
-
-
 def check_heads(mesh, axis_name, tensor_spec: P, heads: int, kv_heads: int) -> None:
-    """ValueError unless every device's query and kv heads divide by the devices of
-    `axis_name` (each device gets whole kv heads and their query heads)."""
+    """ValueError unless every device's query and kv heads (a head axis already sharded by
+    `tensor_spec` keeps that) divide by the devices of `axis_name`: each device gets whole kv
+    heads and their query heads."""
     from jax_gna.parallel import _axis_size
 
     devices = _axis_size(mesh, axis_name)
-    entry = tuple(tensor_spec)[-2] if len(tuple(tensor_spec)) >= 2 else None
-    local = _heads_per_device(mesh, entry, heads), _heads_per_device(mesh, entry, kv_heads)
+    entry = tuple(tensor_spec)[-2]
+    split = 1 if entry is None else _axis_size(mesh, entry)
+    local = heads // split, kv_heads // split
     if local[0] % devices or local[1] % devices:
         raise ValueError(
             f"strategy='heads' splits the heads over the {devices} devices of mesh axis "

@@ -209,13 +209,12 @@ def _result(like: jax.Array, shape: tuple[int, ...], dtype) -> jax.ShapeDtypeStr
     per shard inside a user's `shard_map` would be typed as the same on every device, and
     differentiating it fails (the backward's types do not match the primal's)."""
     aval = jax.typeof(like)
-    manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.10
-    if manual is not None and not manual.empty:
-        sharding = NamedSharding(aval.sharding.mesh, P())
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding, manual_axis_type=manual)
-    if getattr(aval, "vma", None):  # jax < 0.10
-        return jax.ShapeDtypeStruct(shape, dtype, vma=aval.vma)
-    return jax.ShapeDtypeStruct(shape, dtype)
+    if aval.manual_axis_type.empty:
+        return jax.ShapeDtypeStruct(shape, dtype)
+    sharding = NamedSharding(aval.sharding.mesh, P())  # (the manual axes need their mesh)
+    return jax.ShapeDtypeStruct(
+        shape, dtype, sharding=sharding, manual_axis_type=aval.manual_axis_type
+    )
 
 
 def _ffi_forward(params: GnaParams, q, k, v):

@@ -177,8 +177,5 @@ def test_gna_inside_a_users_shard_map(layout, implementation, expected):
 
 
 def _varying(x) -> set:
-    """The mesh axes `x` is typed to vary over inside shard_map (the field's name varies across
-    JAX versions)."""
-    aval = jax.typeof(x)
-    manual = getattr(aval, "manual_axis_type", None)
-    return set(manual.varying) if manual is not None else set(getattr(aval, "vma", ()))
+    """The mesh axes `x` is typed to vary over inside shard_map."""
+    return set(jax.typeof(x).manual_axis_type.varying)
