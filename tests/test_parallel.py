@@ -538,3 +538,25 @@ def test_xla_backward_stand_in_exchanges_halo_gradients_on_auto_mesh(name):
     chex.assert_trees_all_close(backward(q, k, v), want, **TOL)
     hlo = backward.lower(q, k, v).compile().as_text()
     assert "all-gather" not in hlo and "collective-permute" in hlo
+
+
+@pytest.mark.parametrize("spec", [P("b", "x"), P(None, "x", None, "b")], ids=["batch", "heads"])
+def test_heads_strategy_keeps_batch_or_head_sharding_on_explicit_meshes(spec):
+    """strategy="heads" on a 2 x 2 Explicit mesh: time over "x", and batch or heads already
+    over "b" (the all-to-all then splits each device's share of the heads further)."""
+    mesh = jax.make_mesh((2, 2), ("b", "x"), axis_types=(AxisType.Explicit,) * 2)
+    q, k, v, _, _ = _arrays((2, 8, 6, 8, 8), 8, 0)
+    window = dict(kernel_size=(5, 3), stride=(2, 1), return_lse=True)
+
+    def sharded(q, k, v):
+        return parallel.gna_sharded(q, k, v, **window, axis_name="x", strategy="heads")
+
+    def single(q, k, v):
+        return reference.gna(q, k, v, **window)
+
+    want = jax.jit(single)(q, k, v), jax.jit(jax.grad(_loss(single), (0, 1, 2)))(q, k, v)
+    with jax.set_mesh(mesh):
+        q, k, v = (jax.device_put(x, NamedSharding(mesh, spec)) for x in (q, k, v))
+        got = jax.jit(sharded)(q, k, v), jax.jit(jax.grad(_loss(sharded), (0, 1, 2)))(q, k, v)
+    chex.assert_trees_all_close(got, want, **TOL)
+    assert tuple(got[0][0].sharding.spec)[: len(spec)] == tuple(spec)
