@@ -692,14 +692,6 @@ def _attend_ffi_bwd(params, local, dim, axis_name, backward, residuals, cotangen
 _attend_ffi.defvjp(_attend_ffi_fwd, _attend_ffi_bwd)
 
 
-def _block_shapes(query, key, value, local: _Local, dim: int) -> tuple:
-    return (
-        _resized(query, dim, local.rows),
-        _resized(key, dim, local.key_block),
-        _resized(value, dim, local.key_block),
-    )
-
-
 def attend_shard(
     query: jax.Array,
     key: jax.Array,
@@ -721,8 +713,7 @@ def attend_shard(
     exchanges return halo gradients to their owners).
     """
     if implementation in ("cpu", "cuda"):
-        shapes = _block_shapes(query, key, value, local, dim)
-        ffi = _ffi_backward_runs(implementation, *shapes, params, local)
+        ffi = _ffi_backward_runs(implementation, query, key, value, params, local)
         backward = "ffi" if ffi else "xla"
         out, lse = _attend_ffi(query, key, value, params, local, dim, axis_name, backward)
     else:
@@ -1018,12 +1009,7 @@ def platform_of(mesh) -> str:
 
 def _shard_shapes(local: _Local, dim: int, *arrays) -> tuple:
     """`arrays` (global shapes) as one shard holds them along the sharded `dim`."""
-    out = []
-    for x in arrays:
-        shape = list(x.shape)
-        shape[dim] = local.halo.shard
-        out.append(jax.ShapeDtypeStruct(tuple(shape), x.dtype))
-    return tuple(out)
+    return tuple(_resized(x, dim, local.halo.shard) for x in arrays)
 
 
 def _explicit(mesh) -> bool:
