@@ -26,7 +26,9 @@ device as well, for context.
 With ``--strategy heads`` the devices exchange heads instead (`jax_gna.parallel.gna_sharded`'s
 ``strategy``): each runs the whole axis for its share of the heads, and the communication
 share is that of the all-to-alls (with ``--backward`` those of the backward too); --per-shard
-times the halo strategy's views only.
+times the halo strategy's views only. On GPUs of one host, XLA moves the all-to-alls with the
+copy engines under ``XLA_FLAGS=--xla_gpu_use_memcpy_local_p2p=true`` (recorded in the JSON as
+``xla_flags``; README, "Multi-device").
 
 The halo exchange is not overlapped with the attention: a device's queries attend one key
 block (its shard plus the halos) in one kernel call. (Attending the own shard while the halo

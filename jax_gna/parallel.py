@@ -1069,6 +1069,11 @@ def gna_sharded(
         kernels; ``NotImplementedError`` where they cannot run the shards, e.g. the CUDA
         kernels for float32), ``"xla"`` (memory-efficient tiles over the shard's window
         table), or ``"reference"`` (dense masked softmax per shard, for small problems).
+      strategy: ``"halo"`` (the halo exchange above) or ``"heads"`` (an all-to-all of heads,
+        DeepSpeed-Ulysses': every device attends the whole axis for its share of the heads,
+        whose query and kv heads must divide by the devices of `axis_name`). The heads
+        strategy moves far more data; on GPUs of one host, XLA moves it with the copy engines
+        under ``XLA_FLAGS=--xla_gpu_use_memcpy_local_p2p=true`` (README, "Multi-device").
 
     Returns:
       ``out`` ``[B..., X..., H, Dv]`` sharded like ``query`` along `spatial_axis`, and with
