@@ -53,8 +53,7 @@ def sharded_by_heads(query, key, value, params: GnaParams, extra_k, extra_v, mes
     devices = parallel._axis_size(mesh, axis_name)
     tensor, rows, extra = parallel._specs(mesh, query, key.shape[-2], rank, spatial_axis, axis_name)
     check_heads(mesh, axis_name, tensor, query.shape[-2], key.shape[-2])
-    shard = -(-length // devices)
-    total = devices * shard
+    total = devices * parallel.shard_length(length, devices)
 
     def to_heads(x):  # [.., shard, .., heads, d] -> [.., total, .., heads / n, d]
         x = jax.lax.all_to_all(x, axis_name, x.ndim - 2, dim, tiled=True)

@@ -117,6 +117,12 @@ def _boundary_shifts(length: int, devices: int, shard: int, stride: int) -> tupl
     return tuple(shifts)
 
 
+def shard_length(length: int, devices: int) -> int:
+    """Positions per shard when `devices` split an axis of `length` (shards are equal; the last
+    ones are padded at the end)."""
+    return -(-length // devices)
+
+
 def halo(
     length: int,
     devices: int,
@@ -132,7 +138,7 @@ def halo(
     union of its queries' windows (`jax_gna._window`); the halo on each side is how far that
     union reaches past its shard, maximised over devices (every shard exchanges the same
     amount)."""
-    shard = -(-length // devices)
+    shard = shard_length(length, devices)
     start, end = _window.neighborhood(length, kernel_size, stride, dilation, is_causal)
     group = np.arange(length) % dilation
     first_key = start * dilation + group  # positions, not group coordinates
