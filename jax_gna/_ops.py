@@ -174,9 +174,9 @@ def why_not(implementation: str, query, key, value, params: GnaParams) -> str | 
 
 def cuda_tiles(query, key, value, params: GnaParams) -> GnaParams:
     """`params` with the tile shapes the CUDA forward runs: the requested ones, else among the
-    compiled configurations that can run this call (`jax_gna._tiles.SM90_FORWARD`; a TMA box
-    spans tile x dilation positions, at most 256), the one with the best simulated bound, ties
-    broken by fewer partial tiles (`jax_gna.sim.tile_candidates`)."""
+    compiled configurations that can run this call (`jax_gna._tiles.SM90_FORWARD`; every
+    dilation loads on every configuration), the one with the best simulated bound, ties broken
+    by fewer partial tiles (`jax_gna.sim.tile_candidates`)."""
     if params.has_tiles:
         return params
     n_batch = query.ndim - params.rank - 2

@@ -665,7 +665,7 @@ def choose_tiles(
     The chosen tiles are ``result.tiles`` (a `TileConfig`); the rest of the `Simulation` says
     what they buy. See `tile_candidates` for the whole ranking. ``jax_gna.gna`` runs this pick
     on the CUDA kernels unless told otherwise (``q_tile_shape``/``kv_tile_shape``), or the
-    next one in the ranking when a large dilation makes a TMA box too long for it.
+    next one in the ranking that the kernels can run.
     """
     return tile_candidates(problem, head_dim, dtype, arch=arch)[0]
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import jax_gna
-from jax_gna import _extension, _implementations, _ops, _tiles
+from jax_gna import _extension, _implementations, _ops, _tiles, sim
 from jax_gna._params import make_params
 from tests import oracle
 
@@ -116,26 +116,25 @@ def test_launcher_runs_every_compiled_configuration_and_refuses_others():
 
 @needs_cuda_build
 @pytest.mark.parametrize(
-    ("shape", "window", "dilation", "fits"),
+    ("shape", "window", "dilation"),
     [
-        ((40, 8), (2, 2), (20, 1), _tiles.TileConfig((8, 16), (8, 16))),  # 16 x 20 > 256
-        ((4, 80, 8), (2, 2, 2), (1, 40, 1), _tiles.TileConfig((4, 4, 8), (4, 4, 8))),  # 8 x 40
-        ((4, 140, 8), (2, 2, 2), (1, 70, 1), None),  # 4 x 70 > 256 too
+        ((40, 8), (2, 2), (20, 1)),  # 16 x 20 positions: past one TMA box
+        ((4, 80, 8), (2, 2, 2), (1, 40, 1)),
+        ((4, 140, 8), (2, 2, 2), (1, 70, 1)),
+        ((2048,), (16,), (128,)),  # 1-D: 128-token tiles, any dilation
+        ((300,), (37,), (3,)),
+        ((300, 301), (13, 13), (16, 9)),
+        ((19, 50, 80), (2, 5, 3), (9, 9, 26)),  # every axis past the element-stride limit
     ],
 )
-def test_pick_skips_configurations_whose_tma_boxes_do_not_fit(shape, window, dilation, fits):
+def test_every_dilation_runs_on_every_configuration(shape, window, dilation):
+    for cfg in _tiles.SM90_FORWARD[len(shape)][D]:
+        assert _can(shape, window, dilation, cfg.q, cfg.kv) is None, cfg
     q, k, v = _qkv(shape)
     params = make_params(q, k, v, window, dilation=dilation)
     picked = _ops.cuda_tiles(q, k, v, params)
-    if fits is None:
-        assert not picked.has_tiles
-        assert "tile * dilation <= 256" in _can(shape, window, dilation)
-    else:
-        assert (picked.q_tile_shape, picked.kv_tile_shape) == (fits.q, fits.kv)
-        assert _can(shape, window, dilation) is None  # unset: the first that fits
-        default = _tiles.SM90_FORWARD[len(shape)][D][0]
-        why = _can(shape, window, dilation, default.q, default.kv)
-        assert "tile * dilation <= 256" in why
+    best = sim.choose_tiles(sim.Problem(shape, window, (1,) * len(shape), dilation), D, "bfloat16")
+    assert (picked.q_tile_shape, picked.kv_tile_shape) == (best.tiles.q, best.tiles.kv)
 
 
 # -- the pick: best bound, then fewest partial tiles, then the table's order --------------------

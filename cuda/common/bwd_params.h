@@ -48,6 +48,8 @@ struct BwdParams {
   float scale;       // softmax scale
   float scale_log2;  // scale * log2(e)
   int deterministic;
+  TileLoads q_loads;   // how a Q (and dO) tile is loaded (tile_loads.h)
+  TileLoads kv_loads;  // how a KV tile is loaded
   // Inputs of the pre-pass.
   const void* out;
   const void* dout;
@@ -229,6 +231,7 @@ inline BwdParams bwd_geometry(const Problem& p, const KernelAxes& ax, const FwdT
   bp.scale = p.scale;
   bp.scale_log2 = p.scale * 1.4426950408889634f;
   bp.num_slots = int64_t(p.batch) * p.heads * bp.num_groups * bp.num_q_tiles * tiles.q_size();
+  plan_loads(p, ax, tiles, &bp.q_loads, &bp.kv_loads);  // the dispatchers check it first
   return bp;
 }
 

@@ -19,6 +19,7 @@
 
 #include "fwd_params.h"
 #include "gna/problem.h"
+#include "tensor_maps.h"
 
 namespace gna::fwd_host {
 
@@ -43,61 +44,84 @@ inline EncodeTiledFn encode_tiled() {
 
 inline int elem_bytes(DType t) { return t == DType::kF32 ? 4 : 2; }
 
-// A 5-D tensor map over q/k/v/out [batch, E0, E1, E2, heads, D] as
-// {D, heads, E2, E1, batch * E0} (innermost first; the batch folds into the
-// first kernel axis). One box = one tile of one head, `chunk` elements of D
-// (64, or the whole head dim below 64: 128-byte or 64-byte swizzle rows),
-// each spatial axis traversed with element stride = dilation. `extent`: the
-// array's extents E0..E2 (ax.extent, or a view's ax.q_extent / ax.kv_extent).
-inline cudaError_t make_token_tensor_map(CUtensorMap* map, const void* ptr, DType dtype,
-                                         int head_dim, int heads, const KernelAxes& ax,
-                                         int64_t batch, const int tile[3], const int extent[3]) {
-  EncodeTiledFn encode = encode_tiled();
-  if (encode == nullptr) return cudaErrorNotSupported;
-  const uint64_t es = elem_bytes(dtype);
-  const int chunk = head_dim >= 64 ? 64 : head_dim;
-  const cuuint64_t dims[5] = {cuuint64_t(head_dim), cuuint64_t(heads), cuuint64_t(extent[2]),
-                              cuuint64_t(extent[1]), cuuint64_t(batch * extent[0])};
-  const cuuint64_t strides[4] = {es * head_dim, es * head_dim * heads,
-                                 es * head_dim * heads * extent[2],
-                                 es * head_dim * heads * extent[2] * extent[1]};
-  const cuuint32_t box[5] = {cuuint32_t(chunk), 1, cuuint32_t(tile[2] * ax.dilation[2]),
-                             cuuint32_t(tile[1] * ax.dilation[1]),
-                             cuuint32_t(tile[0] * ax.dilation[0])};
-  const cuuint32_t elem_strides[5] = {1, 1, cuuint32_t(ax.dilation[2]), cuuint32_t(ax.dilation[1]),
-                                      cuuint32_t(ax.dilation[0])};
-  const CUresult r = encode(
-      map,
-      dtype == DType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 5,
-      const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      chunk * es == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
-      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
-}
-
-// The Q, K and V tensor maps of one launch with `tiles`.
-inline cudaError_t make_qkv_tensor_maps(const Problem& p, const KernelAxes& ax,
-                                        const FwdTileConfig& tiles, const void* q, const void* k,
-                                        const void* v, CUtensorMap* mq, CUtensorMap* mk,
-                                        CUtensorMap* mv) {
-  cudaError_t err;
-  if ((err = make_token_tensor_map(mq, q, p.dtype, p.head_dim, p.heads, ax, p.batch, tiles.q,
-                                   ax.q_extent)))
-    return err;
-  if ((err = make_token_tensor_map(mk, k, p.dtype, p.head_dim, p.kv_heads, ax, p.batch, tiles.kv,
-                                   ax.kv_extent)))
-    return err;
-  return make_token_tensor_map(mv, v, p.dtype, p.head_dim, p.kv_heads, ax, p.batch, tiles.kv,
-                               ax.kv_extent);
-}
-
-// A TMA box spans tile * dilation positions per axis and may not exceed 256.
-inline bool boxes_fit(const FwdTileConfig& tiles, const KernelAxes& ax) {
-  for (int a = 0; a < 3; ++a) {
-    const int tile = tiles.q[a] > tiles.kv[a] ? tiles.q[a] : tiles.kv[a];
-    if (tile * ax.dilation[a] > 256) return false;
+// "dims {..} strides {..} box {..} element strides {..}" of a map, innermost first, for errors.
+inline std::string map_dims_text(const MapDim* d) {
+  std::string dims, strides, box, steps;
+  for (int i = 0; i < kTmaMaxDims; ++i) {
+    const char* sep = i ? "," : "";
+    dims += sep + std::to_string(d[i].extent);
+    if (i) strides += (i > 1 ? "," : "") + std::to_string(d[i].stride);
+    box += sep + std::to_string(d[i].box);
+    steps += sep + std::to_string(d[i].elem_step);
   }
-  return true;
+  return "dims {" + dims + "} byte strides {" + strides + "} box {" + box + "} element strides {" +
+         steps + "}";
+}
+
+// Whether `ptr` (tensor `name`) is `bytes`-aligned; *error says why not.
+inline bool aligned(const void* ptr, size_t bytes, const char* name, std::string* error) {
+  if (reinterpret_cast<uintptr_t>(ptr) % bytes == 0) return true;
+  *error = std::string(name) + " must be " + std::to_string(bytes) + "-byte aligned for the " +
+           "CUDA kernels";
+  return false;
+}
+
+// The two tensor maps (tensor_maps.h) of tensor `name` [batch, E0, E1, E2, heads, head_dim] at
+// `ptr`, `extent` its positions per kernel axis, loaded by `loads` (tile_loads.h) in chunks of
+// 64 head-dim elements (128-byte swizzle), or the whole head dim below 64 (64-byte swizzle).
+// On failure *error names the tensor and what the TMA unit was asked for.
+inline cudaError_t encode_tensor_maps(TensorMapPair* pair, const char* name, const void* ptr,
+                                      DType dtype, int heads, int head_dim, const TileLoads& loads,
+                                      const int dilation[3], const int extent[3], int64_t batch,
+                                      std::string* error) {
+  EncodeTiledFn encode = encode_tiled();
+  if (encode == nullptr) {
+    *error = "the CUDA driver has no cuTensorMapEncodeTiled (a CUDA 12+ driver is needed)";
+    return cudaErrorNotSupported;
+  }
+  if (!aligned(ptr, 16, name, error)) return cudaErrorInvalidValue;
+  const int es = elem_bytes(dtype);
+  const int chunk = head_dim >= 64 ? 64 : head_dim;
+  for (int m = 0; m < 2; ++m) {
+    MapDim d[kTmaMaxDims];
+    tile_map_dims(loads, m, dilation, extent, batch, heads, head_dim, chunk, es, d);
+    cuuint64_t dims[kTmaMaxDims], strides[kTmaMaxDims - 1];
+    cuuint32_t box[kTmaMaxDims], steps[kTmaMaxDims];
+    for (int i = 0; i < kTmaMaxDims; ++i) {
+      dims[i] = d[i].extent;
+      if (i) strides[i - 1] = d[i].stride;
+      box[i] = d[i].box;
+      steps[i] = d[i].elem_step;
+    }
+    const CUresult r = encode(
+        &pair->map[m],
+        dtype == DType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+        kTmaMaxDims, const_cast<void*>(ptr), dims, strides, box, steps,
+        CU_TENSOR_MAP_INTERLEAVE_NONE,
+        chunk * es == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) {
+      *error = std::string("cuTensorMapEncodeTiled refused map ") + std::to_string(m) + " of " +
+               name + " (CUresult " + std::to_string(int(r)) + "): " + map_dims_text(d);
+      return cudaErrorInvalidValue;
+    }
+  }
+  return cudaSuccess;
+}
+
+// The Q, K and V maps of one forward launch with parameters `fp` (its loads).
+inline cudaError_t make_fwd_maps(const Problem& p, const KernelAxes& ax, const FwdParams& fp,
+                                 const void* q, const void* k, const void* v, FwdMaps* maps,
+                                 std::string* error) {
+  cudaError_t err;
+  if ((err = encode_tensor_maps(&maps->q, "q", q, p.dtype, p.heads, p.head_dim, fp.q_loads,
+                                ax.dilation, ax.q_extent, p.batch, error)))
+    return err;
+  if ((err = encode_tensor_maps(&maps->k, "k", k, p.dtype, p.kv_heads, p.head_dim, fp.kv_loads,
+                                ax.dilation, ax.kv_extent, p.batch, error)))
+    return err;
+  return encode_tensor_maps(&maps->v, "v", v, p.dtype, p.kv_heads, p.head_dim, fp.kv_loads,
+                            ax.dilation, ax.kv_extent, p.batch, error);
 }
 
 // SMs of the current device, read once per device ordinal.
@@ -153,18 +177,20 @@ inline std::string not_compiled_text(const char* arch, int rank, int head_dim,
 }
 
 // The configuration `p` runs from `table`: the requested one, or with none requested the
-// first (the default first) whose TMA boxes fit. nullptr and *config, or why not
-// (`not_compiled` for an unknown request, `box_too_large` when the boxes do not fit).
+// first (the default first) whose tiles the TMA unit can load (plan_loads). nullptr and
+// *config, or why not (`not_compiled` for an unknown request).
 inline const char* pick_config(const Problem& p, const KernelAxes& ax, const FwdTileConfigs& table,
-                               const char* not_compiled, const char* box_too_large, int* config) {
+                               const char* not_compiled, int* config) {
+  TileLoads q, kv;
   if (p.tiles_requested()) {
     *config = requested_config(p, table);
     if (*config < 0) return not_compiled;
-    return boxes_fit(table.config[*config], ax) ? nullptr : box_too_large;
+    return plan_loads(p, ax, table.config[*config], &q, &kv);
   }
+  const char* reason = nullptr;
   for (*config = 0; *config < table.count; ++*config)
-    if (boxes_fit(table.config[*config], ax)) return nullptr;
-  return box_too_large;
+    if ((reason = plan_loads(p, ax, table.config[*config], &q, &kv)) == nullptr) return nullptr;
+  return reason;
 }
 
 // The architecture-independent checks of a forward problem: positive heads that kv_heads

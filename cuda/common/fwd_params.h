@@ -15,6 +15,7 @@
 
 #include "gna/problem.h"
 #include "gna/tile_box.h"
+#include "tile_loads.h"
 
 // Unrolled on the device; plain loops for a host compiler (which does not know the pragma).
 #if defined(__CUDACC__)
@@ -65,8 +66,10 @@ struct FwdParams {
   int heads;
   int kv_group;  // heads / kv_heads
   int batch;
-  float scale_log2;  // softmax scale * log2(e)
-  int prescale;      // 1: multiply S by scale_log2 before the max (scale <= 0)
+  float scale_log2;    // softmax scale * log2(e)
+  int prescale;        // 1: multiply S by scale_log2 before the max (scale <= 0)
+  TileLoads q_loads;   // how a Q tile is loaded (tile_loads.h)
+  TileLoads kv_loads;  // how a KV tile is loaded
   void* out;
   float* lse;
 };
@@ -177,10 +180,20 @@ inline KernelAxes kernel_axes(const Problem& p) {
   return k;
 }
 
-// The launch parameters of `p` with Q tiles `q_tile` (kernel axes); num_items is left 0 when
-// the item count does not fit an int (the caller refuses the launch).
-inline FwdParams fwd_params(const Problem& p, const KernelAxes& ax, const int q_tile[3], void* out,
-                            float* lse) {
+// How the Q-side tiles (q, out; the backward's dO too) and the KV-side tiles (k, v) of `tiles`
+// are loaded from the arrays of `p` (tile_loads.h): nullptr, or why no TMA box layout can.
+inline const char* plan_loads(const Problem& p, const KernelAxes& ax, const FwdTileConfig& tiles,
+                              TileLoads* q, TileLoads* kv) {
+  if (const char* reason = plan_tile_loads(tiles.q, ax.dilation, ax.q_extent, p.batch, q))
+    return reason;
+  return plan_tile_loads(tiles.kv, ax.dilation, ax.kv_extent, p.batch, kv);
+}
+
+// The launch parameters of `p` with tiles `tiles` (kernel axes); num_items is left 0 when the
+// item count does not fit an int or no load plan exists (the caller refuses the launch).
+inline FwdParams fwd_params(const Problem& p, const KernelAxes& ax, const FwdTileConfig& tiles,
+                            void* out, float* lse) {
+  const int* q_tile = tiles.q;
   FwdParams fp = {};
   fp.num_q_tiles = 1;
   fp.num_groups = 1;
@@ -217,7 +230,8 @@ inline FwdParams fwd_params(const Problem& p, const KernelAxes& ax, const int q_
   fp.out = out;
   fp.lse = lse;
   const int64_t items = int64_t(fp.num_q_tiles) * fp.num_groups * p.heads * p.batch;
-  fp.num_items = items < (int64_t(1) << 31) ? int(items) : 0;
+  const bool loads = plan_loads(p, ax, tiles, &fp.q_loads, &fp.kv_loads) == nullptr;
+  fp.num_items = items < (int64_t(1) << 31) && loads ? int(items) : 0;
   return fp;
 }
 

@@ -75,12 +75,14 @@ ffi::ErrorOr<ComputeCapability> runnable(const char* what, int32_t device, const
   return cc;
 }
 
-// A handler's result from its launch status.
-ffi::Error launched(const char* what, cudaError_t status) {
-  if (status != cudaSuccess)
-    return ffi::Error::Internal(std::string(what) +
-                                ": kernel launch failed: " + cudaGetErrorString(status));
-  return ffi::Error::Success();
+// A handler's result from its launch status: a host-side refusal with its reason (`error`,
+// from the launcher: a tensor map the driver refused, a misaligned buffer) is an invalid
+// argument; anything else is the launch's own failure.
+ffi::Error launched(const char* what, cudaError_t status, const std::string& error) {
+  if (status == cudaSuccess) return ffi::Error::Success();
+  if (!error.empty()) return ffi::Error::InvalidArgument(std::string(what) + ": " + error);
+  return ffi::Error::Internal(std::string(what) +
+                              ": kernel launch failed: " + cudaGetErrorString(status));
 }
 
 ffi::Error cuda_fwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::AnyBuffer k,
@@ -105,19 +107,20 @@ ffi::Error cuda_fwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::
                            workspace->size_bytes(), gna::cuda_ffi::fwd_workspace_bytes);
   if (cc.has_error()) return cc.error();
   cudaError_t status = cudaErrorNotSupported;
+  std::string error;
 #ifdef JAX_GNA_HAS_SM90
   if (cc->major == 9)
     status = gna::sm90::fwd_launch(p, q.untyped_data(), k.untyped_data(), v.untyped_data(),
                                    out->untyped_data(), lse->typed_data(),
-                                   workspace->untyped_data(), stream);
+                                   workspace->untyped_data(), stream, &error);
 #endif
 #ifdef JAX_GNA_HAS_SM100
   if (cc->major == 10 && cc->minor == 0)
     status = gna::sm100::fwd_launch(p, q.untyped_data(), k.untyped_data(), v.untyped_data(),
                                     out->untyped_data(), lse->typed_data(),
-                                    workspace->untyped_data(), stream);
+                                    workspace->untyped_data(), stream, &error);
 #endif
-  return launched("jax_gna_fwd", status);
+  return launched("jax_gna_fwd", status, error);
 }
 
 ffi::Error cuda_bwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer dout, ffi::AnyBuffer q,
@@ -137,13 +140,14 @@ ffi::Error cuda_bwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer dout, ff
                            workspace->size_bytes(), gna::cuda_ffi::bwd_workspace_bytes);
   if (cc.has_error()) return cc.error();
   cudaError_t status = cudaErrorNotSupported;
+  std::string error;
 #ifdef JAX_GNA_HAS_SM90
   if (cc->major == 9)
     status = gna::sm90::bwd_launch(p, dout.untyped_data(), q.untyped_data(), k.untyped_data(),
                                    v.untyped_data(), out.untyped_data(), lse.typed_data(),
                                    dlse.typed_data(), dq->untyped_data(), dk->untyped_data(),
                                    dv->untyped_data(), workspace->untyped_data(),
-                                   deterministic != 0, stream);
+                                   deterministic != 0, stream, &error);
 #endif
 #ifdef JAX_GNA_HAS_SM100
   if (cc->major == 10 && cc->minor == 0)
@@ -151,10 +155,10 @@ ffi::Error cuda_bwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer dout, ff
                                     v.untyped_data(), out.untyped_data(), lse.typed_data(),
                                     dlse.typed_data(), dq->untyped_data(), dk->untyped_data(),
                                     dv->untyped_data(), workspace->untyped_data(),
-                                    deterministic != 0, stream);
+                                    deterministic != 0, stream, &error);
 #endif
   (void)deterministic;
-  return launched("jax_gna_bwd", status);
+  return launched("jax_gna_bwd", status, error);
 }
 
 }  // namespace

@@ -25,9 +25,9 @@ struct Family {
     return bwd_kernel_built(dtype, head_dim, rank);
   }
   template <DType kDType, int kHeadDim, int kRank>
-  static cudaError_t launch(const bwd_host::TensorMaps& m, const BwdParams& bp, unsigned grid,
+  static cudaError_t launch(const BwdMaps& maps, const BwdParams& bp, unsigned grid,
                             cudaStream_t stream) {
-    return launch_bwd_kernel<kDType, kHeadDim, kRank>(m.q, m.dout, m.k, m.v, bp, grid, stream);
+    return launch_bwd_kernel<kDType, kHeadDim, kRank>(maps, bp, grid, stream);
   }
   static cudaError_t row_stats(DType dtype, const BwdParams& bp, cudaStream_t stream) {
     return launch_bwd_row_stats(dtype, bp, stream);
@@ -54,10 +54,10 @@ const char* bwd_can_implement(const Problem& p) {
            "rank 3) lacks this backward kernel";
   const KernelAxes ax = kernel_axes(p);
   if (const char* reason = fwd_host::check_common(p, ax)) return reason;
-  if (!fwd_host::boxes_fit(bwd_tile_config(p.rank, p.head_dim), ax))
-    return "the sm100 backward kernels need tile * dilation <= 256 along every axis (a TMA box "
-           "limit; tiles span 128 tokens in 1-D and 16 per axis in 2-D/3-D, so 1-D allows "
-           "dilation <= 2)";
+  TileLoads q_loads, kv_loads;
+  if (const char* reason =
+          plan_loads(p, ax, bwd_tile_config(p.rank, p.head_dim), &q_loads, &kv_loads))
+    return reason;
   if (bwd_num_items(geometry(p)) >= (int64_t(1) << 31))
     return "the sm100 backward kernels need fewer than 2^31 work items";
   return nullptr;
@@ -71,10 +71,13 @@ size_t bwd_workspace_bytes(const Problem& p) {
 cudaError_t bwd_launch(const Problem& p, const void* dout, const void* q, const void* k,
                        const void* v, const void* out, const float* lse, const float* dlse,
                        void* dq, void* dk, void* dv, void* workspace, bool deterministic,
-                       cudaStream_t stream) {
-  if (bwd_can_implement(p) != nullptr) return cudaErrorInvalidValue;
-  return bwd_host::launch<Family>(p, bwd_tile_config(p.rank, p.head_dim), geometry(p), dout, q, k,
-                                  v, out, lse, dlse, dq, dk, dv, workspace, deterministic, stream);
+                       cudaStream_t stream, std::string* error) {
+  if (const char* reason = bwd_can_implement(p)) {
+    *error = reason;
+    return cudaErrorInvalidValue;
+  }
+  return bwd_host::launch<Family>(p, geometry(p), dout, q, k, v, out, lse, dlse, dq, dk, dv,
+                                  workspace, deterministic, stream, error);
 }
 
 }  // namespace gna::sm100

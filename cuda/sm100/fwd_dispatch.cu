@@ -16,45 +16,41 @@ namespace gna::sm100 {
 namespace {
 
 template <int kHeadDim, int kRank, int kConfig>
-cudaError_t launch_typed(DType dtype, const CUtensorMap& mq, const CUtensorMap& mk,
-                         const CUtensorMap& mv, const FwdParams& fp, unsigned grid,
+cudaError_t launch_typed(DType dtype, const FwdMaps& maps, const FwdParams& fp, unsigned grid,
                          cudaStream_t stream) {
   if constexpr (fwd_kernel_built(DType::kBF16, kHeadDim, kRank, kConfig)) {
     if (dtype == DType::kBF16)
-      return launch_fwd_kernel<DType::kBF16, kHeadDim, kRank, kConfig>(mq, mk, mv, fp, grid,
-                                                                       stream);
+      return launch_fwd_kernel<DType::kBF16, kHeadDim, kRank, kConfig>(maps, fp, grid, stream);
   }
   if constexpr (fwd_kernel_built(DType::kF16, kHeadDim, kRank, kConfig)) {
     if (dtype == DType::kF16)
-      return launch_fwd_kernel<DType::kF16, kHeadDim, kRank, kConfig>(mq, mk, mv, fp, grid, stream);
+      return launch_fwd_kernel<DType::kF16, kHeadDim, kRank, kConfig>(maps, fp, grid, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 // Configuration `config` of (kHeadDim, kRank), tried from index kConfig up.
 template <int kHeadDim, int kRank, int kConfig = 0>
-cudaError_t launch_config(int config, DType dtype, const CUtensorMap& mq, const CUtensorMap& mk,
-                          const CUtensorMap& mv, const FwdParams& fp, unsigned grid,
-                          cudaStream_t stream) {
+cudaError_t launch_config(int config, DType dtype, const FwdMaps& maps, const FwdParams& fp,
+                          unsigned grid, cudaStream_t stream) {
   if constexpr (kConfig < fwd_tile_configs(kRank, kHeadDim).count) {
     if (config == kConfig)
-      return launch_typed<kHeadDim, kRank, kConfig>(dtype, mq, mk, mv, fp, grid, stream);
-    return launch_config<kHeadDim, kRank, kConfig + 1>(config, dtype, mq, mk, mv, fp, grid, stream);
+      return launch_typed<kHeadDim, kRank, kConfig>(dtype, maps, fp, grid, stream);
+    return launch_config<kHeadDim, kRank, kConfig + 1>(config, dtype, maps, fp, grid, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 template <int kHeadDim>
-cudaError_t launch_rank(int rank, int config, DType dtype, const CUtensorMap& mq,
-                        const CUtensorMap& mk, const CUtensorMap& mv, const FwdParams& fp,
+cudaError_t launch_rank(int rank, int config, DType dtype, const FwdMaps& maps, const FwdParams& fp,
                         unsigned grid, cudaStream_t stream) {
   switch (rank) {
     case 1:
-      return launch_config<kHeadDim, 1>(config, dtype, mq, mk, mv, fp, grid, stream);
+      return launch_config<kHeadDim, 1>(config, dtype, maps, fp, grid, stream);
     case 2:
-      return launch_config<kHeadDim, 2>(config, dtype, mq, mk, mv, fp, grid, stream);
+      return launch_config<kHeadDim, 2>(config, dtype, maps, fp, grid, stream);
     case 3:
-      return launch_config<kHeadDim, 3>(config, dtype, mq, mk, mv, fp, grid, stream);
+      return launch_config<kHeadDim, 3>(config, dtype, maps, fp, grid, stream);
     default:
       return cudaErrorInvalidValue;
   }
@@ -76,9 +72,6 @@ const char* not_compiled(int rank, int head_dim) {
 
 // fwd_can_implement, and the index of the configuration that runs `p`.
 const char* can_implement(const Problem& p, int* config) {
-  static constexpr const char* kBoxTooLarge =
-      "the sm100 kernels need tile * dilation <= 256 along every axis (a TMA box limit; tiles "
-      "span up to 128 tokens in 1-D and 16 per axis in 2-D/3-D, so 1-D allows dilation <= 2)";
   if (p.has_view())
     return "the sm100 kernels take whole axes only, not a view (a shard's queries against its "
            "key block: jax_gna.parallel runs those shards with the xla implementation)";
@@ -90,9 +83,8 @@ const char* can_implement(const Problem& p, int* config) {
   if (p.head_dim_v != p.head_dim) return "the sm100 kernels need head_dim_v == head_dim";
   const KernelAxes ax = kernel_axes(p);
   if (const char* reason = fwd_host::check_common(p, ax)) return reason;
-  if (const char* reason =
-          fwd_host::pick_config(p, ax, fwd_tile_configs(p.rank, p.head_dim),
-                                not_compiled(p.rank, p.head_dim), kBoxTooLarge, config))
+  if (const char* reason = fwd_host::pick_config(p, ax, fwd_tile_configs(p.rank, p.head_dim),
+                                                 not_compiled(p.rank, p.head_dim), config))
     return reason;
   if (!fwd_kernel_built(p.dtype, p.head_dim, p.rank, *config))
     return "this build's sm100 kernel set (JAX_GNA_KERNEL_SET=smoke: bfloat16, head dim 128, "
@@ -110,27 +102,33 @@ const char* fwd_can_implement(const Problem& p) {
 size_t fwd_workspace_bytes(const Problem&) { return 0; }
 
 cudaError_t fwd_launch(const Problem& p, const void* q, const void* k, const void* v, void* out,
-                       float* lse, void* /*workspace*/, cudaStream_t stream) {
+                       float* lse, void* /*workspace*/, cudaStream_t stream, std::string* error) {
   int config;
-  if (can_implement(p, &config) != nullptr) return cudaErrorInvalidValue;
+  if (const char* reason = can_implement(p, &config)) {
+    *error = reason;
+    return cudaErrorInvalidValue;
+  }
   const FwdTileConfig tiles = fwd_tile_config(p.rank, p.head_dim, config);
   const KernelAxes ax = kernel_axes(p);
-  const FwdParams fp = fwd_params(p, ax, tiles.q, out, lse);
-  if (fp.num_items == 0) return cudaErrorInvalidValue;
-
-  CUtensorMap mq, mk, mv;
-  if (cudaError_t err = fwd_host::make_qkv_tensor_maps(p, ax, tiles, q, k, v, &mq, &mk, &mv))
-    return err;
+  const FwdParams fp = fwd_params(p, ax, tiles, out, lse);
+  if (fp.num_items == 0) {
+    *error = "too many work items for one launch (2^31)";
+    return cudaErrorInvalidValue;
+  }
+  if (!fwd_host::aligned(out, 16, "out", error) || !fwd_host::aligned(lse, 4, "lse", error))
+    return cudaErrorInvalidValue;
+  FwdMaps maps;
+  if (cudaError_t err = fwd_host::make_fwd_maps(p, ax, fp, q, k, v, &maps, error)) return err;
 
   // One CTA per work item (no persistent grid yet: cuda/sm100/NOTES.md).
   const unsigned grid = unsigned(fp.num_items);
   switch (p.head_dim) {
     case 32:
-      return launch_rank<32>(p.rank, config, p.dtype, mq, mk, mv, fp, grid, stream);
+      return launch_rank<32>(p.rank, config, p.dtype, maps, fp, grid, stream);
     case 64:
-      return launch_rank<64>(p.rank, config, p.dtype, mq, mk, mv, fp, grid, stream);
+      return launch_rank<64>(p.rank, config, p.dtype, maps, fp, grid, stream);
     case 128:
-      return launch_rank<128>(p.rank, config, p.dtype, mq, mk, mv, fp, grid, stream);
+      return launch_rank<128>(p.rank, config, p.dtype, maps, fp, grid, stream);
     default:
       return cudaErrorInvalidValue;
   }

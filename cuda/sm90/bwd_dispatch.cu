@@ -30,9 +30,9 @@ struct Family {
     return bwd_kernel_built(dtype, head_dim);
   }
   template <DType kDType, int kHeadDim, int kRank>
-  static cudaError_t launch(const bwd_host::TensorMaps& m, const BwdParams& bp, unsigned grid,
+  static cudaError_t launch(const BwdMaps& maps, const BwdParams& bp, unsigned grid,
                             cudaStream_t stream) {
-    return launch_bwd_kernel<kDType, kHeadDim, kRank>(m.q, m.dout, m.k, m.v, bp, grid, stream);
+    return launch_bwd_kernel<kDType, kHeadDim, kRank>(maps, bp, grid, stream);
   }
   static cudaError_t row_stats(DType dtype, const BwdParams& bp, cudaStream_t stream) {
     return launch_bwd_row_stats(dtype, bp, stream);
@@ -56,11 +56,9 @@ const char* bwd_can_implement(const Problem& p) {
   const KernelAxes ax = kernel_axes(p);
   if (const char* reason = fwd_host::check_common(p, ax)) return reason;
   if (const char* reason = fwd_host::check_view(p)) return reason;
-  const FwdTileConfig tiles = bwd_tile_config(p.rank);
-  if (!fwd_host::boxes_fit(tiles, ax))
-    return "the sm90 backward kernels need tile * dilation <= 256 along every axis (a TMA box "
-           "limit; KV tiles span 128 tokens in 1-D, 16 in 2-D and 8 in 3-D, so 1-D allows "
-           "dilation <= 2)";
+  TileLoads q_loads, kv_loads;
+  if (const char* reason = plan_loads(p, ax, bwd_tile_config(p.rank), &q_loads, &kv_loads))
+    return reason;
   const BwdParams bp = geometry(p);
   if (bwd_num_items(bp) >= (int64_t(1) << 31))
     return "the sm90 backward kernels need fewer than 2^31 work items";
@@ -75,10 +73,13 @@ size_t bwd_workspace_bytes(const Problem& p) {
 cudaError_t bwd_launch(const Problem& p, const void* dout, const void* q, const void* k,
                        const void* v, const void* out, const float* lse, const float* dlse,
                        void* dq, void* dk, void* dv, void* workspace, bool deterministic,
-                       cudaStream_t stream) {
-  if (bwd_can_implement(p) != nullptr) return cudaErrorInvalidValue;
-  return bwd_host::launch<Family>(p, bwd_tile_config(p.rank), geometry(p), dout, q, k, v, out, lse,
-                                  dlse, dq, dk, dv, workspace, deterministic, stream);
+                       cudaStream_t stream, std::string* error) {
+  if (const char* reason = bwd_can_implement(p)) {
+    *error = reason;
+    return cudaErrorInvalidValue;
+  }
+  return bwd_host::launch<Family>(p, geometry(p), dout, q, k, v, out, lse, dlse, dq, dk, dv,
+                                  workspace, deterministic, stream, error);
 }
 
 }  // namespace gna::sm90

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 
 #include <cuda_runtime.h>
 
@@ -24,11 +25,12 @@ size_t bwd_workspace_bytes(const gna::Problem& p);
 // (CUDA-graph safe): the pre-pass, a memset of the dQ accumulator, the main kernel and the dQ
 // conversion. Tensors as in the forward (fwd_launch.h); dout/out like q, lse/dlse fp32
 // [batch, X.., heads]; dq/dk/dv like q/k/v. `deterministic`: dQ partials are added in a fixed
-// order (bit-identical results run to run). Returns cudaSuccess, the launch error, or
-// cudaErrorInvalidValue when bwd_can_implement(p) refuses `p`.
+// order (bit-identical results run to run). Returns cudaSuccess or the launch error; a
+// host-side refusal (bwd_can_implement(p), a misaligned pointer, a tensor map the driver
+// refuses) enqueues nothing and returns an error with the reason in *error.
 cudaError_t bwd_launch(const gna::Problem& p, const void* dout, const void* q, const void* k,
                        const void* v, const void* out, const float* lse, const float* dlse,
                        void* dq, void* dk, void* dv, void* workspace, bool deterministic,
-                       cudaStream_t stream);
+                       cudaStream_t stream, std::string* error);
 
 }  // namespace gna::sm90

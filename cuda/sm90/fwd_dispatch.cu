@@ -26,45 +26,41 @@ namespace {
 constexpr int kPersistentMaxWindowTiles = 32;
 
 template <int kHeadDim, int kRank, int kConfig>
-cudaError_t launch_typed(DType dtype, const CUtensorMap& mq, const CUtensorMap& mk,
-                         const CUtensorMap& mv, const FwdParams& fp, unsigned grid,
+cudaError_t launch_typed(DType dtype, const FwdMaps& maps, const FwdParams& fp, unsigned grid,
                          cudaStream_t stream) {
   if constexpr (fwd_kernel_built(DType::kBF16, kHeadDim)) {
     if (dtype == DType::kBF16)
-      return launch_fwd_kernel<DType::kBF16, kHeadDim, kRank, kConfig>(mq, mk, mv, fp, grid,
-                                                                       stream);
+      return launch_fwd_kernel<DType::kBF16, kHeadDim, kRank, kConfig>(maps, fp, grid, stream);
   }
   if constexpr (fwd_kernel_built(DType::kF16, kHeadDim)) {
     if (dtype == DType::kF16)
-      return launch_fwd_kernel<DType::kF16, kHeadDim, kRank, kConfig>(mq, mk, mv, fp, grid, stream);
+      return launch_fwd_kernel<DType::kF16, kHeadDim, kRank, kConfig>(maps, fp, grid, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 // Configuration `config` of (kHeadDim, kRank), tried from index kConfig up.
 template <int kHeadDim, int kRank, int kConfig = 0>
-cudaError_t launch_config(int config, DType dtype, const CUtensorMap& mq, const CUtensorMap& mk,
-                          const CUtensorMap& mv, const FwdParams& fp, unsigned grid,
-                          cudaStream_t stream) {
+cudaError_t launch_config(int config, DType dtype, const FwdMaps& maps, const FwdParams& fp,
+                          unsigned grid, cudaStream_t stream) {
   if constexpr (kConfig < fwd_tile_configs(kRank, kHeadDim).count) {
     if (config == kConfig)
-      return launch_typed<kHeadDim, kRank, kConfig>(dtype, mq, mk, mv, fp, grid, stream);
-    return launch_config<kHeadDim, kRank, kConfig + 1>(config, dtype, mq, mk, mv, fp, grid, stream);
+      return launch_typed<kHeadDim, kRank, kConfig>(dtype, maps, fp, grid, stream);
+    return launch_config<kHeadDim, kRank, kConfig + 1>(config, dtype, maps, fp, grid, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 template <int kHeadDim>
-cudaError_t launch_rank(int rank, int config, DType dtype, const CUtensorMap& mq,
-                        const CUtensorMap& mk, const CUtensorMap& mv, const FwdParams& fp,
+cudaError_t launch_rank(int rank, int config, DType dtype, const FwdMaps& maps, const FwdParams& fp,
                         unsigned grid, cudaStream_t stream) {
   switch (rank) {
     case 1:
-      return launch_config<kHeadDim, 1>(config, dtype, mq, mk, mv, fp, grid, stream);
+      return launch_config<kHeadDim, 1>(config, dtype, maps, fp, grid, stream);
     case 2:
-      return launch_config<kHeadDim, 2>(config, dtype, mq, mk, mv, fp, grid, stream);
+      return launch_config<kHeadDim, 2>(config, dtype, maps, fp, grid, stream);
     case 3:
-      return launch_config<kHeadDim, 3>(config, dtype, mq, mk, mv, fp, grid, stream);
+      return launch_config<kHeadDim, 3>(config, dtype, maps, fp, grid, stream);
     default:
       return cudaErrorInvalidValue;
   }
@@ -99,9 +95,6 @@ const char* not_compiled(int rank, int head_dim) {
 
 // fwd_can_implement, and the index of the configuration that runs `p`.
 const char* can_implement(const Problem& p, int* config) {
-  static constexpr const char* kBoxTooLarge =
-      "the sm90 kernels need tile * dilation <= 256 along every axis (a TMA box limit; tiles "
-      "span up to 128 tokens in 1-D and 16 per axis in 2-D/3-D, so 1-D allows dilation <= 2)";
   if (p.dtype != DType::kF16 && p.dtype != DType::kBF16)
     return "the sm90 kernels take float16 or bfloat16 only";
   if (std::find(std::begin(kFwdHeadDims), std::end(kFwdHeadDims), p.head_dim) ==
@@ -114,7 +107,7 @@ const char* can_implement(const Problem& p, int* config) {
   if (const char* reason = fwd_host::check_common(p, ax)) return reason;
   if (const char* reason = fwd_host::check_view(p)) return reason;
   return fwd_host::pick_config(p, ax, fwd_tile_configs(p.rank, p.head_dim),
-                               not_compiled(p.rank, p.head_dim), kBoxTooLarge, config);
+                               not_compiled(p.rank, p.head_dim), config);
 }
 
 }  // namespace
@@ -127,33 +120,40 @@ const char* fwd_can_implement(const Problem& p) {
 size_t fwd_workspace_bytes(const Problem&) { return 0; }
 
 cudaError_t fwd_launch(const Problem& p, const void* q, const void* k, const void* v, void* out,
-                       float* lse, void* /*workspace*/, cudaStream_t stream) {
+                       float* lse, void* /*workspace*/, cudaStream_t stream, std::string* error) {
   int config;
-  if (can_implement(p, &config) != nullptr) return cudaErrorInvalidValue;
+  if (const char* reason = can_implement(p, &config)) {
+    *error = reason;
+    return cudaErrorInvalidValue;
+  }
   const FwdTileConfig tiles = fwd_tile_config(p.rank, p.head_dim, config);
   const KernelAxes ax = kernel_axes(p);
-  const FwdParams fp = fwd_params(p, ax, tiles.q, out, lse);
-  if (fp.num_items == 0) return cudaErrorInvalidValue;
+  const FwdParams fp = fwd_params(p, ax, tiles, out, lse);
+  if (fp.num_items == 0) {
+    *error = "too many work items for one launch (2^31)";
+    return cudaErrorInvalidValue;
+  }
+  if (!fwd_host::aligned(out, 16, "out", error) || !fwd_host::aligned(lse, 4, "lse", error))
+    return cudaErrorInvalidValue;
+  FwdMaps maps;
+  if (cudaError_t err = fwd_host::make_fwd_maps(p, ax, fp, q, k, v, &maps, error)) return err;
   int64_t grid = fp.num_items;
   if (persistent_grid(p, tiles)) {
     int sms = 0;
     if (cudaError_t err = fwd_host::multiprocessor_count(&sms)) return err;
     grid = std::min<int64_t>(grid, sms);
   }
-  CUtensorMap mq, mk, mv;
-  if (cudaError_t err = fwd_host::make_qkv_tensor_maps(p, ax, tiles, q, k, v, &mq, &mk, &mv))
-    return err;
 
   const unsigned g = unsigned(grid);
   switch (p.head_dim) {
     case 32:
-      return launch_rank<32>(p.rank, config, p.dtype, mq, mk, mv, fp, g, stream);
+      return launch_rank<32>(p.rank, config, p.dtype, maps, fp, g, stream);
     case 64:
-      return launch_rank<64>(p.rank, config, p.dtype, mq, mk, mv, fp, g, stream);
+      return launch_rank<64>(p.rank, config, p.dtype, maps, fp, g, stream);
     case 128:
-      return launch_rank<128>(p.rank, config, p.dtype, mq, mk, mv, fp, g, stream);
+      return launch_rank<128>(p.rank, config, p.dtype, maps, fp, g, stream);
     case 256:
-      return launch_rank<256>(p.rank, config, p.dtype, mq, mk, mv, fp, g, stream);
+      return launch_rank<256>(p.rank, config, p.dtype, maps, fp, g, stream);
     default:
       return cudaErrorInvalidValue;
   }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 
 #include <cuda_runtime.h>
 
@@ -23,9 +24,11 @@ size_t fwd_workspace_bytes(const gna::Problem& p);
 // Launches the forward on `stream` only: no sync, no allocation, no host reads
 // of device data (CUDA-graph safe). q [batch, X.., heads, D], k/v [batch, X..,
 // kv_heads, D], out [batch, X.., heads, D] in p.dtype; lse fp32 [batch, X..,
-// heads]. Pointers must be 16-byte aligned. Returns cudaSuccess, the launch
-// error, or cudaErrorInvalidValue when fwd_can_implement(p) refuses `p`.
+// heads]. Pointers must be 16-byte aligned (lse: 4). Returns cudaSuccess or the
+// launch error; a host-side refusal (fwd_can_implement(p), a misaligned pointer, a
+// tensor map the driver refuses) returns an error with the reason in *error.
 cudaError_t fwd_launch(const gna::Problem& p, const void* q, const void* k, const void* v,
-                       void* out, float* lse, void* workspace, cudaStream_t stream);
+                       void* out, float* lse, void* workspace, cudaStream_t stream,
+                       std::string* error);
 
 }  // namespace gna::sm90

@@ -38,6 +38,17 @@
 namespace {
 
 using gna::DType;
+
+// The reason fwd_launch gives for a host-side refusal.
+std::string launch_error;
+
+cudaError_t launch(const gna::Problem& p, const void* q, const void* k, const void* v, void* out,
+                   float* lse) {
+  const cudaError_t e = gna::sm90::fwd_launch(p, q, k, v, out, lse, nullptr, 0, &launch_error);
+  if (e != cudaSuccess && !launch_error.empty())
+    std::fprintf(stderr, "fwd_launch: %s\n", launch_error.c_str());
+  return e;
+}
 using gna::Problem;
 
 __device__ float hash_uniform(uint64_t i, uint64_t seed) {
@@ -358,7 +369,7 @@ int run_check(int n_random) {
     Buffers buf(p);
     buf.randomize(p, 1000 + c, 1.5f);
     buf.poison();
-    CHECK_CUDA(gna::sm90::fwd_launch(p, buf.q, buf.k, buf.v, buf.out, buf.lse, nullptr, 0));
+    CHECK_CUDA(launch(p, buf.q, buf.k, buf.v, buf.out, buf.lse));
     CHECK_CUDA(cudaDeviceSynchronize());
     const CheckResult r = compare(p, buf, {});
     const bool ok = r.bad == 0 && r.nonfinite == 0;
@@ -432,7 +443,7 @@ int run_bench(const char* filter, int reps) {
     cudaEvent_t e0, e1;
     CHECK_CUDA(cudaEventCreate(&e0));
     CHECK_CUDA(cudaEventCreate(&e1));
-    CHECK_CUDA(gna::sm90::fwd_launch(p, buf.q, buf.k, buf.v, buf.out, buf.lse, nullptr, 0));
+    CHECK_CUDA(launch(p, buf.q, buf.k, buf.v, buf.out, buf.lse));
     CHECK_CUDA(cudaDeviceSynchronize());
     // Spot check: 48 random rows against the reference; every element written.
     std::mt19937_64 rng(99);
@@ -444,7 +455,7 @@ int run_bench(const char* filter, int reps) {
     std::vector<float> single;
     for (int i = 0; i < 5; ++i) {
       CHECK_CUDA(cudaEventRecord(e0));
-      CHECK_CUDA(gna::sm90::fwd_launch(p, buf.q, buf.k, buf.v, buf.out, buf.lse, nullptr, 0));
+      CHECK_CUDA(launch(p, buf.q, buf.k, buf.v, buf.out, buf.lse));
       CHECK_CUDA(cudaEventRecord(e1));
       CHECK_CUDA(cudaEventSynchronize(e1));
       float ms;
@@ -456,8 +467,7 @@ int run_bench(const char* filter, int reps) {
     std::vector<float> times;
     for (int r = 0; r < 5; ++r) {
       CHECK_CUDA(cudaEventRecord(e0));
-      for (int i = 0; i < batch; ++i)
-        CHECK_CUDA(gna::sm90::fwd_launch(p, buf.q, buf.k, buf.v, buf.out, buf.lse, nullptr, 0));
+      for (int i = 0; i < batch; ++i) CHECK_CUDA(launch(p, buf.q, buf.k, buf.v, buf.out, buf.lse));
       CHECK_CUDA(cudaEventRecord(e1));
       CHECK_CUDA(cudaEventSynchronize(e1));
       float ms;

@@ -8,20 +8,18 @@
 namespace gna::sm100 {
 
 template <DType kDType, int kHeadDim, int kRank, int kConfig>
-cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k,
-                              const CUtensorMap& map_v, const FwdParams& params, unsigned grid,
+cudaError_t launch_fwd_kernel(const FwdMaps& maps, const FwdParams& params, unsigned grid,
                               cudaStream_t stream) {
   static_assert(kConfig >= 0 && kConfig < fwd_tile_configs(kRank, kHeadDim).count,
                 "no such tile configuration: the build's kernel list disagrees with fwd_config.h");
   using Kernel = FwdKernel<typename ElementOf<kDType>::type, kHeadDim, kRank, kConfig>;
   return launch_with_smem<Kernel>(&gna_fwd_sm100_kernel<Kernel>, Kernel::kSmemBytes,
-                                  Kernel::kThreads, grid, stream, map_q, map_k, map_v, params);
+                                  Kernel::kThreads, grid, stream, maps, params);
 }
 
 }  // namespace gna::sm100
 
 // One explicit instantiation per (dtype, head dim, rank, tile configuration).
-#define GNA_SM100_FWD_INSTANTIATE(DTYPE, HEAD_DIM, RANK, CONFIG)                                   \
-  template cudaError_t gna::sm100::launch_fwd_kernel<gna::DType::DTYPE, HEAD_DIM, RANK, CONFIG>(   \
-      const CUtensorMap&, const CUtensorMap&, const CUtensorMap&, const gna::FwdParams&, unsigned, \
-      cudaStream_t);
+#define GNA_SM100_FWD_INSTANTIATE(DTYPE, HEAD_DIM, RANK, CONFIG)                                 \
+  template cudaError_t gna::sm100::launch_fwd_kernel<gna::DType::DTYPE, HEAD_DIM, RANK, CONFIG>( \
+      const gna::FwdMaps&, const gna::FwdParams&, unsigned, cudaStream_t);

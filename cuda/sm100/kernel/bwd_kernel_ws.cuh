@@ -165,31 +165,28 @@ struct BwdKernel {
     w.box.tile(p.deterministic ? n - 1 - j : j, t);
   }
 
-  // TMA coordinates of the tile at tile indices `t` (tiles of `tile` positions); c0 includes
-  // the batch entry (folded into the first kernel axis).
-  static CUTLASS_DEVICE void tile_coords(const BwdParams& p, const BwdWork& w, const int t[3],
-                                         const int tile[3], int* c2, int* c1, int* c0) {
-    *c2 = w.group[2] + p.dilation[2] * t[2] * tile[2];
-    *c1 = w.group[1] + p.dilation[1] * t[1] * tile[1];
-    *c0 = w.batch * p.extent[0] + w.group[0] + p.dilation[0] * t[0] * tile[0];
+  // One tile of `maps` (T0 x T1 x T2: the Q or the KV tile shape, `loads` its loads) at group
+  // positions `origin`.
+  template <int T0, int T1, int T2, uint32_t kChunkBytes>
+  static CUTLASS_DEVICE void load_tile(const TensorMapPair& maps, const TileLoads& loads,
+                                       const BwdParams& p, const BwdWork& w, int head,
+                                       const int origin[3], uint64_t* barrier, Element* smem,
+                                       uint64_t hint) {
+    fwd_device::load_tile<T0, T1, T2, kHeadDim, kChunks, kChunk>(
+        maps, loads, p.dilation, w.group, w.batch, head, origin, barrier, smem, kChunkBytes, hint);
   }
 
   // Warp 5, one thread: K and V, then Q (+ lse2, delta) and dO of every visit into the ring.
-  static CUTLASS_DEVICE void load(const CUtensorMap* map_q, const CUtensorMap* map_do,
-                                  const CUtensorMap* map_k, const CUtensorMap* map_v,
-                                  const BwdParams& p, const BwdWork& w, SharedStorage& ss) {
-    using fwd_device::tma_load_tile;
+  static CUTLASS_DEVICE void load(const BwdMaps& maps, const BwdParams& p, const BwdWork& w,
+                                  SharedStorage& ss) {
     constexpr uint64_t kEvictNormal = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
     constexpr uint64_t kEvictLast = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
-    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
-    constexpr int kv_tile[3] = {kK0, kK1, kK2};
-    int c2, c1, c0;
-    tile_coords(p, w, w.kv_tile, kv_tile, &c2, &c1, &c0);
+    const int kv_origin[3] = {w.kv_tile[0] * kK0, w.kv_tile[1] * kK1, w.kv_tile[2] * kK2};
     TxBarrier::arrive_and_expect_tx(&ss.kv_full, 2 * kTileBytesKV);
-    tma_load_tile<kChunks, kChunk>(map_k, &ss.kv_full, ss.k, kChunkBytesKV, w.kv_head, c2, c1, c0,
-                                   kEvictNormal);
-    tma_load_tile<kChunks, kChunk>(map_v, &ss.kv_full, ss.v, kChunkBytesKV, w.kv_head, c2, c1, c0,
-                                   kEvictNormal);
+    load_tile<kK0, kK1, kK2, kChunkBytesKV>(maps.k, p.kv_loads, p, w, w.kv_head, kv_origin,
+                                            &ss.kv_full, ss.k, kEvictNormal);
+    load_tile<kK0, kK1, kK2, kChunkBytesKV>(maps.v, p.kv_loads, p, w, w.kv_head, kv_origin,
+                                            &ss.kv_full, ss.v, kEvictNormal);
 
     const int n = w.box.size();
     int v = 0;
@@ -198,13 +195,14 @@ struct BwdKernel {
       for (int j = 0; j < n; ++j, ++v) {
         int t[3];
         visit_tile(p, w, j, n, t);
-        tile_coords(p, w, t, q_tile, &c2, &c1, &c0);
+        const int origin[3] = {t[0] * kQ0, t[1] * kQ1, t[2] * kQ2};
         const int stage = v % kStages;
         const int round = v / kStages;
         if (round > 0) Barrier::wait(&ss.q_empty[stage], (round - 1) & 1);
         TxBarrier::arrive_and_expect_tx(&ss.q_full[stage], kTileBytesQ + 2 * kStatBytes);
-        tma_load_tile<kChunks, kChunk>(map_q, &ss.q_full[stage], ss.q + stage * kTileQ * kHeadDim,
-                                       kChunkBytesQ, head, c2, c1, c0, kEvictLast);
+        load_tile<kQ0, kQ1, kQ2, kChunkBytesQ>(maps.q, p.q_loads, p, w, head, origin,
+                                               &ss.q_full[stage], ss.q + stage * kTileQ * kHeadDim,
+                                               kEvictLast);
         const int64_t slot = bwd_stat_slot(p, w, head, t);
         cute::SM90_BULK_COPY_G2S::copy(p.row_lse2 + slot, &ss.q_full[stage], ss.lse2[stage],
                                        kStatBytes);
@@ -212,9 +210,9 @@ struct BwdKernel {
                                        kStatBytes);
         if (round > 0) Barrier::wait(&ss.do_empty[stage], (round - 1) & 1);
         TxBarrier::arrive_and_expect_tx(&ss.do_full[stage], kTileBytesQ);
-        tma_load_tile<kChunks, kChunk>(map_do, &ss.do_full[stage],
-                                       ss.dout + stage * kTileQ * kHeadDim, kChunkBytesQ, head, c2,
-                                       c1, c0, kEvictLast);
+        load_tile<kQ0, kQ1, kQ2, kChunkBytesQ>(maps.dout, p.q_loads, p, w, head, origin,
+                                               &ss.do_full[stage],
+                                               ss.dout + stage * kTileQ * kHeadDim, kEvictLast);
       }
     }
   }
@@ -533,9 +531,7 @@ struct BwdKernel {
     }
   }
 
-  static CUTLASS_DEVICE void run(const CUtensorMap* map_q, const CUtensorMap* map_do,
-                                 const CUtensorMap* map_k, const CUtensorMap* map_v,
-                                 const BwdParams& p, char* smem_raw) {
+  static CUTLASS_DEVICE void run(const BwdMaps& maps, const BwdParams& p, char* smem_raw) {
     const BwdWork w = decode(p, blockIdx.x);
     if (w.box.size() == 0) {  // every thread alike
       if (threadIdx.x < kComputeThreads) zero_dkdv(p, w, threadIdx.x);
@@ -566,7 +562,7 @@ struct BwdKernel {
     // read dK/dV) when the allocating warp frees the columns (with_tmem).
     with_tmem<kTmemColumns>(role == BwdWarpRole::Mma, &ss.tmem_base, [&](uint32_t tmem) {
       if (role == BwdWarpRole::Load) {
-        if (cute::elect_one_sync()) load(map_q, map_do, map_k, map_v, p, w, ss);
+        if (cute::elect_one_sync()) load(maps, p, w, ss);
       } else if (role == BwdWarpRole::Mma) {
         mma(p, w, ss, tmem);
       } else {
@@ -578,14 +574,11 @@ struct BwdKernel {
 
 template <class Kernel>
 __global__ void __launch_bounds__(Kernel::kThreads, 1)
-    gna_bwd_sm100_kernel(const __grid_constant__ CUtensorMap map_q,
-                         const __grid_constant__ CUtensorMap map_do,
-                         const __grid_constant__ CUtensorMap map_k,
-                         const __grid_constant__ CUtensorMap map_v,
+    gna_bwd_sm100_kernel(const __grid_constant__ BwdMaps maps,
                          const __grid_constant__ BwdParams params) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM100_ALL)
   extern __shared__ char smem[];
-  Kernel::run(&map_q, &map_do, &map_k, &map_v, params, smem);
+  Kernel::run(maps, params, smem);
 #else
   // Built for another architecture: never launched (the launcher checks the device).
 #endif

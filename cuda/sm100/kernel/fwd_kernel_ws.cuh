@@ -133,36 +133,35 @@ struct FwdKernel {
   }
 
   // Warp 5, one thread: Q, then K_j and V_j of every KV tile of the box into the rings.
-  static CUTLASS_DEVICE void load(const CUtensorMap* map_q, const CUtensorMap* map_k,
-                                  const CUtensorMap* map_v, const FwdParams& p, const FwdWork& w,
+  static CUTLASS_DEVICE void load(const FwdMaps& maps, const FwdParams& p, const FwdWork& w,
                                   SharedStorage& ss) {
-    using namespace fwd_device;
+    using fwd_device::load_tile;
     constexpr uint64_t kEvictNormal = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
     constexpr uint64_t kEvictLast = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
-    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
-    constexpr int kv_tile[3] = {kK0, kK1, kK2};
     const int kv_head = w.head / p.kv_group;
-    int c2, c1, c0;
 
     TxBarrier::arrive_and_expect_tx(&ss.q_full, kTileBytesQ);
-    tile_coords(p, w, w.q_tile, q_tile, &c2, &c1, &c0);
-    tma_load_tile<kChunks, kChunk>(map_q, &ss.q_full, ss.q, kChunkBytesQ, w.head, c2, c1, c0,
-                                   kEvictNormal);
+    const int q_origin[3] = {w.q_tile[0] * kQ0, w.q_tile[1] * kQ1, w.q_tile[2] * kQ2};
+    load_tile<kQ0, kQ1, kQ2, kHeadDim, kChunks, kChunk>(maps.q, p.q_loads, p.dilation, w.group,
+                                                        w.batch, w.head, q_origin, &ss.q_full, ss.q,
+                                                        kChunkBytesQ, kEvictNormal);
 
     const int n = w.box.size();
     int t[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
     for (int j = 0; j < n; ++j, w.box.next(t)) {
       const int stage = j % kStages;
       const int round = j / kStages;
-      tile_coords(p, w, t, kv_tile, &c2, &c1, &c0);
+      const int origin[3] = {t[0] * kK0, t[1] * kK1, t[2] * kK2};
       if (round > 0) Barrier::wait(&ss.k_empty[stage], (round - 1) & 1);
       TxBarrier::arrive_and_expect_tx(&ss.k_full[stage], kTileBytesKV);
-      tma_load_tile<kChunks, kChunk>(map_k, &ss.k_full[stage], ss.k + stage * kTileKV * kHeadDim,
-                                     kChunkBytesKV, kv_head, c2, c1, c0, kEvictLast);
+      load_tile<kK0, kK1, kK2, kHeadDim, kChunks, kChunk>(
+          maps.k, p.kv_loads, p.dilation, w.group, w.batch, kv_head, origin, &ss.k_full[stage],
+          ss.k + stage * kTileKV * kHeadDim, kChunkBytesKV, kEvictLast);
       if (round > 0) Barrier::wait(&ss.v_empty[stage], (round - 1) & 1);
       TxBarrier::arrive_and_expect_tx(&ss.v_full[stage], kTileBytesKV);
-      tma_load_tile<kChunks, kChunk>(map_v, &ss.v_full[stage], ss.v + stage * kTileKV * kHeadDim,
-                                     kChunkBytesKV, kv_head, c2, c1, c0, kEvictLast);
+      load_tile<kK0, kK1, kK2, kHeadDim, kChunks, kChunk>(
+          maps.v, p.kv_loads, p.dilation, w.group, w.batch, kv_head, origin, &ss.v_full[stage],
+          ss.v + stage * kTileKV * kHeadDim, kChunkBytesKV, kEvictLast);
     }
   }
 
@@ -386,8 +385,7 @@ struct FwdKernel {
     if (token >= 0) p.lse[token * p.heads + w.head] = lse;
   }
 
-  static CUTLASS_DEVICE void run(const CUtensorMap* map_q, const CUtensorMap* map_k,
-                                 const CUtensorMap* map_v, const FwdParams& p, char* smem_raw) {
+  static CUTLASS_DEVICE void run(const FwdMaps& maps, const FwdParams& p, char* smem_raw) {
     const FwdWork w = decode(p, blockIdx.x);
     if (!w.valid) return;  // every thread alike: the Q tile holds no query of its group
 
@@ -415,7 +413,7 @@ struct FwdKernel {
     // loads) when the allocating warp frees the columns (with_tmem).
     with_tmem<kTmemColumns>(role == WarpRole::Mma, &ss.tmem_base, [&](uint32_t tmem) {
       if (role == WarpRole::Load) {
-        if (cute::elect_one_sync()) load(map_q, map_k, map_v, p, w, ss);
+        if (cute::elect_one_sync()) load(maps, p, w, ss);
       } else if (role == WarpRole::Mma) {
         mma(w, ss, tmem);
       } else {
@@ -427,13 +425,11 @@ struct FwdKernel {
 
 template <class Kernel>
 __global__ void __launch_bounds__(Kernel::kThreads, 1)
-    gna_fwd_sm100_kernel(const __grid_constant__ CUtensorMap map_q,
-                         const __grid_constant__ CUtensorMap map_k,
-                         const __grid_constant__ CUtensorMap map_v,
+    gna_fwd_sm100_kernel(const __grid_constant__ FwdMaps maps,
                          const __grid_constant__ FwdParams params) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM100_ALL)
   extern __shared__ char smem[];
-  Kernel::run(&map_q, &map_k, &map_v, params, smem);
+  Kernel::run(maps, params, smem);
 #else
   // Built for another architecture: never launched (the launcher checks the device).
 #endif

@@ -34,7 +34,7 @@ int main() {
   for (int n = 0; read_problem(std::cin, &p, &config); ++n) {
     const FwdTileConfig tiles = sm100::fwd_tile_config(p.rank, p.head_dim, config);
     const KernelAxes ax = kernel_axes(p);
-    const FwdParams fp = fwd_params(p, ax, tiles.q, nullptr, nullptr);
+    const FwdParams fp = fwd_params(p, ax, tiles, nullptr, nullptr);
     std::printf("case %d num_items %d q_tiles %d %d %d\n", n, fp.num_items, fp.q_tiles[0],
                 fp.q_tiles[1], fp.q_tiles[2]);
     for (int item = 0; item < fp.num_items; ++item) {

@@ -8,20 +8,17 @@
 namespace gna::sm90 {
 
 template <DType kDType, int kHeadDim, int kRank>
-cudaError_t launch_bwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_do,
-                              const CUtensorMap& map_k, const CUtensorMap& map_v,
-                              const BwdParams& params, unsigned grid, cudaStream_t stream) {
+cudaError_t launch_bwd_kernel(const BwdMaps& maps, const BwdParams& params, unsigned grid,
+                              cudaStream_t stream) {
   using Element = typename ElementOf<kDType>::type;
   if (has_view(params)) {
     using Kernel = BwdKernel<Element, kHeadDim, kRank, true>;
     return launch_with_smem<Kernel>(&gna_bwd_sm90_kernel<Kernel>, Kernel::kSmemBytes,
-                                    Kernel::kThreads, grid, stream, map_q, map_do, map_k, map_v,
-                                    params);
+                                    Kernel::kThreads, grid, stream, maps, params);
   }
   using Kernel = BwdKernel<Element, kHeadDim, kRank, false>;
   return launch_with_smem<Kernel>(&gna_bwd_sm90_kernel<Kernel>, Kernel::kSmemBytes,
-                                  Kernel::kThreads, grid, stream, map_q, map_do, map_k, map_v,
-                                  params);
+                                  Kernel::kThreads, grid, stream, maps, params);
 }
 
 }  // namespace gna::sm90
@@ -29,5 +26,4 @@ cudaError_t launch_bwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_d
 // One explicit instantiation per (dtype, head dim, rank).
 #define GNA_SM90_BWD_INSTANTIATE(DTYPE, HEAD_DIM, RANK)                                 \
   template cudaError_t gna::sm90::launch_bwd_kernel<gna::DType::DTYPE, HEAD_DIM, RANK>( \
-      const CUtensorMap&, const CUtensorMap&, const CUtensorMap&, const CUtensorMap&,   \
-      const gna::sm90::BwdParams&, unsigned, cudaStream_t);
+      const gna::BwdMaps&, const gna::sm90::BwdParams&, unsigned, cudaStream_t);

@@ -6,6 +6,7 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include "../../common/tensor_maps.h"
 #include "../bwd_config.h"
 #include "gna/problem.h"
 
@@ -13,11 +14,10 @@ namespace gna::sm90 {
 
 // The main backward kernel of (dtype, head dim, rank), one CTA per work item (KV tile, group,
 // KV head, batch entry), with tensor maps over q, dO (Q tile boxes) and k, v (KV tile boxes)
-// made by make_token_tensor_map with bwd_tile_config(kRank)'s shapes.
+// made by bwd_host::make_bwd_maps with the loads of bwd_tile_config(kRank)'s tiles.
 template <DType kDType, int kHeadDim, int kRank>
-cudaError_t launch_bwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_do,
-                              const CUtensorMap& map_k, const CUtensorMap& map_v,
-                              const BwdParams& params, unsigned grid, cudaStream_t stream);
+cudaError_t launch_bwd_kernel(const BwdMaps& maps, const BwdParams& params, unsigned grid,
+                              cudaStream_t stream);
 
 // Pre-pass: the row statistics of every slot (bwd_config.h) and zeroed dQ semaphores.
 cudaError_t launch_bwd_row_stats(DType dtype, const BwdParams& params, cudaStream_t stream);

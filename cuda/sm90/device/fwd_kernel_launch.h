@@ -5,6 +5,7 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include "../../common/tensor_maps.h"
 #include "../fwd_config.h"
 #include "gna/problem.h"
 
@@ -12,10 +13,9 @@ namespace gna::sm90 {
 
 // Launches the forward kernel of (dtype, head dim, rank, tile configuration
 // index into fwd_tile_configs(kRank, kHeadDim)) with the given tensor maps (made
-// by make_token_tensor_map with that configuration's tile shapes).
+// by fwd_host::make_fwd_maps with the loads of that configuration's tiles).
 template <DType kDType, int kHeadDim, int kRank, int kConfig>
-cudaError_t launch_fwd_kernel(const CUtensorMap& map_q, const CUtensorMap& map_k,
-                              const CUtensorMap& map_v, const FwdParams& params, unsigned grid,
+cudaError_t launch_fwd_kernel(const FwdMaps& maps, const FwdParams& params, unsigned grid,
                               cudaStream_t stream);
 
 }  // namespace gna::sm90

@@ -28,6 +28,7 @@
 #include <cute/tensor.hpp>
 #include <cutlass/pipeline/pipeline.hpp>
 
+#include "../../common/fwd_device.cuh"
 #include "../../common/shared_storage.cuh"
 #include "../bwd_config.h"
 #include "../dq_order.h"
@@ -182,41 +183,27 @@ struct BwdKernel {
     }
   }
 
-  // TMA coordinate of group position `x` along kernel axis `a`.
-  static CUTLASS_DEVICE int tma_coord(const BwdParams& p, const Work& w, int a, int x) {
-    return w.group[a] + p.dilation[a] * x;
+  // One tile of `maps` (T0 x T1 x T2: the Q or the KV tile shape, `loads` its loads) at group
+  // positions `origin`.
+  template <int T0, int T1, int T2, uint32_t kChunkBytes>
+  static CUTLASS_DEVICE void load_tile(const TensorMapPair& maps, const TileLoads& loads,
+                                       const BwdParams& p, const Work& w, int head,
+                                       const int origin[3], uint64_t* barrier, Element* smem,
+                                       uint64_t hint) {
+    fwd_device::load_tile<T0, T1, T2, kHeadDim, kChunks, kChunk>(
+        maps, loads, p.dilation, w.group, w.batch, head, origin, barrier, smem, kChunkBytes, hint);
   }
 
-  // `extent0`: the first-axis extent of the tensor (its batch entries are folded into that
-  // axis): p.q_extent[0] for Q and dO, p.kv_extent[0] for K and V.
-  template <uint32_t kChunkBytes>
-  static CUTLASS_DEVICE void tma_load_tile(const CUtensorMap* map, uint64_t* barrier, Element* smem,
-                                           int head, const int origin[3], const BwdParams& p,
-                                           const Work& w, int extent0, uint64_t hint) {
-    const int c2 = tma_coord(p, w, 2, origin[2]);
-    const int c1 = tma_coord(p, w, 1, origin[1]);
-    const int c0 = w.batch * extent0 + tma_coord(p, w, 0, origin[0]);
-    CUTLASS_PRAGMA_UNROLL
-    for (int c = 0; c < kChunks; ++c) {
-      cute::SM90_TMA_LOAD_5D::copy(map, barrier, hint,
-                                   reinterpret_cast<char*>(smem) + c * kChunkBytes, c * kChunk,
-                                   head, c2, c1, c0);
-    }
-  }
-
-  static CUTLASS_DEVICE void producer(const CUtensorMap* map_q, const CUtensorMap* map_do,
-                                      const CUtensorMap* map_k, const CUtensorMap* map_v,
-                                      const BwdParams& p, const Work& w, SharedStorage& ss,
-                                      PipelineQ& pipe) {
+  static CUTLASS_DEVICE void producer(const BwdMaps& maps, const BwdParams& p, const Work& w,
+                                      SharedStorage& ss, PipelineQ& pipe) {
     constexpr uint64_t kEvictNormal = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
     constexpr uint64_t kEvictLast = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
-    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     const int kv_origin[3] = {w.kv_tile[0] * kK0, w.kv_tile[1] * kK1, w.kv_tile[2] * kK2};
     cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.kv_full, 2 * kTileBytesKV);
-    tma_load_tile<kChunkBytesKV>(map_k, &ss.kv_full, ss.k, w.kv_head, kv_origin, p, w,
-                                 p.kv_extent[0], kEvictNormal);
-    tma_load_tile<kChunkBytesKV>(map_v, &ss.kv_full, ss.v, w.kv_head, kv_origin, p, w,
-                                 p.kv_extent[0], kEvictNormal);
+    load_tile<kK0, kK1, kK2, kChunkBytesKV>(maps.k, p.kv_loads, p, w, w.kv_head, kv_origin,
+                                            &ss.kv_full, ss.k, kEvictNormal);
+    load_tile<kK0, kK1, kK2, kChunkBytesKV>(maps.v, p.kv_loads, p, w, w.kv_head, kv_origin,
+                                            &ss.kv_full, ss.v, kEvictNormal);
 
     auto state = cutlass::make_producer_start_state<PipelineQ>();
     const int n = w.box.size();
@@ -225,14 +212,14 @@ struct BwdKernel {
       int t[3];
       first_visit(p, w, n, t);
       for (int j = 0; j < n; ++j, next_visit(p, w, t)) {
-        const int origin[3] = {t[0] * q_tile[0], t[1] * q_tile[1], t[2] * q_tile[2]};
+        const int origin[3] = {t[0] * kQ0, t[1] * kQ1, t[2] * kQ2};
         pipe.producer_acquire(state);
         uint64_t* bar = pipe.producer_get_barrier(state);
         const int s = state.index();
-        tma_load_tile<kChunkBytesQ>(map_q, bar, ss.q + s * kTileQ * kHeadDim, head, origin, p, w,
-                                    p.q_extent[0], kEvictLast);
-        tma_load_tile<kChunkBytesQ>(map_do, bar, ss.dout + s * kTileQ * kHeadDim, head, origin, p,
-                                    w, p.q_extent[0], kEvictLast);
+        load_tile<kQ0, kQ1, kQ2, kChunkBytesQ>(maps.q, p.q_loads, p, w, head, origin, bar,
+                                               ss.q + s * kTileQ * kHeadDim, kEvictLast);
+        load_tile<kQ0, kQ1, kQ2, kChunkBytesQ>(maps.dout, p.q_loads, p, w, head, origin, bar,
+                                               ss.dout + s * kTileQ * kHeadDim, kEvictLast);
         const int64_t slot = bwd_stat_slot(p, w, head, t);
         cute::SM90_BULK_COPY_G2S::copy(p.row_lse2 + slot, bar, ss.lse2[s], kStatBytes);
         cute::SM90_BULK_COPY_G2S::copy(p.row_delta + slot, bar, ss.delta[s], kStatBytes);
@@ -576,9 +563,7 @@ struct BwdKernel {
     }
   }
 
-  static CUTLASS_DEVICE void run(const CUtensorMap* map_q, const CUtensorMap* map_do,
-                                 const CUtensorMap* map_k, const CUtensorMap* map_v,
-                                 const BwdParams& p, char* smem_raw) {
+  static CUTLASS_DEVICE void run(const BwdMaps& maps, const BwdParams& p, char* smem_raw) {
     SharedStorage& ss = shared_storage<SharedStorage>(smem_raw);
     const bool producer_role = threadIdx.x < 128;
 
@@ -607,8 +592,7 @@ struct BwdKernel {
     const Work w = decode_work(p, blockIdx.x);
     if (producer_role) {
       cutlass::arch::warpgroup_reg_dealloc<24>();
-      if (threadIdx.x == 0 && w.box.size() > 0)
-        producer(map_q, map_do, map_k, map_v, p, w, ss, pipe);
+      if (threadIdx.x == 0 && w.box.size() > 0) producer(maps, p, w, ss, pipe);
       if (threadIdx.x == 32 && p.deterministic) dq_writer(p, w, ss);
     } else {
       cutlass::arch::warpgroup_reg_alloc<240>();
@@ -619,14 +603,11 @@ struct BwdKernel {
 
 template <class Kernel>
 __global__ void __launch_bounds__(Kernel::kThreads, 1)
-    gna_bwd_sm90_kernel(const __grid_constant__ CUtensorMap map_q,
-                        const __grid_constant__ CUtensorMap map_do,
-                        const __grid_constant__ CUtensorMap map_k,
-                        const __grid_constant__ CUtensorMap map_v,
+    gna_bwd_sm90_kernel(const __grid_constant__ BwdMaps maps,
                         const __grid_constant__ BwdParams params) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ char smem[];
-  Kernel::run(&map_q, &map_do, &map_k, &map_v, params, smem);
+  Kernel::run(maps, params, smem);
 #else
   // Built for another architecture: never launched (the launcher checks the device).
 #endif

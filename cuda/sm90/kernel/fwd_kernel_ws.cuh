@@ -17,11 +17,10 @@
 // the whole axis) changes only the numbers: tiles cover the local query slice,
 // group axes (tile_box.h) carry the offsets, rows mask keys outside the key
 // slice, and the Q and K/V maps have their own extents.
-// Coordinates are dilation-group coordinates (tile_box.h); TMA tensor maps
-// traverse each spatial axis with element stride = dilation, so a box lands
-// only the tokens of the CTA's group. Tokens outside the grid (TMA zero-fill,
-// or the next batch entry where the batch is folded into the first axis) are
-// masked by coordinates and query rows outside the grid are never stored.
+// Coordinates are dilation-group coordinates (tile_box.h); the TMA boxes of a
+// tile (cuda/common/tile_loads.h) land only the tokens of the CTA's group and
+// batch entry. Tokens outside the grid load zeros, are masked by coordinates,
+// and query rows outside the grid are never stored.
 #pragma once
 
 #include <cuda.h>
@@ -35,6 +34,7 @@
 #include <cute/tensor.hpp>
 #include <cutlass/pipeline/pipeline.hpp>
 
+#include "../../common/fwd_device.cuh"
 #include "../../common/shared_storage.cuh"
 #include "../fwd_config.h"
 #include "gna/tile_box.h"
@@ -133,57 +133,45 @@ struct FwdKernel {
     return decode_fwd_work<kView>(p, item, q_tile, kv_tile);
   }
 
-  // TMA coordinate of group position `x` along kernel axis `a`.
-  static CUTLASS_DEVICE int tma_coord(const FwdParams& p, const Work& w, int a, int x) {
-    return w.group[a] + p.dilation[a] * x;
-  }
-
-  static CUTLASS_DEVICE void tma_load_tile(const CUtensorMap* map, uint64_t* barrier, Element* smem,
-                                           uint32_t chunk_bytes, int head, int c2, int c1, int c0,
-                                           uint64_t hint) {
-    CUTLASS_PRAGMA_UNROLL
-    for (int c = 0; c < kChunks; ++c) {
-      cute::SM90_TMA_LOAD_5D::copy(map, barrier, hint,
-                                   reinterpret_cast<char*>(smem) + c * chunk_bytes, c * kChunk,
-                                   head, c2, c1, c0);
-    }
+  // One tile of `maps` at group positions `origin` (Q or KV tile shape, its loads).
+  template <int T0, int T1, int T2>
+  static CUTLASS_DEVICE void load_tile(const TensorMapPair& maps, const TileLoads& loads,
+                                       const FwdParams& p, const Work& w, int head,
+                                       const int origin[3], uint64_t* barrier, Element* smem,
+                                       uint32_t chunk_bytes, uint64_t hint) {
+    fwd_device::load_tile<T0, T1, T2, kHeadDim, kChunks, kChunk>(
+        maps, loads, p.dilation, w.group, w.batch, head, origin, barrier, smem, chunk_bytes, hint);
   }
 
   // Loads of one work item: Q once (after the previous item released it), then K
   // and V of every KV tile of the box into the ring.
   template <class State>
-  static CUTLASS_DEVICE void producer(const CUtensorMap* map_q, const CUtensorMap* map_k,
-                                      const CUtensorMap* map_v, const FwdParams& p, const Work& w,
+  static CUTLASS_DEVICE void producer(const FwdMaps& maps, const FwdParams& p, const Work& w,
                                       int count, SharedStorage& ss, PipelineKV& pipe_k,
                                       PipelineKV& pipe_v, State& state_k, State& state_v) {
     constexpr uint64_t kEvictNormal = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
     constexpr uint64_t kEvictLast = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
-    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
-    constexpr int kv_tile[3] = {kK0, kK1, kK2};
     const int kv_head = w.head / p.kv_group;
 
     if (count > 0) cutlass::arch::ClusterBarrier::wait(&ss.q_empty, (count - 1) & 1);
     cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.q_full, kTileBytesQ);
-    tma_load_tile(
-        map_q, &ss.q_full, ss.q, kChunkBytesQ, w.head, tma_coord(p, w, 2, w.q_tile[2] * q_tile[2]),
-        tma_coord(p, w, 1, w.q_tile[1] * q_tile[1]),
-        w.batch * p.q_extent[0] + tma_coord(p, w, 0, w.q_tile[0] * q_tile[0]), kEvictNormal);
+    const int q_origin[3] = {w.q_tile[0] * kQ0, w.q_tile[1] * kQ1, w.q_tile[2] * kQ2};
+    load_tile<kQ0, kQ1, kQ2>(maps.q, p.q_loads, p, w, w.head, q_origin, &ss.q_full, ss.q,
+                             kChunkBytesQ, kEvictNormal);
 
     const int n = w.box.size();
     int t[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
     for (int j = 0; j < n; ++j, w.box.next(t)) {
-      const int c2 = tma_coord(p, w, 2, t[2] * kv_tile[2]);
-      const int c1 = tma_coord(p, w, 1, t[1] * kv_tile[1]);
-      const int c0 = w.batch * p.kv_extent[0] + tma_coord(p, w, 0, t[0] * kv_tile[0]);
+      const int origin[3] = {t[0] * kK0, t[1] * kK1, t[2] * kK2};
       pipe_k.producer_acquire(state_k);
-      tma_load_tile(map_k, pipe_k.producer_get_barrier(state_k),
-                    ss.k + state_k.index() * kTileKV * kHeadDim, kChunkBytesKV, kv_head, c2, c1, c0,
-                    kEvictLast);
+      load_tile<kK0, kK1, kK2>(
+          maps.k, p.kv_loads, p, w, kv_head, origin, pipe_k.producer_get_barrier(state_k),
+          ss.k + state_k.index() * kTileKV * kHeadDim, kChunkBytesKV, kEvictLast);
       ++state_k;
       pipe_v.producer_acquire(state_v);
-      tma_load_tile(map_v, pipe_v.producer_get_barrier(state_v),
-                    ss.v + state_v.index() * kTileKV * kHeadDim, kChunkBytesKV, kv_head, c2, c1, c0,
-                    kEvictLast);
+      load_tile<kK0, kK1, kK2>(
+          maps.v, p.kv_loads, p, w, kv_head, origin, pipe_v.producer_get_barrier(state_v),
+          ss.v + state_v.index() * kTileKV * kHeadDim, kChunkBytesKV, kEvictLast);
       ++state_v;
     }
   }
@@ -474,18 +462,7 @@ struct FwdKernel {
     for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= inv[(i >> 1) & 1];
 
     // Per-row global token index (or -1 when the row is outside the grid).
-    auto row_token = [&](int row) -> int64_t {
-      int o[3];
-      q_offsets(row, o);
-      int64_t token = w.batch;
-      CUTLASS_PRAGMA_UNROLL
-      for (int a = 0; a < 3; ++a) {
-        const int q = w.q_tile[a] * q_tile[a] + o[a];
-        if (q >= q_end(w.axes[a])) return -1;
-        token = token * p.q_extent[a] + (w.group[a] + p.dilation[a] * q);
-      }
-      return token;
-    };
+    auto row_token = [&](int row) { return fwd_device::q_row_token<kQ0, kQ1, kQ2>(p, w, row); };
 
     if ((ctid & 3) == 0) {
       CUTLASS_PRAGMA_UNROLL
@@ -521,8 +498,7 @@ struct FwdKernel {
     if (!kSeparateO) release_q();
   }
 
-  static CUTLASS_DEVICE void run(const CUtensorMap* map_q, const CUtensorMap* map_k,
-                                 const CUtensorMap* map_v, const FwdParams& p, char* smem_raw) {
+  static CUTLASS_DEVICE void run(const FwdMaps& maps, const FwdParams& p, char* smem_raw) {
     SharedStorage& ss = shared_storage<SharedStorage>(smem_raw);
     const int warp_group = threadIdx.x / 128;
     const auto role = WarpGroupRole(warp_group);
@@ -555,7 +531,7 @@ struct FwdKernel {
       for (int item = blockIdx.x; item < p.num_items; item += gridDim.x) {
         const Work w = decode_work(p, item);
         if (!w.valid) continue;
-        producer(map_q, map_k, map_v, p, w, count++, ss, pipe_k, pipe_v, state_k, state_v);
+        producer(maps, p, w, count++, ss, pipe_k, pipe_v, state_k, state_v);
       }
     } else {
       cutlass::arch::warpgroup_reg_alloc<232>();
@@ -574,13 +550,11 @@ struct FwdKernel {
 
 template <class Kernel>
 __global__ void __launch_bounds__(Kernel::kThreads, 1)
-    gna_fwd_sm90_kernel(const __grid_constant__ CUtensorMap map_q,
-                        const __grid_constant__ CUtensorMap map_k,
-                        const __grid_constant__ CUtensorMap map_v,
+    gna_fwd_sm90_kernel(const __grid_constant__ FwdMaps maps,
                         const __grid_constant__ FwdParams params) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ char smem[];
-  Kernel::run(&map_q, &map_k, &map_v, params, smem);
+  Kernel::run(maps, params, smem);
 #else
   // Built for another architecture: never launched (the launcher checks the device).
 #endif
