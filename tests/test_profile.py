@@ -275,10 +275,57 @@ def _design_problems():
 
 def test_design_problems_are_valid_profiler_arguments():
     dp = _design_problems()
-    assert len(dp.PROBLEMS) == 10  # DESIGN §8: 4 problems x (NA, GNA) + 2 dense
+    groups = {g: [p.name for p in dp.PROBLEMS if p.group == g] for g in dp.GROUPS}
+    assert len(groups["standard"]) == 8  # 4 problems x (NA, GNA)
+    assert groups["dense"] == ["flux-4k-dense", "1d-32k-dense", "1d-8k-dense", "1d-64k-dense"]
+    assert len(groups["dilation"]) == 8 and all("dilation" in n for n in groups["dilation"])
     for p in dp.PROBLEMS:
         cfg = profile.parse_args(p.argv())
         assert cfg.problem.shape == p.input_size and cfg.dim == 128
+        if p.group == "dense":
+            assert cfg.problem.kernel_size == p.input_size
+        if p.group == "dilation":
+            assert cfg.problem.dilation == p.dilation and p.dilation is not None
+    dilations = {(p.input_size, p.dilation[0]) for p in dp.PROBLEMS if p.group == "dilation"}
+    assert dilations == {
+        *(((128, 128), d) for d in (1, 4)),
+        *(((256, 256), d) for d in (1, 4, 16)),
+        *(((32768,), d) for d in (1, 8, 64)),
+    }
+
+
+def test_design_problems_group_and_only_select(capsys):
+    dp = _design_problems()
+    assert dp.main(["--dry-run", "--group", "dilation", "--only", "1d"]) == 0
+    summary = capsys.readouterr().out.split("=== summary")[1]
+    assert [line.split()[0] for line in summary.splitlines()[3:]] == [
+        "dilation-1d-32k-d1", "dilation-1d-32k-d8", "dilation-1d-32k-d64"
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):
+        dp.main(["--dry-run", "--group", "dense", "--only", "hunyuan"])
+    assert "no problem of group dense" in capsys.readouterr().err
+
+
+def test_design_problems_real_run_reports_medians_spreads_and_markdown(
+    tmp_path, capsys, monkeypatch
+):
+    dp = _design_problems()
+    tiny = dp.DesignProblem("tiny-na", (12, 10), 2, (5, 4), (2, 1), dim=16)
+    monkeypatch.setattr(dp, "PROBLEMS", (tiny,))
+    path = tmp_path / "all.json"
+    argv = ["--implementation", "xla", *FAST, "--repeats", "2", "--json", str(path)]
+    assert dp.main(argv) == 0
+    out = capsys.readouterr().out
+    data = json.loads(path.read_text())["tiny-na"]
+    row = data["results"][0]
+    assert row["status"] == "ok" and len(row["runs"]) == 2
+    summary = out.split("=== summary")[1].split("=== the same as Markdown")[0]
+    assert f"xla {row['speedup']:.2f}x [" in summary and "dense (xla)" in summary
+    table = out.split("=== the same as Markdown")[1].strip().splitlines()[1:]
+    assert table[0] == dp.MARKDOWN_HEADER
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert cells[:3] == ["tiny-na", "forward", "xla"]
+    assert cells[4] == "dense (xla)" and cells[7:9] == ["n/a", "n/a"]  # no GPU: no trace
 
 
 def test_design_problems_dry_run_summary(capsys):
