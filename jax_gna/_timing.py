@@ -123,7 +123,8 @@ class Timer:
         self.calls = 1  # n: independent calls per dispatch
         self.dispatches = 1  # per sample
         self.runs: list[list[float]] = []  # seconds per call, per sample, per run
-        self.first_call_s = math.nan
+        self.first_call_s = math.nan  # the first call of fn: compile and run
+        self.first_dispatch_s = math.nan  # the same for the n-call function that is timed
         self.shortest_sample_s = math.inf
 
     # -- set-up ---------------------------------------------------------------------------
@@ -162,7 +163,7 @@ class Timer:
         """Compile, choose ``n`` and the dispatches per sample, then ``warmup`` untimed
         samples."""
         self._build(1)
-        self.first_call_s = self._seconds(1)  # compiles
+        self.first_call_s = self.first_dispatch_s = self._seconds(1)  # compiles
         calls, seconds = 1, self._seconds(1)
         while seconds < _ESTIMATE_S and calls < 4096:  # microsecond calls: a longer round
             calls *= 4
@@ -175,7 +176,7 @@ class Timer:
             if n <= self.calls:
                 break
             self._build(n)
-            self._seconds(1)  # compiles
+            self.first_dispatch_s = self._seconds(1)  # compiles
             per_call = self._seconds(1) / n
         # The first dispatches after a compile can be slow (allocation): the faster of two.
         per_dispatch = min(self._seconds(1), self._seconds(1)) if self.calls > 1 else None
@@ -207,6 +208,7 @@ class Timer:
             calls_per_sample=self.calls * self.dispatches,
             shortest_sample_s=self.shortest_sample_s,
             first_call_s=self.first_call_s,
+            first_dispatch_s=self.first_dispatch_s,
             status="ok",
         )
         return out

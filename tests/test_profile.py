@@ -1,4 +1,4 @@
-"""The profiler CLI (`python -m jax_gna.profile`) and the DESIGN §8 problem list."""
+"""The profiler CLI (`python -m jax_gna.profile`) and the standard problem list (benchmarks)."""
 
 from __future__ import annotations
 
