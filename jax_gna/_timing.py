@@ -7,8 +7,8 @@ in samples:
   ``fn`` on ``n`` different input sets and returns all ``n`` outputs. The calls share no data,
   so none waits for another and XLA adds nothing between them; the input sets are distinct
   arrays, so no two calls are common subexpressions, and every output is returned, so none is
-  dead code. Rotating through ``n`` sets also keeps a short call's inputs out of the L2 cache
-  the previous call filled.
+  dead code. Rotating through ``n`` sets also keeps a short call from finding its inputs still
+  in the L2 cache from the call before, which a model's calls never do.
 - a **sample** is ``dispatches`` dispatches issued back to back, then one
   ``block_until_ready``: at least ``sample_s`` (0.25 s) of one candidate alone, long enough for
   a GPU to settle into the clock state that candidate sustains. ``n`` is chosen so that a
@@ -322,7 +322,7 @@ class Method:
     max_calls: int | None = None  # None: `default_max_calls`
 
     def describe(self) -> str:
-        runs = f", {self.repeats} runs" if self.repeats > 1 else ""
+        runs = f" per run, {self.repeats} runs" if self.repeats > 1 else ""
         return (
             f"{self.iters} samples per candidate{runs}, each >= {self.sample_s:g} s of "
             f"independent calls, candidates alternating, {plural(self.warmup, 'warm-up sample')}"
