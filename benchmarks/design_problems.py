@@ -1,24 +1,38 @@
-"""The standard problems of DESIGN.md §8, as data, and a driver that profiles them all.
+"""The standard problems, as data, and a driver that profiles them all.
 
-Each problem is batch 1, head dim 128, 24 or 32 heads (1 for 1-D), at stride 1
-(neighborhood attention) and at the GNA stride that makes it perfectly block-sparse. The
-profiler (`python -m jax_gna.profile`) runs each one; benchmarks import `PROBLEMS`.
+Batch 1, head dim 128, in three groups (``--group``):
+
+- ``standard``: FLUX-4K, HunyuanVideo, Cosmos and 1-D, each at stride 1 (neighborhood
+  attention) and at the GNA stride that makes it perfectly block-sparse; 24 or 32 heads, 1 for
+  1-D.
+- ``dense``: window = the whole extent, i.e. dense attention through the GNA kernels, against
+  cuDNN: FLUX-4K (65,536 tokens, 24 heads), 1-D 32k (1 head), and 1-D 8k and 64k with enough
+  heads to fill an H100 (132 SMs; the 1-D kernels take 128 queries per CTA): 16 heads at 8k
+  (1,024 CTAs, about 8 waves) and 8 heads at 64k (4,096 CTAs, 31 waves; more heads would only
+  lengthen each call).
+- ``dilation``: 2-D 128x128 (window 13x13, dilation 1 and 4) and 256x256 (window 13x13,
+  dilation 1, 4 and 16), 24 heads; 1-D 32768 (window 512, dilation 1, 8 and 64), 1 head.
+
+The profiler (`python -m jax_gna.profile`) runs each one with the timing method of
+``docs/performance.md``; benchmarks import `PROBLEMS`.
 
 Usage::
 
   python benchmarks/design_problems.py --dry-run            # simulated numbers only, no GPU
-  python benchmarks/design_problems.py --implementation cuda --json results.json
+  python benchmarks/design_problems.py --implementation cuda --repeats 3 --json results.json
+  python benchmarks/design_problems.py --group dilation     # one group
   python benchmarks/design_problems.py --only hunyuan       # names containing "hunyuan"
   # forward + backward against cuDNN forward + backward, our backward in both modes:
   python benchmarks/design_problems.py --implementation cuda --backprop --deterministic both \
       --json results.json
 
 Every other flag goes to the profiler (``--backprop``, ``--deterministic``, ``--dtype``,
-``--iters``, ...). The closing summary puts each measured speedup over dense next to the
-simulator's bounds (``bound``: the paper's rule; ``N^2-bound``: against dense over the unpadded
-tokens, which is what the measured speedup over cuDNN should approach), with effective TFLOP/s
-(a backward counts 2.5x the forward) and, with ``--deterministic both``, what the deterministic
-backward costs over the default one.
+``--iters``, ``--repeats``, ...). The closing summary puts each measured speedup over dense
+(median and spread) next to the simulator's bounds (``bound``: the paper's rule; ``N^2-bound``:
+against dense over the unpadded tokens, which is what the measured speedup over cuDNN should
+approach), with effective TFLOP/s (a backward counts 2.5x the forward), the kernels' own time
+and, with ``--deterministic both``, what the deterministic backward costs over the default
+one; then the same as a Markdown table for ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -39,6 +53,8 @@ class DesignProblem:
     heads: int
     window: tuple[int, ...]
     stride: tuple[int, ...]
+    group: str = "standard"
+    dilation: tuple[int, ...] | None = None
     dim: int = 128
     batch: int = 1
 
@@ -53,7 +69,17 @@ class DesignProblem:
             *ints("-d", (self.dim,)),
             *ints("-w", self.window),
             *ints("-s", self.stride),
+            *(ints("--dilation", self.dilation) if self.dilation else []),
         ]
+
+
+def _dilated(name: str, input_size, heads: int, window, dilations) -> list[DesignProblem]:
+    rank = len(input_size)
+    return [
+        DesignProblem(f"{name}-d{d}", input_size, heads, window, (1,) * rank, "dilation",
+                      (d,) * rank)
+        for d in dilations
+    ]  # fmt: skip
 
 
 PROBLEMS: tuple[DesignProblem, ...] = (
@@ -66,9 +92,16 @@ PROBLEMS: tuple[DesignProblem, ...] = (
     DesignProblem("1d-32k-na", (32768,), 1, (2048,), (1,)),
     DesignProblem("1d-32k-gna", (32768,), 1, (2048,), (256,)),
     # Window = whole extent: dense attention through the GNA kernel, against cuDNN.
-    DesignProblem("flux-4k-dense", (256, 256), 24, (256, 256), (1, 1)),
-    DesignProblem("1d-32k-dense", (32768,), 1, (32768,), (1,)),
+    DesignProblem("flux-4k-dense", (256, 256), 24, (256, 256), (1, 1), "dense"),
+    DesignProblem("1d-32k-dense", (32768,), 1, (32768,), (1,), "dense"),
+    DesignProblem("1d-8k-dense", (8192,), 16, (8192,), (1,), "dense"),
+    DesignProblem("1d-64k-dense", (65536,), 8, (65536,), (1,), "dense"),
+    # Dilation: the same window spread over every d-th token.
+    *_dilated("dilation-2d-128", (128, 128), 24, (13, 13), (1, 4)),
+    *_dilated("dilation-2d-256", (256, 256), 24, (13, 13), (1, 4, 16)),
+    *_dilated("dilation-1d-32k", (32768,), 1, (512,), (1, 8, 64)),
 )
+GROUPS = tuple(dict.fromkeys(p.group for p in PROBLEMS))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,12 +109,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="run the problems whose name contains this")
+    parser.add_argument(
+        "--group", choices=GROUPS, action="append",
+        help="run this group only (repeatable; default: every group)",
+    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="simulate only")
     parser.add_argument("--json", metavar="PATH", help="write every result to one JSON file")
     args, passthrough = parser.parse_known_args(argv)
-    chosen = [p for p in PROBLEMS if args.only is None or args.only in p.name]
+    groups = args.group or GROUPS
+    chosen = [
+        p for p in PROBLEMS if p.group in groups and (args.only is None or args.only in p.name)
+    ]
     if not chosen:
-        parser.error(f"argument --only: no problem name contains {args.only!r}")
+        parser.error(
+            f"arguments --only/--group: no problem of group {'/'.join(groups)} has a name "
+            f"containing {args.only!r}"
+        )
     results = {}
     for p in chosen:
         print(f"\n=== {p.name}: python -m jax_gna.profile {' '.join(p.argv())}", flush=True)
@@ -90,10 +133,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     print("\n=== summary: measured speedup over dense next to the simulator's bound")
     print(_summary(results))
+    if not args.dry_run:
+        print("\n=== the same as Markdown (median [min-max]), for docs/performance.md")
+        print(markdown(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, default=str)
     return 0
+
+
+def _ms(x: float) -> str:
+    return f"{x:.3f}" if x >= 1 else f"{x:.4f}"
+
+
+def _spread(lo: float, hi: float, fmt=_ms) -> str:
+    return f"[{fmt(lo)}-{fmt(hi)}]"
+
+
+def _speedup(row: dict) -> str:
+    text = f"{row['speedup']:.2f}x"
+    if "speedup_spread" in row:
+        text += " " + _spread(*row["speedup_spread"], fmt=lambda x: f"{x:.2f}")
+    return text
+
+
+def _timed(row: dict) -> str:
+    """ "12.697 ms [12.61-12.80], 406 TFLOP/s, kernel 12.60 ms": a timed row, in a few words."""
+    text = f"{_ms(row['median_ms'])} ms {_spread(*row['spread_ms'])}"
+    text += f", {row['tflops']:.3g} TFLOP/s"
+    if "kernel_ms" in row:
+        text += f", kernel {_ms(row['kernel_ms'])} ms"
+    if row.get("backward", "cuda") != "cuda":
+        text += ", xla backward"
+    return text
 
 
 def _summary(results: dict) -> str:
@@ -105,20 +177,14 @@ def _summary(results: dict) -> str:
         for row in r.get("results", []):
             if row.get("status") != "ok":
                 continue
-            timing = f"{row['median_ms']:.2f} ms, {row['tflops']:.0f} TFLOP/s"
-            if row.get("backward", "cuda") != "cuda":
-                timing += ", xla backward"
             if row.get("speedup") is not None:
-                measured.append(f"{row['implementation']} {row['speedup']:.2f}x ({timing})")
+                measured.append(f"{row['implementation']} {_speedup(row)} ({_timed(row)})")
             else:
-                measured.append(f"{row['implementation']} ({timing})")
+                measured.append(f"{row['implementation']} ({_timed(row)})")
         measured += _deterministic_costs(r.get("results", []))
         dense = r.get("dense", {})
         if dense.get("status") == "ok":
-            measured.append(
-                f"{dense['implementation']} {dense['median_ms']:.2f} ms, "
-                f"{dense['tflops']:.0f} TFLOP/s"
-            )
+            measured.append(f"{dense['implementation']} {_timed(dense)}")
         q, kv = ",".join(map(str, s["q_tile"])), ",".join(map(str, s["kv_tile"]))
         rows.append(
             (
@@ -134,6 +200,43 @@ def _summary(results: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+MARKDOWN_HEADER = (
+    "| problem | pass | ours | ours (ms) | dense | dense (ms) | speedup | kernel (ms) | "
+    "overhead (ms) | TFLOP/s | bound |"
+)
+
+
+def markdown(results: dict) -> str:
+    """One Markdown row per timed implementation: the layout of docs/performance.md's tables
+    (times and speedups as median [min-max])."""
+    lines = [MARKDOWN_HEADER, "|" + "---|" * MARKDOWN_HEADER.count(" | ") + "---|"]
+    for name, r in results.items():
+        dense = r.get("dense", {})
+        dense_cells = (
+            (dense["implementation"], f"{_ms(dense['median_ms'])} {_spread(*dense['spread_ms'])}")
+            if dense.get("status") == "ok"
+            else ("-", "-")
+        )
+        for row in r.get("results", []):
+            if row.get("status") != "ok":
+                continue
+            cells = [
+                name,
+                r["pass"],
+                row["implementation"] + (", xla backward" if row.get("backward", "cuda") !=
+                                         "cuda" else ""),
+                f"{_ms(row['median_ms'])} {_spread(*row['spread_ms'])}",
+                *dense_cells,
+                _speedup(row) if row.get("speedup") is not None else "-",
+                _ms(row["kernel_ms"]) if "kernel_ms" in row else "n/a",
+                _ms(row["overhead_ms"]) if "overhead_ms" in row else "n/a",
+                f"{row['tflops']:.3g}",
+                f"{row['bound']:.2f}x" if "bound" in row else "-",
+            ]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -1,16 +1,22 @@
-"""Jit-compiled inference of a small 3-D video transformer on a video latent: GNA against dense
-attention.
+"""Jit-compiled inference (and, with ``--train``, training steps) of a small 3-D video transformer
+on a video latent: GNA against dense attention.
 
 The model patchifies a latent video ``[batch, frames, height, width, channels]`` into a
 ``[batch, T, H, W, dim]`` token grid, runs a stack of transformer blocks whose attention also
 sees text tokens, and unpatchifies. It is built twice from the same seed, with identical
 parameters: once with `jax_gna.nnx.NeighborhoodAttention` (a 3-D window, optionally strided,
 text tokens passed as ``context``) and once with ``nnx.MultiHeadAttention`` running
-``jax.nn.dot_product_attention`` over all video and text tokens. Both are timed under
-``jax.jit``.
+``jax.nn.dot_product_attention`` (cuDNN on a GPU) over all video and text tokens.
+
+Both models are timed the way the profiler times attention (``docs/performance.md``): a sample
+runs one model alone for at least ``--sample-seconds`` (back-to-back jitted dispatches, each of
+independent calls on different latents), the models' samples alternate, and the speed-up is
+the ratio of the medians, with its spread. ``--train`` also times a training step (forward,
+backward through the whole model, an Adam update) of each model.
 
     python examples/video_inference.py                     # small shape, fine on a CPU
     python examples/video_inference.py --shape hunyuan     # HunyuanVideo-like, on a GPU
+    python examples/video_inference.py --shape hunyuan --train --repeats 3
     python examples/video_inference.py --quick             # tiny shape, for CI
 """
 
@@ -18,22 +24,41 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+import optax
 from flax import nnx
 
 import jax_gna.nnx
+from jax_gna import _timing
 
-# Token grid (T, H, W) after a 1x2x2 patchify; window and stride per axis (T, H, W).
+# Token grid (T, H, W) after a 1x2x2 patchify; window and stride per axis (T, H, W); timed
+# samples per model (iters), the shortest sample in seconds (sample_s) and, optionally, the most
+# independent calls per dispatch (max_calls; default: `_timing.default_max_calls`).
 SHAPES = {
     "quick": dict(
-        grid=(4, 6, 6), dim=32, heads=2, depth=1, window=(3, 3, 3), stride=1, text=4, iters=2
+        grid=(4, 6, 6),
+        dim=32,
+        heads=2,
+        depth=1,
+        window=(3, 3, 3),
+        stride=1,
+        text=4,
+        iters=2,
+        sample_s=0.01,
+        max_calls=2,  # CI: short samples, little to compile
     ),
     "small": dict(
-        grid=(8, 16, 16), dim=128, heads=4, depth=2, window=(3, 7, 7), stride=1, text=16, iters=5
+        grid=(8, 16, 16),
+        dim=128,
+        heads=4,
+        depth=2,
+        window=(3, 7, 7),
+        stride=1,
+        text=16,
+        iters=5,
+        sample_s=_timing.SAMPLE_S,
     ),
     # HunyuanVideo 720p, 5 s: a 30x48x80 token grid (115,200 tokens), 24 heads of 128, 256 text
     # tokens, with the 18x24x24 window and 16x8x8 stride of the GNA paper's HunyuanVideo runs.
@@ -46,6 +71,7 @@ SHAPES = {
         stride=(16, 8, 8),
         text=256,
         iters=10,
+        sample_s=_timing.SAMPLE_S,
     ),
 }
 LATENT_CHANNELS = 16
@@ -151,19 +177,63 @@ def inputs(cfg: dict, dtype, batch: int = 1, seed: int = 0):
     return latent, text
 
 
-def time_model(model, latent, text, iters: int) -> tuple[jax.Array, float, float]:
-    """``(output, compile seconds, median seconds per call)`` of the jit-compiled model."""
-    graphdef, state = nnx.split(model)
-    forward = jax.jit(lambda state, latent, text: nnx.merge(graphdef, state)(latent, text))
-    start = time.perf_counter()
-    out = jax.block_until_ready(forward(state, latent, text))
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        jax.block_until_ready(forward(state, latent, text))
-        times.append(time.perf_counter() - start)
-    return out, compile_s, float(np.median(times))
+def forward_fn(model):
+    """The model's forward as a function of ``(state, latent, text)``."""
+    graphdef, _ = nnx.split(model)
+
+    def forward(state, latent, text):
+        return nnx.merge(graphdef, state)(latent, text)
+
+    return forward
+
+
+def train_step_fn(model, optimizer):
+    """One training step as a function of ``(params, opt_state, latent, text, target)``:
+    forward, backward and the optimizer's update; returns the new parameters, the new optimizer
+    state and the loss (all outputs, so nothing is dead code)."""
+    graphdef, _ = nnx.split(model)
+
+    def step(params, opt_state, latent, text, target):
+        def loss_fn(params):
+            out = nnx.merge(graphdef, params)(latent, text)
+            return jnp.mean(jnp.square(out.astype(jnp.float32) - target.astype(jnp.float32)))
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def candidates(cfg: dict, models: dict, dtype, train: bool, sample_s: float, max_calls=None):
+    """`_timing.Timer`s by name: each model's forward (``"gna"``, ``"dense"``) and, with
+    ``train``, its training step (``"gna train"``, ``"dense train"``). Input set ``i`` holds
+    latent and text ``i`` (and a target), so the calls of a dispatch are independent."""
+
+    def batch(i):
+        latent, text = inputs(cfg, dtype, seed=i)
+        return latent, text, jax.random.normal(jax.random.key(10_000 + i), latent.shape, dtype)
+
+    timers = {}
+    for attention, model in models.items():
+        state = nnx.state(model)
+        timers[attention] = _timing.Timer(
+            forward_fn(model),
+            _timing.InputPool(lambda i, state=state: (state, *batch(i)[:2])),
+            sample_s=sample_s,
+            max_calls=max_calls,
+        )
+        if train:
+            optimizer = optax.adam(1e-4)
+            params = nnx.state(model, nnx.Param)
+            opt_state = optimizer.init(params)
+            timers[f"{attention} train"] = _timing.Timer(
+                train_step_fn(model, optimizer),
+                _timing.InputPool(lambda i, p=params, o=opt_state: (p, o, *batch(i))),
+                sample_s=sample_s,
+                max_calls=max_calls,
+            )
+    return timers
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -178,6 +248,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
     parser.add_argument("--skip-dense", action="store_true", help="time GNA only")
+    parser.add_argument(
+        "--train", action="store_true", help="also time a training step (forward, backward, Adam)"
+    )
+    parser.add_argument("--iters", type=int, help="timed samples per model and run")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of alternating samples")
+    parser.add_argument("--sample-seconds", type=float, help="shortest sample (0.25)")
+    parser.add_argument("--max-calls", type=int, help="most independent calls per dispatch")
     args = parser.parse_args(argv)
 
     cfg = SHAPES["quick" if args.quick else args.shape]
@@ -198,18 +275,61 @@ def main(argv: list[str] | None = None) -> dict:
     del heads
     print("jax_gna implementations usable here:", [i for i, why in usable.items() if why is None])
 
+    impls = {"gna": args.implementation, "dense": dense_impl}
+    models = {
+        attention: build(cfg, attention, impls[attention], dtype)
+        for attention in (("gna",) if args.skip_dense else ("gna", "dense"))
+    }
+    method = _timing.Method(
+        iters=args.iters or cfg["iters"],
+        repeats=args.repeats,
+        sample_s=args.sample_seconds or cfg["sample_s"],
+        max_calls=args.max_calls or cfg.get("max_calls"),
+    )
+    print(f"timing: {method.describe()}")
+    timers = candidates(cfg, models, dtype, args.train, method.sample_s, method.max_calls)
+    timed = _timing.alternate(
+        timers,
+        iters=method.iters,
+        repeats=method.repeats,
+        warmup=method.warmup,
+        on_stage=lambda name: print(f"  compiling and warming up {name} ...", flush=True),
+    )
+
     results = {}
-    runs = [("gna", args.implementation)] + ([] if args.skip_dense else [("dense", dense_impl)])
-    for attention, impl in runs:
-        model = build(cfg, attention, impl, dtype)
-        out, compile_s, seconds = time_model(model, latent, text, cfg["iters"])
-        results[attention] = dict(out=out, compile_s=compile_s, seconds=seconds)
-        label = f"{attention} ({impl or 'auto'})"
-        print(f"{label:>16}: {seconds * 1e3:9.2f} ms per call (compile {compile_s:.1f} s)")
-    if "dense" in results:
-        speedup = results["dense"]["seconds"] / results["gna"]["seconds"]
-        print(f"GNA speed-up over dense attention: {speedup:.2f}x")
-    return dict(results=results, latent_shape=latent.shape, cfg=cfg)
+    for name, r in timed.items():
+        attention = name.split()[0]
+        label = f"{name} ({impls[attention] or 'auto'})"
+        if r["status"] != "ok":
+            print(f"{label:>22}: {r['status']}")
+            results[name] = r
+            continue
+        lo, hi = r["spread_ms"]
+        print(
+            f"{label:>22}: {r['median_ms']:9.2f} ms per call [{lo:.2f}-{hi:.2f}] "
+            f"({_timing.plural(r['calls_per_dispatch'], 'call')} per dispatch, compile "
+            f"{r['first_call_s']:.1f} s)"
+        )
+        results[name] = dict(r, seconds=r["median_ms"] / 1e3, compile_s=r["first_call_s"])
+    for attention, model in models.items():
+        if attention in results:  # the output of one forward, for checks
+            forward = jax.jit(forward_fn(model))
+            results[attention]["out"] = forward(nnx.state(model), latent, text)
+    speedups = {}
+    for suffix, what in (("", "forward"), (" train", "training step")):
+        gna, dense = results.get("gna" + suffix), results.get("dense" + suffix)
+        if gna and dense and gna["status"] == dense["status"] == "ok":
+            speedups[what] = _timing.speedup(gna, dense)
+            s = speedups[what]
+            lo, hi = s["speedup_spread"]
+            print(
+                f"GNA speed-up over dense attention, end to end ({what}): "
+                f"{s['speedup']:.2f}x [{lo:.2f}-{hi:.2f}]"
+            )
+    return dict(
+        results=results, speedups=speedups, latent_shape=latent.shape, cfg=cfg,
+        method=method.json(),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,33 +1,36 @@
 """Profiler CLI: ``python -m jax_gna.profile -i 30 48 80 -n 24 -d 128 -w 18 24 24 -s 16 8 8``.
 
-Times each requested GNA implementation and dense attention on the same inputs (cuDNN through
-``jax.nn.dot_product_attention(implementation="cudnn")`` on a GPU; XLA's dense attention
-elsewhere, and the table says so), and prints time, speedup over dense, the simulator's bound
-(`jax_gna.sim`) and effective TFLOP/s. Effective FLOPs count the attended (query, key) pairs
-only: ``2 * B * H * pairs * (D + Dv)`` forward (``4 * B * H * pairs * D`` when ``Dv == D``);
-``--backprop`` times forward + backward and counts the backward as 2.5x the forward;
-``--deterministic on|off|both`` then picks the backward's mode (`jax_gna.gna`'s
+Times each requested GNA implementation and dense attention on the same inputs in the same
+process (cuDNN through ``jax.nn.dot_product_attention(implementation="cudnn")`` on a GPU; XLA's
+dense attention elsewhere, and the table says so), and prints time, speedup over dense, the
+kernels' own time from a profiler trace and the JAX-path overhead beside it, the simulator's
+bound (`jax_gna.sim`) and effective TFLOP/s. Effective FLOPs count the attended (query, key)
+pairs only: ``2 * B * H * pairs * (D + Dv)`` forward (``4 * B * H * pairs * D`` when
+``Dv == D``); ``--backprop`` times forward + backward and counts the backward as 2.5x the
+forward; ``--deterministic on|off|both`` then picks the backward's mode (`jax_gna.gna`'s
 ``deterministic``; ``both`` times each implementation in both modes, in the same run), and the
 ``backward`` column says which backward ran (the CUDA kernels, or the ``xla`` stand-in on
 problems they cannot run). The dense cuDNN backward follows XLA's
 ``--xla_gpu_deterministic_ops`` flag (``XLA_FLAGS``), for the whole process.
 
-Timing: one call to compile, ``--warmup`` calls, then the median of ``--iters`` samples (wall
-clock, ``block_until_ready`` at the end of each). A sample runs one candidate for at least
-0.2 s: a batch of calls dispatched back to back, so that each candidate is timed in its own
-sustained clock state (a GPU's clock under load settles over tens of milliseconds, and depends
-on what runs). On a GPU, forward calls under 2 ms are chained inside one jitted function (each
-call's query is the previous call's output, up to 64 calls), so that Python's per-call dispatch,
-which a jitted model does not pay per op, does not hide the GPU time of microsecond kernels;
-everything each call launches is still timed. Forward + backward calls under 2 ms are chained
-the same way (each call's query is the previous call's dQ; every call's gradients are outputs
-of the chain, so none is dropped as dead code). The samples of the implementations and of dense
-attention alternate, one of each in turn, so that slow drift reaches them alike.
+Timing (`jax_gna._timing`; ``docs/performance.md`` explains the method): a sample runs one
+candidate alone for at least ``--sample-seconds`` (0.25 s): back-to-back dispatches of one
+jitted function that holds up to ``--max-calls`` independent calls on as many different input
+sets (forward, or forward + backward with every gradient an output); the candidates' samples
+alternate (each implementation, then dense, then again), ``--iters`` samples each per run,
+``--repeats`` runs, after ``--warmup`` untimed samples each. The table gives the median and its
+spread (min-max over samples, or over the runs' medians with several runs); the speedup is the
+ratio of the medians. On a GPU one more dispatch of each candidate runs under
+``jax.profiler.trace``: the ``kernel`` column is the device time per call of the operation's own
+kernels (``gna::`` for ours, cuDNN's for dense), ``overhead`` the rest of the time per call
+(XLA's work around the call, launch gaps). ``--no-trace`` skips it; off a GPU it reads n/a.
 
-``--q-tile``/``--kv-tile`` set the tile shapes of the ``cuda`` implementation (``auto`` too,
-when it picks ``cuda``; the other implementations have no tiles); without them the kernels run
-the compiled configuration with the best simulated bound. The table's tiles column says which
-configuration ran, and its bound is that configuration's.
+The simulator's columns (tiles, bound) describe the GPU kernels: they are printed on a GPU only
+(``--dry-run`` lists them anywhere). ``--q-tile``/``--kv-tile`` set the tile shapes of the
+``cuda`` implementation (``auto`` too, when it picks ``cuda``; the other implementations have
+no tiles); without them the kernels run the compiled configuration with the best simulated
+bound. The table's tiles column says which configuration ran, and its bound is that
+configuration's.
 
 ``--dry-run`` runs nothing and needs no GPU: it lists the kernels' candidate tile
 configurations with their simulated numbers (and optionally the strides worth trying).
@@ -41,13 +44,11 @@ import dataclasses
 import itertools
 import json
 import math
-import statistics
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from jax_gna import _tiles, sim
+from jax_gna import _kernel_trace, _tiles, _timing, sim
 
 _IMPLEMENTATIONS = ("auto", "cuda", "cpu", "xla", "reference")
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -92,6 +93,16 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
 
 
@@ -152,8 +163,31 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.add_argument("--q-tile", type=_positive_int, nargs="+", metavar="T", help="Q tile shape")
     run.add_argument("--kv-tile", type=_positive_int, nargs="+", metavar="T", help="KV tile")
-    run.add_argument("--warmup", type=_non_negative_int, default=5, help="warm-up calls (5)")
-    run.add_argument("--iters", type=_positive_int, default=20, help="timed calls (20)")
+    run.add_argument(
+        "--warmup", type=_non_negative_int, default=1,
+        help="untimed samples per candidate before the timed ones (1)",
+    )  # fmt: skip
+    run.add_argument(
+        "--iters", type=_positive_int, default=20, help="timed samples per candidate and run (20)"
+    )
+    run.add_argument(
+        "--repeats", type=_positive_int, default=1, metavar="R",
+        help="runs of --iters alternating samples in this process; with R >= 2 the table gives "
+        "the median of the runs' medians and their min-max (1)",
+    )  # fmt: skip
+    run.add_argument(
+        "--sample-seconds", type=_positive_float, default=_timing.SAMPLE_S, metavar="S",
+        help=f"shortest sample: one candidate alone this long ({_timing.SAMPLE_S:g})",
+    )  # fmt: skip
+    run.add_argument(
+        "--max-calls", type=_positive_int, metavar="N",
+        help="most independent calls in one jitted dispatch (default: "
+        f"{_timing.MAX_CALLS['gpu']} on a GPU, {_timing.MAX_CALLS['other']} elsewhere)",
+    )  # fmt: skip
+    run.add_argument(
+        "--no-trace", action="store_true",
+        help="skip the profiler trace that measures the kernels' own time (GPU only)",
+    )  # fmt: skip
     run.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
     run.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     run.add_argument(
@@ -183,8 +217,8 @@ class Config:
     deterministic: tuple[bool | None, ...]  # one timed row per implementation and value
     implementations: tuple[str, ...]
     tiles: _tiles.TileConfig | None
-    warmup: int
-    iters: int
+    method: _timing.Method
+    trace: bool
     dense: bool
     json: str | None
     dry_run: bool
@@ -269,8 +303,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         deterministic=_DETERMINISTIC_MODES[a.deterministic],
         implementations=tuple(impls),
         tiles=tiles,
-        warmup=a.warmup,
-        iters=a.iters,
+        method=_timing.Method(
+            iters=a.iters,
+            repeats=a.repeats,
+            warmup=a.warmup,
+            sample_s=a.sample_seconds,
+            max_calls=a.max_calls,
+        ),
+        trace=not a.no_trace,
         dense=not a.no_dense,
         json=a.json,
         dry_run=a.dry_run,
@@ -444,8 +484,8 @@ def _sim_json(s: sim.Simulation) -> dict[str, Any]:
 
 
 class _Progress:
-    """A tqdm bar on an interactive stderr when tqdm is installed, else one line per measured
-    function."""
+    """A tqdm bar over the sample rounds on an interactive stderr when tqdm is installed, else
+    one line per candidate as it compiles and warms up."""
 
     def __init__(self, total: int):
         self._bar = None
@@ -455,11 +495,11 @@ class _Progress:
             except ImportError:
                 pass
             else:
-                self._bar = tqdm(total=total, file=sys.stderr, leave=False, unit="call")
+                self._bar = tqdm(total=total, file=sys.stderr, leave=False, unit="round")
 
     def stage(self, name: str) -> None:
         if self._bar is None:
-            print(f"[jax_gna.profile] timing {name} ...", file=sys.stderr, flush=True)
+            print(f"[jax_gna.profile] preparing {name} ...", file=sys.stderr, flush=True)
         else:
             self._bar.set_description(name)
 
@@ -472,121 +512,13 @@ class _Progress:
             self._bar.close()
 
 
-# A sample runs one candidate at least this long (back-to-back calls), so that it is timed in
-# its own sustained clock state rather than in the one the previous candidate left.
-_MIN_SAMPLE_S = 0.2
-# Calls shorter than this are chained in one jitted function (`_Op.chained`), at most
-# `_MAX_CHAIN` per dispatch: Python dispatch (tens of microseconds per jitted call) would
-# otherwise be what a back-to-back loop of microsecond kernels measures.
-_CHAIN_BELOW_S = 0.002
-_MAX_CHAIN = 64
-
-
-@dataclasses.dataclass(frozen=True)
-class _Op:
-    """A jitted candidate, and where its output can feed its next call (a forward pass whose
-    output has the query's shape and dtype), `chained(n)`: n dependent calls in one jit."""
-
-    call: Any
-    chained: Any = None
-
-    def __call__(self, *args):
-        return self.call(*args)
-
-
-class _Timer:
-    """Times one candidate. A sample is a batch of calls dispatched back to back, at least
-    `_MIN_SAMPLE_S` long; short forward calls are chained (`_Op.chained`) so that each dispatch
-    carries milliseconds of GPU work. `profile` interleaves the samples of all candidates."""
-
-    def __init__(self, fn, args):
-        self.fn, self.args = fn, args
-        self.chain = 1
-        self.times: list[float] = []
-
-    def _per_call(self, fn, calls: int, progress: _Progress | None = None) -> float:
-        """Seconds per call of `calls` calls dispatched back to back (throughput, as samples
-        run them; a wait after each call would add the host's sync latency)."""
-        import jax
-
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            result = fn(*self.args)
-            if progress is not None:
-                progress.step()
-        jax.block_until_ready(result)
-        return (time.perf_counter() - t0) / max(calls, 1)
-
-    def prepare(self, warmup: int, progress: _Progress) -> None:
-        """First call (compile) and warm-up calls; picks the chain length and the batch size."""
-        self.compile_s = self._per_call(self.fn, 1, progress)
-        per_call = self._per_call(self.fn, warmup, progress) if warmup else self.compile_s
-        chained = getattr(self.fn, "chained", None)
-        if chained is not None and per_call < _CHAIN_BELOW_S:
-            self.chain = min(_MAX_CHAIN, math.ceil(_CHAIN_BELOW_S / max(per_call, 1e-6)))
-            self.fn = chained(self.chain)
-            self._per_call(self.fn, 1)  # compile
-            per_call = self._per_call(self.fn, max(warmup, 1))
-        self.batch = max(1, min(1000, math.ceil(_MIN_SAMPLE_S / max(per_call, 1e-6))))
-
-    def sample(self) -> None:
-        import jax
-
-        t0 = time.perf_counter()
-        for _ in range(self.batch):
-            result = self.fn(*self.args)
-        jax.block_until_ready(result)
-        self.times.append((time.perf_counter() - t0) / (self.batch * self.chain))
-
-    def result(self) -> dict[str, Any]:
-        return {
-            "median_ms": statistics.median(self.times) * 1e3,
-            "min_ms": min(self.times) * 1e3,
-            "calls_per_sample": self.batch * self.chain,
-            "chained_calls": self.chain,
-            "first_call_s": self.compile_s,
-            "status": "ok",
-        }
-
-
-def _time_interleaved(
-    candidates: dict[str, Any], args, warmup: int, iters: int, progress: _Progress
-) -> dict[str, dict[str, Any]]:
-    """Each candidate's timing (or failure) by name. `candidates` maps a name to a function, or
-    to an exception raised while building it."""
-    results: dict[str, dict[str, Any]] = {}
-    timers: dict[str, _Timer] = {}
-
-    def fail(name: str, e: Exception) -> None:  # report and go on with the others
-        results[name] = {"status": f"failed: {type(e).__name__}: {_first_line(e)}"}
-        timers.pop(name, None)
-
-    for name, fn in candidates.items():
-        if isinstance(fn, Exception):
-            fail(name, fn)
-            continue
-        progress.stage(name)
-        try:
-            timers[name] = _Timer(fn, args)
-            timers[name].prepare(warmup, progress)
-        except Exception as e:
-            fail(name, e)
-    for _ in range(iters):
-        for name, timer in list(timers.items()):
-            try:
-                timer.sample()
-            except Exception as e:
-                fail(name, e)
-        progress.step()
-    results.update({name: timer.result() for name, timer in timers.items()})
-    return results
-
-
-def _inputs(cfg: Config):
+def _inputs(cfg: Config, index: int = 0):
+    """Input set ``index``: ``(q, k, v, do, ek, ev)`` from random key ``index`` (``do`` only
+    with --backprop; ``ek``/``ev`` only with --add-kv)."""
     import jax
 
     p = cfg.problem
-    keys = jax.random.split(jax.random.key(0), 6)
+    keys = jax.random.split(jax.random.key(index), 6)
     b, s = cfg.batch, p.shape
 
     def normal(key, *shape):
@@ -595,7 +527,7 @@ def _inputs(cfg: Config):
     q = normal(keys[0], b, *s, cfg.heads, cfg.dim)
     k = normal(keys[1], b, *s, cfg.heads_kv, cfg.dim)
     v = normal(keys[2], b, *s, cfg.heads_kv, cfg.dim_value)
-    do = normal(keys[3], b, *s, cfg.heads, cfg.dim_value)
+    do = normal(keys[3], b, *s, cfg.heads, cfg.dim_value) if cfg.backprop else None
     ek = ev = None
     if cfg.add_kv:
         ek = normal(keys[4], b, cfg.add_kv, cfg.heads_kv, cfg.dim)
@@ -603,51 +535,24 @@ def _inputs(cfg: Config):
     return q, k, v, do, ek, ev
 
 
-def _chainable(cfg: Config) -> bool:
-    """Whether calls may be chained (`_Op`): on a GPU (elsewhere dispatch is small next to the
-    compute, and a chain of the xla implementation compiles slowly), forward + backward (dQ
-    feeds the next call) or a forward with an output of the query's shape."""
-    import jax
-
-    return jax.default_backend() == "gpu" and (cfg.backprop or cfg.dim_value == cfg.dim)
-
-
-def _with_backprop(f, backprop: bool, chainable: bool):
-    """The jitted call of `f` (forward, or forward + backward); with `chainable`, calls can
-    also be chained (`_Op`): a forward's output, or the backward's dQ, is the next query."""
+def _with_backprop(f, backprop: bool):
+    """One timed call of ``f(q, k, v, ek, ev)`` as a function of an input set: the forward's
+    output, or with ``backprop`` the output and every gradient (dq, dk, dv), so that no part of
+    the backward is dead code."""
     import jax
 
     if not backprop:
 
-        def chained(n: int):
-            def run(q, k, v, do, ek, ev):
-                for _ in range(n):
-                    q = f(q, k, v, ek, ev)
-                return q
-
-            return jax.jit(run)
-
         def forward(q, k, v, do, ek, ev):
             return f(q, k, v, ek, ev)
 
-        return _Op(jax.jit(forward), chained if chainable else None)
+        return forward
 
-    def fwd_bwd(q, k, v, do, ek, ev):
+    def forward_backward(q, k, v, do, ek, ev):
         out, vjp = jax.vjp(lambda q, k, v: f(q, k, v, ek, ev), q, k, v)
         return out, vjp(do)
 
-    def chained_fwd_bwd(n: int):
-        def run(q, k, v, do, ek, ev):
-            grads = []
-            for _ in range(n):
-                out, (dq, dk, dv) = fwd_bwd(q, k, v, do, ek, ev)
-                grads.append((dk, dv))  # outputs, so that no call's backward is dead code
-                q = dq
-            return out, q, grads
-
-        return jax.jit(run)
-
-    return _Op(jax.jit(fwd_bwd), chained_fwd_bwd if chainable else None)
+    return forward_backward
 
 
 def _gna_fn(cfg: Config, impl: str | None, deterministic: bool | None = None):
@@ -669,7 +574,7 @@ def _gna_fn(cfg: Config, impl: str | None, deterministic: bool | None = None):
             q, k, v, p.kernel_size, additional_keys=ek, additional_values=ev, **kwargs
         )
 
-    return _with_backprop(f, cfg.backprop, _chainable(cfg))
+    return _with_backprop(f, cfg.backprop)
 
 
 def _cuda_tiles(cfg: Config, q, k, v) -> _tiles.TileConfig | None:
@@ -721,7 +626,7 @@ def _dense_fn(cfg: Config, implementation: str, causal: bool):
         )
         return out.reshape(q.shape[:-1] + (v.shape[-1],))
 
-    return _with_backprop(f, cfg.backprop, _chainable(cfg))
+    return _with_backprop(f, cfg.backprop)
 
 
 def _platform() -> tuple[str, str]:
@@ -729,6 +634,35 @@ def _platform() -> tuple[str, str]:
 
     d = jax.devices()[0]
     return d.platform, f"{d.device_kind} ({d.platform})"
+
+
+def _timers(cfg: Config, candidates: dict[str, Any], pool: _timing.InputPool):
+    """A `_timing.Timer` per candidate function (exceptions stay as they are)."""
+    m = cfg.method
+    return {
+        name: fn
+        if isinstance(fn, Exception)
+        else _timing.Timer(fn, pool, sample_s=m.sample_s, max_calls=m.max_calls)
+        for name, fn in candidates.items()
+    }
+
+
+def _kernel_columns(row: dict[str, Any], timer, own: tuple[str, ...]) -> None:
+    """Trace one dispatch of ``timer`` and add the kernel time and overhead per call to
+    ``row``; if the trace cannot be read, ``row["trace"]`` says why."""
+    times = _kernel_trace.trace_calls(timer.dispatch, timer.calls)
+    if isinstance(times, str):
+        row["trace"] = times
+        return
+    row.update(times.json(own))
+    kernel = times.own_ms(own)
+    if kernel is None:  # e.g. the xla implementation: no kernel of its own, XLA's only
+        row["trace"] = f"no {'/'.join(own)} kernels: the kernel column is all device work"
+        kernel = times.busy_ms
+    else:
+        row["trace"] = "ok"
+    row["kernel_ms"] = kernel
+    row["overhead_ms"] = row["median_ms"] - kernel
 
 
 def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
@@ -741,8 +675,10 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
     sims, note = _candidates(cfg)
     chosen = sims[0]
     platform, device = _platform()
+    on_gpu = platform == "gpu"
     pairs, dense_pairs, dense_causal = _pairs(cfg)
-    q, k, v, do, ek, ev = _inputs(cfg)
+    pool = _timing.InputPool(lambda index: _inputs(cfg, index))
+    q, k, v, *_ = pool.take(1)[0]
     window = dict(stride=p.stride, dilation=p.dilation, is_causal=p.is_causal)
     supported = jax_gna.supported_implementations(q, k, v, p.kernel_size, **window)
     auto = next(i for i in ("cuda", "cpu", "xla") if supported[i] is None)
@@ -751,7 +687,7 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
             q, k, v, p.kernel_size, **window, q_tile_shape=cfg.tiles.q, kv_tile_shape=cfg.tiles.kv
         )["cuda"]
 
-    dense_impl = "cudnn" if platform == "gpu" else "xla"
+    dense_impl = "cudnn" if on_gpu else "xla"
     dense_note = ""
     if cfg.dense and dense_impl == "xla":
         need = 4 * 3 * cfg.batch * cfg.heads * p.tokens * (p.tokens + cfg.add_kv)
@@ -800,37 +736,58 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
         except Exception as e:
             candidates[dense["implementation"]] = e
 
-    progress = _Progress(len(candidates) * (1 + cfg.warmup) + cfg.iters)
+    m = cfg.method
+    timers = _timers(cfg, candidates, pool)
+    progress = _Progress(m.iters * m.repeats)
     try:
-        timed = _time_interleaved(
-            candidates, (q, k, v, do, ek, ev), cfg.warmup, cfg.iters, progress
-        )
+        timed = _timing.alternate(
+            timers, iters=m.iters, repeats=m.repeats, warmup=m.warmup,
+            on_stage=progress.stage, on_sample=progress.step,
+        )  # fmt: skip
     finally:
         progress.close()
     for row in (*rows, dense):
         row.update(timed.get(row["implementation"], {}))
 
-    dense_ms = dense.get("median_ms")
+    ok = [r for r in (*rows, dense) if r.get("status") == "ok"]
+    for row in ok:
+        if not on_gpu:
+            row["trace"] = "n/a (no GPU)"
+        elif not cfg.trace:
+            row["trace"] = "skipped (--no-trace)"
+        else:
+            own = _kernel_trace.OWN_KERNELS["gna" if row is not dense else dense_impl]
+            _kernel_columns(row, timers[row["implementation"]], own)
     for row in rows:
         if row.get("status") == "ok":
             row["tflops"] = _flops(cfg, pairs) / (row["median_ms"] * 1e-3) / 1e12
-            row["speedup"] = dense_ms / row["median_ms"] if dense_ms else None
-            tiles = ran_tiles.get(row["implementation"])
-            row["bound"] = (chosen if tiles is None else sim.simulate(p, tiles)).token_bound
+            row["speedup"] = None
+            if dense.get("status") == "ok":
+                row.update(_timing.speedup(row, dense))
+            if on_gpu:  # the simulator describes the GPU kernels
+                tiles = ran_tiles.get(row["implementation"])
+                row["bound"] = (chosen if tiles is None else sim.simulate(p, tiles)).token_bound
     if dense.get("status") == "ok":
-        dense["tflops"] = _flops(cfg, dense_pairs) / (dense_ms * 1e-3) / 1e12
+        dense["tflops"] = _flops(cfg, dense_pairs) / (dense["median_ms"] * 1e-3) / 1e12
         dense["speedup"] = 1.0
 
     pass_name = "forward + backward" if cfg.backprop else "forward"
     print(f"device: {device}", file=out)
     print(f"problem: {_describe(cfg)}", file=out)
-    print(
-        f"simulator: tiles {chosen.tiles} ({note}): bound {chosen.bound:.2f}x "
-        f"({chosen.token_bound:.2f}x against dense over the unpadded tokens, the 'sim bound' "
-        f"below), FLOP-wise {chosen.flop_speedup:.2f}x, "
-        f"{'perfectly block-sparse' if chosen.block_sparse else 'needs masking'}",
-        file=out,
-    )
+    if on_gpu:
+        print(
+            f"simulator: tiles {chosen.tiles} ({note}): bound {chosen.bound:.2f}x "
+            f"({chosen.token_bound:.2f}x against dense over the unpadded tokens, the 'sim "
+            f"bound' below), FLOP-wise {chosen.flop_speedup:.2f}x, "
+            f"{'perfectly block-sparse' if chosen.block_sparse else 'needs masking'}",
+            file=out,
+        )
+    else:
+        print(
+            "simulator: not shown, its tiles and bound describe the GPU kernels (--dry-run "
+            "lists them)",
+            file=out,
+        )
     dense_what = ("cuDNN" if dense_impl == "cudnn" else "XLA (no GPU: cuDNN needs one)") + (
         ", causal" if dense_causal else ""
     )
@@ -839,57 +796,78 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
         mode = "deterministic" if xla_wants_determinism() else "default"
         dense_what += f", {mode} backward (XLA_FLAGS)"
     print(
-        f"pass: {pass_name}; median of {cfg.iters} samples after {cfg.warmup} warm-up; dense "
-        f"baseline: {dense_what}; TFLOP/s count attended pairs only"
+        f"pass: {pass_name}; dense baseline: {dense_what}; "
+        f"{'TFLOP/s' if on_gpu else 'GFLOP/s'} count attended pairs only"
         + ("; backward = 2.5x forward" if cfg.backprop else ""),
         file=out,
     )
-    print(_results_table(rows + [dense]), file=out)
-    result = {
+    spread_over = f"{m.repeats} runs' medians" if m.repeats > 1 else f"{m.iters} samples"
+    print(f"timing: {m.describe()}; [spread] = min-max over {spread_over}", file=out)
+    print(_results_table(rows + [dense], on_gpu), file=out)
+    return {
         "device": device,
         "problem": _problem_json(cfg),
         "tile_note": note,
         "simulation": _sim_json(chosen),
+        "simulation_applies": on_gpu,
         "pass": pass_name,
-        "warmup": cfg.warmup,
-        "iters": cfg.iters,
+        "method": m.json(),
+        "warmup": m.warmup,
+        "iters": m.iters,
+        "repeats": m.repeats,
         "results": rows,
         "dense": dense,
     }
-    return result
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else ""
+def _range(lo: float, hi: float, digits: int) -> str:
+    return f"[{lo:.{digits}f}-{hi:.{digits}f}]"
 
 
-def _results_table(rows: list[dict[str, Any]]) -> str:
-    header = ("implementation", "tiles", "time (ms)", "speedup vs dense", "sim bound", "TFLOP/s")
+def _results_table(rows: list[dict[str, Any]], on_gpu: bool = True) -> str:
+    """The results as a text table; the tiles and sim bound columns only ``on_gpu``."""
+    header = ["implementation", "tiles", "time (ms)", "speedup vs dense", "kernel (ms)",
+              "overhead", "sim bound", "TFLOP/s" if on_gpu else "GFLOP/s"]  # fmt: skip
+    gpu_only = {"tiles", "sim bound"}
     lines = [header]
     notes = []
     for r in rows:
-        tiles = r.get("tiles", "-")
+        name = r["implementation"]
         if r.get("status") != "ok":
-            lines.append((r["implementation"], tiles, "-", "-", "-", "-"))
-            notes.append(f"  {r['implementation']}: {r.get('status')}")
+            lines.append([name, r.get("tiles", "-")] + ["-"] * (len(header) - 2))
+            notes.append(f"  {name}: {r.get('status')}")
             continue
         if r.get("backward", "cuda") != "cuda":
-            notes.append(f"  {r['implementation']}: backward by {r['backward']}")
-        sp = r.get("speedup")
-        lines.append(
-            (
-                r["implementation"],
-                tiles,
-                f"{r['median_ms']:.3f}",
-                "-" if sp is None else f"{sp:.2f}x",
-                f"{r['bound']:.2f}x" if "bound" in r else "-",
-                f"{r['tflops']:.4g}",
-            )
+            notes.append(f"  {name}: backward by {r['backward']}")
+        trace = r.get("trace", "n/a")
+        if trace not in ("ok", "n/a (no GPU)"):
+            notes.append(f"  {name}: kernel time: {trace}")
+        notes.append(
+            f"  {name}: a sample is "
+            f"{_timing.plural(r['dispatches_per_sample'], 'dispatch', 'dispatches')} of "
+            f"{_timing.plural(r['calls_per_dispatch'], 'independent call')}"
         )
-    widths = [max(len(x[i]) for x in lines) for i in range(len(header))]
+        time_ms = f"{r['median_ms']:.3f} {_range(*r['spread_ms'], 3)}"
+        sp = r.get("speedup")
+        speed = "-" if sp is None else f"{sp:.2f}x"
+        if "speedup_spread" in r:
+            speed += " " + _range(*r["speedup_spread"], 2)
+        if "kernel_ms" in r:
+            kernel = f"{r['kernel_ms']:.3f}"
+            overhead = f"{r['overhead_ms']:.3f} ({r['overhead_ms'] / r['median_ms']:.0%})"
+        else:
+            kernel = overhead = "n/a"
+        flops = r["tflops"] * (1 if on_gpu else 1e3)
+        lines.append(
+            [name, r.get("tiles", "-"), time_ms, speed, kernel, overhead,
+             f"{r['bound']:.2f}x" if "bound" in r else "-", f"{flops:.4g}"]
+        )  # fmt: skip
+    keep = [i for i, h in enumerate(header) if on_gpu or h not in gpu_only]
+    lines = [[x[i] for i in keep] for x in lines]
+    widths = [max(len(x[i]) for x in lines) for i in range(len(keep))]
+    left = 2 if on_gpu else 1  # name (and tiles) left-aligned, numbers right-aligned
     text = [
-        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths)))
+        "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths)))
         for x in lines
     ]
     text.insert(1, "  ".join("-" * w for w in widths))

@@ -28,11 +28,40 @@ def test_train_digits_quick_lowers_the_loss_and_beats_chance():
 
 def test_video_inference_quick_runs_both_models_on_the_latent():
     result = _load("video_inference").main(["--quick"])
+    assert list(result["results"]) == ["gna", "dense"]
     for attention in ("gna", "dense"):
         run = result["results"][attention]
         assert run["out"].shape == result["latent_shape"]
         assert np.all(np.isfinite(run["out"]))
-        assert run["seconds"] > 0
+        assert run["seconds"] > 0 and run["status"] == "ok"
+        assert len(run["samples_ms"][0]) == result["method"]["iters"]
+        assert 1 <= run["calls_per_dispatch"] <= 2  # the quick shape's cap
+    assert list(result["speedups"]) == ["forward"]
+    s = result["speedups"]["forward"]
+    gna, dense = result["results"]["gna"], result["results"]["dense"]
+    assert s["speedup"] == pytest.approx(dense["median_ms"] / gna["median_ms"])
+
+
+def test_video_inference_times_training_steps_too():
+    video = _load("video_inference")
+    result = video.main(["--quick", "--train", "--iters", "1"])
+    assert list(result["results"]) == ["gna", "gna train", "dense", "dense train"]
+    assert all(r["status"] == "ok" for r in result["results"].values())
+    assert list(result["speedups"]) == ["forward", "training step"]
+
+
+def test_video_training_step_updates_the_parameters_and_returns_the_loss():
+    video = _load("video_inference")
+    cfg = video.SHAPES["quick"]
+    model = video.build(cfg, "gna")
+    optimizer = video.optax.adam(1e-2)
+    params = video.nnx.state(model, video.nnx.Param)
+    latent, text = video.inputs(cfg, np.float32)
+    step = jax.jit(video.train_step_fn(model, optimizer))
+    new_params, _, loss = step(params, optimizer.init(params), latent, text, latent)
+    assert np.isfinite(loss) and loss > 0
+    changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), params, new_params)
+    assert all(jax.tree.leaves(changed))
 
 
 def test_video_models_agree_when_the_window_covers_the_grid():

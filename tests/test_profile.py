@@ -1,4 +1,4 @@
-"""The profiler CLI (`python -m jax_gna.profile`) and the DESIGN §8 problem list."""
+"""The profiler CLI (`python -m jax_gna.profile`) and the standard problem list (benchmarks)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from jax_gna import _extension, profile
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HUNYUAN = "-i 30 48 80 -n 24 -d 128 -w 18 24 24 -s 16 8 8".split()
 SMALL = "-i 12 10 -b 2 -n 4 --heads-kv 2 -d 16 -w 5 4 -s 2 1".split()
+# Short samples: these tests check what is run and reported, not the times.
+FAST = "--warmup 1 --iters 2 --sample-seconds 0.01 --max-calls 3".split()
 
 
 def test_dry_run_lists_candidate_tiles_with_simulated_numbers(capsys):
@@ -66,29 +68,78 @@ def _usable_cpu_implementations() -> list[str]:
     return [i for i in ("cpu", "xla") if supported[i] is None]
 
 
-@pytest.mark.parametrize("extra", [[], ["--backprop"], ["--add-kv", "3", "--dtype", "fp32"]])
+@pytest.mark.parametrize(
+    "extra", [[], ["--backprop"], ["--add-kv", "3", "--dtype", "fp32"], ["--repeats", "3"]]
+)
 def test_small_real_run(tmp_path, capsys, extra):
     impls = _usable_cpu_implementations()
     path = tmp_path / "run.json"
-    argv = [*SMALL, "--implementation", ",".join(impls), "--warmup", "1", "--iters", "2"]
+    argv = [*SMALL, "--implementation", ",".join(impls), *FAST]
     assert profile.main([*argv, *extra, "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "speedup vs dense" in out and "dense (xla)" in out
     data = json.loads(path.read_text())
+    repeats = 3 if "--repeats" in extra else 1
+    assert data["method"] == dict(iters=2, repeats=repeats, warmup=1, sample_s=0.01, max_calls=3)
     assert [r["implementation"] for r in data["results"]] == impls
     for row in data["results"] + [data["dense"]]:
         assert row["status"] == "ok", row
         assert row["median_ms"] > 0 and row["tflops"] > 0
+        assert len(row["runs"]) == len(row["samples_ms"]) == repeats
+        assert all(len(samples) == 2 for samples in row["samples_ms"])
+        lo, hi = row["spread_ms"]
+        assert lo <= row["median_ms"] <= hi
+        assert row["spread_over"] == ("runs" if repeats > 1 else "samples")
+        assert 1 <= row["calls_per_dispatch"] <= 3
+        assert row["calls_per_sample"] == row["calls_per_dispatch"] * row["dispatches_per_sample"]
+        assert row["trace"] == "n/a (no GPU)" and "kernel_ms" not in row
+    dense_runs = [r["median_ms"] for r in data["dense"]["runs"]]
     for row in data["results"]:
-        assert row["speedup"] == pytest.approx(data["dense"]["median_ms"] / row["median_ms"])
-        assert row["bound"] == data["simulation"]["token_bound"]
+        runs = [d / r["median_ms"] for d, r in zip(dense_runs, row["runs"])]
+        assert row["speedup_runs"] == pytest.approx(runs)
+        assert row["speedup"] == pytest.approx(np.median(runs))
+        lo, hi = row["speedup_spread"]
+        assert lo <= row["speedup"] <= hi
+        assert "bound" not in row  # the simulator's bound is for the GPU kernels
+    assert data["simulation_applies"] is False
     assert data["pass"] == ("forward + backward" if "--backprop" in extra else "forward")
+
+
+def test_cpu_table_leaves_out_the_gpu_columns(capsys):
+    impls = _usable_cpu_implementations()
+    assert profile.main([*SMALL, "--implementation", impls[0], *FAST]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("implementation"))
+    assert header.split()[:4] == ["implementation", "time", "(ms)", "speedup"]
+    assert "sim bound" not in header and "tiles" not in header and "GFLOP/s" in header
+    assert "kernel (ms)" in header
+    row = next(line for line in out.splitlines() if line.startswith(impls[0] + " "))
+    assert row.split().count("n/a") == 2  # kernel time and overhead: no GPU trace here
+    assert "simulator: not shown" in out and "sim bound" not in out
+
+
+def test_gpu_table_has_the_simulator_and_kernel_columns():
+    row = dict(implementation="cuda", tiles="Q(8,16)/KV(8,16)", status="ok", median_ms=1.0,
+               spread_ms=[0.9, 1.1], speedup=2.0, speedup_spread=[1.9, 2.1], bound=12.0,
+               tflops=3.0, kernel_ms=0.9, overhead_ms=0.1, trace="ok", dispatches_per_sample=2,
+               calls_per_dispatch=128)  # fmt: skip
+    table = profile._results_table([row], on_gpu=True)
+    header, _, cuda, *notes = table.splitlines()
+    assert "sim bound" in header and "TFLOP/s" in header and "tiles" in header
+    assert cuda.split() == ["cuda", "Q(8,16)/KV(8,16)", "1.000", "[0.900-1.100]", "2.00x",
+                            "[1.90-2.10]", "0.900", "0.100", "(10%)", "12.00x", "3"]  # fmt: skip
+    assert notes == ["  cuda: a sample is 2 dispatches of 128 independent calls"]
+    unread = dict(row, trace="trace failed: RuntimeError: no CUPTI")
+    del unread["kernel_ms"], unread["overhead_ms"]
+    table = profile._results_table([unread], on_gpu=True)
+    assert "n/a" in table.splitlines()[2]
+    assert "cuda: kernel time: trace failed: RuntimeError: no CUPTI" in table
 
 
 def test_backprop_in_both_deterministic_modes(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "")
     path = tmp_path / "run.json"
-    argv = [*SMALL, "--implementation", "xla", "--warmup", "0", "--iters", "1", "--backprop"]
+    argv = [*SMALL, "--implementation", "xla", *FAST, "--iters", "1", "--backprop"]
     assert profile.main([*argv, "--deterministic", "both", "--json", str(path)]) == 0
     data = json.loads(path.read_text())
     rows = {r["implementation"]: r for r in data["results"]}
@@ -157,17 +208,19 @@ def test_table_says_which_tiles_the_cuda_implementation_runs():
     given = profile.parse_args("-i 32 48 -n 2 -d 128 -w 8 16 --q-tile 16 8 --kv-tile 16 8".split())
     assert profile._cuda_tiles(given, q, k, v) == jax_gna.sim.TileConfig((16, 8), (16, 8))
     row = dict(implementation="cuda", tiles="Q(8,16)/KV(8,16)", status="ok", median_ms=1.0,
-               speedup=2.0, bound=12.0, tflops=3.0)  # fmt: skip
-    table = profile._results_table([row, dict(implementation="dense (cudnn)", status="ok",
-                                              median_ms=2.0, speedup=1.0, tflops=6.0)])  # fmt: skip
-    header, _, cuda, dense = table.splitlines()
+               spread_ms=[1.0, 1.0], speedup=2.0, bound=12.0, tflops=3.0,
+               dispatches_per_sample=1, calls_per_dispatch=1)  # fmt: skip
+    dense = dict(implementation="dense (cudnn)", status="ok", median_ms=2.0,
+                 spread_ms=[2.0, 2.0], speedup=1.0, tflops=6.0, dispatches_per_sample=1,
+                 calls_per_dispatch=1)  # fmt: skip
+    header, _, cuda, dense, *_ = profile._results_table([row, dense]).splitlines()
     assert header.split()[:2] == ["implementation", "tiles"]
     assert cuda.split()[:2] == ["cuda", "Q(8,16)/KV(8,16)"]
-    assert dense.split()[2] == "-"
+    assert dense.split()[3] == "-"
 
 
 def test_unavailable_implementation_is_reported_not_run(capsys):
-    assert profile.main([*SMALL, "--implementation", "cuda", "--iters", "1", "--no-dense"]) == 1
+    assert profile.main([*SMALL, "--implementation", "cuda", *FAST, "--no-dense"]) == 1
     out = capsys.readouterr().out
     assert "cuda: unavailable" in out
 
@@ -189,6 +242,10 @@ def test_unavailable_implementation_is_reported_not_run(capsys):
         (["-i", "16", "--suggest-strides", "3"], "only with --dry-run"),
         (["-i", "16", "--deterministic", "both"], "--deterministic: only with --backprop"),
         (["-i", "16", "--backprop", "--deterministic", "yes"], "--deterministic: invalid"),
+        (["-i", "16", "--repeats", "0"], "--repeats: expected a positive integer"),
+        (["-i", "16", "--sample-seconds", "0"], "--sample-seconds: expected a positive number"),
+        (["-i", "16", "--sample-seconds", "x"], "--sample-seconds: expected a positive number"),
+        (["-i", "16", "--max-calls", "0"], "--max-calls: expected a positive integer"),
     ],
 )
 def test_bad_arguments_exit_with_a_message_naming_the_flag(argv, message, capsys):
@@ -218,10 +275,57 @@ def _design_problems():
 
 def test_design_problems_are_valid_profiler_arguments():
     dp = _design_problems()
-    assert len(dp.PROBLEMS) == 10  # DESIGN §8: 4 problems x (NA, GNA) + 2 dense
+    groups = {g: [p.name for p in dp.PROBLEMS if p.group == g] for g in dp.GROUPS}
+    assert len(groups["standard"]) == 8  # 4 problems x (NA, GNA)
+    assert groups["dense"] == ["flux-4k-dense", "1d-32k-dense", "1d-8k-dense", "1d-64k-dense"]
+    assert len(groups["dilation"]) == 8 and all("dilation" in n for n in groups["dilation"])
     for p in dp.PROBLEMS:
         cfg = profile.parse_args(p.argv())
         assert cfg.problem.shape == p.input_size and cfg.dim == 128
+        if p.group == "dense":
+            assert cfg.problem.kernel_size == p.input_size
+        if p.group == "dilation":
+            assert cfg.problem.dilation == p.dilation and p.dilation is not None
+    dilations = {(p.input_size, p.dilation[0]) for p in dp.PROBLEMS if p.group == "dilation"}
+    assert dilations == {
+        *(((128, 128), d) for d in (1, 4)),
+        *(((256, 256), d) for d in (1, 4, 16)),
+        *(((32768,), d) for d in (1, 8, 64)),
+    }
+
+
+def test_design_problems_group_and_only_select(capsys):
+    dp = _design_problems()
+    assert dp.main(["--dry-run", "--group", "dilation", "--only", "1d"]) == 0
+    summary = capsys.readouterr().out.split("=== summary")[1]
+    assert [line.split()[0] for line in summary.splitlines()[3:]] == [
+        "dilation-1d-32k-d1", "dilation-1d-32k-d8", "dilation-1d-32k-d64"
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):
+        dp.main(["--dry-run", "--group", "dense", "--only", "hunyuan"])
+    assert "no problem of group dense" in capsys.readouterr().err
+
+
+def test_design_problems_real_run_reports_medians_spreads_and_markdown(
+    tmp_path, capsys, monkeypatch
+):
+    dp = _design_problems()
+    tiny = dp.DesignProblem("tiny-na", (12, 10), 2, (5, 4), (2, 1), dim=16)
+    monkeypatch.setattr(dp, "PROBLEMS", (tiny,))
+    path = tmp_path / "all.json"
+    argv = ["--implementation", "xla", *FAST, "--repeats", "2", "--json", str(path)]
+    assert dp.main(argv) == 0
+    out = capsys.readouterr().out
+    data = json.loads(path.read_text())["tiny-na"]
+    row = data["results"][0]
+    assert row["status"] == "ok" and len(row["runs"]) == 2
+    summary = out.split("=== summary")[1].split("=== the same as Markdown")[0]
+    assert f"xla {row['speedup']:.2f}x [" in summary and "dense (xla)" in summary
+    table = out.split("=== the same as Markdown")[1].strip().splitlines()[1:]
+    assert table[0] == dp.MARKDOWN_HEADER
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert cells[:3] == ["tiny-na", "forward", "xla"]
+    assert cells[4] == "dense (xla)" and cells[7:9] == ["n/a", "n/a"]  # no GPU: no trace
 
 
 def test_design_problems_dry_run_summary(capsys):
@@ -231,62 +335,3 @@ def test_design_problems_dry_run_summary(capsys):
     summary = out.split("=== summary")[1]
     assert "1d-32k-na" in summary and "15.06x" in summary
     assert "1d-32k-gna" in summary and "16.00x" in summary
-
-
-def test_interleaved_timing_reports_a_failure_and_times_the_rest():
-    calls = {"flaky": 0}
-
-    def ok(x):
-        return x + 1
-
-    def flaky(x):
-        calls["flaky"] += 1
-        if calls["flaky"] > 3:  # compile + 1 warm-up + 1 sample succeed, then it breaks
-            raise RuntimeError("device lost\nsecond line")
-        return x
-
-    import jax.numpy as jnp
-
-    progress = profile._Progress(0)
-    got = profile._time_interleaved(
-        {"ok": ok, "flaky": flaky, "broken": ValueError("no kernel")},
-        (jnp.ones(3),),
-        warmup=1,
-        iters=4,
-        progress=progress,
-    )
-    progress.close()
-    assert got["ok"]["status"] == "ok" and got["ok"]["median_ms"] > 0
-    assert got["flaky"]["status"] == "failed: RuntimeError: device lost"
-    assert got["broken"]["status"] == "failed: ValueError: no kernel"
-
-
-def test_short_forward_calls_are_chained_in_one_jit():
-    import jax.numpy as jnp
-
-    def f(q, k, v, ek, ev):  # an output of the query's shape: chainable
-        return q * 0.5 + v
-
-    op = profile._with_backprop(f, backprop=False, chainable=True)
-    q, k, v = jnp.ones(4), jnp.zeros(4), jnp.full(4, 2.0)
-    # Each call's query is the previous output: 1 -> 2.5 -> 3.25 -> 3.625.
-    np.testing.assert_allclose(op.chained(3)(q, k, v, None, None, None), 3.625)
-    assert profile._with_backprop(f, backprop=False, chainable=False).chained is None
-
-    # Forward + backward: each call's query is the previous call's dQ, and every call's dK/dV
-    # is an output (nothing is dead code).
-    step = profile._with_backprop(f, backprop=True, chainable=True)
-    out, dq, grads = step.chained(2)(q, k, v, jnp.ones(4), None, None)
-    np.testing.assert_allclose(dq, 0.5)  # d/dq sum(do * (q / 2 + v)) = do / 2
-    np.testing.assert_allclose(out, 0.5 * 0.5 + 2.0)  # the second call's query is dq = 0.5
-    assert len(grads) == 2
-    np.testing.assert_allclose(grads[0][1], 1.0)  # dv = do
-
-    timer = profile._Timer(op, (q, k, v, None, None, None))
-    progress = profile._Progress(0)
-    timer.prepare(warmup=2, progress=progress)  # microsecond calls: chained
-    timer.sample()
-    got = timer.result()
-    assert 1 < got["chained_calls"] <= profile._MAX_CHAIN
-    assert got["calls_per_sample"] == timer.batch * got["chained_calls"]
-    assert got["median_ms"] > 0
