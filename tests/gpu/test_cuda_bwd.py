@@ -386,6 +386,8 @@ def test_gradients_of_a_vmapped_call():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_head_dim_256_runs_the_xla_backward_with_correct_gradients(dtype):
+    if 256 not in HEAD_DIMS:
+        pytest.skip("this build's kernel set has no head dim 256 forward kernel")
     case = _case((14, 12), (5, 6), (2, 3), (2, 1), (True, False), dim=256, dtype=dtype, extra=4)
     q, k, v, extra = _inputs(case, seed=31)
     reason = _ops.cuda_backward_reason(q, k, v, make_params(q, k, v, **_window(case)))
