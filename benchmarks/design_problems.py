@@ -43,6 +43,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from jax_gna._timing import format_ms, format_speedup, format_time
+
 
 @dataclasses.dataclass(frozen=True)
 class DesignProblem:
@@ -142,27 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _ms(x: float) -> str:
-    return f"{x:.3f}" if x >= 1 else f"{x:.4f}"
-
-
-def _spread(lo: float, hi: float, fmt=_ms) -> str:
-    return f"[{fmt(lo)}-{fmt(hi)}]"
-
-
-def _speedup(row: dict) -> str:
-    text = f"{row['speedup']:.2f}x"
-    if "speedup_spread" in row:
-        text += " " + _spread(*row["speedup_spread"], fmt=lambda x: f"{x:.2f}")
-    return text
-
-
 def _timed(row: dict) -> str:
-    """ "12.697 ms [12.61-12.80], 406 TFLOP/s, kernel 12.60 ms": a timed row, in a few words."""
-    text = f"{_ms(row['median_ms'])} ms {_spread(*row['spread_ms'])}"
+    """A timed row in a few words: ``12.697 [12.61-12.80] ms, 406 TFLOP/s, kernel 12.60 ms``."""
+    text = f"{format_time(row)} ms"
     text += f", {row['tflops']:.3g} TFLOP/s"
     if "kernel_ms" in row:
-        text += f", kernel {_ms(row['kernel_ms'])} ms"
+        text += f", kernel {format_ms(row['kernel_ms'])} ms"
     if row.get("backward", "cuda") != "cuda":
         text += ", xla backward"
     return text
@@ -178,7 +165,7 @@ def _summary(results: dict) -> str:
             if row.get("status") != "ok":
                 continue
             if row.get("speedup") is not None:
-                measured.append(f"{row['implementation']} {_speedup(row)} ({_timed(row)})")
+                measured.append(f"{row['implementation']} {format_speedup(row)} ({_timed(row)})")
             else:
                 measured.append(f"{row['implementation']} ({_timed(row)})")
         measured += _deterministic_costs(r.get("results", []))
@@ -216,7 +203,10 @@ def markdown(results: dict) -> str:
     for name, r in results.items():
         dense = r.get("dense", {})
         dense_cells = (
-            (dense["implementation"], f"{_ms(dense['median_ms'])} {_spread(*dense['spread_ms'])}")
+            (
+                dense["implementation"],
+                format_time(dense),
+            )
             if dense.get("status") == "ok"
             else ("-", "-")
         )
@@ -228,11 +218,11 @@ def markdown(results: dict) -> str:
                 r["pass"],
                 row["implementation"] + (", xla backward" if row.get("backward", "cuda") !=
                                          "cuda" else ""),
-                f"{_ms(row['median_ms'])} {_spread(*row['spread_ms'])}",
+                format_time(row),
                 *dense_cells,
-                _speedup(row) if row.get("speedup") is not None else "-",
-                _ms(row["kernel_ms"]) if "kernel_ms" in row else "n/a",
-                _ms(row["overhead_ms"]) if "overhead_ms" in row else "n/a",
+                format_speedup(row),
+                format_ms(row["kernel_ms"]) if "kernel_ms" in row else "n/a",
+                format_ms(row["overhead_ms"]) if "overhead_ms" in row else "n/a",
                 f"{row['tflops']:.3g}",
                 f"{row['bound']:.2f}x" if "bound" in row else "-",
             ]  # fmt: skip

@@ -302,6 +302,30 @@ def alternate(
     return {name: results[name] for name in timers}
 
 
+def format_ms(ms: float) -> str:
+    """Milliseconds with 4 significant digits or more: ``12.697``, ``0.0673``."""
+    return f"{ms:.3f}" if ms >= 1 else f"{ms:.4f}"
+
+
+def format_spread(lo: float, hi: float, fmt: Callable[[float], str] = format_ms) -> str:
+    return f"[{fmt(lo)}-{fmt(hi)}]"
+
+
+def format_time(row: dict[str, Any]) -> str:
+    """``"12.697 [12.612-12.803]"``: a `Timer.result`'s median and spread, in ms."""
+    return f"{format_ms(row['median_ms'])} {format_spread(*row['spread_ms'])}"
+
+
+def format_speedup(row: dict[str, Any]) -> str:
+    """``"9.67x [9.60-9.71]"`` from a row with `speedup`'s fields (``"-"`` without a speedup)."""
+    if row.get("speedup") is None:
+        return "-"
+    text = f"{row['speedup']:.2f}x"
+    if "speedup_spread" in row:
+        text += " " + format_spread(*row["speedup_spread"], fmt=lambda x: f"{x:.2f}")
+    return text
+
+
 def plural(n: int, noun: str, nouns: str | None = None) -> str:
     return f"{n} {noun if n == 1 else nouns or noun + 's'}"
 

@@ -820,10 +820,6 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
     }
 
 
-def _range(lo: float, hi: float, digits: int) -> str:
-    return f"[{lo:.{digits}f}-{hi:.{digits}f}]"
-
-
 def _results_table(rows: list[dict[str, Any]], on_gpu: bool = True) -> str:
     """The results as a text table; the tiles and sim bound columns only ``on_gpu``."""
     header = ["implementation", "tiles", "time (ms)", "speedup vs dense", "kernel (ms)",
@@ -847,14 +843,13 @@ def _results_table(rows: list[dict[str, Any]], on_gpu: bool = True) -> str:
             f"{_timing.plural(r['dispatches_per_sample'], 'dispatch', 'dispatches')} of "
             f"{_timing.plural(r['calls_per_dispatch'], 'independent call')}"
         )
-        time_ms = f"{r['median_ms']:.3f} {_range(*r['spread_ms'], 3)}"
-        sp = r.get("speedup")
-        speed = "-" if sp is None else f"{sp:.2f}x"
-        if "speedup_spread" in r:
-            speed += " " + _range(*r["speedup_spread"], 2)
+        time_ms = _timing.format_time(r)
+        speed = _timing.format_speedup(r)
         if "kernel_ms" in r:
-            kernel = f"{r['kernel_ms']:.3f}"
-            overhead = f"{r['overhead_ms']:.3f} ({r['overhead_ms'] / r['median_ms']:.0%})"
+            kernel = _timing.format_ms(r["kernel_ms"])
+            overhead = (
+                f"{_timing.format_ms(r['overhead_ms'])} ({r['overhead_ms'] / r['median_ms']:.0%})"
+            )
         else:
             kernel = overhead = "n/a"
         flops = r["tflops"] * (1 if on_gpu else 1e3)

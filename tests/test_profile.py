@@ -126,8 +126,8 @@ def test_gpu_table_has_the_simulator_and_kernel_columns():
     table = profile._results_table([row], on_gpu=True)
     header, _, cuda, *notes = table.splitlines()
     assert "sim bound" in header and "TFLOP/s" in header and "tiles" in header
-    assert cuda.split() == ["cuda", "Q(8,16)/KV(8,16)", "1.000", "[0.900-1.100]", "2.00x",
-                            "[1.90-2.10]", "0.900", "0.100", "(10%)", "12.00x", "3"]  # fmt: skip
+    assert cuda.split() == ["cuda", "Q(8,16)/KV(8,16)", "1.000", "[0.9000-1.100]", "2.00x",
+                            "[1.90-2.10]", "0.9000", "0.1000", "(10%)", "12.00x", "3"]  # fmt: skip
     assert notes == ["  cuda: a sample is 2 dispatches of 128 independent calls"]
     unread = dict(row, trace="trace failed: RuntimeError: no CUPTI")
     del unread["kernel_ms"], unread["overhead_ms"]
