@@ -43,7 +43,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jax_gna import _extension, _xla, parallel, sim
-from jax_gna._mesh import explicit_mesh, per_shard, shardings
+from jax_gna._mesh import explicit_mesh, per_shard, result_sharding, shardings
 from jax_gna._params import GnaParams
 
 CPU_DTYPES = ("float32", "float16", "bfloat16")
@@ -464,14 +464,10 @@ def _xla_backward_op(params: GnaParams, group: int) -> Callable:
 def _retype(y: jax.Array, like: jax.Array, keep_last: bool) -> jax.Array:
     """In an Explicit mesh, give `y` the sharding of `like` (custom calls type their results
     replicated, which custom_vjp and the caller would see as a different type). Without
-    `keep_last`, `y` is `like`'s layout without its last dim (lse); the last dim of a result
-    is never sharded."""
+    `keep_last`, `y` is `like`'s layout without its last dim (lse)."""
     if explicit_mesh(like) is None:
         return y
-    sharding = jax.typeof(like).sharding
-    spec = tuple(sharding.spec) + (None,) * (like.ndim - len(sharding.spec))
-    spec = spec[:-1] + (None,) if keep_last else spec[:-1]
-    return jax.sharding.reshard(y, P(*spec))
+    return jax.sharding.reshard(y, result_sharding(like, keep_last))
 
 
 def _group(query, key) -> int:
