@@ -9,6 +9,9 @@ Flax layers live in ``jax_gna.nnx`` and ``jax_gna.linen``; the analytical simula
 
 import importlib as _importlib
 
+# Registers the handlers of our XLA custom calls (when the compiled extension is built; quietly
+# nothing otherwise), so that programs exported with `jax.export` load after `import jax_gna`.
+from jax_gna import _extension as _extension
 from jax_gna import reference as reference
 from jax_gna._api import gna as gna
 from jax_gna._api import na1d as na1d

@@ -18,6 +18,27 @@ def explicit_mesh(x: jax.Array):
     return mesh
 
 
+def result_sharding(like: jax.Array, keep_last: bool) -> NamedSharding:
+    """The sharding of a result laid out like `like` (an output or gradient, `keep_last`) or
+    like `like` without its last dim (lse); a result's last dim is never sharded. Call it on
+    values typed with an Explicit mesh (`explicit_mesh`)."""
+    sharding = jax.typeof(like).sharding
+    spec = tuple(sharding.spec) + (None,) * (like.ndim - len(sharding.spec))
+    spec = spec[:-1] + (None,) if keep_last else spec[:-1]
+    return NamedSharding(sharding.mesh, P(*spec))
+
+
+def on_auto_axes(fn, query: jax.Array, *args):
+    """``(out, lse) = fn(query, *args)`` for a `query` typed with an Explicit mesh, run with the
+    mesh's Explicit axes made Auto, for code whose reshapes cannot re-type sharded dims: XLA
+    partitions it, and the results get the query's sharding. No mesh context is needed (the
+    shardings name the mesh)."""
+    mesh = explicit_mesh(query)
+    out_sharding = (result_sharding(query, True), result_sharding(query, False))
+    auto = jax.sharding.auto_axes(fn, axes=mesh.explicit_axes, out_sharding=out_sharding)
+    return auto(query, *args)
+
+
 def _mesh_axes_size(mesh, axes) -> int:
     if axes is None:
         return 1
@@ -49,12 +70,13 @@ def per_shard(fn, mesh, query_info, rank: int, kv_heads: int, arg_kinds: str, ou
     for code whose reshapes cannot re-type sharded dims. Kinds per argument and result: ``t``
     for ``[B..., X..., heads, dim]`` tensors, ``r`` for ``[B..., X..., heads]`` rows."""
     tensor, rows = shardings(mesh, query_info, rank, kv_heads)
-    specs = {"t": tensor.spec, "r": rows.spec}
-    in_specs = tuple(specs[k] for k in arg_kinds)
-    out_specs = tuple(specs[k] for k in out_kinds)
+    kinds = {"t": tensor, "r": rows}
+    in_specs = tuple(kinds[k].spec for k in arg_kinds)
+    out_specs = tuple(kinds[k].spec for k in out_kinds)
 
     def run(*args):
-        args = tuple(jax.sharding.reshard(x, s) for x, s in zip(args, in_specs))
+        # NamedShardings, not bare specs: those need a mesh context (`jax.set_mesh`).
+        args = tuple(jax.sharding.reshard(x, kinds[k]) for x, k in zip(args, arg_kinds))
         mapped = jax.shard_map(
             fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
         )

@@ -42,8 +42,8 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jax_gna import _extension, _xla, parallel, sim
-from jax_gna._mesh import explicit_mesh, per_shard, shardings
+from jax_gna import _extension, _symbolic, _xla, parallel, sim
+from jax_gna._mesh import explicit_mesh, per_shard, result_sharding, shardings
 from jax_gna._params import GnaParams
 
 CPU_DTYPES = ("float32", "float16", "bfloat16")
@@ -63,17 +63,30 @@ def cuda_backward_available() -> bool:
 
 
 def _problem_args(query, key, value, params: GnaParams) -> tuple:
-    """The arguments the extension's host helpers take to describe one call."""
+    """The arguments the extension's host helpers take to describe one call; symbolic batch
+    dims and head counts (`jax.export`) stand in as one batch entry and one GQA group
+    (`_symbolic.stand_ins`)."""
+    n_batch = query.ndim - params.rank - 2
+    q_shape, k_shape, v_shape, _ = _symbolic.stand_ins(query, key, value, n_batch)
     return (
-        list(query.shape),
-        list(key.shape),
-        list(value.shape),
+        q_shape,
+        k_shape,
+        v_shape,
         str(query.dtype),
         list(params.kernel_size),
         list(params.stride),
         list(params.dilation),
         [int(c) for c in params.is_causal],
     )
+
+
+def _workspace_bytes(bytes_of: Callable, query, key, value, params: GnaParams):
+    """The workspace of one call by the extension's helper `bytes_of`: linear in the batch and
+    the heads (one block of row statistics and dQ accumulators per batch entry and query head),
+    so with symbolic ones it is the stand-ins' size times the dims they stand for."""
+    n_batch = query.ndim - params.rank - 2
+    factor = _symbolic.stand_ins(query, key, value, n_batch)[3]
+    return bytes_of(*_problem_args(query, key, value, params), view=params.view_list()) * factor
 
 
 def _compute_capability(query) -> tuple[int, int] | None:
@@ -221,7 +234,7 @@ def _ffi_forward(params: GnaParams, q, k, v):
     ext = _extension.ext
     if ext is None:
         raise NotImplementedError(_extension.missing)
-    workspace = ext.fwd_workspace_bytes(*_problem_args(q, k, v, params), view=params.view_list())
+    workspace = _workspace_bytes(ext.fwd_workspace_bytes, q, k, v, params)
     results = (
         _result(q, q.shape[:-1] + v.shape[-1:], q.dtype),  # out
         _result(q, q.shape[:-1], jnp.float32),  # lse
@@ -236,7 +249,7 @@ def _ffi_backward(params: GnaParams, dout, q, k, v, out, lse, dlse):
     ext = _extension.ext
     if ext is None:
         raise NotImplementedError(_extension.missing)
-    workspace = ext.bwd_workspace_bytes(*_problem_args(q, k, v, params), view=params.view_list())
+    workspace = _workspace_bytes(ext.bwd_workspace_bytes, q, k, v, params)
     results = (
         _result(q, q.shape, q.dtype),
         _result(q, k.shape, k.dtype),
@@ -464,14 +477,10 @@ def _xla_backward_op(params: GnaParams, group: int) -> Callable:
 def _retype(y: jax.Array, like: jax.Array, keep_last: bool) -> jax.Array:
     """In an Explicit mesh, give `y` the sharding of `like` (custom calls type their results
     replicated, which custom_vjp and the caller would see as a different type). Without
-    `keep_last`, `y` is `like`'s layout without its last dim (lse); the last dim of a result
-    is never sharded."""
+    `keep_last`, `y` is `like`'s layout without its last dim (lse)."""
     if explicit_mesh(like) is None:
         return y
-    sharding = jax.typeof(like).sharding
-    spec = tuple(sharding.spec) + (None,) * (like.ndim - len(sharding.spec))
-    spec = spec[:-1] + (None,) if keep_last else spec[:-1]
-    return jax.sharding.reshard(y, P(*spec))
+    return jax.sharding.reshard(y, result_sharding(like, keep_last))
 
 
 def _group(query, key) -> int:

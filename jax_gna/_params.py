@@ -20,6 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jax_gna import _symbolic
+
 
 @dataclasses.dataclass(frozen=True)
 class GnaParams:
@@ -297,6 +299,7 @@ def make_params(
             f"query {query.shape}, key {key.shape}, value {value.shape}."
         )
     n_batch = query.ndim - rank - 2
+    _symbolic.check(query, key, value, additional_keys, additional_values, n_batch)
     if (
         key.shape[:n_batch] != query.shape[:n_batch]
         or value.shape[:n_batch] != query.shape[:n_batch]

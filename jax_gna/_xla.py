@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_gna import _window
+from jax_gna import _symbolic, _window
 from jax_gna._params import GnaParams
 
 _MIN_TILE_TOKENS = 64
@@ -272,7 +272,9 @@ def _forward(query, key, value, params: GnaParams, plans=None, table=None):
         o = jnp.einsum("bkgqm,bmkd->bqkgd", jnp.exp(s - lse[..., None]), v_t)
         return o.reshape(b, tq, heads, -1), lse.reshape(b, heads, tq)
 
-    chunk = max(1, min(len(groups), _SCORES_PER_CHUNK // (b * heads * tq * tk)))
+    # Symbolic batch dims and heads (jax.export) count as 1: the budget then holds per entry.
+    scores_per_tile = _symbolic.static_product((*query.shape[:n_batch], heads)) * tq * tk
+    chunk = max(1, min(len(groups), _SCORES_PER_CHUNK // scores_per_tile))
     o, lse = jax.lax.map(one_tile, (groups, q_off, k_off, *masks), batch_size=chunk)
     lse = jnp.swapaxes(lse, -1, -2)  # [n, B, Tq, H]
     out = _from_tiles(o.reshape(*o.shape[:2], *tiles, *o.shape[-2:]), plans)

@@ -18,6 +18,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jax_gna import _window
+from jax_gna._mesh import explicit_mesh, on_auto_axes
 from jax_gna._params import GnaParams, make_params
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -112,6 +113,12 @@ def softmax_attention(
     Returns:
       ``out`` ``[B..., T..., H, Dv]`` in the query's dtype and fp32 ``lse`` ``[B..., T..., H]``.
     """
+    if explicit_mesh(query) is not None:
+        # The reshapes below cannot re-type sharded dims of an Explicit mesh: XLA partitions it.
+        def attend(q, ks, vs):
+            return softmax_attention(q, ks, vs, scale, n_batch, visible)
+
+        return on_auto_axes(attend, query, keys, values)
     batch_shape = query.shape[:n_batch]
     tokens_shape = query.shape[n_batch:-2]
     heads, kv_heads = query.shape[-2], keys[0].shape[-2]
