@@ -7,6 +7,8 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
+#include <new>
 #include <string>
 #include <utility>
 
@@ -64,6 +66,37 @@ auto bind_bwd(Binding binding) {
       .template Attr<I64Span>("view_extent")    // as in jax_gna_fwd
       .template Attr<I64Span>("view_q_offset")
       .template Attr<I64Span>("view_kv_offset");
+}
+
+// The error of the exception in flight, for a handler's result. Never throws: when even the
+// message cannot be built, the error carries a short fixed one (no allocation).
+inline ffi::Error error_of_current_exception(const char* what) noexcept {
+  try {
+    try {
+      throw;
+    } catch (const std::bad_alloc&) {
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                        std::string(what) + ": out of host memory (std::bad_alloc)");
+    } catch (const std::exception& e) {
+      return ffi::Error::Internal(std::string(what) + ": " + e.what());
+    } catch (...) {
+      return ffi::Error::Internal(std::string(what) + ": unknown C++ exception");
+    }
+  } catch (...) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "out of memory");
+  }
+}
+
+// Runs a handler's body (a callable returning ffi::Error) so that no C++ exception reaches XLA,
+// where it would end the process in std::terminate: std::bad_alloc (e.g. a host copy) becomes
+// RESOURCE_EXHAUSTED, any other exception INTERNAL, each naming the target `what`.
+template <typename Body>
+ffi::Error without_exceptions(const char* what, Body&& body) noexcept {
+  try {
+    return body();
+  } catch (...) {
+    return error_of_current_exception(what);
+  }
 }
 
 inline Int64List as_list(I64Span s) { return Int64List{s.begin(), s.size()}; }
