@@ -87,8 +87,8 @@ inline ffi::Error error_of_current_exception(const char* what) noexcept {
   }
 }
 
-// Runs a handler's body (a callable returning ffi::Error) so that no C++ exception reaches XLA,
-// where it would end the process in std::terminate: std::bad_alloc (e.g. a host copy) becomes
+// Runs `body` (a callable returning ffi::Error) so that no C++ exception leaves it: XLA would
+// end the process in std::terminate. std::bad_alloc (e.g. a host copy) becomes
 // RESOURCE_EXHAUSTED, any other exception INTERNAL, each naming the target `what`.
 template <typename Body>
 ffi::Error without_exceptions(const char* what, Body&& body) noexcept {
@@ -98,6 +98,22 @@ ffi::Error without_exceptions(const char* what, Body&& body) noexcept {
     return error_of_current_exception(what);
   }
 }
+
+inline constexpr char kFwdTarget[] = "jax_gna_fwd";
+inline constexpr char kBwdTarget[] = "jax_gna_bwd";
+
+// `handler` run through without_exceptions: what every platform registers, so that a
+// handler's body needs no try/catch of its own.
+template <const char* kWhat, auto kHandler>
+struct NoExceptions;
+template <const char* kWhat, typename... Args, ffi::Error (*kHandler)(Args...)>
+struct NoExceptions<kWhat, kHandler> {
+  static ffi::Error call(Args... args) noexcept {
+    return without_exceptions(kWhat, [&] { return kHandler(std::move(args)...); });
+  }
+};
+template <const char* kWhat, auto kHandler>
+inline constexpr auto no_exceptions = &NoExceptions<kWhat, kHandler>::call;
 
 inline Int64List as_list(I64Span s) { return Int64List{s.begin(), s.size()}; }
 

@@ -253,13 +253,17 @@ std::vector<FwdTileShapes> fwd_tile_configs() {
 
 }  // namespace gna::cuda_ffi
 
+using gna::ffi_bindings::kBwdTarget;
+using gna::ffi_bindings::kFwdTarget;
+using gna::ffi_bindings::no_exceptions;
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    JaxGnaFwdCuda, cuda_fwd,
+    JaxGnaFwdCuda, (no_exceptions<kFwdTarget, cuda_fwd>),
     gna::ffi_bindings::bind_fwd(
         ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::DeviceOrdinal>()),
     {ffi::Traits::kCmdBufferCompatible});
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    JaxGnaBwdCuda, cuda_bwd,
+    JaxGnaBwdCuda, (no_exceptions<kBwdTarget, cuda_bwd>),
     gna::ffi_bindings::bind_bwd(
         ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::DeviceOrdinal>()),
     {ffi::Traits::kCmdBufferCompatible});
