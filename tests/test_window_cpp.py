@@ -1,7 +1,7 @@
 """The C++ window math (cuda/include/gna/window.h, through host helpers of the extension)
 against the NumPy window module (jax_gna/_window.py): exhaustively for small extents, every
-legal kernel size (1 included), stride, dilation and causality; the keys of a view's queries against the
-brute-force oracle's whole-axis visibility restricted to the slices."""
+legal kernel size (1 included), stride, dilation and causality; the keys of a view's queries
+against the brute-force oracle's whole-axis visibility restricted to the slices."""
 
 import numpy as np
 import pytest
