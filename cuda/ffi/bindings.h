@@ -169,16 +169,19 @@ inline ffi::ErrorOr<Problem> decode_problem(const char* what, const ffi::AnyBuff
 // Element counts of the results, as the Python side declares them.
 inline int64_t rows(const Problem& p) { return p.batch * p.tokens() * p.heads; }
 
-// The problem of a jax_gna_bwd call, after checking every buffer against it.
+// The problem of a jax_gna_bwd call, after checking every buffer and the deterministic flag.
 inline ffi::ErrorOr<Problem> decode_bwd_problem(
     const ffi::AnyBuffer& dout, const ffi::AnyBuffer& q, const ffi::AnyBuffer& k,
     const ffi::AnyBuffer& v, const ffi::AnyBuffer& out, const ffi::Buffer<ffi::F32>& lse,
     const ffi::Buffer<ffi::F32>& dlse, const ffi::AnyBuffer& dq, const ffi::AnyBuffer& dk,
     const ffi::AnyBuffer& dv, I64Span kernel_size, I64Span stride, I64Span dilation,
-    I64Span is_causal, float scale, const ViewAttrs& view) {
+    I64Span is_causal, float scale, int64_t deterministic, const ViewAttrs& view) {
   auto problem =
       decode_problem("jax_gna_bwd", q, k, v, kernel_size, stride, dilation, is_causal, scale, view);
   if (problem.has_error()) return problem;
+  if (deterministic != 0 && deterministic != 1)
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        "jax_gna_bwd: deterministic = " + std::to_string(deterministic) + "; need 0 or 1"));
   const Problem& p = *problem;
   const int64_t n = rows(p);
   const auto dtype = q.element_type();

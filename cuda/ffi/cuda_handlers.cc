@@ -130,7 +130,7 @@ ffi::Error cuda_bwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer dout, ff
                     I64Span view_kv_offset) {
   auto problem = gna::ffi_bindings::decode_bwd_problem(
       dout, q, k, v, out, lse, dlse, *dq, *dk, *dv, kernel_size, stride, dilation, is_causal, scale,
-      {view_extent, view_q_offset, view_kv_offset});
+      deterministic, {view_extent, view_q_offset, view_kv_offset});
   if (problem.has_error()) return problem.error();
   const gna::Problem& p = *problem;
   const auto cc = runnable("jax_gna_bwd", device, p, gna::cuda_ffi::bwd_can_implement,

@@ -69,8 +69,9 @@ std::string view_error(size_t a, int64_t extent, int64_t dilation, int64_t q_off
     return where + "view lengths must be >= 1 and below 2^30, got " + std::to_string(q_length) +
            " queries and " + std::to_string(kv_length) + " keys";
   if (!within(q_offset, 0, extent - 1))
-    return where + "the query slice must start inside the axis (0 <= q_offset < extent), got " +
-           entry("view_q_offset", a, q_offset) + " and extent " + std::to_string(extent);
+    return where +
+           "the query slice must start inside the axis (0 <= view_q_offset < view_extent), got " +
+           entry("view_q_offset", a, q_offset) + " and " + entry("view_extent", a, extent);
   if (!within(kv_offset, 1 - kMaxPosition, kMaxPosition - 1))
     return where + entry("view_kv_offset", a, kv_offset) + "; need -2^30 < view_kv_offset < 2^30";
   // In range now: the kernels' own statement of the rule decides.
@@ -78,8 +79,8 @@ std::string view_error(size_t a, int64_t extent, int64_t dilation, int64_t q_off
   const AxisView v{static_cast<int>(q_offset), static_cast<int>(q_length),
                    static_cast<int>(kv_offset), static_cast<int>(kv_length)};
   if (const char* reason = axis_view_error(axis, v))
-    return where + reason + ", got q_offset " + std::to_string(q_offset) + ", kv_offset " +
-           std::to_string(kv_offset) + ", dilation " + std::to_string(dilation);
+    return where + reason + ", got " + entry("view_q_offset", a, q_offset) + ", " +
+           entry("view_kv_offset", a, kv_offset) + ", " + entry("dilation", a, dilation);
   return "";
 }
 
