@@ -32,8 +32,8 @@ constexpr int kTokens = 4096, kDim = 16, kWindow = kTokens - 1;
 }  // namespace
 
 // Interposes libc's: std::thread starts its threads here.
-extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr,
-                              void* (*start)(void*), void* arg) {
+extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr, void* (*start)(void*),
+                              void* arg) {
   using Create = int (*)(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*);
   static const Create create = reinterpret_cast<Create>(dlsym(RTLD_NEXT, "pthread_create"));
   if (fail_thread_start) return EAGAIN;
