@@ -170,6 +170,18 @@ def _check_axes(params: GnaParams, spatial: Sequence[int]) -> None:
         )
 
 
+def _check_scale(scale: numbers.Real) -> None:
+    """The kernels take the scale as a float32: it must stay finite there (an infinite or NaN
+    scale makes every output NaN)."""
+    with np.errstate(over="ignore"):
+        as_f32 = np.float32(scale)
+    if not np.isfinite(as_f32):
+        raise ValueError(
+            "Invalid value for `scale`; expected a finite number within float32 range "
+            f"(|scale| <= {float(np.finfo(np.float32).max):.7g}), got {scale!r}."
+        )
+
+
 def tile_shapes(
     q_tile_shape: Any, kv_tile_shape: Any, rank: int
 ) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
@@ -353,6 +365,7 @@ def make_params(
         )
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"`scale` must be a real number or None, got {scale!r}.")
+    _check_scale(scale)
     _check_axes(GnaParams(ks, st, dl, ca, float(scale)), spatial)
     _check_additional(query, key, value, additional_keys, additional_values, n_batch)
     q_tile, kv_tile = tile_shapes(q_tile_shape, kv_tile_shape, rank)

@@ -90,6 +90,10 @@ BAD = {
     "dilation_numpy_array": (dict(dilation=np.array([1, 1])), TypeError, "`dilation`"),
     "scale_string": (dict(scale="big"), TypeError, "`scale`"),
     "scale_bool": (dict(scale=True), TypeError, "`scale`"),
+    "scale_inf": (dict(scale=float("inf")), ValueError, "`scale`.*finite"),
+    "scale_nan": (dict(scale=float("nan")), ValueError, "`scale`.*finite"),
+    "scale_overflows_float32": (dict(scale=-1e39), ValueError, "`scale`.*float32"),
+    "scale_numpy_inf": (dict(scale=np.float64("inf")), ValueError, "`scale`.*finite"),
     "extra_keys_without_values": (
         dict(ek=EK, ev=None), ValueError, "`additional_keys` and `additional_values`.*together"
     ),

@@ -80,10 +80,9 @@ def _brute_kind(axes, g, q_idx, k_idx) -> int:
 
 
 def _random_axis(rng, small: bool):
-    length = int(rng.integers(2, 10 if small else 23))
-    d = int(rng.integers(1, max(2, length // 2) + 1)) if rng.random() < 0.3 else 1
-    d = min(d, length // 2)
-    k = int(rng.integers(2, length // d + 1))
+    length = int(rng.integers(1, 10 if small else 23))
+    d = int(rng.integers(1, length + 1)) if rng.random() < 0.3 else 1
+    k = int(rng.integers(1, length // d + 1))  # K = 1: the query alone
     s = int(rng.integers(1, k + 1))
     causal = bool(rng.random() < 0.3)
     qt = int(rng.choice([1, 2, 3, 4, 8]))
@@ -94,10 +93,11 @@ def _random_axis(rng, small: bool):
 def _cases():
     rng = np.random.default_rng(1234)
     cases = []
-    # Exhaustive 1-D: every legal (L, K, s, d, causal) for small L, a few tile pairs.
-    for length in range(2, 11):
-        for d in range(1, length // 2 + 1):
-            for k in range(2, length // d + 1):
+    # Exhaustive 1-D: every legal (L, K, s, d, causal) for small L (K = 1 and L = 1 included),
+    # a few tile pairs.
+    for length in range(1, 11):
+        for d in range(1, length + 1):
+            for k in range(1, length // d + 1):
                 for s in range(1, k + 1):
                     for causal in (False, True):
                         for qt, kt in ((1, 1), (2, 3), (4, 4), (3, 8)):

@@ -1,7 +1,7 @@
 """The C++ window math (cuda/include/gna/window.h, through host helpers of the extension)
 against the NumPy window module (jax_gna/_window.py): exhaustively for small extents, every
-legal kernel size, stride, dilation and causality; the keys of a view's queries against the
-brute-force oracle's whole-axis visibility restricted to the slices."""
+legal kernel size (1 included), stride, dilation and causality; the keys of a view's queries
+against the brute-force oracle's whole-axis visibility restricted to the slices."""
 
 import numpy as np
 import pytest
@@ -13,8 +13,9 @@ pytestmark = pytest.mark.skipif(_extension.ext is None, reason=str(_extension.mi
 
 
 def _legal_axes(max_length: int):
-    for length in range(2, max_length + 1):
-        for kernel_size in range(2, length + 1):
+    """Every legal axis up to `max_length`, K = 1 (the query alone) and extent 1 included."""
+    for length in range(1, max_length + 1):
+        for kernel_size in range(1, length + 1):
             for stride in range(1, kernel_size + 1):
                 for dilation in range(1, length // kernel_size + 1):
                     for is_causal in (False, True):

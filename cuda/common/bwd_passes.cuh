@@ -88,15 +88,25 @@ inline unsigned bwd_pass_blocks(int64_t n) {
   return unsigned((n + kBwdPassBlock - 1) / kBwdPassBlock);
 }
 
+// Launches `kernel` on `blocks` blocks and returns that launch's own status (a <<<>>> launch
+// checked with cudaGetLastError would also report an earlier, unrelated error as its own).
+template <class... Params>
+cudaError_t launch_bwd_pass(void (*kernel)(Params...), unsigned blocks, const BwdParams& p,
+                            cudaStream_t stream) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(kBwdPassBlock);
+  config.stream = stream;
+  return cudaLaunchKernelEx(&config, kernel, p);
+}
+
 // The pre-pass: row statistics of every slot and zeroed dQ semaphores.
 inline cudaError_t launch_bwd_row_stats_pass(DType dtype, const BwdParams& p, cudaStream_t stream) {
   if (p.num_slots == 0) return cudaSuccess;
   const unsigned blocks = bwd_pass_blocks(p.num_slots);
   if (dtype == DType::kBF16)
-    bwd_row_stats_kernel<__nv_bfloat16><<<blocks, kBwdPassBlock, 0, stream>>>(p);
-  else
-    bwd_row_stats_kernel<__half><<<blocks, kBwdPassBlock, 0, stream>>>(p);
-  return cudaGetLastError();
+    return launch_bwd_pass(bwd_row_stats_kernel<__nv_bfloat16>, blocks, p, stream);
+  return launch_bwd_pass(bwd_row_stats_kernel<__half>, blocks, p, stream);
 }
 
 // dq = scale * the fp32 partial sums of every slot, in the problem's dtype.
@@ -106,10 +116,8 @@ cudaError_t launch_bwd_dq_convert_pass(DType dtype, const BwdParams& p, cudaStre
   if (threads == 0) return cudaSuccess;
   const unsigned blocks = bwd_pass_blocks(threads);
   if (dtype == DType::kBF16)
-    bwd_dq_convert_kernel<__nv_bfloat16, DqOrder><<<blocks, kBwdPassBlock, 0, stream>>>(p);
-  else
-    bwd_dq_convert_kernel<__half, DqOrder><<<blocks, kBwdPassBlock, 0, stream>>>(p);
-  return cudaGetLastError();
+    return launch_bwd_pass(bwd_dq_convert_kernel<__nv_bfloat16, DqOrder>, blocks, p, stream);
+  return launch_bwd_pass(bwd_dq_convert_kernel<__half, DqOrder>, blocks, p, stream);
 }
 
 }  // namespace

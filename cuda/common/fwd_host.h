@@ -7,6 +7,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -124,19 +125,22 @@ inline cudaError_t make_fwd_maps(const Problem& p, const KernelAxes& ax, const F
                             ax.dilation, ax.kv_extent, p.batch, error);
 }
 
-// SMs of the current device, read once per device ordinal.
+// SMs of the current device, read once per device ordinal. Handlers may run on several host
+// threads at once: the cache is atomic (two first reads of a device store the same count).
 inline cudaError_t multiprocessor_count(int* sms) {
   constexpr int kMaxDevices = 64;
-  static int cached[kMaxDevices] = {};
+  static std::atomic<int> cached[kMaxDevices];  // 0: not read yet (static: zero-initialised)
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
   if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
-  if (cached[device] == 0) {
-    err = cudaDeviceGetAttribute(&cached[device], cudaDevAttrMultiProcessorCount, device);
+  int count = cached[device].load(std::memory_order_relaxed);
+  if (count == 0) {
+    err = cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
     if (err != cudaSuccess) return err;
+    cached[device].store(count, std::memory_order_relaxed);
   }
-  *sms = cached[device];
+  *sms = count;
   return cudaSuccess;
 }
 

@@ -10,9 +10,8 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
+#include "dev_knobs.h"
 #include "gna/problem.h"
 #include "gna/tile_box.h"
 #include "tile_loads.h"
@@ -213,15 +212,9 @@ inline FwdParams fwd_params(const Problem& p, const KernelAxes& ax, const FwdTil
     fp.num_q_tiles *= fp.q_tiles[a];
     fp.num_groups *= ax.dilation[a];
   }
-  // CTA order over Q tiles: last axis fastest by default. GNA_FWD_TILE_ORDER (or the older
-  // GNA_SM90_TILE_ORDER; e.g. "012": first axis fastest) is a development knob for L2
-  // experiments.
-  static const char* order_env = [] {
-    const char* e = std::getenv("GNA_FWD_TILE_ORDER");
-    return e ? e : std::getenv("GNA_SM90_TILE_ORDER");
-  }();
-  const bool env_ok = order_env && std::strlen(order_env) == 3;
-  for (int k = 0; k < 3; ++k) fp.tile_order[k] = env_ok ? (order_env[k] - '0') % 3 : 2 - k;
+  // CTA order over Q tiles: last axis fastest, unless a development knob says otherwise.
+  const int* order = dev_knobs::fwd_tile_order();
+  for (int k = 0; k < 3; ++k) fp.tile_order[k] = order ? order[k] : 2 - k;
   fp.heads = p.heads;
   fp.kv_group = p.heads / p.kv_heads;
   fp.batch = int(p.batch);

@@ -3,6 +3,7 @@
 // launchers).
 #pragma once
 
+#include <atomic>
 #include <mutex>
 
 #include <cuda_runtime.h>
@@ -27,22 +28,30 @@ struct ElementOf<DType::kBF16> {
 // Launches `kernel` with `threads` threads per CTA, `grid` CTAs and `smem_bytes` of dynamic
 // shared memory on `stream`. The dynamic smem limit is a per-device function attribute: it is
 // raised once per device ordinal (a process may drive several GPUs), separately for each
-// `Tag` (one per kernel).
+// `Tag` (one per kernel). Only success is remembered: after a failure (reported by that
+// launch) the next launch tries again.
 template <class Tag, class... Params, class... Args>
 cudaError_t launch_with_smem(void (*kernel)(Params...), size_t smem_bytes, int threads,
                              unsigned grid, cudaStream_t stream, const Args&... args) {
   constexpr int kMaxDevices = 64;
-  static std::once_flag once[kMaxDevices];
-  static cudaError_t attr_error[kMaxDevices];
+  static std::atomic<bool> raised[kMaxDevices];  // static: zero-initialised (false)
+  static std::mutex mutex;
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
   if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
-  std::call_once(once[device], [&] {
-    attr_error[device] =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
-  });
-  if (attr_error[device] != cudaSuccess) return attr_error[device];
+  if (!raised[device].load(std::memory_order_acquire)) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!raised[device].load(std::memory_order_relaxed)) {
+      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 int(smem_bytes));
+      if (err != cudaSuccess) {
+        cudaGetLastError();  // reported here; not again by a later, unrelated check
+        return err;
+      }
+      raised[device].store(true, std::memory_order_release);
+    }
+  }
 
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(grid, 1, 1);

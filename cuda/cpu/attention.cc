@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <limits>
 #include <thread>
 #include <vector>
@@ -110,9 +111,11 @@ void for_each_key(const TokenGrid& grid, const KeyBox& box, Fn&& fn) {
   }
 }
 
+// At most kernel_size keys along an axis, and no more than the key slice holds (a view's
+// window may be far longer than its slice), so the product stays below the key count.
 int64_t max_box_size(const Problem& p) {
   int64_t n = 1;
-  for (int a = 0; a < p.rank; ++a) n *= p.kernel_size[a];
+  for (int a = 0; a < p.rank; ++a) n *= std::min(p.kernel_size[a], p.kv_length(a));
   return n;
 }
 
@@ -128,25 +131,44 @@ void axpy(float alpha, const float* x, float* y, int n) {
 
 // ---------------------------------------------------------------------------------------------
 // Threads: tasks are independent; small problems run inline (thread start-up costs more).
+// No exception escapes a thread (that would end the process in std::terminate): the first one
+// a task throws stops the tasks not yet started and is rethrown here once every thread has
+// joined. A thread that cannot be started leaves its share to the others.
 
 template <typename Fn>
-void parallel_for(int64_t tasks, int64_t work_per_task, Fn&& fn) {
-  constexpr int64_t kMinWorkPerThread = int64_t{1} << 18;
+void parallel_for(int64_t tasks, double work_per_task, Fn&& fn) {
+  constexpr double kMinWorkPerThread = 1 << 18;
   const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
-  const int64_t by_work = std::max<int64_t>(1, tasks * work_per_task / kMinWorkPerThread);
-  const int threads = static_cast<int>(std::min({hw, tasks, by_work}));
+  // In double: an estimate, which must not overflow for any problem.
+  const double by_work =
+      std::max(1.0, static_cast<double>(tasks) * work_per_task / kMinWorkPerThread);
+  const int threads = static_cast<int>(std::min(static_cast<double>(std::min(hw, tasks)), by_work));
   if (threads <= 1) {
     for (int64_t t = 0; t < tasks; ++t) fn(t);
     return;
   }
   std::atomic<int64_t> next{0};
-  auto worker = [&] {
-    for (int64_t t = next++; t < tasks; t = next++) fn(t);
+  std::atomic<bool> failed{false};
+  std::exception_ptr failure;  // written once, by the first task to throw; read after join
+  auto worker = [&]() noexcept {
+    try {
+      for (int64_t t = next++; t < tasks; t = next++) fn(t);
+    } catch (...) {
+      if (!failed.exchange(true)) failure = std::current_exception();
+      next = tasks;
+    }
   };
   std::vector<std::thread> pool;
-  for (int i = 1; i < threads; ++i) pool.emplace_back(worker);
+  for (int i = 1; i < threads; ++i) {
+    try {
+      pool.emplace_back(worker);
+    } catch (...) {  // std::system_error (no thread) or std::bad_alloc (no slot): run with fewer
+      break;
+    }
+  }
   worker();
   for (auto& th : pool) th.join();
+  if (failure) std::rethrow_exception(failure);
 }
 
 }  // namespace
@@ -166,7 +188,7 @@ void forward(const Problem& p, const void* q_raw, const void* k_raw, const void*
   // One task = one (batch, head) pair and a chunk of query tokens.
   constexpr int64_t kChunk = 256;
   const int64_t chunks = (tokens + kChunk - 1) / kChunk;
-  parallel_for(p.batch * H * chunks, kChunk * window * (D + Dv), [&](int64_t task) {
+  parallel_for(p.batch * H * chunks, double(kChunk) * window * (D + Dv), [&](int64_t task) {
     const int64_t chunk = task % chunks;
     const int h = static_cast<int>(task / chunks % H);
     const int64_t b = task / chunks / H;
@@ -223,7 +245,7 @@ void backward(const Problem& p, const void* dout_raw, const void* q_raw, const v
 
   // One task = one (batch, kv head): it owns that slice of dk/dv and the dq of the query heads
   // in its group, so tasks never write the same element.
-  parallel_for(p.batch * Hkv, tokens * group * window * 2 * (D + Dv), [&](int64_t task) {
+  parallel_for(p.batch * Hkv, double(tokens) * group * window * 2 * (D + Dv), [&](int64_t task) {
     const int hk = static_cast<int>(task % Hkv);
     const int64_t b = task / Hkv;
     for (int h = hk * group; h < (hk + 1) * group; ++h) {

@@ -2,7 +2,8 @@
 //
 // Window-sparse: every query visits only the keys of its window (per axis with
 // gna::window), so the cost is tokens x window, never tokens^2. Inputs of any
-// supported dtype are widened to fp32 once; all arithmetic is fp32.
+// supported dtype are widened to fp32 once; all arithmetic is fp32. Both entry points may throw
+// (std::bad_alloc for the fp32 copies); the FFI handlers turn that into an error.
 #pragma once
 
 #include "gna/problem.h"

@@ -7,6 +7,8 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
+#include <new>
 #include <string>
 #include <utility>
 
@@ -66,6 +68,53 @@ auto bind_bwd(Binding binding) {
       .template Attr<I64Span>("view_kv_offset");
 }
 
+// The error of the exception in flight, for a handler's result. Never throws: when even the
+// message cannot be built, the error carries a short fixed one (no allocation).
+inline ffi::Error error_of_current_exception(const char* what) noexcept {
+  try {
+    try {
+      throw;
+    } catch (const std::bad_alloc&) {
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                        std::string(what) + ": out of host memory (std::bad_alloc)");
+    } catch (const std::exception& e) {
+      return ffi::Error::Internal(std::string(what) + ": " + e.what());
+    } catch (...) {
+      return ffi::Error::Internal(std::string(what) + ": unknown C++ exception");
+    }
+  } catch (...) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "out of memory");
+  }
+}
+
+// Runs `body` (a callable returning ffi::Error) so that no C++ exception leaves it: XLA would
+// end the process in std::terminate. std::bad_alloc (e.g. a host copy) becomes
+// RESOURCE_EXHAUSTED, any other exception INTERNAL, each naming the target `what`.
+template <typename Body>
+ffi::Error without_exceptions(const char* what, Body&& body) noexcept {
+  try {
+    return body();
+  } catch (...) {
+    return error_of_current_exception(what);
+  }
+}
+
+inline constexpr char kFwdTarget[] = "jax_gna_fwd";
+inline constexpr char kBwdTarget[] = "jax_gna_bwd";
+
+// `handler` run through without_exceptions: what every platform registers, so that a
+// handler's body needs no try/catch of its own.
+template <const char* kWhat, auto kHandler>
+struct NoExceptions;
+template <const char* kWhat, typename... Args, ffi::Error (*kHandler)(Args...)>
+struct NoExceptions<kWhat, kHandler> {
+  static ffi::Error call(Args... args) noexcept {
+    return without_exceptions(kWhat, [&] { return kHandler(std::move(args)...); });
+  }
+};
+template <const char* kWhat, auto kHandler>
+inline constexpr auto no_exceptions = &NoExceptions<kWhat, kHandler>::call;
+
 inline Int64List as_list(I64Span s) { return Int64List{s.begin(), s.size()}; }
 
 inline bool dtype_of(ffi::DataType t, DType* out) {
@@ -120,16 +169,19 @@ inline ffi::ErrorOr<Problem> decode_problem(const char* what, const ffi::AnyBuff
 // Element counts of the results, as the Python side declares them.
 inline int64_t rows(const Problem& p) { return p.batch * p.tokens() * p.heads; }
 
-// The problem of a jax_gna_bwd call, after checking every buffer against it.
+// The problem of a jax_gna_bwd call, after checking every buffer and the deterministic flag.
 inline ffi::ErrorOr<Problem> decode_bwd_problem(
     const ffi::AnyBuffer& dout, const ffi::AnyBuffer& q, const ffi::AnyBuffer& k,
     const ffi::AnyBuffer& v, const ffi::AnyBuffer& out, const ffi::Buffer<ffi::F32>& lse,
     const ffi::Buffer<ffi::F32>& dlse, const ffi::AnyBuffer& dq, const ffi::AnyBuffer& dk,
     const ffi::AnyBuffer& dv, I64Span kernel_size, I64Span stride, I64Span dilation,
-    I64Span is_causal, float scale, const ViewAttrs& view) {
+    I64Span is_causal, float scale, int64_t deterministic, const ViewAttrs& view) {
   auto problem =
       decode_problem("jax_gna_bwd", q, k, v, kernel_size, stride, dilation, is_causal, scale, view);
   if (problem.has_error()) return problem;
+  if (deterministic != 0 && deterministic != 1)
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        "jax_gna_bwd: deterministic = " + std::to_string(deterministic) + "; need 0 or 1"));
   const Problem& p = *problem;
   const int64_t n = rows(p);
   const auto dtype = q.element_type();

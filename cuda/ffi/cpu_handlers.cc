@@ -37,11 +37,11 @@ ffi::Error cpu_bwd(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi:
                    ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
                    ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::Buffer<ffi::U8>> /*workspace*/,
                    I64Span kernel_size, I64Span stride, I64Span dilation, I64Span is_causal,
-                   float scale, int64_t /*deterministic: the CPU kernel always is*/,
+                   float scale, int64_t deterministic /*checked only: the CPU kernel always is*/,
                    I64Span view_extent, I64Span view_q_offset, I64Span view_kv_offset) {
   auto problem = gna::ffi_bindings::decode_bwd_problem(
       dout, q, k, v, out, lse, dlse, *dq, *dk, *dv, kernel_size, stride, dilation, is_causal, scale,
-      {view_extent, view_q_offset, view_kv_offset});
+      deterministic, {view_extent, view_q_offset, view_kv_offset});
   if (problem.has_error()) return problem.error();
   const gna::Problem& p = *problem;
   gna::cpu::backward(p, dout.untyped_data(), q.untyped_data(), k.untyped_data(), v.untyped_data(),
@@ -52,5 +52,11 @@ ffi::Error cpu_bwd(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi:
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxGnaFwdCpu, cpu_fwd, gna::ffi_bindings::bind_fwd(ffi::Ffi::Bind()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxGnaBwdCpu, cpu_bwd, gna::ffi_bindings::bind_bwd(ffi::Ffi::Bind()));
+using gna::ffi_bindings::kBwdTarget;
+using gna::ffi_bindings::kFwdTarget;
+using gna::ffi_bindings::no_exceptions;
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxGnaFwdCpu, (no_exceptions<kFwdTarget, cpu_fwd>),
+                              gna::ffi_bindings::bind_fwd(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxGnaBwdCpu, (no_exceptions<kBwdTarget, cpu_bwd>),
+                              gna::ffi_bindings::bind_bwd(ffi::Ffi::Bind()));

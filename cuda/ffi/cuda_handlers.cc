@@ -133,7 +133,7 @@ ffi::Error cuda_bwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer dout, ff
                     I64Span view_kv_offset) {
   auto problem = gna::ffi_bindings::decode_bwd_problem(
       dout, q, k, v, out, lse, dlse, *dq, *dk, *dv, kernel_size, stride, dilation, is_causal, scale,
-      {view_extent, view_q_offset, view_kv_offset});
+      deterministic, {view_extent, view_q_offset, view_kv_offset});
   if (problem.has_error()) return problem.error();
   const gna::Problem& p = *problem;
   const auto cc = runnable("jax_gna_bwd", device, p, gna::cuda_ffi::bwd_can_implement,
@@ -257,13 +257,17 @@ std::vector<FwdTileShapes> fwd_tile_configs() {
 
 }  // namespace gna::cuda_ffi
 
+using gna::ffi_bindings::kBwdTarget;
+using gna::ffi_bindings::kFwdTarget;
+using gna::ffi_bindings::no_exceptions;
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    JaxGnaFwdCuda, cuda_fwd,
+    JaxGnaFwdCuda, (no_exceptions<kFwdTarget, cuda_fwd>),
     gna::ffi_bindings::bind_fwd(
         ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::DeviceOrdinal>()),
     {ffi::Traits::kCmdBufferCompatible});
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    JaxGnaBwdCuda, cuda_bwd,
+    JaxGnaBwdCuda, (no_exceptions<kBwdTarget, cuda_bwd>),
     gna::ffi_bindings::bind_bwd(
         ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::DeviceOrdinal>()),
     {ffi::Traits::kCmdBufferCompatible});

@@ -67,11 +67,14 @@ gna::Problem problem(const Ints& q, const Ints& k, const Ints& v, const std::str
   return p;
 }
 
-gna::Axis axis(int length, int kernel_size, int stride, int dilation, bool is_causal) {
-  if (kernel_size < 2 || stride < 1 || stride > kernel_size || dilation < 1 ||
-      kernel_size * dilation > length)
-    throw nb::value_error("illegal window");
-  return gna::Axis{length, kernel_size, stride, dilation, is_causal};
+// One axis for the geometry helpers, checked as the handlers check a call's axes.
+gna::Axis axis(int64_t length, int64_t kernel_size, int64_t stride, int64_t dilation,
+               bool is_causal) {
+  const std::string error =
+      gna::axis_error(0, length, kernel_size, stride, dilation, is_causal ? 1 : 0, "length");
+  if (!error.empty()) throw nb::value_error(error.c_str());
+  return gna::Axis{static_cast<int>(length), static_cast<int>(kernel_size),
+                   static_cast<int>(stride), static_cast<int>(dilation), is_causal};
 }
 
 std::vector<std::string> built_cuda_archs() {
@@ -130,10 +133,10 @@ NB_MODULE(_ext, m) {
 
   m.def(
       "window",
-      [](int length, int kernel_size, int stride, int dilation, bool is_causal) {
+      [](int64_t length, int64_t kernel_size, int64_t stride, int64_t dilation, bool is_causal) {
         const gna::Axis a = axis(length, kernel_size, stride, dilation, is_causal);
         std::pair<Ints, Ints> result;
-        for (int i = 0; i < length; ++i) {
+        for (int i = 0; i < a.length; ++i) {
           const gna::Range w = gna::window(a, i);
           result.first.push_back(w.start);
           result.second.push_back(w.end);
@@ -145,10 +148,10 @@ NB_MODULE(_ext, m) {
       "(start, end) of every query's window along one axis, by cuda/include/gna/window.h.");
   m.def(
       "inverse_window",
-      [](int length, int kernel_size, int stride, int dilation, bool is_causal) {
+      [](int64_t length, int64_t kernel_size, int64_t stride, int64_t dilation, bool is_causal) {
         const gna::Axis a = axis(length, kernel_size, stride, dilation, is_causal);
         std::pair<Ints, Ints> result;
-        for (int j = 0; j < length; ++j) {
+        for (int j = 0; j < a.length; ++j) {
           const gna::Range w = gna::inverse_window(a, j);
           result.first.push_back(w.start);
           result.second.push_back(w.end);
@@ -161,15 +164,16 @@ NB_MODULE(_ext, m) {
 
   m.def(
       "view_keys",
-      [](int length, int kernel_size, int stride, int dilation, bool is_causal,
-         std::vector<int> view) {
+      [](int64_t length, int64_t kernel_size, int64_t stride, int64_t dilation, bool is_causal,
+         const Ints& view) {
         const gna::Axis a = axis(length, kernel_size, stride, dilation, is_causal);
         if (view.size() != 4)
-          throw nb::value_error(
-              "view must be (q_offset, q_length, "
-              "kv_offset, kv_length)");
-        const gna::AxisView v{view[0], view[1], view[2], view[3]};
-        if (const char* reason = gna::axis_view_error(a, v)) throw nb::value_error(reason);
+          throw nb::value_error("view must be (q_offset, q_length, kv_offset, kv_length)");
+        const std::string error =
+            gna::view_error(0, a.length, a.dilation, view[0], view[1], view[2], view[3]);
+        if (!error.empty()) throw nb::value_error(error.c_str());
+        const gna::AxisView v{static_cast<int>(view[0]), static_cast<int>(view[1]),
+                              static_cast<int>(view[2]), static_cast<int>(view[3])};
         std::pair<Ints, Ints> result;
         for (int i = 0; i < v.q_length; ++i) {
           const gna::ViewKeys keys = gna::view_keys(a, v, i);

@@ -52,7 +52,8 @@ constexpr FwdTileConfigs fwd_tile_table(int rank, int head_dim) {
 
 constexpr FwdTileConfigs fwd_tile_configs(int rank, int head_dim) {
   FwdTileConfigs t = fwd_tile_table(rank, head_dim);
-#if defined(GNA_SM90_STAGES_EXPERIMENT)  // development only: K/V stages for d <= 128
+#if defined(GNA_SM90_STAGES_EXPERIMENT)  // a development knob (common/dev_knobs.h)
+  static_assert(GNA_SM90_STAGES_EXPERIMENT >= 2, "a K/V pipeline needs at least two stages");
   if (head_dim <= 128)
     for (int i = 0; i < t.count; ++i) t.config[i].stages = GNA_SM90_STAGES_EXPERIMENT;
 #endif

@@ -13,6 +13,7 @@
 
 #include <cuda.h>
 
+#include "../common/dev_knobs.h"
 #include "../common/fwd_host.h"
 #include "device/fwd_kernel_launch.h"
 #include "fwd_config.h"
@@ -69,11 +70,10 @@ cudaError_t launch_rank(int rank, int config, DType dtype, const FwdMaps& maps, 
 // One CTA per SM looping over the work items, rather than one CTA per item,
 // when items visit few KV tiles: an item's fixed cost (Q load, pipeline fill
 // and drain, epilogue) is then a large share of it, and a persistent CTA loads
-// the next item's Q while the current one finishes. GNA_SM90_PERSISTENT=0/1
-// forces either (development knob).
+// the next item's Q while the current one finishes. A development knob
+// (common/dev_knobs.h) may force either.
 bool persistent_grid(const Problem& p, const FwdTileConfig& tiles) {
-  static const char* env = std::getenv("GNA_SM90_PERSISTENT");
-  if (env && (env[0] == '0' || env[0] == '1')) return env[0] == '1';
+  if (const int forced = dev_knobs::sm90_persistent(); forced >= 0) return forced == 1;
   int64_t window = 1;
   for (int a = 0; a < p.rank; ++a) window *= p.kernel_size[a];
   return window <= int64_t(kPersistentMaxWindowTiles) * tiles.kv_size();

@@ -23,6 +23,8 @@
 //   length 10 with views drawn around it (slices hanging over either border,
 //   missing the windows, padding queries) and pseudo-random 2-D and 3-D ones;
 //   whole-axis views against the square functions.
+// Legal axes include K = 1 (the window is the query alone; stride 1), with any
+// dilation up to the extent, and extent-1 axes.
 // tests/test_window_cpp.py and tests/test_tile_box.py check the same headers
 // against the NumPy implementation and oracle.
 #include <cstdint>
@@ -61,9 +63,9 @@ struct Lcg {
 
 std::vector<gna::Axis> legal_axes(int max_length) {
   std::vector<gna::Axis> axes;
-  for (int length = 2; length <= max_length; ++length)
-    for (int dilation = 1; 2 * dilation <= length; ++dilation)
-      for (int kernel_size = 2; kernel_size * dilation <= length; ++kernel_size)
+  for (int length = 1; length <= max_length; ++length)
+    for (int dilation = 1; dilation <= length; ++dilation)
+      for (int kernel_size = 1; kernel_size * dilation <= length; ++kernel_size)
         for (int stride = 1; stride <= kernel_size; ++stride)
           for (int causal = 0; causal < 2; ++causal)
             axes.push_back(gna::Axis{length, kernel_size, stride, dilation, causal != 0});
@@ -113,6 +115,9 @@ void test_window_invariants_and_inverse() {
       } else {
         EXPECT(w.end - w.start == a.kernel_size && w.start <= iq && iq < w.end, "query %d", i);
       }
+      if (a.kernel_size == 1)  // the query alone, causal or not
+        EXPECT(w.start == iq && w.end == iq + 1, "K = 1: query %d of L=%d d=%d", i, a.length,
+               a.dilation);
       if (i + a.dilation < a.length) {
         const gna::Range next = gna::window(a, i + a.dilation);
         EXPECT(w.start <= next.start && w.end <= next.end, "window of %d moves backwards", i);
@@ -217,8 +222,8 @@ void test_tiles() {
     int q_tile[3], kv_tile[3];
     for (int a = 0; a < rank; ++a) {
       const int length = 2 + rng.next(8);
-      const int dilation = rng.next(4) == 0 ? 1 + rng.next(length / 2) : 1;
-      const int kernel_size = 2 + rng.next(length / dilation - 1);
+      const int dilation = rng.next(4) == 0 ? 1 + rng.next(length) : 1;
+      const int kernel_size = 1 + rng.next(length / dilation);
       axes[a] =
           gna::Axis{length, kernel_size, 1 + rng.next(kernel_size), dilation, rng.next(3) == 0};
       q_tile[a] = 1 + rng.next(4);
@@ -420,11 +425,11 @@ void check_inverse(const gna::Axis* axes, int rank, const int* q_tile, const int
 
 // A random legal axis of `length` positions, leaning towards the boundary
 // cases: s == K (blocked) and s == 1 a third of the time each, a window as
-// long as the group one time in eight.
+// long as the group one time in eight (K = 1, the query alone, is legal).
 gna::Axis random_axis(Lcg& rng, int length) {
-  const int dilation = rng.next(3) == 0 ? 1 + rng.next(gna::max_int(length / 2, 1)) : 1;
-  const int max_k = length / dilation;  // >= 2 when dilation <= length / 2
-  int kernel_size = 2 + rng.next(max_k - 1);
+  const int dilation = rng.next(3) == 0 ? 1 + rng.next(length) : 1;
+  const int max_k = length / dilation;  // >= 1
+  int kernel_size = 1 + rng.next(max_k);
   if (rng.next(8) == 0) kernel_size = max_k;
   const int pick = rng.next(3);
   const int stride = pick == 0 ? kernel_size : pick == 1 ? 1 : 1 + rng.next(kernel_size);
@@ -483,7 +488,7 @@ void test_inverse_tiles() {
     gna::Axis axes[3];
     int q_tile[3], kv_tile[3];
     for (int a = 0; a < rank; ++a) {
-      axes[a] = random_axis(rng, 2 + rng.next(max_length - 1));
+      axes[a] = random_axis(rng, 1 + rng.next(max_length));
       q_tile[a] = 1 + rng.next(rank == 1 ? 12 : 6);
       kv_tile[a] = 1 + rng.next(rank == 1 ? 12 : 6);
     }
@@ -613,7 +618,7 @@ void test_views() {
     gna::AxisView views[3];
     int q_tile[3], kv_tile[3];
     for (int a = 0; a < rank; ++a) {
-      axes[a] = random_axis(rng, 2 + rng.next(max_length - 1));
+      axes[a] = random_axis(rng, 1 + rng.next(max_length));
       views[a] = random_view(rng, axes[a]);
       q_tile[a] = 1 + rng.next(4);
       kv_tile[a] = 1 + rng.next(4);

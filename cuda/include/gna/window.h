@@ -18,8 +18,11 @@
 
 namespace gna {
 
-// One spatial axis of a problem. Legal: kernel_size >= 2,
-// 1 <= stride <= kernel_size, dilation >= 1, kernel_size * dilation <= length.
+// One spatial axis of a problem. Legal: kernel_size >= 1 (1: the query alone,
+// in its dilation group), 1 <= stride <= kernel_size, dilation >= 1,
+// kernel_size * dilation <= length. Lengths and view offsets stay below 2^30
+// (the FFI decoder refuses others), so the sum or difference of two positions
+// fits in an int: all arithmetic here and in tile_box.h is int.
 struct Axis {
   int length;
   int kernel_size;

@@ -475,10 +475,16 @@ struct BwdKernel {
           // Wait for this KV tile's turn at the Q tile: its position in the Q tile's KV box.
           if (row == 0) {
             const int turn = kv_tile_box(w.axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
+            // Cannot deadlock: the CTAs holding the earlier turns have lower block indices
+            // (decode_bwd_work's deterministic item order) and CTAs start in block index order,
+            // so each of them is running or done. The backoff keeps the spin off the memory
+            // system.
             int now;
-            do {
+            for (unsigned sleep_ns = 32;; sleep_ns = min(2 * sleep_ns, 512u)) {
               asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(semaphore));
-            } while (now != turn);
+              if (now == turn) break;
+              __nanosleep(sleep_ns);
+            }
           }
           __syncwarp();  // bar.sync is aligned: warp 0 converged after thread 0's wait
           cutlass::arch::NamedBarrier::sync(kComputeThreads, kDqBarrier);

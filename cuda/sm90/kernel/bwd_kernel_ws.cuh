@@ -289,10 +289,15 @@ struct BwdKernel {
           cutlass::arch::ClusterBarrier::wait(&ss.dq_full[first + i], v & 1);
         }
         const DqHandoff h = ss.dq_handoff[first];
+        // Cannot deadlock: the CTAs holding the earlier turns have lower block indices
+        // (decode_bwd_work's deterministic item order) and CTAs start in block index order, so
+        // each of them is running or done. The backoff keeps the spin off the memory system.
         int now;
-        do {
+        for (unsigned sleep_ns = 32;; sleep_ns = min(2 * sleep_ns, 512u)) {
           asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(h.semaphore));
-        } while (now != h.turn);
+          if (now == h.turn) break;
+          __nanosleep(sleep_ns);
+        }
         for (int i = 0; i < kAddsPerTurn; ++i) {
           bulk_add(ss.dq_handoff[first + i].block, ss.dq + (first + i) * kDqChunk);
         }

@@ -495,7 +495,12 @@ struct FwdKernel {
       const uint4 vec = load_shared_16b(raw_pointer_cast(&sO(row, col)));
       *reinterpret_cast<uint4*>(out + (token * p.heads + w.head) * kHeadDim + col) = vec;
     }
-    if (!kSeparateO) release_q();
+    if (!kSeparateO) {
+      // O went through the Q tile with generic-proxy accesses; the next item's Q lands there by
+      // TMA (async proxy): order them before handing the tile back.
+      cutlass::arch::fence_view_async_shared();
+      release_q();
+    }
   }
 
   static CUTLASS_DEVICE void run(const FwdMaps& maps, const FwdParams& p, char* smem_raw) {

@@ -1,0 +1,71 @@
+// Development knobs: the one place that reads them. They exist for performance experiments; no
+// production setting needs one. Runtime knobs are environment variables read once per process
+// and validated strictly: a value that is not exactly one of those listed is ignored (with one
+// line on stderr), so a typo can neither change results nor index out of range.
+//
+//   GNA_SM90_PERSISTENT = 0 | 1
+//       The sm90 forward's grid: 1 forces one persistent CTA per SM looping over the work
+//       items, 0 one CTA per item. Unset: chosen per problem (sm90/fwd_dispatch.cu).
+//   GNA_FWD_TILE_ORDER = a permutation of "012" (older name: GNA_SM90_TILE_ORDER)
+//       The forward's CTA order over Q tiles: kernel axes from fastest to slowest, e.g. "012"
+//       for the first axis fastest. Unset: "210", the last axis fastest (fwd_params.h).
+//   GNA_SM90_STAGES_EXPERIMENT (compile time: -DGNA_SM90_STAGES_EXPERIMENT=<n>, n >= 2)
+//       K/V pipeline stages of the sm90 forward for head dims <= 128 (sm90/fwd_config.h, where
+//       it is checked; a stage count whose tiles overflow shared memory fails at launch).
+//
+// Host code only.
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace gna::dev_knobs {
+
+inline void report_ignored(const char* name, const char* value, const char* expected) {
+  std::fprintf(stderr, "jax_gna: ignoring %s=\"%s\" (expected %s)\n", name, value, expected);
+}
+
+// GNA_SM90_PERSISTENT: 0 or 1, or -1 when unset (or ignored).
+inline int sm90_persistent() {
+  static const int value = [] {
+    const char* env = std::getenv("GNA_SM90_PERSISTENT");
+    if (env == nullptr) return -1;
+    if (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0) return env[0] - '0';
+    report_ignored("GNA_SM90_PERSISTENT", env, "0 or 1");
+    return -1;
+  }();
+  return value;
+}
+
+// GNA_FWD_TILE_ORDER (or GNA_SM90_TILE_ORDER): kernel axes from fastest to slowest, or nullptr
+// when unset (or ignored).
+inline const int* fwd_tile_order() {
+  struct Order {
+    bool set;
+    int axes[3];
+  };
+  static const Order order = [] {
+    const char* name = "GNA_FWD_TILE_ORDER";
+    const char* env = std::getenv(name);
+    if (env == nullptr) env = std::getenv(name = "GNA_SM90_TILE_ORDER");
+    Order o{false, {2, 1, 0}};
+    if (env == nullptr) return o;
+    bool seen[3] = {false, false, false};
+    bool ok = std::strlen(env) == 3;
+    for (int k = 0; ok && k < 3; ++k) {
+      const int a = env[k] - '0';
+      ok = a >= 0 && a < 3 && !seen[a];
+      if (ok) seen[a] = true, o.axes[k] = a;
+    }
+    if (!ok) {
+      report_ignored(name, env, "a permutation of \"012\"");
+      return Order{false, {2, 1, 0}};
+    }
+    o.set = true;
+    return o;
+  }();
+  return order.set ? order.axes : nullptr;
+}
+
+}  // namespace gna::dev_knobs
