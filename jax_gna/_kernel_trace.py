@@ -80,6 +80,15 @@ def device_events(profile) -> list[Event] | None:
     return events if planes else None
 
 
+def last_dispatch(events: list[Event] | None, dispatches: int) -> list[Event] | None:
+    """The events of the last of ``dispatches`` identical dispatches (each launches the same
+    work, so the last ``len(events) / dispatches`` events in start order); ``events`` itself
+    when the count does not divide (the caller then averages over every dispatch)."""
+    if not events or dispatches <= 1 or len(events) % dispatches:
+        return events
+    return sorted(events, key=lambda e: e.start_ns)[-(len(events) // dispatches) :]
+
+
 def _busy_ns(events: list[Event]) -> float:
     """Length of the union of the events' intervals (overlapping streams count once)."""
     total, end = 0.0, -float("inf")
@@ -115,9 +124,15 @@ def summarize(events: list[Event] | None, calls: int) -> KernelTimes | str:
     return KernelTimes(calls=calls, busy_ms=_busy_ns(events) / calls / 1e6, kernels=tuple(kernels))
 
 
-def trace_calls(dispatch: Callable[[], Any], calls: int) -> KernelTimes | str:
-    """Trace one ``dispatch()`` (``calls`` calls, asynchronous) and return its device time per
-    call, or why it could not be measured."""
+def trace_calls(dispatch: Callable[[], Any], calls: int, dispatches: int = 1) -> KernelTimes | str:
+    """Trace ``dispatches`` ``dispatch()``es (``calls`` calls each, asynchronous, issued back to
+    back: a timed sample's worth) and return the device time per call of the last one, or why
+    it could not be measured.
+
+    Only the last dispatch counts because a GPU's clock depends on what it ran just before: a
+    lone dispatch after the idle gap of starting the profiler runs at a higher clock than the
+    same work sustained (an H100 at its power cap runs ~1.5 GHz sustained and boosts higher
+    after a pause), and its kernel time would then look shorter than the timed samples'."""
     import jax
 
     profile_data = getattr(jax.profiler, "ProfileData", None)
@@ -127,12 +142,16 @@ def trace_calls(dispatch: Callable[[], Any], calls: int) -> KernelTimes | str:
         jax.block_until_ready(dispatch())  # nothing else in flight while tracing
         with tempfile.TemporaryDirectory(prefix="jax_gna_trace_") as log_dir:
             with jax.profiler.trace(log_dir):
-                jax.block_until_ready(dispatch())
+                for _ in range(dispatches):
+                    out = dispatch()
+                jax.block_until_ready(out)
             paths = glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"), recursive=True)
             if not paths:
                 return "the profiler wrote no trace"
             profile = profile_data.from_file(max(paths, key=os.path.getmtime))
-            return summarize(device_events(profile), calls)
+            events = device_events(profile)
+            last = last_dispatch(events, dispatches)
+            return summarize(last, calls * (dispatches if last is events else 1))
     except Exception as e:  # a trace is extra information: never fail the run over it
         text = str(e).strip().splitlines()
         return f"trace failed: {type(e).__name__}: {text[0][:160] if text else ''}"

@@ -648,9 +648,9 @@ def _timers(cfg: Config, candidates: dict[str, Any], pool: _timing.InputPool):
 
 
 def _kernel_columns(row: dict[str, Any], timer, own: tuple[str, ...]) -> None:
-    """Trace one dispatch of ``timer`` and add the kernel time and overhead per call to
-    ``row``; if the trace cannot be read, ``row["trace"]`` says why."""
-    times = _kernel_trace.trace_calls(timer.dispatch, timer.calls)
+    """Trace a sample's worth of ``timer``'s dispatches and add the last one's kernel time and
+    overhead per call to ``row``; if the trace cannot be read, ``row["trace"]`` says why."""
+    times = _kernel_trace.trace_calls(timer.dispatch, timer.calls, timer.dispatches)
     if isinstance(times, str):
         row["trace"] = times
         return

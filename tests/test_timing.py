@@ -198,6 +198,24 @@ def test_kernel_trace_sums_the_device_work_per_call():
     assert [k["own"] for k in as_json["kernels"]] == [True, False, False]
 
 
+def test_kernel_time_comes_from_the_last_dispatch_of_a_sustained_sample():
+    """Only the last dispatch counts: the first ones run at the clock the idle gap left."""
+    E = _kernel_trace.Event
+    # Three dispatches of the same two kernels; the first is faster (a boosted clock).
+    events = [
+        E("void gna::k", 0, 4000), E("copy", 4000, 1000),
+        E("void gna::k", 6000, 5000), E("copy", 11000, 1000),
+        E("void gna::k", 13000, 5000), E("copy", 18000, 1000),
+    ]  # fmt: skip
+    last = _kernel_trace.last_dispatch(events, 3)
+    assert [e.start_ns for e in last] == [13000, 18000]
+    times = _kernel_trace.summarize(last, calls=1)
+    assert times.own_ms(_kernel_trace.OWN_KERNELS["gna"]) == pytest.approx(0.005)
+    # A count the events do not divide into: every dispatch is kept (the caller averages).
+    assert _kernel_trace.last_dispatch(events[:5], 3) == events[:5]
+    assert _kernel_trace.last_dispatch(events, 1) == events
+
+
 def test_kernel_trace_without_a_gpu_says_why_instead_of_failing(monkeypatch):
     host_only = jax.profiler.ProfileData.from_text_proto('planes { id: 2 name: "/host:CPU" }')
     assert _kernel_trace.summarize(_kernel_trace.device_events(host_only), 1) == (
@@ -222,10 +240,17 @@ def test_profile_rows_get_the_kernel_time_and_the_overhead(monkeypatch):
     times = _kernel_trace.summarize(
         _kernel_trace.device_events(jax.profiler.ProfileData.from_text_proto(_TRACE)), calls=2
     )
-    timer = type("T", (), {"dispatch": None, "calls": 2})()
-    monkeypatch.setattr(_kernel_trace, "trace_calls", lambda dispatch, calls: times)
+    timer = type("T", (), {"dispatch": None, "calls": 2, "dispatches": 3})()
+    traced = []
+
+    def trace_calls(dispatch, calls, dispatches):
+        traced.append(dispatches)  # a sample's worth of dispatches
+        return times
+
+    monkeypatch.setattr(_kernel_trace, "trace_calls", trace_calls)
     row = {"median_ms": 0.010}
     profile._kernel_columns(row, timer, _kernel_trace.OWN_KERNELS["gna"])
+    assert traced == [3]
     assert row["trace"] == "ok"
     assert row["kernel_ms"] == pytest.approx(0.005)
     assert row["overhead_ms"] == pytest.approx(0.005)
@@ -233,7 +258,7 @@ def test_profile_rows_get_the_kernel_time_and_the_overhead(monkeypatch):
     row = {"median_ms": 0.010}  # no cuDNN kernel in this trace: all device work stands in
     profile._kernel_columns(row, timer, _kernel_trace.OWN_KERNELS["cudnn"])
     assert row["kernel_ms"] == pytest.approx(0.006) and "all device work" in row["trace"]
-    monkeypatch.setattr(_kernel_trace, "trace_calls", lambda dispatch, calls: "no GPU")
+    monkeypatch.setattr(_kernel_trace, "trace_calls", lambda dispatch, calls, dispatches: "no GPU")
     row = {"median_ms": 0.010}
     profile._kernel_columns(row, timer, _kernel_trace.OWN_KERNELS["gna"])
     assert row == {"median_ms": 0.010, "trace": "no GPU"}
