@@ -28,10 +28,10 @@
 
 namespace gna {
 
-inline constexpr int kTmaMaxBox = 256;           // positions a box may span per dimension
-inline constexpr int kTmaMaxElementStride = 8;   // largest traversal stride of a dimension
-inline constexpr int kTmaMaxDims = 5;            // dimensions of a tiled tensor map
-inline constexpr int kTileBoxAlignTokens = 8;    // a box starts on a swizzle atom (8 rows)
+inline constexpr int kTmaMaxBox = 256;          // positions a box may span per dimension
+inline constexpr int kTmaMaxElementStride = 8;  // largest traversal stride of a dimension
+inline constexpr int kTmaMaxDims = 5;           // dimensions of a tiled tensor map
+inline constexpr int kTileBoxAlignTokens = 8;   // a box starts on a swizzle atom (8 rows)
 
 struct TileLoads {
   int rows[3];    // positions per box along each kernel axis (each divides the tile)

@@ -112,8 +112,8 @@ void run_case(const Case& c, long* boxes_total) {
                           ok = false, why = "map 0 used without groups";
                         if (token % gna::kTileBoxAlignTokens != 0)
                           ok = false, why = "box not on a swizzle atom";
-                        int64_t coord[5] = {int64_t(head) * c.head_dim + ch * chunk, c1, c2,
-                                            c3, c4};
+                        int64_t coord[5] = {int64_t(head) * c.head_dim + ch * chunk, c1, c2, c3,
+                                            c4};
                         int n[5];
                         for (int i = 0; i < 5; ++i) n[i] = int(d[i].box / d[i].elem_step);
                         int64_t lin = 0;
@@ -170,8 +170,8 @@ void run_case(const Case& c, long* boxes_total) {
                       if (smem[size_t(r) * chunk + e] != want) {
                         ok = false;
                         why = "row " + std::to_string(r) + " elem " + std::to_string(e) +
-                              " holds " + std::to_string(smem[size_t(r) * chunk + e]) +
-                              ", want " + std::to_string(want);
+                              " holds " + std::to_string(smem[size_t(r) * chunk + e]) + ", want " +
+                              std::to_string(want);
                         break;
                       }
                     }
@@ -245,8 +245,7 @@ int main(int argc, char** argv) {
       c.tile[a] = s.t[a];
       const bool real = a >= 3 - rank;
       // Dilations: small, at the element-stride limit, past it, and large (1-D up to 128).
-      c.dilation[a] = real ? pick(rng, {1, 1, 2, 3, 5, 8, 9, 13, 16, 32, rank == 1 ? 128 : 17})
-                           : 1;
+      c.dilation[a] = real ? pick(rng, {1, 1, 2, 3, 5, 8, 9, 13, 16, 32, rank == 1 ? 128 : 17}) : 1;
       // Extents: a few positions per group up to a few tiles, odd, and sometimes shorter than
       // the dilation when a view's array is short (a split then cannot serve that axis).
       const int per_group = int(rng() % (2 * c.tile[a] + 3)) + 1;
