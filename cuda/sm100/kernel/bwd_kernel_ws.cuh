@@ -101,6 +101,7 @@ struct BwdKernel {
   using SmemLayoutDS = decltype(cute::tile_to_shape(
       cute::UMMA::Layout_MN_SW128_Atom<Element>{},
       cute::Shape<cute::Int<kTileQ>, cute::Int<kTileKV>>{}, cute::Step<cute::_2, cute::_1>{}));
+  static_assert(column_runs_contiguous<SmemLayoutPt, kTileKV, kTileQ, 8>(), "16-byte row accesses");
 
   // S^T = K Q^T, dP^T = V dO^T: M = KV, N = Q, K = D.
   using TiledMmaS = decltype(cute::make_tiled_mma(
@@ -349,6 +350,11 @@ struct BwdKernel {
   static CUTLASS_DEVICE void store8(Element* dst, const float* f) {
     *reinterpret_cast<uint4*>(dst) = pack8(f);
   }
+  // The same into a row of P^T or dS^T: cute's swizzled address is an integer, through which a
+  // plain store would be a generic one (waiting on the long scoreboard), not st.shared.
+  static CUTLASS_DEVICE void store8_shared(Element* at, const float* f) {
+    store_shared_16b(at, pack8(f));
+  }
 
   // block[0..3] += x[0..3] (one vector reduction in L2).
   static CUTLASS_DEVICE void red_add4(float* block, const uint32_t* x) {
@@ -421,7 +427,7 @@ struct BwdKernel {
         }
         // The previous visit's UMMAs are done (dq_full waited below), so P^T may be rewritten.
         CUTLASS_PRAGMA_UNROLL
-        for (int c = 0; c < kTileQ; c += 8) store8(raw_pointer_cast(&sPt(row, c)), pr + c);
+        for (int c = 0; c < kTileQ; c += 8) store8_shared(raw_pointer_cast(&sPt(row, c)), pr + c);
         cutlass::arch::fence_view_async_shared();  // generic-proxy writes -> the UMMA's reads
         tcgen05_before_thread_sync();
         Barrier::arrive(&ss.p_full);
@@ -442,15 +448,14 @@ struct BwdKernel {
           CUTLASS_PRAGMA_UNROLL
           for (int i = 0; i < 32; i += 8) {
             Element* at = raw_pointer_cast(&sDSt(row, 32 * c + i));
-            const uint4 packed =
-                *reinterpret_cast<const uint4*>(raw_pointer_cast(&sPt(row, 32 * c + i)));
+            const uint4 packed = load_shared_16b(raw_pointer_cast(&sPt(row, 32 * c + i)));
             const Element* pp = reinterpret_cast<const Element*>(&packed);
             const float4 d0 = delta[(32 * c + i) / 4];
             const float4 d1 = delta[(32 * c + i) / 4 + 1];
             const float dd[8] = {d0.x, d0.y, d0.z, d0.w, d1.x, d1.y, d1.z, d1.w};
             CUTLASS_PRAGMA_UNROLL
             for (int e = 0; e < 8; ++e) ds[i + e] = float(pp[e]) * (ds[i + e] - dd[e]);
-            store8(at, ds + i);
+            store8_shared(at, ds + i);
           }
         }
         cutlass::arch::fence_view_async_shared();

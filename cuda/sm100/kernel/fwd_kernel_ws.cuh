@@ -90,6 +90,7 @@ struct FwdKernel {
   using SmemLayoutP =
       decltype(cute::tile_to_shape(cute::UMMA::Layout_K_SW128_Atom<Element>{},
                                    cute::Shape<cute::Int<kTileQ>, cute::Int<kTileKV>>{}));
+  static_assert(column_runs_contiguous<SmemLayoutP, kTileQ, kTileKV, 8>(), "P 16-byte stores");
 
   using TiledMmaQK = decltype(cute::make_tiled_mma(
       cute::SM100_MMA_F16BF16_SS<Element, Element, float, kTileQ, kTileKV, cute::UMMA::Major::K,
@@ -348,8 +349,8 @@ struct FwdKernel {
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < 8; ++i) f[i] = s[c + i];
         const cutlass::Array<Element, 8> h = cvt(f);
-        *reinterpret_cast<uint4*>(raw_pointer_cast(&sP(row, c))) =
-            *reinterpret_cast<const uint4*>(&h);
+        // cute's swizzled address is an integer: a plain store would be a generic one.
+        store_shared_16b(raw_pointer_cast(&sP(row, c)), *reinterpret_cast<const uint4*>(&h));
       }
       cutlass::arch::fence_view_async_shared();  // generic-proxy writes -> the UMMA's reads
       tcgen05_before_thread_sync();

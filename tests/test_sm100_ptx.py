@@ -1,0 +1,97 @@
+"""The PTX of the kernels, checked on the CPU (nvcc, no GPU; skips without nvcc or CUTLASS).
+
+Every shared-memory access of the kernels must be a shared-memory instruction. A generic
+access (``st.v4.u32``, ``ld.v4.u32``: no state space) to shared memory is correct but goes
+through the global path and waits on the long scoreboard (the sm90 backward's profile in
+`cuda/sm90/NOTES.md`); cute's swizzled smem tensors compute addresses as integers, so a plain
+store through one is generic, which is why the kernels stage P, P^T and dS^T through
+`store_shared_16b` / `load_shared_16b` (`cuda/common/shared_storage.cuh`). The kernels' only
+global accesses are explicit (``.global``), so the check is simply: no ``ld``/``st`` without a
+state space in the whole kernel.
+
+Each kernel is compiled as the build compiles it: the TU `cuda/<family>/sources.cmake` generates
+(#defines, then the family's ``*_instance.cu``), the flags of `cmake/CudaKernels.cmake`, PTX for
+the family's architecture. The sm100 kernels have never run (no Blackwell GPU); this is one of
+the checks that stand in (`docs/blackwell.md`).
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+
+import pytest
+
+from tests import nvcc_build
+
+# State spaces of ld/st; an access naming none is generic.
+_STATE_SPACES = {"global", "shared", "local", "param", "const"}
+_OPCODE = re.compile(r"^\s*(?:@!?%\w+\s+)?([a-z][\w.:]*)")
+
+
+def memory_accesses(ptx: str) -> list[str]:
+    """The opcodes of the ld/st instructions of `ptx`, any state space, in order (tcgen05.ld/st
+    are tensor-memory instructions, not these)."""
+    ops = []
+    for line in ptx.splitlines():
+        m = _OPCODE.match(line)
+        if m and m.group(1).split(".")[0] in ("ld", "st"):
+            ops.append(m.group(1))
+    return ops
+
+
+def generic_accesses(ptx: str) -> list[str]:
+    """The ld/st opcodes of `ptx` that name no state space."""
+    return [
+        op
+        for op in memory_accesses(ptx)
+        if not any(part.split("::")[0] in _STATE_SPACES for part in op.split(".")[1:])
+    ]
+
+
+def test_generic_access_parser_on_known_lines():
+    ptx = "\n".join(
+        [
+            "\tst.v4.u32 \t[%rd5], {%r1, %r2, %r3, %r4};",
+            "\t@%p3 ld.v4.u32 \t{%r1, %r2, %r3, %r4}, [%rd7];",
+            "\tst.shared.v4.b32 [%r9], {%r1, %r2, %r3, %r4};",
+            "\tld.shared::cta.u32 %r1, [%r2];",
+            "\tld.acquire.gpu.global.s32 %r1, [%rd1];",
+            "\ttcgen05.ld.sync.aligned.32x32b.x32.b32 {%r1}, [%r2];",
+            "\tld.param.u64 %rd1, [param_0];",
+        ]
+    )
+    assert generic_accesses(ptx) == ["st.v4.u32", "ld.v4.u32"]
+    assert len(memory_accesses(ptx)) == 6
+
+
+# (family, direction, the defines of the TU sources.cmake generates): bf16 d128 rank 3 (the
+# smoke kernels) and the other end of the tables (f16, d32: SW64 tiles, rank 1).
+KERNELS = {
+    "sm100 fwd bf16 d128 r3": ("sm100", "fwd", ("kBF16", 128, 3, 0)),
+    "sm100 fwd f16 d32 r1": ("sm100", "fwd", ("kF16", 32, 1, 0)),
+    "sm100 bwd bf16 d128 r3": ("sm100", "bwd", ("kBF16", 128, 3)),
+    "sm100 bwd f16 d32 r1": ("sm100", "bwd", ("kF16", 32, 1)),
+    "sm90 fwd bf16 d128 r3": ("sm90", "fwd", ("kBF16", 128, 3, 0)),
+    "sm90 bwd bf16 d128 r3": ("sm90", "bwd", ("kBF16", 128, 3)),
+}
+_NAMES = ("DTYPE", "HEAD_DIM", "RANK", "CONFIG")
+
+
+def _ptx(tmp_path, name: str, extra: tuple = ()) -> str:
+    family, direction, values = KERNELS[name]
+    prefix = f"GNA_{direction.upper()}_"
+    defines = {prefix + n: v for n, v in zip(_NAMES, values)}
+    return nvcc_build.kernel_ptx(tmp_path, family, direction, defines, extra)
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_release_kernel_has_no_generic_access_printf_or_trap(tmp_path, name):
+    ptx = _ptx(tmp_path, name)
+    generic = generic_accesses(ptx)
+    wide = [op for op in generic if ".v4." in op]
+    counts = dict(collections.Counter(generic))
+    assert not generic, f"{name}: {len(generic)} generic ld/st ({len(wide)} of 128 bits): {counts}"
+    assert any(".shared" in op for op in memory_accesses(ptx)), "the parser found no ld/st.shared"
+    for word in ("vprintf", "__assertfail", "trap;"):
+        assert word not in ptx, f"{name}: {word} in a release build"
