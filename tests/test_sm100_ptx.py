@@ -95,3 +95,17 @@ def test_release_kernel_has_no_generic_access_printf_or_trap(tmp_path, name):
     assert any(".shared" in op for op in memory_accesses(ptx)), "the parser found no ld/st.shared"
     for word in ("vprintf", "__assertfail", "trap;"):
         assert word not in ptx, f"{name}: {word} in a release build"
+
+
+@pytest.mark.parametrize("name", [n for n in KERNELS if n.startswith("sm100 bwd")])
+def test_sm100_backward_computes_ds_from_fp32_p(tmp_path, name):
+    """dS^T = P^T (dP^T - delta) takes P^T from the compute thread's fp32 registers, as sm90
+    does, not read back rounded to 16 bits from shared memory (which adds a rounding of P to
+    every dS element): the kernel's shared-memory loads are the fp32 row statistics (lse2,
+    delta) and the TMEM address only (any other load from shared or generic memory fails)."""
+    ops = memory_accesses(_ptx(tmp_path, name))
+    loads = [
+        op for op in ops if op.startswith("ld.") and not {"global", "param"} & set(op.split("."))
+    ]
+    assert set(loads) <= {"ld.shared.v4.f32", "ld.shared.u32"}, collections.Counter(loads)
+    assert loads.count("ld.shared.u32") == 1

@@ -432,9 +432,9 @@ struct BwdKernel {
         tcgen05_before_thread_sync();
         Barrier::arrive(&ss.p_full);
 
-        // dS^T = P^T (dP^T - delta), 32 columns at a time, with P^T read back from this
-        // thread's row of shared memory (16-bit: P in fp32 registers through this phase would
-        // spill; dS^T is rounded to 16 bits for its UMMAs anyway).
+        // dS^T = P^T (dP^T - delta), 32 columns at a time, from the fp32 P^T row still in
+        // registers (as sm90: only dS^T itself is rounded to 16 bits, for its UMMAs; ptxas
+        // keeps the row without spilling, see NOTES.md).
         Barrier::wait(&ss.dp_full, v & 1);
         __syncwarp();
         tcgen05_after_thread_sync();
@@ -448,13 +448,11 @@ struct BwdKernel {
           CUTLASS_PRAGMA_UNROLL
           for (int i = 0; i < 32; i += 8) {
             Element* at = raw_pointer_cast(&sDSt(row, 32 * c + i));
-            const uint4 packed = load_shared_16b(raw_pointer_cast(&sPt(row, 32 * c + i)));
-            const Element* pp = reinterpret_cast<const Element*>(&packed);
             const float4 d0 = delta[(32 * c + i) / 4];
             const float4 d1 = delta[(32 * c + i) / 4 + 1];
             const float dd[8] = {d0.x, d0.y, d0.z, d0.w, d1.x, d1.y, d1.z, d1.w};
             CUTLASS_PRAGMA_UNROLL
-            for (int e = 0; e < 8; ++e) ds[i + e] = float(pp[e]) * (ds[i + e] - dd[e]);
+            for (int e = 0; e < 8; ++e) ds[i + e] = pr[32 * c + i + e] * (ds[i + e] - dd[e]);
             store8_shared(at, ds + i);
           }
         }
