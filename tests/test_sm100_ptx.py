@@ -78,34 +78,89 @@ KERNELS = {
 _NAMES = ("DTYPE", "HEAD_DIM", "RANK", "CONFIG")
 
 
-def _ptx(tmp_path, name: str, extra: tuple = ()) -> str:
-    family, direction, values = KERNELS[name]
-    prefix = f"GNA_{direction.upper()}_"
-    defines = {prefix + n: v for n, v in zip(_NAMES, values)}
-    return nvcc_build.kernel_ptx(tmp_path, family, direction, defines, extra)
+@pytest.fixture(scope="module")
+def ptx(tmp_path_factory):
+    """ptx(name, extra flags): the kernel's PTX, each compiled once per test process."""
+    cache: dict = {}
+
+    def get(name: str, extra: tuple = ()) -> str:
+        if (name, extra) not in cache:
+            family, direction, values = KERNELS[name]
+            prefix = f"GNA_{direction.upper()}_"
+            defines = {prefix + n: v for n, v in zip(_NAMES, values)}
+            folder = tmp_path_factory.mktemp("ptx")
+            cache[name, extra] = nvcc_build.kernel_ptx(folder, family, direction, defines, extra)
+        return cache[name, extra]
+
+    return get
 
 
 @pytest.mark.parametrize("name", list(KERNELS))
-def test_release_kernel_has_no_generic_access_printf_or_trap(tmp_path, name):
-    ptx = _ptx(tmp_path, name)
-    generic = generic_accesses(ptx)
+def test_release_kernel_has_no_generic_access_printf_or_trap(ptx, name):
+    text = ptx(name)
+    generic = generic_accesses(text)
     wide = [op for op in generic if ".v4." in op]
     counts = dict(collections.Counter(generic))
     assert not generic, f"{name}: {len(generic)} generic ld/st ({len(wide)} of 128 bits): {counts}"
-    assert any(".shared" in op for op in memory_accesses(ptx)), "the parser found no ld/st.shared"
+    assert any(".shared" in op for op in memory_accesses(text)), "the parser found no ld/st.shared"
     for word in ("vprintf", "__assertfail", "trap;"):
-        assert word not in ptx, f"{name}: {word} in a release build"
+        assert word not in text, f"{name}: {word} in a release build"
 
 
 @pytest.mark.parametrize("name", [n for n in KERNELS if n.startswith("sm100 bwd")])
-def test_sm100_backward_computes_ds_from_fp32_p(tmp_path, name):
+def test_sm100_backward_computes_ds_from_fp32_p(ptx, name):
     """dS^T = P^T (dP^T - delta) takes P^T from the compute thread's fp32 registers, as sm90
     does, not read back rounded to 16 bits from shared memory (which adds a rounding of P to
     every dS element): the kernel's shared-memory loads are the fp32 row statistics (lse2,
     delta) and the TMEM address only (any other load from shared or generic memory fails)."""
-    ops = memory_accesses(_ptx(tmp_path, name))
+    ops = memory_accesses(ptx(name))
     loads = [
         op for op in ops if op.startswith("ld.") and not {"global", "param"} & set(op.split("."))
     ]
     assert set(loads) <= {"ld.shared.v4.f32", "ld.shared.u32"}, collections.Counter(loads)
     assert loads.count("ld.shared.u32") == 1
+
+
+_STRING = re.compile(r"\.b8 \$str[$\w]*\[\d+\] = \{([\d, ]+)\}")
+
+
+def string_constants(ptx: str) -> set[str]:
+    """The C strings `ptx` holds (printf formats and arguments)."""
+    return {
+        bytes(int(b) for b in m.group(1).split(",")).rstrip(b"\0").decode()
+        for m in _STRING.finditer(ptx)
+    }
+
+
+def shared_storage_barriers(direction: str) -> list[str]:
+    """The mbarriers (uint64_t members) of the sm100 kernel's SharedStorage."""
+    header = nvcc_build.ROOT / "cuda" / "sm100" / "kernel" / f"{direction}_kernel_ws.cuh"
+    text = header.read_text()
+    storage = text[text.index("struct SharedStorage {") :]
+    storage = storage[: storage.index("};")]
+    return re.findall(r"uint64_t (\w+)", storage)
+
+
+# What a debug build names besides the mbarriers: the TMEM address slot (tcgen05.alloc's
+# wait) and the backward's deterministic-mode semaphore.
+OTHER_WAITS = {"fwd": ["tmem_base"], "bwd": ["tmem_base", "dq_semaphore"]}
+
+
+@pytest.mark.parametrize("name", ["sm100 fwd bf16 d128 r3", "sm100 bwd bf16 d128 r3"])
+def test_debug_build_bounds_every_wait_and_names_every_barrier(ptx, name):
+    """JAX_GNA_DEBUG_KERNELS=1 (cmake/CudaKernels.cmake; docs/blackwell.md): no unbounded
+    mbarrier wait is left (cutlass's wait loop is the `LAB_WAIT` label), every wait reads the global timer, reports with printf and traps, and
+    the reports name every barrier of the kernel."""
+    release = ptx(name)
+    debug = ptx(name, ("-DJAX_GNA_DEBUG_KERNELS=1",))
+    assert "LAB_WAIT" in release and "LAB_WAIT" not in debug
+    for word in ("%globaltimer", "vprintf", "trap;"):
+        assert word in debug, word
+    strings = string_constants(debug)
+    assert not string_constants(release)
+    direction = KERNELS[name][1]
+    names = shared_storage_barriers(direction) + OTHER_WAITS[direction]
+    assert len(names) >= 10, names
+    missing = [b for b in names if b not in strings]
+    assert not missing, f"barriers never named in a hang report: {missing}"
+    assert any(s.startswith("jax_gna debug: sm100 %s kernel") for s in strings), strings

@@ -41,7 +41,13 @@
 #include "../../common/fwd_device.cuh"
 #include "../../common/shared_storage.cuh"
 #include "../bwd_config.h"
+#include "debug_checks.cuh"
 #include "tcgen05.cuh"
+
+// The backward's mbarrier waits, named in debug builds' hang reports (debug_checks.cuh):
+// GNA_SM100_WAIT with this kernel's name and template parameters.
+#define GNA_BWD_WAIT(bar, parity, name, index, visit) \
+  GNA_SM100_WAIT(bar, parity, "backward", kHeadDim, kRank, name, index, visit)
 
 namespace gna::sm100 {
 
@@ -152,6 +158,11 @@ struct BwdKernel {
   using Barrier = cutlass::arch::ClusterBarrier;
   using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
 
+  // The kernel in the reports of with_tmem's checks.
+  static CUTLASS_DEVICE WaitSite tmem_site() {
+    return {"backward", kHeadDim, kRank, "tmem_base", -1, -1};
+  }
+
   static CUTLASS_DEVICE BwdWork decode(const BwdParams& p, int item) {
     constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
@@ -202,7 +213,7 @@ struct BwdKernel {
         tile_coords(p, w, t, q_tile, &c2, &c1, &c0);
         const int stage = v % kStages;
         const int round = v / kStages;
-        if (round > 0) Barrier::wait(&ss.q_empty[stage], (round - 1) & 1);
+        if (round > 0) GNA_BWD_WAIT(&ss.q_empty[stage], (round - 1) & 1, "q_empty", stage, v);
         TxBarrier::arrive_and_expect_tx(&ss.q_full[stage], kTileBytesQ + 2 * kStatBytes);
         tma_load_tile<kChunks, kChunk>(map_q, &ss.q_full[stage], ss.q + stage * kTileQ * kHeadDim,
                                        kChunkBytesQ, head, c2, c1, c0, kEvictLast);
@@ -211,7 +222,7 @@ struct BwdKernel {
                                        kStatBytes);
         cute::SM90_BULK_COPY_G2S::copy(p.row_delta + slot, &ss.q_full[stage], ss.delta[stage],
                                        kStatBytes);
-        if (round > 0) Barrier::wait(&ss.do_empty[stage], (round - 1) & 1);
+        if (round > 0) GNA_BWD_WAIT(&ss.do_empty[stage], (round - 1) & 1, "do_empty", stage, v);
         TxBarrier::arrive_and_expect_tx(&ss.do_full[stage], kTileBytesQ);
         tma_load_tile<kChunks, kChunk>(map_do, &ss.do_full[stage],
                                        ss.dout + stage * kTileQ * kHeadDim, kChunkBytesQ, head, c2,
@@ -278,13 +289,13 @@ struct BwdKernel {
     tDQ.data() = tmem + kTmemDQ;
 
     const int visits = p.kv_group * w.box.size();
-    TxBarrier::wait(&ss.kv_full, 0);
+    GNA_BWD_WAIT(&ss.kv_full, 0, "kv_full", -1, 0);
 
     // S^T of visit v: its Q stage landed; the S^T columns are free (the caller waited for the
     // compute threads' read of the previous one).
     auto issue_s = [&](int v) {
       const int stage = v % kStages;
-      TxBarrier::wait(&ss.q_full[stage], (v / kStages) & 1);
+      GNA_BWD_WAIT(&ss.q_full[stage], (v / kStages) & 1, "q_full", stage, v);
       __syncwarp();
       tcgen05_after_thread_sync();
       umma(mma_s, tSrK, tSrQ(_, _, _, stage), tS, false);
@@ -293,8 +304,8 @@ struct BwdKernel {
     // dP^T of visit v: its dO stage landed and the previous dQ (same columns) was read.
     auto issue_dp = [&](int v) {
       const int stage = v % kStages;
-      TxBarrier::wait(&ss.do_full[stage], (v / kStages) & 1);
-      if (v > 0) Barrier::wait(&ss.dq_empty, (v - 1) & 1);
+      GNA_BWD_WAIT(&ss.do_full[stage], (v / kStages) & 1, "do_full", stage, v);
+      if (v > 0) GNA_BWD_WAIT(&ss.dq_empty, (v - 1) & 1, "dq_empty", -1, v);
       __syncwarp();
       tcgen05_after_thread_sync();
       umma(mma_s, tSrV, tSrDO(_, _, _, stage), tDP, false);
@@ -305,7 +316,7 @@ struct BwdKernel {
     issue_dp(0);
     for (int v = 0; v < visits; ++v) {
       const int stage = v % kStages;
-      Barrier::wait(&ss.p_full, v & 1);
+      GNA_BWD_WAIT(&ss.p_full, v & 1, "p_full", -1, v);
       __syncwarp();
       tcgen05_after_thread_sync();
       umma(mma_kv, tKVrPt, tKVrDOt(_, _, _, stage), tDV, v > 0);
@@ -314,7 +325,7 @@ struct BwdKernel {
       if constexpr (kStages > 1) {
         if (v + 1 < visits) issue_s(v + 1);
       }
-      Barrier::wait(&ss.ds_full, v & 1);
+      GNA_BWD_WAIT(&ss.ds_full, v & 1, "ds_full", -1, v);
       __syncwarp();
       tcgen05_after_thread_sync();
       umma(mma_kv, tKVrDSt, tKVrQt(_, _, _, stage), tDK, v > 0);
@@ -393,8 +404,8 @@ struct BwdKernel {
         const int stage = v % kStages;
 
         // P^T row: column c is Q token c of the tile (per-axis offsets known at compile time).
-        TxBarrier::wait(&ss.q_full[stage], (v / kStages) & 1);  // lse2, delta
-        Barrier::wait(&ss.s_full, v & 1);
+        GNA_BWD_WAIT(&ss.q_full[stage], (v / kStages) & 1, "q_full", stage, v);  // lse2, delta
+        GNA_BWD_WAIT(&ss.s_full, v & 1, "s_full", -1, v);
         __syncwarp();  // tcgen05.ld is .sync.aligned: the whole warp, converged
         tcgen05_after_thread_sync();
         uint32_t s_bits[kTileQ];
@@ -435,7 +446,7 @@ struct BwdKernel {
         // dS^T = P^T (dP^T - delta), 32 columns at a time, from the fp32 P^T row still in
         // registers (as sm90: only dS^T itself is rounded to 16 bits, for its UMMAs; ptxas
         // keeps the row without spilling, see NOTES.md).
-        Barrier::wait(&ss.dp_full, v & 1);
+        GNA_BWD_WAIT(&ss.dp_full, v & 1, "dp_full", -1, v);
         __syncwarp();
         tcgen05_after_thread_sync();
         const float4* delta = reinterpret_cast<const float4*>(ss.delta[stage]);
@@ -462,7 +473,7 @@ struct BwdKernel {
 
         // dQ row `row` of the Q tile: out of TMEM (the next dP^T may then overwrite it), then
         // added to the Q tile's fp32 block (row-major, bwd_config.h).
-        Barrier::wait(&ss.dq_full, v & 1);
+        GNA_BWD_WAIT(&ss.dq_full, v & 1, "dq_full", -1, v);
         __syncwarp();
         tcgen05_after_thread_sync();
         uint32_t dq_bits[kHeadDim];
@@ -480,10 +491,8 @@ struct BwdKernel {
           // Wait for this KV tile's turn at the Q tile: its position in the Q tile's KV box.
           if (row == 0) {
             const int turn = kv_tile_box(w.axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
-            int now;
-            do {
-              asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(semaphore));
-            } while (now != turn);
+            spin_until_equal(semaphore, turn,
+                             {"backward", kHeadDim, kRank, "dq_semaphore", int(slot / kTileQ), v});
           }
           __syncwarp();  // bar.sync is aligned: warp 0 converged after thread 0's wait
           cutlass::arch::NamedBarrier::sync(kComputeThreads, kDqBarrier);
@@ -567,15 +576,17 @@ struct BwdKernel {
     }
     // Every TMEM read and UMMA is complete (the compute threads waited for the last UMMAs and
     // read dK/dV) when the allocating warp frees the columns (with_tmem).
-    with_tmem<kTmemColumns>(role == BwdWarpRole::Mma, &ss.tmem_base, [&](uint32_t tmem) {
-      if (role == BwdWarpRole::Load) {
-        if (cute::elect_one_sync()) load(map_q, map_do, map_k, map_v, p, w, ss);
-      } else if (role == BwdWarpRole::Mma) {
-        mma(p, w, ss, tmem);
-      } else {
-        compute(p, w, ss, tmem);
-      }
-    });
+    with_tmem<kTmemColumns>(role == BwdWarpRole::Mma, &ss.tmem_base, tmem_site(),
+                            [&](uint32_t tmem) {
+                              if (role == BwdWarpRole::Load) {
+                                if (cute::elect_one_sync())
+                                  load(map_q, map_do, map_k, map_v, p, w, ss);
+                              } else if (role == BwdWarpRole::Mma) {
+                                mma(p, w, ss, tmem);
+                              } else {
+                                compute(p, w, ss, tmem);
+                              }
+                            });
   }
 };
 
@@ -595,3 +606,5 @@ __global__ void __launch_bounds__(Kernel::kThreads, 1)
 }
 
 }  // namespace gna::sm100
+
+#undef GNA_BWD_WAIT
