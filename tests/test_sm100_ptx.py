@@ -149,8 +149,9 @@ OTHER_WAITS = {"fwd": ["tmem_base"], "bwd": ["tmem_base", "dq_semaphore"]}
 @pytest.mark.parametrize("name", ["sm100 fwd bf16 d128 r3", "sm100 bwd bf16 d128 r3"])
 def test_debug_build_bounds_every_wait_and_names_every_barrier(ptx, name):
     """JAX_GNA_DEBUG_KERNELS=1 (cmake/CudaKernels.cmake; docs/blackwell.md): no unbounded
-    mbarrier wait is left (cutlass's wait loop is the `LAB_WAIT` label), every wait reads the global timer, reports with printf and traps, and
-    the reports name every barrier of the kernel."""
+    mbarrier wait is left (cutlass's wait loop is the `LAB_WAIT` label), every wait reads the
+    global timer, reports with printf and traps, and the reports name every barrier of the
+    kernel."""
     release = ptx(name)
     debug = ptx(name, ("-DJAX_GNA_DEBUG_KERNELS=1",))
     assert "LAB_WAIT" in release and "LAB_WAIT" not in debug
