@@ -141,10 +141,11 @@ CUTLASS_DEVICE void check_tmem_allocation(uint32_t tmem, const WaitSite& site) {
 #if GNA_SM100_DEBUG
   const uint32_t lane = tmem >> 16, column = tmem & 0xffffu;
   if (lane != 0 || column % kColumns != 0 || column + kColumns > 512) {
-    printf("jax_gna debug: sm100 %s kernel (head dim %d, rank %d): tcgen05.alloc of %d columns "
-           "gave 0x%08x (lane %u, column %u); block %d, thread %d\n",
-           site.kernel, site.head_dim, site.rank, kColumns, tmem, lane, column, int(blockIdx.x),
-           int(threadIdx.x));
+    printf(
+        "jax_gna debug: sm100 %s kernel (head dim %d, rank %d): tcgen05.alloc of %d columns "
+        "gave 0x%08x (lane %u, column %u); block %d, thread %d\n",
+        site.kernel, site.head_dim, site.rank, kColumns, tmem, lane, column, int(blockIdx.x),
+        int(threadIdx.x));
     __trap();
   }
 #else
@@ -157,10 +158,11 @@ CUTLASS_DEVICE void check_tmem_allocation(uint32_t tmem, const WaitSite& site) {
 CUTLASS_DEVICE void check_tmem_free(uint32_t allocated, uint32_t slot_now, const WaitSite& site) {
 #if GNA_SM100_DEBUG
   if (allocated != slot_now) {
-    printf("jax_gna debug: sm100 %s kernel (head dim %d, rank %d): the TMEM address in shared "
-           "memory changed from 0x%08x to 0x%08x before the dealloc; block %d, thread %d\n",
-           site.kernel, site.head_dim, site.rank, allocated, slot_now, int(blockIdx.x),
-           int(threadIdx.x));
+    printf(
+        "jax_gna debug: sm100 %s kernel (head dim %d, rank %d): the TMEM address in shared "
+        "memory changed from 0x%08x to 0x%08x before the dealloc; block %d, thread %d\n",
+        site.kernel, site.head_dim, site.rank, allocated, slot_now, int(blockIdx.x),
+        int(threadIdx.x));
     __trap();
   }
 #else
