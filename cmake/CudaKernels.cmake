@@ -49,6 +49,11 @@ if(NOT EXISTS "${CUTLASS_INCLUDE_DIR}/cutlass/cutlass.h")
 endif()
 message(STATUS "jax_gna: CUTLASS headers: ${CUTLASS_INCLUDE_DIR}")
 
+# JAX_GNA_DEBUG_KERNELS=ON: the sm100 kernels bound every barrier wait, report a hang (printf,
+# then trap) and check their tensor memory (cuda/sm100/kernel/debug_checks.cuh,
+# docs/blackwell.md); release builds are unchanged.
+option(JAX_GNA_DEBUG_KERNELS "Kernels that report a hang instead of hanging" OFF)
+
 # Kernel families: <arch>:<folder under cuda/>.
 foreach(_family "90a:sm90" "100a:sm100")
   string(REPLACE ":" ";" _family "${_family}")
@@ -79,6 +84,10 @@ foreach(_family "90a:sm90" "100a:sm100")
   target_include_directories(${_lib} SYSTEM PRIVATE "${CUTLASS_INCLUDE_DIR}")
   if(JAX_GNA_KERNEL_SET STREQUAL "smoke")
     target_compile_definitions(${_lib} PRIVATE GNA_KERNEL_SET_SMOKE=1)
+  endif()
+  if(JAX_GNA_DEBUG_KERNELS)
+    target_compile_definitions(${_lib} PRIVATE JAX_GNA_DEBUG_KERNELS=1)
+    target_compile_options(${_lib} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-lineinfo>)
   endif()
   string(TOUPPER "${_dir}" _dir_upper)
   target_link_libraries(_ext PRIVATE ${_lib})

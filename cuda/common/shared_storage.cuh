@@ -31,22 +31,44 @@ CUTLASS_DEVICE void store_shared_pair(const Element* at, Element lo, Element hi)
                : "memory");
 }
 
-// Whether the smem layout `Layout` (rows x columns, and buffers: buffer 0 is checked) keeps
-// the columns 2c and 2c + 1 of each row neighbours in memory, as store_shared_pair needs. The
-// first 16 rows are checked (the compiler's constexpr budget): two periods of the GMMA
-// swizzle atoms, which repeat every 8 rows.
-template <class Layout, int kRows, int kCols>
-constexpr bool column_pairs_adjacent() {
+// Whether the smem layout `Layout` (rows x columns, and buffers: buffer 0 is checked) keeps each
+// run of kRun columns kRun c .. kRun c + kRun - 1 of a row contiguous and aligned to kRun elements
+// in memory, as the vector stores and loads below need. The first 16 rows are checked (the
+// compiler's constexpr budget): two periods of the GMMA/UMMA swizzle atoms, which repeat every 8
+// rows.
+template <class Layout, int kRows, int kCols, int kRun>
+constexpr bool column_runs_contiguous() {
   for (int r = 0; r < (kRows < 16 ? kRows : 16); ++r) {
-    for (int c = 0; c < kCols; c += 2) {
-      if constexpr (decltype(cute::rank(Layout{}))::value == 3) {
-        if (Layout{}(r, c + 1, 0) != Layout{}(r, c, 0) + 1) return false;
-      } else {
-        if (Layout{}(r, c + 1) != Layout{}(r, c) + 1) return false;
+    for (int c = 0; c < kCols; c += kRun) {
+      for (int i = 0; i < kRun; ++i) {
+        int at = 0, first = 0;
+        if constexpr (decltype(cute::rank(Layout{}))::value == 3) {
+          at = Layout{}(r, c + i, 0);
+          first = Layout{}(r, c, 0);
+        } else {
+          at = Layout{}(r, c + i);
+          first = Layout{}(r, c);
+        }
+        if (at != first + i || first % kRun != 0) return false;
       }
     }
   }
   return true;
+}
+
+// Whether neighbouring columns 2c and 2c + 1 of each row are neighbours in memory, as
+// store_shared_pair needs.
+template <class Layout, int kRows, int kCols>
+constexpr bool column_pairs_adjacent() {
+  return column_runs_contiguous<Layout, kRows, kCols, 2>();
+}
+
+// Stores the 16 bytes `v` at `at` in shared memory (see store_shared_pair).
+CUTLASS_DEVICE void store_shared_16b(void* at, uint4 v) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(
+                   static_cast<uint32_t>(__cvta_generic_to_shared(at))),
+               "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
 }
 
 // The 16 bytes at `at` in shared memory (see store_shared_pair).

@@ -206,13 +206,18 @@ bool has_backward() {
 #endif
 }
 
+// The larger of the built families' needs, as for the backward (below).
 size_t fwd_workspace_bytes(const Problem& problem) {
+  size_t bytes = 0;
 #ifdef JAX_GNA_HAS_SM90
-  return gna::sm90::fwd_workspace_bytes(problem);
-#else
-  (void)problem;
-  return 0;
+  bytes = gna::sm90::fwd_workspace_bytes(problem);
 #endif
+#ifdef JAX_GNA_HAS_SM100
+  const size_t sm100 = gna::sm100::fwd_workspace_bytes(problem);
+  bytes = sm100 > bytes ? sm100 : bytes;
+#endif
+  (void)problem;
+  return bytes;
 }
 
 // The larger of the built families' needs: the workspace is sized before the device is known.

@@ -41,7 +41,13 @@
 #include "../../common/fwd_device.cuh"
 #include "../../common/shared_storage.cuh"
 #include "../bwd_config.h"
+#include "debug_checks.cuh"
 #include "tcgen05.cuh"
+
+// The backward's mbarrier waits, named in debug builds' hang reports (debug_checks.cuh):
+// GNA_SM100_WAIT with this kernel's name and template parameters.
+#define GNA_BWD_WAIT(bar, parity, name, index, visit) \
+  GNA_SM100_WAIT(bar, parity, "backward", kHeadDim, kRank, name, index, visit)
 
 namespace gna::sm100 {
 
@@ -101,6 +107,7 @@ struct BwdKernel {
   using SmemLayoutDS = decltype(cute::tile_to_shape(
       cute::UMMA::Layout_MN_SW128_Atom<Element>{},
       cute::Shape<cute::Int<kTileQ>, cute::Int<kTileKV>>{}, cute::Step<cute::_2, cute::_1>{}));
+  static_assert(column_runs_contiguous<SmemLayoutPt, kTileKV, kTileQ, 8>(), "16-byte row accesses");
 
   // S^T = K Q^T, dP^T = V dO^T: M = KV, N = Q, K = D.
   using TiledMmaS = decltype(cute::make_tiled_mma(
@@ -151,6 +158,11 @@ struct BwdKernel {
   using Barrier = cutlass::arch::ClusterBarrier;
   using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
 
+  // The kernel in the reports of with_tmem's checks.
+  static CUTLASS_DEVICE WaitSite tmem_site() {
+    return {"backward", kHeadDim, kRank, "tmem_base", -1, -1};
+  }
+
   static CUTLASS_DEVICE BwdWork decode(const BwdParams& p, int item) {
     constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
@@ -198,7 +210,7 @@ struct BwdKernel {
         const int origin[3] = {t[0] * kQ0, t[1] * kQ1, t[2] * kQ2};
         const int stage = v % kStages;
         const int round = v / kStages;
-        if (round > 0) Barrier::wait(&ss.q_empty[stage], (round - 1) & 1);
+        if (round > 0) GNA_BWD_WAIT(&ss.q_empty[stage], (round - 1) & 1, "q_empty", stage, v);
         TxBarrier::arrive_and_expect_tx(&ss.q_full[stage], kTileBytesQ + 2 * kStatBytes);
         load_tile<kQ0, kQ1, kQ2, kChunkBytesQ>(maps.q, p.q_loads, p, w, head, origin,
                                                &ss.q_full[stage], ss.q + stage * kTileQ * kHeadDim,
@@ -208,7 +220,7 @@ struct BwdKernel {
                                        kStatBytes);
         cute::SM90_BULK_COPY_G2S::copy(p.row_delta + slot, &ss.q_full[stage], ss.delta[stage],
                                        kStatBytes);
-        if (round > 0) Barrier::wait(&ss.do_empty[stage], (round - 1) & 1);
+        if (round > 0) GNA_BWD_WAIT(&ss.do_empty[stage], (round - 1) & 1, "do_empty", stage, v);
         TxBarrier::arrive_and_expect_tx(&ss.do_full[stage], kTileBytesQ);
         load_tile<kQ0, kQ1, kQ2, kChunkBytesQ>(maps.dout, p.q_loads, p, w, head, origin,
                                                &ss.do_full[stage],
@@ -275,13 +287,13 @@ struct BwdKernel {
     tDQ.data() = tmem + kTmemDQ;
 
     const int visits = p.kv_group * w.box.size();
-    TxBarrier::wait(&ss.kv_full, 0);
+    GNA_BWD_WAIT(&ss.kv_full, 0, "kv_full", -1, 0);
 
     // S^T of visit v: its Q stage landed; the S^T columns are free (the caller waited for the
     // compute threads' read of the previous one).
     auto issue_s = [&](int v) {
       const int stage = v % kStages;
-      TxBarrier::wait(&ss.q_full[stage], (v / kStages) & 1);
+      GNA_BWD_WAIT(&ss.q_full[stage], (v / kStages) & 1, "q_full", stage, v);
       __syncwarp();
       tcgen05_after_thread_sync();
       umma(mma_s, tSrK, tSrQ(_, _, _, stage), tS, false);
@@ -290,8 +302,8 @@ struct BwdKernel {
     // dP^T of visit v: its dO stage landed and the previous dQ (same columns) was read.
     auto issue_dp = [&](int v) {
       const int stage = v % kStages;
-      TxBarrier::wait(&ss.do_full[stage], (v / kStages) & 1);
-      if (v > 0) Barrier::wait(&ss.dq_empty, (v - 1) & 1);
+      GNA_BWD_WAIT(&ss.do_full[stage], (v / kStages) & 1, "do_full", stage, v);
+      if (v > 0) GNA_BWD_WAIT(&ss.dq_empty, (v - 1) & 1, "dq_empty", -1, v);
       __syncwarp();
       tcgen05_after_thread_sync();
       umma(mma_s, tSrV, tSrDO(_, _, _, stage), tDP, false);
@@ -302,7 +314,7 @@ struct BwdKernel {
     issue_dp(0);
     for (int v = 0; v < visits; ++v) {
       const int stage = v % kStages;
-      Barrier::wait(&ss.p_full, v & 1);
+      GNA_BWD_WAIT(&ss.p_full, v & 1, "p_full", -1, v);
       __syncwarp();
       tcgen05_after_thread_sync();
       umma(mma_kv, tKVrPt, tKVrDOt(_, _, _, stage), tDV, v > 0);
@@ -311,7 +323,7 @@ struct BwdKernel {
       if constexpr (kStages > 1) {
         if (v + 1 < visits) issue_s(v + 1);
       }
-      Barrier::wait(&ss.ds_full, v & 1);
+      GNA_BWD_WAIT(&ss.ds_full, v & 1, "ds_full", -1, v);
       __syncwarp();
       tcgen05_after_thread_sync();
       umma(mma_kv, tKVrDSt, tKVrQt(_, _, _, stage), tDK, v > 0);
@@ -346,6 +358,11 @@ struct BwdKernel {
   }
   static CUTLASS_DEVICE void store8(Element* dst, const float* f) {
     *reinterpret_cast<uint4*>(dst) = pack8(f);
+  }
+  // The same into a row of P^T or dS^T: cute's swizzled address is an integer, through which a
+  // plain store would be a generic one (waiting on the long scoreboard), not st.shared.
+  static CUTLASS_DEVICE void store8_shared(Element* at, const float* f) {
+    store_shared_16b(at, pack8(f));
   }
 
   // block[0..3] += x[0..3] (one vector reduction in L2).
@@ -385,8 +402,8 @@ struct BwdKernel {
         const int stage = v % kStages;
 
         // P^T row: column c is Q token c of the tile (per-axis offsets known at compile time).
-        TxBarrier::wait(&ss.q_full[stage], (v / kStages) & 1);  // lse2, delta
-        Barrier::wait(&ss.s_full, v & 1);
+        GNA_BWD_WAIT(&ss.q_full[stage], (v / kStages) & 1, "q_full", stage, v);  // lse2, delta
+        GNA_BWD_WAIT(&ss.s_full, v & 1, "s_full", -1, v);
         __syncwarp();  // tcgen05.ld is .sync.aligned: the whole warp, converged
         tcgen05_after_thread_sync();
         uint32_t s_bits[kTileQ];
@@ -419,15 +436,15 @@ struct BwdKernel {
         }
         // The previous visit's UMMAs are done (dq_full waited below), so P^T may be rewritten.
         CUTLASS_PRAGMA_UNROLL
-        for (int c = 0; c < kTileQ; c += 8) store8(raw_pointer_cast(&sPt(row, c)), pr + c);
+        for (int c = 0; c < kTileQ; c += 8) store8_shared(raw_pointer_cast(&sPt(row, c)), pr + c);
         cutlass::arch::fence_view_async_shared();  // generic-proxy writes -> the UMMA's reads
         tcgen05_before_thread_sync();
         Barrier::arrive(&ss.p_full);
 
-        // dS^T = P^T (dP^T - delta), 32 columns at a time, with P^T read back from this
-        // thread's row of shared memory (16-bit: P in fp32 registers through this phase would
-        // spill; dS^T is rounded to 16 bits for its UMMAs anyway).
-        Barrier::wait(&ss.dp_full, v & 1);
+        // dS^T = P^T (dP^T - delta), 32 columns at a time, from the fp32 P^T row still in
+        // registers (as sm90: only dS^T itself is rounded to 16 bits, for its UMMAs; ptxas
+        // keeps the row without spilling, see NOTES.md).
+        GNA_BWD_WAIT(&ss.dp_full, v & 1, "dp_full", -1, v);
         __syncwarp();
         tcgen05_after_thread_sync();
         const float4* delta = reinterpret_cast<const float4*>(ss.delta[stage]);
@@ -440,15 +457,12 @@ struct BwdKernel {
           CUTLASS_PRAGMA_UNROLL
           for (int i = 0; i < 32; i += 8) {
             Element* at = raw_pointer_cast(&sDSt(row, 32 * c + i));
-            const uint4 packed =
-                *reinterpret_cast<const uint4*>(raw_pointer_cast(&sPt(row, 32 * c + i)));
-            const Element* pp = reinterpret_cast<const Element*>(&packed);
             const float4 d0 = delta[(32 * c + i) / 4];
             const float4 d1 = delta[(32 * c + i) / 4 + 1];
             const float dd[8] = {d0.x, d0.y, d0.z, d0.w, d1.x, d1.y, d1.z, d1.w};
             CUTLASS_PRAGMA_UNROLL
-            for (int e = 0; e < 8; ++e) ds[i + e] = float(pp[e]) * (ds[i + e] - dd[e]);
-            store8(at, ds + i);
+            for (int e = 0; e < 8; ++e) ds[i + e] = pr[32 * c + i + e] * (ds[i + e] - dd[e]);
+            store8_shared(at, ds + i);
           }
         }
         cutlass::arch::fence_view_async_shared();
@@ -457,7 +471,7 @@ struct BwdKernel {
 
         // dQ row `row` of the Q tile: out of TMEM (the next dP^T may then overwrite it), then
         // added to the Q tile's fp32 block (row-major, bwd_config.h).
-        Barrier::wait(&ss.dq_full, v & 1);
+        GNA_BWD_WAIT(&ss.dq_full, v & 1, "dq_full", -1, v);
         __syncwarp();
         tcgen05_after_thread_sync();
         uint32_t dq_bits[kHeadDim];
@@ -477,14 +491,9 @@ struct BwdKernel {
             const int turn = kv_tile_box(w.axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
             // Cannot deadlock: the CTAs holding the earlier turns have lower block indices
             // (decode_bwd_work's deterministic item order) and CTAs start in block index order,
-            // so each of them is running or done. The backoff keeps the spin off the memory
-            // system.
-            int now;
-            for (unsigned sleep_ns = 32;; sleep_ns = min(2 * sleep_ns, 512u)) {
-              asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(semaphore));
-              if (now == turn) break;
-              __nanosleep(sleep_ns);
-            }
+            // so each of them is running or done.
+            spin_until_equal(semaphore, turn,
+                             {"backward", kHeadDim, kRank, "dq_semaphore", int(slot / kTileQ), v});
           }
           __syncwarp();  // bar.sync is aligned: warp 0 converged after thread 0's wait
           cutlass::arch::NamedBarrier::sync(kComputeThreads, kDqBarrier);
@@ -566,15 +575,16 @@ struct BwdKernel {
     }
     // Every TMEM read and UMMA is complete (the compute threads waited for the last UMMAs and
     // read dK/dV) when the allocating warp frees the columns (with_tmem).
-    with_tmem<kTmemColumns>(role == BwdWarpRole::Mma, &ss.tmem_base, [&](uint32_t tmem) {
-      if (role == BwdWarpRole::Load) {
-        if (cute::elect_one_sync()) load(maps, p, w, ss);
-      } else if (role == BwdWarpRole::Mma) {
-        mma(p, w, ss, tmem);
-      } else {
-        compute(p, w, ss, tmem);
-      }
-    });
+    with_tmem<kTmemColumns>(role == BwdWarpRole::Mma, &ss.tmem_base, tmem_site(),
+                            [&](uint32_t tmem) {
+                              if (role == BwdWarpRole::Load) {
+                                if (cute::elect_one_sync()) load(maps, p, w, ss);
+                              } else if (role == BwdWarpRole::Mma) {
+                                mma(p, w, ss, tmem);
+                              } else {
+                                compute(p, w, ss, tmem);
+                              }
+                            });
   }
 };
 
@@ -591,3 +601,5 @@ __global__ void __launch_bounds__(Kernel::kThreads, 1)
 }
 
 }  // namespace gna::sm100
+
+#undef GNA_BWD_WAIT

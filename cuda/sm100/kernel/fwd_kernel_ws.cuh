@@ -37,7 +37,13 @@
 #include "../../common/fwd_device.cuh"
 #include "../../common/shared_storage.cuh"
 #include "../fwd_config.h"
+#include "debug_checks.cuh"
 #include "tcgen05.cuh"
+
+// The forward's mbarrier waits, named in debug builds' hang reports (debug_checks.cuh):
+// GNA_SM100_WAIT with this kernel's name and template parameters.
+#define GNA_FWD_WAIT(bar, parity, name, index, iteration) \
+  GNA_SM100_WAIT(bar, parity, "forward", kHeadDim, kRank, name, index, iteration)
 
 namespace gna::sm100 {
 
@@ -90,6 +96,7 @@ struct FwdKernel {
   using SmemLayoutP =
       decltype(cute::tile_to_shape(cute::UMMA::Layout_K_SW128_Atom<Element>{},
                                    cute::Shape<cute::Int<kTileQ>, cute::Int<kTileKV>>{}));
+  static_assert(column_runs_contiguous<SmemLayoutP, kTileQ, kTileKV, 8>(), "P 16-byte stores");
 
   using TiledMmaQK = decltype(cute::make_tiled_mma(
       cute::SM100_MMA_F16BF16_SS<Element, Element, float, kTileQ, kTileKV, cute::UMMA::Major::K,
@@ -126,6 +133,11 @@ struct FwdKernel {
   using Barrier = cutlass::arch::ClusterBarrier;
   using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
 
+  // The kernel in the reports of with_tmem's checks.
+  static CUTLASS_DEVICE WaitSite tmem_site() {
+    return {"forward", kHeadDim, kRank, "tmem_base", -1, -1};
+  }
+
   static CUTLASS_DEVICE FwdWork decode(const FwdParams& p, int item) {
     constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
@@ -152,12 +164,12 @@ struct FwdKernel {
       const int stage = j % kStages;
       const int round = j / kStages;
       const int origin[3] = {t[0] * kK0, t[1] * kK1, t[2] * kK2};
-      if (round > 0) Barrier::wait(&ss.k_empty[stage], (round - 1) & 1);
+      if (round > 0) GNA_FWD_WAIT(&ss.k_empty[stage], (round - 1) & 1, "k_empty", stage, j);
       TxBarrier::arrive_and_expect_tx(&ss.k_full[stage], kTileBytesKV);
       load_tile<kK0, kK1, kK2, kHeadDim, kChunks, kChunk>(
           maps.k, p.kv_loads, p.dilation, w.group, w.batch, kv_head, origin, &ss.k_full[stage],
           ss.k + stage * kTileKV * kHeadDim, kChunkBytesKV, kEvictLast);
-      if (round > 0) Barrier::wait(&ss.v_empty[stage], (round - 1) & 1);
+      if (round > 0) GNA_FWD_WAIT(&ss.v_empty[stage], (round - 1) & 1, "v_empty", stage, j);
       TxBarrier::arrive_and_expect_tx(&ss.v_full[stage], kTileBytesKV);
       load_tile<kK0, kK1, kK2, kHeadDim, kChunks, kChunk>(
           maps.v, p.kv_loads, p.dilation, w.group, w.batch, kv_head, origin, &ss.v_full[stage],
@@ -187,12 +199,13 @@ struct FwdKernel {
     tO.data() = tmem + kTmemO;
 
     const int n = w.box.size();
-    TxBarrier::wait(&ss.q_full, 0);
+    GNA_FWD_WAIT(&ss.q_full, 0, "q_full", -1, 0);
 
     auto issue_s = [&](int j) {
       const int stage = j % kStages;
-      TxBarrier::wait(&ss.k_full[stage], (j / kStages) & 1);
-      if (j >= 2) Barrier::wait(&ss.s_empty[j & 1], ((j >> 1) + 1) & 1);  // S_{j-2} was read
+      GNA_FWD_WAIT(&ss.k_full[stage], (j / kStages) & 1, "k_full", stage, j);
+      // S_{j-2}, in the same buffer, was read.
+      if (j >= 2) GNA_FWD_WAIT(&ss.s_empty[j & 1], ((j >> 1) + 1) & 1, "s_empty", j & 1, j);
       __syncwarp();  // the UMMA atoms elect one lane of a converged warp
       tcgen05_after_thread_sync();
       tS.data() = tmem + tmem_s(j & 1);
@@ -210,8 +223,8 @@ struct FwdKernel {
     for (int j = 0; j < n; ++j) {
       if (j + 1 < n) issue_s(j + 1);
       const int stage = j % kStages;
-      TxBarrier::wait(&ss.v_full[stage], (j / kStages) & 1);
-      Barrier::wait(&ss.p_full, j & 1);
+      GNA_FWD_WAIT(&ss.v_full[stage], (j / kStages) & 1, "v_full", stage, j);
+      GNA_FWD_WAIT(&ss.p_full, j & 1, "p_full", -1, j);
       __syncwarp();
       tcgen05_after_thread_sync();
       mma_pv.accumulate_ = j == 0 ? UMMA::ScaleOut::Zero : UMMA::ScaleOut::One;
@@ -274,7 +287,7 @@ struct FwdKernel {
 
       // S_j into registers; the buffer is then free for S_{j+2}.
       uint32_t s_bits[kTileKV];
-      Barrier::wait(&ss.s_full[j & 1], (j >> 1) & 1);
+      GNA_FWD_WAIT(&ss.s_full[j & 1], (j >> 1) & 1, "s_full", j & 1, j);
       __syncwarp();  // tcgen05.ld is .sync.aligned: the whole warp, converged
       tcgen05_after_thread_sync();
       CUTLASS_PRAGMA_UNROLL
@@ -321,7 +334,7 @@ struct FwdKernel {
 
       if (j > 0) {
         // P_{j-1} V_{j-1} is done: O is stable and the P buffer free.
-        Barrier::wait(&ss.o_done, (j - 1) & 1);
+        GNA_FWD_WAIT(&ss.o_done, (j - 1) & 1, "o_done", -1, j);
         __syncwarp();
         tcgen05_after_thread_sync();
         // Rescale O by corr; a warp whose rows all kept their max skips it.
@@ -347,8 +360,8 @@ struct FwdKernel {
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < 8; ++i) f[i] = s[c + i];
         const cutlass::Array<Element, 8> h = cvt(f);
-        *reinterpret_cast<uint4*>(raw_pointer_cast(&sP(row, c))) =
-            *reinterpret_cast<const uint4*>(&h);
+        // cute's swizzled address is an integer: a plain store would be a generic one.
+        store_shared_16b(raw_pointer_cast(&sP(row, c)), *reinterpret_cast<const uint4*>(&h));
       }
       cutlass::arch::fence_view_async_shared();  // generic-proxy writes -> the UMMA's reads
       tcgen05_before_thread_sync();
@@ -356,7 +369,7 @@ struct FwdKernel {
     }
 
     // Epilogue: O / rowsum straight from TMEM to global memory, the LSE next to it.
-    Barrier::wait(&ss.o_done, (n - 1) & 1);
+    GNA_FWD_WAIT(&ss.o_done, (n - 1) & 1, "o_done", -1, n);
     __syncwarp();
     tcgen05_after_thread_sync();
     const float inv = row_sum > 0.f ? 1.f / row_sum : 0.f;
@@ -411,7 +424,7 @@ struct FwdKernel {
     }
     // Every TMEM read and UMMA is complete (the softmax waited for the last P V and its own
     // loads) when the allocating warp frees the columns (with_tmem).
-    with_tmem<kTmemColumns>(role == WarpRole::Mma, &ss.tmem_base, [&](uint32_t tmem) {
+    with_tmem<kTmemColumns>(role == WarpRole::Mma, &ss.tmem_base, tmem_site(), [&](uint32_t tmem) {
       if (role == WarpRole::Load) {
         if (cute::elect_one_sync()) load(maps, p, w, ss);
       } else if (role == WarpRole::Mma) {
@@ -436,3 +449,5 @@ __global__ void __launch_bounds__(Kernel::kThreads, 1)
 }
 
 }  // namespace gna::sm100
+
+#undef GNA_FWD_WAIT

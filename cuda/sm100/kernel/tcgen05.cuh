@@ -8,6 +8,8 @@
 #include <cute/arch/copy_sm100.hpp>
 #include <cute/arch/tmem_allocator_sm100.hpp>
 
+#include "debug_checks.cuh"
+
 namespace gna::sm100 {
 
 // tcgen05 ordering around thread synchronisation (mbarrier waits and arrives, bar.sync):
@@ -40,23 +42,30 @@ CUTLASS_DEVICE uint32_t tmem_lane_base(uint32_t tmem, int row) {
 // The CTA's tensor memory around `body(tmem)`, which every thread runs: warp `alloc_warp`
 // allocates kColumns columns (their address lands in `*slot`, in shared memory), and frees them
 // once every thread has returned from `body` (the threads must have finished their TMEM reads
-// and waited for their UMMAs there).
+// and waited for their UMMAs there). Debug builds check the allocation and the free, and bound
+// the other threads' wait for the allocation (debug_checks.cuh); `site` names the kernel in
+// their reports.
 template <int kColumns, class Body>
-CUTLASS_DEVICE void with_tmem(bool alloc_warp, uint32_t* slot, Body&& body) {
+CUTLASS_DEVICE void with_tmem(bool alloc_warp, uint32_t* slot, const WaitSite& site, Body&& body) {
   cute::TMEM::Allocator1Sm allocator;
+  before_tmem_allocation(slot);
   if (alloc_warp) {
     allocator.allocate(kColumns, slot);
     allocator.release_allocation_lock();
+  } else {
+    wait_for_tmem_allocation(slot, site);
   }
   tcgen05_before_thread_sync();
   __syncthreads();
   tcgen05_after_thread_sync();
   const uint32_t tmem = *slot;
+  if (alloc_warp) check_tmem_allocation<kColumns>(tmem, site);
   body(tmem);
   tcgen05_before_thread_sync();
   __syncthreads();
   if (alloc_warp) {
     tcgen05_after_thread_sync();
+    check_tmem_free(tmem, *slot, site);
     allocator.free(tmem, kColumns);
   }
 }
