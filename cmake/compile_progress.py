@@ -1,0 +1,74 @@
+"""Compiler launcher for the CUDA kernels: runs the compile, then reports `k/N` done with a time
+estimate, so a long source build shows progress even where pip hides the build's output.
+
+Usage (CMake's CUDA_COMPILER_LAUNCHER): compile_progress.py STATE_FILE TOTAL -- COMPILER ARGS...
+
+The report goes to the terminal (/dev/tty) when there is one, since pip captures the build's
+output unless run with -v; otherwise to stdout (build logs, CI). STATE_FILE counts finished
+compiles; the build removes it before the first one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def _update(state_file: str, finished: bool) -> dict:
+    """Adds one finished compile (or just notes the start) under a file lock; returns the state."""
+    with open(state_file, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        text = f.read()
+        state = json.loads(text) if text.strip() else {"start": time.time(), "done": 0}
+        state["done"] += int(finished)
+        f.seek(0)
+        f.truncate()
+        json.dump(state, f)
+        return state
+
+
+def _unit_name(args: list[str]) -> str:
+    sources = [a for a in args if a.endswith(".cu")]
+    return os.path.splitext(os.path.basename(sources[-1]))[0] if sources else "?"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def _report(line: str) -> None:
+    try:
+        with open("/dev/tty", "w") as tty:
+            tty.write(line + "\n")
+        return
+    except OSError:
+        pass
+    print(line, flush=True)
+
+
+def main(argv: list[str]) -> int:
+    state_file, total, sep, *command = argv
+    if sep != "--" or not command:
+        raise SystemExit("usage: compile_progress.py STATE_FILE TOTAL -- COMPILER ARGS...")
+    _update(state_file, finished=False)
+    rc = subprocess.call(command)
+    if rc != 0:
+        return rc
+    state = _update(state_file, finished=True)
+    done, total_n = state["done"], int(total)
+    elapsed = time.time() - state["start"]
+    left = elapsed / done * max(total_n - done, 0)
+    _report(
+        f"jax_gna: CUDA kernels {done}/{total_n} compiled ({_unit_name(command)}); "
+        f"{_minutes(elapsed)} elapsed, about {_minutes(left)} left"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
