@@ -5,7 +5,8 @@ Usage (CMake's CUDA_COMPILER_LAUNCHER): compile_progress.py STATE_FILE TOTAL -- 
 
 The report goes to the terminal (/dev/tty) when there is one, since pip captures the build's
 output unless run with -v; otherwise to stdout (build logs, CI). STATE_FILE counts finished
-compiles; the build removes it before the first one.
+compiles and keeps each unit's compiler CPU seconds (what build-time estimates are made of); the
+build removes it before the first one.
 """
 
 from __future__ import annotations
@@ -13,19 +14,24 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
 
 
-def _update(state_file: str, finished: bool) -> dict:
-    """Adds one finished compile (or just notes the start) under a file lock; returns the state."""
+def _update(state_file: str, unit: str | None) -> dict:
+    """Adds one finished compile of `unit` with its CPU seconds (None: just notes the start)
+    under a file lock; returns the state."""
     with open(state_file, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
         text = f.read()
         state = json.loads(text) if text.strip() else {"start": time.time(), "done": 0}
-        state["done"] += int(finished)
+        if unit is not None:
+            state["done"] += 1
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            state.setdefault("cpu_seconds", {})[unit] = round(usage.ru_utime + usage.ru_stime, 1)
         f.seek(0)
         f.truncate()
         json.dump(state, f)
@@ -55,16 +61,17 @@ def main(argv: list[str]) -> int:
     state_file, total, sep, *command = argv
     if sep != "--" or not command:
         raise SystemExit("usage: compile_progress.py STATE_FILE TOTAL -- COMPILER ARGS...")
-    _update(state_file, finished=False)
+    _update(state_file, None)
     rc = subprocess.call(command)
     if rc != 0:
         return rc
-    state = _update(state_file, finished=True)
+    unit = _unit_name(command)
+    state = _update(state_file, unit)
     done, total_n = state["done"], int(total)
     elapsed = time.time() - state["start"]
     left = elapsed / done * max(total_n - done, 0)
     _report(
-        f"jax_gna: CUDA kernels {done}/{total_n} compiled ({_unit_name(command)}); "
+        f"jax_gna: CUDA kernels {done}/{total_n} compiled ({unit}); "
         f"{_minutes(elapsed)} elapsed, about {_minutes(left)} left"
     )
     return 0
