@@ -146,7 +146,9 @@ endif()
 # Progress of the long kernel build, one line per finished CUDA unit (cmake/compile_progress.py);
 # the count restarts with every build.
 set(_progress_state "${CMAKE_CURRENT_BINARY_DIR}/cuda_compile_progress.json")
-add_custom_target(jax_gna_progress_reset COMMAND "${CMAKE_COMMAND}" -E rm -f "${_progress_state}")
+add_custom_target(jax_gna_progress_reset
+  COMMAND "${CMAKE_COMMAND}" -E rm -f "${_progress_state}"
+  COMMENT "jax_gna: ${_total_units} CUDA units in this build (kernel set ${JAX_GNA_KERNEL_SET})")
 foreach(_lib IN LISTS _kernel_libs)
   set_target_properties(${_lib} PROPERTIES CUDA_COMPILER_LAUNCHER
     "${Python_EXECUTABLE};${PROJECT_SOURCE_DIR}/cmake/compile_progress.py;${_progress_state};${_total_units};--")
