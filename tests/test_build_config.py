@@ -238,3 +238,19 @@ def test_cuda_on_without_a_cxx_compiler_fails_clearly(tmp_path):
     )
     assert configure.returncode != 0
     assert "JAX_GNA_CUDA=ON but no C++ compiler found" in configure.stdout + configure.stderr
+
+
+@pytest.mark.parametrize("from_pip", [False, True])
+def test_cuda_from_pip_adds_the_compiler_packages_to_the_build_requirements(from_pip):
+    pytest.importorskip("scikit_build_core")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_GNA_CUDA_FROM_PIP"}
+    if from_pip:
+        env["JAX_GNA_CUDA_FROM_PIP"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-c",
+         "from scikit_build_core import build; print(build.get_requires_for_build_wheel())"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    requires = result.stdout
+    for package in ("nvidia-cuda-nvcc", "nvidia-cuda-runtime", "nvidia-cuda-cccl"):
+        assert (package in requires) == from_pip, requires
