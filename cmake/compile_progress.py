@@ -39,8 +39,12 @@ def _update(state_file: str, unit: str | None) -> dict:
 
 
 def _unit_name(args: list[str]) -> str:
+    """`<family>/<unit>` of the compiled source, e.g. `sm90/fwd_kBF16_d128_r2_c0`."""
     sources = [a for a in args if a.endswith(".cu")]
-    return os.path.splitext(os.path.basename(sources[-1]))[0] if sources else "?"
+    if not sources:
+        return "?"
+    family = os.path.basename(os.path.dirname(os.path.abspath(sources[-1])))
+    return f"{family}/{os.path.splitext(os.path.basename(sources[-1]))[0]}"
 
 
 def _minutes(seconds: float) -> str:
