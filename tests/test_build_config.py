@@ -177,7 +177,9 @@ def test_compile_progress_counts_finished_units(tmp_path):
     assert "CUDA kernels 2/3 compiled" in second.stdout and "left" in second.stdout
     state = json.loads(state.read_text())
     assert state["done"] == 2
-    assert set(state["cpu_seconds"]) == {"sm90/fwd_kBF16_d128_r2_c0"}  # a unit's CPU time, for estimates
+    assert set(state["cpu_seconds"]) == {
+        "sm90/fwd_kBF16_d128_r2_c0"
+    }  # a unit's CPU time, for estimates
 
 
 def test_compile_progress_passes_failures_through(tmp_path):
