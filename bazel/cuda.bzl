@@ -4,8 +4,9 @@
 
 - `JAX_GNA_CUDA`: AUTO (build the kernels when nvcc is found; the default), ON (require nvcc),
   OFF;
-- `JAX_GNA_CUDA_ARCHS`: e.g. "90a;100a" (the default); a kernel family is built only when its
-  arch is listed (and its sources exist);
+- `JAX_GNA_CUDA_ARCHS`: e.g. "90a"; a kernel family is built only when its arch is listed (and
+  its sources exist); "auto" (the default) and "all" build every family here (unlike CMake,
+  Bazel does not look at the machine's GPUs);
 - `JAX_GNA_KERNEL_SET`: full (the default) or smoke (bf16, head dim 128);
 - the compiler: `$CUDACXX`, else `nvcc` on `PATH`.
 
@@ -33,7 +34,10 @@ def _local_cuda_impl(rctx):
     kernel_set = env.get("JAX_GNA_KERNEL_SET", "full")
     if kernel_set not in ["full", "smoke"]:
         fail("jax_gna: JAX_GNA_KERNEL_SET must be full or smoke, got '{}'".format(kernel_set))
-    archs = [a for a in env.get("JAX_GNA_CUDA_ARCHS", "90a;100a").replace(",", ";").split(";") if a]
+    archs = env.get("JAX_GNA_CUDA_ARCHS", "auto")
+    if archs.lower() in ["auto", "all", ""]:
+        archs = "90a;100a"
+    archs = [a for a in archs.replace(",", ";").split(";") if a]
 
     nvcc = ""
     if mode != "OFF":

@@ -1,31 +1,64 @@
 # Optional CUDA part: one object library per kernel family, each compiled for its own arch only,
 # plus the host-side CUDA FFI handlers. Sets JAX_GNA_BUILT_CUDA_ARCHS (empty without CUDA).
 #
-#   JAX_GNA_CUDA        AUTO (build when nvcc is found) | ON (require nvcc) | OFF
-#   JAX_GNA_CUDA_ARCHS  e.g. "90a;100a"; a family is built only when its arch is listed
-#   JAX_GNA_KERNEL_SET  full | smoke; a family's cuda/<family>/sources.cmake may use it to pick
-#                       its translation units (GNA_FAMILY_SOURCES); otherwise every .cu is built
-#                       and GNA_KERNEL_SET_SMOKE=1 is defined for the smoke set
-#   CUTLASS_INCLUDE_DIR CUTLASS/CuTe headers; default: the nvidia-cutlass wheel's headers
+#   JAX_GNA_CUDA           AUTO (build when a CUDA compiler is found) | ON (require one) | OFF
+#   JAX_GNA_CUDA_ARCHS     auto | all | e.g. "90a;100a" (cmake/CudaArchs.cmake); a family is
+#                          built only when its arch is listed
+#   JAX_GNA_KERNEL_SET     full | smoke; a family's cuda/<family>/sources.cmake may use it to pick
+#                          its translation units (GNA_FAMILY_SOURCES); otherwise every .cu is
+#                          built and GNA_KERNEL_SET_SMOKE=1 is defined for the smoke set
+#   JAX_GNA_CUDA_FROM_PIP  ON: compile with pip's NVIDIA compiler packages (cmake/find_pip_cuda.py)
+#                          even where a system nvcc exists; with AUTO/ON they are the fallback
+#                          when no system nvcc is found
+#   CUTLASS_INCLUDE_DIR    CUTLASS/CuTe headers; default: the nvidia-cutlass wheel's headers
+
+include(cmake/CudaArchs.cmake)
 
 set(JAX_GNA_BUILT_CUDA_ARCHS "")
+set(JAX_GNA_BUILT_CUDA_KERNELS "")
 
-set(_with_cuda OFF)
 string(TOUPPER "${JAX_GNA_CUDA}" _cuda_mode)
-if(_cuda_mode STREQUAL "AUTO")
-  include(CheckLanguage)
-  check_language(CUDA)
-  if(CMAKE_CUDA_COMPILER)
-    set(_with_cuda ON)
-  else()
-    message(STATUS "jax_gna: nvcc not found, building without CUDA kernels (JAX_GNA_CUDA=AUTO)")
-  endif()
-elseif(_cuda_mode MATCHES "^(ON|1|TRUE|YES)$")
-  set(_with_cuda ON)
-elseif(NOT _cuda_mode MATCHES "^(OFF|0|FALSE|NO)$")
+if(_cuda_mode MATCHES "^(OFF|0|FALSE|NO)$")
+  return()
+elseif(NOT _cuda_mode MATCHES "^(AUTO|ON|1|TRUE|YES)$")
   message(FATAL_ERROR "JAX_GNA_CUDA must be AUTO, ON or OFF, got '${JAX_GNA_CUDA}'")
 endif()
-if(NOT _with_cuda)
+
+jax_gna_resolve_cuda_archs("${JAX_GNA_CUDA_ARCHS}" _archs)
+if(NOT _archs)
+  return()
+endif()
+
+# The CUDA compiler: the system's (CUDACXX, PATH), else pip's NVIDIA packages.
+set(_pip_cuda_root "")
+if(NOT JAX_GNA_CUDA_FROM_PIP)
+  include(CheckLanguage)
+  check_language(CUDA)
+endif()
+if(NOT CMAKE_CUDA_COMPILER)
+  execute_process(
+    COMMAND "${Python_EXECUTABLE}" "${PROJECT_SOURCE_DIR}/cmake/find_pip_cuda.py"
+    OUTPUT_VARIABLE _pip_cuda_root OUTPUT_STRIP_TRAILING_WHITESPACE)
+endif()
+if(_pip_cuda_root)
+  message(STATUS "jax_gna: CUDA compiler from pip's NVIDIA packages: ${_pip_cuda_root}")
+  set(CMAKE_CUDA_COMPILER "${_pip_cuda_root}/bin/nvcc")
+  set(CUDAToolkit_ROOT "${_pip_cuda_root}")
+  # The wheels put the libraries in lib/ (nvcc looks in lib64/) and ship no unversioned
+  # libcudart.so, which FindCUDAToolkit requires; we link cudart statically anyway.
+  string(APPEND CMAKE_CUDA_FLAGS " -L${_pip_cuda_root}/lib")
+  file(GLOB _cudart "${_pip_cuda_root}/lib/libcudart.so*")
+  if(_cudart)
+    list(GET _cudart 0 _cudart)
+    set(CUDA_CUDART "${_cudart}" CACHE FILEPATH "")
+  endif()
+elseif(NOT CMAKE_CUDA_COMPILER)
+  if(JAX_GNA_CUDA_FROM_PIP OR NOT _cuda_mode STREQUAL "AUTO")
+    message(FATAL_ERROR
+      "jax_gna: no CUDA compiler found: install the CUDA toolkit (nvcc), or build with pip's "
+      "NVIDIA compiler packages (JAX_GNA_CUDA_FROM_PIP=1), or without CUDA (JAX_GNA_CUDA=OFF)")
+  endif()
+  message(STATUS "jax_gna: nvcc not found, building without CUDA kernels (JAX_GNA_CUDA=AUTO)")
   return()
 endif()
 
@@ -55,11 +88,13 @@ message(STATUS "jax_gna: CUTLASS headers: ${CUTLASS_INCLUDE_DIR}")
 option(JAX_GNA_DEBUG_KERNELS "Kernels that report a hang instead of hanging" OFF)
 
 # Kernel families: <arch>:<folder under cuda/>.
+set(_kernel_libs "")
+set(_total_units 0)
 foreach(_family "90a:sm90" "100a:sm100")
   string(REPLACE ":" ";" _family "${_family}")
   list(GET _family 0 _arch)
   list(GET _family 1 _dir)
-  if(NOT _arch IN_LIST JAX_GNA_CUDA_ARCHS)
+  if(NOT _arch IN_LIST _archs)
     continue()
   endif()
   set(GNA_FAMILY_SOURCES "")
@@ -93,13 +128,23 @@ foreach(_family "90a:sm90" "100a:sm100")
   target_link_libraries(_ext PRIVATE ${_lib})
   target_compile_definitions(_ext PRIVATE JAX_GNA_HAS_${_dir_upper}=1)
   list(APPEND JAX_GNA_BUILT_CUDA_ARCHS "${_arch}")
+  list(APPEND _kernel_libs ${_lib})
+  # The kernels this family compiles, for build_info(): sources.cmake's generated TU names,
+  # fwd_<dtype>_d<head dim>_r<rank>_c<config> and bwd_<dtype>_d<head dim>_r<rank>.
+  foreach(_source IN LISTS GNA_FAMILY_SOURCES)
+    get_filename_component(_name "${_source}" NAME_WE)
+    if(_name MATCHES "^(fwd|bwd)_k[A-Z0-9]+_d[0-9]+_r[0-9]+(_c[0-9]+)?$")
+      list(APPEND JAX_GNA_BUILT_CUDA_KERNELS "${_dir}:${_name}")
+    endif()
+  endforeach()
   list(LENGTH GNA_FAMILY_SOURCES _count)
+  math(EXPR _total_units "${_total_units} + ${_count}")
   message(STATUS "jax_gna: ${_dir} kernels for ${_arch}: ${_count} translation unit(s), "
                  "kernel set '${JAX_GNA_KERNEL_SET}'")
 endforeach()
 
 if(NOT JAX_GNA_BUILT_CUDA_ARCHS)
-  set(_note "no kernel family was built (arch list '${JAX_GNA_CUDA_ARCHS}')")
+  set(_note "no kernel family was built (arch list '${_archs}')")
   if(_cuda_mode STREQUAL "AUTO")
     message(STATUS "jax_gna: ${_note}; building without CUDA handlers")
     return()
@@ -107,11 +152,27 @@ if(NOT JAX_GNA_BUILT_CUDA_ARCHS)
   message(WARNING "jax_gna: JAX_GNA_CUDA=ON but ${_note}; the CUDA handlers will refuse every call")
 endif()
 
+# Progress of the long kernel build, one line per finished CUDA unit (cmake/compile_progress.py);
+# the count restarts with every build.
+set(_progress_state "${CMAKE_CURRENT_BINARY_DIR}/cuda_compile_progress.json")
+add_custom_target(jax_gna_progress_reset
+  COMMAND "${CMAKE_COMMAND}" -E rm -f "${_progress_state}"
+  COMMENT "jax_gna: ${_total_units} CUDA units in this build (kernel set ${JAX_GNA_KERNEL_SET})")
+foreach(_lib IN LISTS _kernel_libs)
+  set_target_properties(${_lib} PROPERTIES CUDA_COMPILER_LAUNCHER
+    "${Python_EXECUTABLE};${PROJECT_SOURCE_DIR}/cmake/compile_progress.py;${_progress_state};${_total_units};--")
+  add_dependencies(${_lib} jax_gna_progress_reset)
+endforeach()
+message(STATUS "jax_gna: ${_total_units} CUDA translation units to compile "
+               "(see the README for the build times)")
+
 # Host-side handlers (plain C++ with the CUDA runtime headers); static cudart so the module
 # imports on machines without a GPU driver.
 target_sources(_ext PRIVATE "${PROJECT_SOURCE_DIR}/cuda/ffi/cuda_handlers.cc")
 string(REPLACE ";" "," _archs_csv "${JAX_GNA_BUILT_CUDA_ARCHS}")
-target_compile_definitions(_ext PRIVATE JAX_GNA_WITH_CUDA=1 JAX_GNA_CUDA_ARCHS="${_archs_csv}")
+string(REPLACE ";" "," _kernels_csv "${JAX_GNA_BUILT_CUDA_KERNELS}")
+target_compile_definitions(_ext PRIVATE JAX_GNA_WITH_CUDA=1 JAX_GNA_CUDA_ARCHS="${_archs_csv}"
+                                        JAX_GNA_CUDA_KERNELS="${_kernels_csv}")
 # _ext has no device code of its own (the kernels are in the object libraries above).
 set_target_properties(_ext PROPERTIES CUDA_RUNTIME_LIBRARY Static CUDA_ARCHITECTURES OFF)
 target_link_libraries(_ext PRIVATE CUDA::cudart_static)

@@ -4,11 +4,13 @@ from collections.abc import Sequence
 from typing import Any
 
 kernel_set: str  # JAX_GNA_KERNEL_SET of the build: "full" or "smoke"
+debug_kernels: bool  # built with JAX_GNA_DEBUG_KERNELS=ON (the kernels' debug build)
 xla_ffi_api_version: tuple[int, int]  # of the XLA FFI headers the handlers were built with
 
 def cpu_targets() -> dict[str, Any]: ...  # target name -> handler capsule, platform "cpu"
 def cuda_targets() -> dict[str, Any]: ...  # platform "CUDA"; empty without CUDA kernels
 def built_cuda_archs() -> list[str]: ...
+def built_cuda_kernels() -> list[str]: ...  # "<family>:<unit>", e.g. "sm90:fwd_kBF16_d128_r2_c0"
 def cuda_has_backward() -> bool: ...
 def cuda_fwd_tile_configs() -> dict[
     int, dict[int, list[tuple[tuple[int, ...], tuple[int, ...]]]]

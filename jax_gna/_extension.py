@@ -8,6 +8,7 @@ CUDA kernels, for ``CUDA`` (XLA picks the handler of the platform a computation 
 
 from __future__ import annotations
 
+import re
 import types
 
 import jax
@@ -48,6 +49,47 @@ def built_cuda_archs() -> tuple[str, ...]:
     return tuple(ext.built_cuda_archs()) if ext is not None else ()
 
 
+# A compiled kernel unit as the build names it (cmake/CudaKernels.cmake, from the generated
+# translation units of cuda/<family>/sources.cmake): forward kernels carry their tile
+# configuration index, backward kernels have none.
+_KERNEL_UNIT = re.compile(
+    r"^sm(?P<arch>\d+):(?P<direction>fwd|bwd)_k(?P<dtype>[A-Z0-9]+)_d(?P<head_dim>\d+)"
+    r"_r(?P<rank>\d+)(?:_c(?P<config>\d+))?$"
+)
+_KERNEL_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+
+
+def built_cuda_kernels() -> list[dict[str, object]]:
+    """The CUDA kernels compiled into this build, one dict each.
+
+    Keys: ``arch`` (``"90a"``, ``"100a"``), ``direction`` (``"forward"``/``"backward"``),
+    ``dtype``, ``head_dim``, ``rank``; forward kernels also ``config`` (their index in the tile
+    table) and its ``q_tile``/``kv_tile`` shapes. Empty without CUDA kernels.
+    """
+    if ext is None:
+        return []
+    tiles = ext.cuda_fwd_tile_configs()
+    kernels = []
+    for unit in ext.built_cuda_kernels():
+        m = _KERNEL_UNIT.match(unit)
+        if m is None:
+            raise RuntimeError(f"jax_gna._ext reports an unknown kernel unit {unit!r}")
+        rank, head_dim = int(m["rank"]), int(m["head_dim"])
+        kernel = {
+            "arch": m["arch"] + "a",
+            "direction": "forward" if m["direction"] == "fwd" else "backward",
+            "dtype": _KERNEL_DTYPES[m["dtype"]],
+            "head_dim": head_dim,
+            "rank": rank,
+        }
+        if m["config"] is not None:
+            config = int(m["config"])
+            q_tile, kv_tile = tiles[rank][head_dim][config]
+            kernel.update(config=config, q_tile=tuple(q_tile), kv_tile=tuple(kv_tile))
+        kernels.append(kernel)
+    return kernels
+
+
 def build_info() -> dict[str, object]:
     """What this build contains: for bug reports and for checking a build's kernels."""
     if ext is None:
@@ -59,6 +101,9 @@ def build_info() -> dict[str, object]:
         "cuda_archs": built_cuda_archs(),
         "cuda_backward": ext.cuda_has_backward(),
         "kernel_set": ext.kernel_set,
+        "cuda_kernels": built_cuda_kernels(),
+        # The kernels' debug build (JAX_GNA_DEBUG_KERNELS=ON at build time).
+        "debug_kernels": bool(getattr(ext, "debug_kernels", False)),
         # {rank: {head_dim: [(q_tile, kv_tile), ...]}}, the default first (jax_gna/_tiles.py).
         "cuda_forward_tiles": ext.cuda_fwd_tile_configs(),
         "xla_ffi_api_version": tuple(ext.xla_ffi_api_version),

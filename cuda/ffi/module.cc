@@ -77,18 +77,32 @@ gna::Axis axis(int64_t length, int64_t kernel_size, int64_t stride, int64_t dila
                    static_cast<int>(stride), static_cast<int>(dilation), is_causal};
 }
 
-std::vector<std::string> built_cuda_archs() {
-  std::vector<std::string> archs;
-#ifdef JAX_GNA_CUDA_ARCHS
-  const std::string all = JAX_GNA_CUDA_ARCHS;  // comma-separated
+// The entries of a comma-separated list.
+std::vector<std::string> split_csv(const std::string& all) {
+  std::vector<std::string> items;
   size_t start = 0;
   while (start <= all.size()) {
     const size_t end = std::min(all.find(',', start), all.size());
-    if (end > start) archs.push_back(all.substr(start, end - start));
+    if (end > start) items.push_back(all.substr(start, end - start));
     start = end + 1;
   }
+  return items;
+}
+
+std::vector<std::string> built_cuda_archs() {
+#ifdef JAX_GNA_CUDA_ARCHS
+  return split_csv(JAX_GNA_CUDA_ARCHS);
+#else
+  return {};
 #endif
-  return archs;
+}
+
+std::vector<std::string> built_cuda_kernels() {
+#ifdef JAX_GNA_CUDA_KERNELS
+  return split_csv(JAX_GNA_CUDA_KERNELS);
+#else
+  return {};
+#endif
 }
 
 }  // namespace
@@ -128,7 +142,15 @@ NB_MODULE(_ext, m) {
 #endif
       },
       "Whether the CUDA handler of jax_gna_bwd has kernels (else it returns UNIMPLEMENTED).");
+  m.def("built_cuda_kernels", &built_cuda_kernels,
+        "The CUDA kernels compiled into this build, one '<family>:<unit>' each (e.g. "
+        "'sm90:fwd_kBF16_d128_r2_c0', 'sm90:bwd_kBF16_d128_r2'; cmake/CudaKernels.cmake).");
   m.attr("kernel_set") = JAX_GNA_KERNEL_SET_NAME;
+#ifdef JAX_GNA_DEBUG_KERNELS_BUILD
+  m.attr("debug_kernels") = true;
+#else
+  m.attr("debug_kernels") = false;
+#endif
   m.attr("xla_ffi_api_version") = nb::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR);
 
   m.def(
