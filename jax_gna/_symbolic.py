@@ -48,7 +48,9 @@ def check(query, key, value, additional_keys, additional_values, n_batch: int) -
             _require_static(name, x.shape, -3, "number of extra tokens", "the mask spans them")
             _require_static(name, x.shape, -1, "head dim", "the kernels and tiles depend on it")
     heads, kv_heads = query.shape[-2], key.shape[-2]
-    if (is_symbolic(heads) or is_symbolic(kv_heads)) and is_symbolic(heads // kv_heads):
+    symbolic_heads = is_symbolic(heads) or is_symbolic(kv_heads)
+    # (no kv heads at all: `make_params` says so)
+    if symbolic_heads and kv_heads != 0 and is_symbolic(heads // kv_heads):
         raise ValueError(
             f"Symbolic head counts need a static GQA group: `query` heads ({heads!r}) must be a "
             f"static multiple of `key` heads ({kv_heads!r}), e.g. 2*h and h."

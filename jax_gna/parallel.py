@@ -868,15 +868,21 @@ def plan_split(mesh, spec, shape: tuple[int, ...], params: GnaParams):
 # Specs and the shard_map
 
 
-def _mesh_of(mesh):
+def _mesh_of(mesh, query):
+    """`mesh`, else the one set by `jax.set_mesh`, else the one `query` is sharded over (as a
+    JAX user expects, sharded inputs need no mesh context)."""
     if mesh is not None:
         return mesh
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh is None or mesh.empty:
+    if mesh is not None and not mesh.empty:
+        return mesh
+    layout = _layout_of(query)
+    if layout is None:
         raise ValueError(
-            "`gna_sharded` needs a mesh: pass `mesh=` or call it under `jax.set_mesh(mesh)`."
+            "`gna_sharded` needs a mesh: pass `mesh=`, call it under `jax.set_mesh(mesh)` or "
+            "pass a `query` sharded over the mesh."
         )
-    return mesh
+    return layout[0]
 
 
 def _axis_names(axis_name: AxisName) -> tuple[str, ...]:
@@ -1062,7 +1068,8 @@ def gna_sharded(
       key: ``[B..., X..., Hkv, D]``.
       value: ``[B..., X..., Hkv, Dv]``.
       kernel_size, stride, dilation, is_causal, scale: as in `jax_gna.gna`.
-      mesh: the device mesh; default the one set by `jax.set_mesh`.
+      mesh: the device mesh; default the one set by `jax.set_mesh`, else the one `query` is
+        sharded over.
       axis_name: the mesh axis (or tuple of axes) to split `spatial_axis` over.
       spatial_axis: which spatial axis to split (0 is the outermost, e.g. time in
         ``[B, T, H, W, heads, D]``). Its extent need not divide evenly (the last shards are
@@ -1120,7 +1127,7 @@ def gna_sharded(
         params,
         extra_k,
         extra_v,
-        mesh=_mesh_of(mesh),
+        mesh=_mesh_of(mesh, query),
         axis_name=axis_name,
         spatial_axis=spatial_axis,
         implementation=implementation,
@@ -1138,19 +1145,27 @@ def spatial_split(query: jax.Array, params: GnaParams):
     Explicit mesh's type under tracing, or a concrete array's NamedSharding), the halo fits in
     a shard and several devices share the axis; else None. The first sharded spatial axis
     wins (the others are gathered)."""
+    layout = _layout_of(query)
+    if layout is None:
+        return None
+    mesh, spec = layout
+    split = plan_split(mesh, spec, tuple(query.shape), params)
+    return None if split is None else (mesh, split[0], split[1])
+
+
+def _layout_of(query: jax.Array):
+    """``(mesh, spec)`` of a sharded `query`: its type's in an Explicit mesh under tracing, or
+    a concrete array's NamedSharding; None if it has neither."""
     sharding = getattr(jax.typeof(query), "sharding", None)
     spec = getattr(sharding, "spec", None)
     mesh = getattr(sharding, "mesh", None)
-    if mesh is None or mesh.empty or not any(spec or ()):
-        # Auto meshes type values without a spec; a concrete array still knows its sharding.
-        concrete = (
-            getattr(query, "sharding", None) if not isinstance(query, jax.core.Tracer) else None
-        )
-        if not isinstance(concrete, NamedSharding):
-            return None
-        mesh, spec = concrete.mesh, concrete.spec
-    split = plan_split(mesh, spec, tuple(query.shape), params)
-    return None if split is None else (mesh, split[0], split[1])
+    if mesh is not None and not mesh.empty and any(spec or ()):
+        return mesh, spec
+    # Auto meshes type values without a spec; a concrete array still knows its sharding.
+    concrete = getattr(query, "sharding", None) if not isinstance(query, jax.core.Tracer) else None
+    if isinstance(concrete, NamedSharding):
+        return concrete.mesh, concrete.spec
+    return None
 
 
 __all__ = ["Halo", "gna_sharded", "halo"]

@@ -110,6 +110,7 @@ def _static_dim_cases():
         "head-dim": (head_dim, r"`query` has the symbolic head dim d .* must be static"),
         "extra-tokens": (_shapes((b,), extra=e), "symbolic number of extra tokens e"),
         "heads-group": (_shapes((b,), heads=h, kv_heads=g), "static GQA group"),
+        "no-kv-heads": (_shapes((b,), heads=h, kv_heads=0), "must evenly divide"),
     }
 
 

@@ -13,7 +13,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jax_gna
-from jax_gna import _extension
+from jax_gna import _extension, parallel, reference
 
 pytestmark = pytest.mark.skipif(len(jax.devices()) < 4, reason="needs 4 (fake) devices")
 
@@ -129,3 +129,25 @@ def test_several_batch_dims_on_an_explicit_mesh_without_context(implementation):
 
     got = _results_and_grads(attend)(*xs)
     chex.assert_trees_all_close(got, want, **TOL)
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("mode", [AxisType.Explicit, AxisType.Auto], ids=lambda m: m.name)
+def test_gna_sharded_takes_the_mesh_of_its_inputs(mode, traced):
+    """`parallel.gna_sharded` without `mesh=` or a mesh context: the inputs' mesh (under jit,
+    only an Explicit mesh's types carry it)."""
+    if traced and mode == AxisType.Auto:
+        pytest.skip("an Auto mesh's traced values do not name their mesh: pass `mesh=`")
+    q, k, v, ek, ev = _inputs()
+    want = reference.gna(q, k, v, **WINDOW, additional_keys=ek, additional_values=ev)
+    mesh = jax.make_mesh((2,), ("x",), axis_types=(mode,))
+    q, k, v = (jax.device_put(x, NamedSharding(mesh, P(None, "x"))) for x in (q, k, v))
+
+    def attend(q, k, v):
+        return parallel.gna_sharded(
+            q, k, v, **WINDOW, additional_keys=ek, additional_values=ev, axis_name="x"
+        )
+
+    out = (jax.jit(attend) if traced else attend)(q, k, v)
+    chex.assert_trees_all_close(out, want, **TOL)
+    assert _spec(out)[1] == "x"
