@@ -51,7 +51,9 @@ CASES = {
 
 def _close(got, want, what: str) -> None:
     got = np.asarray(jnp.asarray(got, jnp.float32), np.float64)
-    scale = np.sqrt(np.mean(want**2)) + 1e-6
+    # The floor: with a window of one key along every axis the softmax is exactly 1, so dQ is
+    # exactly 0 in the oracle, while the kernel's fp32 dP - delta leaves ~1e-7 (inputs are O(1)).
+    scale = max(np.sqrt(np.mean(want**2)), 1e-2)
     np.testing.assert_allclose(got, want, atol=0.05 * scale, rtol=2e-2, err_msg=what)
 
 
