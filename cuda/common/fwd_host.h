@@ -110,18 +110,28 @@ inline cudaError_t encode_tensor_maps(TensorMapPair* pair, const char* name, con
   return cudaSuccess;
 }
 
-// The Q, K and V maps of one forward launch with parameters `fp` (its loads).
-inline cudaError_t make_fwd_maps(const Problem& p, const KernelAxes& ax, const FwdParams& fp,
-                                 const void* q, const void* k, const void* v, FwdMaps* maps,
-                                 std::string* error) {
+// The launch parameters and tensor maps of a forward of `p` with `tiles` (a configuration the
+// architecture's can_implement picked), after the host-side checks every launcher makes: the
+// items fit one launch, out and lse are aligned, the driver takes the maps. On failure the
+// reason is in *error and nothing was enqueued.
+inline cudaError_t prepare_fwd_launch(const Problem& p, const FwdTileConfig& tiles, const void* q,
+                                      const void* k, const void* v, void* out, float* lse,
+                                      FwdParams* fp, FwdMaps* maps, std::string* error) {
+  const KernelAxes ax = kernel_axes(p);
+  *fp = fwd_params(p, ax, tiles, out, lse);
+  if (fp->num_items == 0) {
+    *error = "too many work items for one launch (2^31)";
+    return cudaErrorInvalidValue;
+  }
+  if (!aligned(out, 16, "out", error) || !aligned(lse, 4, "lse", error))
+    return cudaErrorInvalidValue;
   cudaError_t err;
-  if ((err = encode_tensor_maps(&maps->q, "q", q, p.dtype, p.heads, p.head_dim, fp.q_loads,
-                                ax.dilation, ax.q_extent, p.batch, error)))
-    return err;
-  if ((err = encode_tensor_maps(&maps->k, "k", k, p.dtype, p.kv_heads, p.head_dim, fp.kv_loads,
+  if ((err = encode_tensor_maps(&maps->q, "q", q, p.dtype, p.heads, p.head_dim, fp->q_loads,
+                                ax.dilation, ax.q_extent, p.batch, error)) ||
+      (err = encode_tensor_maps(&maps->k, "k", k, p.dtype, p.kv_heads, p.head_dim, fp->kv_loads,
                                 ax.dilation, ax.kv_extent, p.batch, error)))
     return err;
-  return encode_tensor_maps(&maps->v, "v", v, p.dtype, p.kv_heads, p.head_dim, fp.kv_loads,
+  return encode_tensor_maps(&maps->v, "v", v, p.dtype, p.kv_heads, p.head_dim, fp->kv_loads,
                             ax.dilation, ax.kv_extent, p.batch, error);
 }
 

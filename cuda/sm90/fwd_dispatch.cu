@@ -127,16 +127,11 @@ cudaError_t fwd_launch(const Problem& p, const void* q, const void* k, const voi
     return cudaErrorInvalidValue;
   }
   const FwdTileConfig tiles = fwd_tile_config(p.rank, p.head_dim, config);
-  const KernelAxes ax = kernel_axes(p);
-  const FwdParams fp = fwd_params(p, ax, tiles, out, lse);
-  if (fp.num_items == 0) {
-    *error = "too many work items for one launch (2^31)";
-    return cudaErrorInvalidValue;
-  }
-  if (!fwd_host::aligned(out, 16, "out", error) || !fwd_host::aligned(lse, 4, "lse", error))
-    return cudaErrorInvalidValue;
+  FwdParams fp;
   FwdMaps maps;
-  if (cudaError_t err = fwd_host::make_fwd_maps(p, ax, fp, q, k, v, &maps, error)) return err;
+  if (cudaError_t err =
+          fwd_host::prepare_fwd_launch(p, tiles, q, k, v, out, lse, &fp, &maps, error))
+    return err;
   int64_t grid = fp.num_items;
   if (persistent_grid(p, tiles)) {
     int sms = 0;

@@ -13,7 +13,8 @@ namespace gna::sm100 {
 
 // Launches the forward kernel of (dtype, head dim, rank, tile configuration index into
 // fwd_tile_configs(kRank, kHeadDim)) with the given tensor maps (made by
-// fwd_host::make_fwd_maps with the loads of that configuration's tiles), one CTA per work item.
+// fwd_host::prepare_fwd_launch with the loads of that configuration's tiles), one CTA per work
+// item.
 template <DType kDType, int kHeadDim, int kRank, int kConfig>
 cudaError_t launch_fwd_kernel(const FwdMaps& maps, const FwdParams& params, unsigned grid,
                               cudaStream_t stream);
