@@ -3,7 +3,9 @@
 Implementations other than the reference compute the neighborhood part and a dense attention
 over the extra tokens separately and merge the two by their log-sum-exps. The merge is plain
 JAX, so gradients are exact as long as the neighborhood part is differentiable in both its
-output and its LSE.
+output and its LSE. It runs in float32 and rounds to the input dtype once, at the end; for the
+same accuracy as without extra tokens, the neighborhood part should come in float32 too
+(`jax_gna._api.attend` asks the implementations that can for it).
 """
 
 from __future__ import annotations
@@ -19,13 +21,12 @@ def merge(
 ) -> tuple[jax.Array, jax.Array]:
     """One softmax over the union of two disjoint key sets, from the two partial results.
 
-    ``out_*`` ``[..., H, Dv]`` and fp32 ``lse_*`` ``[..., H]``; the output has ``out_a``'s dtype.
+    ``out_*`` ``[..., H, Dv]`` and fp32 ``lse_*`` ``[..., H]``; the output is float32.
     """
     lse = jnp.logaddexp(lse_a, lse_b)
-    out = jnp.exp(lse_a - lse)[..., None] * out_a.astype(jnp.float32) + jnp.exp(lse_b - lse)[
-        ..., None
-    ] * out_b.astype(jnp.float32)
-    return out.astype(out_a.dtype), lse
+    f32 = jnp.float32
+    weight_a, weight_b = jnp.exp(lse_a - lse)[..., None], jnp.exp(lse_b - lse)[..., None]
+    return weight_a * out_a.astype(f32) + weight_b * out_b.astype(f32), lse
 
 
 def attend_and_merge(
@@ -37,8 +38,10 @@ def attend_and_merge(
     scale: float,
     n_batch: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """Add the extra tokens to a neighborhood result ``(out, lse)`` of `query`."""
+    """Add the extra tokens to a neighborhood result ``(out, lse)`` of `query` (``out`` in any
+    float dtype); the result is in the query's dtype, rounded once."""
     extra_out, extra_lse = reference.softmax_attention(
-        query, [additional_keys], [additional_values], scale, n_batch
+        query, [additional_keys], [additional_values], scale, n_batch, out_dtype=jnp.float32
     )
-    return merge(out, lse, extra_out, extra_lse)
+    out, lse = merge(out, lse, extra_out, extra_lse)
+    return out.astype(query.dtype), lse

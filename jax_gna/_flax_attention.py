@@ -22,10 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_gna._api import gna
-from jax_gna._params import check_deterministic, tile_shapes
+from jax_gna._params import check_deterministic, reading, tile_shapes, window_does_not_fit
 
 IntOrTuple = int | tuple[int, ...]
 BoolOrTuple = bool | tuple[bool, ...]
+INPUT_LAYOUT = "[batch..., *spatial, features]"  # the layers' inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,10 +218,12 @@ def resolve_inputs(
     inputs_k: jax.Array | None,
     inputs_v: jax.Array | None,
     context: jax.Array | None,
-    rank: int,
+    window: Window,
 ) -> tuple[jax.Array, jax.Array]:
     """Flax's defaulting (``inputs_k`` from ``inputs_q``, ``inputs_v`` from ``inputs_k``) plus
-    the layout checks neighborhood attention needs. Returns ``(inputs_k, inputs_v)``."""
+    the layout checks neighborhood attention needs, in the layer's terms (``[batch...,
+    *spatial, features]``). Returns ``(inputs_k, inputs_v)``."""
+    rank = window.rank
     if inputs_k is None:
         if inputs_v is not None:
             raise ValueError(
@@ -232,9 +235,19 @@ def resolve_inputs(
         inputs_v = inputs_k
     if inputs_q.ndim < rank + 1:
         raise ValueError(
-            f"`inputs_q` must be [batch..., *spatial, features] with {rank} spatial axes, i.e. "
+            f"`inputs_q` must be {INPUT_LAYOUT} with {rank} spatial axes, i.e. "
             f"at least {rank + 1} dims; got shape {inputs_q.shape}."
         )
+    n_batch = inputs_q.ndim - rank - 1
+    error = window_does_not_fit(
+        inputs_q.shape[n_batch:-1],
+        window.kernel_size,
+        window.dilation,
+        reading("inputs_q", inputs_q.shape, rank, tail=("features",)),
+        INPUT_LAYOUT,
+    )
+    if error is not None:
+        raise error
     tokens = inputs_q.shape[:-1]
     for name, x in (("inputs_k", inputs_k), ("inputs_v", inputs_v)):
         if x.shape[:-1] != tokens:
@@ -244,7 +257,6 @@ def resolve_inputs(
                 "should see (e.g. text) as `context=` instead."
             )
     if context is not None:
-        n_batch = inputs_q.ndim - rank - 1
         batch = inputs_q.shape[:n_batch]
         if context.ndim != n_batch + 2 or context.shape[:n_batch] != batch:
             raise ValueError(

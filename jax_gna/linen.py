@@ -137,7 +137,7 @@ class NeighborhoodAttention(nn.Module):
             self.deterministic_backward
         )
         inputs_k, inputs_v = _flax_attention.resolve_inputs(
-            inputs_q, inputs_k, inputs_v, context, window.rank
+            inputs_q, inputs_k, inputs_v, context, window
         )
 
         features = inputs_q.shape[-1]

@@ -242,7 +242,7 @@ class NeighborhoodAttention(nnx.Module):
             )
         window = self.window.with_causal(is_causal)
         inputs_k, inputs_v = _flax_attention.resolve_inputs(
-            inputs_q, inputs_k, inputs_v, context, window.rank
+            inputs_q, inputs_k, inputs_v, context, window
         )
         layers = _flax_attention.Projections(
             self.query, self.key, self.value, self.out, self.query_ln, self.key_ln

@@ -27,7 +27,7 @@ import numpy as np
 def legal(length: int, kernel_size: int, stride: int, dilation: int) -> bool:
     """Whether one axis is a legal GNA configuration."""
     return (
-        kernel_size >= 2
+        kernel_size >= 1
         and 1 <= stride <= kernel_size
         and dilation >= 1
         and kernel_size * dilation <= length

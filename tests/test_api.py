@@ -63,7 +63,7 @@ def test_supported_implementations_on_cpu():
 def test_supported_implementations_validates_arguments():
     a = arrays(0, extra=0)
     with pytest.raises(ValueError, match="`stride`"):
-        jax_gna.supported_implementations(**a, kernel_size=3, stride=4)
+        jax_gna.supported_implementations(**a, kernel_size=(3, 3), stride=4)
 
 
 @pytest.mark.parametrize("bad", ["XLA", "triton", "", 3], ids=["XLA", "triton", "empty", "int"])

@@ -157,9 +157,9 @@ def test_gradient_flows_through_lse_alone():
 
 def test_dispatch_picks_cpu_handler_on_cpu():
     q, k, v = CASES[0].inputs()
-    text = jax.jit(lambda q, k, v: jax_gna.gna(q, k, v, 5)).lower(q, k, v).as_text()
+    text = jax.jit(lambda q, k, v: jax_gna.gna(q, k, v, (5,))).lower(q, k, v).as_text()
     assert "@jax_gna_fwd" in text
-    assert jax_gna.supported_implementations(q, k, v, 5)["cpu"] is None
+    assert jax_gna.supported_implementations(q, k, v, (5,))["cpu"] is None
 
 
 def test_why_not_reports_the_reason():
