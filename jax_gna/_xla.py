@@ -230,9 +230,10 @@ def _tile_mask(masks) -> jax.Array:
 
 
 def _tile_scores(q_t, k_t, mask, scale):
-    """q_t [B, Tq, Hkv, G, D], k_t [B, Tk, Hkv, D] -> masked fp32 scores [B, Hkv, G, Tq, Tk]."""
+    """q_t [B, Tq, Hkv, G, D], k_t [B, Tk, Hkv, D] -> fp32 scores [B, Hkv, G, Tq, Tk], -inf
+    where `mask` is False (None: no mask)."""
     s = jnp.einsum("bqkgd,bmkd->bkgqm", q_t, k_t, preferred_element_type=jnp.float32) * scale
-    return jnp.where(mask, s, -jnp.inf)
+    return s if mask is None else jnp.where(mask, s, -jnp.inf)
 
 
 def _prepare(query, key, value, params, plans):
@@ -256,9 +257,7 @@ def _forward(query, key, value, params: GnaParams, plans=None, table=None, out_d
     (`_tile_table` arrays, possibly traced) override the ones derived from the shapes and
     `params` (`jax_gna.parallel` passes a shard's)."""
     plans, n_batch, qg, kg, vg = _prepare(query, key, value, params, plans)
-    # Products run on the finite part of the values; `reached` puts nan back where it belongs.
-    v_bad = ~jnp.isfinite(vg)
-    vg = _nonfinite.finite(vg)
+    vg = _nonfinite.flag_rows(vg)  # finite values; nan comes back in the rows that see one
     heads, kv_heads = query.shape[-2], key.shape[-2]
     dim, dim_v = query.shape[-1], value.shape[-1]
     tiles = tuple(p.tile for p in plans)
@@ -271,13 +270,11 @@ def _forward(query, key, value, params: GnaParams, plans=None, table=None, out_d
         g, qo, ko, *ms = xs
         q_t = _slice(qg, g, qo, tiles).reshape(b, tq, kv_heads, heads // kv_heads, dim)
         k_t = _slice(kg, g, ko, boxes).reshape(b, tk, kv_heads, dim)
-        v_t = _slice(vg, g, ko, boxes).reshape(b, tk, kv_heads, dim_v)
-        mask = _tile_mask(ms)
-        s = _tile_scores(q_t, k_t, mask, params.scale)
+        v_t = _slice(vg, g, ko, boxes).reshape(b, tk, kv_heads, dim_v + 1)
+        s = _tile_scores(q_t, k_t, _tile_mask(ms), params.scale)
         lse = jax.nn.logsumexp(s, axis=-1)
         o = jnp.einsum("bkgqm,bmkd->bqkgd", jnp.exp(s - lse[..., None]), v_t)
-        bad_t = _slice(v_bad, g, ko, boxes).reshape(b, tk, kv_heads, dim_v)
-        o = jnp.where(_nonfinite.reached(mask, bad_t)[:, :, :, None], jnp.nan, o)
+        o = _nonfinite.poison_rows(o)
         return o.reshape(b, tq, heads, dim_v), lse.reshape(b, heads, tq)
 
     chunk = max(1, min(len(groups), _SCORES_PER_CHUNK // max(1, b * heads * tq * tk)))
@@ -317,8 +314,8 @@ def _backward(query, key, value, out, lse, dout, dlse, params: GnaParams, plans=
     lseg = _to_groups(lse, plans, pad_to_tiles=True, fill=jnp.inf)
     deltag = _to_groups(delta[..., None], plans, pad_to_tiles=True)
     # Zero probabilities must not meet non-finite operands (0 * nan): the products take the
-    # finite parts, and a non-finite value reaches dP only on the keys that hold one.
-    v_bad = ~jnp.all(jnp.isfinite(vg), axis=-1)
+    # finite parts. A non-finite value still reaches dS where it belongs, through delta (the
+    # output of a query whose window holds it is nan).
     qg, kg, vg = (_nonfinite.finite(x) for x in (qg, kg, vg))
 
     def one_tile(carry, xs):
@@ -330,14 +327,12 @@ def _backward(query, key, value, out, lse, dout, dlse, params: GnaParams, plans=
         delta_t = _slice(deltag, g, qo, tiles).reshape(b, tq, kv_heads, group)
         k_t = _slice(kg, g, ko, boxes).reshape(b, tk, kv_heads, dim)
         v_t = _slice(vg, g, ko, boxes).reshape(b, tk, kv_heads, dim_v)
-        bad_t = _slice(v_bad[..., None], g, ko, boxes).reshape(b, tk, kv_heads)
-        mask = _tile_mask(ms)
-        s = _tile_scores(q_t, k_t, mask, params.scale)
+        s = _tile_scores(q_t, k_t, None, params.scale)
         # [B, Hkv, G, Tq, Tk]; masked pairs exactly 0 even in rows whose lse is nan.
-        p = jnp.where(mask, jnp.exp(s - jnp.moveaxis(lse_t, 1, 3)[..., None]), 0.0)
+        p = jnp.where(_tile_mask(ms), s - jnp.moveaxis(lse_t, 1, 3)[..., None], -jnp.inf)
+        p = jnp.exp(p)
         dv_t = jnp.einsum("bkgqm,bqkgd->bmkd", p, do_t)
         dp = jnp.einsum("bqkgd,bmkd->bkgqm", do_t, v_t)
-        dp = jnp.where(jnp.moveaxis(bad_t, 1, 2)[:, :, None, None, :], jnp.nan, dp)
         ds = jnp.where(p == 0, 0.0, p * (dp - jnp.moveaxis(delta_t, 1, 3)[..., None]))
         ds = ds * params.scale
         dq_t = jnp.einsum("bkgqm,bmkd->bqkgd", ds, k_t)

@@ -43,7 +43,11 @@ def gna(
     """Generalized neighborhood attention by a dense masked softmax (the reference).
 
     Same arguments, semantics and results as `jax_gna.gna` (see there), computed in float32
-    with the full ``[N, N]`` mask built from the window rule. Differentiable.
+    with the full ``[N, N]`` mask built from the window rule. A non-finite query, key or value
+    reaches exactly the output channels whose window holds it, as if each query's window were
+    computed alone. Differentiable in reverse mode (``jax.grad``, ``jax.vjp``; its own VJP, the
+    textbook softmax backward in which a query whose cotangents are zero contributes nothing,
+    so that a loss over the other queries has finite gradients).
 
     Returns:
       ``out`` ``[B..., X..., H, Dv]`` in the query's dtype, and with ``return_lse=True`` also
@@ -183,8 +187,7 @@ def _masked_softmax_bwd(scale, residuals, cotangents):
     p = _probabilities(_scores(q, k, visible, scale), lse, visible & active[..., None])
     dv = jnp.einsum("bkgnm,bnkgd->bmkd", p, dout, precision=_HIGHEST)
     dp = jnp.einsum("bnkgd,bmkd->bkgnm", dout, _nonfinite.finite(v), precision=_HIGHEST)
-    bad_keys = jnp.moveaxis(~jnp.all(jnp.isfinite(v), axis=-1), 1, 2)  # [B, Hkv, M]
-    dp = jnp.where(bad_keys[:, :, None, None, :], jnp.nan, dp)
+    # A non-finite value reaches dS through delta: the output of a query that sees it is nan.
     delta = jnp.moveaxis(jnp.sum(dout * out, axis=-1), 1, 3) - dlse
     ds = jnp.where(p == 0, 0.0, p * (dp - delta[..., None])) * scale
     dq = jnp.einsum("bkgnm,bmkd->bnkgd", ds, _nonfinite.finite(k), precision=_HIGHEST)

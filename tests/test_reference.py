@@ -175,7 +175,7 @@ def test_full_window_1d_is_dense_attention(causal, gqa):
     q = jnp.asarray(rng.normal(size=(2, 12, 4, 8)), f32)
     k = jnp.asarray(rng.normal(size=(2, 12, 4 // gqa, 8)), f32)
     v = jnp.asarray(rng.normal(size=(2, 12, 4 // gqa, 8)), f32)
-    got = jax.jit(lambda *a: reference.gna(*a, 12, is_causal=causal))(q, k, v)
+    got = jax.jit(lambda *a: reference.gna(*a, (12,), is_causal=causal))(q, k, v)
     dense = jax.jit(jax.nn.dot_product_attention, static_argnames=("is_causal", "implementation"))
     want = dense(q, k, v, is_causal=causal, implementation="xla")
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)

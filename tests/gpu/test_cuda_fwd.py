@@ -272,10 +272,10 @@ def test_auto_selection_picks_cuda_and_explains_fallbacks():
         jax_gna.gna(*f32, **w, implementation="cuda")
     # A configuration the kernels refuse (1-D dilation 3) falls back to xla, with the reason.
     x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 40, 2, 64)), jnp.bfloat16)
-    why = jax_gna.supported_implementations(x, x, x, 5, dilation=3)["cuda"]
+    why = jax_gna.supported_implementations(x, x, x, (5,), dilation=3)["cuda"]
     assert why is not None and "dilation" in why
-    want = _oracle(x, x, x, kernel_size=5, dilation=3)
-    got = jax_gna.gna(x, x, x, 5, dilation=3).astype(jnp.float32)
+    want = _oracle(x, x, x, kernel_size=(5,), dilation=3)
+    got = jax_gna.gna(x, x, x, (5,), dilation=3).astype(jnp.float32)
     np.testing.assert_allclose(got, want, atol=2.5e-2, rtol=2.5e-2)
 
 
