@@ -408,14 +408,15 @@ def test_gna_gathers_when_shards_are_smaller_than_the_halo():
     chex.assert_trees_all_close(out, reference.gna(q, k, v, (9,)), **TOL)
 
 
-def test_benchmark_small_mode_runs_on_fake_devices():
+def test_benchmark_small_mode_runs_on_fake_devices(capsys):
     path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "context_parallel.py"
     spec = importlib.util.spec_from_file_location("context_parallel", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     result = module.main(["--small", "--iters", "1"])
     assert result["max_abs_error"] < 1e-4
-    assert result["speedup"] > 0 and 0 <= result["halo_share"]
+    assert result["speedup"] is None and 0 <= result["halo_share"]  # fake devices: no speedup
+    assert "no speedup to read" in capsys.readouterr().out
     assert result["halo"]["left"] > 0
     result = module.main(["--small", "--iters", "1", "--backward", "--per-shard"])
     assert result["max_abs_error"] < 1e-4
