@@ -513,3 +513,16 @@ def test_nnx_view_sets_what_it_can():
     assert view.attn(_x((1, 5, 5, F))).shape == (1, 5, 5, F)
     with pytest.raises(NotImplementedError, match="decode=True"):
         nnx.view(Block(), decode=True, batch_size=1, max_length=4)
+
+
+def test_flattened_tokens_get_an_error_that_names_the_layout():
+    """[batch, tokens, features] fed to a 2-D layer reads as one batch x tokens image; where
+    the window does not fit that reading, the error says how the input was read."""
+    layer = NeighborhoodAttention(2, F, (7, 7), rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ValueError,
+        match=r"spatial shape=\(2, 64\).*\[batch\.\.\., \*spatial, features\]; `inputs_q` "
+        r"\(2, 64, 16\) reads as no batch dims, spatial \(2, 64\), features 16\. If the axis of 2 "
+        r"is a batch axis.*kernel_size=\(7,\).*reshaped",
+    ):
+        layer(_x((2, 64, F)))
