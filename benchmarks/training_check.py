@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
 import jax_gna.nnx
 
@@ -131,9 +132,10 @@ def adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
 
 
 def train(
-    implementation: str, images, targets, args, noise: float = 0.0
+    implementation: str, images, targets, args, noise: float = 0.0, name: str | None = None
 ) -> tuple[list[float], dict]:
-    """Per-step losses of one run, and its initial parameters (to check they are shared)."""
+    """Per-step losses of one run, and its initial parameters (to check they are shared); a
+    progress bar on stderr shows the run (`name`) and its running loss."""
     model = Model(args.grid, args.dim, implementation, rngs=nnx.Rngs(args.seed))
     graphdef, params = nnx.split(model)
     initial = jax.tree.map(np.asarray, params)
@@ -159,9 +161,13 @@ def train(
     state = init(params)
     key = jax.random.key(args.seed + 1)
     losses = []
-    for i in range(len(images)):
+    bar = tqdm(range(len(images)), desc=name or implementation, unit="step", file=sys.stderr)
+    for i in bar:
         params, state, loss = step(params, state, images[i], targets[i], jax.random.fold_in(key, i))
         losses.append(float(loss))
+        if i % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
+    bar.close()
     return losses, initial
 
 
@@ -217,10 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     images, targets = make_batches(args)
-    ours, initial = train(args.implementation, images, targets, args)
-    ref, ref_initial = train("reference", images, targets, args)
+    ours, initial = train(args.implementation, images, targets, args, name="1/3 ours")
+    ref, ref_initial = train("reference", images, targets, args, name="2/3 reference")
     jax.tree.map(np.testing.assert_array_equal, initial, ref_initial)  # same initialisation
-    control, _ = train("reference", images, targets, args, noise=CONTROL_NOISE)
+    control, _ = train("reference", images, targets, args, noise=CONTROL_NOISE, name="3/3 control")
     seconds = time.perf_counter() - start
 
     print(f"{'step':>5} {'ours':>9} {'reference':>9} {'|diff|':>9} {'control':>9}")

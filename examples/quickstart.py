@@ -18,7 +18,7 @@ def main() -> None:
     # Each query attends to a 7x7 window; stride (2, 2) lets 2x2 query groups share a window.
     attend = jax.jit(lambda q, k, v: jax_gna.na2d(q, k, v, kernel_size=7, stride=2))
     out = attend(q, k, v)
-    expected = jax_gna.reference.gna(q, k, v, kernel_size=7, stride=2)
+    expected = jax_gna.reference.gna(q, k, v, kernel_size=(7, 7), stride=2)
 
     print("implementations:", jax_gna.supported_implementations(q, k, v, kernel_size=(7, 7)))
     print("output:", out.shape, out.dtype)

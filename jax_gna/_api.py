@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal, overload
 
 import jax
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jax_gna import _additional_kv, _implementations, parallel, reference
-from jax_gna._params import GnaParams, make_params
+from jax_gna._params import GnaParams, make_params, refuse_mask_and_bias
 
 IntOrTuple = int | tuple[int, ...]
 BoolOrTuple = bool | tuple[bool, ...]
@@ -51,10 +52,13 @@ def _gna(
     return_lse,
     implementation,
     rank,
+    mask=None,
+    bias=None,
     **options,
 ):
     """`gna` with the number of spatial axes fixed (`rank`) or inferred (None); `options` are
     `make_params`'s other keywords."""
+    refuse_mask_and_bias(mask, bias)
     query, key, value, ek, ev = _as_arrays(query, key, value, additional_keys, additional_values)
     params = make_params(
         query,
@@ -94,15 +98,25 @@ def attend(query, key, value, params: GnaParams, ek, ev, implementation: str | N
     """``(out, lse)`` of validated arrays on one device (or per batch/head shard), extra
     tokens `ek`/`ev` (or None) merged in, by `implementation` (None: the best usable)."""
     impl = _implementations.select(implementation, query, key, value, params)
+    if math.prod(query.shape[:-1]) == 0:
+        # No (query, head) row (a batch or head count of 0): nothing to compute, and no kernel
+        # to launch over an empty grid. The gradients are zeros of the inputs' shapes.
+        out = jnp.zeros((*query.shape[:-1], value.shape[-1]), query.dtype)
+        return out, jnp.zeros(query.shape[:-1], jnp.float32)
     if impl != "cuda":
         params = params.without_tiles()  # `select` allows them only for None: ignored here
     if impl == "reference":
         return reference.attention(query, key, value, params, ek, ev)
-    out, lse = _implementations.run(impl, query, key, value, params)
-    if ek is not None:
-        n_batch = query.ndim - params.rank - 2
-        out, lse = _additional_kv.attend_and_merge(query, out, lse, ek, ev, params.scale, n_batch)
-    return out, lse
+    if ek is None:
+        return _implementations.run(impl, query, key, value, params)
+    # The merge with the extra tokens rounds once, at the end: take the neighborhood part in
+    # float32 from the implementations that compute in float32 anyway.
+    q, k, v = query, key, value
+    if impl in ("xla", "cpu") and query.dtype in (jnp.bfloat16, jnp.float16):
+        q, k, v = (x.astype(jnp.float32) for x in (query, key, value))
+    out, lse = _implementations.run(impl, q, k, v, params)
+    n_batch = query.ndim - params.rank - 2
+    return _additional_kv.attend_and_merge(query, out, lse, ek, ev, params.scale, n_batch)
 
 
 @overload
@@ -123,6 +137,8 @@ def gna(
     q_tile_shape: IntOrTuple | None = None,
     kv_tile_shape: IntOrTuple | None = None,
     deterministic: bool | None = None,
+    mask: None = None,
+    bias: None = None,
 ) -> jax.Array: ...
 
 
@@ -144,6 +160,8 @@ def gna(
     q_tile_shape: IntOrTuple | None = None,
     kv_tile_shape: IntOrTuple | None = None,
     deterministic: bool | None = None,
+    mask: None = None,
+    bias: None = None,
 ) -> tuple[jax.Array, jax.Array]: ...
 
 
@@ -164,6 +182,8 @@ def gna(
     q_tile_shape=None,
     kv_tile_shape=None,
     deterministic=None,
+    mask=None,
+    bias=None,
 ):
     r"""Generalized neighborhood attention (GNA) over a 1-D, 2-D or 3-D token grid.
 
@@ -179,19 +199,24 @@ def gna(
     ``dilation``-th token; ``is_causal`` keeps only keys at or before the query. The exact rule
     is `jax_gna.reference.gna`, the pure-jnp oracle.
 
-    Shape legend: ``B...`` batch dims (any number, including none), ``X...`` spatial dims (one per
-    axis of the window), ``H`` query heads, ``Hkv`` key/value heads (``H % Hkv == 0``; query head
-    ``h`` uses key/value head ``h // (H // Hkv)``), ``D`` query/key head dim, ``Dv`` value head
-    dim, ``E`` additional tokens.
+    Arrays are heads-last, ``[batch..., *spatial, heads, head_dim]`` (as in
+    `jax.nn.dot_product_attention`); move the heads of heads-first arrays ``[B, H, X..., D]``
+    with ``jnp.moveaxis(x, 1, -2)``. Shape legend: ``B...`` batch dims (any number, including
+    none), ``X...`` spatial dims (one per axis of the window), ``H`` query heads, ``Hkv``
+    key/value heads (``H % Hkv == 0``; query head ``h`` uses key/value head ``h // (H //
+    Hkv)``), ``D`` query/key head dim, ``Dv`` value head dim, ``E`` additional tokens.
 
     Args:
       query: ``[B..., X..., H, D]``.
       key: ``[B..., X..., Hkv, D]``, same dtype and token layout as ``query``.
       value: ``[B..., X..., Hkv, Dv]``.
-      kernel_size: window size, an int (every axis) or one int per axis, each ``>= 2`` and with
-        ``kernel_size * dilation <= extent``. The number of spatial axes is the length of any
-        per-axis tuple among the parameters, else ``query.ndim - 3`` (one batch dim); use
-        `na1d`/`na2d`/`na3d` to fix it.
+      kernel_size: window size, an int (every axis) or one int per axis, each ``>= 1`` and with
+        ``kernel_size * dilation <= extent``; 1 on an axis keeps each query to its own position
+        along it (a video of one frame with window 1 along time attends within the frame). The
+        number of spatial axes is the length of any per-axis tuple among the parameters; with
+        ints only it must follow from the shape (``[X, H, D]``, 1-D), else this raises rather
+        than guess (``[B, L, H, D]`` and ``[X, Y, H, D]`` look alike): pass tuples, or use
+        `na1d`/`na2d`/`na3d`, which take it from their name.
       stride: an int or one per axis, ``1 <= stride <= kernel_size``.
       dilation: an int or one per axis, ``>= 1``.
       is_causal: a bool or one per axis.
@@ -222,6 +247,12 @@ def gna(
         when the call is traced. The forward pass and the ``"cpu"`` kernel are deterministic
         either way; calls the CUDA backward cannot run take the ``xla`` backward, which is made
         of XLA's own ops (governed by the same flags), as are ``"xla"`` and ``"reference"``.
+      mask: only None, so that calls written for `jax.nn.dot_product_attention` run: the
+        window options fix which keys a query sees (``is_causal`` for causal masking), and
+        ``additional_keys``/``additional_values`` add keys every query sees. Anything else
+        raises ``NotImplementedError``.
+      bias: only None (no bias is added to the scores); anything else raises
+        ``NotImplementedError``.
 
     Returns:
       ``out`` ``[B..., X..., H, Dv]`` in the input dtype, and with ``return_lse=True`` also
@@ -229,7 +260,8 @@ def gna(
 
     Raises:
       TypeError, ValueError: for invalid arguments, naming the argument and the rule.
-      NotImplementedError: when the requested implementation cannot run this call.
+      NotImplementedError: when the requested implementation cannot run this call, or for a
+        ``mask`` or ``bias``.
     """
     return _gna(
         query,
@@ -247,6 +279,8 @@ def gna(
         q_tile_shape=q_tile_shape,
         kv_tile_shape=kv_tile_shape,
         deterministic=deterministic,
+        mask=mask,
+        bias=bias,
         rank=None,
     )
 
@@ -269,6 +303,8 @@ def _fixed_rank(rank: int):
         q_tile_shape: IntOrTuple | None = None,
         kv_tile_shape: IntOrTuple | None = None,
         deterministic: bool | None = None,
+        mask: None = None,
+        bias: None = None,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         return _gna(
             query,
@@ -286,6 +322,8 @@ def _fixed_rank(rank: int):
             q_tile_shape=q_tile_shape,
             kv_tile_shape=kv_tile_shape,
             deterministic=deterministic,
+            mask=mask,
+            bias=bias,
             rank=rank,
         )
 
@@ -293,8 +331,9 @@ def _fixed_rank(rank: int):
     na.__doc__ = (
         f"{rank}-D generalized neighborhood attention: `gna` with exactly {rank} spatial "
         f"axis{'es' if rank > 1 else ''}.\n\n"
-        f"``query`` is ``[B..., {', '.join('X' + str(a + 1) for a in range(rank))}, H, D]``; "
-        "every other argument, the results and the errors are as in `jax_gna.gna`."
+        f"``query`` is ``[B..., {', '.join('X' + str(a + 1) for a in range(rank))}, H, D]`` "
+        "(heads-last, any number of batch dims, including none); every other argument, the "
+        "results and the errors are as in `jax_gna.gna`."
     )
     return na
 

@@ -22,10 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_gna._api import gna
-from jax_gna._params import check_deterministic, tile_shapes
+from jax_gna._params import check_deterministic, reading, tile_shapes, window_does_not_fit
 
 IntOrTuple = int | tuple[int, ...]
 BoolOrTuple = bool | tuple[bool, ...]
+INPUT_LAYOUT = "[batch..., *spatial, features]"  # the layers' inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +190,22 @@ def check_mask(mask: Any) -> None:
         )
 
 
+def check_attention_fn(attention_fn: Any) -> None:
+    if attention_fn is not None:
+        raise unsupported(
+            "attention_fn",
+            attention_fn,
+            "this layer is the attention function (neighborhood attention by jax_gna.gna)",
+            "leave it None, or keep Flax's layer and pass attention_fn=make_attention_fn(...)",
+        )
+
+
+def check_einsum(name: str, value: Any) -> None:
+    """The attention einsums of Flax's layers: the kernels compute those products."""
+    if value is not None:
+        raise unsupported(name, value, "the kernels compute the products", "leave it None")
+
+
 def check_sow_weights(sow_weights: bool) -> None:
     if sow_weights:
         raise unsupported(
@@ -202,7 +219,9 @@ def check_sow_weights(sow_weights: bool) -> None:
 class Projections(NamedTuple):
     """A layer's submodules as callables: ``query``/``key``/``value`` map ``[..., F]`` to
     ``[..., heads, D]``, ``out`` maps ``[..., H, D]`` to ``[..., out_features]``; the
-    normalisations are None without ``normalize_qk``."""
+    normalisations are None without ``normalize_qk``. The context tokens go through
+    ``context_key``/``context_value``, default ``key``/``value`` (the same parameters; the
+    grid's may add a sharding for the grid's shape)."""
 
     query: Callable[[jax.Array], jax.Array]
     key: Callable[[jax.Array], jax.Array]
@@ -210,6 +229,8 @@ class Projections(NamedTuple):
     out: Callable[[jax.Array], jax.Array]
     query_ln: Callable[[jax.Array], jax.Array] | None
     key_ln: Callable[[jax.Array], jax.Array] | None
+    context_key: Callable[[jax.Array], jax.Array] | None = None
+    context_value: Callable[[jax.Array], jax.Array] | None = None
 
 
 def resolve_inputs(
@@ -217,10 +238,12 @@ def resolve_inputs(
     inputs_k: jax.Array | None,
     inputs_v: jax.Array | None,
     context: jax.Array | None,
-    rank: int,
+    window: Window,
 ) -> tuple[jax.Array, jax.Array]:
     """Flax's defaulting (``inputs_k`` from ``inputs_q``, ``inputs_v`` from ``inputs_k``) plus
-    the layout checks neighborhood attention needs. Returns ``(inputs_k, inputs_v)``."""
+    the layout checks neighborhood attention needs, in the layer's terms (``[batch...,
+    *spatial, features]``). Returns ``(inputs_k, inputs_v)``."""
+    rank = window.rank
     if inputs_k is None:
         if inputs_v is not None:
             raise ValueError(
@@ -232,9 +255,19 @@ def resolve_inputs(
         inputs_v = inputs_k
     if inputs_q.ndim < rank + 1:
         raise ValueError(
-            f"`inputs_q` must be [batch..., *spatial, features] with {rank} spatial axes, i.e. "
+            f"`inputs_q` must be {INPUT_LAYOUT} with {rank} spatial axes, i.e. "
             f"at least {rank + 1} dims; got shape {inputs_q.shape}."
         )
+    n_batch = inputs_q.ndim - rank - 1
+    error = window_does_not_fit(
+        inputs_q.shape[n_batch:-1],
+        window.kernel_size,
+        window.dilation,
+        reading("inputs_q", inputs_q.shape, rank, tail=("features",)),
+        INPUT_LAYOUT,
+    )
+    if error is not None:
+        raise error
     tokens = inputs_q.shape[:-1]
     for name, x in (("inputs_k", inputs_k), ("inputs_v", inputs_v)):
         if x.shape[:-1] != tokens:
@@ -244,7 +277,6 @@ def resolve_inputs(
                 "should see (e.g. text) as `context=` instead."
             )
     if context is not None:
-        n_batch = inputs_q.ndim - rank - 1
         batch = inputs_q.shape[:n_batch]
         if context.ndim != n_batch + 2 or context.shape[:n_batch] != batch:
             raise ValueError(
@@ -320,7 +352,8 @@ def forward(
     query, key, value = layers.query(inputs_q), layers.key(inputs_k), layers.value(inputs_v)
     context_keys = context_values = None
     if context is not None:
-        context_keys, context_values = layers.key(context), layers.value(context)
+        context_keys = (layers.context_key or layers.key)(context)
+        context_values = (layers.context_value or layers.value)(context)
     if layers.query_ln is not None:
         query, key = layers.query_ln(query), layers.key_ln(key)
         if context_keys is not None:
@@ -416,12 +449,8 @@ def make_attention_fn(
         check_dropout(dropout_rate, deterministic)
         if module is not None:
             check_sow_weights(True)
-        for name, v in (
-            ("qk_attn_weights_einsum", qk_attn_weights_einsum),
-            ("attn_weights_value_einsum", attn_weights_value_einsum),
-        ):
-            if v is not None:
-                raise unsupported(name, v, "the kernels compute the products", "leave it None")
+        check_einsum("qk_attn_weights_einsum", qk_attn_weights_einsum)
+        check_einsum("attn_weights_value_einsum", attn_weights_value_einsum)
         for name, v in kwargs.items():
             if v is not None:
                 raise unsupported(name, v, "jax_gna does not know this option", "leave it None")

@@ -13,10 +13,12 @@ model runs everywhere.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import jax
 
+from jax_gna import _extension
 from jax_gna._mesh import explicit_mesh, per_shard
 from jax_gna._params import GnaParams
 from jax_gna._xla import gna_xla
@@ -33,6 +35,19 @@ def _ops():
     except ImportError as e:  # pragma: no cover - depends on the build
         return None, f"the compiled extension is not available ({e})"
     return _ops, None
+
+
+@functools.cache
+def extension_takes_window_one() -> bool:
+    """Whether the built extension accepts ``kernel_size`` 1 on an axis (a cheap probe of its
+    window validator; builds from before window 1 was legal refuse it)."""
+    if _extension.ext is None:
+        return False
+    try:
+        _extension.ext.window(1, 1)
+    except ValueError:
+        return False
+    return True
 
 
 def platform_of(query: jax.Array) -> str:
@@ -68,6 +83,8 @@ def why_not(
     ops, reason = _ops()
     if ops is None:
         return reason
+    if 1 in params.kernel_size and not extension_takes_window_one():
+        return "this build of the extension needs kernel_size >= 2 on every axis (rebuild it)"
     return ops.why_not(implementation, query, key, value, params)
 
 

@@ -96,12 +96,19 @@ def _is_traced(x: Any) -> bool:
     return isinstance(x, jax.Array)
 
 
+def _not_static(name: str, value: Any) -> TypeError:
+    kind = "bool" if name == "is_causal" else "int"
+    return TypeError(
+        f"`{name}` must be static (a Python {kind}, or a tuple of them), got a jax array {value}: "
+        "it fixes the shape of the window, which must be known when the call is traced. Pass a "
+        f"Python value: under `jax.jit`, close over it (functools.partial) or mark it static "
+        f"(jax.jit(f, static_argnames='{name}'))."
+    )
+
+
 def _static_int(name: str, value: Any) -> int:
     if _is_traced(value):
-        raise TypeError(
-            f"`{name}` must be static (a Python int), got a traced value {value}; "
-            "pass it as a static argument instead of a jax array."
-        )
+        raise _not_static(name, value)
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
         raise TypeError(
             f"Invalid value for `{name}`; expected an integer or tuple of integers, got {value!r}."
@@ -114,7 +121,7 @@ def _per_axis(name: str, value: Any, rank: int, default: Any) -> tuple:
     if value is None:
         value = default
     if _is_traced(value):
-        raise TypeError(f"`{name}` must be static, got a traced value {value}.")
+        raise _not_static(name, value)
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != rank:
             raise ValueError(
@@ -127,21 +134,104 @@ def _per_axis(name: str, value: Any, rank: int, default: Any) -> tuple:
     return (value,) * rank
 
 
-def infer_rank(ndim: int, kernel_size: Any, stride: Any, dilation: Any, is_causal: Any) -> int:
-    """The number of spatial axes: the length of any per-axis tuple, else ``ndim - 3`` (one
-    batch dim). Use `na1d`/`na2d`/`na3d` or tuples when there are several batch dims."""
+LAYOUT = "[batch..., *spatial, heads, head_dim]"
+
+
+def _fmt_dims(dims: Sequence[int]) -> str:
+    return str(tuple(int(x) for x in dims))
+
+
+def reading(name: str, shape: Sequence[int], rank: int, tail=("heads", "head_dim")) -> str:
+    """How `shape` is read with `rank` spatial axes: ``batch (2,), spatial (6, 5), heads 4,
+    head_dim 8``; `tail` names the trailing dims (the Flax layers read ``("features",)``)."""
+    n_batch = len(shape) - rank - len(tail)
+    parts = [f"batch {_fmt_dims(shape[:n_batch])}" if n_batch > 0 else "no batch dims"]
+    parts.append(f"spatial {_fmt_dims(shape[max(n_batch, 0) : len(shape) - len(tail)])}")
+    parts += [f"{t} {int(x)}" for t, x in zip(tail, shape[len(shape) - len(tail) :])]
+    return f"`{name}` {_fmt_dims(shape)} reads as {', '.join(parts)}"
+
+
+def infer_rank(
+    shape: Sequence[int], kernel_size: Any, stride: Any, dilation: Any, is_causal: Any
+) -> int:
+    """The number of spatial axes of a `jax_gna.gna` call: the length of any per-axis tuple.
+    With only ints it is known only where the shape allows one reading, ``[X, H, D]`` (1-D
+    without batch dims); elsewhere several are legal (``[B, L, H, D]`` is 1-D with a batch dim
+    or a 2-D grid ``[X, Y, H, D]``) and this raises instead of guessing."""
     for value in (kernel_size, stride, dilation, is_causal):
         if isinstance(value, Sequence) and not isinstance(value, str):
             return len(value)
-    return ndim - 3
+    ndim = len(shape)
+    ranks = [r for r in (1, 2, 3) if ndim >= r + 2]
+    is_int = isinstance(kernel_size, numbers.Integral) and not isinstance(kernel_size, bool)
+    if len(ranks) <= 1 or not is_int:
+        # One reading (or none: the rank check says why); a bad kernel_size fails its own check.
+        return ndim - 2 if ndim <= 3 else ndim - 3
+    readings = " or ".join(
+        f"{r}-D " + (f"with batch dims {_fmt_dims(shape[: ndim - r - 2])}" if ndim > r + 2 else
+                     "without batch dims")
+        for r in ranks
+    )  # fmt: skip
+    examples = ", ".join(
+        f"({', '.join([str(int(kernel_size))] * r)}{',' * (r == 1)}) for {r}-D" for r in ranks
+    )
+    raise ValueError(
+        f"The number of spatial axes is ambiguous: `kernel_size`={int(kernel_size)} is an int and "
+        f"`query` {_fmt_dims(shape)} reads as {readings} (arrays are {LAYOUT}). Give one "
+        f"entry per spatial axis, e.g. kernel_size={examples}, or call "
+        f"{'/'.join(f'na{r}d' for r in ranks)}, which take the number of axes from their name."
+    )
 
 
-def _check_axes(params: GnaParams, spatial: Sequence[int]) -> None:
+def window_does_not_fit(
+    spatial: Sequence[int],
+    kernel_size: Sequence[int],
+    dilation: Sequence[int],
+    reading: str = "",
+    layout: str = LAYOUT,
+) -> ValueError | None:
+    """The error for a window larger than the token grid (None if it fits): it gives the
+    shapes, `reading` (how the arrays were read, see `reading`) and, when the leading spatial
+    axis is the one too small, what it usually is (a batch axis, or heads-first arrays) and the
+    fix. `layout` is how the arrays are laid out: ``LAYOUT``, or the Flax layers' inputs.
+    Without a `reading` (a bare spatial shape, `jax_gna.sim`) the message gives the shapes."""
+    k, d = tuple(kernel_size), tuple(dilation)
+    if all(ki * di <= n for ki, di, n in zip(k, d, spatial)):
+        return None
+    message = (
+        "The product of `kernel_size` and `dilation` cannot be larger than the input along "
+        f"any spatial axis, got spatial shape={tuple(spatial)}, kernel_size={k}, "
+        f"dilation={d}."
+    )
+    if not reading:
+        return ValueError(message)
+    message += f" The layout is {layout}; {reading}."
+    if len(spatial) > 1 and k[0] * d[0] > spatial[0]:
+        fewer = len(spatial) - 1
+        rest = ", ".join(str(x) for x in k[1:]) + ("," if fewer == 1 else "")
+        heads_last = layout == LAYOUT
+        message += (
+            f" If the axis of {spatial[0]} is a batch axis (e.g. flattened tokens), the problem "
+            f"has {fewer} spatial ax{'es' if fewer > 1 else 'is'}: pass kernel_size=({rest})"
+            + (f" or call na{fewer}d" if heads_last else "")
+            + f"; a {len(spatial)}-D grid needs its tokens reshaped to {layout}."
+        )
+        if heads_last:
+            message += (
+                " If it is the heads of heads-first arrays [batch..., heads, *spatial, "
+                "head_dim], move them next to head_dim (jnp.moveaxis)."
+            )
+    return ValueError(message)
+
+
+def _check_axes(params: GnaParams, spatial: Sequence[int], reading: str = "") -> None:
+    """The per-axis rules; `reading` (how the arrays were read, see `reading`) goes into the
+    message when the window does not fit the spatial shape."""
     k, s, d, c = params.kernel_size, params.stride, params.dilation, params.is_causal
-    if any(x < 2 for x in k):
+    if any(x < 1 for x in k):
         raise ValueError(
-            "Invalid value for `kernel_size`; expected an integer or tuple of integers, "
-            f"all >= 2, got {k}."
+            "Invalid value for `kernel_size`; expected an integer or tuple of positive integers, "
+            f"got {k}."
         )
     if any(x < 1 for x in s):
         raise ValueError(
@@ -162,12 +252,9 @@ def _check_axes(params: GnaParams, spatial: Sequence[int]) -> None:
         raise TypeError(
             f"Invalid value for `is_causal`; expected a bool or tuple of bools, got {c}."
         )
-    if any(ki * di > n for ki, di, n in zip(k, d, spatial)):
-        raise ValueError(
-            "The product of `kernel_size` and `dilation` cannot be larger than the input along "
-            f"any spatial axis, got spatial shape={tuple(spatial)}, kernel_size={k}, "
-            f"dilation={d}."
-        )
+    error = window_does_not_fit(spatial, k, d, reading)
+    if error is not None:
+        raise error
 
 
 def _check_scale(scale: numbers.Real) -> None:
@@ -249,6 +336,22 @@ def resolve_deterministic(value: Any) -> bool:
     return xla_wants_determinism() if value is None else value
 
 
+def refuse_mask_and_bias(mask: Any, bias: Any) -> None:
+    """`jax.nn.dot_product_attention`'s ``mask``/``bias`` keywords: only None is accepted."""
+    if mask is not None:
+        raise NotImplementedError(
+            "`mask` is not supported: in GNA the window options decide which keys a query "
+            "sees (kernel_size, stride, dilation, and is_causal per axis for causal masking), "
+            "and additional_keys/additional_values add keys every query sees. For an arbitrary "
+            "mask use jax.nn.dot_product_attention."
+        )
+    if bias is not None:
+        raise NotImplementedError(
+            "`bias` is not supported: no bias is added to the scores (`scale` multiplies them). "
+            "For a score bias use jax.nn.dot_product_attention."
+        )
+
+
 def _check_dtype(name: str, x: Any) -> None:
     if str(x.dtype) not in _FLOAT_DTYPES:
         raise TypeError(f"`{name}` must be a floating-point array, got dtype {x.dtype}.")
@@ -294,15 +397,15 @@ def make_params(
             raise TypeError(f"`{name}` must be an array, got {type(x).__name__}.")
         _check_dtype(name, x)
     if rank is None:
-        rank = infer_rank(query.ndim, kernel_size, stride, dilation, is_causal)
+        rank = infer_rank(query.shape, kernel_size, stride, dilation, is_causal)
     if not 1 <= rank <= 3:
         raise ValueError(
             f"GNA supports 1, 2 or 3 spatial axes; got {rank} (query shape {query.shape}, "
-            f"kernel_size={kernel_size!r}). Arrays are [batch..., *spatial, heads, head_dim]."
+            f"kernel_size={kernel_size!r}). Arrays are {LAYOUT}."
         )
     if query.ndim < rank + 2:
         raise ValueError(
-            f"`query` must have shape [batch..., *spatial, heads, head_dim] with {rank} spatial "
+            f"`query` must have shape {LAYOUT} with {rank} spatial "
             f"axes, i.e. at least {rank + 2} dims; got shape {query.shape}."
         )
     if key.ndim != query.ndim or value.ndim != query.ndim:
@@ -326,7 +429,10 @@ def make_params(
         raise ValueError(
             "Neighborhood attention needs `query`, `key` and `value` to share one token layout "
             f"(spatial shape), got query {spatial}, key {key.shape[n_batch:-2]}, "
-            f"value {value.shape[n_batch:-2]}."
+            f"value {value.shape[n_batch:-2]}. Arrays are {LAYOUT}: "
+            f"{reading('query', query.shape, rank)}, {reading('key', key.shape, rank)}. "
+            "Heads-first arrays [batch..., heads, *spatial, head_dim] need their heads moved next "
+            "to head_dim (jnp.moveaxis)."
         )
     heads, kv_heads = query.shape[-2], key.shape[-2]
     if value.shape[-2] != kv_heads:
@@ -337,7 +443,8 @@ def make_params(
     if kv_heads < 1 or heads % kv_heads:
         raise ValueError(
             f"Key/value heads must evenly divide query heads, got heads={heads}, "
-            f"kv_heads={kv_heads}."
+            f"kv_heads={kv_heads}. Arrays are {LAYOUT}: {reading('query', query.shape, rank)}, "
+            f"{reading('key', key.shape, rank)}."
         )
     if key.shape[-1] != query.shape[-1]:
         raise ValueError(
@@ -357,6 +464,11 @@ def make_params(
     dl = tuple(_static_int("dilation", x) for x in _per_axis("dilation", dilation, rank, 1))
     ca = tuple(_per_axis("is_causal", is_causal, rank, False))
     if scale is None:
+        if query.shape[-1] == 0:
+            raise ValueError(
+                "`query` and `key` have head dim 0, so the default `scale` (head_dim ** -0.5) is "
+                "undefined; pass `scale` explicitly (every score is then 0)."
+            )
         scale = query.shape[-1] ** -0.5
     elif _is_traced(scale):
         raise TypeError(
@@ -366,7 +478,9 @@ def make_params(
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"`scale` must be a real number or None, got {scale!r}.")
     _check_scale(scale)
-    _check_axes(GnaParams(ks, st, dl, ca, float(scale)), spatial)
+    _check_axes(
+        GnaParams(ks, st, dl, ca, float(scale)), spatial, reading("query", query.shape, rank)
+    )
     _check_additional(query, key, value, additional_keys, additional_values, n_batch)
     q_tile, kv_tile = tile_shapes(q_tile_shape, kv_tile_shape, rank)
     return GnaParams(

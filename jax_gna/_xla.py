@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_gna import _symbolic, _window
+from jax_gna import _nonfinite, _symbolic, _window
 from jax_gna._params import GnaParams
 
 _MIN_TILE_TOKENS = 64
@@ -230,9 +230,10 @@ def _tile_mask(masks) -> jax.Array:
 
 
 def _tile_scores(q_t, k_t, mask, scale):
-    """q_t [B, Tq, Hkv, G, D], k_t [B, Tk, Hkv, D] -> masked fp32 scores [B, Hkv, G, Tq, Tk]."""
+    """q_t [B, Tq, Hkv, G, D], k_t [B, Tk, Hkv, D] -> fp32 scores [B, Hkv, G, Tq, Tk], -inf
+    where `mask` is False (None: no mask)."""
     s = jnp.einsum("bqkgd,bmkd->bkgqm", q_t, k_t, preferred_element_type=jnp.float32) * scale
-    return jnp.where(mask, s, -jnp.inf)
+    return s if mask is None else jnp.where(mask, s, -jnp.inf)
 
 
 def _prepare(query, key, value, params, plans):
@@ -251,11 +252,14 @@ def _prepare(query, key, value, params, plans):
     return plans, n_batch, qg, kg, vg
 
 
-def _forward(query, key, value, params: GnaParams, plans=None, table=None):
-    """``(out, lse)``. `plans` and `table` (`_tile_table` arrays, possibly traced) override
-    the ones derived from the shapes and `params` (`jax_gna.parallel` passes a shard's)."""
+def _forward(query, key, value, params: GnaParams, plans=None, table=None, out_dtype=None):
+    """``(out, lse)``, ``out`` in `out_dtype` (default the query's). `plans` and `table`
+    (`_tile_table` arrays, possibly traced) override the ones derived from the shapes and
+    `params` (`jax_gna.parallel` passes a shard's)."""
     plans, n_batch, qg, kg, vg = _prepare(query, key, value, params, plans)
+    vg = _nonfinite.flag_rows(vg)  # finite values; nan comes back in the rows that see one
     heads, kv_heads = query.shape[-2], key.shape[-2]
+    dim, dim_v = query.shape[-1], value.shape[-1]
     tiles = tuple(p.tile for p in plans)
     boxes = tuple(p.box for p in plans)
     groups, q_off, k_off, *masks = _tile_table(plans) if table is None else table
@@ -264,23 +268,26 @@ def _forward(query, key, value, params: GnaParams, plans=None, table=None):
 
     def one_tile(xs):
         g, qo, ko, *ms = xs
-        q_t = _slice(qg, g, qo, tiles).reshape(b, tq, kv_heads, heads // kv_heads, -1)
-        k_t = _slice(kg, g, ko, boxes).reshape(b, tk, kv_heads, -1)
-        v_t = _slice(vg, g, ko, boxes).reshape(b, tk, kv_heads, -1)
+        q_t = _slice(qg, g, qo, tiles).reshape(b, tq, kv_heads, heads // kv_heads, dim)
+        k_t = _slice(kg, g, ko, boxes).reshape(b, tk, kv_heads, dim)
+        v_t = _slice(vg, g, ko, boxes).reshape(b, tk, kv_heads, dim_v + 1)
         s = _tile_scores(q_t, k_t, _tile_mask(ms), params.scale)
         lse = jax.nn.logsumexp(s, axis=-1)
         o = jnp.einsum("bkgqm,bmkd->bqkgd", jnp.exp(s - lse[..., None]), v_t)
-        return o.reshape(b, tq, heads, -1), lse.reshape(b, heads, tq)
+        o = _nonfinite.poison_rows(o)
+        return o.reshape(b, tq, heads, dim_v), lse.reshape(b, heads, tq)
 
     # Symbolic batch dims and heads (jax.export) count as 1: the budget then holds per entry.
     scores_per_tile = _symbolic.static_product((*query.shape[:n_batch], heads)) * tq * tk
-    chunk = max(1, min(len(groups), _SCORES_PER_CHUNK // scores_per_tile))
+    chunk = max(1, min(len(groups), _SCORES_PER_CHUNK // max(1, scores_per_tile)))
+    if _symbolic.static_product((b, heads, dim_v)) == 0:
+        chunk = None  # lax.map's chunked path cannot reshape empty results; all tiles are cheap
     o, lse = jax.lax.map(one_tile, (groups, q_off, k_off, *masks), batch_size=chunk)
     lse = jnp.swapaxes(lse, -1, -2)  # [n, B, Tq, H]
     out = _from_tiles(o.reshape(*o.shape[:2], *tiles, *o.shape[-2:]), plans)
     lse = _from_tiles(lse.reshape(*lse.shape[:2], *tiles, 1, heads), plans)[..., 0, :]
     lead = query.shape[:n_batch]
-    out = out.reshape(*lead, *out.shape[1:]).astype(query.dtype)
+    out = out.reshape(*lead, *out.shape[1:]).astype(out_dtype or query.dtype)
     return out, lse.reshape(*lead, *lse.shape[1:])
 
 
@@ -296,37 +303,46 @@ def _backward(query, key, value, out, lse, dout, dlse, params: GnaParams, plans=
     spatial = tuple(p.length for p in plans)
 
     f32 = jnp.float32
-    dout = dout.astype(f32).reshape(b, *spatial, heads, -1)
-    delta = jnp.sum(dout * out.astype(f32).reshape(dout.shape), -1) - dlse.reshape(
-        b, *spatial, heads
-    )
+    dim, dim_v = query.shape[-1], value.shape[-1]
+    dout = dout.astype(f32).reshape(b, *spatial, heads, dim_v)
+    dlse = dlse.astype(f32).reshape(b, *spatial, heads)
+    delta = jnp.sum(dout * out.astype(f32).reshape(dout.shape), -1) - dlse
     dog = _to_groups(dout, plans, pad_to_tiles=True)
-    # lse and delta ride along as [.., H, 1] so the group layout helpers apply unchanged; padded
-    # rows get lse = +inf, hence zero probabilities and no gradient.
-    lse = lse.astype(f32).reshape(b, *spatial, heads, 1)
+    # lse and delta ride along as [.., H, 1] so the group layout helpers apply unchanged. Padded
+    # rows, and rows whose cotangents are all zero, get lse = +inf, hence zero probabilities:
+    # they contribute nothing, not even 0 * nan from a non-finite value they see.
+    active = jnp.any(dout != 0, axis=-1) | (dlse != 0)
+    lse = jnp.where(active, lse.astype(f32).reshape(active.shape), jnp.inf)[..., None]
     lseg = _to_groups(lse, plans, pad_to_tiles=True, fill=jnp.inf)
     deltag = _to_groups(delta[..., None], plans, pad_to_tiles=True)
+    # Zero probabilities must not meet non-finite operands (0 * nan): the products take the
+    # finite parts. A non-finite value still reaches dS where it belongs, through delta (the
+    # output of a query whose window holds it is nan).
+    qg, kg, vg = (_nonfinite.finite(x) for x in (qg, kg, vg))
 
     def one_tile(carry, xs):
         dk, dv = carry
         g, qo, ko, *ms = xs
-        q_t = _slice(qg, g, qo, tiles).reshape(b, tq, kv_heads, group, -1)
-        do_t = _slice(dog, g, qo, tiles).reshape(b, tq, kv_heads, group, -1)
+        q_t = _slice(qg, g, qo, tiles).reshape(b, tq, kv_heads, group, dim)
+        do_t = _slice(dog, g, qo, tiles).reshape(b, tq, kv_heads, group, dim_v)
         lse_t = _slice(lseg, g, qo, tiles).reshape(b, tq, kv_heads, group)
         delta_t = _slice(deltag, g, qo, tiles).reshape(b, tq, kv_heads, group)
-        k_t = _slice(kg, g, ko, boxes).reshape(b, tk, kv_heads, -1)
-        v_t = _slice(vg, g, ko, boxes).reshape(b, tk, kv_heads, -1)
-        s = _tile_scores(q_t, k_t, _tile_mask(ms), params.scale)
-        p = jnp.exp(s - jnp.moveaxis(lse_t, 1, 3)[..., None])  # [B, Hkv, G, Tq, Tk]
+        k_t = _slice(kg, g, ko, boxes).reshape(b, tk, kv_heads, dim)
+        v_t = _slice(vg, g, ko, boxes).reshape(b, tk, kv_heads, dim_v)
+        s = _tile_scores(q_t, k_t, None, params.scale)
+        # [B, Hkv, G, Tq, Tk]; masked pairs exactly 0 even in rows whose lse is nan.
+        p = jnp.where(_tile_mask(ms), s - jnp.moveaxis(lse_t, 1, 3)[..., None], -jnp.inf)
+        p = jnp.exp(p)
         dv_t = jnp.einsum("bkgqm,bqkgd->bmkd", p, do_t)
         dp = jnp.einsum("bqkgd,bmkd->bkgqm", do_t, v_t)
-        ds = p * (dp - jnp.moveaxis(delta_t, 1, 3)[..., None]) * params.scale
+        ds = jnp.where(p == 0, 0.0, p * (dp - jnp.moveaxis(delta_t, 1, 3)[..., None]))
+        ds = ds * params.scale
         dq_t = jnp.einsum("bkgqm,bmkd->bqkgd", ds, k_t)
         dk_t = jnp.einsum("bkgqm,bqkgd->bmkd", ds, q_t)
-        box_shape = (b, *([1] * len(tiles)), *boxes, kv_heads, -1)
-        dk = _add_block(dk, dk_t.reshape(box_shape), g, ko)
-        dv = _add_block(dv, dv_t.reshape(box_shape), g, ko)
-        return (dk, dv), dq_t.reshape(b, tq, heads, -1)
+        box_shape = (b, *([1] * len(tiles)), *boxes, kv_heads)
+        dk = _add_block(dk, dk_t.reshape(*box_shape, dim), g, ko)
+        dv = _add_block(dv, dv_t.reshape(*box_shape, dim_v), g, ko)
+        return (dk, dv), dq_t.reshape(b, tq, heads, dim)
 
     init = (jnp.zeros_like(kg, f32), jnp.zeros_like(vg, f32))  # (inside shard_map: kg's type)
     (dk, dv), dq = jax.lax.scan(one_tile, init, (groups, q_off, k_off, *masks))

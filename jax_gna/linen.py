@@ -10,12 +10,14 @@ shapes, and identical outputs for identical parameters. Shape legend: ``B...`` b
 from __future__ import annotations
 
 import functools
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
-from flax.typing import Dtype, Initializer, PrecisionLike
+from flax.typing import DotGeneralT, Dtype, Initializer, PrecisionLike
 
 from jax_gna import _flax_attention
 from jax_gna._flax_attention import BoolOrTuple, IntOrTuple, make_attention_fn
@@ -39,8 +41,10 @@ class NeighborhoodAttention(nn.Module):
 
     Migrating from ``nn.MultiHeadDotProductAttention`` means adding a ``kernel_size``; the
     parameter tree (``query``, ``key``, ``value``, ``out``, and ``query_ln``/``key_ln`` with
-    ``normalize_qk``) is unchanged. ``dropout_rate > 0`` and ``decode=True`` raise
-    ``NotImplementedError`` when the layer runs, as do ``mask`` and ``sow_weights`` at call time.
+    ``normalize_qk``) is unchanged. Every field and call argument of Flax's layer is accepted by
+    name (``tests/test_linen.py`` compares the signatures). ``attention_fn``, the attention
+    einsum factories, ``dropout_rate > 0`` and ``decode=True`` raise ``NotImplementedError``
+    when the layer runs, as do ``mask`` and ``sow_weights`` at call time.
 
     Attributes:
       num_heads: number of query heads; ``qkv_features`` must be divisible by it.
@@ -57,6 +61,12 @@ class NeighborhoodAttention(nn.Module):
       precision: precision of the projections (the attention core accumulates in float32).
       kernel_init, out_kernel_init, bias_init, out_bias_init, use_bias: as in Flax.
       normalize_qk: apply LayerNorm to query and key heads.
+      force_fp32_for_softmax: always honoured (the softmax runs in float32).
+      qkv_dot_general, out_dot_general, qkv_dot_general_cls, out_dot_general_cls: the
+        projections' dot_general, as in Flax.
+      attention_fn, qk_attn_weights_einsum_cls, attn_weights_value_einsum_cls: must be None
+        (the layer computes the attention; keep Flax's layer with `make_attention_fn` to swap
+        the function instead).
       implementation: passed to `jax_gna.gna` (None picks the best available).
       q_tile_shape, kv_tile_shape: tile shapes of the ``"cuda"`` kernels, passed to
         `jax_gna.gna` (both or neither; None: the kernels pick for each call).
@@ -93,6 +103,14 @@ class NeighborhoodAttention(nn.Module):
     broadcast_dropout: bool = True
     deterministic: bool | None = None
     decode: bool = False
+    attention_fn: Callable[..., jax.Array] | None = None
+    force_fp32_for_softmax: bool = False
+    qkv_dot_general: DotGeneralT | None = None
+    out_dot_general: DotGeneralT | None = None
+    qkv_dot_general_cls: Any = None
+    out_dot_general_cls: Any = None
+    qk_attn_weights_einsum_cls: Callable[..., Callable[..., jax.Array]] | None = None
+    attn_weights_value_einsum_cls: Callable[..., Callable[..., jax.Array]] | None = None
 
     @nn.compact
     def __call__(
@@ -101,6 +119,7 @@ class NeighborhoodAttention(nn.Module):
         inputs_k: jax.Array | None = None,
         inputs_v: jax.Array | None = None,
         *,
+        inputs_kv: jax.Array | None = None,
         context: jax.Array | None = None,
         is_causal: BoolOrTuple | None = None,
         mask: jax.Array | None = None,
@@ -114,6 +133,8 @@ class NeighborhoodAttention(nn.Module):
           inputs_q: ``[B..., X..., F]`` tokens on a grid with one axis per window axis.
           inputs_k: ``[B..., X..., F_kv]`` on the same grid; default ``inputs_q``.
           inputs_v: as ``inputs_k``; default ``inputs_k``.
+          inputs_kv: Flax's deprecated single key/value input: ``inputs_k = inputs_v =
+            inputs_kv`` (with Flax's ``DeprecationWarning``).
           context: optional ``[B..., E, F_kv]`` tokens (e.g. text) that every query attends to
             in the same softmax, projected by the same ``key``/``value`` layers.
           is_causal: overrides the ``is_causal`` attribute for this call when not None.
@@ -127,6 +148,24 @@ class NeighborhoodAttention(nn.Module):
         del deterministic, dropout_rng
         _flax_attention.check_dropout(self.dropout_rate, deterministic=None)
         _flax_attention.check_decode(self.decode)
+        _flax_attention.check_attention_fn(self.attention_fn)
+        _flax_attention.check_einsum("qk_attn_weights_einsum_cls", self.qk_attn_weights_einsum_cls)
+        _flax_attention.check_einsum(
+            "attn_weights_value_einsum_cls", self.attn_weights_value_einsum_cls
+        )
+        if inputs_kv is not None:
+            if inputs_k is not None or inputs_v is not None:
+                raise ValueError(
+                    "If either `inputs_k` or `inputs_v` is not None, `inputs_kv` must be None "
+                    "(it is Flax's deprecated way to pass both; prefer inputs_k and inputs_v)."
+                )
+            inputs_k = inputs_v = inputs_kv
+            warnings.warn(
+                "The inputs_kv arg will be deprecated soon (as in Flax). Use inputs_k and "
+                "inputs_v instead.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         _flax_attention.check_mask(mask)
         _flax_attention.check_sow_weights(sow_weights)
         window = _flax_attention.make_window(
@@ -137,7 +176,7 @@ class NeighborhoodAttention(nn.Module):
             self.deterministic_backward
         )
         inputs_k, inputs_v = _flax_attention.resolve_inputs(
-            inputs_q, inputs_k, inputs_v, context, window.rank
+            inputs_q, inputs_k, inputs_v, context, window
         )
 
         features = inputs_q.shape[-1]
@@ -163,7 +202,13 @@ class NeighborhoodAttention(nn.Module):
             precision=self.precision,
             use_bias=self.use_bias,
         )
-        qkv = functools.partial(dense, kernel_init=self.kernel_init, bias_init=self.bias_init)
+        qkv = functools.partial(
+            dense,
+            kernel_init=self.kernel_init,
+            bias_init=self.bias_init,
+            dot_general=self.qkv_dot_general,
+            dot_general_cls=self.qkv_dot_general_cls,
+        )
         query_ln = key_ln = None
         if self.normalize_qk:
             query_ln, key_ln = (
@@ -181,6 +226,8 @@ class NeighborhoodAttention(nn.Module):
                 axis=(-2, -1),
                 kernel_init=self.out_kernel_init or self.kernel_init,
                 bias_init=self.out_bias_init or self.bias_init,
+                dot_general=self.out_dot_general,
+                dot_general_cls=self.out_dot_general_cls,
                 name="out",
             ),
             query_ln=query_ln,

@@ -8,12 +8,16 @@ input features, ``E`` context (extra) tokens.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.typing import Dtype, Initializer, PrecisionLike
+from flax.nnx.nn import dtypes
+from flax.typing import DotGeneralT, Dtype, Initializer, PrecisionLike, PromoteDtypeFn
 
 from jax_gna import _flax_attention
 from jax_gna._flax_attention import BoolOrTuple, IntOrTuple, make_attention_fn
@@ -22,6 +26,14 @@ __all__ = ["NeighborhoodAttention", "make_attention_fn"]
 
 _DEFAULT_KERNEL_INIT = nnx.initializers.lecun_normal()  # flax's defaults
 _DEFAULT_BIAS_INIT = nnx.initializers.zeros_init()
+_NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+
+
+def _sharded(layer, out_sharding=None):
+    """`layer` called with ``out_sharding`` (Flax's projections take it) when one is given."""
+    if out_sharding is None:
+        return layer
+    return functools.partial(layer, out_sharding=out_sharding)
 
 
 class NeighborhoodAttention(nnx.Module):
@@ -47,10 +59,15 @@ class NeighborhoodAttention(nnx.Module):
     ``key_ln`` with ``normalize_qk``) have the same names and parameter shapes, are created in
     the same order, and so get the same values from the same ``rngs``. Checkpoints swap both ways.
 
-    Options of ``nnx.MultiHeadAttention`` that the kernels cannot honour are accepted only at
-    their neutral value and raise ``NotImplementedError`` otherwise: ``dropout_rate > 0``,
-    ``decode=True`` (and `init_cache`), and at call time ``mask``, ``decode`` and
-    ``sow_weights``.
+    Every argument of ``nnx.MultiHeadAttention`` is accepted by name (``tests/test_nnx.py``
+    compares the signatures): the projection options (``*_promote_dtype``, ``*_dot_general*``,
+    the ``*_metadata`` sharding annotations, ``out_sharding``/``qkv_sharding`` at call time) go
+    to the same submodules as there; ``keep_rngs`` has nothing to keep without dropout. Those the
+    kernels cannot honour are accepted only at their neutral value and raise
+    ``NotImplementedError`` otherwise: ``attention_fn`` (this layer is the attention function),
+    ``dropout_rate > 0``, ``decode=True`` (and `init_cache`), and at call time ``mask``,
+    ``decode`` and ``sow_weights``. ``kernel_size`` takes the third positional place, so
+    ``qkv_features`` and the later ones are passed by name.
 
     Args:
       num_heads: number of query heads; ``qkv_features`` must be divisible by it.
@@ -77,7 +94,13 @@ class NeighborhoodAttention(nnx.Module):
       bias_init: initializer of the biases (and ``out``'s when ``out_bias_init`` is None).
       out_bias_init: initializer of the ``out`` bias.
       use_bias: whether the projections have biases.
+      attention_fn: must be None: the layer computes neighborhood attention (keep
+        ``nnx.MultiHeadAttention`` with `make_attention_fn` to swap the function instead).
       normalize_qk: apply LayerNorm to query and key heads (arxiv.org/abs/2302.05442).
+      qkv_promote_dtype, out_promote_dtype, ln_promote_dtype: dtype promotion of the
+        ``query``/``key``/``value``, ``out`` and ``query_ln``/``key_ln`` submodules, as in Flax.
+      qkv_dot_general, out_dot_general, qkv_dot_general_cls, out_dot_general_cls: the
+        projections' dot_general, as in Flax.
       implementation: passed to `jax_gna.gna` (None picks the best available).
       q_tile_shape: tile shapes of the ``"cuda"`` kernels, passed to `jax_gna.gna` (both or
         neither; None: the kernels pick the best compiled configuration for each call).
@@ -90,6 +113,11 @@ class NeighborhoodAttention(nnx.Module):
       deterministic: accepted for compatibility; no effect without dropout.
       decode: must be falsy.
       rngs: the random streams for the initializers.
+      keep_rngs: accepted for compatibility: without dropout there are no rngs to keep.
+      kernel_metadata, out_kernel_metadata, bias_metadata, out_bias_metadata,
+        query_ln_scale_metadata, key_ln_scale_metadata: metadata (e.g. sharding annotations)
+        of the projection and normalisation parameters, as in Flax (``out_*`` default to the
+        others).
     """
 
     def __init__(
@@ -114,7 +142,15 @@ class NeighborhoodAttention(nnx.Module):
         bias_init: Initializer = _DEFAULT_BIAS_INIT,
         out_bias_init: Initializer | None = None,
         use_bias: bool = True,
+        attention_fn: Callable[..., jax.Array] | None = None,
         normalize_qk: bool = False,
+        qkv_promote_dtype: PromoteDtypeFn = dtypes.promote_dtype,
+        out_promote_dtype: PromoteDtypeFn = dtypes.promote_dtype,
+        ln_promote_dtype: PromoteDtypeFn = dtypes.promote_dtype,
+        qkv_dot_general: DotGeneralT | None = None,
+        out_dot_general: DotGeneralT | None = None,
+        qkv_dot_general_cls: Any = None,
+        out_dot_general_cls: Any = None,
         implementation: str | None = None,
         q_tile_shape: IntOrTuple | None = None,
         kv_tile_shape: IntOrTuple | None = None,
@@ -124,9 +160,19 @@ class NeighborhoodAttention(nnx.Module):
         deterministic: bool | None = None,
         decode: bool | None = None,
         rngs: nnx.Rngs,
+        keep_rngs: bool = True,
+        kernel_metadata: Mapping[str, Any] = _NO_METADATA,
+        out_kernel_metadata: Mapping[str, Any] = _NO_METADATA,
+        bias_metadata: Mapping[str, Any] = _NO_METADATA,
+        out_bias_metadata: Mapping[str, Any] = _NO_METADATA,
+        query_ln_scale_metadata: Mapping[str, Any] = _NO_METADATA,
+        key_ln_scale_metadata: Mapping[str, Any] = _NO_METADATA,
     ):
         _flax_attention.check_dropout(dropout_rate, deterministic=None)
         _flax_attention.check_decode(decode)
+        _flax_attention.check_attention_fn(attention_fn)
+        if not isinstance(keep_rngs, bool):
+            raise TypeError(f"`keep_rngs` must be a bool, got {keep_rngs!r}.")
         self.window = _flax_attention.make_window(
             kernel_size, stride, dilation, is_causal, spatial_dims
         )
@@ -171,7 +217,15 @@ class NeighborhoodAttention(nnx.Module):
             )
 
         # Created in nnx.MultiHeadAttention's order so the same rngs give the same parameters.
-        inits = dict(kernel_init=kernel_init, bias_init=bias_init)
+        inits = dict(
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            promote_dtype=qkv_promote_dtype,
+            dot_general=qkv_dot_general,
+            dot_general_cls=qkv_dot_general_cls,
+            kernel_metadata=kernel_metadata,
+            bias_metadata=bias_metadata,
+        )
         self.query = projection(in_features, (self.num_heads, self.head_dim), **inits)
         self.key = projection(self.in_kv_features, (self.num_kv_heads, self.head_dim), **inits)
         self.value = projection(self.in_kv_features, (self.num_kv_heads, self.head_dim), **inits)
@@ -184,9 +238,11 @@ class NeighborhoodAttention(nnx.Module):
                     use_bias=False,
                     dtype=dtype,
                     param_dtype=param_dtype,
+                    promote_dtype=ln_promote_dtype,
                     rngs=rngs,
+                    scale_metadata=metadata,
                 )
-                for _ in range(2)
+                for metadata in (query_ln_scale_metadata, key_ln_scale_metadata)
             )
         else:
             self.query_ln = nnx.data(None)
@@ -197,7 +253,13 @@ class NeighborhoodAttention(nnx.Module):
             axis=(-2, -1),
             kernel_init=out_kernel_init or kernel_init,
             bias_init=out_bias_init or bias_init,
+            promote_dtype=out_promote_dtype,
+            dot_general=out_dot_general,
+            dot_general_cls=out_dot_general_cls,
+            kernel_metadata=out_kernel_metadata or kernel_metadata,
+            bias_metadata=out_bias_metadata or bias_metadata,
         )
+        self.rngs = None  # flax keeps the dropout stream here; there is no dropout
 
     def __call__(
         self,
@@ -212,6 +274,8 @@ class NeighborhoodAttention(nnx.Module):
         rngs: Any = None,
         sow_weights: bool = False,
         decode: bool | None = None,
+        out_sharding: Any = None,
+        qkv_sharding: Any = None,
     ) -> jax.Array:
         """Attend over the token grid of ``inputs_q``.
 
@@ -227,6 +291,9 @@ class NeighborhoodAttention(nnx.Module):
           rngs: accepted for compatibility; no effect (there is no dropout).
           sow_weights: must be False (the attention weights are never materialised).
           decode: must be falsy (there is no decode cache).
+          out_sharding: sharding of the output, passed to the ``out`` projection (as in Flax).
+          qkv_sharding: sharding of the projected grid tokens ``[B..., X..., H, D]``, passed to
+            the ``query``/``key``/``value`` projections (as in Flax; not to the context's).
 
         Returns:
           ``[B..., X..., out_features]``.
@@ -242,10 +309,18 @@ class NeighborhoodAttention(nnx.Module):
             )
         window = self.window.with_causal(is_causal)
         inputs_k, inputs_v = _flax_attention.resolve_inputs(
-            inputs_q, inputs_k, inputs_v, context, window.rank
+            inputs_q, inputs_k, inputs_v, context, window
         )
+        grid = functools.partial(_sharded, out_sharding=qkv_sharding)
         layers = _flax_attention.Projections(
-            self.query, self.key, self.value, self.out, self.query_ln, self.key_ln
+            grid(self.query),
+            grid(self.key),
+            grid(self.value),
+            _sharded(self.out, out_sharding),
+            self.query_ln,
+            self.key_ln,
+            context_key=self.key,
+            context_value=self.value,
         )
         return _flax_attention.forward(
             layers,
@@ -259,6 +334,19 @@ class NeighborhoodAttention(nnx.Module):
             tiles=self.tiles,
             deterministic_backward=self.deterministic_backward,
         )
+
+    def set_view(
+        self,
+        deterministic: bool | None = None,
+        decode: bool | None = None,
+        batch_size: int | tuple[int, ...] | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        """Used by ``nnx.view`` (as Flax's): ``deterministic`` is accepted (no dropout, no
+        effect), ``decode=True`` refuses (no decode cache, so no ``batch_size``/``max_length``
+        to size one with)."""
+        del deterministic, batch_size, max_length
+        _flax_attention.check_decode(decode)
 
     def init_cache(self, input_shape: Any, dtype: Dtype = jnp.float32) -> None:
         """Refuses: there is no autoregressive decode cache (see ``decode``)."""

@@ -218,7 +218,7 @@ def attention(
         dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
         if has_extra:
             dek, dev = np.zeros_like(ek), np.zeros_like(ev)
-    kv_of_head = np.array([h // group for h in range(heads)])
+    kv_of_head = np.array([h // group for h in range(heads)], dtype=np.int64)
     for bi in range(b):
         for i in range(n):
             keys = [j for j in range(n_k) if mask[i, j]]

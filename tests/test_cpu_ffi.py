@@ -157,9 +157,9 @@ def test_gradient_flows_through_lse_alone():
 
 def test_dispatch_picks_cpu_handler_on_cpu():
     q, k, v = CASES[0].inputs()
-    text = jax.jit(lambda q, k, v: jax_gna.gna(q, k, v, 5)).lower(q, k, v).as_text()
+    text = jax.jit(lambda q, k, v: jax_gna.gna(q, k, v, (5,))).lower(q, k, v).as_text()
     assert "@jax_gna_fwd" in text
-    assert jax_gna.supported_implementations(q, k, v, 5)["cpu"] is None
+    assert jax_gna.supported_implementations(q, k, v, (5,))["cpu"] is None
 
 
 def test_why_not_reports_the_reason():
@@ -191,14 +191,14 @@ def test_host_helper_and_handler_reject_an_illegal_window():
     with pytest.raises(ValueError, match="illegal window on axis 0"):
         _extension.ext.fwd_workspace_bytes(*shapes, [21], [1], [1], [0])
     # The handler checks too (a direct call that bypasses the Python validation).
-    attrs = make_params(q, k, v, 5).forward_attrs() | {"kernel_size": np.asarray([30], np.int64)}
+    attrs = make_params(q, k, v, (5,)).forward_attrs() | {"kernel_size": np.asarray([30], np.int64)}
     with pytest.raises(Exception, match="illegal window on axis 0"):
         jax.block_until_ready(_direct_forward_call()(q, k, v, **attrs))
 
 
 def test_handler_checks_tile_attributes_and_otherwise_ignores_them():
     q, k, v = CASES[0].inputs()
-    attrs = make_params(q, k, v, 5).forward_attrs()
+    attrs = make_params(q, k, v, (5,)).forward_attrs()
     assert attrs["q_tile"].size == 0 and attrs["kv_tile"].size == 0  # unset
     want = _direct_forward_call()(q, k, v, **attrs)
     tiled = attrs | {"q_tile": np.asarray([4], np.int64), "kv_tile": np.asarray([8], np.int64)}

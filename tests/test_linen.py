@@ -11,6 +11,7 @@ from flax import nnx
 import jax_gna.linen
 import jax_gna.nnx
 from jax_gna.linen import NeighborhoodAttention
+from tests.flax_signatures import missing_or_different
 
 F = 16  # input features
 
@@ -132,6 +133,13 @@ def test_dtype_policy_matches_multi_head_dot_product_attention(x_dtype, dtype, p
 
 X = _x((2, 5, 5, F))
 ERRORS = {
+    "attention_fn": (dict(attention_fn=nn.dot_product_attention), {}, "attention_fn="),
+    "qk_einsum": (dict(qk_attn_weights_einsum_cls=lambda: jnp.einsum), {}, "qk_attn_weights"),
+    "value_einsum": (
+        dict(attn_weights_value_einsum_cls=lambda: jnp.einsum),
+        {},
+        "attn_weights_value",
+    ),
     "dropout_rate": (dict(dropout_rate=0.1, deterministic=True), {}, "dropout_rate=0.1"),
     "decode": (dict(decode=True), {}, "decode=True"),
     "mask": ({}, dict(mask=jnp.ones((2, 2, 25, 25), bool)), "mask"),
@@ -192,3 +200,48 @@ def test_attention_fn_in_multi_head_dot_product_attention_equals_the_layer():
     np.testing.assert_allclose(_apply(theirs, variables, X), _apply(ours, variables, X), atol=1e-6)
     with pytest.raises(NotImplementedError, match="mask"):
         theirs.apply(variables, X, mask=jnp.ones((2, 2, 25, 25), bool))
+
+
+@pytest.mark.parametrize("method", ["fields", "__call__"])
+def test_accepts_every_argument_of_flax_multi_head_dot_product_attention(method):
+    """The dataclass fields (the constructor) and the call; ours keep ``kernel_size`` second,
+    so Flax's positional fields after ``num_heads`` are passed by name."""
+    theirs, ours = nn.MultiHeadDotProductAttention, NeighborhoodAttention
+    if method == "__call__":
+        theirs, ours = theirs.__call__, ours.__call__
+    problems = missing_or_different(ours, theirs, own_defaults=("attention_fn",))
+    assert not problems, problems
+
+
+def test_dot_generals_and_float32_softmax_are_honoured():
+    calls = []
+
+    def counting(name):
+        def dot_general(*args, **kwargs):
+            calls.append(name)
+            return jax.lax.dot_general(*args, **kwargs)
+
+        return dot_general
+
+    layer = NeighborhoodAttention(
+        2, (3, 3), qkv_dot_general=counting("qkv"), out_dot_general=counting("out"),
+        force_fp32_for_softmax=True,
+    )  # fmt: skip
+    variables = layer.init(jax.random.key(0), X)
+    np.testing.assert_allclose(
+        layer.apply(variables, X), _apply(NeighborhoodAttention(2, (3, 3)), variables, X),
+        atol=1e-6,
+    )  # fmt: skip
+    assert calls.count("qkv") >= 3 and calls.count("out") >= 1
+
+
+def test_inputs_kv_is_flax_deprecated_single_key_value_input():
+    y = _x((2, 5, 5, F), seed=1)
+    variables = _init(NeighborhoodAttention(2, (3, 3)), X)
+    with pytest.warns(DeprecationWarning, match="inputs_kv"):
+        got = NeighborhoodAttention(2, (3, 3)).apply(variables, X, inputs_kv=y)
+    np.testing.assert_allclose(
+        got, _apply(NeighborhoodAttention(2, (3, 3)), variables, X, y, y), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="`inputs_kv` must be None"):
+        NeighborhoodAttention(2, (3, 3)).apply(variables, X, y, inputs_kv=y)

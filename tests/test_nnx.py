@@ -14,6 +14,7 @@ import jax_gna
 import jax_gna.nnx
 from jax_gna import _flax_attention
 from jax_gna.nnx import NeighborhoodAttention, make_attention_fn
+from tests.flax_signatures import missing_or_different
 
 F = 16  # input features
 
@@ -417,3 +418,111 @@ def test_attention_fn_dtype_casts_like_flax():
     q = _x((2, 5, 5, 2, 8))
     assert make_attention_fn((3, 3))(q, q, q, dtype=jnp.bfloat16).dtype == jnp.bfloat16
     assert make_attention_fn((3, 3))(q, q.astype(jnp.bfloat16), q).dtype == jnp.float32
+
+
+# Our own meaning: is_causal=None keeps the constructor's; attention_fn=None is this layer.
+OWN_DEFAULTS = ("is_causal", "attention_fn")
+
+
+@pytest.mark.parametrize("method", ["__init__", "__call__", "init_cache", "set_view"])
+def test_accepts_every_argument_of_flax_multi_head_attention(method):
+    problems = missing_or_different(
+        getattr(NeighborhoodAttention, method),
+        getattr(nnx.MultiHeadAttention, method),
+        OWN_DEFAULTS,
+    )
+    assert not problems, problems
+
+
+def _counting(calls, name, fn):
+    def counted(*args, **kwargs):
+        calls.append(name)
+        return fn(*args, **kwargs)
+
+    return counted
+
+
+def test_projection_options_reach_the_same_submodules_as_in_flax():
+    """Metadata, dtype promotion and dot_general go where nnx.MultiHeadAttention puts them:
+    same parameter metadata as Flax's layer, and every function is called."""
+    calls = []
+    promote = nnx.nn.dtypes.promote_dtype
+    options = dict(
+        normalize_qk=True,
+        kernel_metadata=dict(tag="kernel"),
+        out_kernel_metadata=dict(tag="out_kernel"),
+        bias_metadata=dict(tag="bias"),
+        query_ln_scale_metadata=dict(tag="query_ln"),
+        key_ln_scale_metadata=dict(tag="key_ln"),
+        qkv_promote_dtype=_counting(calls, "qkv_promote", promote),
+        out_promote_dtype=_counting(calls, "out_promote", promote),
+        ln_promote_dtype=_counting(calls, "ln_promote", promote),
+        qkv_dot_general=_counting(calls, "qkv_dot", jax.lax.dot_general),
+        out_dot_general=_counting(calls, "out_dot", jax.lax.dot_general),
+    )
+    ours = NeighborhoodAttention(2, F, (3, 3), rngs=nnx.Rngs(0), **options)
+    theirs = nnx.MultiHeadAttention(2, F, decode=False, rngs=nnx.Rngs(0), **options)
+
+    def metadata(module):
+        return {
+            path: {k: v for k, v in p.get_metadata().items() if k == "tag"}
+            for path, p in nnx.iter_graph(module)
+            if isinstance(p, nnx.Param)
+        }
+
+    assert metadata(ours) == metadata(theirs) and metadata(ours)
+    ours(_x((1, 5, 5, F)))
+    assert set(calls) == {"qkv_promote", "out_promote", "ln_promote", "qkv_dot", "out_dot"}
+
+
+def test_call_time_shardings_reach_the_projections(monkeypatch):
+    """Strings stand in for shardings: the spy records them and calls the projection without."""
+    seen = []
+    call = nnx.LinearGeneral.__call__
+
+    def spy(self, inputs, out_sharding=None):
+        seen.append(out_sharding)
+        return call(self, inputs)
+
+    monkeypatch.setattr(nnx.LinearGeneral, "__call__", spy)
+    layer = NeighborhoodAttention(2, F, (3, 3), rngs=nnx.Rngs(0))
+    x, text = _x((1, 5, 5, F)), _x((1, 3, F), seed=1)
+    want = layer(x, context=text)
+    got = layer(x, context=text, qkv_sharding="qkv", out_sharding="out")
+    np.testing.assert_array_equal(got, want)
+    # query, key, value of the grid with qkv_sharding; the context's without; out with its own.
+    assert seen[-6:] == ["qkv", "qkv", "qkv", None, None, "out"]
+
+
+def test_keep_rngs_and_attention_fn():
+    NeighborhoodAttention(2, F, (3, 3), keep_rngs=False, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="`keep_rngs`"):
+        NeighborhoodAttention(2, F, (3, 3), keep_rngs="no", rngs=nnx.Rngs(0))
+    with pytest.raises(NotImplementedError, match="attention_fn=.*this layer is the attention"):
+        NeighborhoodAttention(
+            2, F, (3, 3), attention_fn=nnx.dot_product_attention, rngs=nnx.Rngs(0)
+        )
+
+
+def test_nnx_view_sets_what_it_can():
+    class Block(nnx.Module):
+        def __init__(self):
+            self.attn = NeighborhoodAttention(2, F, (3, 3), rngs=nnx.Rngs(0))
+
+    view = nnx.view(Block(), deterministic=True)  # would raise if no module took it
+    assert view.attn(_x((1, 5, 5, F))).shape == (1, 5, 5, F)
+    with pytest.raises(NotImplementedError, match="decode=True"):
+        nnx.view(Block(), decode=True, batch_size=1, max_length=4)
+
+
+def test_flattened_tokens_get_an_error_that_names_the_layout():
+    """[batch, tokens, features] fed to a 2-D layer reads as one batch x tokens image; where
+    the window does not fit that reading, the error says how the input was read."""
+    layer = NeighborhoodAttention(2, F, (7, 7), rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ValueError,
+        match=r"spatial shape=\(2, 64\).*\[batch\.\.\., \*spatial, features\]; `inputs_q` "
+        r"\(2, 64, 16\) reads as no batch dims, spatial \(2, 64\), features 16\. If the axis of 2 "
+        r"is a batch axis.*kernel_size=\(7,\).*reshaped",
+    ):
+        layer(_x((2, 64, F)))

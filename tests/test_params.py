@@ -28,8 +28,15 @@ BAD = {
     "rank_too_small": (dict(q=z(4, 8), k=z(4, 8), v=z(4, 8)), ValueError, "spatial axes"),
     "rank_too_large": (
         dict(q=z(1, 2, 2, 2, 2, 1, 4), k=z(1, 2, 2, 2, 2, 1, 4), v=z(1, 2, 2, 2, 2, 1, 4),
-             kernel_size=2),
+             kernel_size=2, stride=(1, 1, 1, 1)),
         ValueError, "spatial axes",
+    ),
+    # An int kernel_size on [B, X, Y, H, D] reads as 1-D, 2-D or 3-D: never guessed.
+    "int_kernel_is_ambiguous": (
+        dict(kernel_size=3), ValueError,
+        r"ambiguous: `kernel_size`=3.*\(2, 6, 5, 4, 8\).*1-D with batch dims \(2, 6\) or 2-D "
+        r"with batch dims \(2,\) or 3-D without batch dims.*kernel_size=\(3,\) for 1-D, "
+        r"\(3, 3\) for 2-D.*na1d/na2d/na3d",
     ),
     "rank_from_tuple_too_large": (dict(kernel_size=(2, 2, 2, 2)), ValueError, "spatial axes"),
     "key_rank_differs": (dict(k=z(2, 6, 5, 1, 2, 8)), ValueError, "same rank"),
@@ -53,10 +60,13 @@ BAD = {
              v=z(2, 6, 5, 2, 3, dtype=jnp.int32)),
         TypeError, "floating-point",
     ),
-    "kernel_size_1": (dict(kernel_size=1), ValueError, r"`kernel_size`.*>= 2.*\(1, 1\)"),
+    "kernel_size_0": (dict(kernel_size=(0, 3)), ValueError, r"`kernel_size`.*positive.*\(0, 3\)"),
     "kernel_size_0_one_axis": (dict(kernel_size=(3, 0)), ValueError, "`kernel_size`"),
-    "kernel_size_negative": (dict(kernel_size=-3), ValueError, "`kernel_size`"),
+    "kernel_size_negative": (dict(kernel_size=-3, fn="na2d"), ValueError, "`kernel_size`"),
     "stride_0": (dict(stride=0), ValueError, "`stride`.*positive"),
+    "stride_above_window_one": (
+        dict(kernel_size=(1, 3), stride=(2, 1)), ValueError, "`stride` cannot be larger"
+    ),
     "stride_negative_one_axis": (dict(stride=(1, -1)), ValueError, "`stride`"),
     "stride_larger_than_kernel": (
         dict(kernel_size=(3, 2), stride=(3, 3)), ValueError, r"`stride`.*`kernel_size`.*\(3, 3\)"
@@ -146,7 +156,7 @@ ENTRY_POINTS = {
 }
 
 
-def _call(fn, q=Q, k=K, v=V, kernel_size=3, ek=None, ev=None, **kw):
+def _call(fn, q=Q, k=K, v=V, kernel_size=(3, 3), ek=None, ev=None, **kw):
     return fn(q, k, v, kernel_size, additional_keys=ek, additional_values=ev, **kw)
 
 
@@ -183,10 +193,10 @@ def test_make_params_rejects_non_arrays():
 def test_traced_static_argument_raises_type_error(what):
     def f(q, k, v, x):
         kw = {
-            "scale": dict(kernel_size=3, scale=x),
+            "scale": dict(kernel_size=(3, 3), scale=x),
             "kernel_size": dict(kernel_size=x),
             "kernel_size_entry": dict(kernel_size=(3, x)),
-            "stride": dict(kernel_size=3, stride=x),
+            "stride": dict(kernel_size=(3, 3), stride=x),
         }[what]
         return jax_gna.gna(q, k, v, **kw)
 
@@ -200,11 +210,11 @@ def test_concrete_jax_array_as_static_argument_raises():
     with pytest.raises(TypeError, match="`kernel_size`"):
         jax_gna.gna(Q, K, V, jnp.int32(3))
     with pytest.raises(TypeError, match="`scale`"):
-        jax_gna.gna(Q, K, V, 3, scale=jnp.float32(1.0))
+        jax_gna.gna(Q, K, V, (3, 3), scale=jnp.float32(1.0))
 
 
 def test_normalisation():
-    p = make_params(Q, K, V, 3)
+    p = make_params(Q, K, V, 3, rank=2)
     assert p == GnaParams((3, 3), (1, 1), (1, 1), (False, False), 8**-0.5)
     assert p.rank == 2
     p = make_params(
@@ -213,7 +223,9 @@ def test_normalisation():
     assert p.kernel_size == (3, 2) and p.stride == (2, 1) and p.dilation == (2, 2)
     assert p.is_causal == (True, False)
     assert all(type(c) is bool for c in p.is_causal)
-    p = make_params(Q, K, V, np.int64(3), stride=None, dilation=None, is_causal=None, scale=2)
+    p = make_params(
+        Q, K, V, np.int64(3), stride=None, dilation=None, is_causal=None, scale=2, rank=2
+    )
     assert p == GnaParams((3, 3), (1, 1), (1, 1), (False, False), 2.0)
     assert all(type(x) is int for x in p.kernel_size + p.stride + p.dilation)
     assert type(p.scale) is float
@@ -229,7 +241,7 @@ def test_params_are_frozen_and_hashable():
     a = make_params(Q, K, V, 3, stride=(2, 1), is_causal=(True, False))
     b = make_params(Q, K, V, (3, 3), stride=(2, 1), is_causal=(True, False))
     assert a == b and hash(a) == hash(b)
-    assert len({a, b, make_params(Q, K, V, 3)}) == 2
+    assert len({a, b, make_params(Q, K, V, (3, 3))}) == 2
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.stride = (1, 1)
 
@@ -253,29 +265,29 @@ TILE_ERRORS = {
 @pytest.mark.parametrize("kw, error, match", TILE_ERRORS.values(), ids=TILE_ERRORS)
 def test_invalid_tile_shapes_raise(kw, error, match):
     with pytest.raises(error, match=match):
-        make_params(Q, K, V, 3, **kw)
+        make_params(Q, K, V, (3, 3), **kw)
     with pytest.raises(error, match=match):  # before any implementation is considered
-        jax_gna.gna(Q, K, V, 3, implementation="xla", **kw)
+        jax_gna.gna(Q, K, V, (3, 3), implementation="xla", **kw)
 
 
 def test_traced_tile_shape_raises_type_error():
     with pytest.raises(TypeError, match="`q_tile_shape`.*(static|traced)"):
-        jax.jit(lambda q, t: jax_gna.gna(q, K, V, 3, q_tile_shape=(t, 8), kv_tile_shape=8))(
+        jax.jit(lambda q, t: jax_gna.gna(q, K, V, (3, 3), q_tile_shape=(t, 8), kv_tile_shape=8))(
             Q, jnp.int32(16)
         )
 
 
 def test_tile_shapes_are_normalised_and_passed_as_forward_attributes():
-    p = make_params(Q, K, V, 3, q_tile_shape=[16, np.int64(8)], kv_tile_shape=8)
+    p = make_params(Q, K, V, (3, 3), q_tile_shape=[16, np.int64(8)], kv_tile_shape=8)
     assert p.q_tile_shape == (16, 8) and p.kv_tile_shape == (8, 8) and p.has_tiles
     assert all(type(x) is int for x in p.q_tile_shape + p.kv_tile_shape)
-    assert p.without_tiles() == make_params(Q, K, V, 3) and not p.without_tiles().has_tiles
+    assert p.without_tiles() == make_params(Q, K, V, (3, 3)) and not p.without_tiles().has_tiles
     assert hash(p) != hash(p.without_tiles())
     fwd = p.forward_attrs()
     assert fwd.keys() == p.attrs().keys() | {"q_tile", "kv_tile"}
     assert fwd["q_tile"].dtype == fwd["kv_tile"].dtype == np.int64
     assert list(fwd["q_tile"]) == [16, 8] and list(fwd["kv_tile"]) == [8, 8]
-    unset = make_params(Q, K, V, 3).forward_attrs()
+    unset = make_params(Q, K, V, (3, 3)).forward_attrs()
     assert unset["q_tile"].shape == unset["kv_tile"].shape == (0,)  # empty: the kernels pick
     assert unset["q_tile"].dtype == np.int64
 
@@ -314,14 +326,14 @@ def test_xla_flags_parsing(flags, wanted):
 
 def test_deterministic_none_follows_xla_flags_at_trace_time(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-    assert make_params(Q, K, V, 3).deterministic is False
-    assert make_params(Q, K, V, 3, deterministic=True).deterministic is True
+    assert make_params(Q, K, V, (3, 3)).deterministic is False
+    assert make_params(Q, K, V, (3, 3), deterministic=True).deterministic is True
     monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=true")
-    assert make_params(Q, K, V, 3).deterministic is True
-    assert make_params(Q, K, V, 3, deterministic=False).deterministic is False
-    assert make_params(Q, K, V, 3, deterministic=np.bool_(True)).deterministic is True
+    assert make_params(Q, K, V, (3, 3)).deterministic is True
+    assert make_params(Q, K, V, (3, 3), deterministic=False).deterministic is False
+    assert make_params(Q, K, V, (3, 3), deterministic=np.bool_(True)).deterministic is True
     monkeypatch.delenv("XLA_FLAGS")
-    assert make_params(Q, K, V, 3).deterministic is False
+    assert make_params(Q, K, V, (3, 3)).deterministic is False
 
 
 @pytest.mark.parametrize("bad", [1, 0, "true", 1.0, np.array(True), (True,)])
@@ -334,11 +346,11 @@ def test_invalid_deterministic_raises_type_error_naming_it(entry, bad):
 
 def test_traced_deterministic_raises_type_error():
     with pytest.raises(TypeError, match="`deterministic` must be static"):
-        jax.jit(lambda q, d: jax_gna.gna(q, K, V, 3, deterministic=d))(Q, jnp.bool_(True))
+        jax.jit(lambda q, d: jax_gna.gna(q, K, V, (3, 3), deterministic=d))(Q, jnp.bool_(True))
 
 
 def test_deterministic_is_a_backward_attribute_only():
-    on, off = (make_params(Q, K, V, 3, deterministic=d) for d in (True, False))
+    on, off = (make_params(Q, K, V, (3, 3), deterministic=d) for d in (True, False))
     assert on != off and hash(on) != hash(off)  # separate cached ops
     assert on.without_tiles().deterministic is True
     for params, value in ((on, 1), (off, 0)):
@@ -346,3 +358,114 @@ def test_deterministic_is_a_backward_attribute_only():
         assert attrs.keys() == params.attrs().keys() | {"deterministic"}
         assert type(attrs["deterministic"]) is np.int64 and attrs["deterministic"] == value
         assert "deterministic" not in params.forward_attrs()
+
+
+# -- the layout, when the shapes are read in a way the caller did not mean -------------------
+
+
+def test_an_int_kernel_size_is_never_guessed():
+    """[32, 32, 8, 64] is an unbatched 32x32 grid or a batch of 32 sequences: refuse, and say
+    how to say which (jax.nn.dot_product_attention's unbatched [T, N, H] has no such issue)."""
+    q = z(32, 32, 8, 64)
+    for fn in (jax_gna.gna, reference.gna):
+        with pytest.raises(
+            ValueError,
+            match=r"ambiguous: `kernel_size`=7.*\(32, 32, 8, 64\) reads as 1-D with batch dims "
+            r"\(32,\) or 2-D without batch dims.*kernel_size=\(7,\) for 1-D, \(7, 7\) for "
+            r"2-D, or call na1d/na2d",
+        ):
+            fn(q, q, q, 7)
+    with pytest.raises(ValueError, match="ambiguous"):
+        jax_gna.supported_implementations(q, q, q, 7)
+    assert make_params(q, q, q, (7, 7)).rank == 2  # a tuple says it
+    assert make_params(q, q, q, 7, rank=1).rank == 1  # so does na1d
+    assert make_params(q, q, q, 7, stride=(1, 1)).rank == 2  # or any per-axis option
+
+
+def test_an_int_kernel_size_where_the_shape_has_one_reading():
+    q, k = z(9, 4, 8), z(9, 2, 8)  # [X, H, D]: 1-D, no batch dims
+    assert make_params(q, k, k, 3).rank == 1
+
+
+LAYOUT_ERRORS = {
+    # tokens flattened to [batch, tokens, heads, head_dim], given to na2d
+    "flattened_tokens_to_na2d": (
+        dict(q=z(2, 64, 4, 8), k=z(2, 64, 2, 8), v=z(2, 64, 2, 3), kernel_size=7, fn="na2d"),
+        r"spatial shape=\(2, 64\).*\[batch\.\.\., \*spatial, heads, head_dim\]; `query` "
+        r"\(2, 64, 4, 8\) reads as no batch dims, spatial \(2, 64\), heads 4, head_dim 8\. If "
+        r"the axis of 2 is a batch axis.*1 spatial axis: pass kernel_size=\(7,\) or call na1d",
+    ),
+    # a 3-D window on a batch of 2-D grids
+    "three_tuple_on_2d_grid": (
+        dict(kernel_size=(3, 3, 3)),
+        r"`query` \(2, 6, 5, 4, 8\) reads as no batch dims, spatial \(2, 6, 5\).*batch axis.*"
+        r"2 spatial axes: pass kernel_size=\(3, 3\) or call na2d",
+    ),
+    # a 2-D window on a 1-D problem [batch, length, heads, head_dim]
+    "pair_on_1d_problem": (
+        dict(q=z(1, 8, 2, 4), k=z(1, 8, 2, 4), v=z(1, 8, 2, 4)),
+        r"reads as no batch dims, spatial \(1, 8\), heads 2, head_dim 4\. If the axis of 1 is a "
+        r"batch axis.*pass kernel_size=\(3,\) or call na1d",
+    ),
+    # heads-first [B, H, X, Y, D] with GQA: the "spatial" dims differ
+    "heads_first_gqa": (
+        dict(q=z(2, 4, 6, 5, 8), k=z(2, 2, 6, 5, 8), v=z(2, 2, 6, 5, 8), fn="na2d"),
+        r"token layout.*`query` \(2, 4, 6, 5, 8\) reads as batch \(2,\), spatial \(4, 6\), "
+        r"heads 5.*Heads-first arrays.*moveaxis",
+    ),
+    # heads-first [B, H, X, Y, D] with few heads: the heads axis is smaller than the window
+    "heads_first_few_heads": (
+        dict(q=z(2, 2, 6, 5, 8), k=z(2, 2, 6, 5, 8), v=z(2, 2, 6, 5, 8), fn="na2d"),
+        r"reads as batch \(2,\), spatial \(2, 6\), heads 5.*heads of heads-first arrays",
+    ),
+    "heads_not_divisible_shows_the_reading": (
+        dict(q=z(2, 6, 5, 3, 8)),
+        r"heads=3, kv_heads=2.*`query` \(2, 6, 5, 3, 8\) reads as batch \(2,\), spatial \(6, 5\)",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(LAYOUT_ERRORS))
+def test_layout_errors_state_the_layout_the_reading_and_the_fix(name):
+    kwargs, match = LAYOUT_ERRORS[name]
+    kwargs = dict(kwargs)
+    fn = getattr(jax_gna, kwargs.pop("fn", "gna"))
+    with pytest.raises(ValueError, match=match):
+        _call(fn, **kwargs)
+
+
+def test_legal_heads_first_looking_shapes_are_not_refused():
+    """More "heads" than spatial positions, or a window that fits the heads axis: legal
+    heads-last input, not an error (the docs show the layout instead)."""
+    q = z(1, 4, 4, 16, 8)  # [B, X, Y, H=16, D]
+    assert _call(jax_gna.na2d, q=q, k=q, v=q, kernel_size=3).shape == (1, 4, 4, 16, 8)
+
+
+def test_traced_kernel_size_says_how_to_make_it_static():
+    f = jax.jit(lambda q, n: jax_gna.gna(q, K, V, n))
+    with pytest.raises(TypeError, match=r"`kernel_size` must be static.*static_argnames"):
+        f(Q, jnp.int32(3))
+    f = jax.jit(lambda q, n: jax_gna.na2d(q, K, V, (3, n)))
+    with pytest.raises(TypeError, match=r"`kernel_size` must be static.*functools.partial"):
+        f(Q, jnp.int32(3))
+
+
+@pytest.mark.parametrize("entry", ["gna", "na2d", "reference"])
+def test_mask_and_bias_are_refused_with_what_is_supported(entry):
+    fn = reference.gna if entry == "reference" else getattr(jax_gna, entry)
+    with pytest.raises(
+        NotImplementedError, match=r"`mask` is not supported.*is_causal.*additional_keys"
+    ):
+        _call(fn, mask=jnp.ones((30, 30), bool))
+    with pytest.raises(NotImplementedError, match=r"`bias` is not supported.*`scale`"):
+        _call(fn, bias=z(30, 30))
+    # None, as jax.nn.dot_product_attention's callers pass it, is fine.
+    assert _call(fn, mask=None, bias=None).shape == (2, 6, 5, 4, 3)
+
+
+def test_head_dim_0_needs_an_explicit_scale():
+    q, v = z(2, 6, 5, 4, 0), z(2, 6, 5, 2, 3)
+    k = z(2, 6, 5, 2, 0)
+    with pytest.raises(ValueError, match=r"head dim 0.*default `scale`.*pass `scale`"):
+        make_params(q, k, v, (3, 3))
+    assert make_params(q, k, v, (3, 3), scale=1.0).scale == 1.0

@@ -64,7 +64,7 @@ def _usable_cpu_implementations() -> list[str]:
     import jax.numpy as jnp
 
     x = jnp.zeros((1, 8, 1, 8), jnp.float32)
-    supported = jax_gna.supported_implementations(x, x, x, 3)
+    supported = jax_gna.supported_implementations(x, x, x, (3,))
     return [i for i in ("cpu", "xla") if supported[i] is None]
 
 

@@ -75,13 +75,14 @@ def make_case(rank, c, i, *, seed_base=0, dtype=None):
         arrays["additional_keys"] = normal(*batch, e, hkv, d)
         arrays["additional_values"] = normal(*batch, e, hkv, dv)
 
-    # Exercise the int/bool shorthands where the rank can still be inferred (one batch dim, or
-    # another argument left as a tuple).
+    # Exercise the int/bool shorthands where the rank can still be inferred.
     def compact(t):
         return t[0] if len(set(t)) == 1 and rng.random() < 0.5 else t
 
     kw = dict(stride=compact(ss), dilation=compact(ds), is_causal=compact(cs), scale=scale)
-    kernel = compact(ks) if len(batch) == 1 else ks
+    # An int kernel_size needs the rank from another tuple, or a shape with one reading.
+    rank_fixed = any(isinstance(kw[n], tuple) for n in ("stride", "dilation", "is_causal"))
+    kernel = compact(ks) if rank_fixed or (rank == 1 and not batch) else ks
     kw["kernel_size"] = kernel
     window = dict(kernel_size=ks, stride=ss, dilation=ds, is_causal=cs)
     return arrays, kw, window, dtype
@@ -174,7 +175,7 @@ def test_full_window_1d_is_dense_attention(causal, gqa):
     q = jnp.asarray(rng.normal(size=(2, 12, 4, 8)), f32)
     k = jnp.asarray(rng.normal(size=(2, 12, 4 // gqa, 8)), f32)
     v = jnp.asarray(rng.normal(size=(2, 12, 4 // gqa, 8)), f32)
-    got = jax.jit(lambda *a: reference.gna(*a, 12, is_causal=causal))(q, k, v)
+    got = jax.jit(lambda *a: reference.gna(*a, (12,), is_causal=causal))(q, k, v)
     dense = jax.jit(jax.nn.dot_product_attention, static_argnames=("is_causal", "implementation"))
     want = dense(q, k, v, is_causal=causal, implementation="xla")
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)

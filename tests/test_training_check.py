@@ -40,6 +40,11 @@ def test_cpu_kernel_trains_like_the_reference(tmp_path, capsys):
     # A float32 kernel: the forward agrees far within the bound, and the runs differ at all.
     assert data["first_step_rel_diff"] < 1e-3
     assert losses["ours"] != losses["control"]
+    progress = capsys.readouterr().err  # one progress bar per run
+    assert all(f"{i}/3 {run}" in progress for i, run in enumerate(RUNS, 1)), progress
+
+
+RUNS = ("ours", "reference", "control")
 
 
 def _curves(steps=200, seed=0):

@@ -233,7 +233,7 @@ def test_xla_memory_grows_linearly_not_quadratically(what):
     proportional to N (x4 tokens -> at most ~x4 memory, the dense reference would be x16)."""
 
     def fn(q, k, v):
-        return jax_gna.gna(q, k, v, 7, dilation=2, implementation="xla")
+        return jax_gna.gna(q, k, v, (7,), dilation=2, implementation="xla")
 
     if what == "gradient":
         fwd = fn

@@ -272,17 +272,17 @@ def test_auto_selection_picks_cuda_and_explains_fallbacks():
         jax_gna.gna(*f32, **w, implementation="cuda")
     # Every dilation runs on the kernels (1-D dilation 3: a 128-token tile spans 384 positions).
     x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 400, 2, 128)), jnp.bfloat16)
-    assert jax_gna.supported_implementations(x, x, x, 5, dilation=3)["cuda"] is None
-    want = _oracle(x, x, x, kernel_size=5, dilation=3)
-    got = jax_gna.gna(x, x, x, 5, dilation=3).astype(jnp.float32)
+    assert jax_gna.supported_implementations(x, x, x, (5,), dilation=3)["cuda"] is None
+    want = _oracle(x, x, x, kernel_size=(5,), dilation=3)
+    got = jax_gna.gna(x, x, x, (5,), dilation=3).astype(jnp.float32)
     np.testing.assert_allclose(got, want, atol=2.5e-2, rtol=2.5e-2)
     # A call the kernels refuse (value head dim != query head dim) falls back to xla, with the
     # reason.
     v = x[..., :64]
-    why = jax_gna.supported_implementations(x, x, v, 5)["cuda"]
+    why = jax_gna.supported_implementations(x, x, v, (5,))["cuda"]
     assert why is not None and "head_dim_v" in why
-    got = jax_gna.gna(x, x, v, 5).astype(jnp.float32)
-    np.testing.assert_allclose(got, _oracle(x, x, v, kernel_size=5), atol=2.5e-2, rtol=2.5e-2)
+    got = jax_gna.gna(x, x, v, (5,)).astype(jnp.float32)
+    np.testing.assert_allclose(got, _oracle(x, x, v, kernel_size=(5,)), atol=2.5e-2, rtol=2.5e-2)
 
 
 @pytest.mark.parametrize("impl", ["cuda", None])
