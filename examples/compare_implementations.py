@@ -97,7 +97,7 @@ def check_implementation(implementation: str, inputs: dict, options: dict) -> di
 
 CASES = {
     "1d causal dilated, GQA": dict(
-        shape=(2, 48, 4, 32), kv_heads=2, options=dict(kernel_size=7, dilation=2, is_causal=True)
+        shape=(2, 48, 4, 32), kv_heads=2, options=dict(kernel_size=(7,), dilation=2, is_causal=True)
     ),
     "2d strided": dict(shape=(2, 12, 12, 4, 32), options=dict(kernel_size=(5, 5), stride=(2, 2))),
     "2d strided dilated + text tokens, MQA": dict(

@@ -138,7 +138,9 @@ LAYOUT = "[batch..., *spatial, heads, head_dim]"
 
 
 def _fmt_dims(dims: Sequence[int]) -> str:
-    return str(tuple(int(x) for x in dims))
+    """``(2, 6, 5)``; a symbolic dim (jax.export) prints as its name."""
+    inner = ", ".join(str(x) for x in dims)
+    return f"({inner},)" if len(dims) == 1 else f"({inner})"
 
 
 def reading(name: str, shape: Sequence[int], rank: int, tail=("heads", "head_dim")) -> str:
@@ -147,7 +149,7 @@ def reading(name: str, shape: Sequence[int], rank: int, tail=("heads", "head_dim
     n_batch = len(shape) - rank - len(tail)
     parts = [f"batch {_fmt_dims(shape[:n_batch])}" if n_batch > 0 else "no batch dims"]
     parts.append(f"spatial {_fmt_dims(shape[max(n_batch, 0) : len(shape) - len(tail)])}")
-    parts += [f"{t} {int(x)}" for t, x in zip(tail, shape[len(shape) - len(tail) :])]
+    parts += [f"{t} {x}" for t, x in zip(tail, shape[len(shape) - len(tail) :])]
     return f"`{name}` {_fmt_dims(shape)} reads as {', '.join(parts)}"
 
 

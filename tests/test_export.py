@@ -219,8 +219,8 @@ def test_import_without_the_extension_is_silent_and_the_python_paths_work():
         assert _extension.ext is None and "not built (simulated)" in _extension.missing
         import jax.numpy as jnp
         q = jnp.ones((1, 6, 2, 4))
-        assert jax_gna.gna(q, q, q, 3).shape == q.shape
-        assert jax_gna.supported_implementations(q, q, q, 3)["cpu"] == _extension.missing
+        assert jax_gna.gna(q, q, q, (3,)).shape == q.shape
+        assert jax_gna.supported_implementations(q, q, q, (3,))["cpu"] == _extension.missing
     """
     result = _python(script)
     assert result.returncode == 0, result.stderr

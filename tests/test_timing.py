@@ -19,7 +19,7 @@ from jax_gna import _kernel_trace, _timing, profile
 
 def _cpu_impl() -> str:
     x = jnp.zeros((1, 8, 1, 8), jnp.float32)
-    return "cpu" if jax_gna.supported_implementations(x, x, x, 3)["cpu"] is None else "xla"
+    return "cpu" if jax_gna.supported_implementations(x, x, x, (3,))["cpu"] is None else "xla"
 
 
 def _count(pattern: str, fn, pool, n: int) -> int:
