@@ -33,13 +33,13 @@ CUTLASS_DEVICE void store_shared_pair(const Element* at, Element lo, Element hi)
 
 // Whether the smem layout `Layout` (rows x columns, and buffers: buffer 0 is checked) keeps each
 // run of kRun columns kRun c .. kRun c + kRun - 1 of a row contiguous and aligned to kRun elements
-// in memory, as the vector stores and loads below need. The first 16 rows are checked (the
-// compiler's constexpr budget): two periods of the GMMA/UMMA swizzle atoms, which repeat every 8
-// rows.
+// in memory, as the vector stores and loads below need. The first 16 rows and 128 columns are
+// checked (the compiler's constexpr budget; a d256 tile checked whole exceeds it): two periods of
+// the GMMA/UMMA swizzle atoms, which repeat every 8 rows and every 64 (or 32) columns.
 template <class Layout, int kRows, int kCols, int kRun>
 constexpr bool column_runs_contiguous() {
   for (int r = 0; r < (kRows < 16 ? kRows : 16); ++r) {
-    for (int c = 0; c < kCols; c += kRun) {
+    for (int c = 0; c < (kCols < 128 ? kCols : 128); c += kRun) {
       for (int i = 0; i < kRun; ++i) {
         int at = 0, first = 0;
         if constexpr (decltype(cute::rank(Layout{}))::value == 3) {
