@@ -51,12 +51,16 @@ def extension_takes_window_one() -> bool:
 
 
 def platform_of(query: jax.Array) -> str:
-    """The platform the call will run on: the query's device for a concrete array, else the
-    default backend (under tracing)."""
+    """The platform the call will run on: the query's device for a concrete array; under
+    tracing, jax's default device (``jax.default_device``) if one is set, else the default
+    backend."""
     try:
         devices = query.devices()
     except (AttributeError, jax.errors.ConcretizationTypeError, RuntimeError):
-        return jax.default_backend()
+        device = jax.config.jax_default_device
+        if device is None:
+            return jax.default_backend()
+        return getattr(device, "platform", device)
     return next(iter(devices)).platform
 
 
@@ -79,7 +83,11 @@ def why_not(
     platform = platform_of(query)
     wanted = "gpu" if implementation == "cuda" else "cpu"
     if platform != wanted:
-        return f"it runs on {wanted.upper()} and this call runs on {platform.upper()}"
+        return (
+            f"it runs on {wanted.upper()} and this call runs on {platform.upper()} (a traced "
+            "call runs on jax's default device: trace it inside "
+            f"`with jax.default_device(jax.devices({wanted!r})[0])` to run there)"
+        )
     ops, reason = _ops()
     if ops is None:
         return reason
