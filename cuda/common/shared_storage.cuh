@@ -12,7 +12,7 @@ namespace gna {
 // GMMA). The pointer is advanced, not rebuilt from an integer: derived from the __shared__
 // array, it keeps its address space, so plain accesses to the storage compile to shared-memory
 // loads and stores (LDS/STS). Through an integer they become generic ones, which wait on the
-// long scoreboard like global loads (the sm90 backward's profile: cuda/sm90/NOTES.md).
+// long scoreboard like global loads (the sm90 backward's profile: docs/history.md).
 template <class Storage>
 CUTLASS_DEVICE Storage& shared_storage(char* smem) {
   const uint32_t misalignment = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) & 1023u;
