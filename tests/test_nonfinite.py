@@ -105,21 +105,7 @@ def _assert_same_nonfinite(out, want, impl):
     np.testing.assert_allclose(out[np.isfinite(out)], want[np.isfinite(want)], **TOL)
 
 
-def _cpu_backward_xfail(impl):
-    return pytest.param(
-        impl,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="the CPU kernel's backward forms delta = rowsum(dO * O) and dP = dO . V for "
-            "queries whose outputs the loss does not use (0 * nan), so dq/dk/dv get nan there",
-        ),
-    )
-
-
-GRAD_IMPLS = [_cpu_backward_xfail(i) if i == "cpu" else i for i in IMPLS]
-
-
-@pytest.mark.parametrize("impl", GRAD_IMPLS)
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("name", ["query", "key", "value"])
 def test_gradients_of_a_loss_that_never_sees_the_bad_token_are_finite(name, impl):
     a = _spoil(_arrays(seed=1, extra=2), name)
