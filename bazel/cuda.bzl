@@ -17,6 +17,8 @@ It exposes `@local_cuda//:defs.bzl` (CUDA_ENABLED, CUDA_ARCHS, KERNEL_SET, NVCC)
 a `cc_library` links like any other (static cudart, as in CMake, so `_ext` imports without a GPU).
 """
 
+load("//bazel:kernel_table.bzl", "KERNELS")
+
 def _toolkit_root(rctx, nvcc):
     # nvcc may be a wrapper script (e.g. /usr/local/bin/nvcc); ask it where it lives.
     rctx.file("probe.cu", "")
@@ -129,42 +131,14 @@ nvcc_object = rule(
     },
 )
 
-# The forward kernels of a family, one translation unit each (fwd_instance.cu with GNA_FWD_DTYPE,
-# GNA_FWD_HEAD_DIM, GNA_FWD_RANK, GNA_FWD_CONFIG), as in cuda/<family>/sources.cmake; the sets
-# must agree with it, with cuda/<family>/fwd_kernel_set.h and (the configurations)
-# cuda/<family>/fwd_config.h. sm100 has no head dim 256, and its smoke set is one forward and one
-# backward kernel.
-_KERNEL_SETS = {
-    "sm90": {
-        "full": (["kF16", "kBF16"], [32, 64, 128, 256]),
-        "smoke": (["kBF16"], [128]),
-    },
-    "sm100": {
-        "full": (["kF16", "kBF16"], [32, 64, 128]),
-        "smoke": (["kBF16"], [128]),
-    },
-}
-
-def _tile_configs(family, kernel_set, head_dim, rank):
-    # Indices into fwd_config.h's table: two for ranks 2 and 3 at head dims <= 128, else one
-    # (the sm100 smoke set: rank 3, configuration 0 only).
-    if family == "sm100" and kernel_set == "smoke":
-        return [0] if rank == 3 else []
-    return [0] if rank == 1 or head_dim > 128 else [0, 1]
-
-def _bwd_ranks(family, kernel_set):
-    # The sm100 smoke set holds one backward kernel (rank 3; cuda/sm100/fwd_kernel_set.h).
-    if family == "sm100" and kernel_set == "smoke":
-        return [3]
-    return [1, 2, 3]
-
 def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
     """A cc_library `name` with the kernels of cuda/<family>/ for `arch`, compiled by nvcc.
 
-    Follows the layout of cuda/sm90: a host-side dispatcher `fwd_dispatch.cu` and one object
-    per (dtype, head dim, rank, tile configuration) from `fwd_instance.cu`; where the family has
-    a backward (`bwd_instance.cu`), `bwd_dispatch.cu`, `bwd_passes.cu` and one object per
-    (dtype, head dim <= 128, rank); every header under cuda/<family>/ and
+    Follows the layout of cuda/sm90: a host-side dispatcher `fwd_dispatch.cu`; where the family
+    has a backward, `bwd_dispatch.cu` and `bwd_passes.cu`; and one object per kernel of the
+    kernel table (bazel/kernel_table.bzl, generated from jax_gna/_kernel_table.py; the smoke
+    set's only for kernel_set "smoke"), `<direction>_instance.cu` compiled with the kernel's
+    defines and named by its configuration; every header under cuda/<family>/ and
     cuda/include/ may be included; CUTLASS comes from @local_python_deps//:cutlass_headers.
     """
     root = "cuda/" + family
@@ -191,38 +165,17 @@ def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
         for part in ["bwd_dispatch", "bwd_passes"]:
             nvcc_object(name = name + "_" + part, src = root + "/" + part + ".cu", defines = defines, **common)
             objects.append(name + "_" + part)
-    dtypes, head_dims = _KERNEL_SETS[family][kernel_set]
-    for dtype in dtypes:
-        for head_dim in head_dims:
-            for rank in [1, 2, 3]:
-                for config in _tile_configs(family, kernel_set, head_dim, rank):
-                    obj = "{}_fwd_{}_d{}_r{}_c{}".format(name, dtype, head_dim, rank, config)
-                    nvcc_object(
-                        name = obj,
-                        src = root + "/fwd_instance.cu",
-                        defines = defines + [
-                            "GNA_FWD_DTYPE=" + dtype,
-                            "GNA_FWD_HEAD_DIM={}".format(head_dim),
-                            "GNA_FWD_RANK={}".format(rank),
-                            "GNA_FWD_CONFIG={}".format(config),
-                        ],
-                        **common
-                    )
-                    objects.append(obj)
-                if has_backward and head_dim <= 128 and rank in _bwd_ranks(family, kernel_set):
-                    # One backward kernel per (dtype, head dim <= 128, rank) (bwd_config.h).
-                    obj = "{}_bwd_{}_d{}_r{}".format(name, dtype, head_dim, rank)
-                    nvcc_object(
-                        name = obj,
-                        src = root + "/bwd_instance.cu",
-                        defines = defines + [
-                            "GNA_BWD_DTYPE=" + dtype,
-                            "GNA_BWD_HEAD_DIM={}".format(head_dim),
-                            "GNA_BWD_RANK={}".format(rank),
-                        ],
-                        **common
-                    )
-                    objects.append(obj)
+    for direction, stem, smoke, kernel_defines in KERNELS[family]:
+        if kernel_set == "smoke" and not smoke:
+            continue
+        obj = "{}_{}".format(name, stem)
+        nvcc_object(
+            name = obj,
+            src = "{}/{}_instance.cu".format(root, direction),
+            defines = defines + kernel_defines,
+            **common
+        )
+        objects.append(obj)
     native.cc_library(
         name = name,
         srcs = [":" + o for o in objects],

@@ -4,9 +4,9 @@
 #   JAX_GNA_CUDA           AUTO (build when a CUDA compiler is found) | ON (require one) | OFF
 #   JAX_GNA_CUDA_ARCHS     auto | all | e.g. "90a;100a" (cmake/CudaArchs.cmake); a family is
 #                          built only when its arch is listed
-#   JAX_GNA_KERNEL_SET     full | smoke; a family's cuda/<family>/sources.cmake may use it to pick
-#                          its translation units (GNA_FAMILY_SOURCES); otherwise every .cu is
-#                          built and GNA_KERNEL_SET_SMOKE=1 is defined for the smoke set
+#   JAX_GNA_KERNEL_SET     full | smoke: the kernels of cuda/kernel_table.cmake (generated from
+#                          the kernel table, jax_gna/_kernel_table.py) this build compiles;
+#                          GNA_KERNEL_SET_SMOKE=1 is defined for the smoke set
 #   JAX_GNA_CUDA_FROM_PIP  ON: compile with pip's NVIDIA compiler packages (cmake/find_pip_cuda.py)
 #                          even where a system nvcc exists; with AUTO/ON they are the fallback
 #                          when no system nvcc is found
@@ -87,7 +87,11 @@ message(STATUS "jax_gna: CUTLASS headers: ${CUTLASS_INCLUDE_DIR}")
 # docs/blackwell.md); release builds are unchanged.
 option(JAX_GNA_DEBUG_KERNELS "Kernels that report a hang instead of hanging" OFF)
 
-# Kernel families: <arch>:<folder under cuda/>.
+# Kernel families: <arch>:<folder under cuda/>. Each compiles its host-side units (the
+# dispatchers, the backward's element-wise passes) and one generated translation unit per kernel
+# of cuda/kernel_table.cmake, so the kernels compile in parallel: <direction>_instance.cu with
+# the kernel's defines, named by its configuration (fwd_sm90_bf16_d128_r3_q2x8x8_kv2x8x8.cu).
+include("${PROJECT_SOURCE_DIR}/cuda/kernel_table.cmake")
 set(_kernel_libs "")
 set(_total_units 0)
 foreach(_family "90a:sm90" "100a:sm100")
@@ -97,14 +101,35 @@ foreach(_family "90a:sm90" "100a:sm100")
   if(NOT _arch IN_LIST _archs)
     continue()
   endif()
+  set(_src "${PROJECT_SOURCE_DIR}/cuda/${_dir}")
   set(GNA_FAMILY_SOURCES "")
-  if(EXISTS "${PROJECT_SOURCE_DIR}/cuda/${_dir}/sources.cmake")
-    include("${PROJECT_SOURCE_DIR}/cuda/${_dir}/sources.cmake")
-  else()
-    file(GLOB_RECURSE GNA_FAMILY_SOURCES CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/cuda/${_dir}/*.cu")
-  endif()
-  if(NOT GNA_FAMILY_SOURCES)
-    message(STATUS "jax_gna: no ${_dir} kernel sources, skipping arch ${_arch}")
+  set(_family_kernels "")
+  foreach(_unit fwd_dispatch bwd_dispatch bwd_passes)
+    if(EXISTS "${_src}/${_unit}.cu")
+      list(APPEND GNA_FAMILY_SOURCES "${_src}/${_unit}.cu")
+    endif()
+  endforeach()
+  foreach(_row IN LISTS GNA_KERNELS_${_dir})
+    # <direction> <file stem> <build_info name> <in the smoke set> <defines...>
+    string(REPLACE " " ";" _row "${_row}")
+    list(POP_FRONT _row _direction _stem _name _smoke)
+    if(JAX_GNA_KERNEL_SET STREQUAL "smoke" AND NOT _smoke)
+      continue()
+    endif()
+    set(_content "")
+    foreach(_define IN LISTS _row)
+      string(REPLACE "=" " " _define "${_define}")
+      string(APPEND _content "#define ${_define}\n")
+    endforeach()
+    string(APPEND _content "#include \"${_src}/${_direction}_instance.cu\"\n")
+    set(_tu "${CMAKE_CURRENT_BINARY_DIR}/${_dir}/${_stem}.cu")
+    # CONFIGURE rewrites the file only when its content changes: no needless rebuilds.
+    file(CONFIGURE OUTPUT "${_tu}" CONTENT "${_content}")
+    list(APPEND GNA_FAMILY_SOURCES "${_tu}")
+    list(APPEND _family_kernels "${_dir}:${_name}")
+  endforeach()
+  if(NOT _family_kernels)
+    message(STATUS "jax_gna: no ${_dir} kernels, skipping arch ${_arch}")
     continue()
   endif()
   set(_lib "gna_${_dir}")
@@ -129,14 +154,9 @@ foreach(_family "90a:sm90" "100a:sm100")
   target_compile_definitions(_ext PRIVATE JAX_GNA_HAS_${_dir_upper}=1)
   list(APPEND JAX_GNA_BUILT_CUDA_ARCHS "${_arch}")
   list(APPEND _kernel_libs ${_lib})
-  # The kernels this family compiles, for build_info(): sources.cmake's generated TU names,
-  # fwd_<dtype>_d<head dim>_r<rank>_c<config> and bwd_<dtype>_d<head dim>_r<rank>.
-  foreach(_source IN LISTS GNA_FAMILY_SOURCES)
-    get_filename_component(_name "${_source}" NAME_WE)
-    if(_name MATCHES "^(fwd|bwd)_k[A-Z0-9]+_d[0-9]+_r[0-9]+(_c[0-9]+)?$")
-      list(APPEND JAX_GNA_BUILT_CUDA_KERNELS "${_dir}:${_name}")
-    endif()
-  endforeach()
+  # The kernels this family compiles, for build_info() (jax_gna._extension parses the names:
+  # fwd_<dtype>_d<head dim>_r<rank>_c<config> and bwd_<dtype>_d<head dim>_r<rank>).
+  list(APPEND JAX_GNA_BUILT_CUDA_KERNELS ${_family_kernels})
   list(LENGTH GNA_FAMILY_SOURCES _count)
   math(EXPR _total_units "${_total_units} + ${_count}")
   message(STATUS "jax_gna: ${_dir} kernels for ${_arch}: ${_count} translation unit(s), "

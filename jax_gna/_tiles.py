@@ -1,7 +1,8 @@
 """The kernels' supported tile shapes, listed in one place.
 
-Edit `SM90_FORWARD` when the Hopper kernels gain or lose a configuration; everything else (the
-simulator's `jax_gna.sim.choose_tiles`, the profiler's dry run) reads it from here.
+`SM90_FORWARD` is read from the kernel table (`jax_gna/_kernel_table.py`, where the kernels
+gain or lose a configuration); everything else (the simulator's `jax_gna.sim.choose_tiles`, the
+profiler's dry run) reads it from here.
 
 A tile configuration is a Q tile shape and a KV tile shape, one entry per spatial axis of the
 problem, in the problem's axis order (``(T, H, W)`` for 3-D). Tiles live in dilation-group
@@ -14,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from jax_gna import _kernel_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,38 +49,29 @@ def _shape(t: tuple[int, ...]) -> str:
     return "(" + ",".join(str(x) for x in t) + ")"
 
 
-def _cfgs(*pairs: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[TileConfig, ...]:
-    return tuple(TileConfig(q, kv) for q, kv in pairs)
+def _forward_table(arch: str) -> dict[int, dict[int, tuple[TileConfig, ...]]]:
+    """rank -> head dim -> the forward configurations of `arch` in the kernel table."""
+    table: dict[int, dict[int, list[TileConfig]]] = {}
+    first_dtype = next(iter(_kernel_table.DTYPES))  # every dtype has the same configurations
+    for k in _kernel_table.kernels():
+        if k.arch == arch and k.direction == "fwd" and k.dtype == first_dtype:
+            table.setdefault(k.rank, {}).setdefault(k.head_dim, []).append(TileConfig(k.q, k.kv))
+    return {
+        rank: {d: tuple(cfgs) for d, cfgs in sorted(by_dim.items())}
+        for rank, by_dim in sorted(table.items())
+    }
 
 
 # Hopper (sm_90a) forward kernels, fp16 and bf16: rank -> head dim -> configurations, the
-# compiled ones of `cuda/sm90/fwd_config.h` (`fwd_tile_table`) in the same order; the first is
-# the kernel's default (what it runs when no tiles are requested), and the extension reports
-# its own table (`jax_gna._extension.build_info()["cuda_forward_tiles"]`, checked by
-# tests/test_tiles.py). `jax_gna.gna(implementation="cuda" or None)` runs the one with the best
-# simulated bound for the call (`jax_gna.sim.tile_candidates`) unless tile shapes are given.
-# - Q tiles of 128 tokens feed two 64-row wgmma consumer warpgroups; KV tiles of 128 tokens
-#   give a 64x128 score tile per warpgroup (the FA3 / CUTLASS example 88 shape).
-# - Head dim 256: KV tiles of 64 tokens, or Q + two K/V stages would not fit in shared memory;
-#   one configuration per rank.
-# - 2-D 16x8 and 3-D 2x8x8 sit inside one stride group of the standard problems (FLUX stride
-#   16x16, HunyuanVideo 16x8x8), so their windows cover whole KV tiles; 2-D 8x16 and 3-D
-#   4x4x8 are the alternatives for windows and strides that fit those better.
-_D128_LIKE = {
-    1: _cfgs(((128,), (128,))),
-    2: _cfgs(((16, 8), (16, 8)), ((8, 16), (8, 16))),
-    3: _cfgs(((2, 8, 8), (2, 8, 8)), ((4, 4, 8), (4, 4, 8))),
-}
-_D256 = {
-    1: _cfgs(((128,), (64,))),
-    2: _cfgs(((16, 8), (8, 8))),
-    3: _cfgs(((2, 8, 8), (1, 8, 8))),
-}
-SM90_FORWARD: dict[int, dict[int, tuple[TileConfig, ...]]] = {
-    rank: {32: _D128_LIKE[rank], 64: _D128_LIKE[rank], 128: _D128_LIKE[rank], 256: _D256[rank]}
-    for rank in (1, 2, 3)
-}
-SM90_DTYPES: tuple[str, ...] = ("float16", "bfloat16")
+# compiled ones of the kernel table (`jax_gna/_kernel_table.py`, from which the build generates
+# `cuda/sm90/kernel_table.h`'s `fwd_tile_table`) in the same order; the first is the kernel's
+# default (what it runs when no tiles are requested), and the extension reports its own table
+# (`jax_gna._extension.build_info()["cuda_forward_tiles"]`, checked by tests/test_tiles.py).
+# `jax_gna.gna(implementation="cuda" or None)` runs the one with the best simulated bound for
+# the call (`jax_gna.sim.tile_candidates`) unless tile shapes are given. Why these shapes:
+# `cuda/sm90/fwd_config.h`.
+SM90_FORWARD: dict[int, dict[int, tuple[TileConfig, ...]]] = _forward_table("sm90")
+SM90_DTYPES: tuple[str, ...] = tuple(_kernel_table.DTYPES)
 
 _TABLES = {"sm90": (SM90_FORWARD, SM90_DTYPES)}
 

@@ -14,6 +14,7 @@
 #include "dev_knobs.h"
 #include "gna/problem.h"
 #include "gna/tile_box.h"
+#include "kernel_table.h"
 #include "tile_loads.h"
 
 // Unrolled on the device; plain loops for a host compiler (which does not know the pragma).
@@ -36,7 +37,7 @@ struct FwdTileConfig {
 
 // The compiled configurations of one (rank, head dim) of one architecture: at most
 // kMaxFwdTileConfigs, the default (what an unset tile request runs) first.
-inline constexpr int kMaxFwdTileConfigs = 2;
+// kMaxFwdTileConfigs: kernel_table.h (generated from the kernel table).
 
 struct FwdTileConfigs {
   int count;

@@ -8,9 +8,8 @@
 
 namespace gna::sm100 {
 
-// Head dims the sm100 backward kernels take (fwd_kernel_set.h: which a build holds). dK and dV
-// accumulate in tensor memory next to S^T and dP^T (2 D + 2 x 128 <= 512 columns).
-inline constexpr int kBwdHeadDims[] = {32, 64, 128};
+// Head dims (kBwdHeadDims, kernel_table.h): dK and dV accumulate in tensor memory next to S^T
+// and dP^T (2 D + 2 x 128 <= 512 columns).
 
 // Why these shapes: Q and KV tiles are the forward's default (fwd_config.h), 128 tokens each,
 // so every GEMM is one M = 128 UMMA with a row per TMEM lane: S^T = K Q^T and dP^T = V dO^T
@@ -18,10 +17,10 @@ inline constexpr int kBwdHeadDims[] = {32, 64, 128};
 // ring: shared memory holds K, V, P^T, dS^T (2 x 32 KB) and `stages` Q and dO tiles: d128
 // 193 KB at 1 stage, d64 161 KB at 2, d32 129 KB at 3 (of 227 KB; above half the SM's, so one
 // CTA per SM, which allocates all 512 TMEM columns).
+// The table: kernel_table.h (tests/test_kernel_table.py checks the tiles are the forward's
+// default).
 constexpr FwdTileConfig bwd_tile_config(int rank, int head_dim) {
-  FwdTileConfig t = fwd_tile_config(rank, head_dim, 0);
-  t.stages = head_dim >= 128 ? 1 : head_dim >= 64 ? 2 : 3;
-  return t;
+  return bwd_tile_table(rank, head_dim);
 }
 
 // Offset (floats) of dQ element (row, col) of a Q tile inside its block of the workspace's

@@ -10,7 +10,7 @@
 #include "bwd_config.h"
 #include "bwd_launch.h"
 #include "device/bwd_kernel_launch.h"
-#include "fwd_kernel_set.h"
+#include "kernel_table.h"
 
 namespace gna::sm100 {
 namespace {

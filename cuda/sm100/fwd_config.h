@@ -1,16 +1,17 @@
-// Tile shapes of the sm100 (Blackwell) forward kernels: one constexpr table, read by the
-// kernels (compile time) and by fwd_can_implement (host). Kernel axes and token order as in
+// Tile shapes of the sm100 (Blackwell) forward kernels: kernel_table.h's constexpr table
+// (generated from jax_gna/_kernel_table.py), read by the kernels (compile time) and by
+// fwd_can_implement (host). Kernel axes and token order as in
 // cuda/common/fwd_params.h.
 #pragma once
 
 #include "../common/fwd_params.h"
+#include "kernel_table.h"
 
 namespace gna::sm100 {
 
-// Head dims the sm100 forward kernels take (fwd_kernel_set.h: which a build holds). O lives in
-// tensor memory next to two S buffers (2 x 128 + D <= 512 columns), so D <= 128 here; d256
-// needs another split (one S buffer, or O in two halves) and is not built.
-inline constexpr int kFwdHeadDims[] = {32, 64, 128};
+// Head dims (kFwdHeadDims): O lives in tensor memory next to two S buffers (2 x 128 + D <= 512
+// columns), so D <= 128 here; d256 needs another split (one S buffer, or O in two halves) and
+// is not built.
 
 // Why these shapes:
 // - The Q and KV tile shapes are the sm90 ones (cuda/sm90/fwd_config.h, Python's
@@ -23,10 +24,7 @@ inline constexpr int kFwdHeadDims[] = {32, 64, 128};
 //   above half the SM's shared memory, so one CTA runs per SM: each CTA allocates all 512 TMEM
 //   columns, and a second CTA on the SM would only wait in tcgen05.alloc.
 constexpr FwdTileConfigs fwd_tile_configs(int rank, int head_dim) {
-  const int stages = head_dim >= 128 ? 2 : head_dim >= 64 ? 3 : 6;
-  if (rank == 1) return {1, {{{1, 1, 128}, {1, 1, 128}, stages}}};
-  if (rank == 2) return {2, {{{1, 16, 8}, {1, 16, 8}, stages}, {{1, 8, 16}, {1, 8, 16}, stages}}};
-  return {2, {{{2, 8, 8}, {2, 8, 8}, stages}, {{4, 4, 8}, {4, 4, 8}, stages}}};
+  return fwd_tile_table(rank, head_dim);
 }
 
 // Configuration `index` (0: the default) of (rank, head dim).

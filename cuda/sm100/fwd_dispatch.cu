@@ -9,7 +9,6 @@
 #include "../common/fwd_host.h"
 #include "device/fwd_kernel_launch.h"
 #include "fwd_config.h"
-#include "fwd_kernel_set.h"
 #include "fwd_launch.h"
 
 namespace gna::sm100 {

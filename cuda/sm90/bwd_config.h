@@ -9,14 +9,15 @@
 #include <cstdint>
 
 #include "../common/bwd_params.h"
+#include "kernel_table.h"
 
 namespace gna::sm90 {
 
 using ::gna::BwdParams;  // its launch parameters, shared with sm100
 
-// Head dims the sm90 backward kernels take (a build holds those of fwd_kernel_set.h that are
-// also listed here). d256 would need 2 x 128 accumulator registers per thread for dK and dV.
-inline constexpr int kBwdHeadDims[] = {32, 64, 128};
+// Head dims (kBwdHeadDims) and tiles (bwd_tile_table) come from the kernel table,
+// jax_gna/_kernel_table.py. No d256: it would need 2 x 128 accumulator registers per thread for
+// dK and dV.
 
 // Why these shapes (docs/design.md, "Tile shapes and why"): the KV tile is the forward's
 // default, so stride-aligned windows cover whole tiles; the Q tile is half of the forward's
@@ -24,10 +25,7 @@ inline constexpr int kBwdHeadDims[] = {32, 64, 128};
 // (the n8 column blocks of S^T must not straddle a Q tile row). Q tile: 64 tokens (the N of
 // the S^T = K Q^T GEMM); KV tile: 128 tokens (two consumer warpgroups x 64 rows); stages: of
 // the Q / dO ring.
-constexpr FwdTileConfig bwd_tile_config(int rank) {
-  if (rank == 1) return {{1, 1, 64}, {1, 1, 128}, 2};
-  if (rank == 2) return {{1, 8, 8}, {1, 16, 8}, 2};
-  return {{1, 8, 8}, {2, 8, 8}, 2};
-}
+// The tiles are the same at every head dim (tests/test_kernel_table.py checks the table).
+constexpr FwdTileConfig bwd_tile_config(int rank) { return bwd_tile_table(rank, 128); }
 
 }  // namespace gna::sm90

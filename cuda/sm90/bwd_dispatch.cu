@@ -9,7 +9,6 @@
 #include "bwd_config.h"
 #include "bwd_launch.h"
 #include "device/bwd_kernel_launch.h"
-#include "fwd_kernel_set.h"
 
 namespace gna::sm90 {
 namespace {
@@ -19,15 +18,10 @@ BwdParams geometry(const Problem& p) {
   return bwd_geometry(p, kernel_axes(p), bwd_tile_config(p.rank));
 }
 
-constexpr bool bwd_kernel_built(DType dtype, int head_dim) {
-  return head_dim <= 128 && fwd_kernel_built(dtype, head_dim);
-}
-
 // This family's backward for bwd_host::launch.
 struct Family {
   static constexpr bool built(DType dtype, int head_dim, int rank) {
-    (void)rank;
-    return bwd_kernel_built(dtype, head_dim);
+    return bwd_kernel_built(dtype, head_dim, rank);
   }
   template <DType kDType, int kHeadDim, int kRank>
   static cudaError_t launch(const BwdMaps& maps, const BwdParams& bp, unsigned grid,
@@ -51,7 +45,7 @@ const char* bwd_can_implement(const Problem& p) {
       std::end(kBwdHeadDims))
     return "the sm90 backward kernels take head_dim 32, 64 or 128 only";
   if (p.head_dim_v != p.head_dim) return "the sm90 backward kernels need head_dim_v == head_dim";
-  if (!bwd_kernel_built(p.dtype, p.head_dim))
+  if (!bwd_kernel_built(p.dtype, p.head_dim, p.rank))
     return "this build's sm90 kernel set (JAX_GNA_KERNEL_SET=smoke) lacks this dtype/head_dim";
   const KernelAxes ax = kernel_axes(p);
   if (const char* reason = fwd_host::check_common(p, ax)) return reason;

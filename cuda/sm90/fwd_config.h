@@ -1,5 +1,5 @@
-// Tile shapes of the sm90 forward kernels: one constexpr table, read by the
-// kernels (compile time) and by fwd_can_implement (host).
+// Tile shapes of the sm90 forward kernels: kernel_table.h's constexpr table (generated from
+// jax_gna/_kernel_table.py), read by the kernels (compile time) and by fwd_can_implement (host).
 //
 // The kernels work on three "kernel axes": a rank-r problem is left-padded with
 // trivial axes (extent 1), so problem axis i is kernel axis 3 - r + i. Tokens of
@@ -8,6 +8,7 @@
 #pragma once
 
 #include "../common/fwd_params.h"
+#include "kernel_table.h"
 
 namespace gna::sm90 {
 
@@ -17,13 +18,10 @@ using gna::FwdTileConfig;
 using gna::FwdTileConfigs;
 using gna::kMaxFwdTileConfigs;
 
-// Head dims the sm90 forward kernels take (fwd_kernel_set.h: which a build holds).
-inline constexpr int kFwdHeadDims[] = {32, 64, 128, 256};
-
-// The compiled configurations of one (rank, head dim): at most kMaxFwdTileConfigs, the
-// default (what an unset tile request runs) first. The build files that list the kernels
-// (sources.cmake, build_sm90_harness.sh, bazel/cuda.bzl) and Python's jax_gna/_tiles.py
-// SM90_FORWARD list the same configurations.
+// The head dims (kFwdHeadDims) and the compiled configurations of one (rank, head dim)
+// (fwd_tile_table: at most kMaxFwdTileConfigs, the default, what an unset tile request runs,
+// first) come from the kernel table, jax_gna/_kernel_table.py, like every list of kernels
+// (the CMake and Bazel builds, the harness script, jax_gna._tiles).
 // Why these shapes:
 // - 128-token Q tiles feed two 64-row wgmma warpgroups; 128-token KV tiles give
 //   a 64x128 S tile per warpgroup, the shape FA3 and CUTLASS 88 run fastest.
@@ -43,17 +41,6 @@ inline constexpr int kFwdHeadDims[] = {32, 64, 128, 256};
 //   Cosmos 16x24x16 (stride 1 and 1x8x16) and HunyuanVideo at stride 1, 8x16 for
 //   windows or strides longer along the last axis. The last KV axis stays a
 //   multiple of 8 (S column blocks, see the kernel).
-constexpr FwdTileConfigs fwd_tile_table(int rank, int head_dim) {
-  if (head_dim > 128) {
-    if (rank == 1) return {1, {{{1, 1, 128}, {1, 1, 64}, 2}}};
-    if (rank == 2) return {1, {{{1, 16, 8}, {1, 8, 8}, 2}}};
-    return {1, {{{2, 8, 8}, {1, 8, 8}, 2}}};
-  }
-  if (rank == 1) return {1, {{{1, 1, 128}, {1, 1, 128}, 3}}};
-  if (rank == 2) return {2, {{{1, 16, 8}, {1, 16, 8}, 3}, {{1, 8, 16}, {1, 8, 16}, 3}}};
-  return {2, {{{2, 8, 8}, {2, 8, 8}, 3}, {{4, 4, 8}, {4, 4, 8}, 3}}};
-}
-
 constexpr FwdTileConfigs fwd_tile_configs(int rank, int head_dim) {
   FwdTileConfigs t = fwd_tile_table(rank, head_dim);
 #if defined(GNA_SM90_STAGES_EXPERIMENT)  // a development knob (common/dev_knobs.h)

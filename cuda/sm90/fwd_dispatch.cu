@@ -17,7 +17,6 @@
 #include "../common/fwd_host.h"
 #include "device/fwd_kernel_launch.h"
 #include "fwd_config.h"
-#include "fwd_kernel_set.h"
 #include "fwd_launch.h"
 
 namespace gna::sm90 {
@@ -29,11 +28,11 @@ constexpr int kPersistentMaxWindowTiles = 32;
 template <int kHeadDim, int kRank, int kConfig>
 cudaError_t launch_typed(DType dtype, const FwdMaps& maps, const FwdParams& fp, unsigned grid,
                          cudaStream_t stream) {
-  if constexpr (fwd_kernel_built(DType::kBF16, kHeadDim)) {
+  if constexpr (fwd_kernel_built(DType::kBF16, kHeadDim, kRank, kConfig)) {
     if (dtype == DType::kBF16)
       return launch_fwd_kernel<DType::kBF16, kHeadDim, kRank, kConfig>(maps, fp, grid, stream);
   }
-  if constexpr (fwd_kernel_built(DType::kF16, kHeadDim)) {
+  if constexpr (fwd_kernel_built(DType::kF16, kHeadDim, kRank, kConfig)) {
     if (dtype == DType::kF16)
       return launch_fwd_kernel<DType::kF16, kHeadDim, kRank, kConfig>(maps, fp, grid, stream);
   }
@@ -101,7 +100,8 @@ const char* can_implement(const Problem& p, int* config) {
       std::end(kFwdHeadDims))
     return "the sm90 kernels take head_dim 32, 64, 128 or 256 only";
   if (p.head_dim_v != p.head_dim) return "the sm90 kernels need head_dim_v == head_dim";
-  if (!fwd_kernel_built(p.dtype, p.head_dim))
+  // A build holds every configuration of the (dtype, head dim)s it holds (kernel_table.h).
+  if (!fwd_kernel_built(p.dtype, p.head_dim, p.rank, 0))
     return "this build's sm90 kernel set (JAX_GNA_KERNEL_SET=smoke) lacks this dtype/head_dim";
   const KernelAxes ax = kernel_axes(p);
   if (const char* reason = fwd_host::check_common(p, ax)) return reason;

@@ -16,18 +16,10 @@ flags=(-std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -gencode=arch=compute_90
 # shellcheck disable=SC2206
 flags+=(${EXTRA_NVCC_FLAGS:-})
 jobs="${JOBS:-2}"
-# One object per kernel, as cuda/sm90/sources.cmake builds them (smoke: bf16, head dim 128;
-# tile configurations as in fwd_config.h: two for ranks 2 and 3 at head dims <= 128, else one).
-configs() { if [ "$2" = 1 ] || [ "$1" -gt 128 ]; then echo 0; else echo 0 1; fi; }
-kernels=()
-if [ "$set_" = smoke ]; then
-  types=(kBF16) dims=(128)
-else
-  types=(kF16 kBF16) dims=(32 64 128 256)
-fi
-for t in "${types[@]}"; do for d in "${dims[@]}"; do for r in 1 2 3; do
-  for c in $(configs "$d" "$r"); do kernels+=("$t $d $r $c"); done
-done; done; done
+# One object per forward kernel of the kernel table (jax_gna/_kernel_table.py), as CMake builds
+# them: lines of <file stem> <defines...>.
+mapfile -t kernels < <("${PYTHON:-python3}" cuda/generate_kernel_table.py --list sm90 fwd "$set_")
+((${#kernels[@]})) || { echo "build_sm90_harness.sh: no kernels listed for '$set_'" >&2; exit 1; }
 stale() { [ -n "${FORCE:-}" ] || [ ! -e "$1" ] || find cuda/sm90 cuda/include -newer "$1" | grep -q .; }
 objs=()
 pids=()
@@ -41,9 +33,9 @@ compile() {  # compile <object> <nvcc args...>, in the background, at most $jobs
   while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 1; done
 }
 for k in "${kernels[@]}"; do
-  read -r t d r c <<<"$k"
-  compile "$out/fwd_${t}_d${d}_r${r}_c${c}.o" -DGNA_FWD_DTYPE="$t" -DGNA_FWD_HEAD_DIM="$d" \
-    -DGNA_FWD_RANK="$r" -DGNA_FWD_CONFIG="$c" -c cuda/sm90/fwd_instance.cu
+  read -r stem defines <<<"$k"
+  # shellcheck disable=SC2086
+  compile "$out/$stem.o" $(printf -- '-D%s ' $defines) -c cuda/sm90/fwd_instance.cu
 done
 compile "$out/fwd_dispatch.o" -c cuda/sm90/fwd_dispatch.cu
 for p in "${pids[@]}"; do wait "$p"; done

@@ -1,0 +1,138 @@
+"""The CUDA kernels jax_gna compiles, in one table.
+
+Every list of kernels derives from this module: the C++ tile tables and kernel sets
+(`cuda/<family>/kernel_table.h`, `cuda/common/kernel_table.h`), the CMake and Bazel source lists
+(`cuda/kernel_table.cmake`, `bazel/kernel_table.bzl`), the sm90 harness script
+(`cuda/tests/build_sm90_harness.sh`) and Python's `jax_gna._tiles`. After an edit, run
+``python cuda/generate_kernel_table.py``: the generated files are committed, and
+tests/test_kernel_table.py fails while one is stale.
+
+Plain data and the standard library only: the generator loads this file by its path, without
+jax or the rest of the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# The dtypes every kernel family compiles, as NumPy names and as the C++ `gna::DType`.
+DTYPES = {"float16": "kF16", "bfloat16": "kBF16"}
+
+# Forward tile configurations: (arch, {head dim: K/V pipeline stages}, Q tile, KV tile), one int
+# per spatial axis in the problem's axis order (the rank is their length). Within one (arch,
+# head dim, rank) the order is the configuration index; the first is the default (what a call
+# without tile shapes runs when the simulator has no better one). Why these shapes:
+# cuda/sm90/fwd_config.h and cuda/sm100/fwd_config.h.
+FORWARD = (
+    # sm90, head dims <= 128: three K/V stages.
+    ("sm90", {32: 3, 64: 3, 128: 3}, (128,), (128,)),
+    ("sm90", {32: 3, 64: 3, 128: 3}, (16, 8), (16, 8)),
+    ("sm90", {32: 3, 64: 3, 128: 3}, (8, 16), (8, 16)),
+    ("sm90", {32: 3, 64: 3, 128: 3}, (2, 8, 8), (2, 8, 8)),
+    ("sm90", {32: 3, 64: 3, 128: 3}, (4, 4, 8), (4, 4, 8)),
+    # sm90, head dim 256: 64-token KV tiles, two stages, one configuration per rank.
+    ("sm90", {256: 2}, (128,), (64,)),
+    ("sm90", {256: 2}, (16, 8), (8, 8)),
+    ("sm90", {256: 2}, (2, 8, 8), (1, 8, 8)),
+    # sm100: the sm90 shapes; stages fill the shared memory the head dim leaves.
+    ("sm100", {32: 6, 64: 3, 128: 2}, (128,), (128,)),
+    ("sm100", {32: 6, 64: 3, 128: 2}, (16, 8), (16, 8)),
+    ("sm100", {32: 6, 64: 3, 128: 2}, (8, 16), (8, 16)),
+    ("sm100", {32: 6, 64: 3, 128: 2}, (2, 8, 8), (2, 8, 8)),
+    ("sm100", {32: 6, 64: 3, 128: 2}, (4, 4, 8), (4, 4, 8)),
+)
+
+# Backward kernels, one per (arch, dtype, head dim, rank): (arch, {head dim: stages of the
+# Q / dO ring}, Q tile, KV tile). Why these shapes: cuda/<family>/bwd_config.h.
+BACKWARD = (
+    ("sm90", {32: 2, 64: 2, 128: 2}, (64,), (128,)),
+    ("sm90", {32: 2, 64: 2, 128: 2}, (8, 8), (16, 8)),
+    ("sm90", {32: 2, 64: 2, 128: 2}, (1, 8, 8), (2, 8, 8)),
+    ("sm100", {32: 3, 64: 2, 128: 1}, (128,), (128,)),
+    ("sm100", {32: 3, 64: 2, 128: 1}, (16, 8), (16, 8)),
+    ("sm100", {32: 3, 64: 2, 128: 1}, (2, 8, 8), (2, 8, 8)),
+)
+
+# JAX_GNA_KERNEL_SET=smoke, per arch: the kernels whose fields match every item (`config` only
+# applies to forward kernels). sm90: bf16 at head dim 128, every rank and configuration; sm100:
+# one forward and one backward kernel (the rank only changes compile-time tile shapes).
+SMOKE = {
+    "sm90": {"dtype": "bfloat16", "head_dim": 128},
+    "sm100": {"dtype": "bfloat16", "head_dim": 128, "rank": 3, "config": 0},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One compiled kernel: one generated translation unit."""
+
+    arch: str  # the kernel family, "sm90" or "sm100"
+    direction: str  # "fwd" or "bwd"
+    dtype: str  # NumPy name, "float16" or "bfloat16"
+    head_dim: int
+    rank: int
+    config: int | None  # forward: the index among (arch, head dim, rank)'s configurations
+    q: tuple[int, ...]  # Q tile, one int per spatial axis
+    kv: tuple[int, ...]  # KV tile
+    stages: int
+    smoke: bool  # in JAX_GNA_KERNEL_SET=smoke
+
+    @property
+    def unit(self) -> str:
+        """The name `jax_gna._extension.build_info()` reports, e.g. ``fwd_kBF16_d128_r3_c0``."""
+        name = f"{self.direction}_{DTYPES[self.dtype]}_d{self.head_dim}_r{self.rank}"
+        return name if self.config is None else f"{name}_c{self.config}"
+
+    @property
+    def file_stem(self) -> str:
+        """Its translation unit's name, e.g. ``fwd_sm90_bf16_d128_r3_q2x8x8_kv2x8x8``."""
+        short = {"float16": "f16", "bfloat16": "bf16"}[self.dtype]
+        q, kv = ("x".join(str(x) for x in t) for t in (self.q, self.kv))
+        return f"{self.direction}_{self.arch}_{short}_d{self.head_dim}_r{self.rank}_q{q}_kv{kv}"
+
+
+def _smoke(arch: str, **fields: object) -> bool:
+    return all(fields.get(k, v) == v for k, v in SMOKE[arch].items())
+
+
+def kernels() -> tuple[Kernel, ...]:
+    """Every kernel of the full set, in build order: arch, dtype, head dim, rank, then forward
+    configurations before the backward."""
+    out = []
+    for arch in SMOKE:
+        head_dims = sorted({d for a, ds, *_ in FORWARD + BACKWARD if a == arch for d in ds})
+        for dtype in DTYPES:
+            for head_dim in head_dims:
+                for rank in (1, 2, 3):
+                    rows = [
+                        (config, row)
+                        for config, row in enumerate(
+                            r
+                            for r in FORWARD
+                            if r[0] == arch and head_dim in r[1] and len(r[2]) == rank
+                        )
+                    ]
+                    rows += [
+                        (None, r)
+                        for r in BACKWARD
+                        if r[0] == arch and head_dim in r[1] and len(r[2]) == rank
+                    ]
+                    for config, (_, stages, q, kv) in rows:
+                        fields = dict(dtype=dtype, head_dim=head_dim, rank=rank)
+                        if config is not None:
+                            fields["config"] = config
+                        out.append(
+                            Kernel(
+                                arch=arch,
+                                direction="fwd" if config is not None else "bwd",
+                                dtype=dtype,
+                                head_dim=head_dim,
+                                rank=rank,
+                                config=config,
+                                q=q,
+                                kv=kv,
+                                stages=stages[head_dim],
+                                smoke=_smoke(arch, **fields),
+                            )
+                        )
+    return tuple(out)
