@@ -48,9 +48,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from jax_gna import _kernel_trace, _tiles, _timing, sim
+import jax_gna
+from jax_gna import _ffi_call, _implementations, _kernel_trace, _tiles, _timing, sim
+from jax_gna._params import make_params, resolve_deterministic, xla_wants_determinism
 
-_IMPLEMENTATIONS = ("auto", "cuda", "cpu", "xla", "reference")
+_IMPLEMENTATIONS = ("auto", *_implementations.NAMES)
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # Dense attention through XLA materialises [B, H, N, N] float32 scores (and a few temporaries):
 # skip it above this much memory instead of running out.
@@ -322,8 +324,6 @@ def _validate_gna(parser, a, shape, window, stride, dilation, causal, heads_kv, 
     """The GNA rules, by jax_gna's own validation (on shapes only, nothing is allocated)."""
     import jax
 
-    from jax_gna._params import make_params
-
     def struct(*s):
         return jax.ShapeDtypeStruct(s, dtype)
 
@@ -556,8 +556,6 @@ def _with_backprop(f, backprop: bool):
 
 
 def _gna_fn(cfg: Config, impl: str | None, deterministic: bool | None = None):
-    import jax_gna
-
     p = cfg.problem
     kwargs: dict[str, Any] = dict(
         stride=p.stride,
@@ -566,7 +564,7 @@ def _gna_fn(cfg: Config, impl: str | None, deterministic: bool | None = None):
         implementation=impl,
         deterministic=deterministic,
     )
-    if cfg.tiles is not None and impl in ("cuda", None):  # other implementations have no tiles
+    if cfg.tiles is not None and (impl is None or _implementations.get(impl).has_tiles):
         kwargs.update(q_tile_shape=cfg.tiles.q, kv_tile_shape=cfg.tiles.kv)
 
     def f(q, k, v, ek, ev):
@@ -580,16 +578,13 @@ def _gna_fn(cfg: Config, impl: str | None, deterministic: bool | None = None):
 def _cuda_tiles(cfg: Config, q, k, v) -> _tiles.TileConfig | None:
     """The tile configuration ``implementation="cuda"`` runs on these inputs: --q-tile/--kv-tile,
     else the kernels' pick for the call."""
-    from jax_gna import _ops
-    from jax_gna._params import make_params
-
     if cfg.tiles is not None:
         return cfg.tiles
     p = cfg.problem
     params = make_params(
         q, k, v, p.kernel_size, stride=p.stride, dilation=p.dilation, is_causal=p.is_causal
     )
-    params = _ops.cuda_tiles(q, k, v, params)
+    params = _ffi_call.cuda_tiles(q, k, v, params)
     if not params.has_tiles:
         return None
     return _tiles.TileConfig(params.q_tile_shape, params.kv_tile_shape)
@@ -597,15 +592,12 @@ def _cuda_tiles(cfg: Config, q, k, v) -> _tiles.TileConfig | None:
 
 def _cuda_backward_reason(cfg: Config, q, k, v) -> str | None:
     """None if ``implementation="cuda"``'s gradients run the CUDA backward kernels on these
-    inputs, else why the ``xla`` backward stands in (`jax_gna._ops.cuda_backward_reason`)."""
-    from jax_gna import _ops
-    from jax_gna._params import make_params
-
+    inputs, else why the ``xla`` backward stands in."""
     p = cfg.problem
     params = make_params(
         q, k, v, p.kernel_size, stride=p.stride, dilation=p.dilation, is_causal=p.is_causal
     )
-    return _ops.cuda_backward_reason(q, k, v, params)
+    return _implementations.CUDA.backward_why_not(q, k, v, params)
 
 
 def _dense_fn(cfg: Config, implementation: str, causal: bool):
@@ -668,8 +660,6 @@ def _kernel_columns(row: dict[str, Any], timer, own: tuple[str, ...]) -> None:
 def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
     """Time the implementations and dense attention; print the table; return the results."""
     out = out or sys.stdout
-    import jax_gna
-    from jax_gna._params import resolve_deterministic, xla_wants_determinism
 
     p = cfg.problem
     sims, note = _candidates(cfg)
@@ -681,7 +671,9 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
     q, k, v, *_ = pool.take(1)[0]
     window = dict(stride=p.stride, dilation=p.dilation, is_causal=p.is_causal)
     supported = jax_gna.supported_implementations(q, k, v, p.kernel_size, **window)
-    auto = next(i for i in ("cuda", "cpu", "xla") if supported[i] is None)
+    auto = next(
+        i.name for i in _implementations.IMPLEMENTATIONS if i.auto and supported[i.name] is None
+    )
     if cfg.tiles is not None:  # they go to the cuda implementation only (`_gna_fn`)
         supported["cuda"] = jax_gna.supported_implementations(
             q, k, v, p.kernel_size, **window, q_tile_shape=cfg.tiles.q, kv_tile_shape=cfg.tiles.kv

@@ -1,6 +1,6 @@
 """The CPU FFI handlers (implementation="cpu") against the jnp reference: forward (out, lse)
 and backward (cotangents for both) over ranks, stride, dilation, causality, GQA, dtypes,
-several batch dims, additional KV; plus what `_ops.why_not` says and the handlers' checks."""
+several batch dims, additional KV; plus what `_ffi_call.why_not` says and the handlers' checks."""
 
 import dataclasses
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jax_gna
-from jax_gna import _extension, _ops, reference
+from jax_gna import _extension, _ffi_call, _ffi_op, reference
 from jax_gna._params import make_params
 
 pytestmark = pytest.mark.skipif(_extension.ext is None, reason=str(_extension.missing))
@@ -89,7 +89,7 @@ def _vjp(fn, q, k, v, seed=1):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_forward_matches_reference(case):
     q, k, v = case.inputs()
-    out, lse = _ops.gna_ffi(q, k, v, _params(case, q, k, v))
+    out, lse = _ffi_op.gna_ffi(q, k, v, _params(case, q, k, v))
     ref_out, ref_lse = jax.jit(
         lambda q, k, v: reference.gna(q, k, v, **case.window(), return_lse=True)
     )(q, k, v)
@@ -102,7 +102,7 @@ def test_forward_matches_reference(case):
 def test_backward_matches_reference(case):
     q, k, v = case.inputs()
     params = _params(case, q, k, v)
-    results, grads = _vjp(lambda q, k, v: _ops.gna_ffi(q, k, v, params), q, k, v)
+    results, grads = _vjp(lambda q, k, v: _ffi_op.gna_ffi(q, k, v, params), q, k, v)
     ref_results, ref_grads = _vjp(lambda q, k, v: reference.attention(q, k, v, params), q, k, v)
     chex.assert_trees_all_close(results, ref_results, atol=1e-5, rtol=1e-5)
     chex.assert_trees_all_close(grads, ref_grads, atol=1e-4, rtol=1e-4)
@@ -116,7 +116,7 @@ def test_backward_matches_reference(case):
 def test_half_precision_matches_reference(case, dtype):
     q, k, v = case.inputs(dtype)
     params = _params(case, q, k, v)
-    (out, lse), grads = _vjp(lambda q, k, v: _ops.gna_ffi(q, k, v, params), q, k, v)
+    (out, lse), grads = _vjp(lambda q, k, v: _ffi_op.gna_ffi(q, k, v, params), q, k, v)
     (ref_out, ref_lse), ref_grads = _vjp(
         lambda q, k, v: reference.attention(q, k, v, params), q, k, v
     )
@@ -150,7 +150,7 @@ def test_gradient_flows_through_lse_alone():
     q, k, v = case.inputs()
     params = _params(case, q, k, v)
     loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, params)[1]))  # noqa: E731
-    grads = jax.grad(loss(_ops.gna_ffi), (0, 1, 2))(q, k, v)
+    grads = jax.grad(loss(_ffi_op.gna_ffi), (0, 1, 2))(q, k, v)
     ref_grads = jax.jit(jax.grad(loss(reference.attention), (0, 1, 2)))(q, k, v)
     chex.assert_trees_all_close(grads, ref_grads, atol=1e-5, rtol=1e-5)
 
@@ -166,11 +166,11 @@ def test_why_not_reports_the_reason():
     case = CASES[0]
     q, k, v = case.inputs()
     params = _params(case, q, k, v)
-    assert _ops.why_not("cpu", q, k, v, params) is None
+    assert _ffi_call.why_not("cpu", q, k, v, params) is None
     if not _extension.ext.cuda_targets():
-        assert "no CUDA kernels" in _ops.why_not("cuda", q, k, v, params)
+        assert "no CUDA kernels" in _ffi_call.why_not("cuda", q, k, v, params)
     q64 = np.zeros(q.shape, np.float64)  # NumPy: float64 even without jax_enable_x64
-    assert "float64" in _ops.why_not("cpu", q64, k, v, params)
+    assert "float64" in _ffi_call.why_not("cpu", q64, k, v, params)
 
 
 def _direct_forward_call():
