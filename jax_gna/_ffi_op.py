@@ -82,7 +82,7 @@ def _rule(rank: int, group: int, operands: str, results: str) -> str:
     With GQA the query heads are a factor ``h`` of their own rather than the compound ``(m g)``:
     a compound lets Shardy split ``m`` by a sub-axis (e.g. 4 devices over 2 kv heads), which
     JAX cannot express as a NamedSharding for `partition` and fails on. `partition` keeps the
-    two consistent instead (`_shardings`)."""
+    two consistent instead (`shardings`)."""
     spatial = " ".join(f"x{a}" for a in range(rank))
     q_heads = "h" if group > 1 else "m"
     layouts = {

@@ -37,6 +37,9 @@ _SCORES_PER_CHUNK = 1 << 22  # f32 score elements per lax.map chunk (16 MiB)
 # eq=False: hashed by identity; `plan` caches one instance per problem.
 @dataclasses.dataclass(frozen=True, eq=False)
 class AxisPlan:
+    """The tiling of one axis: its queries cut into tiles (in dilation-group coordinates) and,
+    per group and tile, the box of keys the tile's windows reach."""
+
     length: int
     dilation: int
     group_max: int  # positions of the longest dilation group
@@ -46,7 +49,7 @@ class AxisPlan:
     box_start: np.ndarray  # [dilation, n_tiles]
     tile_mask: np.ndarray  # [dilation, n_tiles, tile, box] query/key visibility inside the box
     # Keys may span more positions than the queries (a shard's block with its halo,
-    # `jax_gna.parallel`); equal to `length` / `group_max` otherwise.
+    # `jax_gna._halo`); equal to `length` / `group_max` otherwise.
     key_length: int
     key_group_max: int
 
@@ -119,6 +122,7 @@ def plan_from_windows(
 
 
 def axis_plan(length: int, k: int, s: int, d: int, causal: bool, tile: int) -> AxisPlan:
+    """The tiling of a whole axis of `length` positions with window (k, s, d, causal)."""
     group_max = -(-length // d)
     padded = -(-group_max // tile) * tile
     starts, ends = _group_windows(length, k, s, d, causal, padded)
@@ -127,6 +131,7 @@ def axis_plan(length: int, k: int, s: int, d: int, causal: bool, tile: int) -> A
 
 @functools.lru_cache(maxsize=64)
 def plan(spatial: tuple[int, ...], params: GnaParams) -> tuple[AxisPlan, ...]:
+    """The tiling of every axis of a problem of spatial shape `spatial`."""
     tiles = tile_sizes(spatial, params)
     return tuple(
         axis_plan(n, k, s, d, c, t)
@@ -255,7 +260,7 @@ def _prepare(query, key, value, params, plans):
 def forward(query, key, value, params: GnaParams, plans=None, table=None, out_dtype=None):
     """``(out, lse)``, ``out`` in `out_dtype` (default the query's). `plans` and `table`
     (`tile_table` arrays, possibly traced) override the ones derived from the shapes and
-    `params` (`jax_gna.parallel` passes a shard's)."""
+    `params` (`jax_gna._halo` passes a shard's)."""
     plans, n_batch, qg, kg, vg = _prepare(query, key, value, params, plans)
     vg = _nonfinite.flag_rows(vg)  # finite values; nan comes back in the rows that see one
     heads, kv_heads = query.shape[-2], key.shape[-2]
@@ -292,6 +297,8 @@ def forward(query, key, value, params: GnaParams, plans=None, table=None, out_dt
 
 
 def backward(query, key, value, out, lse, dout, dlse, params: GnaParams, plans=None, table=None):
+    """``(dq, dk, dv)`` given the forward's ``out``/``lse`` and the cotangents of both; `plans`
+    and `table` as in `forward`."""
     plans, n_batch, qg, kg, vg = _prepare(query, key, value, params, plans)
     heads, kv_heads = query.shape[-2], key.shape[-2]
     group = heads // kv_heads

@@ -3,7 +3,7 @@
 Pure Python and NumPy; no GPU. For a GNA problem (`Problem`) and a tile configuration (a Q tile
 shape and a KV tile shape), `simulate` counts, for every Q tile, the KV tiles a fused kernel with
 **static KV tiling** visits, and derives the figures of the GNA paper's simulator (Hassani et
-al., App. B.1; DESIGN.md §7):
+al., App. B.1):
 
 - ``bound``: the analytical upper-bound speedup over dense attention with the same tiles, dense
   work / critical path, where the critical path is the Q tile that visits the most KV tiles
@@ -41,7 +41,7 @@ The model, stated once:
   key any query of the Q tile sees. It shows the "curse of multi-dimensionality": windows that
   are contiguous boxes in N-d are scattered rows in 1-D. Computed by brute force; guarded.
 
-Window math comes from `jax_gna._window` (DESIGN.md §3), nowhere else.
+Window math comes from `jax_gna._window`, nowhere else.
 
 Example::
 

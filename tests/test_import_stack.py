@@ -9,7 +9,8 @@ alike, so a cycle cannot hide behind a function-level import). The test fails on
 - a private name (``_name``, not a module) of one module used by another: imported
   (``from jax_gna.x import _name``) or read as an attribute (``x._name`` after ``from jax_gna
   import x``). Modules of one subpackage (``jax_gna/parallel/``) may share private names;
-  the top-level modules of `jax_gna` may not.
+  the top-level modules of `jax_gna` may not, nor may the scripts in ``benchmarks/`` and
+  ``examples/``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 PACKAGES = {name for name, p in MODULES.items() if p.name == "__init__.py"}
 # Compiled modules (known by their stubs): importable, and nothing to scan.
 COMPILED = {_module_name(p) for p in PACKAGE.rglob("*.pyi")}
+IMPORTABLE = set(MODULES) | COMPILED
 
 
 def _package_of(module: str) -> str:
@@ -73,22 +75,28 @@ class _Imports(ast.NodeVisitor):
             return
         for alias in node.names:
             submodule = f"{source}.{alias.name}"
-            if submodule in MODULES or submodule in COMPILED:
+            if submodule in IMPORTABLE:
                 self.imports.append((submodule, None, node.lineno))
                 self.aliases[alias.asname or alias.name] = submodule
             else:
                 self.imports.append((source, alias.name, node.lineno))
 
 
-def _scan(module: str) -> _Imports:
-    tree = ast.parse(MODULES[module].read_text(), str(MODULES[module]))
+def _scan(module: str, path: pathlib.Path) -> _Imports:
+    tree = ast.parse(path.read_text(), str(path))
     found = _Imports(module)
     found.visit(tree)
     found.tree = tree
     return found
 
 
-SCANS = {m: _scan(m) for m in MODULES}
+SCANS = {m: _scan(m, p) for m, p in MODULES.items()}
+# The repository's scripts (absent where the package is tested installed).
+SCRIPTS = {
+    f"{folder}.{path.stem}": _scan(f"{folder}.{path.stem}", path)
+    for folder in ("benchmarks", "examples")
+    for path in sorted((PACKAGE.parent / folder).glob("*.py"))
+}
 
 
 def _graph() -> dict[str, set[str]]:
@@ -157,9 +165,9 @@ def _private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
 
 
-def _private_uses() -> list[str]:
+def _private_uses(scans: dict[str, _Imports]) -> list[str]:
     uses = []
-    for module, scan in SCANS.items():
+    for module, scan in scans.items():
         for target, name, line in scan.imports:
             if name and _private(name) and not _shares_private(module, target):
                 uses.append(f"{module}:{line} imports {target}.{name}")
@@ -167,7 +175,7 @@ def _private_uses() -> list[str]:
             if not (isinstance(node, ast.Attribute) and _private(node.attr)):
                 continue
             owner = _attribute_owner(node.value, scan.aliases)
-            if owner is None or f"{owner}.{node.attr}" in MODULES | COMPILED:
+            if owner is None or f"{owner}.{node.attr}" in IMPORTABLE:
                 continue
             if not _shares_private(module, owner):
                 uses.append(f"{module}:{node.lineno} uses {owner}.{node.attr}")
@@ -186,5 +194,10 @@ def _attribute_owner(node: ast.expr, aliases: dict[str, str]) -> str | None:
 
 
 def test_no_private_name_crosses_a_module_boundary():
-    uses = _private_uses()
+    uses = _private_uses(SCANS)
     assert not uses, "private names used outside their module:\n" + "\n".join(uses)
+
+
+def test_scripts_use_no_private_name_of_the_package():
+    uses = _private_uses(SCRIPTS)
+    assert not uses, "private names of jax_gna in scripts:\n" + "\n".join(uses)

@@ -315,6 +315,54 @@ def test_heads_strategy_refuses_heads_that_do_not_divide():
         parallel.gna_sharded(q, k, v, (3,), mesh=_mesh(4), axis_name="x", strategy="ring")
 
 
+@pytest.mark.skipif(_extension.ext is None, reason=str(_extension.missing))
+@pytest.mark.parametrize("strategy", ["halo", "heads"])
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_deterministic_reaches_the_backward_call_of_every_shard(deterministic, strategy):
+    """`deterministic` as in `jax_gna.gna`: every backward custom call of the shards (one per
+    device's view for the halo strategy, the whole axis for the heads one) carries it."""
+    q, k, v, _, _ = _arrays((1, 32, 4, 8), 4, 0)
+    mesh = _mesh(4)
+
+    def loss(q, k, v):
+        out = parallel.gna_sharded(
+            q, k, v, (5,), stride=2, mesh=mesh, axis_name="x", implementation="cpu",
+            deterministic=deterministic, strategy=strategy,
+        )  # fmt: skip
+        return jnp.sum(jnp.sin(out))
+
+    text = jax.jit(jax.grad(loss, (0, 1, 2))).lower(q, k, v).as_text()
+    calls = [line for line in text.splitlines() if "stablehlo.custom_call @jax_gna_bwd(" in line]
+    assert len(calls) == (4 if strategy == "halo" else 1)
+    assert all(f"deterministic = {int(deterministic)} : i64" in call for call in calls)
+
+
+@pytest.mark.parametrize("strategy", ["halo", "heads"])
+def test_tile_shapes_go_to_the_cuda_kernels_only(strategy):
+    """`q_tile_shape`/`kv_tile_shape` as in `jax_gna.gna`: an explicit implementation without
+    tiles refuses them, and None ignores them where the shards do not run "cuda"."""
+    q, k, v, _, _ = _arrays((1, 32, 4, 8), 4, 0)
+    mesh = _mesh(4)
+    tiles = dict(q_tile_shape=(8,), kv_tile_shape=(8,))
+
+    def run(**kw):
+        return parallel.gna_sharded(
+            q, k, v, (5,), stride=2, mesh=mesh, axis_name="x", strategy=strategy, **kw
+        )
+
+    for implementation in [*SHARD_IMPLEMENTATIONS, "reference"]:
+        with pytest.raises(NotImplementedError, match=r"`q_tile_shape`/`kv_tile_shape`.*'cuda'"):
+            run(implementation=implementation, **tiles)
+    np.testing.assert_array_equal(run(**tiles), run())
+
+
+def test_mask_and_bias_are_refused_as_by_gna():
+    q, k, v, _, _ = _arrays((1, 16, 2, 8), 2, 0)
+    for option in ("mask", "bias"):
+        with pytest.raises(NotImplementedError, match=f"`{option}`"):
+            parallel.gna_sharded(q, k, v, (3,), mesh=_mesh(4), axis_name="x", **{option: q})
+
+
 def _view_calls(hlo: str, target: str = "jax_gna_fwd") -> list[str]:
     """The `target` custom calls of a compiled program that carry a view (a shard's FFI call)."""
     calls = [line for line in hlo.splitlines() if f'custom_call_target="{target}"' in line]
