@@ -15,7 +15,8 @@ The interpreter is `$JAX_GNA_PYTHON`, else `python3` on `PATH`; it also runs the
 `$XLA_FFI_INCLUDE_DIR`, `$CUTLASS_INCLUDE_DIR` (the same variables as the CMake build).
 """
 
-# Newest XLA FFI API minor version whose handlers jaxlib 0.10/0.11 runtimes accept (DESIGN §6).
+# Newest XLA FFI API minor version whose handlers jaxlib 0.10/0.11 runtimes accept (0.10: 0.3,
+# 0.11: 0.4; handlers built against newer headers are refused).
 _MAX_XLA_FFI_API_MINOR = 4
 
 def _find_python(rctx):

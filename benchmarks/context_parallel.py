@@ -29,11 +29,11 @@ With ``--strategy heads`` the devices exchange heads instead (`jax_gna.parallel.
 share is that of the all-to-alls (with ``--backward`` those of the backward too); --per-shard
 times the halo strategy's views only. On GPUs of one host, XLA moves the all-to-alls with the
 copy engines under ``XLA_FLAGS=--xla_gpu_use_memcpy_local_p2p=true`` (recorded in the JSON as
-``xla_flags``; README, "Multi-device").
+``xla_flags``; docs/multi_device.md).
 
 The halo exchange is not overlapped with the attention: a device's queries attend one key
 block (its shard plus the halos) in one kernel call. (Attending the own shard while the halo
-arrives, then the halo, merged by log-sum-exp, measured slower on 2 H200s: cuda/sm90/NOTES.md.)
+arrives, then the halo, merged by log-sum-exp, measured slower on 2 H200s: docs/history.md.)
 """
 
 from __future__ import annotations

@@ -75,11 +75,16 @@ class Implementation:
 
     def refusal(self, query, key, value, params: GnaParams) -> str | None:
         """None if it can run this call (on the query's platform), else the reason."""
-        return (
-            self.tiles_refusal(params)
-            or self.platform_refusal(array_platform(query))
-            or self.why_not(query, key, value, params)
-        )
+        tiles = self.tiles_refusal(params)
+        if tiles is not None:
+            return tiles
+        platform = self.platform_refusal(array_platform(query))
+        if platform is not None:
+            return (
+                f"{platform} (a traced call runs on jax's default device: trace it inside "
+                f"`with jax.default_device(jax.devices({self.platform!r})[0])` to run there)"
+            )
+        return self.why_not(query, key, value, params)
 
 
 def _runs_all(query, key, value, params: GnaParams) -> None:

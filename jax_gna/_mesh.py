@@ -70,12 +70,15 @@ def mesh_platform(mesh) -> str:
 
 
 def array_platform(x: jax.Array) -> str:
-    """The platform a call on `x` runs on: its device for a concrete array, else the default
-    backend (under tracing)."""
+    """The platform a call on `x` runs on: its device for a concrete array; under tracing,
+    jax's default device (``jax.default_device``) if one is set, else the default backend."""
     try:
         devices = x.devices()
     except (AttributeError, jax.errors.ConcretizationTypeError, RuntimeError):
-        return jax.default_backend()
+        device = jax.config.jax_default_device
+        if device is None:
+            return jax.default_backend()
+        return getattr(device, "platform", device)
     return next(iter(devices)).platform
 
 

@@ -13,12 +13,18 @@ the product. The implementations that compute such products multiply the finite 
 
 Keys and queries need no such step: a non-finite one makes the masked scores (and so the whole
 output row and its LSE) of exactly the queries that see it non-finite.
+
+Derivatives meet the same product in transposition: a linear map whose coefficients are ``nan``
+sends a zero cotangent to ``nan``. The reference's derivative rules therefore use finite
+coefficients and add the ``nan`` back through `nan_if_nonzero`, which keeps a zero a zero.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 
 def finite(x: jax.Array) -> jax.Array:
@@ -52,3 +58,28 @@ def poison_rows(out: jax.Array) -> jax.Array:
     """``[..., Dv + 1]`` probability-weighted sums of `flag_rows` values -> ``[..., Dv]``, nan
     in the rows that gave a non-finite value a positive probability."""
     return jnp.where(out[..., -1:] > 0, jnp.nan, out[..., :-1])
+
+
+def nan_if_nonzero(x: jax.Array) -> jax.Array:
+    """``nan`` where ``x`` is nonzero (or nan), 0 where it is zero.
+
+    A primitive that autodiff treats as linear and as its own transpose: its derivative and its
+    transpose are itself, applied to the tangent or cotangent. So a derivative rule built from
+    finite coefficients, `jnp.where` masks, sums and this marks exactly the derivatives that a
+    nonzero (co)tangent carries to a non-finite entry, and leaves those of zero ones at 0 (a
+    product with a ``nan`` coefficient would give ``0 * nan = nan``). Sums of its results stay
+    0 or ``nan`` (no cancellation), so they act as "any".
+    """
+    return _nan_if_nonzero_p.bind(x)
+
+
+def _nan_if_nonzero_impl(x):
+    return jnp.where(x != 0, jnp.nan, jnp.zeros_like(x))
+
+
+_nan_if_nonzero_p = Primitive("nan_if_nonzero")
+_nan_if_nonzero_p.def_impl(_nan_if_nonzero_impl)
+_nan_if_nonzero_p.def_abstract_eval(lambda aval: aval)
+mlir.register_lowering(_nan_if_nonzero_p, mlir.lower_fun(_nan_if_nonzero_impl, False))
+ad.deflinear(_nan_if_nonzero_p, lambda ct: [nan_if_nonzero(ct)])
+batching.defvectorized(_nan_if_nonzero_p)

@@ -1,4 +1,4 @@
-"""GNA window math (the rule of docs/design.md, "Windows"), vectorised with NumPy.
+"""GNA window math (the rule of docs/design.md, "GNA semantics"), vectorised with NumPy.
 
 This module and `cuda/include/gna/window.h` are the only two places the window rule lives;
 `tests/test_window_cpp.py` checks them against each other.

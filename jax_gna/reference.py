@@ -46,9 +46,12 @@ def gna(
     Same arguments, semantics and results as `jax_gna.gna` (see there), computed in float32
     with the full ``[N, N]`` mask built from the window rule. A non-finite query, key or value
     reaches exactly the output channels whose window holds it, as if each query's window were
-    computed alone. Differentiable in reverse mode (``jax.grad``, ``jax.vjp``; its own VJP, the
-    textbook softmax backward in which a query whose cotangents are zero contributes nothing,
-    so that a loss over the other queries has finite gradients).
+    computed alone (``docs/nonfinite.md``). Differentiable in every mode and order
+    (``jax.grad``, ``jax.vjp``, ``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``, hessians) and
+    under ``jax.vmap``. Its own derivative rule is the textbook softmax derivative, except that
+    a query whose cotangents are all zero contributes nothing to the gradients (and a zero
+    tangent nothing to the forward-mode derivatives): a loss over the queries that never see a
+    non-finite entry has finite gradients, equal to those with that entry replaced by 0.
 
     Returns:
       ``out`` ``[B..., X..., H, Dv]`` in the query's dtype, and with ``return_lse=True`` also
@@ -165,41 +168,78 @@ def _probabilities(s, lse, where):
     return jnp.where(where, jnp.exp(s - lse[..., None]), 0.0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
 def _masked_softmax(q, k, v, visible, scale):
     """``(out [B, N, Hkv, G, Dv], lse [B, Hkv, G, N])`` of q ``[B, N, Hkv, G, D]``, k ``[B, M,
     Hkv, D]``, v ``[B, M, Hkv, Dv]`` (float32) and visibility ``[N, M]``.
 
-    Its gradient is the textbook softmax backward, with one rule on top: a query whose
-    cotangents (of ``out`` and ``lse``) are all zero contributes nothing, so that ``0 * nan``
-    never carries a non-finite entry to gradients that do not depend on it (autodiff of the
-    same formulas would).
+    Its derivative is the textbook softmax JVP, written so that its transpose (the VJP) follows
+    one rule on top of the textbook backward: a query whose cotangents (of ``out`` and ``lse``)
+    are all zero contributes nothing, so that ``0 * nan`` never carries a non-finite entry to
+    gradients that do not depend on it (autodiff of the same formulas would). The linear maps
+    take finite coefficients; `_nonfinite.nan_if_nonzero` adds ``nan`` where a nonzero
+    (co)tangent meets a non-finite entry, as `_nan_pattern` describes. Every transformation
+    applies: forward and reverse mode, any order, vmap.
     """
-    return _masked_softmax_fwd(q, k, v, visible, scale)[0]
+    return _forward(q, k, v, visible, scale)[:2]
 
 
-def _masked_softmax_fwd(q, k, v, visible, scale):
+def _forward(q, k, v, visible, scale):
+    """``out``, ``lse`` and the probabilities ``p [B, Hkv, G, N, M]`` (0 where not visible)."""
     s = _scores(q, k, visible, scale)
     lse = jax.nn.logsumexp(s, axis=-1)
     p = _probabilities(s, lse, visible)
     out = jnp.einsum("bkgnm,bmkd->bnkgd", p, _nonfinite.finite(v), precision=_HIGHEST)
     out = jnp.where(_nonfinite.reached(visible, ~jnp.isfinite(v))[:, :, :, None], jnp.nan, out)
-    return (out, lse), (q, k, v, visible, out, lse)
+    return out, lse, p
 
 
-def _masked_softmax_bwd(scale, residuals, cotangents):
-    q, k, v, visible, out, lse = residuals
-    dout, dlse = cotangents
-    active = jnp.moveaxis(jnp.any(dout != 0, axis=-1), 1, 3) | (dlse != 0)  # [B, Hkv, G, N]
-    p = _probabilities(_scores(q, k, visible, scale), lse, visible & active[..., None])
-    dv = jnp.einsum("bkgnm,bnkgd->bmkd", p, dout, precision=_HIGHEST)
-    dp = jnp.einsum("bnkgd,bmkd->bkgnm", dout, _nonfinite.finite(v), precision=_HIGHEST)
-    # A non-finite value reaches dS through delta: the output of a query that sees it is nan.
-    delta = jnp.moveaxis(jnp.sum(dout * out, axis=-1), 1, 3) - dlse
-    ds = jnp.where(p == 0, 0.0, p * (dp - delta[..., None])) * scale
-    dq = jnp.einsum("bkgnm,bmkd->bnkgd", ds, _nonfinite.finite(k), precision=_HIGHEST)
-    dk = jnp.einsum("bkgnm,bnkgd->bmkd", ds, _nonfinite.finite(q), precision=_HIGHEST)
-    return dq, dk, dv, None
+@_masked_softmax.defjvp
+def _masked_softmax_jvp(scale, primals, tangents):
+    q, k, v, visible = primals
+    dq, dk, dv, _ = tangents
+    out, lse, p = _forward(q, k, v, visible, scale)
+    fp, fout = _nonfinite.finite(p), _nonfinite.finite(out)
+    fq, fk, fv = (_nonfinite.finite(x) for x in (q, k, v))
+    # Textbook: d lse = sum P dS, d out = sum P (dS - d lse) V + P dV, with dS the scores'.
+    d_scores = jnp.einsum("bnkgd,bmkd->bkgnm", dq, fk, precision=_HIGHEST) + jnp.einsum(
+        "bnkgd,bmkd->bkgnm", fq, dk, precision=_HIGHEST
+    )
+    weighted = fp * (d_scores * scale)
+    d_lse = jnp.sum(weighted, axis=-1)
+    d_out = (
+        jnp.einsum("bkgnm,bmkd->bnkgd", weighted, fv, precision=_HIGHEST)
+        - jnp.moveaxis(d_lse, 3, 1)[..., None] * fout
+        + jnp.einsum("bkgnm,bmkd->bnkgd", fp, dv, precision=_HIGHEST)
+    )
+    nan_out, nan_lse = _nan_pattern(p, out, dq, dk, dv)
+    return (out, lse), (d_out + nan_out, d_lse + nan_lse)
 
 
-_masked_softmax.defvjp(_masked_softmax_fwd, _masked_softmax_bwd)
+def _nan_pattern(p, out, dq, dk, dv):
+    """The ``nan`` (else 0) that tangents ``dq, dk, dv`` carry to ``(d out, d lse)``.
+
+    A query is non-finite when its probabilities or its output are: a non-finite query or key
+    in its window makes its scores non-finite, a non-finite value its output. Its ``(d out, d
+    lse)`` is ``nan`` where a nonzero tangent reaches it through a pair of nonzero probability
+    (the query's own ``dq``, or ``dk`` of such a key) or through a non-finite probability
+    (``dv`` of such a key).
+
+    Transposed, it is the reverse-mode rule: the ``dq``, ``dk``, ``dv`` of those pairs are
+    ``nan`` where the query's cotangents are nonzero (the textbook backward's nan), and exactly
+    0 where they are all zero.
+    """
+    bad_p = ~jnp.isfinite(p)  # p is 0 where not visible
+    bad_row = jnp.any(bad_p, -1) | jnp.moveaxis(jnp.any(~jnp.isfinite(out), -1), 1, 3)
+    score_pairs = (p != 0) & bad_row[..., None]  # [B, Hkv, G, N, M]
+    nz = _nonfinite.nan_if_nonzero
+
+    def per_key(x):  # [B, M, Hkv, D] -> [B, Hkv, 1, 1, M]: nan where the key's tangent is nonzero
+        return jnp.moveaxis(jnp.sum(nz(x), -1), 1, 2)[:, :, None, None, :]
+
+    from_q = jnp.where(jnp.any(score_pairs, -1), jnp.moveaxis(jnp.sum(nz(dq), -1), 1, 3), 0.0)
+    from_k = jnp.sum(jnp.where(score_pairs, per_key(dk), 0.0), -1)
+    from_v = jnp.sum(jnp.where(bad_p, per_key(dv), 0.0), -1)
+    nan_lse = nz(from_q + from_k + from_v)  # [B, Hkv, G, N]
+    nan_out = nz(jnp.broadcast_to(jnp.moveaxis(nan_lse, 3, 1)[..., None], out.shape))
+    return nan_out, nan_lse

@@ -190,13 +190,15 @@ def _check(family: Family) -> None:
             q, k, v, **window, return_lse=True, implementation=family.implementation, **tiles
         )
     )
-    program = run.lower(*args).as_text()
+    with jax.default_device(device):  # traced on the family's platform, also on a GPU machine
+        program = run.lower(*args).as_text()
+        results = run(*args)
     if family.implementation in ("cuda", "cpu") and "jax_gna_fwd" not in program:
         raise AssertionError("the forward did not run the jax_gna_fwd kernel")
     needs_bwd_kernel = family.implementation == "cpu" or family.cuda_backward
     if needs_bwd_kernel and "jax_gna_bwd" not in program:
         raise AssertionError("the gradients did not run the jax_gna_bwd kernel")
-    got = [np.asarray(jnp.asarray(x, jnp.float32)) for x in run(*args)]
+    got = [np.asarray(jnp.asarray(x, jnp.float32)) for x in results]
     want = _reference(family, inputs)
 
     out_tol, lse_tol, (grad_atol, grad_rtol) = TOLERANCES[family.dtype]

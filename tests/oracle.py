@@ -1,8 +1,9 @@
-"""Independent brute-force oracle of GNA (DESIGN.md §3), in plain Python and float64 NumPy.
+"""Independent brute-force oracle of GNA (docs/design.md, "GNA semantics"), in plain Python and
+float64 NumPy.
 
 Written straight from the rule, one query at a time, without importing anything from
 `jax_gna`: every test compares the package against this file (and this file against the worked
-examples of research/natten.md §1.3 in `test_oracle.py`).
+examples of NATTEN's reference mask in `test_oracle.py`).
 
 Per axis of extent ``L``, window ``K``, stride ``s``, dilation ``d``, for query ``i``::
 

@@ -12,7 +12,8 @@ import pytest
 
 import jax_gna
 from jax_gna import _extension, _ffi_call, _ffi_op, reference
-from jax_gna._params import make_params
+from jax_gna._params import GnaParams, make_params
+from tests import oracle
 
 pytestmark = pytest.mark.skipif(_extension.ext is None, reason=str(_extension.missing))
 
@@ -235,3 +236,29 @@ def test_both_backward_modes_give_the_reference_gradients(deterministic):
     chex.assert_trees_all_close(grads, ref_grads, atol=1e-4, rtol=1e-4)
     _, other = _vjp(fn("cpu", deterministic=not deterministic), q, k, v)
     jax.tree.map(np.testing.assert_array_equal, grads, other)
+
+
+@pytest.mark.parametrize("view", [False, True], ids=["grid", "view"])
+def test_backward_split_into_query_slices_matches_the_oracle(view):
+    """One batch entry and one kv head with work for many threads: the backward splits the
+    queries into slices, each summing dK/dV over the band of keys it sees (odd extents, stride,
+    dilation, causal, GQA; a view whose queries run past the axis and whose keys hang over it)."""
+    extent = (37, 34)
+    window = ((5, 7), (2, 1), (1, 2), (False, True))
+    views = ((9, 24, 3, 30), (2, 33, -2, 36)) if view else tuple((0, n, 0, n) for n in extent)
+    nq, nk = tuple(v[1] for v in views), tuple(v[3] for v in views)
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, *nq, 2, 32), dtype=np.float32)
+    k = rng.standard_normal((1, *nk, 1, 32), dtype=np.float32)
+    v = rng.standard_normal((1, *nk, 1, 16), dtype=np.float32)
+    dout = rng.standard_normal((1, *nq, 2, 16), dtype=np.float32)
+    dlse = rng.standard_normal((1, *nq, 2), dtype=np.float32)
+    params = GnaParams(*window, 0.25, view=tuple((n, v[0], v[2]) for n, v in zip(extent, views)))
+    out, lse = _ffi_call.forward(params, q, k, v)
+    grads = _ffi_call.backward(params, dout, q, k, v, out, lse, dlse)
+    mask = oracle.view_visible(extent, views, *window)
+    want = oracle.attention(q, k, v, *window, rank=2, scale=0.25, mask=mask, dout=dout, dlse=dlse)[
+        2
+    ]
+    for name, got, w in zip("qkv", grads, want):
+        np.testing.assert_allclose(np.asarray(got), w, rtol=1e-4, atol=1e-4, err_msg=f"d{name}")

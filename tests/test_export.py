@@ -186,8 +186,8 @@ _LOAD = """
 def test_an_export_loads_in_a_new_process_after_import_jax_gna(tmp_path):
     """Export (symbolic batch, forward and VJP) in one process; deserialize and run it in a
     fresh one that imports nothing of jax_gna but the package: the FFI handlers are
-    registered on import. Without the import, XLA names the missing target (the README's
-    documented message)."""
+    registered on import. Without the import, XLA names the missing target (the message
+    docs/usage.md documents)."""
     blob, data = str(tmp_path / "gna.jax_exported"), str(tmp_path / "data.npz")
     made = _python(_EXPORT, blob, data)
     assert made.returncode == 0, made.stderr

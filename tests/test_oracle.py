@@ -1,5 +1,6 @@
-"""The oracle itself against the worked examples of research/natten.md §1.3 (an independent
-source: NATTEN's reference mask), plus the structural consequences listed in §1.2."""
+"""The oracle itself against worked examples read off NATTEN's reference mask (an independent
+source; 1-D, L = 10), plus the structural consequences of the per-axis rule (docs/design.md,
+"GNA semantics")."""
 
 import itertools
 
@@ -10,7 +11,7 @@ from tests import oracle
 
 R = lambda a, b: list(range(a, b + 1))  # noqa: E731  inclusive range, as the examples write it
 
-# (K, s, d, causal) -> {query: keys}, L = 10. Only entries the document spells out are listed.
+# (K, s, d, causal) -> {query: keys}, L = 10. Only entries worked out from that mask are listed.
 EXAMPLES = {
     "A_plain_K3": (
         (3, 1, 1, False),

@@ -99,3 +99,36 @@ def test_debug_kernels_needs_a_debug_build(monkeypatch, capsys):
     monkeypatch.setattr(_extension, "build_info", lambda: {"debug_kernels": False})
     assert selftest.main(["--debug-kernels"]) == 2
     assert "JAX_GNA_DEBUG_KERNELS=ON" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(_extension.ext is None, reason="needs the CPU kernel")
+def test_cpu_rows_run_on_the_cpu_of_a_gpu_machine(monkeypatch):
+    # On a GPU machine jax's default backend is the GPU; the cpu rows must still trace and run
+    # on the CPU (they failed there with "it runs on CPU and this call runs on GPU").
+    import jax
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    family = selftest.check(selftest.Family("cpu", "float32", 32, 2))
+    assert family.status == "PASS", family.detail
+
+
+def test_a_traced_call_runs_on_the_default_device(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    from jax_gna import _mesh
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    seen = []
+
+    def trace(q):
+        seen.append(_mesh.array_platform(q))
+        return q
+
+    q = jnp.zeros((1, 8, 2, 32))
+    jax.jit(trace)(q)
+    with jax.default_device(jax.devices("cpu")[0]):
+        jax.jit(trace).lower(q)
+    assert seen == ["gpu", "cpu"]
+    with pytest.raises(NotImplementedError, match=r"jax\.default_device\(jax\.devices\('cpu'\)"):
+        jax.jit(lambda q: jax_gna.gna(q, q, q, (3,), implementation="cpu"))(q)

@@ -1,7 +1,7 @@
 """The simulator against brute-force tile counting and against the published numbers.
 
 The brute force never touches `jax_gna._window` or the simulator's box code: visibility comes
-from `tests/oracle.py` (written from DESIGN.md §3 one query at a time), tiles are formed by
+from `tests/oracle.py` (written from the window rule one query at a time), tiles are formed by
 grouping tokens by (dilation group, tile index), and a (Q tile, KV tile) pair is counted as
 visited when it holds a visible pair, full when every pair of a valid query and a KV tile slot
 is visible (a slot past the end of the layout is padding, never visible).
@@ -110,7 +110,8 @@ def test_flattened_equals_multi_dimensional_in_1d():
     )
 
 
-# Published NATTEN Sim numbers (research/anchors.md §2, [GNA-sub] Tables 2-4, Fig. 3) and the
+# Published NATTEN Sim numbers (the GNA paper, Hassani et al., arXiv:2504.16922: the "NATTEN
+# Sim" entries of its end-to-end tables and its stride sweep) and the
 # Hopper tile shapes' bounds: (shape, window, stride, q tile, kv tile, bound, worst Q tile).
 ANCHORS = [
     ("flux-na", (256, 256), (80, 80), (1, 1), (16, 16), (16, 8), 6.10, 84),
@@ -141,7 +142,8 @@ def test_reproduces_published_simulator_numbers(anchor):
 
 
 def test_mean_based_figure_overestimates_as_published():
-    # research/natten.md §9: FLUX 7.51x with (16,8)/(16,8), HunyuanVideo 5.44x with (2,8,8).
+    # The mean over Q tiles instead of the slowest one: FLUX 7.51x with (16,8)/(16,8),
+    # HunyuanVideo 5.44x with (2,8,8), above the critical-path bounds.
     flux = sim.simulate(sim.Problem((256, 256), (80, 80)), (16, 8), (16, 8))
     hv = sim.simulate(sim.Problem((30, 48, 80), (18, 24, 24)), (2, 8, 8), (2, 8, 8))
     assert flux.mean_speedup == pytest.approx(7.51, abs=0.006)

@@ -3,8 +3,8 @@
 Every shared-memory access of the kernels must be a shared-memory instruction. A generic
 access (``st.v4.u32``, ``ld.v4.u32``: no state space) to shared memory is correct but goes
 through the global path and waits on the long scoreboard (the sm90 backward's profile in
-`cuda/sm90/NOTES.md`); cute's swizzled smem tensors compute addresses as integers, so a plain
-store through one is generic, which is why the kernels stage P, P^T and dS^T through
+`docs/history.md`, "Backward v4"); cute's swizzled smem tensors compute addresses as integers,
+so a plain store through one is generic, which is why the kernels stage P, P^T and dS^T through
 `store_shared_16b` / `load_shared_16b` (`cuda/common/shared_storage.cuh`). The kernels' only
 global accesses are explicit (``.global``), so the check is simply: no ``ld``/``st`` without a
 state space in the whole kernel.

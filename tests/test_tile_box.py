@@ -2,11 +2,11 @@
 Q-tile boxes) against brute force.
 
 The C++ header is compiled into a small program (`cuda/tests/tile_box_cases.cc`) with the host
-compiler; its answers are checked against per-element visibility computed from DESIGN.md §3
-directly: here (forward boxes and kinds) and by `tests/oracle.py`'s element mask (the backward's
-Q-tile boxes, and views: a shard's queries against a key block, with the windows of the whole
-axis, checked against the oracle's whole-axis mask restricted to the slices). No code under
-test is used as the oracle.
+compiler; its answers are checked against per-element visibility computed from the window rule
+(docs/design.md, "GNA semantics") directly: here (forward boxes and kinds) and by
+`tests/oracle.py`'s element mask (the backward's Q-tile boxes, and views: a shard's queries
+against a key block, with the windows of the whole axis, checked against the oracle's whole-axis
+mask restricted to the slices). No code under test is used as the oracle.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ EMPTY, FULL, PARTIAL = 0, 1, 2
 
 
 def _window(iq: int, lg: int, k: int, s: int, causal: bool) -> tuple[int, int]:
-    """DESIGN.md §3, one query in group coordinates."""
+    """The window rule (docs/design.md, "GNA semantics"), one query in group coordinates."""
     if causal:
         leader = min((iq // s) * s + s - 1, lg - 1)
         return max(leader - k + 1, 0), iq + 1

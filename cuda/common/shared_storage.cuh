@@ -12,7 +12,7 @@ namespace gna {
 // GMMA). The pointer is advanced, not rebuilt from an integer: derived from the __shared__
 // array, it keeps its address space, so plain accesses to the storage compile to shared-memory
 // loads and stores (LDS/STS). Through an integer they become generic ones, which wait on the
-// long scoreboard like global loads (the sm90 backward's profile: cuda/sm90/NOTES.md).
+// long scoreboard like global loads (the sm90 backward's profile: docs/history.md).
 template <class Storage>
 CUTLASS_DEVICE Storage& shared_storage(char* smem) {
   const uint32_t misalignment = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) & 1023u;
@@ -33,13 +33,13 @@ CUTLASS_DEVICE void store_shared_pair(const Element* at, Element lo, Element hi)
 
 // Whether the smem layout `Layout` (rows x columns, and buffers: buffer 0 is checked) keeps each
 // run of kRun columns kRun c .. kRun c + kRun - 1 of a row contiguous and aligned to kRun elements
-// in memory, as the vector stores and loads below need. The first 16 rows are checked (the
-// compiler's constexpr budget): two periods of the GMMA/UMMA swizzle atoms, which repeat every 8
-// rows.
+// in memory, as the vector stores and loads below need. The first 16 rows and 128 columns are
+// checked (the compiler's constexpr budget; a d256 tile checked whole exceeds it): two periods of
+// the GMMA/UMMA swizzle atoms, which repeat every 8 rows and every 64 (or 32) columns.
 template <class Layout, int kRows, int kCols, int kRun>
 constexpr bool column_runs_contiguous() {
   for (int r = 0; r < (kRows < 16 ? kRows : 16); ++r) {
-    for (int c = 0; c < kCols; c += kRun) {
+    for (int c = 0; c < (kCols < 128 ? kCols : 128); c += kRun) {
       for (int i = 0; i < kRun; ++i) {
         int at = 0, first = 0;
         if constexpr (decltype(cute::rank(Layout{}))::value == 3) {

@@ -135,14 +135,17 @@ void axpy(float alpha, const float* x, float* y, int n) {
 // a task throws stops the tasks not yet started and is rethrown here once every thread has
 // joined. A thread that cannot be started leaves its share to the others.
 
+// How many threads `work` scalar operations are worth, on any machine (at least 1).
+double threads_worth(double work) {
+  constexpr double kMinWorkPerThread = 1 << 18;
+  return std::max(1.0, work / kMinWorkPerThread);  // in double: an estimate, never overflows
+}
+
 template <typename Fn>
 void parallel_for(int64_t tasks, double work_per_task, Fn&& fn) {
-  constexpr double kMinWorkPerThread = 1 << 18;
   const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
-  // In double: an estimate, which must not overflow for any problem.
-  const double by_work =
-      std::max(1.0, static_cast<double>(tasks) * work_per_task / kMinWorkPerThread);
-  const int threads = static_cast<int>(std::min(static_cast<double>(std::min(hw, tasks)), by_work));
+  const int threads = static_cast<int>(
+      std::min(static_cast<double>(std::min(hw, tasks)), threads_worth(tasks * work_per_task)));
   if (threads <= 1) {
     for (int64_t t = 0; t < tasks; ++t) fn(t);
     return;
@@ -170,6 +173,37 @@ void parallel_for(int64_t tasks, double work_per_task, Fn&& fn) {
   for (auto& th : pool) th.join();
   if (failure) std::rethrow_exception(failure);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Backward: per-slice accumulators, the zero-cotangent rule.
+
+// dK or dV rows of one (batch, kv head), by key token: the result's rows, or the private band of a
+// query slice (keys first, first + 1, ...).
+struct KeyRows {
+  float* base;
+  int64_t first;
+  int64_t stride;
+  float* row(int64_t key) const { return base + (key - first) * stride; }
+};
+
+// The dK/dV of one query slice over the keys [first, first + keys) (row-major [keys, D]).
+struct Band {
+  int64_t first = 0, keys = 0;
+  std::vector<float> dk, dv;
+};
+
+bool all_zero(const float* x, int n) {
+  for (int i = 0; i < n; ++i)
+    if (x[i] != 0.f) return false;  // nan counts as nonzero
+  return true;
+}
+
+// The backward splits the queries of a (batch, kv head) into slices until there are this many
+// tasks (a constant, not the machine's thread count, so that the result is the same on every
+// machine), with at least kMinSliceTokens queries per slice (below that, a slice's band of keys
+// is mostly overlap with its neighbours').
+constexpr int64_t kSliceTasks = 16;
+constexpr int64_t kMinSliceTokens = 64;
 
 }  // namespace
 
@@ -237,26 +271,81 @@ void backward(const Problem& p, const void* dout_raw, const void* q_raw, const v
   const Fp32Tensor k(k_raw, p.dtype, p.batch * kv_tokens * Hkv * D);
   const Fp32Tensor v(v_raw, p.dtype, p.batch * kv_tokens * Hkv * Dv);
   const Fp32Tensor out(out_raw, p.dtype, p.batch * tokens * H * Dv);
+  // dP = dO . V takes V's finite part: a non-finite value reaches the gradients of exactly the
+  // queries whose window holds it, through delta = dO . O (their O is non-finite there).
+  std::vector<float> v_finite_storage;
+  const float* v_finite = v.data();
+  const size_t v_count = p.batch * kv_tokens * Hkv * Dv;
+  if (!std::all_of(v_finite, v_finite + v_count, [](float x) { return std::isfinite(x); })) {
+    v_finite_storage.resize(v_count);
+    std::transform(v_finite, v_finite + v_count, v_finite_storage.begin(),
+                   [](float x) { return std::isfinite(x) ? x : 0.f; });
+    v_finite = v_finite_storage.data();
+  }
   std::vector<float> dq(p.batch * tokens * H * D, 0.f);
   std::vector<float> dk(p.batch * kv_tokens * Hkv * D, 0.f);
   std::vector<float> dv(p.batch * kv_tokens * Hkv * Dv, 0.f);
   const TokenGrid grid(p, false), kv_grid(p, true);
   const int64_t window = max_box_size(p);
 
-  // One task = one (batch, kv head): it owns that slice of dk/dv and the dq of the query heads
-  // in its group, so tasks never write the same element.
-  parallel_for(p.batch * Hkv, double(tokens) * group * window * 2 * (D + Dv), [&](int64_t task) {
-    const int hk = static_cast<int>(task % Hkv);
-    const int64_t b = task / Hkv;
+  // One task = one (batch, kv head) and one slice of the query tokens: it owns the dq rows of its
+  // slice for the query heads of the group. With one slice per (batch, kv head), the task also
+  // owns that dk/dv slice and writes it directly; with several (few (batch, kv head) pairs),
+  // each slice accumulates dk/dv over the band of keys its queries see, and the bands are summed
+  // in slice order afterwards (so the result does not depend on scheduling).
+  const int64_t pairs = p.batch * Hkv;
+  const double work_per_query = double(group) * window * 2 * (D + Dv);
+  const double slices_worth = std::min({threads_worth(double(pairs) * tokens * work_per_query),
+                                        double(kSliceTasks), double(tokens / kMinSliceTokens)}) /
+                              pairs;
+  const int64_t slices = std::max<int64_t>(1, static_cast<int64_t>(slices_worth));
+  const int64_t slice_tokens = (tokens + slices - 1) / slices;
+  std::vector<Band> bands(slices > 1 ? pairs * slices : 0);
+
+  parallel_for(pairs * slices, double(slice_tokens) * work_per_query, [&](int64_t task) {
+    const int64_t slice = task % slices, pair = task / slices;
+    const int hk = static_cast<int>(pair % Hkv);
+    const int64_t b = pair / Hkv;
+    const int64_t t_begin = slice * slice_tokens;
+    const int64_t t_end = std::min(tokens, t_begin + slice_tokens);
+    const int64_t kv_first_row = b * kv_tokens * Hkv + hk;
+    KeyRows dk_rows{dk.data() + kv_first_row * D, 0, int64_t{Hkv} * D};
+    KeyRows dv_rows{dv.data() + kv_first_row * Dv, 0, int64_t{Hkv} * Dv};
+    if (slices > 1) {
+      int64_t first = kv_tokens, last = -1;
+      for (int64_t t = t_begin; t < t_end; ++t) {
+        int coord[kMaxRank];
+        grid.coords(t, coord);
+        const KeyBox box = key_box(p, coord);
+        if (box.size() == 0) continue;
+        // Row-major with positive steps: the box's first and last keys are its corners.
+        int64_t lo = 0, hi = 0;
+        for (int a = 0; a < kMaxRank; ++a) {
+          lo += box.first[a] * kv_grid.stride[a];
+          hi += (box.first[a] + int64_t{box.count[a] - 1} * box.step[a]) * kv_grid.stride[a];
+        }
+        first = std::min(first, lo), last = std::max(last, hi);
+      }
+      if (last < first) return;  // no query of the slice sees a key
+      Band& band = bands[task];
+      band.first = first, band.keys = last - first + 1;
+      band.dk.assign(band.keys * D, 0.f);
+      band.dv.assign(band.keys * Dv, 0.f);
+      dk_rows = {band.dk.data(), first, D};
+      dv_rows = {band.dv.data(), first, Dv};
+    }
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
-      for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t t = t_begin; t < t_end; ++t) {
         int coord[kMaxRank];
         grid.coords(t, coord);
         const KeyBox box = key_box(p, coord);
         if (box.size() == 0) continue;  // no key, no gradient (lse is -inf there)
         const int64_t row = (b * tokens + t) * H + h;
-        const float* q_row = q.data() + row * D;
         const float* do_row = dout.data() + row * Dv;
+        // A query whose cotangents are all zero contributes nothing: not even 0 * nan, where
+        // its window holds a non-finite entry and a loss that does not use it is finite.
+        if (dlse[row] == 0.f && all_zero(do_row, Dv)) continue;
+        const float* q_row = q.data() + row * D;
         float* dq_row = dq.data() + row * D;
         // d lse / d score = P, so the lse cotangent enters as a shift of the softmax "delta".
         const float delta = dot(do_row, out.data() + row * Dv, Dv) - dlse[row];
@@ -265,15 +354,30 @@ void backward(const Problem& p, const void* dout_raw, const void* q_raw, const v
           const int64_t kv_row = (b * kv_tokens + key) * Hkv + hk;
           const float* k_row = k.data() + kv_row * D;
           const float prob = std::exp(p.scale * dot(q_row, k_row, D) - row_lse);
-          const float dprob = dot(do_row, v.data() + kv_row * Dv, Dv);
+          if (prob == 0.f) return;  // contributes exactly 0 (not 0 * inf)
+          const float dprob = dot(do_row, v_finite + kv_row * Dv, Dv);
           const float dscore = prob * (dprob - delta) * p.scale;
           axpy(dscore, k_row, dq_row, D);
-          axpy(dscore, q_row, dk.data() + kv_row * D, D);
-          axpy(prob, do_row, dv.data() + kv_row * Dv, Dv);
+          axpy(dscore, q_row, dk_rows.row(key), D);
+          axpy(prob, do_row, dv_rows.row(key), Dv);
         });
       }
     }
   });
+  if (slices > 1) {
+    parallel_for(pairs, double(kv_tokens) * (D + Dv), [&](int64_t pair) {
+      const int hk = static_cast<int>(pair % Hkv);
+      const int64_t b = pair / Hkv;
+      for (int64_t slice = 0; slice < slices; ++slice) {
+        const Band& band = bands[pair * slices + slice];
+        for (int64_t n = 0; n < band.keys; ++n) {
+          const int64_t kv_row = (b * kv_tokens + band.first + n) * Hkv + hk;
+          axpy(1.f, band.dk.data() + n * D, dk.data() + kv_row * D, D);
+          axpy(1.f, band.dv.data() + n * Dv, dv.data() + kv_row * Dv, Dv);
+        }
+      }
+    });
+  }
   narrow(dq.data(), p.dtype, dq.size(), dq_raw);
   narrow(dk.data(), p.dtype, dk.size(), dk_raw);
   narrow(dv.data(), p.dtype, dv.size(), dv_raw);

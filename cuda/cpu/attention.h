@@ -15,7 +15,9 @@ void forward(const Problem& problem, const void* q, const void* k, const void* v
              float* lse);
 
 // Gradients for cotangents `dout` (problem dtype, like out) and `dlse` (fp32, like lse):
-// dq, dk, dv in the problem dtype. `out` and `lse` are the forward results.
+// dq, dk, dv in the problem dtype. `out` and `lse` are the forward results. As in
+// `jax_gna.reference`, a query whose cotangents are all zero contributes nothing, so a non-finite
+// entry reaches only the gradients that depend on the queries whose window holds it.
 void backward(const Problem& problem, const void* dout, const void* q, const void* k, const void* v,
               const void* out, const float* lse, const float* dlse, void* dq, void* dk, void* dv);
 

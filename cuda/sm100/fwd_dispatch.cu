@@ -115,7 +115,7 @@ cudaError_t fwd_launch(const Problem& p, const void* q, const void* k, const voi
           fwd_host::prepare_fwd_launch(p, tiles, q, k, v, out, lse, &fp, &maps, error))
     return err;
 
-  // One CTA per work item (no persistent grid yet: cuda/sm100/NOTES.md).
+  // One CTA per work item (no persistent grid yet: docs/blackwell.md).
   const unsigned grid = unsigned(fp.num_items);
   switch (p.head_dim) {
     case 32:

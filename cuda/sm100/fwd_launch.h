@@ -3,7 +3,7 @@
 //
 // Host-includable: no CUTLASS, no device code. The kernels live in
 // cuda/sm100/fwd_instance.cu (compiled for sm_100a only). Built, never run: no Blackwell GPU
-// was available (cuda/sm100/NOTES.md).
+// was available (docs/blackwell.md).
 #pragma once
 
 #include <cstddef>

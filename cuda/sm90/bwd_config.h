@@ -18,8 +18,8 @@ using ::gna::BwdParams;  // its launch parameters, shared with sm100
 // also listed here). d256 would need 2 x 128 accumulator registers per thread for dK and dV.
 inline constexpr int kBwdHeadDims[] = {32, 64, 128};
 
-// Why these shapes: the KV tile is the forward's default (cuda/sm90/NOTES.md, "Backward kernel
-// plan"), so stride-aligned windows cover whole tiles; the Q tile is half of the forward's
+// Why these shapes (docs/design.md, "Tile shapes and why"): the KV tile is the forward's
+// default, so stride-aligned windows cover whole tiles; the Q tile is half of the forward's
 // along the first axis with more than one position. The last Q axis stays a multiple of 8
 // (the n8 column blocks of S^T must not straddle a Q tile row). Q tile: 64 tokens (the N of
 // the S^T = K Q^T GEMM); KV tile: 128 tokens (two consumer warpgroups x 64 rows); stages: of

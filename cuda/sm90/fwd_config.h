@@ -27,6 +27,10 @@ inline constexpr int kFwdHeadDims[] = {32, 64, 128, 256};
 // Why these shapes:
 // - 128-token Q tiles feed two 64-row wgmma warpgroups; 128-token KV tiles give
 //   a 64x128 S tile per warpgroup, the shape FA3 and CUTLASS 88 run fastest.
+// - d <= 128: three K/V stages (Q 32 KB + 3 x (32 + 32) KB = 224 KB; O then goes out through
+//   the Q tile). Two stages left the consumers waiting for K/V at the top of ~4% of visits; the
+//   third gained 1-2% on HunyuanVideo GNA on an H100 and changed nothing measurable elsewhere
+//   (docs/history.md, "sm90 forward on the H100").
 // - d256: KV tiles of 64 tokens, or Q 32K + O/S registers and two K/V stages
 //   (Q 64 KB + 2 x (32 + 32) KB = 192 KB) would not fit in 227 KB of smem.
 //   One configuration each (their compile time buys little).
@@ -45,9 +49,9 @@ constexpr FwdTileConfigs fwd_tile_table(int rank, int head_dim) {
     if (rank == 2) return {1, {{{1, 16, 8}, {1, 8, 8}, 2}}};
     return {1, {{{2, 8, 8}, {1, 8, 8}, 2}}};
   }
-  if (rank == 1) return {1, {{{1, 1, 128}, {1, 1, 128}, 2}}};
-  if (rank == 2) return {2, {{{1, 16, 8}, {1, 16, 8}, 2}, {{1, 8, 16}, {1, 8, 16}, 2}}};
-  return {2, {{{2, 8, 8}, {2, 8, 8}, 2}, {{4, 4, 8}, {4, 4, 8}, 2}}};
+  if (rank == 1) return {1, {{{1, 1, 128}, {1, 1, 128}, 3}}};
+  if (rank == 2) return {2, {{{1, 16, 8}, {1, 16, 8}, 3}, {{1, 8, 16}, {1, 8, 16}, 3}}};
+  return {2, {{{2, 8, 8}, {2, 8, 8}, 3}, {{4, 4, 8}, {4, 4, 8}, 3}}};
 }
 
 constexpr FwdTileConfigs fwd_tile_configs(int rank, int head_dim) {

@@ -1,7 +1,7 @@
 // Host-side test of the geometry headers (gna/window.h, gna/tile_box.h), run
 // by `bazel test //:geometry_test`; no framework, exit status 1 on failure.
 //
-// - window(): hand-derived windows of a few axes (DESIGN.md §3), then the
+// - window(): hand-derived windows of a few axes (docs/design.md), then the
 //   invariants of every legal axis up to length 12 (a window never shrinks,
 //   holds its query unless it is causal, and windows never move backwards).
 // - inverse_window(): against brute force over window().
@@ -78,7 +78,7 @@ void test_known_windows() {
     int start[9];
     int end[9];
   };
-  // Windows in group coordinates, worked out by hand from DESIGN.md §3.
+  // Windows in group coordinates, worked out by hand from the window rule (docs/design.md).
   const Known known[] = {
       // Centred windows that shift inward at both borders.
       {{7, 3, 1, 1, false}, {0, 0, 1, 2, 3, 4, 4}, {3, 3, 4, 5, 6, 7, 7}},

@@ -2,7 +2,7 @@
 //
 //   sm90_fwd_harness check [n_random]   correctness sweep against a brute-force
 //                                        CPU reference (double, window.h per element)
-//   sm90_fwd_harness bench [filter]      timings of the DESIGN §8 problems (+ spot checks)
+//   sm90_fwd_harness bench [filter]      timings of the standard problems (+ spot checks)
 //
 // Inputs are random (never zeros), outputs are poisoned with NaN before every
 // launch, and every element of out/LSE must be written and finite.

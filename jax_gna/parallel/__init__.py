@@ -14,7 +14,8 @@ be replicated), two strategies attend it where it lies:
 `gna_sharded` is the explicit entry point. `jax_gna.gna` routes here the inputs that arrive
 with a spatial axis sharded (`spatial_split`). Under jit on Auto meshes traced values carry no
 sharding to route by; there the partitioning rule of the FFI op (`jax_gna._ffi_op`) lowers a
-spatially sharded call to the same shard-local halo functions.
+spatially sharded call to the same shard-local halo functions (docs/design.md, "Context
+parallelism").
 
 Shape legend: ``B...`` batch dims, ``X...`` spatial dims, ``H`` query heads, ``Hkv`` key/value
 heads, ``D`` query/key head dim, ``Dv`` value head dim, ``E`` additional key/value tokens.

@@ -1,7 +1,7 @@
-// Tile geometry for the fused kernels (DESIGN.md §5): which KV tiles a Q tile
-// must visit (forward), which Q tiles visit a KV tile (backward), and whether a
-// (Q tile, KV tile) pair is empty, fully visible or partial (only partial pairs
-// need the per-element mask).
+// Tile geometry for the fused kernels (docs/design.md, "Tiles: the box rule"):
+// which KV tiles a Q tile must visit (forward), which Q tiles visit a KV tile
+// (backward), and whether a (Q tile, KV tile) pair is empty, fully visible or
+// partial (only partial pairs need the per-element mask).
 //
 // Host and device, no CUDA or CUTLASS headers. Everything here works in
 // dilation-group coordinates: along an axis of extent L and dilation d, group

@@ -1,4 +1,4 @@
-// GNA window math (DESIGN.md §3): the C++ twin of jax_gna/_window.py.
+// GNA window math (docs/design.md, "GNA semantics"): the C++ twin of jax_gna/_window.py.
 //
 // Host and device, no CUDA headers needed. Everything is per axis; a key is
 // visible to a query iff it is visible along every axis.

@@ -5,7 +5,7 @@
 // NOT VALIDATED ON HARDWARE: no Blackwell GPU was available when this was written; it is
 // compiled (sm_100a), its host-side geometry and its data flow (emulated on the host,
 // cuda/sm100/tests/bwd_emulation.cc) are tested, its tcgen05/TMA/mbarrier plumbing is not
-// (cuda/sm100/NOTES.md).
+// (docs/blackwell.md).
 //
 // A CTA owns one KV tile (128 tokens, a box of the token grid) of one KV head, one batch entry
 // and one dilation group (decode_bwd_work, cuda/common/bwd_params.h), and visits every Q tile
@@ -443,7 +443,7 @@ struct BwdKernel {
 
         // dS^T = P^T (dP^T - delta), 32 columns at a time, from the fp32 P^T row still in
         // registers (as sm90: only dS^T itself is rounded to 16 bits, for its UMMAs; ptxas
-        // keeps the row without spilling, see NOTES.md).
+        // keeps the row without spilling, docs/blackwell.md).
         GNA_BWD_WAIT(&ss.dp_full, v & 1, "dp_full", -1, v);
         __syncwarp();
         tcgen05_after_thread_sync();

@@ -3,7 +3,7 @@
 // softmax in fp32 registers with one query row per thread, LSE output.
 //
 // NOT VALIDATED ON HARDWARE: no Blackwell GPU was available when this was written; it is
-// compiled (sm_100a) and its host-side geometry is tested, nothing more (cuda/sm100/NOTES.md).
+// compiled (sm_100a) and its host-side geometry is tested, nothing more (docs/blackwell.md).
 //
 // A CTA runs one work item (cuda/common/fwd_params.h): one Q tile (128 tokens, a
 // multi-dimensional box of the token grid) of one head, one batch entry and one dilation group,

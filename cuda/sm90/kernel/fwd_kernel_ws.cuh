@@ -98,9 +98,9 @@ struct FwdKernel {
   static constexpr int kEpilogueBarrier = 0;
   static constexpr int kSchedulerBarrier = 2;
 
-  // O is staged in its own tile where shared memory allows (d <= 128), so that Q
-  // is free for the next item once the last S GEMM has read it; otherwise O
-  // reuses the Q tile and Q is free after the epilogue.
+  // O is staged in its own tile where shared memory allows (d <= 64 with three K/V stages), so
+  // that Q is free for the next item once the last S GEMM has read it; otherwise O reuses the
+  // Q tile and Q is free after the epilogue.
   static constexpr size_t kTileElems = size_t(kTileQ + 2 * kStages * kTileKV) * kHeadDim;
   static constexpr bool kSeparateO =
       (kTileElems + size_t(kTileQ) * kHeadDim) * sizeof(Element) + 4096 <= 227 * 1024;
