@@ -330,17 +330,25 @@ def _validate_gna(parser, a, shape, window, stride, dilation, causal, heads_kv, 
     q = struct(a.batch, *shape, a.heads, a.dim)
     k = struct(a.batch, *shape, heads_kv, a.dim)
     v = struct(a.batch, *shape, heads_kv, dim_v)
-    ek = ev = None
+    extra_keys = extra_values = None
     if a.add_kv:
-        ek, ev = (
+        extra_keys, extra_values = (
             struct(a.batch, a.add_kv, heads_kv, a.dim),
             struct(a.batch, a.add_kv, heads_kv, dim_v),
         )
     try:
         make_params(
-            q, k, v, window, stride=stride, dilation=dilation, is_causal=causal,
-            additional_keys=ek, additional_values=ev, rank=len(shape),
-        )  # fmt: skip
+            q,
+            k,
+            v,
+            window,
+            stride=stride,
+            dilation=dilation,
+            is_causal=causal,
+            additional_keys=extra_keys,
+            additional_values=extra_values,
+            rank=len(shape),
+        )
     except (TypeError, ValueError) as e:
         parser.error(f"{e}{_flag_hint(str(e))}")
 
@@ -513,8 +521,8 @@ class _Progress:
 
 
 def _inputs(cfg: Config, index: int = 0):
-    """Input set ``index``: ``(q, k, v, do, ek, ev)`` from random key ``index`` (``do`` only
-    with --backprop; ``ek``/``ev`` only with --add-kv)."""
+    """Input set ``index``: ``(q, k, v, do, extra_keys, extra_values)`` from random key
+    ``index`` (``do`` only with --backprop; the extra tokens only with --add-kv)."""
     import jax
 
     p = cfg.problem
@@ -528,28 +536,28 @@ def _inputs(cfg: Config, index: int = 0):
     k = normal(keys[1], b, *s, cfg.heads_kv, cfg.dim)
     v = normal(keys[2], b, *s, cfg.heads_kv, cfg.dim_value)
     do = normal(keys[3], b, *s, cfg.heads, cfg.dim_value) if cfg.backprop else None
-    ek = ev = None
+    extra_keys = extra_values = None
     if cfg.add_kv:
-        ek = normal(keys[4], b, cfg.add_kv, cfg.heads_kv, cfg.dim)
-        ev = normal(keys[5], b, cfg.add_kv, cfg.heads_kv, cfg.dim_value)
-    return q, k, v, do, ek, ev
+        extra_keys = normal(keys[4], b, cfg.add_kv, cfg.heads_kv, cfg.dim)
+        extra_values = normal(keys[5], b, cfg.add_kv, cfg.heads_kv, cfg.dim_value)
+    return q, k, v, do, extra_keys, extra_values
 
 
 def _with_backprop(f, backprop: bool):
-    """One timed call of ``f(q, k, v, ek, ev)`` as a function of an input set: the forward's
-    output, or with ``backprop`` the output and every gradient (dq, dk, dv), so that no part of
-    the backward is dead code."""
+    """One timed call of ``f(q, k, v, extra_keys, extra_values)`` as a function of an input set:
+    the forward's output, or with ``backprop`` the output and every gradient (dq, dk, dv), so
+    that no part of the backward is dead code."""
     import jax
 
     if not backprop:
 
-        def forward(q, k, v, do, ek, ev):
-            return f(q, k, v, ek, ev)
+        def forward(q, k, v, do, extra_keys, extra_values):
+            return f(q, k, v, extra_keys, extra_values)
 
         return forward
 
-    def forward_backward(q, k, v, do, ek, ev):
-        out, vjp = jax.vjp(lambda q, k, v: f(q, k, v, ek, ev), q, k, v)
+    def forward_backward(q, k, v, do, extra_keys, extra_values):
+        out, vjp = jax.vjp(lambda q, k, v: f(q, k, v, extra_keys, extra_values), q, k, v)
         return out, vjp(do)
 
     return forward_backward
@@ -567,9 +575,15 @@ def _gna_fn(cfg: Config, impl: str | None, deterministic: bool | None = None):
     if cfg.tiles is not None and (impl is None or _implementations.get(impl).has_tiles):
         kwargs.update(q_tile_shape=cfg.tiles.q, kv_tile_shape=cfg.tiles.kv)
 
-    def f(q, k, v, ek, ev):
+    def f(q, k, v, extra_keys, extra_values):
         return jax_gna.gna(
-            q, k, v, p.kernel_size, additional_keys=ek, additional_values=ev, **kwargs
+            q,
+            k,
+            v,
+            p.kernel_size,
+            additional_keys=extra_keys,
+            additional_values=extra_values,
+            **kwargs,
         )
 
     return _with_backprop(f, cfg.backprop)
@@ -606,13 +620,16 @@ def _dense_fn(cfg: Config, implementation: str, causal: bool):
 
     n = cfg.problem.tokens
 
-    def f(q, k, v, ek, ev):
+    def f(q, k, v, extra_keys, extra_values):
         b = q.shape[0]
         q2 = q.reshape(b, n, *q.shape[-2:])
         k2 = k.reshape(b, n, *k.shape[-2:])
         v2 = v.reshape(b, n, *v.shape[-2:])
-        if ek is not None:
-            k2, v2 = jnp.concatenate([k2, ek], axis=1), jnp.concatenate([v2, ev], axis=1)
+        if extra_keys is not None:
+            k2, v2 = (
+                jnp.concatenate([k2, extra_keys], axis=1),
+                jnp.concatenate([v2, extra_values], axis=1),
+            )
         out = jax.nn.dot_product_attention(
             q2, k2, v2, is_causal=causal, implementation=implementation
         )
