@@ -35,7 +35,7 @@ def pad_rows(x: jax.Array, dim: int, bounds: tuple[int, int], total: int, fill=0
 def _concat(parts: list, dim: int) -> jax.Array:
     """``jnp.concatenate(parts, dim)``, where an int part stands for that many zero rows, as a
     pad of the largest part with the others written in place: XLA's GPU concatenate kernel of
-    these blocks runs at a third of a pad's speed (cuda/sm90/NOTES.md, "Two GPUs")."""
+    these blocks runs at a third of a pad's speed (docs/history.md, "Context parallelism")."""
     arrays = [x for x in parts if not isinstance(x, int)]
     sizes = [x if isinstance(x, int) else x.shape[dim] for x in parts]
     offsets = np.cumsum([0, *sizes[:-1]]).tolist()
@@ -94,7 +94,7 @@ class HaloExchange:
         # XLA's GPU fusions update `x` in place only if they read it at the update's own start
         # indices (a dynamic slice sharing them); a static slice of `x`, or a constant index
         # (which XLA turns into one), makes each add a pass over all of `x` (~0.2 ms per
-        # tensor on the HunyuanVideo shards: cuda/sm90/NOTES.md, "Two GPUs"). Hence an index
+        # tensor on the HunyuanVideo shards: docs/history.md, "Context parallelism"). Hence an index
         # XLA cannot fold: `start` plus min(device index, 0), which is 0.
         index = jnp.minimum(jax.lax.axis_index(self.axis_name), 0) + start
         size = rows.shape[self.dim]

@@ -121,7 +121,7 @@ def _shard_backward(dout, query, key, value, out, lse, dlse, device, params, pla
 
     The FFI branches cut the parts straight from the call's results: a `jax.lax.switch`
     branch's results are materialized, so whole blocks would cost a pass each to build and
-    another to cut (cuda/sm90/NOTES.md, "Two GPUs")."""
+    another to cut (docs/history.md, "Context parallelism")."""
     dim = query.ndim - params.rank - 2 + plan.axis
     queries_exchange = query_exchange(plan, dim, None)
     keys_exchange = key_exchange(plan, dim, None)
