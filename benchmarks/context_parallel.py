@@ -97,7 +97,7 @@ def _median_seconds(fn, *xs, iters: int) -> float:
     return statistics.median(times)
 
 
-def _per_shard_times(args, one, params, local, shard_impl) -> list[dict] | None:
+def _per_shard_times(args, one, params, plan, shard_impl) -> list[dict] | None:
     """Each shard's kernel call (its view: queries against the key block) alone on the first
     device, without communication: what a shard's step costs in compute. FFI kernels only."""
     import dataclasses
@@ -106,21 +106,22 @@ def _per_shard_times(args, one, params, local, shard_impl) -> list[dict] | None:
     import jax.numpy as jnp
     import numpy as np
 
-    from jax_gna import _ops, parallel
+    from jax_gna import _ffi_call
+    from jax_gna._halo.shard import shard_params
 
-    if shard_impl not in ("cpu", "cuda"):
+    if shard_impl not in _ffi_call.PLATFORM:
         return None
-    params = parallel.shard_params(shard_impl, *one, params)
+    params = shard_params(shard_impl, *one, params)
     q, k, v = one
-    h = local.halo
+    h = plan.halo
     times = []
-    for p, call in enumerate(local.calls):
+    for p, call in enumerate(plan.calls):
         if call is None:
             continue
-        rows, keys, view = call
+        _, keys, view = call
         view_params = dataclasses.replace(params, view=view)
         # The call's key slice: global positions, zeros past the borders (as the halo gives).
-        positions = np.arange(*keys) + local.key_origin(p)
+        positions = np.arange(*keys) + plan.key_origin(p)
         inside = jnp.asarray((positions >= 0) & (positions < h.length))[
             (None, slice(None)) + (None,) * (k.ndim - 2)
         ]
@@ -130,11 +131,11 @@ def _per_shard_times(args, one, params, local, shard_impl) -> list[dict] | None:
 
         q_shard = q[:, slice(*h.computed(p))]
         k_block, v_block = block(k), block(v)
-        forward = jax.jit(lambda q, k, v, pv=view_params: _ops._ffi_forward(pv, q, k, v))
+        forward = jax.jit(lambda q, k, v, pv=view_params: _ffi_call.forward(pv, q, k, v))
         entry = {"forward": _median_seconds(forward, q_shard, k_block, v_block, iters=args.iters)}
         if args.backward:
             out, lse = forward(q_shard, k_block, v_block)
-            backward = jax.jit(lambda *a, pv=view_params: _ops._ffi_backward(pv, *a))
+            backward = jax.jit(lambda *a, pv=view_params: _ffi_call.backward(pv, *a))
             cotangents = (out, q_shard, k_block, v_block, out, lse, jnp.zeros_like(lse))
             entry["backward"] = _median_seconds(backward, *cotangents, iters=args.iters)
         times.append(entry)
@@ -156,6 +157,9 @@ def main(argv=None) -> dict:
 
     import jax_gna
     from jax_gna import parallel
+    from jax_gna._halo.exchange import key_block, query_block
+    from jax_gna._halo.plan import shard_plan, shard_shapes
+    from jax_gna._mesh import mesh_platform
     from jax_gna._params import make_params
 
     devices = jax.devices("cpu") if args.small else jax.devices()
@@ -200,19 +204,19 @@ def main(argv=None) -> dict:
 
     # The exchange alone: the ppermutes of Q rows, K and V that gna_sharded does.
     params = make_params(*one, **window)
-    local = parallel._local(tuple(args.shape), params, 0, args.devices)
+    plan = shard_plan(tuple(args.shape), params, 0, args.devices)
     shard_impl = parallel.shard_implementation(
         args.implementation,
-        parallel.platform_of(mesh),
-        *parallel._shard_shapes(local, 1, *one),
+        mesh_platform(mesh),
+        *shard_shapes(plan, 1, *one),
         params,
-        local,
+        plan,
     )
     spec = P(None, "x")
 
     def exchange(q, k, v):
-        q = parallel._with_queries(q, local, 1, "x")
-        return (q, *(parallel._with_halo(x, local, 1, "x") for x in (k, v)))
+        q = query_block(q, plan, 1, "x")
+        return (q, *(key_block(x, plan, 1, "x") for x in (k, v)))
 
     def exchange_heads(q, k, v, d):
         # The step's all-to-alls alone: q, k, v to heads and the output back; with --backward
@@ -242,7 +246,7 @@ def main(argv=None) -> dict:
     t_halo = _median_seconds(exchange_only, *moved_args, iters=args.iters)
 
     per_shard = (
-        _per_shard_times(args, one, params, local, shard_impl)
+        _per_shard_times(args, one, params, plan, shard_impl)
         if args.per_shard and args.strategy == "halo"
         else None
     )
@@ -251,7 +255,7 @@ def main(argv=None) -> dict:
     want = jax.jit(lambda q, k, v: jax_gna.gna(q, k, v, **window, implementation=impl))(*one)
     error = float(np.max(np.abs(np.asarray(got, np.float32) - np.asarray(want, np.float32))))
 
-    h = local.halo
+    h = plan.halo
     result = dict(
         device=devices[0].device_kind,
         shape=list(shape),

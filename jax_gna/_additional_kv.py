@@ -5,7 +5,7 @@ over the extra tokens separately and merge the two by their log-sum-exps. The me
 JAX, so gradients are exact as long as the neighborhood part is differentiable in both its
 output and its LSE. It runs in float32 and rounds to the input dtype once, at the end; for the
 same accuracy as without extra tokens, the neighborhood part should come in float32 too
-(`jax_gna._api.attend` asks the implementations that can for it).
+(`jax_gna._implementations` asks the implementations that can for it).
 """
 
 from __future__ import annotations

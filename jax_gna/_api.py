@@ -1,47 +1,29 @@
-"""The public entry points: `gna` and the rank-checked `na1d`, `na2d`, `na3d`."""
+"""The public entry points: `gna` and the rank-checked `na1d`, `na2d`, `na3d`.
+
+`gna`'s signature is the one written out; `na1d`/`na2d`/`na3d` share it with the number of
+spatial axes bound, and `jax_gna.parallel.gna_sharded` and `jax_gna.reference.gna` take the
+same keywords (`tests/test_signatures.py` checks that they agree).
+"""
 
 from __future__ import annotations
 
-import math
-from typing import Literal, overload
+import inspect
 
 import jax
-import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jax_gna import _additional_kv, _implementations, parallel, reference
-from jax_gna._params import GnaParams, make_params, refuse_mask_and_bias
-
-IntOrTuple = int | tuple[int, ...]
-BoolOrTuple = bool | tuple[bool, ...]
-
-
-def _as_arrays(*xs):
-    return tuple(None if x is None else jnp.asarray(x) for x in xs)
-
-
-def _params(
-    query, key, value, kernel_size, stride, dilation, is_causal, scale, ek, ev, rank, tiles=None
-):
-    tiles = tiles or (None, None)
-    return make_params(
-        query,
-        key,
-        value,
-        kernel_size,
-        stride=stride,
-        dilation=dilation,
-        is_causal=is_causal,
-        scale=scale,
-        additional_keys=ek,
-        additional_values=ev,
-        q_tile_shape=tiles[0],
-        kv_tile_shape=tiles[1],
-        rank=rank,
-    )
+from jax_gna import _implementations, parallel
+from jax_gna._mesh import spatially_sharded
+from jax_gna._params import (
+    BoolOrTuple,
+    IntOrTuple,
+    as_arrays,
+    make_params,
+    refuse_mask_and_bias,
+)
 
 
-def _gna(
+def _attention(
     query,
     key,
     value,
@@ -52,27 +34,31 @@ def _gna(
     return_lse,
     implementation,
     rank,
-    mask=None,
-    bias=None,
+    mask,
+    bias,
     **options,
 ):
     """`gna` with the number of spatial axes fixed (`rank`) or inferred (None); `options` are
     `make_params`'s other keywords."""
     refuse_mask_and_bias(mask, bias)
-    query, key, value, ek, ev = _as_arrays(query, key, value, additional_keys, additional_values)
+    query, key, value, extra_keys, extra_values = as_arrays(
+        query, key, value, additional_keys, additional_values
+    )
     params = make_params(
         query,
         key,
         value,
         kernel_size,
-        additional_keys=ek,
-        additional_values=ev,
+        additional_keys=extra_keys,
+        additional_values=extra_values,
         rank=rank,
         **options,
     )
     split = None
-    # Explicit "xla" with tile shapes goes on to `select`, which refuses them.
-    if implementation is None or (implementation == "xla" and not params.has_tiles):
+    # Explicit "xla" with tile shapes goes on to `select`, which refuses them. Only an input
+    # with a sharded spatial dim asks context parallelism whether it splits.
+    routable = implementation is None or (implementation == "xla" and not params.has_tiles)
+    if routable and spatially_sharded(query, params.rank):
         split = parallel.spatial_split(query, params.without_tiles())
     if split is not None:
         # A spatially sharded input: exchange halos instead of gathering the axis.
@@ -82,44 +68,20 @@ def _gna(
             key,
             value,
             params.without_tiles(),
-            ek,
-            ev,
+            extra_keys,
+            extra_values,
             mesh=mesh,
             axis_name=axis_name,
             spatial_axis=axis,
             implementation=implementation,
         )
-        return (out, lse) if return_lse else out
-    out, lse = attend(query, key, value, params, ek, ev, implementation)
+    else:
+        out, lse = _implementations.attend(
+            query, key, value, params, extra_keys, extra_values, implementation
+        )
     return (out, lse) if return_lse else out
 
 
-def attend(query, key, value, params: GnaParams, ek, ev, implementation: str | None) -> tuple:
-    """``(out, lse)`` of validated arrays on one device (or per batch/head shard), extra
-    tokens `ek`/`ev` (or None) merged in, by `implementation` (None: the best usable)."""
-    impl = _implementations.select(implementation, query, key, value, params)
-    if math.prod(query.shape[:-1]) == 0:
-        # No (query, head) row (a batch or head count of 0): nothing to compute, and no kernel
-        # to launch over an empty grid. The gradients are zeros of the inputs' shapes.
-        out = jnp.zeros((*query.shape[:-1], value.shape[-1]), query.dtype)
-        return out, jnp.zeros(query.shape[:-1], jnp.float32)
-    if impl != "cuda":
-        params = params.without_tiles()  # `select` allows them only for None: ignored here
-    if impl == "reference":
-        return reference.attention(query, key, value, params, ek, ev)
-    if ek is None:
-        return _implementations.run(impl, query, key, value, params)
-    # The merge with the extra tokens rounds once, at the end: take the neighborhood part in
-    # float32 from the implementations that compute in float32 anyway.
-    q, k, v = query, key, value
-    if impl in ("xla", "cpu") and query.dtype in (jnp.bfloat16, jnp.float16):
-        q, k, v = (x.astype(jnp.float32) for x in (query, key, value))
-    out, lse = _implementations.run(impl, q, k, v, params)
-    n_batch = query.ndim - params.rank - 2
-    return _additional_kv.attend_and_merge(query, out, lse, ek, ev, params.scale, n_batch)
-
-
-@overload
 def gna(
     query: ArrayLike,
     key: ArrayLike,
@@ -132,59 +94,14 @@ def gna(
     scale: float | None = None,
     additional_keys: ArrayLike | None = None,
     additional_values: ArrayLike | None = None,
-    return_lse: Literal[False] = False,
+    return_lse: bool = False,
     implementation: str | None = None,
     q_tile_shape: IntOrTuple | None = None,
     kv_tile_shape: IntOrTuple | None = None,
     deterministic: bool | None = None,
     mask: None = None,
     bias: None = None,
-) -> jax.Array: ...
-
-
-@overload
-def gna(
-    query: ArrayLike,
-    key: ArrayLike,
-    value: ArrayLike,
-    kernel_size: IntOrTuple,
-    *,
-    stride: IntOrTuple = 1,
-    dilation: IntOrTuple = 1,
-    is_causal: BoolOrTuple = False,
-    scale: float | None = None,
-    additional_keys: ArrayLike | None = None,
-    additional_values: ArrayLike | None = None,
-    return_lse: Literal[True],
-    implementation: str | None = None,
-    q_tile_shape: IntOrTuple | None = None,
-    kv_tile_shape: IntOrTuple | None = None,
-    deterministic: bool | None = None,
-    mask: None = None,
-    bias: None = None,
-) -> tuple[jax.Array, jax.Array]: ...
-
-
-def gna(
-    query,
-    key,
-    value,
-    kernel_size,
-    *,
-    stride=1,
-    dilation=1,
-    is_causal=False,
-    scale=None,
-    additional_keys=None,
-    additional_values=None,
-    return_lse=False,
-    implementation=None,
-    q_tile_shape=None,
-    kv_tile_shape=None,
-    deterministic=None,
-    mask=None,
-    bias=None,
-):
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Generalized neighborhood attention (GNA) over a 1-D, 2-D or 3-D token grid.
 
     Every query attends to a window of ``kernel_size`` keys per axis around it, in one softmax:
@@ -263,71 +180,27 @@ def gna(
       NotImplementedError: when the requested implementation cannot run this call, or for a
         ``mask`` or ``bias``.
     """
-    return _gna(
-        query,
-        key,
-        value,
-        kernel_size,
-        stride=stride,
-        dilation=dilation,
-        is_causal=is_causal,
-        scale=scale,
-        additional_keys=additional_keys,
-        additional_values=additional_values,
-        return_lse=return_lse,
-        implementation=implementation,
-        q_tile_shape=q_tile_shape,
-        kv_tile_shape=kv_tile_shape,
-        deterministic=deterministic,
-        mask=mask,
-        bias=bias,
-        rank=None,
-    )
+    # The first statement, so that `locals()` holds exactly the arguments.
+    return _attention(**locals(), rank=None)
+
+
+_SIGNATURE = inspect.signature(gna)
 
 
 def _fixed_rank(rank: int):
-    def na(
-        query: ArrayLike,
-        key: ArrayLike,
-        value: ArrayLike,
-        kernel_size: IntOrTuple,
-        *,
-        stride: IntOrTuple = 1,
-        dilation: IntOrTuple = 1,
-        is_causal: BoolOrTuple = False,
-        scale: float | None = None,
-        additional_keys: ArrayLike | None = None,
-        additional_values: ArrayLike | None = None,
-        return_lse: bool = False,
-        implementation: str | None = None,
-        q_tile_shape: IntOrTuple | None = None,
-        kv_tile_shape: IntOrTuple | None = None,
-        deterministic: bool | None = None,
-        mask: None = None,
-        bias: None = None,
-    ) -> jax.Array | tuple[jax.Array, jax.Array]:
-        return _gna(
-            query,
-            key,
-            value,
-            kernel_size,
-            stride=stride,
-            dilation=dilation,
-            is_causal=is_causal,
-            scale=scale,
-            additional_keys=additional_keys,
-            additional_values=additional_values,
-            return_lse=return_lse,
-            implementation=implementation,
-            q_tile_shape=q_tile_shape,
-            kv_tile_shape=kv_tile_shape,
-            deterministic=deterministic,
-            mask=mask,
-            bias=bias,
-            rank=rank,
-        )
+    """`gna` with exactly `rank` spatial axes, under its own name and `gna`'s signature."""
+    name = f"na{rank}d"
 
-    na.__name__ = na.__qualname__ = f"na{rank}d"
+    def na(*args, **kwargs):
+        try:
+            arguments = _SIGNATURE.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{name}() {e}") from None
+        arguments.apply_defaults()
+        return _attention(**arguments.arguments, rank=rank)
+
+    na.__signature__ = _SIGNATURE
+    na.__name__ = na.__qualname__ = name
     na.__doc__ = (
         f"{rank}-D generalized neighborhood attention: `gna` with exactly {rank} spatial "
         f"axis{'es' if rank > 1 else ''}.\n\n"
@@ -360,10 +233,18 @@ def supported_implementations(
     reason it cannot (missing extension, unsupported GPU, dtype, head dim, tile shapes the
     kernels lack...). Arguments as in `gna`. ``implementation=None`` picks the first usable of
     ``"cuda"``, ``"cpu"``, ``"xla"`` (tile shapes aside: see `gna`)."""
-    query, key, value = _as_arrays(query, key, value)
-    tiles = (q_tile_shape, kv_tile_shape)
-    params = _params(
-        query, key, value, kernel_size, stride, dilation, is_causal, scale, None, None, None, tiles
+    query, key, value = as_arrays(query, key, value)
+    params = make_params(
+        query,
+        key,
+        value,
+        kernel_size,
+        stride=stride,
+        dilation=dilation,
+        is_causal=is_causal,
+        scale=scale,
+        q_tile_shape=q_tile_shape,
+        kv_tile_shape=kv_tile_shape,
     )
     return _implementations.supported(query, key, value, params)
 

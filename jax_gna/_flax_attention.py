@@ -22,10 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_gna._api import gna
-from jax_gna._params import check_deterministic, reading, tile_shapes, window_does_not_fit
+from jax_gna._params import (
+    BoolOrTuple,
+    IntOrTuple,
+    check_deterministic,
+    reading,
+    tile_shapes,
+    window_does_not_fit,
+)
 
-IntOrTuple = int | tuple[int, ...]
-BoolOrTuple = bool | tuple[bool, ...]
 INPUT_LAYOUT = "[batch..., *spatial, features]"  # the layers' inputs
 
 

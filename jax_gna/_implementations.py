@@ -1,9 +1,11 @@
-"""Which implementation runs a call: probes that return the reason they refuse, and the fixed
-order ``implementation=None`` walks.
+"""Which implementation runs a call: one record per implementation (`IMPLEMENTATIONS`, in the
+order ``implementation=None`` tries them), and `attend`, the one-device dispatcher.
 
-Order for ``None``: ``"cuda"`` (our kernels, on a GPU they support), ``"cpu"`` (our C++ FFI
-handler, on the CPU), then ``"xla"`` (portable pure JAX, any backend). ``"reference"`` (dense
-masked softmax, O(N^2) memory) is never picked automatically.
+``implementation=None`` picks the first usable of ``"cuda"`` (our kernels, on a GPU they
+support), ``"cpu"`` (our C++ FFI handler, on the CPU) and ``"xla"`` (portable pure JAX, any
+backend). ``"reference"`` (dense masked softmax, O(N^2) memory) is never picked automatically.
+`select`, `jax_gna.supported_implementations`, the shards of `jax_gna.parallel` and the
+profiler all walk the same records.
 
 Tile shapes (``q_tile_shape``/``kv_tile_shape``) belong to the ``"cuda"`` kernels: an explicit
 other implementation refuses them; ``None`` honours them when it picks ``"cuda"`` (and raises if
@@ -13,94 +15,157 @@ model runs everywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Literal
+import math
+from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 
-from jax_gna import _extension
-from jax_gna._mesh import explicit_mesh, per_shard
+from jax_gna import _additional_kv, _ffi_call, _ffi_op, reference
+from jax_gna._mesh import array_platform, explicit_mesh, per_shard
 from jax_gna._params import GnaParams
 from jax_gna._xla import gna_xla
 
-Implementation = Literal["cuda", "cpu", "xla", "reference"]
-IMPLEMENTATIONS: tuple[str, ...] = ("cuda", "cpu", "xla", "reference")
-AUTO_ORDER: tuple[str, ...] = ("cuda", "cpu", "xla")
 
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """One implementation of GNA and what it can run.
 
-def _ops():
-    """The FFI op layer, or the reason it cannot be used (the compiled extension is optional)."""
-    try:
-        from jax_gna import _ops
-    except ImportError as e:  # pragma: no cover - depends on the build
-        return None, f"the compiled extension is not available ({e})"
-    return _ops, None
+    Attributes:
+      name: its ``implementation=`` name.
+      platform: the one platform it runs on (``"cpu"``, ``"gpu"``), or None for any.
+      why_not: ``(query, key, value, params) -> str | None``: why it cannot run a call on its
+        platform (the extension, dtype, what the kernels support), None if it can.
+      backward_why_not: the same for its own gradient kernels; where they refuse, the ``xla``
+        backward stands in.
+      run: ``(query, key, value, params, extra_keys, extra_values) -> (out, lse)`` of a call it
+        can run, extra tokens (or None) included.
+      takes_views: its kernels run a shard's view of the whole problem, so the shards of a
+        spatially split call run it (`jax_gna.parallel`); the shards of the others run the
+        ``xla`` tiles or the dense masks of their blocks.
+      has_tiles: it takes ``q_tile_shape``/``kv_tile_shape``.
+      auto: ``implementation=None`` may pick it.
+    """
 
+    name: str
+    platform: str | None
+    why_not: Callable[..., str | None]
+    backward_why_not: Callable[..., str | None]
+    run: Callable[..., tuple[jax.Array, jax.Array]]
+    takes_views: bool = False
+    has_tiles: bool = False
+    auto: bool = True
 
-@functools.cache
-def extension_takes_window_one() -> bool:
-    """Whether the built extension accepts ``kernel_size`` 1 on an axis (a cheap probe of its
-    window validator; builds from before window 1 was legal refuse it)."""
-    if _extension.ext is None:
-        return False
-    try:
-        _extension.ext.window(1, 1)
-    except ValueError:
-        return False
-    return True
-
-
-def platform_of(query: jax.Array) -> str:
-    """The platform the call will run on: the query's device for a concrete array; under
-    tracing, jax's default device (``jax.default_device``) if one is set, else the default
-    backend."""
-    try:
-        devices = query.devices()
-    except (AttributeError, jax.errors.ConcretizationTypeError, RuntimeError):
-        device = jax.config.jax_default_device
-        if device is None:
-            return jax.default_backend()
-        return getattr(device, "platform", device)
-    return next(iter(devices)).platform
-
-
-def why_not(
-    implementation: str, query: jax.Array, key: jax.Array, value: jax.Array, params: GnaParams
-) -> str | None:
-    """None if `implementation` can run this call, else the reason it cannot."""
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"Unknown `implementation` {implementation!r}; expected None or one of "
-            f"{IMPLEMENTATIONS}."
-        )
-    if params.has_tiles and implementation != "cuda":
-        return (
-            "`q_tile_shape`/`kv_tile_shape` choose the tiles of the 'cuda' kernels and "
-            f"{implementation!r} has none (leave them unset, or use implementation='cuda' or None)"
-        )
-    if implementation in ("xla", "reference"):
+    def tiles_refusal(self, params: GnaParams) -> str | None:
+        """Why it cannot take the tile shapes of `params` (None: it can, or there are none)."""
+        if params.has_tiles and not self.has_tiles:
+            return (
+                "`q_tile_shape`/`kv_tile_shape` choose the tiles of the 'cuda' kernels and "
+                f"{self.name!r} has none (leave them unset, or use implementation='cuda' or None)"
+            )
         return None
-    platform = platform_of(query)
-    wanted = "gpu" if implementation == "cuda" else "cpu"
-    if platform != wanted:
-        return (
-            f"it runs on {wanted.upper()} and this call runs on {platform.upper()} (a traced "
-            "call runs on jax's default device: trace it inside "
-            f"`with jax.default_device(jax.devices({wanted!r})[0])` to run there)"
+
+    def platform_refusal(self, platform: str) -> str | None:
+        """Why it cannot run on `platform` (None: it can)."""
+        if self.platform is None or platform == self.platform:
+            return None
+        return f"it runs on {self.platform.upper()} and this call runs on {platform.upper()}"
+
+    def refusal(self, query, key, value, params: GnaParams) -> str | None:
+        """None if it can run this call (on the query's platform), else the reason."""
+        tiles = self.tiles_refusal(params)
+        if tiles is not None:
+            return tiles
+        platform = self.platform_refusal(array_platform(query))
+        if platform is not None:
+            return (
+                f"{platform} (a traced call runs on jax's default device: trace it inside "
+                f"`with jax.default_device(jax.devices({self.platform!r})[0])` to run there)"
+            )
+        return self.why_not(query, key, value, params)
+
+
+def _runs_all(query, key, value, params: GnaParams) -> None:
+    """The verdict of an implementation that runs every valid call."""
+    return None
+
+
+def _with_extra_tokens(neighborhood: Callable, in_float32: bool = False) -> Callable:
+    """A `run` from a function of the neighborhood part ``(q, k, v, params) -> (out, lse)``:
+    the extra tokens are attended apart and merged by their log-sum-exps
+    (`jax_gna._additional_kv`). The merge rounds once, at the end; `in_float32`: the
+    implementation computes in float32 anyway, so it takes 16-bit inputs as float32 and its
+    part arrives unrounded."""
+
+    def run(query, key, value, params: GnaParams, extra_keys, extra_values):
+        if extra_keys is None:
+            return neighborhood(query, key, value, params)
+        q, k, v = query, key, value
+        if in_float32 and query.dtype in (jnp.bfloat16, jnp.float16):
+            q, k, v = (x.astype(jnp.float32) for x in (query, key, value))
+        out, lse = neighborhood(q, k, v, params)
+        n_batch = query.ndim - params.rank - 2
+        return _additional_kv.attend_and_merge(
+            query, out, lse, extra_keys, extra_values, params.scale, n_batch
         )
-    ops, reason = _ops()
-    if ops is None:
-        return reason
-    if 1 in params.kernel_size and not extension_takes_window_one():
-        return "this build of the extension needs kernel_size >= 2 on every axis (rebuild it)"
-    return ops.why_not(implementation, query, key, value, params)
+
+    return run
+
+
+def _run_cuda(query, key, value, params: GnaParams):
+    return _ffi_op.gna_ffi(query, key, value, _ffi_call.cuda_tiles(query, key, value, params))
+
+
+def _run_xla(query, key, value, params: GnaParams):
+    mesh = explicit_mesh(query)
+    if mesh is None:
+        return gna_xla(query, key, value, params)
+    # Its reshapes cannot re-type sharded dims: run it per batch/head shard.
+    attend = lambda q, k, v: gna_xla(q, k, v, params)  # noqa: E731
+    kv_heads = key.shape[-2]
+    run = per_shard(attend, mesh, jax.typeof(query), params.rank, kv_heads, "ttt", "tl")
+    return run(query, key, value)
+
+
+def _ffi(name: str, run: Callable, **kwargs) -> Implementation:
+    return Implementation(
+        name,
+        platform=_ffi_call.PLATFORM[name],
+        why_not=functools.partial(_ffi_call.why_not, name),
+        backward_why_not=functools.partial(_ffi_call.backward_why_not, name),
+        run=run,
+        takes_views=True,
+        **kwargs,
+    )
+
+
+CUDA = _ffi("cuda", _with_extra_tokens(_run_cuda), has_tiles=True)
+CPU = _ffi("cpu", _with_extra_tokens(_ffi_op.gna_ffi, in_float32=True))
+XLA = Implementation(
+    "xla", None, _runs_all, _runs_all, _with_extra_tokens(_run_xla, in_float32=True)
+)
+# The dense softmax takes the extra tokens into the same softmax itself.
+REFERENCE = Implementation("reference", None, _runs_all, _runs_all, reference.attention, auto=False)
+
+IMPLEMENTATIONS: tuple[Implementation, ...] = (CUDA, CPU, XLA, REFERENCE)
+NAMES: tuple[str, ...] = tuple(impl.name for impl in IMPLEMENTATIONS)
+
+
+def get(name: str) -> Implementation:
+    """The implementation called `name`; ValueError for an unknown one."""
+    for impl in IMPLEMENTATIONS:
+        if impl.name == name:
+            return impl
+    raise ValueError(f"Unknown `implementation` {name!r}; expected None or one of {NAMES}.")
 
 
 def supported(
     query: jax.Array, key: jax.Array, value: jax.Array, params: GnaParams
 ) -> dict[str, str | None]:
     """Every implementation mapped to None (usable) or the reason it is not."""
-    return {impl: why_not(impl, query, key, value, params) for impl in IMPLEMENTATIONS}
+    return {impl.name: impl.refusal(query, key, value, params) for impl in IMPLEMENTATIONS}
 
 
 def select(
@@ -109,56 +174,51 @@ def select(
     key: jax.Array,
     value: jax.Array,
     params: GnaParams,
-) -> str:
-    """The implementation to run: the first usable one in `AUTO_ORDER` for None; the requested
-    one otherwise, or NotImplementedError saying why it cannot run and what would. With tile
-    shapes, None picks as without them and raises if it picks ``"cuda"`` and the kernels lack
-    those tiles (see the module docstring)."""
+) -> Implementation:
+    """The implementation to run: the first usable one for None; the requested one otherwise,
+    or NotImplementedError saying why it cannot run and what would. With tile shapes, None
+    picks as without them and raises if it picks ``"cuda"`` and the kernels lack those tiles
+    (see the module docstring)."""
+    untiled = params.without_tiles()
     if implementation is None:
-        for impl in AUTO_ORDER:
-            if why_not(impl, query, key, value, params.without_tiles()) is None:
-                if impl == "cuda" and params.has_tiles:
-                    reason = why_not(impl, query, key, value, params)
+        for impl in IMPLEMENTATIONS:
+            if impl.auto and impl.refusal(query, key, value, untiled) is None:
+                if impl.has_tiles and params.has_tiles:
+                    reason = impl.refusal(query, key, value, params)
                     if reason is not None:
                         raise NotImplementedError(
-                            "implementation=None picked 'cuda' for this call, and it refuses the "
-                            f"tile shapes: {reason}."
+                            f"implementation=None picked {impl.name!r} for this call, and it "
+                            f"refuses the tile shapes: {reason}."
                         )
                 return impl
         raise AssertionError("unreachable: the xla implementation always runs")
-    if not isinstance(implementation, str) or implementation not in IMPLEMENTATIONS:
+    if not isinstance(implementation, str):
         raise ValueError(
-            f"Unknown `implementation` {implementation!r}; expected None or one of "
-            f"{IMPLEMENTATIONS}."
+            f"Unknown `implementation` {implementation!r}; expected None or one of {NAMES}."
         )
-    reason = why_not(implementation, query, key, value, params)
+    impl = get(implementation)
+    reason = impl.refusal(query, key, value, params)
     if reason is not None:
-        untiled = params.without_tiles()
-        usable = [i for i in IMPLEMENTATIONS if why_not(i, query, key, value, untiled) is None]
+        usable = [i.name for i in IMPLEMENTATIONS if i.refusal(query, key, value, untiled) is None]
         tiles = " without `q_tile_shape`/`kv_tile_shape`" if params.has_tiles else ""
         raise NotImplementedError(
             f"implementation={implementation!r} cannot run this call: {reason}. "
             f"Usable here{tiles}: {usable} (or implementation=None to pick the best)."
         )
-    return implementation
+    return impl
 
 
-def run(
-    implementation: str, query: jax.Array, key: jax.Array, value: jax.Array, params: GnaParams
+def attend(
+    query, key, value, params: GnaParams, extra_keys, extra_values, implementation: str | None
 ) -> tuple[jax.Array, jax.Array]:
-    """``(out, lse)`` of the neighborhood part by a non-reference implementation."""
-    if implementation == "xla":
-        mesh = explicit_mesh(query)
-        if mesh is None:
-            return gna_xla(query, key, value, params)
-        # Its reshapes cannot re-type sharded dims: run it per batch/head shard.
-        attend = lambda q, k, v: gna_xla(q, k, v, params)  # noqa: E731
-        kv_heads = key.shape[-2]
-        run = per_shard(attend, mesh, jax.typeof(query), params.rank, kv_heads, "ttt", "tr")
-        return run(query, key, value)
-    ops, reason = _ops()
-    if ops is None:  # pragma: no cover - `select` refused it already
-        raise NotImplementedError(reason)
-    if implementation == "cuda":
-        params = ops.cuda_tiles(query, key, value, params)
-    return ops.gna_ffi(query, key, value, params)
+    """``(out, lse)`` of validated arrays on one device (or per batch/head shard), extra tokens
+    (or None) merged in, by `implementation` (None: the best usable)."""
+    impl = select(implementation, query, key, value, params)
+    if math.prod(query.shape[:-1]) == 0:
+        # No (query, head) row (a batch or head count of 0): nothing to compute, and no kernel
+        # to launch over an empty grid. The gradients are zeros of the inputs' shapes.
+        out = jnp.zeros((*query.shape[:-1], value.shape[-1]), query.dtype)
+        return out, jnp.zeros(query.shape[:-1], jnp.float32)
+    if not impl.has_tiles:
+        params = params.without_tiles()  # `select` allows them only for None: ignored here
+    return impl.run(query, key, value, params, extra_keys, extra_values)

@@ -18,9 +18,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jax_gna import _symbolic
+
+IntOrTuple = int | tuple[int, ...]
+BoolOrTuple = bool | tuple[bool, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +44,7 @@ class GnaParams:
     # A view (cuda/include/gna/window.h AxisView): per axis (whole-axis extent, offset of the
     # query slice, offset of the key slice); q/out/lse then hold the query slices and k/v the
     # key slices (their shapes give the slices' lengths). None: the arrays hold whole axes.
-    # Set by `jax_gna.parallel` for the shard-local FFI calls; never by users.
+    # Set by `jax_gna._halo` for the shard-local FFI calls; never by users.
     view: tuple[tuple[int, int, int], ...] | None = None
 
     @property
@@ -106,7 +110,7 @@ def _not_static(name: str, value: Any) -> TypeError:
     )
 
 
-def _static_int(name: str, value: Any) -> int:
+def static_int(name: str, value: Any) -> int:
     if _is_traced(value):
         raise _not_static(name, value)
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
@@ -116,7 +120,7 @@ def _static_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _per_axis(name: str, value: Any, rank: int, default: Any) -> tuple:
+def per_axis(name: str, value: Any, rank: int, default: Any) -> tuple:
     """An int/bool or a per-axis sequence -> a tuple of length `rank`."""
     if value is None:
         value = default
@@ -226,7 +230,7 @@ def window_does_not_fit(
     return ValueError(message)
 
 
-def _check_axes(params: GnaParams, spatial: Sequence[int], reading: str = "") -> None:
+def check_axes(params: GnaParams, spatial: Sequence[int], reading: str = "") -> None:
     """The per-axis rules; `reading` (how the arrays were read, see `reading`) goes into the
     message when the window does not fit the spatial shape."""
     k, s, d, c = params.kernel_size, params.stride, params.dilation, params.is_causal
@@ -275,7 +279,7 @@ def tile_shapes(
     q_tile_shape: Any, kv_tile_shape: Any, rank: int
 ) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
     """Normalise a tile request: both None, or two per-axis tuples of positive ints. Whether the
-    kernels have these tiles is the implementation's business (`jax_gna._ops.why_not`)."""
+    kernels have these tiles is the implementation's business (`jax_gna._ffi_call.why_not`)."""
     if (q_tile_shape is None) != (kv_tile_shape is None):
         raise ValueError(
             "`q_tile_shape` and `kv_tile_shape` must be given together or not at all, got "
@@ -285,7 +289,7 @@ def tile_shapes(
         return None, None
     shapes = []
     for name, value in (("q_tile_shape", q_tile_shape), ("kv_tile_shape", kv_tile_shape)):
-        shape = tuple(_static_int(name, x) for x in _per_axis(name, value, rank, None))
+        shape = tuple(static_int(name, x) for x in per_axis(name, value, rank, None))
         if any(x < 1 for x in shape):
             raise ValueError(
                 f"Invalid value for `{name}`; expected an integer or tuple of positive "
@@ -352,6 +356,11 @@ def refuse_mask_and_bias(mask: Any, bias: Any) -> None:
             "`bias` is not supported: no bias is added to the scores (`scale` multiplies them). "
             "For a score bias use jax.nn.dot_product_attention."
         )
+
+
+def as_arrays(*xs: Any) -> tuple:
+    """`xs` as jax arrays (None stays None)."""
+    return tuple(None if x is None else jnp.asarray(x) for x in xs)
 
 
 def _check_dtype(name: str, x: Any) -> None:
@@ -459,12 +468,10 @@ def make_params(
             f"{query.dtype}, {key.dtype}, {value.dtype}."
         )
 
-    ks = tuple(
-        _static_int("kernel_size", x) for x in _per_axis("kernel_size", kernel_size, rank, 1)
-    )
-    st = tuple(_static_int("stride", x) for x in _per_axis("stride", stride, rank, 1))
-    dl = tuple(_static_int("dilation", x) for x in _per_axis("dilation", dilation, rank, 1))
-    ca = tuple(_per_axis("is_causal", is_causal, rank, False))
+    ks = tuple(static_int("kernel_size", x) for x in per_axis("kernel_size", kernel_size, rank, 1))
+    st = tuple(static_int("stride", x) for x in per_axis("stride", stride, rank, 1))
+    dl = tuple(static_int("dilation", x) for x in per_axis("dilation", dilation, rank, 1))
+    ca = tuple(per_axis("is_causal", is_causal, rank, False))
     if scale is None:
         if query.shape[-1] == 0:
             raise ValueError(
@@ -480,7 +487,7 @@ def make_params(
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"`scale` must be a real number or None, got {scale!r}.")
     _check_scale(scale)
-    _check_axes(
+    check_axes(
         GnaParams(ks, st, dl, ca, float(scale)), spatial, reading("query", query.shape, rank)
     )
     _check_additional(query, key, value, additional_keys, additional_values, n_batch)
@@ -498,17 +505,17 @@ def make_params(
 
 
 def _check_additional(
-    query: Any, key: Any, value: Any, extra_k: Any, extra_v: Any, n_batch: int
+    query: Any, key: Any, value: Any, extra_keys: Any, extra_values: Any, n_batch: int
 ) -> None:
-    if extra_k is None and extra_v is None:
+    if extra_keys is None and extra_values is None:
         return
-    if extra_k is None or extra_v is None:
+    if extra_keys is None or extra_values is None:
         raise ValueError(
             "`additional_keys` and `additional_values` must be given together or not at all, "
-            f"got additional_keys={'None' if extra_k is None else 'an array'}, "
-            f"additional_values={'None' if extra_v is None else 'an array'}."
+            f"got additional_keys={'None' if extra_keys is None else 'an array'}, "
+            f"additional_values={'None' if extra_values is None else 'an array'}."
         )
-    for name, x in (("additional_keys", extra_k), ("additional_values", extra_v)):
+    for name, x in (("additional_keys", extra_keys), ("additional_values", extra_values)):
         if not hasattr(x, "shape"):
             raise TypeError(f"`{name}` must be an array, got {type(x).__name__}.")
         if x.ndim != n_batch + 3:
@@ -527,18 +534,18 @@ def _check_additional(
             )
         if x.dtype != query.dtype:
             raise TypeError(f"`{name}` must have dtype {query.dtype}, got {x.dtype}.")
-    if extra_k.shape[-1] != key.shape[-1]:
+    if extra_keys.shape[-1] != key.shape[-1]:
         raise ValueError(
             f"`additional_keys` must have the head dim of `key` ({key.shape[-1]}), "
-            f"got {extra_k.shape[-1]}."
+            f"got {extra_keys.shape[-1]}."
         )
-    if extra_v.shape[-1] != value.shape[-1]:
+    if extra_values.shape[-1] != value.shape[-1]:
         raise ValueError(
             f"`additional_values` must have the head dim of `value` ({value.shape[-1]}), "
-            f"got {extra_v.shape[-1]}."
+            f"got {extra_values.shape[-1]}."
         )
-    if extra_k.shape[-3] != extra_v.shape[-3]:
+    if extra_keys.shape[-3] != extra_values.shape[-3]:
         raise ValueError(
             "`additional_keys` and `additional_values` must hold the same number of extra "
-            f"tokens, got {extra_k.shape[-3]} and {extra_v.shape[-3]}."
+            f"tokens, got {extra_keys.shape[-3]} and {extra_values.shape[-3]}."
         )

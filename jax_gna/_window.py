@@ -1,4 +1,4 @@
-"""GNA window math (DESIGN.md §3), vectorised with NumPy.
+"""GNA window math (the rule of docs/design.md, "GNA semantics"), vectorised with NumPy.
 
 This module and `cuda/include/gna/window.h` are the only two places the window rule lives;
 `tests/test_window_cpp.py` checks them against each other.
@@ -25,7 +25,7 @@ def group_lengths(length: int, dilation: int) -> np.ndarray:
     return (length - g + dilation - 1) // dilation
 
 
-def _window_in_group(
+def window_in_group(
     iq: np.ndarray, lg: np.ndarray, kernel_size: int, stride: int, is_causal: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Window [start, end) of group coordinate ``iq`` in a group of ``lg`` positions."""
@@ -51,7 +51,7 @@ def neighborhood(
     """
     i = np.arange(length, dtype=np.int64)
     lg = group_lengths(length, dilation)[i % dilation]
-    start, end = _window_in_group(i // dilation, lg, kernel_size, stride, is_causal)
+    start, end = window_in_group(i // dilation, lg, kernel_size, stride, is_causal)
     start, end = start.astype(np.int64), end.astype(np.int64)
     start.flags.writeable = end.flags.writeable = False
     return start, end
@@ -76,7 +76,7 @@ def inverse_neighborhood(
     q_end = np.empty(length, dtype=np.int64)
     for g, lg in enumerate(group_lengths(length, dilation)):
         iq = np.arange(lg)
-        start, end = _window_in_group(iq, np.int64(lg), kernel_size, stride, is_causal)
+        start, end = window_in_group(iq, np.int64(lg), kernel_size, stride, is_causal)
         jk = iq  # keys of the group, in group coordinates
         q_start[g::dilation] = np.searchsorted(end, jk, side="right")
         q_end[g::dilation] = np.searchsorted(start, jk, side="right")

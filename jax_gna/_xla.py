@@ -34,9 +34,12 @@ _MIN_TILE_TOKENS = 64
 _SCORES_PER_CHUNK = 1 << 22  # f32 score elements per lax.map chunk (16 MiB)
 
 
-# eq=False: hashed by identity; `_plan` caches one instance per problem.
+# eq=False: hashed by identity; `plan` caches one instance per problem.
 @dataclasses.dataclass(frozen=True, eq=False)
-class _AxisPlan:
+class AxisPlan:
+    """The tiling of one axis: its queries cut into tiles (in dilation-group coordinates) and,
+    per group and tile, the box of keys the tile's windows reach."""
+
     length: int
     dilation: int
     group_max: int  # positions of the longest dilation group
@@ -46,7 +49,7 @@ class _AxisPlan:
     box_start: np.ndarray  # [dilation, n_tiles]
     tile_mask: np.ndarray  # [dilation, n_tiles, tile, box] query/key visibility inside the box
     # Keys may span more positions than the queries (a shard's block with its halo,
-    # `jax_gna.parallel`); equal to `length` / `group_max` otherwise.
+    # `jax_gna._halo`); equal to `length` / `group_max` otherwise.
     key_length: int
     key_group_max: int
 
@@ -55,7 +58,7 @@ class _AxisPlan:
         return self.tile * self.n_tiles
 
 
-def _tile_sizes(spatial, params: GnaParams) -> list[int]:
+def tile_sizes(spatial, params: GnaParams) -> list[int]:
     """Tile along each axis: a multiple of the stride (stride groups share a window, so the box
     stays close to the window) near half the window, grown to a minimum token count."""
     group_max = [-(-n // d) for n, d in zip(spatial, params.dilation)]
@@ -79,7 +82,7 @@ def _group_windows(
     for g, lg in enumerate(lengths):
         # Padded queries take the window of the group's last query: finite, and discarded.
         iq = np.minimum(np.arange(padded), lg - 1)
-        starts[g], ends[g] = _window._window_in_group(iq, np.int64(lg), k, s, causal)
+        starts[g], ends[g] = _window.window_in_group(iq, np.int64(lg), k, s, causal)
     return starts, ends
 
 
@@ -91,7 +94,7 @@ def plan_from_windows(
     starts: np.ndarray,
     ends: np.ndarray,
     box: int | None = None,
-) -> _AxisPlan:
+) -> AxisPlan:
     """The tiling of one axis from its query windows.
 
     Args:
@@ -113,12 +116,13 @@ def plan_from_windows(
     st = starts.reshape(d, n_tiles, tile)[..., None]
     en = ends.reshape(d, n_tiles, tile)[..., None]
     tile_mask = (st <= keys[:, :, None, :]) & (keys[:, :, None, :] < en)
-    return _AxisPlan(
+    return AxisPlan(
         length, d, group_max, tile, n_tiles, box, box_start, tile_mask, key_length, key_group_max
     )
 
 
-def _axis_plan(length: int, k: int, s: int, d: int, causal: bool, tile: int) -> _AxisPlan:
+def axis_plan(length: int, k: int, s: int, d: int, causal: bool, tile: int) -> AxisPlan:
+    """The tiling of a whole axis of `length` positions with window (k, s, d, causal)."""
     group_max = -(-length // d)
     padded = -(-group_max // tile) * tile
     starts, ends = _group_windows(length, k, s, d, causal, padded)
@@ -126,10 +130,11 @@ def _axis_plan(length: int, k: int, s: int, d: int, causal: bool, tile: int) -> 
 
 
 @functools.lru_cache(maxsize=64)
-def _plan(spatial: tuple[int, ...], params: GnaParams) -> tuple[_AxisPlan, ...]:
-    tiles = _tile_sizes(spatial, params)
+def plan(spatial: tuple[int, ...], params: GnaParams) -> tuple[AxisPlan, ...]:
+    """The tiling of every axis of a problem of spatial shape `spatial`."""
+    tiles = tile_sizes(spatial, params)
     return tuple(
-        _axis_plan(n, k, s, d, c, t)
+        axis_plan(n, k, s, d, c, t)
         for n, k, s, d, c, t in zip(
             spatial, params.kernel_size, params.stride, params.dilation, params.is_causal, tiles
         )
@@ -137,7 +142,7 @@ def _plan(spatial: tuple[int, ...], params: GnaParams) -> tuple[_AxisPlan, ...]:
 
 
 @functools.lru_cache(maxsize=64)
-def _tile_table(plans: tuple[_AxisPlan, ...]) -> tuple[np.ndarray, ...]:
+def tile_table(plans: tuple[AxisPlan, ...]) -> tuple[np.ndarray, ...]:
     """Per tile (all dilation groups x tiles, C order): group, query offset and box offset per
     axis, and the per-axis masks."""
     groups, q_off, k_off = [], [], []
@@ -219,7 +224,7 @@ def _slice(x: jax.Array, groups, offsets, sizes) -> jax.Array:
     return jax.lax.dynamic_slice(x, start, (x.shape[0], *([1] * r), *sizes, *x.shape[-2:]))
 
 
-def _tile_mask(masks) -> jax.Array:
+def tile_mask(masks) -> jax.Array:
     """Per-axis masks [T_a, box_a] -> [prod T, prod box]."""
     full = jnp.ones((1, 1), bool)
     for m in masks:
@@ -240,7 +245,7 @@ def _prepare(query, key, value, params, plans):
     rank = params.rank
     n_batch = query.ndim - rank - 2
     if plans is None:
-        plans = _plan(tuple(query.shape[n_batch : n_batch + rank]), params)
+        plans = plan(tuple(query.shape[n_batch : n_batch + rank]), params)
     b = math.prod(query.shape[:n_batch])
 
     def flat(x):
@@ -252,17 +257,17 @@ def _prepare(query, key, value, params, plans):
     return plans, n_batch, qg, kg, vg
 
 
-def _forward(query, key, value, params: GnaParams, plans=None, table=None, out_dtype=None):
+def forward(query, key, value, params: GnaParams, plans=None, table=None, out_dtype=None):
     """``(out, lse)``, ``out`` in `out_dtype` (default the query's). `plans` and `table`
-    (`_tile_table` arrays, possibly traced) override the ones derived from the shapes and
-    `params` (`jax_gna.parallel` passes a shard's)."""
+    (`tile_table` arrays, possibly traced) override the ones derived from the shapes and
+    `params` (`jax_gna._halo` passes a shard's)."""
     plans, n_batch, qg, kg, vg = _prepare(query, key, value, params, plans)
     vg = _nonfinite.flag_rows(vg)  # finite values; nan comes back in the rows that see one
     heads, kv_heads = query.shape[-2], key.shape[-2]
     dim, dim_v = query.shape[-1], value.shape[-1]
     tiles = tuple(p.tile for p in plans)
     boxes = tuple(p.box for p in plans)
-    groups, q_off, k_off, *masks = _tile_table(plans) if table is None else table
+    groups, q_off, k_off, *masks = tile_table(plans) if table is None else table
     b = qg.shape[0]
     tq, tk = math.prod(tiles), math.prod(boxes)
 
@@ -271,7 +276,7 @@ def _forward(query, key, value, params: GnaParams, plans=None, table=None, out_d
         q_t = _slice(qg, g, qo, tiles).reshape(b, tq, kv_heads, heads // kv_heads, dim)
         k_t = _slice(kg, g, ko, boxes).reshape(b, tk, kv_heads, dim)
         v_t = _slice(vg, g, ko, boxes).reshape(b, tk, kv_heads, dim_v + 1)
-        s = _tile_scores(q_t, k_t, _tile_mask(ms), params.scale)
+        s = _tile_scores(q_t, k_t, tile_mask(ms), params.scale)
         lse = jax.nn.logsumexp(s, axis=-1)
         o = jnp.einsum("bkgqm,bmkd->bqkgd", jnp.exp(s - lse[..., None]), v_t)
         o = _nonfinite.poison_rows(o)
@@ -291,13 +296,15 @@ def _forward(query, key, value, params: GnaParams, plans=None, table=None, out_d
     return out, lse.reshape(*lead, *lse.shape[1:])
 
 
-def _backward(query, key, value, out, lse, dout, dlse, params: GnaParams, plans=None, table=None):
+def backward(query, key, value, out, lse, dout, dlse, params: GnaParams, plans=None, table=None):
+    """``(dq, dk, dv)`` given the forward's ``out``/``lse`` and the cotangents of both; `plans`
+    and `table` as in `forward`."""
     plans, n_batch, qg, kg, vg = _prepare(query, key, value, params, plans)
     heads, kv_heads = query.shape[-2], key.shape[-2]
     group = heads // kv_heads
     tiles = tuple(p.tile for p in plans)
     boxes = tuple(p.box for p in plans)
-    groups, q_off, k_off, *masks = _tile_table(plans) if table is None else table
+    groups, q_off, k_off, *masks = tile_table(plans) if table is None else table
     b = qg.shape[0]
     tq, tk = math.prod(tiles), math.prod(boxes)
     spatial = tuple(p.length for p in plans)
@@ -331,7 +338,7 @@ def _backward(query, key, value, out, lse, dout, dlse, params: GnaParams, plans=
         v_t = _slice(vg, g, ko, boxes).reshape(b, tk, kv_heads, dim_v)
         s = _tile_scores(q_t, k_t, None, params.scale)
         # [B, Hkv, G, Tq, Tk]; masked pairs exactly 0 even in rows whose lse is nan.
-        p = jnp.where(_tile_mask(ms), s - jnp.moveaxis(lse_t, 1, 3)[..., None], -jnp.inf)
+        p = jnp.where(tile_mask(ms), s - jnp.moveaxis(lse_t, 1, 3)[..., None], -jnp.inf)
         p = jnp.exp(p)
         dv_t = jnp.einsum("bkgqm,bqkgd->bmkd", p, do_t)
         dp = jnp.einsum("bqkgd,bmkd->bkgqm", do_t, v_t)
@@ -364,18 +371,18 @@ def _add_block(acc: jax.Array, block: jax.Array, groups, offsets) -> jax.Array:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def gna_xla(query, key, value, params: GnaParams):
     """``(out, lse)``; differentiable in q, k, v with cotangents for both results."""
-    return _forward(query, key, value, params)
+    return forward(query, key, value, params)
 
 
 def _gna_xla_fwd(query, key, value, params):
-    out, lse = _forward(query, key, value, params)
+    out, lse = forward(query, key, value, params)
     return (out, lse), (query, key, value, out, lse)
 
 
 def _gna_xla_bwd(params, residuals, cotangents):
     query, key, value, out, lse = residuals
     dout, dlse = cotangents
-    return _backward(query, key, value, out, lse, dout, dlse, params)
+    return backward(query, key, value, out, lse, dout, dlse, params)
 
 
 gna_xla.defvjp(_gna_xla_fwd, _gna_xla_bwd)

@@ -48,9 +48,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from jax_gna import _kernel_trace, _tiles, _timing, sim
+import jax_gna
+from jax_gna import _ffi_call, _implementations, _kernel_trace, _tiles, _timing, sim
+from jax_gna._params import make_params, resolve_deterministic, xla_wants_determinism
 
-_IMPLEMENTATIONS = ("auto", "cuda", "cpu", "xla", "reference")
+_IMPLEMENTATIONS = ("auto", *_implementations.NAMES)
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # Dense attention through XLA materialises [B, H, N, N] float32 scores (and a few temporaries):
 # skip it above this much memory instead of running out.
@@ -322,25 +324,31 @@ def _validate_gna(parser, a, shape, window, stride, dilation, causal, heads_kv, 
     """The GNA rules, by jax_gna's own validation (on shapes only, nothing is allocated)."""
     import jax
 
-    from jax_gna._params import make_params
-
     def struct(*s):
         return jax.ShapeDtypeStruct(s, dtype)
 
     q = struct(a.batch, *shape, a.heads, a.dim)
     k = struct(a.batch, *shape, heads_kv, a.dim)
     v = struct(a.batch, *shape, heads_kv, dim_v)
-    ek = ev = None
+    extra_keys = extra_values = None
     if a.add_kv:
-        ek, ev = (
+        extra_keys, extra_values = (
             struct(a.batch, a.add_kv, heads_kv, a.dim),
             struct(a.batch, a.add_kv, heads_kv, dim_v),
         )
     try:
         make_params(
-            q, k, v, window, stride=stride, dilation=dilation, is_causal=causal,
-            additional_keys=ek, additional_values=ev, rank=len(shape),
-        )  # fmt: skip
+            q,
+            k,
+            v,
+            window,
+            stride=stride,
+            dilation=dilation,
+            is_causal=causal,
+            additional_keys=extra_keys,
+            additional_values=extra_values,
+            rank=len(shape),
+        )
     except (TypeError, ValueError) as e:
         parser.error(f"{e}{_flag_hint(str(e))}")
 
@@ -513,8 +521,8 @@ class _Progress:
 
 
 def _inputs(cfg: Config, index: int = 0):
-    """Input set ``index``: ``(q, k, v, do, ek, ev)`` from random key ``index`` (``do`` only
-    with --backprop; ``ek``/``ev`` only with --add-kv)."""
+    """Input set ``index``: ``(q, k, v, do, extra_keys, extra_values)`` from random key
+    ``index`` (``do`` only with --backprop; the extra tokens only with --add-kv)."""
     import jax
 
     p = cfg.problem
@@ -528,36 +536,34 @@ def _inputs(cfg: Config, index: int = 0):
     k = normal(keys[1], b, *s, cfg.heads_kv, cfg.dim)
     v = normal(keys[2], b, *s, cfg.heads_kv, cfg.dim_value)
     do = normal(keys[3], b, *s, cfg.heads, cfg.dim_value) if cfg.backprop else None
-    ek = ev = None
+    extra_keys = extra_values = None
     if cfg.add_kv:
-        ek = normal(keys[4], b, cfg.add_kv, cfg.heads_kv, cfg.dim)
-        ev = normal(keys[5], b, cfg.add_kv, cfg.heads_kv, cfg.dim_value)
-    return q, k, v, do, ek, ev
+        extra_keys = normal(keys[4], b, cfg.add_kv, cfg.heads_kv, cfg.dim)
+        extra_values = normal(keys[5], b, cfg.add_kv, cfg.heads_kv, cfg.dim_value)
+    return q, k, v, do, extra_keys, extra_values
 
 
 def _with_backprop(f, backprop: bool):
-    """One timed call of ``f(q, k, v, ek, ev)`` as a function of an input set: the forward's
-    output, or with ``backprop`` the output and every gradient (dq, dk, dv), so that no part of
-    the backward is dead code."""
+    """One timed call of ``f(q, k, v, extra_keys, extra_values)`` as a function of an input set:
+    the forward's output, or with ``backprop`` the output and every gradient (dq, dk, dv), so
+    that no part of the backward is dead code."""
     import jax
 
     if not backprop:
 
-        def forward(q, k, v, do, ek, ev):
-            return f(q, k, v, ek, ev)
+        def forward(q, k, v, do, extra_keys, extra_values):
+            return f(q, k, v, extra_keys, extra_values)
 
         return forward
 
-    def forward_backward(q, k, v, do, ek, ev):
-        out, vjp = jax.vjp(lambda q, k, v: f(q, k, v, ek, ev), q, k, v)
+    def forward_backward(q, k, v, do, extra_keys, extra_values):
+        out, vjp = jax.vjp(lambda q, k, v: f(q, k, v, extra_keys, extra_values), q, k, v)
         return out, vjp(do)
 
     return forward_backward
 
 
 def _gna_fn(cfg: Config, impl: str | None, deterministic: bool | None = None):
-    import jax_gna
-
     p = cfg.problem
     kwargs: dict[str, Any] = dict(
         stride=p.stride,
@@ -566,12 +572,18 @@ def _gna_fn(cfg: Config, impl: str | None, deterministic: bool | None = None):
         implementation=impl,
         deterministic=deterministic,
     )
-    if cfg.tiles is not None and impl in ("cuda", None):  # other implementations have no tiles
+    if cfg.tiles is not None and (impl is None or _implementations.get(impl).has_tiles):
         kwargs.update(q_tile_shape=cfg.tiles.q, kv_tile_shape=cfg.tiles.kv)
 
-    def f(q, k, v, ek, ev):
+    def f(q, k, v, extra_keys, extra_values):
         return jax_gna.gna(
-            q, k, v, p.kernel_size, additional_keys=ek, additional_values=ev, **kwargs
+            q,
+            k,
+            v,
+            p.kernel_size,
+            additional_keys=extra_keys,
+            additional_values=extra_values,
+            **kwargs,
         )
 
     return _with_backprop(f, cfg.backprop)
@@ -580,16 +592,13 @@ def _gna_fn(cfg: Config, impl: str | None, deterministic: bool | None = None):
 def _cuda_tiles(cfg: Config, q, k, v) -> _tiles.TileConfig | None:
     """The tile configuration ``implementation="cuda"`` runs on these inputs: --q-tile/--kv-tile,
     else the kernels' pick for the call."""
-    from jax_gna import _ops
-    from jax_gna._params import make_params
-
     if cfg.tiles is not None:
         return cfg.tiles
     p = cfg.problem
     params = make_params(
         q, k, v, p.kernel_size, stride=p.stride, dilation=p.dilation, is_causal=p.is_causal
     )
-    params = _ops.cuda_tiles(q, k, v, params)
+    params = _ffi_call.cuda_tiles(q, k, v, params)
     if not params.has_tiles:
         return None
     return _tiles.TileConfig(params.q_tile_shape, params.kv_tile_shape)
@@ -597,15 +606,12 @@ def _cuda_tiles(cfg: Config, q, k, v) -> _tiles.TileConfig | None:
 
 def _cuda_backward_reason(cfg: Config, q, k, v) -> str | None:
     """None if ``implementation="cuda"``'s gradients run the CUDA backward kernels on these
-    inputs, else why the ``xla`` backward stands in (`jax_gna._ops.cuda_backward_reason`)."""
-    from jax_gna import _ops
-    from jax_gna._params import make_params
-
+    inputs, else why the ``xla`` backward stands in."""
     p = cfg.problem
     params = make_params(
         q, k, v, p.kernel_size, stride=p.stride, dilation=p.dilation, is_causal=p.is_causal
     )
-    return _ops.cuda_backward_reason(q, k, v, params)
+    return _implementations.CUDA.backward_why_not(q, k, v, params)
 
 
 def _dense_fn(cfg: Config, implementation: str, causal: bool):
@@ -614,13 +620,16 @@ def _dense_fn(cfg: Config, implementation: str, causal: bool):
 
     n = cfg.problem.tokens
 
-    def f(q, k, v, ek, ev):
+    def f(q, k, v, extra_keys, extra_values):
         b = q.shape[0]
         q2 = q.reshape(b, n, *q.shape[-2:])
         k2 = k.reshape(b, n, *k.shape[-2:])
         v2 = v.reshape(b, n, *v.shape[-2:])
-        if ek is not None:
-            k2, v2 = jnp.concatenate([k2, ek], axis=1), jnp.concatenate([v2, ev], axis=1)
+        if extra_keys is not None:
+            k2, v2 = (
+                jnp.concatenate([k2, extra_keys], axis=1),
+                jnp.concatenate([v2, extra_values], axis=1),
+            )
         out = jax.nn.dot_product_attention(
             q2, k2, v2, is_causal=causal, implementation=implementation
         )
@@ -668,8 +677,6 @@ def _kernel_columns(row: dict[str, Any], timer, own: tuple[str, ...]) -> None:
 def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
     """Time the implementations and dense attention; print the table; return the results."""
     out = out or sys.stdout
-    import jax_gna
-    from jax_gna._params import resolve_deterministic, xla_wants_determinism
 
     p = cfg.problem
     sims, note = _candidates(cfg)
@@ -681,7 +688,9 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
     q, k, v, *_ = pool.take(1)[0]
     window = dict(stride=p.stride, dilation=p.dilation, is_causal=p.is_causal)
     supported = jax_gna.supported_implementations(q, k, v, p.kernel_size, **window)
-    auto = next(i for i in ("cuda", "cpu", "xla") if supported[i] is None)
+    auto = next(
+        i.name for i in _implementations.IMPLEMENTATIONS if i.auto and supported[i.name] is None
+    )
     if cfg.tiles is not None:  # they go to the cuda implementation only (`_gna_fn`)
         supported["cuda"] = jax_gna.supported_implementations(
             q, k, v, p.kernel_size, **window, q_tile_shape=cfg.tiles.q, kv_tile_shape=cfg.tiles.kv

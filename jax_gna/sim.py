@@ -3,7 +3,7 @@
 Pure Python and NumPy; no GPU. For a GNA problem (`Problem`) and a tile configuration (a Q tile
 shape and a KV tile shape), `simulate` counts, for every Q tile, the KV tiles a fused kernel with
 **static KV tiling** visits, and derives the figures of the GNA paper's simulator (Hassani et
-al., App. B.1; DESIGN.md §7):
+al., App. B.1):
 
 - ``bound``: the analytical upper-bound speedup over dense attention with the same tiles, dense
   work / critical path, where the critical path is the Q tile that visits the most KV tiles
@@ -41,7 +41,7 @@ The model, stated once:
   key any query of the Q tile sees. It shows the "curse of multi-dimensionality": windows that
   are contiguous boxes in N-d are scattered rows in 1-D. Computed by brute force; guarded.
 
-Window math comes from `jax_gna._window` (DESIGN.md §3), nowhere else.
+Window math comes from `jax_gna._window`, nowhere else.
 
 Example::
 
@@ -64,7 +64,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from jax_gna import _window
-from jax_gna._params import GnaParams, _check_axes, _per_axis, _static_int
+from jax_gna._params import GnaParams, check_axes, per_axis, static_int
 from jax_gna._tiles import TileConfig, supported_tiles
 
 __all__ = [
@@ -113,22 +113,19 @@ class Problem:
 
     def __post_init__(self):
         if isinstance(self.shape, int | np.integer):
-            shape = (_static_int("shape", self.shape),)
+            shape = (static_int("shape", self.shape),)
         else:
-            shape = tuple(_static_int("shape", x) for x in self.shape)
+            shape = tuple(static_int("shape", x) for x in self.shape)
         rank = len(shape)
         if not 1 <= rank <= 3:
             raise ValueError(f"GNA supports 1, 2 or 3 spatial axes, got shape={shape}.")
         ks = tuple(
-            _static_int("kernel_size", x)
-            for x in _per_axis("kernel_size", self.kernel_size, rank, 1)
+            static_int("kernel_size", x) for x in per_axis("kernel_size", self.kernel_size, rank, 1)
         )
-        st = tuple(_static_int("stride", x) for x in _per_axis("stride", self.stride, rank, 1))
-        dl = tuple(
-            _static_int("dilation", x) for x in _per_axis("dilation", self.dilation, rank, 1)
-        )
-        ca = tuple(_per_axis("is_causal", self.is_causal, rank, False))
-        _check_axes(GnaParams(ks, st, dl, ca, 1.0), shape)
+        st = tuple(static_int("stride", x) for x in per_axis("stride", self.stride, rank, 1))
+        dl = tuple(static_int("dilation", x) for x in per_axis("dilation", self.dilation, rank, 1))
+        ca = tuple(per_axis("is_causal", self.is_causal, rank, False))
+        check_axes(GnaParams(ks, st, dl, ca, 1.0), shape)
         for name, value in (
             ("shape", shape),
             ("kernel_size", ks),
@@ -414,7 +411,7 @@ def simulate_flattened(
     Raises:
       ValueError: when the job is larger than ``max_work`` (about a second per 1e8).
     """
-    tq, tk = _static_int("q_tile", q_tile), _static_int("kv_tile", kv_tile)
+    tq, tk = static_int("q_tile", q_tile), static_int("kv_tile", kv_tile)
     if tq < 1 or tk < 1:
         raise ValueError(f"Tile sizes must be positive, got q_tile={tq}, kv_tile={tk}.")
     windows = [

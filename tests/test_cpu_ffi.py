@@ -1,6 +1,6 @@
 """The CPU FFI handlers (implementation="cpu") against the jnp reference: forward (out, lse)
 and backward (cotangents for both) over ranks, stride, dilation, causality, GQA, dtypes,
-several batch dims, additional KV; plus what `_ops.why_not` says and the handlers' checks."""
+several batch dims, additional KV; plus what `_ffi_call.why_not` says and the handlers' checks."""
 
 import dataclasses
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jax_gna
-from jax_gna import _extension, _ops, reference
+from jax_gna import _extension, _ffi_call, _ffi_op, reference
 from jax_gna._params import GnaParams, make_params
 from tests import oracle
 
@@ -90,7 +90,7 @@ def _vjp(fn, q, k, v, seed=1):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_forward_matches_reference(case):
     q, k, v = case.inputs()
-    out, lse = _ops.gna_ffi(q, k, v, _params(case, q, k, v))
+    out, lse = _ffi_op.gna_ffi(q, k, v, _params(case, q, k, v))
     ref_out, ref_lse = jax.jit(
         lambda q, k, v: reference.gna(q, k, v, **case.window(), return_lse=True)
     )(q, k, v)
@@ -103,7 +103,7 @@ def test_forward_matches_reference(case):
 def test_backward_matches_reference(case):
     q, k, v = case.inputs()
     params = _params(case, q, k, v)
-    results, grads = _vjp(lambda q, k, v: _ops.gna_ffi(q, k, v, params), q, k, v)
+    results, grads = _vjp(lambda q, k, v: _ffi_op.gna_ffi(q, k, v, params), q, k, v)
     ref_results, ref_grads = _vjp(lambda q, k, v: reference.attention(q, k, v, params), q, k, v)
     chex.assert_trees_all_close(results, ref_results, atol=1e-5, rtol=1e-5)
     chex.assert_trees_all_close(grads, ref_grads, atol=1e-4, rtol=1e-4)
@@ -117,7 +117,7 @@ def test_backward_matches_reference(case):
 def test_half_precision_matches_reference(case, dtype):
     q, k, v = case.inputs(dtype)
     params = _params(case, q, k, v)
-    (out, lse), grads = _vjp(lambda q, k, v: _ops.gna_ffi(q, k, v, params), q, k, v)
+    (out, lse), grads = _vjp(lambda q, k, v: _ffi_op.gna_ffi(q, k, v, params), q, k, v)
     (ref_out, ref_lse), ref_grads = _vjp(
         lambda q, k, v: reference.attention(q, k, v, params), q, k, v
     )
@@ -151,7 +151,7 @@ def test_gradient_flows_through_lse_alone():
     q, k, v = case.inputs()
     params = _params(case, q, k, v)
     loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, params)[1]))  # noqa: E731
-    grads = jax.grad(loss(_ops.gna_ffi), (0, 1, 2))(q, k, v)
+    grads = jax.grad(loss(_ffi_op.gna_ffi), (0, 1, 2))(q, k, v)
     ref_grads = jax.jit(jax.grad(loss(reference.attention), (0, 1, 2)))(q, k, v)
     chex.assert_trees_all_close(grads, ref_grads, atol=1e-5, rtol=1e-5)
 
@@ -167,11 +167,11 @@ def test_why_not_reports_the_reason():
     case = CASES[0]
     q, k, v = case.inputs()
     params = _params(case, q, k, v)
-    assert _ops.why_not("cpu", q, k, v, params) is None
+    assert _ffi_call.why_not("cpu", q, k, v, params) is None
     if not _extension.ext.cuda_targets():
-        assert "no CUDA kernels" in _ops.why_not("cuda", q, k, v, params)
+        assert "no CUDA kernels" in _ffi_call.why_not("cuda", q, k, v, params)
     q64 = np.zeros(q.shape, np.float64)  # NumPy: float64 even without jax_enable_x64
-    assert "float64" in _ops.why_not("cpu", q64, k, v, params)
+    assert "float64" in _ffi_call.why_not("cpu", q64, k, v, params)
 
 
 def _direct_forward_call():
@@ -254,8 +254,8 @@ def test_backward_split_into_query_slices_matches_the_oracle(view):
     dout = rng.standard_normal((1, *nq, 2, 16), dtype=np.float32)
     dlse = rng.standard_normal((1, *nq, 2), dtype=np.float32)
     params = GnaParams(*window, 0.25, view=tuple((n, v[0], v[2]) for n, v in zip(extent, views)))
-    out, lse = _ops._ffi_forward(params, q, k, v)
-    grads = _ops._ffi_backward(params, dout, q, k, v, out, lse, dlse)
+    out, lse = _ffi_call.forward(params, q, k, v)
+    grads = _ffi_call.backward(params, dout, q, k, v, out, lse, dlse)
     mask = oracle.view_visible(extent, views, *window)
     want = oracle.attention(q, k, v, *window, rank=2, scale=0.25, mask=mask, dout=dout, dlse=dlse)[
         2

@@ -32,7 +32,7 @@ _UNDER_LIMIT = textwrap.dedent(
     """
     import resource
     import numpy as np, jax, jax.numpy as jnp
-    from jax_gna import _extension, _ops
+    from jax_gna import _extension, _ffi_call
     from jax_gna._params import GnaParams
 
     def mapped():
@@ -53,8 +53,8 @@ _UNDER_LIMIT = textwrap.dedent(
     params = GnaParams((3,), (1,), (1,), (False,), 0.5)
     x = jnp.ones((1, 2**20, 1, 32), jnp.bfloat16)  # 64 MiB each
     lse = jnp.zeros(x.shape[:-1], jnp.float32)
-    fwd = jax.jit(lambda q, k, v: _ops._ffi_forward(params, q, k, v)).lower(x, x, x).compile()
-    bwd = jax.jit(lambda *a: _ops._ffi_backward(params, *a))
+    fwd = jax.jit(lambda q, k, v: _ffi_call.forward(params, q, k, v)).lower(x, x, x).compile()
+    bwd = jax.jit(lambda *a: _ffi_call.backward(params, *a))
     bwd = bwd.lower(x, x, x, x, x, lse, lse).compile()
     # Room for the results (out and lse: 68 MiB; dq, dk, dv: 192 MiB), not for a copy (128 MiB).
     mib = 2**20

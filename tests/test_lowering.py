@@ -11,7 +11,7 @@ import pytest
 from jax import export
 
 import jax_gna
-from jax_gna import _extension, _ops
+from jax_gna import _extension, _ffi_call, _ffi_op
 from jax_gna._params import make_params
 
 pytestmark = pytest.mark.skipif(_extension.ext is None, reason=str(_extension.missing))
@@ -28,7 +28,7 @@ def _inputs(dtype=jnp.bfloat16):
 
 
 def _ffi(q, k, v):
-    return _ops.gna_ffi(q, k, v, make_params(q, k, v, **WINDOW, scale=SCALE))
+    return _ffi_op.gna_ffi(q, k, v, make_params(q, k, v, **WINDOW, scale=SCALE))
 
 
 def _loss(q, k, v):
@@ -57,7 +57,7 @@ def test_cuda_lowering_emits_the_forward_custom_call_with_its_attributes():
 
 
 def _ffi_with(q, k, v, **kw):
-    return _ops.gna_ffi(q, k, v, make_params(q, k, v, **WINDOW, scale=SCALE, **kw))
+    return _ffi_op.gna_ffi(q, k, v, make_params(q, k, v, **WINDOW, scale=SCALE, **kw))
 
 
 def _cuda_grad_text(*inputs, **kw) -> str:
@@ -73,7 +73,7 @@ def test_cuda_gradients_use_the_xla_backward_where_cuda_kernels_cannot_run_them(
     text = _cuda_grad_text()
     assert len(_custom_calls(text, "jax_gna_fwd")) == 1
     q, k, v = _inputs()
-    reason = _ops.cuda_backward_reason(q, k, v, make_params(q, k, v, **WINDOW))
+    reason = _ffi_call.cuda_backward_reason(q, k, v, make_params(q, k, v, **WINDOW))
     if reason is None:
         assert len(_custom_calls(text, "jax_gna_bwd")) == 1
     else:
@@ -90,7 +90,7 @@ def test_cuda_backward_choice_is_per_problem(monkeypatch):
         asked.append((query.shape, params))
         return None if query.shape[-1] == 16 else "head_dim=32 is not supported"
 
-    monkeypatch.setattr(_ops, "cuda_backward_reason", fake_reason)
+    monkeypatch.setattr(_ffi_call, "cuda_backward_reason", fake_reason)
     text = _cuda_grad_text()
     assert len(_custom_calls(text, "jax_gna_bwd")) == 1
     assert asked and asked[-1][0] == (2, 8, 10, 4, 16)
@@ -123,7 +123,7 @@ def test_backward_custom_call_carries_the_deterministic_attribute(
     assert "deterministic" not in fwd
     # The public API passes it through as well, and a cross-lowering for CUDA carries it when
     # the CUDA backward runs the problem.
-    monkeypatch.setattr(_ops, "cuda_backward_reason", lambda *args: None)
+    monkeypatch.setattr(_ffi_call, "cuda_backward_reason", lambda *args: None)
     public = jax.jit(
         jax.grad(
             lambda q: jnp.sum(

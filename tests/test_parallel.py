@@ -211,9 +211,10 @@ def test_shifted_split_covers_every_query_once():
 
 
 def test_each_call_reads_every_key_its_queries_see():
-    """The FFI calls (`_Local.calls`): each device's query rows are its computed queries, and
+    """The FFI calls (`ShardPlan.calls`): each device's query rows are its computed queries, and
     its key slice covers their windows and starts at their dilation phase."""
     from jax_gna import _window
+    from jax_gna._halo.plan import shard_plan
     from jax_gna._params import GnaParams
 
     rng = np.random.default_rng(0)
@@ -224,20 +225,20 @@ def test_each_call_reads_every_key_its_queries_see():
         causal = bool(rng.random() < 0.3)
         devices = int(rng.integers(2, 6))
         length = int(rng.integers(k * d, 6 * k * d + 2))
-        local = parallel._local((length,), GnaParams((k,), (s,), (d,), (causal,), 1.0), 0, devices)
-        if local.halo.min_shard > local.halo.shard:
+        plan = shard_plan((length,), GnaParams((k,), (s,), (d,), (causal,), 1.0), 0, devices)
+        if plan.halo.min_shard > plan.halo.shard:
             continue
         visible = _window.axis_mask(length, k, s, d, causal)
-        for p, call in enumerate(local.calls):
-            lo, hi = local.halo.computed(p)
+        for p, call in enumerate(plan.calls):
+            lo, hi = plan.halo.computed(p)
             assert (call is None) == (lo >= hi)
             if call is None:
                 continue
-            rows, (ks, ke), view = call
-            first, last = local.key_origin(p) + ks, local.key_origin(p) + ke
-            assert rows == (lo - p * local.halo.shard, hi - p * local.halo.shard)
+            queries, (ks, ke), view = call
+            first, last = plan.key_origin(p) + ks, plan.key_origin(p) + ke
+            assert queries == (lo - p * plan.halo.shard, hi - p * plan.halo.shard)
             assert view == ((length, lo, first),) and (lo - first) % d == 0
-            assert 0 <= ks < ke <= local.key_block
+            assert 0 <= ks < ke <= plan.key_block_length
             keys = np.nonzero(visible[lo:hi].any(axis=0))[0]
             assert first <= keys.min() and keys.max() < last, (p, call, keys)
         checked += 1
@@ -312,6 +313,54 @@ def test_heads_strategy_refuses_heads_that_do_not_divide():
         parallel.gna_sharded(q, k, v, (3,), mesh=_mesh(4), axis_name="x", strategy="heads")
     with pytest.raises(ValueError, match="Unknown `strategy`"):
         parallel.gna_sharded(q, k, v, (3,), mesh=_mesh(4), axis_name="x", strategy="ring")
+
+
+@pytest.mark.skipif(_extension.ext is None, reason=str(_extension.missing))
+@pytest.mark.parametrize("strategy", ["halo", "heads"])
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_deterministic_reaches_the_backward_call_of_every_shard(deterministic, strategy):
+    """`deterministic` as in `jax_gna.gna`: every backward custom call of the shards (one per
+    device's view for the halo strategy, the whole axis for the heads one) carries it."""
+    q, k, v, _, _ = _arrays((1, 32, 4, 8), 4, 0)
+    mesh = _mesh(4)
+
+    def loss(q, k, v):
+        out = parallel.gna_sharded(
+            q, k, v, (5,), stride=2, mesh=mesh, axis_name="x", implementation="cpu",
+            deterministic=deterministic, strategy=strategy,
+        )  # fmt: skip
+        return jnp.sum(jnp.sin(out))
+
+    text = jax.jit(jax.grad(loss, (0, 1, 2))).lower(q, k, v).as_text()
+    calls = [line for line in text.splitlines() if "stablehlo.custom_call @jax_gna_bwd(" in line]
+    assert len(calls) == (4 if strategy == "halo" else 1)
+    assert all(f"deterministic = {int(deterministic)} : i64" in call for call in calls)
+
+
+@pytest.mark.parametrize("strategy", ["halo", "heads"])
+def test_tile_shapes_go_to_the_cuda_kernels_only(strategy):
+    """`q_tile_shape`/`kv_tile_shape` as in `jax_gna.gna`: an explicit implementation without
+    tiles refuses them, and None ignores them where the shards do not run "cuda"."""
+    q, k, v, _, _ = _arrays((1, 32, 4, 8), 4, 0)
+    mesh = _mesh(4)
+    tiles = dict(q_tile_shape=(8,), kv_tile_shape=(8,))
+
+    def run(**kw):
+        return parallel.gna_sharded(
+            q, k, v, (5,), stride=2, mesh=mesh, axis_name="x", strategy=strategy, **kw
+        )
+
+    for implementation in [*SHARD_IMPLEMENTATIONS, "reference"]:
+        with pytest.raises(NotImplementedError, match=r"`q_tile_shape`/`kv_tile_shape`.*'cuda'"):
+            run(implementation=implementation, **tiles)
+    np.testing.assert_array_equal(run(**tiles), run())
+
+
+def test_mask_and_bias_are_refused_as_by_gna():
+    q, k, v, _, _ = _arrays((1, 16, 2, 8), 2, 0)
+    for option in ("mask", "bias"):
+        with pytest.raises(NotImplementedError, match=f"`{option}`"):
+            parallel.gna_sharded(q, k, v, (3,), mesh=_mesh(4), axis_name="x", **{option: q})
 
 
 def _view_calls(hlo: str, target: str = "jax_gna_fwd") -> list[str]:
@@ -527,7 +576,7 @@ def test_jit_on_auto_mesh_keeps_batch_sharding_next_to_the_halo_exchange():
 def test_xla_backward_stand_in_exchanges_halo_gradients_on_auto_mesh(name):
     """The backward GPUs use while the build has no CUDA backward kernels (on CPU the FFI
     backward is chosen, so it is called directly): same partitioning rule, same halo path."""
-    from jax_gna import _ops
+    from jax_gna import _ffi_op
     from jax_gna._params import make_params
 
     q_shape, kv_heads, window, devices = AUTO_JIT_CASES[name]
@@ -538,7 +587,7 @@ def test_xla_backward_stand_in_exchanges_halo_gradients_on_auto_mesh(name):
     def grads(q, k, v):
         out, lse = fn(q, k, v)
         dout, dlse = jax.grad(lambda o, s: _loss(lambda *_: (o, s))(q, k, v), (0, 1))(out, lse)
-        return _ops._xla_backward(params, dout, q, k, v, out, lse, dlse)
+        return _ffi_op._xla_backward(params, dout, q, k, v, out, lse, dlse)
 
     backward = _auto_jit(grads, _mesh(devices))
     single = lambda q, k, v: reference.gna(q, k, v, **window, return_lse=True)  # noqa: E731

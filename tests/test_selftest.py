@@ -116,13 +116,13 @@ def test_a_traced_call_runs_on_the_default_device(monkeypatch):
     import jax
     import jax.numpy as jnp
 
-    from jax_gna import _implementations
+    from jax_gna import _mesh
 
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     seen = []
 
     def trace(q):
-        seen.append(_implementations.platform_of(q))
+        seen.append(_mesh.array_platform(q))
         return q
 
     q = jnp.zeros((1, 8, 2, 32))

@@ -11,7 +11,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jax_gna
-from jax_gna import _extension, _ops, reference
+from jax_gna import _extension, _ffi_op, reference
 from jax_gna._params import make_params
 
 pytestmark = [
@@ -31,7 +31,7 @@ def _inputs():
 
 
 def _ffi(q, k, v):
-    return _ops.gna_ffi(q, k, v, make_params(q, k, v, **WINDOW))
+    return _ffi_op.gna_ffi(q, k, v, make_params(q, k, v, **WINDOW))
 
 
 def _loss(fn):
@@ -146,7 +146,7 @@ def test_xla_backward_stand_in_runs_per_shard_in_explicit_mesh(expected):
         def grads(q, k, v):
             (out, lse), pullback = jax.vjp(_ffi, q, k, v)
             dout, dlse = jax.grad(lambda o, s: _loss(lambda *_: (o, s))(q, k, v), (0, 1))(out, lse)
-            return _ops._xla_backward(params, dout, q, k, v, out, lse, dlse)
+            return _ffi_op._xla_backward(params, dout, q, k, v, out, lse, dlse)
 
         result = jax.jit(grads)(q, k, v)
     chex.assert_trees_all_close(result, expected[1], **TOL)

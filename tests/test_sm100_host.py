@@ -496,7 +496,7 @@ def test_backward_data_flow_matches_reference_gradients(emulation, tmp_path, ran
 
 
 def test_extension_backward_takes_compute_capability_10_where_sm100_is_built():
-    """The CUDA FFI backward handler's verdict (`cuda_bwd_can_implement`, as `jax_gna._ops`
+    """The CUDA FFI backward handler's verdict (`cuda_bwd_can_implement`, as `jax_gna._ffi_call`
     asks it) for a Blackwell device, in a build with sm_100a kernels (CI builds them with nvcc:
     the smoke set, bf16, head dim 128, rank 3): the sm100 backward takes what it was built for
     and says why not otherwise."""

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import jax_gna
-from jax_gna import _extension, _implementations, _ops, _tiles, sim
+from jax_gna import _extension, _ffi_call, _implementations, _tiles, sim
 from jax_gna._params import make_params
 from tests import oracle
 
@@ -41,8 +41,8 @@ def _qkv(shape, heads=2, dim=D):
 
 @pytest.fixture
 def pretend_hopper(monkeypatch):
-    monkeypatch.setattr(_implementations, "platform_of", lambda query: "gpu")
-    monkeypatch.setattr(_ops, "_compute_capability", lambda query: (9, 0))
+    monkeypatch.setattr(_implementations, "array_platform", lambda query: "gpu")
+    monkeypatch.setattr(_ffi_call, "_compute_capability", lambda query: (9, 0))
 
 
 def _fwd_attr(text: str, name: str) -> tuple[int, ...]:
@@ -132,7 +132,7 @@ def test_every_dilation_runs_on_every_configuration(shape, window, dilation):
         assert _can(shape, window, dilation, cfg.q, cfg.kv) is None, cfg
     q, k, v = _qkv(shape)
     params = make_params(q, k, v, window, dilation=dilation)
-    picked = _ops.cuda_tiles(q, k, v, params)
+    picked = _ffi_call.cuda_tiles(q, k, v, params)
     best = sim.choose_tiles(sim.Problem(shape, window, (1,) * len(shape), dilation), D, "bfloat16")
     assert (picked.q_tile_shape, picked.kv_tile_shape) == (best.tiles.q, best.tiles.kv)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jax_gna
-from jax_gna import _extension, _ops, reference
+from jax_gna import _extension, _ffi_op, reference
 from jax_gna._params import make_params
 
 pytestmark = pytest.mark.skipif(_extension.ext is None, reason=str(_extension.missing))
@@ -25,7 +25,7 @@ def _inputs(batch=(2,), seed=0):
 
 
 def _ffi(q, k, v):
-    return _ops.gna_ffi(q, k, v, make_params(q, k, v, **WINDOW))
+    return _ffi_op.gna_ffi(q, k, v, make_params(q, k, v, **WINDOW))
 
 
 @jax.jit
@@ -125,4 +125,4 @@ def test_repeated_calls_do_not_retrace():
 def test_op_cache_keys_on_equal_params():
     q, k, v = _inputs()
     a, b = make_params(q, k, v, **WINDOW), make_params(q, k, v, **WINDOW)
-    assert a is not b and _ops._forward_op(a, 2) is _ops._forward_op(b, 2)
+    assert a is not b and _ffi_op._forward_op(a, 2) is _ffi_op._forward_op(b, 2)

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from jax_gna import _extension, _ops
+from jax_gna import _extension, _ffi_call
 from jax_gna._params import GnaParams
 from tests import oracle
 
@@ -92,14 +92,14 @@ def _check_lse(lse, want):
 def test_view_forward_and_backward_match_oracle(case):
     q, k, v, dout, dlse = _inputs(case)
     params = case.params()
-    out, lse = _ops._ffi_forward(params, q, k, v)
+    out, lse = _ffi_call.forward(params, q, k, v)
     want_out, want_lse, grads = oracle.attention(
         q, k, v, *case.window, rank=case.rank, scale=0.5, mask=case.mask(), dout=dout, dlse=dlse
     )
     assert not np.isnan(np.asarray(out)).any()
     np.testing.assert_allclose(np.asarray(out), want_out, rtol=1e-5, atol=1e-5)
     _check_lse(lse, want_lse)
-    dq, dk, dv = _ops._ffi_backward(params, dout, q, k, v, out, lse, dlse)
+    dq, dk, dv = _ffi_call.backward(params, dout, q, k, v, out, lse, dlse)
     for got, want in zip((dq, dk, dv), grads[:3]):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
 
@@ -109,8 +109,8 @@ def test_view_of_whole_axis_is_the_square_problem():
     q, k, v, _, _ = _inputs(case)
     square = dataclasses.replace(case.params(), view=None)
     np.testing.assert_array_equal(
-        np.asarray(_ops._ffi_forward(case.params(), q, k, v)[0]),
-        np.asarray(_ops._ffi_forward(square, q, k, v)[0]),
+        np.asarray(_ffi_call.forward(case.params(), q, k, v)[0]),
+        np.asarray(_ffi_call.forward(square, q, k, v)[0]),
     )
 
 
@@ -121,11 +121,11 @@ def test_shard_views_reassemble_the_whole_problem():
     q = rng.standard_normal((1, n, 2, 8)).astype(np.float32)
     k = rng.standard_normal((1, n, 2, 8)).astype(np.float32)
     v = rng.standard_normal((1, n, 2, 8)).astype(np.float32)
-    whole, whole_lse = _ops._ffi_forward(GnaParams(*window, 0.5), q, k, v)
+    whole, whole_lse = _ffi_call.forward(GnaParams(*window, 0.5), q, k, v)
     parts = []
     for qo, ko, kend in ((0, 0, 12), (7, 1, 14)):  # same dilation phase: (qo - ko) % 2 == 0
         params = GnaParams(*window, 0.5, view=((n, qo, ko),))
-        parts.append(_ops._ffi_forward(params, q[:, qo : qo + 7], k[:, ko:kend], v[:, ko:kend]))
+        parts.append(_ffi_call.forward(params, q[:, qo : qo + 7], k[:, ko:kend], v[:, ko:kend]))
     np.testing.assert_allclose(np.concatenate([p[0] for p in parts], 1), whole, atol=1e-6)
     np.testing.assert_allclose(np.concatenate([p[1] for p in parts], 1), whole_lse, atol=1e-6)
 
@@ -144,14 +144,14 @@ def test_bad_views_are_refused_with_the_rule(view, match):
     k = np.zeros((1, 8, 1, 8), np.float32)
     params = GnaParams((4,), (1,), (2,), (False,), 1.0, view=view)
     with pytest.raises(Exception, match=match):
-        np.asarray(_ops._ffi_forward(params, q, k, k)[0])
+        np.asarray(_ffi_call.forward(params, q, k, k)[0])
 
 
 def test_view_attributes_must_cover_every_axis():
     q = np.zeros((1, 6, 6, 1, 8), np.float32)
     params = GnaParams((3, 3), (1, 1), (1, 1), (False, False), 1.0, view=((6, 0, 0),))
     with pytest.raises(Exception, match="one entry per spatial axis"):
-        np.asarray(_ops._ffi_forward(params, q, q, q)[0])
+        np.asarray(_ffi_call.forward(params, q, q, q)[0])
 
 
 def test_key_shapes_may_differ_only_with_a_view():
@@ -159,4 +159,4 @@ def test_key_shapes_may_differ_only_with_a_view():
     k = np.zeros((1, 8, 1, 8), np.float32)
     params = GnaParams((3,), (1,), (1,), (False,), 1.0)
     with pytest.raises(Exception, match="share batch and spatial dims"):
-        _ops._ffi_forward(params, q, k, k)
+        _ffi_call.forward(params, q, k, k)

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from jax_gna import _extension, _ops
+from jax_gna import _extension, _ffi_call
 from jax_gna._params import GnaParams
 from tests import oracle
 
@@ -74,13 +74,13 @@ def test_window_of_one_matches_the_oracle(case):
     want_out, want_lse, grads = oracle.attention(
         q, k, v, *case.window, rank=case.rank, scale=0.5, mask=mask, dout=dout, dlse=dlse
     )
-    out, lse = _ops._ffi_forward(params, q, k, v)
+    out, lse = _ffi_call.forward(params, q, k, v)
     np.testing.assert_allclose(np.asarray(out), want_out, rtol=1e-5, atol=1e-5)
     lse = np.asarray(lse)
     empty = np.isneginf(want_lse)  # views: queries whose window misses the key slice
     np.testing.assert_array_equal(np.isneginf(lse), empty)
     np.testing.assert_allclose(lse[~empty], want_lse[~empty], rtol=1e-5, atol=1e-5)
-    dq, dk, dv = _ops._ffi_backward(params, dout, q, k, v, out, lse, dlse)
+    dq, dk, dv = _ffi_call.backward(params, dout, q, k, v, out, lse, dlse)
     for got, want in zip((dq, dk, dv), grads[:3]):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
 
@@ -88,7 +88,7 @@ def test_window_of_one_matches_the_oracle(case):
 def test_window_of_one_with_stride_above_one_is_refused():
     q = np.zeros((1, 6, 1, 4), np.float32)
     with pytest.raises(Exception, match=r"stride\[0\] = 2; need 1 <= stride <= kernel_size \(1\)"):
-        np.asarray(_ops._ffi_forward(GnaParams((1,), (2,), (1,), (False,), 1.0), q, q, q)[0])
+        np.asarray(_ffi_call.forward(GnaParams((1,), (2,), (1,), (False,), 1.0), q, q, q)[0])
 
 
 def test_geometry_helpers_take_a_window_of_one():

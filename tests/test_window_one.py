@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jax_gna
-from jax_gna import _extension, _implementations, _window, sim
+from jax_gna import _extension, _ffi_call, _window, sim
 from tests import oracle
 from tests.test_api import arrays, want
 
@@ -43,7 +43,7 @@ def _window_of(case):
 
 
 def _cpu_takes_window_one():
-    return _extension.ext is not None and _implementations.extension_takes_window_one()
+    return _extension.ext is not None and _ffi_call.extension_takes_window_one()
 
 
 IMPLS = [

@@ -43,13 +43,13 @@ def tiling(min_tile_tokens=None, scores_per_chunk=None):
             _xla._MIN_TILE_TOKENS = min_tile_tokens
         if scores_per_chunk is not None:
             _xla._SCORES_PER_CHUNK = scores_per_chunk
-        _xla._plan.cache_clear()
-        _xla._tile_table.cache_clear()
+        _xla.plan.cache_clear()
+        _xla.tile_table.cache_clear()
         yield
     finally:
         _xla._MIN_TILE_TOKENS, _xla._SCORES_PER_CHUNK = saved
-        _xla._plan.cache_clear()
-        _xla._tile_table.cache_clear()
+        _xla.plan.cache_clear()
+        _xla.tile_table.cache_clear()
 
 
 def make_case(rank, i, *, dtype, seed_base=0, extra=None, max_tokens=200):

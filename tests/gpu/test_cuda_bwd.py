@@ -55,7 +55,7 @@ from test_cuda_fwd import (
 )
 
 import jax_gna
-from jax_gna import _extension, _ops, reference
+from jax_gna import _extension, _ffi_call, reference
 from jax_gna._params import make_params
 
 pytestmark = pytest.mark.gpu
@@ -210,7 +210,7 @@ def _check_case(case: dict, seed: int, **kw) -> None:
     context = f"case {case}, seed {seed}"
     compiled, text = _compiled(_cuda_grad(w, **kw), *args)
     if "jax_gna_bwd" not in text:
-        reason = _ops.cuda_backward_reason(q, k, v, make_params(q, k, v, **w))
+        reason = _ffi_call.cuda_backward_reason(q, k, v, make_params(q, k, v, **w))
         pytest.fail(f"the xla backward ran, not the CUDA kernel ({reason}); {context}")
     assert "jax_gna_fwd" in text, context
     _assert_grads_close(compiled(*args), _oracle_grad(w, *args), case["dtype"], context)
@@ -390,7 +390,7 @@ def test_head_dim_256_runs_the_xla_backward_with_correct_gradients(dtype):
         pytest.skip("this build's kernel set has no head dim 256 forward kernel")
     case = _case((14, 12), (5, 6), (2, 3), (2, 1), (True, False), dim=256, dtype=dtype, extra=4)
     q, k, v, extra = _inputs(case, seed=31)
-    reason = _ops.cuda_backward_reason(q, k, v, make_params(q, k, v, **_window(case)))
+    reason = _ffi_call.cuda_backward_reason(q, k, v, make_params(q, k, v, **_window(case)))
     print("CUDA backward refuses head dim 256:", reason)
     assert reason is not None
     assert jax_gna.supported_implementations(q, k, v, **_window(case))["cuda"] is None

@@ -1,6 +1,7 @@
 """implementation="cuda" on inputs sharded over a one-GPU mesh, Explicit (jax's default) and
 Auto, with and without a mesh context (`jax.set_mesh`): values and gradients equal those of the
-same call on unsharded inputs (and the reference), and results keep the input's sharding.
+same call on unsharded inputs (and the reference), and results keep the input's sharding; and
+`gna_sharded` on a one-GPU mesh runs the kernels with the caller's tiles and determinism.
 Run on a GPU machine with ``python -m pytest -m gpu tests/gpu``."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jax_gna
-from jax_gna import reference
+from jax_gna import parallel, reference
 
 pytestmark = pytest.mark.gpu
 
@@ -102,3 +103,33 @@ def test_cuda_on_a_one_gpu_mesh(spec, extra_spec, mode, with_context):
             lambda *a: reference.gna(*a[:3], **WINDOW, additional_keys=a[3], additional_values=a[4])
         )(q, k, v, ek, ev)
     np.testing.assert_allclose(np.asarray(out.astype(jnp.float32)), expected, atol=3e-2, rtol=3e-2)
+
+
+def test_gna_sharded_runs_the_kernels_with_the_callers_tiles_and_determinism():
+    """`gna_sharded` takes `gna`'s tile shapes and `deterministic`: the shard's forward calls
+    run those tiles, its backward calls are deterministic, and the gradients equal `gna`'s
+    with the same options."""
+    gpu = jax.devices("gpu")[0]
+    q, k, v, _, _ = _inputs(gpu)
+    tiles = dict(q_tile_shape=(8, 16), kv_tile_shape=(8, 16))
+    reason = jax_gna.supported_implementations(q, k, v, **WINDOW, **tiles)["cuda"]
+    if reason is not None:
+        pytest.skip(reason)
+    options = dict(**WINDOW, **tiles, implementation="cuda", deterministic=True)
+    mesh = jax.make_mesh((1,), ("x",), devices=[gpu])
+
+    def grad(attention):
+        loss = lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v).astype(jnp.float32)))  # noqa: E731
+        return jax.jit(jax.grad(loss, (0, 1, 2)))
+
+    sharded = grad(
+        lambda q, k, v: parallel.gna_sharded(q, k, v, **options, mesh=mesh, axis_name="x")
+    )
+    text = sharded.lower(q, k, v).as_text()
+    forward = [line for line in text.splitlines() if "stablehlo.custom_call @jax_gna_fwd(" in line]
+    backward = [line for line in text.splitlines() if "stablehlo.custom_call @jax_gna_bwd(" in line]
+    assert forward and all("q_tile = dense<[8, 16]>" in call for call in forward)
+    assert all("kv_tile = dense<[8, 16]>" in call for call in forward)
+    assert all("deterministic = 1 : i64" in call for call in backward)
+    single = grad(lambda q, k, v: jax_gna.gna(q, k, v, **options))
+    chex.assert_trees_all_close(sharded(q, k, v), single(q, k, v), atol=2e-2, rtol=2e-2)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_gna import _extension, _ops
+from jax_gna import _extension, _ffi_call
 from jax_gna._params import GnaParams
 from tests import oracle
 
@@ -71,13 +71,13 @@ def test_window_of_one_matches_the_oracle(name):
         *exact, *window, rank=len(window[0]), scale=params.scale,
         dout=np.asarray(jnp.asarray(dout, jnp.float32)), dlse=np.zeros(shape[:-1]),
     )  # fmt: skip
-    args = _ops._problem_args(q, k, v, params)
+    args = _ffi_call._problem_args(q, k, v, params)
     assert _extension.ext.cuda_fwd_can_implement(*args) is None
-    out, lse = _ops._ffi_forward(params, q, k, v)
+    out, lse = _ffi_call.forward(params, q, k, v)
     _close(out, want_out, "out")
     np.testing.assert_allclose(np.asarray(lse), want_lse, atol=2e-2, rtol=1e-3, err_msg="lse")
     if not _extension.ext.cuda_has_backward() or _extension.ext.cuda_bwd_can_implement(*args):
         return
-    dq, dk, dv = _ops._ffi_backward(params, dout, q, k, v, out, lse, dlse)
+    dq, dk, dv = _ffi_call.backward(params, dout, q, k, v, out, lse, dlse)
     for got, want, what in zip((dq, dk, dv), grads[:3], ("dq", "dk", "dv")):
         _close(got, want, what)

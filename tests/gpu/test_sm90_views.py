@@ -35,7 +35,8 @@ from jax.sharding import PartitionSpec as P
 # tests/gpu is on sys.path while pytest collects this file: the forward tests' helpers.
 from test_cuda_fwd import _skip_reason as _hopper_skip_reason
 
-from jax_gna import _extension, _ops, parallel, reference
+from jax_gna import _extension, _ffi_call, parallel, reference
+from jax_gna._halo.plan import shard_plan
 from jax_gna._params import GnaParams
 from tests import oracle
 
@@ -132,13 +133,13 @@ def shard_case(seed: int) -> tuple[Case, int]:
         params = GnaParams(*window, 1.0)
         if extent[axis] < window[0][axis] * window[2][axis]:
             continue
-        local = parallel._local(extent, params, axis, devices)
-        if local.halo.min_shard > local.halo.shard:
+        plan = shard_plan(extent, params, axis, devices)
+        if plan.halo.min_shard > plan.halo.shard:
             continue
         p = int(rng.integers(devices))
-        if local.calls[p] is None:
+        if plan.calls[p] is None:
             continue
-        rows, keys, view = local.calls[p]
+        rows, keys, view = plan.calls[p]
         views = tuple(
             (view[a][1], rows[1] - rows[0], view[a][2], keys[1] - keys[0])
             if a == axis
@@ -211,10 +212,10 @@ def _run_view(case: Case, q, k, v, dout, dlse):
     qd, kd, vd, dod = _on_device(case, q, k, v, dout)
     dlsed = jax.device_put(jnp.asarray(dlse), _device())
     if not ON_CPU:
-        assert _ops.why_not("cuda", qd, kd, vd, params) is None
-        assert _ops.cuda_backward_reason(qd, kd, vd, params) is None
-    out, lse = jax.jit(lambda q, k, v: _ops._ffi_forward(params, q, k, v))(qd, kd, vd)
-    grads = jax.jit(lambda *a: _ops._ffi_backward(params, *a))(dod, qd, kd, vd, out, lse, dlsed)
+        assert _ffi_call.why_not("cuda", qd, kd, vd, params) is None
+        assert _ffi_call.cuda_backward_reason(qd, kd, vd, params) is None
+    out, lse = jax.jit(lambda q, k, v: _ffi_call.forward(params, q, k, v))(qd, kd, vd)
+    grads = jax.jit(lambda *a: _ffi_call.backward(params, *a))(dod, qd, kd, vd, out, lse, dlsed)
     f32 = lambda x: np.asarray(jnp.asarray(x).astype(jnp.float32))  # noqa: E731
     return f32(out), f32(lse), *(f32(g) for g in grads)
 

@@ -18,60 +18,72 @@ from __future__ import annotations
 import jax
 from jax.sharding import PartitionSpec as P
 
+from jax_gna._halo.plan import shard_length
+from jax_gna._implementations import attend
+from jax_gna._mesh import axis_size
 from jax_gna._params import GnaParams
+from jax_gna.parallel.split import pad_axis, run_sharded, specs
 
 
 def check_heads(mesh, axis_name, tensor_spec: P, heads: int, kv_heads: int) -> None:
     """ValueError unless every device's query and kv heads (a head axis already sharded by
     `tensor_spec` keeps that) divide by the devices of `axis_name`: each device gets whole kv
     heads and their query heads."""
-    from jax_gna.parallel import _axis_size
-
-    devices = _axis_size(mesh, axis_name)
+    devices = axis_size(mesh, axis_name)
     entry = tuple(tensor_spec)[-2]
-    split = 1 if entry is None else _axis_size(mesh, entry)
-    local = heads // split, kv_heads // split
-    if local[0] % devices or local[1] % devices:
+    split = 1 if entry is None else axis_size(mesh, entry)
+    per_device = heads // split, kv_heads // split
+    if per_device[0] % devices or per_device[1] % devices:
         raise ValueError(
             f"strategy='heads' splits the heads over the {devices} devices of mesh axis "
-            f"{axis_name!r}: the query heads ({local[0]}) and kv heads ({local[1]}) on a device "
-            f"must both divide by {devices}. Use strategy='halo', or a head count that divides."
+            f"{axis_name!r}: the query heads ({per_device[0]}) and kv heads ({per_device[1]}) on "
+            f"a device must both divide by {devices}. Use strategy='halo', or a head count that "
+            "divides."
         )
 
 
-def sharded_by_heads(query, key, value, params: GnaParams, extra_k, extra_v, mesh, axis_name,
-                     spatial_axis: int, implementation: str | None):  # fmt: skip
+def sharded_by_heads(
+    query,
+    key,
+    value,
+    params: GnaParams,
+    extra_keys,
+    extra_values,
+    mesh,
+    axis_name,
+    spatial_axis: int,
+    implementation: str | None,
+):
     """``(out, lse)`` of validated inputs with `spatial_axis` split over `axis_name`, by the
     all-to-all of heads; `implementation` runs the whole axis on every device."""
-    from jax_gna import parallel
-    from jax_gna._api import attend
-
     rank = params.rank
     n_batch = query.ndim - rank - 2
     dim = n_batch + spatial_axis
     length = query.shape[dim]
-    devices = parallel._axis_size(mesh, axis_name)
-    tensor, rows, extra = parallel._specs(mesh, query, key.shape[-2], rank, spatial_axis, axis_name)
-    check_heads(mesh, axis_name, tensor, query.shape[-2], key.shape[-2])
-    total = devices * parallel.shard_length(length, devices)
+    devices = axis_size(mesh, axis_name)
+    split_specs = specs(mesh, query, key.shape[-2], rank, spatial_axis, axis_name)
+    check_heads(mesh, axis_name, split_specs[0], query.shape[-2], key.shape[-2])
+    total = devices * shard_length(length, devices)
 
     def to_heads(x):  # [.., shard, .., heads, d] -> [.., total, .., heads / n, d]
         x = jax.lax.all_to_all(x, axis_name, x.ndim - 2, dim, tiled=True)
         return jax.lax.slice_in_dim(x, 0, length, axis=dim)
 
     def to_positions(x, head_axis):  # the inverse; padding rows are zero
-        x = parallel.pad_axis(x, dim, total)
+        x = pad_axis(x, dim, total)
         return jax.lax.all_to_all(x, axis_name, dim, head_axis, tiled=True)
 
     def body(q, k, v, *extra_kv):
         q, k, v = to_heads(q), to_heads(k), to_heads(v)
-        ek = ev = None
+        extra_keys = extra_values = None
         if extra_kv:  # replicated along axis_name: keep this device's kv heads
             n = k.shape[-2]
             start = jax.lax.axis_index(axis_name) * n
-            ek, ev = (jax.lax.dynamic_slice_in_dim(e, start, n, axis=-2) for e in extra_kv)
-        out, lse = attend(q, k, v, params, ek, ev, implementation)
+            extra_keys, extra_values = (
+                jax.lax.dynamic_slice_in_dim(e, start, n, axis=-2) for e in extra_kv
+            )
+        out, lse = attend(q, k, v, params, extra_keys, extra_values, implementation)
         return to_positions(out, out.ndim - 2), to_positions(lse, lse.ndim - 1)
 
-    specs = (tensor, rows, extra)
-    return parallel.run_sharded(body, mesh, specs, dim, total, query, key, value, extra_k, extra_v)
+    args = (query, key, value, extra_keys, extra_values)
+    return run_sharded(body, mesh, split_specs, dim, total, *args)
