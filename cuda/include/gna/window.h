@@ -37,7 +37,7 @@ struct Range {
   int end;
 };
 
-// A view of one axis: the sub-problem of one shard (jax_gna/parallel.py). Windows stay those of
+// A view of one axis: the sub-problem of one shard (jax_gna/_halo/). Windows stay those of
 // the whole axis (`Axis::length`); the local query n is the axis position q_offset + n
 // (n < q_length) and the local key m is kv_offset + m (m < kv_length). Keys outside the key
 // slice or the axis are absent (masked); local queries past the axis' end are padding. The
