@@ -1,0 +1,54 @@
+"""The full kernel set's front end compiles, beyond the smoke set that CI builds.
+
+Per (architecture, direction), the smallest head dim outside the smoke set, and the largest when
+it exceeds the smoke set's, are compiled to PTX without optimisation: the smallest takes the
+64-byte swizzle and chunking path (head dim 32), the largest the tightest shared-memory and
+register budgets (d256 on sm90). The
+kernels' static checks (budgets, layout checks evaluated at compile time) run in the compiler's
+front end, so a full-set kernel that cannot compile fails here in seconds instead of in a
+user's hour-long source build. Skips without nvcc or the CUTLASS headers.
+"""
+
+import pytest
+
+from jax_gna import _kernel_table
+from tests import nvcc_build
+
+MACRO = {"fwd": "GNA_FWD", "bwd": "GNA_BWD"}
+
+
+def _extremes():
+    table = [k for k in _kernel_table.kernels() if k.dtype == "float16" and k.rank == 3]
+    smoke = {(k.arch, k.direction, k.head_dim) for k in _kernel_table.kernels() if k.smoke}
+    out = []
+    for arch, direction in sorted({(k.arch, k.direction) for k in table}):
+        rows = [
+            k
+            for k in table
+            if (k.arch, k.direction) == (arch, direction)
+            and (arch, direction, k.head_dim) not in smoke
+            and k.config in (None, 0)
+        ]
+        dims = sorted({k.head_dim for k in rows})
+        built = [d for a, di, d in smoke if (a, di) == (arch, direction)]
+        wanted = {dims[0]} | ({dims[-1]} if dims[-1] > max(built, default=0) else set())
+        out += [next(k for k in rows if k.head_dim == d) for d in sorted(wanted)]
+    return sorted(out, key=lambda k: k.file_stem)
+
+
+KERNELS = _extremes()
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.file_stem)
+def test_kernel_front_end_compiles(tmp_path, kernel):
+    prefix = MACRO[kernel.direction]
+    defines = {
+        f"{prefix}_DTYPE": _kernel_table.DTYPES[kernel.dtype],
+        f"{prefix}_HEAD_DIM": kernel.head_dim,
+        f"{prefix}_RANK": kernel.rank,
+    }
+    if kernel.config is not None:
+        defines[f"{prefix}_CONFIG"] = kernel.config
+    # -O0 for the device compiler: the front end's checks run the same, and optimisation would
+    # take minutes per kernel.
+    nvcc_build.kernel_ptx(tmp_path, kernel.arch, kernel.direction, defines, extra=("-Xcicc", "-O0"))
