@@ -49,9 +49,8 @@ def built_cuda_archs() -> tuple[str, ...]:
     return tuple(ext.built_cuda_archs()) if ext is not None else ()
 
 
-# A compiled kernel unit as the build names it (cmake/CudaKernels.cmake, from the generated
-# translation units of cuda/<family>/sources.cmake): forward kernels carry their tile
-# configuration index, backward kernels have none.
+# A compiled kernel unit as `build_info()` names it (`Kernel.unit` in _kernel_table.py): forward
+# kernels carry their tile configuration index, backward kernels have none.
 _KERNEL_UNIT = re.compile(
     r"^sm(?P<arch>\d+):(?P<direction>fwd|bwd)_k(?P<dtype>[A-Z0-9]+)_d(?P<head_dim>\d+)"
     r"_r(?P<rank>\d+)(?:_c(?P<config>\d+))?$"
