@@ -51,8 +51,8 @@ def kernel_ptx(
     tmp_path: Path, family: str, direction: str, defines: dict, extra: tuple = ()
 ) -> str:
     """The PTX of one kernel TU, `cuda/<family>/<direction>_instance.cu` with `defines` (what
-    the TU that `cmake/CudaKernels.cmake, from the kernel table` generates for the kernel #defines), compiled with
-    the build's flags for the family's architecture, plus `extra` flags."""
+    the kernel's generated TU #defines), compiled with the build's flags for the family's
+    architecture, plus `extra` flags."""
     nvcc, include = require_nvcc_and_cutlass()
     arch = ARCH[family]
     name = "_".join([family, direction, *map(str, defines.values()), *extra]).replace("=", "-")

@@ -9,9 +9,9 @@ so a plain store through one is generic, which is why the kernels stage P, P^T a
 global accesses are explicit (``.global``), so the check is simply: no ``ld``/``st`` without a
 state space in the whole kernel.
 
-Each kernel is compiled as the build compiles it: the TU `cmake/CudaKernels.cmake, from the kernel table` generates
-(#defines, then the family's ``*_instance.cu``), the flags of `cmake/CudaKernels.cmake`, PTX for
-the family's architecture. The sm100 kernels have never run (no Blackwell GPU); this is one of
+Each kernel is compiled as the build compiles it: the TU the build generates from the kernel
+table (#defines, then the family's ``*_instance.cu``), the flags of `cmake/CudaKernels.cmake`,
+PTX for the family's architecture. The sm100 kernels have never run (no Blackwell GPU); this is one of
 the checks that stand in (`docs/blackwell.md`).
 """
 
@@ -65,7 +65,7 @@ def test_generic_access_parser_on_known_lines():
     assert len(memory_accesses(ptx)) == 6
 
 
-# (family, direction, the defines of the TU the build generates from the kernel table): bf16 d128 rank 3 (the
+# (family, direction, the defines of the kernel's generated TU): bf16 d128 rank 3 (the
 # smoke kernels) and the other end of the tables (f16, d32: SW64 tiles, rank 1).
 KERNELS = {
     "sm100 fwd bf16 d128 r3": ("sm100", "fwd", ("kBF16", 128, 3, 0)),
