@@ -11,8 +11,8 @@ state space in the whole kernel.
 
 Each kernel is compiled as the build compiles it: the TU the build generates from the kernel
 table (#defines, then the family's ``*_instance.cu``), the flags of `cmake/CudaKernels.cmake`,
-PTX for the family's architecture. The sm100 kernels have never run (no Blackwell GPU); this is one of
-the checks that stand in (`docs/blackwell.md`).
+PTX for the family's architecture. The sm100 kernels have never run (no Blackwell GPU); this is
+one of the checks that stand in (`docs/blackwell.md`).
 """
 
 from __future__ import annotations
