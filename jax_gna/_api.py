@@ -12,7 +12,7 @@ import inspect
 import jax
 from jax.typing import ArrayLike
 
-from jax_gna import _implementations, parallel
+from jax_gna import _fp8, _implementations, parallel
 from jax_gna._mesh import spatially_sharded
 from jax_gna._params import (
     BoolOrTuple,
@@ -31,6 +31,9 @@ def _attention(
     *,
     additional_keys,
     additional_values,
+    q_descale,
+    k_descale,
+    v_descale,
     return_lse,
     implementation,
     rank,
@@ -44,6 +47,7 @@ def _attention(
     query, key, value, extra_keys, extra_values = as_arrays(
         query, key, value, additional_keys, additional_values
     )
+    scales = _fp8.descales(query, key, value, q_descale, k_descale, v_descale)
     params = make_params(
         query,
         key,
@@ -54,6 +58,12 @@ def _attention(
         rank=rank,
         **options,
     )
+    if scales is not None:
+        # Float8: chosen on the float8 inputs (the kernels refuse them), run on float32.
+        implementation, params = _implementations.for_fp8(implementation, query, key, value, params)
+        query, key, value, extra_keys, extra_values = _fp8.dequantize(
+            scales, query, key, value, extra_keys, extra_values
+        )
     split = None
     # Explicit "xla" with tile shapes goes on to `select`, which refuses them. Only an input
     # with a sharded spatial dim asks context parallelism whether it splits.
@@ -79,6 +89,8 @@ def _attention(
         out, lse = _implementations.attend(
             query, key, value, params, extra_keys, extra_values, implementation
         )
+    if scales is not None:
+        out = out.astype(_fp8.OUT_DTYPE)
     return (out, lse) if return_lse else out
 
 
@@ -94,6 +106,9 @@ def gna(
     scale: float | None = None,
     additional_keys: ArrayLike | None = None,
     additional_values: ArrayLike | None = None,
+    q_descale: ArrayLike | None = None,
+    k_descale: ArrayLike | None = None,
+    v_descale: ArrayLike | None = None,
     return_lse: bool = False,
     implementation: str | None = None,
     q_tile_shape: IntOrTuple | None = None,
@@ -141,6 +156,16 @@ def gna(
       additional_keys: optional ``[B..., E, Hkv, D]`` tokens (e.g. text tokens) that every query
         attends to, in the same softmax.
       additional_values: ``[B..., E, Hkv, Dv]``, given together with ``additional_keys``.
+      q_descale: float8 inputs only (``query``, ``key``, ``value`` all ``float8_e4m3fn`` or all
+        ``float8_e5m2``): the query is read as ``query.astype(float32) * q_descale``. A float32
+        scalar (per tensor) or array ``[H]`` (per query head); None means 1. Must be finite.
+        Float8 calls run on ``"xla"`` (or ``"reference"``) in float32 on the dequantised
+        values (no kernel computes in FP8 yet), return ``out`` in bfloat16, and are forward
+        only: differentiating through one raises (compute gradients in bf16/fp16). Extra
+        tokens are in the same float8 dtype and take ``k_descale``/``v_descale``.
+      k_descale: as ``q_descale`` for ``key`` (and ``additional_keys``), scalar or ``[Hkv]``.
+      v_descale: as ``q_descale`` for ``value`` (and ``additional_values``), scalar or
+        ``[Hkv]``.
       return_lse: also return the log-sum-exp of the scaled scores.
       implementation: ``None`` picks the best available (``"cuda"`` on a supported GPU, then
         ``"cpu"`` on the CPU when the extension is built, else ``"xla"``); ``"cuda"`` our GPU
@@ -172,8 +197,8 @@ def gna(
         ``NotImplementedError``.
 
     Returns:
-      ``out`` ``[B..., X..., H, Dv]`` in the input dtype, and with ``return_lse=True`` also
-      ``lse`` ``[B..., X..., H]`` in float32 (natural log).
+      ``out`` ``[B..., X..., H, Dv]`` in the input dtype (bfloat16 for float8 inputs), and
+      with ``return_lse=True`` also ``lse`` ``[B..., X..., H]`` in float32 (natural log).
 
     Raises:
       TypeError, ValueError: for invalid arguments, naming the argument and the rule.

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_gna import _additional_kv, _ffi_call, _ffi_op, reference
+from jax_gna._fp8 import is_fp8
 from jax_gna._mesh import array_platform, explicit_mesh, per_shard
 from jax_gna._params import GnaParams
 from jax_gna._xla import gna_xla
@@ -129,11 +130,27 @@ def _run_xla(query, key, value, params: GnaParams):
     return run(query, key, value)
 
 
+# Why each FFI implementation refuses float8 inputs (`jax_gna._fp8`): then "xla" runs them.
+_FP8_REFUSALS = {
+    "cuda": "no FP8 kernel yet (float8 inputs run on implementation='xla', dequantised)",
+    "cpu": (
+        f"the CPU kernel takes {', '.join(_ffi_call.CPU_DTYPES)}, not float8 (float8 inputs "
+        "run on implementation='xla', dequantised)"
+    ),
+}
+
+
+def _ffi_why_not(name: str, query, key, value, params: GnaParams) -> str | None:
+    if is_fp8(query.dtype):
+        return _FP8_REFUSALS[name]
+    return _ffi_call.why_not(name, query, key, value, params)
+
+
 def _ffi(name: str, run: Callable, **kwargs) -> Implementation:
     return Implementation(
         name,
         platform=_ffi_call.PLATFORM[name],
-        why_not=functools.partial(_ffi_call.why_not, name),
+        why_not=functools.partial(_ffi_why_not, name),
         backward_why_not=functools.partial(_ffi_call.backward_why_not, name),
         run=run,
         takes_views=True,
@@ -206,6 +223,16 @@ def select(
             f"Usable here{tiles}: {usable} (or implementation=None to pick the best)."
         )
     return impl
+
+
+def for_fp8(
+    implementation: str | None, query, key, value, params: GnaParams
+) -> tuple[str, GnaParams]:
+    """The implementation that runs a call with float8 inputs, chosen (or refused) on those
+    inputs as any call, and the params it takes; the call then runs it on the dequantised
+    float32 values (`jax_gna._fp8.dequantize`), which every implementation would take."""
+    impl = select(implementation, query, key, value, params)
+    return impl.name, params if impl.has_tiles else params.without_tiles()
 
 
 def attend(

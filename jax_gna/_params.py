@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_gna import _symbolic
+from jax_gna._fp8 import FP8_DTYPES
 
 IntOrTuple = int | tuple[int, ...]
 BoolOrTuple = bool | tuple[bool, ...]
@@ -364,8 +365,11 @@ def as_arrays(*xs: Any) -> tuple:
 
 
 def _check_dtype(name: str, x: Any) -> None:
-    if str(x.dtype) not in _FLOAT_DTYPES:
-        raise TypeError(f"`{name}` must be a floating-point array, got dtype {x.dtype}.")
+    if str(x.dtype) not in _FLOAT_DTYPES + FP8_DTYPES:
+        raise TypeError(
+            f"`{name}` must be a floating-point array ({', '.join(_FLOAT_DTYPES)}, or float8 "
+            f"{' or '.join(FP8_DTYPES)} with descales), got dtype {x.dtype}."
+        )
 
 
 def make_params(

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jax_gna import _nonfinite, _window
+from jax_gna import _fp8, _nonfinite, _window
 from jax_gna._mesh import explicit_mesh, on_auto_axes
 from jax_gna._params import GnaParams, make_params, refuse_mask_and_bias
 
@@ -37,6 +37,9 @@ def gna(
     scale: float | None = None,
     additional_keys: ArrayLike | None = None,
     additional_values: ArrayLike | None = None,
+    q_descale: ArrayLike | None = None,
+    k_descale: ArrayLike | None = None,
+    v_descale: ArrayLike | None = None,
     return_lse: bool = False,
     mask: None = None,
     bias: None = None,
@@ -53,10 +56,13 @@ def gna(
     tangent nothing to the forward-mode derivatives): a loss over the queries that never see a
     non-finite entry has finite gradients, equal to those with that entry replaced by 0.
 
+    Float8 inputs with ``q_descale``/``k_descale``/``v_descale`` (see `jax_gna.gna`) attend to
+    their dequantised float32 values, ``out`` in bfloat16; differentiating through them raises.
+
     Returns:
-      ``out`` ``[B..., X..., H, Dv]`` in the query's dtype, and with ``return_lse=True`` also
-      ``lse`` ``[B..., X..., H]`` in float32 (natural log of the sum of exponentiated scaled
-      scores).
+      ``out`` ``[B..., X..., H, Dv]`` in the query's dtype (bfloat16 for float8 inputs), and
+      with ``return_lse=True`` also ``lse`` ``[B..., X..., H]`` in float32 (natural log of the
+      sum of exponentiated scaled scores).
     """
     refuse_mask_and_bias(mask, bias)
     query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
@@ -64,6 +70,7 @@ def gna(
         additional_keys = jnp.asarray(additional_keys)
     if additional_values is not None:
         additional_values = jnp.asarray(additional_values)
+    scales = _fp8.descales(query, key, value, q_descale, k_descale, v_descale)
     params = make_params(
         query,
         key,
@@ -76,7 +83,13 @@ def gna(
         additional_keys=additional_keys,
         additional_values=additional_values,
     )
+    if scales is not None:
+        query, key, value, additional_keys, additional_values = _fp8.dequantize(
+            scales, query, key, value, additional_keys, additional_values
+        )
     out, lse = attention(query, key, value, params, additional_keys, additional_values)
+    if scales is not None:
+        out = out.astype(_fp8.OUT_DTYPE)
     return (out, lse) if return_lse else out
 
 

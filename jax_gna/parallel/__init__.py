@@ -28,7 +28,7 @@ import functools
 import jax
 from jax.typing import ArrayLike
 
-from jax_gna import _additional_kv, _implementations
+from jax_gna import _additional_kv, _fp8, _implementations
 from jax_gna._halo.plan import (
     AxisName,
     Halo,
@@ -181,6 +181,9 @@ def gna_sharded(
     scale: float | None = None,
     additional_keys: ArrayLike | None = None,
     additional_values: ArrayLike | None = None,
+    q_descale: ArrayLike | None = None,
+    k_descale: ArrayLike | None = None,
+    v_descale: ArrayLike | None = None,
     return_lse: bool = False,
     implementation: str | None = None,
     q_tile_shape: IntOrTuple | None = None,
@@ -215,6 +218,7 @@ def gna_sharded(
         padded; that pads and slices the whole arrays once).
       additional_keys, additional_values: ``[B..., E, Hkv, D]`` / ``[B..., E, Hkv, Dv]`` extra
         tokens every query attends to; replicated on every device along `axis_name`.
+      q_descale, k_descale, v_descale: descales of float8 inputs, as in `jax_gna.gna`.
       return_lse: also return the log-sum-exp ``[B..., X..., H]`` (float32).
       implementation: ``None`` (the FFI kernel of the platform, ``"cpu"`` or ``"cuda"``, run
         on each shard's view where it takes it, else ``"xla"``), ``"cpu"`` / ``"cuda"`` (those
@@ -247,6 +251,7 @@ def gna_sharded(
     query, key, value, extra_keys, extra_values = as_arrays(
         query, key, value, additional_keys, additional_values
     )
+    scales = _fp8.descales(query, key, value, q_descale, k_descale, v_descale)
     params = make_params(
         query,
         key,
@@ -271,6 +276,12 @@ def gna_sharded(
         _implementations.get(implementation)  # ValueError for an unknown one
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown `strategy` {strategy!r}; expected one of {STRATEGIES}.")
+    if scales is not None:
+        # Float8: as in `jax_gna.gna`, the shards run the dequantised float32 values.
+        implementation, params = _implementations.for_fp8(implementation, query, key, value, params)
+        query, key, value, extra_keys, extra_values = _fp8.dequantize(
+            scales, query, key, value, extra_keys, extra_values
+        )
     out, lse = sharded(
         query,
         key,
@@ -284,6 +295,8 @@ def gna_sharded(
         implementation=implementation,
         strategy=strategy,
     )
+    if scales is not None:
+        out = out.astype(_fp8.OUT_DTYPE)
     return (out, lse) if return_lse else out
 
 

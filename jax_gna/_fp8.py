@@ -1,0 +1,134 @@
+"""FP8 inputs: which dtypes count, the descale rule, dequantisation and the forward-only guard.
+
+A float8 (``float8_e4m3fn`` or ``float8_e5m2``) query, key and value come with descale factors,
+as in JAX's FP8 attention and FlashAttention-3: ``q_descale``, ``k_descale``, ``v_descale``
+(None means 1), each a float32 scalar (per tensor) or an array ``[heads]`` (per query head for
+``q_descale``, per key/value head for the others). The value attention sees is
+``x.astype(float32) * descale``; extra tokens are in the same float8 dtype and take
+``k_descale``/``v_descale``. No kernel computes in FP8 yet: the ``xla`` and ``reference``
+implementations attend to the dequantised float32 values, and the output is bfloat16
+(`OUT_DTYPE`). FP8 attention is forward only (`dequantize` makes differentiation raise).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FP8_DTYPES = ("float8_e4m3fn", "float8_e5m2")
+OUT_DTYPE = jnp.bfloat16
+DESCALE_NAMES = ("q_descale", "k_descale", "v_descale")
+
+FORWARD_ONLY = (
+    "FP8 attention is forward only: a call with float8 query/key/value has no derivative "
+    "rule, so jax.grad/jax.vjp/jax.jvp through it raise. Compute gradients in bf16/fp16 "
+    "(quantise for inference only), or apply jax.lax.stop_gradient to the float8 inputs and "
+    "descales where no gradient should flow."
+)
+
+
+def is_fp8(dtype: Any) -> bool:
+    return str(dtype) in FP8_DTYPES
+
+
+def descales(
+    query: Any,
+    key: Any,
+    value: Any,
+    q_descale: Any = None,
+    k_descale: Any = None,
+    v_descale: Any = None,
+) -> tuple[jax.Array | None, ...] | None:
+    """The validated descales of a call: None for a call without float8 inputs, else one float32
+    array (or None for 1) per tensor. Raises TypeError/ValueError naming the argument and the
+    rule: float8 mixed with other dtypes, descales for non-float8 inputs, a descale of the wrong
+    type, shape or (when concrete) a non-finite one."""
+    arrays = (("query", query), ("key", key), ("value", value))
+    given = (q_descale, k_descale, v_descale)
+    fp8 = [name for name, x in arrays if is_fp8(x.dtype)]
+    if not fp8:
+        for name, d in zip(DESCALE_NAMES, given):
+            if d is not None:
+                raise TypeError(
+                    f"`{name}` applies to float8 inputs only ({' or '.join(FP8_DTYPES)}); "
+                    f"`query`, `key` and `value` are {query.dtype}, {key.dtype}, {value.dtype}. "
+                    f"Drop `{name}`, or pass float8 query/key/value."
+                )
+        return None
+    if len(fp8) < 3 or not (query.dtype == key.dtype == value.dtype):
+        raise TypeError(
+            "FP8 attention takes `query`, `key` and `value` in one float8 dtype "
+            f"({' or '.join(FP8_DTYPES)}, with q_descale/k_descale/v_descale); got "
+            f"{query.dtype}, {key.dtype}, {value.dtype}. Quantise all three, or none."
+        )
+    # Too few dims for a heads axis fail the shape rules of `make_params`.
+    heads = (
+        ("query heads", query.shape[-2] if query.ndim >= 2 else 1),
+        ("key/value heads", key.shape[-2] if key.ndim >= 2 else 1),
+        ("key/value heads", value.shape[-2] if value.ndim >= 2 else 1),
+    )
+    return tuple(
+        _descale(name, d, per, n) for name, d, (per, n) in zip(DESCALE_NAMES, given, heads)
+    )
+
+
+def _descale(name: str, d: Any, per: str, heads: int) -> jax.Array | None:
+    rule = f"a float32 scalar (per tensor) or a float32 array of shape ({heads},) (one per {per})"
+    if d is None:
+        return None
+    if isinstance(d, bool | np.bool_) or not (isinstance(d, numbers.Real) or hasattr(d, "dtype")):
+        raise TypeError(f"`{name}` must be {rule}, got {d!r}.")
+    if hasattr(d, "dtype"):
+        if d.dtype != jnp.float32:
+            raise TypeError(f"`{name}` must be {rule}, got dtype {d.dtype}.")
+        if tuple(d.shape) not in ((), (heads,)):
+            raise ValueError(f"`{name}` must be {rule}, got shape {tuple(d.shape)}.")
+    d = jnp.asarray(d, jnp.float32)
+    try:
+        concrete = np.asarray(d)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        concrete = None  # traced: its values are unknown until it runs
+    if concrete is not None and not np.all(np.isfinite(concrete)):
+        raise ValueError(f"`{name}` must be finite, got {concrete}.")
+    return d
+
+
+@jax.custom_jvp
+def _forward_only(arrays):
+    return arrays
+
+
+@_forward_only.defjvp
+def _forward_only_jvp(primals, tangents):
+    raise NotImplementedError(FORWARD_ONLY)
+
+
+def _scaled(x: jax.Array | None, descale: jax.Array | None) -> jax.Array | None:
+    if x is None:
+        return None
+    x = x.astype(jnp.float32)
+    if descale is None:
+        return x
+    # A per-head descale multiplies the heads axis ([..., heads, dim]).
+    return x * (descale[:, None] if descale.ndim else descale)
+
+
+def dequantize(scales, query, key, value, extra_keys=None, extra_values=None) -> tuple:
+    """``(query, key, value, extra_keys, extra_values)`` in float32, each float8 array times its
+    descale (`scales` from `descales`); extra tokens take the key/value descales.
+    Differentiating through it raises `FORWARD_ONLY`."""
+    query, key, value, extra_keys, extra_values, scales = _forward_only(
+        (query, key, value, extra_keys, extra_values, scales)
+    )
+    q_d, k_d, v_d = scales
+    return (
+        _scaled(query, q_d),
+        _scaled(key, k_d),
+        _scaled(value, v_d),
+        _scaled(extra_keys, k_d),
+        _scaled(extra_values, v_d),
+    )
