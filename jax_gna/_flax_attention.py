@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_gna import _fp8
 from jax_gna._api import gna
 from jax_gna._params import (
     BoolOrTuple,
@@ -314,14 +315,23 @@ def attend(
     implementation: str | None = None,
     tiles: Tiles | None = None,
     deterministic_backward: bool | None = None,
+    fp8_dtype: Any = None,
 ) -> jax.Array:
     """`jax_gna.gna` on projected heads ``[B..., X..., H|Hkv, D]`` (context ``[B..., E, Hkv,
     D]``), all cast to ``dtype`` (inferred when None); ``deterministic_backward`` is gna's
-    ``deterministic``."""
+    ``deterministic``. With a float8 ``fp8_dtype`` (`check_fp8_dtype`), query, key and value
+    are quantised to it with per-tensor scales (context tokens with the key's and value's) and
+    attended with their descales: forward only."""
     tiles = tiles or Tiles()
     query, key, value, context_keys, context_values = _promote(
         (query, key, value, context_keys, context_values), dtype
     )
+    descales = {}
+    if fp8_dtype is not None:
+        (query,), q_descale = _fp8.quantize([query], fp8_dtype)
+        (key, context_keys), k_descale = _fp8.quantize([key, context_keys], fp8_dtype)
+        (value, context_values), v_descale = _fp8.quantize([value, context_values], fp8_dtype)
+        descales = dict(q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
     return gna(
         query,
         key,
@@ -336,7 +346,23 @@ def attend(
         q_tile_shape=tiles.q_tile_shape,
         kv_tile_shape=tiles.kv_tile_shape,
         deterministic=deterministic_backward,
+        **descales,
     )
+
+
+def check_fp8_dtype(value: Any) -> Any:
+    """A layer's ``fp8_dtype``: None, or one of the float8 dtypes `jax_gna.gna` takes."""
+    if value is None:
+        return None
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or not _fp8.is_fp8(dtype):
+        raise TypeError(
+            f"`fp8_dtype` must be None or one of {', '.join(_fp8.FP8_DTYPES)}, got {value!r}."
+        )
+    return dtype
 
 
 def forward(
@@ -351,6 +377,7 @@ def forward(
     implementation: str | None,
     tiles: Tiles | None = None,
     deterministic_backward: bool | None = None,
+    fp8_dtype: Any = None,
 ) -> jax.Array:
     """Project, normalise, attend, project back. Context tokens go through the same ``key`` /
     ``value`` projections (and ``key_ln``) as the grid tokens."""
@@ -374,6 +401,7 @@ def forward(
         implementation=implementation,
         tiles=tiles,
         deterministic_backward=deterministic_backward,
+        fp8_dtype=fp8_dtype,
     )
     return layers.out(x)
 

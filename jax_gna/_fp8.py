@@ -12,6 +12,7 @@ implementations attend to the dequantised float32 values, and the output is bflo
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any
 
@@ -132,3 +133,22 @@ def dequantize(scales, query, key, value, extra_keys=None, extra_values=None) ->
         _scaled(extra_keys, k_d),
         _scaled(extra_values, v_d),
     )
+
+
+def quantize(arrays, dtype) -> tuple[list[jax.Array | None], jax.Array]:
+    """`arrays` (None allowed) in the float8 `dtype` with one per-tensor scale shared by all of
+    them, ``amax / max(dtype)`` (1 for all zeros), and its descale (float32): ``descale *
+    quantized`` approximates the input. A key and its extra tokens share one scale, since
+    attention takes one ``k_descale`` for both."""
+    present = [x.astype(jnp.float32) for x in arrays if x is not None]
+    largest = float(jnp.finfo(dtype).max)
+    amax = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(x)) for x in present])
+    descale = jnp.where(amax > 0, amax / largest, 1.0).astype(jnp.float32)
+    # Clip: rounding of amax / descale may land above the largest finite float8 (NaN in e4m3fn).
+    quantized = [
+        None
+        if x is None
+        else jnp.clip(x.astype(jnp.float32) / descale, -largest, largest).astype(dtype)
+        for x in arrays
+    ]
+    return quantized, descale

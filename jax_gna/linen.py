@@ -73,6 +73,11 @@ class NeighborhoodAttention(nn.Module):
       deterministic_backward: passed to `jax_gna.gna` as ``deterministic``: True makes the
         CUDA gradients bit-identical run to run, None (default) follows XLA's
         ``--xla_gpu_deterministic_ops``. (``deterministic`` is Flax's dropout switch.)
+      fp8_dtype: None (default), or ``jnp.float8_e4m3fn``/``jnp.float8_e5m2``: the projected
+        query, key and value are quantised to it on the fly, each with a per-tensor scale
+        (``amax / max(fp8_dtype)``), and attended with those descales (see `jax_gna.gna`; the
+        ``xla`` implementation runs them). Forward only, for inference: differentiating the
+        layer raises (train without it, in bf16/fp16).
       dropout_rate: must be 0.0; broadcast_dropout and deterministic have no effect.
       decode: must be False.
     """
@@ -99,6 +104,7 @@ class NeighborhoodAttention(nn.Module):
     q_tile_shape: IntOrTuple | None = None
     kv_tile_shape: IntOrTuple | None = None
     deterministic_backward: bool | None = None
+    fp8_dtype: Dtype | None = None
     dropout_rate: float = 0.0
     broadcast_dropout: bool = True
     deterministic: bool | None = None
@@ -244,4 +250,5 @@ class NeighborhoodAttention(nn.Module):
             implementation=self.implementation,
             tiles=tiles,
             deterministic_backward=deterministic_backward,
+            fp8_dtype=_flax_attention.check_fp8_dtype(self.fp8_dtype),
         )

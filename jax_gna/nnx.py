@@ -108,6 +108,11 @@ class NeighborhoodAttention(nnx.Module):
       deterministic_backward: passed to `jax_gna.gna` as ``deterministic``: True makes the
         CUDA gradients bit-identical run to run, None (default) follows XLA's
         ``--xla_gpu_deterministic_ops``. (``deterministic`` is Flax's dropout switch.)
+      fp8_dtype: None (default), or ``jnp.float8_e4m3fn``/``jnp.float8_e5m2``: the projected
+        query, key and value are quantised to it on the fly, each with a per-tensor scale
+        (``amax / max(fp8_dtype)``), and attended with those descales (see `jax_gna.gna`; the
+        ``xla`` implementation runs them). Forward only, for inference: differentiating the
+        layer raises (train without it, in bf16/fp16).
       dropout_rate: must be 0.0 (accepted so migrating code fails loudly, not silently).
       broadcast_dropout: accepted for compatibility; no effect without dropout.
       deterministic: accepted for compatibility; no effect without dropout.
@@ -155,6 +160,7 @@ class NeighborhoodAttention(nnx.Module):
         q_tile_shape: IntOrTuple | None = None,
         kv_tile_shape: IntOrTuple | None = None,
         deterministic_backward: bool | None = None,
+        fp8_dtype: Dtype | None = None,
         dropout_rate: float = 0.0,
         broadcast_dropout: bool = True,
         deterministic: bool | None = None,
@@ -203,6 +209,7 @@ class NeighborhoodAttention(nnx.Module):
         self.use_bias = use_bias
         self.normalize_qk = normalize_qk
         self.implementation = implementation
+        self.fp8_dtype = _flax_attention.check_fp8_dtype(fp8_dtype)
 
         def projection(in_features, out_features, **kw):
             return nnx.LinearGeneral(
@@ -333,6 +340,7 @@ class NeighborhoodAttention(nnx.Module):
             implementation=self.implementation,
             tiles=self.tiles,
             deterministic_backward=self.deterministic_backward,
+            fp8_dtype=self.fp8_dtype,
         )
 
     def set_view(

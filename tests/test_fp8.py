@@ -216,3 +216,62 @@ def test_fp8_with_tile_shapes_and_no_implementation_runs_xla():
     q, k, v = _qkv()
     out = jax_gna.gna(q, k, v, 3, q_tile_shape=4, kv_tile_shape=4)
     np.testing.assert_array_equal(out, jax_gna.gna(q, k, v, 3))
+
+
+# -- Flax -------------------------------------------------------------------------------------
+
+
+def _relative_error(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return np.abs(got - want).max() / np.abs(want).max()
+
+
+# Observed on these layers: 4.3% (e4m3fn, 3 mantissa bits) and 7.2% (e5m2, 2 bits) of the
+# largest output, with per-tensor scales.
+FLAX_TOL = {jnp.float8_e4m3fn: 0.08, jnp.float8_e5m2: 0.14}
+
+
+@pytest.mark.parametrize("dtype", FP8, ids=lambda d: jnp.dtype(d).name)
+def test_nnx_layer_with_fp8_is_close_to_the_layer_without(dtype):
+    from flax import nnx
+
+    from jax_gna.nnx import NeighborhoodAttention
+
+    x = jax.random.normal(jax.random.key(0), (2, 6, 7, 16))
+    context = jax.random.normal(jax.random.key(1), (2, 3, 16))
+
+    def layer(**kw):
+        return NeighborhoodAttention(4, 16, (3, 3), num_kv_heads=2, rngs=nnx.Rngs(0), **kw)
+
+    want = layer()(x, context=context)
+    got = layer(fp8_dtype=dtype)(x, context=context)
+    assert _relative_error(got, want) < FLAX_TOL[dtype]
+
+    def loss(model):
+        return model(x).sum()
+
+    with pytest.raises(NotImplementedError, match="forward only"):
+        nnx.grad(loss)(layer(fp8_dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", FP8, ids=lambda d: jnp.dtype(d).name)
+def test_linen_layer_with_fp8_is_close_to_the_layer_without(dtype):
+    from jax_gna.linen import NeighborhoodAttention
+
+    x = jax.random.normal(jax.random.key(2), (1, 9, 8, 16))
+    plain = NeighborhoodAttention(num_heads=2, kernel_size=(3, 5), dilation=(2, 1))
+    fp8 = NeighborhoodAttention(num_heads=2, kernel_size=(3, 5), dilation=(2, 1), fp8_dtype=dtype)
+    params = plain.init(jax.random.key(3), x)
+    assert _relative_error(fp8.apply(params, x), plain.apply(params, x)) < FLAX_TOL[dtype]
+    with pytest.raises(NotImplementedError, match="forward only"):
+        jax.grad(lambda p: fp8.apply(p, x).sum())(params)
+
+
+@pytest.mark.parametrize("bad", [jnp.bfloat16, "int8", True])
+def test_flax_fp8_dtype_must_be_a_float8_dtype(bad):
+    from flax import nnx
+
+    from jax_gna.nnx import NeighborhoodAttention
+
+    with pytest.raises(TypeError, match="`fp8_dtype` must be None or one of float8_e4m3fn"):
+        NeighborhoodAttention(2, 8, (3,), fp8_dtype=bad, rngs=nnx.Rngs(0))
