@@ -83,7 +83,7 @@ def _descale(name: str, d: Any, per: str, heads: int) -> jax.Array | None:
         return None
     if isinstance(d, bool | np.bool_) or not (isinstance(d, numbers.Real) or hasattr(d, "dtype")):
         raise TypeError(f"`{name}` must be {rule}, got {d!r}.")
-    if hasattr(d, "dtype"):
+    if hasattr(d, "dtype") and not isinstance(d, float):  # np.float64 is a Python float
         if d.dtype != jnp.float32:
             raise TypeError(f"`{name}` must be {rule}, got dtype {d.dtype}.")
         if tuple(d.shape) not in ((), (heads,)):

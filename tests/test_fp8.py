@@ -157,6 +157,13 @@ def test_bad_descales_are_refused(name, bad, error, match):
         jax_gna.gna(q, k, v, 3, **{name: bad})
 
 
+def test_python_and_numpy_scalars_are_per_tensor_descales():
+    q, k, v = _qkv()
+    want = jax_gna.gna(q, k, v, 3, q_descale=jnp.float32(0.5), k_descale=jnp.float32(2))
+    for half, two in ((0.5, 2), (np.float64(0.5), np.float32(2))):
+        np.testing.assert_array_equal(jax_gna.gna(q, k, v, 3, q_descale=half, k_descale=two), want)
+
+
 def test_extra_tokens_must_share_the_fp8_dtype():
     q, k, v = _qkv()
     extra = jnp.zeros((2, 2, 8), jnp.bfloat16)
