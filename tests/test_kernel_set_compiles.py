@@ -9,12 +9,16 @@ front end, so a full-set kernel that cannot compile fails here in seconds instea
 user's hour-long source build. Skips without nvcc or the CUTLASS headers.
 """
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from jax_gna import _kernel_table
 from tests import nvcc_build
 
-MACRO = {"fwd": "GNA_FWD", "bwd": "GNA_BWD"}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cuda"))
+import generate_kernel_table  # noqa: E402
 
 
 def _extremes():
@@ -41,14 +45,8 @@ KERNELS = _extremes()
 
 @pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.file_stem)
 def test_kernel_front_end_compiles(tmp_path, kernel):
-    prefix = MACRO[kernel.direction]
-    defines = {
-        f"{prefix}_DTYPE": _kernel_table.DTYPES[kernel.dtype],
-        f"{prefix}_HEAD_DIM": kernel.head_dim,
-        f"{prefix}_RANK": kernel.rank,
-    }
-    if kernel.config is not None:
-        defines[f"{prefix}_CONFIG"] = kernel.config
+    # The macros the build's generated translation unit sets.
+    defines = dict(d.split("=") for d in generate_kernel_table.defines(kernel))
     # -O0 for the device compiler: the front end's checks run the same, and optimisation would
     # take minutes per kernel.
     nvcc_build.kernel_ptx(tmp_path, kernel.arch, kernel.direction, defines, extra=("-Xcicc", "-O0"))
