@@ -10,9 +10,12 @@
 //   warpgroup 0 (Producer): one thread issues TMA loads of Q once, then K and V
 //     of every KV tile of the Q tile's KV box (gna/tile_box.h) into a ring.
 //   warpgroups 1, 2 (Consumer0/1): 64 query rows each; S = Q K^T (SS wgmma),
-//     mask (partial tiles only), online softmax, O += P V (RS wgmma). The QK
-//     GEMM of tile j is in flight while the PV GEMM of tile j-1 runs and the
-//     softmax of tile j waits for it (FA3's intra-warpgroup overlap).
+//     mask (partial tiles only), online softmax, O += P V (RS wgmma). A visit
+//     issues the QK GEMM of tile j with the PV GEMM of tile j-1, then runs the
+//     softmax of tile j; the two warpgroups take turns at the tensor cores, so
+//     one's softmax runs while the other's GEMMs do. The softmax computes its
+//     exponentials against the running max without waiting for the tile's max
+//     (softmax_step).
 // A view (gna/problem.h: a shard's queries against its key block, windows of
 // the whole axis) changes only the numbers: tiles cover the local query slice,
 // group axes (tile_box.h) carry the offsets, rows mask keys outside the key
@@ -58,6 +61,9 @@ struct FwdKernel {
   static constexpr int kTileKV = kTiles.kv_size();
   static constexpr int kStages = kTiles.stages;
   static constexpr int kThreads = 384;
+  // How far (log2 units) a tile's row max may exceed the running max before the running max,
+  // and with it O, is rescaled (consumer(), softmax_step).
+  static constexpr float kMaxSlackLog2 = 8.f;
   static_assert(kTileQ == 128, "two consumer warpgroups of 64 rows");
   static_assert(kTileKV % 16 == 0 && kTileKV <= 256, "wgmma N / K granularity");
   static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "head dim 32..256");
@@ -288,9 +294,43 @@ struct FwdKernel {
     const float mult = prescale ? 1.f : p.scale_log2;
     clear(tOrO);
 
-    // Softmax of the S tile in tSrS (masked first when partial); leaves P
-    // (unnormalised, fp32) in tSrS and the per-row rescale of O in corr.
-    auto softmax_step = [&](bool partial, const int* kv_origin, float* corr) {
+    // Softmax of the S tile in tSrS (masked first when partial): writes P (unnormalised) into
+    // tOrP, the per-row rescale of O into corr, and returns whether this warp's O needs it.
+    // tSrS stays intact, so P can be recomputed.
+    //
+    // The running max moves only when a tile's row max exceeds it by more than kMaxSlackLog2
+    // (log2 units; from -inf always): the stale max keeps P below 2^kMaxSlackLog2, far inside
+    // fp32/bf16/fp16 range, and the result is the same (O, the sum and the LSE all use the
+    // same max). So, with `speculate`, the exponentials are computed against the running max
+    // straight away, the tile's max alongside them (independent instructions that fill the
+    // exponentials' gaps), and only when a thread of the warp finds a row max beyond the slack
+    // (rare after the first tiles) does the warp recompute them against the new max.
+    constexpr int kAcc = 4;  // independent max/sum accumulators per row: shorter chains
+    auto acc = [](int i) { return (i & 1) | ((i >> 1) & 2); };  // (i0, n8 % 2)
+    // P = exp2(S * mult - m_scaled) into tOrP (pairs convert in one instruction,
+    // cvt.rn.{bf16,f16}x2.f32, and are stored as one register), its per-row partial sums
+    // into sp. The explicit FMA keeps the compiler from sharing S * mult between the two
+    // calls of a visit (an FMUL and an FADD each instead of one FFMA).
+    Tensor tOrP_pairs = recast<cutlass::Array<Element, 2>>(tOrP);
+    auto exponentials = [&](const float* m_scaled, float (&sp)[2][kAcc]) {
+      cutlass::NumericArrayConverter<Element, float, 2> cvt;
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int a = 0; a < kAcc; ++a) sp[r][a] = 0.f;
+      }
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tSrS); i += 2) {
+        const int r = (i >> 1) & 1;
+        const float e0 = exp2_approx(__fmaf_rn(tSrS(i), mult, -m_scaled[r]));
+        const float e1 = exp2_approx(__fmaf_rn(tSrS(i + 1), mult, -m_scaled[r]));
+        sp[r][acc(i)] += e0;
+        sp[r][acc(i + 1)] += e1;
+        tOrP_pairs(i / 2) = cvt(cutlass::Array<float, 2>{e0, e1});
+      }
+    };
+    auto scaled = [&](float m) { return m == -INFINITY ? 0.f : m * mult; };
+    auto softmax_step = [&](bool partial, const int* kv_origin, float* corr, bool speculate) {
       if (prescale) {
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < size(tSrS); ++i) tSrS(i) *= p.scale_log2;
@@ -319,11 +359,7 @@ struct FwdKernel {
           }
         }
       }
-      // Row maxima and sums over kAcc independent accumulators per row: a single
-      // running max/sum would be a dependent chain of 32 instructions per row,
-      // whose latency the other warpgroup's GEMMs may not cover.
-      constexpr int kAcc = 4;
-      auto acc = [](int i) { return (i & 1) | ((i >> 1) & 2); };  // (i0, n8 % 2)
+      // This thread's part of the tile's row maxima (from the running max).
       float mp[2][kAcc];
       CUTLASS_PRAGMA_UNROLL
       for (int r = 0; r < 2; ++r) {
@@ -335,41 +371,49 @@ struct FwdKernel {
         float& m = mp[(i >> 1) & 1][acc(i)];
         m = fmaxf(m, tSrS(i));
       }
-      float m[2], m_scaled[2];
+      float m_part[2];
       CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        m[r] = fmaxf(fmaxf(mp[r][0], mp[r][1]), fmaxf(mp[r][2], mp[r][3]));
-        m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffff, m[r], 1));
-        m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffff, m[r], 2));
-        m_scaled[r] = m[r] == -INFINITY ? 0.f : m[r] * mult;
-        corr[r] = exp2_approx(row_max[r] * mult - m_scaled[r]);
-        row_max[r] = m[r];
+      for (int r = 0; r < 2; ++r)
+        m_part[r] = fmaxf(fmaxf(mp[r][0], mp[r][1]), fmaxf(mp[r][2], mp[r][3]));
+      auto beyond_slack = [&](float m, int r) {
+        return (m - row_max[r]) * mult > kMaxSlackLog2;  // false for -inf - -inf (NaN)
+      };
+
+      float sp[2][kAcc];
+      bool raised = false;
+      if (speculate) {
+        const float m_scaled[2] = {scaled(row_max[0]), scaled(row_max[1])};
+        exponentials(m_scaled, sp);
       }
-      float sp[2][kAcc] = {};
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(tSrS); ++i) {
-        const int r = (i >> 1) & 1;
-        const float e = exp2_approx(tSrS(i) * mult - m_scaled[r]);
-        tSrS(i) = e;
-        sp[r][acc(i)] += e;
+      if (!speculate ||
+          __any_sync(0xffffffff, beyond_slack(m_part[0], 0) || beyond_slack(m_part[1], 1))) {
+        float m_scaled[2];
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          float m = m_part[r];
+          m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 1));
+          m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 2));
+          const bool raise = beyond_slack(m, r);
+          const float m_old = row_max[r];  // -inf * mult (mult > 0) gives corr = 0
+          if (raise) row_max[r] = m;
+          m_scaled[r] = scaled(row_max[r]);
+          corr[r] = raise ? exp2_approx(m_old * mult - m_scaled[r]) : 1.f;
+          raised |= raise;
+        }
+        exponentials(m_scaled, sp);
+      } else {
+        corr[0] = corr[1] = 1.f;
       }
       CUTLASS_PRAGMA_UNROLL
       for (int r = 0; r < 2; ++r)
         row_sum[r] = row_sum[r] * corr[r] + ((sp[r][0] + sp[r][1]) + (sp[r][2] + sp[r][3]));
+      // O needs a rescale when a row of this warp raised its max (warp-uniform branch).
+      return __any_sync(0xffffffff, raised);
     };
-    auto rescale_o = [&](const float* corr) {
+    auto rescale_o = [&](bool needed, const float* corr) {
+      if (!needed) return;
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= corr[(i >> 1) & 1];
-    };
-    // Pairs of P convert in one instruction (cvt.rn.{bf16,f16}x2.f32).
-    auto convert_p = [&]() {
-      cutlass::NumericArrayConverter<Element, float, 2> cvt;
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(tSrS); i += 2) {
-        const cutlass::Array<Element, 2> pair = cvt(cutlass::Array<float, 2>{tSrS(i), tSrS(i + 1)});
-        tOrP(i) = pair[0];
-        tOrP(i + 1) = pair[1];
-      }
     };
     // KV tiles in box order (last axis fastest, as the producer loads them).
     int tile[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
@@ -414,8 +458,7 @@ struct FwdKernel {
         ++state_k;
         if (kSeparateO && n == 1) release_q();
         float corr[2];
-        softmax_step(partial, origin, corr);
-        convert_p();
+        softmax_step(partial, origin, corr, /*speculate=*/false);
       }
       for (int j = 1; j < n; ++j) {
         pipe_k.consumer_wait(state_k);
@@ -426,17 +469,18 @@ struct FwdKernel {
         pass_turn();
         int origin[3];
         const bool partial = tile_info(origin);
-        warpgroup_wait<1>();  // S_j ready; P_{j-1} V_{j-1} may still run
+        // S_j ready and P_{j-1} V_{j-1} done: P is rewritten by the softmax, O rescaled. (The
+        // compiler would wait for P V here anyway, to interleave P's conversion with the
+        // exponentials.)
+        warpgroup_wait<0>();
         pipe_k.consumer_release(state_k);
         ++state_k;
-        if (kSeparateO && j == n - 1) release_q();  // the last read of Q is done
-        float corr[2];
-        softmax_step(partial, origin, corr);
-        warpgroup_wait<0>();  // P_{j-1} V_{j-1} done: O and P registers are free
         pipe_v.consumer_release(state_v);
         ++state_v;
-        rescale_o(corr);
-        convert_p();
+        if (kSeparateO && j == n - 1) release_q();  // the last read of Q is done
+        float corr[2];
+        const bool rescale = softmax_step(partial, origin, corr, /*speculate=*/true);
+        rescale_o(rescale, corr);
       }
       pipe_v.consumer_wait(state_v);
       take_turn();
