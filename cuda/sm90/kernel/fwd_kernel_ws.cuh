@@ -64,6 +64,7 @@ struct FwdKernel {
   // How far (log2 units) a tile's row max may exceed the running max before the running max,
   // and with it O, is rescaled (consumer(), softmax_step).
   static constexpr float kMaxSlackLog2 = 8.f;
+  static constexpr float kMaxP = 256.f;  // 2^kMaxSlackLog2
   static_assert(kTileQ == 128, "two consumer warpgroups of 64 rows");
   static_assert(kTileKV % 16 == 0 && kTileKV <= 256, "wgmma N / K granularity");
   static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "head dim 32..256");
@@ -302,9 +303,10 @@ struct FwdKernel {
     // (log2 units; from -inf always): the stale max keeps P below 2^kMaxSlackLog2, far inside
     // fp32/bf16/fp16 range, and the result is the same (O, the sum and the LSE all use the
     // same max). So, with `speculate`, the exponentials are computed against the running max
-    // straight away, the tile's max alongside them (independent instructions that fill the
-    // exponentials' gaps), and only when a thread of the warp finds a row max beyond the slack
-    // (rare after the first tiles) does the warp recompute them against the new max.
+    // straight away, and the tile's max is not needed at all while every row's P stays within
+    // 2^kMaxSlackLog2 (which the partial sums prove); only when a thread of the warp finds a
+    // row beyond it (rare after the first tiles) does the warp take the tile's max and
+    // recompute its exponentials.
     constexpr int kAcc = 4;  // independent max/sum accumulators per row: shorter chains
     auto acc = [](int i) { return (i & 1) | ((i >> 1) & 2); };  // (i0, n8 % 2)
     // P = exp2(S * mult - m_scaled) into tOrP (pairs convert in one instruction,
@@ -359,41 +361,45 @@ struct FwdKernel {
           }
         }
       }
-      // This thread's part of the tile's row maxima (from the running max).
-      float mp[2][kAcc];
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        CUTLASS_PRAGMA_UNROLL
-        for (int a = 0; a < kAcc; ++a) mp[r][a] = row_max[r];
-      }
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(tSrS); ++i) {
-        float& m = mp[(i >> 1) & 1][acc(i)];
-        m = fmaxf(m, tSrS(i));
-      }
-      float m_part[2];
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r)
-        m_part[r] = fmaxf(fmaxf(mp[r][0], mp[r][1]), fmaxf(mp[r][2], mp[r][3]));
-      auto beyond_slack = [&](float m, int r) {
-        return (m - row_max[r]) * mult > kMaxSlackLog2;  // false for -inf - -inf (NaN)
-      };
-
       float sp[2][kAcc];
-      bool raised = false;
+      auto partial_sum = [&](int r) { return (sp[r][0] + sp[r][1]) + (sp[r][2] + sp[r][3]); };
+      bool exact = !speculate;
       if (speculate) {
         const float m_scaled[2] = {scaled(row_max[0]), scaled(row_max[1])};
         exponentials(m_scaled, sp);
+        // Every P of this thread's row is at most its partial sum, so a partial sum within
+        // 2^kMaxSlackLog2 proves the row inside the slack without the tile's max (a row
+        // without a key yet must take its first max: any P > 0 sends it on).
+        bool beyond = false;
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          const float limit = row_max[r] == -INFINITY ? 0.f : kMaxP;
+          beyond |= !(partial_sum(r) <= limit) && partial_sum(r) == partial_sum(r);  // NaN: no
+        }
+        exact = __any_sync(0xffffffff, beyond);
       }
-      if (!speculate ||
-          __any_sync(0xffffffff, beyond_slack(m_part[0], 0) || beyond_slack(m_part[1], 1))) {
+      bool raised = false;
+      if (exact) {
+        // The tile's row maxima (from the running max), in kAcc chains per row.
+        float mp[2][kAcc];
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          CUTLASS_PRAGMA_UNROLL
+          for (int a = 0; a < kAcc; ++a) mp[r][a] = row_max[r];
+        }
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(tSrS); ++i) {
+          float& m = mp[(i >> 1) & 1][acc(i)];
+          m = fmaxf(m, tSrS(i));
+        }
         float m_scaled[2];
         CUTLASS_PRAGMA_UNROLL
         for (int r = 0; r < 2; ++r) {
-          float m = m_part[r];
+          float m = fmaxf(fmaxf(mp[r][0], mp[r][1]), fmaxf(mp[r][2], mp[r][3]));
           m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 1));
           m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 2));
-          const bool raise = beyond_slack(m, r);
+          // Past the slack (from -inf always; -inf - -inf is NaN: no).
+          const bool raise = (m - row_max[r]) * mult > kMaxSlackLog2;
           const float m_old = row_max[r];  // -inf * mult (mult > 0) gives corr = 0
           if (raise) row_max[r] = m;
           m_scaled[r] = scaled(row_max[r]);
@@ -406,7 +412,7 @@ struct FwdKernel {
       }
       CUTLASS_PRAGMA_UNROLL
       for (int r = 0; r < 2; ++r)
-        row_sum[r] = row_sum[r] * corr[r] + ((sp[r][0] + sp[r][1]) + (sp[r][2] + sp[r][3]));
+        row_sum[r] = row_sum[r] * corr[r] + partial_sum(r);
       // O needs a rescale when a row of this warp raised its max (warp-uniform branch).
       return __any_sync(0xffffffff, raised);
     };
