@@ -173,14 +173,19 @@ if(NOT JAX_GNA_BUILT_CUDA_ARCHS)
 endif()
 
 # Progress of the long kernel build, one line per finished CUDA unit (cmake/compile_progress.py);
-# the count restarts with every build.
+# the count restarts with every build. Its interpreter is the first configure's: a build
+# directory that another Python reuses (scripts/build_wheels) keeps the kernels' compile
+# commands, so ninja does not compile them again.
+set(JAX_GNA_PROGRESS_PYTHON "${Python_EXECUTABLE}" CACHE FILEPATH
+    "Python that runs the CUDA compile progress launcher")
+mark_as_advanced(JAX_GNA_PROGRESS_PYTHON)
 set(_progress_state "${CMAKE_CURRENT_BINARY_DIR}/cuda_compile_progress.json")
 add_custom_target(jax_gna_progress_reset
   COMMAND "${CMAKE_COMMAND}" -E rm -f "${_progress_state}"
   COMMENT "jax_gna: ${_total_units} CUDA units in this build (kernel set ${JAX_GNA_KERNEL_SET})")
 foreach(_lib IN LISTS _kernel_libs)
   set_target_properties(${_lib} PROPERTIES CUDA_COMPILER_LAUNCHER
-    "${Python_EXECUTABLE};${PROJECT_SOURCE_DIR}/cmake/compile_progress.py;${_progress_state};${_total_units};--")
+    "${JAX_GNA_PROGRESS_PYTHON};${PROJECT_SOURCE_DIR}/cmake/compile_progress.py;${_progress_state};${_total_units};--")
   add_dependencies(${_lib} jax_gna_progress_reset)
 endforeach()
 message(STATUS "jax_gna: ${_total_units} CUDA translation units to compile "
