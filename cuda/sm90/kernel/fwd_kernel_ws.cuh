@@ -411,8 +411,7 @@ struct FwdKernel {
         corr[0] = corr[1] = 1.f;
       }
       CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r)
-        row_sum[r] = row_sum[r] * corr[r] + partial_sum(r);
+      for (int r = 0; r < 2; ++r) row_sum[r] = row_sum[r] * corr[r] + partial_sum(r);
       // O needs a rescale when a row of this warp raised its max (warp-uniform branch).
       return __any_sync(0xffffffff, raised);
     };
