@@ -43,7 +43,7 @@ struct BwdKernel {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kRank = kRank_;
-  static constexpr FwdTileConfig kTiles = bwd_tile_config(kRank);
+  static constexpr FwdTileConfig kTiles = bwd_tile_config(kRank, kHeadDim);
   static constexpr int kQ0 = kTiles.q[0], kQ1 = kTiles.q[1], kQ2 = kTiles.q[2];
   static constexpr int kK0 = kTiles.kv[0], kK1 = kTiles.kv[1], kK2 = kTiles.kv[2];
   static constexpr int kTileQ = kTiles.q_size();
