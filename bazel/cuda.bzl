@@ -134,8 +134,9 @@ nvcc_object = rule(
 def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
     """A cc_library `name` with the kernels of cuda/<family>/ for `arch`, compiled by nvcc.
 
-    Follows the layout of cuda/sm90: a host-side dispatcher `fwd_dispatch.cu`; where the family
-    has a backward, `bwd_dispatch.cu` and `bwd_passes.cu`; and one object per kernel of the
+    Follows the layout of cuda/sm90: a host-side dispatcher `fwd_dispatch.cu` (the shared one,
+    cuda/common/fwd_dispatch.h, for the family's traits arch.h); where the family has a
+    backward, `bwd_dispatch.cu` and `bwd_passes.cu`; and one object per kernel of the
     kernel table (bazel/kernel_table.bzl, generated from jax_gna/_kernel_table.py; the smoke
     set's only for kernel_set "smoke"), `<direction>_instance.cu` compiled with the kernel's
     defines and named by its configuration; every header under cuda/<family>/ and
@@ -179,8 +180,9 @@ def gna_kernel_family(name, family, arch, kernel_set, nvcc, visibility = None):
     native.cc_library(
         name = name,
         srcs = [":" + o for o in objects],
-        # The family's host headers include the shared ones (cuda/common/fwd_params.h, ...).
-        hdrs = native.glob([root + "/*.h", root + "/device/*.h", "cuda/common/*.h"]),
+        # The family's traits (arch.h, which the FFI handler includes) and the shared headers
+        # (the launcher API cuda/common/launch_api.h, ...).
+        hdrs = native.glob([root + "/*.h", "cuda/common/*.h"]),
         deps = ["@local_cuda//:cudart_static"],
         visibility = visibility,
     )

@@ -166,7 +166,7 @@ def family_header(table, arch: str) -> str:
             out.append(f"    {{DType::{dtype}, {k.head_dim}, {k.rank}, {config}, {smoke}}},")
         out += ["};", ""]
     out += [
-        "// Whether this build holds the kernel (the dispatchers and the instance TUs ask).",
+        "// Whether this build holds the kernel (the shared dispatchers ask, through arch.h).",
         "constexpr bool fwd_kernel_built(DType dtype, int head_dim, int rank, int config) {",
         "  return kernel_in_set(kFwdKernels, dtype, head_dim, rank, config);",
         "}",
@@ -174,6 +174,16 @@ def family_header(table, arch: str) -> str:
         "  return kernel_in_set(kBwdKernels, dtype, head_dim, rank, -1);",
         "}",
         "// clang-format on",
+        "",
+        "// The table as one type: the architecture's traits (arch.h), which the shared",
+        "// dispatchers read, derive from it.",
+        "struct KernelTable {",
+        f'  static constexpr const char* kName = "{arch}";',
+        f"  static constexpr const auto& kFwdHeadDims = {arch}::kFwdHeadDims;",
+        f"  static constexpr const auto& kBwdHeadDims = {arch}::kBwdHeadDims;",
+        f"  static constexpr auto fwd_kernel_built = &{arch}::fwd_kernel_built;",
+        f"  static constexpr auto bwd_kernel_built = &{arch}::bwd_kernel_built;",
+        "};",
         "",
         f"}}  // namespace gna::{arch}",
         "",

@@ -1,5 +1,6 @@
 // The backward's two element-wise passes around the main kernel, shared by the architectures
-// (cuda/sm90/bwd_passes.cu, cuda/sm100/bwd_passes.cu each include this once):
+// (cuda/sm90/bwd_passes.cu, cuda/sm100/bwd_passes.cu each include this once and define
+// launch_bwd_row_stats and launch_bwd_dq_convert of kernel_launchers.h with these):
 //   row statistics: per slot (bwd_params.h) lse2 = lse * log2(e) and delta = rowsum(dO * O) -
 //     dlse (dS = P (dP - delta) then also carries the lse cotangent: d lse / d s = P), or
 //     lse2 = +inf, delta = 0 for rows outside their group; zeroes the dQ semaphores;

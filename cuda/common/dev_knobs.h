@@ -5,7 +5,7 @@
 //
 //   GNA_SM90_PERSISTENT = 0 | 1
 //       The sm90 forward's grid: 1 forces one persistent CTA per SM looping over the work
-//       items, 0 one CTA per item. Unset: chosen per problem (sm90/fwd_dispatch.cu).
+//       items, 0 one CTA per item. Unset: chosen per problem (sm90/arch.h).
 //   GNA_FWD_TILE_ORDER = a permutation of "012" (older name: GNA_SM90_TILE_ORDER)
 //       The forward's CTA order over Q tiles: kernel axes from fastest to slowest, e.g. "012"
 //       for the first axis fastest. Unset: "210", the last axis fastest (fwd_params.h).

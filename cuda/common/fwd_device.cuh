@@ -1,12 +1,13 @@
 // Device pieces that every architecture's kernels (cuda/sm90, cuda/sm100) share: the TMA loads
 // of one token tile from the user's heads-last layout (the boxes of tile_loads.h over the
-// tensor maps of fwd_host.h), token offsets inside a multi-dimensional tile, the global token
-// of a Q tile row, and exp2.
+// tensor maps of fwd_host.h) and their L2 hints, token offsets inside a multi-dimensional
+// tile, the global token of a Q tile row, exp2 and packing fp32 values into 16-bit elements.
 #pragma once
 
 #include <cuda.h>
 
 #include <cutlass/cutlass.h>
+#include <cutlass/numeric_conversion.h>
 #include <cute/arch/copy_sm90_tma.hpp>
 
 #include "fwd_params.h"
@@ -14,6 +15,11 @@
 #include "tile_loads.h"
 
 namespace gna::fwd_device {
+
+// L2 hints of the TMA loads: a work item's stationary tile (Q in the forward, K and V in the
+// backward) is read once; the tiles it visits are read again by the neighbouring items.
+inline constexpr uint64_t kEvictNormal = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+inline constexpr uint64_t kEvictLast = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
 
 // The T0 x T1 x T2 tile of dilation group `group`, batch entry `batch` and head `head` at group
 // positions `origin` into `smem`: every box of `loads` (tile_loads.h), each as kChunks boxes of
@@ -35,6 +41,17 @@ CUTLASS_DEVICE void load_tile(const TensorMapPair& maps, const TileLoads& loads,
                                        head * kHeadDim + ch * kChunk, c1, c2, c3, c4);
         }
       });
+}
+
+// 8 fp32 values as 8 elements (16 bytes), for one vector store.
+template <class Element>
+CUTLASS_DEVICE uint4 pack8(const float* f) {
+  cutlass::NumericArrayConverter<Element, float, 8> cvt;
+  cutlass::Array<float, 8> a;
+  CUTLASS_PRAGMA_UNROLL
+  for (int i = 0; i < 8; ++i) a[i] = f[i];
+  const cutlass::Array<Element, 8> h = cvt(a);
+  return *reinterpret_cast<const uint4*>(&h);
 }
 
 // Token `r` of a T0 x T1 x T2 tile (row-major, last axis fastest) as per-axis offsets.

@@ -207,6 +207,41 @@ inline const char* pick_config(const Problem& p, const KernelAxes& ax, const Fwd
   return reason;
 }
 
+// "32, 64 or 128": `values` as a list in words.
+template <size_t N>
+std::string list_text(const int (&values)[N]) {
+  std::string s;
+  for (size_t i = 0; i < N; ++i)
+    s += (i == 0 ? "" : i + 1 == N ? " or " : ", ") + std::to_string(values[i]);
+  return s;
+}
+
+// The refusals every architecture words alike, for its kernels `kernels` ("the sm90 kernels",
+// "the sm90 backward kernels") that take the head dims `head_dims` (a kernel table's list).
+// The dispatchers keep one per direction (a static), so the reasons live as long as the process.
+template <size_t N>
+class KernelRefusals {
+ public:
+  KernelRefusals(const std::string& kernels, const int (&head_dims)[N])
+      : head_dims_(head_dims),
+        dtype_(kernels + " take float16 or bfloat16 only"),
+        head_dim_(kernels + " take head_dim " + list_text(head_dims) + " only"),
+        head_dim_v_(kernels + " need head_dim_v == head_dim") {}
+
+  // nullptr when the kernels take p's dtype and head dims, else why not.
+  const char* check(const Problem& p) const {
+    if (p.dtype != DType::kF16 && p.dtype != DType::kBF16) return dtype_.c_str();
+    if (std::find(head_dims_, head_dims_ + N, p.head_dim) == head_dims_ + N)
+      return head_dim_.c_str();
+    if (p.head_dim_v != p.head_dim) return head_dim_v_.c_str();
+    return nullptr;
+  }
+
+ private:
+  const int* head_dims_;
+  std::string dtype_, head_dim_, head_dim_v_;
+};
+
 // The architecture-independent checks of a forward problem: positive heads that kv_heads
 // divides, a finite scale, batch >= 1, rank 1..3, and indices that fit the kernels' int32
 // arithmetic. nullptr or the reason (prefixed by nothing: the messages name `arch`).

@@ -11,15 +11,12 @@
 #include "bindings.h"
 #include "handlers.h"
 
+#include "../common/launch_api.h"
 #ifdef JAX_GNA_HAS_SM90
-#include "../sm90/bwd_launch.h"
-#include "../sm90/fwd_config.h"
-#include "../sm90/fwd_launch.h"
+#include "../sm90/arch.h"
 #endif
 #ifdef JAX_GNA_HAS_SM100
-#include "../sm100/bwd_launch.h"
-#include "../sm100/fwd_config.h"
-#include "../sm100/fwd_launch.h"
+#include "../sm100/arch.h"
 #endif
 
 namespace {
@@ -47,6 +44,13 @@ ComputeCapability compute_capability(int device) {
   }
   cache.emplace(device, cc);
   return cc;
+}
+
+// Whether the kernels of `Arch` (its traits, e.g. gna::sm90::Arch) run on a device of compute
+// capability (major, minor).
+template <class Arch>
+bool runs_on(int major, int minor) {
+  return major == Arch::kMajor && minor == Arch::kMinor;
 }
 
 std::string cc_name(ComputeCapability cc) {
@@ -109,16 +113,16 @@ ffi::Error cuda_fwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::
   cudaError_t status = cudaErrorNotSupported;
   std::string error;
 #ifdef JAX_GNA_HAS_SM90
-  if (cc->major == 9)
-    status = gna::sm90::fwd_launch(p, q.untyped_data(), k.untyped_data(), v.untyped_data(),
-                                   out->untyped_data(), lse->typed_data(),
-                                   workspace->untyped_data(), stream, &error);
+  if (runs_on<gna::sm90::Arch>(cc->major, cc->minor))
+    status = gna::fwd_launch<gna::sm90::Arch>(
+        p, q.untyped_data(), k.untyped_data(), v.untyped_data(), out->untyped_data(),
+        lse->typed_data(), workspace->untyped_data(), stream, &error);
 #endif
 #ifdef JAX_GNA_HAS_SM100
-  if (cc->major == 10 && cc->minor == 0)
-    status = gna::sm100::fwd_launch(p, q.untyped_data(), k.untyped_data(), v.untyped_data(),
-                                    out->untyped_data(), lse->typed_data(),
-                                    workspace->untyped_data(), stream, &error);
+  if (runs_on<gna::sm100::Arch>(cc->major, cc->minor))
+    status = gna::fwd_launch<gna::sm100::Arch>(
+        p, q.untyped_data(), k.untyped_data(), v.untyped_data(), out->untyped_data(),
+        lse->typed_data(), workspace->untyped_data(), stream, &error);
 #endif
   return launched("jax_gna_fwd", status, error);
 }
@@ -142,20 +146,20 @@ ffi::Error cuda_bwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer dout, ff
   cudaError_t status = cudaErrorNotSupported;
   std::string error;
 #ifdef JAX_GNA_HAS_SM90
-  if (cc->major == 9)
-    status = gna::sm90::bwd_launch(p, dout.untyped_data(), q.untyped_data(), k.untyped_data(),
-                                   v.untyped_data(), out.untyped_data(), lse.typed_data(),
-                                   dlse.typed_data(), dq->untyped_data(), dk->untyped_data(),
-                                   dv->untyped_data(), workspace->untyped_data(),
-                                   deterministic != 0, stream, &error);
+  if (runs_on<gna::sm90::Arch>(cc->major, cc->minor))
+    status = gna::bwd_launch<gna::sm90::Arch>(
+        p, dout.untyped_data(), q.untyped_data(), k.untyped_data(), v.untyped_data(),
+        out.untyped_data(), lse.typed_data(), dlse.typed_data(), dq->untyped_data(),
+        dk->untyped_data(), dv->untyped_data(), workspace->untyped_data(), deterministic != 0,
+        stream, &error);
 #endif
 #ifdef JAX_GNA_HAS_SM100
-  if (cc->major == 10 && cc->minor == 0)
-    status = gna::sm100::bwd_launch(p, dout.untyped_data(), q.untyped_data(), k.untyped_data(),
-                                    v.untyped_data(), out.untyped_data(), lse.typed_data(),
-                                    dlse.typed_data(), dq->untyped_data(), dk->untyped_data(),
-                                    dv->untyped_data(), workspace->untyped_data(),
-                                    deterministic != 0, stream, &error);
+  if (runs_on<gna::sm100::Arch>(cc->major, cc->minor))
+    status = gna::bwd_launch<gna::sm100::Arch>(
+        p, dout.untyped_data(), q.untyped_data(), k.untyped_data(), v.untyped_data(),
+        out.untyped_data(), lse.typed_data(), dlse.typed_data(), dq->untyped_data(),
+        dk->untyped_data(), dv->untyped_data(), workspace->untyped_data(), deterministic != 0,
+        stream, &error);
 #endif
   (void)deterministic;
   return launched("jax_gna_bwd", status, error);
@@ -167,15 +171,17 @@ namespace gna::cuda_ffi {
 
 const char* fwd_can_implement(const Problem& problem, int major, int minor) {
 #ifdef JAX_GNA_HAS_SM90
-  if (major == 9 && minor == 0) return gna::sm90::fwd_can_implement(problem);
+  if (runs_on<gna::sm90::Arch>(major, minor))
+    return gna::fwd_can_implement<gna::sm90::Arch>(problem);
 #endif
 #ifdef JAX_GNA_HAS_SM100
-  if (major == 10 && minor == 0) return gna::sm100::fwd_can_implement(problem);
+  if (runs_on<gna::sm100::Arch>(major, minor))
+    return gna::fwd_can_implement<gna::sm100::Arch>(problem);
 #endif
 #if defined(JAX_GNA_HAS_SM90)
-  if (major < 0) return gna::sm90::fwd_can_implement(problem);
+  if (major < 0) return gna::fwd_can_implement<gna::sm90::Arch>(problem);
 #elif defined(JAX_GNA_HAS_SM100)
-  if (major < 0) return gna::sm100::fwd_can_implement(problem);
+  if (major < 0) return gna::fwd_can_implement<gna::sm100::Arch>(problem);
 #endif
   (void)problem, (void)minor;
   if (major < 0) return "this build of jax_gna has no CUDA forward kernels";
@@ -185,10 +191,12 @@ const char* fwd_can_implement(const Problem& problem, int major, int minor) {
 
 const char* bwd_can_implement(const Problem& problem, int major, int minor) {
 #ifdef JAX_GNA_HAS_SM90
-  if (major < 0 || (major == 9 && minor == 0)) return gna::sm90::bwd_can_implement(problem);
+  if (major < 0 || runs_on<gna::sm90::Arch>(major, minor))
+    return gna::bwd_can_implement<gna::sm90::Arch>(problem);
 #endif
 #ifdef JAX_GNA_HAS_SM100
-  if (major < 0 || (major == 10 && minor == 0)) return gna::sm100::bwd_can_implement(problem);
+  if (major < 0 || runs_on<gna::sm100::Arch>(major, minor))
+    return gna::bwd_can_implement<gna::sm100::Arch>(problem);
 #endif
   (void)problem, (void)minor;
   if (major < 0) return "this build of jax_gna has no CUDA backward kernels";
@@ -210,10 +218,10 @@ bool has_backward() {
 size_t fwd_workspace_bytes(const Problem& problem) {
   size_t bytes = 0;
 #ifdef JAX_GNA_HAS_SM90
-  bytes = gna::sm90::fwd_workspace_bytes(problem);
+  bytes = gna::fwd_workspace_bytes<gna::sm90::Arch>(problem);
 #endif
 #ifdef JAX_GNA_HAS_SM100
-  const size_t sm100 = gna::sm100::fwd_workspace_bytes(problem);
+  const size_t sm100 = gna::fwd_workspace_bytes<gna::sm100::Arch>(problem);
   bytes = sm100 > bytes ? sm100 : bytes;
 #endif
   (void)problem;
@@ -224,10 +232,10 @@ size_t fwd_workspace_bytes(const Problem& problem) {
 size_t bwd_workspace_bytes(const Problem& problem) {
   size_t bytes = 0;
 #ifdef JAX_GNA_HAS_SM90
-  bytes = gna::sm90::bwd_workspace_bytes(problem);
+  bytes = gna::bwd_workspace_bytes<gna::sm90::Arch>(problem);
 #endif
 #ifdef JAX_GNA_HAS_SM100
-  const size_t sm100 = gna::sm100::bwd_workspace_bytes(problem);
+  const size_t sm100 = gna::bwd_workspace_bytes<gna::sm100::Arch>(problem);
   bytes = sm100 > bytes ? sm100 : bytes;
 #endif
   (void)problem;

@@ -1,10 +1,11 @@
 // The backward's two element-wise passes around the main kernel (cuda/common/bwd_passes.cuh),
 // compiled for sm_100a, with dQ read back row-major (bwd_config.h).
 #include "../common/bwd_passes.cuh"
-#include "bwd_config.h"
-#include "device/bwd_kernel_launch.h"
+#include "../common/kernel_launchers.h"
+#include "arch.h"
 
-namespace gna::sm100 {
+namespace gna {
+namespace sm100 {
 namespace {
 
 struct RowMajorDqOrder {
@@ -14,13 +15,18 @@ struct RowMajorDqOrder {
 };
 
 }  // namespace
+}  // namespace sm100
 
-cudaError_t launch_bwd_row_stats(DType dtype, const BwdParams& p, cudaStream_t stream) {
+template <>
+cudaError_t launch_bwd_row_stats<sm100::Arch>(DType dtype, const BwdParams& p,
+                                              cudaStream_t stream) {
   return launch_bwd_row_stats_pass(dtype, p, stream);
 }
 
-cudaError_t launch_bwd_dq_convert(DType dtype, const BwdParams& p, cudaStream_t stream) {
-  return launch_bwd_dq_convert_pass<RowMajorDqOrder>(dtype, p, stream);
+template <>
+cudaError_t launch_bwd_dq_convert<sm100::Arch>(DType dtype, const BwdParams& p,
+                                               cudaStream_t stream) {
+  return launch_bwd_dq_convert_pass<sm100::RowMajorDqOrder>(dtype, p, stream);
 }
 
-}  // namespace gna::sm100
+}  // namespace gna

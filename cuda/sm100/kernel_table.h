@@ -107,7 +107,7 @@ inline constexpr KernelRow kBwdKernels[] = {
     {DType::kBF16, 128, 3, -1, true},
 };
 
-// Whether this build holds the kernel (the dispatchers and the instance TUs ask).
+// Whether this build holds the kernel (the shared dispatchers ask, through arch.h).
 constexpr bool fwd_kernel_built(DType dtype, int head_dim, int rank, int config) {
   return kernel_in_set(kFwdKernels, dtype, head_dim, rank, config);
 }
@@ -115,5 +115,15 @@ constexpr bool bwd_kernel_built(DType dtype, int head_dim, int rank) {
   return kernel_in_set(kBwdKernels, dtype, head_dim, rank, -1);
 }
 // clang-format on
+
+// The table as one type: the architecture's traits (arch.h), which the shared
+// dispatchers read, derive from it.
+struct KernelTable {
+  static constexpr const char* kName = "sm100";
+  static constexpr const auto& kFwdHeadDims = sm100::kFwdHeadDims;
+  static constexpr const auto& kBwdHeadDims = sm100::kBwdHeadDims;
+  static constexpr auto fwd_kernel_built = &sm100::fwd_kernel_built;
+  static constexpr auto bwd_kernel_built = &sm100::bwd_kernel_built;
+};
 
 }  // namespace gna::sm100

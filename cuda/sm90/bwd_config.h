@@ -26,6 +26,8 @@ using ::gna::BwdParams;  // its launch parameters, shared with sm100
 // the S^T = K Q^T GEMM); KV tile: 128 tokens (two consumer warpgroups x 64 rows); stages: of
 // the Q / dO ring.
 // The tiles are the same at every head dim (tests/test_kernel_table.py checks the table).
-constexpr FwdTileConfig bwd_tile_config(int rank) { return bwd_tile_table(rank, 128); }
+constexpr FwdTileConfig bwd_tile_config(int rank, int head_dim) {
+  return bwd_tile_table(rank, head_dim);
+}
 
 }  // namespace gna::sm90

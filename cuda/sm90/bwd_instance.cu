@@ -1,6 +1,25 @@
 // One sm90 backward kernel per translation unit, so that a build compiles the kernels in
 // parallel. The build defines which one: GNA_BWD_DTYPE (kF16 | kBF16), GNA_BWD_HEAD_DIM and
 // GNA_BWD_RANK (the kernel table, jax_gna/_kernel_table.py, lists them).
-#include "device/bwd_kernel_launch.cuh"
+#include "../common/kernel_instance.cuh"
+#include "arch.h"
+#include "kernel/bwd_kernel_ws.cuh"
 
-GNA_SM90_BWD_INSTANTIATE(GNA_BWD_DTYPE, GNA_BWD_HEAD_DIM, GNA_BWD_RANK)
+namespace gna {
+
+// The sm90 backward kernels, with and without views.
+template <>
+struct BwdKernelOf<sm90::Arch> {
+  template <class Element, int kHeadDim, int kRank, bool kView>
+  using Kernel = sm90::BwdKernel<Element, kHeadDim, kRank, kView>;
+  template <class Kernel>
+  static auto entry() {
+    return &sm90::gna_bwd_sm90_kernel<Kernel>;
+  }
+};
+
+template cudaError_t launch_bwd_kernel<sm90::Arch, DType::GNA_BWD_DTYPE, GNA_BWD_HEAD_DIM,
+                                       GNA_BWD_RANK>(const BwdMaps&, const BwdParams&, unsigned,
+                                                     cudaStream_t);
+
+}  // namespace gna

@@ -2,10 +2,12 @@
 // compiled for sm_90a, with dQ read back in the consumer warpgroups' fragment order
 // (dq_order.h).
 #include "../common/bwd_passes.cuh"
-#include "device/bwd_kernel_launch.h"
+#include "../common/kernel_launchers.h"
+#include "arch.h"
 #include "dq_order.h"
 
-namespace gna::sm90 {
+namespace gna {
+namespace sm90 {
 namespace {
 
 struct FragmentDqOrder {
@@ -15,13 +17,17 @@ struct FragmentDqOrder {
 };
 
 }  // namespace
+}  // namespace sm90
 
-cudaError_t launch_bwd_row_stats(DType dtype, const BwdParams& p, cudaStream_t stream) {
+template <>
+cudaError_t launch_bwd_row_stats<sm90::Arch>(DType dtype, const BwdParams& p, cudaStream_t stream) {
   return launch_bwd_row_stats_pass(dtype, p, stream);
 }
 
-cudaError_t launch_bwd_dq_convert(DType dtype, const BwdParams& p, cudaStream_t stream) {
-  return launch_bwd_dq_convert_pass<FragmentDqOrder>(dtype, p, stream);
+template <>
+cudaError_t launch_bwd_dq_convert<sm90::Arch>(DType dtype, const BwdParams& p,
+                                              cudaStream_t stream) {
+  return launch_bwd_dq_convert_pass<sm90::FragmentDqOrder>(dtype, p, stream);
 }
 
-}  // namespace gna::sm90
+}  // namespace gna

@@ -2,6 +2,26 @@
 // parallel. The build defines which one: GNA_FWD_DTYPE (kF16 | kBF16), GNA_FWD_HEAD_DIM,
 // GNA_FWD_RANK and GNA_FWD_CONFIG (the tile configuration's index in fwd_config.h's table)
 // (the kernel table, jax_gna/_kernel_table.py, lists them).
-#include "device/fwd_kernel_launch.cuh"
+#include "../common/kernel_instance.cuh"
+#include "arch.h"
+#include "kernel/fwd_kernel_ws.cuh"
 
-GNA_SM90_FWD_INSTANTIATE(GNA_FWD_DTYPE, GNA_FWD_HEAD_DIM, GNA_FWD_RANK, GNA_FWD_CONFIG)
+namespace gna {
+
+// The sm90 forward kernels, with and without views.
+template <>
+struct FwdKernelOf<sm90::Arch> {
+  template <class Element, int kHeadDim, int kRank, int kConfig, bool kView>
+  using Kernel = sm90::FwdKernel<Element, kHeadDim, kRank, kConfig, kView>;
+  template <class Kernel>
+  static auto entry() {
+    return &sm90::gna_fwd_sm90_kernel<Kernel>;
+  }
+};
+
+template cudaError_t launch_fwd_kernel<sm90::Arch, DType::GNA_FWD_DTYPE, GNA_FWD_HEAD_DIM,
+                                       GNA_FWD_RANK, GNA_FWD_CONFIG>(const FwdMaps&,
+                                                                     const FwdParams&, unsigned,
+                                                                     cudaStream_t);
+
+}  // namespace gna

@@ -1,4 +1,4 @@
-// Standalone GPU harness for the sm90 GNA forward (gna::sm90::fwd_launch).
+// Standalone GPU harness for the sm90 GNA forward (gna::fwd_launch<gna::sm90::Arch>).
 //
 //   sm90_fwd_harness check [n_random]   correctness sweep against a brute-force
 //                                        CPU reference (double, window.h per element)
@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "../sm90/fwd_config.h"
-#include "../sm90/fwd_launch.h"
+#include "../common/launch_api.h"
+#include "../sm90/arch.h"
 #include "gna/problem.h"
 #include "gna/window.h"
 
@@ -44,7 +44,8 @@ std::string launch_error;
 
 cudaError_t launch(const gna::Problem& p, const void* q, const void* k, const void* v, void* out,
                    float* lse) {
-  const cudaError_t e = gna::sm90::fwd_launch(p, q, k, v, out, lse, nullptr, 0, &launch_error);
+  const cudaError_t e =
+      gna::fwd_launch<gna::sm90::Arch>(p, q, k, v, out, lse, nullptr, 0, &launch_error);
   if (e != cudaSuccess && !launch_error.empty())
     std::fprintf(stderr, "fwd_launch: %s\n", launch_error.c_str());
   return e;
@@ -360,7 +361,7 @@ int run_check(int n_random) {
   double worst[2] = {0, 0};
   for (size_t c = 0; c < cases.size(); ++c) {
     const Problem& p = cases[c];
-    const char* why = gna::sm90::fwd_can_implement(p);
+    const char* why = gna::fwd_can_implement<gna::sm90::Arch>(p);
     if (why) {
       std::printf("[%3zu] SKIP %s: %s\n", c, describe(p).c_str(), why);
       ++skipped;
@@ -432,7 +433,7 @@ int run_bench(const char* filter, int reps) {
   for (const Bench& bench : benches) {
     if (filter && !std::strstr(bench.name, filter)) continue;
     const Problem& p = bench.p;
-    const char* why = gna::sm90::fwd_can_implement(p);
+    const char* why = gna::fwd_can_implement<gna::sm90::Arch>(p);
     if (why) {
       std::printf("%-26s SKIP %s\n", bench.name, why);
       continue;

@@ -191,8 +191,8 @@ struct BwdKernel {
   // Warp 5, one thread: K and V, then Q (+ lse2, delta) and dO of every visit into the ring.
   static CUTLASS_DEVICE void load(const BwdMaps& maps, const BwdParams& p, const BwdWork& w,
                                   SharedStorage& ss) {
-    constexpr uint64_t kEvictNormal = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
-    constexpr uint64_t kEvictLast = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
+    using fwd_device::kEvictLast;
+    using fwd_device::kEvictNormal;
     const int kv_origin[3] = {w.kv_tile[0] * kK0, w.kv_tile[1] * kK1, w.kv_tile[2] * kK2};
     TxBarrier::arrive_and_expect_tx(&ss.kv_full, 2 * kTileBytesKV);
     load_tile<kK0, kK1, kK2, kChunkBytesKV>(maps.k, p.kv_loads, p, w, w.kv_head, kv_origin,
@@ -347,22 +347,14 @@ struct BwdKernel {
     return bwd_kv_row(p, w, kv_tile, o, lo, len);
   }
 
-  // 8 fp32 values as 8 elements (16 bytes).
-  static CUTLASS_DEVICE uint4 pack8(const float* f) {
-    cutlass::NumericArrayConverter<Element, float, 8> cvt;
-    cutlass::Array<float, 8> a;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < 8; ++i) a[i] = f[i];
-    const cutlass::Array<Element, 8> h = cvt(a);
-    return *reinterpret_cast<const uint4*>(&h);
-  }
+  // 8 fp32 values as 8 elements (16 bytes) at `dst`.
   static CUTLASS_DEVICE void store8(Element* dst, const float* f) {
-    *reinterpret_cast<uint4*>(dst) = pack8(f);
+    *reinterpret_cast<uint4*>(dst) = fwd_device::pack8<Element>(f);
   }
   // The same into a row of P^T or dS^T: cute's swizzled address is an integer, through which a
   // plain store would be a generic one (waiting on the long scoreboard), not st.shared.
   static CUTLASS_DEVICE void store8_shared(Element* at, const float* f) {
-    store_shared_16b(at, pack8(f));
+    store_shared_16b(at, fwd_device::pack8<Element>(f));
   }
 
   // block[0..3] += x[0..3] (one vector reduction in L2).

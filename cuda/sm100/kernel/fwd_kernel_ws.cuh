@@ -147,9 +147,9 @@ struct FwdKernel {
   // Warp 5, one thread: Q, then K_j and V_j of every KV tile of the box into the rings.
   static CUTLASS_DEVICE void load(const FwdMaps& maps, const FwdParams& p, const FwdWork& w,
                                   SharedStorage& ss) {
+    using fwd_device::kEvictLast;
+    using fwd_device::kEvictNormal;
     using fwd_device::load_tile;
-    constexpr uint64_t kEvictNormal = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
-    constexpr uint64_t kEvictLast = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
     const int kv_head = w.head / p.kv_group;
 
     TxBarrier::arrive_and_expect_tx(&ss.q_full, kTileBytesQ);
@@ -378,7 +378,6 @@ struct FwdKernel {
         row_sum > 0.f ? (m_scaled + __log2f(row_sum)) * 0.69314718055994531f : -INFINITY;
     const int64_t token = q_row_token<kQ0, kQ1, kQ2>(p, w, row);
     Element* out = static_cast<Element*>(p.out) + (token * p.heads + w.head) * kHeadDim;
-    cutlass::NumericArrayConverter<Element, float, 8> cvt;
     CUTLASS_PRAGMA_NO_UNROLL
     for (int c = 0; c < kHeadDim / 32; ++c) {
       uint32_t o_bits[32];
@@ -387,11 +386,10 @@ struct FwdKernel {
       if (token >= 0) {
         CUTLASS_PRAGMA_UNROLL
         for (int v = 0; v < 4; ++v) {
-          cutlass::Array<float, 8> f;
+          float f[8];
           CUTLASS_PRAGMA_UNROLL
           for (int i = 0; i < 8; ++i) f[i] = __uint_as_float(o_bits[8 * v + i]) * inv;
-          const cutlass::Array<Element, 8> h = cvt(f);
-          *reinterpret_cast<uint4*>(out + 32 * c + 8 * v) = *reinterpret_cast<const uint4*>(&h);
+          *reinterpret_cast<uint4*>(out + 32 * c + 8 * v) = pack8<Element>(f);
         }
       }
     }

@@ -43,7 +43,7 @@ struct BwdKernel {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kRank = kRank_;
-  static constexpr FwdTileConfig kTiles = bwd_tile_config(kRank);
+  static constexpr FwdTileConfig kTiles = bwd_tile_config(kRank, kHeadDim);
   static constexpr int kQ0 = kTiles.q[0], kQ1 = kTiles.q[1], kQ2 = kTiles.q[2];
   static constexpr int kK0 = kTiles.kv[0], kK1 = kTiles.kv[1], kK2 = kTiles.kv[2];
   static constexpr int kTileQ = kTiles.q_size();
@@ -196,8 +196,8 @@ struct BwdKernel {
 
   static CUTLASS_DEVICE void producer(const BwdMaps& maps, const BwdParams& p, const Work& w,
                                       SharedStorage& ss, PipelineQ& pipe) {
-    constexpr uint64_t kEvictNormal = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
-    constexpr uint64_t kEvictLast = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
+    using fwd_device::kEvictLast;
+    using fwd_device::kEvictNormal;
     const int kv_origin[3] = {w.kv_tile[0] * kK0, w.kv_tile[1] * kK1, w.kv_tile[2] * kK2};
     cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.kv_full, 2 * kTileBytesKV);
     load_tile<kK0, kK1, kK2, kChunkBytesKV>(maps.k, p.kv_loads, p, w, w.kv_head, kv_origin,
@@ -227,24 +227,6 @@ struct BwdKernel {
       }
     }
     pipe.producer_tail(state);  // the CTA must not exit with loads in flight
-  }
-
-  // Row `r` of the Q tile / of the KV tile as per-axis offsets.
-  static CUTLASS_DEVICE void q_offsets(int r, int o[3]) {
-    o[0] = r / (kQ1 * kQ2);
-    o[1] = (r / kQ2) % kQ1;
-    o[2] = r % kQ2;
-  }
-  static CUTLASS_DEVICE void kv_offsets(int r, int o[3]) {
-    o[0] = r / (kK1 * kK2);
-    o[1] = (r / kK2) % kK1;
-    o[2] = r % kK2;
-  }
-
-  static CUTLASS_DEVICE float exp2_approx(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
   }
 
   // tC (+)= tA tB over the K blocks [kBegin, kBegin + kCount) of the fragments.
@@ -377,7 +359,7 @@ struct BwdKernel {
     // computes the rows' tokens again.
     auto kv_row = [&](int r, int lo[3], int len[3]) {
       int o[3];
-      kv_offsets(64 * wg + row_base + 8 * r, o);
+      fwd_device::tile_offsets<kK0, kK1, kK2>(64 * wg + row_base + 8 * r, o);
       return bwd_kv_row(p, w, kv_tile, o, lo, len);
     };
     CUTLASS_PRAGMA_UNROLL
@@ -419,7 +401,7 @@ struct BwdKernel {
           CUTLASS_PRAGMA_UNROLL
           for (int k = 0; k < 4; ++k) {
             const int i = 4 * n8 + k;
-            tSrS(i) = exp2_approx(tSrS(i) * p.scale_log2 - ((k & 1) ? l.y : l.x));
+            tSrS(i) = fwd_device::exp2_approx(tSrS(i) * p.scale_log2 - ((k & 1) ? l.y : l.x));
           }
         }
         if (!full) {
@@ -437,7 +419,7 @@ struct BwdKernel {
           CUTLASS_PRAGMA_UNROLL
           for (int n8 = 0; n8 < kTileQ / 8; ++n8) {
             int o[3];
-            q_offsets(8 * n8, o);
+            fwd_device::tile_offsets<kQ0, kQ1, kQ2>(8 * n8, o);
             CUTLASS_PRAGMA_UNROLL
             for (int r = 0; r < 2; ++r) {
               const bool row_ok =
