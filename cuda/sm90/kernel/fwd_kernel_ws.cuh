@@ -156,15 +156,13 @@ struct FwdKernel {
   static CUTLASS_DEVICE void producer(const FwdMaps& maps, const FwdParams& p, const Work& w,
                                       int count, SharedStorage& ss, PipelineKV& pipe_k,
                                       PipelineKV& pipe_v, State& state_k, State& state_v) {
-    constexpr uint64_t kEvictNormal = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
-    constexpr uint64_t kEvictLast = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
     const int kv_head = w.head / p.kv_group;
 
     if (count > 0) cutlass::arch::ClusterBarrier::wait(&ss.q_empty, (count - 1) & 1);
     cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.q_full, kTileBytesQ);
     const int q_origin[3] = {w.q_tile[0] * kQ0, w.q_tile[1] * kQ1, w.q_tile[2] * kQ2};
     load_tile<kQ0, kQ1, kQ2>(maps.q, p.q_loads, p, w, w.head, q_origin, &ss.q_full, ss.q,
-                             kChunkBytesQ, kEvictNormal);
+                             kChunkBytesQ, fwd_device::kEvictNormal);
 
     const int n = w.box.size();
     int t[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
@@ -173,32 +171,14 @@ struct FwdKernel {
       pipe_k.producer_acquire(state_k);
       load_tile<kK0, kK1, kK2>(
           maps.k, p.kv_loads, p, w, kv_head, origin, pipe_k.producer_get_barrier(state_k),
-          ss.k + state_k.index() * kTileKV * kHeadDim, kChunkBytesKV, kEvictLast);
+          ss.k + state_k.index() * kTileKV * kHeadDim, kChunkBytesKV, fwd_device::kEvictLast);
       ++state_k;
       pipe_v.producer_acquire(state_v);
       load_tile<kK0, kK1, kK2>(
           maps.v, p.kv_loads, p, w, kv_head, origin, pipe_v.producer_get_barrier(state_v),
-          ss.v + state_v.index() * kTileKV * kHeadDim, kChunkBytesKV, kEvictLast);
+          ss.v + state_v.index() * kTileKV * kHeadDim, kChunkBytesKV, fwd_device::kEvictLast);
       ++state_v;
     }
-  }
-
-  // Row `r` of the Q tile / column `c` of a KV tile as per-axis offsets.
-  static CUTLASS_DEVICE void q_offsets(int r, int o[3]) {
-    o[0] = r / (kQ1 * kQ2);
-    o[1] = (r / kQ2) % kQ1;
-    o[2] = r % kQ2;
-  }
-  static CUTLASS_DEVICE void kv_offsets(int c, int o[3]) {
-    o[0] = c / (kK1 * kK2);
-    o[1] = (c / kK2) % kK1;
-    o[2] = c % kK2;
-  }
-
-  static CUTLASS_DEVICE float exp2_approx(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
   }
 
   template <class TA, class TB, class TC>
@@ -276,7 +256,7 @@ struct FwdKernel {
     CUTLASS_PRAGMA_UNROLL
     for (int r = 0; r < 2; ++r) {
       int o[3];
-      q_offsets(row_base + 8 * r, o);
+      fwd_device::tile_offsets<kQ0, kQ1, kQ2>(row_base + 8 * r, o);
       CUTLASS_PRAGMA_UNROLL
       for (int a = 0; a < 3; ++a) {
         const int q = min_int(w.q_tile[a] * q_tile[a] + o[a], q_end(w.axes[a]) - 1);
@@ -324,8 +304,8 @@ struct FwdKernel {
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < size(tSrS); i += 2) {
         const int r = (i >> 1) & 1;
-        const float e0 = exp2_approx(__fmaf_rn(tSrS(i), mult, -m_scaled[r]));
-        const float e1 = exp2_approx(__fmaf_rn(tSrS(i + 1), mult, -m_scaled[r]));
+        const float e0 = fwd_device::exp2_approx(__fmaf_rn(tSrS(i), mult, -m_scaled[r]));
+        const float e1 = fwd_device::exp2_approx(__fmaf_rn(tSrS(i + 1), mult, -m_scaled[r]));
         sp[r][acc(i)] += e0;
         sp[r][acc(i + 1)] += e1;
         tOrP_pairs(i / 2) = cvt(cutlass::Array<float, 2>{e0, e1});
@@ -346,7 +326,7 @@ struct FwdKernel {
         CUTLASS_PRAGMA_UNROLL
         for (int n8 = 0; n8 < kTileKV / 8; ++n8) {
           int o[3];
-          kv_offsets(8 * n8, o);
+          fwd_device::tile_offsets<kK0, kK1, kK2>(8 * n8, o);
           CUTLASS_PRAGMA_UNROLL
           for (int r = 0; r < 2; ++r) {
             const bool row_ok =
@@ -403,7 +383,7 @@ struct FwdKernel {
           const float m_old = row_max[r];  // -inf * mult (mult > 0) gives corr = 0
           if (raise) row_max[r] = m;
           m_scaled[r] = scaled(row_max[r]);
-          corr[r] = raise ? exp2_approx(m_old * mult - m_scaled[r]) : 1.f;
+          corr[r] = raise ? fwd_device::exp2_approx(m_old * mult - m_scaled[r]) : 1.f;
           raised |= raise;
         }
         exponentials(m_scaled, sp);
