@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -56,11 +57,23 @@ def test_table_invariants():
     for k in KERNELS:
         assert len(k.q) == len(k.kv) == k.rank
         assert _extension._KERNEL_UNIT.match(f"{k.arch}:{k.unit}"), k.unit
-    # sm90's backward tiles are the same at every head dim (bwd_config.h says why).
+    # sm90's backward tiles are the same at every head dim up to 128, and d256 has its own
+    # (bwd_config.h says why): 64-token Q tiles, the forward's d256 KV tiles.
     sm90_bwd = {
-        (k.rank, k.q, k.kv, k.stages) for k in KERNELS if k.arch == "sm90" and k.direction == "bwd"
+        (k.head_dim == 256, k.rank, k.q, k.kv, k.stages)
+        for k in KERNELS
+        if k.arch == "sm90" and k.direction == "bwd"
     }
-    assert len(sm90_bwd) == 3
+    assert len(sm90_bwd) == 6
+    fwd_kv = {
+        (k.rank, k.kv)
+        for k in KERNELS
+        if k.arch == "sm90" and k.direction == "fwd" and k.head_dim == 256
+    }
+    for wide, rank, q, kv, _ in sm90_bwd:
+        assert math.prod(q) == 64 and q[-1] % 8 == 0
+        assert math.prod(kv) == (64 if wide else 128)
+        assert not wide or (rank, kv) in fwd_kv
     # sm100's backward tiles are the forward's default (cuda/sm100/bwd_config.h).
     default = {
         (k.dtype, k.head_dim, k.rank): (k.q, k.kv)

@@ -63,6 +63,19 @@ constexpr bool column_pairs_adjacent() {
   return column_runs_contiguous<Layout, kRows, kCols, 2>();
 }
 
+// Whether the smem layouts A and B (rows x columns, and buffers: buffer 0 is checked) put each
+// element at the same offset, over the first 16 rows and 128 columns (as column_runs_contiguous):
+// two views of the same bytes.
+template <class A, class B, int kRows, int kCols>
+constexpr bool same_offsets() {
+  for (int r = 0; r < (kRows < 16 ? kRows : 16); ++r) {
+    for (int c = 0; c < (kCols < 128 ? kCols : 128); ++c) {
+      if (A{}(r, c, 0) != B{}(r, c, 0)) return false;
+    }
+  }
+  return true;
+}
+
 // Stores the 16 bytes `v` at `at` in shared memory (see store_shared_pair).
 CUTLASS_DEVICE void store_shared_16b(void* at, uint4 v) {
   asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(

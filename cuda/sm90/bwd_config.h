@@ -16,8 +16,7 @@ namespace gna::sm90 {
 using ::gna::BwdParams;  // its launch parameters, shared with sm100
 
 // Head dims (kBwdHeadDims) and tiles (bwd_tile_table) come from the kernel table,
-// jax_gna/_kernel_table.py. No d256: it would need 2 x 128 accumulator registers per thread for
-// dK and dV.
+// jax_gna/_kernel_table.py.
 
 // Why these shapes (docs/design.md, "Tile shapes and why"): the KV tile is the forward's
 // default, so stride-aligned windows cover whole tiles; the Q tile is half of the forward's
@@ -25,7 +24,16 @@ using ::gna::BwdParams;  // its launch parameters, shared with sm100
 // (the n8 column blocks of S^T must not straddle a Q tile row). Q tile: 64 tokens (the N of
 // the S^T = K Q^T GEMM); KV tile: 128 tokens (two consumer warpgroups x 64 rows); stages: of
 // the Q / dO ring.
-// The tiles are the same at every head dim (tests/test_kernel_table.py checks the table).
+// The tiles are the same at every head dim up to 128 (tests/test_kernel_table.py checks the
+// table).
+//
+// d256: dK and dV of 64 KV rows would take 2 x 128 accumulator registers per thread, so the two
+// consumer warpgroups split the head dim (64 + 64 each) over a 64-token KV tile, the forward's
+// d256 KV tile (64, (8, 8), (1, 8, 8)): the Q tile stays 64 tokens and its last axis 8. Shared
+// memory (bytes): K and V 2 x 32 K, one Q / dO stage 2 x 32 K, P^T and dS^T (two buffers each)
+// 2 x 16 K, the dQ staging 2 x 16 K (a part of 64 columns per warpgroup at a time, so dQ takes
+// two parts), the KV rows' windows 12 K: about 205 K of 227 K. A second Q / dO stage (64 K more)
+// does not fit.
 constexpr FwdTileConfig bwd_tile_config(int rank, int head_dim) {
   return bwd_tile_table(rank, head_dim);
 }

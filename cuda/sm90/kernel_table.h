@@ -11,7 +11,7 @@ namespace gna::sm90 {
 // clang-format off: one line per entry, as generated
 // Head dims the forward and the backward kernels take.
 inline constexpr int kFwdHeadDims[] = {32, 64, 128, 256};
-inline constexpr int kBwdHeadDims[] = {32, 64, 128};
+inline constexpr int kBwdHeadDims[] = {32, 64, 128, 256};
 
 // The forward tile configurations of (rank, head dim), the default first: Q tile,
 // KV tile (per kernel axis: a rank-r tile left-padded with 1s), K/V stages.
@@ -54,6 +54,9 @@ constexpr FwdTileConfig bwd_tile_table(int rank, int head_dim) {
   if (rank == 1 && head_dim == 128) return {{1, 1, 64}, {1, 1, 128}, 2};
   if (rank == 2 && head_dim == 128) return {{1, 8, 8}, {1, 16, 8}, 2};
   if (rank == 3 && head_dim == 128) return {{1, 8, 8}, {2, 8, 8}, 2};
+  if (rank == 1 && head_dim == 256) return {{1, 1, 64}, {1, 1, 64}, 1};
+  if (rank == 2 && head_dim == 256) return {{1, 8, 8}, {1, 8, 8}, 1};
+  if (rank == 3 && head_dim == 256) return {{1, 8, 8}, {1, 8, 8}, 1};
   return {};
 }
 
@@ -108,6 +111,9 @@ inline constexpr KernelRow kBwdKernels[] = {
     {DType::kF16, 128, 1, -1, false},
     {DType::kF16, 128, 2, -1, false},
     {DType::kF16, 128, 3, -1, false},
+    {DType::kF16, 256, 1, -1, false},
+    {DType::kF16, 256, 2, -1, false},
+    {DType::kF16, 256, 3, -1, false},
     {DType::kBF16, 32, 1, -1, false},
     {DType::kBF16, 32, 2, -1, false},
     {DType::kBF16, 32, 3, -1, false},
@@ -117,6 +123,9 @@ inline constexpr KernelRow kBwdKernels[] = {
     {DType::kBF16, 128, 1, -1, true},
     {DType::kBF16, 128, 2, -1, true},
     {DType::kBF16, 128, 3, -1, true},
+    {DType::kBF16, 256, 1, -1, false},
+    {DType::kBF16, 256, 2, -1, false},
+    {DType::kBF16, 256, 3, -1, false},
 };
 
 // Whether this build holds the kernel (the shared dispatchers ask, through arch.h).

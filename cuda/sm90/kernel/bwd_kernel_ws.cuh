@@ -1,18 +1,24 @@
 // Hopper GNA backward kernel: KV-stationary, warp-specialised, TMA loads from the user's
 // heads-last layout, wgmma, dK and dV accumulated in registers, dQ added in fp32.
 //
-// A CTA owns one KV tile (128 tokens, a box of the token grid) of one KV head, one batch entry
-// and one dilation group, and visits every Q tile (64 tokens) whose forward KV box holds that
-// KV tile (q_tile_box, gna/tile_box.h), for every query head of the KV head's GQA group, so
-// that dK and dV sum over the group in registers with no K/V repeat. 384 threads:
+// A CTA owns one KV tile (128 tokens, a box of the token grid; 64 at d256) of one KV head, one
+// batch entry and one dilation group, and visits every Q tile (64 tokens) whose forward KV box
+// holds that KV tile (q_tile_box, gna/tile_box.h), for every query head of the KV head's GQA
+// group, so that dK and dV sum over the group in registers with no K/V repeat. 384 threads:
 //   warpgroup 0 (Producer): one thread loads K and V once, then Q, dO and the Q tile's row
 //     statistics (lse * log2 e, delta = rowsum(dO * O) - dlse, from the pre-pass) per visit
 //     into a ring of stages.
-//   warpgroups 1, 2 (Consumer0/1): 64 KV rows each. Per visit: S^T = K Q^T and dP^T = V dO^T
-//     (SS wgmma), P^T = exp2(S^T scale log2 e - lse2) (masked on partial pairs only),
-//     dS^T = P^T (dP^T - delta), dV += P^T dO and dK += dS^T Q (RS wgmma, P^T and dS^T from
-//     registers), dS^T through shared memory for dQ = dS K (SS wgmma), dQ added to an fp32
-//     accumulator in global memory (atomics; in deterministic mode in a fixed order).
+//   warpgroups 1, 2 (Consumer0/1), d <= 128: 64 KV rows each. Per visit: S^T = K Q^T and
+//     dP^T = V dO^T (SS wgmma), P^T = exp2(S^T scale log2 e - lse2) (masked on partial pairs
+//     only), dS^T = P^T (dP^T - delta), dV += P^T dO and dK += dS^T Q (RS wgmma, P^T and dS^T
+//     from registers), dS^T through shared memory for dQ = dS K (SS wgmma), dQ added to an
+//     fp32 accumulator in global memory (atomics; in deterministic mode in a fixed order).
+//   d256 (kSplitD): dK and dV of 64 KV rows would take 2 x 128 accumulators per thread, so the
+//     warpgroups split the head dim instead: each holds dK and dV of all 64 KV rows for its
+//     128 of the 256 columns (64 + 64 accumulators). S^T and dP^T are split by Q columns (32
+//     each), so P^T joins dS^T in shared memory and dV, dK read both from there (SS wgmma);
+//     dQ = dS K is computed in two parts of 64 columns per warpgroup (bwd_config.h: the
+//     shared-memory budget).
 // The softmax scale multiplies dK here and dQ in the conversion pass (bwd_passes.cu).
 // Coordinates are dilation-group coordinates, as in the forward (fwd_kernel_ws.cuh).
 #pragma once
@@ -50,9 +56,17 @@ struct BwdKernel {
   static constexpr int kTileKV = kTiles.kv_size();
   static constexpr int kStages = kTiles.stages;
   static constexpr int kThreads = 384;
-  static_assert(kTileQ == 64 && kTileKV == 128, "64-token Q tiles, 2 x 64 KV rows");
+  static_assert(kHeadDim == 32 || kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256,
+                "head dim 32, 64, 128, 256");
+  // How the two consumer warpgroups share a visit's work: by KV rows (d <= 128), or, at d256,
+  // by head-dim columns of dK, dV, dQ and by Q columns of S^T, dP^T (the header says why).
+  static constexpr bool kSplitD = kHeadDim == 256;
+  static_assert(kTileQ == 64 && kTileKV == (kSplitD ? 64 : 128),
+                "64-token Q tiles; KV tiles of 2 x 64 rows, or 64 rows at d256");
   static_assert(kQ2 % 8 == 0, "the n8 column blocks of S^T must not straddle a Q tile row");
-  static_assert(kHeadDim == 32 || kHeadDim == 64 || kHeadDim == 128, "head dim 32, 64, 128");
+  // Per warpgroup: the S^T / dP^T columns (Q tokens) and the dK / dV columns (head dim).
+  static constexpr int kSdPCols = kSplitD ? kTileQ / 2 : kTileQ;
+  static constexpr int kKVCols = kSplitD ? kHeadDim / 2 : kHeadDim;
 
   // D is loaded in chunks of 64 elements (128 B, SW128), or one 32-element chunk (SW64) for d32.
   static constexpr int kChunk = kHeadDim >= 64 ? 64 : 32;
@@ -88,26 +102,43 @@ struct BwdKernel {
   // Accumulator elements i, i + 1 of S^T are neighbouring queries (columns) of one KV row,
   // which dS keeps in one 32-bit word (queries contiguous, the swizzle moves 16-byte chunks).
   static_assert(column_pairs_adjacent<SmemLayoutDSt, kTileKV, kTileQ>(), "dS^T pair stores");
+  // d256: P^T and dS^T as the K-major A operands of dV += P^T dO and dK += dS^T Q, the bytes
+  // of SmemLayoutDSt (one swizzle row per KV row), two buffers.
+  using SmemLayoutPt =
+      decltype(cute::tile_to_shape(cute::GMMA::Layout_K_SW128_Atom<Element>{},
+                                   cute::Shape<cute::Int<kTileKV>, cute::Int<kTileQ>, cute::_2>{}));
+  static_assert(same_offsets<SmemLayoutPt, SmemLayoutDSt, kTileKV, kTileQ>(), "P^T, dS^T bytes");
 
-  // S^T, dP^T: M = 128 KV rows over the two consumer warpgroups, N = Q tokens, K = D.
+  // S^T, dP^T: M = KV rows, N = Q tokens, K = D; d <= 128: the warpgroups take 64 KV rows
+  // each, d256: 32 Q columns each.
   using TiledMmaSdP = decltype(cute::make_tiled_mma(
-      cute::GMMA::ss_op_selector<Element, Element, float,
-                                 cute::Shape<cute::_64, cute::Int<kTileQ>, cute::Int<kHeadDim>>>(),
-      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
-  // dV += P^T dO, dK += dS^T Q: M = 128 KV rows, N = D, K = Q tokens; A from registers.
+      cute::GMMA::ss_op_selector<
+          Element, Element, float,
+          cute::Shape<cute::_64, cute::Int<kSdPCols>, cute::Int<kHeadDim>>>(),
+      cute::Layout<
+          cute::Shape<cute::Int<kSplitD ? 1 : 2>, cute::Int<kSplitD ? 2 : 1>, cute::_1>>{}));
+  // dV += P^T dO, dK += dS^T Q: M = KV rows, N = D, K = Q tokens. d <= 128: 64 KV rows per
+  // warpgroup, A from registers; d256: 128 columns of D per warpgroup, A from shared memory.
+  using KVAtom = cute::Shape<cute::_64, cute::Int<kKVCols>, cute::Int<kTileQ>>;
   using TiledMmaKV = decltype(cute::make_tiled_mma(
-      cute::GMMA::rs_op_selector<Element, Element, float,
-                                 cute::Shape<cute::_64, cute::Int<kHeadDim>, cute::Int<kTileQ>>,
-                                 cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
-      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
-  // dQ = dS K: M = 64 Q rows, N = D, K = 128 KV tokens. d128 splits N over the warpgroups
-  // (64 accumulators each, one swizzle atom of K^T each); smaller head dims split K instead:
-  // each warpgroup sums over its own 64 KV rows (its own dS^T rows, so only it must have
-  // written them) and both add into dQ.
-  static constexpr bool kSplitN = kHeadDim == 128;
+      cute::conditional_t<
+          kSplitD,
+          decltype(cute::GMMA::ss_op_selector<Element, Element, float, KVAtom, cute::GMMA::Major::K,
+                                              cute::GMMA::Major::MN>()),
+          decltype(cute::GMMA::rs_op_selector<Element, Element, float, KVAtom, cute::GMMA::Major::K,
+                                              cute::GMMA::Major::MN>())>{},
+      cute::Layout<
+          cute::Shape<cute::Int<kSplitD ? 1 : 2>, cute::Int<kSplitD ? 2 : 1>, cute::_1>>{}));
+  // dQ = dS K: M = 64 Q rows, N = D, K = KV tokens. d128 and d256 split N over the
+  // warpgroups (64 accumulators each, one swizzle atom of K^T each; d256 in two parts, the
+  // warpgroups' columns 64 (2 part + wg) on); smaller head dims split K instead: each
+  // warpgroup sums over its own 64 KV rows (its own dS^T rows, so only it must have written
+  // them) and both add into dQ.
+  static constexpr bool kSplitN = kHeadDim >= 128;
   static constexpr int kDqN = dq_fragment_cols(kHeadDim);
-  static_assert(kDqN == (kSplitN ? kHeadDim / 2 : kHeadDim));
-  // One warpgroup's dQ partial: 64 rows x kDqN columns.
+  static_assert(kDqN == (kSplitN ? 64 : kHeadDim));
+  static constexpr int kDqParts = kSplitN ? kHeadDim / (2 * kDqN) : 1;
+  // One warpgroup's dQ partial (of one part): 64 rows x kDqN columns.
   static constexpr int kDqChunk = kTileQ * kDqN;
   using TiledMmaDQ = decltype(cute::make_tiled_mma(
       cute::GMMA::ss_op_selector<Element, Element, float,
@@ -132,7 +163,8 @@ struct BwdKernel {
     alignas(1024) Element v[kTileKV * kHeadDim];
     alignas(1024) Element q[kStages * kTileQ * kHeadDim];
     alignas(1024) Element dout[kStages * kTileQ * kHeadDim];
-    alignas(1024) Element ds[2 * kTileQ * kTileKV];
+    // dS^T, two buffers; at d256 followed by P^T, two buffers (SmemLayoutPt).
+    alignas(1024) Element ds[(kSplitD ? 4 : 2) * kTileQ * kTileKV];
     alignas(128) float dq[2 * kDqChunk];  // per warpgroup, its dQ partial in fragment order
     // Per consumer thread and KV row r: the inverse window (row_lo[3], row_len[3]), which only
     // the masked (partial) visits read; in registers it cost the view kernels spills.
@@ -257,38 +289,48 @@ struct BwdKernel {
 
   // Deterministic mode: one thread adds the consumers' staged dQ partials in turn (waiting on
   // the Q tile's semaphore and for each add to complete), so that the consumers only wait
-  // when it falls a whole visit behind. With the head dim split over the warpgroups (d128)
-  // their partials are disjoint halves of the Q tile's block: one turn per visit adds both,
-  // and only one wait for completion is on the Q tile's chain of KV tiles. Otherwise both add
-  // into the whole block, warpgroup 0 first.
+  // when it falls a whole visit behind. With the head dim split over the warpgroups (d128,
+  // d256) their partials are disjoint parts of the Q tile's block: one turn per visit adds
+  // both (at d256 both of each of the kDqParts handoffs, the turn held across them), and only
+  // one wait for completion is on the Q tile's chain of KV tiles. Otherwise both add into the
+  // whole block, warpgroup 0 first.
   static CUTLASS_DEVICE void dq_writer(const BwdParams& p, const Work& w, SharedStorage& ss) {
     constexpr int kTurns = kSplitN ? 1 : 2;  // turns per visit
     constexpr int kAddsPerTurn = 2 / kTurns;
     const int visits = p.kv_group * w.box.size();
     for (int v = 0; v < visits; ++v) {
       for (int first = 0; first < kTurns; ++first) {  // the first warpgroup of the turn
-        for (int i = 0; i < kAddsPerTurn; ++i) {
-          cutlass::arch::ClusterBarrier::wait(&ss.dq_full[first + i], v & 1);
-        }
-        const DqHandoff h = ss.dq_handoff[first];
-        // Cannot deadlock: the CTAs holding the earlier turns have lower block indices
-        // (decode_bwd_work's deterministic item order) and CTAs start in block index order, so
-        // each of them is running or done. The backoff keeps the spin off the memory system.
-        int now;
-        for (unsigned sleep_ns = 32;; sleep_ns = min(2 * sleep_ns, 512u)) {
-          asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(h.semaphore));
-          if (now == h.turn) break;
-          __nanosleep(sleep_ns);
-        }
-        for (int i = 0; i < kAddsPerTurn; ++i) {
-          bulk_add(ss.dq_handoff[first + i].block, ss.dq + (first + i) * kDqChunk);
-        }
-        asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
-        asm volatile("fence.proxy.async.global;" ::: "memory");
-        __threadfence();
-        atomicAdd(h.semaphore, 1);
-        for (int i = 0; i < kAddsPerTurn; ++i) {
-          cutlass::arch::ClusterBarrier::arrive(&ss.dq_empty[first + i]);
+        DqHandoff h;
+        for (int part = 0; part < kDqParts; ++part) {
+          const int handoff = v * kDqParts + part;  // the warpgroups' handoffs so far
+          for (int i = 0; i < kAddsPerTurn; ++i) {
+            cutlass::arch::ClusterBarrier::wait(&ss.dq_full[first + i], handoff & 1);
+          }
+          if (part == 0) {
+            h = ss.dq_handoff[first];
+            // Cannot deadlock: the CTAs holding the earlier turns have lower block indices
+            // (decode_bwd_work's deterministic item order) and CTAs start in block index
+            // order, so each of them is running or done. The backoff keeps the spin off the
+            // memory system.
+            int now;
+            for (unsigned sleep_ns = 32;; sleep_ns = min(2 * sleep_ns, 512u)) {
+              asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(h.semaphore));
+              if (now == h.turn) break;
+              __nanosleep(sleep_ns);
+            }
+          }
+          for (int i = 0; i < kAddsPerTurn; ++i) {
+            bulk_add(ss.dq_handoff[first + i].block, ss.dq + (first + i) * kDqChunk);
+          }
+          asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+          if (part == kDqParts - 1) {
+            asm volatile("fence.proxy.async.global;" ::: "memory");
+            __threadfence();
+            atomicAdd(h.semaphore, 1);
+          }
+          for (int i = 0; i < kAddsPerTurn; ++i) {
+            cutlass::arch::ClusterBarrier::arrive(&ss.dq_empty[first + i]);
+          }
         }
       }
     }
@@ -303,6 +345,10 @@ struct BwdKernel {
     const int wg = ctid / 128;
     const int lane = threadIdx.x & 31;
     const int warp = (ctid / 32) & 3;
+    // This warpgroup's first KV row (of S^T, dP^T, dK, dV), S^T column and dK / dV column.
+    const int kv_row0 = kSplitD ? 0 : 64 * wg;
+    const int q_col0 = kSplitD ? kSdPCols * wg : 0;
+    const int d_col0 = kSplitD ? kKVCols * wg : 0;
 
     TiledMmaSdP mma_sdp;
     TiledMmaKV mma_kv;
@@ -320,27 +366,43 @@ struct BwdKernel {
     Tensor sDOt = make_tensor(make_smem_ptr(ss.dout), SmemLayoutQt{});
     Tensor sDS = make_tensor(make_smem_ptr(ss.ds), SmemLayoutDS{});
     Tensor sDSt = make_tensor(make_smem_ptr(ss.ds), SmemLayoutDSt{});
+    Tensor sPt = make_tensor(make_smem_ptr(ss.ds + 2 * kTileQ * kTileKV), SmemLayoutPt{});  // d256
+    Tensor sDStA = make_tensor(make_smem_ptr(ss.ds), SmemLayoutPt{});                       // d256
 
-    Tensor tSrK = thr_sdp.partition_fragment_A(sK(_, _, 0));    // (MMA, 1, D/16)
-    Tensor tSrV = thr_sdp.partition_fragment_A(sV(_, _, 0));    // (MMA, 1, D/16)
-    Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);             // (MMA, 1, D/16, stages)
-    Tensor tSrDO = thr_sdp.partition_fragment_B(sDO);           // (MMA, 1, D/16, stages)
-    Tensor tKVrQt = thr_kv.partition_fragment_B(sQt);           // (MMA, 1, Q/16, stages)
-    Tensor tKVrDOt = thr_kv.partition_fragment_B(sDOt);         // (MMA, 1, Q/16, stages)
-    Tensor tDQrDS = thr_dq.partition_fragment_A(sDS);           // (MMA, 1, KV/16, 2)
-    Tensor tDQrKt = thr_dq.partition_fragment_B(sKt(_, _, 0));  // (MMA, 1, KV/16)
-    Tensor tSsDSt = thr_sdp.partition_C(sDSt);                  // (MMA, 1, 1, 2)
+    Tensor tSrK = thr_sdp.partition_fragment_A(sK(_, _, 0));  // (MMA, 1, D/16)
+    Tensor tSrV = thr_sdp.partition_fragment_A(sV(_, _, 0));  // (MMA, 1, D/16)
+    Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);           // (MMA, 1, D/16, stages)
+    Tensor tSrDO = thr_sdp.partition_fragment_B(sDO);         // (MMA, 1, D/16, stages)
+    Tensor tKVrQt = thr_kv.partition_fragment_B(sQt);         // (MMA, 1, Q/16, stages)
+    Tensor tKVrDOt = thr_kv.partition_fragment_B(sDOt);       // (MMA, 1, Q/16, stages)
+    Tensor tDQrDS = thr_dq.partition_fragment_A(sDS);         // (MMA, 1, KV/16, 2)
+    // K^T for dQ part `part`: columns [2 kDqN part, 2 kDqN (part + 1)) over both warpgroups
+    // (all of them without the split).
+    auto dq_b = [&](int part) {
+      return thr_dq.partition_fragment_B(
+          local_tile(sKt(_, _, 0), Shape<Int<kDqN*(kSplitN ? 2 : 1)>, Int<kTileKV>>{},
+                     make_coord(part, 0)));  // (MMA, 1, KV/16)
+    };
+    Tensor tDQrKt = dq_b(0);
+    Tensor tSsDSt = thr_sdp.partition_C(sDSt);  // (MMA, 1, 1, 2)
 
     Tensor tSrS = partition_fragment_C(mma_sdp, Shape<Int<kTileKV>, Int<kTileQ>>{});
     Tensor tSrDP = partition_fragment_C(mma_sdp, Shape<Int<kTileKV>, Int<kTileQ>>{});
     Tensor tKVrDK = partition_fragment_C(mma_kv, Shape<Int<kTileKV>, Int<kHeadDim>>{});
     Tensor tKVrDV = partition_fragment_C(mma_kv, Shape<Int<kTileKV>, Int<kHeadDim>>{});
-    Tensor tDQrDQ = partition_fragment_C(mma_dq, Shape<Int<kTileQ>, Int<kHeadDim>>{});
-    // P^T and dS^T in the A-operand register layout of the KV GEMMs: the accumulator of two
-    // n8 blocks holds exactly the values of one k16 A fragment, in the same register order.
-    Tensor tP = make_tensor<Element>(partition_shape_A(mma_kv, Shape<Int<kTileKV>, Int<kTileQ>>{}));
-    Tensor tDS =
-        make_tensor<Element>(partition_shape_A(mma_kv, Shape<Int<kTileKV>, Int<kTileQ>>{}));
+    Tensor tDQrDQ = partition_fragment_C(mma_dq, Shape<Int<kTileQ>, Int<kDqN*(kSplitN ? 2 : 1)>>{});
+    // P^T and dS^T rounded to 16 bits. d <= 128: in the A-operand register layout of the KV
+    // GEMMs (the accumulator of two n8 blocks holds exactly the values of one k16 A fragment, in
+    // the same register order); d256: in the accumulator's order, on their way to shared memory.
+    auto operand_regs = [&] {
+      if constexpr (kSplitD) {
+        return make_fragment_like<Element>(tSrS);
+      } else {
+        return make_tensor<Element>(partition_shape_A(mma_kv, Shape<Int<kTileKV>, Int<kTileQ>>{}));
+      }
+    };
+    Tensor tP = operand_regs();
+    Tensor tDS = operand_regs();
     static_assert(decltype(size(tP))::value == decltype(size(tSrS))::value);
     static_assert(decltype(size(tSsDSt))::value == 2 * decltype(size(tSrS))::value);
     clear(tKVrDK);
@@ -348,7 +410,7 @@ struct BwdKernel {
 
     // Accumulator element i of an m64nN wgmma sits at row 16 * warp + lane / 4 +
     // 8 * ((i >> 1) & 1) of the warpgroup's 64 rows and at column 8 * (i >> 2) +
-    // 2 * (lane % 4) + (i & 1).
+    // 2 * (lane % 4) + (i & 1) of its N columns.
     const int row_base = 16 * warp + lane / 4;
     const int col_base = 2 * (lane & 3);
 
@@ -359,7 +421,7 @@ struct BwdKernel {
     // computes the rows' tokens again.
     auto kv_row = [&](int r, int lo[3], int len[3]) {
       int o[3];
-      fwd_device::tile_offsets<kK0, kK1, kK2>(64 * wg + row_base + 8 * r, o);
+      fwd_device::tile_offsets<kK0, kK1, kK2>(kv_row0 + row_base + 8 * r, o);
       return bwd_kv_row(p, w, kv_tile, o, lo, len);
     };
     CUTLASS_PRAGMA_UNROLL
@@ -394,9 +456,9 @@ struct BwdKernel {
 
         // P^T = exp2(S^T scale log2 e - lse2) (0 where masked), while dP^T is computed.
         warpgroup_wait<1>();
-        const float* lse2 = ss.lse2[s];
+        const float* lse2 = ss.lse2[s] + q_col0;
         CUTLASS_PRAGMA_UNROLL
-        for (int n8 = 0; n8 < kTileQ / 8; ++n8) {
+        for (int n8 = 0; n8 < kSdPCols / 8; ++n8) {
           const float2 l = *reinterpret_cast<const float2*>(lse2 + 8 * n8 + col_base);
           CUTLASS_PRAGMA_UNROLL
           for (int k = 0; k < 4; ++k) {
@@ -405,8 +467,8 @@ struct BwdKernel {
           }
         }
         if (!full) {
-          // Column 8 * n8 + col_base + i0: n8 fixes the Q offsets along axes 0 and 1
-          // (compile time), axis 2 adds col_base + i0.
+          // Column q_col0 + 8 * n8 + col_base + i0: n8 (and the warpgroup, at d256) fix the Q
+          // offsets along axes 0 and 1, axis 2 adds col_base + i0.
           int row_lo[2][3], row_len[2][3];
           CUTLASS_PRAGMA_UNROLL
           for (int r = 0; r < 2; ++r) {
@@ -417,9 +479,9 @@ struct BwdKernel {
             }
           }
           CUTLASS_PRAGMA_UNROLL
-          for (int n8 = 0; n8 < kTileQ / 8; ++n8) {
+          for (int n8 = 0; n8 < kSdPCols / 8; ++n8) {
             int o[3];
-            fwd_device::tile_offsets<kQ0, kQ1, kQ2>(8 * n8, o);
+            fwd_device::tile_offsets<kQ0, kQ1, kQ2>(q_col0 + 8 * n8, o);
             CUTLASS_PRAGMA_UNROLL
             for (int r = 0; r < 2; ++r) {
               const bool row_ok =
@@ -436,9 +498,9 @@ struct BwdKernel {
         }
         // dS^T = P^T (dP^T - delta).
         warpgroup_wait<0>();
-        const float* delta = ss.delta[s];
+        const float* delta = ss.delta[s] + q_col0;
         CUTLASS_PRAGMA_UNROLL
-        for (int n8 = 0; n8 < kTileQ / 8; ++n8) {
+        for (int n8 = 0; n8 < kSdPCols / 8; ++n8) {
           const float2 d = *reinterpret_cast<const float2*>(delta + 8 * n8 + col_base);
           CUTLASS_PRAGMA_UNROLL
           for (int k = 0; k < 4; ++k) {
@@ -460,75 +522,62 @@ struct BwdKernel {
             tDS(i + 1) = ds[1];
           }
         }
-        // dV += P^T dO, dK += dS^T Q.
+        // dV += P^T dO, dK += dS^T Q, here from registers (d <= 128); at d256 after the barrier.
         warpgroup_fence_operand(tP);
         warpgroup_fence_operand(tDS);
-        gemm<kTileQ / 16>(mma_kv, tP, tKVrDOt(_, _, _, s), tKVrDV, true);
-        gemm<kTileQ / 16>(mma_kv, tDS, tKVrQt(_, _, _, s), tKVrDK, true);
+        if constexpr (!kSplitD) {
+          gemm<kTileQ / 16>(mma_kv, tP, tKVrDOt(_, _, _, s), tKVrDV, true);
+          gemm<kTileQ / 16>(mma_kv, tDS, tKVrQt(_, _, _, s), tKVrDK, true);
+        }
 
-        // dS^T to shared memory (buffer `buf`; its readers two visits ago are done, see below),
-        // one 32-bit store per pair of neighbouring queries.
+        // dS^T (and at d256 P^T) to shared memory (buffer `buf`; its readers two visits ago are
+        // done, see below), one 32-bit store per pair of neighbouring queries.
         {
           Tensor out = tSsDSt(_, _, _, buf);
           CUTLASS_PRAGMA_UNROLL
           for (int i = 0; i < size(tDS); i += 2) store_shared_pair(&out(i), tDS(i), tDS(i + 1));
+          if constexpr (kSplitD) {
+            Tensor out_p = thr_sdp.partition_C(sPt)(_, _, _, buf);
+            CUTLASS_PRAGMA_UNROLL
+            for (int i = 0; i < size(tP); i += 2) store_shared_pair(&out_p(i), tP(i), tP(i + 1));
+          }
         }
         cutlass::arch::fence_view_async_shared();
         if constexpr (kSplitN)
           cutlass::arch::NamedBarrier::sync(256, kDsBarrier);
         else
           cutlass::arch::NamedBarrier::sync(128, kDsBarrier + 1 + wg);
-        // dQ = dS K (this warpgroup's half of D, or of the KV rows). A warpgroup passes the
-        // next visit's barrier only after finishing this GEMM, so with two buffers no write
-        // of dS^T can overtake a read of the other warpgroup.
+        if constexpr (kSplitD) {
+          // Both warpgroups' halves of P^T and dS^T, for this warpgroup's columns of dV, dK.
+          Tensor tKVsP = thr_kv.partition_fragment_A(sPt);     // (MMA, 1, Q/16, 2)
+          Tensor tKVsDS = thr_kv.partition_fragment_A(sDStA);  // (MMA, 1, Q/16, 2)
+          gemm<kTileQ / 16>(mma_kv, tKVsP(_, _, _, buf), tKVrDOt(_, _, _, s), tKVrDV, true);
+          gemm<kTileQ / 16>(mma_kv, tKVsDS(_, _, _, buf), tKVrQt(_, _, _, s), tKVrDK, true);
+        }
+        // dQ = dS K (this warpgroup's columns of D, or its KV rows), in kDqParts parts. A
+        // warpgroup passes the next visit's barrier only after finishing this visit's GEMMs, so
+        // with two buffers no write of dS^T (P^T) can overtake a read of the other warpgroup.
         constexpr int kDqK = kSplitN ? kTileKV / 16 : kTileKV / 32;
-        gemm<kDqK>(mma_dq, tDQrDS(_, _, _, buf), tDQrKt, tDQrDQ, false, kSplitN ? 0 : wg * kDqK);
-        warpgroup_wait<0>();
-        warpgroup_fence_operand(tP);
-        warpgroup_fence_operand(tDS);
-        pipe.consumer_release(state);
-        ++state;
-
-        // dQ partial -> this warpgroup's staging buffer (element pairs in fragment order,
-        // dq_order.h) -> one bulk reduce-add into the Q tile's fp32 block.
-        const bool leader = (ctid & 127) == 0;
-        if (p.deterministic) {
-          if (visit > 0) cutlass::arch::ClusterBarrier::wait(&ss.dq_empty[wg], (visit - 1) & 1);
-        } else {
-          if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-          cutlass::arch::NamedBarrier::sync(128, kDqBarrier + wg);  // the buffer is free
-        }
-        float* staging = ss.dq + wg * kDqChunk;
         CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < size(tDQrDQ); i += 2) {
-          *reinterpret_cast<float2*>(staging + dq_pair_offset(i / 2, ctid & 127)) =
-              make_float2(tDQrDQ(i), tDQrDQ(i + 1));
-        }
-        cutlass::arch::fence_view_async_shared();
-        cutlass::arch::NamedBarrier::sync(128, kDqBarrier + wg);
-        if (leader) {
-          const int64_t slot = bwd_stat_slot(p, w, head, t);
-          float* block = p.dq_accum + slot * kHeadDim + (kSplitN ? wg * kDqChunk : 0);
-          if (p.deterministic) {
-            // The writer thread adds it in turn: after the KV tiles before this one in the Q
-            // tile's KV box (box order) and, with split K, after warpgroup 0 of this CTA.
-            // The group axes again from p, not from w: keeping w.axes live through the loop
-            // costs registers (spills) for this rare branch.
-            GroupAxis axes[3];
-            for (int a = 0; a < 3; ++a) axes[a] = launch_group_axis<kView>(p, a, w.group[a]);
-            const int index = kv_tile_box(axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
-            const int turn = kSplitN ? index : 2 * index + wg;  // as dq_writer takes them
-            ss.dq_handoff[wg] = DqHandoff{block, p.dq_semaphore + slot / kTileQ, turn};
-            cutlass::arch::ClusterBarrier::arrive(&ss.dq_full[wg]);
-          } else {
-            bulk_add(block, staging);
+        for (int part = 0; part < kDqParts; ++part) {
+          gemm<kDqK>(mma_dq, tDQrDS(_, _, _, buf), part == 0 ? tDQrKt : dq_b(part), tDQrDQ, false,
+                     kSplitN ? 0 : wg * kDqK);
+          warpgroup_wait<0>();
+          if (part == 0) {  // every GEMM reading Q and dO is done
+            warpgroup_fence_operand(tP);
+            warpgroup_fence_operand(tDS);
+            pipe.consumer_release(state);
+            ++state;
           }
+          add_dq(p, w, ss, tDQrDQ, head, t, visit * kDqParts + part, kSplitN ? 2 * part + wg : 0,
+                 ctid);
         }
       }
     }
     if ((ctid & 127) == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 
-    // Epilogue: dK (times the softmax scale) and dV of the valid KV rows.
+    // Epilogue: dK (times the softmax scale) and dV of the valid KV rows, this warpgroup's
+    // columns.
     Element* dk = static_cast<Element*>(p.dk);
     Element* dv = static_cast<Element*>(p.dv);
     cutlass::NumericArrayConverter<Element, float, 2> cvt;
@@ -542,11 +591,56 @@ struct BwdKernel {
     for (int i = 0; i < size(tKVrDK); i += 2) {
       const int64_t token = kv_token[(i >> 1) & 1];
       if (token < 0) continue;
-      const int64_t at = (token * p.kv_heads + w.kv_head) * kHeadDim + 8 * (i >> 2) + col_base;
+      const int64_t at =
+          (token * p.kv_heads + w.kv_head) * kHeadDim + d_col0 + 8 * (i >> 2) + col_base;
       *reinterpret_cast<cutlass::Array<Element, 2>*>(dk + at) =
           cvt(cutlass::Array<float, 2>{tKVrDK(i) * p.scale, tKVrDK(i + 1) * p.scale});
       *reinterpret_cast<cutlass::Array<Element, 2>*>(dv + at) =
           cvt(cutlass::Array<float, 2>{tKVrDV(i), tKVrDV(i + 1)});
+    }
+  }
+
+  // A warpgroup's dQ partial `acc` (of part `part` of the Q tile's block: 64 rows x kDqN
+  // columns) -> its staging buffer (element pairs in fragment order, dq_order.h) -> one bulk
+  // reduce-add into the Q tile's fp32 block; `handoff` counts the warpgroup's partials so far.
+  template <class Acc>
+  static CUTLASS_DEVICE void add_dq(const BwdParams& p, const Work& w, SharedStorage& ss,
+                                    const Acc& acc, int head, const int t[3], int handoff, int part,
+                                    int ctid) {
+    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
+    constexpr int kv_tile[3] = {kK0, kK1, kK2};
+    const int wg = ctid / 128;
+    const bool leader = (ctid & 127) == 0;
+    if (p.deterministic) {
+      if (handoff > 0) cutlass::arch::ClusterBarrier::wait(&ss.dq_empty[wg], (handoff - 1) & 1);
+    } else {
+      if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+      cutlass::arch::NamedBarrier::sync(128, kDqBarrier + wg);  // the buffer is free
+    }
+    float* staging = ss.dq + wg * kDqChunk;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < cute::size(acc); i += 2) {
+      *reinterpret_cast<float2*>(staging + dq_pair_offset(i / 2, ctid & 127)) =
+          make_float2(acc(i), acc(i + 1));
+    }
+    cutlass::arch::fence_view_async_shared();
+    cutlass::arch::NamedBarrier::sync(128, kDqBarrier + wg);
+    if (!leader) return;
+    const int64_t slot = bwd_stat_slot(p, w, head, t);
+    float* block = p.dq_accum + slot * kHeadDim + part * kDqChunk;
+    if (p.deterministic) {
+      // The writer thread adds it in turn: after the KV tiles before this one in the Q
+      // tile's KV box (box order) and, with split K, after warpgroup 0 of this CTA.
+      // The group axes again from p, not from w: keeping w.axes live through the loop
+      // costs registers (spills) for this rare branch.
+      GroupAxis axes[3];
+      for (int a = 0; a < 3; ++a) axes[a] = launch_group_axis<kView>(p, a, w.group[a]);
+      const int index = kv_tile_box(axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
+      const int turn = kSplitN ? index : 2 * index + wg;  // as dq_writer takes them
+      ss.dq_handoff[wg] = DqHandoff{block, p.dq_semaphore + slot / kTileQ, turn};
+      cutlass::arch::ClusterBarrier::arrive(&ss.dq_full[wg]);
+    } else {
+      bulk_add(block, staging);
     }
   }
 
