@@ -33,7 +33,8 @@ def test_families_are_the_built_kernels_the_gpu_runs_plus_cpu_and_xla(
     assert len(cuda) == cuda_rows
     assert all(f.arch == gpu_arch for f in cuda)
     if gpu_arch == "90a":
-        # d128 has a backward kernel, d256 takes the xla backward.
+        # The d128 row has a backward kernel of its (dtype, head dim, rank) in the listed
+        # build, the d256 row none: its gradients take the xla backward.
         assert [f.cuda_backward for f in cuda] == [True, False]
         assert cuda[0].name == "cuda sm90a bf16 d128 2-D Q(8,16)/KV(8,16)"
     for arch, count in (("90a", 2), ("100a", 1)):

@@ -9,9 +9,9 @@ must run the CUDA backward kernel (its custom call in the compiled HLO), not the
 Then: bit-identical gradients over repeated runs in deterministic mode on a problem where many
 KV tiles add into the same dQ rows, deterministic against default mode, jit, vmap,
 jax.checkpoint, XLA command buffers (on and off, in subprocesses since XLA reads its flags once
-per process), ``--xla_gpu_deterministic_ops``, and problems the kernels refuse (head dim 256),
-whose gradients come from the xla backward. Run with ``python -m pytest -m gpu
-tests/gpu/test_cuda_bwd.py -n 8``; ``GNA_GPU_CASES`` sets the configurations per rank (100).
+per process) and ``--xla_gpu_deterministic_ops``. Head dim 256 takes its own kernel path and its
+own cases: `test_cuda_bwd_d256`. Run with ``python -m pytest -m gpu tests/gpu/test_cuda_bwd.py
+-n 8``; ``GNA_GPU_CASES`` sets the configurations per rank (100).
 
 Tolerances. The kernel, like every flash-attention backward, rounds to the input dtype what
 feeds the tensor cores: P for dV = P^T dO, dS = P * (dP - D) for dQ = dS K and dK = dS^T Q, and
@@ -259,20 +259,27 @@ def test_larger_problems_match_reference_gradients(name, dtype):
 DETERMINISM_CASE = _case((48, 48), (13, 13), heads=4, heads_kv=4, lse_cotangent=True)
 
 
-def test_deterministic_mode_is_bit_identical_over_runs_and_matches_default_mode():
-    case = DETERMINISM_CASE
-    q, k, v, extra = _inputs(case, seed=5)
-    dout, dlse = _cotangents(case, 5, q)
+def check_deterministic_runs(case: dict, seed: int, runs: int):
+    """The gradients of `case` in deterministic mode, `runs` times: bit-identical, and close to
+    the oracle's. Returns the arguments, the window and the oracle's gradients."""
+    q, k, v, extra = _inputs(case, seed=seed)
+    dout, dlse = _cotangents(case, seed, q)
     w = _window(case)
     args = (q, k, v, extra, dout, dlse)
     deterministic, text = _compiled(_cuda_grad(w, deterministic=True), *args)
     assert "jax_gna_bwd" in text
-    runs = [jax.block_until_ready(deterministic(*args)) for _ in range(5)]
-    for i, run in enumerate(runs[1:], 1):
-        for name, a, b in zip(("dq", "dk", "dv"), runs[0][:3], run[:3]):
+    results = [jax.block_until_ready(deterministic(*args)) for _ in range(runs)]
+    for i, run in enumerate(results[1:], 1):
+        for name, a, b in zip(("dq", "dk", "dv"), results[0][:3], run[:3]):
             np.testing.assert_array_equal(a, b, err_msg=f"{name}: run {i} differs from run 0")
     want = _oracle_grad(w, *args)
-    _assert_grads_close(runs[0], want, case["dtype"], "deterministic mode")
+    _assert_grads_close(results[0], want, case["dtype"], "deterministic mode")
+    return args, w, want
+
+
+def test_deterministic_mode_is_bit_identical_over_runs_and_matches_default_mode():
+    case = DETERMINISM_CASE
+    args, w, want = check_deterministic_runs(case, seed=5, runs=5)
     default = _cuda_grad(w, deterministic=False)
     default_runs = [jax.block_until_ready(default(*args)) for _ in range(5)]
     for run in default_runs:
@@ -382,23 +389,6 @@ def test_gradients_of_a_vmapped_call():
     with jax.default_device(cpu):
         want = loss(reference.gna)(*on_cpu)
     _assert_grads_close((*got, {}), (*want, {}), case["dtype"], "grad of vmap")
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
-def test_head_dim_256_runs_the_xla_backward_with_correct_gradients(dtype):
-    if 256 not in HEAD_DIMS:
-        pytest.skip("this build's kernel set has no head dim 256 forward kernel")
-    case = _case((14, 12), (5, 6), (2, 3), (2, 1), (True, False), dim=256, dtype=dtype, extra=4)
-    q, k, v, extra = _inputs(case, seed=31)
-    reason = _ffi_call.cuda_backward_reason(q, k, v, make_params(q, k, v, **_window(case)))
-    print("CUDA backward refuses head dim 256:", reason)
-    assert reason is not None
-    assert jax_gna.supported_implementations(q, k, v, **_window(case))["cuda"] is None
-    dout, dlse = _cotangents(case, 31, q)
-    args = (q, k, v, extra, dout, dlse)
-    compiled, text = _compiled(_cuda_grad(_window(case)), *args)
-    assert "jax_gna_fwd" in text and "jax_gna_bwd" not in text
-    _assert_grads_close(compiled(*args), _oracle_grad(_window(case), *args), dtype, "d256")
 
 
 # Gradients three times each in deterministic, default and XLA-flag-driven (None) mode; run in
