@@ -381,7 +381,8 @@ def out_dtype_of(out_dtype: Any, query: Any) -> jnp.dtype:
         return jnp.dtype(FP8_OUT_DTYPE if str(query.dtype) in FP8_DTYPES else query.dtype)
     rule = f"`out_dtype` must be None or a floating-point dtype ({', '.join(_FLOAT_DTYPES)})"
     try:
-        dtype = None if hasattr(out_dtype, "shape") else jnp.dtype(out_dtype)
+        # An array is not a dtype (numpy would take its dtype, with a deprecation warning).
+        dtype = None if isinstance(out_dtype, jax.Array | np.ndarray) else jnp.dtype(out_dtype)
     except TypeError:
         dtype = None
     if dtype is None:
