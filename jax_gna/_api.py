@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 
 import jax
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from jax_gna import _fp8, _implementations, parallel
 from jax_gna._mesh import spatially_sharded
@@ -19,6 +19,7 @@ from jax_gna._params import (
     IntOrTuple,
     as_arrays,
     make_params,
+    out_dtype_of,
     refuse_mask_and_bias,
 )
 
@@ -34,6 +35,7 @@ def _attention(
     q_descale,
     k_descale,
     v_descale,
+    out_dtype,
     return_lse,
     implementation,
     rank,
@@ -48,6 +50,7 @@ def _attention(
         query, key, value, additional_keys, additional_values
     )
     scales = _fp8.descales(query, key, value, q_descale, k_descale, v_descale)
+    out_dtype = out_dtype_of(out_dtype, query)
     params = make_params(
         query,
         key,
@@ -84,13 +87,12 @@ def _attention(
             axis_name=axis_name,
             spatial_axis=axis,
             implementation=implementation,
+            out_dtype=out_dtype,
         )
     else:
         out, lse = _implementations.attend(
-            query, key, value, params, extra_keys, extra_values, implementation
+            query, key, value, params, extra_keys, extra_values, implementation, out_dtype
         )
-    if scales is not None:
-        out = out.astype(_fp8.OUT_DTYPE)
     return (out, lse) if return_lse else out
 
 
@@ -109,6 +111,7 @@ def gna(
     q_descale: ArrayLike | None = None,
     k_descale: ArrayLike | None = None,
     v_descale: ArrayLike | None = None,
+    out_dtype: DTypeLike | None = None,
     return_lse: bool = False,
     implementation: str | None = None,
     q_tile_shape: IntOrTuple | None = None,
@@ -160,12 +163,19 @@ def gna(
         ``float8_e5m2``): the query is read as ``query.astype(float32) * q_descale``. A float32
         scalar (per tensor) or array ``[H]`` (per query head); None means 1. Must be finite.
         Float8 calls run on ``"xla"`` (or ``"reference"``) in float32 on the dequantised
-        values (no kernel computes in FP8 yet), return ``out`` in bfloat16, and are forward
-        only: differentiating through one raises (compute gradients in bf16/fp16). Extra
-        tokens are in the same float8 dtype and take ``k_descale``/``v_descale``.
+        values (no kernel computes in FP8 yet), return ``out`` in bfloat16 unless
+        ``out_dtype`` says otherwise, and are forward only: differentiating through one raises
+        (compute gradients in bf16/fp16). Extra tokens are in the same float8 dtype and take
+        ``k_descale``/``v_descale``.
       k_descale: as ``q_descale`` for ``key`` (and ``additional_keys``), scalar or ``[Hkv]``.
       v_descale: as ``q_descale`` for ``value`` (and ``additional_values``), scalar or
         ``[Hkv]``.
+      out_dtype: the dtype of ``out``: float32, float16, bfloat16 (or float64 with
+        ``jax_enable_x64``); default the query's, bfloat16 for float8 inputs. A float8
+        ``out_dtype`` raises ``NotImplementedError`` (FP8 output is not supported). ``"cpu"``,
+        ``"xla"`` and ``"reference"`` compute in float32 and round once, to ``out_dtype``;
+        ``"cuda"`` writes the inputs' dtype, which is then cast. Gradients flow back through
+        the cast (the input gradients are in the inputs' dtypes). ``lse`` stays float32.
       return_lse: also return the log-sum-exp of the scaled scores.
       implementation: ``None`` picks the best available (``"cuda"`` on a supported GPU, then
         ``"cpu"`` on the CPU when the extension is built, else ``"xla"``); ``"cuda"`` our GPU
@@ -197,7 +207,8 @@ def gna(
         ``NotImplementedError``.
 
     Returns:
-      ``out`` ``[B..., X..., H, Dv]`` in the input dtype (bfloat16 for float8 inputs), and
+      ``out`` ``[B..., X..., H, Dv]`` in ``out_dtype`` (default the input dtype, bfloat16 for
+      float8 inputs), and
       with ``return_lse=True`` also ``lse`` ``[B..., X..., H]`` in float32 (natural log).
 
     Raises:

@@ -318,14 +318,16 @@ def attend(
     fp8_dtype: Any = None,
 ) -> jax.Array:
     """`jax_gna.gna` on projected heads ``[B..., X..., H|Hkv, D]`` (context ``[B..., E, Hkv,
-    D]``), all cast to ``dtype`` (inferred when None); ``deterministic_backward`` is gna's
-    ``deterministic``. With a float8 ``fp8_dtype`` (`check_fp8_dtype`), query, key and value
-    are quantised to it with per-tensor scales (context tokens with the key's and value's) and
-    attended with their descales: forward only."""
+    D]``), all cast to ``dtype`` (inferred when None), the result in that dtype;
+    ``deterministic_backward`` is gna's ``deterministic``. With a float8 ``fp8_dtype``
+    (`check_fp8_dtype`), query, key and value are quantised to it with per-tensor scales
+    (context tokens with the key's and value's) and attended with their descales: forward
+    only."""
     tiles = tiles or Tiles()
     query, key, value, context_keys, context_values = _promote(
         (query, key, value, context_keys, context_values), dtype
     )
+    out_dtype = query.dtype
     descales = {}
     if fp8_dtype is not None:
         (query,), q_descale = _fp8.quantize([query], fp8_dtype)
@@ -346,6 +348,7 @@ def attend(
         q_tile_shape=tiles.q_tile_shape,
         kv_tile_shape=tiles.kv_tile_shape,
         deterministic=deterministic_backward,
+        out_dtype=out_dtype,
         **descales,
     )
 
@@ -420,6 +423,7 @@ def make_attention_fn(
     q_tile_shape: IntOrTuple | None = None,
     kv_tile_shape: IntOrTuple | None = None,
     deterministic_backward: bool | None = None,
+    fp8_dtype: Any = None,
 ) -> Callable[..., jax.Array]:
     """A drop-in ``attention_fn`` for ``flax.nnx.MultiHeadAttention`` and
     ``flax.linen.MultiHeadDotProductAttention`` that runs `jax_gna.gna`.
@@ -442,6 +446,12 @@ def make_attention_fn(
     ``deterministic`` (bit-identical CUDA gradients; None follows XLA's flags), named apart from
     the ``deterministic`` Flax passes at call time, which is about dropout.
 
+    ``fp8_dtype`` (None, or ``jnp.float8_e4m3fn``/``jnp.float8_e5m2``) quantises query, key
+    and value on the fly, as the layers' ``fp8_dtype`` does: each to that dtype with a
+    per-tensor scale (``amax / max(fp8_dtype)``), attended with those descales on the ``xla``
+    implementation (see `jax_gna.gna`), the result in the dtype of the unquantised inputs.
+    Forward only, for inference: differentiating through it raises (train without it).
+
     The returned function accepts every keyword Flax passes. ``dtype`` casts query, key and
     value (inferred when None, like Flax); ``is_causal=True`` at call time makes every axis
     causal; ``precision`` is not used (the kernels accumulate in float32);
@@ -453,6 +463,7 @@ def make_attention_fn(
     window = make_window(kernel_size, stride, dilation, is_causal, spatial_dims)
     tiles = make_tiles(q_tile_shape, kv_tile_shape, window.rank)
     deterministic_backward = check_deterministic_backward(deterministic_backward)
+    fp8_dtype = check_fp8_dtype(fp8_dtype)
 
     def neighborhood_attention_fn(
         query: jax.Array,
@@ -497,6 +508,7 @@ def make_attention_fn(
             implementation=implementation,
             tiles=tiles,
             deterministic_backward=deterministic_backward,
+            fp8_dtype=fp8_dtype,
         )
 
     return neighborhood_attention_fn

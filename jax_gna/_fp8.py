@@ -7,7 +7,8 @@ as in JAX's FP8 attention and FlashAttention-3: ``q_descale``, ``k_descale``, ``
 ``x.astype(float32) * descale``; extra tokens are in the same float8 dtype and take
 ``k_descale``/``v_descale``. No kernel computes in FP8 yet: the ``xla`` and ``reference``
 implementations attend to the dequantised float32 values, and the output is bfloat16
-(`OUT_DTYPE`). FP8 attention is forward only (`dequantize` makes differentiation raise).
+(`FP8_OUT_DTYPE`) unless the call's ``out_dtype`` says otherwise (never float8). FP8 attention
+is forward only (`dequantize` makes differentiation raise).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 FP8_DTYPES = ("float8_e4m3fn", "float8_e5m2")
-OUT_DTYPE = jnp.bfloat16
+FP8_OUT_DTYPE = jnp.bfloat16  # the default ``out_dtype`` of float8 inputs
 DESCALE_NAMES = ("q_descale", "k_descale", "v_descale")
 
 FORWARD_ONLY = (

@@ -48,6 +48,8 @@ class Implementation:
         ``xla`` tiles or the dense masks of their blocks.
       has_tiles: it takes ``q_tile_shape``/``kv_tile_shape``.
       auto: ``implementation=None`` may pick it.
+      computes_in_float32: it computes in float32 whatever the inputs, so 16-bit inputs given
+        as float32 cost it nothing and its result arrives unrounded (`run_inputs`).
     """
 
     name: str
@@ -58,6 +60,7 @@ class Implementation:
     takes_views: bool = False
     has_tiles: bool = False
     auto: bool = True
+    computes_in_float32: bool = False
 
     def tiles_refusal(self, params: GnaParams) -> str | None:
         """Why it cannot take the tile shapes of `params` (None: it can, or there are none)."""
@@ -93,20 +96,16 @@ def _runs_all(query, key, value, params: GnaParams) -> None:
     return None
 
 
-def _with_extra_tokens(neighborhood: Callable, in_float32: bool = False) -> Callable:
+def _with_extra_tokens(neighborhood: Callable) -> Callable:
     """A `run` from a function of the neighborhood part ``(q, k, v, params) -> (out, lse)``:
     the extra tokens are attended apart and merged by their log-sum-exps
-    (`jax_gna._additional_kv`). The merge rounds once, at the end; `in_float32`: the
-    implementation computes in float32 anyway, so it takes 16-bit inputs as float32 and its
-    part arrives unrounded."""
+    (`jax_gna._additional_kv`). The merge rounds once, at the end (to the inputs' dtype, which
+    `run_inputs` makes float32 for the implementations that compute in it)."""
 
     def run(query, key, value, params: GnaParams, extra_keys, extra_values):
+        out, lse = neighborhood(query, key, value, params)
         if extra_keys is None:
-            return neighborhood(query, key, value, params)
-        q, k, v = query, key, value
-        if in_float32 and query.dtype in (jnp.bfloat16, jnp.float16):
-            q, k, v = (x.astype(jnp.float32) for x in (query, key, value))
-        out, lse = neighborhood(q, k, v, params)
+            return out, lse
         n_batch = query.ndim - params.rank - 2
         return _additional_kv.attend_and_merge(
             query, out, lse, extra_keys, extra_values, params.scale, n_batch
@@ -159,12 +158,20 @@ def _ffi(name: str, run: Callable, **kwargs) -> Implementation:
 
 
 CUDA = _ffi("cuda", _with_extra_tokens(_run_cuda), has_tiles=True)
-CPU = _ffi("cpu", _with_extra_tokens(_ffi_op.gna_ffi, in_float32=True))
+CPU = _ffi("cpu", _with_extra_tokens(_ffi_op.gna_ffi), computes_in_float32=True)
 XLA = Implementation(
-    "xla", None, _runs_all, _runs_all, _with_extra_tokens(_run_xla, in_float32=True)
+    "xla", None, _runs_all, _runs_all, _with_extra_tokens(_run_xla), computes_in_float32=True
 )
 # The dense softmax takes the extra tokens into the same softmax itself.
-REFERENCE = Implementation("reference", None, _runs_all, _runs_all, reference.attention, auto=False)
+REFERENCE = Implementation(
+    "reference",
+    None,
+    _runs_all,
+    _runs_all,
+    reference.attention,
+    auto=False,
+    computes_in_float32=True,
+)
 
 IMPLEMENTATIONS: tuple[Implementation, ...] = (CUDA, CPU, XLA, REFERENCE)
 NAMES: tuple[str, ...] = tuple(impl.name for impl in IMPLEMENTATIONS)
@@ -235,17 +242,41 @@ def for_fp8(
     return impl.name, params if impl.has_tiles else params.without_tiles()
 
 
+def run_inputs(impl: Implementation, out_dtype, query, key, value, extra_keys, extra_values):
+    """``(query, key, value, extra_keys, extra_values)`` as `impl` takes them for an ``out`` in
+    `out_dtype`: an implementation that computes in float32 takes 16-bit inputs as float32
+    where its result would be rounded twice (merged with extra tokens, or cast to another
+    `out_dtype`), so that it is rounded once; the others take them as they are (the kernels
+    write their own dtype and the caller casts)."""
+    arrays = (query, key, value, extra_keys, extra_values)
+    rounded_again = extra_keys is not None or out_dtype != query.dtype
+    if impl.computes_in_float32 and rounded_again and query.dtype in (jnp.bfloat16, jnp.float16):
+        return tuple(None if x is None else x.astype(jnp.float32) for x in arrays)
+    return arrays
+
+
 def attend(
-    query, key, value, params: GnaParams, extra_keys, extra_values, implementation: str | None
+    query,
+    key,
+    value,
+    params: GnaParams,
+    extra_keys,
+    extra_values,
+    implementation: str | None,
+    out_dtype=None,
 ) -> tuple[jax.Array, jax.Array]:
     """``(out, lse)`` of validated arrays on one device (or per batch/head shard), extra tokens
-    (or None) merged in, by `implementation` (None: the best usable)."""
+    (or None) merged in, by `implementation` (None: the best usable); ``out`` in `out_dtype`
+    (None: the query's)."""
+    out_dtype = query.dtype if out_dtype is None else out_dtype
     impl = select(implementation, query, key, value, params)
     if math.prod(query.shape[:-1]) == 0:
         # No (query, head) row (a batch or head count of 0): nothing to compute, and no kernel
         # to launch over an empty grid. The gradients are zeros of the inputs' shapes.
-        out = jnp.zeros((*query.shape[:-1], value.shape[-1]), query.dtype)
+        out = jnp.zeros((*query.shape[:-1], value.shape[-1]), out_dtype)
         return out, jnp.zeros(query.shape[:-1], jnp.float32)
     if not impl.has_tiles:
         params = params.without_tiles()  # `select` allows them only for None: ignored here
-    return impl.run(query, key, value, params, extra_keys, extra_values)
+    inputs = run_inputs(impl, out_dtype, query, key, value, extra_keys, extra_values)
+    out, lse = impl.run(*inputs[:3], params, *inputs[3:])
+    return out.astype(out_dtype), lse

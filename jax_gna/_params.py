@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_gna import _symbolic
-from jax_gna._fp8 import FP8_DTYPES
+from jax_gna._fp8 import FP8_DTYPES, FP8_OUT_DTYPE
 
 IntOrTuple = int | tuple[int, ...]
 BoolOrTuple = bool | tuple[bool, ...]
@@ -370,6 +370,32 @@ def _check_dtype(name: str, x: Any) -> None:
             f"`{name}` must be a floating-point array ({', '.join(_FLOAT_DTYPES)}, or float8 "
             f"{' or '.join(FP8_DTYPES)} with descales), got dtype {x.dtype}."
         )
+
+
+def out_dtype_of(out_dtype: Any, query: Any) -> jnp.dtype:
+    """The dtype of a call's ``out``: `out_dtype` if given (canonicalised: float64 is float32
+    without ``jax_enable_x64``), else the query's, or `FP8_OUT_DTYPE` for a float8 query.
+    Raises TypeError for anything but a floating-point dtype, NotImplementedError for float8
+    (no implementation writes FP8)."""
+    if out_dtype is None:
+        return jnp.dtype(FP8_OUT_DTYPE if str(query.dtype) in FP8_DTYPES else query.dtype)
+    rule = f"`out_dtype` must be None or a floating-point dtype ({', '.join(_FLOAT_DTYPES)})"
+    try:
+        # An array is not a dtype (numpy would take its dtype, with a deprecation warning).
+        dtype = None if isinstance(out_dtype, jax.Array | np.ndarray) else jnp.dtype(out_dtype)
+    except TypeError:
+        dtype = None
+    if dtype is None:
+        raise TypeError(f"{rule}, got {out_dtype!r}.")
+    if str(dtype) in FP8_DTYPES:
+        raise NotImplementedError(
+            f"`out_dtype`={dtype} is not supported: FP8 output is not supported (float8 inputs "
+            f"are attended in float32); use {jnp.dtype(FP8_OUT_DTYPE)} (the default for float8 "
+            "inputs) and quantise the output yourself."
+        )
+    if str(dtype) not in _FLOAT_DTYPES:
+        raise TypeError(f"{rule}, got {dtype}.")
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
 
 
 def make_params(

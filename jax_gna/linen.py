@@ -76,8 +76,9 @@ class NeighborhoodAttention(nn.Module):
       fp8_dtype: None (default), or ``jnp.float8_e4m3fn``/``jnp.float8_e5m2``: the projected
         query, key and value are quantised to it on the fly, each with a per-tensor scale
         (``amax / max(fp8_dtype)``), and attended with those descales (see `jax_gna.gna`; the
-        ``xla`` implementation runs them). Forward only, for inference: differentiating the
-        layer raises (train without it, in bf16/fp16).
+        ``xla`` implementation runs them), the attention output in the layer's dtype. Forward
+        only, for inference: differentiating the layer raises (train without it, in
+        bf16/fp16).
       dropout_rate: must be 0.0; broadcast_dropout and deterministic have no effect.
       decode: must be False.
     """

@@ -16,11 +16,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from jax_gna import _fp8, _nonfinite, _window
 from jax_gna._mesh import explicit_mesh, on_auto_axes
-from jax_gna._params import GnaParams, make_params, refuse_mask_and_bias
+from jax_gna._params import GnaParams, make_params, out_dtype_of, refuse_mask_and_bias
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -40,6 +40,7 @@ def gna(
     q_descale: ArrayLike | None = None,
     k_descale: ArrayLike | None = None,
     v_descale: ArrayLike | None = None,
+    out_dtype: DTypeLike | None = None,
     return_lse: bool = False,
     mask: None = None,
     bias: None = None,
@@ -57,10 +58,12 @@ def gna(
     non-finite entry has finite gradients, equal to those with that entry replaced by 0.
 
     Float8 inputs with ``q_descale``/``k_descale``/``v_descale`` (see `jax_gna.gna`) attend to
-    their dequantised float32 values, ``out`` in bfloat16; differentiating through them raises.
+    their dequantised float32 values, ``out`` in bfloat16 by default; differentiating through
+    them raises.
 
     Returns:
-      ``out`` ``[B..., X..., H, Dv]`` in the query's dtype (bfloat16 for float8 inputs), and
+      ``out`` ``[B..., X..., H, Dv]`` in ``out_dtype`` (default the query's dtype, bfloat16 for
+      float8 inputs; rounded once from float32), and
       with ``return_lse=True`` also ``lse`` ``[B..., X..., H]`` in float32 (natural log of the
       sum of exponentiated scaled scores).
     """
@@ -71,6 +74,7 @@ def gna(
     if additional_values is not None:
         additional_values = jnp.asarray(additional_values)
     scales = _fp8.descales(query, key, value, q_descale, k_descale, v_descale)
+    out_dtype = out_dtype_of(out_dtype, query)
     params = make_params(
         query,
         key,
@@ -87,9 +91,7 @@ def gna(
         query, key, value, additional_keys, additional_values = _fp8.dequantize(
             scales, query, key, value, additional_keys, additional_values
         )
-    out, lse = attention(query, key, value, params, additional_keys, additional_values)
-    if scales is not None:
-        out = out.astype(_fp8.OUT_DTYPE)
+    out, lse = attention(query, key, value, params, additional_keys, additional_values, out_dtype)
     return (out, lse) if return_lse else out
 
 
@@ -100,8 +102,10 @@ def attention(
     params: GnaParams,
     additional_keys: jax.Array | None = None,
     additional_values: jax.Array | None = None,
+    out_dtype: jnp.dtype | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """The reference on validated inputs: returns ``(out, lse)``."""
+    """The reference on validated inputs: returns ``(out, lse)``, ``out`` in `out_dtype`
+    (default the query's)."""
     rank = params.rank
     n_batch = query.ndim - rank - 2
     spatial = query.shape[n_batch : n_batch + rank]
@@ -115,7 +119,7 @@ def attention(
         visible = np.concatenate([visible, np.ones((visible.shape[0], n_extra), bool)], axis=1)
         keys.append(additional_keys)
         values.append(additional_values)
-    return softmax_attention(query, keys, values, params.scale, n_batch, visible)
+    return softmax_attention(query, keys, values, params.scale, n_batch, visible, out_dtype)
 
 
 def softmax_attention(
@@ -144,7 +148,7 @@ def softmax_attention(
     if explicit_mesh(query) is not None:
         # The reshapes below cannot re-type sharded dims of an Explicit mesh: XLA partitions it.
         def attend(q, ks, vs):
-            return softmax_attention(q, ks, vs, scale, n_batch, visible)
+            return softmax_attention(q, ks, vs, scale, n_batch, visible, out_dtype)
 
         return on_auto_axes(attend, query, keys, values)
     batch_shape = query.shape[:n_batch]

@@ -282,3 +282,93 @@ def test_flax_fp8_dtype_must_be_a_float8_dtype(bad):
 
     with pytest.raises(TypeError, match="`fp8_dtype` must be None or one of float8_e4m3fn"):
         NeighborhoodAttention(2, 8, (3,), fp8_dtype=bad, rngs=nnx.Rngs(0))
+
+
+# -- make_attention_fn ------------------------------------------------------------------------
+
+
+def _through_fp8(x, dtype):
+    """``x`` quantised to `dtype` with a per-tensor scale and read back (float32): the values
+    the attention must see."""
+    x = x.astype(jnp.float32)
+    largest = float(jnp.finfo(dtype).max)
+    descale = jnp.max(jnp.abs(x)) / largest
+    return jnp.clip(x / descale, -largest, largest).astype(dtype).astype(jnp.float32) * descale
+
+
+def _reference_on_fp8_values(dtype, kernel_size):
+    """An ``attention_fn`` for Flax's layers: `reference.gna` on the quantised-and-read-back
+    query, key and value, in the inputs' dtype."""
+
+    def attention_fn(query, key, value, **kwargs):
+        q, k, v = (_through_fp8(x, dtype) for x in (query, key, value))
+        return reference.gna(q, k, v, kernel_size).astype(query.dtype)
+
+    return attention_fn
+
+
+@pytest.mark.parametrize("dtype", FP8, ids=lambda d: jnp.dtype(d).name)
+def test_attention_fn_with_fp8_matches_the_reference_on_quantised_inputs(dtype):
+    from jax_gna.nnx import make_attention_fn
+
+    fn = make_attention_fn((3, 3), fp8_dtype=dtype, spatial_dims=2)
+    rng = np.random.default_rng(3)
+    q = jnp.asarray(rng.standard_normal((2, 5, 7, 4, 8)) * 3, jnp.float32)
+    k = jnp.asarray(rng.standard_normal((2, 5, 7, 2, 8)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((2, 5, 7, 2, 6)), jnp.float32)
+    for dt in (jnp.float32, jnp.bfloat16):  # the result keeps the inputs' (Flax's) dtype
+        got = fn(q, k, v, dtype=dt)
+        want = _reference_on_fp8_values(dtype, (3, 3))(*(x.astype(dt) for x in (q, k, v)))
+        assert got.dtype == dt
+        np.testing.assert_allclose(
+            np.asarray(got, np.float32), np.asarray(want, np.float32), **OUT_TOL
+        )
+    with pytest.raises(NotImplementedError, match="forward only"):
+        jax.grad(lambda q: fn(q, k, v).sum())(q)
+
+
+@pytest.mark.parametrize("dtype", FP8, ids=lambda d: jnp.dtype(d).name)
+def test_nnx_multi_head_attention_with_fp8_attention_fn(dtype):
+    from flax import nnx
+
+    from jax_gna.nnx import make_attention_fn
+
+    def layer(attention_fn):
+        return nnx.MultiHeadAttention(
+            4, 16, num_kv_heads=2, decode=False, rngs=nnx.Rngs(0), attention_fn=attention_fn
+        )
+
+    x = jax.random.normal(jax.random.key(4), (2, 6, 7, 16))
+    ours = layer(make_attention_fn((3, 3), fp8_dtype=dtype))
+    want = layer(_reference_on_fp8_values(dtype, (3, 3)))(x)
+    got = ours(x)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, **OUT_TOL)
+    with pytest.raises(NotImplementedError, match="forward only"):
+        nnx.grad(lambda m: m(x).sum())(ours)
+
+
+@pytest.mark.parametrize("dtype", FP8, ids=lambda d: jnp.dtype(d).name)
+def test_linen_multi_head_attention_with_fp8_attention_fn(dtype):
+    import flax.linen as nn
+
+    from jax_gna.linen import make_attention_fn
+
+    def layer(attention_fn):
+        return nn.MultiHeadDotProductAttention(2, attention_fn=attention_fn)
+
+    x = jax.random.normal(jax.random.key(5), (1, 9, 8, 16))
+    ours = layer(make_attention_fn((3, 5), fp8_dtype=dtype))
+    theirs = layer(_reference_on_fp8_values(dtype, (3, 5)))
+    params = theirs.init(jax.random.key(6), x)
+    np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), **OUT_TOL)
+    with pytest.raises(NotImplementedError, match="forward only"):
+        jax.grad(lambda p: ours.apply(p, x).sum())(params)
+
+
+@pytest.mark.parametrize("bad", [jnp.bfloat16, "int8", True])
+def test_attention_fn_fp8_dtype_must_be_a_float8_dtype(bad):
+    from jax_gna.nnx import make_attention_fn
+
+    with pytest.raises(TypeError, match="`fp8_dtype` must be None or one of float8_e4m3fn"):
+        make_attention_fn((3,), fp8_dtype=bad)

@@ -140,6 +140,17 @@ def test_sharded_results_and_gradients_match_one_device(name, implementation):
     assert lse.shape == q_shape[:-1]
 
 
+@pytest.mark.parametrize("name", [name for name in CASES if "uneven" in name])
+def test_uneven_extents_on_explicit_meshes(name):
+    """An Explicit mesh types every sharding, and JAX refuses to cut a split axis unevenly: an
+    extent the devices do not divide comes back gathered along its axis."""
+    q_shape, kv_heads, window, devices, axis, extra = CASES[name]
+    mesh = _mesh(devices, AxisType.Explicit)
+    sharded, single = _sharded_and_single(mesh, window, axis, "xla")
+    (out, lse), _ = _compare(sharded, single, _arrays(q_shape, kv_heads, extra))
+    assert out.shape[:-1] == lse.shape == q_shape[:-1]
+
+
 def test_reference_implementation_per_shard():
     q_shape, kv_heads, window, devices, axis, extra = CASES["2d-gqa-causal-dilated-axis1"]
     mesh = _mesh(devices)

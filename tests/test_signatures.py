@@ -64,5 +64,6 @@ def test_supported_implementations_takes_the_keywords_that_decide_support():
     assert set(theirs) <= set(GNA)
     per_call = {"additional_keys", "additional_values", "return_lse", "implementation"}
     per_call |= {"q_descale", "k_descale", "v_descale"}  # float8 support is the dtype's
+    per_call.add("out_dtype")  # every implementation's output is cast to it
     assert set(GNA) - set(theirs) == per_call | {"deterministic", "mask", "bias"}
     _assert_as_in_gna(jax_gna.supported_implementations, theirs)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 
 import jax
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from jax_gna import _additional_kv, _fp8, _implementations
 from jax_gna._halo.plan import (
@@ -48,6 +48,7 @@ from jax_gna._params import (
     IntOrTuple,
     as_arrays,
     make_params,
+    out_dtype_of,
     refuse_mask_and_bias,
 )
 from jax_gna.parallel.heads import sharded_by_heads
@@ -102,7 +103,15 @@ def shard_implementation(
 # Jitted so that eager calls run one program instead of op-by-op dispatch of the tiles.
 @functools.partial(
     jax.jit,
-    static_argnames=("params", "mesh", "axis_name", "spatial_axis", "implementation", "strategy"),
+    static_argnames=(
+        "params",
+        "mesh",
+        "axis_name",
+        "spatial_axis",
+        "implementation",
+        "strategy",
+        "out_dtype",
+    ),
 )
 def sharded(
     query,
@@ -117,9 +126,12 @@ def sharded(
     spatial_axis: int,
     implementation: str | None = None,
     strategy: str = "halo",
+    out_dtype=None,
 ):
     """``(out, lse)`` of validated inputs with `spatial_axis` split over `axis_name`;
-    `implementation` and `strategy` as in `gna_sharded`."""
+    `implementation` and `strategy` as in `gna_sharded`, ``out`` in `out_dtype` (None: the
+    query's)."""
+    out_dtype = query.dtype if out_dtype is None else out_dtype
     if strategy == "heads":
         return sharded_by_heads(
             query,
@@ -132,6 +144,7 @@ def sharded(
             axis_name,
             spatial_axis,
             implementation,
+            out_dtype,
         )
     rank = params.rank
     n_batch = query.ndim - rank - 2
@@ -148,9 +161,11 @@ def sharded(
         params,
         plan,
     )
-    if not _implementations.get(implementation).has_tiles:
+    impl = _implementations.get(implementation)
+    if not impl.has_tiles:
         params = params.without_tiles()
     params = shard_params(implementation, query, key, value, params)
+    args = _implementations.run_inputs(impl, out_dtype, query, key, value, extra_keys, extra_values)
 
     def body(q, k, v, *extra_kv):
         out, lse = attend_shard(q, k, v, params, plan, dim, axis_name, implementation)
@@ -162,8 +177,8 @@ def sharded(
 
     # Shards must be equal: pad the axis at the end (no window reaches past the extent).
     total = devices * plan.halo.shard
-    args = (query, key, value, extra_keys, extra_values)
-    return run_sharded(body, mesh, split_specs, dim, total, *args)
+    out, lse = run_sharded(body, mesh, split_specs, dim, total, *args)
+    return out.astype(out_dtype), lse
 
 
 def gna_sharded(
@@ -184,6 +199,7 @@ def gna_sharded(
     q_descale: ArrayLike | None = None,
     k_descale: ArrayLike | None = None,
     v_descale: ArrayLike | None = None,
+    out_dtype: DTypeLike | None = None,
     return_lse: bool = False,
     implementation: str | None = None,
     q_tile_shape: IntOrTuple | None = None,
@@ -219,6 +235,7 @@ def gna_sharded(
       additional_keys, additional_values: ``[B..., E, Hkv, D]`` / ``[B..., E, Hkv, Dv]`` extra
         tokens every query attends to; replicated on every device along `axis_name`.
       q_descale, k_descale, v_descale: descales of float8 inputs, as in `jax_gna.gna`.
+      out_dtype: the dtype of ``out``, as in `jax_gna.gna`.
       return_lse: also return the log-sum-exp ``[B..., X..., H]`` (float32).
       implementation: ``None`` (the FFI kernel of the platform, ``"cpu"`` or ``"cuda"``, run
         on each shard's view where it takes it, else ``"xla"``), ``"cpu"`` / ``"cuda"`` (those
@@ -252,6 +269,7 @@ def gna_sharded(
         query, key, value, additional_keys, additional_values
     )
     scales = _fp8.descales(query, key, value, q_descale, k_descale, v_descale)
+    out_dtype = out_dtype_of(out_dtype, query)
     params = make_params(
         query,
         key,
@@ -294,9 +312,8 @@ def gna_sharded(
         spatial_axis=spatial_axis,
         implementation=implementation,
         strategy=strategy,
+        out_dtype=out_dtype,
     )
-    if scales is not None:
-        out = out.astype(_fp8.OUT_DTYPE)
     return (out, lse) if return_lse else out
 
 

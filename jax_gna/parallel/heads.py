@@ -53,9 +53,11 @@ def sharded_by_heads(
     axis_name,
     spatial_axis: int,
     implementation: str | None,
+    out_dtype,
 ):
     """``(out, lse)`` of validated inputs with `spatial_axis` split over `axis_name`, by the
-    all-to-all of heads; `implementation` runs the whole axis on every device."""
+    all-to-all of heads; `implementation` runs the whole axis on every device, ``out`` in
+    `out_dtype`."""
     rank = params.rank
     n_batch = query.ndim - rank - 2
     dim = n_batch + spatial_axis
@@ -82,7 +84,7 @@ def sharded_by_heads(
             extra_keys, extra_values = (
                 jax.lax.dynamic_slice_in_dim(e, start, n, axis=-2) for e in extra_kv
             )
-        out, lse = attend(q, k, v, params, extra_keys, extra_values, implementation)
+        out, lse = attend(q, k, v, params, extra_keys, extra_values, implementation, out_dtype)
         return to_positions(out, out.ndim - 2), to_positions(lse, lse.ndim - 1)
 
     args = (query, key, value, extra_keys, extra_values)

@@ -74,7 +74,7 @@ def run_sharded(
     """``(out, lse)`` of `body` run per shard (`jax.shard_map`) on q/k/v padded along `dim` to
     `total` positions (equal shards), and extra tokens if any; `split_specs` are (tensor spec,
     lse spec, extra-token spec). The padding is sliced off the results."""
-    tensor, lse, extra = split_specs
+    tensor, lse_spec, extra = split_specs
     length = query.shape[dim]
     args = [pad_axis(x, dim, total) for x in (query, key, value)]
     in_specs = [tensor] * 3
@@ -85,7 +85,19 @@ def run_sharded(
         # shard_map on an Explicit mesh asserts the specs instead of resharding.
         args = [jax.sharding.reshard(x, NamedSharding(mesh, s)) for x, s in zip(args, in_specs)]
     run = jax.shard_map(
-        body, mesh=mesh, in_specs=tuple(in_specs), out_specs=(tensor, lse), check_vma=False
+        body, mesh=mesh, in_specs=tuple(in_specs), out_specs=(tensor, lse_spec), check_vma=False
     )
     out, lse = run(*args)
+    if length != total and _explicit(mesh):
+        # An Explicit mesh types every sharding, and an extent the devices do not divide cannot
+        # stay split: the results gather along `dim` before the padding is cut off.
+        out, lse = (
+            jax.sharding.reshard(x, NamedSharding(mesh, _unsplit(spec, dim)))
+            for x, spec in ((out, tensor), (lse, lse_spec))
+        )
     return tuple(jax.lax.slice_in_dim(x, 0, length, axis=dim) for x in (out, lse))
+
+
+def _unsplit(spec, dim: int):
+    """`spec` with axis `dim` not split."""
+    return P(*(None if i == dim else entry for i, entry in enumerate(spec)))

@@ -54,3 +54,32 @@ def test_empty_batch():
     grads = jax.grad(lambda q: jnp.sum(attend(q)[0].astype(jnp.float32)))(q)
     assert grads.shape == q.shape
     assert reference.gna(q, q, q, (7, 7)).shape == q.shape
+
+
+@pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.float16])
+def test_out_dtype(out_dtype):
+    """The kernels write bf16 and the op casts to ``out_dtype``; gradients flow back through the
+    cast in bf16."""
+    rng = np.random.default_rng(7)
+    q, k, v = (
+        jnp.asarray(rng.standard_normal((2, 16, 16, 4, 128)), jnp.bfloat16) for _ in range(3)
+    )
+
+    def attend(q, k, v):
+        return jax_gna.na2d(q, k, v, (7, 7), implementation="cuda", out_dtype=out_dtype)
+
+    out = attend(q, k, v)
+    assert out.dtype == out_dtype
+    np.testing.assert_allclose(
+        np.asarray(out, np.float32), _oracle(q, k, v, kernel_size=(7, 7)), atol=2.5e-2, rtol=2.5e-2
+    )
+    np.testing.assert_array_equal(
+        out, jax_gna.na2d(q, k, v, (7, 7), implementation="cuda").astype(out_dtype)
+    )
+    grads = jax.grad(lambda *a: jnp.sum(attend(*a).astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(
+        lambda *a: jnp.sum(reference.gna(*a, (7, 7)).astype(jnp.float32)), argnums=(0, 1, 2)
+    )(q, k, v)
+    for g, w in zip(grads, want):
+        assert g.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), atol=5e-2)

@@ -66,7 +66,8 @@ def test_profile_traces_the_kernels_of_both_sides(tmp_path, backprop):
         assert own, [k["name"] for k in row["kernels"]]
         assert all(k["launches_per_call"] >= 1 for k in own)
         assert 0 < row["kernel_ms"] <= row["device_busy_ms"] * 1.001
-        # The trace's dispatch is not a timed one; allow some clock noise between them.
-        assert row["kernel_ms"] <= 1.2 * row["median_ms"]
+        # The trace's dispatch is not a timed one, and the GPU suite runs tests side by side on
+        # one GPU (pytest -n): bound it by the slowest timed sample, with some clock noise.
+        assert row["kernel_ms"] <= 1.2 * max(max(s) for s in row["samples_ms"])
     cuda = data["results"][0]
     assert all("gna::" in k["name"] for k in cuda["kernels"] if k["own"])

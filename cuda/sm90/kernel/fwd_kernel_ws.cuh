@@ -341,7 +341,7 @@ struct FwdKernel {
           }
         }
       }
-      float sp[2][kAcc];
+      float sp[2][kAcc] = {};  // set by exponentials(); initialised for the compiler's sake
       auto partial_sum = [&](int r) { return (sp[r][0] + sp[r][1]) + (sp[r][2] + sp[r][3]); };
       bool exact = !speculate;
       if (speculate) {
