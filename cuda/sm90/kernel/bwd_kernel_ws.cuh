@@ -13,6 +13,10 @@
 //     only), dS^T = P^T (dP^T - delta), dV += P^T dO and dK += dS^T Q (RS wgmma, P^T and dS^T
 //     from registers), dS^T through shared memory for dQ = dS K (SS wgmma), dQ added to an
 //     fp32 accumulator in global memory (atomics; in deterministic mode in a fixed order).
+//     d128 (kDqLag): a visit's dQ is issued in the next visit, before that visit's dV and dK,
+//     so the dQ staging and add run under dV and dK and the tensor cores do not drain at the
+//     end of each visit; the warpgroups no longer meet at one barrier per visit: each arrives
+//     once it wrote its dS^T rows and waits for the other's only before the dQ that reads them.
 //   d256 (kSplitD): dK and dV of 64 KV rows would take 2 x 128 accumulators per thread, so the
 //     warpgroups split the head dim instead: each holds dK and dV of all 64 KV rows for its
 //     128 of the 256 columns (64 + 64 accumulators). S^T and dP^T are split by Q columns (32
@@ -39,6 +43,10 @@
 #include "../bwd_config.h"
 #include "../dq_order.h"
 #include "gna/tile_box.h"
+
+#ifndef GNA_SM90_BWD_DQ_LAG
+#define GNA_SM90_BWD_DQ_LAG 1
+#endif
 
 namespace gna::sm90 {
 
@@ -146,10 +154,21 @@ struct BwdKernel {
                                  cute::GMMA::Major::MN, cute::GMMA::Major::MN>(),
       cute::Layout<cute::Shape<cute::_1, cute::Int<kSplitN ? 2 : 1>, cute::_1>>{}));
 
+  // d128: a visit's dQ = dS K is issued in the next visit, after its dS^T and before its dV
+  // and dK (see consumer()).
+  // GNA_SM90_BWD_DQ_LAG=0 builds the former schedule (dQ at the end of its own visit, both
+  // warpgroups meeting at one barrier), for comparison.
+  static constexpr bool kDqLag = kSplitN && !kSplitD && GNA_SM90_BWD_DQ_LAG;
+  static_assert(!kDqLag || kStages >= 2, "a stage is released in the next visit");
+
   using PipelineQ = cutlass::PipelineTmaAsync<kStages>;
-  // Named barriers (ids after CUTLASS's reserved ones).
-  static constexpr int kDsBarrier = 0;  // dS^T written (both warpgroups, or 1 + wg each)
-  static constexpr int kDqBarrier = 3;  // 3 + wg: the warpgroup's dQ staging buffer
+  // Named barriers (ids after CUTLASS's reserved ones, at most 7).
+  static constexpr int kDqBarrier = 0;  // 0 + wg: the warpgroup's dQ staging buffer
+  // dS^T written: d256 and d128 without kDqLag, both warpgroups (one id); d < 128, 2 + wg per
+  // warpgroup; kDqLag, 2 + 2 * buffer + wg: warpgroup wg wrote its rows of the buffer (it
+  // arrives, the other syncs), ds_ready().
+  static constexpr int kDsBarrier = 2;
+  static CUTLASS_DEVICE int ds_ready(int buf, int wg) { return kDsBarrier + 2 * buf + wg; }
 
   // Where a staged dQ partial goes, and its turn (deterministic mode).
   struct DqHandoff {
@@ -438,6 +457,14 @@ struct BwdKernel {
     const int n = w.box.size();
     if (n > 0) cutlass::arch::ClusterTransactionBarrier::wait(&ss.kv_full, 0);
     typename PipelineQ::PipelineState state;
+    // kDqLag: the previous visit's stage, head and Q tile (its dQ is still to come).
+    typename PipelineQ::PipelineState prev_state;
+    int prev_head = 0, prev_t[3] = {0, 0, 0};
+    // kDqLag: the previous visit's dQ accumulates in the registers of S^T: it is issued when
+    // S^T is dead but P^T and dS^T (bf16) live on for dV and dK, and in registers of its own
+    // ptxas found no 32 in a row free beside them (it spilled dK around each dQ).
+    Tensor tDQrLag = make_tensor(tSrS.data(), tDQrDQ.layout());
+    static_assert(!kDqLag || decltype(size(tDQrDQ))::value == decltype(size(tSrS))::value);
     int visit = 0;
     for (int g = 0; g < p.kv_group; ++g) {
       const int head = w.kv_head * p.kv_group + g;
@@ -452,6 +479,15 @@ struct BwdKernel {
 
         pipe.consumer_wait(state);
         gemm<kHeadDim / 16>(mma_sdp, tSrK, tSrQ(_, _, _, s), tSrS, false);
+        if constexpr (kDqLag) {
+          // S^T runs behind the previous visit's dV and dK; once they are done, its stage is
+          // free and P^T, dS^T in registers may be overwritten. dP^T is issued only then, so
+          // that its accumulators and the previous P^T, dS^T are not live together.
+          warpgroup_wait<1>();
+          warpgroup_fence_operand(tP);
+          warpgroup_fence_operand(tDS);
+          if (visit > 0) pipe.consumer_release(prev_state);
+        }
         gemm<kHeadDim / 16>(mma_sdp, tSrV, tSrDO(_, _, _, s), tSrDP, false);
 
         // P^T = exp2(S^T scale log2 e - lse2) (0 where masked), while dP^T is computed.
@@ -522,6 +558,15 @@ struct BwdKernel {
             tDS(i + 1) = ds[1];
           }
         }
+        // kDqLag: the previous visit's dQ first (its accumulators are free: S^T and dP^T are
+        // dead), then dV and dK, so that its staging and add run under them.
+        // On the first visit it computes a product of the unwritten buffer 1 that nobody adds:
+        // a wgmma issued on a condition makes ptxas copy its accumulators at the join, and for
+        // that it serialises every wgmma of the kernel.
+        if constexpr (kDqLag) {
+          if (visit > 0) cutlass::arch::NamedBarrier::sync(256, ds_ready(buf ^ 1, 1 - wg));
+          gemm<kTileKV / 16>(mma_dq, tDQrDS(_, _, _, buf ^ 1), tDQrKt, tDQrLag, false);
+        }
         // dV += P^T dO, dK += dS^T Q, here from registers (d <= 128); at d256 after the barrier.
         warpgroup_fence_operand(tP);
         warpgroup_fence_operand(tDS);
@@ -543,35 +588,63 @@ struct BwdKernel {
           }
         }
         cutlass::arch::fence_view_async_shared();
-        if constexpr (kSplitN)
-          cutlass::arch::NamedBarrier::sync(256, kDsBarrier);
-        else
-          cutlass::arch::NamedBarrier::sync(128, kDsBarrier + 1 + wg);
-        if constexpr (kSplitD) {
-          // Both warpgroups' halves of P^T and dS^T, for this warpgroup's columns of dV, dK.
-          Tensor tKVsP = thr_kv.partition_fragment_A(sPt);     // (MMA, 1, Q/16, 2)
-          Tensor tKVsDS = thr_kv.partition_fragment_A(sDStA);  // (MMA, 1, Q/16, 2)
-          gemm<kTileQ / 16>(mma_kv, tKVsP(_, _, _, buf), tKVrDOt(_, _, _, s), tKVrDV, true);
-          gemm<kTileQ / 16>(mma_kv, tKVsDS(_, _, _, buf), tKVrQt(_, _, _, s), tKVrDK, true);
-        }
-        // dQ = dS K (this warpgroup's columns of D, or its KV rows), in kDqParts parts. A
-        // warpgroup passes the next visit's barrier only after finishing this visit's GEMMs, so
-        // with two buffers no write of dS^T (P^T) can overtake a read of the other warpgroup.
-        constexpr int kDqK = kSplitN ? kTileKV / 16 : kTileKV / 32;
-        CUTLASS_PRAGMA_UNROLL
-        for (int part = 0; part < kDqParts; ++part) {
-          gemm<kDqK>(mma_dq, tDQrDS(_, _, _, buf), part == 0 ? tDQrKt : dq_b(part), tDQrDQ, false,
-                     kSplitN ? 0 : wg * kDqK);
-          warpgroup_wait<0>();
-          if (part == 0) {  // every GEMM reading Q and dO is done
-            warpgroup_fence_operand(tP);
-            warpgroup_fence_operand(tDS);
-            pipe.consumer_release(state);
-            ++state;
+        if constexpr (kDqLag) {
+          // The previous visit's dQ is done (dV, dK may run): it no longer reads buffer buf ^ 1,
+          // which the other warpgroup writes next visit after its sync on this arrive. (Waited
+          // for on every visit: ptxas does not see that the issue and the reads share a
+          // condition, and would serialise the wgmmas.)
+          warpgroup_wait<2>();
+          warpgroup_fence_operand(tDQrLag);
+          cutlass::arch::NamedBarrier::arrive(256, ds_ready(buf, wg));
+          if (visit > 0) add_dq(p, w, ss, tDQrLag, prev_head, prev_t, visit - 1, wg, ctid);
+          prev_state = state;
+          ++state;
+          prev_head = head;
+          CUTLASS_PRAGMA_UNROLL
+          for (int a = 0; a < 3; ++a) prev_t[a] = t[a];
+        } else {
+          if constexpr (kSplitN)
+            cutlass::arch::NamedBarrier::sync(256, kDsBarrier);
+          else
+            cutlass::arch::NamedBarrier::sync(128, kDsBarrier + wg);
+          if constexpr (kSplitD) {
+            // Both warpgroups' halves of P^T and dS^T, for this warpgroup's columns of dV, dK.
+            Tensor tKVsP = thr_kv.partition_fragment_A(sPt);     // (MMA, 1, Q/16, 2)
+            Tensor tKVsDS = thr_kv.partition_fragment_A(sDStA);  // (MMA, 1, Q/16, 2)
+            gemm<kTileQ / 16>(mma_kv, tKVsP(_, _, _, buf), tKVrDOt(_, _, _, s), tKVrDV, true);
+            gemm<kTileQ / 16>(mma_kv, tKVsDS(_, _, _, buf), tKVrQt(_, _, _, s), tKVrDK, true);
           }
-          add_dq(p, w, ss, tDQrDQ, head, t, visit * kDqParts + part, kSplitN ? 2 * part + wg : 0,
-                 ctid);
+          // dQ = dS K (this warpgroup's columns of D, or its KV rows), in kDqParts parts. A
+          // warpgroup passes the next visit's barrier only after finishing this visit's GEMMs, so
+          // with two buffers no write of dS^T (P^T) can overtake a read of the other warpgroup.
+          constexpr int kDqK = kSplitN ? kTileKV / 16 : kTileKV / 32;
+          CUTLASS_PRAGMA_UNROLL
+          for (int part = 0; part < kDqParts; ++part) {
+            gemm<kDqK>(mma_dq, tDQrDS(_, _, _, buf), part == 0 ? tDQrKt : dq_b(part), tDQrDQ, false,
+                       kSplitN ? 0 : wg * kDqK);
+            warpgroup_wait<0>();
+            if (part == 0) {  // every GEMM reading Q and dO is done
+              warpgroup_fence_operand(tP);
+              warpgroup_fence_operand(tDS);
+              pipe.consumer_release(state);
+              ++state;
+            }
+            add_dq(p, w, ss, tDQrDQ, head, t, visit * kDqParts + part, kSplitN ? 2 * part + wg : 0,
+                   ctid);
+          }
         }
+      }
+    }
+    if constexpr (kDqLag) {
+      warpgroup_wait<0>();  // the last dV, dK (unconditional, as above)
+      if (visit > 0) {      // the last visit's dQ
+        const int prev_buf = (visit - 1) & 1;
+        cutlass::arch::NamedBarrier::sync(256, ds_ready(prev_buf, 1 - wg));
+        gemm<kTileKV / 16>(mma_dq, tDQrDS(_, _, _, prev_buf), tDQrKt, tDQrLag, false);
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tDQrLag);
+        pipe.consumer_release(prev_state);
+        add_dq(p, w, ss, tDQrLag, prev_head, prev_t, visit - 1, wg, ctid);
       }
     }
     if ((ctid & 127) == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
