@@ -84,14 +84,4 @@ CUTLASS_DEVICE void store_shared_16b(void* at, uint4 v) {
                : "memory");
 }
 
-// The 16 bytes at `at` in shared memory (see store_shared_pair).
-CUTLASS_DEVICE uint4 load_shared_16b(const void* at) {
-  uint4 v;
-  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(at)))
-               : "memory");
-  return v;
-}
-
 }  // namespace gna

@@ -61,10 +61,10 @@ struct FwdKernel {
   static constexpr int kTileKV = kTiles.kv_size();
   static constexpr int kStages = kTiles.stages;
   static constexpr int kThreads = 384;
-  // How far (log2 units) a tile's row max may exceed the running max before the running max,
-  // and with it O, is rescaled (consumer(), softmax_step).
-  static constexpr float kMaxSlackLog2 = 8.f;
-  static constexpr float kMaxP = 256.f;  // 2^kMaxSlackLog2
+  // The largest P = exp2(S * scale log2 e - running max) the softmax lets pass without taking
+  // the tile's max (consumer(), softmax_step): far inside the range of fp32 sums and 16-bit P.
+  static constexpr int kMaxSlackLog2 = 8;
+  static constexpr float kMaxP = float(1 << kMaxSlackLog2);
   static_assert(kTileQ == 128, "two consumer warpgroups of 64 rows");
   static_assert(kTileKV % 16 == 0 && kTileKV <= 256, "wgmma N / K granularity");
   static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "head dim 32..256");
@@ -81,8 +81,6 @@ struct FwdKernel {
   // exactly where consecutive TMA boxes of kChunk x tile tokens land.
   using SmemLayoutQ =
       decltype(cute::tile_to_shape(AtomK{}, cute::Shape<cute::Int<kTileQ>, cute::Int<kHeadDim>>{}));
-  // O (in the Q tile's layout) is staged as pairs of neighbouring columns (store_shared_pair).
-  static_assert(column_pairs_adjacent<SmemLayoutQ, kTileQ, kHeadDim>(), "O pair stores");
   using SmemLayoutK = decltype(cute::tile_to_shape(
       AtomK{}, cute::Shape<cute::Int<kTileKV>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
   // V as the B operand of P·V: (N = D, K = tokens), MN-major; same bytes as K.
@@ -102,21 +100,14 @@ struct FwdKernel {
 
   using PipelineKV = cutlass::PipelineTmaAsync<kStages>;
   // Named barriers (ids after CUTLASS's reserved ones), one per consumer warpgroup.
-  static constexpr int kEpilogueBarrier = 0;
   static constexpr int kSchedulerBarrier = 2;
 
-  // O is staged in its own tile where shared memory allows (d <= 64 with three K/V stages), so
-  // that Q is free for the next item once the last S GEMM has read it; otherwise O reuses the
-  // Q tile and Q is free after the epilogue.
-  static constexpr size_t kTileElems = size_t(kTileQ + 2 * kStages * kTileKV) * kHeadDim;
-  static constexpr bool kSeparateO =
-      (kTileElems + size_t(kTileQ) * kHeadDim) * sizeof(Element) + 4096 <= 227 * 1024;
-
+  // O goes from registers straight to global memory (no shared-memory staging), so Q is free
+  // for the next item as soon as the last S GEMM has read it.
   struct SharedStorage {
     alignas(1024) Element q[kTileQ * kHeadDim];
     alignas(1024) Element k[kStages * kTileKV * kHeadDim];
     alignas(1024) Element v[kStages * kTileKV * kHeadDim];
-    alignas(1024) Element o[kSeparateO ? kTileQ * kHeadDim : 8];
     typename PipelineKV::SharedStorage pipe_k;
     typename PipelineKV::SharedStorage pipe_v;
     alignas(8) uint64_t q_full;   // Q landed (TMA transaction barrier)
@@ -279,14 +270,13 @@ struct FwdKernel {
     // tOrP, the per-row rescale of O into corr, and returns whether this warp's O needs it.
     // tSrS stays intact, so P can be recomputed.
     //
-    // The running max moves only when a tile's row max exceeds it by more than kMaxSlackLog2
-    // (log2 units; from -inf always): the stale max keeps P below 2^kMaxSlackLog2, far inside
-    // fp32/bf16/fp16 range, and the result is the same (O, the sum and the LSE all use the
-    // same max). So, with `speculate`, the exponentials are computed against the running max
+    // The running max may be stale: P computed against it stays correct (O, the sum and the
+    // LSE all use the same max) as long as it stays within kMaxP, far inside fp32/bf16/fp16
+    // range. So, with `speculate`, the exponentials are computed against the running max
     // straight away, and the tile's max is not needed at all while every row's P stays within
-    // 2^kMaxSlackLog2 (which the partial sums prove); only when a thread of the warp finds a
-    // row beyond it (rare after the first tiles) does the warp take the tile's max and
-    // recompute its exponentials.
+    // kMaxP (which the partial sums prove); only when a thread of the warp finds a row beyond
+    // it (rare after the first tiles) does the warp take the tile's max, move the running max
+    // up to it and recompute its exponentials. The first tile of an item takes the max.
     constexpr int kAcc = 4;  // independent max/sum accumulators per row: shorter chains
     auto acc = [](int i) { return (i & 1) | ((i >> 1) & 2); };  // (i0, n8 % 2)
     // P = exp2(S * mult - m_scaled) into tOrP (pairs convert in one instruction,
@@ -348,8 +338,8 @@ struct FwdKernel {
         const float m_scaled[2] = {scaled(row_max[0]), scaled(row_max[1])};
         exponentials(m_scaled, sp);
         // Every P of this thread's row is at most its partial sum, so a partial sum within
-        // 2^kMaxSlackLog2 proves the row inside the slack without the tile's max (a row
-        // without a key yet must take its first max: any P > 0 sends it on).
+        // kMaxP proves the row inside the slack without the tile's max (a row without a key
+        // yet must take its first max: any P > 0 sends it on).
         bool beyond = false;
         CUTLASS_PRAGMA_UNROLL
         for (int r = 0; r < 2; ++r) {
@@ -378,8 +368,11 @@ struct FwdKernel {
           float m = fmaxf(fmaxf(mp[r][0], mp[r][1]), fmaxf(mp[r][2], mp[r][3]));
           m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 1));
           m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 2));
-          // Past the slack (from -inf always; -inf - -inf is NaN: no).
-          const bool raise = (m - row_max[r]) * mult > kMaxSlackLog2;
+          // Up to the tile's max whenever that is higher (from -inf always; a row without a
+          // key keeps -inf). Raising only past a slack would leave a row whose partial sums
+          // exceed kMaxP while its max stays within the slack (one that saw a single key in
+          // its first tile) on this path for every tile of the item.
+          const bool raise = m > row_max[r];
           const float m_old = row_max[r];  // -inf * mult (mult > 0) gives corr = 0
           if (raise) row_max[r] = m;
           m_scaled[r] = scaled(row_max[r]);
@@ -428,7 +421,7 @@ struct FwdKernel {
     // writes O = 0, lse = -inf. Both warpgroups skip their turns alike, so turns still alternate.
     // (Whole axes always see keys: that kernel compiles without the branch.)
     if (kView && n == 0) {
-      if (kSeparateO) release_q();
+      release_q();
     } else {
       // Tile 0: S = Q K0^T, softmax.
       {
@@ -441,7 +434,7 @@ struct FwdKernel {
         warpgroup_wait<0>();
         pipe_k.consumer_release(state_k);
         ++state_k;
-        if (kSeparateO && n == 1) release_q();
+        if (n == 1) release_q();  // the last read of Q is done
         float corr[2];
         softmax_step(partial, origin, corr, /*speculate=*/false);
       }
@@ -462,7 +455,7 @@ struct FwdKernel {
         ++state_k;
         pipe_v.consumer_release(state_v);
         ++state_v;
-        if (kSeparateO && j == n - 1) release_q();  // the last read of Q is done
+        if (j == n - 1) release_q();  // the last read of Q is done
         float corr[2];
         const bool rescale = softmax_step(partial, origin, corr, /*speculate=*/true);
         rescale_o(rescale, corr);
@@ -476,7 +469,7 @@ struct FwdKernel {
       ++state_v;  // the states carry over to the next item
     }
 
-    // Epilogue: normalise, LSE, O through this warpgroup's (now unused) Q rows.
+    // Epilogue: normalise, LSE, O from registers to global memory.
     float inv[2], lse[2];
     CUTLASS_PRAGMA_UNROLL
     for (int r = 0; r < 2; ++r) {
@@ -501,34 +494,20 @@ struct FwdKernel {
       }
     }
 
-    cutlass::arch::NamedBarrier wg_barrier(128, kEpilogueBarrier + wg);
-    // Every warp of this warpgroup is done reading its rows of the O tile (the
-    // previous item's copy-out) or, where O reuses it, of the Q tile.
-    wg_barrier.sync();
-    Tensor sO = make_tensor(make_smem_ptr(kSeparateO ? ss.o : ss.q), SmemLayoutQ{});
-    Tensor tOsO = thr_pv.partition_C(sO);
+    // Each thread stores its pairs of neighbouring columns (one 32-bit word each): the four
+    // threads of a row write 16 contiguous bytes per 8-column block.
+    cutlass::NumericArrayConverter<Element, float, 2> cvt;
+    using Pair = cutlass::Array<Element, 2>;
     CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < size(tOrO); i += 2) {  // neighbouring columns: one 32-bit word
-      store_shared_pair(&tOsO(i), static_cast<Element>(tOrO(i)), static_cast<Element>(tOrO(i + 1)));
-    }
-    wg_barrier.sync();
-
-    constexpr int kVecPerRow = kHeadDim / 8;  // 16-byte vectors
-    Element* out = static_cast<Element*>(p.out);
-    CUTLASS_PRAGMA_NO_UNROLL
-    for (int idx = ctid & 127; idx < 64 * kVecPerRow; idx += 128) {
-      const int row = wg * 64 + idx / kVecPerRow;
-      const int col = (idx % kVecPerRow) * 8;
-      const int64_t token = row_token(row);
+    for (int r = 0; r < 2; ++r) {
+      const int64_t token = row_token(row_base + 8 * r);
       if (token < 0) continue;
-      const uint4 vec = load_shared_16b(raw_pointer_cast(&sO(row, col)));
-      *reinterpret_cast<uint4*>(out + (token * p.heads + w.head) * kHeadDim + col) = vec;
-    }
-    if (!kSeparateO) {
-      // O went through the Q tile with generic-proxy accesses; the next item's Q lands there by
-      // TMA (async proxy): order them before handing the tile back.
-      cutlass::arch::fence_view_async_shared();
-      release_q();
+      Element* row_out = static_cast<Element*>(p.out) + (token * p.heads + w.head) * kHeadDim;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 2 * r; i < size(tOrO); i += 4) {  // element i: row 8 r, column 8 (i >> 2)
+        *reinterpret_cast<Pair*>(row_out + 8 * (i >> 2) + col_base) =
+            cvt(cutlass::Array<float, 2>{tOrO(i), tOrO(i + 1)});
+      }
     }
   }
 
