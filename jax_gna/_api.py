@@ -62,8 +62,14 @@ def _attention(
         **options,
     )
     if scales is not None:
-        # Float8: chosen on the float8 inputs (the kernels refuse them), run on float32.
+        # Float8: chosen on the float8 inputs; the CUDA FP8 kernel takes them as they are,
+        # every other implementation runs on their dequantised float32 values.
         implementation, params = _implementations.for_fp8(implementation, query, key, value, params)
+        if implementation == "cuda":
+            out, lse = _implementations.attend_fp8(
+                query, key, value, params, extra_keys, extra_values, scales, out_dtype
+            )
+            return (out, lse) if return_lse else out
         query, key, value, extra_keys, extra_values = _fp8.dequantize(
             scales, query, key, value, extra_keys, extra_values
         )

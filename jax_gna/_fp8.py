@@ -5,10 +5,11 @@ as in JAX's FP8 attention and FlashAttention-3: ``q_descale``, ``k_descale``, ``
 (None means 1), each a float32 scalar (per tensor) or an array ``[heads]`` (per query head for
 ``q_descale``, per key/value head for the others). The value attention sees is
 ``x.astype(float32) * descale``; extra tokens are in the same float8 dtype and take
-``k_descale``/``v_descale``. No kernel computes in FP8 yet: the ``xla`` and ``reference``
-implementations attend to the dequantised float32 values, and the output is bfloat16
+``k_descale``/``v_descale``. The ``cuda`` implementation computes float8_e4m3fn in FP8 on Hopper
+(its FP8 forward kernel takes the descales, `descale_rows`); the ``xla`` and ``reference``
+implementations attend to the dequantised float32 values. The output is bfloat16
 (`FP8_OUT_DTYPE`) unless the call's ``out_dtype`` says otherwise (never float8). FP8 attention
-is forward only (`dequantize` makes differentiation raise).
+is forward only (`dequantize` and `forward_only` make differentiation raise).
 """
 
 from __future__ import annotations
@@ -109,6 +110,23 @@ def _forward_only_jvp(primals, tangents):
     raise NotImplementedError(FORWARD_ONLY)
 
 
+def forward_only(arrays):
+    """`arrays` (a pytree) unchanged; differentiating through it raises `FORWARD_ONLY`."""
+    return _forward_only(arrays)
+
+
+def descale_rows(scales, heads: int, kv_heads: int) -> jax.Array:
+    """The descales (`descales`) as the CUDA FP8 kernel reads them: float32 ``[3, heads]``, the
+    q, k and v descales of each query head (k and v: those of its key/value head, query head
+    h attending key/value head ``h // (heads // kv_heads)``); None is 1."""
+    rows = []
+    for d, n in zip(scales, (heads, kv_heads, kv_heads)):
+        d = jnp.ones((), jnp.float32) if d is None else d
+        d = jnp.broadcast_to(d, (n,))
+        rows.append(jnp.repeat(d, heads // n))
+    return jnp.stack(rows)
+
+
 def _scaled(x: jax.Array | None, descale: jax.Array | None) -> jax.Array | None:
     if x is None:
         return None
@@ -123,7 +141,7 @@ def dequantize(scales, query, key, value, extra_keys=None, extra_values=None) ->
     """``(query, key, value, extra_keys, extra_values)`` in float32, each float8 array times its
     descale (`scales` from `descales`); extra tokens take the key/value descales.
     Differentiating through it raises `FORWARD_ONLY`."""
-    query, key, value, extra_keys, extra_values, scales = _forward_only(
+    query, key, value, extra_keys, extra_values, scales = forward_only(
         (query, key, value, extra_keys, extra_values, scales)
     )
     q_d, k_d, v_d = scales

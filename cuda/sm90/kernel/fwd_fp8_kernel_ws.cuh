@@ -202,7 +202,8 @@ struct FwdFp8Kernel {
       CUTLASS_PRAGMA_UNROLL
       for (int j = 0; j < 8; ++j) {
         // Row j: the rotated head dim j of the 8 tokens (low word: tokens 0..3).
-        const uint2 row = j < 4 ? make_uint2(t[0][j], t[1][j]) : make_uint2(t[2][j - 4], t[3][j - 4]);
+        const uint2 row =
+            j < 4 ? make_uint2(t[0][j], t[1][j]) : make_uint2(t[2][j - 4], t[3][j - 4]);
         const int d = 8 * db + ((j + r) & 7);
         *reinterpret_cast<uint2*>(dst + SmemLayoutVt{}(d, 8 * tb, stage)) = row;
       }
@@ -213,7 +214,8 @@ struct FwdFp8Kernel {
   // transposes).
   struct ProducerStates {
     typename PipelineK::PipelineState k = cutlass::make_producer_start_state<PipelineK>();
-    typename PipelineVRaw::PipelineState v_load = cutlass::make_producer_start_state<PipelineVRaw>();
+    typename PipelineVRaw::PipelineState v_load =
+        cutlass::make_producer_start_state<PipelineVRaw>();
     typename PipelineVRaw::PipelineState v_read;  // consumer side: the transposes
     typename PipelineVt::PipelineState vt = cutlass::make_producer_start_state<PipelineVt>();
   };
@@ -224,8 +226,8 @@ struct FwdFp8Kernel {
     PipelineVt& vt;
   };
 
-  static CUTLASS_DEVICE void transpose_next(SharedStorage& ss, Pipelines& pipes,
-                                            ProducerStates& st, int tid) {
+  static CUTLASS_DEVICE void transpose_next(SharedStorage& ss, Pipelines& pipes, ProducerStates& st,
+                                            int tid) {
     pipes.v_raw.consumer_wait(st.v_read);
     pipes.vt.producer_acquire(st.vt);
     transpose_v(ss, st.v_read.index(), st.vt.index(), tid);
@@ -258,10 +260,9 @@ struct FwdFp8Kernel {
       if (leader) {
         const int origin[3] = {t[0] * kK0, t[1] * kK1, t[2] * kK2};
         pipes.k.producer_acquire(st.k);
-        load_tile<kK0, kK1, kK2>(maps.k, p.kv_loads, p, w, kv_head, origin,
-                                 pipes.k.producer_get_barrier(st.k),
-                                 ss.k + st.k.index() * kTileKV * kHeadDim, kChunkBytesKV,
-                                 fwd_device::kEvictLast);
+        load_tile<kK0, kK1, kK2>(
+            maps.k, p.kv_loads, p, w, kv_head, origin, pipes.k.producer_get_barrier(st.k),
+            ss.k + st.k.index() * kTileKV * kHeadDim, kChunkBytesKV, fwd_device::kEvictLast);
         ++st.k;
         pipes.v_raw.producer_acquire(st.v_load);
         load_tile<kK0, kK1, kK2>(maps.v, p.kv_loads, p, w, kv_head, origin,
@@ -323,8 +324,8 @@ struct FwdFp8Kernel {
     Tensor sQ = make_tensor(make_smem_ptr(ss.q), SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(ss.k), SmemLayoutK{});
     Tensor sVt = make_tensor(make_smem_ptr(ss.vt), SmemLayoutVt{});
-    Tensor tSrQ = thr_qk.partition_fragment_A(sQ);    // (MMA, 1, K/32) descriptors
-    Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, 1, K/32, stages)
+    Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // (MMA, 1, K/32) descriptors
+    Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, 1, K/32, stages)
     Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, 1, KV/32, stages)
 
     Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kTileQ>, Int<kTileKV>>{});
@@ -572,8 +573,7 @@ struct FwdFp8Kernel {
     for (int r = 0; r < 2; ++r) {
       const int64_t token = row_token(row_base + 8 * r);
       if (token < 0) continue;
-      OutElement* row_out =
-          static_cast<OutElement*>(p.out) + (token * p.heads + w.head) * kHeadDim;
+      OutElement* row_out = static_cast<OutElement*>(p.out) + (token * p.heads + w.head) * kHeadDim;
       CUTLASS_PRAGMA_UNROLL
       for (int i = 2 * r; i < size(tOrO); i += 4) {
         *reinterpret_cast<Pair*>(row_out + 8 * (i >> 2) + col_base) =
@@ -588,8 +588,8 @@ struct FwdFp8Kernel {
 
     typename PipelineK::Params k_params;
     k_params.transaction_bytes = kTileBytesKV;
-    k_params.role = producer_wg ? PipelineK::ThreadCategory::Producer
-                                : PipelineK::ThreadCategory::Consumer;
+    k_params.role =
+        producer_wg ? PipelineK::ThreadCategory::Producer : PipelineK::ThreadCategory::Consumer;
     k_params.is_leader = threadIdx.x == 0;
     k_params.num_consumers = 256;
     k_params.initializing_warp = 0;
@@ -605,8 +605,8 @@ struct FwdFp8Kernel {
     PipelineVRaw pipe_v_raw(ss.pipe_v_raw, v_params, cute::Shape<cute::_1, cute::_1, cute::_1>{});
     // V^T: written by the producer warpgroup, read by the consumers.
     typename PipelineVt::Params vt_params;
-    vt_params.role = producer_wg ? PipelineVt::ThreadCategory::Producer
-                                 : PipelineVt::ThreadCategory::Consumer;
+    vt_params.role =
+        producer_wg ? PipelineVt::ThreadCategory::Producer : PipelineVt::ThreadCategory::Consumer;
     vt_params.producer_arv_count = kProducerThreads;
     vt_params.consumer_arv_count = 256;
     vt_params.initializing_warp = 2;
