@@ -619,7 +619,7 @@ struct FwdFp8Kernel {
     __syncthreads();
 
     if (producer_wg) {
-      cutlass::arch::warpgroup_reg_dealloc<56>();
+      cutlass::arch::warpgroup_reg_dealloc<64>();
       Pipelines pipes{pipe_k, pipe_v_raw, pipe_vt};
       ProducerStates states;
       int count = 0;
@@ -629,7 +629,7 @@ struct FwdFp8Kernel {
         producer(maps, p, w, count++, ss, pipes, states);
       }
     } else {
-      cutlass::arch::warpgroup_reg_alloc<224>();
+      cutlass::arch::warpgroup_reg_alloc<216>();
       typename PipelineK::PipelineState state_k;
       typename PipelineVt::PipelineState state_vt;
       if (threadIdx.x < 256) cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier);
