@@ -51,6 +51,28 @@ constexpr int fp8_p_token(int a) {
   return (a & ~31) + 16 * h + 8 * (b >> 1) + 2 * c + (b & 1);
 }
 
+// __byte_perm and __funnelshift_r, also on the host (cuda/sm90/tests/fp8_transpose.cu runs the
+// V transpose there).
+CUTE_HOST_DEVICE uint32_t fp8_byte_perm(uint32_t x, uint32_t y, uint32_t selector) {
+#if defined(__CUDA_ARCH__)
+  return __byte_perm(x, y, selector);
+#else
+  const uint64_t bytes = (uint64_t(y) << 32) | x;
+  uint32_t r = 0;
+  for (int n = 0; n < 4; ++n)
+    r |= uint32_t((bytes >> (8 * ((selector >> (4 * n)) & 7))) & 0xff) << (8 * n);
+  return r;
+#endif
+}
+
+CUTE_HOST_DEVICE uint32_t fp8_funnelshift_r(uint32_t lo, uint32_t hi, uint32_t shift) {
+#if defined(__CUDA_ARCH__)
+  return __funnelshift_r(lo, hi, shift);
+#else
+  return uint32_t(((uint64_t(hi) << 32) | lo) >> (shift & 31));
+#endif
+}
+
 // kConfig_: which of fwd_tile_configs(kRank, kHeadDim) (fwd_config.h) the kernel runs (the
 // 16-bit kernels' tile shapes); kView_ as FwdKernel.
 template <class OutElement_, int kHeadDim_, int kRank_, int kConfig_, bool kView_>
@@ -153,61 +175,71 @@ struct FwdFp8Kernel {
   }
 
   // 4 x 4 bytes transposed: byte j of out[k] = byte k of in[j].
-  static CUTLASS_DEVICE void transpose4x4(const uint32_t (&in)[4], uint32_t (&out)[4]) {
-    const uint32_t x0 = __byte_perm(in[0], in[1], 0x5140), x1 = __byte_perm(in[0], in[1], 0x7362);
-    const uint32_t y0 = __byte_perm(in[2], in[3], 0x5140), y1 = __byte_perm(in[2], in[3], 0x7362);
-    out[0] = __byte_perm(x0, y0, 0x5410);
-    out[1] = __byte_perm(x0, y0, 0x7632);
-    out[2] = __byte_perm(x1, y1, 0x5410);
-    out[3] = __byte_perm(x1, y1, 0x7632);
+  static CUTE_HOST_DEVICE void transpose4x4(const uint32_t (&in)[4], uint32_t (&out)[4]) {
+    const uint32_t x0 = fp8_byte_perm(in[0], in[1], 0x5140);
+    const uint32_t x1 = fp8_byte_perm(in[0], in[1], 0x7362);
+    const uint32_t y0 = fp8_byte_perm(in[2], in[3], 0x5140);
+    const uint32_t y1 = fp8_byte_perm(in[2], in[3], 0x7362);
+    out[0] = fp8_byte_perm(x0, y0, 0x5410);
+    out[1] = fp8_byte_perm(x0, y0, 0x7632);
+    out[2] = fp8_byte_perm(x1, y1, 0x5410);
+    out[3] = fp8_byte_perm(x1, y1, 0x7632);
   }
 
-  // V^T of raw stage `raw` into V^T stage `stage`, by the 128 producer threads: each turns
-  // blocks of 8 V^T tokens x 8 head dims around. A block's 8 source rows (8 bytes of V each)
-  // are read with tokens permuted (fp8_p_token), rotated by r = (d block) % 8 bytes and
-  // transposed, so that step j writes head dim 8 db + (j + r) % 8: the 16 threads of a warp
-  // that write one token chunk then hit all 8 swizzle phases of SW128 (no bank conflicts),
-  // as do the reads (16 threads read one 128-byte row).
+  // Blocks of 8 V^T tokens x 8 head dims in a tile: what the producer threads turn around.
+  static constexpr int kTransposeDBlocks = kHeadDim / 8;
+  static constexpr int kTransposeBlocks = kTransposeDBlocks * (kTileKV / 8);
+  static_assert(kTransposeBlocks % kProducerThreads == 0, "whole blocks per thread");
+
+  // Block `b` of raw V stage `raw` (bytes `src`: ss.v_raw) into V^T stage `stage` (`dst`:
+  // ss.vt). Its 8 source rows (8 bytes of V each) are read with tokens permuted
+  // (fp8_p_token), rotated by r = (d block) % 8 bytes and transposed, so that step j writes
+  // head dim 8 db + (j + r) % 8: the 16 threads of a warp that write one token chunk then hit
+  // all 8 swizzle phases of SW128 (no bank conflicts), as do the reads (16 threads read one
+  // 128-byte row).
+  static CUTE_HOST_DEVICE void transpose_block(const uint8_t* src, uint8_t* dst, int b, int raw,
+                                               int stage) {
+    const int db = b % kTransposeDBlocks, tb = b / kTransposeDBlocks;
+    const int r = db & 7;
+    // Byte rotation by r of a 64-bit row (lo, hi): new byte e = old byte (e + r) % 8.
+    const bool swap = r >= 4;
+    const uint32_t shift = 8 * (r & 3);
+    uint32_t lo[8], hi[8];
+    CUTLASS_PRAGMA_UNROLL
+    for (int k = 0; k < 8; ++k) {
+      const int token = fp8_p_token(8 * tb + k);
+      const uint2 w = *reinterpret_cast<const uint2*>(src + SmemLayoutVRaw{}(token, 8 * db, raw));
+      const uint32_t a = swap ? w.y : w.x, c = swap ? w.x : w.y;
+      lo[k] = fp8_funnelshift_r(a, c, shift);
+      hi[k] = fp8_funnelshift_r(c, a, shift);
+    }
+    uint32_t t[4][4];  // [quarter][row]: (lo/hi source half) x (first/last four tokens)
+    transpose4x4({lo[0], lo[1], lo[2], lo[3]}, t[0]);
+    transpose4x4({lo[4], lo[5], lo[6], lo[7]}, t[1]);
+    transpose4x4({hi[0], hi[1], hi[2], hi[3]}, t[2]);
+    transpose4x4({hi[4], hi[5], hi[6], hi[7]}, t[3]);
+    CUTLASS_PRAGMA_UNROLL
+    for (int j = 0; j < 8; ++j) {
+      // Row j: the rotated head dim j of the 8 tokens (low word: tokens 0..3).
+      uint2 row;
+      row.x = j < 4 ? t[0][j] : t[2][j - 4];
+      row.y = j < 4 ? t[1][j] : t[3][j - 4];
+      const int d = 8 * db + ((j + r) & 7);
+      *reinterpret_cast<uint2*>(dst + SmemLayoutVt{}(d, 8 * tb, stage)) = row;
+    }
+  }
+
+  // V^T of raw stage `raw` into V^T stage `stage`, by the 128 producer threads.
   static CUTLASS_DEVICE void transpose_v(SharedStorage& ss, int raw, int stage, int thread) {
     // The thread's addresses are recomputed for every tile (a few integer operations): hoisted
-    // out of the item loop they would need 32 registers more than the producer's 56 (spills).
+    // out of the item loop they would need more registers than the producer has (spills).
     int tid;
     asm volatile("mov.b32 %0, %1;" : "=r"(tid) : "r"(thread));
-    constexpr int kDBlocks = kHeadDim / 8, kBlocks = kDBlocks * (kTileKV / 8);
-    static_assert(kBlocks % kProducerThreads == 0, "whole blocks per thread");
     const uint8_t* src = reinterpret_cast<const uint8_t*>(ss.v_raw);
     uint8_t* dst = reinterpret_cast<uint8_t*>(ss.vt);
     CUTLASS_PRAGMA_UNROLL
-    for (int it = 0; it < kBlocks / kProducerThreads; ++it) {
-      const int b = it * kProducerThreads + tid;
-      const int db = b % kDBlocks, tb = b / kDBlocks;
-      const int r = db & 7;
-      // Byte rotation by r of a 64-bit row (lo, hi): new byte e = old byte (e + r) % 8.
-      const bool swap = r >= 4;
-      const uint32_t shift = 8 * (r & 3);
-      uint32_t lo[8], hi[8];
-      CUTLASS_PRAGMA_UNROLL
-      for (int k = 0; k < 8; ++k) {
-        const int token = fp8_p_token(8 * tb + k);
-        const uint2 w = *reinterpret_cast<const uint2*>(src + SmemLayoutVRaw{}(token, 8 * db, raw));
-        const uint32_t a = swap ? w.y : w.x, c = swap ? w.x : w.y;
-        lo[k] = __funnelshift_r(a, c, shift);
-        hi[k] = __funnelshift_r(c, a, shift);
-      }
-      uint32_t t[4][4];  // [quarter][row]: (lo/hi source half) x (first/last four tokens)
-      transpose4x4({lo[0], lo[1], lo[2], lo[3]}, t[0]);
-      transpose4x4({lo[4], lo[5], lo[6], lo[7]}, t[1]);
-      transpose4x4({hi[0], hi[1], hi[2], hi[3]}, t[2]);
-      transpose4x4({hi[4], hi[5], hi[6], hi[7]}, t[3]);
-      CUTLASS_PRAGMA_UNROLL
-      for (int j = 0; j < 8; ++j) {
-        // Row j: the rotated head dim j of the 8 tokens (low word: tokens 0..3).
-        const uint2 row =
-            j < 4 ? make_uint2(t[0][j], t[1][j]) : make_uint2(t[2][j - 4], t[3][j - 4]);
-        const int d = 8 * db + ((j + r) & 7);
-        *reinterpret_cast<uint2*>(dst + SmemLayoutVt{}(d, 8 * tb, stage)) = row;
-      }
-    }
+    for (int it = 0; it < kTransposeBlocks / kProducerThreads; ++it)
+      transpose_block(src, dst, it * kProducerThreads + tid, raw, stage);
   }
 
   // The pipeline states of the producer warpgroup (thread 0 issues the loads; every thread
