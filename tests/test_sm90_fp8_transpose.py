@@ -12,8 +12,6 @@ without nvcc or the headers.
 
 from __future__ import annotations
 
-import subprocess
-
 from jax_gna import _kernel_table
 from tests import nvcc_build
 
@@ -21,24 +19,8 @@ ROOT = nvcc_build.ROOT
 
 
 def test_v_transpose_lands_where_the_fp8_gemm_reads(tmp_path):
-    nvcc, include = nvcc_build.require_nvcc_and_cutlass()
-    exe = tmp_path / "fp8_transpose"
     src = ROOT / "cuda" / "sm90" / "tests" / "fp8_transpose.cu"
-    includes = ["-I", str(ROOT), "-I", str(ROOT / "cuda" / "include"), "-isystem", str(include)]
-    subprocess.run(
-        [
-            nvcc,
-            "-std=c++17",
-            "-O1",
-            "--expt-relaxed-constexpr",
-            *includes,
-            str(src),
-            "-o",
-            str(exe),
-        ],
-        check=True,
-    )
-    run = subprocess.run([str(exe)], capture_output=True, text=True)
+    run = nvcc_build.run_host_program(tmp_path, src)
     lines = run.stdout.splitlines()
     fp8 = [k for k in _kernel_table.kernels() if k.dtype in _kernel_table.FP8_DTYPES]
     assert run.returncode == 0 and len(lines) == len(fp8), run.stdout + run.stderr

@@ -41,7 +41,8 @@ int check() {
   auto value = [](int t, int d) { return uint8_t((t * 7 + d * 13 + (t * d) % 5) & 0xff); };
   for (int t = 0; t < KV; ++t)
     for (int d = 0; d < D; ++d) raw[LayoutVRaw{}(t, d, rs)] = value(t, d);
-  for (int b = 0; b < K::kTransposeBlocks; ++b) K::transpose_block(raw.data(), vt.data(), b, rs, st);
+  for (int b = 0; b < K::kTransposeBlocks; ++b)
+    K::transpose_block(raw.data(), vt.data(), b, rs, st);
   int mismatches = 0;
   for (int d = 0; d < D; ++d)
     for (int a = 0; a < KV; ++a)
@@ -67,6 +68,4 @@ int check() {
 
 }  // namespace
 
-int main() {
-  return check<1, 0>() | check<2, 0>() | check<2, 1>() | check<3, 0>() | check<3, 1>();
-}
+int main() { return check<1, 0>() | check<2, 0>() | check<2, 1>() | check<3, 0>() | check<3, 1>(); }
