@@ -171,8 +171,8 @@ def gna(
         Float8 calls run on the Hopper FP8 kernel (``"cuda"``: ``float8_e4m3fn``, head dim
         128) or on ``"xla"``/``"reference"`` in float32 on the dequantised values, return
         ``out`` in bfloat16 unless ``out_dtype`` says otherwise, and are forward only:
-        differentiating through one raises (compute gradients in bf16/fp16). Extra tokens are in the same float8 dtype and take
-        ``k_descale``/``v_descale``.
+        differentiating through one raises (compute gradients in bf16/fp16). Extra tokens
+        are in the same float8 dtype and take ``k_descale``/``v_descale``.
       k_descale: as ``q_descale`` for ``key`` (and ``additional_keys``), scalar or ``[Hkv]``.
       v_descale: as ``q_descale`` for ``value`` (and ``additional_values``), scalar or
         ``[Hkv]``.
