@@ -98,6 +98,11 @@ inline constexpr KernelRow kFwdKernels[] = {
     {DType::kBF16, 256, 1, 0, false},
     {DType::kBF16, 256, 2, 0, false},
     {DType::kBF16, 256, 3, 0, false},
+    {DType::kE4M3, 64, 1, 0, false},
+    {DType::kE4M3, 64, 2, 0, false},
+    {DType::kE4M3, 64, 2, 1, false},
+    {DType::kE4M3, 64, 3, 0, false},
+    {DType::kE4M3, 64, 3, 1, false},
     {DType::kE4M3, 128, 1, 0, false},
     {DType::kE4M3, 128, 2, 0, false},
     {DType::kE4M3, 128, 2, 1, false},
@@ -135,7 +140,7 @@ inline constexpr KernelRow kBwdKernels[] = {
 
 // The head dims of the FP8 (float8_e4m3fn) forward kernels of the full set.
 constexpr bool fwd_fp8_head_dim(int head_dim) {
-  return head_dim == 128;
+  return head_dim == 64 || head_dim == 128;
 }
 
 // Whether this build holds the kernel (the shared dispatchers ask, through arch.h).

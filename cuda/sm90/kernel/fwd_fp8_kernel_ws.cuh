@@ -195,8 +195,8 @@ struct FwdFp8Kernel {
   // ss.vt). Its 8 source rows (8 bytes of V each) are read with tokens permuted
   // (fp8_p_token), rotated by r = (d block) % 8 bytes and transposed, so that step j writes
   // head dim 8 db + (j + r) % 8: the 16 threads of a warp that write one token chunk then hit
-  // all 8 swizzle phases of SW128 (no bank conflicts), as do the reads (16 threads read one
-  // 128-byte row).
+  // all 8 swizzle phases of SW128 (no bank conflicts), as do the reads at d128 (16 threads read
+  // one 128-byte row; at d64 a warp's rows share one half of the banks: 2-way conflicts).
   static CUTE_HOST_DEVICE void transpose_block(const uint8_t* src, uint8_t* dst, int b, int raw,
                                                int stage) {
     const int db = b % kTransposeDBlocks, tb = b / kTransposeDBlocks;

@@ -30,9 +30,9 @@ int wavefronts(const int (&offsets)[32], int bytes) {
   return most;
 }
 
-template <int kRank, int kConfig>
+template <int kHeadDim, int kRank, int kConfig>
 int check() {
-  using K = gna::sm90::FwdFp8Kernel<cutlass::bfloat16_t, 128, kRank, kConfig, false>;
+  using K = gna::sm90::FwdFp8Kernel<cutlass::bfloat16_t, kHeadDim, kRank, kConfig, false>;
   using LayoutVRaw = typename K::SmemLayoutVRaw;
   using LayoutVt = typename K::SmemLayoutVt;
   constexpr int D = K::kHeadDim, KV = K::kTileKV;
@@ -68,4 +68,11 @@ int check() {
 
 }  // namespace
 
-int main() { return check<1, 0>() | check<2, 0>() | check<2, 1>() | check<3, 0>() | check<3, 1>(); }
+// Every configuration of head dim D (the kernel table's FP8_FORWARD head dims).
+template <int D>
+int check_head_dim() {
+  return check<D, 1, 0>() | check<D, 2, 0>() | check<D, 2, 1>() | check<D, 3, 0>() |
+         check<D, 3, 1>();
+}
+
+int main() { return check_head_dim<64>() | check_head_dim<128>(); }
