@@ -8,7 +8,12 @@ out="${1:-build/sm90}"
 set_="${2:-full}"
 mkdir -p "$out"
 if [ -z "${CUTLASS_INCLUDE_DIR:-}" ]; then
-  CUTLASS_INCLUDE_DIR="$(${PYTHON:-python3} -c "import importlib.util,os;s=importlib.util.find_spec('cutlass_library');print(os.path.join(s.submodule_search_locations[0],'source','include'))")"
+  CUTLASS_INCLUDE_DIR="$(${PYTHON:-python3} -c "import importlib.util,os;s=importlib.util.find_spec('cutlass_library');print(os.path.join(s.submodule_search_locations[0],'source','include') if s else '')")"
+  if [ -z "$CUTLASS_INCLUDE_DIR" ]; then
+    echo "CUTLASS headers not found: set CUTLASS_INCLUDE_DIR, or pip install nvidia-cutlass" \
+      "into ${PYTHON:-python3}'s environment" >&2
+    exit 1
+  fi
 fi
 flags=(-std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a
        -Icuda/include -I"$CUTLASS_INCLUDE_DIR" -Xptxas=-warn-spills)
