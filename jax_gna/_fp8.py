@@ -38,6 +38,21 @@ def is_fp8(dtype: Any) -> bool:
     return str(dtype) in FP8_DTYPES
 
 
+def float8_dtype(value: Any, name: str, *, none: bool = False) -> Any:
+    """``value`` as one of the float8 dtypes (`FP8_DTYPES`), or None for None where ``none``;
+    anything else raises TypeError naming the argument ``name``."""
+    if value is None and none:
+        return None
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or not is_fp8(dtype):
+        allowed = ("None or " if none else "") + f"one of {', '.join(FP8_DTYPES)}"
+        raise TypeError(f"`{name}` must be {allowed}, got {value!r}.")
+    return dtype
+
+
 def descales(
     query: Any,
     key: Any,
@@ -154,20 +169,90 @@ def dequantize(scales, query, key, value, extra_keys=None, extra_values=None) ->
     )
 
 
-def quantize(arrays, dtype) -> tuple[list[jax.Array | None], jax.Array]:
-    """`arrays` (None allowed) in the float8 `dtype` with one per-tensor scale shared by all of
-    them, ``amax / max(dtype)`` (1 for all zeros), and its descale (float32): ``descale *
-    quantized`` approximates the input. A key and its extra tokens share one scale, since
-    attention takes one ``k_descale`` for both."""
+def quantize(arrays, dtype, per_head: bool = False) -> tuple[list[jax.Array | None], jax.Array]:
+    """`arrays` (None allowed) in the float8 `dtype` with one scale shared by all of them,
+    ``amax / max(dtype)`` (1 where the amax is 0), and its descale (float32): ``descale *
+    quantized`` approximates the input. Per tensor the descale is a scalar; ``per_head`` gives
+    one per head (the amax over every axis but the heads axis, ``[..., heads, dim]``), shape
+    ``[heads]``. A key and its extra tokens share one scale, since attention takes one
+    ``k_descale`` for both."""
     present = [x.astype(jnp.float32) for x in arrays if x is not None]
     largest = float(jnp.finfo(dtype).max)
-    amax = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(x)) for x in present])
-    descale = jnp.where(amax > 0, amax / largest, 1.0).astype(jnp.float32)
+
+    def amax(x):
+        if not per_head:
+            return jnp.max(jnp.abs(x))
+        return jnp.max(jnp.abs(x), axis=tuple(a for a in range(x.ndim) if a != x.ndim - 2))
+
+    peak = functools.reduce(jnp.maximum, [amax(x) for x in present])
+    descale = jnp.where(peak > 0, peak / largest, 1.0).astype(jnp.float32)
+    # A per-head descale divides the heads axis ([..., heads, dim]).
+    divisor = descale[:, None] if per_head else descale
     # Clip: rounding of amax / descale may land above the largest finite float8 (NaN in e4m3fn).
     quantized = [
         None
         if x is None
-        else jnp.clip(x.astype(jnp.float32) / descale, -largest, largest).astype(dtype)
+        else jnp.clip(x.astype(jnp.float32) / divisor, -largest, largest).astype(dtype)
         for x in arrays
     ]
     return quantized, descale
+
+
+def quantize_fp8(
+    x: Any, dtype: Any = jnp.float8_e4m3fn, *, per_head: bool = False
+) -> tuple[Any, jax.Array]:
+    """Quantise attention inputs to float8 for `jax_gna.gna`, with their descale.
+
+    Scales ``x`` so that its largest magnitude lands on the largest finite value of ``dtype``
+    (``scale = amax / max(dtype)``), rounds to ``dtype`` (to nearest) and returns the descale,
+    so that ``x8.astype(float32) * descale`` approximates ``x``. Pass the descale as
+    ``q_descale``/``k_descale``/``v_descale``::
+
+      (q8, qd), (k8, kd), (v8, vd) = (quantize_fp8(x, per_head=True) for x in (q, k, v))
+      out = jax_gna.gna(q8, k8, v8, (7, 7), q_descale=qd, k_descale=kd, v_descale=vd)
+
+    Args:
+      x: ``[B..., X..., H, D]`` (any float dtype), or a tuple or list of such arrays (None
+        allowed) that share one scale: a key and its ``additional_keys`` (attention takes one
+        ``k_descale`` for both), or a value and its ``additional_values``.
+      dtype: ``jnp.float8_e4m3fn`` (the default; 3 mantissa bits, the ``"cuda"`` FP8 kernel's)
+        or ``jnp.float8_e5m2`` (2 mantissa bits, more range).
+      per_head: False: one scale for the whole tensor (a float32 scalar descale). True: one per
+        head, the amax over every axis but the heads axis (``-2``), a float32 descale ``[H]``;
+        it keeps the precision of heads whose values are far smaller than the largest head's
+        (docs/fp8.md measures the difference).
+
+    Returns:
+      ``(x8, descale)``: ``x8`` in ``dtype`` with the structure of ``x`` (None stays None), and
+      the float32 descale (a scalar, or ``[H]`` with ``per_head``); 1 where ``x`` is all zeros.
+      A non-finite ``x`` gives a non-finite descale, which `jax_gna.gna` refuses.
+
+    Raises:
+      TypeError: ``dtype`` is not a float8 dtype, ``x`` is not floating point, or
+        ``per_head`` is not a bool.
+      ValueError: with ``per_head``, an array without a heads axis, or arrays with different
+        numbers of heads.
+    """
+    single = not isinstance(x, tuple | list)
+    arrays = [x] if single else list(x)
+    dtype = float8_dtype(dtype, "dtype")
+    if not isinstance(per_head, bool | np.bool_):
+        raise TypeError(f"`per_head` must be a bool, got {per_head!r}.")
+    arrays = [None if a is None else jnp.asarray(a) for a in arrays]
+    present = [a for a in arrays if a is not None]
+    if not present:
+        raise ValueError("`x` must hold at least one array, got only None.")
+    for a in present:
+        if not jnp.issubdtype(a.dtype, jnp.floating):
+            raise TypeError(f"`x` must be floating point, got dtype {a.dtype}.")
+    if per_head:
+        shapes = [tuple(a.shape) for a in present]
+        if any(len(s) < 2 for s in shapes) or len({s[-2] for s in shapes}) != 1:
+            raise ValueError(
+                "`x` with `per_head=True` must be [..., heads, dim], every array with the same "
+                f"number of heads (axis -2); got shapes {', '.join(map(str, shapes))}."
+            )
+    quantized, descale = quantize(arrays, dtype, per_head=bool(per_head))
+    if single:
+        return quantized[0], descale
+    return type(x)(quantized), descale

@@ -3,11 +3,12 @@ through the public API, against the dense reference on the dequantised inputs in
 
 Random problems per rank (odd extents, stride, dilation, per-axis causal, GQA, extra batch
 dims, extra KV tokens, descales per tensor or per head, a user scale, a compiled tile
-configuration), every compiled tile configuration on a few problems, then that the FP8 custom
-call is what runs, automatic selection, out_dtype, vmap and forward-only. Skips without an sm90
-build holding the FP8 kernels (the full kernel set; the smoke set has none). Run with
-``python -m pytest -m gpu tests/gpu/test_cuda_fp8.py``; ``GNA_GPU_CASES`` sets the problems
-per rank (default 60).
+configuration), every compiled tile configuration on a few problems, activations like a
+diffusion transformer's (outlier channels, loud heads) quantised per tensor and per head, then
+that the FP8 custom call is what runs, automatic selection, out_dtype, vmap and forward-only.
+Skips without an sm90 build holding the FP8 kernels (the full kernel set; the smoke set has
+none). Run with ``python -m pytest -m gpu tests/gpu/test_cuda_fp8.py``; ``GNA_GPU_CASES`` sets
+the problems per rank (default 60).
 
 Tolerance. The dequantised inputs are exact in float32, and so are the products of two e4m3
 values: S = Q K^T is exact up to float32 accumulation, and the LSE (the kernel sums P in
@@ -37,6 +38,7 @@ import pytest
 
 import jax_gna
 from jax_gna import _extension, _kernel_table, _tiles, reference
+from tests import fp8_activations
 
 pytestmark = pytest.mark.gpu
 FP8 = jnp.float8_e4m3fn
@@ -236,6 +238,28 @@ def test_every_compiled_configuration(rank, dim, tiles):
         case = dict(problem, batch=(2,), heads=4, heads_kv=2, dim=dim, scale=None, extra=0,
                     descales="head")  # fmt: skip
         _check(case, seed=100 + i, tiles=tiles)
+
+
+@pytest.mark.parametrize("per_head", [False, True], ids=["per_tensor", "per_head"])
+@pytest.mark.parametrize("scenario", fp8_activations.SCENARIOS)
+def test_realistic_activations_are_within_the_error_model(scenario, per_head):
+    """`tests/test_fp8_accuracy.py`'s case through the kernel: q, k, v built like a diffusion
+    transformer's, quantised with `jax_gna.quantize_fp8`, against float32 attention on the
+    original inputs. The bound is that test's error model (`fp8_activations.error_std`) with
+    what the kernel rounds besides, P to e4m3 and out to bfloat16 (``kernel_rounding``)."""
+    q, k, v = fp8_activations.activations(scenario)
+    (q8, qd), (k8, kd), (v8, vd) = (
+        jax_gna.quantize_fp8(jnp.asarray(x), FP8, per_head=per_head) for x in (q, k, v)
+    )
+    run = jax.jit(
+        lambda q8, k8, v8, d: jax_gna.gna(
+            q8, k8, v8, fp8_activations.KERNEL_SIZE, q_descale=d[0], k_descale=d[1],
+            v_descale=d[2], out_dtype=jnp.float32, implementation="cuda",
+        )
+    )  # fmt: skip
+    got = run(q8, k8, v8, (qd, kd, vd))
+    want = _oracle(*(jnp.asarray(x) for x in (q, k, v)), kernel_size=fp8_activations.KERNEL_SIZE)
+    fp8_activations.check_error_model(got, want, q, k, v, (qd, kd, vd), FP8, kernel_rounding=True)
 
 
 KS = (7, 7)  # the small problems' window (rank 2, one batch dim)
