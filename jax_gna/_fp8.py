@@ -1,4 +1,5 @@
-"""FP8 inputs: which dtypes count, the descale rule, dequantisation and the forward-only guard.
+"""FP8 inputs: which dtypes count, the descale rule, dequantisation, the forward-only guard, and
+quantisation to float8 with per-tensor or per-head scales (`quantize_fp8`, public).
 
 A float8 (``float8_e4m3fn`` or ``float8_e5m2``) query, key and value come with descale factors,
 as in JAX's FP8 attention and FlashAttention-3: ``q_descale``, ``k_descale``, ``v_descale``
