@@ -25,14 +25,17 @@ Usage::
   # forward + backward against cuDNN forward + backward, our backward in both modes:
   python benchmarks/design_problems.py --implementation cuda --backprop --deterministic both \
       --json results.json
+  # FP8 (e4m3, per-tensor scales) next to our bf16 and cuDNN bf16, forward only:
+  python benchmarks/design_problems.py --implementation cuda --dtype fp8 --json results.json
 
 Every other flag goes to the profiler (``--backprop``, ``--deterministic``, ``--dtype``,
 ``--iters``, ``--repeats``, ...). The closing summary puts each measured speedup over dense
 (median and spread) next to the simulator's bounds (``bound``: the paper's rule; ``N^2-bound``:
 against dense over the unpadded tokens, which is what the measured speedup over cuDNN should
-approach), with effective TFLOP/s (a backward counts 2.5x the forward), the kernels' own time
-and, with ``--deterministic both``, what the deterministic backward costs over the default
-one; then the same as a Markdown table for ``docs/performance.md``.
+approach), with effective TFLOP/s (a backward counts 2.5x the forward), the kernels' own time,
+with ``--deterministic both`` what the deterministic backward costs over the default one, and
+with ``--dtype fp8`` each FP8 row's speedup over the bf16 row of its implementation; then the
+same as a Markdown table for ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -152,6 +155,8 @@ def _timed(row: dict) -> str:
         text += f", kernel {format_ms(row['kernel_ms'])} ms"
     if row.get("backward", "cuda") != "cuda":
         text += ", xla backward"
+    if "over_bf16" in row:
+        text += f", {format_speedup(row['over_bf16'])} over {row['over_bf16']['implementation']}"
     return text
 
 

@@ -48,7 +48,7 @@ def defines(k) -> list[str]:
     prefix = "GNA_FWD" if k.direction == "fwd" else "GNA_BWD"
     table = load_table()
     out = [
-        f"{prefix}_DTYPE={table.DTYPES[k.dtype]}",
+        f"{prefix}_DTYPE={table.cxx_dtype(k.dtype)}",
         f"{prefix}_HEAD_DIM={k.head_dim}",
         f"{prefix}_RANK={k.rank}",
     ]
@@ -162,10 +162,16 @@ def family_header(table, arch: str) -> str:
         for k in rows:
             config = -1 if k.config is None else k.config
             smoke = "true" if k.smoke else "false"
-            dtype = table.DTYPES[k.dtype]
+            dtype = table.cxx_dtype(k.dtype)
             out.append(f"    {{DType::{dtype}, {k.head_dim}, {k.rank}, {config}, {smoke}}},")
         out += ["};", ""]
+    fp8 = sorted({k.head_dim for k in fwd if k.dtype in table.FP8_DTYPES})
     out += [
+        "// The head dims of the FP8 (float8_e4m3fn) forward kernels of the full set.",
+        "constexpr bool fwd_fp8_head_dim(int head_dim) {",
+        "  return " + (" || ".join(f"head_dim == {d}" for d in fp8) or "head_dim < 0") + ";",
+        "}",
+        "",
         "// Whether this build holds the kernel (the shared dispatchers ask, through arch.h).",
         "constexpr bool fwd_kernel_built(DType dtype, int head_dim, int rank, int config) {",
         "  return kernel_in_set(kFwdKernels, dtype, head_dim, rank, config);",
@@ -182,6 +188,8 @@ def family_header(table, arch: str) -> str:
         f"  static constexpr const auto& kFwdHeadDims = {arch}::kFwdHeadDims;",
         f"  static constexpr const auto& kBwdHeadDims = {arch}::kBwdHeadDims;",
         f"  static constexpr auto fwd_kernel_built = &{arch}::fwd_kernel_built;",
+        f"  static constexpr auto fwd_fp8_head_dim = &{arch}::fwd_fp8_head_dim;",
+        f"  static constexpr bool kFwdTakesFp8 = {'true' if fp8 else 'false'};",
         f"  static constexpr auto bwd_kernel_built = &{arch}::bwd_kernel_built;",
         "};",
         "",

@@ -2,7 +2,8 @@
 
 ``jax_gna.gna`` (and the rank-checked ``na1d``/``na2d``/``na3d``) computes sparse attention
 where every query attends to a window of keys around it on a 1-D, 2-D or 3-D token grid, with
-per-axis stride, dilation and causality. ``jax_gna.reference.gna`` is the pure-jnp oracle.
+per-axis stride, dilation and causality. ``jax_gna.quantize_fp8`` quantises its inputs to float8
+(with descales). ``jax_gna.reference.gna`` is the pure-jnp oracle.
 Flax layers live in ``jax_gna.nnx`` and ``jax_gna.linen``; the analytical simulator in
 ``jax_gna.sim``.
 """
@@ -18,6 +19,7 @@ from jax_gna._api import na1d as na1d
 from jax_gna._api import na2d as na2d
 from jax_gna._api import na3d as na3d
 from jax_gna._api import supported_implementations as supported_implementations
+from jax_gna._fp8 import quantize_fp8 as quantize_fp8
 
 __version__ = "0.1.0"
 

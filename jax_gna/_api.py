@@ -62,8 +62,14 @@ def _attention(
         **options,
     )
     if scales is not None:
-        # Float8: chosen on the float8 inputs (the kernels refuse them), run on float32.
+        # Float8: chosen on the float8 inputs; the CUDA FP8 kernel takes them as they are,
+        # every other implementation runs on their dequantised float32 values.
         implementation, params = _implementations.for_fp8(implementation, query, key, value, params)
+        if implementation == "cuda":
+            out, lse = _implementations.attend_fp8(
+                query, key, value, params, extra_keys, extra_values, scales, out_dtype
+            )
+            return (out, lse) if return_lse else out
         query, key, value, extra_keys, extra_values = _fp8.dequantize(
             scales, query, key, value, extra_keys, extra_values
         )
@@ -162,11 +168,11 @@ def gna(
       q_descale: float8 inputs only (``query``, ``key``, ``value`` all ``float8_e4m3fn`` or all
         ``float8_e5m2``): the query is read as ``query.astype(float32) * q_descale``. A float32
         scalar (per tensor) or array ``[H]`` (per query head); None means 1. Must be finite.
-        Float8 calls run on ``"xla"`` (or ``"reference"``) in float32 on the dequantised
-        values (no kernel computes in FP8 yet), return ``out`` in bfloat16 unless
-        ``out_dtype`` says otherwise, and are forward only: differentiating through one raises
-        (compute gradients in bf16/fp16). Extra tokens are in the same float8 dtype and take
-        ``k_descale``/``v_descale``.
+        Float8 calls run on the Hopper FP8 kernel (``"cuda"``: ``float8_e4m3fn``, head dim
+        64 or 128) or on ``"xla"``/``"reference"`` in float32 on the dequantised values, return
+        ``out`` in bfloat16 unless ``out_dtype`` says otherwise, and are forward only:
+        differentiating through one raises (compute gradients in bf16/fp16). Extra tokens
+        are in the same float8 dtype and take ``k_descale``/``v_descale``.
       k_descale: as ``q_descale`` for ``key`` (and ``additional_keys``), scalar or ``[Hkv]``.
       v_descale: as ``q_descale`` for ``value`` (and ``additional_values``), scalar or
         ``[Hkv]``.

@@ -15,6 +15,7 @@ import jax
 
 FWD_TARGET = "jax_gna_fwd"
 BWD_TARGET = "jax_gna_bwd"
+FWD_FP8_TARGET = "jax_gna_fwd_fp8"  # CUDA only: float8_e4m3fn inputs with descales
 
 ext: types.ModuleType | None
 missing: str | None
@@ -55,7 +56,7 @@ _KERNEL_UNIT = re.compile(
     r"^sm(?P<arch>\d+):(?P<direction>fwd|bwd)_k(?P<dtype>[A-Z0-9]+)_d(?P<head_dim>\d+)"
     r"_r(?P<rank>\d+)(?:_c(?P<config>\d+))?$"
 )
-_KERNEL_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+_KERNEL_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "E4M3": "float8_e4m3fn"}
 
 
 def built_cuda_kernels() -> list[dict[str, object]]:

@@ -33,6 +33,8 @@ from jax_gna._params import GnaParams
 PLATFORM = {"cuda": "gpu", "cpu": "cpu"}
 CPU_DTYPES = ("float32", "float16", "bfloat16")
 CUDA_DTYPES = ("float16", "bfloat16")
+# Float8 inputs the CUDA forward takes (``jax_gna_fwd_fp8``: descales, bfloat16 output).
+CUDA_FP8_DTYPES = ("float8_e4m3fn",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,8 +172,10 @@ def why_not(implementation: str, query, key, value, params: GnaParams) -> str | 
             "this build of jax_gna has no CUDA kernels (it was built without nvcc, with "
             "JAX_GNA_CUDA=OFF, or without an arch in JAX_GNA_CUDA_ARCHS that has kernels)"
         )
-    if dtype not in CUDA_DTYPES:
-        return f"the CUDA kernels support dtypes {CUDA_DTYPES}, got {dtype}"
+    if dtype not in CUDA_DTYPES + CUDA_FP8_DTYPES:
+        return f"the CUDA kernels support dtypes {CUDA_DTYPES + CUDA_FP8_DTYPES}, got {dtype}"
+    if dtype in CUDA_FP8_DTYPES and _extension.FWD_FP8_TARGET not in ext.cuda_targets():
+        return "this build of jax_gna has no FP8 forward (rebuild it)"
     if _compute_capability(query) is None:
         return "no CUDA GPU is visible to JAX"
     reason = _cuda_can_implement(query, key, value, params)
@@ -200,8 +204,10 @@ def cuda_tiles(query, key, value, params: GnaParams) -> GnaParams:
         params.dilation,
         params.is_causal,
     )
+    # The FP8 kernels run the 16-bit forward's tile configurations.
+    dtype = jnp.bfloat16 if str(query.dtype) in CUDA_FP8_DTYPES else query.dtype
     try:
-        candidates = sim.tile_candidates(problem, query.shape[-1], query.dtype)
+        candidates = sim.tile_candidates(problem, query.shape[-1], dtype)
     except NotImplementedError:  # not in the Python table: let the launcher use its default
         return params
     for candidate in candidates:
@@ -230,21 +236,36 @@ def _result(like: jax.Array, shape: tuple[int, ...], dtype) -> jax.ShapeDtypeStr
     )
 
 
-def forward(params: GnaParams, q, k, v) -> tuple[jax.Array, jax.Array]:
-    """``(out, lse)`` of ``jax_gna_fwd`` on q ``[B..., X..., H, D]``, k ``[B..., X..., Hkv, D]``,
-    v ``[B..., X..., Hkv, Dv]`` (with ``params.view``: the view's query and key slices)."""
+def _forward(target: str, params: GnaParams, args: tuple, out_dtype, vmap_method: str) -> tuple:
+    """``(out, lse)`` of the forward custom call `target` on ``args`` (q, k, v first)."""
     ext = _extension.ext
     if ext is None:
         raise NotImplementedError(_extension.missing)
+    q, k, v = args[:3]
     workspace = _workspace_bytes(ext.fwd_workspace_bytes, q, k, v, params)
     results = (
-        _result(q, q.shape[:-1] + v.shape[-1:], q.dtype),  # out
+        _result(q, q.shape[:-1] + v.shape[-1:], out_dtype),  # out
         _result(q, q.shape[:-1], jnp.float32),  # lse
         _result(q, (workspace,), jnp.uint8),
     )
-    call = jax.ffi.ffi_call(_extension.FWD_TARGET, results, vmap_method="broadcast_all")
-    out, lse, _ = call(q, k, v, **params.forward_attrs())
+    call = jax.ffi.ffi_call(target, results, vmap_method=vmap_method)
+    out, lse, _ = call(*args, **params.forward_attrs())
     return out, lse
+
+
+def forward(params: GnaParams, q, k, v) -> tuple[jax.Array, jax.Array]:
+    """``(out, lse)`` of ``jax_gna_fwd`` on q ``[B..., X..., H, D]``, k ``[B..., X..., Hkv, D]``,
+    v ``[B..., X..., Hkv, Dv]`` (with ``params.view``: the view's query and key slices)."""
+    return _forward(_extension.FWD_TARGET, params, (q, k, v), q.dtype, "broadcast_all")
+
+
+def forward_fp8(params: GnaParams, q, k, v, descale) -> tuple[jax.Array, jax.Array]:
+    """``(out, lse)`` of ``jax_gna_fwd_fp8`` (CUDA only) on float8_e4m3fn q, k, v with
+    `descale` float32 ``[3, H]`` (the q, k and v descales of each query head); ``out`` in
+    bfloat16. No derivative rule; vmap runs the calls one after another (a batched descale
+    may differ from call to call)."""
+    args = (q, k, v, descale)
+    return _forward(_extension.FWD_FP8_TARGET, params, args, jnp.bfloat16, "sequential")
 
 
 def backward(params: GnaParams, dout, q, k, v, out, lse, dlse) -> tuple:

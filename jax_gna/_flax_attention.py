@@ -355,17 +355,7 @@ def attend(
 
 def check_fp8_dtype(value: Any) -> Any:
     """A layer's ``fp8_dtype``: None, or one of the float8 dtypes `jax_gna.gna` takes."""
-    if value is None:
-        return None
-    try:
-        dtype = jnp.dtype(value)
-    except TypeError:
-        dtype = None
-    if dtype is None or not _fp8.is_fp8(dtype):
-        raise TypeError(
-            f"`fp8_dtype` must be None or one of {', '.join(_fp8.FP8_DTYPES)}, got {value!r}."
-        )
-    return dtype
+    return _fp8.float8_dtype(value, "fp8_dtype", none=True)
 
 
 def forward(

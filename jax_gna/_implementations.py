@@ -23,7 +23,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jax_gna import _additional_kv, _ffi_call, _ffi_op, reference
+from jax_gna import _additional_kv, _ffi_call, _ffi_op, _fp8, reference
 from jax_gna._fp8 import is_fp8
 from jax_gna._mesh import array_platform, explicit_mesh, per_shard
 from jax_gna._params import GnaParams
@@ -129,9 +129,13 @@ def _run_xla(query, key, value, params: GnaParams):
     return run(query, key, value)
 
 
-# Why each FFI implementation refuses float8 inputs (`jax_gna._fp8`): then "xla" runs them.
+# Why each FFI implementation refuses float8 inputs (`jax_gna._fp8`) it has no kernel for: then
+# "xla" runs them. (The CUDA forward takes `_ffi_call.CUDA_FP8_DTYPES`, where it says itself.)
 _FP8_REFUSALS = {
-    "cuda": "no FP8 kernel yet (float8 inputs run on implementation='xla', dequantised)",
+    "cuda": (
+        f"the FP8 kernels take {', '.join(_ffi_call.CUDA_FP8_DTYPES)} only (other float8 inputs "
+        "run on implementation='xla', dequantised)"
+    ),
     "cpu": (
         f"the CPU kernel takes {', '.join(_ffi_call.CPU_DTYPES)}, not float8 (float8 inputs "
         "run on implementation='xla', dequantised)"
@@ -140,7 +144,9 @@ _FP8_REFUSALS = {
 
 
 def _ffi_why_not(name: str, query, key, value, params: GnaParams) -> str | None:
-    if is_fp8(query.dtype):
+    if is_fp8(query.dtype) and not (
+        name == "cuda" and str(query.dtype) in _ffi_call.CUDA_FP8_DTYPES
+    ):
         return _FP8_REFUSALS[name]
     return _ffi_call.why_not(name, query, key, value, params)
 
@@ -240,6 +246,33 @@ def for_fp8(
     float32 values (`jax_gna._fp8.dequantize`), which every implementation would take."""
     impl = select(implementation, query, key, value, params)
     return impl.name, params if impl.has_tiles else params.without_tiles()
+
+
+def attend_fp8(
+    query, key, value, params: GnaParams, extra_keys, extra_values, scales, out_dtype
+) -> tuple[jax.Array, jax.Array]:
+    """``(out, lse)`` of a float8_e4m3fn call that ``"cuda"`` runs (`for_fp8` chose it): the FP8
+    forward kernel on the float8 arrays and their descales (`scales`, from
+    `jax_gna._fp8.descales`), the extra tokens (dequantised) merged in float32 by their
+    log-sum-exps; ``out`` in `out_dtype`. Differentiating through it raises."""
+    query, key, value, extra_keys, extra_values, scales = _fp8.forward_only(
+        (query, key, value, extra_keys, extra_values, scales)
+    )
+    if math.prod(query.shape[:-1]) == 0:
+        out = jnp.zeros((*query.shape[:-1], value.shape[-1]), out_dtype)
+        return out, jnp.zeros(query.shape[:-1], jnp.float32)
+    descale = _fp8.descale_rows(scales, query.shape[-2], key.shape[-2])
+    params = _ffi_call.cuda_tiles(query, key, value, params)
+    out, lse = _ffi_call.forward_fp8(params, query, key, value, descale)
+    if extra_keys is not None:
+        q, _, _, extra_k, extra_v = _fp8.dequantize(
+            scales, query, key, value, extra_keys, extra_values
+        )
+        n_batch = query.ndim - params.rank - 2
+        out, lse = _additional_kv.attend_and_merge(
+            q, out.astype(jnp.float32), lse, extra_k, extra_v, params.scale, n_batch
+        )
+    return out.astype(out_dtype), lse
 
 
 def run_inputs(impl: Implementation, out_dtype, query, key, value, extra_keys, extra_values):

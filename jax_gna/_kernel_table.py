@@ -18,6 +18,18 @@ import dataclasses
 # The dtypes every kernel family compiles, as NumPy names and as the C++ `gna::DType`.
 DTYPES = {"float16": "kF16", "bfloat16": "kBF16"}
 
+# FP8 forward kernels (cuda/sm90/kernel/fwd_fp8_kernel_ws.cuh: float8_e4m3fn inputs with
+# descales, bfloat16 output), per arch the head dims that have them, in every tile configuration
+# of the 16-bit forward of that head dim. Never in the smoke set.
+FP8_DTYPES = {"float8_e4m3fn": "kE4M3"}
+FP8_FORWARD = {"sm90": (64, 128)}
+
+
+def cxx_dtype(dtype: str) -> str:
+    """The C++ `gna::DType` of a kernel's dtype (NumPy name)."""
+    return {**DTYPES, **FP8_DTYPES}[dtype]
+
+
 # Forward tile configurations: (arch, {head dim: K/V pipeline stages}, Q tile, KV tile), one int
 # per spatial axis in the problem's axis order (the rank is their length). Within one (arch,
 # head dim, rank) the order is the configuration index; the first is the default (what a call
@@ -72,7 +84,7 @@ class Kernel:
 
     arch: str  # the kernel family, "sm90" or "sm100"
     direction: str  # "fwd" or "bwd"
-    dtype: str  # NumPy name, "float16" or "bfloat16"
+    dtype: str  # NumPy name: "float16", "bfloat16" or (FP8 forward) "float8_e4m3fn"
     head_dim: int
     rank: int
     config: int | None  # forward: the index among (arch, head dim, rank)'s configurations
@@ -84,13 +96,13 @@ class Kernel:
     @property
     def unit(self) -> str:
         """The name `jax_gna._extension.build_info()` reports, e.g. ``fwd_kBF16_d128_r3_c0``."""
-        name = f"{self.direction}_{DTYPES[self.dtype]}_d{self.head_dim}_r{self.rank}"
+        name = f"{self.direction}_{cxx_dtype(self.dtype)}_d{self.head_dim}_r{self.rank}"
         return name if self.config is None else f"{name}_c{self.config}"
 
     @property
     def file_stem(self) -> str:
         """Its translation unit's name, e.g. ``fwd_sm90_bf16_d128_r3_q2x8x8_kv2x8x8``."""
-        short = {"float16": "f16", "bfloat16": "bf16"}[self.dtype]
+        short = {"float16": "f16", "bfloat16": "bf16", "float8_e4m3fn": "e4m3"}[self.dtype]
         q, kv = ("x".join(str(x) for x in t) for t in (self.q, self.kv))
         return f"{self.direction}_{self.arch}_{short}_d{self.head_dim}_r{self.rank}_q{q}_kv{kv}"
 
@@ -100,8 +112,8 @@ def _smoke(arch: str, **fields: object) -> bool:
 
 
 def kernels() -> tuple[Kernel, ...]:
-    """Every kernel of the full set, in build order: arch, dtype, head dim, rank, then forward
-    configurations before the backward."""
+    """Every kernel of the full set, in build order: arch, dtype (the FP8 forward last), head
+    dim, rank, then forward configurations before the backward."""
     out = []
     for arch in SMOKE:
         head_dims = sorted({d for a, ds, *_ in FORWARD + BACKWARD if a == arch for d in ds})
@@ -139,4 +151,33 @@ def kernels() -> tuple[Kernel, ...]:
                                 smoke=_smoke(arch, **fields),
                             )
                         )
+        out += _fp8_kernels(arch)
     return tuple(out)
+
+
+def _fp8_kernels(arch: str) -> list[Kernel]:
+    """The FP8 forward kernels of `arch`: the 16-bit forward's configurations of each of its
+    FP8 head dims."""
+    out = []
+    for dtype in FP8_DTYPES:
+        for head_dim in FP8_FORWARD.get(arch, ()):
+            for rank in (1, 2, 3):
+                rows = [
+                    r for r in FORWARD if r[0] == arch and head_dim in r[1] and len(r[2]) == rank
+                ]
+                for config, (_, stages, q, kv) in enumerate(rows):
+                    out.append(
+                        Kernel(
+                            arch,
+                            "fwd",
+                            dtype,
+                            head_dim,
+                            rank,
+                            config,
+                            q,
+                            kv,
+                            stages[head_dim],
+                            smoke=False,
+                        )
+                    )
+    return out

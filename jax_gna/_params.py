@@ -389,9 +389,9 @@ def out_dtype_of(out_dtype: Any, query: Any) -> jnp.dtype:
         raise TypeError(f"{rule}, got {out_dtype!r}.")
     if str(dtype) in FP8_DTYPES:
         raise NotImplementedError(
-            f"`out_dtype`={dtype} is not supported: FP8 output is not supported (float8 inputs "
-            f"are attended in float32); use {jnp.dtype(FP8_OUT_DTYPE)} (the default for float8 "
-            "inputs) and quantise the output yourself."
+            f"`out_dtype`={dtype} is not supported: FP8 output is not supported (no "
+            f"implementation writes float8); use {jnp.dtype(FP8_OUT_DTYPE)} (the default for "
+            "float8 inputs) and quantise the output yourself."
         )
     if str(dtype) not in _FLOAT_DTYPES:
         raise TypeError(f"{rule}, got {dtype}.")

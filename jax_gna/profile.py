@@ -13,6 +13,12 @@ forward; ``--deterministic on|off|both`` then picks the backward's mode (`jax_gn
 problems they cannot run). The dense cuDNN backward follows XLA's
 ``--xla_gpu_deterministic_ops`` flag (``XLA_FLAGS``), for the whole process.
 
+``--dtype fp8`` (forward only) times FP8 attention: the inputs are made in bfloat16 and
+quantised to float8_e4m3fn with per-tensor scales (`jax_gna.quantize_fp8`, before timing), and
+each implementation runs twice, on the float8 inputs with their descales (the ``fp8`` row) and
+on the bfloat16 inputs they came from (the ``bf16`` row), against dense attention on the
+bfloat16 inputs; a note gives each ``fp8`` row's speedup over its ``bf16`` row.
+
 Timing (`jax_gna._timing`; ``docs/performance.md`` explains the method): a sample runs one
 candidate alone for at least ``--sample-seconds`` (0.25 s): back-to-back dispatches of one
 jitted function that holds up to ``--max-calls`` independent calls on as many different input
@@ -49,11 +55,15 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 import jax_gna
-from jax_gna import _ffi_call, _implementations, _kernel_trace, _tiles, _timing, sim
+from jax_gna import _ffi_call, _fp8, _implementations, _kernel_trace, _tiles, _timing, sim
 from jax_gna._params import make_params, resolve_deterministic, xla_wants_determinism
 
 _IMPLEMENTATIONS = ("auto", *_implementations.NAMES)
-_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8": "float8_e4m3fn"}
+# --dtype fp8: the inputs are made in this dtype and quantised (per tensor), and the same
+# implementations run on them unquantised too; the row names end in these suffixes.
+_FP8_SOURCE = "bfloat16"
+_FP8_ROWS = (" fp8", " bf16")
 # Dense attention through XLA materialises [B, H, N, N] float32 scores (and a few temporaries):
 # skip it above this much memory instead of running out.
 _DENSE_XLA_MAX_BYTES = {"cpu": 4 << 30, "gpu": 24 << 30}
@@ -146,7 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--causal", type=_bool, nargs="*", metavar="BOOL",
         help="causal per axis; bare -c makes every axis causal",
     )  # fmt: skip
-    prob.add_argument("--dtype", choices=tuple(_DTYPES), default="bf16", help="(default bf16)")
+    prob.add_argument(
+        "--dtype", choices=tuple(_DTYPES), default="bf16",
+        help="(default bf16); fp8: float8_e4m3fn quantised from bf16 inputs with per-tensor "
+        "scales, timed next to bf16 on the same inputs (forward only)",
+    )  # fmt: skip
     prob.add_argument(
         "--add-kv", type=_non_negative_int, default=0, metavar="E",
         help="extra key/value tokens every query attends to (e.g. text tokens)",
@@ -226,6 +240,16 @@ class Config:
     dry_run: bool
     suggest_strides: int
 
+    @property
+    def fp8(self) -> bool:
+        return _fp8.is_fp8(self.dtype)
+
+    @property
+    def input_dtype(self) -> str:
+        """The dtype the inputs are made in: `dtype`, or with fp8 the one they are quantised
+        from."""
+        return _FP8_SOURCE if self.fp8 else self.dtype
+
 
 def _per_axis(parser, flag: str, values, rank: int, default):
     if values is None:
@@ -287,6 +311,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         tiles = _tiles.TileConfig(tuple(a.q_tile), tuple(a.kv_tile))
     if a.suggest_strides and not a.dry_run:
         parser.error("argument --suggest-strides: only with --dry-run")
+    if a.dtype == "fp8" and a.backprop:
+        parser.error(
+            "argument --dtype: fp8 is forward only (FP8 attention has no backward); drop "
+            "--backprop, or time the backward with --dtype bf16"
+        )
     if a.deterministic != "auto" and not a.backprop:
         parser.error(
             "argument --deterministic: only with --backprop (it is the backward's mode; the "
@@ -357,8 +386,10 @@ def _candidates(cfg: Config) -> tuple[list[sim.Simulation], str]:
     """Tile configurations for the bound, ranked, and a note saying where they come from."""
     p = cfg.problem
     name = {v: k for k, v in _DTYPES.items()}[cfg.dtype]
+    if cfg.fp8:
+        name += " (the bf16 tile configurations)"  # the FP8 kernels run the 16-bit ones
     try:
-        sims = sim.tile_candidates(p, cfg.dim, cfg.dtype)
+        sims = sim.tile_candidates(p, cfg.dim, cfg.input_dtype)
         note = f"sm90 forward kernels, {name}, head dim {cfg.dim}"
     except NotImplementedError as e:
         try:
@@ -392,9 +423,10 @@ def _describe(cfg: Config) -> str:
     kv = f" (kv {cfg.heads_kv})" if cfg.heads_kv != cfg.heads else ""
     dv = f"/{cfg.dim_value}" if cfg.dim_value != cfg.dim else ""
     extra = f", +{cfg.add_kv} extra KV tokens" if cfg.add_kv else ""
-    return (
-        f"batch {cfg.batch}, heads {cfg.heads}{kv}, head dim {cfg.dim}{dv}, {cfg.dtype}, {p}{extra}"
-    )
+    dtype = cfg.dtype
+    if cfg.fp8:
+        dtype += f" (from {cfg.input_dtype}, per-tensor scales) and {cfg.input_dtype}"
+    return f"batch {cfg.batch}, heads {cfg.heads}{kv}, head dim {cfg.dim}{dv}, {dtype}, {p}{extra}"
 
 
 def _pairs(cfg: Config) -> tuple[int, int, bool]:
@@ -466,6 +498,7 @@ def _problem_json(cfg: Config) -> dict[str, Any]:
         "dim": cfg.dim,
         "dim_value": cfg.dim_value,
         "dtype": cfg.dtype,
+        "input_dtype": cfg.input_dtype,
         "add_kv": cfg.add_kv,
         "backprop": cfg.backprop,
         "deterministic": list(cfg.deterministic) if cfg.backprop else None,
@@ -522,7 +555,8 @@ class _Progress:
 
 def _inputs(cfg: Config, index: int = 0):
     """Input set ``index``: ``(q, k, v, do, extra_keys, extra_values)`` from random key
-    ``index`` (``do`` only with --backprop; the extra tokens only with --add-kv)."""
+    ``index`` (``do`` only with --backprop; the extra tokens only with --add-kv), in
+    ``cfg.input_dtype``."""
     import jax
 
     p = cfg.problem
@@ -530,7 +564,7 @@ def _inputs(cfg: Config, index: int = 0):
     b, s = cfg.batch, p.shape
 
     def normal(key, *shape):
-        return jax.random.normal(key, shape, dtype=cfg.dtype)
+        return jax.random.normal(key, shape, dtype=cfg.input_dtype)
 
     q = normal(keys[0], b, *s, cfg.heads, cfg.dim)
     k = normal(keys[1], b, *s, cfg.heads_kv, cfg.dim)
@@ -543,16 +577,28 @@ def _inputs(cfg: Config, index: int = 0):
     return q, k, v, do, extra_keys, extra_values
 
 
+def _quantized(inputs, dtype: str):
+    """An input set (`_inputs`, forward only) quantised to ``dtype`` with per-tensor scales, the
+    extra tokens with the key's and value's: ``(q, k, v, None, extra_keys, extra_values,
+    descales)``, ``descales`` the tuple of the q, k and v descales."""
+    q, k, v, _, extra_keys, extra_values = inputs
+    q, q_descale = _fp8.quantize_fp8(q, dtype)
+    (k, extra_keys), k_descale = _fp8.quantize_fp8((k, extra_keys), dtype)
+    (v, extra_values), v_descale = _fp8.quantize_fp8((v, extra_values), dtype)
+    return q, k, v, None, extra_keys, extra_values, (q_descale, k_descale, v_descale)
+
+
 def _with_backprop(f, backprop: bool):
     """One timed call of ``f(q, k, v, extra_keys, extra_values)`` as a function of an input set:
     the forward's output, or with ``backprop`` the output and every gradient (dq, dk, dv), so
-    that no part of the backward is dead code."""
+    that no part of the backward is dead code. A forward input set may end in the descales of
+    float8 inputs (`_quantized`), which go on to ``f``."""
     import jax
 
     if not backprop:
 
-        def forward(q, k, v, do, extra_keys, extra_values):
-            return f(q, k, v, extra_keys, extra_values)
+        def forward(q, k, v, do, extra_keys, extra_values, *descales):
+            return f(q, k, v, extra_keys, extra_values, *descales)
 
         return forward
 
@@ -575,7 +621,7 @@ def _gna_fn(cfg: Config, impl: str | None, deterministic: bool | None = None):
     if cfg.tiles is not None and (impl is None or _implementations.get(impl).has_tiles):
         kwargs.update(q_tile_shape=cfg.tiles.q, kv_tile_shape=cfg.tiles.kv)
 
-    def f(q, k, v, extra_keys, extra_values):
+    def f(q, k, v, extra_keys, extra_values, descales=(None, None, None)):
         return jax_gna.gna(
             q,
             k,
@@ -583,6 +629,9 @@ def _gna_fn(cfg: Config, impl: str | None, deterministic: bool | None = None):
             p.kernel_size,
             additional_keys=extra_keys,
             additional_values=extra_values,
+            q_descale=descales[0],
+            k_descale=descales[1],
+            v_descale=descales[2],
             **kwargs,
         )
 
@@ -645,15 +694,46 @@ def _platform() -> tuple[str, str]:
     return d.platform, f"{d.device_kind} ({d.platform})"
 
 
-def _timers(cfg: Config, candidates: dict[str, Any], pool: _timing.InputPool):
-    """A `_timing.Timer` per candidate function (exceptions stay as they are)."""
+def _timers(cfg: Config, candidates: dict[str, Any], pools: dict[str, _timing.InputPool]):
+    """A `_timing.Timer` per candidate function on its input pool (exceptions stay as they
+    are)."""
     m = cfg.method
     return {
         name: fn
         if isinstance(fn, Exception)
-        else _timing.Timer(fn, pool, sample_s=m.sample_s, max_calls=m.max_calls)
+        else _timing.Timer(fn, pools[name], sample_s=m.sample_s, max_calls=m.max_calls)
         for name, fn in candidates.items()
     }
+
+
+def _input_pools(cfg: Config) -> list[tuple[str, _timing.InputPool]]:
+    """``(row-name suffix, input pool)`` per kind of input the implementations run on: the
+    inputs of ``cfg.dtype``, or with fp8 the quantised ones (`_quantized`) and then the ones
+    they come from, in that order. The dense baseline takes the last pool."""
+    pool = _timing.InputPool(lambda index: _inputs(cfg, index))
+    if not cfg.fp8:
+        return [("", pool)]
+    # Set i is made again from random key i (not kept: the bf16 rows may time fewer sets).
+    quantized = _timing.InputPool(lambda index: _quantized(_inputs(cfg, index), cfg.dtype))
+    return list(zip(_FP8_ROWS, (quantized, pool)))
+
+
+def _speedup_over_source(rows: list[dict[str, Any]], requested: list[str]) -> None:
+    """With fp8: add to each timed fp8 row its speedup over the bf16 row of the same requested
+    implementation (``requested[i]`` is row i's ``--implementation``; ``auto`` may pick
+    differently for each dtype), as ``over_bf16``: `_timing.speedup`'s fields and the name of
+    that row."""
+    fp8, source = _FP8_ROWS
+    timed = {
+        (impl, row["implementation"].endswith(fp8)): row
+        for impl, row in zip(requested, rows)
+        if row.get("status") == "ok" and row["implementation"].endswith((fp8, source))
+    }
+    for (impl, is_fp8), row in timed.items():
+        base = timed.get((impl, False)) if is_fp8 else None
+        if base is not None:
+            over = {"implementation": base["implementation"]} | _timing.speedup(row, base)
+            row["over_bf16"] = over
 
 
 def _kernel_columns(row: dict[str, Any], timer, own: tuple[str, ...]) -> None:
@@ -674,6 +754,65 @@ def _kernel_columns(row: dict[str, Any], timer, own: tuple[str, ...]) -> None:
     row["overhead_ms"] = row["median_ms"] - kernel
 
 
+@dataclasses.dataclass
+class _Candidates:
+    """What `profile` times: a row per implementation (``--implementation`` x backward mode x
+    kind of input), each with its function (or the exception building it raised) and input
+    pool; ``requested`` is each row's ``--implementation``, ``tiles`` those of the cuda rows."""
+
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    requested: list[str] = dataclasses.field(default_factory=list)
+    functions: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pools: dict[str, _timing.InputPool] = dataclasses.field(default_factory=dict)
+    tiles: dict[str, _tiles.TileConfig | None] = dataclasses.field(default_factory=dict)
+
+    def add_gna_rows(self, cfg: Config, suffix: str, pool: _timing.InputPool) -> None:
+        """A row per implementation and backward mode on the inputs of ``pool``, its name
+        ending in ``suffix``."""
+        p = cfg.problem
+        q, k, v, *_ = pool.take(1)[0]
+        window = dict(stride=p.stride, dilation=p.dilation, is_causal=p.is_causal)
+        supported = jax_gna.supported_implementations(q, k, v, p.kernel_size, **window)
+        auto = next(
+            i.name for i in _implementations.IMPLEMENTATIONS if i.auto and supported[i.name] is None
+        )
+        if cfg.tiles is not None:  # they go to the cuda implementation only (`_gna_fn`)
+            supported["cuda"] = jax_gna.supported_implementations(
+                q, k, v, p.kernel_size, **window, q_tile_shape=cfg.tiles.q,
+                kv_tile_shape=cfg.tiles.kv,
+            )["cuda"]  # fmt: skip
+        for impl, deterministic in itertools.product(cfg.implementations, cfg.deterministic):
+            resolved = resolve_deterministic(deterministic)
+            name = (f"auto -> {auto}" if impl == "auto" else impl) + suffix
+            if cfg.backprop and resolved:
+                name += " [deterministic]"
+            reason = None if impl == "auto" else supported.get(impl)
+            row: dict[str, Any] = {"implementation": name}
+            self.rows.append(row)
+            self.requested.append(impl)
+            self.pools[name] = pool
+            if cfg.backprop:
+                row["deterministic"] = resolved
+            if reason is not None:
+                row["status"] = f"unavailable: {reason}"
+                continue
+            if (auto if impl == "auto" else impl) == "cuda":
+                try:
+                    self.tiles[name] = _cuda_tiles(cfg, q, k, v)
+                    if cfg.backprop:
+                        why = _cuda_backward_reason(cfg, q, k, v)
+                        row["backward"] = "cuda" if why is None else f"xla ({why})"
+                except Exception as e:
+                    self.functions[name] = e
+                    continue
+                if self.tiles[name] is not None:
+                    row["tiles"] = str(self.tiles[name])
+            try:
+                self.functions[name] = _gna_fn(cfg, None if impl == "auto" else impl, deterministic)
+            except Exception as e:
+                self.functions[name] = e
+
+
 def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
     """Time the implementations and dense attention; print the table; return the results."""
     out = out or sys.stdout
@@ -684,18 +823,7 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
     platform, device = _platform()
     on_gpu = platform == "gpu"
     pairs, dense_pairs, dense_causal = _pairs(cfg)
-    pool = _timing.InputPool(lambda index: _inputs(cfg, index))
-    q, k, v, *_ = pool.take(1)[0]
-    window = dict(stride=p.stride, dilation=p.dilation, is_causal=p.is_causal)
-    supported = jax_gna.supported_implementations(q, k, v, p.kernel_size, **window)
-    auto = next(
-        i.name for i in _implementations.IMPLEMENTATIONS if i.auto and supported[i.name] is None
-    )
-    if cfg.tiles is not None:  # they go to the cuda implementation only (`_gna_fn`)
-        supported["cuda"] = jax_gna.supported_implementations(
-            q, k, v, p.kernel_size, **window, q_tile_shape=cfg.tiles.q, kv_tile_shape=cfg.tiles.kv
-        )["cuda"]
-
+    pools = _input_pools(cfg)
     dense_impl = "cudnn" if on_gpu else "xla"
     dense_note = ""
     if cfg.dense and dense_impl == "xla":
@@ -704,37 +832,12 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
         if need > limit:
             dense_note = f"skipped: XLA's dense attention would need ~{need / 2**30:.0f} GiB"
 
-    candidates: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
-    ran_tiles: dict[str, _tiles.TileConfig | None] = {}  # the tiles of the cuda rows
-    for impl, deterministic in itertools.product(cfg.implementations, cfg.deterministic):
-        resolved = resolve_deterministic(deterministic)
-        name = f"auto -> {auto}" if impl == "auto" else impl
-        if cfg.backprop and resolved:
-            name += " [deterministic]"
-        reason = None if impl == "auto" else supported.get(impl)
-        rows.append({"implementation": name})
-        if cfg.backprop:
-            rows[-1]["deterministic"] = resolved
-        if reason is not None:
-            rows[-1]["status"] = f"unavailable: {reason}"
-            continue
-        if (auto if impl == "auto" else impl) == "cuda":
-            try:
-                ran_tiles[name] = _cuda_tiles(cfg, q, k, v)
-                if cfg.backprop:
-                    why = _cuda_backward_reason(cfg, q, k, v)
-                    rows[-1]["backward"] = "cuda" if why is None else f"xla ({why})"
-            except Exception as e:
-                candidates[name] = e
-                continue
-            if ran_tiles[name] is not None:
-                rows[-1]["tiles"] = str(ran_tiles[name])
-        try:
-            candidates[name] = _gna_fn(cfg, None if impl == "auto" else impl, deterministic)
-        except Exception as e:
-            candidates[name] = e
+    plan = _Candidates()
+    for suffix, pool in pools:
+        plan.add_gna_rows(cfg, suffix, pool)
+    rows, candidates, pool_of = plan.rows, plan.functions, plan.pools
     dense: dict[str, Any] = {"implementation": f"dense ({dense_impl})"}
+    pool_of[dense["implementation"]] = pools[-1][1]
     if not cfg.dense:
         dense["status"] = "skipped (--no-dense)"
     elif dense_note:
@@ -746,7 +849,7 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
             candidates[dense["implementation"]] = e
 
     m = cfg.method
-    timers = _timers(cfg, candidates, pool)
+    timers = _timers(cfg, candidates, pool_of)
     progress = _Progress(m.iters * m.repeats)
     try:
         timed = _timing.alternate(
@@ -774,11 +877,13 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
             if dense.get("status") == "ok":
                 row.update(_timing.speedup(row, dense))
             if on_gpu:  # the simulator describes the GPU kernels
-                tiles = ran_tiles.get(row["implementation"])
+                tiles = plan.tiles.get(row["implementation"])
                 row["bound"] = (chosen if tiles is None else sim.simulate(p, tiles)).token_bound
     if dense.get("status") == "ok":
         dense["tflops"] = _flops(cfg, dense_pairs) / (dense["median_ms"] * 1e-3) / 1e12
         dense["speedup"] = 1.0
+    if cfg.fp8:
+        _speedup_over_source(rows, plan.requested)
 
     pass_name = "forward + backward" if cfg.backprop else "forward"
     print(f"device: {device}", file=out)
@@ -800,6 +905,8 @@ def profile(cfg: Config, out: TextIO | None = None) -> dict[str, Any]:
     dense_what = ("cuDNN" if dense_impl == "cudnn" else "XLA (no GPU: cuDNN needs one)") + (
         ", causal" if dense_causal else ""
     )
+    if cfg.fp8:
+        dense_what += f", on the {cfg.input_dtype} inputs"
     if cfg.backprop and dense_impl == "cudnn":
         # XLA reads the flag once per process: it is what the environment said at start-up.
         mode = "deterministic" if xla_wants_determinism() else "default"
@@ -844,6 +951,9 @@ def _results_table(rows: list[dict[str, Any]], on_gpu: bool = True) -> str:
             continue
         if r.get("backward", "cuda") != "cuda":
             notes.append(f"  {name}: backward by {r['backward']}")
+        if "over_bf16" in r:
+            over = r["over_bf16"]
+            notes.append(f"  {name}: {_timing.format_speedup(over)} over {over['implementation']}")
         trace = r.get("trace", "n/a")
         if trace not in ("ok", "n/a (no GPU)"):
             notes.append(f"  {name}: kernel time: {trace}")

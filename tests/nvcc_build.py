@@ -64,3 +64,17 @@ def kernel_ptx(
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 0, f"{' '.join(cmd)}\n{run.stderr[-4000:]}"
     return out.read_text()
+
+
+def run_host_program(tmp_path: Path, source: Path) -> subprocess.CompletedProcess:
+    """`source` (a host program over the kernels' headers: includes from the repository root
+    and cuda/include) built with nvcc against the CUTLASS headers and run; its output captured."""
+    nvcc, include = require_nvcc_and_cutlass()
+    exe = tmp_path / source.stem
+    includes = ["-I", str(ROOT), "-I", str(ROOT / "cuda" / "include"), "-isystem", str(include)]
+    subprocess.run(
+        [nvcc, "-std=c++17", "-O1", "--expt-relaxed-constexpr", *includes, str(source)]
+        + ["-o", str(exe)],
+        check=True,
+    )
+    return subprocess.run([str(exe)], capture_output=True, text=True)

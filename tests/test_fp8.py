@@ -206,10 +206,16 @@ def test_fp8_inputs_without_gradients_run_under_grad():
 
 
 def test_fp8_picks_xla_and_the_kernels_say_why_not():
+    """Without a GPU: the CUDA FP8 forward takes float8_e4m3fn (its refusal is then the
+    build's or the GPU's, never the dtype), float8_e5m2 it refuses by dtype."""
     q, k, v = _qkv()
     params = make_params(q, k, v, 3)
     assert _implementations.select(None, q, k, v, params).name == "xla"
-    assert _implementations.CUDA.why_not(q, k, v, params).startswith("no FP8 kernel yet")
+    reason = _implementations.CUDA.refusal(q, k, v, params)
+    assert reason is not None and "float8" not in reason
+    q5, k5, v5 = _qkv(jnp.float8_e5m2)
+    e5m2 = _implementations.CUDA.why_not(q5, k5, v5, make_params(q5, k5, v5, 3))
+    assert e5m2.startswith("the FP8 kernels take float8_e4m3fn only")
     assert "not float8" in _implementations.CPU.why_not(q, k, v, params)
     supported = jax_gna.supported_implementations(q, k, v, 3)
     assert supported["xla"] is None and supported["reference"] is None

@@ -40,9 +40,16 @@ def test_generated_files_are_current():
 
 def test_tiles_module_lists_the_table_s_sm90_forward():
     expected: dict = {}
+    fp8: dict = {}
     for k in KERNELS:
         if k.arch == "sm90" and k.direction == "fwd":
-            expected.setdefault((k.dtype, k.rank, k.head_dim), []).append((k.q, k.kv))
+            rows = fp8 if k.dtype in _kernel_table.FP8_DTYPES else expected
+            rows.setdefault((k.dtype, k.rank, k.head_dim), []).append((k.q, k.kv))
+    # The FP8 forward runs the 16-bit forward's configurations (jax_gna._ffi_call.cuda_tiles
+    # picks its tiles as bfloat16's).
+    assert fp8, "the table lists sm90 FP8 forward kernels"
+    for (_, rank, head_dim), configs in fp8.items():
+        assert configs == expected[("bfloat16", rank, head_dim)]
     for (dtype, rank, head_dim), configs in expected.items():
         got = _tiles.supported_tiles(rank, head_dim, dtype, arch="sm90")
         assert [(c.q, c.kv) for c in got] == configs, (dtype, rank, head_dim)
@@ -98,13 +105,13 @@ _PRINTER = r"""
 template <class Fwd, class Bwd, class FwdBuilt, class BwdBuilt, class Dims>
 void dump(const char* arch, const Dims& dims, Fwd fwd, Bwd bwd, FwdBuilt fwd_built,
           BwdBuilt bwd_built) {
-  const gna::DType dtypes[] = {gna::DType::kF16, gna::DType::kBF16};
+  const gna::DType dtypes[] = {gna::DType::kF16, gna::DType::kBF16, gna::DType::kE4M3};
   for (int d : dims) {
     for (int rank = 1; rank <= 3; ++rank) {
       const gna::FwdTileConfigs t = fwd(rank, d);
       for (int c = 0; c < t.count; ++c) {
         const gna::FwdTileConfig& x = t.config[c];
-        for (int i = 0; i < 2; ++i)
+        for (int i = 0; i < 3; ++i)
           if (fwd_built(dtypes[i], d, rank, c))
             std::printf("%s fwd %d %d %d %d q%d,%d,%d kv%d,%d,%d s%d\n", arch, i, d, rank, c,
                         x.q[0], x.q[1], x.q[2], x.kv[0], x.kv[1], x.kv[2], x.stages);
@@ -133,7 +140,7 @@ int main() {
 
 
 def _expected(smoke: bool) -> list[str]:
-    dtypes = list(_kernel_table.DTYPES)
+    dtypes = list(_kernel_table.DTYPES) + list(_kernel_table.FP8_DTYPES)
     lines = []
     for k in KERNELS:
         if smoke and not k.smoke:

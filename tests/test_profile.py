@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -238,7 +239,8 @@ def test_unavailable_implementation_is_reported_not_run(capsys):
         (["-i", "1", "2", "3", "4"], "-i/--input-size: expected 1 to 3"),
         (["-i", "16", "-c", "maybe"], "-c/--causal"),
         (["-i", "16", "-d", "0"], "-d/--dim"),
-        (["-i", "16", "--dtype", "fp8"], "--dtype"),
+        (["-i", "16", "--dtype", "int8"], "--dtype"),
+        (["-i", "16", "--dtype", "fp8", "--backprop"], "--dtype: fp8 is forward only"),
         (["-i", "16", "--suggest-strides", "3"], "only with --dry-run"),
         (["-i", "16", "--deterministic", "both"], "--deterministic: only with --backprop"),
         (["-i", "16", "--backprop", "--deterministic", "yes"], "--deterministic: invalid"),
@@ -253,6 +255,75 @@ def test_bad_arguments_exit_with_a_message_naming_the_flag(argv, message, capsys
         profile.parse_args(argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_fp8_is_timed_next_to_bf16_on_the_same_inputs_and_dense(tmp_path, capsys):
+    path = tmp_path / "fp8.json"
+    argv = [*SMALL, "--dtype", "fp8", "--add-kv", "3", "--implementation", "xla,cpu", *FAST]
+    assert profile.main([*argv, "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(path.read_text())
+    rows = {r["implementation"]: r for r in data["results"]}
+    assert list(rows) == ["xla fp8", "cpu fp8", "xla bf16", "cpu bf16"]
+    assert rows["cpu fp8"]["status"].startswith("unavailable") and "not float8" in out
+    for name in ("xla fp8", "xla bf16"):
+        assert rows[name]["status"] == "ok" and rows[name]["speedup"] > 0
+    assert data["dense"]["status"] == "ok" and data["dense"]["implementation"] == "dense (xla)"
+    over = rows["xla fp8"]["over_bf16"]
+    assert over["implementation"] == "xla bf16" and "over_bf16" not in rows["xla bf16"]
+    medians = rows["xla bf16"]["median_ms"] / rows["xla fp8"]["median_ms"]
+    assert over["speedup"] == pytest.approx(medians)
+    assert over["speedup_spread"][0] <= over["speedup"] <= over["speedup_spread"][1]
+    assert f"xla fp8: {over['speedup']:.2f}x [" in out and "over xla bf16" in out
+    assert data["problem"]["dtype"] == "float8_e4m3fn"
+    assert data["problem"]["input_dtype"] == "bfloat16"
+    assert "float8_e4m3fn (from bfloat16, per-tensor scales" in out
+    assert "dense baseline: XLA (no GPU: cuDNN needs one), on the bfloat16 inputs" in out
+
+
+def test_fp8_inputs_are_the_bf16_ones_quantised_with_per_tensor_descales(monkeypatch):
+    cfg = profile.parse_args([*SMALL, "--dtype", "fp8", "--add-kv", "2"])
+    (fp8_suffix, fp8_pool), (bf16_suffix, bf16_pool) = profile._input_pools(cfg)
+    assert (fp8_suffix, bf16_suffix) == (" fp8", " bf16")
+    fp8_set, bf16_set = fp8_pool.take(2)[1], bf16_pool.take(2)[1]
+    q8, k8, v8, do, ek8, ev8, descales = fp8_set
+    assert do is None and bf16_set[3] is None
+    assert all(x.dtype == jnp.float8_e4m3fn for x in (q8, k8, v8, ek8, ev8))
+    assert all(d.shape == () and d.dtype == jnp.float32 for d in descales)
+    assert bf16_set[0].dtype == jnp.bfloat16
+    # Each quantised array times its descale is the bf16 one, to e4m3's rounding; the extra
+    # tokens take the key's and value's descales.
+    pairs = ((q8, 0, 0), (k8, 1, 1), (v8, 2, 2), (ek8, 1, 4), (ev8, 2, 5))
+    for x8, which, index in pairs:
+        source = np.asarray(bf16_set[index], np.float32)
+        back = np.asarray(x8, np.float32) * float(descales[which])
+        assert np.abs(back - source).max() <= 2.0**-4 * np.abs(source).max()
+    seen = {}
+
+    def fake_gna(q, k, v, kernel_size, **kw):
+        seen.update(kw)
+        return q
+
+    monkeypatch.setattr(jax_gna, "gna", fake_gna)
+    profile._gna_fn(cfg, "xla")(*fp8_set)
+    assert [seen[n] for n in ("q_descale", "k_descale", "v_descale")] == list(descales)
+    assert seen["additional_keys"] is ek8
+    profile._gna_fn(cfg, "xla")(*bf16_set)
+    assert seen["q_descale"] is None and seen["additional_keys"] is bf16_set[4]
+
+
+def test_fp8_dry_run_lists_the_bf16_tile_configurations(capsys):
+    assert profile.main([*HUNYUAN, "--dtype", "fp8", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sm90 forward kernels, fp8 (the bf16 tile configurations), head dim 128" in out
+    assert "Q(2,8,8)/KV(2,8,8) *" in out
+
+
+def test_design_problems_summary_gives_fp8_over_bf16():
+    row = dict(implementation="cuda fp8", status="ok", median_ms=1.0, spread_ms=[1.0, 1.0],
+               tflops=900.0, over_bf16=dict(implementation="cuda bf16", speedup=1.5,
+                                            speedup_spread=[1.4, 1.6]))  # fmt: skip
+    assert _design_problems()._timed(row).endswith(", 1.50x [1.40-1.60] over cuda bf16")
 
 
 def test_causal_flag_forms():

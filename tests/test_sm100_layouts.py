@@ -11,31 +11,14 @@ It skips, with the reason, without nvcc or the headers.
 
 from __future__ import annotations
 
-import subprocess
-
 from tests import nvcc_build
 
 ROOT = nvcc_build.ROOT
 
 
 def test_backward_smem_views_alias_the_tiles_they_read(tmp_path):
-    nvcc, include = nvcc_build.require_nvcc_and_cutlass()
-    exe = tmp_path / "bwd_smem_views"
     src = ROOT / "cuda" / "sm100" / "tests" / "bwd_smem_views.cu"
-    subprocess.run(
-        [nvcc, "-std=c++17", "-O1", "--expt-relaxed-constexpr", "-I", str(ROOT)]
-        + [
-            "-I",
-            str(ROOT / "cuda" / "include"),
-            "-isystem",
-            str(include),
-            str(src),
-            "-o",
-            str(exe),
-        ],
-        check=True,
-    )
-    run = subprocess.run([str(exe)], capture_output=True, text=True)
+    run = nvcc_build.run_host_program(tmp_path, src)
     lines = run.stdout.splitlines()
     assert run.returncode == 0 and len(lines) == 4, run.stdout + run.stderr
     for line in lines:

@@ -39,6 +39,11 @@ cudaError_t launch_dtype(DType dtype, const FwdMaps& maps, const FwdParams& fp, 
     if (dtype == DType::kF16)
       return launch_fwd_kernel<Arch, DType::kF16, kHeadDim, kRank, kConfig>(maps, fp, grid, stream);
   }
+  if constexpr (Arch::fwd_kernel_built(DType::kE4M3, kHeadDim, kRank, kConfig)) {
+    if (dtype == DType::kE4M3)
+      return launch_fwd_kernel<Arch, DType::kE4M3, kHeadDim, kRank, kConfig>(maps, fp, grid,
+                                                                             stream);
+  }
   return cudaErrorInvalidValue;
 }
 
@@ -113,8 +118,15 @@ const char* can_implement(const Problem& p, int* config) {
     if (p.has_view()) return Arch::kViewRefusal;
   }
   static const fwd_host::KernelRefusals refusals(std::string("the ") + Arch::kName + " kernels",
-                                                 Arch::kFwdHeadDims);
+                                                 Arch::kFwdHeadDims, Arch::kFwdTakesFp8);
   if (const char* reason = refusals.check(p)) return reason;
+  if (p.dtype == DType::kE4M3 && !Arch::fwd_fp8_head_dim(p.head_dim)) {
+    static const std::string fp8_head_dims =
+        std::string("the ") + Arch::kName +
+        " FP8 (float8_e4m3fn) forward kernels do not take "
+        "this head_dim (the kernel table, jax_gna/_kernel_table.py FP8_FORWARD, lists theirs)";
+    return fp8_head_dims.c_str();
+  }
   if (!any_config_built<Arch>(p.dtype, p.head_dim, p.rank)) return Arch::kFwdSetRefusal;
   const KernelAxes ax = kernel_axes(p);
   if (const char* reason = fwd_host::check_common(p, ax)) return reason;
@@ -145,10 +157,16 @@ size_t fwd_workspace_bytes(const Problem&) {
 
 template <class Arch>
 cudaError_t fwd_launch(const Problem& p, const void* q, const void* k, const void* v, void* out,
-                       float* lse, void* /*workspace*/, cudaStream_t stream, std::string* error) {
+                       float* lse, void* /*workspace*/, cudaStream_t stream, std::string* error,
+                       const float* descale) {
   int config;
   if (const char* reason = fwd_dispatch::can_implement<Arch>(p, &config)) {
     *error = reason;
+    return cudaErrorInvalidValue;
+  }
+  if (p.dtype == DType::kE4M3 &&
+      (descale == nullptr || !fwd_host::aligned(descale, 4, "descale", error))) {
+    if (descale == nullptr) *error = "float8_e4m3fn inputs need their descales";
     return cudaErrorInvalidValue;
   }
   const FwdTileConfig tiles = Arch::fwd_tile_configs(p.rank, p.head_dim).config[config];
@@ -157,6 +175,7 @@ cudaError_t fwd_launch(const Problem& p, const void* q, const void* k, const voi
   if (cudaError_t err =
           fwd_host::prepare_fwd_launch(p, tiles, q, k, v, out, lse, &fp, &maps, error))
     return err;
+  fp.descale = p.dtype == DType::kE4M3 ? descale : nullptr;
   int64_t grid = fp.num_items;
   if (Arch::persistent_grid(p, tiles)) {
     int sms = 0;
@@ -176,4 +195,4 @@ cudaError_t fwd_launch(const Problem& p, const void* q, const void* k, const voi
   template size_t gna::fwd_workspace_bytes<ARCH>(const gna::Problem&);                        \
   template cudaError_t gna::fwd_launch<ARCH>(const gna::Problem&, const void*, const void*,   \
                                              const void*, void*, float*, void*, cudaStream_t, \
-                                             std::string*);
+                                             std::string*, const float*);

@@ -43,7 +43,25 @@ inline EncodeTiledFn encode_tiled() {
   return fn;
 }
 
-inline int elem_bytes(DType t) { return t == DType::kF32 ? 4 : 2; }
+inline int elem_bytes(DType t) { return t == DType::kF32 ? 4 : t == DType::kE4M3 ? 1 : 2; }
+
+// Head-dim elements per TMA box of a tile load: 128 bytes (the 128-byte swizzle), or the whole
+// head dim when it is shorter (64 bytes: the 64-byte swizzle). The kernels' kChunk agrees.
+inline int load_chunk(DType t, int head_dim) {
+  const int chunk = 128 / elem_bytes(t);
+  return head_dim < chunk ? head_dim : chunk;
+}
+
+inline CUtensorMapDataType map_data_type(DType t) {
+  switch (t) {
+    case DType::kBF16:
+      return CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+    case DType::kE4M3:
+      return CU_TENSOR_MAP_DATA_TYPE_UINT8;  // the TMA unit only moves the bytes
+    default:
+      return CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  }
+}
 
 // "dims {..} strides {..} box {..} element strides {..}" of a map, innermost first, for errors.
 inline std::string map_dims_text(const MapDim* d) {
@@ -69,7 +87,7 @@ inline bool aligned(const void* ptr, size_t bytes, const char* name, std::string
 
 // The two tensor maps (tensor_maps.h) of tensor `name` [batch, E0, E1, E2, heads, head_dim] at
 // `ptr`, `extent` its positions per kernel axis, loaded by `loads` (tile_loads.h) in chunks of
-// 64 head-dim elements (128-byte swizzle), or the whole head dim below 64 (64-byte swizzle).
+// 128 bytes of head dim (128-byte swizzle), or the whole head dim below (64-byte swizzle).
 // On failure *error names the tensor and what the TMA unit was asked for.
 inline cudaError_t encode_tensor_maps(TensorMapPair* pair, const char* name, const void* ptr,
                                       DType dtype, int heads, int head_dim, const TileLoads& loads,
@@ -82,7 +100,7 @@ inline cudaError_t encode_tensor_maps(TensorMapPair* pair, const char* name, con
   }
   if (!aligned(ptr, 16, name, error)) return cudaErrorInvalidValue;
   const int es = elem_bytes(dtype);
-  const int chunk = head_dim >= 64 ? 64 : head_dim;
+  const int chunk = load_chunk(dtype, head_dim);
   for (int m = 0; m < 2; ++m) {
     MapDim d[kTmaMaxDims];
     tile_map_dims(loads, m, dilation, extent, batch, heads, head_dim, chunk, es, d);
@@ -94,13 +112,11 @@ inline cudaError_t encode_tensor_maps(TensorMapPair* pair, const char* name, con
       box[i] = d[i].box;
       steps[i] = d[i].elem_step;
     }
-    const CUresult r = encode(
-        &pair->map[m],
-        dtype == DType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-        kTmaMaxDims, const_cast<void*>(ptr), dims, strides, box, steps,
-        CU_TENSOR_MAP_INTERLEAVE_NONE,
-        chunk * es == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
-        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    const CUresult r =
+        encode(&pair->map[m], map_data_type(dtype), kTmaMaxDims, const_cast<void*>(ptr), dims,
+               strides, box, steps, CU_TENSOR_MAP_INTERLEAVE_NONE,
+               chunk * es == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS) {
       *error = std::string("cuTensorMapEncodeTiled refused map ") + std::to_string(m) + " of " +
                name + " (CUresult " + std::to_string(int(r)) + "): " + map_dims_text(d);
@@ -222,15 +238,19 @@ std::string list_text(const int (&values)[N]) {
 template <size_t N>
 class KernelRefusals {
  public:
-  KernelRefusals(const std::string& kernels, const int (&head_dims)[N])
+  // `fp8`: the kernels take float8_e4m3fn too (a forward with FP8 kernels).
+  KernelRefusals(const std::string& kernels, const int (&head_dims)[N], bool fp8 = false)
       : head_dims_(head_dims),
-        dtype_(kernels + " take float16 or bfloat16 only"),
+        fp8_(fp8),
+        dtype_(kernels + (fp8 ? " take float16, bfloat16 or float8_e4m3fn only"
+                              : " take float16 or bfloat16 only")),
         head_dim_(kernels + " take head_dim " + list_text(head_dims) + " only"),
         head_dim_v_(kernels + " need head_dim_v == head_dim") {}
 
   // nullptr when the kernels take p's dtype and head dims, else why not.
   const char* check(const Problem& p) const {
-    if (p.dtype != DType::kF16 && p.dtype != DType::kBF16) return dtype_.c_str();
+    const bool fp8 = fp8_ && p.dtype == DType::kE4M3;
+    if (p.dtype != DType::kF16 && p.dtype != DType::kBF16 && !fp8) return dtype_.c_str();
     if (std::find(head_dims_, head_dims_ + N, p.head_dim) == head_dims_ + N)
       return head_dim_.c_str();
     if (p.head_dim_v != p.head_dim) return head_dim_v_.c_str();
@@ -239,6 +259,7 @@ class KernelRefusals {
 
  private:
   const int* head_dims_;
+  bool fp8_;
   std::string dtype_, head_dim_, head_dim_v_;
 };
 

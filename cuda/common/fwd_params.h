@@ -72,6 +72,9 @@ struct FwdParams {
   TileLoads kv_loads;  // how a KV tile is loaded
   void* out;
   float* lse;
+  // FP8 inputs (DType::kE4M3): [3][heads] fp32, the q, k and v descales of each query head
+  // (k and v: of its key/value head). nullptr for 16-bit inputs.
+  const float* descale;
 };
 
 // One work item: a Q tile of one head, one batch entry and one dilation group, with the box of

@@ -13,7 +13,7 @@
 
 namespace gna {
 
-// The CUTLASS element type of a 16-bit DType.
+// The CUTLASS element type of a kernel's input DType.
 template <DType kDType>
 struct ElementOf;
 template <>
@@ -23,6 +23,10 @@ struct ElementOf<DType::kF16> {
 template <>
 struct ElementOf<DType::kBF16> {
   using type = cutlass::bfloat16_t;
+};
+template <>
+struct ElementOf<DType::kE4M3> {
+  using type = cutlass::float_e4m3_t;
 };
 
 // Launches `kernel` with `threads` threads per CTA, `grid` CTAs and `smem_bytes` of dynamic

@@ -28,13 +28,16 @@ size_t fwd_workspace_bytes(const Problem& p);
 
 // Launches the forward on `stream` only: no sync, no allocation, no host reads of device data
 // (CUDA-graph safe). q [batch, X.., heads, D], k/v [batch, X.., kv_heads, D], out [batch, X..,
-// heads, D] in p.dtype; lse fp32 [batch, X.., heads]. Pointers must be 16-byte aligned (lse: 4).
+// heads, D] in p.dtype (bfloat16 for float8_e4m3fn inputs); lse fp32 [batch, X.., heads].
+// `descale`: float8_e4m3fn inputs only, fp32 [3][heads]: the q, k and v descales of each query
+// head (k, v: of its key/value head). Pointers must be 16-byte aligned (lse, descale: 4).
 // Returns cudaSuccess or the launch error; a host-side refusal (fwd_can_implement(p), a
 // misaligned pointer, a tensor map the driver refuses) returns an error with the reason in
 // *error.
 template <class Arch>
 cudaError_t fwd_launch(const Problem& p, const void* q, const void* k, const void* v, void* out,
-                       float* lse, void* workspace, cudaStream_t stream, std::string* error);
+                       float* lse, void* workspace, cudaStream_t stream, std::string* error,
+                       const float* descale = nullptr);
 
 // nullptr when this build's `Arch` backward kernels can run `p`, else a static human-readable
 // reason (dtype, head dim, head_dim_v != head_dim, kernel not built in this kernel set, ...).

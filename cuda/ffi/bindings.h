@@ -20,14 +20,11 @@ namespace gna::ffi_bindings {
 namespace ffi = xla::ffi;
 using I64Span = ffi::Span<const int64_t>;
 
-// jax_gna_fwd: (q, k, v) -> (out, lse, workspace).
+// The results and attributes of jax_gna_fwd and jax_gna_fwd_fp8, after their arguments.
 template <typename Binding>
-auto bind_fwd(Binding binding) {
+auto bind_fwd_results(Binding binding) {
   return std::move(binding)
-      .template Arg<ffi::AnyBuffer>()         // q    [B..., X..., H, D]
-      .template Arg<ffi::AnyBuffer>()         // k    [B..., X..., Hkv, D]
-      .template Arg<ffi::AnyBuffer>()         // v    [B..., X..., Hkv, Dv]
-      .template Ret<ffi::AnyBuffer>()         // out  [B..., X..., H, Dv], q's dtype
+      .template Ret<ffi::AnyBuffer>()         // out  [B..., X..., H, Dv], q's dtype (fp8: bf16)
       .template Ret<ffi::Buffer<ffi::F32>>()  // lse  [B..., X..., H]
       .template Ret<ffi::Buffer<ffi::U8>>()   // workspace [bytes]
       .template Attr<I64Span>("kernel_size")
@@ -40,6 +37,26 @@ auto bind_fwd(Binding binding) {
       .template Attr<I64Span>("view_extent")      // a view (WindowAttrs), one per axis, or
       .template Attr<I64Span>("view_q_offset")    // all three empty: the arrays hold the
       .template Attr<I64Span>("view_kv_offset");  // whole axes
+}
+
+// jax_gna_fwd: (q, k, v) -> (out, lse, workspace).
+template <typename Binding>
+auto bind_fwd(Binding binding) {
+  return bind_fwd_results(std::move(binding)
+                              .template Arg<ffi::AnyBuffer>()    // q    [B..., X..., H, D]
+                              .template Arg<ffi::AnyBuffer>()    // k    [B..., X..., Hkv, D]
+                              .template Arg<ffi::AnyBuffer>());  // v    [B..., X..., Hkv, Dv]
+}
+
+// jax_gna_fwd_fp8 (CUDA only): (q, k, v in float8_e4m3fn, descale) -> (out in bfloat16, lse,
+// workspace). descale: fp32 [3, H], the q, k and v descales of each query head.
+template <typename Binding>
+auto bind_fwd_fp8(Binding binding) {
+  return bind_fwd_results(std::move(binding)
+                              .template Arg<ffi::AnyBuffer>()
+                              .template Arg<ffi::AnyBuffer>()
+                              .template Arg<ffi::AnyBuffer>()
+                              .template Arg<ffi::Buffer<ffi::F32>>());  // descale [3, H]
 }
 
 // jax_gna_bwd: (dout, q, k, v, out, lse, dlse) -> (dq, dk, dv, workspace).
@@ -100,6 +117,7 @@ ffi::Error without_exceptions(const char* what, Body&& body) noexcept {
 }
 
 inline constexpr char kFwdTarget[] = "jax_gna_fwd";
+inline constexpr char kFwdFp8Target[] = "jax_gna_fwd_fp8";
 inline constexpr char kBwdTarget[] = "jax_gna_bwd";
 
 // `handler` run through without_exceptions: what every platform registers, so that a
@@ -117,8 +135,12 @@ inline constexpr auto no_exceptions = &NoExceptions<kWhat, kHandler>::call;
 
 inline Int64List as_list(I64Span s) { return Int64List{s.begin(), s.size()}; }
 
-inline bool dtype_of(ffi::DataType t, DType* out) {
+// The DType of a buffer's element type; float8_e4m3fn only where `fp8` (jax_gna_fwd_fp8).
+inline bool dtype_of(ffi::DataType t, DType* out, bool fp8 = false) {
   switch (t) {
+    case ffi::DataType::F8E4M3FN:
+      *out = DType::kE4M3;
+      return fp8;
     case ffi::DataType::F32:
       *out = DType::kF32;
       return true;
@@ -145,11 +167,12 @@ inline ffi::ErrorOr<Problem> decode_problem(const char* what, const ffi::AnyBuff
                                             I64Span kernel_size, I64Span stride, I64Span dilation,
                                             I64Span is_causal, float scale, const ViewAttrs& view,
                                             Int64List q_tile = {nullptr, 0},
-                                            Int64List kv_tile = {nullptr, 0}) {
+                                            Int64List kv_tile = {nullptr, 0}, bool fp8 = false) {
   DType dtype;
-  if (!dtype_of(q.element_type(), &dtype))
-    return ffi::Unexpected(ffi::Error::InvalidArgument(std::string(what) +
-                                                       ": q must be float32, float16 or bfloat16"));
+  if (!dtype_of(q.element_type(), &dtype, fp8) || (fp8 && dtype != DType::kE4M3))
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        std::string(what) +
+        (fp8 ? ": q must be float8_e4m3fn" : ": q must be float32, float16 or bfloat16")));
   if (k.element_type() != q.element_type() || v.element_type() != q.element_type())
     return ffi::Unexpected(
         ffi::Error::InvalidArgument(std::string(what) + ": q, k and v must share one dtype"));

@@ -89,6 +89,50 @@ ffi::Error launched(const char* what, cudaError_t status, const std::string& err
                               ": kernel launch failed: " + cudaGetErrorString(status));
 }
 
+// A forward call (jax_gna_fwd, or with `descale` jax_gna_fwd_fp8: float8_e4m3fn inputs, out in
+// bfloat16): decode, check out/lse, launch the family of the device's compute capability.
+ffi::Error run_fwd(const char* what, cudaStream_t stream, int32_t device, const ffi::AnyBuffer& q,
+                   const ffi::AnyBuffer& k, const ffi::AnyBuffer& v, const float* descale,
+                   int64_t descale_count, ffi::AnyBuffer& out, ffi::Buffer<ffi::F32>& lse,
+                   ffi::Buffer<ffi::U8>& workspace, I64Span kernel_size, I64Span stride,
+                   I64Span dilation, I64Span is_causal, float scale, I64Span q_tile,
+                   I64Span kv_tile, const gna::ffi_bindings::ViewAttrs& view) {
+  const bool fp8 = descale != nullptr;
+  auto problem = gna::ffi_bindings::decode_problem(
+      what, q, k, v, kernel_size, stride, dilation, is_causal, scale, view,
+      gna::ffi_bindings::as_list(q_tile), gna::ffi_bindings::as_list(kv_tile), fp8);
+  if (problem.has_error()) return problem.error();
+  const gna::Problem& p = *problem;
+  const int64_t rows = gna::ffi_bindings::rows(p);
+  const auto out_type = fp8 ? ffi::DataType::BF16 : q.element_type();
+  if (out.element_type() != out_type ||
+      static_cast<int64_t>(out.element_count()) != rows * p.head_dim_v ||
+      static_cast<int64_t>(lse.element_count()) != rows)
+    return ffi::Error::InvalidArgument(std::string(what) +
+                                       ": out/lse have the wrong shape or dtype");
+  if (fp8 && descale_count != 3 * int64_t(p.heads))
+    return ffi::Error::InvalidArgument(std::string(what) +
+                                       ": descale must hold 3 x heads float32 values");
+  const auto cc = runnable(what, device, p, gna::cuda_ffi::fwd_can_implement,
+                           workspace.size_bytes(), gna::cuda_ffi::fwd_workspace_bytes);
+  if (cc.has_error()) return cc.error();
+  cudaError_t status = cudaErrorNotSupported;
+  std::string error;
+#ifdef JAX_GNA_HAS_SM90
+  if (runs_on<gna::sm90::Arch>(cc->major, cc->minor))
+    status = gna::fwd_launch<gna::sm90::Arch>(
+        p, q.untyped_data(), k.untyped_data(), v.untyped_data(), out.untyped_data(),
+        lse.typed_data(), workspace.untyped_data(), stream, &error, descale);
+#endif
+#ifdef JAX_GNA_HAS_SM100
+  if (runs_on<gna::sm100::Arch>(cc->major, cc->minor))
+    status = gna::fwd_launch<gna::sm100::Arch>(
+        p, q.untyped_data(), k.untyped_data(), v.untyped_data(), out.untyped_data(),
+        lse.typed_data(), workspace.untyped_data(), stream, &error, descale);
+#endif
+  return launched(what, status, error);
+}
+
 ffi::Error cuda_fwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::AnyBuffer k,
                     ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out,
                     ffi::Result<ffi::Buffer<ffi::F32>> lse,
@@ -96,35 +140,22 @@ ffi::Error cuda_fwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::
                     I64Span stride, I64Span dilation, I64Span is_causal, float scale,
                     I64Span q_tile, I64Span kv_tile, I64Span view_extent, I64Span view_q_offset,
                     I64Span view_kv_offset) {
-  auto problem = gna::ffi_bindings::decode_problem(
-      "jax_gna_fwd", q, k, v, kernel_size, stride, dilation, is_causal, scale,
-      {view_extent, view_q_offset, view_kv_offset}, gna::ffi_bindings::as_list(q_tile),
-      gna::ffi_bindings::as_list(kv_tile));
-  if (problem.has_error()) return problem.error();
-  const gna::Problem& p = *problem;
-  const int64_t rows = gna::ffi_bindings::rows(p);
-  if (out->element_type() != q.element_type() ||
-      static_cast<int64_t>(out->element_count()) != rows * p.head_dim_v ||
-      static_cast<int64_t>(lse->element_count()) != rows)
-    return ffi::Error::InvalidArgument("jax_gna_fwd: out/lse have the wrong shape or dtype");
-  const auto cc = runnable("jax_gna_fwd", device, p, gna::cuda_ffi::fwd_can_implement,
-                           workspace->size_bytes(), gna::cuda_ffi::fwd_workspace_bytes);
-  if (cc.has_error()) return cc.error();
-  cudaError_t status = cudaErrorNotSupported;
-  std::string error;
-#ifdef JAX_GNA_HAS_SM90
-  if (runs_on<gna::sm90::Arch>(cc->major, cc->minor))
-    status = gna::fwd_launch<gna::sm90::Arch>(
-        p, q.untyped_data(), k.untyped_data(), v.untyped_data(), out->untyped_data(),
-        lse->typed_data(), workspace->untyped_data(), stream, &error);
-#endif
-#ifdef JAX_GNA_HAS_SM100
-  if (runs_on<gna::sm100::Arch>(cc->major, cc->minor))
-    status = gna::fwd_launch<gna::sm100::Arch>(
-        p, q.untyped_data(), k.untyped_data(), v.untyped_data(), out->untyped_data(),
-        lse->typed_data(), workspace->untyped_data(), stream, &error);
-#endif
-  return launched("jax_gna_fwd", status, error);
+  return run_fwd("jax_gna_fwd", stream, device, q, k, v, nullptr, 0, *out, *lse, *workspace,
+                 kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile,
+                 {view_extent, view_q_offset, view_kv_offset});
+}
+
+ffi::Error cuda_fwd_fp8(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::AnyBuffer k,
+                        ffi::AnyBuffer v, ffi::Buffer<ffi::F32> descale,
+                        ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
+                        ffi::Result<ffi::Buffer<ffi::U8>> workspace, I64Span kernel_size,
+                        I64Span stride, I64Span dilation, I64Span is_causal, float scale,
+                        I64Span q_tile, I64Span kv_tile, I64Span view_extent, I64Span view_q_offset,
+                        I64Span view_kv_offset) {
+  return run_fwd("jax_gna_fwd_fp8", stream, device, q, k, v, descale.typed_data(),
+                 static_cast<int64_t>(descale.element_count()), *out, *lse, *workspace, kernel_size,
+                 stride, dilation, is_causal, scale, q_tile, kv_tile,
+                 {view_extent, view_q_offset, view_kv_offset});
 }
 
 ffi::Error cuda_bwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer dout, ffi::AnyBuffer q,
@@ -271,12 +302,18 @@ std::vector<FwdTileShapes> fwd_tile_configs() {
 }  // namespace gna::cuda_ffi
 
 using gna::ffi_bindings::kBwdTarget;
+using gna::ffi_bindings::kFwdFp8Target;
 using gna::ffi_bindings::kFwdTarget;
 using gna::ffi_bindings::no_exceptions;
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     JaxGnaFwdCuda, (no_exceptions<kFwdTarget, cuda_fwd>),
     gna::ffi_bindings::bind_fwd(
+        ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::DeviceOrdinal>()),
+    {ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    JaxGnaFwdFp8Cuda, (no_exceptions<kFwdFp8Target, cuda_fwd_fp8>),
+    gna::ffi_bindings::bind_fwd_fp8(
         ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::DeviceOrdinal>()),
     {ffi::Traits::kCmdBufferCompatible});
 XLA_FFI_DEFINE_HANDLER_SYMBOL(

@@ -14,6 +14,7 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxGnaBwdCpu);
 #ifdef JAX_GNA_WITH_CUDA
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxGnaFwdCuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxGnaBwdCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxGnaFwdFp8Cuda);
 
 namespace gna::cuda_ffi {
 // Why the CUDA forward kernels cannot run `problem` on a device of compute capability

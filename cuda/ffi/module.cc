@@ -39,8 +39,10 @@ gna::DType dtype_from_name(const std::string& name) {
   if (name == "float32") return gna::DType::kF32;
   if (name == "float16") return gna::DType::kF16;
   if (name == "bfloat16") return gna::DType::kBF16;
+  if (name == "float8_e4m3fn") return gna::DType::kE4M3;
   throw nb::value_error(
-      ("unsupported dtype " + name + "; expected float32, float16 or bfloat16").c_str());
+      ("unsupported dtype " + name + "; expected float32, float16, bfloat16 or float8_e4m3fn")
+          .c_str());
 }
 
 // Decodes a call exactly as the FFI handlers do; raises ValueError with the reason otherwise.
@@ -126,6 +128,7 @@ NB_MODULE(_ext, m) {
 #ifdef JAX_GNA_WITH_CUDA
         targets["jax_gna_fwd"] = handler_capsule(JaxGnaFwdCuda);
         targets["jax_gna_bwd"] = handler_capsule(JaxGnaBwdCuda);
+        targets["jax_gna_fwd_fp8"] = handler_capsule(JaxGnaFwdFp8Cuda);
 #endif
         return targets;
       },

@@ -107,6 +107,11 @@ inline constexpr KernelRow kBwdKernels[] = {
     {DType::kBF16, 128, 3, -1, true},
 };
 
+// The head dims of the FP8 (float8_e4m3fn) forward kernels of the full set.
+constexpr bool fwd_fp8_head_dim(int head_dim) {
+  return head_dim < 0;
+}
+
 // Whether this build holds the kernel (the shared dispatchers ask, through arch.h).
 constexpr bool fwd_kernel_built(DType dtype, int head_dim, int rank, int config) {
   return kernel_in_set(kFwdKernels, dtype, head_dim, rank, config);
@@ -123,6 +128,8 @@ struct KernelTable {
   static constexpr const auto& kFwdHeadDims = sm100::kFwdHeadDims;
   static constexpr const auto& kBwdHeadDims = sm100::kBwdHeadDims;
   static constexpr auto fwd_kernel_built = &sm100::fwd_kernel_built;
+  static constexpr auto fwd_fp8_head_dim = &sm100::fwd_fp8_head_dim;
+  static constexpr bool kFwdTakesFp8 = false;
   static constexpr auto bwd_kernel_built = &sm100::bwd_kernel_built;
 };
 

@@ -98,6 +98,16 @@ inline constexpr KernelRow kFwdKernels[] = {
     {DType::kBF16, 256, 1, 0, false},
     {DType::kBF16, 256, 2, 0, false},
     {DType::kBF16, 256, 3, 0, false},
+    {DType::kE4M3, 64, 1, 0, false},
+    {DType::kE4M3, 64, 2, 0, false},
+    {DType::kE4M3, 64, 2, 1, false},
+    {DType::kE4M3, 64, 3, 0, false},
+    {DType::kE4M3, 64, 3, 1, false},
+    {DType::kE4M3, 128, 1, 0, false},
+    {DType::kE4M3, 128, 2, 0, false},
+    {DType::kE4M3, 128, 2, 1, false},
+    {DType::kE4M3, 128, 3, 0, false},
+    {DType::kE4M3, 128, 3, 1, false},
 };
 
 // Every backward kernel of the full set: dtype, head dim, rank, config, smoke.
@@ -128,6 +138,11 @@ inline constexpr KernelRow kBwdKernels[] = {
     {DType::kBF16, 256, 3, -1, false},
 };
 
+// The head dims of the FP8 (float8_e4m3fn) forward kernels of the full set.
+constexpr bool fwd_fp8_head_dim(int head_dim) {
+  return head_dim == 64 || head_dim == 128;
+}
+
 // Whether this build holds the kernel (the shared dispatchers ask, through arch.h).
 constexpr bool fwd_kernel_built(DType dtype, int head_dim, int rank, int config) {
   return kernel_in_set(kFwdKernels, dtype, head_dim, rank, config);
@@ -144,6 +159,8 @@ struct KernelTable {
   static constexpr const auto& kFwdHeadDims = sm90::kFwdHeadDims;
   static constexpr const auto& kBwdHeadDims = sm90::kBwdHeadDims;
   static constexpr auto fwd_kernel_built = &sm90::fwd_kernel_built;
+  static constexpr auto fwd_fp8_head_dim = &sm90::fwd_fp8_head_dim;
+  static constexpr bool kFwdTakesFp8 = true;
   static constexpr auto bwd_kernel_built = &sm90::bwd_kernel_built;
 };
 

@@ -18,7 +18,8 @@
 
 namespace gna {
 
-enum class DType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+// kE4M3: float8_e4m3fn (the sm90 FP8 forward only; its output is bfloat16).
+enum class DType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kE4M3 = 3 };
 
 inline constexpr int kMaxRank = 3;
 

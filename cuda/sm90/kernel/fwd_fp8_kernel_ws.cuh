@@ -1,0 +1,678 @@
+// Hopper GNA forward kernel for FP8 (float8_e4m3fn) query, key and value: the 16-bit kernel's
+// schedule (fwd_kernel_ws.cuh: warp-specialised producer, two consumer warpgroups in ping-pong,
+// TMA loads from the heads-last layout, online softmax against a running max) with an FP8
+// mainloop. What differs, and why:
+//
+// - V^T in shared memory. FP8 wgmma reads both smem operands K-major, so the B operand of
+//   O += P V must hold V transposed (head dim rows, tokens contiguous). The producer warpgroup
+//   transposes every V tile: TMA lands V as it lands K (a ring of raw stages), its 128 threads
+//   turn 8 x 8 byte blocks around in registers (byte permutes) and store them into a second
+//   ring (V^T), which the consumers read. Thread 0 still issues every TMA load.
+// - P's register layout. The fp32 accumulator of S = Q K^T and the 8-bit A operand of P V
+//   spread a row's columns differently over the four threads of a quad (the accumulator: pairs
+//   2c, 2c + 1 of each 8-column block; the A operand: runs 4c..4c + 3 of each 16-column half of
+//   a 32-column block). Rather than exchanging values between threads, each thread packs its
+//   own values into its A registers and the kernel permutes the tokens of V^T to match
+//   (p_token(): column a of the A operand holds S column p_token(a)). P V sums over tokens, so
+//   reading both in the same permuted order gives the same O.
+// - Scales. S is in units of q_descale * k_descale (per query head, from FwdParams::descale):
+//   the softmax multiplies by softmax_scale * q_descale * k_descale; O is multiplied by
+//   v_descale in the epilogue. P is stored in e4m3 as exp2(.) * 2^kPOffsetLog2: that moves the
+//   small probabilities up into e4m3's normal range (3 mantissa bits down to 2^-6, before its
+//   subnormals), while the running max's slack (kMaxSlackLog2) keeps P within 2^8 < 448, the
+//   largest e4m3. The offset cancels in O / sum and is taken out of the LSE.
+// - The output is 16-bit (OutElement), the LSE fp32, as in the 16-bit kernel.
+#pragma once
+
+#include <cuda.h>
+
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/numeric_conversion.h>
+#include <cutlass/numeric_types.h>
+#include <cute/arch/copy_sm90_tma.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/tensor.hpp>
+#include <cutlass/pipeline/pipeline.hpp>
+
+#include "../../common/fwd_device.cuh"
+#include "../../common/shared_storage.cuh"
+#include "../fwd_config.h"
+#include "gna/tile_box.h"
+
+namespace gna::sm90 {
+
+// Column a of a 32-token block of P's A operand (and token a of that block of V^T) holds S
+// column (token) p_token(a) of the block: A column 16 h + 4 c + B (h: half, c: thread of the
+// quad, B: byte of the register) takes the accumulator column 16 h + 8 (B / 2) + 2 c + B % 2,
+// which thread c holds for the same row (see the top of fwd_fp8_kernel_ws.cuh).
+constexpr int fp8_p_token(int a) {
+  const int h = (a >> 4) & 1, c = (a >> 2) & 3, b = a & 3;
+  return (a & ~31) + 16 * h + 8 * (b >> 1) + 2 * c + (b & 1);
+}
+
+// __byte_perm and __funnelshift_r, also on the host (cuda/sm90/tests/fp8_transpose.cu runs the
+// V transpose there).
+CUTE_HOST_DEVICE uint32_t fp8_byte_perm(uint32_t x, uint32_t y, uint32_t selector) {
+#if defined(__CUDA_ARCH__)
+  return __byte_perm(x, y, selector);
+#else
+  const uint64_t bytes = (uint64_t(y) << 32) | x;
+  uint32_t r = 0;
+  for (int n = 0; n < 4; ++n)
+    r |= uint32_t((bytes >> (8 * ((selector >> (4 * n)) & 7))) & 0xff) << (8 * n);
+  return r;
+#endif
+}
+
+CUTE_HOST_DEVICE uint32_t fp8_funnelshift_r(uint32_t lo, uint32_t hi, uint32_t shift) {
+#if defined(__CUDA_ARCH__)
+  return __funnelshift_r(lo, hi, shift);
+#else
+  return uint32_t(((uint64_t(hi) << 32) | lo) >> (shift & 31));
+#endif
+}
+
+// kConfig_: which of fwd_tile_configs(kRank, kHeadDim) (fwd_config.h) the kernel runs (the
+// 16-bit kernels' tile shapes); kView_ as FwdKernel.
+template <class OutElement_, int kHeadDim_, int kRank_, int kConfig_, bool kView_>
+struct FwdFp8Kernel {
+  static constexpr bool kView = kView_;
+  using Element = cutlass::float_e4m3_t;
+  using OutElement = OutElement_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kRank = kRank_;
+  static constexpr FwdTileConfig kTiles = fwd_tile_config(kRank, kHeadDim, kConfig_);
+  static constexpr int kQ0 = kTiles.q[0], kQ1 = kTiles.q[1], kQ2 = kTiles.q[2];
+  static constexpr int kK0 = kTiles.kv[0], kK1 = kTiles.kv[1], kK2 = kTiles.kv[2];
+  static constexpr int kTileQ = kTiles.q_size();
+  static constexpr int kTileKV = kTiles.kv_size();
+  static constexpr int kStages = kTiles.stages;  // K and V^T stages
+  static constexpr int kRawStages = 2;           // V as loaded, before the transpose
+  static constexpr int kThreads = 384;
+  static constexpr int kProducerThreads = 128;
+  // P = exp2(S * scale log2 e - running max + kPOffsetLog2): at most 2^kPOffsetLog2 against
+  // the tile's max, at most kMaxP against a running max the softmax did not raise (consumer(),
+  // softmax_step). kMaxP must stay below 448, the largest e4m3.
+  static constexpr int kPOffsetLog2 = 4;
+  static constexpr int kMaxSlackLog2 = 4;
+  static constexpr float kMaxP = float(1 << (kPOffsetLog2 + kMaxSlackLog2));
+  static_assert(kMaxP <= 256.f, "P must fit e4m3 (largest finite: 448)");
+  static_assert(kTileQ == 128, "two consumer warpgroups of 64 rows");
+  static_assert(kTileKV % 32 == 0 && kTileKV <= 128, "k32 blocks of P; V^T rows of <= 128 B");
+  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "head dim 64, 128, 256");
+
+  // Q, K and raw V: K-major (token rows, D contiguous) in chunks of 128 elements (128 B, SW128)
+  // along D, or one 64-element chunk (64 B, SW64) for d64; chunks after all rows of a chunk,
+  // where consecutive TMA boxes land (as the 16-bit kernel).
+  static constexpr int kChunk = kHeadDim >= 128 ? 128 : 64;
+  static constexpr int kChunks = kHeadDim / kChunk;
+  using AtomK = cute::conditional_t<kChunk == 128, cute::GMMA::Layout_K_SW128_Atom<Element>,
+                                    cute::GMMA::Layout_K_SW64_Atom<Element>>;
+  using SmemLayoutQ =
+      decltype(cute::tile_to_shape(AtomK{}, cute::Shape<cute::Int<kTileQ>, cute::Int<kHeadDim>>{}));
+  using SmemLayoutK = decltype(cute::tile_to_shape(
+      AtomK{}, cute::Shape<cute::Int<kTileKV>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
+  using SmemLayoutVRaw = decltype(cute::tile_to_shape(
+      AtomK{}, cute::Shape<cute::Int<kTileKV>, cute::Int<kHeadDim>, cute::Int<kRawStages>>{}));
+  // V^T as the B operand of P V: (N = D, K = tokens), K-major: a row of kTileKV tokens.
+  using AtomVt = cute::conditional_t<kTileKV == 128, cute::GMMA::Layout_K_SW128_Atom<Element>,
+                                     cute::GMMA::Layout_K_SW64_Atom<Element>>;
+  using SmemLayoutVt = decltype(cute::tile_to_shape(
+      AtomVt{}, cute::Shape<cute::Int<kHeadDim>, cute::Int<kTileKV>, cute::Int<kStages>>{}));
+
+  using TiledMmaQK = decltype(cute::make_tiled_mma(
+      cute::GMMA::ss_op_selector<Element, Element, float,
+                                 cute::Shape<cute::_64, cute::Int<kTileKV>, cute::Int<kHeadDim>>>(),
+      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+  using TiledMmaPV = decltype(cute::make_tiled_mma(
+      cute::GMMA::rs_op_selector<Element, Element, float,
+                                 cute::Shape<cute::_64, cute::Int<kHeadDim>, cute::Int<kTileKV>>,
+                                 cute::GMMA::Major::K, cute::GMMA::Major::K>(),
+      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+
+  using PipelineK = cutlass::PipelineTmaAsync<kStages>;
+  using PipelineVRaw = cutlass::PipelineTmaAsync<kRawStages>;
+  using PipelineVt = cutlass::PipelineAsync<kStages>;
+  // Named barriers (ids after CUTLASS's reserved ones), one per consumer warpgroup.
+  static constexpr int kSchedulerBarrier = 2;
+
+  struct SharedStorage {
+    alignas(1024) Element q[kTileQ * kHeadDim];
+    alignas(1024) Element k[kStages * kTileKV * kHeadDim];
+    alignas(1024) Element v_raw[kRawStages * kTileKV * kHeadDim];
+    alignas(1024) Element vt[kStages * kTileKV * kHeadDim];
+    typename PipelineK::SharedStorage pipe_k;
+    typename PipelineVRaw::SharedStorage pipe_v_raw;
+    typename PipelineVt::SharedStorage pipe_vt;
+    alignas(8) uint64_t q_full;   // Q landed (TMA transaction barrier)
+    alignas(8) uint64_t q_empty;  // every consumer thread is done with Q
+  };
+  // + 1024: the dynamic smem base is re-aligned to 1024 B (SW128 TMA/GMMA).
+  static constexpr size_t kSmemBytes = sizeof(SharedStorage) + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory");
+
+  static constexpr uint32_t kTileBytesQ = kTileQ * kHeadDim;
+  static constexpr uint32_t kTileBytesKV = kTileKV * kHeadDim;
+  static constexpr uint32_t kChunkBytesQ = kTileQ * kChunk;
+  static constexpr uint32_t kChunkBytesKV = kTileKV * kChunk;
+
+  using Work = FwdWork;
+
+  static CUTLASS_DEVICE Work decode_work(const FwdParams& p, int item) {
+    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
+    constexpr int kv_tile[3] = {kK0, kK1, kK2};
+    return decode_fwd_work<kView>(p, item, q_tile, kv_tile);
+  }
+
+  template <int T0, int T1, int T2>
+  static CUTLASS_DEVICE void load_tile(const TensorMapPair& maps, const TileLoads& loads,
+                                       const FwdParams& p, const Work& w, int head,
+                                       const int origin[3], uint64_t* barrier, Element* smem,
+                                       uint32_t chunk_bytes, uint64_t hint) {
+    fwd_device::load_tile<T0, T1, T2, kHeadDim, kChunks, kChunk>(
+        maps, loads, p.dilation, w.group, w.batch, head, origin, barrier, smem, chunk_bytes, hint);
+  }
+
+  // 4 x 4 bytes transposed: byte j of out[k] = byte k of in[j].
+  static CUTE_HOST_DEVICE void transpose4x4(const uint32_t (&in)[4], uint32_t (&out)[4]) {
+    const uint32_t x0 = fp8_byte_perm(in[0], in[1], 0x5140);
+    const uint32_t x1 = fp8_byte_perm(in[0], in[1], 0x7362);
+    const uint32_t y0 = fp8_byte_perm(in[2], in[3], 0x5140);
+    const uint32_t y1 = fp8_byte_perm(in[2], in[3], 0x7362);
+    out[0] = fp8_byte_perm(x0, y0, 0x5410);
+    out[1] = fp8_byte_perm(x0, y0, 0x7632);
+    out[2] = fp8_byte_perm(x1, y1, 0x5410);
+    out[3] = fp8_byte_perm(x1, y1, 0x7632);
+  }
+
+  // Blocks of 8 V^T tokens x 8 head dims in a tile: what the producer threads turn around.
+  static constexpr int kTransposeDBlocks = kHeadDim / 8;
+  static constexpr int kTransposeBlocks = kTransposeDBlocks * (kTileKV / 8);
+  static_assert(kTransposeBlocks % kProducerThreads == 0, "whole blocks per thread");
+
+  // Block `b` of raw V stage `raw` (bytes `src`: ss.v_raw) into V^T stage `stage` (`dst`:
+  // ss.vt). Its 8 source rows (8 bytes of V each) are read with tokens permuted
+  // (fp8_p_token), rotated by r = (d block) % 8 bytes and transposed, so that step j writes
+  // head dim 8 db + (j + r) % 8: the 16 threads of a warp that write one token chunk then hit
+  // all 8 swizzle phases of SW128 (no bank conflicts), as do the reads at d128 (16 threads read
+  // one 128-byte row; at d64 a warp's rows share one half of the banks: 2-way conflicts).
+  static CUTE_HOST_DEVICE void transpose_block(const uint8_t* src, uint8_t* dst, int b, int raw,
+                                               int stage) {
+    const int db = b % kTransposeDBlocks, tb = b / kTransposeDBlocks;
+    const int r = db & 7;
+    // Byte rotation by r of a 64-bit row (lo, hi): new byte e = old byte (e + r) % 8.
+    const bool swap = r >= 4;
+    const uint32_t shift = 8 * (r & 3);
+    uint32_t lo[8], hi[8];
+    CUTLASS_PRAGMA_UNROLL
+    for (int k = 0; k < 8; ++k) {
+      const int token = fp8_p_token(8 * tb + k);
+      const uint2 w = *reinterpret_cast<const uint2*>(src + SmemLayoutVRaw{}(token, 8 * db, raw));
+      const uint32_t a = swap ? w.y : w.x, c = swap ? w.x : w.y;
+      lo[k] = fp8_funnelshift_r(a, c, shift);
+      hi[k] = fp8_funnelshift_r(c, a, shift);
+    }
+    uint32_t t[4][4];  // [quarter][row]: (lo/hi source half) x (first/last four tokens)
+    transpose4x4({lo[0], lo[1], lo[2], lo[3]}, t[0]);
+    transpose4x4({lo[4], lo[5], lo[6], lo[7]}, t[1]);
+    transpose4x4({hi[0], hi[1], hi[2], hi[3]}, t[2]);
+    transpose4x4({hi[4], hi[5], hi[6], hi[7]}, t[3]);
+    CUTLASS_PRAGMA_UNROLL
+    for (int j = 0; j < 8; ++j) {
+      // Row j: the rotated head dim j of the 8 tokens (low word: tokens 0..3).
+      uint2 row;
+      row.x = j < 4 ? t[0][j] : t[2][j - 4];
+      row.y = j < 4 ? t[1][j] : t[3][j - 4];
+      const int d = 8 * db + ((j + r) & 7);
+      *reinterpret_cast<uint2*>(dst + SmemLayoutVt{}(d, 8 * tb, stage)) = row;
+    }
+  }
+
+  // V^T of raw stage `raw` into V^T stage `stage`, by the 128 producer threads.
+  static CUTLASS_DEVICE void transpose_v(SharedStorage& ss, int raw, int stage, int thread) {
+    // The thread's addresses are recomputed for every tile (a few integer operations): hoisted
+    // out of the item loop they would need more registers than the producer has (spills).
+    int tid;
+    asm volatile("mov.b32 %0, %1;" : "=r"(tid) : "r"(thread));
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(ss.v_raw);
+    uint8_t* dst = reinterpret_cast<uint8_t*>(ss.vt);
+    CUTLASS_PRAGMA_UNROLL
+    for (int it = 0; it < kTransposeBlocks / kProducerThreads; ++it)
+      transpose_block(src, dst, it * kProducerThreads + tid, raw, stage);
+  }
+
+  // The pipeline states of the producer warpgroup (thread 0 issues the loads; every thread
+  // transposes).
+  struct ProducerStates {
+    typename PipelineK::PipelineState k = cutlass::make_producer_start_state<PipelineK>();
+    typename PipelineVRaw::PipelineState v_load =
+        cutlass::make_producer_start_state<PipelineVRaw>();
+    typename PipelineVRaw::PipelineState v_read;  // consumer side: the transposes
+    typename PipelineVt::PipelineState vt = cutlass::make_producer_start_state<PipelineVt>();
+  };
+
+  struct Pipelines {
+    PipelineK& k;
+    PipelineVRaw& v_raw;
+    PipelineVt& vt;
+  };
+
+  static CUTLASS_DEVICE void transpose_next(SharedStorage& ss, Pipelines& pipes, ProducerStates& st,
+                                            int tid) {
+    pipes.v_raw.consumer_wait(st.v_read);
+    pipes.vt.producer_acquire(st.vt);
+    transpose_v(ss, st.v_read.index(), st.vt.index(), tid);
+    cutlass::arch::fence_view_async_shared();  // the generic-proxy stores, for wgmma
+    pipes.vt.producer_commit(st.vt);
+    pipes.v_raw.consumer_release(st.v_read);
+    ++st.v_read;
+    ++st.vt;
+  }
+
+  // One work item: thread 0 loads Q once (after the previous item released it), then K and V
+  // of every KV tile of the box; every producer thread transposes V of tile j - 1 after the
+  // loads of tile j are issued.
+  static CUTLASS_DEVICE void producer(const FwdMaps& maps, const FwdParams& p, const Work& w,
+                                      int count, SharedStorage& ss, Pipelines& pipes,
+                                      ProducerStates& st) {
+    const int tid = threadIdx.x;
+    const bool leader = tid == 0;
+    const int kv_head = w.head / p.kv_group;
+    if (leader) {
+      if (count > 0) cutlass::arch::ClusterBarrier::wait(&ss.q_empty, (count - 1) & 1);
+      cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.q_full, kTileBytesQ);
+      const int q_origin[3] = {w.q_tile[0] * kQ0, w.q_tile[1] * kQ1, w.q_tile[2] * kQ2};
+      load_tile<kQ0, kQ1, kQ2>(maps.q, p.q_loads, p, w, w.head, q_origin, &ss.q_full, ss.q,
+                               kChunkBytesQ, fwd_device::kEvictNormal);
+    }
+    const int n = w.box.size();
+    int t[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
+    for (int j = 0; j < n; ++j, w.box.next(t)) {
+      if (leader) {
+        const int origin[3] = {t[0] * kK0, t[1] * kK1, t[2] * kK2};
+        pipes.k.producer_acquire(st.k);
+        load_tile<kK0, kK1, kK2>(
+            maps.k, p.kv_loads, p, w, kv_head, origin, pipes.k.producer_get_barrier(st.k),
+            ss.k + st.k.index() * kTileKV * kHeadDim, kChunkBytesKV, fwd_device::kEvictLast);
+        ++st.k;
+        pipes.v_raw.producer_acquire(st.v_load);
+        load_tile<kK0, kK1, kK2>(maps.v, p.kv_loads, p, w, kv_head, origin,
+                                 pipes.v_raw.producer_get_barrier(st.v_load),
+                                 ss.v_raw + st.v_load.index() * kTileKV * kHeadDim, kChunkBytesKV,
+                                 fwd_device::kEvictLast);
+        ++st.v_load;
+      }
+      if (j > 0) transpose_next(ss, pipes, st, tid);
+    }
+    if (n > 0) transpose_next(ss, pipes, st, tid);
+  }
+
+  template <class TA, class TB, class TC>
+  static CUTLASS_DEVICE void gemm_qk(TiledMmaQK& mma, const TA& tA, const TB& tB, TC& tC) {
+    cute::warpgroup_fence_operand(tC);
+    cute::warpgroup_arrive();
+    mma.accumulate_ = cute::GMMA::ScaleOut::Zero;
+    CUTLASS_PRAGMA_UNROLL
+    for (int kb = 0; kb < cute::size<2>(tA); ++kb) {
+      cute::gemm(mma, tA(cute::_, cute::_, kb), tB(cute::_, cute::_, kb), tC);
+      mma.accumulate_ = cute::GMMA::ScaleOut::One;
+    }
+    cute::warpgroup_commit_batch();
+    cute::warpgroup_fence_operand(tC);
+  }
+
+  template <class TA, class TB, class TC>
+  static CUTLASS_DEVICE void gemm_pv(TiledMmaPV& mma, TA& tA, const TB& tB, TC& tC) {
+    cute::warpgroup_fence_operand(tA);
+    cute::warpgroup_fence_operand(tC);
+    cute::warpgroup_arrive();
+    mma.accumulate_ = cute::GMMA::ScaleOut::One;
+    CUTLASS_PRAGMA_UNROLL
+    for (int kb = 0; kb < cute::size<2>(tA); ++kb) {
+      cute::gemm(mma, tA(cute::_, cute::_, kb), tB(cute::_, cute::_, kb), tC);
+    }
+    cute::warpgroup_commit_batch();
+    cute::warpgroup_fence_operand(tC);
+    cute::warpgroup_fence_operand(tA);
+  }
+
+  // One work item; the pipeline states carry over to the next.
+  template <class StateK, class StateVt>
+  static CUTLASS_DEVICE void consumer(const FwdParams& p, const Work& w, int count,
+                                      SharedStorage& ss, PipelineK& pipe_k, PipelineVt& pipe_vt,
+                                      StateK& state_k, StateVt& state_vt) {
+    using namespace cute;
+    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
+    constexpr int kv_tile[3] = {kK0, kK1, kK2};
+    const int ctid = threadIdx.x - 128;  // 0..255 over both consumer warpgroups
+    const int wg = ctid / 128;
+
+    TiledMmaQK mma_qk;
+    TiledMmaPV mma_pv;
+    auto thr_qk = mma_qk.get_thread_slice(ctid);
+    auto thr_pv = mma_pv.get_thread_slice(ctid);
+
+    Tensor sQ = make_tensor(make_smem_ptr(ss.q), SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(ss.k), SmemLayoutK{});
+    Tensor sVt = make_tensor(make_smem_ptr(ss.vt), SmemLayoutVt{});
+    Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // (MMA, 1, K/32) descriptors
+    Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, 1, K/32, stages)
+    Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, 1, KV/32, stages)
+
+    Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kTileQ>, Int<kTileKV>>{});
+    Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kTileQ>, Int<kHeadDim>>{});
+    // P as the 8-bit A operand of P V: per k32 block 16 values, value 4 R + B in byte B of
+    // register R (row + 8 for odd R, columns + 16 for R >= 2: cute's ALayout_64x32).
+    Tensor tOrP =
+        make_tensor<Element>(partition_shape_A(mma_pv, Shape<Int<kTileQ>, Int<kTileKV>>{}));
+    static_assert(decltype(size(tOrP))::value == decltype(size(tSrS))::value);
+
+    // Accumulator element i of an m64nN wgmma (S, O) sits at row
+    // 16 * warp + lane / 4 + 8 * ((i >> 1) & 1) of the warpgroup's 64 rows and at
+    // column 8 * (i >> 2) + 2 * (lane % 4) + (i & 1).
+    const int lane = threadIdx.x & 31;
+    const int row_base = 64 * wg + 16 * ((ctid / 32) & 3) + lane / 4;
+    const int col_base = 2 * (lane & 3);
+    static_assert(kK2 % 8 == 0, "the n8 column blocks of S must not straddle a KV tile row");
+
+    int row_win_lo[2][3], row_win_len[2][3];
+    CUTLASS_PRAGMA_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      int o[3];
+      fwd_device::tile_offsets<kQ0, kQ1, kQ2>(row_base + 8 * r, o);
+      CUTLASS_PRAGMA_UNROLL
+      for (int a = 0; a < 3; ++a) {
+        const int q = min_int(w.q_tile[a] * q_tile[a] + o[a], q_end(w.axes[a]) - 1);
+        const Range win = group_window(w.axes[a], q);
+        const int lo = max_int(win.start, kv_begin(w.axes[a]));
+        row_win_lo[r][a] = lo;
+        row_win_len[r][a] = max_int(min_int(win.end, kv_end(w.axes[a])) - lo, 0);
+      }
+    }
+
+    // The descales of this item's query head (k and v: of its key/value head, per query head).
+    const float q_descale = p.descale[w.head];
+    const float k_descale = p.descale[p.heads + w.head];
+    const float v_descale = p.descale[2 * p.heads + w.head];
+    const float scale_log2 = p.scale_log2 * (q_descale * k_descale);
+
+    float row_max[2] = {-INFINITY, -INFINITY};
+    float row_sum[2] = {0.f, 0.f};
+    // Scores enter exp2 as S * mult - max * mult (one FFMA). A non-positive
+    // scale would flip the max, so such scores are scaled before the mask.
+    const bool prescale = !(scale_log2 > 0.f);
+    const float mult = prescale ? 1.f : scale_log2;
+    clear(tOrO);
+
+    // The softmax of the 16-bit kernel (see there), with P offset by 2^kPOffsetLog2 and
+    // written in the A operand's register order.
+    constexpr int kAcc = 4;
+    auto acc = [](int i) { return (i & 1) | ((i >> 1) & 2); };
+    Tensor tOrP_pairs = recast<cutlass::Array<Element, 2>>(tOrP);
+    auto exponentials = [&](const float* m_scaled, float (&sp)[2][kAcc]) {
+      cutlass::NumericArrayConverter<Element, float, 2> cvt;
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int a = 0; a < kAcc; ++a) sp[r][a] = 0.f;
+      }
+      const float m_p[2] = {m_scaled[0] - float(kPOffsetLog2), m_scaled[1] - float(kPOffsetLog2)};
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tSrS); i += 2) {
+        const int r = (i >> 1) & 1;
+        const float e0 = fwd_device::exp2_approx(__fmaf_rn(tSrS(i), mult, -m_p[r]));
+        const float e1 = fwd_device::exp2_approx(__fmaf_rn(tSrS(i + 1), mult, -m_p[r]));
+        sp[r][acc(i)] += e0;
+        sp[r][acc(i + 1)] += e1;
+        // Pair q = 4 h + 2 hb + rb of a k32 block (columns 16 h + 8 hb + 2c, row + 8 rb) goes
+        // to half hb of register 2 h + rb: pair slot 4 h + 2 rb + hb.
+        const int q = (i & 15) >> 1;
+        const int slot = (q & 4) | ((q & 1) << 1) | ((q >> 1) & 1);
+        tOrP_pairs(8 * (i >> 4) + slot) = cvt(cutlass::Array<float, 2>{e0, e1});
+      }
+    };
+    auto scaled = [&](float m) { return m == -INFINITY ? 0.f : m * mult; };
+    auto softmax_step = [&](bool partial, const int* kv_origin, float* corr, bool speculate) {
+      if (prescale) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(tSrS); ++i) tSrS(i) *= scale_log2;
+      }
+      if (partial) {
+        int x2[2];
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < 2; ++r) x2[r] = kv_origin[2] + col_base - row_win_lo[r][2];
+        CUTLASS_PRAGMA_UNROLL
+        for (int n8 = 0; n8 < kTileKV / 8; ++n8) {
+          int o[3];
+          fwd_device::tile_offsets<kK0, kK1, kK2>(8 * n8, o);
+          CUTLASS_PRAGMA_UNROLL
+          for (int r = 0; r < 2; ++r) {
+            const bool row_ok =
+                unsigned(kv_origin[0] + o[0] - row_win_lo[r][0]) < unsigned(row_win_len[r][0]) &&
+                unsigned(kv_origin[1] + o[1] - row_win_lo[r][1]) < unsigned(row_win_len[r][1]);
+            CUTLASS_PRAGMA_UNROLL
+            for (int i0 = 0; i0 < 2; ++i0) {
+              const int i = i0 + 2 * r + 4 * n8;
+              const bool vis = row_ok && unsigned(x2[r] + o[2] + i0) < unsigned(row_win_len[r][2]);
+              if (!vis) tSrS(i) = -INFINITY;
+            }
+          }
+        }
+      }
+      float sp[2][kAcc] = {};
+      auto partial_sum = [&](int r) { return (sp[r][0] + sp[r][1]) + (sp[r][2] + sp[r][3]); };
+      bool exact = !speculate;
+      if (speculate) {
+        const float m_scaled[2] = {scaled(row_max[0]), scaled(row_max[1])};
+        exponentials(m_scaled, sp);
+        bool beyond = false;
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          const float limit = row_max[r] == -INFINITY ? 0.f : kMaxP;
+          beyond |= !(partial_sum(r) <= limit) && partial_sum(r) == partial_sum(r);  // NaN: no
+        }
+        exact = __any_sync(0xffffffff, beyond);
+      }
+      bool raised = false;
+      if (exact) {
+        float mp[2][kAcc];
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          CUTLASS_PRAGMA_UNROLL
+          for (int a = 0; a < kAcc; ++a) mp[r][a] = row_max[r];
+        }
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(tSrS); ++i) {
+          float& m = mp[(i >> 1) & 1][acc(i)];
+          m = fmaxf(m, tSrS(i));
+        }
+        float m_scaled[2];
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          float m = fmaxf(fmaxf(mp[r][0], mp[r][1]), fmaxf(mp[r][2], mp[r][3]));
+          m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 1));
+          m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 2));
+          const bool raise = m > row_max[r];
+          const float m_old = row_max[r];  // -inf * mult (mult > 0) gives corr = 0
+          if (raise) row_max[r] = m;
+          m_scaled[r] = scaled(row_max[r]);
+          corr[r] = raise ? fwd_device::exp2_approx(m_old * mult - m_scaled[r]) : 1.f;
+          raised |= raise;
+        }
+        exponentials(m_scaled, sp);
+      } else {
+        corr[0] = corr[1] = 1.f;
+      }
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < 2; ++r) row_sum[r] = row_sum[r] * corr[r] + partial_sum(r);
+      return __any_sync(0xffffffff, raised);
+    };
+    auto rescale_o = [&](bool needed, const float* corr) {
+      if (!needed) return;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= corr[(i >> 1) & 1];
+    };
+    int tile[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
+    auto tile_info = [&](int* origin) {
+      bool full = true;
+      CUTLASS_PRAGMA_UNROLL
+      for (int a = 0; a < 3; ++a) {
+        origin[a] = tile[a] * kv_tile[a];
+        full &= w.full[a].start <= tile[a] && tile[a] < w.full[a].end;
+      }
+      w.box.next(tile);
+      return !full;
+    };
+
+    const int n = w.box.size();
+    auto release_q = [&] { cutlass::arch::ClusterBarrier::arrive(&ss.q_empty); };
+    auto take_turn = [&] { cutlass::arch::NamedBarrier::sync(256, kSchedulerBarrier + wg); };
+    auto pass_turn = [&] { cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier + 1 - wg); };
+    cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, count & 1);
+
+    if (kView && n == 0) {
+      release_q();
+    } else {
+      {
+        pipe_k.consumer_wait(state_k);
+        take_turn();
+        gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
+        pass_turn();
+        int origin[3];
+        const bool partial = tile_info(origin);
+        warpgroup_wait<0>();
+        pipe_k.consumer_release(state_k);
+        ++state_k;
+        if (n == 1) release_q();
+        float corr[2];
+        softmax_step(partial, origin, corr, /*speculate=*/false);
+      }
+      for (int j = 1; j < n; ++j) {
+        pipe_k.consumer_wait(state_k);
+        pipe_vt.consumer_wait(state_vt);
+        take_turn();
+        gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
+        gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_vt.index()), tOrO);
+        pass_turn();
+        int origin[3];
+        const bool partial = tile_info(origin);
+        warpgroup_wait<0>();
+        pipe_k.consumer_release(state_k);
+        ++state_k;
+        pipe_vt.consumer_release(state_vt);
+        ++state_vt;
+        if (j == n - 1) release_q();
+        float corr[2];
+        const bool rescale = softmax_step(partial, origin, corr, /*speculate=*/true);
+        rescale_o(rescale, corr);
+      }
+      pipe_vt.consumer_wait(state_vt);
+      take_turn();
+      gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_vt.index()), tOrO);
+      pass_turn();
+      warpgroup_wait<0>();
+      pipe_vt.consumer_release(state_vt);
+      ++state_vt;
+    }
+
+    // Epilogue: normalise (times v_descale), LSE (without P's offset), O to global memory.
+    float inv[2], lse[2];
+    CUTLASS_PRAGMA_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      float s = row_sum[r];
+      s += __shfl_xor_sync(0xffffffff, s, 1);
+      s += __shfl_xor_sync(0xffffffff, s, 2);
+      inv[r] = s > 0.f ? v_descale / s : 0.f;
+      const float m_scaled = row_max[r] == -INFINITY ? 0.f : row_max[r] * mult;
+      lse[r] = s > 0.f ? (m_scaled - float(kPOffsetLog2) + __log2f(s)) * 0.69314718055994531f
+                       : -INFINITY;
+    }
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= inv[(i >> 1) & 1];
+
+    auto row_token = [&](int row) { return fwd_device::q_row_token<kQ0, kQ1, kQ2>(p, w, row); };
+    if ((ctid & 3) == 0) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        const int64_t token = row_token(row_base + 8 * r);
+        if (token >= 0) p.lse[token * p.heads + w.head] = lse[r];
+      }
+    }
+    cutlass::NumericArrayConverter<OutElement, float, 2> cvt;
+    using Pair = cutlass::Array<OutElement, 2>;
+    CUTLASS_PRAGMA_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      const int64_t token = row_token(row_base + 8 * r);
+      if (token < 0) continue;
+      OutElement* row_out = static_cast<OutElement*>(p.out) + (token * p.heads + w.head) * kHeadDim;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 2 * r; i < size(tOrO); i += 4) {
+        *reinterpret_cast<Pair*>(row_out + 8 * (i >> 2) + col_base) =
+            cvt(cutlass::Array<float, 2>{tOrO(i), tOrO(i + 1)});
+      }
+    }
+  }
+
+  static CUTLASS_DEVICE void run(const FwdMaps& maps, const FwdParams& p, char* smem_raw) {
+    SharedStorage& ss = shared_storage<SharedStorage>(smem_raw);
+    const bool producer_wg = threadIdx.x < kProducerThreads;
+
+    typename PipelineK::Params k_params;
+    k_params.transaction_bytes = kTileBytesKV;
+    k_params.role =
+        producer_wg ? PipelineK::ThreadCategory::Producer : PipelineK::ThreadCategory::Consumer;
+    k_params.is_leader = threadIdx.x == 0;
+    k_params.num_consumers = 256;
+    k_params.initializing_warp = 0;
+    PipelineK pipe_k(ss.pipe_k, k_params, cute::Shape<cute::_1, cute::_1, cute::_1>{});
+    // Raw V: loaded by thread 0, read by the producer warpgroup (the transposes).
+    typename PipelineVRaw::Params v_params;
+    v_params.transaction_bytes = kTileBytesKV;
+    v_params.role = producer_wg ? PipelineVRaw::ThreadCategory::ProducerConsumer
+                                : PipelineVRaw::ThreadCategory::NonParticipant;
+    v_params.is_leader = threadIdx.x == 0;
+    v_params.num_consumers = kProducerThreads;
+    v_params.initializing_warp = 1;
+    PipelineVRaw pipe_v_raw(ss.pipe_v_raw, v_params, cute::Shape<cute::_1, cute::_1, cute::_1>{});
+    // V^T: written by the producer warpgroup, read by the consumers.
+    typename PipelineVt::Params vt_params;
+    vt_params.role =
+        producer_wg ? PipelineVt::ThreadCategory::Producer : PipelineVt::ThreadCategory::Consumer;
+    vt_params.producer_arv_count = kProducerThreads;
+    vt_params.consumer_arv_count = 256;
+    vt_params.initializing_warp = 2;
+    PipelineVt pipe_vt(ss.pipe_vt, vt_params);
+    if (threadIdx.x == 96) {
+      cutlass::arch::ClusterTransactionBarrier::init(&ss.q_full, 1);
+      cutlass::arch::ClusterBarrier::init(&ss.q_empty, 256);
+      cutlass::arch::fence_barrier_init();
+    }
+    __syncthreads();
+
+    if (producer_wg) {
+      cutlass::arch::warpgroup_reg_dealloc<64>();
+      Pipelines pipes{pipe_k, pipe_v_raw, pipe_vt};
+      ProducerStates states;
+      int count = 0;
+      for (int item = blockIdx.x; item < p.num_items; item += gridDim.x) {
+        const Work w = decode_work(p, item);
+        if (!w.valid) continue;
+        producer(maps, p, w, count++, ss, pipes, states);
+      }
+    } else {
+      cutlass::arch::warpgroup_reg_alloc<216>();
+      typename PipelineK::PipelineState state_k;
+      typename PipelineVt::PipelineState state_vt;
+      if (threadIdx.x < 256) cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier);
+      int count = 0;
+      for (int item = blockIdx.x; item < p.num_items; item += gridDim.x) {
+        const Work w = decode_work(p, item);
+        if (!w.valid) continue;
+        consumer(p, w, count++, ss, pipe_k, pipe_vt, state_k, state_vt);
+      }
+    }
+  }
+};
+
+}  // namespace gna::sm90

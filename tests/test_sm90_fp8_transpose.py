@@ -1,0 +1,35 @@
+"""The sm90 FP8 forward's V transpose, checked on the CPU (nvcc, no GPU).
+
+FP8 wgmma reads V^T (head dim rows, tokens contiguous) with its tokens in the order of P's A
+operand registers, and the kernel's producer threads build it from V as TMA lands it
+(`cuda/sm90/kernel/fwd_fp8_kernel_ws.cuh`, transpose_block). `cuda/sm90/tests/fp8_transpose.cu`
+runs that function on the host over whole tiles through the kernel's own shared-memory layouts;
+this test builds it with nvcc against the CUTLASS headers (`tests/nvcc_build.py`) and expects
+every byte where the GEMM reads it, warp steps of two wavefronts (no bank conflicts; d64's
+reads take four) and shared
+memory within one CTA's 227 KB, for every FP8 kernel configuration. It skips, with the reason,
+without nvcc or the headers.
+"""
+
+from __future__ import annotations
+
+from jax_gna import _kernel_table
+from tests import nvcc_build
+
+ROOT = nvcc_build.ROOT
+
+
+def test_v_transpose_lands_where_the_fp8_gemm_reads(tmp_path):
+    src = ROOT / "cuda" / "sm90" / "tests" / "fp8_transpose.cu"
+    run = nvcc_build.run_host_program(tmp_path, src)
+    lines = run.stdout.splitlines()
+    fp8 = [k for k in _kernel_table.kernels() if k.dtype in _kernel_table.FP8_DTYPES]
+    assert run.returncode == 0 and len(lines) == len(fp8), run.stdout + run.stderr
+    for line in lines:
+        words = line.split()
+        field = {name: int(n) for name, n in zip(words[1::2], words[2::2])}
+        assert field["mismatches"] == 0, line
+        # d64: a warp's 4 token blocks read rows of one parity, half the banks (2-way).
+        assert field["load_wavefronts"] == (4 if "_d64_" in words[0] else 2), line
+        assert field["store_wavefronts"] == 2, line
+        assert field["smem"] <= 227 * 1024, line
