@@ -291,6 +291,14 @@ def test_deterministic_mode_is_bit_identical_over_runs_and_matches_default_mode(
     print(f"default mode: {differs} of 4 repeated runs differ from the first in some bit")
 
 
+def test_deterministic_mode_with_a_kv_head_shared_by_four_query_heads():
+    """A CTA's visits run over the four query heads of its KV head, with masked and full visits,
+    in deterministic mode: the consumer warpgroups' GEMM turns interleave with the dQ writer's
+    waits across the heads."""
+    case = _case((8, 16, 16), (4, 8, 8), (2, 4, 4), heads=4, heads_kv=1, lse_cotangent=True)
+    check_deterministic_runs(case, seed=7, runs=3)
+
+
 def test_jit_vmap_and_remat():
     case = _case((20, 18), (7, 5), (2, 1), (1, 2), (False, True), batch=(2,), extra=3)
     q, k, v, extra = _inputs(case, seed=21)
