@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from jax_gna._mesh import explicit_mesh, on_auto_axes
 from jax_gna._nonfinite import finite
+from jax_gna._symbolic import static_product
 
 
 @jax.custom_vjp
@@ -122,7 +123,9 @@ CHUNK_SCORE_BYTES = 64 * 2**20
 def _in_chunks(q, k, v, scale):
     """`_dense` over chunks of queries, one at a time (`jax.lax.map`; its gradient too)."""
     b, n, kv_heads, group, _ = q.shape
-    per_query = 4 * b * kv_heads * group * k.shape[1]
+    # Symbolic batch and head counts (shape-polymorphic export) count as 1: the chunks then
+    # bound the scores per batch entry or head; the query tokens are always static.
+    per_query = 4 * static_product((b, kv_heads, group)) * k.shape[1]
     chunk = max(1, CHUNK_SCORE_BYTES // max(1, per_query))
     if n <= chunk:
         return _dense(q, k, v, scale)

@@ -100,3 +100,17 @@ def test_gradient_memory_is_chunked(monkeypatch):
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
     temp = grad.lower(q, kv, kv).compile().memory_analysis().temp_size_in_bytes
     assert temp < scores / 2, f"{temp / 2**20:.1f} MiB of temporaries"
+
+
+def test_symbolic_batch_in_chunks(monkeypatch):
+    # Shape-polymorphic export: a symbolic batch counts as 1 in the chunk size (4 queries of
+    # 2 x 2 heads x 9 extra tokens per chunk here).
+    monkeypatch.setattr(_additional_kv, "CHUNK_SCORE_BYTES", 4 * 4 * 2 * 2 * 9)
+    q, k, v = _inputs(jnp.float32, batch=(3,))
+    (b,) = jax.export.symbolic_shape("b")
+    shapes = [jax.ShapeDtypeStruct((b, *x.shape[1:]), x.dtype) for x in (q, k, v)]
+    exported = jax.export.export(jax.jit(_ours(1)))(*shapes)
+    with jax.default_matmul_precision("highest"):
+        want = _reference(1)(q, k, v)
+    for g, w in zip(exported.call(q, k, v), want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5, rtol=2e-5)
