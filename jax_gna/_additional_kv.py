@@ -42,13 +42,9 @@ def merge(
 def _merge_fwd(out_a, lse_a, out_b, lse_b):
     lse = jnp.logaddexp(lse_a, lse_b)
     weight_a, weight_b = jnp.exp(lse_a - lse), jnp.exp(lse_b - lse)
+    out = _weighted_sum(out_a, weight_a, out_b, weight_b)
     # The merged output is recomputed in the backward rather than kept: it is the largest array.
-    return (_weighted_sum(out_a, weight_a, out_b, weight_b), lse), (
-        out_a,
-        out_b,
-        weight_a,
-        weight_b,
-    )
+    return (out, lse), (out_a, out_b, weight_a, weight_b)
 
 
 def _weighted_sum(out_a, weight_a, out_b, weight_b):

@@ -6,9 +6,8 @@ operand registers, and the kernel's producer threads build it from V as TMA land
 runs that function on the host over whole tiles through the kernel's own shared-memory layouts;
 this test builds it with nvcc against the CUTLASS headers (`tests/nvcc_build.py`) and expects
 every byte where the GEMM reads it, warp steps of two wavefronts (no bank conflicts; d64's
-reads take four) and shared
-memory within one CTA's 227 KB, for every FP8 kernel configuration. It skips, with the reason,
-without nvcc or the headers.
+reads take four) and shared memory within one CTA's 227 KB, for every FP8 kernel
+configuration. It skips, with the reason, without nvcc or the headers.
 """
 
 from __future__ import annotations
