@@ -51,8 +51,7 @@ constexpr int fp8_p_token(int a) {
   return (a & ~31) + 16 * h + 8 * (b >> 1) + 2 * c + (b & 1);
 }
 
-// __byte_perm and __funnelshift_r, also on the host (cuda/sm90/tests/fp8_transpose.cu runs the
-// V transpose there).
+// __byte_perm, also on the host (cuda/sm90/tests/fp8_transpose.cu runs the V transpose there).
 CUTE_HOST_DEVICE uint32_t fp8_byte_perm(uint32_t x, uint32_t y, uint32_t selector) {
 #if defined(__CUDA_ARCH__)
   return __byte_perm(x, y, selector);
@@ -62,14 +61,6 @@ CUTE_HOST_DEVICE uint32_t fp8_byte_perm(uint32_t x, uint32_t y, uint32_t selecto
   for (int n = 0; n < 4; ++n)
     r |= uint32_t((bytes >> (8 * ((selector >> (4 * n)) & 7))) & 0xff) << (8 * n);
   return r;
-#endif
-}
-
-CUTE_HOST_DEVICE uint32_t fp8_funnelshift_r(uint32_t lo, uint32_t hi, uint32_t shift) {
-#if defined(__CUDA_ARCH__)
-  return __funnelshift_r(lo, hi, shift);
-#else
-  return uint32_t(((uint64_t(hi) << 32) | lo) >> (shift & 31));
 #endif
 }
 
@@ -197,36 +188,60 @@ struct FwdFp8Kernel {
   // head dim 8 db + (j + r) % 8: the 16 threads of a warp that write one token chunk then hit
   // all 8 swizzle phases of SW128 (no bank conflicts), as do the reads at d128 (16 threads read
   // one 128-byte row; at d64 a warp's rows share one half of the banks: 2-way conflicts).
+  //
+  // Addresses: one layout call for the block's first row on each side, the others by XOR with
+  // compile-time steps. (A layout call per row cost ~200 integer instructions per block, issued
+  // by the producer warps on the schedulers the consumers' softmax needs: the transpose of a
+  // d128 tile took 634 SASS instructions per thread, now 326.) The swizzles are XOR-linear, and a
+  // step's bits are zero in the first row's unswizzled offset (fp8_p_token(8 tb + k) =
+  // fp8_p_token(8 tb) | fp8_p_token(k), the V^T rows 8 db + e as e < 8 above a block's 8 token
+  // bytes), so layout(first + step) = layout(first) ^ layout(step);
+  // tests/test_sm90_fp8_transpose.py checks every byte.
   static CUTE_HOST_DEVICE void transpose_block(const uint8_t* src, uint8_t* dst, int b, int raw,
                                                int stage) {
     const int db = b % kTransposeDBlocks, tb = b / kTransposeDBlocks;
     const int r = db & 7;
-    // Byte rotation by r of a 64-bit row (lo, hi): new byte e = old byte (e + r) % 8.
-    const bool swap = r >= 4;
-    const uint32_t shift = 8 * (r & 3);
+    const int src_first = SmemLayoutVRaw{}(fp8_p_token(8 * tb), 8 * db, raw);
+    const int dst_first = SmemLayoutVt{}(8 * db, 8 * tb, stage);
+    // Byte rotation by r of a 64-bit row (lo, hi): new byte e = old byte (e + r) % 8, one byte
+    // permute per word (selector nibble e: source byte (e + r) % 8 of the pair).
+    constexpr uint64_t kBytes = 0x7654321076543210ull;
+    const uint32_t rotate_lo = uint32_t(kBytes >> (4 * r)) & 0xffff;  // bytes (r .. r + 3) % 8
+    const uint32_t rotate_hi = uint32_t(kBytes >> (4 * (r ^ 4))) & 0xffff;
     uint32_t lo[8], hi[8];
     CUTLASS_PRAGMA_UNROLL
     for (int k = 0; k < 8; ++k) {
-      const int token = fp8_p_token(8 * tb + k);
-      const uint2 w = *reinterpret_cast<const uint2*>(src + SmemLayoutVRaw{}(token, 8 * db, raw));
-      const uint32_t a = swap ? w.y : w.x, c = swap ? w.x : w.y;
-      lo[k] = fp8_funnelshift_r(a, c, shift);
-      hi[k] = fp8_funnelshift_r(c, a, shift);
+      const int offset = src_first ^ int(SmemLayoutVRaw{}(fp8_p_token(k), 0, 0));
+      const uint2 w = *reinterpret_cast<const uint2*>(src + offset);
+      lo[k] = fp8_byte_perm(w.x, w.y, rotate_lo);
+      hi[k] = fp8_byte_perm(w.x, w.y, rotate_hi);
     }
     uint32_t t[4][4];  // [quarter][row]: (lo/hi source half) x (first/last four tokens)
     transpose4x4({lo[0], lo[1], lo[2], lo[3]}, t[0]);
     transpose4x4({lo[4], lo[5], lo[6], lo[7]}, t[1]);
     transpose4x4({hi[0], hi[1], hi[2], hi[3]}, t[2]);
     transpose4x4({hi[4], hi[5], hi[6], hi[7]}, t[3]);
+    // V^T row e < 8 of a block: layout(e, 0) = e * layout(1, 0) (checked below).
+    constexpr int kRowStep = SmemLayoutVt{}(1, 0, 0);
+    static_assert(vt_rows_linear(), "V^T rows 0..7 of a block at multiples of one step");
     CUTLASS_PRAGMA_UNROLL
     for (int j = 0; j < 8; ++j) {
       // Row j: the rotated head dim j of the 8 tokens (low word: tokens 0..3).
       uint2 row;
       row.x = j < 4 ? t[0][j] : t[2][j - 4];
       row.y = j < 4 ? t[1][j] : t[3][j - 4];
-      const int d = 8 * db + ((j + r) & 7);
-      *reinterpret_cast<uint2*>(dst + SmemLayoutVt{}(d, 8 * tb, stage)) = row;
+      const int offset = dst_first ^ (((j + r) & 7) * kRowStep);
+      *reinterpret_cast<uint2*>(dst + offset) = row;
     }
+  }
+
+  // Whether V^T's rows e = 0..7 (token 0, stage 0) sit at e * (row 1's offset): true of the
+  // SW128 atom (128-token tiles: the swizzle moves the row bits into column bits that are zero
+  // at token 0, e * 0x90); a narrower atom would need another step.
+  static constexpr bool vt_rows_linear() {
+    for (int e = 0; e < 8; ++e)
+      if (int(SmemLayoutVt{}(e, 0, 0)) != e * int(SmemLayoutVt{}(1, 0, 0))) return false;
+    return true;
   }
 
   // V^T of raw stage `raw` into V^T stage `stage`, by the 128 producer threads.
