@@ -378,10 +378,13 @@ struct FwdFp8Kernel {
     Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kTileQ>, Int<kTileKV>>{});
     Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kTileQ>, Int<kHeadDim>>{});
     // P as the 8-bit A operand of P V: per k32 block 16 values, value 4 R + B in byte B of
-    // register R (row + 8 for odd R, columns + 16 for R >= 2: cute's ALayout_64x32).
-    Tensor tOrP =
+    // register R (row + 8 for odd R, columns + 16 for R >= 2: cute's ALayout_64x32). Two of
+    // them (16 registers each): the softmax of tile j writes one while the P V GEMM of tile
+    // j - 1 still reads the other, so a warpgroup waits for its S GEMM only before the softmax.
+    Tensor tOrP0 =
         make_tensor<Element>(partition_shape_A(mma_pv, Shape<Int<kTileQ>, Int<kTileKV>>{}));
-    static_assert(decltype(size(tOrP))::value == decltype(size(tSrS))::value);
+    Tensor tOrP1 = make_tensor_like(tOrP0);
+    static_assert(decltype(size(tOrP0))::value == decltype(size(tSrS))::value);
 
     // Accumulator element i of an m64nN wgmma (S, O) sits at row
     // 16 * warp + lane / 4 + 8 * ((i >> 1) & 1) of the warpgroup's 64 rows and at
@@ -424,8 +427,9 @@ struct FwdFp8Kernel {
     // written in the A operand's register order.
     constexpr int kAcc = 4;
     auto acc = [](int i) { return (i & 1) | ((i >> 1) & 2); };
-    Tensor tOrP_pairs = recast<cutlass::Array<Element, 2>>(tOrP);
-    auto exponentials = [&](const float* m_scaled, float (&sp)[2][kAcc]) {
+    // Into P (`p`: tOrP0 or tOrP1).
+    auto exponentials = [&](auto& p, const float* m_scaled, float (&sp)[2][kAcc]) {
+      Tensor p_pairs = recast<cutlass::Array<Element, 2>>(p);
       cutlass::NumericArrayConverter<Element, float, 2> cvt;
       CUTLASS_PRAGMA_UNROLL
       for (int r = 0; r < 2; ++r) {
@@ -444,11 +448,12 @@ struct FwdFp8Kernel {
         // to half hb of register 2 h + rb: pair slot 4 h + 2 rb + hb.
         const int q = (i & 15) >> 1;
         const int slot = (q & 4) | ((q & 1) << 1) | ((q >> 1) & 1);
-        tOrP_pairs(8 * (i >> 4) + slot) = cvt(cutlass::Array<float, 2>{e0, e1});
+        p_pairs(8 * (i >> 4) + slot) = cvt(cutlass::Array<float, 2>{e0, e1});
       }
     };
     auto scaled = [&](float m) { return m == -INFINITY ? 0.f : m * mult; };
-    auto softmax_step = [&](bool partial, const int* kv_origin, float* corr, bool speculate) {
+    auto softmax_step = [&](auto& p, bool partial, const int* kv_origin, float* corr,
+                            bool speculate) {
       if (prescale) {
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < size(tSrS); ++i) tSrS(i) *= scale_log2;
@@ -480,7 +485,7 @@ struct FwdFp8Kernel {
       bool exact = !speculate;
       if (speculate) {
         const float m_scaled[2] = {scaled(row_max[0]), scaled(row_max[1])};
-        exponentials(m_scaled, sp);
+        exponentials(p, m_scaled, sp);
         bool beyond = false;
         CUTLASS_PRAGMA_UNROLL
         for (int r = 0; r < 2; ++r) {
@@ -515,7 +520,7 @@ struct FwdFp8Kernel {
           corr[r] = raise ? fwd_device::exp2_approx(m_old * mult - m_scaled[r]) : 1.f;
           raised |= raise;
         }
-        exponentials(m_scaled, sp);
+        exponentials(p, m_scaled, sp);
       } else {
         corr[0] = corr[1] = 1.f;
       }
@@ -561,34 +566,50 @@ struct FwdFp8Kernel {
         ++state_k;
         if (n == 1) release_q();
         float corr[2];
-        softmax_step(partial, origin, corr, /*speculate=*/false);
+        softmax_step(tOrP0, partial, origin, corr, /*speculate=*/false);
       }
-      for (int j = 1; j < n; ++j) {
+      // Tile j: S of j and O += P V of tile j - 1 (P of tile j - 1: `p_old`), the softmax of j
+      // into `p_new` once S landed, then O's rescale once the P V GEMM retired.
+      auto visit = [&](int j, auto& p_new, auto& p_old) {
         pipe_k.consumer_wait(state_k);
         pipe_vt.consumer_wait(state_vt);
         take_turn();
         gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
-        gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_vt.index()), tOrO);
+        gemm_pv(mma_pv, p_old, tOrV(_, _, _, state_vt.index()), tOrO);
         pass_turn();
         int origin[3];
         const bool partial = tile_info(origin);
-        warpgroup_wait<0>();
+        warpgroup_wait<1>();  // S (the older batch)
         pipe_k.consumer_release(state_k);
         ++state_k;
-        pipe_vt.consumer_release(state_vt);
-        ++state_vt;
         if (j == n - 1) release_q();
         float corr[2];
-        const bool rescale = softmax_step(partial, origin, corr, /*speculate=*/true);
+        const bool rescale = softmax_step(p_new, partial, origin, corr, /*speculate=*/true);
+        warpgroup_wait<0>();
+        // The GEMM read p_old's registers until here: none of them may hold anything else.
+        warpgroup_fence_operand(p_old);
+        warpgroup_fence_operand(tOrO);
+        pipe_vt.consumer_release(state_vt);
+        ++state_vt;
         rescale_o(rescale, corr);
+      };
+      for (int j = 1; j < n; j += 2) {
+        visit(j, tOrP1, tOrP0);
+        if (j + 1 < n) visit(j + 1, tOrP0, tOrP1);
       }
-      pipe_vt.consumer_wait(state_vt);
-      take_turn();
-      gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_vt.index()), tOrO);
-      pass_turn();
-      warpgroup_wait<0>();
-      pipe_vt.consumer_release(state_vt);
-      ++state_vt;
+      auto last_pv = [&](auto& p) {
+        pipe_vt.consumer_wait(state_vt);
+        take_turn();
+        gemm_pv(mma_pv, p, tOrV(_, _, _, state_vt.index()), tOrO);
+        pass_turn();
+        warpgroup_wait<0>();
+        pipe_vt.consumer_release(state_vt);
+        ++state_vt;
+      };
+      if ((n - 1) % 2 == 0)
+        last_pv(tOrP0);
+      else
+        last_pv(tOrP1);
     }
 
     // Epilogue: normalise (times v_descale), LSE (without P's offset), O to global memory.
