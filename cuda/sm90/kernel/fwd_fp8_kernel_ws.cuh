@@ -15,6 +15,9 @@
 //   own values into its A registers and the kernel permutes the tokens of V^T to match
 //   (p_token(): column a of the A operand holds S column p_token(a)). P V sums over tokens, so
 //   reading both in the same permuted order gives the same O.
+// - Two P fragments (16 registers each, by tile parity): the softmax of tile j writes one while
+//   the P V GEMM of tile j - 1 reads the other, so a warpgroup waits for its S GEMM only before
+//   the softmax (the 16-bit kernel waits for both).
 // - Scales. S is in units of q_descale * k_descale (per query head, from FwdParams::descale):
 //   the softmax multiplies by softmax_scale * q_descale * k_descale; O is multiplied by
 //   v_descale in the epilogue. P is stored in e4m3 as exp2(.) * 2^kPOffsetLog2: that moves the
