@@ -15,6 +15,9 @@
 //   own values into its A registers and the kernel permutes the tokens of V^T to match
 //   (p_token(): column a of the A operand holds S column p_token(a)). P V sums over tokens, so
 //   reading both in the same permuted order gives the same O.
+// - Two P fragments (16 registers each, by tile parity): the softmax of tile j writes one while
+//   the P V GEMM of tile j - 1 reads the other, so a warpgroup waits for its S GEMM only before
+//   the softmax (the 16-bit kernel waits for both).
 // - Scales. S is in units of q_descale * k_descale (per query head, from FwdParams::descale):
 //   the softmax multiplies by softmax_scale * q_descale * k_descale; O is multiplied by
 //   v_descale in the epilogue. P is stored in e4m3 as exp2(.) * 2^kPOffsetLog2: that moves the
@@ -51,8 +54,7 @@ constexpr int fp8_p_token(int a) {
   return (a & ~31) + 16 * h + 8 * (b >> 1) + 2 * c + (b & 1);
 }
 
-// __byte_perm and __funnelshift_r, also on the host (cuda/sm90/tests/fp8_transpose.cu runs the
-// V transpose there).
+// __byte_perm, also on the host (cuda/sm90/tests/fp8_transpose.cu runs the V transpose there).
 CUTE_HOST_DEVICE uint32_t fp8_byte_perm(uint32_t x, uint32_t y, uint32_t selector) {
 #if defined(__CUDA_ARCH__)
   return __byte_perm(x, y, selector);
@@ -62,14 +64,6 @@ CUTE_HOST_DEVICE uint32_t fp8_byte_perm(uint32_t x, uint32_t y, uint32_t selecto
   for (int n = 0; n < 4; ++n)
     r |= uint32_t((bytes >> (8 * ((selector >> (4 * n)) & 7))) & 0xff) << (8 * n);
   return r;
-#endif
-}
-
-CUTE_HOST_DEVICE uint32_t fp8_funnelshift_r(uint32_t lo, uint32_t hi, uint32_t shift) {
-#if defined(__CUDA_ARCH__)
-  return __funnelshift_r(lo, hi, shift);
-#else
-  return uint32_t(((uint64_t(hi) << 32) | lo) >> (shift & 31));
 #endif
 }
 
@@ -197,36 +191,60 @@ struct FwdFp8Kernel {
   // head dim 8 db + (j + r) % 8: the 16 threads of a warp that write one token chunk then hit
   // all 8 swizzle phases of SW128 (no bank conflicts), as do the reads at d128 (16 threads read
   // one 128-byte row; at d64 a warp's rows share one half of the banks: 2-way conflicts).
+  //
+  // Addresses: one layout call for the block's first row on each side, the others by XOR with
+  // compile-time steps. (A layout call per row cost ~200 integer instructions per block, issued
+  // by the producer warps on the schedulers the consumers' softmax needs: the transpose of a
+  // d128 tile took 634 SASS instructions per thread, now 326.) The swizzles are XOR-linear, and a
+  // step's bits are zero in the first row's unswizzled offset (fp8_p_token(8 tb + k) =
+  // fp8_p_token(8 tb) | fp8_p_token(k), the V^T rows 8 db + e as e < 8 above a block's 8 token
+  // bytes), so layout(first + step) = layout(first) ^ layout(step);
+  // tests/test_sm90_fp8_transpose.py checks every byte.
   static CUTE_HOST_DEVICE void transpose_block(const uint8_t* src, uint8_t* dst, int b, int raw,
                                                int stage) {
     const int db = b % kTransposeDBlocks, tb = b / kTransposeDBlocks;
     const int r = db & 7;
-    // Byte rotation by r of a 64-bit row (lo, hi): new byte e = old byte (e + r) % 8.
-    const bool swap = r >= 4;
-    const uint32_t shift = 8 * (r & 3);
+    const int src_first = SmemLayoutVRaw{}(fp8_p_token(8 * tb), 8 * db, raw);
+    const int dst_first = SmemLayoutVt{}(8 * db, 8 * tb, stage);
+    // Byte rotation by r of a 64-bit row (lo, hi): new byte e = old byte (e + r) % 8, one byte
+    // permute per word (selector nibble e: source byte (e + r) % 8 of the pair).
+    constexpr uint64_t kBytes = 0x7654321076543210ull;
+    const uint32_t rotate_lo = uint32_t(kBytes >> (4 * r)) & 0xffff;  // bytes (r .. r + 3) % 8
+    const uint32_t rotate_hi = uint32_t(kBytes >> (4 * (r ^ 4))) & 0xffff;
     uint32_t lo[8], hi[8];
     CUTLASS_PRAGMA_UNROLL
     for (int k = 0; k < 8; ++k) {
-      const int token = fp8_p_token(8 * tb + k);
-      const uint2 w = *reinterpret_cast<const uint2*>(src + SmemLayoutVRaw{}(token, 8 * db, raw));
-      const uint32_t a = swap ? w.y : w.x, c = swap ? w.x : w.y;
-      lo[k] = fp8_funnelshift_r(a, c, shift);
-      hi[k] = fp8_funnelshift_r(c, a, shift);
+      const int offset = src_first ^ int(SmemLayoutVRaw{}(fp8_p_token(k), 0, 0));
+      const uint2 w = *reinterpret_cast<const uint2*>(src + offset);
+      lo[k] = fp8_byte_perm(w.x, w.y, rotate_lo);
+      hi[k] = fp8_byte_perm(w.x, w.y, rotate_hi);
     }
     uint32_t t[4][4];  // [quarter][row]: (lo/hi source half) x (first/last four tokens)
     transpose4x4({lo[0], lo[1], lo[2], lo[3]}, t[0]);
     transpose4x4({lo[4], lo[5], lo[6], lo[7]}, t[1]);
     transpose4x4({hi[0], hi[1], hi[2], hi[3]}, t[2]);
     transpose4x4({hi[4], hi[5], hi[6], hi[7]}, t[3]);
+    // V^T row e < 8 of a block: layout(e, 0) = e * layout(1, 0) (checked below).
+    constexpr int kRowStep = SmemLayoutVt{}(1, 0, 0);
+    static_assert(vt_rows_linear(), "V^T rows 0..7 of a block at multiples of one step");
     CUTLASS_PRAGMA_UNROLL
     for (int j = 0; j < 8; ++j) {
       // Row j: the rotated head dim j of the 8 tokens (low word: tokens 0..3).
       uint2 row;
       row.x = j < 4 ? t[0][j] : t[2][j - 4];
       row.y = j < 4 ? t[1][j] : t[3][j - 4];
-      const int d = 8 * db + ((j + r) & 7);
-      *reinterpret_cast<uint2*>(dst + SmemLayoutVt{}(d, 8 * tb, stage)) = row;
+      const int offset = dst_first ^ (((j + r) & 7) * kRowStep);
+      *reinterpret_cast<uint2*>(dst + offset) = row;
     }
+  }
+
+  // Whether V^T's rows e = 0..7 (token 0, stage 0) sit at e * (row 1's offset): true of the
+  // SW128 atom (128-token tiles: the swizzle moves the row bits into column bits that are zero
+  // at token 0, e * 0x90); a narrower atom would need another step.
+  static constexpr bool vt_rows_linear() {
+    for (int e = 0; e < 8; ++e)
+      if (int(SmemLayoutVt{}(e, 0, 0)) != e * int(SmemLayoutVt{}(1, 0, 0))) return false;
+    return true;
   }
 
   // V^T of raw stage `raw` into V^T stage `stage`, by the 128 producer threads.
@@ -363,10 +381,13 @@ struct FwdFp8Kernel {
     Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kTileQ>, Int<kTileKV>>{});
     Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kTileQ>, Int<kHeadDim>>{});
     // P as the 8-bit A operand of P V: per k32 block 16 values, value 4 R + B in byte B of
-    // register R (row + 8 for odd R, columns + 16 for R >= 2: cute's ALayout_64x32).
-    Tensor tOrP =
+    // register R (row + 8 for odd R, columns + 16 for R >= 2: cute's ALayout_64x32). Two of
+    // them (16 registers each): the softmax of tile j writes one while the P V GEMM of tile
+    // j - 1 still reads the other, so a warpgroup waits for its S GEMM only before the softmax.
+    Tensor tOrP0 =
         make_tensor<Element>(partition_shape_A(mma_pv, Shape<Int<kTileQ>, Int<kTileKV>>{}));
-    static_assert(decltype(size(tOrP))::value == decltype(size(tSrS))::value);
+    Tensor tOrP1 = make_tensor_like(tOrP0);
+    static_assert(decltype(size(tOrP0))::value == decltype(size(tSrS))::value);
 
     // Accumulator element i of an m64nN wgmma (S, O) sits at row
     // 16 * warp + lane / 4 + 8 * ((i >> 1) & 1) of the warpgroup's 64 rows and at
@@ -409,8 +430,9 @@ struct FwdFp8Kernel {
     // written in the A operand's register order.
     constexpr int kAcc = 4;
     auto acc = [](int i) { return (i & 1) | ((i >> 1) & 2); };
-    Tensor tOrP_pairs = recast<cutlass::Array<Element, 2>>(tOrP);
-    auto exponentials = [&](const float* m_scaled, float (&sp)[2][kAcc]) {
+    // Into P (`p`: tOrP0 or tOrP1).
+    auto exponentials = [&](auto& p, const float* m_scaled, float (&sp)[2][kAcc]) {
+      Tensor p_pairs = recast<cutlass::Array<Element, 2>>(p);
       cutlass::NumericArrayConverter<Element, float, 2> cvt;
       CUTLASS_PRAGMA_UNROLL
       for (int r = 0; r < 2; ++r) {
@@ -429,11 +451,12 @@ struct FwdFp8Kernel {
         // to half hb of register 2 h + rb: pair slot 4 h + 2 rb + hb.
         const int q = (i & 15) >> 1;
         const int slot = (q & 4) | ((q & 1) << 1) | ((q >> 1) & 1);
-        tOrP_pairs(8 * (i >> 4) + slot) = cvt(cutlass::Array<float, 2>{e0, e1});
+        p_pairs(8 * (i >> 4) + slot) = cvt(cutlass::Array<float, 2>{e0, e1});
       }
     };
     auto scaled = [&](float m) { return m == -INFINITY ? 0.f : m * mult; };
-    auto softmax_step = [&](bool partial, const int* kv_origin, float* corr, bool speculate) {
+    auto softmax_step = [&](auto& p, bool partial, const int* kv_origin, float* corr,
+                            bool speculate) {
       if (prescale) {
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < size(tSrS); ++i) tSrS(i) *= scale_log2;
@@ -465,7 +488,7 @@ struct FwdFp8Kernel {
       bool exact = !speculate;
       if (speculate) {
         const float m_scaled[2] = {scaled(row_max[0]), scaled(row_max[1])};
-        exponentials(m_scaled, sp);
+        exponentials(p, m_scaled, sp);
         bool beyond = false;
         CUTLASS_PRAGMA_UNROLL
         for (int r = 0; r < 2; ++r) {
@@ -500,7 +523,7 @@ struct FwdFp8Kernel {
           corr[r] = raise ? fwd_device::exp2_approx(m_old * mult - m_scaled[r]) : 1.f;
           raised |= raise;
         }
-        exponentials(m_scaled, sp);
+        exponentials(p, m_scaled, sp);
       } else {
         corr[0] = corr[1] = 1.f;
       }
@@ -546,34 +569,50 @@ struct FwdFp8Kernel {
         ++state_k;
         if (n == 1) release_q();
         float corr[2];
-        softmax_step(partial, origin, corr, /*speculate=*/false);
+        softmax_step(tOrP0, partial, origin, corr, /*speculate=*/false);
       }
-      for (int j = 1; j < n; ++j) {
+      // Tile j: S of j and O += P V of tile j - 1 (P of tile j - 1: `p_old`), the softmax of j
+      // into `p_new` once S landed, then O's rescale once the P V GEMM retired.
+      auto visit = [&](int j, auto& p_new, auto& p_old) {
         pipe_k.consumer_wait(state_k);
         pipe_vt.consumer_wait(state_vt);
         take_turn();
         gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
-        gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_vt.index()), tOrO);
+        gemm_pv(mma_pv, p_old, tOrV(_, _, _, state_vt.index()), tOrO);
         pass_turn();
         int origin[3];
         const bool partial = tile_info(origin);
-        warpgroup_wait<0>();
+        warpgroup_wait<1>();  // S (the older batch)
         pipe_k.consumer_release(state_k);
         ++state_k;
-        pipe_vt.consumer_release(state_vt);
-        ++state_vt;
         if (j == n - 1) release_q();
         float corr[2];
-        const bool rescale = softmax_step(partial, origin, corr, /*speculate=*/true);
+        const bool rescale = softmax_step(p_new, partial, origin, corr, /*speculate=*/true);
+        warpgroup_wait<0>();
+        // The GEMM read p_old's registers until here: none of them may hold anything else.
+        warpgroup_fence_operand(p_old);
+        warpgroup_fence_operand(tOrO);
+        pipe_vt.consumer_release(state_vt);
+        ++state_vt;
         rescale_o(rescale, corr);
+      };
+      for (int j = 1; j < n; j += 2) {
+        visit(j, tOrP1, tOrP0);
+        if (j + 1 < n) visit(j + 1, tOrP0, tOrP1);
       }
-      pipe_vt.consumer_wait(state_vt);
-      take_turn();
-      gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_vt.index()), tOrO);
-      pass_turn();
-      warpgroup_wait<0>();
-      pipe_vt.consumer_release(state_vt);
-      ++state_vt;
+      auto last_pv = [&](auto& p) {
+        pipe_vt.consumer_wait(state_vt);
+        take_turn();
+        gemm_pv(mma_pv, p, tOrV(_, _, _, state_vt.index()), tOrO);
+        pass_turn();
+        warpgroup_wait<0>();
+        pipe_vt.consumer_release(state_vt);
+        ++state_vt;
+      };
+      if ((n - 1) % 2 == 0)
+        last_pv(tOrP0);
+      else
+        last_pv(tOrP1);
     }
 
     // Epilogue: normalise (times v_descale), LSE (without P's offset), O to global memory.
