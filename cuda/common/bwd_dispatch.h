@@ -166,8 +166,9 @@ cudaError_t bwd_launch(const Problem& p, const void* dout, const void* q, const 
     *error = reason;
     return cudaErrorInvalidValue;
   }
-  return bwd_dispatch::launch<Arch>(p, bwd_dispatch::geometry<Arch>(p, deterministic), dout, q, k, v, out, lse,
-                                    dlse, dq, dk, dv, workspace, deterministic, stream, error);
+  return bwd_dispatch::launch<Arch>(p, bwd_dispatch::geometry<Arch>(p, deterministic), dout, q, k,
+                                    v, out, lse, dlse, dq, dk, dv, workspace, deterministic, stream,
+                                    error);
 }
 
 }  // namespace gna

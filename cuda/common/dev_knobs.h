@@ -11,7 +11,7 @@
 //       for the first axis fastest. Unset: "210", the last axis fastest (fwd_params.h).
 //   GNA_SM90_DQ_BUFFERS = 1 | 2 | 3 | 4
 //       Copies of the sm90 backward's dQ accumulator in deterministic mode (bwd_params.h).
-//       Unset: 2 (sm90/arch.h).
+//       Unset: 1 (sm90/arch.h).
 //   GNA_SM90_STAGES_EXPERIMENT (compile time: -DGNA_SM90_STAGES_EXPERIMENT=<n>, n >= 2)
 //       K/V pipeline stages of the sm90 forward for head dims <= 128 (sm90/fwd_config.h, where
 //       it is checked; a stage count whose tiles overflow shared memory fails at launch).

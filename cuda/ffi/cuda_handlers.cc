@@ -170,9 +170,9 @@ ffi::Error cuda_bwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer dout, ff
       deterministic, {view_extent, view_q_offset, view_kv_offset});
   if (problem.has_error()) return problem.error();
   const gna::Problem& p = *problem;
-  const auto cc = runnable("jax_gna_bwd", device, p, gna::cuda_ffi::bwd_can_implement,
-                           workspace->size_bytes(),
-                           gna::cuda_ffi::bwd_workspace_bytes(p, deterministic != 0));
+  const auto cc =
+      runnable("jax_gna_bwd", device, p, gna::cuda_ffi::bwd_can_implement, workspace->size_bytes(),
+               gna::cuda_ffi::bwd_workspace_bytes(p, deterministic != 0));
   if (cc.has_error()) return cc.error();
   cudaError_t status = cudaErrorNotSupported;
   std::string error;
