@@ -50,6 +50,7 @@ def bwd_workspace_bytes(
     dilation: Sequence[int],
     is_causal: Sequence[int],
     view: Sequence[int] = (),  # per axis (extent, q_offset, kv_offset), flattened; () none
+    deterministic: bool = False,  # the backward's mode (more workspace in deterministic mode)
 ) -> int: ...
 def cuda_bwd_can_implement(
     q_shape: Sequence[int],

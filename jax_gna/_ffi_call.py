@@ -59,13 +59,15 @@ def _problem_args(query, key, value, params: GnaParams) -> tuple:
     )
 
 
-def _workspace_bytes(bytes_of: Callable, query, key, value, params: GnaParams):
-    """The workspace of one call by the extension's helper `bytes_of`: linear in the batch and
-    the heads (one block of row statistics and dQ accumulators per batch entry and query head),
-    so with symbolic ones it is the stand-ins' size times the dims they stand for."""
+def _workspace_bytes(bytes_of: Callable, query, key, value, params: GnaParams, **mode):
+    """The workspace of one call by the extension's helper `bytes_of` (`mode`: its keyword
+    arguments beyond the problem): linear in the batch and the heads (one block of row
+    statistics and dQ accumulators per batch entry and query head), so with symbolic ones it is
+    the stand-ins' size times the dims they stand for."""
     n_batch = query.ndim - params.rank - 2
     factor = _symbolic.stand_ins(query, key, value, n_batch)[3]
-    return bytes_of(*_problem_args(query, key, value, params), view=params.view_list()) * factor
+    args = _problem_args(query, key, value, params)
+    return bytes_of(*args, view=params.view_list(), **mode) * factor
 
 
 def _compute_capability(query) -> tuple[int, int] | None:
@@ -274,7 +276,9 @@ def backward(params: GnaParams, dout, q, k, v, out, lse, dlse) -> tuple:
     ext = _extension.ext
     if ext is None:
         raise NotImplementedError(_extension.missing)
-    workspace = _workspace_bytes(ext.bwd_workspace_bytes, q, k, v, params)
+    workspace = _workspace_bytes(
+        ext.bwd_workspace_bytes, q, k, v, params, deterministic=params.deterministic
+    )
     results = (
         _result(q, q.shape, q.dtype),
         _result(q, k.shape, k.dtype),

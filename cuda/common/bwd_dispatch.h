@@ -85,11 +85,12 @@ cudaError_t launch_head_dim(int head_dim, int rank, DType dtype, const BwdMaps& 
 
 // Launch geometry shared by bwd_workspace_bytes and bwd_launch.
 template <class Arch>
-BwdParams geometry(const Problem& p) {
-  return bwd_geometry(p, kernel_axes(p), Arch::bwd_tile_config(p.rank, p.head_dim));
+BwdParams geometry(const Problem& p, bool deterministic) {
+  return bwd_geometry(p, kernel_axes(p), Arch::bwd_tile_config(p.rank, p.head_dim),
+                      deterministic ? Arch::deterministic_dq_buffers() : 1);
 }
 
-// The launch sequence of a backward call with launch geometry `bp` (geometry<Arch>(p)) on
+// The launch sequence of a backward call with launch geometry `bp` (geometry<Arch>(p, ...)) on
 // `stream`: the tensor maps and every host-side check first (so that a refusal enqueues
 // nothing; the reason goes to *error), then zero the dQ accumulator, the pre-pass, the main
 // kernel, the dQ conversion. Tensors as in launch_api.h.
@@ -116,8 +117,8 @@ cudaError_t launch(const Problem& p, BwdParams bp, const void* dout, const void*
   if ((err = make_bwd_maps(p, ax, bp, q, dout, k, v, &maps, error))) return err;
   bwd_bind(&bp, workspace, dout, out, lse, dlse, dq, dk, dv, deterministic);
 
-  const size_t dq_bytes = size_t(bp.num_slots) * p.head_dim * sizeof(float);
-  if ((err = cudaMemsetAsync(bp.dq_accum, 0, dq_bytes, stream))) return err;
+  const BwdWorkspace ws = bwd_workspace_layout(bp);
+  if ((err = cudaMemsetAsync(bp.dq_accum, 0, ws.semaphore - ws.dq_accum, stream))) return err;
   if ((err = launch_bwd_row_stats<Arch>(p.dtype, bp, stream))) return err;
   if ((err = launch_head_dim<Arch>(p.head_dim, p.rank, p.dtype, maps, bp, unsigned(items), stream)))
     return err;
@@ -145,15 +146,15 @@ const char* bwd_can_implement(const Problem& p) {
   if (const char* reason =
           plan_loads(p, ax, Arch::bwd_tile_config(p.rank, p.head_dim), &q_loads, &kv_loads))
     return reason;
-  if (bwd_num_items(bwd_dispatch::geometry<Arch>(p)) >= (int64_t(1) << 31))
+  if (bwd_num_items(bwd_dispatch::geometry<Arch>(p, false)) >= (int64_t(1) << 31))
     return too_many_items.c_str();
   return nullptr;
 }
 
 template <class Arch>
-size_t bwd_workspace_bytes(const Problem& p) {
+size_t bwd_workspace_bytes(const Problem& p, bool deterministic) {
   if (bwd_can_implement<Arch>(p) != nullptr) return 0;
-  return bwd_workspace_layout(bwd_dispatch::geometry<Arch>(p)).total;
+  return bwd_workspace_layout(bwd_dispatch::geometry<Arch>(p, deterministic)).total;
 }
 
 template <class Arch>
@@ -165,8 +166,9 @@ cudaError_t bwd_launch(const Problem& p, const void* dout, const void* q, const 
     *error = reason;
     return cudaErrorInvalidValue;
   }
-  return bwd_dispatch::launch<Arch>(p, bwd_dispatch::geometry<Arch>(p), dout, q, k, v, out, lse,
-                                    dlse, dq, dk, dv, workspace, deterministic, stream, error);
+  return bwd_dispatch::launch<Arch>(p, bwd_dispatch::geometry<Arch>(p, deterministic), dout, q, k,
+                                    v, out, lse, dlse, dq, dk, dv, workspace, deterministic, stream,
+                                    error);
 }
 
 }  // namespace gna
@@ -175,7 +177,7 @@ cudaError_t bwd_launch(const Problem& p, const void* dout, const void* q, const 
 // includes this with it.
 #define GNA_BWD_DISPATCH_INSTANTIATE(ARCH)                                                  \
   template const char* gna::bwd_can_implement<ARCH>(const gna::Problem&);                   \
-  template size_t gna::bwd_workspace_bytes<ARCH>(const gna::Problem&);                      \
+  template size_t gna::bwd_workspace_bytes<ARCH>(const gna::Problem&, bool);                \
   template cudaError_t gna::bwd_launch<ARCH>(                                               \
       const gna::Problem&, const void*, const void*, const void*, const void*, const void*, \
       const float*, const float*, void*, void*, void*, void*, bool, cudaStream_t, std::string*);

@@ -22,6 +22,13 @@ namespace gna {
 // hold lse2 = +inf (P = 0) and delta = 0. dQ is accumulated in fp32 per slot (D floats each),
 // in an order inside a Q tile's block that each architecture picks (sm90/dq_order.h; sm100:
 // row-major) and the conversion pass reads back.
+//
+// Deterministic mode may split the accumulator into `dq_buffers` copies: the KV tiles adding
+// into one Q tile take turns in a fixed order (their order in the Q tile's KV box), turn `t`
+// adds into copy `t % dq_buffers` after turn `t - dq_buffers`, and the conversion pass sums the
+// copies in order. With one copy a CTA waits for the turn just before its own, whose CTA reaches
+// the Q tile only one visit earlier; with two it waits for the one two turns back, so the
+// latency of an add (its completion, the semaphore's round trip) hides behind two visits.
 struct BwdParams {
   int extent[3];  // the whole axes (windows); the arrays hold the view's slices below
   // The view (gna/problem.h): q/dout/out/lse/dq hold q_extent positions from q_offset on,
@@ -58,9 +65,10 @@ struct BwdParams {
   // Workspace.
   float* row_lse2;    // lse * log2(e) per row-statistics slot
   float* row_delta;   // rowsum(dO * O) - dlse per slot
-  float* dq_accum;    // fp32 [num_slots, D] in blocks per Q tile, zeroed first
-  int* dq_semaphore;  // per (batch, head, group, Q tile): deterministic mode's turn counter
+  float* dq_accum;    // fp32 [dq_buffers, num_slots, D] in blocks per Q tile, zeroed first
+  int* dq_semaphore;  // [dq_buffers, batch, head, group, Q tile]: deterministic turn counters
   int64_t num_slots;
+  int dq_buffers;  // copies of the dQ accumulator (1, or more in deterministic mode)
   // Results.
   void* dq;
   void* dk;
@@ -83,30 +91,22 @@ struct BwdWork {
   Range full[3];
 };
 
-// Item order: KV tiles fastest by default (neighbouring CTAs share Q and dO tiles in L2),
-// slowest in deterministic mode (a CTA waits for the lower KV tiles of its Q tiles, which then
-// have lower block indices and run first; CTAs resident together mostly belong to different
-// heads instead of one chain).
+// Item order: KV tiles fastest, so that the CTAs resident together share Q and dO tiles in L2.
+// In deterministic mode a CTA waits for the lower KV tiles of its Q tiles (same batch entry,
+// head and group): they have lower block indices, so they started first, and walking the Q
+// boxes backwards they reach a shared Q tile earlier. (An order with heads fastest, tried for
+// fewer waits, cost far more in L2 misses: every resident CTA streamed a different head.)
 template <bool kView = false>
 GNA_HOST_DEVICE BwdWork decode_bwd_work(const BwdParams& p, int item, const int q_tile[3],
                                         const int kv_tile[3]) {
   BwdWork w;
-  int i = item, kt, gi;
-  if (p.deterministic) {
-    w.kv_head = i % p.kv_heads;
-    i /= p.kv_heads;
-    w.batch = i % p.batch;
-    i /= p.batch;
-    gi = i % p.num_groups;
-    kt = i / p.num_groups;
-  } else {
-    kt = i % p.num_kv_tiles;
-    i /= p.num_kv_tiles;
-    gi = i % p.num_groups;
-    i /= p.num_groups;
-    w.kv_head = i % p.kv_heads;
-    w.batch = i / p.kv_heads;
-  }
+  int i = item;
+  int kt = i % p.num_kv_tiles;
+  i /= p.num_kv_tiles;
+  int gi = i % p.num_groups;
+  i /= p.num_groups;
+  w.kv_head = i % p.kv_heads;
+  w.batch = i / p.kv_heads;
   GNA_UNROLL
   for (int a = 2; a >= 0; --a) {
     w.kv_tile[a] = kt % p.kv_tiles[a];
@@ -129,6 +129,11 @@ GNA_HOST_DEVICE int64_t bwd_stat_slot(const BwdParams& p, const BwdWork& w, int 
   const int qt = (t[0] * p.q_tiles[1] + t[1]) * p.q_tiles[2] + t[2];
   const int q_size = p.q_tile[0] * p.q_tile[1] * p.q_tile[2];
   return ((int64_t(w.batch * p.heads + head) * p.num_groups + gi) * p.num_q_tiles + qt) * q_size;
+}
+
+// Floats from one copy of the dQ accumulator to the next: whole 256-byte blocks.
+GNA_HOST_DEVICE int64_t bwd_dq_stride(const BwdParams& bp) {
+  return (bp.num_slots * bp.head_dim + 63) & ~int64_t(63);
 }
 
 // KV row `o` (per-axis offsets inside the KV tile of `kv_tile` positions) of work item `w`:
@@ -197,9 +202,12 @@ GNA_HOST_DEVICE BwdSlotRow bwd_slot_row(const BwdParams& p, int64_t slot) {
 
 // Host only from here: what a dispatcher derives from a Problem.
 
-// The launch geometry of `p` with `tiles` (no pointers, not deterministic).
-inline BwdParams bwd_geometry(const Problem& p, const KernelAxes& ax, const FwdTileConfig& tiles) {
+// The launch geometry of `p` with `tiles` and `dq_buffers` copies of the dQ accumulator (no
+// pointers, not deterministic).
+inline BwdParams bwd_geometry(const Problem& p, const KernelAxes& ax, const FwdTileConfig& tiles,
+                              int dq_buffers = 1) {
   BwdParams bp = {};
+  bp.dq_buffers = dq_buffers;
   bp.num_q_tiles = 1;
   bp.num_kv_tiles = 1;
   bp.num_groups = 1;
@@ -241,7 +249,8 @@ inline int64_t bwd_num_items(const BwdParams& bp) {
 }
 
 // Byte offsets of the workspace's parts, each 256-byte aligned: row statistics, the fp32 dQ
-// accumulator, the deterministic mode's semaphores (one per Q tile slot block).
+// accumulator's copies (`dq_stride` floats apart), the deterministic mode's semaphores (one per
+// Q tile slot block and copy).
 struct BwdWorkspace {
   size_t lse2, delta, dq_accum, semaphore, total;
 };
@@ -254,8 +263,8 @@ inline BwdWorkspace bwd_workspace_layout(const BwdParams& bp) {
   w.lse2 = 0;
   w.delta = align256(slots * sizeof(float));
   w.dq_accum = w.delta + align256(slots * sizeof(float));
-  w.semaphore = w.dq_accum + align256(slots * bp.head_dim * sizeof(float));
-  w.total = w.semaphore + align256(slots / q_size * sizeof(int));
+  w.semaphore = w.dq_accum + size_t(bwd_dq_stride(bp)) * bp.dq_buffers * sizeof(float);
+  w.total = w.semaphore + align256(slots / q_size * bp.dq_buffers * sizeof(int));
   return w;
 }
 

@@ -4,8 +4,9 @@
 //   row statistics: per slot (bwd_params.h) lse2 = lse * log2(e) and delta = rowsum(dO * O) -
 //     dlse (dS = P (dP - delta) then also carries the lse cotangent: d lse / d s = P), or
 //     lse2 = +inf, delta = 0 for rows outside their group; zeroes the dQ semaphores;
-//   dQ conversion: dq = scale * the fp32 partial sums, in the problem's dtype, read from a Q
-//     tile's block in the order of `DqOrder::offset(row, col, head_dim)` (the main kernel's).
+//   dQ conversion: dq = scale * the fp32 partial sums (the accumulator's copies summed in
+//     order), in the problem's dtype, read from a Q tile's block in the order of
+//     `DqOrder::offset(row, col, head_dim)` (the main kernel's).
 // The kernels have internal linkage: each family's TU, compiled for its own arch, keeps its
 // own copy (a shared template would register one host stub for two fatbins).
 #pragma once
@@ -40,7 +41,11 @@ __global__ void __launch_bounds__(kBwdPassBlock) bwd_row_stats_kernel(BwdParams 
   const int64_t slot = int64_t(blockIdx.x) * kBwdPassBlock + threadIdx.x;
   if (slot >= p.num_slots) return;
   const BwdSlotRow r = bwd_slot_row(p, slot);
-  if (r.row == 0) p.dq_semaphore[slot / (p.q_tile[0] * p.q_tile[1] * p.q_tile[2])] = 0;
+  if (r.row == 0) {
+    const int64_t tiles = p.num_slots / (p.q_tile[0] * p.q_tile[1] * p.q_tile[2]);
+    const int64_t tile = slot / (p.q_tile[0] * p.q_tile[1] * p.q_tile[2]);
+    for (int c = 0; c < p.dq_buffers; ++c) p.dq_semaphore[c * tiles + tile] = 0;
+  }
   float lse2 = INFINITY, delta = 0.f;
   if (r.token >= 0) {
     const int64_t i = r.token * p.heads + r.head;
@@ -77,7 +82,13 @@ __global__ void __launch_bounds__(kBwdPassBlock) bwd_dq_convert_kernel(BwdParams
   const float* block = p.dq_accum + (slot - r.row) * p.head_dim;
   const float4* src =
       reinterpret_cast<const float4*>(block + DqOrder::offset(r.row, col, p.head_dim));
-  const float4 a = src[0], b = src[1];
+  float4 a = src[0], b = src[1];
+  for (int c = 1; c < p.dq_buffers; ++c) {  // in copy order: the same sum every run
+    const float4* more = src + c * bwd_dq_stride(p) / 4;
+    const float4 a2 = more[0], b2 = more[1];
+    a = make_float4(a.x + a2.x, a.y + a2.y, a.z + a2.z, a.w + a2.w);
+    b = make_float4(b.x + b2.x, b.y + b2.y, b.z + b2.z, b.w + b2.w);
+  }
   const float s = p.scale;
   T out[8] = {T(a.x * s), T(a.y * s), T(a.z * s), T(a.w * s),
               T(b.x * s), T(b.y * s), T(b.z * s), T(b.w * s)};

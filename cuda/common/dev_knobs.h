@@ -9,6 +9,9 @@
 //   GNA_FWD_TILE_ORDER = a permutation of "012" (older name: GNA_SM90_TILE_ORDER)
 //       The forward's CTA order over Q tiles: kernel axes from fastest to slowest, e.g. "012"
 //       for the first axis fastest. Unset: "210", the last axis fastest (fwd_params.h).
+//   GNA_SM90_DQ_BUFFERS = 1 | 2 | 3 | 4
+//       Copies of the sm90 backward's dQ accumulator in deterministic mode (bwd_params.h).
+//       Unset: 1 (sm90/arch.h).
 //   GNA_SM90_STAGES_EXPERIMENT (compile time: -DGNA_SM90_STAGES_EXPERIMENT=<n>, n >= 2)
 //       K/V pipeline stages of the sm90 forward for head dims <= 128 (sm90/fwd_config.h, where
 //       it is checked; a stage count whose tiles overflow shared memory fails at launch).
@@ -33,6 +36,18 @@ inline int sm90_persistent() {
     if (env == nullptr) return -1;
     if (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0) return env[0] - '0';
     report_ignored("GNA_SM90_PERSISTENT", env, "0 or 1");
+    return -1;
+  }();
+  return value;
+}
+
+// GNA_SM90_DQ_BUFFERS: 1 to 4, or -1 when unset (or ignored).
+inline int sm90_dq_buffers() {
+  static const int value = [] {
+    const char* env = std::getenv("GNA_SM90_DQ_BUFFERS");
+    if (env == nullptr) return -1;
+    if (std::strlen(env) == 1 && env[0] >= '1' && env[0] <= '4') return env[0] - '0';
+    report_ignored("GNA_SM90_DQ_BUFFERS", env, "1, 2, 3 or 4");
     return -1;
   }();
   return value;

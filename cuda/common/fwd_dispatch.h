@@ -11,7 +11,9 @@
 //     kViewRefusal says why a view is refused;
 //   kFwdSetRefusal, kBwdSetRefusal: why a kernel outside this build's kernel set is refused;
 //   persistent_grid(p, tiles): whether the forward of `p` runs one CTA per SM looping over the
-//     work items rather than one CTA per item.
+//     work items rather than one CTA per item;
+//   deterministic_dq_buffers(): copies of the backward's dQ accumulator in deterministic mode
+//     (bwd_params.h).
 #pragma once
 
 #include <algorithm>

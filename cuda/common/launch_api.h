@@ -44,10 +44,11 @@ cudaError_t fwd_launch(const Problem& p, const void* q, const void* k, const voi
 template <class Arch>
 const char* bwd_can_implement(const Problem& p);
 
-// Bytes of device workspace `bwd_launch` needs: the row statistics, the fp32 dQ accumulator and
-// the deterministic mode's semaphores (bwd_params.h).
+// Bytes of device workspace `bwd_launch` needs in the mode `deterministic`: the row statistics,
+// the fp32 dQ accumulator (in deterministic mode possibly several copies) and the deterministic
+// mode's semaphores (bwd_params.h).
 template <class Arch>
-size_t bwd_workspace_bytes(const Problem& p);
+size_t bwd_workspace_bytes(const Problem& p, bool deterministic);
 
 // Launches the backward on `stream` only: no sync, no allocation, no host reads of device data
 // (CUDA-graph safe): a memset of the dQ accumulator, the pre-pass, the main kernel and the dQ

@@ -58,12 +58,11 @@ std::string cc_name(ComputeCapability cc) {
 }
 
 // The compute capability of `device` once the handler `what` may run `p` there: the kernels
-// take it (`can_implement`) and the workspace has `workspace_bytes(p)` bytes. Else the error.
+// take it (`can_implement`) and the workspace has the `needed` bytes. Else the error.
 ffi::ErrorOr<ComputeCapability> runnable(const char* what, int32_t device, const gna::Problem& p,
                                          const char* (*can_implement)(const gna::Problem&, int,
                                                                       int),
-                                         size_t workspace,
-                                         size_t (*workspace_bytes)(const gna::Problem&)) {
+                                         size_t workspace, size_t needed) {
   const ComputeCapability cc = compute_capability(device);
   if (cc.major < 0)
     return ffi::Unexpected(ffi::Error::Internal(std::string(what) +
@@ -73,7 +72,7 @@ ffi::ErrorOr<ComputeCapability> runnable(const char* what, int32_t device, const
     return ffi::Unexpected(ffi::Error(
         ffi::ErrorCode::kUnimplemented,
         std::string(what) + " on a GPU of compute capability " + cc_name(cc) + ": " + reason));
-  if (workspace < workspace_bytes(p))
+  if (workspace < needed)
     return ffi::Unexpected(
         ffi::Error::InvalidArgument(std::string(what) + ": workspace too small"));
   return cc;
@@ -114,7 +113,7 @@ ffi::Error run_fwd(const char* what, cudaStream_t stream, int32_t device, const 
     return ffi::Error::InvalidArgument(std::string(what) +
                                        ": descale must hold 3 x heads float32 values");
   const auto cc = runnable(what, device, p, gna::cuda_ffi::fwd_can_implement,
-                           workspace.size_bytes(), gna::cuda_ffi::fwd_workspace_bytes);
+                           workspace.size_bytes(), gna::cuda_ffi::fwd_workspace_bytes(p));
   if (cc.has_error()) return cc.error();
   cudaError_t status = cudaErrorNotSupported;
   std::string error;
@@ -171,8 +170,9 @@ ffi::Error cuda_bwd(cudaStream_t stream, int32_t device, ffi::AnyBuffer dout, ff
       deterministic, {view_extent, view_q_offset, view_kv_offset});
   if (problem.has_error()) return problem.error();
   const gna::Problem& p = *problem;
-  const auto cc = runnable("jax_gna_bwd", device, p, gna::cuda_ffi::bwd_can_implement,
-                           workspace->size_bytes(), gna::cuda_ffi::bwd_workspace_bytes);
+  const auto cc =
+      runnable("jax_gna_bwd", device, p, gna::cuda_ffi::bwd_can_implement, workspace->size_bytes(),
+               gna::cuda_ffi::bwd_workspace_bytes(p, deterministic != 0));
   if (cc.has_error()) return cc.error();
   cudaError_t status = cudaErrorNotSupported;
   std::string error;
@@ -260,16 +260,17 @@ size_t fwd_workspace_bytes(const Problem& problem) {
 }
 
 // The larger of the built families' needs: the workspace is sized before the device is known.
-size_t bwd_workspace_bytes(const Problem& problem) {
+size_t bwd_workspace_bytes(const Problem& problem, bool deterministic) {
   size_t bytes = 0;
 #ifdef JAX_GNA_HAS_SM90
-  bytes = gna::bwd_workspace_bytes<gna::sm90::Arch>(problem);
+  bytes = gna::bwd_workspace_bytes<gna::sm90::Arch>(problem, deterministic);
 #endif
 #ifdef JAX_GNA_HAS_SM100
-  const size_t sm100 = gna::bwd_workspace_bytes<gna::sm100::Arch>(problem);
+  const size_t sm100 = gna::bwd_workspace_bytes<gna::sm100::Arch>(problem, deterministic);
   bytes = sm100 > bytes ? sm100 : bytes;
 #endif
   (void)problem;
+  (void)deterministic;
   return bytes;
 }
 

@@ -24,7 +24,7 @@ const char* fwd_can_implement(const Problem& problem, int major, int minor);
 const char* bwd_can_implement(const Problem& problem, int major, int minor);
 bool has_backward();
 size_t fwd_workspace_bytes(const Problem& problem);
-size_t bwd_workspace_bytes(const Problem& problem);
+size_t bwd_workspace_bytes(const Problem& problem, bool deterministic);
 
 // One tile configuration of the forward kernels, per problem axis (`rank` entries each).
 struct FwdTileShapes {

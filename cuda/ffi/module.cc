@@ -234,20 +234,22 @@ NB_MODULE(_ext, m) {
       "bwd_workspace_bytes",
       [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
          const Ints& kernel_size, const Ints& stride, const Ints& dilation, const Ints& is_causal,
-         const Ints& view) -> size_t {
+         const Ints& view, bool deterministic) -> size_t {
         const gna::Problem p =
             problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal, {}, {}, view);
         size_t bytes = 0;
 #ifdef JAX_GNA_WITH_CUDA
-        bytes = std::max(bytes, gna::cuda_ffi::bwd_workspace_bytes(p));
+        bytes = std::max(bytes, gna::cuda_ffi::bwd_workspace_bytes(p, deterministic));
 #endif
         (void)p;
+        (void)deterministic;
         return bytes;
       },
       nb::arg("q_shape"), nb::arg("k_shape"), nb::arg("v_shape"), nb::arg("dtype"),
       nb::arg("kernel_size"), nb::arg("stride"), nb::arg("dilation"), nb::arg("is_causal"),
-      nb::arg("view") = Ints{},
-      "Bytes of the uint8 workspace output of jax_gna_bwd (the largest any handler needs).");
+      nb::arg("view") = Ints{}, nb::arg("deterministic") = false,
+      "Bytes of the uint8 workspace output of jax_gna_bwd (the largest any handler needs) in "
+      "the backward mode `deterministic`.");
   m.def(
       "cuda_fwd_can_implement",
       [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,

@@ -29,6 +29,9 @@ struct Arch : KernelTable {
       "this build's sm100 kernel set (JAX_GNA_KERNEL_SET=smoke: bfloat16, head dim 128, rank 3) "
       "lacks this backward kernel";
 
+  // One dQ accumulator: each add waits for the turn just before it (bwd_params.h).
+  static int deterministic_dq_buffers() { return 1; }
+
   // One CTA per work item (no persistent grid yet: docs/blackwell.md).
   static bool persistent_grid(const Problem&, const FwdTileConfig&) { return false; }
 };

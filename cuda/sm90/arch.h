@@ -26,6 +26,14 @@ struct Arch : KernelTable {
       "this build's sm90 kernel set (JAX_GNA_KERNEL_SET=smoke) lacks this dtype/head_dim";
   static constexpr const char* kBwdSetRefusal = kFwdSetRefusal;
 
+  // Deterministic backward: copies of the dQ accumulator (bwd_params.h). One unless a
+  // development knob asks for more: two let an add wait for the turn two before it instead of
+  // the one just before, at the cost of a second fp32 dQ of workspace.
+  static int deterministic_dq_buffers() {
+    const int forced = dev_knobs::sm90_dq_buffers();
+    return forced > 0 ? forced : 1;
+  }
+
   // Windows of at most this many KV tiles run on a persistent grid (persistent_grid).
   static constexpr int kPersistentMaxWindowTiles = 32;
 

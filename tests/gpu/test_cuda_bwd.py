@@ -7,11 +7,12 @@ per rank (odd extents, stride, dilation, per-axis causal, GQA, extra KV tokens, 
 cotangent, user scale, fp16/bf16, head dims 32/64/128, batch 1, 2 or 2x1); every one of them
 must run the CUDA backward kernel (its custom call in the compiled HLO), not the xla stand-in.
 Then: bit-identical gradients over repeated runs in deterministic mode on a problem where many
-KV tiles add into the same dQ rows, deterministic against default mode, jit, vmap,
-jax.checkpoint, XLA command buffers (on and off, in subprocesses since XLA reads its flags once
-per process) and ``--xla_gpu_deterministic_ops``. Head dim 256 takes its own kernel path and its
-own cases: `test_cuda_bwd_d256`. Run with ``python -m pytest -m gpu tests/gpu/test_cuda_bwd.py
--n 8``; ``GNA_GPU_CASES`` sets the configurations per rank (100).
+KV tiles add into the same dQ rows (also with the dQ accumulator split into copies),
+deterministic against default mode, jit, vmap, jax.checkpoint, XLA command buffers (on and off,
+in subprocesses since XLA reads its flags once per process) and ``--xla_gpu_deterministic_ops``.
+Head dim 256 takes its own kernel path and its own cases: `test_cuda_bwd_d256`. Run with
+``python -m pytest -m gpu tests/gpu/test_cuda_bwd.py -n 8``; ``GNA_GPU_CASES`` sets the
+configurations per rank (100).
 
 Tolerances. The kernel, like every flash-attention backward, rounds to the input dtype what
 feeds the tensor cores: P for dV = P^T dO, dS = P * (dP - D) for dQ = dS K and dK = dS^T Q, and
@@ -428,9 +429,9 @@ _GRAD_SCRIPT = textwrap.dedent(
 )
 
 
-def _run_grad_script(tmp_path, name: str, flags: str) -> dict:
+def _run_grad_script(tmp_path, name: str, flags: str, **env_vars: str) -> dict:
     path = tmp_path / f"{name}.npz"
-    run_script(_GRAD_SCRIPT, path, flags)
+    run_script(_GRAD_SCRIPT, path, flags, **env_vars)
     return dict(np.load(path))
 
 
@@ -448,6 +449,24 @@ def _assert_modes_close(result: dict, other: dict | None = None) -> None:
                 np.testing.assert_allclose(
                     got, want, atol=atol * rms, rtol=rtol, err_msg=f"{mode} {name} run {i}"
                 )
+
+
+@pytest.mark.parametrize("copies", ["2", "3"])
+def test_deterministic_mode_with_copies_of_the_dq_accumulator(tmp_path, copies):
+    """The sm90 deterministic backward with its dQ accumulator split into copies (the
+    development knob GNA_SM90_DQ_BUFFERS, read once per process: a subprocess each): turn i adds
+    into copy i % copies and the conversion sums the copies. Bit-identical over repeated runs,
+    close to the default mode and to one copy's gradients (a copy left unzeroed, unsummed or
+    added twice would be far off; a wrong turn would hang or differ between runs)."""
+    one = _run_grad_script(tmp_path, "one", "", GNA_SM90_DQ_BUFFERS="1")
+    split = _run_grad_script(tmp_path, f"copies{copies}", "", GNA_SM90_DQ_BUFFERS=copies)
+    for name in ("dq", "dk", "dv"):
+        for i in (1, 2):
+            np.testing.assert_array_equal(
+                split[f"on_{name}_{i}"], split[f"on_{name}_0"], err_msg=f"{name}: run {i}"
+            )
+    _assert_modes_close(split)
+    _assert_modes_close(split, one)
 
 
 def test_command_buffers_on_and_off(tmp_path):

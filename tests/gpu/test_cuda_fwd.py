@@ -358,10 +358,11 @@ _GRAPH_SCRIPT = textwrap.dedent(
 )
 
 
-def run_script(script: str, path, flags: str) -> None:
+def run_script(script: str, path, flags: str, **env_vars: str) -> None:
     """Runs `script` in a fresh Python with ``XLA_FLAGS=flags`` (XLA reads its flags once per
-    process) and the arguments `path` (where it saves its results) and the head dim."""
-    env = dict(os.environ, XLA_FLAGS=flags)
+    process) and `env_vars` in its environment, with the arguments `path` (where it saves its
+    results) and the head dim."""
+    env = dict(os.environ, XLA_FLAGS=flags, **env_vars)
     argv = [sys.executable, "-c", script, str(path), str(SCRIPT_HEAD_DIM)]
     run = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -328,7 +328,7 @@ struct BwdKernel {
           if (part == 0) {
             h = ss.dq_handoff[first];
             // Cannot deadlock: the CTAs holding the earlier turns have lower block indices
-            // (decode_bwd_work's deterministic item order) and CTAs start in block index
+            // (decode_bwd_work's item order) and CTAs start in block index
             // order, so each of them is running or done. The backoff keeps the spin off the
             // memory system.
             int now;
@@ -703,14 +703,17 @@ struct BwdKernel {
     float* block = p.dq_accum + slot * kHeadDim + part * kDqChunk;
     if (p.deterministic) {
       // The writer thread adds it in turn: after the KV tiles before this one in the Q
-      // tile's KV box (box order) and, with split K, after warpgroup 0 of this CTA.
+      // tile's KV box (box order) that add into the same copy of the accumulator (every
+      // dq_buffers-th, bwd_params.h) and, with split K, after warpgroup 0 of this CTA.
       // The group axes again from p, not from w: keeping w.axes live through the loop
       // costs registers (spills) for this rare branch.
       GroupAxis axes[3];
       for (int a = 0; a < 3; ++a) axes[a] = launch_group_axis<kView>(p, a, w.group[a]);
       const int index = kv_tile_box(axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
-      const int turn = kSplitN ? index : 2 * index + wg;  // as dq_writer takes them
-      ss.dq_handoff[wg] = DqHandoff{block, p.dq_semaphore + slot / kTileQ, turn};
+      const int copy = index % p.dq_buffers, order = index / p.dq_buffers;
+      const int turn = kSplitN ? order : 2 * order + wg;  // as dq_writer takes them
+      int* semaphore = p.dq_semaphore + copy * (p.num_slots / kTileQ) + slot / kTileQ;
+      ss.dq_handoff[wg] = DqHandoff{block + copy * bwd_dq_stride(p), semaphore, turn};
       cutlass::arch::ClusterBarrier::arrive(&ss.dq_full[wg]);
     } else {
       bulk_add(block, staging);
