@@ -136,6 +136,12 @@ GNA_HOST_DEVICE int64_t bwd_dq_stride(const BwdParams& bp) {
   return (bp.num_slots * bp.head_dim + 63) & ~int64_t(63);
 }
 
+// The deterministic turn counter of copy `copy` for the Q tile holding `slot` (Q tiles of
+// `q_size` slots: a kernel passes its compile-time tile size).
+GNA_HOST_DEVICE int* bwd_dq_semaphore(const BwdParams& p, int copy, int64_t slot, int q_size) {
+  return p.dq_semaphore + copy * (p.num_slots / q_size) + slot / q_size;
+}
+
 // KV row `o` (per-axis offsets inside the KV tile of `kv_tile` positions) of work item `w`:
 // per axis, the queries (local group positions [lo, lo + len)) that see it, cut to the valid
 // queries, empty for a key outside the valid keys (the group, or a view's key slice and

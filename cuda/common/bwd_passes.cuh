@@ -42,9 +42,8 @@ __global__ void __launch_bounds__(kBwdPassBlock) bwd_row_stats_kernel(BwdParams 
   if (slot >= p.num_slots) return;
   const BwdSlotRow r = bwd_slot_row(p, slot);
   if (r.row == 0) {
-    const int64_t tiles = p.num_slots / (p.q_tile[0] * p.q_tile[1] * p.q_tile[2]);
-    const int64_t tile = slot / (p.q_tile[0] * p.q_tile[1] * p.q_tile[2]);
-    for (int c = 0; c < p.dq_buffers; ++c) p.dq_semaphore[c * tiles + tile] = 0;
+    const int q_size = p.q_tile[0] * p.q_tile[1] * p.q_tile[2];
+    for (int c = 0; c < p.dq_buffers; ++c) *bwd_dq_semaphore(p, c, slot, q_size) = 0;
   }
   float lse2 = INFINITY, delta = 0.f;
   if (r.token >= 0) {

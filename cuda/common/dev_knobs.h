@@ -29,27 +29,24 @@ inline void report_ignored(const char* name, const char* value, const char* expe
   std::fprintf(stderr, "jax_gna: ignoring %s=\"%s\" (expected %s)\n", name, value, expected);
 }
 
+// Environment variable `name` as one digit from `lo` to `hi`, or -1 when unset (or ignored).
+inline int digit_knob(const char* name, char lo, char hi, const char* expected) {
+  const char* env = std::getenv(name);
+  if (env == nullptr) return -1;
+  if (std::strlen(env) == 1 && env[0] >= lo && env[0] <= hi) return env[0] - '0';
+  report_ignored(name, env, expected);
+  return -1;
+}
+
 // GNA_SM90_PERSISTENT: 0 or 1, or -1 when unset (or ignored).
 inline int sm90_persistent() {
-  static const int value = [] {
-    const char* env = std::getenv("GNA_SM90_PERSISTENT");
-    if (env == nullptr) return -1;
-    if (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0) return env[0] - '0';
-    report_ignored("GNA_SM90_PERSISTENT", env, "0 or 1");
-    return -1;
-  }();
+  static const int value = digit_knob("GNA_SM90_PERSISTENT", '0', '1', "0 or 1");
   return value;
 }
 
 // GNA_SM90_DQ_BUFFERS: 1 to 4, or -1 when unset (or ignored).
 inline int sm90_dq_buffers() {
-  static const int value = [] {
-    const char* env = std::getenv("GNA_SM90_DQ_BUFFERS");
-    if (env == nullptr) return -1;
-    if (std::strlen(env) == 1 && env[0] >= '1' && env[0] <= '4') return env[0] - '0';
-    report_ignored("GNA_SM90_DQ_BUFFERS", env, "1, 2, 3 or 4");
-    return -1;
-  }();
+  static const int value = digit_knob("GNA_SM90_DQ_BUFFERS", '1', '4', "1, 2, 3 or 4");
   return value;
 }
 

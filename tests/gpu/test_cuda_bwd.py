@@ -451,22 +451,24 @@ def _assert_modes_close(result: dict, other: dict | None = None) -> None:
                 )
 
 
-@pytest.mark.parametrize("copies", ["2", "3"])
-def test_deterministic_mode_with_copies_of_the_dq_accumulator(tmp_path, copies):
-    """The sm90 deterministic backward with its dQ accumulator split into copies (the
+def test_deterministic_mode_with_copies_of_the_dq_accumulator(tmp_path):
+    """The sm90 deterministic backward with its dQ accumulator split into 2 and 3 copies (the
     development knob GNA_SM90_DQ_BUFFERS, read once per process: a subprocess each): turn i adds
     into copy i % copies and the conversion sums the copies. Bit-identical over repeated runs,
     close to the default mode and to one copy's gradients (a copy left unzeroed, unsummed or
     added twice would be far off; a wrong turn would hang or differ between runs)."""
     one = _run_grad_script(tmp_path, "one", "", GNA_SM90_DQ_BUFFERS="1")
-    split = _run_grad_script(tmp_path, f"copies{copies}", "", GNA_SM90_DQ_BUFFERS=copies)
-    for name in ("dq", "dk", "dv"):
-        for i in (1, 2):
-            np.testing.assert_array_equal(
-                split[f"on_{name}_{i}"], split[f"on_{name}_0"], err_msg=f"{name}: run {i}"
-            )
-    _assert_modes_close(split)
-    _assert_modes_close(split, one)
+    for copies in ("2", "3"):
+        split = _run_grad_script(tmp_path, f"copies{copies}", "", GNA_SM90_DQ_BUFFERS=copies)
+        for name in ("dq", "dk", "dv"):
+            for i in (1, 2):
+                np.testing.assert_array_equal(
+                    split[f"on_{name}_{i}"],
+                    split[f"on_{name}_0"],
+                    err_msg=f"{copies} copies, {name}: run {i}",
+                )
+        _assert_modes_close(split)
+        _assert_modes_close(split, one)
 
 
 def test_command_buffers_on_and_off(tmp_path):

@@ -712,8 +712,8 @@ struct BwdKernel {
       const int index = kv_tile_box(axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
       const int copy = index % p.dq_buffers, order = index / p.dq_buffers;
       const int turn = kSplitN ? order : 2 * order + wg;  // as dq_writer takes them
-      int* semaphore = p.dq_semaphore + copy * (p.num_slots / kTileQ) + slot / kTileQ;
-      ss.dq_handoff[wg] = DqHandoff{block + copy * bwd_dq_stride(p), semaphore, turn};
+      ss.dq_handoff[wg] =
+          DqHandoff{block + copy * bwd_dq_stride(p), bwd_dq_semaphore(p, copy, slot, kTileQ), turn};
       cutlass::arch::ClusterBarrier::arrive(&ss.dq_full[wg]);
     } else {
       bulk_add(block, staging);
