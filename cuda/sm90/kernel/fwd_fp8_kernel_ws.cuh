@@ -308,17 +308,18 @@ struct FwdFp8Kernel {
     int t[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
     for (int j = 0; j < n; ++j, w.box.next(t)) {
       if (leader) {
+        // K and V of the tile from one coordinate computation per box (both slots first).
         const int origin[3] = {t[0] * kK0, t[1] * kK1, t[2] * kK2};
         pipes.k.producer_acquire(st.k);
-        load_tile<kK0, kK1, kK2>(
-            maps.k, p.kv_loads, p, w, kv_head, origin, pipes.k.producer_get_barrier(st.k),
-            ss.k + st.k.index() * kTileKV * kHeadDim, kChunkBytesKV, fwd_device::kEvictLast);
-        ++st.k;
         pipes.v_raw.producer_acquire(st.v_load);
-        load_tile<kK0, kK1, kK2>(maps.v, p.kv_loads, p, w, kv_head, origin,
-                                 pipes.v_raw.producer_get_barrier(st.v_load),
-                                 ss.v_raw + st.v_load.index() * kTileKV * kHeadDim, kChunkBytesKV,
-                                 fwd_device::kEvictLast);
+        fwd_device::load_tiles<kK0, kK1, kK2, kHeadDim, kChunks, kChunk, int(sizeof(Element))>(
+            p.kv_loads, p.dilation, w.group, w.batch, kv_head, origin, kChunkBytesKV,
+            fwd_device::kEvictLast,
+            fwd_device::TileTarget{maps.k, pipes.k.producer_get_barrier(st.k),
+                                   ss.k + st.k.index() * kTileKV * kHeadDim},
+            fwd_device::TileTarget{maps.v, pipes.v_raw.producer_get_barrier(st.v_load),
+                                   ss.v_raw + st.v_load.index() * kTileKV * kHeadDim});
+        ++st.k;
         ++st.v_load;
       }
       if (j > 0) transpose_next(ss, pipes, st, tid);
