@@ -190,13 +190,26 @@ struct FwdFp8Kernel {
   static constexpr int kTransposeBlocks = kTransposeDBlocks * (kTileKV / 8);
   static_assert(kTransposeBlocks % kProducerThreads == 0, "whole blocks per thread");
   static_assert(kProducerWarps * 32 == kProducerThreads, "issuing lanes: one per producer warp");
+  static_assert(kTransposeDBlocks % 8 == 0 && (kTileKV / 8) % 2 == 0, "transpose_block_index");
+
+  // The block that producer slot `i` (it * kProducerThreads + thread) transposes: i with bit 3
+  // moved to the token block's lowest bit. The 16 slots of a half-warp (which the hardware
+  // serves as one part of an 8-byte access) then take 8 d blocks of two neighbouring token
+  // blocks: V^T rows of 8 rotations times both 8-byte halves of a 16-byte chunk, i.e. all 32
+  // banks (16 d blocks of one token block fill only one half of each chunk: 2 threads a bank).
+  static CUTE_HOST_DEVICE int transpose_block_index(int i) {
+    constexpr int kD = kTransposeDBlocks;
+    const int upper_d = (i >> 4) & (kD / 8 - 1);  // the d-block bits above bit 2
+    return (i & 7) | upper_d << 3 | ((i >> 3) & 1) * kD | (i & ~(2 * kD - 1));
+  }
 
   // Block `b` of raw V stage `raw` (bytes `src`: ss.v_raw) into V^T stage `stage` (`dst`:
   // ss.vt). Its 8 source rows (8 bytes of V each) are read with tokens permuted
   // (fp8_p_token), rotated by r = (d block) % 8 bytes and transposed, so that step j writes
-  // head dim 8 db + (j + r) % 8: the 16 threads of a warp that write one token chunk then hit
-  // all 8 swizzle phases of SW128 (no bank conflicts), as do the reads at d128 (16 threads read
-  // one 128-byte row; at d64 a warp's rows share one half of the banks: 2-way conflicts).
+  // head dim 8 db + (j + r) % 8: the 8 threads of a half-warp that write one token block then
+  // hit all 8 swizzle phases of SW128 (no bank conflicts, with transpose_block_index), as do the
+  // reads at d128 (the token blocks of a half-warp differ in the swizzle phase's bit 2; at d64
+  // a half-warp's rows share one half of the banks: 2-way conflicts).
   //
   // Addresses: one layout call for the block's first row on each side, the others by XOR with
   // compile-time steps. (A layout call per row cost ~200 integer instructions per block, issued
@@ -263,7 +276,7 @@ struct FwdFp8Kernel {
     uint8_t* dst = reinterpret_cast<uint8_t*>(ss.vt);
     CUTLASS_PRAGMA_UNROLL
     for (int it = 0; it < kTransposeBlocks / kProducerThreads; ++it)
-      transpose_block(src, dst, it * kProducerThreads + tid, raw, stage);
+      transpose_block(src, dst, transpose_block_index(it * kProducerThreads + tid), raw, stage);
   }
 
   // The pipeline states of the producer warpgroup (every thread follows the loads, which lane 0
