@@ -610,9 +610,11 @@ struct FwdFp8Kernel {
       // into `p_new` once S landed, then O's rescale once the P V GEMM retired.
       auto visit = [&](int j, auto& p_new, auto& p_old) {
         pipe_k.consumer_wait(state_k);
-        pipe_vt.consumer_wait(state_vt);
         take_turn();
         gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
+        // V^T of tile j - 1 (transposed by the producer warps) can come after K_j: S runs
+        // meanwhile.
+        pipe_vt.consumer_wait(state_vt);
         gemm_pv(mma_pv, p_old, tOrV(_, _, _, state_vt.index()), tOrO);
         pass_turn();
         int origin[3];
