@@ -21,26 +21,49 @@ namespace gna::fwd_device {
 inline constexpr uint64_t kEvictNormal = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
 inline constexpr uint64_t kEvictLast = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
 
+// Where one tensor's tile goes: its maps, the shared memory it lands in (chunk c lands
+// `chunk_bytes` after chunk c - 1) and the transaction barrier it completes on (which expects
+// the whole tile's bytes: out-of-range positions load zeros and count).
+struct TileTarget {
+  const TensorMapPair& maps;
+  uint64_t* barrier;
+  void* smem;
+};
+
 // The T0 x T1 x T2 tile of dilation group `group`, batch entry `batch` and head `head` at group
-// positions `origin` into `smem`: every box of `loads` (tile_loads.h), each as kChunks boxes of
-// kChunk head-dim elements (chunk c lands `chunk_bytes` after chunk c - 1), completing on the
-// transaction barrier `barrier` (which expects the whole tile's bytes: out-of-range positions
-// load zeros and count).
+// positions `origin` of every target (tensors of one shape and plan, e.g. K and V): every box
+// of `loads` (tile_loads.h), each as kChunks boxes of kChunk head-dim elements of
+// `elem_bytes` bytes, the targets' boxes issued together from one coordinate computation.
+template <int T0, int T1, int T2, int kHeadDim, int kChunks, int kChunk, int kElemBytes,
+          class... Targets>
+CUTLASS_DEVICE void load_tiles(const TileLoads& loads, const int dilation[3], const int group[3],
+                               int batch, int head, const int origin[3], uint32_t chunk_bytes,
+                               uint64_t hint, const Targets&... targets) {
+  for_each_tile_box<T0, T1, T2>(
+      loads, dilation, group, batch, origin,
+      [&](int map, int token, int c1, int c2, int c3, int c4) {
+        const int c0 = head * kHeadDim;
+        auto issue = [&](const TileTarget& t) {
+          char* dst = static_cast<char*>(t.smem) + token * kChunk * kElemBytes;
+          CUTLASS_PRAGMA_UNROLL
+          for (int ch = 0; ch < kChunks; ++ch) {
+            cute::SM90_TMA_LOAD_5D::copy(&t.maps.map[map], t.barrier, hint, dst + ch * chunk_bytes,
+                                         c0 + ch * kChunk, c1, c2, c3, c4);
+          }
+        };
+        (issue(targets), ...);
+      });
+}
+
+// One tensor's tile (load_tiles).
 template <int T0, int T1, int T2, int kHeadDim, int kChunks, int kChunk, class Element>
 CUTLASS_DEVICE void load_tile(const TensorMapPair& maps, const TileLoads& loads,
                               const int dilation[3], const int group[3], int batch, int head,
                               const int origin[3], uint64_t* barrier, Element* smem,
                               uint32_t chunk_bytes, uint64_t hint) {
-  for_each_tile_box<T0, T1, T2>(
-      loads, dilation, group, batch, origin,
-      [&](int map, int token, int c1, int c2, int c3, int c4) {
-        char* dst = reinterpret_cast<char*>(smem) + token * kChunk * int(sizeof(Element));
-        CUTLASS_PRAGMA_UNROLL
-        for (int ch = 0; ch < kChunks; ++ch) {
-          cute::SM90_TMA_LOAD_5D::copy(&maps.map[map], barrier, hint, dst + ch * chunk_bytes,
-                                       head * kHeadDim + ch * kChunk, c1, c2, c3, c4);
-        }
-      });
+  load_tiles<T0, T1, T2, kHeadDim, kChunks, kChunk, int(sizeof(Element))>(
+      loads, dilation, group, batch, head, origin, chunk_bytes, hint,
+      TileTarget{maps, barrier, smem});
 }
 
 // 8 fp32 values as 8 elements (16 bytes), for one vector store.

@@ -35,6 +35,7 @@ inline constexpr int kTileBoxAlignTokens = 8;   // a box starts on a swizzle ato
 
 struct TileLoads {
   int rows[3];    // positions per box along each kernel axis (each divides the tile)
+  int boxes[3];   // boxes per tile along each kernel axis (tile / rows: no division on the GPU)
   int split;      // the kernel axis (1 or 2) described by (group, position) dimensions, or -1
   int split_rem;  // that axis's array extent % dilation: groups below it read map 0, others map 1
   int fold;       // 1: the batch is folded into kernel axis 0's dimension (rows[0] is then 1)
@@ -43,26 +44,27 @@ struct TileLoads {
 };
 
 // Boxes per tile.
-GNA_HOST_DEVICE int tile_boxes(const TileLoads& l, const int tile[3]) {
-  return (tile[0] / l.rows[0]) * (tile[1] / l.rows[1]) * (tile[2] / l.rows[2]);
-}
+GNA_HOST_DEVICE int tile_boxes(const TileLoads& l) { return l.boxes[0] * l.boxes[1] * l.boxes[2]; }
 
-// Calls issue(map, token, c1, c2, c3, c4) for every box of the tile at group positions
+// Calls issue(map, token, c1, c2, c3, c4) for every box of the T0 x T1 x T2 tile (the tile `l`
+// was planned for) at group positions
 // `origin` (the tile's first position per kernel axis) of dilation group `group`, batch entry
 // `batch`: `map` is 0 or 1 (the tensor's two maps, see above), `token` the tile row where the
 // box lands, c1..c4 the box's coordinates in map dimensions 1..4 (dimension 0, head x head
 // dim, is the caller's: head * head_dim + chunk offset). Selects rather than an indexed array,
-// so that a kernel's producer thread keeps them in registers.
+// so that a kernel's producer thread keeps them in registers. The box counts come from the plan
+// (runtime integer divisions cost a producer thread ~20 instructions each), and a caller that
+// loads several tensors of the same tile issues them all from one call (one coordinate
+// computation per box).
 template <int T0, int T1, int T2, class Issue>
 GNA_HOST_DEVICE void for_each_tile_box(const TileLoads& l, const int dilation[3],
                                        const int group[3], int batch, const int origin[3],
                                        Issue&& issue) {
   const int split_group = l.split == 2 ? group[2] : group[1];  // (no indexing: registers)
   const int map = l.split >= 0 && split_group >= l.split_rem ? 1 : 0;
-  const int n0 = T0 / l.rows[0], n1 = T1 / l.rows[1], n2 = T2 / l.rows[2];
-  for (int i0 = 0; i0 < n0; ++i0) {
-    for (int i1 = 0; i1 < n1; ++i1) {
-      for (int i2 = 0; i2 < n2; ++i2) {
+  for (int i0 = 0; i0 < l.boxes[0]; ++i0) {
+    for (int i1 = 0; i1 < l.boxes[1]; ++i1) {
+      for (int i2 = 0; i2 < l.boxes[2]; ++i2) {
         const int o0 = i0 * l.rows[0], o1 = i1 * l.rows[1], o2 = i2 * l.rows[2];
         const int x0 = origin[0] + o0, x1 = origin[1] + o1, x2 = origin[2] + o2;
         const int p0 = group[0] + dilation[0] * x0;  // array positions
@@ -127,9 +129,10 @@ inline const char* plan_tile_loads(const int tile[3], const int dilation[3], con
       if (fold) l.rows[0] = 1;
       make_boxes_contiguous(l.rows, tile);
       if ((l.rows[0] * l.rows[1] * l.rows[2]) % kTileBoxAlignTokens != 0) continue;
+      for (int a = 0; a < 3; ++a) l.boxes[a] = tile[a] / l.rows[a];
       l.extent0 = extent[0];
       l.fold_oob = int(batch * extent[0]);
-      const int boxes = tile_boxes(l, tile);
+      const int boxes = tile_boxes(l);
       if (best_boxes == 0 || boxes < best_boxes) best = l, best_boxes = boxes;
     }
   }

@@ -65,6 +65,8 @@ void run_case(const Case& c, long* boxes_total) {
     fail(c, std::string("no plan: ") + why);
     return;
   }
+  for (int a = 0; a < 3; ++a)
+    if (l.boxes[a] * l.rows[a] != tile[a]) return fail(c, "boxes x rows is not the tile");
   const int chunk = c.head_dim >= 64 ? 64 : c.head_dim;
   const int chunks = c.head_dim / chunk;
   MapDim maps[2][gna::kTmaMaxDims];
@@ -226,7 +228,7 @@ int main(int argc, char** argv) {
       std::printf("refused %s\n", why);
       return 0;
     }
-    std::printf("boxes %d split %d fold %d\n", gna::tile_boxes(l, v), l.split, l.fold);
+    std::printf("boxes %d split %d fold %d\n", gna::tile_boxes(l), l.split, l.fold);
     return 0;
   }
   if (argc != 3) {

@@ -195,10 +195,10 @@ struct BwdKernel {
     using fwd_device::kEvictNormal;
     const int kv_origin[3] = {w.kv_tile[0] * kK0, w.kv_tile[1] * kK1, w.kv_tile[2] * kK2};
     TxBarrier::arrive_and_expect_tx(&ss.kv_full, 2 * kTileBytesKV);
-    load_tile<kK0, kK1, kK2, kChunkBytesKV>(maps.k, p.kv_loads, p, w, w.kv_head, kv_origin,
-                                            &ss.kv_full, ss.k, kEvictNormal);
-    load_tile<kK0, kK1, kK2, kChunkBytesKV>(maps.v, p.kv_loads, p, w, w.kv_head, kv_origin,
-                                            &ss.kv_full, ss.v, kEvictNormal);
+    fwd_device::load_tiles<kK0, kK1, kK2, kHeadDim, kChunks, kChunk, int(sizeof(Element))>(
+        p.kv_loads, p.dilation, w.group, w.batch, w.kv_head, kv_origin, kChunkBytesKV, kEvictNormal,
+        fwd_device::TileTarget{maps.k, &ss.kv_full, ss.k},
+        fwd_device::TileTarget{maps.v, &ss.kv_full, ss.v});
 
     const int n = w.box.size();
     int v = 0;

@@ -234,15 +234,15 @@ struct BwdKernel {
     }
   }
 
-  // One tile of `maps` (T0 x T1 x T2: the Q or the KV tile shape, `loads` its loads) at group
-  // positions `origin`.
+  // One tile (T0 x T1 x T2: the Q or the KV tile shape, `loads` its loads) at group positions
+  // `origin` of two tensors (K and V, Q and dO), from one coordinate computation per box.
   template <int T0, int T1, int T2, uint32_t kChunkBytes>
-  static CUTLASS_DEVICE void load_tile(const TensorMapPair& maps, const TileLoads& loads,
-                                       const BwdParams& p, const Work& w, int head,
-                                       const int origin[3], uint64_t* barrier, Element* smem,
-                                       uint64_t hint) {
-    fwd_device::load_tile<T0, T1, T2, kHeadDim, kChunks, kChunk>(
-        maps, loads, p.dilation, w.group, w.batch, head, origin, barrier, smem, kChunkBytes, hint);
+  static CUTLASS_DEVICE void load_pair(const TileLoads& loads, const BwdParams& p, const Work& w,
+                                       int head, const int origin[3], uint64_t hint,
+                                       const fwd_device::TileTarget& a,
+                                       const fwd_device::TileTarget& b) {
+    fwd_device::load_tiles<T0, T1, T2, kHeadDim, kChunks, kChunk, int(sizeof(Element))>(
+        loads, p.dilation, w.group, w.batch, head, origin, kChunkBytes, hint, a, b);
   }
 
   static CUTLASS_DEVICE void producer(const BwdMaps& maps, const BwdParams& p, const Work& w,
@@ -251,10 +251,9 @@ struct BwdKernel {
     using fwd_device::kEvictNormal;
     const int kv_origin[3] = {w.kv_tile[0] * kK0, w.kv_tile[1] * kK1, w.kv_tile[2] * kK2};
     cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.kv_full, 2 * kTileBytesKV);
-    load_tile<kK0, kK1, kK2, kChunkBytesKV>(maps.k, p.kv_loads, p, w, w.kv_head, kv_origin,
-                                            &ss.kv_full, ss.k, kEvictNormal);
-    load_tile<kK0, kK1, kK2, kChunkBytesKV>(maps.v, p.kv_loads, p, w, w.kv_head, kv_origin,
-                                            &ss.kv_full, ss.v, kEvictNormal);
+    load_pair<kK0, kK1, kK2, kChunkBytesKV>(p.kv_loads, p, w, w.kv_head, kv_origin, kEvictNormal,
+                                            {maps.k, &ss.kv_full, ss.k},
+                                            {maps.v, &ss.kv_full, ss.v});
 
     auto state = cutlass::make_producer_start_state<PipelineQ>();
     const int n = w.box.size();
@@ -267,10 +266,9 @@ struct BwdKernel {
         pipe.producer_acquire(state);
         uint64_t* bar = pipe.producer_get_barrier(state);
         const int s = state.index();
-        load_tile<kQ0, kQ1, kQ2, kChunkBytesQ>(maps.q, p.q_loads, p, w, head, origin, bar,
-                                               ss.q + s * kTileQ * kHeadDim, kEvictLast);
-        load_tile<kQ0, kQ1, kQ2, kChunkBytesQ>(maps.dout, p.q_loads, p, w, head, origin, bar,
-                                               ss.dout + s * kTileQ * kHeadDim, kEvictLast);
+        load_pair<kQ0, kQ1, kQ2, kChunkBytesQ>(p.q_loads, p, w, head, origin, kEvictLast,
+                                               {maps.q, bar, ss.q + s * kTileQ * kHeadDim},
+                                               {maps.dout, bar, ss.dout + s * kTileQ * kHeadDim});
         const int64_t slot = bwd_stat_slot(p, w, head, t);
         cute::SM90_BULK_COPY_G2S::copy(p.row_lse2 + slot, bar, ss.lse2[s], kStatBytes);
         cute::SM90_BULK_COPY_G2S::copy(p.row_delta + slot, bar, ss.delta[s], kStatBytes);

@@ -7,7 +7,8 @@
 //   O += P V must hold V transposed (head dim rows, tokens contiguous). The producer warpgroup
 //   transposes every V tile: TMA lands V as it lands K (a ring of raw stages), its 128 threads
 //   turn 8 x 8 byte blocks around in registers (byte permutes) and store them into a second
-//   ring (V^T), which the consumers read. Thread 0 still issues every TMA load.
+//   ring (V^T), which the consumers read. The loads run kLoadAhead tiles ahead of the
+//   transposes, and the producer warps take turns issuing them (producer()).
 // - P's register layout. The fp32 accumulator of S = Q K^T and the 8-bit A operand of P V
 //   spread a row's columns differently over the four threads of a quad (the accumulator: pairs
 //   2c, 2c + 1 of each 8-column block; the A operand: runs 4c..4c + 3 of each 16-column half of
@@ -82,7 +83,11 @@ struct FwdFp8Kernel {
   static constexpr int kTileQ = kTiles.q_size();
   static constexpr int kTileKV = kTiles.kv_size();
   static constexpr int kStages = kTiles.stages;  // K and V^T stages
-  static constexpr int kRawStages = 2;           // V as loaded, before the transpose
+  static constexpr int kRawStages = 3;           // V as loaded, before the transpose
+  // Tiles whose K and V are loaded before the transpose of a tile starts: all but one raw
+  // stage, so that a load never waits for the transpose that runs while it is issued.
+  static constexpr int kLoadAhead = kRawStages - 1;
+  static constexpr int kProducerWarps = 4;
   static constexpr int kThreads = 384;
   static constexpr int kProducerThreads = 128;
   // P = exp2(S * scale log2 e - running max + kPOffsetLog2): at most 2^kPOffsetLog2 against
@@ -184,13 +189,27 @@ struct FwdFp8Kernel {
   static constexpr int kTransposeDBlocks = kHeadDim / 8;
   static constexpr int kTransposeBlocks = kTransposeDBlocks * (kTileKV / 8);
   static_assert(kTransposeBlocks % kProducerThreads == 0, "whole blocks per thread");
+  static_assert(kProducerWarps * 32 == kProducerThreads, "issuing lanes: one per producer warp");
+  static_assert(kTransposeDBlocks % 8 == 0 && (kTileKV / 8) % 2 == 0, "transpose_block_index");
+
+  // The block that producer slot `i` (it * kProducerThreads + thread) transposes: i with bit 3
+  // moved to the token block's lowest bit. The 16 slots of a half-warp (which the hardware
+  // serves as one part of an 8-byte access) then take 8 d blocks of two neighbouring token
+  // blocks: V^T rows of 8 rotations times both 8-byte halves of a 16-byte chunk, i.e. all 32
+  // banks (16 d blocks of one token block fill only one half of each chunk: 2 threads a bank).
+  static CUTE_HOST_DEVICE int transpose_block_index(int i) {
+    constexpr int kD = kTransposeDBlocks;
+    const int upper_d = (i >> 4) & (kD / 8 - 1);  // the d-block bits above bit 2
+    return (i & 7) | upper_d << 3 | ((i >> 3) & 1) * kD | (i & ~(2 * kD - 1));
+  }
 
   // Block `b` of raw V stage `raw` (bytes `src`: ss.v_raw) into V^T stage `stage` (`dst`:
   // ss.vt). Its 8 source rows (8 bytes of V each) are read with tokens permuted
   // (fp8_p_token), rotated by r = (d block) % 8 bytes and transposed, so that step j writes
-  // head dim 8 db + (j + r) % 8: the 16 threads of a warp that write one token chunk then hit
-  // all 8 swizzle phases of SW128 (no bank conflicts), as do the reads at d128 (16 threads read
-  // one 128-byte row; at d64 a warp's rows share one half of the banks: 2-way conflicts).
+  // head dim 8 db + (j + r) % 8: the 8 threads of a half-warp that write one token block then
+  // hit all 8 swizzle phases of SW128 (no bank conflicts, with transpose_block_index), as do the
+  // reads at d128 (the token blocks of a half-warp differ in the swizzle phase's bit 2; at d64
+  // a half-warp's rows share one half of the banks: 2-way conflicts).
   //
   // Addresses: one layout call for the block's first row on each side, the others by XOR with
   // compile-time steps. (A layout call per row cost ~200 integer instructions per block, issued
@@ -257,11 +276,11 @@ struct FwdFp8Kernel {
     uint8_t* dst = reinterpret_cast<uint8_t*>(ss.vt);
     CUTLASS_PRAGMA_UNROLL
     for (int it = 0; it < kTransposeBlocks / kProducerThreads; ++it)
-      transpose_block(src, dst, it * kProducerThreads + tid, raw, stage);
+      transpose_block(src, dst, transpose_block_index(it * kProducerThreads + tid), raw, stage);
   }
 
-  // The pipeline states of the producer warpgroup (thread 0 issues the loads; every thread
-  // transposes).
+  // The pipeline states of the producer warpgroup (every thread follows the loads, which lane 0
+  // of one warp issues, and transposes).
   struct ProducerStates {
     typename PipelineK::PipelineState k = cutlass::make_producer_start_state<PipelineK>();
     typename PipelineVRaw::PipelineState v_load =
@@ -288,16 +307,20 @@ struct FwdFp8Kernel {
     ++st.vt;
   }
 
-  // One work item: thread 0 loads Q once (after the previous item released it), then K and V
-  // of every KV tile of the box; every producer thread transposes V of tile j - 1 after the
-  // loads of tile j are issued.
+  // One work item: thread 0 loads Q once (after the previous item released it); K and V of
+  // tile i are loaded by lane 0 of producer warp i % 4 right after that warp's transpose of
+  // tile i - kLoadAhead (the first kLoadAhead tiles up front), and every producer thread
+  // transposes V of every tile. So a tile's raw V is requested a whole transpose (kLoadAhead
+  // - 1 of them) before the transposes need it, and the issue work (~140 SASS instructions per
+  // tile) is spread over the four warps, one per SM sub-partition, like the transposes; with one
+  // issuing warp, its issue work delayed its transpose and thereby every V^T stage (which all 128
+  // threads commit), and the other warps waited for raw V that it issued late.
   static CUTLASS_DEVICE void producer(const FwdMaps& maps, const FwdParams& p, const Work& w,
                                       int count, SharedStorage& ss, Pipelines& pipes,
                                       ProducerStates& st) {
     const int tid = threadIdx.x;
-    const bool leader = tid == 0;
     const int kv_head = w.head / p.kv_group;
-    if (leader) {
+    if (tid == 0) {
       if (count > 0) cutlass::arch::ClusterBarrier::wait(&ss.q_empty, (count - 1) & 1);
       cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.q_full, kTileBytesQ);
       const int q_origin[3] = {w.q_tile[0] * kQ0, w.q_tile[1] * kQ1, w.q_tile[2] * kQ2};
@@ -305,25 +328,37 @@ struct FwdFp8Kernel {
                                kChunkBytesQ, fwd_device::kEvictNormal);
     }
     const int n = w.box.size();
-    int t[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
-    for (int j = 0; j < n; ++j, w.box.next(t)) {
-      if (leader) {
+    const int warp = cutlass::canonical_warp_idx_sync();
+    const bool lane0 = (tid & 31) == 0;
+    int t[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};  // the next tile to load
+    int loaded = 0;
+    auto load_next = [&] {
+      if (loaded == n) return;
+      if (lane0 && loaded % kProducerWarps == warp) {
+        // K and V of the tile from one coordinate computation per box (both slots first).
         const int origin[3] = {t[0] * kK0, t[1] * kK1, t[2] * kK2};
         pipes.k.producer_acquire(st.k);
-        load_tile<kK0, kK1, kK2>(
-            maps.k, p.kv_loads, p, w, kv_head, origin, pipes.k.producer_get_barrier(st.k),
-            ss.k + st.k.index() * kTileKV * kHeadDim, kChunkBytesKV, fwd_device::kEvictLast);
-        ++st.k;
         pipes.v_raw.producer_acquire(st.v_load);
-        load_tile<kK0, kK1, kK2>(maps.v, p.kv_loads, p, w, kv_head, origin,
-                                 pipes.v_raw.producer_get_barrier(st.v_load),
-                                 ss.v_raw + st.v_load.index() * kTileKV * kHeadDim, kChunkBytesKV,
-                                 fwd_device::kEvictLast);
-        ++st.v_load;
+        fwd_device::load_tiles<kK0, kK1, kK2, kHeadDim, kChunks, kChunk, int(sizeof(Element))>(
+            p.kv_loads, p.dilation, w.group, w.batch, kv_head, origin, kChunkBytesKV,
+            fwd_device::kEvictLast,
+            fwd_device::TileTarget{maps.k, pipes.k.producer_get_barrier(st.k),
+                                   ss.k + st.k.index() * kTileKV * kHeadDim},
+            fwd_device::TileTarget{maps.v, pipes.v_raw.producer_get_barrier(st.v_load),
+                                   ss.v_raw + st.v_load.index() * kTileKV * kHeadDim});
       }
-      if (j > 0) transpose_next(ss, pipes, st, tid);
+      ++st.k;
+      ++st.v_load;
+      ++loaded;
+      w.box.next(t);
+    };
+    // The first tiles: a loop, so that the load code has one copy less (instruction cache).
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (int i = 0; i < kLoadAhead; ++i) load_next();
+    for (int j = 0; j < n; ++j) {
+      transpose_next(ss, pipes, st, tid);
+      load_next();
     }
-    if (n > 0) transpose_next(ss, pipes, st, tid);
   }
 
   template <class TA, class TB, class TC>
@@ -575,9 +610,11 @@ struct FwdFp8Kernel {
       // into `p_new` once S landed, then O's rescale once the P V GEMM retired.
       auto visit = [&](int j, auto& p_new, auto& p_old) {
         pipe_k.consumer_wait(state_k);
-        pipe_vt.consumer_wait(state_vt);
         take_turn();
         gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
+        // V^T of tile j - 1 (transposed by the producer warps) can come after K_j: S runs
+        // meanwhile.
+        pipe_vt.consumer_wait(state_vt);
         gemm_pv(mma_pv, p_old, tOrV(_, _, _, state_vt.index()), tOrO);
         pass_turn();
         int origin[3];
@@ -661,16 +698,16 @@ struct FwdFp8Kernel {
     k_params.transaction_bytes = kTileBytesKV;
     k_params.role =
         producer_wg ? PipelineK::ThreadCategory::Producer : PipelineK::ThreadCategory::Consumer;
-    k_params.is_leader = threadIdx.x == 0;
+    k_params.is_leader = producer_wg && threadIdx.x % 32 == 0;  // the issuing lanes (producer())
     k_params.num_consumers = 256;
     k_params.initializing_warp = 0;
     PipelineK pipe_k(ss.pipe_k, k_params, cute::Shape<cute::_1, cute::_1, cute::_1>{});
-    // Raw V: loaded by thread 0, read by the producer warpgroup (the transposes).
+    // Raw V: loaded and read (the transposes) by the producer warpgroup.
     typename PipelineVRaw::Params v_params;
     v_params.transaction_bytes = kTileBytesKV;
     v_params.role = producer_wg ? PipelineVRaw::ThreadCategory::ProducerConsumer
                                 : PipelineVRaw::ThreadCategory::NonParticipant;
-    v_params.is_leader = threadIdx.x == 0;
+    v_params.is_leader = producer_wg && threadIdx.x % 32 == 0;
     v_params.num_consumers = kProducerThreads;
     v_params.initializing_warp = 1;
     PipelineVRaw pipe_v_raw(ss.pipe_v_raw, v_params, cute::Shape<cute::_1, cute::_1, cute::_1>{});

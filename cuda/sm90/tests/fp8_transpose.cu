@@ -14,20 +14,28 @@
 
 namespace {
 
-// Shared-memory wavefronts of one warp access: the most 4-byte words any bank serves.
+// Shared-memory wavefronts of one warp access of `bytes` per thread. The hardware serves a
+// warp's 8-byte accesses as two half-warps and 16-byte ones as four quarter-warps (128 bytes
+// each); each part takes as many wavefronts as the most distinct 4-byte words one bank serves
+// for its threads. (Counting over the whole warp instead misses conflicts inside a half-warp.)
 int wavefronts(const int (&offsets)[32], int bytes) {
-  int words[32][8], count[32] = {};
-  int most = 0;
-  for (int t = 0; t < 32; ++t) {
-    for (int w = 0; w < bytes / 4; ++w) {
-      const int word = offsets[t] / 4 + w, bank = word % 32;
-      bool seen = false;
-      for (int i = 0; i < count[bank]; ++i) seen |= words[bank][i] == word;
-      if (!seen) words[bank][count[bank]++] = word;
-      most = count[bank] > most ? count[bank] : most;
+  const int threads = bytes <= 4 ? 32 : 128 / bytes;  // threads per part
+  int total = 0;
+  for (int first = 0; first < 32; first += threads) {
+    int words[32][32], count[32] = {};
+    int most = 0;
+    for (int t = first; t < first + threads; ++t) {
+      for (int w = 0; w < bytes / 4; ++w) {
+        const int word = offsets[t] / 4 + w, bank = word % 32;
+        bool seen = false;
+        for (int i = 0; i < count[bank]; ++i) seen |= words[bank][i] == word;
+        if (!seen) words[bank][count[bank]++] = word;
+        most = count[bank] > most ? count[bank] : most;
+      }
     }
+    total += most;
   }
-  return most;
+  return total;
 }
 
 template <int kHeadDim, int kRank, int kConfig>
@@ -41,19 +49,22 @@ int check() {
   auto value = [](int t, int d) { return uint8_t((t * 7 + d * 13 + (t * d) % 5) & 0xff); };
   for (int t = 0; t < KV; ++t)
     for (int d = 0; d < D; ++d) raw[LayoutVRaw{}(t, d, rs)] = value(t, d);
-  for (int b = 0; b < K::kTransposeBlocks; ++b)
-    K::transpose_block(raw.data(), vt.data(), b, rs, st);
+  // As the producer slots do: a block that no slot takes leaves zeros (mismatches).
+  for (int i = 0; i < K::kTransposeBlocks; ++i)
+    K::transpose_block(raw.data(), vt.data(), K::transpose_block_index(i), rs, st);
   int mismatches = 0;
   for (int d = 0; d < D; ++d)
     for (int a = 0; a < KV; ++a)
       mismatches += vt[LayoutVt{}(d, a, st)] != value(gna::sm90::fp8_p_token(a), d);
-  // Every warp's every step: the loads of row k and the stores of row j of the 32 threads.
+  // Every warp's every step: the loads of row k and the stores of row j of the 32 threads
+  // (slots first + lane).
   int load = 0, store = 0;
   for (int first = 0; first < K::kTransposeBlocks; first += 32) {
     for (int step = 0; step < 8; ++step) {
       int lo[32], st_off[32];
       for (int lane = 0; lane < 32; ++lane) {
-        const int b = first + lane, db = b % K::kTransposeDBlocks, tb = b / K::kTransposeDBlocks;
+        const int b = K::transpose_block_index(first + lane), db = b % K::kTransposeDBlocks,
+                  tb = b / K::kTransposeDBlocks;
         lo[lane] = LayoutVRaw{}(gna::sm90::fp8_p_token(8 * tb + step), 8 * db, 0);
         st_off[lane] = LayoutVt{}(8 * db + ((step + (db & 7)) & 7), 8 * tb, 0);
       }
