@@ -28,7 +28,8 @@ struct Arch : KernelTable {
 
   // Deterministic backward: copies of the dQ accumulator (bwd_params.h). One unless a
   // development knob asks for more: two let an add wait for the turn two before it instead of
-  // the one just before, at the cost of a second fp32 dQ of workspace.
+  // the one just before, at the cost of a second fp32 dQ of workspace. Measured on an H100, two
+  // and three were no faster than one (docs/history.md), so one stays the default.
   static int deterministic_dq_buffers() {
     const int forced = dev_knobs::sm90_dq_buffers();
     return forced > 0 ? forced : 1;
