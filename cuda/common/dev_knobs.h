@@ -15,6 +15,10 @@
 //   GNA_SM90_STAGES_EXPERIMENT (compile time: -DGNA_SM90_STAGES_EXPERIMENT=<n>, n >= 2)
 //       K/V pipeline stages of the sm90 forward for head dims <= 128 (sm90/fwd_config.h, where
 //       it is checked; a stage count whose tiles overflow shared memory fails at launch).
+//   GNA_SM90_FP8_FMA_EXP2 (compile time: -DGNA_SM90_FP8_FMA_EXP2=<k>, k = 0..8)
+//       Of every 8 exponentials of the sm90 FP8 forward's softmax, k are computed by a
+//       polynomial on the FMA pipe instead of MUFU.EX2 (sm90/kernel/fp8_exp2.cuh, where it is
+//       checked). Unset: 0.
 //
 // Host code only.
 #pragma once

@@ -8,7 +8,12 @@ diffusion transformer's (outlier channels, loud heads) quantised per tensor and 
 that the FP8 custom call is what runs, automatic selection, out_dtype, vmap and forward-only.
 Skips without an sm90 build holding the FP8 kernels (the full kernel set; the smoke set has
 none). Run with ``python -m pytest -m gpu tests/gpu/test_cuda_fp8.py``; ``GNA_GPU_CASES`` sets
-the problems per rank (default 60).
+the problems per rank (default 60). The development knob GNA_SM90_FP8_FMA_EXP2 (some of the
+softmax's exponentials by a polynomial, cuda/sm90/kernel/fp8_exp2.cuh) is compile time: to test
+it, build with it, e.g. ``pip install --no-build-isolation -e .
+-Ccmake.define.CMAKE_CUDA_FLAGS=-DGNA_SM90_FP8_FMA_EXP2=4`` (``...CMAKE_CUDA_FLAGS=`` again
+for the default), and run this file. The tolerances below stay as they are (the
+polynomial's relative error, 8.6e-5, is far below e4m3's rounding of P and LSE_TOL).
 
 Tolerance. The dequantised inputs are exact in float32, and so are the products of two e4m3
 values: S = Q K^T is exact up to float32 accumulation, and the LSE (the kernel sums P in

@@ -42,6 +42,7 @@
 #include "../../common/fwd_device.cuh"
 #include "../../common/shared_storage.cuh"
 #include "../fwd_config.h"
+#include "fp8_exp2.cuh"
 #include "gna/tile_box.h"
 
 namespace gna::sm90 {
@@ -465,7 +466,8 @@ struct FwdFp8Kernel {
     // written in the A operand's register order.
     constexpr int kAcc = 4;
     auto acc = [](int i) { return (i & 1) | ((i >> 1) & 2); };
-    // Into P (`p`: tOrP0 or tOrP1).
+    // Into P (`p`: tOrP0 or tOrP1). Exponential i is exp2_fma's where fp8_exp2_on_fma(i)
+    // (fp8_exp2.cuh: the development knob GNA_SM90_FP8_FMA_EXP2), else MUFU.EX2's.
     auto exponentials = [&](auto& p, const float* m_scaled, float (&sp)[2][kAcc]) {
       Tensor p_pairs = recast<cutlass::Array<Element, 2>>(p);
       cutlass::NumericArrayConverter<Element, float, 2> cvt;
@@ -478,8 +480,10 @@ struct FwdFp8Kernel {
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < size(tSrS); i += 2) {
         const int r = (i >> 1) & 1;
-        const float e0 = fwd_device::exp2_approx(__fmaf_rn(tSrS(i), mult, -m_p[r]));
-        const float e1 = fwd_device::exp2_approx(__fmaf_rn(tSrS(i + 1), mult, -m_p[r]));
+        const float x0 = __fmaf_rn(tSrS(i), mult, -m_p[r]);
+        const float x1 = __fmaf_rn(tSrS(i + 1), mult, -m_p[r]);
+        const float e0 = fp8_exp2_on_fma(i) ? exp2_fma(x0) : fwd_device::exp2_approx(x0);
+        const float e1 = fp8_exp2_on_fma(i + 1) ? exp2_fma(x1) : fwd_device::exp2_approx(x1);
         sp[r][acc(i)] += e0;
         sp[r][acc(i + 1)] += e1;
         // Pair q = 4 h + 2 hb + rb of a k32 block (columns 16 h + 8 hb + 2c, row + 8 rb) goes
