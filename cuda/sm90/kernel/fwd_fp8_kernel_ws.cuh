@@ -56,6 +56,47 @@ constexpr int fp8_p_token(int a) {
   return (a & ~31) + 16 * h + 8 * (b >> 1) + 2 * c + (b & 1);
 }
 
+// Which of a thread's S accumulator elements (16 per k32 block) gives byte v of its P registers
+// (byte v % 4 of register v / 4; 4 registers per block). Register R = 2 h + rb of a block holds
+// row + 8 rb at A columns 16 h + 4 c + B, i.e. S columns 16 h + 2 c + (0, 1) in bytes 0, 1
+// (elements 8 h + 2 rb + (0, 1)) and 16 h + 8 + 2 c + (0, 1) in bytes 2, 3 (those + 4).
+constexpr int fp8_p_element(int v) {
+  const int h = (v >> 3) & 1, rb = (v >> 2) & 1, b = v & 3;
+  return (v & ~15) + 8 * h + 2 * rb + 4 * (b >> 1) + (b & 1);
+}
+// The A operand's layout (row + 8 for odd R; A column 16 h + 4 c + B reads S column
+// fp8_p_token of it) against the accumulator's (element i: row + 8 ((i >> 1) & 1), column
+// 8 (i >> 2) + 2 c + (i & 1)), for each thread c of a quad.
+static_assert(
+    [] {
+      for (int v = 0; v < 64; ++v) {
+        const int i = fp8_p_element(v), reg = v >> 2;
+        for (int c = 0; c < 4; ++c) {
+          const int a = 32 * (reg >> 2) + 16 * ((reg >> 1) & 1) + 4 * c + (v & 3);
+          if (((i >> 1) & 1) != (reg & 1) || 8 * (i >> 2) + 2 * c + (i & 1) != fp8_p_token(a))
+            return false;
+        }
+      }
+      return true;
+    }(),
+    "fp8_p_element: P's bytes where the A operand reads them");
+
+// Four values as e4m3 (rn, satfinite) in bytes 0..3 of a register. ptxas folds the mov into
+// the second conversion (F2FP ... MERGE_C writes its pair into the first one's register): two
+// instructions and no byte permutes, which converting into pairs of a P array takes.
+CUTLASS_DEVICE uint32_t fp8_pack4(float b0, float b1, float b2, float b3) {
+  uint32_t r;
+  asm("{\n"
+      ".reg .b16 lo, hi;\n"
+      "cvt.rn.satfinite.e4m3x2.f32 lo, %2, %1;\n"  // (a, b): a to the upper byte
+      "cvt.rn.satfinite.e4m3x2.f32 hi, %4, %3;\n"
+      "mov.b32 %0, {lo, hi};\n"
+      "}"
+      : "=r"(r)
+      : "f"(b0), "f"(b1), "f"(b2), "f"(b3));
+  return r;
+}
+
 // __byte_perm, also on the host (cuda/sm90/tests/fp8_transpose.cu runs the V transpose there).
 CUTE_HOST_DEVICE uint32_t fp8_byte_perm(uint32_t x, uint32_t y, uint32_t selector) {
 #if defined(__CUDA_ARCH__)
@@ -466,31 +507,26 @@ struct FwdFp8Kernel {
     // written in the A operand's register order.
     constexpr int kAcc = 4;
     auto acc = [](int i) { return (i & 1) | ((i >> 1) & 2); };
-    // Into P (`p`: tOrP0 or tOrP1). Exponential i is exp2_fma's where fp8_exp2_on_fma(i)
-    // (fp8_exp2.cuh: the development knob GNA_SM90_FP8_FMA_EXP2), else MUFU.EX2's.
+    // Into P (`p`: tOrP0 or tOrP1), a register of 4 values (fp8_p_element) at a time, packed
+    // by fp8_pack4. Exponential i is exp2_fma's where fp8_exp2_on_fma(i) (fp8_exp2.cuh: the
+    // development knob GNA_SM90_FP8_FMA_EXP2), else MUFU.EX2's. Each sum sp[r][a] (the i of
+    // one i % 8) adds them in increasing i, as the registers come in order, and starts from its
+    // first (i < 8), not from 0 + e (one FADD less each).
     auto exponentials = [&](auto& p, const float* m_scaled, float (&sp)[2][kAcc]) {
-      Tensor p_pairs = recast<cutlass::Array<Element, 2>>(p);
-      cutlass::NumericArrayConverter<Element, float, 2> cvt;
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        CUTLASS_PRAGMA_UNROLL
-        for (int a = 0; a < kAcc; ++a) sp[r][a] = 0.f;
-      }
+      Tensor p_regs = recast<uint32_t>(p);
       const float m_p[2] = {m_scaled[0] - float(kPOffsetLog2), m_scaled[1] - float(kPOffsetLog2)};
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(tSrS); i += 2) {
-        const int r = (i >> 1) & 1;
-        const float x0 = __fmaf_rn(tSrS(i), mult, -m_p[r]);
-        const float x1 = __fmaf_rn(tSrS(i + 1), mult, -m_p[r]);
-        const float e0 = fp8_exp2_on_fma(i) ? exp2_fma(x0) : fwd_device::exp2_approx(x0);
-        const float e1 = fp8_exp2_on_fma(i + 1) ? exp2_fma(x1) : fwd_device::exp2_approx(x1);
-        sp[r][acc(i)] += e0;
-        sp[r][acc(i + 1)] += e1;
-        // Pair q = 4 h + 2 hb + rb of a k32 block (columns 16 h + 8 hb + 2c, row + 8 rb) goes
-        // to half hb of register 2 h + rb: pair slot 4 h + 2 rb + hb.
-        const int q = (i & 15) >> 1;
-        const int slot = (q & 4) | ((q & 1) << 1) | ((q >> 1) & 1);
-        p_pairs(8 * (i >> 4) + slot) = cvt(cutlass::Array<float, 2>{e0, e1});
+      for (int reg = 0; reg < size(p_regs); ++reg) {
+        float e[4];
+        CUTLASS_PRAGMA_UNROLL
+        for (int b = 0; b < 4; ++b) {
+          const int i = fp8_p_element(4 * reg + b), r = (i >> 1) & 1;
+          const float x = __fmaf_rn(tSrS(i), mult, -m_p[r]);
+          e[b] = fp8_exp2_on_fma(i) ? exp2_fma(x) : fwd_device::exp2_approx(x);
+          float& s = sp[r][acc(i)];
+          s = i < 8 ? e[b] : s + e[b];
+        }
+        p_regs(reg) = fp8_pack4(e[0], e[1], e[2], e[3]);
       }
     };
     auto scaled = [&](float m) { return m == -INFINITY ? 0.f : m * mult; };
