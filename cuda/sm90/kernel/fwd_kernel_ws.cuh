@@ -287,17 +287,13 @@ struct FwdKernel {
     auto exponentials = [&](const float* m_scaled, float (&sp)[2][kAcc]) {
       cutlass::NumericArrayConverter<Element, float, 2> cvt;
       CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        CUTLASS_PRAGMA_UNROLL
-        for (int a = 0; a < kAcc; ++a) sp[r][a] = 0.f;
-      }
-      CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < size(tSrS); i += 2) {
         const int r = (i >> 1) & 1;
         const float e0 = fwd_device::exp2_approx(__fmaf_rn(tSrS(i), mult, -m_scaled[r]));
         const float e1 = fwd_device::exp2_approx(__fmaf_rn(tSrS(i + 1), mult, -m_scaled[r]));
-        sp[r][acc(i)] += e0;
-        sp[r][acc(i + 1)] += e1;
+        // Elements 0..7 hold each (row, chain) once: the sums start from them, not from 0 + e.
+        sp[r][acc(i)] = i < 8 ? e0 : sp[r][acc(i)] + e0;
+        sp[r][acc(i + 1)] = i < 8 ? e1 : sp[r][acc(i + 1)] + e1;
         tOrP_pairs(i / 2) = cvt(cutlass::Array<float, 2>{e0, e1});
       }
     };
