@@ -1,0 +1,196 @@
+"""Build variants of this tree and time them against each other on one GPU.
+
+A variant is a copy of this working tree, optionally with a patch applied and extra CMake
+arguments (a compile-time development knob, say). The variants build in parallel, each in its
+own copy under ``--work``; then every round runs each chosen standard problem
+(``design_problems.py``) through the profiler on each build in turn, one process per run, so
+that clock and thermal drift fall on all variants alike (docs/performance.md, "The method").
+The summary gives, per problem and profiler row, each variant's median over rounds with the
+spread, and the speedup over dense measured in the same process.
+
+Usage (repository root, a GPU machine with nvcc)::
+
+  python benchmarks/ab_builds.py --variant base --variant new:change.patch \\
+      --problems hunyuan-gna flux-4k-gna --rounds 2
+  # a compile-time knob, the FP8 kernels added to the smoke set, FP8 timing:
+  python benchmarks/ab_builds.py --variant k0 --variant k2 --with-fp8 \\
+      --cmake-arg k2=-DCMAKE_CUDA_FLAGS=-DGNA_SM90_FP8_FMA_EXP2=2 \\
+      --problems hunyuan-gna -- --dtype fp8
+
+Arguments after ``--`` go to the profiler (default: ``--iters 3 --repeats 1 --no-trace``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import importlib.util
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# What a variant's copy leaves out: version control, build outputs, the built extension.
+_COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "build", "_skbuild", "__pycache__", "*.so")
+DEFAULT_PROFILER_ARGS = ["--iters", "3", "--repeats", "1", "--no-trace"]
+
+
+def _design_problems():
+    spec = importlib.util.spec_from_file_location("design_problems", ROOT / "benchmarks" /
+                                                  "design_problems.py")  # fmt: skip
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["design_problems"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_variants(specs: list[str], cmake_args: list[str]) -> dict[str, dict]:
+    """`NAME[:PATCH]` specs and `NAME=ARG` CMake arguments -> {name: {patch, cmake}}."""
+    variants: dict[str, dict] = {}
+    for spec in specs:
+        name, _, patch = spec.partition(":")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name in variants:
+            raise ValueError(f"--variant {spec!r}: NAME must be unique, letters/digits/_/-")
+        if patch and not Path(patch).is_file():
+            raise ValueError(f"--variant {spec!r}: no patch file {patch!r}")
+        variants[name] = {"patch": Path(patch).resolve() if patch else None, "cmake": []}
+    for arg in cmake_args:
+        name, sep, value = arg.partition("=")
+        if not sep or name not in variants:
+            raise ValueError(f"--cmake-arg {arg!r}: expected NAME=ARG with NAME a --variant")
+        variants[name]["cmake"].append(value)
+    return variants
+
+
+def fp8_in_smoke(table: str) -> str:
+    """jax_gna/_kernel_table.py's text with every FP8 kernel in the smoke set (which has none)."""
+    text, n = re.subn(r"(?m)^( *)smoke=False,$", r"\1smoke=True,", table)
+    if n == 0:
+        raise RuntimeError("--with-fp8: jax_gna/_kernel_table.py has no `smoke=False,` line")
+    return text
+
+
+def build(name: str, variant: dict, work: Path, args: argparse.Namespace, jobs: int) -> Path:
+    """Copies the tree, applies the patch, builds the extension into the copy; returns it."""
+    src = work / name
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(ROOT, src, ignore=_COPY_IGNORE)
+    if variant["patch"]:
+        subprocess.run(["git", "apply", str(variant["patch"])], cwd=src, check=True)
+    if args.with_fp8:
+        table = src / "jax_gna" / "_kernel_table.py"
+        table.write_text(fp8_in_smoke(table.read_text()))
+        subprocess.run([sys.executable, "cuda/generate_kernel_table.py"], cwd=src, check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+    out = src / "build_ab"
+    configure = [
+        "cmake", "-S", str(src), "-B", str(out), "-G", "Ninja", "-DJAX_GNA_CUDA=ON",
+        f"-DJAX_GNA_CUDA_ARCHS={args.archs}", f"-DJAX_GNA_KERNEL_SET={args.kernel_set}",
+        "-DCMAKE_BUILD_TYPE=Release", f"-DPython_EXECUTABLE={sys.executable}",
+        *([f"-DCUTLASS_INCLUDE_DIR={args.cutlass_include}"] if args.cutlass_include else []),
+        *variant["cmake"],
+    ]  # fmt: skip
+    log = work / f"build_{name}.log"
+    with open(log, "w") as f:
+        for cmd in (configure, ["cmake", "--build", str(out), "-j", str(jobs)]):
+            if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode:
+                raise RuntimeError(f"variant {name}: build failed, see {log}")
+    for so in out.glob("_ext*.so"):
+        shutil.copy2(so, src / "jax_gna")
+    return src
+
+
+def profile_once(src: Path, problem, profiler_args: list[str], out: Path) -> dict:
+    """One profiler run of `problem` on the build in `src`, in its own process."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    cmd = [sys.executable, "-m", "jax_gna.profile", *problem.argv(), *profiler_args,
+           "--json", str(out)]  # fmt: skip
+    subprocess.run(cmd, cwd=src, env=env, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def rows(result: dict) -> dict[str, tuple[float, float | None]]:
+    """A profiler result's rows: {implementation: (median ms, speedup over dense)}."""
+    dense = (result.get("dense") or {}).get("median_ms")
+    out = {}
+    for row in result.get("results", []):
+        ms = row.get("median_ms")
+        if isinstance(ms, (int, float)):
+            out[row["implementation"]] = (ms, dense / ms if dense else None)
+    if dense:
+        out["dense"] = (dense, 1.0)
+    return out
+
+
+def summary(runs: dict[str, dict[str, list[dict]]]) -> str:
+    """{problem: {variant: [result per round]}} -> a text table (median [min-max] over rounds)."""
+    lines = [f"{'problem':16s} {'row':18s} {'variant':10s} {'ms':>28s} {'over dense':>12s}"]
+    for problem, by_variant in runs.items():
+        names = dict.fromkeys(k for rs in by_variant.values() for r in rs for k in rows(r))
+        for row in names:
+            for variant, results in by_variant.items():
+                got = [rows(r)[row] for r in results if row in rows(r)]
+                if not got:
+                    continue
+                ms = [g[0] for g in got]
+                over = [g[1] for g in got if g[1] is not None]
+                spread = f"{statistics.median(ms):.3f} [{min(ms):.3f}-{max(ms):.3f}]"
+                speed = f"{statistics.median(over):.2f}x" if over else "-"
+                lines.append(f"{problem:16s} {row:18s} {variant:10s} {spread:>28s} {speed:>12s}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    profiler_args = DEFAULT_PROFILER_ARGS
+    if "--" in argv:
+        i = argv.index("--")
+        argv, profiler_args = argv[:i], [*DEFAULT_PROFILER_ARGS, *argv[i + 1 :]]
+    dp = _design_problems()
+    by_name = {p.name: p for p in dp.PROBLEMS}
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", action="append", required=True, metavar="NAME[:PATCH]")
+    parser.add_argument("--cmake-arg", action="append", default=[], metavar="NAME=ARG")
+    parser.add_argument("--problems", nargs="+", required=True, choices=sorted(by_name))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--with-fp8",
+        action="store_true",
+        help="add the FP8 kernels to the smoke set of every variant",
+    )
+    parser.add_argument("--kernel-set", default="smoke", choices=("smoke", "full"))
+    parser.add_argument("--archs", default="90a", help="JAX_GNA_CUDA_ARCHS (default 90a)")
+    parser.add_argument("--cutlass-include", help="CUTLASS headers (default: the wheel's)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/jax_gna_ab"))
+    parser.add_argument("--json", type=Path, help="write every profiler result here")
+    args = parser.parse_args(argv)  # fmt: skip
+    try:
+        variants = parse_variants(args.variant, args.cmake_arg)
+    except ValueError as e:
+        parser.error(str(e))
+    args.work.mkdir(parents=True, exist_ok=True)
+    jobs = max(1, (os.cpu_count() or 1) // len(variants))
+    with concurrent.futures.ThreadPoolExecutor(len(variants)) as pool:
+        futures = {n: pool.submit(build, n, v, args.work, args, jobs) for n, v in variants.items()}
+        srcs = {n: f.result() for n, f in futures.items()}
+    print(f"built {', '.join(srcs)} under {args.work}", flush=True)
+    runs = {p: {n: [] for n in variants} for p in args.problems}
+    for r in range(args.rounds):
+        for p in args.problems:
+            for n, src in srcs.items():
+                out = args.work / f"{p}_{n}_{r}.json"
+                runs[p][n].append(profile_once(src, by_name[p], profiler_args, out))
+        print(f"round {r + 1} of {args.rounds} done", flush=True)
+    print(summary(runs))
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""benchmarks/ab_builds.py: variant specs, the FP8 smoke switch and the summary (no build)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _ab():
+    if "ab_builds" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "ab_builds", ROOT / "benchmarks" / "ab_builds.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["ab_builds"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["ab_builds"]
+
+
+def test_variants_patches_and_cmake_args(tmp_path):
+    ab = _ab()
+    patch = tmp_path / "x.patch"
+    patch.write_text("")
+    v = ab.parse_variants(["base", f"new:{patch}"], ["new=-DFOO=1", "new=-DBAR=2"])
+    assert v["base"] == {"patch": None, "cmake": []}
+    assert v["new"] == {"patch": patch.resolve(), "cmake": ["-DFOO=1", "-DBAR=2"]}
+    for specs, args, message in [
+        (["a", "a"], [], "unique"),
+        (["a b"], [], "unique"),
+        ([f"a:{tmp_path / 'missing.patch'}"], [], "no patch file"),
+        (["a"], ["b=-DX=1"], "NAME a --variant"),
+        (["a"], ["-DX=1"], "NAME a --variant"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ab.parse_variants(specs, args)
+
+
+def test_fp8_kernels_join_the_smoke_set():
+    ab = _ab()
+    table = (ROOT / "jax_gna" / "_kernel_table.py").read_text()
+    switched = ab.fp8_in_smoke(table)
+    assert "smoke=False," in table and "smoke=False," not in switched
+    assert switched.count("smoke=True,") == table.count("smoke=False,") + table.count("smoke=True,")
+    with pytest.raises(RuntimeError, match="smoke=False"):
+        ab.fp8_in_smoke(switched)
+
+
+def _result(ms: dict[str, float], dense: float | None) -> dict:
+    rows = [{"implementation": k, "median_ms": v} for k, v in ms.items()]
+    rows.append({"implementation": "xla", "median_ms": "unavailable"})
+    return {"results": rows, "dense": {"median_ms": dense} if dense else None}
+
+
+def test_summary_medians_spreads_and_speedups():
+    ab = _ab()
+    runs = {
+        "hunyuan-gna": {
+            "m": [_result({"cuda": 20.0}, 200.0), _result({"cuda": 22.0}, 198.0)],
+            "p": [_result({"cuda": 10.0}, 100.0)],
+        }
+    }
+    lines = ab.summary(runs).splitlines()
+    assert lines[0].split() == ["problem", "row", "variant", "ms", "over", "dense"]
+    by = {(line.split()[1], line.split()[2]): line.split()[3:] for line in lines[1:]}
+    assert by[("cuda", "m")] == ["21.000", "[20.000-22.000]", "9.50x"]  # median of 10x, 9x
+    assert by[("cuda", "p")] == ["10.000", "[10.000-10.000]", "10.00x"]
+    assert by[("dense", "m")] == ["199.000", "[198.000-200.000]", "1.00x"]
+    assert ("xla", "m") not in by  # rows without a time are left out
+    assert ab.rows(_result({"cuda": 5.0}, None)) == {"cuda": (5.0, None)}
+
+
+def test_cli_refuses_bad_variants_and_unknown_problems(capsys):
+    ab = _ab()
+    with pytest.raises(SystemExit):
+        ab.main(["--variant", "a", "--variant", "a", "--problems", "hunyuan-gna"])
+    assert "unique" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ab.main(["--variant", "a", "--problems", "no-such-problem"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_profile_once_runs_the_profiler_on_the_given_tree(tmp_path):
+    ab = _ab()
+    problem = {p.name: p for p in ab._design_problems().PROBLEMS}["1d-32k-gna"]
+    result = ab.profile_once(ROOT, problem, ["--dry-run"], tmp_path / "r.json")
+    assert result["problem"]["input_size"] == [32768] and ab.rows(result) == {}
