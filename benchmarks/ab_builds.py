@@ -18,6 +18,8 @@ Usage (repository root, a GPU machine with nvcc)::
       --problems hunyuan-gna -- --dtype fp8
 
 Arguments after ``--`` go to the profiler (default: ``--iters 3 --repeats 1 --no-trace``).
+``--tests tests/gpu/test_cuda_fwd.py ...`` runs those tests on every build first and times
+only the builds that pass them.
 """
 
 from __future__ import annotations
@@ -105,6 +107,18 @@ def build(name: str, variant: dict, work: Path, args: argparse.Namespace, jobs: 
     return src
 
 
+def run_tests(src: Path, paths: list[str], workers: int, log: Path) -> str:
+    """pytest on the build in `src` (GPU tests: no preallocation, so workers share the GPU);
+    returns pytest's last line."""
+    env = {**os.environ, "PYTHONPATH": str(src), "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    cmd = [sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider",
+           *(["-n", str(workers)] if workers > 1 else [])]  # fmt: skip
+    with open(log, "w") as f:
+        code = subprocess.run(cmd, cwd=src, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    last = (log.read_text().strip().splitlines() or [""])[-1]
+    return last if code == 0 else f"FAILED (exit {code}): {last}; see {log}"
+
+
 def profile_once(src: Path, problem, profiler_args: list[str], out: Path) -> dict:
     """One profiler run of `problem` on the build in `src`, in its own process."""
     env = {**os.environ, "PYTHONPATH": str(src)}
@@ -168,6 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cutlass-include", help="CUTLASS headers (default: the wheel's)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/jax_gna_ab"))
     parser.add_argument("--json", type=Path, help="write every profiler result here")
+    parser.add_argument(
+        "--tests",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="pytest these on every build first; a build that fails is not timed",
+    )
+    parser.add_argument("--test-workers", type=int, default=8)
     args = parser.parse_args(argv)  # fmt: skip
     try:
         variants = parse_variants(args.variant, args.cmake_arg)
@@ -179,7 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         futures = {n: pool.submit(build, n, v, args.work, args, jobs) for n, v in variants.items()}
         srcs = {n: f.result() for n, f in futures.items()}
     print(f"built {', '.join(srcs)} under {args.work}", flush=True)
-    runs = {p: {n: [] for n in variants} for p in args.problems}
+    for n in list(srcs) if args.tests else []:
+        line = run_tests(srcs[n], args.tests, args.test_workers, args.work / f"tests_{n}.log")
+        print(f"tests on {n}: {line}", flush=True)
+        if line.startswith("FAILED"):
+            del srcs[n]
+    runs = {p: {n: [] for n in srcs} for p in args.problems}
     for r in range(args.rounds):
         for p in args.problems:
             for n, src in srcs.items():

@@ -89,3 +89,12 @@ def test_profile_once_runs_the_profiler_on_the_given_tree(tmp_path):
     problem = {p.name: p for p in ab._design_problems().PROBLEMS}["1d-32k-gna"]
     result = ab.profile_once(ROOT, problem, ["--dry-run"], tmp_path / "r.json")
     assert result["problem"]["input_size"] == [32768] and ab.rows(result) == {}
+
+
+def test_run_tests_reports_pytest_last_line_or_the_failure(tmp_path):
+    ab = _ab()
+    (tmp_path / "test_ok.py").write_text("def test_ok():\n    assert True\n")
+    (tmp_path / "test_bad.py").write_text("def test_bad():\n    assert False\n")
+    assert "1 passed" in ab.run_tests(tmp_path, ["test_ok.py"], 1, tmp_path / "ok.log")
+    line = ab.run_tests(tmp_path, ["test_bad.py"], 1, tmp_path / "bad.log")
+    assert line.startswith("FAILED (exit 1)") and "1 failed" in line and "bad.log" in line
