@@ -170,7 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", action="append", required=True, metavar="NAME[:PATCH]")
     parser.add_argument("--cmake-arg", action="append", default=[], metavar="NAME=ARG")
-    parser.add_argument("--problems", nargs="+", required=True, choices=sorted(by_name))
+    parser.add_argument(
+        "--problems",
+        nargs="+",
+        required=True,
+        choices=sorted(by_name),
+        metavar="NAME",
+        help="standard problems by name (design_problems.py)",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
         "--with-fp8",
