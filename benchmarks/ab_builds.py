@@ -83,7 +83,10 @@ def build(name: str, variant: dict, work: Path, args: argparse.Namespace, jobs: 
     shutil.rmtree(src, ignore_errors=True)
     shutil.copytree(ROOT, src, ignore=_COPY_IGNORE)
     if variant["patch"]:
-        subprocess.run(["git", "apply", str(variant["patch"])], cwd=src, check=True)
+        done = subprocess.run(["git", "apply", str(variant["patch"])], cwd=src,
+                              capture_output=True, text=True)  # fmt: skip
+        if done.returncode:
+            raise RuntimeError(f"variant {name}: {variant['patch']} does not apply:\n{done.stderr}")
     if args.with_fp8:
         table = src / "jax_gna" / "_kernel_table.py"
         table.write_text(fp8_in_smoke(table.read_text()))
@@ -104,7 +107,24 @@ def build(name: str, variant: dict, work: Path, args: argparse.Namespace, jobs: 
                 raise RuntimeError(f"variant {name}: build failed, see {log}")
     for so in out.glob("_ext*.so"):
         shutil.copy2(so, src / "jax_gna")
+    check_import(src)
     return src
+
+
+def check_import(src: Path) -> None:
+    """Raises unless `import jax_gna` with src on PYTHONPATH gives src's package: an editable
+    install's import hook would take precedence and time the installed build instead."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    probe = "import importlib.util; print(importlib.util.find_spec('jax_gna').origin)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=src, env=env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    origin = Path(done.stdout.strip()).resolve()
+    if not origin.is_relative_to(src.resolve()):
+        raise RuntimeError(
+            f"with PYTHONPATH={src}, `import jax_gna` gives {origin}: this Python has jax_gna "
+            "installed in editable mode, whose import hook wins over PYTHONPATH; run ab_builds "
+            "with a Python that has jax_gna's dependencies but not jax_gna itself"
+        )
 
 
 def run_tests(src: Path, paths: list[str], workers: int, log: Path) -> str:
@@ -206,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     jobs = max(1, (os.cpu_count() or 1) // len(variants))
     with concurrent.futures.ThreadPoolExecutor(len(variants)) as pool:
         futures = {n: pool.submit(build, n, v, args.work, args, jobs) for n, v in variants.items()}
-        srcs = {n: f.result() for n, f in futures.items()}
+        try:
+            srcs = {n: f.result() for n, f in futures.items()}
+        except RuntimeError as e:
+            print(f"ab_builds: {e}", file=sys.stderr)
+            return 1
     print(f"built {', '.join(srcs)} under {args.work}", flush=True)
     for n in list(srcs) if args.tests else []:
         line = run_tests(srcs[n], args.tests, args.test_workers, args.work / f"tests_{n}.log")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -98,3 +100,21 @@ def test_run_tests_reports_pytest_last_line_or_the_failure(tmp_path):
     assert "1 passed" in ab.run_tests(tmp_path, ["test_ok.py"], 1, tmp_path / "ok.log")
     line = ab.run_tests(tmp_path, ["test_bad.py"], 1, tmp_path / "bad.log")
     assert line.startswith("FAILED (exit 1)") and "1 failed" in line and "bad.log" in line
+
+
+def test_check_import_refuses_a_tree_that_python_would_not_import(tmp_path):
+    """Where jax_gna is installed in editable mode (as the README installs it), its import hook
+    wins over PYTHONPATH, and timing `tmp_path` would time the installed build instead."""
+    ab = _ab()
+    (tmp_path / "jax_gna").mkdir()
+    (tmp_path / "jax_gna" / "__init__.py").write_text("")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import importlib.util as u; print(u.find_spec('jax_gna').origin)"],
+        env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    if pathlib.Path(probe.stdout.strip()).resolve().is_relative_to(tmp_path.resolve()):
+        ab.check_import(tmp_path)
+    else:
+        with pytest.raises(RuntimeError, match="editable mode"):
+            ab.check_import(tmp_path)
