@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         variants = parse_variants(args.variant, args.cmake_arg)
     except ValueError as e:
         parser.error(str(e))
+    if args.work.resolve().is_relative_to(ROOT):
+        parser.error(f"--work {args.work}: must lie outside the tree it copies ({ROOT})")
     args.work.mkdir(parents=True, exist_ok=True)
     jobs = max(1, (os.cpu_count() or 1) // len(variants))
     with concurrent.futures.ThreadPoolExecutor(len(variants)) as pool:
@@ -242,11 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         for p in args.problems:
             for n, src in srcs.items():
                 out = args.work / f"{p}_{n}_{r}.json"
-                runs[p][n].append(profile_once(src, by_name[p], profiler_args, out))
+                try:
+                    runs[p][n].append(profile_once(src, by_name[p], profiler_args, out))
+                except subprocess.CalledProcessError as e:
+                    print(f"the profiler failed on {n}, {p} (exit {e.returncode})", flush=True)
+                if args.json:  # after every run: a session cut short keeps what it measured
+                    args.json.write_text(json.dumps(runs, indent=2, default=str))
         print(f"round {r + 1} of {args.rounds} done", flush=True)
     print(summary(runs))
-    if args.json:
-        args.json.write_text(json.dumps(runs, indent=2, default=str))
     return 0
 
 

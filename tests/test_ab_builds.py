@@ -118,3 +118,10 @@ def test_check_import_refuses_a_tree_that_python_would_not_import(tmp_path):
     else:
         with pytest.raises(RuntimeError, match="editable mode"):
             ab.check_import(tmp_path)
+
+
+def test_cli_refuses_a_work_folder_inside_the_tree(capsys):
+    with pytest.raises(SystemExit):
+        _ab().main(["--variant", "a", "--problems", "hunyuan-gna", "--work", str(ROOT / "ab")])
+    assert "must lie outside" in capsys.readouterr().err
+    assert not (ROOT / "ab").exists()
