@@ -43,6 +43,9 @@ DEFAULT_PROFILER_ARGS = ["--iters", "3", "--repeats", "1", "--no-trace"]
 
 
 def _design_problems():
+    # The problem list imports jax_gna; this Python need not have it installed (see check_import).
+    if importlib.util.find_spec("jax_gna") is None:
+        sys.path.insert(0, str(ROOT))
     spec = importlib.util.spec_from_file_location("design_problems", ROOT / "benchmarks" /
                                                   "design_problems.py")  # fmt: skip
     module = importlib.util.module_from_spec(spec)
