@@ -86,8 +86,10 @@ def build(name: str, variant: dict, work: Path, args: argparse.Namespace, jobs: 
     shutil.rmtree(src, ignore_errors=True)
     shutil.copytree(ROOT, src, ignore=_COPY_IGNORE)
     if variant["patch"]:
-        done = subprocess.run(["git", "apply", str(variant["patch"])], cwd=src,
-                              capture_output=True, text=True)  # fmt: skip
+        # `git apply` needs no repository; where git is missing, `patch` reads the same diffs.
+        apply = ["git", "apply"] if shutil.which("git") else ["patch", "-p1", "--forward", "-i"]
+        done = subprocess.run([*apply, str(variant["patch"])], cwd=src, capture_output=True,
+                              text=True)  # fmt: skip
         if done.returncode:
             raise RuntimeError(f"variant {name}: {variant['patch']} does not apply:\n{done.stderr}")
     if args.with_fp8:
