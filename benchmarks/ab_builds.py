@@ -37,15 +37,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The problem list and the formatting come from this tree's jax_gna: the Python that runs the
+# tool need not have it installed (see check_import).
+if importlib.util.find_spec("jax_gna") is None:
+    sys.path.insert(0, str(ROOT))
+from jax_gna._timing import format_ms, format_spread  # noqa: E402
+
 # What a variant's copy leaves out: version control, build outputs, the built extension.
 _COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "build", "_skbuild", "__pycache__", "*.so")
 DEFAULT_PROFILER_ARGS = ["--iters", "3", "--repeats", "1", "--no-trace"]
 
 
 def _design_problems():
-    # The problem list imports jax_gna; this Python need not have it installed (see check_import).
-    if importlib.util.find_spec("jax_gna") is None:
-        sys.path.insert(0, str(ROOT))
     spec = importlib.util.spec_from_file_location("design_problems", ROOT / "benchmarks" /
                                                   "design_problems.py")  # fmt: skip
     module = importlib.util.module_from_spec(spec)
@@ -154,15 +157,14 @@ def profile_once(src: Path, problem, profiler_args: list[str], out: Path) -> dic
 
 
 def rows(result: dict) -> dict[str, tuple[float, float | None]]:
-    """A profiler result's rows: {implementation: (median ms, speedup over dense)}."""
-    dense = (result.get("dense") or {}).get("median_ms")
+    """A profiler result's timed rows, dense included: {name: (median ms, its speedup over
+    dense, as the profiler measured it in the same process)}."""
+    dense = result.get("dense") or {}
     out = {}
-    for row in result.get("results", []):
-        ms = row.get("median_ms")
-        if isinstance(ms, (int, float)):
-            out[row["implementation"]] = (ms, dense / ms if dense else None)
-    if dense:
-        out["dense"] = (dense, 1.0)
+    for name, row in [*((r["implementation"], r) for r in result.get("results", [])),
+                      ("dense", dense)]:  # fmt: skip
+        if isinstance(row.get("median_ms"), (int, float)):
+            out[name] = (row["median_ms"], row.get("speedup"))
     return out
 
 
@@ -170,15 +172,15 @@ def summary(runs: dict[str, dict[str, list[dict]]]) -> str:
     """{problem: {variant: [result per round]}} -> a text table (median [min-max] over rounds)."""
     lines = [f"{'problem':16s} {'row':18s} {'variant':10s} {'ms':>28s} {'over dense':>12s}"]
     for problem, by_variant in runs.items():
-        names = dict.fromkeys(k for rs in by_variant.values() for r in rs for k in rows(r))
-        for row in names:
-            for variant, results in by_variant.items():
-                got = [rows(r)[row] for r in results if row in rows(r)]
+        parsed = {variant: [rows(r) for r in results] for variant, results in by_variant.items()}
+        for row in dict.fromkeys(k for rs in parsed.values() for r in rs for k in r):
+            for variant, results in parsed.items():
+                got = [r[row] for r in results if row in r]
                 if not got:
                     continue
                 ms = [g[0] for g in got]
                 over = [g[1] for g in got if g[1] is not None]
-                spread = f"{statistics.median(ms):.3f} [{min(ms):.3f}-{max(ms):.3f}]"
+                spread = f"{format_ms(statistics.median(ms))} {format_spread(min(ms), max(ms))}"
                 speed = f"{statistics.median(over):.2f}x" if over else "-"
                 lines.append(f"{problem:16s} {row:18s} {variant:10s} {spread:>28s} {speed:>12s}")
     return "\n".join(lines)

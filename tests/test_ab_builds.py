@@ -53,9 +53,11 @@ def test_fp8_kernels_join_the_smoke_set():
 
 
 def _result(ms: dict[str, float], dense: float | None) -> dict:
-    rows = [{"implementation": k, "median_ms": v} for k, v in ms.items()]
+    """A profiler result as `jax_gna.profile` writes it (speedups only where dense ran)."""
+    rows = [{"implementation": k, "median_ms": v, **({"speedup": dense / v} if dense else {})}
+            for k, v in ms.items()]  # fmt: skip
     rows.append({"implementation": "xla", "median_ms": "unavailable"})
-    return {"results": rows, "dense": {"median_ms": dense} if dense else None}
+    return {"results": rows, "dense": {"median_ms": dense, "speedup": 1.0} if dense else None}
 
 
 def test_summary_medians_spreads_and_speedups():
@@ -74,6 +76,8 @@ def test_summary_medians_spreads_and_speedups():
     assert by[("dense", "m")] == ["199.000", "[198.000-200.000]", "1.00x"]
     assert ("xla", "m") not in by  # rows without a time are left out
     assert ab.rows(_result({"cuda": 5.0}, None)) == {"cuda": (5.0, None)}
+    short = ab.summary({"1d": {"m": [_result({"cuda": 0.0687}, 0.877)]}}).splitlines()[1]
+    assert short.split()[3:5] == ["0.0687", "[0.0687-0.0687]"]  # sub-ms times keep 4 decimals
 
 
 def test_cli_refuses_bad_variants_and_unknown_problems(capsys):
