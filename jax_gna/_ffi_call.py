@@ -227,9 +227,12 @@ def cuda_backward_tiles(query, key, value, params: GnaParams) -> tuple[tuple, tu
     """``(q_tile, kv_tile)`` the CUDA backward runs for the gradient of this call: among the
     compiled backward configurations (`jax_gna._tiles.SM90_BACKWARD`) that can run it, the one
     with the best simulated bound, as `cuda_tiles` picks the forward's (the forward's tiles do
-    not constrain it). ``((), ())`` where none applies (no CUDA backward for this call, or a
-    build without the configurations): the launcher takes its default."""
+    not constrain it). ``((), ())`` where none applies (no CUDA backward for this call, a build
+    without the configurations, or a view: a shard's queries against its key block), and the
+    launcher takes its default."""
     ext = _extension.ext
+    if params.view:
+        return (), ()
     try:
         candidates = sim.tile_candidates(
             _problem(query, params), query.shape[-1], query.dtype, direction="bwd"
