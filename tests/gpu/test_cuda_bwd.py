@@ -56,7 +56,7 @@ from test_cuda_fwd import (
 )
 
 import jax_gna
-from jax_gna import _extension, _ffi_call, _tiles, reference
+from jax_gna import _extension, _ffi_call, _ffi_op, _tiles, reference
 from jax_gna._params import make_params
 
 pytestmark = pytest.mark.gpu
@@ -269,6 +269,24 @@ def _bwd_tiles(grad_fn, *args) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tiles[0], tiles[1]
 
 
+def _clear_traces():
+    """Forgets the ops built so far (jax_gna._ffi_op caches one per GnaParams) and JAX's traces."""
+    for cached in (_ffi_op._forward_op, _ffi_op._backward_op, _ffi_op._xla_backward_op):
+        cached.cache_clear()
+    jax.clear_caches()
+
+
+@pytest.fixture
+def fresh_traces():
+    """No op or trace of another test: the backward's tiles are picked when it is traced, and
+    the ops and JAX's trace caches would reuse an earlier test's pick (and this test's would
+    outlive it)."""
+    _clear_traces()
+    yield
+    _clear_traces()
+
+
+@pytest.mark.usefixtures("fresh_traces")
 @pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic"])
 @pytest.mark.parametrize("config", range(len(_tiles.SM90_BACKWARD[3][128])))
 @pytest.mark.parametrize("name", ["3d-gna", "3d-odd-causal", "3d-rows-of-4"])
