@@ -52,17 +52,15 @@ def defines(k) -> list[str]:
         f"{prefix}_HEAD_DIM={k.head_dim}",
         f"{prefix}_RANK={k.rank}",
     ]
-    if k.config is not None:
-        out.append(f"{prefix}_CONFIG={k.config}")
+    out.append(f"{prefix}_CONFIG={k.config}")
     return out
 
 
 def common_header(table) -> str:
     counts: dict[tuple, int] = {}
     for k in table.kernels():
-        if k.direction == "fwd":
-            key = (k.arch, k.dtype, k.head_dim, k.rank)
-            counts[key] = counts.get(key, 0) + 1
+        key = (k.arch, k.direction, k.dtype, k.head_dim, k.rank)
+        counts[key] = counts.get(key, 0) + 1
     return f"""\
 // {_HEADER}
 // What every kernel family's table (cuda/<family>/kernel_table.h) shares.
@@ -72,11 +70,11 @@ def common_header(table) -> str:
 
 namespace gna {{
 
-// The most forward tile configurations of one (arch, rank, head dim).
+// The most tile configurations of one (arch, direction, rank, head dim).
 inline constexpr int kMaxFwdTileConfigs = {max(counts.values())};
 
-// One compiled kernel: dtype, head dim, rank, forward tile configuration (-1: a backward
-// kernel) and whether JAX_GNA_KERNEL_SET=smoke (GNA_KERNEL_SET_SMOKE) builds it.
+// One compiled kernel: dtype, head dim, rank, tile configuration (an index into its
+// direction's table) and whether JAX_GNA_KERNEL_SET=smoke (GNA_KERNEL_SET_SMOKE) builds it.
 struct KernelRow {{
   DType dtype;
   int head_dim;
@@ -134,36 +132,23 @@ def family_header(table, arch: str) -> str:
         "// KV tile (per kernel axis: a rank-r tile left-padded with 1s), K/V stages.",
         "constexpr FwdTileConfigs fwd_tile_table(int rank, int head_dim) {",
     ]
-    for rank in (1, 2, 3):
-        for head_dim in sorted({k.head_dim for k in fwd}):
-            configs = [
-                k for k in fwd if k.dtype == first and k.rank == rank and k.head_dim == head_dim
-            ]
-            if configs:
-                out.append(f"  if (rank == {rank} && head_dim == {head_dim})")
-                out.append(
-                    f"    return {{{len(configs)}, {{{', '.join(map(_config, configs))}}}}};"
-                )
+    out += _tile_table(fwd, first)
     out += [
-        "  return {0, {}};",
-        "}",
         "",
-        "// The backward's tiles of (rank, head dim): Q tile, KV tile, stages of the Q / dO ring.",
-        "constexpr FwdTileConfig bwd_tile_table(int rank, int head_dim) {",
+        "// The backward tile configurations of (rank, head dim), the default first: Q tile, KV",
+        "// tile, stages of the Q / dO ring.",
+        "constexpr FwdTileConfigs bwd_tile_table(int rank, int head_dim) {",
     ]
-    for k in bwd:
-        if k.dtype == first:
-            out.append(f"  if (rank == {k.rank} && head_dim == {k.head_dim}) return {_config(k)};")
-    out += ["  return {};", "}", ""]
+    out += _tile_table(bwd, first)
+    out.append("")
     for name, rows in (("kFwdKernels", fwd), ("kBwdKernels", bwd)):
         what = "forward" if rows is fwd else "backward"
         out.append(f"// Every {what} kernel of the full set: dtype, head dim, rank, config, smoke.")
         out.append(f"inline constexpr KernelRow {name}[] = {{")
         for k in rows:
-            config = -1 if k.config is None else k.config
             smoke = "true" if k.smoke else "false"
             dtype = table.cxx_dtype(k.dtype)
-            out.append(f"    {{DType::{dtype}, {k.head_dim}, {k.rank}, {config}, {smoke}}},")
+            out.append(f"    {{DType::{dtype}, {k.head_dim}, {k.rank}, {k.config}, {smoke}}},")
         out += ["};", ""]
     fp8 = sorted({k.head_dim for k in fwd if k.dtype in table.FP8_DTYPES})
     out += [
@@ -176,8 +161,8 @@ def family_header(table, arch: str) -> str:
         "constexpr bool fwd_kernel_built(DType dtype, int head_dim, int rank, int config) {",
         "  return kernel_in_set(kFwdKernels, dtype, head_dim, rank, config);",
         "}",
-        "constexpr bool bwd_kernel_built(DType dtype, int head_dim, int rank) {",
-        "  return kernel_in_set(kBwdKernels, dtype, head_dim, rank, -1);",
+        "constexpr bool bwd_kernel_built(DType dtype, int head_dim, int rank, int config) {",
+        "  return kernel_in_set(kBwdKernels, dtype, head_dim, rank, config);",
         "}",
         "// clang-format on",
         "",
@@ -197,6 +182,23 @@ def family_header(table, arch: str) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _tile_table(kernels, dtype) -> list[str]:
+    """The body of a (rank, head dim) -> FwdTileConfigs function over `kernels` (of `dtype`:
+    every dtype has the same configurations)."""
+    out = []
+    for rank in (1, 2, 3):
+        for head_dim in sorted({k.head_dim for k in kernels}):
+            configs = [
+                k for k in kernels if k.dtype == dtype and (k.rank, k.head_dim) == (rank, head_dim)
+            ]
+            if configs:
+                out.append(f"  if (rank == {rank} && head_dim == {head_dim})")
+                out.append(
+                    f"    return {{{len(configs)}, {{{', '.join(map(_config, configs))}}}}};"
+                )
+    return [*out, "  return {0, {}};", "}"]
 
 
 def cmake_list(table) -> str:

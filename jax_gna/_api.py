@@ -195,7 +195,8 @@ def gna(
         ``NotImplementedError`` listing them. Unset, the kernel runs the compiled configuration
         with the best simulated bound for this call (`jax_gna.sim.tile_candidates`). Other
         implementations have no tiles: an explicit ``"cpu"``/``"xla"``/``"reference"`` refuses
-        tile shapes, and ``implementation=None`` ignores them unless it picks ``"cuda"``.
+        tile shapes, and ``implementation=None`` ignores them unless it picks ``"cuda"``. The
+        gradient's backward kernel picks its own tiles the same way, whatever these are.
       kv_tile_shape: KV tile of the ``"cuda"`` forward kernel, as ``q_tile_shape``.
       deterministic: gradients of ``"cuda"``: ``True`` makes the CUDA backward bit-identical
         run to run (it adds the dQ contributions of the key tiles in a fixed order instead of

@@ -51,6 +51,8 @@ def bwd_workspace_bytes(
     is_causal: Sequence[int],
     view: Sequence[int] = (),  # per axis (extent, q_offset, kv_offset), flattened; () none
     deterministic: bool = False,  # the backward's mode (more workspace in deterministic mode)
+    q_tile: Sequence[int] = (),  # the backward's tile shapes; () the launcher's choice
+    kv_tile: Sequence[int] = (),
 ) -> int: ...
 def cuda_bwd_can_implement(
     q_shape: Sequence[int],
@@ -63,6 +65,8 @@ def cuda_bwd_can_implement(
     is_causal: Sequence[int],
     cc_major: int = -1,
     cc_minor: int = 0,
+    q_tile: Sequence[int] = (),  # the backward's tile shapes; () whichever fits
+    kv_tile: Sequence[int] = (),
     view: Sequence[int] = (),
 ) -> str | None: ...
 def cuda_fwd_can_implement(

@@ -13,6 +13,8 @@ import types
 
 import jax
 
+from jax_gna import _kernel_table
+
 FWD_TARGET = "jax_gna_fwd"
 BWD_TARGET = "jax_gna_bwd"
 FWD_FP8_TARGET = "jax_gna_fwd_fp8"  # CUDA only: float8_e4m3fn inputs with descales
@@ -63,12 +65,18 @@ def built_cuda_kernels() -> list[dict[str, object]]:
     """The CUDA kernels compiled into this build, one dict each.
 
     Keys: ``arch`` (``"90a"``, ``"100a"``), ``direction`` (``"forward"``/``"backward"``),
-    ``dtype``, ``head_dim``, ``rank``; forward kernels also ``config`` (their index in the tile
-    table) and its ``q_tile``/``kv_tile`` shapes. Empty without CUDA kernels.
+    ``dtype``, ``head_dim``, ``rank``, ``config`` (the kernel's index in its direction's tile
+    table) and its ``q_tile``/``kv_tile`` shapes (the forward's as the extension reports them,
+    the backward's from the kernel table). Empty without CUDA kernels.
     """
     if ext is None:
         return []
     tiles = ext.cuda_fwd_tile_configs()
+    bwd_tiles = {
+        (f"{k.arch[2:]}a", k.dtype, k.head_dim, k.rank, k.config): (k.q, k.kv)
+        for k in _kernel_table.kernels()
+        if k.direction == "bwd"
+    }
     kernels = []
     for unit in ext.built_cuda_kernels():
         m = _KERNEL_UNIT.match(unit)
@@ -84,7 +92,11 @@ def built_cuda_kernels() -> list[dict[str, object]]:
         }
         if m["config"] is not None:
             config = int(m["config"])
-            q_tile, kv_tile = tiles[rank][head_dim][config]
+            if m["direction"] == "fwd":
+                q_tile, kv_tile = tiles[rank][head_dim][config]
+            else:
+                key = (kernel["arch"], kernel["dtype"], head_dim, rank, config)
+                q_tile, kv_tile = bwd_tiles[key]
             kernel.update(config=config, q_tile=tuple(q_tile), kv_tile=tuple(kv_tile))
         kernels.append(kernel)
     return kernels

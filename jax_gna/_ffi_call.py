@@ -103,6 +103,17 @@ def extension_takes_window_one() -> bool:
     return True
 
 
+def _problem(query, params: GnaParams) -> sim.Problem:
+    n_batch = query.ndim - params.rank - 2
+    return sim.Problem(
+        tuple(query.shape[n_batch : n_batch + params.rank]),
+        params.kernel_size,
+        params.stride,
+        params.dilation,
+        params.is_causal,
+    )
+
+
 def cuda_backward_reason(query, key, value, params: GnaParams) -> str | None:
     """None if the CUDA backward kernels can run the gradient of this call on the query's GPU
     (without one: on any arch this build has kernels for), else the reason (no such kernels in
@@ -198,14 +209,7 @@ def cuda_tiles(query, key, value, params: GnaParams) -> GnaParams:
     by fewer partial tiles (`jax_gna.sim.tile_candidates`)."""
     if params.has_tiles:
         return params
-    n_batch = query.ndim - params.rank - 2
-    problem = sim.Problem(
-        tuple(query.shape[n_batch : n_batch + params.rank]),
-        params.kernel_size,
-        params.stride,
-        params.dilation,
-        params.is_causal,
-    )
+    problem = _problem(query, params)
     # The FP8 kernels run the 16-bit forward's tile configurations.
     dtype = jnp.bfloat16 if str(query.dtype) in CUDA_FP8_DTYPES else query.dtype
     try:
@@ -217,6 +221,38 @@ def cuda_tiles(query, key, value, params: GnaParams) -> GnaParams:
             tiles = candidate.tiles
             return dataclasses.replace(params, q_tile_shape=tiles.q, kv_tile_shape=tiles.kv)
     return params
+
+
+def cuda_backward_tiles(query, key, value, params: GnaParams) -> tuple[tuple, tuple]:
+    """``(q_tile, kv_tile)`` the CUDA backward runs for the gradient of this call: among the
+    compiled backward configurations (`jax_gna._tiles.SM90_BACKWARD`) that can run it, the one
+    with the best simulated bound, as `cuda_tiles` picks the forward's (the forward's tiles do
+    not constrain it). ``((), ())`` where none applies (no CUDA backward for this call, a build
+    without the configurations, or a view: a shard's queries against its key block), and the
+    launcher takes its default."""
+    ext = _extension.ext
+    if params.view:
+        return (), ()
+    try:
+        candidates = sim.tile_candidates(
+            _problem(query, params), query.shape[-1], query.dtype, direction="bwd"
+        )
+    except NotImplementedError:
+        return (), ()
+    if ext is None or not ext.cuda_has_backward() or len(candidates) < 2:
+        return (), ()
+    args = _problem_args(query, key, value, params)
+    for candidate in candidates:
+        tiles = candidate.tiles
+        try:
+            reason = ext.cuda_bwd_can_implement(
+                *args, q_tile=list(tiles.q), kv_tile=list(tiles.kv), view=params.view_list()
+            )
+        except ValueError:
+            continue
+        if reason is None:
+            return tiles.q, tiles.kv
+    return (), ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,8 +312,16 @@ def backward(params: GnaParams, dout, q, k, v, out, lse, dlse) -> tuple:
     ext = _extension.ext
     if ext is None:
         raise NotImplementedError(_extension.missing)
+    q_tile, kv_tile = cuda_backward_tiles(q, k, v, params)
     workspace = _workspace_bytes(
-        ext.bwd_workspace_bytes, q, k, v, params, deterministic=params.deterministic
+        ext.bwd_workspace_bytes,
+        q,
+        k,
+        v,
+        params,
+        deterministic=params.deterministic,
+        q_tile=list(q_tile),
+        kv_tile=list(kv_tile),
     )
     results = (
         _result(q, q.shape, q.dtype),
@@ -286,5 +330,6 @@ def backward(params: GnaParams, dout, q, k, v, out, lse, dlse) -> tuple:
         _result(q, (workspace,), jnp.uint8),
     )
     call = jax.ffi.ffi_call(_extension.BWD_TARGET, results, vmap_method="broadcast_all")
-    dq, dk, dv, _ = call(dout.astype(q.dtype), q, k, v, out, lse, dlse, **params.backward_attrs())
+    attrs = params.backward_attrs(q_tile, kv_tile)
+    dq, dk, dv, _ = call(dout.astype(q.dtype), q, k, v, out, lse, dlse, **attrs)
     return dq, dk, dv

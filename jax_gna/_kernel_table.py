@@ -54,12 +54,14 @@ FORWARD = (
     ("sm100", {32: 6, 64: 3, 128: 2}, (4, 4, 8), (4, 4, 8)),
 )
 
-# Backward kernels, one per (arch, dtype, head dim, rank): (arch, {head dim: stages of the
-# Q / dO ring}, Q tile, KV tile). Why these shapes: cuda/<family>/bwd_config.h.
+# Backward tile configurations: (arch, {head dim: stages of the Q / dO ring}, Q tile, KV tile),
+# ordered and chosen as the forward's (the first is the default). Why these shapes:
+# cuda/<family>/bwd_config.h.
 BACKWARD = (
     ("sm90", {32: 2, 64: 2, 128: 2}, (64,), (128,)),
     ("sm90", {32: 2, 64: 2, 128: 2}, (8, 8), (16, 8)),
     ("sm90", {32: 2, 64: 2, 128: 2}, (1, 8, 8), (2, 8, 8)),
+    ("sm90", {32: 2, 64: 2, 128: 2}, (2, 4, 8), (4, 4, 8)),
     # sm90, head dim 256: 64-token KV tiles (the forward's), one Q / dO stage.
     ("sm90", {256: 1}, (64,), (64,)),
     ("sm90", {256: 1}, (8, 8), (8, 8)),
@@ -69,9 +71,9 @@ BACKWARD = (
     ("sm100", {32: 3, 64: 2, 128: 1}, (2, 8, 8), (2, 8, 8)),
 )
 
-# JAX_GNA_KERNEL_SET=smoke, per arch: the kernels whose fields match every item (`config` only
-# applies to forward kernels). sm90: bf16 at head dim 128, every rank and configuration; sm100:
-# one forward and one backward kernel (the rank only changes compile-time tile shapes).
+# JAX_GNA_KERNEL_SET=smoke, per arch: the kernels whose fields match every item. sm90: bf16 at
+# head dim 128, every rank and configuration; sm100: one forward and one backward kernel (the
+# rank only changes compile-time tile shapes).
 SMOKE = {
     "sm90": {"dtype": "bfloat16", "head_dim": 128},
     "sm100": {"dtype": "bfloat16", "head_dim": 128, "rank": 3, "config": 0},
@@ -87,7 +89,7 @@ class Kernel:
     dtype: str  # NumPy name: "float16", "bfloat16" or (FP8 forward) "float8_e4m3fn"
     head_dim: int
     rank: int
-    config: int | None  # forward: the index among (arch, head dim, rank)'s configurations
+    config: int  # the index among (arch, direction, head dim, rank)'s tile configurations
     q: tuple[int, ...]  # Q tile, one int per spatial axis
     kv: tuple[int, ...]  # KV tile
     stages: int
@@ -96,8 +98,9 @@ class Kernel:
     @property
     def unit(self) -> str:
         """The name `jax_gna._extension.build_info()` reports, e.g. ``fwd_kBF16_d128_r3_c0``."""
-        name = f"{self.direction}_{cxx_dtype(self.dtype)}_d{self.head_dim}_r{self.rank}"
-        return name if self.config is None else f"{name}_c{self.config}"
+        return (
+            f"{self.direction}_{cxx_dtype(self.dtype)}_d{self.head_dim}_r{self.rank}_c{self.config}"
+        )
 
     @property
     def file_stem(self) -> str:
@@ -113,7 +116,7 @@ def _smoke(arch: str, **fields: object) -> bool:
 
 def kernels() -> tuple[Kernel, ...]:
     """Every kernel of the full set, in build order: arch, dtype (the FP8 forward last), head
-    dim, rank, then forward configurations before the backward."""
+    dim, rank, then the forward's configurations before the backward's."""
     out = []
     for arch in SMOKE:
         head_dims = sorted({d for a, ds, *_ in FORWARD + BACKWARD if a == arch for d in ds})
@@ -121,26 +124,20 @@ def kernels() -> tuple[Kernel, ...]:
             for head_dim in head_dims:
                 for rank in (1, 2, 3):
                     rows = [
-                        (config, row)
+                        (direction, config, row)
+                        for direction, table in (("fwd", FORWARD), ("bwd", BACKWARD))
                         for config, row in enumerate(
                             r
-                            for r in FORWARD
+                            for r in table
                             if r[0] == arch and head_dim in r[1] and len(r[2]) == rank
                         )
                     ]
-                    rows += [
-                        (None, r)
-                        for r in BACKWARD
-                        if r[0] == arch and head_dim in r[1] and len(r[2]) == rank
-                    ]
-                    for config, (_, stages, q, kv) in rows:
-                        fields = dict(dtype=dtype, head_dim=head_dim, rank=rank)
-                        if config is not None:
-                            fields["config"] = config
+                    for direction, config, (_, stages, q, kv) in rows:
+                        fields = dict(dtype=dtype, head_dim=head_dim, rank=rank, config=config)
                         out.append(
                             Kernel(
                                 arch=arch,
-                                direction="fwd" if config is not None else "bwd",
+                                direction=direction,
                                 dtype=dtype,
                                 head_dim=head_dim,
                                 rank=rank,

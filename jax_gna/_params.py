@@ -78,9 +78,17 @@ class GnaParams:
         """The view as the extension's host helpers take it: flattened, empty without one."""
         return [int(x) for v in self.view or () for x in v]
 
-    def backward_attrs(self) -> dict[str, Any]:
-        """FFI attributes of ``jax_gna_bwd``: `attrs` plus the deterministic flag (0 or 1)."""
-        return self.attrs() | dict(deterministic=np.int64(int(self.deterministic)))
+    def backward_attrs(
+        self, q_tile: Sequence[int] = (), kv_tile: Sequence[int] = ()
+    ) -> dict[str, Any]:
+        """FFI attributes of ``jax_gna_bwd``: `attrs` plus the deterministic flag (0 or 1) and
+        the backward's own tile shapes (empty: the launcher's default; they need not be the
+        forward's)."""
+        return self.attrs() | dict(
+            deterministic=np.int64(int(self.deterministic)),
+            q_tile=_i64(q_tile),
+            kv_tile=_i64(kv_tile),
+        )
 
     def forward_attrs(self) -> dict[str, Any]:
         """FFI attributes of ``jax_gna_fwd``: `attrs` plus the tile shapes (empty: unset)."""

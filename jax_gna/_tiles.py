@@ -49,12 +49,13 @@ def _shape(t: tuple[int, ...]) -> str:
     return "(" + ",".join(str(x) for x in t) + ")"
 
 
-def _forward_table(arch: str) -> dict[int, dict[int, tuple[TileConfig, ...]]]:
-    """rank -> head dim -> the forward configurations of `arch` in the kernel table."""
+def _table(arch: str, direction: str) -> dict[int, dict[int, tuple[TileConfig, ...]]]:
+    """rank -> head dim -> the configurations of `arch`'s kernels of `direction` ("fwd" or
+    "bwd") in the kernel table."""
     table: dict[int, dict[int, list[TileConfig]]] = {}
     first_dtype = next(iter(_kernel_table.DTYPES))  # every dtype has the same configurations
     for k in _kernel_table.kernels():
-        if k.arch == arch and k.direction == "fwd" and k.dtype == first_dtype:
+        if k.arch == arch and k.direction == direction and k.dtype == first_dtype:
             table.setdefault(k.rank, {}).setdefault(k.head_dim, []).append(TileConfig(k.q, k.kv))
     return {
         rank: {d: tuple(cfgs) for d, cfgs in sorted(by_dim.items())}
@@ -70,31 +71,42 @@ def _forward_table(arch: str) -> dict[int, dict[int, tuple[TileConfig, ...]]]:
 # `jax_gna.gna(implementation="cuda" or None)` runs the one with the best simulated bound for
 # the call (`jax_gna.sim.tile_candidates`) unless tile shapes are given. Why these shapes:
 # `cuda/sm90/fwd_config.h`.
-SM90_FORWARD: dict[int, dict[int, tuple[TileConfig, ...]]] = _forward_table("sm90")
+SM90_FORWARD: dict[int, dict[int, tuple[TileConfig, ...]]] = _table("sm90", "fwd")
+# The backward kernels' configurations, likewise (`bwd_tile_table`; why these shapes:
+# `cuda/sm90/bwd_config.h`): the gradient of a CUDA call runs the one with the best simulated
+# bound (`jax_gna._ffi_call.cuda_backward_tiles`), whatever tiles its forward ran.
+SM90_BACKWARD: dict[int, dict[int, tuple[TileConfig, ...]]] = _table("sm90", "bwd")
 SM90_DTYPES: tuple[str, ...] = tuple(_kernel_table.DTYPES)
 
-_TABLES = {"sm90": (SM90_FORWARD, SM90_DTYPES)}
+_TABLES = {("sm90", "fwd"): SM90_FORWARD, ("sm90", "bwd"): SM90_BACKWARD}
 
 
-def supported_tiles(rank: int, head_dim: int, dtype: object, arch: str = "sm90") -> tuple:
-    """The forward tile configurations the ``arch`` kernels implement for this call.
+def supported_tiles(
+    rank: int, head_dim: int, dtype: object, arch: str = "sm90", direction: str = "fwd"
+) -> tuple:
+    """The tile configurations the ``arch`` kernels of ``direction`` implement for this call.
 
     Args:
       rank: number of spatial axes (1, 2 or 3).
       head_dim: the query/key head dim ``D``.
       dtype: the input dtype (anything `numpy.dtype` or JAX understands, e.g. ``"bfloat16"``).
       arch: the kernel family; only ``"sm90"`` (Hopper) is listed so far.
+      direction: ``"fwd"`` (the forward kernels) or ``"bwd"`` (the backward kernels).
 
     Returns:
       A tuple of `TileConfig`, the kernel's default first.
 
     Raises:
-      ValueError: for an unknown ``arch`` or a rank outside 1..3.
+      ValueError: for an unknown ``arch`` or ``direction``, or a rank outside 1..3.
       NotImplementedError: when the kernels have no configuration for this dtype or head dim.
     """
-    if arch not in _TABLES:
-        raise ValueError(f"Unknown `arch` {arch!r}; expected one of {tuple(_TABLES)}.")
-    table, dtypes = _TABLES[arch]
+    if (arch, direction) not in _TABLES:
+        archs = tuple(dict.fromkeys(a for a, _ in _TABLES))
+        raise ValueError(
+            f"Unknown `arch` {arch!r} or `direction` {direction!r}; expected an arch of {archs} "
+            "and 'fwd' or 'bwd'."
+        )
+    table, dtypes = _TABLES[(arch, direction)], SM90_DTYPES
     if rank not in table:
         raise ValueError(f"GNA supports 1, 2 or 3 spatial axes, got rank={rank}.")
     name = dtype_name(dtype)

@@ -663,6 +663,20 @@ def _cuda_backward_reason(cfg: Config, q, k, v) -> str | None:
     return _implementations.CUDA.backward_why_not(q, k, v, params)
 
 
+def _cuda_backward_tiles(cfg: Config, q, k, v) -> str:
+    """The tile configuration the CUDA backward runs on these inputs (its pick, else its only
+    or default configuration)."""
+    p = cfg.problem
+    params = make_params(
+        q, k, v, p.kernel_size, stride=p.stride, dilation=p.dilation, is_causal=p.is_causal
+    )
+    q_tile, kv_tile = _ffi_call.cuda_backward_tiles(q, k, v, params)
+    if q_tile:
+        return str(_tiles.TileConfig(q_tile, kv_tile))
+    default = _tiles.supported_tiles(p.rank, q.shape[-1], q.dtype, direction="bwd")[0]
+    return str(default)
+
+
 def _dense_fn(cfg: Config, implementation: str, causal: bool):
     import jax
     import jax.numpy as jnp
@@ -802,6 +816,8 @@ class _Candidates:
                     if cfg.backprop:
                         why = _cuda_backward_reason(cfg, q, k, v)
                         row["backward"] = "cuda" if why is None else f"xla ({why})"
+                        if why is None:
+                            row["backward_tiles"] = _cuda_backward_tiles(cfg, q, k, v)
                 except Exception as e:
                     self.functions[name] = e
                     continue
@@ -951,6 +967,8 @@ def _results_table(rows: list[dict[str, Any]], on_gpu: bool = True) -> str:
             continue
         if r.get("backward", "cuda") != "cuda":
             notes.append(f"  {name}: backward by {r['backward']}")
+        elif "backward_tiles" in r:
+            notes.append(f"  {name}: backward tiles {r['backward_tiles']}")
         if "over_bf16" in r:
             over = r["over_bf16"]
             notes.append(f"  {name}: {_timing.format_speedup(over)} over {over['implementation']}")

@@ -633,17 +633,18 @@ def plot_stride_sweep(
 
 
 def tile_candidates(
-    problem: Problem, head_dim: int, dtype: object, *, arch: str = "sm90"
+    problem: Problem, head_dim: int, dtype: object, *, arch: str = "sm90", direction: str = "fwd"
 ) -> list[Simulation]:
-    """Every tile configuration the ``arch`` kernels support for this problem, simulated and
-    ranked: best `Simulation.token_bound` first (the bound against one common dense baseline,
-    so that padding counts against a configuration), ties broken by fewer partial tiles, then
-    the kernel's order.
+    """Every tile configuration the ``arch`` kernels of ``direction`` (``"fwd"``, ``"bwd"``)
+    support for this problem, simulated and ranked: best `Simulation.token_bound` first (the
+    bound against one common dense baseline, so that padding counts against a configuration),
+    ties broken by fewer partial tiles, then the kernel's order. Both directions visit the same
+    (Q tile, KV tile) pairs, so one ranking serves both.
 
     Raises:
       NotImplementedError: when the kernels do not support this dtype or head dim.
     """
-    configs = supported_tiles(problem.rank, head_dim, dtype, arch)
+    configs = supported_tiles(problem.rank, head_dim, dtype, arch, direction)
     sims = [simulate(problem, cfg) for cfg in configs]
     order = sorted(
         range(len(sims)), key=lambda i: (-round(sims[i].token_bound, 9), sims[i].partial, i)

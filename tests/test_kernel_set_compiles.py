@@ -31,7 +31,7 @@ def _extremes():
             for k in table
             if (k.arch, k.direction) == (arch, direction)
             and (arch, direction, k.head_dim) not in smoke
-            and k.config in (None, 0)
+            and k.config == 0
         ]
         dims = sorted({k.head_dim for k in rows})
         built = [d for a, di, d in smoke if (a, di) == (arch, direction)]

@@ -65,22 +65,27 @@ def test_table_invariants():
         assert len(k.q) == len(k.kv) == k.rank
         assert _extension._KERNEL_UNIT.match(f"{k.arch}:{k.unit}"), k.unit
     # sm90's backward tiles are the same at every head dim up to 128, and d256 has its own
-    # (bwd_config.h says why): 64-token Q tiles, the forward's d256 KV tiles.
+    # (bwd_config.h says why): 64-token Q tiles, each KV tile a forward configuration's of the
+    # same head dim, its Q tile that configuration's halved along the first axis longer than 1.
     sm90_bwd = {
-        (k.head_dim == 256, k.rank, k.q, k.kv, k.stages)
+        (k.head_dim == 256, k.rank, k.config, k.q, k.kv, k.stages)
         for k in KERNELS
         if k.arch == "sm90" and k.direction == "bwd"
     }
-    assert len(sm90_bwd) == 6
-    fwd_kv = {
-        (k.rank, k.kv)
+    assert len(sm90_bwd) == 7
+    fwd = {
+        (k.head_dim == 256, k.rank, k.kv): k.q
         for k in KERNELS
-        if k.arch == "sm90" and k.direction == "fwd" and k.head_dim == 256
+        if k.arch == "sm90" and k.direction == "fwd"
     }
-    for wide, rank, q, kv, _ in sm90_bwd:
+    for wide, rank, _, q, kv, _ in sm90_bwd:
         assert math.prod(q) == 64 and q[-1] % 8 == 0
         assert math.prod(kv) == (64 if wide else 128)
-        assert not wide or (rank, kv) in fwd_kv
+        assert (wide, rank, kv) in fwd
+        if not wide:
+            fq = fwd[(wide, rank, kv)]
+            first = next(a for a, x in enumerate(fq) if x > 1)
+            assert q == fq[:first] + (fq[first] // 2,) + fq[first + 1 :], (q, fq)
     # sm100's backward tiles are the forward's default (cuda/sm100/bwd_config.h).
     default = {
         (k.dtype, k.head_dim, k.rank): (k.q, k.kv)
@@ -120,21 +125,23 @@ void dump(const char* arch, const Dims& dims, Fwd fwd, Bwd bwd, FwdBuilt fwd_bui
   }
   for (int d : dims) {
     for (int rank = 1; rank <= 3; ++rank) {
-      for (int i = 0; i < 2; ++i) {
-        if (!bwd_built(dtypes[i], d, rank)) continue;
-        const gna::FwdTileConfig x = bwd(rank, d);
-        std::printf("%s bwd %d %d %d -1 q%d,%d,%d kv%d,%d,%d s%d\n", arch, i, d, rank, x.q[0],
-                    x.q[1], x.q[2], x.kv[0], x.kv[1], x.kv[2], x.stages);
+      const gna::FwdTileConfigs t = bwd(rank, d);
+      for (int c = 0; c < t.count; ++c) {
+        const gna::FwdTileConfig& x = t.config[c];
+        for (int i = 0; i < 2; ++i)
+          if (bwd_built(dtypes[i], d, rank, c))
+            std::printf("%s bwd %d %d %d %d q%d,%d,%d kv%d,%d,%d s%d\n", arch, i, d, rank, c,
+                        x.q[0], x.q[1], x.q[2], x.kv[0], x.kv[1], x.kv[2], x.stages);
       }
     }
   }
 }
 
 int main() {
-  dump("sm90", gna::sm90::kFwdHeadDims, gna::sm90::fwd_tile_configs, gna::sm90::bwd_tile_config,
+  dump("sm90", gna::sm90::kFwdHeadDims, gna::sm90::fwd_tile_configs, gna::sm90::bwd_tile_configs,
        gna::sm90::fwd_kernel_built, gna::sm90::bwd_kernel_built);
   dump("sm100", gna::sm100::kFwdHeadDims, gna::sm100::fwd_tile_configs,
-       gna::sm100::bwd_tile_config, gna::sm100::fwd_kernel_built, gna::sm100::bwd_kernel_built);
+       gna::sm100::bwd_tile_configs, gna::sm100::fwd_kernel_built, gna::sm100::bwd_kernel_built);
 }
 """
 
@@ -146,9 +153,8 @@ def _expected(smoke: bool) -> list[str]:
         if smoke and not k.smoke:
             continue
         pad = lambda t: ",".join(map(str, (1,) * (3 - len(t)) + t))  # noqa: E731
-        config = -1 if k.config is None else k.config
         lines.append(
-            f"{k.arch} {k.direction} {dtypes.index(k.dtype)} {k.head_dim} {k.rank} {config} "
+            f"{k.arch} {k.direction} {dtypes.index(k.dtype)} {k.head_dim} {k.rank} {k.config} "
             f"q{pad(k.q)} kv{pad(k.kv)} s{k.stages}"
         )
     return sorted(lines)

@@ -355,9 +355,14 @@ def test_deterministic_is_a_backward_attribute_only():
     assert on.without_tiles().deterministic is True
     for params, value in ((on, 1), (off, 0)):
         attrs = params.backward_attrs()
-        assert attrs.keys() == params.attrs().keys() | {"deterministic"}
+        assert attrs.keys() == params.attrs().keys() | {"deterministic", "q_tile", "kv_tile"}
         assert type(attrs["deterministic"]) is np.int64 and attrs["deterministic"] == value
         assert "deterministic" not in params.forward_attrs()
+    # The backward's own tiles (empty: the launcher's default), int64 as the forward's.
+    for q_tile, kv_tile in (((), ()), ((2, 4), (4, 4))):
+        attrs = off.backward_attrs(q_tile, kv_tile)
+        for name, want in (("q_tile", q_tile), ("kv_tile", kv_tile)):
+            assert attrs[name].dtype == np.int64 and tuple(attrs[name]) == want
 
 
 # -- the layout, when the shapes are read in a way the caller did not mean -------------------

@@ -1,10 +1,12 @@
-"""The CUDA forward's tile configurations: one table, the pick per call, and user overrides.
+"""The CUDA kernels' tile configurations: one table, the pick per call, and user overrides.
 
 - The extension's own table (`cuda/sm90/fwd_config.h`) equals `jax_gna._tiles.SM90_FORWARD`.
 - The C++ launcher refuses tile shapes it has no kernel for and names the compiled ones.
 - Without tile shapes, ``implementation="cuda"`` runs the compiled configuration with the best
   bound: checked against tile counts brute-forced from the per-element mask of `tests/oracle.py`
-  (never from `jax_gna.sim`), and read back from the lowered custom call's attributes.
+  (never from `jax_gna.sim`), and read back from the lowered custom call's attributes. The
+  gradient's backward call picks among the backward's configurations the same way, whatever
+  tiles its forward ran.
 
 Lowering needs no GPU: `pretend_hopper` makes the call look like it runs on a compute capability
 9.0 device, so the whole ``"cuda"`` path down to `jax.ffi.ffi_call` is traced on the CPU (nothing
@@ -14,6 +16,7 @@ dim 128), else those tests skip.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -45,9 +48,9 @@ def pretend_hopper(monkeypatch):
     monkeypatch.setattr(_ffi_call, "_compute_capability", lambda query: (9, 0))
 
 
-def _fwd_attr(text: str, name: str) -> tuple[int, ...]:
-    """An int64 array attribute of the jax_gna_fwd custom call in lowered StableHLO text."""
-    (call,) = [line for line in text.splitlines() if "@jax_gna_fwd" in line]
+def _fwd_attr(text: str, name: str, target: str = "jax_gna_fwd") -> tuple[int, ...]:
+    """An int64 array attribute of the `target` custom call in lowered StableHLO text."""
+    (call,) = [line for line in text.splitlines() if f"@{target}(" in line]
     m = re.search(rf"\b{name} = dense<([^>]*)> : tensor<(\d+)xi64>", call)
     assert m, call
     values, size = m.group(1).strip("[]"), int(m.group(2))
@@ -140,14 +143,15 @@ def test_every_dilation_runs_on_every_configuration(shape, window, dilation):
 # -- the pick: best bound, then fewest partial tiles, then the table's order --------------------
 
 
-def _brute_force_best(shape, window, stride, dilation, causal) -> _tiles.TileConfig:
+def _brute_force_best(shape, window, stride, dilation, causal, table=None) -> _tiles.TileConfig:
     """The compiled configuration a kernel should run, by counting tiles on the element mask:
     fewest token pairs on the critical path (Q tiles x the worst Q tile's visited KV tiles x
     tile sizes: the best bound against dense attention over the N real tokens), then fewest
-    partially visible (masked) tile pairs, then the table's order."""
+    partially visible (masked) tile pairs, then the table's order (`table`: the forward's by
+    default)."""
     visible = oracle.visible(shape, window, stride, dilation, causal)
     ranked = []
-    for i, cfg in enumerate(_tiles.SM90_FORWARD[len(shape)][D]):
+    for i, cfg in enumerate((table or _tiles.SM90_FORWARD)[len(shape)][D]):
         visited, full = oracle.tile_pairs(
             visible,
             oracle.tile_ids(shape, dilation, cfg.q),
@@ -197,7 +201,8 @@ def test_requested_tiles_reach_the_custom_call():
     tiles = _lowered_tiles(q, k, v, (8, 16), stride=(8, 16), q_tile_shape=(16, 8),
                            kv_tile_shape=(16, 8))  # fmt: skip
     assert tiles == ((16, 8), (16, 8))
-    # The backward takes no tile attributes (jax.grad traces both).
+    # The forward's tiles do not reach the backward: rank 2 has one backward configuration, so
+    # its call leaves the launcher's default (jax.grad traces both).
     grad = jax.jit(
         jax.grad(
             lambda q: jax_gna.gna(q, k, v, (8, 16), implementation="cuda", q_tile_shape=(16, 8),
@@ -205,7 +210,39 @@ def test_requested_tiles_reach_the_custom_call():
         )
     )  # fmt: skip
     text = grad.lower(q).as_text()
-    assert "@jax_gna_fwd" in text
+    assert _fwd_attr(text, "q_tile") == (16, 8)
+    assert _fwd_attr(text, "q_tile", "jax_gna_bwd") == _fwd_attr(text, "kv_tile", "jax_gna_bwd")
+    assert _fwd_attr(text, "q_tile", "jax_gna_bwd") == ()
+
+
+BACKWARD_SELECTION = {  # rank 3 (two backward configurations): name -> as SELECTION
+    "3d-blocked-4x4x8": SELECTION["3d-blocked-4x4x8"],
+    "3d-blocked-2x8x8": SELECTION["3d-blocked-2x8x8"],
+    "3d-na-5x5x5": SELECTION["3d-na-5x5x5"],
+    # Cosmos-like: 12 rows (a multiple of 4, not of 8), windows stepping by 4 rows.
+    "3d-rows-of-4": ((4, 12, 16), (4, 6, 8), (1, 2, 8), (1, 1, 1), (False,) * 3),
+}
+
+
+@needs_cuda_build
+@pytest.mark.usefixtures("pretend_hopper")
+def test_cuda_backward_runs_the_best_compiled_configuration():
+    # The forward runs its default tiles, whichever backward configuration is best.
+    default = _tiles.SM90_FORWARD[3][D][0]
+    picked = {}
+    for name, (shape, window, stride, dilation, causal) in BACKWARD_SELECTION.items():
+        best = _brute_force_best(shape, window, stride, dilation, causal, _tiles.SM90_BACKWARD)
+        q, k, v = _qkv(shape)
+        attend = functools.partial(
+            jax_gna.gna, kernel_size=window, stride=stride, dilation=dilation, is_causal=causal,
+            implementation="cuda", q_tile_shape=default.q, kv_tile_shape=default.kv,
+        )  # fmt: skip
+        loss = lambda q, k=k, v=v, attend=attend: attend(q, k, v).astype(jnp.float32).sum()  # noqa: E731
+        text = jax.jit(jax.grad(loss)).lower(q).as_text()
+        lowered = tuple(_fwd_attr(text, t, "jax_gna_bwd") for t in ("q_tile", "kv_tile"))
+        assert lowered == (best.q, best.kv), name
+        picked[name] = best
+    assert set(picked.values()) == set(_tiles.SM90_BACKWARD[3][D])
 
 
 @needs_cuda_build

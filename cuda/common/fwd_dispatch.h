@@ -6,7 +6,7 @@
 //
 // An architecture's traits, as this file and bwd_dispatch.h read them:
 //   kName ("sm90"); kFwdHeadDims, kBwdHeadDims, fwd_kernel_built, bwd_kernel_built (its
-//     kernel_table.h); fwd_tile_configs (fwd_config.h), bwd_tile_config (bwd_config.h);
+//     kernel_table.h); fwd_tile_configs (fwd_config.h), bwd_tile_configs (bwd_config.h);
 //   kTakesViews: the kernels take views (fwd_host::check_view says which); without,
 //     kViewRefusal says why a view is refused;
 //   kFwdSetRefusal, kBwdSetRefusal: why a kernel outside this build's kernel set is refused;
@@ -20,7 +20,6 @@
 #include <cstdint>
 #include <iterator>
 #include <string>
-#include <vector>
 
 #include "fwd_host.h"
 #include "kernel_launchers.h"
@@ -89,30 +88,6 @@ cudaError_t launch_head_dim(int head_dim, int rank, int config, DType dtype, con
   return cudaErrorInvalidValue;
 }
 
-// Why a tile request of (rank, head dim) is refused, naming the compiled configurations.
-template <class Arch>
-const char* not_compiled(int rank, int head_dim) {
-  static const auto reasons = [] {
-    std::vector<std::string> r;
-    for (int rk = 1; rk <= 3; ++rk)
-      for (int d : Arch::kFwdHeadDims)
-        r.push_back(fwd_host::not_compiled_text(Arch::kName, rk, d, Arch::fwd_tile_configs(rk, d)));
-    return r;
-  }();
-  int d = 0;
-  while (Arch::kFwdHeadDims[d] != head_dim) ++d;  // the caller checked the head dim
-  return reasons[(rank - 1) * std::size(Arch::kFwdHeadDims) + d].c_str();
-}
-
-// Whether this build holds a kernel of (dtype, head dim, rank) in any tile configuration.
-template <class Arch>
-bool any_config_built(DType dtype, int head_dim, int rank) {
-  const int count = Arch::fwd_tile_configs(rank, head_dim).count;
-  for (int c = 0; c < count; ++c)
-    if (Arch::fwd_kernel_built(dtype, head_dim, rank, c)) return true;
-  return false;
-}
-
 // fwd_can_implement, and the index of the configuration that runs `p`.
 template <class Arch>
 const char* can_implement(const Problem& p, int* config) {
@@ -129,14 +104,18 @@ const char* can_implement(const Problem& p, int* config) {
         "this head_dim (the kernel table, jax_gna/_kernel_table.py FP8_FORWARD, lists theirs)";
     return fp8_head_dims.c_str();
   }
-  if (!any_config_built<Arch>(p.dtype, p.head_dim, p.rank)) return Arch::kFwdSetRefusal;
+  if (!fwd_host::any_config_built(Arch::fwd_tile_configs, Arch::fwd_kernel_built, p.dtype,
+                                  p.head_dim, p.rank))
+    return Arch::kFwdSetRefusal;
   const KernelAxes ax = kernel_axes(p);
   if (const char* reason = fwd_host::check_common(p, ax)) return reason;
   if constexpr (Arch::kTakesViews) {
     if (const char* reason = fwd_host::check_view(p)) return reason;
   }
+  static const fwd_host::NotCompiled not_compiled(Arch::kName, Arch::kFwdHeadDims,
+                                                  Arch::fwd_tile_configs);
   if (const char* reason = fwd_host::pick_config(p, ax, Arch::fwd_tile_configs(p.rank, p.head_dim),
-                                                 not_compiled<Arch>(p.rank, p.head_dim), config))
+                                                 not_compiled(p.rank, p.head_dim), config))
     return reason;
   // A kernel set may hold some configurations of a (dtype, head dim, rank) only (sm100's
   // smoke set: the default).

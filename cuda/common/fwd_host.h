@@ -192,18 +192,57 @@ inline std::string shape_text(const int* tile, int rank) {
 }
 
 // Why a tile request is refused, naming the compiled configurations of (rank, head dim) in
-// `table` of architecture `arch` ("sm90"). The caller keeps the string (one per rank and
-// head dim, built once) so that it can hand out a `const char*` that lives as long as the
-// process.
+// `table` of architecture `arch` ("sm90"; `direction`: "" or "backward "). The caller keeps the
+// string (one per rank and head dim, built once) so that it can hand out a `const char*` that lives
+// as long as the process.
 inline std::string not_compiled_text(const char* arch, int rank, int head_dim,
-                                     const FwdTileConfigs& table) {
-  std::string s = std::string("these tile shapes are not a compiled ") + arch +
-                  " configuration; rank " + std::to_string(rank) + ", head dim " +
+                                     const FwdTileConfigs& table, const char* direction = "") {
+  std::string s = std::string("these tile shapes are not a compiled ") + arch + " " + direction +
+                  "configuration; rank " + std::to_string(rank) + ", head dim " +
                   std::to_string(head_dim) + " has ";
   for (int c = 0; c < table.count; ++c)
     s += (c ? ", " : "") + std::string("Q") + shape_text(table.config[c].q, rank) + "/KV" +
          shape_text(table.config[c].kv, rank) + (c ? "" : " (the default)");
   return s;
+}
+
+// One direction's tile tables, as an architecture's traits hold them: (rank, head dim) -> its
+// configurations (Arch::fwd_tile_configs, bwd_tile_configs); whether the build holds the
+// kernel (dtype, head dim, rank, config) (Arch::fwd_kernel_built, bwd_kernel_built).
+using TileConfigsOf = FwdTileConfigs (*)(int rank, int head_dim);
+using KernelBuilt = bool (*)(DType dtype, int head_dim, int rank, int config);
+
+// The refusals of tile requests (not_compiled_text) of every rank and head dim of `head_dims`
+// in `configs`, built once: a dispatcher keeps one per direction (a static), so that the
+// reasons live as long as the process.
+class NotCompiled {
+ public:
+  template <size_t N>
+  NotCompiled(const char* arch, const int (&head_dims)[N], TileConfigsOf configs,
+              const char* direction = "")
+      : head_dims_(head_dims, head_dims + N) {
+    for (int rank = 1; rank <= 3; ++rank)
+      for (int d : head_dims)
+        reasons_.push_back(not_compiled_text(arch, rank, d, configs(rank, d), direction));
+  }
+  // The reason for (rank, head dim); the head dim is one of `head_dims` (the caller checked).
+  const char* operator()(int rank, int head_dim) const {
+    const size_t d = std::find(head_dims_.begin(), head_dims_.end(), head_dim) - head_dims_.begin();
+    return reasons_[(rank - 1) * head_dims_.size() + d].c_str();
+  }
+
+ private:
+  std::vector<int> head_dims_;
+  std::vector<std::string> reasons_;
+};
+
+// Whether the build holds a kernel of (dtype, head dim, rank) in any tile configuration.
+inline bool any_config_built(TileConfigsOf configs, KernelBuilt built, DType dtype, int head_dim,
+                             int rank) {
+  const int count = configs(rank, head_dim).count;
+  for (int c = 0; c < count; ++c)
+    if (built(dtype, head_dim, rank, c)) return true;
+  return false;
 }
 
 // The configuration `p` runs from `table`: the requested one, or with none requested the

@@ -19,7 +19,8 @@ namespace gna {
 template <class Arch>
 struct FwdKernelOf;
 
-// An architecture's backward kernels (bwd_instance.cu), as FwdKernelOf without kConfig.
+// An architecture's backward kernels (bwd_instance.cu), as FwdKernelOf (kConfig: an index into
+// Arch::bwd_tile_configs).
 template <class Arch>
 struct BwdKernelOf;
 
@@ -48,18 +49,20 @@ cudaError_t launch_fwd_kernel(const FwdMaps& maps, const FwdParams& params, unsi
   return launch_kernel<Kernel>(Of::template entry<Kernel>(), maps, params, grid, stream);
 }
 
-template <class Arch, DType kDType, int kHeadDim, int kRank>
+template <class Arch, DType kDType, int kHeadDim, int kRank, int kConfig>
 cudaError_t launch_bwd_kernel(const BwdMaps& maps, const BwdParams& params, unsigned grid,
                               cudaStream_t stream) {
+  static_assert(kConfig >= 0 && kConfig < Arch::bwd_tile_configs(kRank, kHeadDim).count,
+                "no such tile configuration: the build's kernel list disagrees with bwd_config.h");
   using Element = typename ElementOf<kDType>::type;
   using Of = BwdKernelOf<Arch>;
   if constexpr (Arch::kTakesViews) {
     if (has_view(params)) {
-      using Kernel = typename Of::template Kernel<Element, kHeadDim, kRank, true>;
+      using Kernel = typename Of::template Kernel<Element, kHeadDim, kRank, kConfig, true>;
       return launch_kernel<Kernel>(Of::template entry<Kernel>(), maps, params, grid, stream);
     }
   }
-  using Kernel = typename Of::template Kernel<Element, kHeadDim, kRank, false>;
+  using Kernel = typename Of::template Kernel<Element, kHeadDim, kRank, kConfig, false>;
   return launch_kernel<Kernel>(Of::template entry<Kernel>(), maps, params, grid, stream);
 }
 

@@ -23,11 +23,11 @@ template <class Arch, DType kDType, int kHeadDim, int kRank, int kConfig>
 cudaError_t launch_fwd_kernel(const FwdMaps& maps, const FwdParams& params, unsigned grid,
                               cudaStream_t stream);
 
-// The main backward kernel of (dtype, head dim, rank), one CTA per work item (KV tile, group,
-// KV head, batch entry), with tensor maps over q, dO (Q tile boxes) and k, v (KV tile boxes)
-// made by make_bwd_maps (bwd_dispatch.h) with the loads of Arch::bwd_tile_config(kRank,
-// kHeadDim)'s tiles.
-template <class Arch, DType kDType, int kHeadDim, int kRank>
+// The main backward kernel of (dtype, head dim, rank, tile configuration: an index into
+// Arch::bwd_tile_configs(kRank, kHeadDim)), one CTA per work item (KV tile, group, KV head,
+// batch entry), with tensor maps over q, dO (Q tile boxes) and k, v (KV tile boxes) made by
+// make_bwd_maps (bwd_dispatch.h) with the loads of that configuration's tiles.
+template <class Arch, DType kDType, int kHeadDim, int kRank, int kConfig>
 cudaError_t launch_bwd_kernel(const BwdMaps& maps, const BwdParams& params, unsigned grid,
                               cudaStream_t stream);
 

@@ -6,11 +6,11 @@
 
 namespace gna {
 
-// The most forward tile configurations of one (arch, rank, head dim).
+// The most tile configurations of one (arch, direction, rank, head dim).
 inline constexpr int kMaxFwdTileConfigs = 2;
 
-// One compiled kernel: dtype, head dim, rank, forward tile configuration (-1: a backward
-// kernel) and whether JAX_GNA_KERNEL_SET=smoke (GNA_KERNEL_SET_SMOKE) builds it.
+// One compiled kernel: dtype, head dim, rank, tile configuration (an index into its
+// direction's table) and whether JAX_GNA_KERNEL_SET=smoke (GNA_KERNEL_SET_SMOKE) builds it.
 struct KernelRow {
   DType dtype;
   int head_dim;

@@ -80,7 +80,9 @@ auto bind_bwd(Binding binding) {
       .template Attr<I64Span>("is_causal")
       .template Attr<float>("scale")
       .template Attr<int64_t>("deterministic")  // 1: bit-identical results run to run
-      .template Attr<I64Span>("view_extent")    // as in jax_gna_fwd
+      .template Attr<I64Span>("q_tile")         // the backward's own tiles, as in jax_gna_fwd
+      .template Attr<I64Span>("kv_tile")
+      .template Attr<I64Span>("view_extent")  // as in jax_gna_fwd
       .template Attr<I64Span>("view_q_offset")
       .template Attr<I64Span>("view_kv_offset");
 }
@@ -161,7 +163,7 @@ struct ViewAttrs {
 };
 
 // The problem of a call, after checking dtypes and shapes; `what` names the target in errors.
-// `q_tile`/`kv_tile`: the forward's requested tile shapes (empty: unset).
+// `q_tile`/`kv_tile`: the requested tile shapes of the call's direction (empty: unset).
 inline ffi::ErrorOr<Problem> decode_problem(const char* what, const ffi::AnyBuffer& q,
                                             const ffi::AnyBuffer& k, const ffi::AnyBuffer& v,
                                             I64Span kernel_size, I64Span stride, I64Span dilation,
@@ -198,9 +200,10 @@ inline ffi::ErrorOr<Problem> decode_bwd_problem(
     const ffi::AnyBuffer& v, const ffi::AnyBuffer& out, const ffi::Buffer<ffi::F32>& lse,
     const ffi::Buffer<ffi::F32>& dlse, const ffi::AnyBuffer& dq, const ffi::AnyBuffer& dk,
     const ffi::AnyBuffer& dv, I64Span kernel_size, I64Span stride, I64Span dilation,
-    I64Span is_causal, float scale, int64_t deterministic, const ViewAttrs& view) {
-  auto problem =
-      decode_problem("jax_gna_bwd", q, k, v, kernel_size, stride, dilation, is_causal, scale, view);
+    I64Span is_causal, float scale, int64_t deterministic, I64Span q_tile, I64Span kv_tile,
+    const ViewAttrs& view) {
+  auto problem = decode_problem("jax_gna_bwd", q, k, v, kernel_size, stride, dilation, is_causal,
+                                scale, view, as_list(q_tile), as_list(kv_tile));
   if (problem.has_error()) return problem;
   if (deterministic != 0 && deterministic != 1)
     return ffi::Unexpected(ffi::Error::InvalidArgument(

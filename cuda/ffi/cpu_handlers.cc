@@ -38,10 +38,11 @@ ffi::Error cpu_bwd(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi:
                    ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::Buffer<ffi::U8>> /*workspace*/,
                    I64Span kernel_size, I64Span stride, I64Span dilation, I64Span is_causal,
                    float scale, int64_t deterministic /*checked only: the CPU kernel always is*/,
+                   I64Span q_tile, I64Span kv_tile /*checked only: no tiles on the CPU*/,
                    I64Span view_extent, I64Span view_q_offset, I64Span view_kv_offset) {
   auto problem = gna::ffi_bindings::decode_bwd_problem(
       dout, q, k, v, out, lse, dlse, *dq, *dk, *dv, kernel_size, stride, dilation, is_causal, scale,
-      deterministic, {view_extent, view_q_offset, view_kv_offset});
+      deterministic, q_tile, kv_tile, {view_extent, view_q_offset, view_kv_offset});
   if (problem.has_error()) return problem.error();
   const gna::Problem& p = *problem;
   gna::cpu::backward(p, dout.untyped_data(), q.untyped_data(), k.untyped_data(), v.untyped_data(),

@@ -234,9 +234,9 @@ NB_MODULE(_ext, m) {
       "bwd_workspace_bytes",
       [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
          const Ints& kernel_size, const Ints& stride, const Ints& dilation, const Ints& is_causal,
-         const Ints& view, bool deterministic) -> size_t {
-        const gna::Problem p =
-            problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal, {}, {}, view);
+         const Ints& view, bool deterministic, const Ints& q_tile, const Ints& kv_tile) -> size_t {
+        const gna::Problem p = problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal,
+                                       q_tile, kv_tile, view);
         size_t bytes = 0;
 #ifdef JAX_GNA_WITH_CUDA
         bytes = std::max(bytes, gna::cuda_ffi::bwd_workspace_bytes(p, deterministic));
@@ -247,9 +247,11 @@ NB_MODULE(_ext, m) {
       },
       nb::arg("q_shape"), nb::arg("k_shape"), nb::arg("v_shape"), nb::arg("dtype"),
       nb::arg("kernel_size"), nb::arg("stride"), nb::arg("dilation"), nb::arg("is_causal"),
-      nb::arg("view") = Ints{}, nb::arg("deterministic") = false,
+      nb::arg("view") = Ints{}, nb::arg("deterministic") = false, nb::arg("q_tile") = Ints{},
+      nb::arg("kv_tile") = Ints{},
       "Bytes of the uint8 workspace output of jax_gna_bwd (the largest any handler needs) in "
-      "the backward mode `deterministic`.");
+      "the backward mode `deterministic` with the backward's tile shapes q_tile/kv_tile (empty: "
+      "the launcher's choice).");
   m.def(
       "cuda_fwd_can_implement",
       [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
@@ -278,9 +280,10 @@ NB_MODULE(_ext, m) {
       "cuda_bwd_can_implement",
       [](const Ints& q, const Ints& k, const Ints& v, const std::string& dtype,
          const Ints& kernel_size, const Ints& stride, const Ints& dilation, const Ints& is_causal,
-         int cc_major, int cc_minor, const Ints& view) -> std::optional<std::string> {
-        const gna::Problem p =
-            problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal, {}, {}, view);
+         int cc_major, int cc_minor, const Ints& q_tile, const Ints& kv_tile,
+         const Ints& view) -> std::optional<std::string> {
+        const gna::Problem p = problem(q, k, v, dtype, kernel_size, stride, dilation, is_causal,
+                                       q_tile, kv_tile, view);
 #ifdef JAX_GNA_WITH_CUDA
         if (const char* reason = gna::cuda_ffi::bwd_can_implement(p, cc_major, cc_minor))
           return std::string(reason);
@@ -292,9 +295,11 @@ NB_MODULE(_ext, m) {
       },
       nb::arg("q_shape"), nb::arg("k_shape"), nb::arg("v_shape"), nb::arg("dtype"),
       nb::arg("kernel_size"), nb::arg("stride"), nb::arg("dilation"), nb::arg("is_causal"),
-      nb::arg("cc_major") = -1, nb::arg("cc_minor") = 0, nb::arg("view") = Ints{},
+      nb::arg("cc_major") = -1, nb::arg("cc_minor") = 0, nb::arg("q_tile") = Ints{},
+      nb::arg("kv_tile") = Ints{}, nb::arg("view") = Ints{},
       "None if the CUDA backward kernels can run this problem on a device of compute capability "
-      "cc_major.cc_minor (cc_major < 0: any built arch), else the reason.");
+      "cc_major.cc_minor (cc_major < 0: any built arch) with the backward's tile shapes "
+      "q_tile/kv_tile (empty: whichever compiled configuration fits), else the reason.");
   m.def(
       "cuda_fwd_tile_configs",
       [] {

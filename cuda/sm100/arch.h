@@ -16,7 +16,7 @@ struct Arch : KernelTable {
   // The devices the kernels run on: compute capability 10.0 (sm_100a code runs there only).
   static constexpr int kMajor = 10, kMinor = 0;
   static constexpr auto fwd_tile_configs = &sm100::fwd_tile_configs;
-  static constexpr auto bwd_tile_config = &sm100::bwd_tile_config;
+  static constexpr auto bwd_tile_configs = &sm100::bwd_tile_configs;
 
   static constexpr bool kTakesViews = false;
   static constexpr const char* kViewRefusal =

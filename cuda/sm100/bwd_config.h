@@ -19,8 +19,13 @@ namespace gna::sm100 {
 // CTA per SM, which allocates all 512 TMEM columns).
 // The table: kernel_table.h (tests/test_kernel_table.py checks the tiles are the forward's
 // default).
-constexpr FwdTileConfig bwd_tile_config(int rank, int head_dim) {
+// One configuration per (rank, head dim).
+constexpr FwdTileConfigs bwd_tile_configs(int rank, int head_dim) {
   return bwd_tile_table(rank, head_dim);
+}
+
+constexpr FwdTileConfig bwd_tile_config(int rank, int head_dim, int index = 0) {
+  return bwd_tile_configs(rank, head_dim).config[index];
 }
 
 // Offset (floats) of dQ element (row, col) of a Q tile inside its block of the workspace's

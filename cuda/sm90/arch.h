@@ -18,7 +18,7 @@ struct Arch : KernelTable {
   // The devices the kernels run on: compute capability 9.0 (sm_90a code runs there only).
   static constexpr int kMajor = 9, kMinor = 0;
   static constexpr auto fwd_tile_configs = &sm90::fwd_tile_configs;
-  static constexpr auto bwd_tile_config = &sm90::bwd_tile_config;
+  static constexpr auto bwd_tile_configs = &sm90::bwd_tile_configs;
 
   static constexpr bool kTakesViews = true;
   // The smoke set holds every tile configuration of its (dtype, head dim)s.

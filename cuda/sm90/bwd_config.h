@@ -18,14 +18,13 @@ using ::gna::BwdParams;  // its launch parameters, shared with sm100
 // Head dims (kBwdHeadDims) and tiles (bwd_tile_table) come from the kernel table,
 // jax_gna/_kernel_table.py.
 
-// Why these shapes (docs/design.md, "Tile shapes and why"): the KV tile is the forward's
-// default, so stride-aligned windows cover whole tiles; the Q tile is half of the forward's
-// along the first axis with more than one position. The last Q axis stays a multiple of 8
-// (the n8 column blocks of S^T must not straddle a Q tile row). Q tile: 64 tokens (the N of
-// the S^T = K Q^T GEMM); KV tile: 128 tokens (two consumer warpgroups x 64 rows); stages: of
-// the Q / dO ring.
-// The tiles are the same at every head dim up to 128 (tests/test_kernel_table.py checks the
-// table).
+// Why these shapes (docs/design.md, "Tile shapes and why"): each KV tile is a forward
+// configuration's, so stride-aligned windows cover whole tiles; the Q tile is half of that
+// configuration's Q tile along the first axis with more than one position. The last Q axis stays a
+// multiple of 8 (the n8 column blocks of S^T must not straddle a Q tile row). Q tile: 64 tokens
+// (the N of the S^T = K Q^T GEMM); KV tile: 128 tokens (two consumer warpgroups x 64 rows); stages:
+// of the Q / dO ring. The tiles are the same at every head dim up to 128
+// (tests/test_kernel_table.py checks the table).
 //
 // d256: dK and dV of 64 KV rows would take 2 x 128 accumulator registers per thread, so the two
 // consumer warpgroups split the head dim (64 + 64 each) over a 64-token KV tile, the forward's
@@ -34,8 +33,19 @@ using ::gna::BwdParams;  // its launch parameters, shared with sm100
 // 2 x 16 K, the dQ staging 2 x 16 K (a part of 64 columns per warpgroup at a time, so dQ takes
 // two parts), the KV rows' windows 12 K: about 205 K of 227 K. A second Q / dO stage (64 K more)
 // does not fit.
-constexpr FwdTileConfig bwd_tile_config(int rank, int head_dim) {
+//
+// Rank 3 has two configurations, as the forward: KV (2, 8, 8) and (4, 4, 8). Where the extent
+// of the middle axis or its windows' starts are multiples of 4 but not of 8 (44 rows, the last
+// windows starting at row 20), the (2, 8, 8) tiles visit partial tiles that the (4, 4, 8) ones
+// cover whole. A call runs the one with the better simulated bound, as the forward does
+// (jax_gna.sim.tile_candidates).
+constexpr FwdTileConfigs bwd_tile_configs(int rank, int head_dim) {
   return bwd_tile_table(rank, head_dim);
+}
+
+// Configuration `index` (0: the default) of (rank, head dim).
+constexpr FwdTileConfig bwd_tile_config(int rank, int head_dim, int index) {
+  return bwd_tile_configs(rank, head_dim).config[index];
 }
 
 }  // namespace gna::sm90

@@ -1,6 +1,6 @@
 // One sm90 backward kernel per translation unit, so that a build compiles the kernels in
-// parallel. The build defines which one: GNA_BWD_DTYPE (kF16 | kBF16), GNA_BWD_HEAD_DIM and
-// GNA_BWD_RANK (the kernel table, jax_gna/_kernel_table.py, lists them).
+// parallel. The build defines which one: GNA_BWD_DTYPE (kF16 | kBF16), GNA_BWD_HEAD_DIM,
+// GNA_BWD_RANK and GNA_BWD_CONFIG (the kernel table, jax_gna/_kernel_table.py, lists them).
 #include "../common/kernel_instance.cuh"
 #include "arch.h"
 #include "kernel/bwd_kernel_ws.cuh"
@@ -10,8 +10,8 @@ namespace gna {
 // The sm90 backward kernels, with and without views.
 template <>
 struct BwdKernelOf<sm90::Arch> {
-  template <class Element, int kHeadDim, int kRank, bool kView>
-  using Kernel = sm90::BwdKernel<Element, kHeadDim, kRank, kView>;
+  template <class Element, int kHeadDim, int kRank, int kConfig, bool kView>
+  using Kernel = sm90::BwdKernel<Element, kHeadDim, kRank, kConfig, kView>;
   template <class Kernel>
   static auto entry() {
     return &sm90::gna_bwd_sm90_kernel<Kernel>;
@@ -19,7 +19,8 @@ struct BwdKernelOf<sm90::Arch> {
 };
 
 template cudaError_t launch_bwd_kernel<sm90::Arch, DType::GNA_BWD_DTYPE, GNA_BWD_HEAD_DIM,
-                                       GNA_BWD_RANK>(const BwdMaps&, const BwdParams&, unsigned,
-                                                     cudaStream_t);
+                                       GNA_BWD_RANK, GNA_BWD_CONFIG>(const BwdMaps&,
+                                                                     const BwdParams&, unsigned,
+                                                                     cudaStream_t);
 
 }  // namespace gna

@@ -43,21 +43,34 @@ constexpr FwdTileConfigs fwd_tile_table(int rank, int head_dim) {
   return {0, {}};
 }
 
-// The backward's tiles of (rank, head dim): Q tile, KV tile, stages of the Q / dO ring.
-constexpr FwdTileConfig bwd_tile_table(int rank, int head_dim) {
-  if (rank == 1 && head_dim == 32) return {{1, 1, 64}, {1, 1, 128}, 2};
-  if (rank == 2 && head_dim == 32) return {{1, 8, 8}, {1, 16, 8}, 2};
-  if (rank == 3 && head_dim == 32) return {{1, 8, 8}, {2, 8, 8}, 2};
-  if (rank == 1 && head_dim == 64) return {{1, 1, 64}, {1, 1, 128}, 2};
-  if (rank == 2 && head_dim == 64) return {{1, 8, 8}, {1, 16, 8}, 2};
-  if (rank == 3 && head_dim == 64) return {{1, 8, 8}, {2, 8, 8}, 2};
-  if (rank == 1 && head_dim == 128) return {{1, 1, 64}, {1, 1, 128}, 2};
-  if (rank == 2 && head_dim == 128) return {{1, 8, 8}, {1, 16, 8}, 2};
-  if (rank == 3 && head_dim == 128) return {{1, 8, 8}, {2, 8, 8}, 2};
-  if (rank == 1 && head_dim == 256) return {{1, 1, 64}, {1, 1, 64}, 1};
-  if (rank == 2 && head_dim == 256) return {{1, 8, 8}, {1, 8, 8}, 1};
-  if (rank == 3 && head_dim == 256) return {{1, 8, 8}, {1, 8, 8}, 1};
-  return {};
+// The backward tile configurations of (rank, head dim), the default first: Q tile, KV
+// tile, stages of the Q / dO ring.
+constexpr FwdTileConfigs bwd_tile_table(int rank, int head_dim) {
+  if (rank == 1 && head_dim == 32)
+    return {1, {{{1, 1, 64}, {1, 1, 128}, 2}}};
+  if (rank == 1 && head_dim == 64)
+    return {1, {{{1, 1, 64}, {1, 1, 128}, 2}}};
+  if (rank == 1 && head_dim == 128)
+    return {1, {{{1, 1, 64}, {1, 1, 128}, 2}}};
+  if (rank == 1 && head_dim == 256)
+    return {1, {{{1, 1, 64}, {1, 1, 64}, 1}}};
+  if (rank == 2 && head_dim == 32)
+    return {1, {{{1, 8, 8}, {1, 16, 8}, 2}}};
+  if (rank == 2 && head_dim == 64)
+    return {1, {{{1, 8, 8}, {1, 16, 8}, 2}}};
+  if (rank == 2 && head_dim == 128)
+    return {1, {{{1, 8, 8}, {1, 16, 8}, 2}}};
+  if (rank == 2 && head_dim == 256)
+    return {1, {{{1, 8, 8}, {1, 8, 8}, 1}}};
+  if (rank == 3 && head_dim == 32)
+    return {2, {{{1, 8, 8}, {2, 8, 8}, 2}, {{2, 4, 8}, {4, 4, 8}, 2}}};
+  if (rank == 3 && head_dim == 64)
+    return {2, {{{1, 8, 8}, {2, 8, 8}, 2}, {{2, 4, 8}, {4, 4, 8}, 2}}};
+  if (rank == 3 && head_dim == 128)
+    return {2, {{{1, 8, 8}, {2, 8, 8}, 2}, {{2, 4, 8}, {4, 4, 8}, 2}}};
+  if (rank == 3 && head_dim == 256)
+    return {1, {{{1, 8, 8}, {1, 8, 8}, 1}}};
+  return {0, {}};
 }
 
 // Every forward kernel of the full set: dtype, head dim, rank, config, smoke.
@@ -112,30 +125,36 @@ inline constexpr KernelRow kFwdKernels[] = {
 
 // Every backward kernel of the full set: dtype, head dim, rank, config, smoke.
 inline constexpr KernelRow kBwdKernels[] = {
-    {DType::kF16, 32, 1, -1, false},
-    {DType::kF16, 32, 2, -1, false},
-    {DType::kF16, 32, 3, -1, false},
-    {DType::kF16, 64, 1, -1, false},
-    {DType::kF16, 64, 2, -1, false},
-    {DType::kF16, 64, 3, -1, false},
-    {DType::kF16, 128, 1, -1, false},
-    {DType::kF16, 128, 2, -1, false},
-    {DType::kF16, 128, 3, -1, false},
-    {DType::kF16, 256, 1, -1, false},
-    {DType::kF16, 256, 2, -1, false},
-    {DType::kF16, 256, 3, -1, false},
-    {DType::kBF16, 32, 1, -1, false},
-    {DType::kBF16, 32, 2, -1, false},
-    {DType::kBF16, 32, 3, -1, false},
-    {DType::kBF16, 64, 1, -1, false},
-    {DType::kBF16, 64, 2, -1, false},
-    {DType::kBF16, 64, 3, -1, false},
-    {DType::kBF16, 128, 1, -1, true},
-    {DType::kBF16, 128, 2, -1, true},
-    {DType::kBF16, 128, 3, -1, true},
-    {DType::kBF16, 256, 1, -1, false},
-    {DType::kBF16, 256, 2, -1, false},
-    {DType::kBF16, 256, 3, -1, false},
+    {DType::kF16, 32, 1, 0, false},
+    {DType::kF16, 32, 2, 0, false},
+    {DType::kF16, 32, 3, 0, false},
+    {DType::kF16, 32, 3, 1, false},
+    {DType::kF16, 64, 1, 0, false},
+    {DType::kF16, 64, 2, 0, false},
+    {DType::kF16, 64, 3, 0, false},
+    {DType::kF16, 64, 3, 1, false},
+    {DType::kF16, 128, 1, 0, false},
+    {DType::kF16, 128, 2, 0, false},
+    {DType::kF16, 128, 3, 0, false},
+    {DType::kF16, 128, 3, 1, false},
+    {DType::kF16, 256, 1, 0, false},
+    {DType::kF16, 256, 2, 0, false},
+    {DType::kF16, 256, 3, 0, false},
+    {DType::kBF16, 32, 1, 0, false},
+    {DType::kBF16, 32, 2, 0, false},
+    {DType::kBF16, 32, 3, 0, false},
+    {DType::kBF16, 32, 3, 1, false},
+    {DType::kBF16, 64, 1, 0, false},
+    {DType::kBF16, 64, 2, 0, false},
+    {DType::kBF16, 64, 3, 0, false},
+    {DType::kBF16, 64, 3, 1, false},
+    {DType::kBF16, 128, 1, 0, true},
+    {DType::kBF16, 128, 2, 0, true},
+    {DType::kBF16, 128, 3, 0, true},
+    {DType::kBF16, 128, 3, 1, true},
+    {DType::kBF16, 256, 1, 0, false},
+    {DType::kBF16, 256, 2, 0, false},
+    {DType::kBF16, 256, 3, 0, false},
 };
 
 // The head dims of the FP8 (float8_e4m3fn) forward kernels of the full set.
@@ -147,8 +166,8 @@ constexpr bool fwd_fp8_head_dim(int head_dim) {
 constexpr bool fwd_kernel_built(DType dtype, int head_dim, int rank, int config) {
   return kernel_in_set(kFwdKernels, dtype, head_dim, rank, config);
 }
-constexpr bool bwd_kernel_built(DType dtype, int head_dim, int rank) {
-  return kernel_in_set(kBwdKernels, dtype, head_dim, rank, -1);
+constexpr bool bwd_kernel_built(DType dtype, int head_dim, int rank, int config) {
+  return kernel_in_set(kBwdKernels, dtype, head_dim, rank, config);
 }
 // clang-format on
 

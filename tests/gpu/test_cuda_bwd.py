@@ -56,7 +56,7 @@ from test_cuda_fwd import (
 )
 
 import jax_gna
-from jax_gna import _extension, _ffi_call, reference
+from jax_gna import _extension, _ffi_call, _ffi_op, _tiles, reference
 from jax_gna._params import make_params
 
 pytestmark = pytest.mark.gpu
@@ -247,6 +247,9 @@ LARGER = {  # several tiles per axis, the design problems' patterns in miniature
     "3d-odd-causal": _case(
         (9, 13, 19), (5, 8, 7), is_causal=(True, False, False), heads=2, heads_kv=1, extra=7
     ),
+    # Cosmos in miniature: 12 rows (a multiple of 4, not 8), windows stepping by 4 rows; the
+    # backward picks its (4, 4, 8) KV tiles here.
+    "3d-rows-of-4": _case((4, 12, 16), (4, 6, 8), (1, 2, 8), lse_cotangent=True),
 }
 
 
@@ -254,6 +257,53 @@ LARGER = {  # several tiles per axis, the design problems' patterns in miniature
 @pytest.mark.parametrize("name", list(LARGER))
 def test_larger_problems_match_reference_gradients(name, dtype):
     _check_case(dict(LARGER[name], dtype=dtype), seed=11)
+
+
+def _bwd_tiles(grad_fn, *args) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The q_tile and kv_tile attributes of the jax_gna_bwd call in the lowered grad."""
+    (line,) = [x for x in grad_fn.lower(*args).as_text().splitlines() if "@jax_gna_bwd(" in x]
+    tiles = []
+    for name in ("q_tile", "kv_tile"):
+        values = line.split(f"{name} = dense<")[1].split(">")[0].strip("[]")
+        tiles.append(tuple(int(x) for x in values.split(",")) if values else ())
+    return tiles[0], tiles[1]
+
+
+def _clear_traces():
+    """Forgets the ops built so far (jax_gna._ffi_op caches one per GnaParams) and JAX's traces."""
+    for cached in (_ffi_op._forward_op, _ffi_op._backward_op, _ffi_op._xla_backward_op):
+        cached.cache_clear()
+    jax.clear_caches()
+
+
+@pytest.fixture
+def fresh_traces():
+    """No op or trace of another test: the backward's tiles are picked when it is traced, and
+    the ops and JAX's trace caches would reuse an earlier test's pick (and this test's would
+    outlive it)."""
+    _clear_traces()
+    yield
+    _clear_traces()
+
+
+@pytest.mark.usefixtures("fresh_traces")
+@pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic"])
+@pytest.mark.parametrize("config", range(len(_tiles.SM90_BACKWARD[3][128])))
+@pytest.mark.parametrize("name", ["3d-gna", "3d-odd-causal", "3d-rows-of-4"])
+def test_every_rank3_backward_configuration_matches_reference_gradients(
+    name, config, deterministic, monkeypatch
+):
+    """Each compiled rank-3 backward configuration, forced for problems that would pick either
+    (GQA, causal, extra tokens, an LSE cotangent), in both modes."""
+    tiles = _tiles.SM90_BACKWARD[3][128][config]
+    monkeypatch.setattr(_ffi_call, "cuda_backward_tiles", lambda *a: (tiles.q, tiles.kv))
+    case = LARGER[name]
+    q, k, v, extra = _inputs(case, seed=13)
+    dout, dlse = _cotangents(case, 13, q)
+    args = (q, k, v, extra, dout, dlse)
+    grad = _cuda_grad(_window(case), deterministic=deterministic)
+    assert _bwd_tiles(grad, *args) == (tiles.q, tiles.kv)
+    _check_case(case, seed=13, deterministic=deterministic)
 
 
 # Many KV tiles add into the same dQ rows: 16x8 KV tiles under a 13x13 window.

@@ -50,14 +50,15 @@
 
 namespace gna::sm90 {
 
-// kView_: the kernel takes views (gna/problem.h); without, whole axes only (launch_group_axis).
-template <class Element_, int kHeadDim_, int kRank_, bool kView_>
+// kConfig_: which of bwd_tile_configs(kRank, kHeadDim) (bwd_config.h) the kernel runs; kView_:
+// the kernel takes views (gna/problem.h); without, whole axes only (launch_group_axis).
+template <class Element_, int kHeadDim_, int kRank_, int kConfig_, bool kView_>
 struct BwdKernel {
   static constexpr bool kView = kView_;
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kRank = kRank_;
-  static constexpr FwdTileConfig kTiles = bwd_tile_config(kRank, kHeadDim);
+  static constexpr FwdTileConfig kTiles = bwd_tile_config(kRank, kHeadDim, kConfig_);
   static constexpr int kQ0 = kTiles.q[0], kQ1 = kTiles.q[1], kQ2 = kTiles.q[2];
   static constexpr int kK0 = kTiles.kv[0], kK1 = kTiles.kv[1], kK2 = kTiles.kv[2];
   static constexpr int kTileQ = kTiles.q_size();
