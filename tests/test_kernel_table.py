@@ -72,7 +72,7 @@ def test_table_invariants():
         for k in KERNELS
         if k.arch == "sm90" and k.direction == "bwd"
     }
-    assert len(sm90_bwd) == 7
+    assert len(sm90_bwd) == 8
     fwd = {
         (k.head_dim == 256, k.rank, k.kv): k.q
         for k in KERNELS

@@ -201,8 +201,8 @@ def test_requested_tiles_reach_the_custom_call():
     tiles = _lowered_tiles(q, k, v, (8, 16), stride=(8, 16), q_tile_shape=(16, 8),
                            kv_tile_shape=(16, 8))  # fmt: skip
     assert tiles == ((16, 8), (16, 8))
-    # The forward's tiles do not reach the backward: rank 2 has one backward configuration, so
-    # its call leaves the launcher's default (jax.grad traces both).
+    # The forward's tiles do not reach the backward, which runs its own pick (jax.grad traces
+    # both): here the (8, 16) KV tiles, against the forward's requested (16, 8).
     grad = jax.jit(
         jax.grad(
             lambda q: jax_gna.gna(q, k, v, (8, 16), implementation="cuda", q_tile_shape=(16, 8),
@@ -211,11 +211,14 @@ def test_requested_tiles_reach_the_custom_call():
     )  # fmt: skip
     text = grad.lower(q).as_text()
     assert _fwd_attr(text, "q_tile") == (16, 8)
-    assert _fwd_attr(text, "q_tile", "jax_gna_bwd") == _fwd_attr(text, "kv_tile", "jax_gna_bwd")
-    assert _fwd_attr(text, "q_tile", "jax_gna_bwd") == ()
+    assert _fwd_attr(text, "q_tile", "jax_gna_bwd") == (4, 16)
+    assert _fwd_attr(text, "kv_tile", "jax_gna_bwd") == (8, 16)
 
 
-BACKWARD_SELECTION = {  # rank 3 (two backward configurations): name -> as SELECTION
+BACKWARD_SELECTION = {  # ranks with two backward configurations: name -> as SELECTION
+    "2d-blocked-8x16": SELECTION["2d-blocked-8x16"],
+    "2d-blocked-16x8": SELECTION["2d-blocked-16x8"],
+    "2d-na-7x21": SELECTION["2d-na-7x21"],
     "3d-blocked-4x4x8": SELECTION["3d-blocked-4x4x8"],
     "3d-blocked-2x8x8": SELECTION["3d-blocked-2x8x8"],
     "3d-na-5x5x5": SELECTION["3d-na-5x5x5"],
@@ -227,12 +230,12 @@ BACKWARD_SELECTION = {  # rank 3 (two backward configurations): name -> as SELEC
 @needs_cuda_build
 @pytest.mark.usefixtures("pretend_hopper")
 def test_cuda_backward_runs_the_best_compiled_configuration():
-    # The forward runs its default tiles, whichever backward configuration is best.
-    default = _tiles.SM90_FORWARD[3][D][0]
     picked = {}
     for name, (shape, window, stride, dilation, causal) in BACKWARD_SELECTION.items():
         best = _brute_force_best(shape, window, stride, dilation, causal, _tiles.SM90_BACKWARD)
         q, k, v = _qkv(shape)
+        # The forward runs its default tiles, whichever backward configuration is best.
+        default = _tiles.SM90_FORWARD[len(shape)][D][0]
         attend = functools.partial(
             jax_gna.gna, kernel_size=window, stride=stride, dilation=dilation, is_causal=causal,
             implementation="cuda", q_tile_shape=default.q, kv_tile_shape=default.kv,
@@ -242,7 +245,9 @@ def test_cuda_backward_runs_the_best_compiled_configuration():
         lowered = tuple(_fwd_attr(text, t, "jax_gna_bwd") for t in ("q_tile", "kv_tile"))
         assert lowered == (best.q, best.kv), name
         picked[name] = best
-    assert set(picked.values()) == set(_tiles.SM90_BACKWARD[3][D])
+    for rank in (2, 3):
+        chosen = {c for n, c in picked.items() if n.startswith(f"{rank}d")}
+        assert chosen == set(_tiles.SM90_BACKWARD[rank][D]), rank
 
 
 @needs_cuda_build

@@ -34,10 +34,11 @@ using ::gna::BwdParams;  // its launch parameters, shared with sm100
 // two parts), the KV rows' windows 12 K: about 205 K of 227 K. A second Q / dO stage (64 K more)
 // does not fit.
 //
-// Rank 3 has two configurations, as the forward: KV (2, 8, 8) and (4, 4, 8). Where the extent
-// of the middle axis or its windows' starts are multiples of 4 but not of 8 (44 rows, the last
-// windows starting at row 20), the (2, 8, 8) tiles visit partial tiles that the (4, 4, 8) ones
-// cover whole. A call runs the one with the better simulated bound, as the forward does
+// Ranks 2 and 3 have two configurations each, as the forward: KV (16, 8) and (8, 16), KV
+// (2, 8, 8) and (4, 4, 8). Where an axis' extent or its windows' starts are multiples of the
+// smaller tile side but not of the larger one (Cosmos: 44 rows, the last windows starting at row
+// 20; 2-D windows stepping by 8 rows and 16 columns), one shape visits partial tiles that the
+// other covers whole. A call runs the one with the better simulated bound, as the forward does
 // (jax_gna.sim.tile_candidates).
 constexpr FwdTileConfigs bwd_tile_configs(int rank, int head_dim) {
   return bwd_tile_table(rank, head_dim);

@@ -55,11 +55,11 @@ constexpr FwdTileConfigs bwd_tile_table(int rank, int head_dim) {
   if (rank == 1 && head_dim == 256)
     return {1, {{{1, 1, 64}, {1, 1, 64}, 1}}};
   if (rank == 2 && head_dim == 32)
-    return {1, {{{1, 8, 8}, {1, 16, 8}, 2}}};
+    return {2, {{{1, 8, 8}, {1, 16, 8}, 2}, {{1, 4, 16}, {1, 8, 16}, 2}}};
   if (rank == 2 && head_dim == 64)
-    return {1, {{{1, 8, 8}, {1, 16, 8}, 2}}};
+    return {2, {{{1, 8, 8}, {1, 16, 8}, 2}, {{1, 4, 16}, {1, 8, 16}, 2}}};
   if (rank == 2 && head_dim == 128)
-    return {1, {{{1, 8, 8}, {1, 16, 8}, 2}}};
+    return {2, {{{1, 8, 8}, {1, 16, 8}, 2}, {{1, 4, 16}, {1, 8, 16}, 2}}};
   if (rank == 2 && head_dim == 256)
     return {1, {{{1, 8, 8}, {1, 8, 8}, 1}}};
   if (rank == 3 && head_dim == 32)
@@ -127,14 +127,17 @@ inline constexpr KernelRow kFwdKernels[] = {
 inline constexpr KernelRow kBwdKernels[] = {
     {DType::kF16, 32, 1, 0, false},
     {DType::kF16, 32, 2, 0, false},
+    {DType::kF16, 32, 2, 1, false},
     {DType::kF16, 32, 3, 0, false},
     {DType::kF16, 32, 3, 1, false},
     {DType::kF16, 64, 1, 0, false},
     {DType::kF16, 64, 2, 0, false},
+    {DType::kF16, 64, 2, 1, false},
     {DType::kF16, 64, 3, 0, false},
     {DType::kF16, 64, 3, 1, false},
     {DType::kF16, 128, 1, 0, false},
     {DType::kF16, 128, 2, 0, false},
+    {DType::kF16, 128, 2, 1, false},
     {DType::kF16, 128, 3, 0, false},
     {DType::kF16, 128, 3, 1, false},
     {DType::kF16, 256, 1, 0, false},
@@ -142,14 +145,17 @@ inline constexpr KernelRow kBwdKernels[] = {
     {DType::kF16, 256, 3, 0, false},
     {DType::kBF16, 32, 1, 0, false},
     {DType::kBF16, 32, 2, 0, false},
+    {DType::kBF16, 32, 2, 1, false},
     {DType::kBF16, 32, 3, 0, false},
     {DType::kBF16, 32, 3, 1, false},
     {DType::kBF16, 64, 1, 0, false},
     {DType::kBF16, 64, 2, 0, false},
+    {DType::kBF16, 64, 2, 1, false},
     {DType::kBF16, 64, 3, 0, false},
     {DType::kBF16, 64, 3, 1, false},
     {DType::kBF16, 128, 1, 0, true},
     {DType::kBF16, 128, 2, 0, true},
+    {DType::kBF16, 128, 2, 1, true},
     {DType::kBF16, 128, 3, 0, true},
     {DType::kBF16, 128, 3, 1, true},
     {DType::kBF16, 256, 1, 0, false},

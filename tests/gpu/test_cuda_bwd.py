@@ -250,6 +250,8 @@ LARGER = {  # several tiles per axis, the design problems' patterns in miniature
     # Cosmos in miniature: 12 rows (a multiple of 4, not 8), windows stepping by 4 rows; the
     # backward picks its (4, 4, 8) KV tiles here.
     "3d-rows-of-4": _case((4, 12, 16), (4, 6, 8), (1, 2, 8), lse_cotangent=True),
+    # Windows stepping by 8 rows and 16 columns: the backward picks its (8, 16) KV tiles.
+    "2d-blocked-8x16": _case((32, 48), (8, 16), (8, 16), lse_cotangent=True),
 }
 
 
@@ -286,16 +288,29 @@ def fresh_traces():
     _clear_traces()
 
 
+FORCED = {  # rank -> problems whose gradients run each backward configuration of the rank
+    2: ["2d-gna-dilated", "2d-blocked-8x16"],
+    3: ["3d-gna", "3d-odd-causal", "3d-rows-of-4"],
+}
+
+
 @pytest.mark.usefixtures("fresh_traces")
 @pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic"])
-@pytest.mark.parametrize("config", range(len(_tiles.SM90_BACKWARD[3][128])))
-@pytest.mark.parametrize("name", ["3d-gna", "3d-odd-causal", "3d-rows-of-4"])
-def test_every_rank3_backward_configuration_matches_reference_gradients(
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        (name, config)
+        for rank, names in FORCED.items()
+        for name in names
+        for config in range(len(_tiles.SM90_BACKWARD[rank][128]))
+    ],
+)
+def test_every_backward_configuration_matches_reference_gradients(
     name, config, deterministic, monkeypatch
 ):
-    """Each compiled rank-3 backward configuration, forced for problems that would pick either
-    (GQA, causal, extra tokens, an LSE cotangent), in both modes."""
-    tiles = _tiles.SM90_BACKWARD[3][128][config]
+    """Each compiled backward configuration of ranks 2 and 3, forced for problems that would
+    pick either (GQA, causal, dilation, extra tokens, an LSE cotangent), in both modes."""
+    tiles = _tiles.SM90_BACKWARD[len(LARGER[name]["extents"])][128][config]
     monkeypatch.setattr(_ffi_call, "cuda_backward_tiles", lambda *a: (tiles.q, tiles.kv))
     case = LARGER[name]
     q, k, v, extra = _inputs(case, seed=13)
