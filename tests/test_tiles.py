@@ -205,8 +205,9 @@ def test_requested_tiles_reach_the_custom_call():
     # both): here the (8, 16) KV tiles, against the forward's requested (16, 8).
     grad = jax.jit(
         jax.grad(
-            lambda q: jax_gna.gna(q, k, v, (8, 16), implementation="cuda", q_tile_shape=(16, 8),
-                                  kv_tile_shape=(16, 8)).astype(jnp.float32).sum()
+            lambda q: jax_gna.gna(q, k, v, (8, 16), stride=(8, 16), implementation="cuda",
+                                  q_tile_shape=(16, 8), kv_tile_shape=(16, 8))
+            .astype(jnp.float32).sum()
         )
     )  # fmt: skip
     text = grad.lower(q).as_text()

@@ -35,6 +35,7 @@ scale is still far outside them.
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 
 import jax
@@ -266,8 +267,10 @@ def _bwd_tiles(grad_fn, *args) -> tuple[tuple[int, ...], tuple[int, ...]]:
     (line,) = [x for x in grad_fn.lower(*args).as_text().splitlines() if "@jax_gna_bwd(" in x]
     tiles = []
     for name in ("q_tile", "kv_tile"):
-        values = line.split(f"{name} = dense<")[1].split(">")[0].strip("[]")
-        tiles.append(tuple(int(x) for x in values.split(",")) if values else ())
+        m = re.search(rf"\b{name} = dense<([^>]*)> : tensor<(\d+)xi64>", line)
+        values, size = m.group(1).strip("[]"), int(m.group(2))
+        parsed = tuple(int(x) for x in values.split(",")) if values else ()
+        tiles.append(parsed * size if len(parsed) == 1 and size > 1 else parsed)  # a splat
     return tiles[0], tiles[1]
 
 
