@@ -2,7 +2,7 @@
 
 #include <cmath>
 #include <limits>
-#include <sstream>
+#include <string>
 #include <utility>
 
 namespace gna {
@@ -10,12 +10,12 @@ namespace {
 
 constexpr int64_t kIntMax = std::numeric_limits<int>::max();
 
+// Messages are built from std::string and std::to_string only, no iostreams: in a process with
+// jaxlib 0.11 loaded (Python 3.12), a std::ostringstream in this extension crashed it.
 std::string shape_str(Int64List s) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < s.size; ++i) os << (i ? ", " : "") << s[i];
-  os << "]";
-  return os.str();
+  std::string out = "[";
+  for (size_t i = 0; i < s.size; ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
 }
 
 bool within(int64_t x, int64_t lo, int64_t hi) { return lo <= x && x <= hi; }
@@ -91,11 +91,12 @@ std::string problem_from_shapes(Int64List q, Int64List k, Int64List v, DType dty
     return "kernel_size must have 1 to 3 entries, got " + std::to_string(rank);
   if (attrs.stride.size != rank || attrs.dilation.size != rank || attrs.is_causal.size != rank)
     return "kernel_size, stride, dilation and is_causal must have one entry per spatial axis";
-  if (!std::isfinite(attrs.scale)) {
-    std::ostringstream os;
-    os << "scale = " << attrs.scale << "; the softmax scale must be finite";
-    return os.str();
-  }
+  if (!std::isfinite(attrs.scale))
+    return std::string("scale = ") +
+           (std::isnan(attrs.scale) ? "nan"
+            : attrs.scale > 0       ? "inf"
+                                    : "-inf") +
+           "; the softmax scale must be finite";
   if (q.size < rank + 2)
     return "q must be [batch..., X..., heads, head_dim] with " + std::to_string(rank) +
            " spatial axes, got shape " + shape_str(q);
