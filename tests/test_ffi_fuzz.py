@@ -42,6 +42,8 @@ WINDOW = ("kernel_size", "stride", "dilation", "is_causal")
 VIEW = ("view_extent", "view_q_offset", "view_kv_offset")
 TILES = ("q_tile", "kv_tile")
 EXT_TARGETS = ("ext_fwd_workspace", "ext_bwd_workspace", "ext_fwd_can", "ext_bwd_can")
+# The targets that take tile shapes (each direction its own).
+TILE_TARGETS = ("fwd", "bwd", "ext_fwd_can", "ext_bwd_can", "ext_bwd_workspace")
 TOLERANCE = 1e-4
 
 
@@ -93,7 +95,7 @@ def _legal_call(rng) -> dict:
 def _attributes(target: str) -> list[str]:
     """The inputs of `target` a fault may hit."""
     names = [*WINDOW, *VIEW]
-    if target in ("fwd", "ext_fwd_can"):
+    if target in TILE_TARGETS:
         names += TILES
     if target in ("fwd", "bwd"):
         names.append("scale")
@@ -185,7 +187,7 @@ def _legal(case: dict) -> bool:
         return False
     if len({len(x) for x in view}) != 1 or len(view[0]) not in (0, rank):
         return False
-    if target in ("fwd", "ext_fwd_can"):
+    if target in TILE_TARGETS:
         if len({len(x) for x in tiles}) != 1 or len(tiles[0]) not in (0, rank):
             return False
         if any(not 1 <= t < MAX_POSITION for t in tiles[0] + tiles[1]):
@@ -285,13 +287,17 @@ def _run(case: dict, seed: int) -> float:
         if target == "ext_fwd_workspace":
             ext.fwd_workspace_bytes(*args, view=view)
         elif target == "ext_bwd_workspace":
-            ext.bwd_workspace_bytes(*args, view=view)
+            ext.bwd_workspace_bytes(
+                *args, view=view, q_tile=case["q_tile"], kv_tile=case["kv_tile"]
+            )
         elif target == "ext_fwd_can":
             ext.cuda_fwd_can_implement(
                 *args, q_tile=case["q_tile"], kv_tile=case["kv_tile"], view=view
             )
         else:
-            ext.cuda_bwd_can_implement(*args, view=view)
+            ext.cuda_bwd_can_implement(
+                *args, q_tile=case["q_tile"], kv_tile=case["kv_tile"], view=view
+            )
         return 0.0
     rng = np.random.default_rng(seed)
     draw = lambda shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
@@ -312,6 +318,7 @@ def _run(case: dict, seed: int) -> float:
     out, lse = (want[0].astype(np.float32), want[1].astype(np.float32)) if want else (
         np.zeros(out_shape, np.float32), np.zeros(lse_shape, np.float32))  # fmt: skip
     attrs["deterministic"] = np.int64(case["deterministic"])
+    attrs |= {name: np.asarray(case[name], np.int64) for name in TILES}
     shapes = (result(q.shape), result(k.shape), result(v.shape), workspace)
     call = jax.ffi.ffi_call("jax_gna_bwd", shapes)
     grads = jax.block_until_ready(call(dout, q, k, v, out, lse, dlse, **attrs))[:3]

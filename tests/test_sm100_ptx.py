@@ -70,10 +70,10 @@ def test_generic_access_parser_on_known_lines():
 KERNELS = {
     "sm100 fwd bf16 d128 r3": ("sm100", "fwd", ("kBF16", 128, 3, 0)),
     "sm100 fwd f16 d32 r1": ("sm100", "fwd", ("kF16", 32, 1, 0)),
-    "sm100 bwd bf16 d128 r3": ("sm100", "bwd", ("kBF16", 128, 3)),
-    "sm100 bwd f16 d32 r1": ("sm100", "bwd", ("kF16", 32, 1)),
+    "sm100 bwd bf16 d128 r3": ("sm100", "bwd", ("kBF16", 128, 3, 0)),
+    "sm100 bwd f16 d32 r1": ("sm100", "bwd", ("kF16", 32, 1, 0)),
     "sm90 fwd bf16 d128 r3": ("sm90", "fwd", ("kBF16", 128, 3, 0)),
-    "sm90 bwd bf16 d128 r3": ("sm90", "bwd", ("kBF16", 128, 3)),
+    "sm90 bwd bf16 d128 r3": ("sm90", "bwd", ("kBF16", 128, 3, 0)),
 }
 _NAMES = ("DTYPE", "HEAD_DIM", "RANK", "CONFIG")
 
