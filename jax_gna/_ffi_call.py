@@ -228,8 +228,8 @@ def cuda_backward_tiles(query, key, value, params: GnaParams) -> tuple[tuple, tu
     compiled backward configurations (`jax_gna._tiles.SM90_BACKWARD`) that can run it, the one
     with the best simulated bound, as `cuda_tiles` picks the forward's (the forward's tiles do
     not constrain it). ``((), ())`` where none applies (no CUDA backward for this call, a build
-    without the configurations, or a view: a shard's queries against its key block), and the
-    launcher takes its default."""
+    without the configurations, a GPU whose kernels have other shapes (sm100), or a view: a
+    shard's queries against its key block), and the launcher takes its default."""
     ext = _extension.ext
     if params.view:
         return (), ()
@@ -242,11 +242,12 @@ def cuda_backward_tiles(query, key, value, params: GnaParams) -> tuple[tuple, tu
     if ext is None or not ext.cuda_has_backward() or len(candidates) < 2:
         return (), ()
     args = _problem_args(query, key, value, params)
+    cc = _compute_capability(query) or (-1, 0)  # the launcher of the GPU the call runs on
     for candidate in candidates:
         tiles = candidate.tiles
         try:
             reason = ext.cuda_bwd_can_implement(
-                *args, q_tile=list(tiles.q), kv_tile=list(tiles.kv), view=params.view_list()
+                *args, *cc, q_tile=list(tiles.q), kv_tile=list(tiles.kv), view=params.view_list()
             )
         except ValueError:
             continue

@@ -251,6 +251,25 @@ def test_cuda_backward_runs_the_best_compiled_configuration():
         assert chosen == set(_tiles.SM90_BACKWARD[rank][D]), rank
 
 
+@pytest.mark.skipif(
+    ext is None or "100a" not in ext.built_cuda_archs(), reason="this build has no sm_100a kernels"
+)
+def test_a_blackwell_gradient_keeps_its_own_backward_tiles(monkeypatch):
+    """The backward's pick comes from the sm90 table; on a compute capability 10.0 GPU the sm100
+    launcher (one configuration per rank, of other shapes) refuses those, so the call leaves
+    the tiles unset and that launcher runs its own."""
+    monkeypatch.setattr(_implementations, "array_platform", lambda query: "gpu")
+    monkeypatch.setattr(_ffi_call, "_compute_capability", lambda query: (10, 0))
+    shape, window, stride, dilation, causal = BACKWARD_SELECTION["3d-rows-of-4"]
+    q, k, v = _qkv(shape)
+    params = make_params(q, k, v, window, stride=stride)
+    assert _ffi_call.cuda_backward_reason(q, k, v, params) is None
+    assert _ffi_call.cuda_backward_tiles(q, k, v, params) == ((), ())
+    if "90a" in ext.built_cuda_archs():  # the same call on Hopper picks (4, 4, 8) KV tiles
+        monkeypatch.setattr(_ffi_call, "_compute_capability", lambda query: (9, 0))
+        assert _ffi_call.cuda_backward_tiles(q, k, v, params) == ((2, 4, 8), (4, 4, 8))
+
+
 @needs_cuda_build
 @pytest.mark.usefixtures("pretend_hopper")
 def test_tiles_the_kernels_lack_raise_and_are_reported():
