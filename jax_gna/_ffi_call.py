@@ -227,11 +227,13 @@ def cuda_backward_tiles(query, key, value, params: GnaParams) -> tuple[tuple, tu
     """``(q_tile, kv_tile)`` the CUDA backward runs for the gradient of this call: among the
     compiled backward configurations (`jax_gna._tiles.SM90_BACKWARD`) that can run it, the one
     with the best simulated bound, as `cuda_tiles` picks the forward's (the forward's tiles do
-    not constrain it). ``((), ())`` where none applies (no CUDA backward for this call, a build
-    without the configurations, a GPU whose kernels have other shapes (sm100), or a view: a
-    shard's queries against its key block), and the launcher takes its default."""
+    not constrain it). ``((), ())`` where none applies, and the launcher takes its default: no
+    CUDA backward for this call, a build without the configurations, no GPU to pick for (a
+    call traced without one, e.g. for `jax.export`, runs whichever GPU's default), a GPU whose
+    kernels have other shapes (sm100), or a view (a shard's queries against its key block)."""
     ext = _extension.ext
-    if params.view:
+    cc = _compute_capability(query)  # the launcher of the GPU the call runs on
+    if params.view or cc is None:
         return (), ()
     try:
         candidates = sim.tile_candidates(
@@ -242,7 +244,6 @@ def cuda_backward_tiles(query, key, value, params: GnaParams) -> tuple[tuple, tu
     if ext is None or not ext.cuda_has_backward() or len(candidates) < 2:
         return (), ()
     args = _problem_args(query, key, value, params)
-    cc = _compute_capability(query) or (-1, 0)  # the launcher of the GPU the call runs on
     for candidate in candidates:
         tiles = candidate.tiles
         try:

@@ -251,6 +251,17 @@ def test_cuda_backward_runs_the_best_compiled_configuration():
         assert chosen == set(_tiles.SM90_BACKWARD[rank][D]), rank
 
 
+@needs_cuda_build
+def test_a_gradient_traced_without_a_gpu_leaves_the_backward_tiles_unset(monkeypatch):
+    """No GPU to pick for (e.g. tracing for jax.export on a CPU machine): the launcher of
+    whichever GPU runs the call takes its default."""
+    monkeypatch.setattr(_ffi_call, "_compute_capability", lambda query: None)
+    shape, window, stride, _, _ = BACKWARD_SELECTION["3d-rows-of-4"]
+    q, k, v = _qkv(shape)
+    params = make_params(q, k, v, window, stride=stride)
+    assert _ffi_call.cuda_backward_tiles(q, k, v, params) == ((), ())
+
+
 @pytest.mark.skipif(
     ext is None or "100a" not in ext.built_cuda_archs(), reason="this build has no sm_100a kernels"
 )
