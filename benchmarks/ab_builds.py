@@ -135,12 +135,13 @@ def check_import(src: Path) -> None:
         )
 
 
-def run_tests(src: Path, paths: list[str], workers: int, log: Path) -> str:
-    """pytest on the build in `src` (GPU tests: no preallocation, so workers share the GPU);
-    returns pytest's last line."""
+def run_tests(src: Path, paths: list[str], workers: int, log: Path, marker: str = "") -> str:
+    """pytest on the build in `src` (GPU tests: no preallocation, so workers share the GPU),
+    `marker` its ``-m`` expression if any; returns pytest's last line."""
     env = {**os.environ, "PYTHONPATH": str(src), "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     cmd = [sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider",
-           *(["-n", str(workers)] if workers > 1 else [])]  # fmt: skip
+           *(["-n", str(workers)] if workers > 1 else []),
+           *(["-m", marker] if marker else [])]  # fmt: skip
     with open(log, "w") as f:
         code = subprocess.run(cmd, cwd=src, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
     last = (log.read_text().strip().splitlines() or [""])[-1]
@@ -224,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         help="pytest these on every build first; a build that fails is not timed",
     )
     parser.add_argument("--test-workers", type=int, default=8)
+    parser.add_argument(
+        "--test-marker",
+        default="",
+        metavar="EXPR",
+        help='pytest -m expression for --tests, e.g. "gpu and not slow"',
+    )
     args = parser.parse_args(argv)  # fmt: skip
     try:
         variants = parse_variants(args.variant, args.cmake_arg)
@@ -242,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     print(f"built {', '.join(srcs)} under {args.work}", flush=True)
     for n in list(srcs) if args.tests else []:
-        line = run_tests(srcs[n], args.tests, args.test_workers, args.work / f"tests_{n}.log")
+        log = args.work / f"tests_{n}.log"
+        line = run_tests(srcs[n], args.tests, args.test_workers, log, args.test_marker)
         print(f"tests on {n}: {line}", flush=True)
         if line.startswith("FAILED"):
             del srcs[n]

@@ -102,6 +102,11 @@ def test_run_tests_reports_pytest_last_line_or_the_failure(tmp_path):
     (tmp_path / "test_ok.py").write_text("def test_ok():\n    assert True\n")
     (tmp_path / "test_bad.py").write_text("def test_bad():\n    assert False\n")
     assert "1 passed" in ab.run_tests(tmp_path, ["test_ok.py"], 1, tmp_path / "ok.log")
+    # A marker expression selects: the failing test is not run.
+    marked = "import pytest\n\n@pytest.mark.slow\ndef test_slow_bad():\n    assert False\n"
+    (tmp_path / "test_marked.py").write_text(marked)
+    ok = ab.run_tests(tmp_path, ["test_ok.py", "test_marked.py"], 1, tmp_path / "m.log", "not slow")
+    assert "1 passed, 1 deselected" in ok, ok
     line = ab.run_tests(tmp_path, ["test_bad.py"], 1, tmp_path / "bad.log")
     assert line.startswith("FAILED (exit 1)") and "1 failed" in line and "bad.log" in line
 
