@@ -638,16 +638,20 @@ def _gna_fn(cfg: Config, impl: str | None, deterministic: bool | None = None):
     return _with_backprop(f, cfg.backprop)
 
 
+def _params(cfg: Config, q, k, v):
+    """The call's parameters, as `jax_gna.gna` makes them for the problem's window."""
+    p = cfg.problem
+    return make_params(
+        q, k, v, p.kernel_size, stride=p.stride, dilation=p.dilation, is_causal=p.is_causal
+    )
+
+
 def _cuda_tiles(cfg: Config, q, k, v) -> _tiles.TileConfig | None:
     """The tile configuration ``implementation="cuda"`` runs on these inputs: --q-tile/--kv-tile,
     else the kernels' pick for the call."""
     if cfg.tiles is not None:
         return cfg.tiles
-    p = cfg.problem
-    params = make_params(
-        q, k, v, p.kernel_size, stride=p.stride, dilation=p.dilation, is_causal=p.is_causal
-    )
-    params = _ffi_call.cuda_tiles(q, k, v, params)
+    params = _ffi_call.cuda_tiles(q, k, v, _params(cfg, q, k, v))
     if not params.has_tiles:
         return None
     return _tiles.TileConfig(params.q_tile_shape, params.kv_tile_shape)
@@ -656,24 +660,17 @@ def _cuda_tiles(cfg: Config, q, k, v) -> _tiles.TileConfig | None:
 def _cuda_backward_reason(cfg: Config, q, k, v) -> str | None:
     """None if ``implementation="cuda"``'s gradients run the CUDA backward kernels on these
     inputs, else why the ``xla`` backward stands in."""
-    p = cfg.problem
-    params = make_params(
-        q, k, v, p.kernel_size, stride=p.stride, dilation=p.dilation, is_causal=p.is_causal
-    )
-    return _implementations.CUDA.backward_why_not(q, k, v, params)
+    return _implementations.CUDA.backward_why_not(q, k, v, _params(cfg, q, k, v))
 
 
 def _cuda_backward_tiles(cfg: Config, q, k, v) -> str:
     """The tile configuration the CUDA backward runs on these inputs (its pick, else its only
     or default configuration)."""
-    p = cfg.problem
-    params = make_params(
-        q, k, v, p.kernel_size, stride=p.stride, dilation=p.dilation, is_causal=p.is_causal
-    )
-    q_tile, kv_tile = _ffi_call.cuda_backward_tiles(q, k, v, params)
+    q_tile, kv_tile = _ffi_call.cuda_backward_tiles(q, k, v, _params(cfg, q, k, v))
     if q_tile:
         return str(_tiles.TileConfig(q_tile, kv_tile))
-    default = _tiles.supported_tiles(p.rank, q.shape[-1], q.dtype, direction="bwd")[0]
+    rank = cfg.problem.rank
+    default = _tiles.supported_tiles(rank, q.shape[-1], q.dtype, direction="bwd")[0]
     return str(default)
 
 
