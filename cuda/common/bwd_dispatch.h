@@ -57,16 +57,14 @@ cudaError_t launch_dtype(DType dtype, const BwdMaps& maps, const BwdParams& bp, 
   return cudaErrorInvalidValue;
 }
 
-// Configuration `config` of (kHeadDim, kRank), tried from index kConfig up.
-template <class Arch, int kHeadDim, int kRank, int kConfig = 0>
+// Configuration `config` of (kHeadDim, kRank).
+template <class Arch, int kHeadDim, int kRank>
 cudaError_t launch_config(int config, DType dtype, const BwdMaps& maps, const BwdParams& bp,
                           unsigned grid, cudaStream_t stream) {
-  if constexpr (kConfig < Arch::bwd_tile_configs(kRank, kHeadDim).count) {
-    if (config == kConfig)
-      return launch_dtype<Arch, kHeadDim, kRank, kConfig>(dtype, maps, bp, grid, stream);
-    return launch_config<Arch, kHeadDim, kRank, kConfig + 1>(config, dtype, maps, bp, grid, stream);
-  }
-  return cudaErrorInvalidValue;
+  constexpr int kCount = Arch::bwd_tile_configs(kRank, kHeadDim).count;
+  return fwd_host::with_config<kCount>(config, [&](auto c) {
+    return launch_dtype<Arch, kHeadDim, kRank, decltype(c)::value>(dtype, maps, bp, grid, stream);
+  });
 }
 
 template <class Arch, int kHeadDim>

@@ -48,16 +48,14 @@ cudaError_t launch_dtype(DType dtype, const FwdMaps& maps, const FwdParams& fp, 
   return cudaErrorInvalidValue;
 }
 
-// Configuration `config` of (kHeadDim, kRank), tried from index kConfig up.
-template <class Arch, int kHeadDim, int kRank, int kConfig = 0>
+// Configuration `config` of (kHeadDim, kRank).
+template <class Arch, int kHeadDim, int kRank>
 cudaError_t launch_config(int config, DType dtype, const FwdMaps& maps, const FwdParams& fp,
                           unsigned grid, cudaStream_t stream) {
-  if constexpr (kConfig < Arch::fwd_tile_configs(kRank, kHeadDim).count) {
-    if (config == kConfig)
-      return launch_dtype<Arch, kHeadDim, kRank, kConfig>(dtype, maps, fp, grid, stream);
-    return launch_config<Arch, kHeadDim, kRank, kConfig + 1>(config, dtype, maps, fp, grid, stream);
-  }
-  return cudaErrorInvalidValue;
+  constexpr int kCount = Arch::fwd_tile_configs(kRank, kHeadDim).count;
+  return fwd_host::with_config<kCount>(config, [&](auto c) {
+    return launch_dtype<Arch, kHeadDim, kRank, decltype(c)::value>(dtype, maps, fp, grid, stream);
+  });
 }
 
 template <class Arch, int kHeadDim>

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <cuda.h>
@@ -235,6 +236,18 @@ class NotCompiled {
   std::vector<int> head_dims_;
   std::vector<std::string> reasons_;
 };
+
+// f(std::integral_constant<int, config>{}) for a runtime `config` in [0, kCount): how a
+// dispatcher turns a configuration index into a kernel's template argument; an index out of
+// range is cudaErrorInvalidValue.
+template <int kCount, int kIndex = 0, class F>
+cudaError_t with_config(int config, F&& f) {
+  if constexpr (kIndex < kCount) {
+    if (config == kIndex) return f(std::integral_constant<int, kIndex>{});
+    return with_config<kCount, kIndex + 1>(config, f);
+  }
+  return cudaErrorInvalidValue;
+}
 
 // Whether the build holds a kernel of (dtype, head dim, rank) in any tile configuration.
 inline bool any_config_built(TileConfigsOf configs, KernelBuilt built, DType dtype, int head_dim,
