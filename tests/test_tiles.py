@@ -28,7 +28,7 @@ import pytest
 import jax_gna
 from jax_gna import _extension, _ffi_call, _implementations, _tiles, sim
 from jax_gna._params import make_params
-from tests import oracle
+from tests import hlo_attrs, oracle
 
 ext = _extension.ext
 needs_cuda_build = pytest.mark.skipif(
@@ -48,20 +48,9 @@ def pretend_hopper(monkeypatch):
     monkeypatch.setattr(_ffi_call, "_compute_capability", lambda query: (9, 0))
 
 
-def _fwd_attr(text: str, name: str, target: str = "jax_gna_fwd") -> tuple[int, ...]:
-    """An int64 array attribute of the `target` custom call in lowered StableHLO text."""
-    (call,) = [line for line in text.splitlines() if f"@{target}(" in line]
-    m = re.search(rf"\b{name} = dense<([^>]*)> : tensor<(\d+)xi64>", call)
-    assert m, call
-    values, size = m.group(1).strip("[]"), int(m.group(2))
-    parsed = tuple(int(x) for x in values.split(",")) if values else ()
-    return parsed * size if len(parsed) == 1 and size > 1 else parsed  # a splat: one value
-
-
 def _lowered_tiles(q, k, v, kernel_size, **kwargs) -> tuple[tuple[int, ...], tuple[int, ...]]:
     f = jax.jit(lambda q, k, v: jax_gna.gna(q, k, v, kernel_size, implementation="cuda", **kwargs))
-    text = f.lower(q, k, v).as_text()
-    return _fwd_attr(text, "q_tile"), _fwd_attr(text, "kv_tile")
+    return hlo_attrs.tiles(f.lower(q, k, v).as_text(), "jax_gna_fwd")
 
 
 # -- one table ----------------------------------------------------------------------------------
@@ -211,9 +200,8 @@ def test_requested_tiles_reach_the_custom_call():
         )
     )  # fmt: skip
     text = grad.lower(q).as_text()
-    assert _fwd_attr(text, "q_tile") == (16, 8)
-    assert _fwd_attr(text, "q_tile", "jax_gna_bwd") == (4, 16)
-    assert _fwd_attr(text, "kv_tile", "jax_gna_bwd") == (8, 16)
+    assert hlo_attrs.int64_attr(text, "jax_gna_fwd", "q_tile") == (16, 8)
+    assert hlo_attrs.tiles(text, "jax_gna_bwd") == ((4, 16), (8, 16))
 
 
 BACKWARD_SELECTION = {  # ranks with two backward configurations: name -> as SELECTION
@@ -243,8 +231,7 @@ def test_cuda_backward_runs_the_best_compiled_configuration():
         )  # fmt: skip
         loss = lambda q, k=k, v=v, attend=attend: attend(q, k, v).astype(jnp.float32).sum()  # noqa: E731
         text = jax.jit(jax.grad(loss)).lower(q).as_text()
-        lowered = tuple(_fwd_attr(text, t, "jax_gna_bwd") for t in ("q_tile", "kv_tile"))
-        assert lowered == (best.q, best.kv), name
+        assert hlo_attrs.tiles(text, "jax_gna_bwd") == (best.q, best.kv), name
         picked[name] = best
     for rank in (2, 3):
         chosen = {c for n, c in picked.items() if n.startswith(f"{rank}d")}

@@ -35,7 +35,6 @@ scale is still far outside them.
 from __future__ import annotations
 
 import math
-import re
 import textwrap
 
 import jax
@@ -59,6 +58,7 @@ from test_cuda_fwd import (
 import jax_gna
 from jax_gna import _extension, _ffi_call, _ffi_op, _tiles, reference
 from jax_gna._params import make_params
+from tests import hlo_attrs
 
 pytestmark = pytest.mark.gpu
 
@@ -262,18 +262,6 @@ def test_larger_problems_match_reference_gradients(name, dtype):
     _check_case(dict(LARGER[name], dtype=dtype), seed=11)
 
 
-def _bwd_tiles(grad_fn, *args) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The q_tile and kv_tile attributes of the jax_gna_bwd call in the lowered grad."""
-    (line,) = [x for x in grad_fn.lower(*args).as_text().splitlines() if "@jax_gna_bwd(" in x]
-    tiles = []
-    for name in ("q_tile", "kv_tile"):
-        m = re.search(rf"\b{name} = dense<([^>]*)> : tensor<(\d+)xi64>", line)
-        values, size = m.group(1).strip("[]"), int(m.group(2))
-        parsed = tuple(int(x) for x in values.split(",")) if values else ()
-        tiles.append(parsed * size if len(parsed) == 1 and size > 1 else parsed)  # a splat
-    return tiles[0], tiles[1]
-
-
 def _clear_traces():
     """Forgets the ops built so far (jax_gna._ffi_op caches one per GnaParams) and JAX's traces."""
     for cached in (_ffi_op._forward_op, _ffi_op._backward_op, _ffi_op._xla_backward_op):
@@ -320,7 +308,7 @@ def test_every_backward_configuration_matches_reference_gradients(
     dout, dlse = _cotangents(case, 13, q)
     args = (q, k, v, extra, dout, dlse)
     grad = _cuda_grad(_window(case), deterministic=deterministic)
-    assert _bwd_tiles(grad, *args) == (tiles.q, tiles.kv)
+    assert hlo_attrs.tiles(grad.lower(*args).as_text(), "jax_gna_bwd") == (tiles.q, tiles.kv)
     _check_case(case, seed=13, deterministic=deterministic)
 
 
