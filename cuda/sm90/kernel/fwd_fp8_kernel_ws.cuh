@@ -217,7 +217,7 @@ struct FwdFp8Kernel {
 
   // V^T by warp matrix instructions. A unit of the transpose is 16 tokens x 32 head dims of a
   // tile, turned around by one warp: one ldmatrix.x4.trans, four byte permutes and one
-  // stmatrix.x4 (per thread: 16 bytes, ~7 instructions; byte-wise in registers, a tile took
+  // stmatrix.x4 (per thread: 16 bytes, ~11 instructions; byte-wise in registers, a tile took
   // ~300 instructions per producer thread, which issued on the schedulers the consumers'
   // softmax needs). ldmatrix.trans turns 16-bit pairs around: matrix m (rows: lanes 8m..8m+7's
   // addresses) holds tokens 8 (m & 1) + 0..7 of the unit at head dims 16 (m >> 1) + 0..15, and
