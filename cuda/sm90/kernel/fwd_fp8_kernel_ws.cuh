@@ -217,7 +217,7 @@ struct FwdFp8Kernel {
 
   // V^T by warp matrix instructions. A unit of the transpose is 16 tokens x 32 head dims of a
   // tile, turned around by one warp: one ldmatrix.x4.trans, four byte permutes and one
-  // stmatrix.x4 (per thread: 16 bytes, ~11 instructions; byte-wise in registers, a tile took
+  // stmatrix.x4 (per thread: 16 bytes, ~8 instructions; byte-wise in registers, a tile took
   // ~300 instructions per producer thread, which issued on the schedulers the consumers'
   // softmax needs). ldmatrix.trans turns 16-bit pairs around: matrix m (rows: lanes 8m..8m+7's
   // addresses) holds tokens 8 (m & 1) + 0..7 of the unit at head dims 16 (m >> 1) + 0..15, and
@@ -245,13 +245,14 @@ struct FwdFp8Kernel {
     uint32_t sel[2];
   };
   static CUTE_HOST_DEVICE VtLane vt_lane(int warp, int lane) {
-    const int d0 = 32 * (warp % kVtRanges);
-    const int m = lane >> 3, r = lane & 7;  // the matrix and row this lane addresses
-    const int swap = r >= 4 ? 1 : 0;        // stmatrix row r is thread r's (j = r)
-    const int j = lane >> 2;                // the stmatrix row this lane's registers fill
+    // Unsigned: the layouts' divisions by their (power-of-two) atom extents become shifts.
+    const uint32_t d0 = 32u * (uint32_t(warp) % kVtRanges);
+    const uint32_t m = uint32_t(lane) >> 3, r = uint32_t(lane) & 7;  // the lane's matrix, row
+    const uint32_t swap = r >= 4 ? 1 : 0;  // stmatrix row r is thread r's (j = r)
+    const int j = lane >> 2;               // the stmatrix row this lane's registers fill
     VtLane l;
-    l.src = SmemLayoutVRaw{}(8 * (m & 1) + r, d0 + 16 * (m >> 1), 0);
-    l.dst = SmemLayoutVt{}(d0 + 16 * (m >> 1) + 2 * r + ((m & 1) ^ swap), 0, 0);
+    l.src = SmemLayoutVRaw{}(8 * (m & 1) + r, d0 + 16 * (m >> 1), 0u);
+    l.dst = SmemLayoutVt{}(d0 + 16 * (m >> 1) + 2 * r + ((m & 1) ^ swap), 0u, 0u);
     // Even head dims: bytes 0, 2 of each pair's registers; odd: bytes 1, 3.
     l.sel[0] = j < 4 ? 0x6420u : 0x7531u;
     l.sel[1] = j < 4 ? 0x7531u : 0x6420u;
@@ -291,8 +292,13 @@ struct FwdFp8Kernel {
 
   // V^T of raw stage `raw` into V^T stage `stage`, by the 128 producer threads.
   static CUTLASS_DEVICE void transpose_v(SharedStorage& ss, int raw, int stage, int thread) {
-    const int warp = thread / 32;
-    const VtLane l = vt_lane(warp, thread % 32);
+    // The lane's offsets are recomputed for every tile (~20 integer operations): hoisted out of
+    // the item loop, they and their parts spilled or were rematerialised in every unit (the
+    // producer keeps 64 registers).
+    int tid;
+    asm volatile("mov.b32 %0, %1;" : "=r"(tid) : "r"(thread));
+    const int warp = int(uint32_t(tid) / 32);
+    const VtLane l = vt_lane(warp, tid & 31);
     const uint32_t src =
         uint32_t(__cvta_generic_to_shared(ss.v_raw + raw * kTileKV * kHeadDim)) + uint32_t(l.src);
     // Stage bases are multiples of 128 bytes: the XOR of a group's positions stays inside.
