@@ -3,10 +3,12 @@
 Per (architecture, direction), the smallest head dim outside the smoke set, and the largest when
 it exceeds the smoke set's, are compiled to PTX without optimisation: the smallest takes the
 64-byte swizzle and chunking path (head dim 32), the largest the tightest shared-memory and
-register budgets (d256 on sm90). The
-kernels' static checks (budgets, layout checks evaluated at compile time) run in the compiler's
-front end, so a full-set kernel that cannot compile fails here in seconds instead of in a
-user's hour-long source build. Skips without nvcc or the CUTLASS headers.
+register budgets (d256 on sm90). The FP8 forward kernels, which no CI build compiles, are
+compiled too, one per head dim (rank 3, first configuration: the rank and configuration only
+change compile-time tile shapes). The kernels' static checks (budgets, layout checks evaluated
+at compile time) run in the compiler's front end, so a full-set kernel that cannot compile
+fails here in seconds instead of in a user's hour-long source build. Skips without nvcc or the
+CUTLASS headers.
 """
 
 import sys
@@ -40,7 +42,15 @@ def _extremes():
     return sorted(out, key=lambda k: k.file_stem)
 
 
-KERNELS = _extremes()
+def _fp8():
+    return [
+        k
+        for k in _kernel_table.kernels()
+        if k.dtype in _kernel_table.FP8_DTYPES and k.rank == 3 and k.config == 0
+    ]
+
+
+KERNELS = _extremes() + _fp8()
 
 
 @pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.file_stem)
