@@ -141,7 +141,8 @@ struct FwdFp8Kernel {
   static_assert(kMaxP <= 256.f, "P must fit e4m3 (largest finite: 448)");
   static_assert(kTileQ == 128, "two consumer warpgroups of 64 rows");
   static_assert(kTileKV % 32 == 0 && kTileKV <= 128, "k32 blocks of P; V^T rows of <= 128 B");
-  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "head dim 64, 128, 256");
+  // (Head dim 256 would need more 32-dim ranges than producer warps in transpose_v.)
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head dim 64 or 128");
 
   // Q, K and raw V: K-major (token rows, D contiguous) in chunks of 128 elements (128 B, SW128)
   // along D, or one 64-element chunk (64 B, SW64) for d64; chunks after all rows of a chunk,
