@@ -5,8 +5,8 @@
 //
 // - V^T in shared memory. FP8 wgmma reads both smem operands K-major, so the B operand of
 //   O += P V must hold V transposed (head dim rows, tokens contiguous). The producer warpgroup
-//   transposes every V tile: TMA lands V as it lands K (a ring of raw stages), its 128 threads
-//   turn 8 x 8 byte blocks around in registers (byte permutes) and store them into a second
+//   transposes every V tile: TMA lands V as it lands K (a ring of raw stages), its four warps
+//   turn it around with ldmatrix.trans, byte permutes and stmatrix (transpose_v) into a second
 //   ring (V^T), which the consumers read. The loads run kLoadAhead tiles ahead of the
 //   transposes, and the producer warps take turns issuing them (producer()).
 // - P's register layout. The fp32 accumulator of S = Q K^T and the 8-bit A operand of P V
@@ -141,7 +141,8 @@ struct FwdFp8Kernel {
   static_assert(kMaxP <= 256.f, "P must fit e4m3 (largest finite: 448)");
   static_assert(kTileQ == 128, "two consumer warpgroups of 64 rows");
   static_assert(kTileKV % 32 == 0 && kTileKV <= 128, "k32 blocks of P; V^T rows of <= 128 B");
-  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "head dim 64, 128, 256");
+  // (Head dim 256 would need more 32-dim ranges than producer warps in transpose_v.)
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head dim 64 or 128");
 
   // Q, K and raw V: K-major (token rows, D contiguous) in chunks of 128 elements (128 B, SW128)
   // along D, or one 64-element chunk (64 B, SW64) for d64; chunks after all rows of a chunk,
@@ -215,110 +216,110 @@ struct FwdFp8Kernel {
         maps, loads, p.dilation, w.group, w.batch, head, origin, barrier, smem, chunk_bytes, hint);
   }
 
-  // 4 x 4 bytes transposed: byte j of out[k] = byte k of in[j].
-  static CUTE_HOST_DEVICE void transpose4x4(const uint32_t (&in)[4], uint32_t (&out)[4]) {
-    const uint32_t x0 = fp8_byte_perm(in[0], in[1], 0x5140);
-    const uint32_t x1 = fp8_byte_perm(in[0], in[1], 0x7362);
-    const uint32_t y0 = fp8_byte_perm(in[2], in[3], 0x5140);
-    const uint32_t y1 = fp8_byte_perm(in[2], in[3], 0x7362);
-    out[0] = fp8_byte_perm(x0, y0, 0x5410);
-    out[1] = fp8_byte_perm(x0, y0, 0x7632);
-    out[2] = fp8_byte_perm(x1, y1, 0x5410);
-    out[3] = fp8_byte_perm(x1, y1, 0x7632);
+  // V^T by warp matrix instructions. A unit of the transpose is 16 tokens x 32 head dims of a
+  // tile, turned around by one warp: one ldmatrix.x4.trans, four byte permutes and one
+  // stmatrix.x4 (per thread: 16 bytes, ~8 instructions; byte-wise in registers, a tile took
+  // ~300 instructions per producer thread, which issued on the schedulers the consumers'
+  // softmax needs). ldmatrix.trans turns 16-bit pairs around: matrix m (rows: lanes 8m..8m+7's
+  // addresses) holds tokens 8 (m & 1) + 0..7 of the unit at head dims 16 (m >> 1) + 0..15, and
+  // thread t (quad c = t % 4, j = t / 4) receives, for each m, head dims 2j, 2j + 1 of the
+  // tokens 2c, 2c + 1. The byte permutes join matrices 0/1 (and 2/3): one register per head
+  // dim, the tokens 2c, 2c + 1, 8 + 2c, 9 + 2c, which is V^T's positions 4c..4c + 3 of the
+  // unit in P's order (fp8_p_token), so stmatrix stores them as they are: row j of matrix n is
+  // a 16-byte run of one V^T row. Threads j >= 4 swap their even and odd head dims (the
+  // permute selectors, vt_lane), so that each stmatrix matrix writes 8 V^T rows of 8 distinct
+  // swizzle phases (head dims 2j, 2j + 1 of one parity would meet in pairs: 2-way conflicts).
+  // Each warp takes one 32-dim range of the tile's head dims and every kVtWarpsPerRange-th
+  // 16-token group of its tokens.
+  static constexpr int kVtRanges = kHeadDim / 32;
+  static constexpr int kVtGroups = kTileKV / 16;
+  static_assert(kProducerWarps % kVtRanges == 0, "each producer warp one 32-dim range");
+  static constexpr int kVtWarpsPerRange = kProducerWarps / kVtRanges;
+  static_assert(kVtGroups % kVtWarpsPerRange == 0, "whole token groups per warp");
+  static constexpr int kVtUnitsPerWarp = kVtGroups / kVtWarpsPerRange;
+
+  // A lane's part of every unit of its warp: its ldmatrix row (raw V offset, token group 0)
+  // and stmatrix row (V^T offset, token group 0), and its two byte-permute selectors.
+  struct VtLane {
+    int src;
+    int dst;
+    uint32_t sel[2];
+  };
+  static CUTE_HOST_DEVICE VtLane vt_lane(int warp, int lane) {
+    // Unsigned: the layouts' divisions by their (power-of-two) atom extents become shifts.
+    const uint32_t d0 = 32u * (uint32_t(warp) % kVtRanges);
+    const uint32_t m = uint32_t(lane) >> 3, r = uint32_t(lane) & 7;  // the lane's matrix, row
+    const uint32_t swap = r >= 4 ? 1 : 0;  // stmatrix row r is thread r's (j = r)
+    const int j = lane >> 2;               // the stmatrix row this lane's registers fill
+    VtLane l;
+    l.src = SmemLayoutVRaw{}(8 * (m & 1) + r, d0 + 16 * (m >> 1), 0u);
+    l.dst = SmemLayoutVt{}(d0 + 16 * (m >> 1) + 2 * r + ((m & 1) ^ swap), 0u, 0u);
+    // Even head dims: bytes 0, 2 of each pair's registers; odd: bytes 1, 3.
+    l.sel[0] = j < 4 ? 0x6420u : 0x7531u;
+    l.sel[1] = j < 4 ? 0x7531u : 0x6420u;
+    return l;
   }
-
-  // Blocks of 8 V^T tokens x 8 head dims in a tile: what the producer threads turn around.
-  static constexpr int kTransposeDBlocks = kHeadDim / 8;
-  static constexpr int kTransposeBlocks = kTransposeDBlocks * (kTileKV / 8);
-  static_assert(kTransposeBlocks % kProducerThreads == 0, "whole blocks per thread");
-  static_assert(kProducerWarps * 32 == kProducerThreads, "issuing lanes: one per producer warp");
-  static_assert(kTransposeDBlocks % 8 == 0 && (kTileKV / 8) % 2 == 0, "transpose_block_index");
-
-  // The block that producer slot `i` (it * kProducerThreads + thread) transposes: i with bit 3
-  // moved to the token block's lowest bit. The 16 slots of a half-warp (which the hardware
-  // serves as one part of an 8-byte access) then take 8 d blocks of two neighbouring token
-  // blocks: V^T rows of 8 rotations times both 8-byte halves of a 16-byte chunk, i.e. all 32
-  // banks (16 d blocks of one token block fill only one half of each chunk: 2 threads a bank).
-  static CUTE_HOST_DEVICE int transpose_block_index(int i) {
-    constexpr int kD = kTransposeDBlocks;
-    const int upper_d = (i >> 4) & (kD / 8 - 1);  // the d-block bits above bit 2
-    return (i & 7) | upper_d << 3 | ((i >> 3) & 1) * kD | (i & ~(2 * kD - 1));
+  // Token group g of a unit: raw V rows 16 g on (an offset added: the layout is linear in
+  // whole 16-token groups), V^T positions 16 g on (an XOR: the swizzle phase's bits).
+  static constexpr int kVtSrcGroupStep = SmemLayoutVRaw{}(16, 0, 0);
+  static CUTE_HOST_DEVICE int vt_group(int warp, int i) {
+    return warp / kVtRanges + i * kVtWarpsPerRange;
   }
-
-  // Block `b` of raw V stage `raw` (bytes `src`: ss.v_raw) into V^T stage `stage` (`dst`:
-  // ss.vt). Its 8 source rows (8 bytes of V each) are read with tokens permuted
-  // (fp8_p_token), rotated by r = (d block) % 8 bytes and transposed, so that step j writes
-  // head dim 8 db + (j + r) % 8: the 8 threads of a half-warp that write one token block then
-  // hit all 8 swizzle phases of SW128 (no bank conflicts, with transpose_block_index), as do the
-  // reads at d128 (the token blocks of a half-warp differ in the swizzle phase's bit 2; at d64
-  // a half-warp's rows share one half of the banks: 2-way conflicts).
-  //
-  // Addresses: one layout call for the block's first row on each side, the others by XOR with
-  // compile-time steps. (A layout call per row cost ~200 integer instructions per block, issued
-  // by the producer warps on the schedulers the consumers' softmax needs: the transpose of a
-  // d128 tile took 634 SASS instructions per thread, now 326.) The swizzles are XOR-linear, and a
-  // step's bits are zero in the first row's unswizzled offset (fp8_p_token(8 tb + k) =
-  // fp8_p_token(8 tb) | fp8_p_token(k), the V^T rows 8 db + e as e < 8 above a block's 8 token
-  // bytes), so layout(first + step) = layout(first) ^ layout(step);
-  // tests/test_sm90_fp8_transpose.py checks every byte.
-  static CUTE_HOST_DEVICE void transpose_block(const uint8_t* src, uint8_t* dst, int b, int raw,
-                                               int stage) {
-    const int db = b % kTransposeDBlocks, tb = b / kTransposeDBlocks;
-    const int r = db & 7;
-    const int src_first = SmemLayoutVRaw{}(fp8_p_token(8 * tb), 8 * db, raw);
-    const int dst_first = SmemLayoutVt{}(8 * db, 8 * tb, stage);
-    // Byte rotation by r of a 64-bit row (lo, hi): new byte e = old byte (e + r) % 8, one byte
-    // permute per word (selector nibble e: source byte (e + r) % 8 of the pair).
-    constexpr uint64_t kBytes = 0x7654321076543210ull;
-    const uint32_t rotate_lo = uint32_t(kBytes >> (4 * r)) & 0xffff;  // bytes (r .. r + 3) % 8
-    const uint32_t rotate_hi = uint32_t(kBytes >> (4 * (r ^ 4))) & 0xffff;
-    uint32_t lo[8], hi[8];
-    CUTLASS_PRAGMA_UNROLL
-    for (int k = 0; k < 8; ++k) {
-      const int offset = src_first ^ int(SmemLayoutVRaw{}(fp8_p_token(k), 0, 0));
-      const uint2 w = *reinterpret_cast<const uint2*>(src + offset);
-      lo[k] = fp8_byte_perm(w.x, w.y, rotate_lo);
-      hi[k] = fp8_byte_perm(w.x, w.y, rotate_hi);
+  // The registers of matrices 0..3 (ldmatrix) to the registers stmatrix takes.
+  static CUTE_HOST_DEVICE void vt_permute(const VtLane& l, const uint32_t (&in)[4],
+                                          uint32_t (&out)[4]) {
+    out[0] = fp8_byte_perm(in[0], in[1], l.sel[0]);
+    out[1] = fp8_byte_perm(in[0], in[1], l.sel[1]);
+    out[2] = fp8_byte_perm(in[2], in[3], l.sel[0]);
+    out[3] = fp8_byte_perm(in[2], in[3], l.sel[1]);
+  }
+  // The offsets of vt_lane and vt_group compose as stated, for every row, head dim and group
+  // (tests/test_sm90_fp8_transpose.py runs the whole transpose on the host).
+  static constexpr bool vt_offsets_compose() {
+    for (int g = 0; g < kVtGroups; ++g) {
+      for (int t = 0; t < 16; ++t)
+        for (int d = 0; d < kHeadDim; d += 16)
+          if (int(SmemLayoutVRaw{}(16 * g + t, d, 0)) !=
+              int(SmemLayoutVRaw{}(t, d, 0)) + g * kVtSrcGroupStep)
+            return false;
+      for (int d = 0; d < kHeadDim; ++d)
+        if (int(SmemLayoutVt{}(d, 16 * g, 0)) != (int(SmemLayoutVt{}(d, 0, 0)) ^ (16 * g)))
+          return false;
     }
-    uint32_t t[4][4];  // [quarter][row]: (lo/hi source half) x (first/last four tokens)
-    transpose4x4({lo[0], lo[1], lo[2], lo[3]}, t[0]);
-    transpose4x4({lo[4], lo[5], lo[6], lo[7]}, t[1]);
-    transpose4x4({hi[0], hi[1], hi[2], hi[3]}, t[2]);
-    transpose4x4({hi[4], hi[5], hi[6], hi[7]}, t[3]);
-    // V^T row e < 8 of a block: layout(e, 0) = e * layout(1, 0) (checked below).
-    constexpr int kRowStep = SmemLayoutVt{}(1, 0, 0);
-    static_assert(vt_rows_linear(), "V^T rows 0..7 of a block at multiples of one step");
-    CUTLASS_PRAGMA_UNROLL
-    for (int j = 0; j < 8; ++j) {
-      // Row j: the rotated head dim j of the 8 tokens (low word: tokens 0..3).
-      uint2 row;
-      row.x = j < 4 ? t[0][j] : t[2][j - 4];
-      row.y = j < 4 ? t[1][j] : t[3][j - 4];
-      const int offset = dst_first ^ (((j + r) & 7) * kRowStep);
-      *reinterpret_cast<uint2*>(dst + offset) = row;
-    }
-  }
-
-  // Whether V^T's rows e = 0..7 (token 0, stage 0) sit at e * (row 1's offset): true of the
-  // SW128 atom (128-token tiles: the swizzle moves the row bits into column bits that are zero
-  // at token 0, e * 0x90); a narrower atom would need another step.
-  static constexpr bool vt_rows_linear() {
-    for (int e = 0; e < 8; ++e)
-      if (int(SmemLayoutVt{}(e, 0, 0)) != e * int(SmemLayoutVt{}(1, 0, 0))) return false;
     return true;
   }
+  static_assert(vt_offsets_compose(), "V^T transpose offsets");
+  static_assert(kTileKV * kHeadDim % 128 == 0, "stages keep the swizzle phase bits clear");
 
   // V^T of raw stage `raw` into V^T stage `stage`, by the 128 producer threads.
   static CUTLASS_DEVICE void transpose_v(SharedStorage& ss, int raw, int stage, int thread) {
-    // The thread's addresses are recomputed for every tile (a few integer operations): hoisted
-    // out of the item loop they would need more registers than the producer has (spills).
+    // The lane's offsets are recomputed for every tile (~20 integer operations): hoisted out of
+    // the item loop, they and their parts spilled or were rematerialised in every unit (the
+    // producer keeps 64 registers).
     int tid;
     asm volatile("mov.b32 %0, %1;" : "=r"(tid) : "r"(thread));
-    const uint8_t* src = reinterpret_cast<const uint8_t*>(ss.v_raw);
-    uint8_t* dst = reinterpret_cast<uint8_t*>(ss.vt);
+    const int warp = int(uint32_t(tid) / 32);
+    const VtLane l = vt_lane(warp, tid & 31);
+    const uint32_t src =
+        uint32_t(__cvta_generic_to_shared(ss.v_raw + raw * kTileKV * kHeadDim)) + uint32_t(l.src);
+    // Stage bases are multiples of 128 bytes: the XOR of a group's positions stays inside.
+    const uint32_t dst =
+        uint32_t(__cvta_generic_to_shared(ss.vt + stage * kTileKV * kHeadDim)) + uint32_t(l.dst);
     CUTLASS_PRAGMA_UNROLL
-    for (int it = 0; it < kTransposeBlocks / kProducerThreads; ++it)
-      transpose_block(src, dst, transpose_block_index(it * kProducerThreads + tid), raw, stage);
+    for (int i = 0; i < kVtUnitsPerWarp; ++i) {
+      const int g = vt_group(warp, i);
+      uint32_t in[4], out[4];
+      asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(in[0]), "=r"(in[1]), "=r"(in[2]), "=r"(in[3])
+                   : "r"(src + uint32_t(g * kVtSrcGroupStep))
+                   : "memory");
+      vt_permute(l, in, out);
+      const uint32_t to = dst ^ uint32_t(16 * g);
+      asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n"
+                   :
+                   : "r"(to), "r"(out[0]), "r"(out[1]), "r"(out[2]), "r"(out[3])
+                   : "memory");
+    }
   }
 
   // The pipeline states of the producer warpgroup (every thread follows the loads, which lane 0
