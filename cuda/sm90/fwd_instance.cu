@@ -25,9 +25,27 @@ struct FwdKernelOf<sm90::Arch> {
   }
 };
 
+#if defined(GNA_SM90_FWD_TRACE)
+// The development knob's launcher (kernel/fwd_trace.cuh): the kernel without views, then the
+// printer of its clock stamps.
+template <>
+cudaError_t launch_fwd_kernel<sm90::Arch, DType::GNA_FWD_DTYPE, GNA_FWD_HEAD_DIM, GNA_FWD_RANK,
+                              GNA_FWD_CONFIG>(const FwdMaps& maps, const FwdParams& params,
+                                              unsigned grid, cudaStream_t stream) {
+  using Of = FwdKernelOf<sm90::Arch>;
+  using Kernel =
+      typename Of::template Kernel<typename ElementOf<DType::GNA_FWD_DTYPE>::type, GNA_FWD_HEAD_DIM,
+                                   GNA_FWD_RANK, GNA_FWD_CONFIG, false>;
+  const cudaError_t err =
+      launch_kernel<Kernel>(Of::template entry<Kernel>(), maps, params, grid, stream);
+  sm90::fwd_trace::print_kernel<<<1, 1, 0, stream>>>();
+  return err;
+}
+#else
 template cudaError_t launch_fwd_kernel<sm90::Arch, DType::GNA_FWD_DTYPE, GNA_FWD_HEAD_DIM,
                                        GNA_FWD_RANK, GNA_FWD_CONFIG>(const FwdMaps&,
                                                                      const FwdParams&, unsigned,
                                                                      cudaStream_t);
+#endif
 
 }  // namespace gna

@@ -43,6 +43,7 @@
 #include "../../common/shared_storage.cuh"
 #include "../fwd_config.h"
 #include "fp8_exp2.cuh"
+#include "fwd_trace.cuh"
 #include "gna/tile_box.h"
 
 namespace gna::sm90 {
@@ -178,6 +179,11 @@ struct FwdFp8Kernel {
   using PipelineVt = cutlass::PipelineAsync<kStages>;
   // Named barriers (ids after CUTLASS's reserved ones), one per consumer warpgroup.
   static constexpr int kSchedulerBarrier = 2;
+#if defined(GNA_SM90_FP8_TURNS)  // a development knob (common/dev_knobs.h)
+  static constexpr bool kTurns = GNA_SM90_FP8_TURNS != 0;
+#else
+  static constexpr bool kTurns = true;
+#endif
 
   struct SharedStorage {
     alignas(1024) Element q[kTileQ * kHeadDim];
@@ -626,46 +632,62 @@ struct FwdFp8Kernel {
 
     const int n = w.box.size();
     auto release_q = [&] { cutlass::arch::ClusterBarrier::arrive(&ss.q_empty); };
-    auto take_turn = [&] { cutlass::arch::NamedBarrier::sync(256, kSchedulerBarrier + wg); };
-    auto pass_turn = [&] { cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier + 1 - wg); };
+    auto take_turn = [&] {
+      if constexpr (kTurns) cutlass::arch::NamedBarrier::sync(256, kSchedulerBarrier + wg);
+    };
+    auto pass_turn = [&] {
+      if constexpr (kTurns) cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier + 1 - wg);
+    };
+    auto stamp = [&](int visit, int k) { fwd_trace::stamp(ctid, count, visit, k); };
     cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, count & 1);
 
     if (kView && n == 0) {
       release_q();
     } else {
       {
+        stamp(0, 0);
         pipe_k.consumer_wait(state_k);
         take_turn();
+        stamp(0, 1);
         gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
         pass_turn();
+        stamp(0, 2);
         int origin[3];
         const bool partial = tile_info(origin);
         warpgroup_wait<0>();
+        stamp(0, 3);
         pipe_k.consumer_release(state_k);
         ++state_k;
         if (n == 1) release_q();
         float corr[2];
         softmax_step(tOrP0, partial, origin, corr, /*speculate=*/false);
+        stamp(0, 4);
+        stamp(0, 5);
       }
       // Tile j: S of j and O += P V of tile j - 1 (P of tile j - 1: `p_old`), the softmax of j
       // into `p_new` once S landed, then O's rescale once the P V GEMM retired.
       auto visit = [&](int j, auto& p_new, auto& p_old) {
+        stamp(j, 0);
         pipe_k.consumer_wait(state_k);
         take_turn();
+        stamp(j, 1);
         gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
         // V^T of tile j - 1 (transposed by the producer warps) can come after K_j: S runs
         // meanwhile.
         pipe_vt.consumer_wait(state_vt);
         gemm_pv(mma_pv, p_old, tOrV(_, _, _, state_vt.index()), tOrO);
         pass_turn();
+        stamp(j, 2);
         int origin[3];
         const bool partial = tile_info(origin);
         warpgroup_wait<1>();  // S (the older batch)
+        stamp(j, 3);
         pipe_k.consumer_release(state_k);
         ++state_k;
         if (j == n - 1) release_q();
         float corr[2];
         const bool rescale = softmax_step(p_new, partial, origin, corr, /*speculate=*/true);
+        stamp(j, 4);
         warpgroup_wait<0>();
         // The GEMM read p_old's registers until here: none of them may hold anything else.
         warpgroup_fence_operand(p_old);
@@ -673,17 +695,24 @@ struct FwdFp8Kernel {
         pipe_vt.consumer_release(state_vt);
         ++state_vt;
         rescale_o(rescale, corr);
+        stamp(j, 5);
       };
       for (int j = 1; j < n; j += 2) {
         visit(j, tOrP1, tOrP0);
         if (j + 1 < n) visit(j + 1, tOrP0, tOrP1);
       }
       auto last_pv = [&](auto& p) {
+        stamp(n, 0);
         pipe_vt.consumer_wait(state_vt);
         take_turn();
+        stamp(n, 1);
         gemm_pv(mma_pv, p, tOrV(_, _, _, state_vt.index()), tOrO);
         pass_turn();
+        stamp(n, 2);
         warpgroup_wait<0>();
+        stamp(n, 3);
+        stamp(n, 4);
+        stamp(n, 5);
         pipe_vt.consumer_release(state_vt);
         ++state_vt;
       };
@@ -781,7 +810,7 @@ struct FwdFp8Kernel {
       cutlass::arch::warpgroup_reg_alloc<216>();
       typename PipelineK::PipelineState state_k;
       typename PipelineVt::PipelineState state_vt;
-      if (threadIdx.x < 256) cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier);
+      if (kTurns && threadIdx.x < 256) cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier);
       int count = 0;
       for (int item = blockIdx.x; item < p.num_items; item += gridDim.x) {
         const Work w = decode_work(p, item);
