@@ -179,11 +179,15 @@ struct FwdFp8Kernel {
   using PipelineVt = cutlass::PipelineAsync<kStages>;
   // Named barriers (ids after CUTLASS's reserved ones), one per consumer warpgroup.
   static constexpr int kSchedulerBarrier = 2;
+  static constexpr int kSoftmaxBarrier = 4;
 #if defined(GNA_SM90_FP8_TURNS)  // a development knob (common/dev_knobs.h)
-  static constexpr bool kTurns = GNA_SM90_FP8_TURNS != 0;
+  static constexpr int kTurnMode = GNA_SM90_FP8_TURNS;
 #else
-  static constexpr bool kTurns = true;
+  static constexpr int kTurnMode = 1;
 #endif
+  static_assert(0 <= kTurnMode && kTurnMode <= 2, "GNA_SM90_FP8_TURNS: 0, 1 or 2");
+  static constexpr bool kTurns = kTurnMode >= 1;
+  static constexpr bool kSoftmaxTurns = kTurnMode == 2;
 
   struct SharedStorage {
     alignas(1024) Element q[kTileQ * kHeadDim];
@@ -638,6 +642,15 @@ struct FwdFp8Kernel {
     auto pass_turn = [&] {
       if constexpr (kTurns) cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier + 1 - wg);
     };
+    // Softmax turns: the warpgroups' softmaxes (their exponentials share the MUFU pipe) take
+    // turns too, so that one warpgroup's softmax runs beside the other's GEMMs.
+    auto take_softmax_turn = [&] {
+      if constexpr (kSoftmaxTurns) cutlass::arch::NamedBarrier::sync(256, kSoftmaxBarrier + wg);
+    };
+    auto pass_softmax_turn = [&] {
+      if constexpr (kSoftmaxTurns)
+        cutlass::arch::NamedBarrier::arrive(256, kSoftmaxBarrier + 1 - wg);
+    };
     auto stamp = [&](int visit, int k) { fwd_trace::stamp(ctid, count, visit, k); };
     cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, count & 1);
 
@@ -660,7 +673,9 @@ struct FwdFp8Kernel {
         ++state_k;
         if (n == 1) release_q();
         float corr[2];
+        take_softmax_turn();
         softmax_step(tOrP0, partial, origin, corr, /*speculate=*/false);
+        pass_softmax_turn();
         stamp(0, 4);
         stamp(0, 5);
       }
@@ -686,7 +701,9 @@ struct FwdFp8Kernel {
         ++state_k;
         if (j == n - 1) release_q();
         float corr[2];
+        take_softmax_turn();
         const bool rescale = softmax_step(p_new, partial, origin, corr, /*speculate=*/true);
+        pass_softmax_turn();
         stamp(j, 4);
         warpgroup_wait<0>();
         // The GEMM read p_old's registers until here: none of them may hold anything else.
@@ -811,6 +828,8 @@ struct FwdFp8Kernel {
       typename PipelineK::PipelineState state_k;
       typename PipelineVt::PipelineState state_vt;
       if (kTurns && threadIdx.x < 256) cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier);
+      if (kSoftmaxTurns && threadIdx.x < 256)
+        cutlass::arch::NamedBarrier::arrive(256, kSoftmaxBarrier);
       int count = 0;
       for (int item = blockIdx.x; item < p.num_items; item += gridDim.x) {
         const Work w = decode_work(p, item);
