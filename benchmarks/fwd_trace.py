@@ -1,4 +1,4 @@
-"""Summarise the sm90 FP8 forward's clock stamps (the GNA_SM90_FWD_TRACE development knob).
+"""Summarise the sm90 forward's clock stamps (the GNA_SM90_FWD_TRACE development knob).
 
 A build with ``-DCMAKE_CUDA_FLAGS=-DGNA_SM90_FWD_TRACE`` prints, after each forward launch, one
 line per stamped visit of its first CTAs' two consumer warpgroups::
@@ -6,7 +6,8 @@ line per stamped visit of its first CTAs' two consumer warpgroups::
     gna_trace <cta> <warpgroup> <item> <visit> s0 s1 s2 s3 s4 s5
 
 with s0..s5 SM clock cycles at: the visit's start, the GEMM turn taken (K landed), the GEMMs
-issued (V^T landed), S landed, the softmax done, the visit done (P V retired, O rescaled). This
+issued (V or V^T landed), S landed (the 16-bit kernel: S and the previous P V), the softmax
+done, the visit done (P V retired, O rescaled). This
 script reads such output (files or stdin), keeps each launch's last complete print, and gives
 the median length of each phase, the visit period, and how much of one warpgroup's softmax
 overlaps the other's: the two share the MUFU pipe, so overlapping softmaxes slow each other

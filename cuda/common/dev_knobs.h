@@ -19,13 +19,14 @@
 //       Of every 8 exponentials of the sm90 FP8 forward's softmax, k are computed by a
 //       polynomial on the FMA pipe instead of MUFU.EX2 (sm90/kernel/fp8_exp2.cuh, where it is
 //       checked). Unset: 0. On an H100, k = 2 ran 10-11% slower than 0 (docs/history.md).
-//   GNA_SM90_FP8_TURNS (compile time: -DGNA_SM90_FP8_TURNS=<t>, t = 0, 1, 2)
-//       The sm90 FP8 forward's ping-pong turns (named barriers between its two consumer
-//       warpgroups): 0 none, 1 the GEMMs are issued in alternation, 2 the softmaxes alternate
-//       too. Unset: 1.
+//   GNA_SM90_FWD_TURNS (compile time: -DGNA_SM90_FWD_TURNS=<t>, t = 0, 1, 2)
+//       The sm90 forward's turns between its two consumer warpgroups (16-bit and FP8 kernels;
+//       sm90/kernel/consumer_turns.cuh): 0 none, 1 the GEMMs are issued in alternation, 2 the
+//       softmaxes alternate too. Unset: 1.
 //   GNA_SM90_FWD_TRACE (compile time: -DGNA_SM90_FWD_TRACE)
-//       Clock stamps of the sm90 FP8 forward's consumer warpgroups per visit, printed after each
-//       launch (sm90/kernel/fwd_trace.cuh; benchmarks/fwd_trace.py summarises them).
+//       Clock stamps of the sm90 forward's consumer warpgroups per visit (16-bit and FP8
+//       kernels), printed after each launch (sm90/kernel/fwd_trace.cuh; benchmarks/fwd_trace.py
+//       summarises them).
 //
 // Host code only.
 #pragma once

@@ -42,6 +42,7 @@
 #include "../../common/fwd_device.cuh"
 #include "../../common/shared_storage.cuh"
 #include "../fwd_config.h"
+#include "consumer_turns.cuh"
 #include "fp8_exp2.cuh"
 #include "fwd_trace.cuh"
 #include "gna/tile_box.h"
@@ -177,17 +178,6 @@ struct FwdFp8Kernel {
   using PipelineK = cutlass::PipelineTmaAsync<kStages>;
   using PipelineVRaw = cutlass::PipelineTmaAsync<kRawStages>;
   using PipelineVt = cutlass::PipelineAsync<kStages>;
-  // Named barriers (ids after CUTLASS's reserved ones), one per consumer warpgroup.
-  static constexpr int kSchedulerBarrier = 2;
-  static constexpr int kSoftmaxBarrier = 4;
-#if defined(GNA_SM90_FP8_TURNS)  // a development knob (common/dev_knobs.h)
-  static constexpr int kTurnMode = GNA_SM90_FP8_TURNS;
-#else
-  static constexpr int kTurnMode = 1;
-#endif
-  static_assert(0 <= kTurnMode && kTurnMode <= 2, "GNA_SM90_FP8_TURNS: 0, 1 or 2");
-  static constexpr bool kTurns = kTurnMode >= 1;
-  static constexpr bool kSoftmaxTurns = kTurnMode == 2;
 
   struct SharedStorage {
     alignas(1024) Element q[kTileQ * kHeadDim];
@@ -636,21 +626,10 @@ struct FwdFp8Kernel {
 
     const int n = w.box.size();
     auto release_q = [&] { cutlass::arch::ClusterBarrier::arrive(&ss.q_empty); };
-    auto take_turn = [&] {
-      if constexpr (kTurns) cutlass::arch::NamedBarrier::sync(256, kSchedulerBarrier + wg);
-    };
-    auto pass_turn = [&] {
-      if constexpr (kTurns) cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier + 1 - wg);
-    };
-    // Softmax turns: the warpgroups' softmaxes (their exponentials share the MUFU pipe) take
-    // turns too, so that one warpgroup's softmax runs beside the other's GEMMs.
-    auto take_softmax_turn = [&] {
-      if constexpr (kSoftmaxTurns) cutlass::arch::NamedBarrier::sync(256, kSoftmaxBarrier + wg);
-    };
-    auto pass_softmax_turn = [&] {
-      if constexpr (kSoftmaxTurns)
-        cutlass::arch::NamedBarrier::arrive(256, kSoftmaxBarrier + 1 - wg);
-    };
+    auto take_turn = [&] { ConsumerTurns::take_gemm(wg); };
+    auto pass_turn = [&] { ConsumerTurns::pass_gemm(wg); };
+    auto take_softmax_turn = [&] { ConsumerTurns::take_softmax(wg); };
+    auto pass_softmax_turn = [&] { ConsumerTurns::pass_softmax(wg); };
     auto stamp = [&](int visit, int k) { fwd_trace::stamp(ctid, count, visit, k); };
     cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, count & 1);
 
@@ -827,9 +806,7 @@ struct FwdFp8Kernel {
       cutlass::arch::warpgroup_reg_alloc<216>();
       typename PipelineK::PipelineState state_k;
       typename PipelineVt::PipelineState state_vt;
-      if (kTurns && threadIdx.x < 256) cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier);
-      if (kSoftmaxTurns && threadIdx.x < 256)
-        cutlass::arch::NamedBarrier::arrive(256, kSoftmaxBarrier);
+      ConsumerTurns::start(threadIdx.x - 128);
       int count = 0;
       for (int item = blockIdx.x; item < p.num_items; item += gridDim.x) {
         const Work w = decode_work(p, item);

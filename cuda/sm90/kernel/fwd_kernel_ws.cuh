@@ -40,6 +40,8 @@
 #include "../../common/fwd_device.cuh"
 #include "../../common/shared_storage.cuh"
 #include "../fwd_config.h"
+#include "consumer_turns.cuh"
+#include "fwd_trace.cuh"
 #include "gna/tile_box.h"
 
 namespace gna::sm90 {
@@ -99,8 +101,6 @@ struct FwdKernel {
       cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
 
   using PipelineKV = cutlass::PipelineTmaAsync<kStages>;
-  // Named barriers (ids after CUTLASS's reserved ones), one per consumer warpgroup.
-  static constexpr int kSchedulerBarrier = 2;
 
   // O goes from registers straight to global memory (no shared-memory staging), so Q is free
   // for the next item as soon as the last S GEMM has read it.
@@ -405,12 +405,13 @@ struct FwdKernel {
     const int n = w.box.size();
     auto release_q = [&] { cutlass::arch::ClusterBarrier::arrive(&ss.q_empty); };
 
-    // Ping-pong between the two consumer warpgroups (FA3): a warpgroup issues
-    // its GEMMs only in its turn and hands the turn over right after issuing,
-    // so one warpgroup's softmax runs while the other's GEMMs hold the tensor
-    // cores. Both warpgroups take n + 1 turns.
-    auto take_turn = [&] { cutlass::arch::NamedBarrier::sync(256, kSchedulerBarrier + wg); };
-    auto pass_turn = [&] { cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier + 1 - wg); };
+    // Ping-pong between the two consumer warpgroups (consumer_turns.cuh): a warpgroup issues
+    // its GEMMs only in its turn and hands the turn over right after issuing, so one
+    // warpgroup's softmax runs while the other's GEMMs hold the tensor cores. Both warpgroups
+    // take n + 1 GEMM turns (and n softmax turns where those are on).
+    auto take_turn = [&] { ConsumerTurns::take_gemm(wg); };
+    auto pass_turn = [&] { ConsumerTurns::pass_gemm(wg); };
+    auto stamp = [&](int visit, int k) { fwd_trace::stamp(ctid, count, visit, k); };
     cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, count & 1);
 
     // A view's Q tile whose queries see no key of the key slice (n = 0) visits nothing and
@@ -421,46 +422,68 @@ struct FwdKernel {
     } else {
       // Tile 0: S = Q K0^T, softmax.
       {
+        stamp(0, 0);
         pipe_k.consumer_wait(state_k);
         take_turn();
+        stamp(0, 1);
         gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
         pass_turn();
+        stamp(0, 2);
         int origin[3];
         const bool partial = tile_info(origin);
         warpgroup_wait<0>();
+        stamp(0, 3);
         pipe_k.consumer_release(state_k);
         ++state_k;
         if (n == 1) release_q();  // the last read of Q is done
         float corr[2];
+        ConsumerTurns::take_softmax(wg);
         softmax_step(partial, origin, corr, /*speculate=*/false);
+        ConsumerTurns::pass_softmax(wg);
+        stamp(0, 4);
+        stamp(0, 5);
       }
       for (int j = 1; j < n; ++j) {
+        stamp(j, 0);
         pipe_k.consumer_wait(state_k);
         pipe_v.consumer_wait(state_v);
         take_turn();
+        stamp(j, 1);
         gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
         gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
         pass_turn();
+        stamp(j, 2);
         int origin[3];
         const bool partial = tile_info(origin);
         // S_j ready and P_{j-1} V_{j-1} done: P is rewritten by the softmax, O rescaled. (The
         // compiler would wait for P V here anyway, to interleave P's conversion with the
         // exponentials.)
         warpgroup_wait<0>();
+        stamp(j, 3);
         pipe_k.consumer_release(state_k);
         ++state_k;
         pipe_v.consumer_release(state_v);
         ++state_v;
         if (j == n - 1) release_q();  // the last read of Q is done
         float corr[2];
+        ConsumerTurns::take_softmax(wg);
         const bool rescale = softmax_step(partial, origin, corr, /*speculate=*/true);
+        ConsumerTurns::pass_softmax(wg);
+        stamp(j, 4);
         rescale_o(rescale, corr);
+        stamp(j, 5);
       }
+      stamp(n, 0);
       pipe_v.consumer_wait(state_v);
       take_turn();
+      stamp(n, 1);
       gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
       pass_turn();
+      stamp(n, 2);
       warpgroup_wait<0>();
+      stamp(n, 3);
+      stamp(n, 4);
+      stamp(n, 5);
       pipe_v.consumer_release(state_v);
       ++state_v;  // the states carry over to the next item
     }
@@ -545,8 +568,8 @@ struct FwdKernel {
     } else {
       cutlass::arch::warpgroup_reg_alloc<232>();
       typename PipelineKV::PipelineState state_k, state_v;
-      // Warpgroup 0 takes the first GEMM turn; turns then alternate across items.
-      if (threadIdx.x < 256) cutlass::arch::NamedBarrier::arrive(256, kSchedulerBarrier);
+      // Warpgroup 0 takes the first turns; turns then alternate across items.
+      ConsumerTurns::start(threadIdx.x - 128);
       int count = 0;
       for (int item = blockIdx.x; item < p.num_items; item += gridDim.x) {
         const Work w = decode_work(p, item);

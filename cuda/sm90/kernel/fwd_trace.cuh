@@ -1,8 +1,9 @@
 // Development knob GNA_SM90_FWD_TRACE (compile time; common/dev_knobs.h): clock stamps of the
-// sm90 FP8 forward's two consumer warpgroups at each step of their first visits, printed by the
-// device after the kernel, to see how the warpgroups' GEMMs and softmaxes interleave. One
-// thread per warpgroup stamps (the first of its first warp), in the first kTraceCtas CTAs, for
-// their first kTraceItems work items. Without the knob nothing here is compiled in.
+// sm90 forward's two consumer warpgroups (16-bit and FP8 kernels) at each step of their first
+// visits, printed by a kernel launched after the forward, to see how the warpgroups' GEMMs and
+// softmaxes interleave (benchmarks/fwd_trace.py). One thread per warpgroup stamps (the first of
+// its first warp), in the first kCtas CTAs, for their first kItems work items and kVisits
+// visits. Without the knob nothing here is compiled in.
 #pragma once
 
 #include <cstdio>
@@ -11,44 +12,39 @@
 
 namespace gna::sm90::fwd_trace {
 
-#if defined(GNA_SM90_FWD_TRACE)
-constexpr bool kOn = true;
-#else
-constexpr bool kOn = false;
-#endif
 constexpr int kCtas = 2, kItems = 3, kVisits = 96, kStamps = 6;
 
+#if defined(GNA_SM90_FWD_TRACE)
 // One copy per translation unit (static): each kernel stamps and prints its own.
 static __device__ long long g_stamps[kCtas][2][kItems][kVisits][kStamps];
+#endif
 
-// ctid: the thread's index among the 256 consumer threads.
-CUTLASS_DEVICE bool recorder(int ctid) { return kOn && blockIdx.x < kCtas && (ctid & 127) == 0; }
-
-// Stamp k of visit `visit` of the CTA's work item `item` (its count-th).
+// Stamp k of visit `visit` of the CTA's work item `item` (its count-th); ctid: the thread's
+// index among the 256 consumer threads.
 CUTLASS_DEVICE void stamp(int ctid, int item, int visit, int k) {
-  if constexpr (kOn) {
-    if (recorder(ctid) && item < kItems && visit < kVisits)
-      g_stamps[blockIdx.x][ctid / 128][item][visit][k] = clock64();
-  }
+#if defined(GNA_SM90_FWD_TRACE)
+  if (blockIdx.x < kCtas && (ctid & 127) == 0 && item < kItems && visit < kVisits)
+    g_stamps[blockIdx.x][ctid / 128][item][visit][k] = clock64();
+#endif
 }
 
 // One line per stamped visit: "gna_trace cta wg item visit s0 .. s5" (SM clock cycles); the
 // stamps are cleared for the next launch. A kernel of its own, launched after the forward on
 // its stream (fwd_instance.cu): a printf in the forward kernel would make ptxas serialise its
 // wgmma instructions.
+#if defined(GNA_SM90_FWD_TRACE)
 static __global__ void print_kernel() {
-  if constexpr (kOn) {
-    for (int c = 0; c < kCtas; ++c)
-      for (int wg = 0; wg < 2; ++wg)
-        for (int it = 0; it < kItems; ++it)
-          for (int v = 0; v < kVisits; ++v) {
-            long long* s = g_stamps[c][wg][it][v];
-            if (s[0] == 0) continue;
-            printf("gna_trace %d %d %d %d %lld %lld %lld %lld %lld %lld\n", c, wg, it, v, s[0],
-                   s[1], s[2], s[3], s[4], s[5]);
-            for (int k = 0; k < kStamps; ++k) s[k] = 0;
-          }
-  }
+  for (int c = 0; c < kCtas; ++c)
+    for (int wg = 0; wg < 2; ++wg)
+      for (int it = 0; it < kItems; ++it)
+        for (int v = 0; v < kVisits; ++v) {
+          long long* s = g_stamps[c][wg][it][v];
+          if (s[0] == 0) continue;
+          printf("gna_trace %d %d %d %d %lld %lld %lld %lld %lld %lld\n", c, wg, it, v, s[0], s[1],
+                 s[2], s[3], s[4], s[5]);
+          for (int k = 0; k < kStamps; ++k) s[k] = 0;
+        }
 }
+#endif
 
 }  // namespace gna::sm90::fwd_trace
