@@ -59,4 +59,29 @@ def test_kernel_front_end_compiles(tmp_path, kernel):
     defines = dict(d.split("=") for d in generate_kernel_table.defines(kernel))
     # -O0 for the device compiler: the front end's checks run the same, and optimisation would
     # take minutes per kernel.
-    nvcc_build.kernel_ptx(tmp_path, kernel.arch, kernel.direction, defines, extra=("-Xcicc", "-O0"))
+    ptx = nvcc_build.kernel_ptx(
+        tmp_path, kernel.arch, kernel.direction, defines, extra=("-Xcicc", "-O0")
+    )
+    # Without their knobs, the forward's trace compiles to nothing (no clock reads, no printf).
+    assert "%clock64" not in ptx and "vprintf" not in ptx
+
+
+# A Hopper forward of each kind (16-bit, FP8): the development knobs' code compiles.
+KNOBBED = [
+    k
+    for k in _kernel_table.kernels()
+    if k.arch == "sm90" and k.direction == "fwd" and k.rank == 3 and k.config == 0
+    and k.head_dim == 128 and k.dtype in ("bfloat16", *_kernel_table.FP8_DTYPES)
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kernel", KNOBBED, ids=lambda k: k.file_stem)
+def test_forward_development_knobs_compile(tmp_path, kernel):
+    """Softmax turns (GNA_SM90_FWD_TURNS=2) and the clock-stamp trace (GNA_SM90_FWD_TRACE,
+    benchmarks/fwd_trace.py): code that only a performance experiment builds, kept compiling."""
+    defines = dict(d.split("=") for d in generate_kernel_table.defines(kernel))
+    defines |= {"GNA_SM90_FWD_TURNS": "2", "GNA_SM90_FWD_TRACE": "1"}
+    ptx = nvcc_build.kernel_ptx(
+        tmp_path, kernel.arch, kernel.direction, defines, extra=("-Xcicc", "-O0")
+    )
+    assert "%clock64" in ptx and "vprintf" in ptx
