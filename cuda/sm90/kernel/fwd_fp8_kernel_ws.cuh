@@ -134,6 +134,11 @@ struct FwdFp8Kernel {
   static constexpr int kProducerWarps = 4;
   static constexpr int kThreads = 384;
   static constexpr int kProducerThreads = 128;
+  // Registers per thread after the split (128 x producer + 256 x consumer <= 64K): at d256 O
+  // alone takes 128 of a consumer's, so the producer gives up 8 more.
+  static constexpr int kProducerRegs = kHeadDim == 256 ? 56 : 64;
+  static constexpr int kConsumerRegs = kHeadDim == 256 ? 224 : 216;
+  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 65536, "the register file");
   // P = exp2(S * scale log2 e - running max + kPOffsetLog2): at most 2^kPOffsetLog2 against
   // the tile's max, at most kMaxP against a running max the softmax did not raise (consumer(),
   // softmax_step). kMaxP must stay below 448, the largest e4m3.
@@ -829,7 +834,7 @@ struct FwdFp8Kernel {
     __syncthreads();
 
     if (producer_wg) {
-      cutlass::arch::warpgroup_reg_dealloc<64>();
+      cutlass::arch::warpgroup_reg_dealloc<kProducerRegs>();
       Pipelines pipes{pipe_k, pipe_v_raw, pipe_vt};
       ProducerStates states;
       int count = 0;
@@ -839,7 +844,7 @@ struct FwdFp8Kernel {
         producer(maps, p, w, count++, ss, pipes, states);
       }
     } else {
-      cutlass::arch::warpgroup_reg_alloc<216>();
+      cutlass::arch::warpgroup_reg_alloc<kConsumerRegs>();
       typename PipelineK::PipelineState state_k;
       typename PipelineVt::PipelineState state_vt;
       ConsumerTurns::start(threadIdx.x - 128);
