@@ -26,12 +26,13 @@ struct FwdKernelOf<sm90::Arch> {
 };
 
 #if defined(GNA_SM90_FWD_TRACE)
-// The development knob's launcher (kernel/fwd_trace.cuh): the kernel without views, then the
-// printer of its clock stamps.
+// The development knob's launcher (kernel/fwd_trace.cuh): the kernel without views (a call with
+// a view is refused, not run on the wrong kernel), then the printer of its clock stamps.
 template <>
 cudaError_t launch_fwd_kernel<sm90::Arch, DType::GNA_FWD_DTYPE, GNA_FWD_HEAD_DIM, GNA_FWD_RANK,
                               GNA_FWD_CONFIG>(const FwdMaps& maps, const FwdParams& params,
                                               unsigned grid, cudaStream_t stream) {
+  if (has_view(params)) return cudaErrorNotSupported;
   using Of = FwdKernelOf<sm90::Arch>;
   using Kernel =
       typename Of::template Kernel<typename ElementOf<DType::GNA_FWD_DTYPE>::type, GNA_FWD_HEAD_DIM,

@@ -669,8 +669,6 @@ struct FwdFp8Kernel {
     auto release_q = [&] { cutlass::arch::ClusterBarrier::arrive(&ss.q_empty); };
     auto take_turn = [&] { ConsumerTurns::take_gemm(wg); };
     auto pass_turn = [&] { ConsumerTurns::pass_gemm(wg); };
-    auto take_softmax_turn = [&] { ConsumerTurns::take_softmax(wg); };
-    auto pass_softmax_turn = [&] { ConsumerTurns::pass_softmax(wg); };
     auto stamp = [&](int visit, int k) { fwd_trace::stamp(ctid, count, visit, k); };
     cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, count & 1);
 
@@ -693,9 +691,9 @@ struct FwdFp8Kernel {
         ++state_k;
         if (n == 1) release_q();
         float corr[2];
-        take_softmax_turn();
+        ConsumerTurns::take_softmax(wg);
         softmax_step(tOrP0, partial, origin, corr, /*speculate=*/false);
-        pass_softmax_turn();
+        ConsumerTurns::pass_softmax(wg);
         stamp(0, 4);
         stamp(0, 5);
       }
@@ -721,9 +719,9 @@ struct FwdFp8Kernel {
         ++state_k;
         if (j == n - 1) release_q();
         float corr[2];
-        take_softmax_turn();
+        ConsumerTurns::take_softmax(wg);
         const bool rescale = softmax_step(p_new, partial, origin, corr, /*speculate=*/true);
-        pass_softmax_turn();
+        ConsumerTurns::pass_softmax(wg);
         stamp(j, 4);
         warpgroup_wait<0>();
         // The GEMM read p_old's registers until here: none of them may hold anything else.
