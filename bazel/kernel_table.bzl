@@ -87,6 +87,9 @@ KERNELS = {
         ("fwd", "fwd_sm90_e4m3_d128_r2_q8x16_kv8x16", False, ["GNA_FWD_DTYPE=kE4M3", "GNA_FWD_HEAD_DIM=128", "GNA_FWD_RANK=2", "GNA_FWD_CONFIG=1"]),
         ("fwd", "fwd_sm90_e4m3_d128_r3_q2x8x8_kv2x8x8", False, ["GNA_FWD_DTYPE=kE4M3", "GNA_FWD_HEAD_DIM=128", "GNA_FWD_RANK=3", "GNA_FWD_CONFIG=0"]),
         ("fwd", "fwd_sm90_e4m3_d128_r3_q4x4x8_kv4x4x8", False, ["GNA_FWD_DTYPE=kE4M3", "GNA_FWD_HEAD_DIM=128", "GNA_FWD_RANK=3", "GNA_FWD_CONFIG=1"]),
+        ("fwd", "fwd_sm90_e4m3_d256_r1_q128_kv64", False, ["GNA_FWD_DTYPE=kE4M3", "GNA_FWD_HEAD_DIM=256", "GNA_FWD_RANK=1", "GNA_FWD_CONFIG=0"]),
+        ("fwd", "fwd_sm90_e4m3_d256_r2_q16x8_kv8x8", False, ["GNA_FWD_DTYPE=kE4M3", "GNA_FWD_HEAD_DIM=256", "GNA_FWD_RANK=2", "GNA_FWD_CONFIG=0"]),
+        ("fwd", "fwd_sm90_e4m3_d256_r3_q2x8x8_kv1x8x8", False, ["GNA_FWD_DTYPE=kE4M3", "GNA_FWD_HEAD_DIM=256", "GNA_FWD_RANK=3", "GNA_FWD_CONFIG=0"]),
     ],
     "sm100": [
         ("fwd", "fwd_sm100_f16_d32_r1_q128_kv128", False, ["GNA_FWD_DTYPE=kF16", "GNA_FWD_HEAD_DIM=32", "GNA_FWD_RANK=1", "GNA_FWD_CONFIG=0"]),

@@ -22,7 +22,7 @@ DTYPES = {"float16": "kF16", "bfloat16": "kBF16"}
 # descales, bfloat16 output), per arch the head dims that have them, in every tile configuration
 # of the 16-bit forward of that head dim. Never in the smoke set.
 FP8_DTYPES = {"float8_e4m3fn": "kE4M3"}
-FP8_FORWARD = {"sm90": (64, 128)}
+FP8_FORWARD = {"sm90": (64, 128, 256)}
 
 
 def cxx_dtype(dtype: str) -> str:

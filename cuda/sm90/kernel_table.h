@@ -121,6 +121,9 @@ inline constexpr KernelRow kFwdKernels[] = {
     {DType::kE4M3, 128, 2, 1, false},
     {DType::kE4M3, 128, 3, 0, false},
     {DType::kE4M3, 128, 3, 1, false},
+    {DType::kE4M3, 256, 1, 0, false},
+    {DType::kE4M3, 256, 2, 0, false},
+    {DType::kE4M3, 256, 3, 0, false},
 };
 
 // Every backward kernel of the full set: dtype, head dim, rank, config, smoke.
@@ -165,7 +168,7 @@ inline constexpr KernelRow kBwdKernels[] = {
 
 // The head dims of the FP8 (float8_e4m3fn) forward kernels of the full set.
 constexpr bool fwd_fp8_head_dim(int head_dim) {
-  return head_dim == 64 || head_dim == 128;
+  return head_dim == 64 || head_dim == 128 || head_dim == 256;
 }
 
 // Whether this build holds the kernel (the shared dispatchers ask, through arch.h).

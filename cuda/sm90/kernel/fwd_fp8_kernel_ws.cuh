@@ -134,6 +134,11 @@ struct FwdFp8Kernel {
   static constexpr int kProducerWarps = 4;
   static constexpr int kThreads = 384;
   static constexpr int kProducerThreads = 128;
+  // Registers per thread after the split (128 x producer + 256 x consumer <= 64K): at d256 O
+  // alone takes 128 of a consumer's, so the producer gives up 8 more.
+  static constexpr int kProducerRegs = kHeadDim == 256 ? 56 : 64;
+  static constexpr int kConsumerRegs = kHeadDim == 256 ? 224 : 216;
+  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 65536, "the register file");
   // P = exp2(S * scale log2 e - running max + kPOffsetLog2): at most 2^kPOffsetLog2 against
   // the tile's max, at most kMaxP against a running max the softmax did not raise (consumer(),
   // softmax_step). kMaxP must stay below 448, the largest e4m3.
@@ -143,8 +148,7 @@ struct FwdFp8Kernel {
   static_assert(kMaxP <= 256.f, "P must fit e4m3 (largest finite: 448)");
   static_assert(kTileQ == 128, "two consumer warpgroups of 64 rows");
   static_assert(kTileKV % 32 == 0 && kTileKV <= 128, "k32 blocks of P; V^T rows of <= 128 B");
-  // (Head dim 256 would need more 32-dim ranges than producer warps in transpose_v.)
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "head dim 64 or 128");
+  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "head dim 64, 128 or 256");
 
   // Q, K and raw V: K-major (token rows, D contiguous) in chunks of 128 elements (128 B, SW128)
   // along D, or one 64-element chunk (64 B, SW64) for d64; chunks after all rows of a chunk,
@@ -229,14 +233,19 @@ struct FwdFp8Kernel {
   // a 16-byte run of one V^T row. Threads j >= 4 swap their even and odd head dims (the
   // permute selectors, vt_lane), so that each stmatrix matrix writes 8 V^T rows of 8 distinct
   // swizzle phases (head dims 2j, 2j + 1 of one parity would meet in pairs: 2-way conflicts).
-  // Each warp takes one 32-dim range of the tile's head dims and every kVtWarpsPerRange-th
-  // 16-token group of its tokens.
+  // With at most as many 32-dim ranges of head dims as producer warps (d <= 128), each warp
+  // takes one range and every kVtWarpsPerRange-th 16-token group of its tokens; with more
+  // (d256), each warp takes kVtRangesPerWarp ranges, kProducerWarps apart, and all their groups.
   static constexpr int kVtRanges = kHeadDim / 32;
   static constexpr int kVtGroups = kTileKV / 16;
-  static_assert(kProducerWarps % kVtRanges == 0, "each producer warp one 32-dim range");
-  static constexpr int kVtWarpsPerRange = kProducerWarps / kVtRanges;
+  static constexpr bool kVtRangeShared = kVtRanges <= kProducerWarps;
+  static constexpr int kVtWarpsPerRange = kVtRangeShared ? kProducerWarps / kVtRanges : 1;
+  static constexpr int kVtRangesPerWarp = kVtRangeShared ? 1 : kVtRanges / kProducerWarps;
+  static_assert(kVtWarpsPerRange * kVtRanges == kProducerWarps * kVtRangesPerWarp,
+                "the producer warps share the 32-dim ranges evenly");
   static_assert(kVtGroups % kVtWarpsPerRange == 0, "whole token groups per warp");
-  static constexpr int kVtUnitsPerWarp = kVtGroups / kVtWarpsPerRange;
+  static constexpr int kVtUnitsPerRange = kVtGroups / kVtWarpsPerRange;
+  static constexpr int kVtUnitsPerWarp = kVtRangesPerWarp * kVtUnitsPerRange;
 
   // A lane's part of every unit of its warp: its ldmatrix row (raw V offset, token group 0)
   // and stmatrix row (V^T offset, token group 0), and its two byte-permute selectors.
@@ -263,8 +272,14 @@ struct FwdFp8Kernel {
   // whole 16-token groups), V^T positions 16 g on (an XOR: the swizzle phase's bits).
   static constexpr int kVtSrcGroupStep = SmemLayoutVRaw{}(16, 0, 0);
   static CUTE_HOST_DEVICE int vt_group(int warp, int i) {
-    return warp / kVtRanges + i * kVtWarpsPerRange;
+    return warp / kVtRanges + (i % kVtUnitsPerRange) * kVtWarpsPerRange;
   }
+  // Unit i's range is the lane's (vt_lane) plus vt_slot(i) * kProducerWarps ranges: offsets
+  // added on both sides (whole swizzle atoms: chunks of 128 head dims in raw V, 128 rows of V^T).
+  static CUTE_HOST_DEVICE int vt_slot(int i) { return i / kVtUnitsPerRange; }
+  static constexpr int kVtSlotDims = 32 * kProducerWarps;
+  static constexpr int kVtSrcSlotStep = kVtRangeShared ? 0 : SmemLayoutVRaw{}(0, kVtSlotDims, 0);
+  static constexpr int kVtDstSlotStep = kVtRangeShared ? 0 : SmemLayoutVt{}(kVtSlotDims, 0, 0);
   // The registers of matrices 0..3 (ldmatrix) to the registers stmatrix takes.
   static CUTE_HOST_DEVICE void vt_permute(const VtLane& l, const uint32_t (&in)[4],
                                           uint32_t (&out)[4]) {
@@ -273,22 +288,48 @@ struct FwdFp8Kernel {
     out[2] = fp8_byte_perm(in[2], in[3], l.sel[0]);
     out[3] = fp8_byte_perm(in[2], in[3], l.sel[1]);
   }
-  // The offsets of vt_lane and vt_group compose as stated, for every row, head dim and group
-  // (tests/test_sm90_fp8_transpose.py runs the whole transpose on the host).
-  static constexpr bool vt_offsets_compose() {
-    for (int g = 0; g < kVtGroups; ++g) {
+  // The offsets of vt_lane, vt_group and vt_slot compose as stated, for every row, head dim,
+  // group and slot (tests/test_sm90_fp8_transpose.py runs the whole transpose on the host).
+  // Four checks, each within the compiler's constexpr budget; per 16-byte run where the
+  // swizzles move whole runs (raw V's along d, V^T's along tokens).
+  static constexpr bool vt_groups_compose_src() {
+    for (int g = 0; g < kVtGroups; ++g)
       for (int t = 0; t < 16; ++t)
         for (int d = 0; d < kHeadDim; d += 16)
           if (int(SmemLayoutVRaw{}(16 * g + t, d, 0)) !=
               int(SmemLayoutVRaw{}(t, d, 0)) + g * kVtSrcGroupStep)
             return false;
+    return true;
+  }
+  static constexpr bool vt_groups_compose_dst() {
+    for (int g = 0; g < kVtGroups; ++g)
       for (int d = 0; d < kHeadDim; ++d)
         if (int(SmemLayoutVt{}(d, 16 * g, 0)) != (int(SmemLayoutVt{}(d, 0, 0)) ^ (16 * g)))
           return false;
-    }
     return true;
   }
-  static_assert(vt_offsets_compose(), "V^T transpose offsets");
+  static constexpr bool vt_slots_compose_src() {
+    for (int k = 1; k < kVtRangesPerWarp; ++k)
+      for (int d = 0; d < kVtSlotDims; d += 16)
+        for (int t = 0; t < kTileKV; ++t)
+          if (int(SmemLayoutVRaw{}(t, d + k * kVtSlotDims, 0)) !=
+              int(SmemLayoutVRaw{}(t, d, 0)) + k * kVtSrcSlotStep)
+            return false;
+    return true;
+  }
+  static constexpr bool vt_slots_compose_dst() {
+    for (int k = 1; k < kVtRangesPerWarp; ++k)
+      for (int d = 0; d < kVtSlotDims; ++d)
+        for (int t = 0; t < kTileKV; t += 16)
+          if (int(SmemLayoutVt{}(d + k * kVtSlotDims, t, 0)) !=
+              int(SmemLayoutVt{}(d, t, 0)) + k * kVtDstSlotStep)
+            return false;
+    return true;
+  }
+  static_assert(vt_groups_compose_src() && vt_groups_compose_dst(), "V^T transpose offsets");
+  static_assert(vt_slots_compose_src() && vt_slots_compose_dst(), "V^T transpose offsets");
+  // (A slot's V^T offset keeps the swizzle phase bits clear, as a stage's does.)
+  static_assert(kVtDstSlotStep % 128 == 0, "the XOR of a group's positions stays inside");
   static_assert(kTileKV * kHeadDim % 128 == 0, "stages keep the swizzle phase bits clear");
 
   // V^T of raw stage `raw` into V^T stage `stage`, by the 128 producer threads.
@@ -307,14 +348,14 @@ struct FwdFp8Kernel {
         uint32_t(__cvta_generic_to_shared(ss.vt + stage * kTileKV * kHeadDim)) + uint32_t(l.dst);
     CUTLASS_PRAGMA_UNROLL
     for (int i = 0; i < kVtUnitsPerWarp; ++i) {
-      const int g = vt_group(warp, i);
+      const int g = vt_group(warp, i), k = vt_slot(i);
       uint32_t in[4], out[4];
       asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                    : "=r"(in[0]), "=r"(in[1]), "=r"(in[2]), "=r"(in[3])
-                   : "r"(src + uint32_t(g * kVtSrcGroupStep))
+                   : "r"(src + uint32_t(g * kVtSrcGroupStep + k * kVtSrcSlotStep))
                    : "memory");
       vt_permute(l, in, out);
-      const uint32_t to = dst ^ uint32_t(16 * g);
+      const uint32_t to = (dst + uint32_t(k * kVtDstSlotStep)) ^ uint32_t(16 * g);
       asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n"
                    :
                    : "r"(to), "r"(out[0]), "r"(out[1]), "r"(out[2]), "r"(out[3])
@@ -791,7 +832,7 @@ struct FwdFp8Kernel {
     __syncthreads();
 
     if (producer_wg) {
-      cutlass::arch::warpgroup_reg_dealloc<64>();
+      cutlass::arch::warpgroup_reg_dealloc<kProducerRegs>();
       Pipelines pipes{pipe_k, pipe_v_raw, pipe_vt};
       ProducerStates states;
       int count = 0;
@@ -801,7 +842,7 @@ struct FwdFp8Kernel {
         producer(maps, p, w, count++, ss, pipes, states);
       }
     } else {
-      cutlass::arch::warpgroup_reg_alloc<216>();
+      cutlass::arch::warpgroup_reg_alloc<kConsumerRegs>();
       typename PipelineK::PipelineState state_k;
       typename PipelineVt::PipelineState state_vt;
       ConsumerTurns::start(threadIdx.x - 128);

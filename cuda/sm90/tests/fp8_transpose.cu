@@ -90,13 +90,13 @@ int check() {
   int load = 0, store = 0, stray = 0;
   for (int warp = 0; warp < K::kProducerWarps; ++warp) {
     for (int i = 0; i < K::kVtUnitsPerWarp; ++i) {
-      const int g = K::vt_group(warp, i);
+      const int g = K::vt_group(warp, i), k = K::vt_slot(i);
       int src[32], dst[32];
       uint32_t in[32][4], out[32][4];
       for (int lane = 0; lane < 32; ++lane) {
         const typename K::VtLane l = K::vt_lane(warp, lane);
-        src[lane] = rs * KV * D + l.src + g * K::kVtSrcGroupStep;
-        dst[lane] = (st * KV * D + l.dst) ^ (16 * g);
+        src[lane] = rs * KV * D + l.src + g * K::kVtSrcGroupStep + k * K::kVtSrcSlotStep;
+        dst[lane] = (st * KV * D + l.dst + k * K::kVtDstSlotStep) ^ (16 * g);
       }
       for (int lane = 0; lane < 32; ++lane) {
         stray += src[lane] < rs * KV * D || src[lane] + 16 > (rs + 1) * KV * D;
@@ -131,4 +131,7 @@ int check_head_dim() {
          check<D, 3, 1>();
 }
 
-int main() { return check_head_dim<64>() | check_head_dim<128>(); }
+// Head dim 256: one configuration per rank.
+int check_d256() { return check<256, 1, 0>() | check<256, 2, 0>() | check<256, 3, 0>(); }
+
+int main() { return check_head_dim<64>() | check_head_dim<128>() | check_d256(); }
