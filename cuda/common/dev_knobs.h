@@ -22,7 +22,8 @@
 //   GNA_SM90_FWD_TURNS (compile time: -DGNA_SM90_FWD_TURNS=<t>, t = 0, 1, 2)
 //       The sm90 forward's turns between its two consumer warpgroups (16-bit and FP8 kernels;
 //       sm90/kernel/consumer_turns.cuh): 0 none, 1 the GEMMs are issued in alternation, 2 the
-//       softmaxes alternate too. Unset: 1.
+//       softmaxes alternate too. Unset: 1. On an H100, 2 ran 5-6% (FP8) and 2-3% (16-bit) slower
+//       than 1 (docs/history.md).
 //   GNA_SM90_FWD_TRACE (compile time: -DGNA_SM90_FWD_TRACE)
 //       Clock stamps of the sm90 forward's consumer warpgroups per visit (16-bit and FP8
 //       kernels), printed after each launch (sm90/kernel/fwd_trace.cuh; benchmarks/fwd_trace.py
