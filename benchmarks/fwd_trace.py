@@ -11,7 +11,13 @@ done, the visit done (P V retired, O rescaled). This
 script reads such output (files or stdin), keeps each launch's last complete print, and gives
 the median length of each phase, the visit period, and how much of one warpgroup's softmax
 overlaps the other's: the two share the MUFU pipe, so overlapping softmaxes slow each other
-while the tensor pipe idles.
+while the tensor pipe idles. Per work item the build also prints::
+
+    gna_item <cta> <warpgroup> <item> entry q_landed done
+
+(the consumer's entry into the item, its Q landed, its epilogue done), from which the script
+gives what an item boundary costs: the wait for Q (the first item's: the launch's loads), the
+epilogue, and the gap from an item's last visit to the next item's first GEMM turn.
 
 Usage::
 
@@ -41,6 +47,40 @@ def parse(lines) -> dict[tuple[int, int, int, int], list[int]]:
             launch = {}
         launch[key] = [int(f) for f in fields[5:]]
     return launch
+
+
+def parse_items(lines) -> dict[tuple[int, int, int], list[int]]:
+    """{(cta, warpgroup, item): [entry, q_landed, done]} from the last launch printed."""
+    launch: dict[tuple[int, int, int], list[int]] = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) != 7 or fields[0] != "gna_item":
+            continue
+        key = tuple(int(f) for f in fields[1:4])
+        if key in launch:
+            launch = {}
+        launch[key] = [int(f) for f in fields[4:]]
+    return launch
+
+
+def item_costs(trace: dict, items: dict) -> dict[str, float]:
+    """Median cycles of: the first item's wait for Q, a later item's wait for Q, the epilogue
+    (last visit done -> item done), and the boundary (last visit done -> the next item's first
+    GEMM turn taken)."""
+    last_visit = {}
+    for (cta, wg, item, visit), s in trace.items():
+        if visit >= last_visit.get((cta, wg, item), (-1, None))[0]:
+            last_visit[(cta, wg, item)] = (visit, s)
+    costs: dict[str, list[int]] = defaultdict(list)
+    for (cta, wg, item), (entry, q_landed, done) in items.items():
+        costs["first Q wait" if item == 0 else "Q wait"].append(q_landed - entry)
+        if (cta, wg, item) in last_visit:
+            end = last_visit[(cta, wg, item)][1][5]
+            costs["epilogue"].append(done - end)
+            following = trace.get((cta, wg, item + 1, 0))
+            if following:
+                costs["boundary"].append(following[1] - end)
+    return {k: statistics.median(v) for k, v in costs.items()}
 
 
 def phases(stamps: list[int]) -> list[int]:
@@ -87,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeline", nargs=2, type=int, metavar=("CTA", "ITEM"),
                         help="print that CTA's item visit by visit")  # fmt: skip
     args = parser.parse_args(argv)
-    lines = [line for f in args.files for line in open(f)] if args.files else sys.stdin
+    lines = [line for f in args.files for line in open(f)] if args.files else list(sys.stdin)
     trace = parse(lines)
+    items = parse_items(lines)
     if not trace:
         print("no gna_trace lines (a build with -DGNA_SM90_FWD_TRACE prints them)")
         return 1
@@ -100,12 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     if result["softmax_overlap"] is not None:
         print(f"softmax time of warpgroup 0 overlapping warpgroup 1's: "
               f"{100 * result['softmax_overlap']:.0f}%")  # fmt: skip
+    if items:
+        print("item boundaries (median cycles):")
+        for name, value in item_costs(trace, items).items():
+            print(f"  {name:14s} {value:8.0f}")
     if args.timeline:
         cta, item = args.timeline
         keys = sorted(k for k in trace if k[0] == cta and k[2] == item)
         base = min(trace[k][0] for k in keys) if keys else 0
         for k in sorted(keys, key=lambda k: (k[3], k[1])):
             print(f"wg {k[1]} visit {k[3]:3d}: " + " ".join(f"{s - base:7d}" for s in trace[k]))
+        for wg in (0, 1):
+            if (cta, wg, item) in items:
+                entry, q_landed, done = (s - base for s in items[(cta, wg, item)])
+                print(f"wg {wg} item: entry {entry}, Q landed {q_landed}, done {done}")
     return 0
 
 

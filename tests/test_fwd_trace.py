@@ -56,3 +56,22 @@ def test_main_without_stamps_says_how_to_get_them(capsys, tmp_path):
     empty.write_text("done\n")
     assert m.main([str(empty)]) == 1
     assert "GNA_SM90_FWD_TRACE" in capsys.readouterr().out
+
+
+def test_item_boundaries():
+    """Two items of CTA 0 warpgroup 0: the first waits 300 cycles for Q, the second 100; each
+    epilogue takes 200 cycles after its last visit; the second item's first GEMM turn comes 7250
+    cycles after the first item's last visit."""
+    m = _trace_module()
+    lines = []
+    for item, start in ((0, 10_000), (1, 20_000)):
+        for v in range(3):
+            t = start + 1000 * v
+            stamps = [t, t + 50, t + 250, t + 350, t + 750, t + 800]
+            lines.append(f"gna_trace 0 0 {item} {v} " + " ".join(map(str, stamps)))
+    lines.append("gna_item 0 0 0 9600 9900 13000")  # the last visit ends at 12800
+    lines.append("gna_item 0 0 1 19900 20000 23000")
+    costs = m.item_costs(m.parse(lines), m.parse_items(lines))
+    assert costs["first Q wait"] == 300 and costs["Q wait"] == 100
+    assert costs["epilogue"] == 200
+    assert costs["boundary"] == 20_050 - 12_800

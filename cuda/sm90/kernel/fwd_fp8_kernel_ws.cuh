@@ -670,7 +670,9 @@ struct FwdFp8Kernel {
     auto take_turn = [&] { ConsumerTurns::take_gemm(wg); };
     auto pass_turn = [&] { ConsumerTurns::pass_gemm(wg); };
     auto stamp = [&](int visit, int k) { fwd_trace::stamp(ctid, count, visit, k); };
+    fwd_trace::stamp_item(ctid, count, fwd_trace::kItemEntry);
     cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, count & 1);
+    fwd_trace::stamp_item(ctid, count, fwd_trace::kItemQLanded);
 
     if (kView && n == 0) {
       release_q();
@@ -793,6 +795,7 @@ struct FwdFp8Kernel {
             cvt(cutlass::Array<float, 2>{tOrO(i), tOrO(i + 1)});
       }
     }
+    fwd_trace::stamp_item(ctid, count, fwd_trace::kItemDone);
   }
 
   static CUTLASS_DEVICE void run(const FwdMaps& maps, const FwdParams& p, char* smem_raw) {

@@ -412,7 +412,9 @@ struct FwdKernel {
     auto take_turn = [&] { ConsumerTurns::take_gemm(wg); };
     auto pass_turn = [&] { ConsumerTurns::pass_gemm(wg); };
     auto stamp = [&](int visit, int k) { fwd_trace::stamp(ctid, count, visit, k); };
+    fwd_trace::stamp_item(ctid, count, fwd_trace::kItemEntry);
     cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, count & 1);
+    fwd_trace::stamp_item(ctid, count, fwd_trace::kItemQLanded);
 
     // A view's Q tile whose queries see no key of the key slice (n = 0) visits nothing and
     // writes O = 0, lse = -inf. Both warpgroups skip their turns alike, so turns still alternate.
@@ -528,6 +530,7 @@ struct FwdKernel {
             cvt(cutlass::Array<float, 2>{tOrO(i), tOrO(i + 1)});
       }
     }
+    fwd_trace::stamp_item(ctid, count, fwd_trace::kItemDone);
   }
 
   static CUTLASS_DEVICE void run(const FwdMaps& maps, const FwdParams& p, char* smem_raw) {
