@@ -37,6 +37,7 @@ import itertools
 import math
 import shutil
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,9 @@ def _run(program: Path, problems: list[dict]) -> tuple[list[list[int]], list[dic
         words = line.split()
         if words[0] == "case":
             assert int(words[1]) == len(cases), line
-            cases.append(dict(num_items=int(words[3]), items=[]))
+            cases.append(
+                dict(num_items=int(words[3]), order=tuple(int(x) for x in words[9:12]), items=[])
+            )
         elif words[0] == "item":
             v = [int(x) for x in words[1:10]]
             box = [int(x) for x in words[11:17]]
@@ -205,6 +208,38 @@ def _brute_axis(axis: tuple, group: int, q_tile_index: int, q_tile: int, kv_tile
     return box, full
 
 
+def _tile_order(axes: list[tuple]) -> tuple[int, ...]:
+    """The forward's CTA order over Q tiles (fastest axis first): the axis whose window spans
+    the largest part of its extent first, ties to the later axis; axes of one token last."""
+
+    def key(a: int):
+        length, k, _, d, _ = axes[a]
+        return (length == 1, -Fraction(k * d, length))
+
+    return tuple(sorted((2, 1, 0), key=key))  # stable: ties keep the later axis first
+
+
+@pytest.mark.parametrize(
+    ("extent", "kernel_size", "dilation", "order"),
+    [
+        ((16, 44, 80), (16, 24, 16), (1, 1, 1), (0, 1, 2)),  # Cosmos: the window spans T
+        ((30, 48, 80), (18, 24, 24), (1, 1, 1), (0, 1, 2)),  # HunyuanVideo
+        ((256, 256), (80, 80), (1, 1), (2, 1, 0)),  # FLUX-4K: square, the last axis first
+        ((32768,), (2048,), (1,), (2, 1, 0)),
+        ((8, 24, 24), (8, 24, 24), (1, 1, 1), (2, 1, 0)),  # dense: whole axes tie
+        ((64, 64), (8, 4), (4, 1), (1, 2, 0)),  # the dilated window spans half of axis 1
+        ((64, 64), (8, 4), (1, 8), (2, 1, 0)),
+    ],
+)
+def test_cta_order_puts_the_widest_window_first(program, extent, kernel_size, dilation, order):
+    rank = len(extent)
+    p = dict(rank=rank, batch=1, heads=1, kv_heads=1, config=0, extent=extent,
+             kernel_size=kernel_size, stride=(1,) * rank, dilation=dilation,
+             causal=(False,) * rank)  # fmt: skip
+    _, (case,) = _run(program, [p])
+    assert case["order"] == order == _tile_order(_kernel_axes(p))
+
+
 RANDOM = [(rank, i) for rank in (1, 2, 3) for i in range(25)]
 
 
@@ -229,6 +264,12 @@ def test_every_q_tile_runs_once_with_its_brute_force_kv_box(program, rank, seed)
                     want.add((b, h, g, t))
     valid = [(it["batch"], it["head"], it["group"], it["q_tile"]) for it in items if it["valid"]]
     assert len(valid) == len(set(valid)), "a Q tile runs twice"
+    assert case["order"] == _tile_order(axes), p
+    # The CTA order: consecutive items walk the Q tiles along the order's first axis first.
+    tile_counts = [max(it["q_tile"][a] for it in items) + 1 for a in range(3)]
+    first = case["order"][0]
+    if tile_counts[first] > 1:
+        assert items[1]["q_tile"][first] == 1, (p, case["order"])
     assert set(valid) == want, p
 
     for it in items:

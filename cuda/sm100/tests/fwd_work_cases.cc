@@ -8,7 +8,7 @@
 //   rank batch heads kv_heads config extent[rank] kernel[rank] stride[rank] dilation[rank]
 //   causal[rank]
 // stdout: "table rank head_dim q0 q1 q2 kv0 kv1 kv2 stages" for every configuration, then per
-// problem "case <n> num_items <items> q_tiles t0 t1 t2" and one line per item:
+// problem "case <n> num_items <items> q_tiles t0 t1 t2 order o0 o1 o2" and one line per item:
 //   "item valid batch head g0 g1 g2 qt0 qt1 qt2 box b0 e0 b1 e1 b2 e2 full f0 f0e f1 f1e f2 f2e"
 // (kernel axes: a rank-r problem's axis i is kernel axis 3 - r + i).
 #include <cstdio>
@@ -35,8 +35,9 @@ int main() {
     const FwdTileConfig tiles = sm100::fwd_tile_config(p.rank, p.head_dim, config);
     const KernelAxes ax = kernel_axes(p);
     const FwdParams fp = fwd_params(p, ax, tiles, nullptr, nullptr);
-    std::printf("case %d num_items %d q_tiles %d %d %d\n", n, fp.num_items, fp.q_tiles[0],
-                fp.q_tiles[1], fp.q_tiles[2]);
+    std::printf("case %d num_items %d q_tiles %d %d %d order %d %d %d\n", n, fp.num_items,
+                fp.q_tiles[0], fp.q_tiles[1], fp.q_tiles[2], fp.tile_order[0], fp.tile_order[1],
+                fp.tile_order[2]);
     for (int item = 0; item < fp.num_items; ++item) {
       const FwdWork w = decode_fwd_work(fp, item, tiles.q, tiles.kv);
       std::printf("item %d %d %d %d %d %d %d %d %d box", w.valid ? 1 : 0, w.batch, w.head,
