@@ -75,6 +75,15 @@ def parse_variants(specs: list[str], cmake_args: list[str]) -> dict[str, dict]:
     return variants
 
 
+def fp16_in_smoke(table: str) -> str:
+    """jax_gna/_kernel_table.py's text with the sm90 fp16 kernels of the smoke set's head dim
+    (forward and backward) in the smoke set too (which holds bf16 only)."""
+    line = '"sm90": {"dtype": "bfloat16", "head_dim": 128},'
+    if line not in table:
+        raise RuntimeError(f"--with-fp16: jax_gna/_kernel_table.py has no `{line}` line")
+    return table.replace(line, '"sm90": {"head_dim": 128},')
+
+
 def fp8_in_smoke(table: str) -> str:
     """jax_gna/_kernel_table.py's text with every FP8 kernel in the smoke set (which has none)."""
     text, n = re.subn(r"(?m)^( *)smoke=False,$", r"\1smoke=True,", table)
@@ -95,9 +104,12 @@ def build(name: str, variant: dict, work: Path, args: argparse.Namespace, jobs: 
                               text=True)  # fmt: skip
         if done.returncode:
             raise RuntimeError(f"variant {name}: {variant['patch']} does not apply:\n{done.stderr}")
-    if args.with_fp8:
+    if args.with_fp8 or args.with_fp16:
         table = src / "jax_gna" / "_kernel_table.py"
-        table.write_text(fp8_in_smoke(table.read_text()))
+        text = table.read_text()
+        text = fp8_in_smoke(text) if args.with_fp8 else text
+        text = fp16_in_smoke(text) if args.with_fp16 else text
+        table.write_text(text)
         subprocess.run([sys.executable, "cuda/generate_kernel_table.py"], cwd=src, check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
     out = src / "build_ab"
@@ -211,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         "--with-fp8",
         action="store_true",
         help="add the FP8 kernels to the smoke set of every variant",
+    )
+    parser.add_argument(
+        "--with-fp16",
+        action="store_true",
+        help="add the sm90 fp16 kernels of head dim 128 to the smoke set of every variant "
+        "(time them with `-- --dtype fp16`)",
     )
     parser.add_argument("--kernel-set", default="smoke", choices=("smoke", "full"))
     parser.add_argument("--archs", default="90a", help="JAX_GNA_CUDA_ARCHS (default 90a)")

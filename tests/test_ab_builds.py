@@ -52,6 +52,28 @@ def test_fp8_kernels_join_the_smoke_set():
         ab.fp8_in_smoke(switched)
 
 
+def test_fp16_kernels_join_the_smoke_set():
+    """The switched table's smoke set holds the bf16 kernels and the fp16 ones of the same head
+    dim, forward and backward, and nothing else new (kernels() of both texts, compared)."""
+    ab = _ab()
+    table = (ROOT / "jax_gna" / "_kernel_table.py").read_text()
+
+    def smoke(text: str) -> set:
+        ns: dict = {}
+        exec(compile(text, "_kernel_table.py", "exec"), ns)  # noqa: S102 - our own table
+        # (arch, direction, dtype, head dim, rank, config) of each smoke kernel
+        return {(k.arch, k.direction, k.dtype, k.head_dim, k.rank, k.config)
+                for k in ns["kernels"]() if k.smoke}  # fmt: skip
+
+    before, after = smoke(table), smoke(ab.fp16_in_smoke(table))
+    added = after - before
+    assert before < after and added
+    assert {(k[0], k[2], k[3]) for k in added} == {("sm90", "float16", 128)}
+    assert {k[1] for k in added} == {"fwd", "bwd"}
+    with pytest.raises(RuntimeError, match="with-fp16"):
+        ab.fp16_in_smoke(ab.fp16_in_smoke(table))
+
+
 def _result(ms: dict[str, float], dense: float | None) -> dict:
     """A profiler result as `jax_gna.profile` writes it (speedups only where dense ran)."""
     rows = [{"implementation": k, "median_ms": v, **({"speedup": dense / v} if dense else {})}
