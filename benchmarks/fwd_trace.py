@@ -35,32 +35,29 @@ from collections import defaultdict
 PHASES = ("turn", "issue", "S wait", "softmax", "P V + rescale")
 
 
-def parse(lines) -> dict[tuple[int, int, int, int], list[int]]:
-    """{(cta, warpgroup, item, visit): stamps} from the last launch printed."""
-    launch: dict[tuple[int, int, int, int], list[int]] = {}
+def _last_launch(lines, tag: str, keys: int, values: int) -> dict[tuple, list[int]]:
+    """{key: values} of the `tag` lines (tag, `keys` integers, `values` integers) of the last
+    launch printed."""
+    launch: dict[tuple, list[int]] = {}
     for line in lines:
         fields = line.split()
-        if len(fields) != 11 or fields[0] != "gna_trace":
+        if len(fields) != 1 + keys + values or fields[0] != tag:
             continue
-        key = tuple(int(f) for f in fields[1:5])
+        key = tuple(int(f) for f in fields[1 : 1 + keys])
         if key in launch:  # a key seen again: the next launch's print begins
             launch = {}
-        launch[key] = [int(f) for f in fields[5:]]
+        launch[key] = [int(f) for f in fields[1 + keys :]]
     return launch
+
+
+def parse(lines) -> dict[tuple[int, int, int, int], list[int]]:
+    """{(cta, warpgroup, item, visit): stamps} from the last launch printed."""
+    return _last_launch(lines, "gna_trace", 4, 6)
 
 
 def parse_items(lines) -> dict[tuple[int, int, int], list[int]]:
     """{(cta, warpgroup, item): [entry, q_landed, done]} from the last launch printed."""
-    launch: dict[tuple[int, int, int], list[int]] = {}
-    for line in lines:
-        fields = line.split()
-        if len(fields) != 7 or fields[0] != "gna_item":
-            continue
-        key = tuple(int(f) for f in fields[1:4])
-        if key in launch:
-            launch = {}
-        launch[key] = [int(f) for f in fields[4:]]
-    return launch
+    return _last_launch(lines, "gna_item", 3, 3)
 
 
 def item_costs(trace: dict, items: dict) -> dict[str, float]:
