@@ -9,7 +9,7 @@
 //   GNA_FWD_TILE_ORDER = a permutation of "012" (older name: GNA_SM90_TILE_ORDER)
 //       The forward's CTA order over Q tiles: kernel axes from fastest to slowest, e.g. "012"
 //       for the first axis fastest. Unset: the widest window (over its extent) first (fwd_params.h,
-//       fwd_tile_order).
+//       cta_tile_order).
 //   GNA_SM90_DQ_BUFFERS = 1 | 2 | 3 | 4
 //       Copies of the sm90 backward's dQ accumulator in deterministic mode (bwd_params.h).
 //       Unset: 1 (sm90/arch.h).

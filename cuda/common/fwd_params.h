@@ -198,11 +198,11 @@ inline const char* plan_loads(const Problem& p, const KernelAxes& ax, const FwdT
 // KV box, so a wave's KV stays in L2: a video model's window often spans most or all of the
 // frames (on an H100, T fastest ran HunyuanVideo GNA 2% and Cosmos GNA 3% faster than the last
 // axis fastest; FLUX-4K's square window keeps the last axis fastest, and whole-axis windows tie).
-struct FwdTileOrder {
+struct CtaOrder {
   int axes[3];
 };
-inline FwdTileOrder fwd_tile_order(const KernelAxes& ax) {
-  FwdTileOrder o = {{2, 1, 0}};
+inline CtaOrder cta_tile_order(const KernelAxes& ax) {
+  CtaOrder o = {{2, 1, 0}};
   // Span of axis a's window over its extent, compared as cross products (exact integers); an
   // axis of one token (a lower rank's padding) has one tile and is never wider.
   auto wider = [&](int a, int b) {
@@ -245,7 +245,7 @@ inline FwdParams fwd_params(const Problem& p, const KernelAxes& ax, const FwdTil
     fp.num_groups *= ax.dilation[a];
   }
   const int* knob = dev_knobs::fwd_tile_order();
-  const FwdTileOrder order = fwd_tile_order(ax);
+  const CtaOrder order = cta_tile_order(ax);
   for (int k = 0; k < 3; ++k) fp.tile_order[k] = knob ? knob[k] : order.axes[k];
   fp.heads = p.heads;
   fp.kv_group = p.heads / p.kv_heads;
