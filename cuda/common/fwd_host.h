@@ -136,6 +136,9 @@ inline cudaError_t prepare_fwd_launch(const Problem& p, const FwdTileConfig& til
                                       FwdParams* fp, FwdMaps* maps, std::string* error) {
   const KernelAxes ax = kernel_axes(p);
   *fp = fwd_params(p, ax, tiles, out, lse);
+  fp->q = q;
+  fp->k = k;
+  fp->v = v;
   if (fp->num_items == 0) {
     *error = "too many work items for one launch (2^31)";
     return cudaErrorInvalidValue;

@@ -70,6 +70,11 @@ struct FwdParams {
   int prescale;        // 1: multiply S by scale_log2 before the max (scale <= 0)
   TileLoads q_loads;   // how a Q tile is loaded (tile_loads.h)
   TileLoads kv_loads;  // how a KV tile is loaded
+  // The inputs as arrays (heads-last, batch-major over the view's slices), read only where a
+  // row is recomputed key by key (exact_row.h); the tiles come through the tensor maps.
+  const void* q;
+  const void* k;
+  const void* v;
   void* out;
   float* lse;
   // FP8 inputs (DType::kE4M3): [3][heads] fp32, the q, k and v descales of each query head
@@ -154,6 +159,21 @@ GNA_HOST_DEVICE FwdWork decode_fwd_work(const FwdParams& p, int item, const int 
   for (int a = 0; a < 3; ++a)
     w.full[a] = full_tile_range(w.axes[a], w.q_tile[a] * q_tile[a], q_tile[a], kv_tile[a]);
   return w;
+}
+
+// The keys of the query at offsets `o` inside the Q tile (`q_tile` positions per axis) of `w`:
+// per axis its window, cut to the valid keys (a view's key slice; whole axes: no cut), as local
+// group key positions [lo, lo + len). A row past the valid queries (padding, never stored) takes
+// the last valid query's window.
+GNA_HOST_DEVICE void row_window(const FwdWork& w, const int q_tile[3], const int o[3], int lo[3],
+                                int len[3]) {
+  GNA_UNROLL
+  for (int a = 0; a < 3; ++a) {
+    const int q = min_int(w.q_tile[a] * q_tile[a] + o[a], q_end(w.axes[a]) - 1);
+    const Range win = group_window(w.axes[a], q);
+    lo[a] = max_int(win.start, kv_begin(w.axes[a]));
+    len[a] = max_int(min_int(win.end, kv_end(w.axes[a])) - lo[a], 0);
+  }
 }
 
 // Host only from here: what a dispatcher derives from a Problem.

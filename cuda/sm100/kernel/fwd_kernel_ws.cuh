@@ -23,7 +23,9 @@
 // spatial axis with element stride = dilation, so a box lands only the tokens of the CTA's
 // group. Tokens outside the grid (TMA zero-fill, or the next batch entry where the batch is
 // folded into the first axis) are masked by coordinates and query rows outside the grid are
-// never stored. A row that sees no key gets O = 0 and LSE = -inf.
+// never stored. A row that sees no key gets O = 0 and LSE = -inf. A row that comes out
+// non-finite is computed again key by key over its own window (cuda/common/exact_row.h), so a
+// non-finite input reaches only the queries whose window holds it.
 #pragma once
 
 #include <cuda.h>
@@ -34,6 +36,7 @@
 #include <cute/atom/mma_atom.hpp>
 #include <cute/tensor.hpp>
 
+#include "../../common/exact_row.h"
 #include "../../common/fwd_device.cuh"
 #include "../../common/shared_storage.cuh"
 #include "../fwd_config.h"
@@ -378,6 +381,8 @@ struct FwdKernel {
         row_sum > 0.f ? (m_scaled + __log2f(row_sum)) * 0.69314718055994531f : -INFINITY;
     const int64_t token = q_row_token<kQ0, kQ1, kQ2>(p, w, row);
     Element* out = static_cast<Element*>(p.out) + (token * p.heads + w.head) * kHeadDim;
+    // x * 0 is 0 for a finite x, nan otherwise: whether the row came out non-finite.
+    float probe = row_sum * 0.f;
     CUTLASS_PRAGMA_NO_UNROLL
     for (int c = 0; c < kHeadDim / 32; ++c) {
       uint32_t o_bits[32];
@@ -388,12 +393,45 @@ struct FwdKernel {
         for (int v = 0; v < 4; ++v) {
           float f[8];
           CUTLASS_PRAGMA_UNROLL
-          for (int i = 0; i < 8; ++i) f[i] = __uint_as_float(o_bits[8 * v + i]) * inv;
+          for (int i = 0; i < 8; ++i) {
+            f[i] = __uint_as_float(o_bits[8 * v + i]) * inv;
+            probe = fmaf(f[i], 0.f, probe);
+          }
           *reinterpret_cast<uint4*>(out + 32 * c + 8 * v) = pack8<Element>(f);
         }
       }
     }
     if (token >= 0) p.lse[token * p.heads + w.head] = lse;
+    // A non-finite input of the row's tiles (masked probabilities times whole tiles: 0 * nan)
+    // or of its window: the row again, key by key over its own window (exact_row.h).
+    if (token >= 0 && probe != 0.f) rewrite_row(p, w, row, token, out);
+  }
+
+  // Row `row` (token `token`, output row `out`) of work item `w` recomputed over its own window
+  // by its thread alone, 32 columns at a time, and stored again with its LSE.
+  static CUTLASS_DEVICE void rewrite_row(const FwdParams& p, const FwdWork& w, int row,
+                                         int64_t token, Element* out) {
+    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
+    int o[3], lo[3], len[3];
+    fwd_device::tile_offsets<kQ0, kQ1, kQ2>(row, o);
+    row_window(w, q_tile, o, lo, len);
+    const ExactRow r = exact_row(p, w, token, lo, len, w.head, kHeadDim, p.scale_log2, 1.f);
+    const Element* q = static_cast<const Element*>(p.q);
+    const Element* k = static_cast<const Element*>(p.k);
+    const Element* v = static_cast<const Element*>(p.v);
+    const RowColumns<kHeadDim, kHeadDim, kHeadDim> all{0};
+    auto alone = [](float x) { return x; };
+    const ExactRowStats stats = exact_row_stats(r, q, k, all, alone);
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (int c = 0; c < kHeadDim; c += 32) {
+      const RowColumns<32, 32, 32> cols{c};
+      float f[32];
+      exact_row_values(r, stats, q, k, v, all, alone, cols, [&](int j) -> float& { return f[j]; });
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < 32; i += 8)
+        *reinterpret_cast<uint4*>(out + c + i) = fwd_device::pack8<Element>(f + i);
+    }
+    p.lse[token * p.heads + w.head] = exact_row_lse(stats);
   }
 
   static CUTLASS_DEVICE void run(const FwdMaps& maps, const FwdParams& p, char* smem_raw) {

@@ -46,6 +46,7 @@
 #include "fp8_exp2.cuh"
 #include "fwd_trace.cuh"
 #include "gna/tile_box.h"
+#include "nonfinite_rows.cuh"
 
 namespace gna::sm90 {
 
@@ -474,9 +475,10 @@ struct FwdFp8Kernel {
     cute::warpgroup_fence_operand(tA);
   }
 
-  // One work item; the pipeline states carry over to the next.
+  // One work item; the pipeline states carry over to the next. Returns whether a row of this
+  // thread's came out non-finite (nonfinite_rows.cuh).
   template <class StateK, class StateVt>
-  static CUTLASS_DEVICE void consumer(const FwdParams& p, const Work& w, int count,
+  static CUTLASS_DEVICE bool consumer(const FwdParams& p, const Work& w, int count,
                                       SharedStorage& ss, PipelineK& pipe_k, PipelineVt& pipe_vt,
                                       StateK& state_k, StateVt& state_vt) {
     using namespace cute;
@@ -512,7 +514,7 @@ struct FwdFp8Kernel {
     // 16 * warp + lane / 4 + 8 * ((i >> 1) & 1) of the warpgroup's 64 rows and at
     // column 8 * (i >> 2) + 2 * (lane % 4) + (i & 1).
     const int lane = threadIdx.x & 31;
-    const int row_base = 64 * wg + 16 * ((ctid / 32) & 3) + lane / 4;
+    const int row_base = fragment_row0();
     const int col_base = 2 * (lane & 3);
     static_assert(kK2 % 8 == 0, "the n8 column blocks of S must not straddle a KV tile row");
 
@@ -521,14 +523,7 @@ struct FwdFp8Kernel {
     for (int r = 0; r < 2; ++r) {
       int o[3];
       fwd_device::tile_offsets<kQ0, kQ1, kQ2>(row_base + 8 * r, o);
-      CUTLASS_PRAGMA_UNROLL
-      for (int a = 0; a < 3; ++a) {
-        const int q = min_int(w.q_tile[a] * q_tile[a] + o[a], q_end(w.axes[a]) - 1);
-        const Range win = group_window(w.axes[a], q);
-        const int lo = max_int(win.start, kv_begin(w.axes[a]));
-        row_win_lo[r][a] = lo;
-        row_win_len[r][a] = max_int(min_int(win.end, kv_end(w.axes[a])) - lo, 0);
-      }
+      row_window(w, q_tile, o, row_win_lo[r], row_win_len[r]);
     }
 
     // The descales of this item's query head (k and v: of its key/value head, per query head).
@@ -760,12 +755,13 @@ struct FwdFp8Kernel {
     }
 
     // Epilogue: normalise (times v_descale), LSE (without P's offset), O to global memory.
-    float inv[2], lse[2];
+    float inv[2], lse[2], sum[2];
     CUTLASS_PRAGMA_UNROLL
     for (int r = 0; r < 2; ++r) {
       float s = row_sum[r];
       s += __shfl_xor_sync(0xffffffff, s, 1);
       s += __shfl_xor_sync(0xffffffff, s, 2);
+      sum[r] = s;
       inv[r] = s > 0.f ? v_descale / s : 0.f;
       const float m_scaled = row_max[r] == -INFINITY ? 0.f : row_max[r] * mult;
       lse[r] = s > 0.f ? (m_scaled - float(kPOffsetLog2) + __log2f(s)) * 0.69314718055994531f
@@ -796,6 +792,8 @@ struct FwdFp8Kernel {
       }
     }
     fwd_trace::stamp_item(ctid, count, fwd_trace::kItemDone);
+    // A row that a non-finite input of its tiles reached: recomputed after the last item.
+    return has_nonfinite_row(tOrO, sum);
   }
 
   static CUTLASS_DEVICE void run(const FwdMaps& maps, const FwdParams& p, char* smem_raw) {
@@ -850,11 +848,15 @@ struct FwdFp8Kernel {
       typename PipelineVt::PipelineState state_vt;
       ConsumerTurns::start(threadIdx.x - 128);
       int count = 0;
+      bool seen = false;  // a row of this thread's came out non-finite
       for (int item = blockIdx.x; item < p.num_items; item += gridDim.x) {
         const Work w = decode_work(p, item);
         if (!w.valid) continue;
-        consumer(p, w, count++, ss, pipe_k, pipe_vt, state_k, state_vt);
+        seen |= consumer(p, w, count++, ss, pipe_k, pipe_vt, state_k, state_vt);
       }
+      // This thread's rows of every item: those that came out non-finite, recomputed each over
+      // its own window (rare: only after a non-finite input).
+      rewrite_nonfinite_rows<FwdFp8Kernel, OutElement>(p, seen);
     }
   }
 };

@@ -1,0 +1,105 @@
+// Host probe of the key-by-key recomputation of a forward row (cuda/common/exact_row.h), for
+// tests/test_exact_row.py: every query row of every work item of the sm90 forward's launch
+// (fwd_params, decode_fwd_work, row_window: what the kernels run), recomputed as a kernel's
+// epilogue does, in fp32 inputs. The dot products run over all columns; the values go through
+// the column sets of the four threads of a row in the sm90 accumulator layout, so the four sets
+// must cover each column exactly once.
+//
+// argv[1]: input file, int32 header
+//   rank batch heads kv_heads extent[3] kernel[3] stride[3] dilation[3] causal[3]
+// (problem axes, padded with 1 / 0 past `rank`), one float32 scale, then float32 q, k, v
+// ([batch, tokens, heads or kv_heads, kD], heads last). argv[2]: output file, float32 out
+// ([batch, tokens, heads, kD]) then lse ([batch, tokens, heads]). Exit status 1 if some row is
+// written twice or never.
+#include <cstdio>
+#include <vector>
+
+#include "cuda/common/exact_row.h"
+#include "cuda/sm90/fwd_config.h"
+
+namespace {
+
+constexpr int kD = 16;  // head dim of the probe: two 8-column blocks per thread's pairs
+
+template <class T>
+bool read(std::FILE* f, T* x, size_t n) {
+  return std::fread(x, sizeof(T), n, f) == n;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace gna;
+  if (argc != 3) return 2;
+  std::FILE* in = std::fopen(argv[1], "rb");
+  if (!in) return 2;
+  int h[4 + 5 * 3];
+  float scale;
+  if (!read(in, h, 4 + 5 * 3) || !read(in, &scale, 1)) return 2;
+  Problem p;
+  p.rank = h[0];
+  p.batch = h[1];
+  p.heads = h[2];
+  p.kv_heads = h[3];
+  p.head_dim = p.head_dim_v = kD;
+  p.scale = scale;
+  int64_t tokens = 1;
+  for (int i = 0; i < 3; ++i) {
+    p.extent[i] = h[4 + i];
+    p.kernel_size[i] = h[7 + i];
+    p.stride[i] = h[10 + i];
+    p.dilation[i] = h[13 + i];
+    p.causal[i] = h[16 + i] != 0;
+    if (i < p.rank) tokens *= p.extent[i];
+  }
+  const size_t nq = size_t(p.batch * tokens * p.heads * kD);
+  const size_t nkv = size_t(p.batch * tokens * p.kv_heads * kD);
+  std::vector<float> q(nq), k(nkv), v(nkv);
+  if (!read(in, q.data(), nq) || !read(in, k.data(), nkv) || !read(in, v.data(), nkv)) return 2;
+  std::fclose(in);
+
+  // The sm90 default tiles of this rank (head dim 128's: only the item decode reads them).
+  const FwdTileConfig tiles = sm90::fwd_tile_config(p.rank, 128, 0);
+  const KernelAxes ax = kernel_axes(p);
+  FwdParams fp = fwd_params(p, ax, tiles, nullptr, nullptr);
+  std::vector<float> out(nq, NAN), lse(size_t(p.batch * tokens * p.heads), 0.f);
+  std::vector<int> written(lse.size(), 0);
+  auto identity = [](float x) { return x; };
+  const RowColumns<kD, kD, kD> all{0};
+  for (int item = 0; item < fp.num_items; ++item) {
+    const FwdWork w = decode_fwd_work(fp, item, tiles.q, tiles.kv);
+    if (!w.valid) continue;
+    for (int row = 0; row < tiles.q_size(); ++row) {
+      const int o[3] = {row / (tiles.q[1] * tiles.q[2]), (row / tiles.q[2]) % tiles.q[1],
+                        row % tiles.q[2]};
+      int64_t token = w.batch;
+      for (int a = 0; a < 3 && token >= 0; ++a) {
+        const int x = w.q_tile[a] * tiles.q[a] + o[a];
+        token = x < q_end(w.axes[a]) ? token * fp.q_extent[a] + w.group[a] + fp.dilation[a] * x
+                                     : -1;
+      }
+      if (token < 0) continue;  // padding: never stored
+      int lo[3], len[3];
+      row_window(w, tiles.q, o, lo, len);
+      const ExactRow r =
+          exact_row(fp, w, token, lo, len, w.head, kD, p.scale * 1.4426950408889634f, 1.f);
+      const ExactRowStats s = exact_row_stats(r, q.data(), k.data(), all, identity);
+      const int64_t slot = token * p.heads + w.head;
+      for (int thread = 0; thread < 4; ++thread) {
+        const RowColumns<kD / 4, 2, 8> cols{2 * thread};
+        exact_row_values(r, s, q.data(), k.data(), v.data(), all, identity, cols,
+                         [&](int j) -> float& { return out[slot * kD + cols(j)]; });
+      }
+      lse[slot] = exact_row_lse(s);
+      ++written[slot];
+    }
+  }
+  for (int n : written)
+    if (n != 1) return 1;
+  std::FILE* f = std::fopen(argv[2], "wb");
+  if (!f) return 2;
+  std::fwrite(out.data(), sizeof(float), out.size(), f);
+  std::fwrite(lse.data(), sizeof(float), lse.size(), f);
+  std::fclose(f);
+  return 0;
+}
