@@ -21,6 +21,13 @@
 
 #include "fwd_params.h"
 
+// Partly unrolled on the device (GNA_UNROLL: fwd_params.h).
+#if defined(__CUDACC__)
+#define GNA_UNROLL_8 _Pragma("unroll 8")
+#else
+#define GNA_UNROLL_8
+#endif
+
 namespace gna {
 
 // The query row and its window's keys, in the kernel's arrays (heads-last, batch-major over
@@ -91,7 +98,9 @@ template <class Element, class DotColumns, class Reduce>
 GNA_HOST_DEVICE float exact_score(const ExactRow& r, const Element* q, const Element* k,
                                   int64_t key, DotColumns dot, Reduce reduce) {
   float s = 0.f;
-  GNA_UNROLL
+  // Eight at a time: unrolled whole, a row of up to 256 columns would hold its query in
+  // registers through the key loop.
+  GNA_UNROLL_8
   for (int j = 0; j < DotColumns::kCount; ++j) {
     const int c = dot(j);
     s += float(q[r.q + c]) * float(k[key + c]);
