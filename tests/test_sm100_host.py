@@ -19,7 +19,10 @@ The backward (KV-stationary, `cuda/common/bwd_params.h`):
 
 - its tile table (`cuda/sm100/bwd_config.h`) holds the forward's default shapes and fits TMEM
   (dK, dV, S^T, dP^T) and shared memory (K, V, Q/dO stages, P^T, dS^T), one CTA per SM;
-- every (batch, KV head, dilation group, KV tile) runs once, in both CTA orders; its Q-tile box
+- its CTA order over KV tiles (`bwd_set_deterministic`): the forward's rule in the default mode
+  (or the `GNA_BWD_TILE_ORDER` knob's), row-major in deterministic mode whatever the knob says;
+  block indices count the KV tiles in that order, then groups, KV heads, batch;
+- every (batch, KV head, dilation group, KV tile) runs once, in both modes; its Q-tile box
   and mask-free Q tiles equal brute force; it visits every query head of its GQA group over the
   box (reversed in deterministic mode), each visit at its own row-statistics slot;
 - deterministic mode: the CTAs adding into one Q tile's dQ hold the turns 0..m-1, m the size
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import shutil
 import subprocess
 from fractions import Fraction
@@ -67,9 +71,20 @@ def _build(tmp_path_factory, name: str, opt: str = "-O1") -> Path:
     return exe
 
 
-def _output(program: Path, problems: list[dict], option: str) -> list[str]:
-    """The probe's stdout lines for `problems` (cuda/sm100/tests/problem_input.h), with p[option]
-    as each line's probe-specific field."""
+def _env(bwd_tile_order: str | None = None) -> dict:
+    """The environment of a probe: CTA orders by the rule, unless `bwd_tile_order` sets the
+    development knob GNA_BWD_TILE_ORDER."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_TILE_ORDER")}
+    if bwd_tile_order is not None:
+        env["GNA_BWD_TILE_ORDER"] = bwd_tile_order
+    return env
+
+
+def _probe(
+    program: Path, problems: list[dict], option: str, bwd_tile_order: str | None = None
+) -> subprocess.CompletedProcess:
+    """The probe run on `problems` (cuda/sm100/tests/problem_input.h), with p[option] as each
+    line's probe-specific field, in _env(bwd_tile_order)."""
     lines = []
     for p in problems:
         fields = [p["rank"], p["batch"], p["heads"], p["kv_heads"], int(p[option])]
@@ -77,8 +92,18 @@ def _output(program: Path, problems: list[dict], option: str) -> list[str]:
             fields += [int(x) for x in p[name]]
         lines.append(" ".join(map(str, fields)))
     return subprocess.run(
-        [str(program)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True
-    ).stdout.splitlines()
+        [str(program)],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_env(bwd_tile_order),
+    )
+
+
+def _output(program: Path, problems: list[dict], option: str) -> list[str]:
+    """The probe's stdout lines (_probe)."""
+    return _probe(program, problems, option).stdout.splitlines()
 
 
 @pytest.fixture(scope="module")
@@ -219,23 +244,28 @@ def _tile_order(axes: list[tuple]) -> tuple[int, ...]:
     return tuple(sorted((2, 1, 0), key=key))  # stable: ties keep the later axis first
 
 
-@pytest.mark.parametrize(
-    ("extent", "kernel_size", "dilation", "order"),
-    [
-        ((16, 44, 80), (16, 24, 16), (1, 1, 1), (0, 1, 2)),  # Cosmos: the window spans T
-        ((30, 48, 80), (18, 24, 24), (1, 1, 1), (0, 1, 2)),  # HunyuanVideo
-        ((256, 256), (80, 80), (1, 1), (2, 1, 0)),  # FLUX-4K: square, the last axis first
-        ((32768,), (2048,), (1,), (2, 1, 0)),
-        ((8, 24, 24), (8, 24, 24), (1, 1, 1), (2, 1, 0)),  # dense: whole axes tie
-        ((64, 64), (8, 4), (4, 1), (1, 2, 0)),  # the dilated window spans half of axis 1
-        ((64, 64), (8, 4), (1, 8), (2, 1, 0)),
-    ],
-)
-def test_cta_order_puts_the_widest_window_first(program, extent, kernel_size, dilation, order):
+# Problems of the CTA-order rule: (extent, kernel_size, dilation, its order, fastest axis first).
+CTA_ORDER_CASES = [
+    ((16, 44, 80), (16, 24, 16), (1, 1, 1), (0, 1, 2)),  # Cosmos: the window spans T
+    ((30, 48, 80), (18, 24, 24), (1, 1, 1), (0, 1, 2)),  # HunyuanVideo
+    ((256, 256), (80, 80), (1, 1), (2, 1, 0)),  # FLUX-4K: square, the last axis first
+    ((32768,), (2048,), (1,), (2, 1, 0)),
+    ((8, 24, 24), (8, 24, 24), (1, 1, 1), (2, 1, 0)),  # dense: whole axes tie
+    ((64, 64), (8, 4), (4, 1), (1, 2, 0)),  # the dilated window spans half of axis 1
+    ((64, 64), (8, 4), (1, 8), (2, 1, 0)),
+]
+
+
+def _order_problem(extent: tuple, kernel_size: tuple, dilation: tuple) -> dict:
     rank = len(extent)
-    p = dict(rank=rank, batch=1, heads=1, kv_heads=1, config=0, extent=extent,
-             kernel_size=kernel_size, stride=(1,) * rank, dilation=dilation,
-             causal=(False,) * rank)  # fmt: skip
+    return dict(rank=rank, batch=1, heads=1, kv_heads=1, config=0, deterministic=False,
+                extent=extent, kernel_size=kernel_size, stride=(1,) * rank, dilation=dilation,
+                causal=(False,) * rank)  # fmt: skip
+
+
+@pytest.mark.parametrize(("extent", "kernel_size", "dilation", "order"), CTA_ORDER_CASES)
+def test_cta_order_puts_the_widest_window_first(program, extent, kernel_size, dilation, order):
+    p = _order_problem(extent, kernel_size, dilation)
     _, (case,) = _run(program, [p])
     assert case["order"] == order == _tile_order(_kernel_axes(p))
 
@@ -295,8 +325,10 @@ def bwd_program(tmp_path_factory) -> Path:
     return _build(tmp_path_factory, "bwd_work_cases")
 
 
-def _run_bwd(program: Path, problems: list[dict]) -> tuple[list[list[int]], list[dict]]:
-    out = _output(program, problems, "deterministic")
+def _run_bwd(
+    program: Path, problems: list[dict], bwd_tile_order: str | None = None
+) -> tuple[list[list[int]], list[dict]]:
+    out = _probe(program, problems, "deterministic", bwd_tile_order).stdout.splitlines()
     table = [[int(x) for x in line.split()[1:]] for line in out if line.startswith("table ")]
     cases: list[dict] = []
     for line in out:
@@ -308,6 +340,7 @@ def _run_bwd(program: Path, problems: list[dict]) -> tuple[list[list[int]], list
                     items=int(words[3]),
                     slots=int(words[5]),
                     workspace=[int(x) for x in words[7:12]],
+                    order=tuple(int(x) for x in words[13:16]),
                     work=[],
                 )
             )
@@ -377,18 +410,29 @@ def _bwd_tiles(p: dict, table: list[list[int]]) -> tuple[tuple, tuple]:
     return tuple(row[2:5]), tuple(row[5:8])
 
 
-BWD_RANDOM = [(rank, i, det) for rank in (1, 2, 3) for i in range(12) for det in (False, True)]
+# The knob GNA_BWD_TILE_ORDER: unset, or the first axis fastest (the reverse of row-major, which
+# deterministic mode must keep all the same).
+BWD_RANDOM = [
+    (rank, i, det, knob)
+    for rank in (1, 2, 3)
+    for i in range(12)
+    for det in (False, True)
+    for knob in (None, "012")
+]
 
 
 @pytest.mark.parametrize(
-    ("rank", "seed", "deterministic"),
+    ("rank", "seed", "deterministic", "knob"),
     BWD_RANDOM,
-    ids=[f"{r}d-{i}-{'det' if d else 'default'}" for r, i, d in BWD_RANDOM],
+    ids=[
+        f"{r}d-{i}-{'det' if d else 'default'}" + (f"-order{k}" if k else "")
+        for r, i, d, k in BWD_RANDOM
+    ],
 )
-def test_backward_work_items_boxes_visits_and_turns(bwd_program, rank, seed, deterministic):
+def test_backward_work_items_boxes_visits_and_turns(bwd_program, rank, seed, deterministic, knob):
     p = _random_problem(np.random.default_rng(500 + 100 * rank + seed), rank)
     p["deterministic"] = deterministic
-    table, (case,) = _run_bwd(bwd_program, [p])
+    table, (case,) = _run_bwd(bwd_program, [p], knob)
     q_tile, kv_tile = _bwd_tiles(p, table)
     axes = _kernel_axes(p)
     work = case["work"]
@@ -464,6 +508,69 @@ def test_backward_work_items_boxes_visits_and_turns(bwd_program, rank, seed, det
     assert sem >= dq + 4 * n * 128 and total >= sem + 4 * (n // 128)
 
 
+@pytest.mark.parametrize(("extent", "kernel_size", "dilation", "order"), CTA_ORDER_CASES)
+def test_backward_cta_order_is_the_forwards_rule_and_row_major_when_deterministic(
+    bwd_program, extent, kernel_size, dilation, order
+):
+    p = _order_problem(extent, kernel_size, dilation)
+    problems = [p, {**p, "deterministic": True}]
+    _, (default, deterministic) = _run_bwd(bwd_program, problems)
+    assert default["order"] == order and deterministic["order"] == (2, 1, 0)
+    # The knob sets the default mode's order only: deterministic turns need row-major.
+    knob = "".join(map(str, order[::-1]))
+    _, (default, deterministic) = _run_bwd(bwd_program, problems, knob)
+    assert default["order"] == order[::-1] and deterministic["order"] == (2, 1, 0)
+
+
+@pytest.mark.parametrize("value", ["", "01", "0123", "011", "013", "21a", "2 1"])
+def test_backward_tile_order_knob_ignores_anything_but_a_permutation(bwd_program, value):
+    p = _order_problem((30, 48, 80), (18, 24, 24), (1, 1, 1))
+    run = _probe(bwd_program, [p], "deterministic", value)
+    case = next(line for line in run.stdout.splitlines() if line.startswith("case "))
+    assert case.split()[-3:] == ["0", "1", "2"], "the rule's order, not the knob's"
+    assert f'ignoring GNA_BWD_TILE_ORDER="{value}"' in run.stderr
+
+
+ORDER_RANDOM = [(rank, i) for rank in (1, 2, 3) for i in range(8)]
+
+
+@pytest.mark.parametrize(("rank", "seed"), ORDER_RANDOM, ids=[f"{r}d-{i}" for r, i in ORDER_RANDOM])
+def test_backward_items_run_once_in_the_cta_order(bwd_program, rank, seed):
+    """Block indices count the KV tiles in the CTA order (its first axis fastest), then the
+    dilation groups (row-major), KV heads and batch entries: every item once, for the rule's
+    order, row-major (deterministic) and every order the knob can set."""
+    rng = np.random.default_rng(700 + 100 * rank + seed)
+    p = _random_problem(rng, rank)
+    axes = _kernel_axes(p)
+    table, _ = _run_bwd(bwd_program, [])
+    _, kv_tile = _bwd_tiles(p, table)
+    kv_tiles = [
+        math.ceil(oracle.group_length(a[0], a[3], 0) / t)
+        for a, t in zip(axes, kv_tile, strict=True)
+    ]
+    groups = list(itertools.product(*(range(a[3]) for a in axes)))
+    items = p["batch"] * p["kv_heads"] * len(groups) * math.prod(kv_tiles)
+    problems = [{**p, "deterministic": d} for d in (False, True)]
+    knobs = [None] + ["".join(map(str, o)) for o in itertools.permutations(range(3))]
+    for knob in knobs:
+        _, cases = _run_bwd(bwd_program, problems, knob)
+        for deterministic, case in zip((False, True), cases, strict=True):
+            if deterministic:
+                want = (2, 1, 0)
+            else:
+                want = tuple(map(int, knob)) if knob else _tile_order(axes)
+            assert case["order"] == want, (p, knob, deterministic)
+            assert case["items"] == len(case["work"]) == items
+            for index, w in enumerate(case["work"]):
+                kt = 0
+                for a in reversed(want):
+                    kt = kt * kv_tiles[a] + w["kv_tile"][a]
+                gi = groups.index(w["group"])
+                item = (w["batch"] * p["kv_heads"] + w["kv_head"]) * len(groups) + gi
+                item = item * math.prod(kv_tiles) + kt
+                assert item == index, (p, knob, deterministic, w)
+
+
 # -- the backward's data flow, emulated on the host -----------------------------------------------
 
 
@@ -477,10 +584,11 @@ EMULATED = [(rank, i) for rank in (1, 2, 3) for i in range(4)]
 
 @pytest.mark.parametrize(("rank", "seed"), EMULATED, ids=[f"{r}d-{i}" for r, i in EMULATED])
 def test_backward_data_flow_matches_reference_gradients(emulation, tmp_path, rank, seed):
-    """`bwd_emulation.cc` runs the kernel's data flow in fp32 (pre-pass, work items, visits,
-    masks on partial pairs only, dQ blocks at the row-statistics slots and their conversion,
-    dK/dV per KV row, garbage in rows outside the groups); its gradients must equal jax.grad of
-    the reference, which checks all of the kernel but the tensor-core plumbing."""
+    """`bwd_emulation.cc` runs the kernel's data flow in fp32 (pre-pass, work items in the
+    default mode's CTA order, visits, masks on partial pairs only, dQ blocks at the
+    row-statistics slots and their conversion, dK/dV per KV row, garbage in rows outside the
+    groups); its gradients must equal jax.grad of the reference, which checks all of the kernel
+    but the tensor-core plumbing."""
     import jax
 
     from jax_gna import reference
@@ -519,12 +627,16 @@ def test_backward_data_flow_matches_reference_gradients(emulation, tmp_path, ran
     fields = [p["rank"], p["batch"], p["heads"], p["kv_heads"], dim]
     for name in ("extent", "kernel_size", "stride", "dilation", "causal"):
         fields += [int(c) for c in p[name]]
-    subprocess.run(
+    run = subprocess.run(
         [str(emulation), str(tmp_path)],
         input=" ".join(map(str, fields)) + f"\n{scale!r}\n",
+        capture_output=True,
         text=True,
         check=True,
+        env=_env(),
     )
+    # The default mode's CTA order (not row-major in several of these problems).
+    assert run.stdout.split() == ["order", *map(str, _tile_order(_kernel_axes(p)))]
     for name, w, like in zip(("dq", "dk", "dv"), want, (q, k, v), strict=True):
         got = np.fromfile(tmp_path / f"{name}.bin", dtype=np.float32).reshape(like.shape)
         w = np.asarray(w)

@@ -46,15 +46,16 @@ struct BwdParams {
   int num_q_tiles;
   int kv_tiles[3];  // KV tiles per axis, local group 0
   int num_kv_tiles;
-  int num_groups;  // product of dilations
+  int tile_order[3];  // axes from fastest to slowest in the CTA order (bwd_set_deterministic)
+  int num_groups;     // product of dilations
   int heads;
   int kv_heads;
   int kv_group;  // heads / kv_heads
   int batch;
   int head_dim;
-  float scale;       // softmax scale
-  float scale_log2;  // scale * log2(e)
-  int deterministic;
+  float scale;         // softmax scale
+  float scale_log2;    // scale * log2(e)
+  int deterministic;   // set with bwd_set_deterministic (it fixes tile_order too)
   TileLoads q_loads;   // how a Q (and dO) tile is loaded (tile_loads.h)
   TileLoads kv_loads;  // how a KV tile is loaded
   // Inputs of the pre-pass.
@@ -91,26 +92,28 @@ struct BwdWork {
   Range full[3];
 };
 
-// Item order: KV tiles fastest, so that the CTAs resident together share Q and dO tiles in L2.
-// In deterministic mode a CTA waits for the lower KV tiles of its Q tiles (same batch entry,
-// head and group): they have lower block indices, so they started first, and walking the Q
-// boxes backwards they reach a shared Q tile earlier. (An order with heads fastest, tried for
-// fewer waits, cost far more in L2 misses: every resident CTA streamed a different head.)
+// Item order: KV tiles fastest (in p.tile_order), then dilation groups, KV heads, batch, so that
+// the CTAs resident together share Q and dO tiles in L2. The default mode orders the KV tiles
+// by the forward's rule (the widest window first: there neighbouring KV tiles share most of
+// their Q box). Deterministic mode counts them row-major (bwd_set_deterministic): a CTA waits
+// for the KV tiles before it in its Q tiles' KV boxes (row-major, same batch entry, head and
+// group), which then have lower block indices, so they started first, and walking the Q boxes
+// backwards they reach a shared Q tile earlier. (An order with heads fastest, tried for fewer
+// waits, cost far more in L2 misses: every resident CTA streamed a different head.)
 template <bool kView = false>
 GNA_HOST_DEVICE BwdWork decode_bwd_work(const BwdParams& p, int item, const int q_tile[3],
                                         const int kv_tile[3]) {
   BwdWork w;
   int i = item;
-  int kt = i % p.num_kv_tiles;
+  const int kt = i % p.num_kv_tiles;
   i /= p.num_kv_tiles;
   int gi = i % p.num_groups;
   i /= p.num_groups;
   w.kv_head = i % p.kv_heads;
   w.batch = i / p.kv_heads;
+  decode_tile(kt, p.kv_tiles, p.tile_order, w.kv_tile);
   GNA_UNROLL
   for (int a = 2; a >= 0; --a) {
-    w.kv_tile[a] = kt % p.kv_tiles[a];
-    kt /= p.kv_tiles[a];
     w.group[a] = gi % p.dilation[a];
     gi /= p.dilation[a];
   }
@@ -208,8 +211,20 @@ GNA_HOST_DEVICE BwdSlotRow bwd_slot_row(const BwdParams& p, int64_t slot) {
 
 // Host only from here: what a dispatcher derives from a Problem.
 
+// The mode of `bp` and the CTA order over KV tiles it needs (decode_bwd_work): deterministic
+// mode row-major, whatever GNA_BWD_TILE_ORDER says (its turns need it); the default mode the
+// forward's rule (cta_tile_order) for the same L2 reuse, unless the knob sets it.
+inline void bwd_set_deterministic(BwdParams* bp, bool deterministic) {
+  const int* knob = dev_knobs::bwd_tile_order();
+  const CtaOrder order = deterministic ? kRowMajorOrder
+                         : knob        ? CtaOrder{{knob[0], knob[1], knob[2]}}
+                                       : cta_tile_order(*bp);
+  bp->deterministic = deterministic ? 1 : 0;
+  for (int k = 0; k < 3; ++k) bp->tile_order[k] = order.axes[k];
+}
+
 // The launch geometry of `p` with `tiles` and `dq_buffers` copies of the dQ accumulator (no
-// pointers, not deterministic).
+// pointers, the default mode).
 inline BwdParams bwd_geometry(const Problem& p, const KernelAxes& ax, const FwdTileConfig& tiles,
                               int dq_buffers = 1) {
   BwdParams bp = {};
@@ -246,6 +261,7 @@ inline BwdParams bwd_geometry(const Problem& p, const KernelAxes& ax, const FwdT
   bp.scale_log2 = p.scale * 1.4426950408889634f;
   bp.num_slots = int64_t(p.batch) * p.heads * bp.num_groups * bp.num_q_tiles * tiles.q_size();
   plan_loads(p, ax, tiles, &bp.q_loads, &bp.kv_loads);  // the dispatchers check it first
+  bwd_set_deterministic(&bp, false);
   return bp;
 }
 
@@ -275,13 +291,13 @@ inline BwdWorkspace bwd_workspace_layout(const BwdParams& bp) {
 }
 
 // Points the workspace parts of `bp` into `workspace` (bwd_workspace_layout(bp).total bytes)
-// and sets the tensors of one call.
+// and sets the tensors and the mode (bwd_set_deterministic) of one call.
 inline void bwd_bind(BwdParams* bp, void* workspace, const void* dout, const void* out,
                      const float* lse, const float* dlse, void* dq, void* dk, void* dv,
                      bool deterministic) {
   const BwdWorkspace ws = bwd_workspace_layout(*bp);
   char* base = static_cast<char*>(workspace);
-  bp->deterministic = deterministic ? 1 : 0;
+  bwd_set_deterministic(bp, deterministic);
   bp->out = out;
   bp->dout = dout;
   bp->lse = lse;

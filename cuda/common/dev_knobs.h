@@ -10,6 +10,10 @@
 //       The forward's CTA order over Q tiles: kernel axes from fastest to slowest, e.g. "012"
 //       for the first axis fastest. Unset: the widest window (over its extent) first (fwd_params.h,
 //       cta_tile_order).
+//   GNA_BWD_TILE_ORDER = a permutation of "012"
+//       The backward's CTA order over KV tiles in the default mode, as GNA_FWD_TILE_ORDER.
+//       Deterministic mode ignores it: its turns need row-major (bwd_params.h,
+//       bwd_set_deterministic). Unset: the forward's rule.
 //   GNA_SM90_DQ_BUFFERS = 1 | 2 | 3 | 4
 //       Copies of the sm90 backward's dQ accumulator in deterministic mode (bwd_params.h).
 //       Unset: 1 (sm90/arch.h).
@@ -64,33 +68,43 @@ inline int sm90_dq_buffers() {
   return value;
 }
 
+// Kernel axes from fastest to slowest: `set` when the environment variable `name` (or, unset,
+// `old_name`) holds a permutation of "012".
+struct AxisOrder {
+  bool set;
+  int axes[3];
+};
+
+inline AxisOrder axis_order_knob(const char* name, const char* old_name = nullptr) {
+  const char* env = std::getenv(name);
+  if (env == nullptr && old_name != nullptr) env = std::getenv(name = old_name);
+  AxisOrder o{false, {2, 1, 0}};
+  if (env == nullptr) return o;
+  bool seen[3] = {false, false, false};
+  bool ok = std::strlen(env) == 3;
+  for (int k = 0; ok && k < 3; ++k) {
+    const int a = env[k] - '0';
+    ok = a >= 0 && a < 3 && !seen[a];
+    if (ok) seen[a] = true, o.axes[k] = a;
+  }
+  if (!ok) {
+    report_ignored(name, env, "a permutation of \"012\"");
+    return AxisOrder{false, {2, 1, 0}};
+  }
+  o.set = true;
+  return o;
+}
+
 // GNA_FWD_TILE_ORDER (or GNA_SM90_TILE_ORDER): kernel axes from fastest to slowest, or nullptr
 // when unset (or ignored).
 inline const int* fwd_tile_order() {
-  struct Order {
-    bool set;
-    int axes[3];
-  };
-  static const Order order = [] {
-    const char* name = "GNA_FWD_TILE_ORDER";
-    const char* env = std::getenv(name);
-    if (env == nullptr) env = std::getenv(name = "GNA_SM90_TILE_ORDER");
-    Order o{false, {2, 1, 0}};
-    if (env == nullptr) return o;
-    bool seen[3] = {false, false, false};
-    bool ok = std::strlen(env) == 3;
-    for (int k = 0; ok && k < 3; ++k) {
-      const int a = env[k] - '0';
-      ok = a >= 0 && a < 3 && !seen[a];
-      if (ok) seen[a] = true, o.axes[k] = a;
-    }
-    if (!ok) {
-      report_ignored(name, env, "a permutation of \"012\"");
-      return Order{false, {2, 1, 0}};
-    }
-    o.set = true;
-    return o;
-  }();
+  static const AxisOrder order = axis_order_knob("GNA_FWD_TILE_ORDER", "GNA_SM90_TILE_ORDER");
+  return order.set ? order.axes : nullptr;
+}
+
+// GNA_BWD_TILE_ORDER: kernel axes from fastest to slowest, or nullptr when unset (or ignored).
+inline const int* bwd_tile_order() {
+  static const AxisOrder order = axis_order_knob("GNA_BWD_TILE_ORDER");
   return order.set ? order.axes : nullptr;
 }
 

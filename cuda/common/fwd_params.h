@@ -120,6 +120,21 @@ bool has_view(const Params& p) {
   return view;
 }
 
+// Tile `index` of a grid of `tiles` tiles per kernel axis, counted with axis order[0] fastest,
+// then order[1], order[2]; written with selects so that `tile` stays in registers.
+GNA_HOST_DEVICE void decode_tile(int index, const int tiles[3], const int order[3], int tile[3]) {
+  GNA_UNROLL
+  for (int k = 0; k < 3; ++k) {
+    const int a = order[k];
+    const int n = a == 0 ? tiles[0] : a == 1 ? tiles[1] : tiles[2];
+    const int v = index % n;
+    index /= n;
+    if (a == 0) tile[0] = v;
+    if (a == 1) tile[1] = v;
+    if (a == 2) tile[2] = v;
+  }
+}
+
 // Item order: Q tiles fastest (in p.tile_order), then dilation groups, heads, batch.
 // `q_tile` / `kv_tile` are the kernel's tile shapes (kernel axes); kView as launch_group_axis.
 template <bool kView = false>
@@ -127,24 +142,13 @@ GNA_HOST_DEVICE FwdWork decode_fwd_work(const FwdParams& p, int item, const int 
                                         const int kv_tile[3]) {
   FwdWork w;
   int i = item;
-  int qt = i % p.num_q_tiles;
+  const int qt = i % p.num_q_tiles;
   i /= p.num_q_tiles;
   int gi = i % p.num_groups;
   i /= p.num_groups;
   w.head = i % p.heads;
   w.batch = i / p.heads;
-  // Q tiles in p.tile_order (fastest axis first), written with selects so
-  // that w.q_tile stays in registers.
-  GNA_UNROLL
-  for (int k = 0; k < 3; ++k) {
-    const int a = p.tile_order[k];
-    const int n = a == 0 ? p.q_tiles[0] : a == 1 ? p.q_tiles[1] : p.q_tiles[2];
-    const int v = qt % n;
-    qt /= n;
-    if (a == 0) w.q_tile[0] = v;
-    if (a == 1) w.q_tile[1] = v;
-    if (a == 2) w.q_tile[2] = v;
-  }
+  decode_tile(qt, p.q_tiles, p.tile_order, w.q_tile);
   GNA_UNROLL
   for (int a = 2; a >= 0; --a) {
     w.group[a] = gi % p.dilation[a];
@@ -213,7 +217,8 @@ inline const char* plan_loads(const Problem& p, const KernelAxes& ax, const FwdT
 }
 
 // The CTA order over Q tiles (axes from fastest to slowest), unless a development knob sets it:
-// first the axis whose window spans the largest part of its extent, ties to the later axis.
+// first the axis whose window spans the largest part of its extent, ties to the later axis. The
+// backward's default mode orders its KV tiles by the same rule (bwd_set_deterministic).
 // Consecutive CTAs run at once, and along such an axis neighbouring Q tiles share most of their
 // KV box, so a wave's KV stays in L2: a video model's window often spans most or all of the
 // frames (on an H100, T fastest ran HunyuanVideo GNA 2% and Cosmos GNA 3% faster than the last
@@ -221,15 +226,18 @@ inline const char* plan_loads(const Problem& p, const KernelAxes& ax, const FwdT
 struct CtaOrder {
   int axes[3];
 };
-inline CtaOrder cta_tile_order(const KernelAxes& ax) {
-  CtaOrder o = {{2, 1, 0}};
+inline constexpr CtaOrder kRowMajorOrder = {{2, 1, 0}};  // the last axis fastest
+// `ax`: KernelAxes or BwdParams (the same per-axis fields).
+template <class Axes>
+CtaOrder cta_tile_order(const Axes& ax) {
+  CtaOrder o = kRowMajorOrder;
   // Span of axis a's window over its extent, compared as cross products (exact integers); an
   // axis of one token (a lower rank's padding) has one tile and is never wider.
   auto wider = [&](int a, int b) {
     return ax.extent[a] > 1 && int64_t(ax.kernel_size[a]) * ax.dilation[a] * ax.extent[b] >
                                    int64_t(ax.kernel_size[b]) * ax.dilation[b] * ax.extent[a];
   };
-  // Insertion sort from the default (2, 1, 0): strictly wider axes move ahead, ties keep the
+  // Insertion sort from row-major (2, 1, 0): strictly wider axes move ahead, ties keep the
   // later axis first.
   for (int i = 1; i < 3; ++i)
     for (int j = i; j > 0 && wider(o.axes[j], o.axes[j - 1]); --j) {

@@ -482,8 +482,8 @@ struct BwdKernel {
           if (row == 0) {
             const int turn = kv_tile_box(w.axes, 3, t, q_tile, kv_tile).index(w.kv_tile);
             // Cannot deadlock: the CTAs holding the earlier turns have lower block indices
-            // (decode_bwd_work's item order) and CTAs start in block index order,
-            // so each of them is running or done.
+            // (decode_bwd_work's item order, row-major in this mode) and CTAs start in block
+            // index order, so each of them is running or done.
             spin_until_equal(semaphore, turn,
                              {"backward", kHeadDim, kRank, "dq_semaphore", int(slot / kTileQ), v});
           }

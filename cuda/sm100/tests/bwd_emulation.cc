@@ -10,7 +10,8 @@
 // stdin: a problem line (cuda/sm100/tests/problem_input.h; the option is the head dim), then
 // the scale; argv[1]: a folder with q.bin, k.bin, v.bin, out.bin, dout.bin (float32,
 // [batch, X.., heads or kv_heads, D]) and lse.bin, dlse.bin (float32 [batch, X.., heads]);
-// writes dq.bin, dk.bin, dv.bin there.
+// writes dq.bin, dk.bin, dv.bin there. stdout: "order <o0> <o1> <o2>", the CTA order over KV
+// tiles (fastest axis first; the default mode's).
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -58,6 +59,7 @@ int main(int argc, char** argv) {
   const int D = head_dim;
   const FwdTileConfig tiles = sm100::bwd_tile_config(p.rank, D);
   BwdParams bp = bwd_geometry(p, kernel_axes(p), tiles);
+  std::printf("order %d %d %d\n", bp.tile_order[0], bp.tile_order[1], bp.tile_order[2]);
   int64_t tokens = p.batch;
   for (int i = 0; i < p.rank; ++i) tokens *= p.extent[i];
   const auto q = read(dir + "/q.bin", tokens * p.heads * D);

@@ -1,16 +1,18 @@
 // Host-side probe of what the sm100 backward launches, for tests/test_sm100_host.py: the tile
 // table (cuda/sm100/bwd_config.h) and, per problem, the launch geometry, the workspace layout
 // and every work item a CTA decodes with its visits (cuda/common/bwd_params.h: bwd_geometry,
-// bwd_workspace_layout, decode_bwd_work, bwd_stat_slot; the kernel's visit order and
-// deterministic turns as in kernel/bwd_kernel_ws.cuh). Plain C++, built by the test with the
-// host compiler; the test checks the output against brute force from tests/oracle.py.
+// bwd_set_deterministic, bwd_workspace_layout, decode_bwd_work, bwd_stat_slot; the kernel's
+// visit order and deterministic turns as in kernel/bwd_kernel_ws.cuh). Plain C++, built by the
+// test with the host compiler; the test checks the output against brute force from
+// tests/oracle.py.
 //
 // stdin: one problem per line,
 //   rank batch heads kv_heads deterministic extent[rank] kernel[rank] stride[rank]
 //   dilation[rank] causal[rank]
 // stdout: "table rank head_dim q0 q1 q2 kv0 kv1 kv2 stages" for every (rank, head dim), then
 // per problem "case <n> items <items> slots <num_slots> workspace <lse2> <delta> <dq> <sem>
-// <total>" and one line per item (block index order):
+// <total> order <o0> <o1> <o2>" (the CTA order over KV tiles, fastest axis first) and one line
+// per item (block index order):
 //   "item batch kv_head g0 g1 g2 kt0 kt1 kt2 box b0 e0 b1 e1 b2 e2 full f0 f0e f1 f1e f2 f2e"
 // followed by one line per visit, in the CTA's order:
 //   "visit head t0 t1 t2 slot turn"
@@ -35,12 +37,13 @@ int main() {
   for (int n = 0; read_problem(std::cin, &p, &deterministic); ++n) {
     const FwdTileConfig tiles = sm100::bwd_tile_config(p.rank, p.head_dim);
     BwdParams bp = bwd_geometry(p, kernel_axes(p), tiles);
-    bp.deterministic = deterministic;
+    bwd_set_deterministic(&bp, deterministic != 0);
     const BwdWorkspace ws = bwd_workspace_layout(bp);
     const int64_t items = bwd_num_items(bp);
-    std::printf("case %d items %lld slots %lld workspace %zu %zu %zu %zu %zu\n", n,
+    std::printf("case %d items %lld slots %lld workspace %zu %zu %zu %zu %zu order %d %d %d\n", n,
                 static_cast<long long>(items), static_cast<long long>(bp.num_slots), ws.lse2,
-                ws.delta, ws.dq_accum, ws.semaphore, ws.total);
+                ws.delta, ws.dq_accum, ws.semaphore, ws.total, bp.tile_order[0], bp.tile_order[1],
+                bp.tile_order[2]);
     for (int item = 0; item < items; ++item) {
       const BwdWork w = decode_bwd_work(bp, item, tiles.q, tiles.kv);
       std::printf("item %d %d %d %d %d %d %d %d box", w.batch, w.kv_head, w.group[0], w.group[1],

@@ -327,9 +327,9 @@ struct BwdKernel {
           if (part == 0) {
             h = ss.dq_handoff[first];
             // Cannot deadlock: the CTAs holding the earlier turns have lower block indices
-            // (decode_bwd_work's item order) and CTAs start in block index
-            // order, so each of them is running or done. The backoff keeps the spin off the
-            // memory system.
+            // (decode_bwd_work's item order, row-major in this mode) and CTAs start in block
+            // index order, so each of them is running or done. The backoff keeps the spin off
+            // the memory system.
             int now;
             for (unsigned sleep_ns = 32;; sleep_ns = min(2 * sleep_ns, 512u)) {
               asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(h.semaphore));
