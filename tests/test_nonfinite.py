@@ -2,10 +2,10 @@
 outputs, the LSE and the gradients. The brute-force oracle visits each query's window alone, so
 its nan pattern is the semantics; dense products (``0 * nan = nan``) must not widen it. The
 reference and the CPU kernel follow it channel by channel; ``xla`` marks a non-finite value by
-making the whole output row (that query and head) nan. ``cuda`` is not held to it: its kernels
-multiply masked probabilities by whole KV tiles, so a nan stays within its batch entry and head
-and reaches every query whose window holds it, but may reach other queries of that entry and
-head too (`tests/gpu/test_cuda_nonfinite.py` tests exactly that; ``docs/nonfinite.md``).
+making the whole output row (that query and head) nan. The ``cuda`` forwards follow it channel
+by channel too, by recomputing the rows their tile products made non-finite
+(`tests/test_exact_row.py` on the host, `tests/gpu/test_cuda_nonfinite.py` on a GPU; the
+``cuda`` backward keeps a bad entry only within its batch entry and head: ``docs/nonfinite.md``).
 
 Gradients of a loss over the queries that never see the bad token are finite and equal to those
 of the same inputs with the bad entry replaced by 0 (the loss does not depend on it).
