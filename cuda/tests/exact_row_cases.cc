@@ -75,8 +75,8 @@ int main(int argc, char** argv) {
       int64_t token = w.batch;
       for (int a = 0; a < 3 && token >= 0; ++a) {
         const int x = w.q_tile[a] * tiles.q[a] + o[a];
-        token = x < q_end(w.axes[a]) ? token * fp.q_extent[a] + w.group[a] + fp.dilation[a] * x
-                                     : -1;
+        token =
+            x < q_end(w.axes[a]) ? token * fp.q_extent[a] + w.group[a] + fp.dilation[a] * x : -1;
       }
       if (token < 0) continue;  // padding: never stored
       int lo[3], len[3];

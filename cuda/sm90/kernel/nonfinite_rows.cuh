@@ -93,7 +93,8 @@ CUTLASS_DEVICE void rewrite_nonfinite_rows(const FwdParams& p, bool seen) {
     if (!w.valid) continue;  // every thread alike
     CUTLASS_PRAGMA_NO_UNROLL
     for (int row = row0; row < row0 + 16; row += 8) {
-      const int64_t token = fwd_device::q_row_token<Kernel::kQ0, Kernel::kQ1, Kernel::kQ2>(p, w, row);
+      const int64_t token =
+          fwd_device::q_row_token<Kernel::kQ0, Kernel::kQ1, Kernel::kQ2>(p, w, row);
       float probe = 0.f;
       if (token >= 0) {
         const OutElement* out =
