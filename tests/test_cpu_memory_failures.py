@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from jax_gna import _extension
+from tests import host_cxx
 
 ROOT = Path(__file__).resolve().parents[1]
-CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 
 # Runs in a fresh interpreter: compiles first, then limits the address space to what the
 # process maps now plus a margin: enough for XLA's result buffers, not for the kernel's fp32
@@ -90,17 +89,12 @@ def test_handlers_out_of_host_memory_fail_cleanly():
 
 @pytest.fixture(scope="module")
 def failure_program(tmp_path_factory) -> Path:
-    if CXX is None:
-        pytest.skip("no host C++ compiler (g++/c++/clang++) found")
     exe = tmp_path_factory.mktemp("cpu_kernel_failures") / "cpu_kernel_failures"
     sources = [
         ROOT / "cuda" / "cpu" / "attention.cc",
         ROOT / "cuda" / "tests" / "cpu_kernel_failures.cc",
     ]
-    include = ["-I", str(ROOT / "cuda" / "include")]
-    command = [CXX, "-std=c++17", "-O2", "-pthread", *include, *map(str, sources), "-ldl"]
-    subprocess.run([*command, "-o", str(exe)], check=True)
-    return exe
+    return host_cxx.build(exe, sources, flags=("-O2", "-pthread"), libs=("-ldl",))
 
 
 @pytest.mark.parametrize("mode", ["thread", "task"])

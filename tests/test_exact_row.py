@@ -24,7 +24,7 @@ SOURCE = host_cxx.ROOT / "cuda" / "tests" / "exact_row_cases.cc"
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
-    return host_cxx.build(tmp_path_factory, SOURCE)
+    return host_cxx.build_probe(tmp_path_factory, SOURCE)
 
 
 def _run(probe, tmp_path, q, k, v, window, scale):

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from jax_gna import _extension, _kernel_table, _tiles
+from tests import host_cxx
 
 ROOT = Path(__file__).resolve().parent.parent
-CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 sys.path.insert(0, str(ROOT / "cuda"))
 import generate_kernel_table  # noqa: E402
 
@@ -162,27 +161,10 @@ def _expected(smoke: bool) -> list[str]:
 
 @pytest.mark.parametrize("kernel_set", ["full", "smoke"])
 def test_cxx_tables_match_the_table(tmp_path, kernel_set):
-    if CXX is None:
-        pytest.skip("no host C++ compiler (g++/c++/clang++) found")
     src = tmp_path / "print_tables.cc"
     src.write_text(_PRINTER)
-    exe = tmp_path / "print_tables"
-    smoke = ["-DGNA_KERNEL_SET_SMOKE=1"] if kernel_set == "smoke" else []
-    subprocess.run(
-        [
-            CXX,
-            "-std=c++17",
-            *smoke,
-            f"-I{ROOT}",
-            f"-I{ROOT / 'cuda' / 'include'}",
-            str(src),
-            "-o",
-            str(exe),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    smoke = ("-DGNA_KERNEL_SET_SMOKE=1",) if kernel_set == "smoke" else ()
+    exe = host_cxx.build(tmp_path / "print_tables", [src], flags=("-O1", *smoke))
     got = sorted(
         subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.splitlines()
     )

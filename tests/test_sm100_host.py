@@ -39,7 +39,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import shutil
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -48,10 +47,9 @@ import numpy as np
 import pytest
 
 from jax_gna import _tiles
-from tests import oracle
+from tests import host_cxx, oracle
 
 ROOT = Path(__file__).resolve().parents[1]
-CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 TMEM_COLUMNS = 512
 SMEM_BYTES = 227 * 1024  # per CTA
 SM_SMEM_BYTES = 228 * 1024  # per SM
@@ -59,16 +57,8 @@ SM_SMEM_BYTES = 228 * 1024  # per SM
 
 def _build(tmp_path_factory, name: str, opt: str = "-O1") -> Path:
     """cuda/sm100/tests/<name>.cc built with the host compiler."""
-    if CXX is None:
-        pytest.skip("no host C++ compiler (g++/c++/clang++) found")
-    exe = tmp_path_factory.mktemp("sm100") / name
-    src = ROOT / "cuda" / "sm100" / "tests" / f"{name}.cc"
-    subprocess.run(
-        [CXX, "-std=c++17", opt, "-I", str(ROOT), "-I", str(ROOT / "cuda" / "include")]
-        + [str(src), "-o", str(exe)],
-        check=True,
-    )
-    return exe
+    source = ROOT / "cuda" / "sm100" / "tests" / f"{name}.cc"
+    return host_cxx.build_probe(tmp_path_factory, source, flags=(opt,))
 
 
 def _env(bwd_tile_order: str | None = None) -> dict:

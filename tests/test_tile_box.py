@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import itertools
 import math
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests import oracle
+from tests import host_cxx, oracle
 
 ROOT = Path(__file__).resolve().parents[1]
-CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 EMPTY, FULL, PARTIAL = 0, 1, 2
 
 
@@ -113,15 +111,7 @@ def _cases():
 
 @pytest.fixture(scope="module")
 def tile_box_program(tmp_path_factory) -> Path:
-    if CXX is None:
-        pytest.skip("no host C++ compiler (g++/c++/clang++) found")
-    exe = tmp_path_factory.mktemp("tile_box") / "tile_box_cases"
-    src = ROOT / "cuda" / "tests" / "tile_box_cases.cc"
-    subprocess.run(
-        [CXX, "-std=c++17", "-O1", "-I", str(ROOT / "cuda" / "include"), str(src), "-o", str(exe)],
-        check=True,
-    )
-    return exe
+    return host_cxx.build_probe(tmp_path_factory, ROOT / "cuda" / "tests" / "tile_box_cases.cc")
 
 
 @pytest.fixture(scope="module")

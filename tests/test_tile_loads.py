@@ -13,27 +13,20 @@ whose speed matters (one box per tile wherever one box can hold the tile).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests import host_cxx
+
 ROOT = Path(__file__).resolve().parents[1]
-CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory) -> Path:
-    if CXX is None:
-        pytest.skip("no host C++ compiler (g++/c++/clang++) found")
-    exe = tmp_path_factory.mktemp("tile_loads") / "tile_loads_cases"
-    subprocess.run(
-        [CXX, "-std=c++17", "-O2", "-Wall", "-Werror", f"-I{ROOT / 'cuda/include'}", "-o", exe,
-         str(ROOT / "cuda/tests/tile_loads_cases.cc")],
-        check=True,
-    )  # fmt: skip
-    return exe
+    source = ROOT / "cuda" / "tests" / "tile_loads_cases.cc"
+    return host_cxx.build_probe(tmp_path_factory, source, flags=("-O2", "-Wall", "-Werror"))
 
 
 @pytest.mark.parametrize("seed", [1, 2])
