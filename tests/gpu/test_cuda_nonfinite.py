@@ -41,7 +41,8 @@ BAD = (1, 7, 9, 1, 5)  # batch, x, y, kv head, channel
 BAD_HEADS = np.arange(HEADS) // (HEADS // KV_HEADS) == BAD[3]
 
 
-def _inputs(name: str):
+def _inputs(name: str | None):
+    """bf16 q, k, v with a nan at BAD in the key (`name` "key") or value ("value"), or none."""
     rng = np.random.default_rng(0)
 
     def normal(heads):
@@ -50,7 +51,7 @@ def _inputs(name: str):
     q, k, v = normal(HEADS), normal(KV_HEADS), normal(KV_HEADS)
     if name == "key":
         k = k.at[BAD].set(jnp.nan)
-    else:
+    elif name == "value":
         v = v.at[BAD].set(jnp.nan)
     why = jax_gna.supported_implementations(q, k, v, **WINDOW)["cuda"]
     if why is not None:
@@ -85,7 +86,7 @@ def _assert_same_nonfinite(out, lse, want_out, want_lse, lse_tol=2e-3):
 def _spoiled(name: str, bad: float):
     """Finite float32 q, k, v with `bad` at BAD of `name` (a query: in the first query head of
     kv head BAD[3])."""
-    q, k, v = (np.asarray(x.astype(f32)) for x in _inputs("value"))
+    q, k, v = (np.asarray(x.astype(f32)) for x in _inputs(None))
     head = BAD[3] * (HEADS // KV_HEADS) if name == "query" else BAD[3]
     {"query": q, "key": k, "value": v}[name][(*BAD[:3], head, BAD[4])] = bad
     return q, k, v
