@@ -86,7 +86,7 @@ def _assert_same_nonfinite(out, lse, want_out, want_lse, lse_tol=2e-3):
 def _spoiled(name: str, bad: float):
     """Finite float32 q, k, v with `bad` at BAD of `name` (a query: in the first query head of
     kv head BAD[3])."""
-    q, k, v = (np.asarray(x.astype(f32)) for x in _inputs(None))
+    q, k, v = (np.array(x.astype(f32)) for x in _inputs(None))
     head = BAD[3] * (HEADS // KV_HEADS) if name == "query" else BAD[3]
     {"query": q, "key": k, "value": v}[name][(*BAD[:3], head, BAD[4])] = bad
     return q, k, v
