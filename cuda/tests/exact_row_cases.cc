@@ -1,7 +1,7 @@
 // Host probe of the key-by-key recomputation of a forward row (cuda/common/exact_row.h), for
 // tests/test_exact_row.py: every query row of every work item of the sm90 forward's launch
-// (fwd_params, decode_fwd_work, row_window: what the kernels run), recomputed as a kernel's
-// epilogue does, in fp32 inputs. The dot products run over all columns; the values go through
+// (fwd_params, decode_fwd_work, row_window: what the kernels run), recomputed as the kernels
+// do for a row that came out non-finite, from fp32 inputs. The dot products run over all columns; the values go through
 // the column sets of the four threads of a row in the sm90 accumulator layout, so the four sets
 // must cover each column exactly once.
 //
