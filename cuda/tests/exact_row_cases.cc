@@ -1,9 +1,9 @@
 // Host probe of the key-by-key recomputation of a forward row (cuda/common/exact_row.h), for
 // tests/test_exact_row.py: every query row of every work item of the sm90 forward's launch
 // (fwd_params, decode_fwd_work, row_window: what the kernels run), recomputed as the kernels
-// do for a row that came out non-finite, from fp32 inputs. The dot products run over all columns; the values go through
-// the column sets of the four threads of a row in the sm90 accumulator layout, so the four sets
-// must cover each column exactly once.
+// do for a row that came out non-finite, from fp32 inputs. The dot products run over all columns;
+// the values go through the column sets of the four threads of a row in the sm90 accumulator
+// layout, so the four sets must cover each column exactly once.
 //
 // argv[1]: input file, int32 header
 //   rank batch heads kv_heads extent[3] kernel[3] stride[3] dilation[3] causal[3]
