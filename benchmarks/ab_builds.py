@@ -17,7 +17,9 @@ Usage (repository root, a GPU machine with nvcc)::
       --cmake-arg k2=-DCMAKE_CUDA_FLAGS=-DGNA_SM90_FP8_FMA_EXP2=2 \\
       --problems hunyuan-gna -- --dtype fp8
 
-Arguments after ``--`` go to the profiler (default: ``--iters 3 --repeats 1 --no-trace``).
+``--rounds 0`` only builds; ``--reuse`` keeps the builds of an earlier call whose sources and
+options are unchanged (on a machine that stays up between calls). Arguments after ``--`` go to
+the profiler (default: ``--iters 3 --repeats 1 --no-trace``).
 ``--tests tests/gpu/test_cuda_fwd.py ...`` runs those tests on every build first and times
 only the builds that pass them.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hashlib
 import importlib.util
 import json
 import os
@@ -92,9 +95,33 @@ def fp8_in_smoke(table: str) -> str:
     return text
 
 
+def build_stamp(variant: dict, args: argparse.Namespace) -> str:
+    """What a variant's build is made of: every file the copy takes from this tree, the patch,
+    the CMake arguments and the kernel set options (a digest)."""
+    h = hashlib.sha256()
+    for top, dirs, files in os.walk(ROOT):
+        dirs[:] = sorted(d for d in dirs if d not in _COPY_IGNORE(top, dirs))
+        for f in sorted(set(files) - _COPY_IGNORE(top, files)):
+            path = Path(top) / f
+            h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    if variant["patch"]:
+        h.update(variant["patch"].read_bytes())
+    options = [variant["cmake"], args.with_fp8, args.with_fp16, args.kernel_set, args.archs,
+               args.cutlass_include]  # fmt: skip
+    h.update(json.dumps(options, default=str).encode())
+    return h.hexdigest()
+
+
 def build(name: str, variant: dict, work: Path, args: argparse.Namespace, jobs: int) -> Path:
-    """Copies the tree, applies the patch, builds the extension into the copy; returns it."""
+    """Copies the tree, applies the patch, builds the extension into the copy; returns it. With
+    --reuse, a copy built before from the same sources and options is returned as it is."""
     src = work / name
+    stamp = build_stamp(variant, args)
+    stamp_file = work / f"{name}.stamp"
+    if args.reuse and stamp_file.is_file() and stamp_file.read_text() == stamp:
+        print(f"variant {name}: reusing its build under {src}", flush=True)
+        return src
+    stamp_file.unlink(missing_ok=True)
     shutil.rmtree(src, ignore_errors=True)
     shutil.copytree(ROOT, src, ignore=_COPY_IGNORE)
     if variant["patch"]:
@@ -128,6 +155,7 @@ def build(name: str, variant: dict, work: Path, args: argparse.Namespace, jobs: 
     for so in out.glob("_ext*.so"):
         shutil.copy2(so, src / "jax_gna")
     check_import(src)
+    stamp_file.write_text(stamp)
     return src
 
 
@@ -234,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archs", default="90a", help="JAX_GNA_CUDA_ARCHS (default 90a)")
     parser.add_argument("--cutlass-include", help="CUTLASS headers (default: the wheel's)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/jax_gna_ab"))
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep a variant's build under --work when its sources and options are unchanged "
+        "(a later call on the same machine times without building again)",
+    )
     parser.add_argument("--json", type=Path, help="write every profiler result here")
     parser.add_argument(
         "--tests",

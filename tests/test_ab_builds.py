@@ -156,3 +156,35 @@ def test_cli_refuses_a_work_folder_inside_the_tree(capsys):
         _ab().main(["--variant", "a", "--problems", "hunyuan-gna", "--work", str(ROOT / "ab")])
     assert "must lie outside" in capsys.readouterr().err
     assert not (ROOT / "ab").exists()
+
+
+def test_reuse_keeps_a_build_of_the_same_sources_and_options(tmp_path, monkeypatch):
+    ab = _ab()
+    tree = tmp_path / "tree"
+    (tree / "jax_gna").mkdir(parents=True)
+    (tree / "jax_gna" / "a.py").write_text("x = 1\n")
+    (tree / "jax_gna" / "_ext.so").write_text("built")  # never part of the sources
+    monkeypatch.setattr(ab, "ROOT", tree)
+    patch = tmp_path / "p.patch"
+    patch.write_text("")
+    variant = {"patch": patch, "cmake": []}
+    args = ab.argparse.Namespace(with_fp8=False, with_fp16=False, kernel_set="smoke",
+                                 archs="90a", cutlass_include=None, reuse=True)  # fmt: skip
+    stamp = ab.build_stamp(variant, args)
+    (tree / "jax_gna" / "_ext.so").write_text("rebuilt")
+    assert ab.build_stamp(variant, args) == stamp
+    for change in (
+        lambda: (tree / "jax_gna" / "a.py").write_text("x = 2\n"),
+        lambda: patch.write_text("diff"),
+        lambda: variant["cmake"].append("-DX=1"),
+        lambda: setattr(args, "with_fp8", True),
+    ):
+        change()
+        assert ab.build_stamp(variant, args) != stamp
+        stamp = ab.build_stamp(variant, args)
+    work = tmp_path / "work"
+    (work / "v").mkdir(parents=True)
+    (work / "v.stamp").write_text(stamp)
+    # The stamp matches: the copy is returned as it is, nothing is copied or built.
+    assert ab.build("v", variant, work, args, jobs=1) == work / "v"
+    assert not any((work / "v").iterdir())
