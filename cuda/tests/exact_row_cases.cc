@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
   // The sm90 default tiles of this rank (head dim 128's: only the item decode reads them).
   const FwdTileConfig tiles = sm90::fwd_tile_config(p.rank, 128, 0);
   const KernelAxes ax = kernel_axes(p);
-  FwdParams fp = fwd_params(p, ax, tiles, nullptr, nullptr);
+  const FwdParams fp = fwd_params(p, ax, tiles, nullptr, nullptr);
   std::vector<float> out(nq, NAN), lse(size_t(p.batch * q_tokens * p.heads), NAN);
   std::vector<float> written(lse.size(), 0.f);
   auto identity = [](float x) { return x; };
@@ -87,8 +87,7 @@ int main(int argc, char** argv) {
       if (token < 0) continue;  // padding: never stored
       int lo[3], len[3];
       row_window(w, tiles.q, o, lo, len);
-      const ExactRow r =
-          exact_row(fp, w, token, lo, len, w.head, kD, p.scale * 1.4426950408889634f, 1.f);
+      const ExactRow r = exact_row(fp, w, token, lo, len, w.head, kD, fp.scale_log2, 1.f);
       const ExactRowStats s = exact_row_stats(r, q.data(), k.data(), all, identity);
       const int64_t slot = token * p.heads + w.head;
       for (int thread = 0; thread < 4; ++thread) {
