@@ -1,10 +1,12 @@
 """Build variants of this tree and time them against each other on one GPU.
 
 A variant is a copy of this working tree, optionally with a patch applied and extra CMake
-arguments (a compile-time development knob, say). The variants build in parallel, each in its
-own copy under ``--work``; then every round runs each chosen standard problem
-(``design_problems.py``) through the profiler on each build in turn, one process per run, so
-that clock and thermal drift fall on all variants alike (docs/performance.md, "The method").
+arguments (a compile-time development knob, say), and optionally environment variables for its
+tests and runs (a runtime knob): variants that differ only in those share one build. The builds
+run in parallel, each in its own copy under ``--work``; then every round runs each chosen
+standard problem (``design_problems.py``) through the profiler on each variant in turn, one
+process per run, so that clock and thermal drift fall on all variants alike
+(docs/performance.md, "The method").
 The summary gives, per problem and profiler row, each variant's median over rounds with the
 spread, and the speedup over dense measured in the same process.
 
@@ -16,6 +18,9 @@ Usage (repository root, a GPU machine with nvcc)::
   python benchmarks/ab_builds.py --variant k0 --variant k2 --with-fp8 \\
       --cmake-arg k2=-DCMAKE_CUDA_FLAGS=-DGNA_SM90_FP8_FMA_EXP2=2 \\
       --problems hunyuan-gna -- --dtype fp8
+  # a runtime knob: two variants, one build
+  python benchmarks/ab_builds.py --variant grid --variant persistent \\
+      --env persistent=GNA_SM90_PERSISTENT=1 --problems flux-4k-gna
 
 ``--rounds 0`` only builds; ``--reuse`` keeps the builds of an earlier call whose sources and
 options are unchanged (on a machine that stays up between calls). Arguments after ``--`` go to
@@ -60,8 +65,11 @@ def _design_problems():
     return module
 
 
-def parse_variants(specs: list[str], cmake_args: list[str]) -> dict[str, dict]:
-    """`NAME[:PATCH]` specs and `NAME=ARG` CMake arguments -> {name: {patch, cmake}}."""
+def parse_variants(
+    specs: list[str], cmake_args: list[str], envs: tuple[str, ...] | list[str] = ()
+) -> dict[str, dict]:
+    """`NAME[:PATCH]` specs, `NAME=ARG` CMake arguments and `NAME=VAR=VALUE` environment
+    variables -> {name: {patch, cmake, env}}."""
     variants: dict[str, dict] = {}
     for spec in specs:
         name, _, patch = spec.partition(":")
@@ -69,13 +77,28 @@ def parse_variants(specs: list[str], cmake_args: list[str]) -> dict[str, dict]:
             raise ValueError(f"--variant {spec!r}: NAME must be unique, letters/digits/_/-")
         if patch and not Path(patch).is_file():
             raise ValueError(f"--variant {spec!r}: no patch file {patch!r}")
-        variants[name] = {"patch": Path(patch).resolve() if patch else None, "cmake": []}
+        variants[name] = {"patch": Path(patch).resolve() if patch else None, "cmake": [], "env": {}}
     for arg in cmake_args:
         name, sep, value = arg.partition("=")
         if not sep or name not in variants:
             raise ValueError(f"--cmake-arg {arg!r}: expected NAME=ARG with NAME a --variant")
         variants[name]["cmake"].append(value)
+    for arg in envs:
+        name, _, assignment = arg.partition("=")
+        var, sep, value = assignment.partition("=")
+        if name not in variants or not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+            raise ValueError(f"--env {arg!r}: expected NAME=VAR=VALUE with NAME a --variant")
+        variants[name]["env"][var] = value
     return variants
+
+
+def shared_builds(variants: dict[str, dict]) -> dict[str, str]:
+    """{variant: the variant whose build it runs}: the first of those with its patch and CMake
+    arguments (its environment is for the runs only)."""
+    first: dict[tuple, str] = {}
+    return {
+        n: first.setdefault((str(v["patch"]), tuple(v["cmake"])), n) for n, v in variants.items()
+    }
 
 
 def fp16_in_smoke(table: str) -> str:
@@ -175,10 +198,18 @@ def check_import(src: Path) -> None:
         )
 
 
-def run_tests(src: Path, paths: list[str], workers: int, log: Path, marker: str = "") -> str:
+def run_tests(
+    src: Path, paths: list[str], workers: int, log: Path, marker: str = "", env: dict | None = None
+) -> str:
     """pytest on the build in `src` (GPU tests: no preallocation, so workers share the GPU),
-    `marker` its ``-m`` expression if any; returns pytest's last line."""
-    env = {**os.environ, "PYTHONPATH": str(src), "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    `marker` its ``-m`` expression if any, with the variables of `env` set; returns pytest's
+    last line."""
+    env = {
+        **os.environ,
+        **(env or {}),
+        "PYTHONPATH": str(src),
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+    }
     cmd = [sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider",
            *(["-n", str(workers)] if workers > 1 else []),
            *(["-m", marker] if marker else [])]  # fmt: skip
@@ -188,9 +219,12 @@ def run_tests(src: Path, paths: list[str], workers: int, log: Path, marker: str 
     return last if code == 0 else f"FAILED (exit {code}): {last}; see {log}"
 
 
-def profile_once(src: Path, problem, profiler_args: list[str], out: Path) -> dict:
-    """One profiler run of `problem` on the build in `src`, in its own process."""
-    env = {**os.environ, "PYTHONPATH": str(src)}
+def profile_once(
+    src: Path, problem, profiler_args: list[str], out: Path, env: dict | None = None
+) -> dict:
+    """One profiler run of `problem` on the build in `src`, in its own process, with the
+    variables of `env` set."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(src)}
     cmd = [sys.executable, "-m", "jax_gna.profile", *problem.argv(), *profiler_args,
            "--json", str(out)]  # fmt: skip
     subprocess.run(cmd, cwd=src, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -239,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", required=True, metavar="NAME[:PATCH]")
     parser.add_argument("--cmake-arg", action="append", default=[], metavar="NAME=ARG")
     parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VAR=VALUE",
+        help="set VAR for variant NAME's tests and runs (a runtime knob)",
+    )
+    parser.add_argument(
         "--problems",
         nargs="+",
         required=True,
@@ -285,24 +326,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)  # fmt: skip
     try:
-        variants = parse_variants(args.variant, args.cmake_arg)
+        variants = parse_variants(args.variant, args.cmake_arg, args.env)
     except ValueError as e:
         parser.error(str(e))
     if args.work.resolve().is_relative_to(ROOT):
         parser.error(f"--work {args.work}: must lie outside the tree it copies ({ROOT})")
     args.work.mkdir(parents=True, exist_ok=True)
-    jobs = max(1, (os.cpu_count() or 1) // len(variants))
-    with concurrent.futures.ThreadPoolExecutor(len(variants)) as pool:
-        futures = {n: pool.submit(build, n, v, args.work, args, jobs) for n, v in variants.items()}
+    builds = shared_builds(variants)
+    to_build = sorted(set(builds.values()), key=list(variants).index)
+    jobs = max(1, (os.cpu_count() or 1) // len(to_build))
+    with concurrent.futures.ThreadPoolExecutor(len(to_build)) as pool:
+        futures = {n: pool.submit(build, n, variants[n], args.work, args, jobs) for n in to_build}
         try:
-            srcs = {n: f.result() for n, f in futures.items()}
+            built = {n: f.result() for n, f in futures.items()}
         except RuntimeError as e:
             print(f"ab_builds: {e}", file=sys.stderr)
             return 1
-    print(f"built {', '.join(srcs)} under {args.work}", flush=True)
+    srcs = {n: built[builds[n]] for n in variants}
+    print(f"built {', '.join(built)} under {args.work}", flush=True)
     for n in list(srcs) if args.tests else []:
         log = args.work / f"tests_{n}.log"
-        line = run_tests(srcs[n], args.tests, args.test_workers, log, args.test_marker)
+        line = run_tests(
+            srcs[n], args.tests, args.test_workers, log, args.test_marker, variants[n]["env"]
+        )
         print(f"tests on {n}: {line}", flush=True)
         if line.startswith("FAILED"):
             del srcs[n]
@@ -312,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
             for n, src in srcs.items():
                 out = args.work / f"{p}_{n}_{r}.json"
                 try:
-                    runs[p][n].append(profile_once(src, by_name[p], profiler_args, out))
+                    runs[p][n].append(
+                        profile_once(src, by_name[p], profiler_args, out, variants[n]["env"])
+                    )
                 except subprocess.CalledProcessError as e:
                     print(f"the profiler failed on {n}, {p} (exit {e.returncode})", flush=True)
                 if args.json:  # after every run: a session cut short keeps what it measured

@@ -29,17 +29,36 @@ def test_variants_patches_and_cmake_args(tmp_path):
     patch = tmp_path / "x.patch"
     patch.write_text("")
     v = ab.parse_variants(["base", f"new:{patch}"], ["new=-DFOO=1", "new=-DBAR=2"])
-    assert v["base"] == {"patch": None, "cmake": []}
-    assert v["new"] == {"patch": patch.resolve(), "cmake": ["-DFOO=1", "-DBAR=2"]}
-    for specs, args, message in [
-        (["a", "a"], [], "unique"),
-        (["a b"], [], "unique"),
-        ([f"a:{tmp_path / 'missing.patch'}"], [], "no patch file"),
-        (["a"], ["b=-DX=1"], "NAME a --variant"),
-        (["a"], ["-DX=1"], "NAME a --variant"),
+    assert v["base"] == {"patch": None, "cmake": [], "env": {}}
+    assert v["new"] == {"patch": patch.resolve(), "cmake": ["-DFOO=1", "-DBAR=2"], "env": {}}
+    v = ab.parse_variants(["a", "b"], [], ["b=GNA_X=1", "b=GNA_Y=a=b"])
+    assert v["a"]["env"] == {} and v["b"]["env"] == {"GNA_X": "1", "GNA_Y": "a=b"}
+    for specs, args, envs, message in [
+        (["a", "a"], [], [], "unique"),
+        (["a b"], [], [], "unique"),
+        ([f"a:{tmp_path / 'missing.patch'}"], [], [], "no patch file"),
+        (["a"], ["b=-DX=1"], [], "NAME a --variant"),
+        (["a"], ["-DX=1"], [], "NAME a --variant"),
+        (["a"], [], ["b=X=1"], "NAME=VAR=VALUE"),
+        (["a"], [], ["a=X"], "NAME=VAR=VALUE"),
+        (["a"], [], ["a=1X=1"], "NAME=VAR=VALUE"),
     ]:
         with pytest.raises(ValueError, match=message):
-            ab.parse_variants(specs, args)
+            ab.parse_variants(specs, args, envs)
+
+
+def test_variants_that_differ_only_in_their_environment_share_a_build(tmp_path):
+    ab = _ab()
+    patch = tmp_path / "x.patch"
+    patch.write_text("")
+    v = ab.parse_variants(
+        ["a", "a_env", "k", "k_env", f"p:{patch}", f"p_env:{patch}"],
+        ["k=-DX=1", "k_env=-DX=1"],
+        ["a_env=V=1", "k_env=V=1", "p_env=V=1"],
+    )
+    assert ab.shared_builds(v) == {
+        "a": "a", "a_env": "a", "k": "k", "k_env": "k", "p": "p", "p_env": "p"
+    }  # fmt: skip
 
 
 def test_fp8_kernels_join_the_smoke_set():
@@ -119,6 +138,20 @@ def test_profile_once_runs_the_profiler_on_the_given_tree(tmp_path):
     assert result["problem"]["input_size"] == [32768] and ab.rows(result) == {}
 
 
+def test_profile_once_runs_with_the_variant_environment(tmp_path, monkeypatch):
+    ab = _ab()
+    problem = {p.name: p for p in ab._design_problems().PROBLEMS}["1d-32k-gna"]
+    seen = {}
+
+    def fake_run(cmd, cwd, env, check, stdout):
+        seen.update(env)
+        pathlib.Path(cmd[cmd.index("--json") + 1]).write_text("{}")
+
+    monkeypatch.setattr(ab.subprocess, "run", fake_run)
+    assert ab.profile_once(ROOT, problem, [], tmp_path / "r.json", {"GNA_X": "1"}) == {}
+    assert seen["GNA_X"] == "1" and seen["PYTHONPATH"] == str(ROOT)
+
+
 def test_run_tests_reports_pytest_last_line_or_the_failure(tmp_path):
     ab = _ab()
     (tmp_path / "test_ok.py").write_text("def test_ok():\n    assert True\n")
@@ -131,6 +164,12 @@ def test_run_tests_reports_pytest_last_line_or_the_failure(tmp_path):
     assert "1 passed, 1 deselected" in ok, ok
     line = ab.run_tests(tmp_path, ["test_bad.py"], 1, tmp_path / "bad.log")
     assert line.startswith("FAILED (exit 1)") and "1 failed" in line and "bad.log" in line
+    # The environment reaches the tests.
+    (tmp_path / "test_env.py").write_text(
+        "import os\n\ndef test_env():\n    assert os.environ['GNA_AB_PROBE'] == '7'\n"
+    )
+    ok = ab.run_tests(tmp_path, ["test_env.py"], 1, tmp_path / "e.log", env={"GNA_AB_PROBE": "7"})
+    assert "1 passed" in ok, ok
 
 
 def test_check_import_refuses_a_tree_that_python_would_not_import(tmp_path):

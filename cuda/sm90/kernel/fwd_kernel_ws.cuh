@@ -70,6 +70,8 @@ struct FwdKernel {
   // the tile's max (consumer(), softmax_step): far inside the range of fp32 sums and 16-bit P.
   static constexpr int kMaxSlackLog2 = 8;
   static constexpr float kMaxP = float(1 << kMaxSlackLog2);
+  // An item's last P V in the next item's first GEMM turn (fwd_config.h, consumer()).
+  static constexpr bool kOverlapItems = fwd_overlap_items(kHeadDim);
   static_assert(kTileQ == 128, "two consumer warpgroups of 64 rows");
   static_assert(kTileKV % 16 == 0 && kTileKV <= 256, "wgmma N / K granularity");
   static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "head dim 32..256");
@@ -204,17 +206,21 @@ struct FwdKernel {
     cute::warpgroup_fence_operand(tA);
   }
 
-  // One work item; the pipeline states carry over to the next. Returns whether a row of this
-  // thread's came out non-finite (nonfinite_rows.cuh).
-  template <class State>
-  static CUTLASS_DEVICE bool consumer(const FwdParams& p, const Work& w, int count,
-                                      SharedStorage& ss, PipelineKV& pipe_k, PipelineKV& pipe_v,
-                                      State& state_k, State& state_v) {
+  // Every work item of the CTA, the pipeline states carried from one to the next. Each item ends
+  // with a GEMM turn for its last P V and its epilogue; or, where kOverlapItems, that last P V is
+  // issued in the same turn as the next item's first S GEMM and the epilogue runs once both
+  // landed, before the next item's first softmax, so that at an item boundary the tensor cores
+  // get the next item's first GEMM while the epilogue runs (as within an item they get a visit's
+  // GEMMs while a softmax runs). Returns whether a row of this thread's came out non-finite
+  // (nonfinite_rows.cuh).
+  static CUTLASS_DEVICE bool consumer(const FwdParams& p, SharedStorage& ss, PipelineKV& pipe_k,
+                                      PipelineKV& pipe_v) {
     using namespace cute;
     constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
     const int ctid = threadIdx.x - 128;  // 0..255 over both consumer warpgroups
     const int wg = ctid / 128;
+    typename PipelineKV::PipelineState state_k, state_v;
 
     TiledMmaQK mma_qk;
     TiledMmaPV mma_pv;
@@ -245,15 +251,10 @@ struct FwdKernel {
     const int col_base = 2 * (lane & 3);
     static_assert(kK2 % 8 == 0, "the n8 column blocks of S must not straddle a KV tile row");
 
-    // The two rows this thread owns: their windows per axis, cut to the valid keys (a view's
-    // key slice; for whole axes windows lie inside the group and the cut changes nothing).
+    // The two rows this thread owns: their windows per axis, cut to the valid keys (a view's key
+    // slice; for whole axes windows lie inside the group and the cut changes nothing). Set at
+    // each item's start.
     int row_win_lo[2][3], row_win_len[2][3];
-    CUTLASS_PRAGMA_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      int o[3];
-      fwd_device::tile_offsets<kQ0, kQ1, kQ2>(row_base + 8 * r, o);
-      row_window(w, q_tile, o, row_win_lo[r], row_win_len[r]);
-    }
 
     float row_max[2] = {-INFINITY, -INFINITY};
     float row_sum[2] = {0.f, 0.f};
@@ -261,7 +262,6 @@ struct FwdKernel {
     // scale would flip the max, so such scores are scaled before the mask.
     const bool prescale = p.prescale != 0;
     const float mult = prescale ? 1.f : p.scale_log2;
-    clear(tOrO);
 
     // Softmax of the S tile in tSrS (masked first when partial): writes P (unnormalised) into
     // tOrP, the per-row rescale of O into corr, and returns whether this warp's O needs it.
@@ -386,46 +386,154 @@ struct FwdKernel {
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= corr[(i >> 1) & 1];
     };
-    // KV tiles in box order (last axis fastest, as the producer loads them).
-    int tile[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
-    auto tile_info = [&](int* origin) {
-      bool full = true;
-      CUTLASS_PRAGMA_UNROLL
-      for (int a = 0; a < 3; ++a) {
-        origin[a] = tile[a] * kv_tile[a];
-        full &= w.full[a].start <= tile[a] && tile[a] < w.full[a].end;
-      }
-      w.box.next(tile);
-      return !full;  // partial: mask per element
-    };
-
-    const int n = w.box.size();
     auto release_q = [&] { cutlass::arch::ClusterBarrier::arrive(&ss.q_empty); };
 
     // Ping-pong between the two consumer warpgroups (consumer_turns.cuh): a warpgroup issues
     // its GEMMs only in its turn and hands the turn over right after issuing, so one
     // warpgroup's softmax runs while the other's GEMMs hold the tensor cores. Both warpgroups
-    // take n + 1 GEMM turns (and n softmax turns where those are on).
+    // run the same items in the same order, so they take as many turns of each kind.
     auto take_turn = [&] { ConsumerTurns::take_gemm(wg); };
     auto pass_turn = [&] { ConsumerTurns::pass_gemm(wg); };
+    int count = 0;  // the CTA's items run so far (barrier phases, trace)
     auto stamp = [&](int visit, int k) { fwd_trace::stamp(ctid, count, visit, k); };
-    fwd_trace::stamp_item(ctid, count, fwd_trace::kItemEntry);
-    cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, count & 1);
-    fwd_trace::stamp_item(ctid, count, fwd_trace::kItemQLanded);
 
-    // A view's Q tile whose queries see no key of the key slice (n = 0) visits nothing and
-    // writes O = 0, lse = -inf. Both warpgroups skip their turns alike, so turns still alternate.
-    // (Whole axes always see keys: that kernel compiles without the branch.)
-    if (kView && n == 0) {
-      release_q();
-    } else {
-      // Tile 0: S = Q K0^T, softmax.
+    // The item whose last P V and epilogue are still to come (its P in tOrP, its V at state_v):
+    // where its rows go.
+    bool pending = false;
+    int64_t out_token[2] = {-1, -1};  // per row: token index, or -1 outside the grid
+    int out_head = 0;
+    int out_count = 0;
+    int out_visits = 0;
+    auto set_out = [&](const Work& w, int n) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < 2; ++r)
+        out_token[r] = fwd_device::q_row_token<kQ0, kQ1, kQ2>(p, w, row_base + 8 * r);
+      out_head = w.head;
+      out_count = count;
+      out_visits = n;
+    };
+    bool seen = false;  // a row of this thread's came out non-finite
+
+    // Epilogue of the pending item, once its last P V landed: normalise, LSE, O from registers
+    // to global memory. `empty` (std::true_type): an item without keys, O = 0 and lse = -inf
+    // (written without touching tOrO, which must not be written outside the GEMMs' stages).
+    auto epilogue = [&](auto empty) {
+      constexpr bool kEmpty = decltype(empty)::value;
+      float inv[2], lse[2], sum[2];
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        float s = row_sum[r];
+        s += __shfl_xor_sync(0xffffffff, s, 1);
+        s += __shfl_xor_sync(0xffffffff, s, 2);
+        sum[r] = s;
+        inv[r] = s > 0.f ? 1.f / s : 0.f;
+        const float m_scaled = row_max[r] == -INFINITY ? 0.f : row_max[r] * mult;
+        lse[r] = s > 0.f && !kEmpty ? (m_scaled + __log2f(s)) * 0.69314718055994531f : -INFINITY;
+      }
+      if constexpr (!kEmpty) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= inv[(i >> 1) & 1];
+      }
+
+      if ((ctid & 3) == 0) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          if (out_token[r] >= 0) p.lse[out_token[r] * p.heads + out_head] = lse[r];
+        }
+      }
+
+      // Each thread stores its pairs of neighbouring columns (one 32-bit word each): the four
+      // threads of a row write 16 contiguous bytes per 8-column block.
+      cutlass::NumericArrayConverter<Element, float, 2> cvt;
+      using Pair = cutlass::Array<Element, 2>;
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        if (out_token[r] < 0) continue;
+        Element* row_out =
+            static_cast<Element*>(p.out) + (out_token[r] * p.heads + out_head) * kHeadDim;
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 2 * r; i < size(tOrO); i += 4) {  // element i: row 8 r, column 8 (i >> 2)
+          *reinterpret_cast<Pair*>(row_out + 8 * (i >> 2) + col_base) =
+              kEmpty ? Pair{} : cvt(cutlass::Array<float, 2>{tOrO(i), tOrO(i + 1)});
+        }
+      }
+      fwd_trace::stamp_item(ctid, out_count, fwd_trace::kItemDone);
+      // A row that a non-finite input of its tiles reached: recomputed after the last item.
+      if constexpr (!kEmpty) seen |= has_nonfinite_row(tOrO, sum);
+      pending = false;
+    };
+    // The pending item's last P V in a turn of its own (no next item to pair it with).
+    auto finish_pending = [&] {
+      fwd_trace::stamp(ctid, out_count, out_visits, 0);
+      pipe_v.consumer_wait(state_v);
+      take_turn();
+      fwd_trace::stamp(ctid, out_count, out_visits, 1);
+      gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
+      pass_turn();
+      fwd_trace::stamp(ctid, out_count, out_visits, 2);
+      warpgroup_wait<0>();
+      fwd_trace::stamp(ctid, out_count, out_visits, 3);
+      fwd_trace::stamp(ctid, out_count, out_visits, 4);
+      pipe_v.consumer_release(state_v);
+      ++state_v;
+      fwd_trace::stamp(ctid, out_count, out_visits, 5);
+      epilogue(std::false_type{});
+    };
+    auto start_item = [&] {
+      row_max[0] = row_max[1] = -INFINITY;
+      row_sum[0] = row_sum[1] = 0.f;
+      clear(tOrO);
+    };
+
+    for (int item = blockIdx.x; item < p.num_items; item += gridDim.x) {
+      const Work w = decode_work(p, item);
+      // Items without a query of their dilation group are skipped by every role alike.
+      if (!w.valid) continue;
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        int o[3];
+        fwd_device::tile_offsets<kQ0, kQ1, kQ2>(row_base + 8 * r, o);
+        row_window(w, q_tile, o, row_win_lo[r], row_win_len[r]);
+      }
+      // KV tiles in box order (last axis fastest, as the producer loads them).
+      int tile[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
+      auto tile_info = [&](int* origin) {
+        bool full = true;
+        CUTLASS_PRAGMA_UNROLL
+        for (int a = 0; a < 3; ++a) {
+          origin[a] = tile[a] * kv_tile[a];
+          full &= w.full[a].start <= tile[a] && tile[a] < w.full[a].end;
+        }
+        w.box.next(tile);
+        return !full;  // partial: mask per element
+      };
+      const int n = w.box.size();
+
+      fwd_trace::stamp_item(ctid, count, fwd_trace::kItemEntry);
+      cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, count & 1);
+      fwd_trace::stamp_item(ctid, count, fwd_trace::kItemQLanded);
+
+      // A view's Q tile whose queries see no key of the key slice (n = 0) visits nothing and
+      // writes O = 0, lse = -inf. Both warpgroups take the same branch, so turns still
+      // alternate. (Whole axes always see keys: that kernel compiles without the branch.)
+      if (kView && n == 0) {
+        if (kOverlapItems && pending) finish_pending();
+        release_q();
+        set_out(w, n);
+        epilogue(std::true_type{});
+        ++count;
+        continue;
+      }
+      // Tile 0: S = Q K0^T, with the pending item's last P V in the same turn; that item's
+      // epilogue; the softmax.
       {
         stamp(0, 0);
         pipe_k.consumer_wait(state_k);
+        if (kOverlapItems && pending) pipe_v.consumer_wait(state_v);
         take_turn();
         stamp(0, 1);
         gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
+        if (kOverlapItems && pending) gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
         pass_turn();
         stamp(0, 2);
         int origin[3];
@@ -435,6 +543,12 @@ struct FwdKernel {
         pipe_k.consumer_release(state_k);
         ++state_k;
         if (n == 1) release_q();  // the last read of Q is done
+        if (kOverlapItems && pending) {
+          pipe_v.consumer_release(state_v);
+          ++state_v;
+          epilogue(std::false_type{});
+        }
+        start_item();
         float corr[2];
         ConsumerTurns::take_softmax(wg);
         softmax_step(partial, origin, corr, /*speculate=*/false);
@@ -472,65 +586,15 @@ struct FwdKernel {
         rescale_o(rescale, corr);
         stamp(j, 5);
       }
-      stamp(n, 0);
-      pipe_v.consumer_wait(state_v);
-      take_turn();
-      stamp(n, 1);
-      gemm_pv(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
-      pass_turn();
-      stamp(n, 2);
-      warpgroup_wait<0>();
-      stamp(n, 3);
-      stamp(n, 4);
-      stamp(n, 5);
-      pipe_v.consumer_release(state_v);
-      ++state_v;  // the states carry over to the next item
+      // Where this item's rows go, set only now: the registers are live from here to its
+      // epilogue only.
+      set_out(w, n);
+      pending = true;
+      if constexpr (!kOverlapItems) finish_pending();
+      ++count;
     }
-
-    // Epilogue: normalise, LSE, O from registers to global memory.
-    float inv[2], lse[2], sum[2];
-    CUTLASS_PRAGMA_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      float s = row_sum[r];
-      s += __shfl_xor_sync(0xffffffff, s, 1);
-      s += __shfl_xor_sync(0xffffffff, s, 2);
-      sum[r] = s;
-      inv[r] = s > 0.f ? 1.f / s : 0.f;
-      const float m_scaled = row_max[r] == -INFINITY ? 0.f : row_max[r] * mult;
-      lse[r] = s > 0.f ? (m_scaled + __log2f(s)) * 0.69314718055994531f : -INFINITY;
-    }
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= inv[(i >> 1) & 1];
-
-    // Per-row global token index (or -1 when the row is outside the grid).
-    auto row_token = [&](int row) { return fwd_device::q_row_token<kQ0, kQ1, kQ2>(p, w, row); };
-
-    if ((ctid & 3) == 0) {
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        const int64_t token = row_token(row_base + 8 * r);
-        if (token >= 0) p.lse[token * p.heads + w.head] = lse[r];
-      }
-    }
-
-    // Each thread stores its pairs of neighbouring columns (one 32-bit word each): the four
-    // threads of a row write 16 contiguous bytes per 8-column block.
-    cutlass::NumericArrayConverter<Element, float, 2> cvt;
-    using Pair = cutlass::Array<Element, 2>;
-    CUTLASS_PRAGMA_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      const int64_t token = row_token(row_base + 8 * r);
-      if (token < 0) continue;
-      Element* row_out = static_cast<Element*>(p.out) + (token * p.heads + w.head) * kHeadDim;
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 2 * r; i < size(tOrO); i += 4) {  // element i: row 8 r, column 8 (i >> 2)
-        *reinterpret_cast<Pair*>(row_out + 8 * (i >> 2) + col_base) =
-            cvt(cutlass::Array<float, 2>{tOrO(i), tOrO(i + 1)});
-      }
-    }
-    fwd_trace::stamp_item(ctid, count, fwd_trace::kItemDone);
-    // A row that a non-finite input of its tiles reached: recomputed after the last item.
-    return has_nonfinite_row(tOrO, sum);
+    if (pending) finish_pending();
+    return seen;
   }
 
   static CUTLASS_DEVICE void run(const FwdMaps& maps, const FwdParams& p, char* smem_raw) {
@@ -570,16 +634,9 @@ struct FwdKernel {
       }
     } else {
       cutlass::arch::warpgroup_reg_alloc<232>();
-      typename PipelineKV::PipelineState state_k, state_v;
       // Warpgroup 0 takes the first turns; turns then alternate across items.
       ConsumerTurns::start(threadIdx.x - 128);
-      int count = 0;
-      bool seen = false;  // a row of this thread's came out non-finite
-      for (int item = blockIdx.x; item < p.num_items; item += gridDim.x) {
-        const Work w = decode_work(p, item);
-        if (!w.valid) continue;
-        seen |= consumer(p, w, count++, ss, pipe_k, pipe_v, state_k, state_v);
-      }
+      const bool seen = consumer(p, ss, pipe_k, pipe_v);
       // This thread's rows of every item: those that came out non-finite, recomputed each over
       // its own window (rare: only after a non-finite input).
       rewrite_nonfinite_rows<FwdKernel, Element>(p, seen);
