@@ -7,8 +7,9 @@ whole tiles give ``0 * nan``). What they write for such a row must be what the s
 (``docs/nonfinite.md``): a non-finite value in channel ``c`` reaches channel ``c`` of exactly the
 queries whose window holds it, a non-finite query or key the whole row and its LSE. The probe
 (`cuda/tests/exact_row_cases.cc`, host compiler) runs the recomputation on every row of every
-work item of the kernels' launch (the same headers: item decode, row windows), in the column
-sets of the kernels' threads; `tests/oracle.py` visits each window alone in float64.
+work item of the kernels' launch (the kernels' own code: item decode, row tokens and windows, the
+FP8 descales), in the column sets of the kernels' threads; `tests/oracle.py` visits each window
+alone in float64.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ def probe(tmp_path_factory):
     return host_cxx.build_probe(tmp_path_factory, SOURCE)
 
 
-def _run(probe, tmp_path, q, k, v, extent, window, views, scale):
+def _run(probe, tmp_path, q, k, v, extent, window, views, scale, descale=None):
     """The probe's out, lse and per-row write counts for q ([B, q_length..., H, D]), k and v
     ([B, kv_length..., Hkv, D]) of the view `views` (per axis q_offset, q_length, kv_offset,
-    kv_length) of the grid `extent`."""
+    kv_length) of the grid `extent`, with the FP8 descales `descale` ([3, H]) if given."""
     rank = len(extent)
     pad = lambda x, fill: list(x) + [fill] * (3 - rank)  # noqa: E731
     header = [rank, q.shape[0], q.shape[-2], k.shape[-2], *pad(extent, 1)]
@@ -44,6 +45,9 @@ def _run(probe, tmp_path, q, k, v, extent, window, views, scale):
     with open(path, "wb") as f:
         f.write(np.asarray(header, np.int32).tobytes())
         f.write(np.float32(scale).tobytes())
+        descale = np.zeros((0,), np.float32) if descale is None else np.asarray(descale)
+        f.write(np.int32(descale.size).tobytes())
+        f.write(np.ascontiguousarray(descale, np.float32).tobytes())
         for x in (q, k, v):
             f.write(np.ascontiguousarray(x, np.float32).tobytes())
     out_path = tmp_path / "out.bin"
@@ -132,3 +136,29 @@ def test_recomputed_rows_match_the_oracle(probe, tmp_path, rank, seed, view, bad
     np.testing.assert_allclose(out[fin], want_out[fin], atol=1e-5, rtol=1e-5)
     fin = np.isfinite(want_lse)
     np.testing.assert_allclose(lse[fin], want_lse[fin], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rank,seed", [(1, 7), (2, 7), (3, 7)])
+def test_recomputed_rows_take_the_fp8_descales(probe, tmp_path, rank, seed):
+    """FP8 inputs carry per-query-head descales ([3][heads]: q, and k and v of the head's key/value
+    head): the recomputed row is the attention of the dequantised inputs."""
+    rng = np.random.default_rng(100 * rank + seed)
+    extent, window = _problem(rng, rank)
+    views = [(0, e, 0, e) for e in extent]
+    batch, heads, kv_heads = 2, 4, 2
+    q = rng.standard_normal((batch, *extent, heads, D)).astype(np.float32)
+    k = rng.standard_normal((batch, *extent, kv_heads, D)).astype(np.float32)
+    v = rng.standard_normal((batch, *extent, kv_heads, D)).astype(np.float32)
+    descale = rng.uniform(0.25, 4.0, size=(3, heads)).astype(np.float32)
+    scale = D**-0.5
+    out, lse, _ = _run(probe, tmp_path, q, k, v, extent, window, views, scale, descale)
+    # Scores scale by q's and k's descale of the query head, values by its v descale; the
+    # oracle sees a query dequantised by both (k's descale is per query head under GQA).
+    q_deq = q.astype(np.float64) * (descale[0] * descale[1]).astype(np.float64)[:, None]
+    want_out, want_lse = oracle.attention(
+        q_deq, k.astype(np.float64), v.astype(np.float64), *window.values(), rank=rank,
+        scale=scale,
+    )  # fmt: skip
+    want_out = want_out * descale[2].astype(np.float64)[:, None]
+    np.testing.assert_allclose(out, want_out, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(lse, want_lse, atol=1e-5, rtol=1e-5)

@@ -44,13 +44,16 @@ struct ExactRow {
   float v_scale;     // values are multiplied by this (the FP8 value descale; else 1)
 };
 
-// Row `token` (q_row_token) of work item `w` with window `lo`, `len` per axis (local group key
-// positions, cut to the valid keys), for query head `head`.
-GNA_HOST_DEVICE ExactRow exact_row(const FwdParams& p, const FwdWork& w, int64_t token,
-                                   const int lo[3], const int len[3], int head, int head_dim,
-                                   float scale_log2, float v_scale) {
+// Row `row` of the Q tile (shape `q_tile`) of work item `w`, stored at `token` (q_row_token),
+// in the launch's units: its window (row_window), the scores' scale and the values' (FP8
+// inputs: the descales of the item's query head, FwdParams::descale).
+GNA_HOST_DEVICE ExactRow exact_row(const FwdParams& p, const FwdWork& w, const int q_tile[3],
+                                   int row, int64_t token, int head_dim) {
+  int o[3], lo[3], len[3];
+  tile_offsets(q_tile, row, o);
+  row_window(w, q_tile, o, lo, len);
   ExactRow r;
-  r.q = (token * p.heads + head) * head_dim;
+  r.q = (token * p.heads + w.head) * head_dim;
   r.batch = w.batch;
   GNA_UNROLL
   for (int a = 0; a < 3; ++a) {
@@ -60,10 +63,14 @@ GNA_HOST_DEVICE ExactRow exact_row(const FwdParams& p, const FwdWork& w, int64_t
     r.count[a] = len[a];
   }
   r.kv_heads = p.heads / p.kv_group;
-  r.kv_head = head / p.kv_group;
+  r.kv_head = w.head / p.kv_group;
   r.head_dim = head_dim;
-  r.scale_log2 = scale_log2;
-  r.v_scale = v_scale;
+  r.scale_log2 = p.scale_log2;
+  r.v_scale = 1.f;
+  if (p.descale != nullptr) {
+    r.scale_log2 *= p.descale[w.head] * p.descale[p.heads + w.head];
+    r.v_scale = p.descale[2 * p.heads + w.head];
+  }
   return r;
 }
 

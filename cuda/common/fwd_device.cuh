@@ -77,12 +77,11 @@ CUTLASS_DEVICE uint4 pack8(const float* f) {
   return *reinterpret_cast<const uint4*>(&h);
 }
 
-// Token `r` of a T0 x T1 x T2 tile (row-major, last axis fastest) as per-axis offsets.
+// Token `r` of a T0 x T1 x T2 tile as per-axis offsets (gna::tile_offsets, fwd_params.h).
 template <int T0, int T1, int T2>
 CUTLASS_DEVICE void tile_offsets(int r, int o[3]) {
-  o[0] = r / (T1 * T2);
-  o[1] = (r / T2) % T1;
-  o[2] = r % T2;
+  constexpr int tile[3] = {T0, T1, T2};
+  gna::tile_offsets(tile, r, o);
 }
 
 CUTLASS_DEVICE float exp2_approx(float x) {
@@ -91,21 +90,11 @@ CUTLASS_DEVICE float exp2_approx(float x) {
   return y;
 }
 
-// Token index in the q/out/lse arrays (batch-major over the view's query slice) of row `row`
-// of the Q tile of `w` (T0 x T1 x T2 tokens), or -1 when the row holds no query of its group.
+// Token index of row `row` of the Q tile (T0 x T1 x T2) of `w` (gna::q_row_token, fwd_params.h).
 template <int T0, int T1, int T2>
 CUTLASS_DEVICE int64_t q_row_token(const FwdParams& p, const FwdWork& w, int row) {
-  int o[3];
-  tile_offsets<T0, T1, T2>(row, o);
   constexpr int q_tile[3] = {T0, T1, T2};
-  int64_t token = w.batch;
-  CUTLASS_PRAGMA_UNROLL
-  for (int a = 0; a < 3; ++a) {
-    const int q = w.q_tile[a] * q_tile[a] + o[a];
-    if (q >= q_end(w.axes[a])) return -1;
-    token = token * p.q_extent[a] + (w.group[a] + p.dilation[a] * q);
-  }
-  return token;
+  return gna::q_row_token(p, w, q_tile, row);
 }
 
 }  // namespace gna::fwd_device

@@ -180,6 +180,31 @@ GNA_HOST_DEVICE void row_window(const FwdWork& w, const int q_tile[3], const int
   }
 }
 
+// Token `r` of a tile of shape `tile` (row-major over the kernel axes, last axis fastest) as
+// per-axis offsets. The kernels pass compile-time shapes (their divisions fold away).
+GNA_HOST_DEVICE void tile_offsets(const int tile[3], int r, int o[3]) {
+  o[0] = r / (tile[1] * tile[2]);
+  o[1] = (r / tile[2]) % tile[1];
+  o[2] = r % tile[2];
+}
+
+// Token index in the q/out/lse arrays (batch-major over the view's query slice) of row `row` of
+// the Q tile (shape `q_tile`) of work item `w`, or -1 when the row holds no query of its group
+// (padding: never stored).
+GNA_HOST_DEVICE int64_t q_row_token(const FwdParams& p, const FwdWork& w, const int q_tile[3],
+                                    int row) {
+  int o[3];
+  tile_offsets(q_tile, row, o);
+  int64_t token = w.batch;
+  GNA_UNROLL
+  for (int a = 0; a < 3; ++a) {
+    const int q = w.q_tile[a] * q_tile[a] + o[a];
+    if (q >= q_end(w.axes[a])) return -1;
+    token = token * p.q_extent[a] + (w.group[a] + p.dilation[a] * q);
+  }
+  return token;
+}
+
 // Host only from here: what a dispatcher derives from a Problem.
 
 // The problem in kernel axes: a rank-r problem is left-padded with trivial

@@ -1,18 +1,19 @@
 // Host probe of the key-by-key recomputation of a forward row (cuda/common/exact_row.h), for
 // tests/test_exact_row.py: every query row of every work item of the sm90 forward's launch
-// (fwd_params, decode_fwd_work, row_window: what the kernels run), recomputed as the kernels
-// do for a row that came out non-finite, from fp32 inputs. The dot products run over all columns;
-// the values go through the column sets of the four threads of a row in the sm90 accumulator
-// layout, so the four sets must cover each column exactly once.
+// (fwd_params, decode_fwd_work, q_row_token, exact_row: what the kernels run), recomputed as the
+// kernels do for a row that came out non-finite, from fp32 inputs. The dot products run over all
+// columns; the values go through the column sets of the four threads of a row in the sm90
+// accumulator layout, so the four sets must cover each column exactly once.
 //
 // argv[1]: input file, int32 header
 //   rank batch heads kv_heads extent[3] kernel[3] stride[3] dilation[3] causal[3]
 //   q_offset[3] q_length[3] kv_offset[3] kv_length[3]
 // (problem axes, padded with 1 / 0 past `rank`; the view of gna/problem.h, whole axes: 0,
-// extent, 0, extent), one float32 scale, then float32 q ([batch, q_length..., heads, kD]), k
-// and v ([batch, kv_length..., kv_heads, kD]). argv[2]: output file, float32 out ([batch,
-// q_length..., heads, kD]), lse ([batch, q_length..., heads]) and how often each row was
-// written (as lse), the rows nobody writes left nan.
+// extent, 0, extent), one float32 scale, one int32 count (0 or 3 * heads) and that many float32
+// descales (FwdParams::descale, as FP8 inputs carry them: [3][heads]), then float32 q ([batch,
+// q_length..., heads, kD]), k and v ([batch, kv_length..., kv_heads, kD]). argv[2]: output file,
+// float32 out ([batch, q_length..., heads, kD]), lse ([batch, q_length..., heads]) and how often
+// each row was written (as lse), the rows nobody writes left nan.
 #include <cstdio>
 #include <vector>
 
@@ -35,9 +36,12 @@ int main(int argc, char** argv) {
   if (argc != 3) return 2;
   std::FILE* in = std::fopen(argv[1], "rb");
   if (!in) return 2;
-  int h[4 + 9 * 3];
+  int h[4 + 9 * 3], n_descale;
   float scale;
-  if (!read(in, h, 4 + 9 * 3) || !read(in, &scale, 1)) return 2;
+  if (!read(in, h, 4 + 9 * 3) || !read(in, &scale, 1) || !read(in, &n_descale, 1)) return 2;
+  std::vector<float> descale(size_t(n_descale < 0 ? 0 : n_descale));
+  if (n_descale != 0 && (n_descale != 3 * h[2] || !read(in, descale.data(), descale.size())))
+    return 2;
   Problem p;
   p.rank = h[0];
   p.batch = h[1];
@@ -67,7 +71,8 @@ int main(int argc, char** argv) {
   // The sm90 default tiles of this rank (head dim 128's: only the item decode reads them).
   const FwdTileConfig tiles = sm90::fwd_tile_config(p.rank, 128, 0);
   const KernelAxes ax = kernel_axes(p);
-  const FwdParams fp = fwd_params(p, ax, tiles, nullptr, nullptr);
+  FwdParams fp = fwd_params(p, ax, tiles, nullptr, nullptr);
+  fp.descale = descale.empty() ? nullptr : descale.data();
   std::vector<float> out(nq, NAN), lse(size_t(p.batch * q_tokens * p.heads), NAN);
   std::vector<float> written(lse.size(), 0.f);
   auto identity = [](float x) { return x; };
@@ -76,18 +81,9 @@ int main(int argc, char** argv) {
     const FwdWork w = decode_fwd_work</*kView=*/true>(fp, item, tiles.q, tiles.kv);
     if (!w.valid) continue;
     for (int row = 0; row < tiles.q_size(); ++row) {
-      const int o[3] = {row / (tiles.q[1] * tiles.q[2]), (row / tiles.q[2]) % tiles.q[1],
-                        row % tiles.q[2]};
-      int64_t token = w.batch;
-      for (int a = 0; a < 3 && token >= 0; ++a) {
-        const int x = w.q_tile[a] * tiles.q[a] + o[a];
-        token =
-            x < q_end(w.axes[a]) ? token * fp.q_extent[a] + w.group[a] + fp.dilation[a] * x : -1;
-      }
+      const int64_t token = q_row_token(fp, w, tiles.q, row);
       if (token < 0) continue;  // padding: never stored
-      int lo[3], len[3];
-      row_window(w, tiles.q, o, lo, len);
-      const ExactRow r = exact_row(fp, w, token, lo, len, w.head, kD, fp.scale_log2, 1.f);
+      const ExactRow r = exact_row(fp, w, tiles.q, row, token, kD);
       const ExactRowStats s = exact_row_stats(r, q.data(), k.data(), all, identity);
       const int64_t slot = token * p.heads + w.head;
       for (int thread = 0; thread < 4; ++thread) {

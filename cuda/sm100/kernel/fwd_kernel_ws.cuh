@@ -412,10 +412,7 @@ struct FwdKernel {
   static CUTLASS_DEVICE void rewrite_row(const FwdParams& p, const FwdWork& w, int row,
                                          int64_t token, Element* out) {
     constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
-    int o[3], lo[3], len[3];
-    fwd_device::tile_offsets<kQ0, kQ1, kQ2>(row, o);
-    row_window(w, q_tile, o, lo, len);
-    const ExactRow r = exact_row(p, w, token, lo, len, w.head, kHeadDim, p.scale_log2, 1.f);
+    const ExactRow r = exact_row(p, w, q_tile, row, token, kHeadDim);
     const Element* q = static_cast<const Element*>(p.q);
     const Element* k = static_cast<const Element*>(p.k);
     const Element* v = static_cast<const Element*>(p.v);

@@ -42,16 +42,7 @@ CUTLASS_DEVICE void rewrite_row(const FwdParams& p, const FwdWork& w, int row, i
   using Element = typename Kernel::Element;
   constexpr int kHeadDim = Kernel::kHeadDim;
   constexpr int q_tile[3] = {Kernel::kQ0, Kernel::kQ1, Kernel::kQ2};
-  int o[3], lo[3], len[3];
-  fwd_device::tile_offsets<Kernel::kQ0, Kernel::kQ1, Kernel::kQ2>(row, o);
-  row_window(w, q_tile, o, lo, len);
-  // Scores and values in the kernel's units: FP8 inputs carry their descales (FwdParams).
-  float scale_log2 = p.scale_log2, v_scale = 1.f;
-  if (p.descale != nullptr) {
-    scale_log2 *= p.descale[w.head] * p.descale[p.heads + w.head];
-    v_scale = p.descale[2 * p.heads + w.head];
-  }
-  const ExactRow r = exact_row(p, w, token, lo, len, w.head, kHeadDim, scale_log2, v_scale);
+  const ExactRow r = exact_row(p, w, q_tile, row, token, kHeadDim);
   const unsigned quad = 0xfu << ((threadIdx.x & 31) & ~3);
   auto reduce = [quad](float x) {
     x += __shfl_xor_sync(quad, x, 1);
