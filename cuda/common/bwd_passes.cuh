@@ -19,6 +19,8 @@
 
 #include "bwd_params.h"
 #include "gna/problem.h"
+#include "grid_dependency.cuh"
+#include "kernel_launch.h"
 
 namespace gna {
 namespace {
@@ -38,6 +40,7 @@ __device__ float bwd_to_float(__nv_bfloat16 x) {
 
 template <class T>
 __global__ void __launch_bounds__(kBwdPassBlock) bwd_row_stats_kernel(BwdParams p) {
+  enter_after_prior_grids();  // PDL (grid_dependency.cuh)
   const int64_t slot = int64_t(blockIdx.x) * kBwdPassBlock + threadIdx.x;
   if (slot >= p.num_slots) return;
   const BwdSlotRow r = bwd_slot_row(p, slot);
@@ -71,6 +74,7 @@ __global__ void __launch_bounds__(kBwdPassBlock) bwd_row_stats_kernel(BwdParams 
 // in 8 consecutive floats.
 template <class T, class DqOrder>
 __global__ void __launch_bounds__(kBwdPassBlock) bwd_dq_convert_kernel(BwdParams p) {
+  enter_after_prior_grids();  // PDL (grid_dependency.cuh)
   const int groups = p.head_dim / 8;
   const int64_t index = int64_t(blockIdx.x) * kBwdPassBlock + threadIdx.x;
   if (index >= p.num_slots * groups) return;
@@ -108,6 +112,8 @@ cudaError_t launch_bwd_pass(void (*kernel)(Params...), unsigned blocks, const Bw
   config.gridDim = dim3(blocks);
   config.blockDim = dim3(kBwdPassBlock);
   config.stream = stream;
+  cudaLaunchAttribute attrs[1];
+  set_launch_attributes(config, attrs);
   return cudaLaunchKernelEx(&config, kernel, p);
 }
 

@@ -14,6 +14,12 @@
 //       The backward's CTA order over KV tiles in the default mode, as GNA_FWD_TILE_ORDER.
 //       Deterministic mode ignores it: its turns need row-major (bwd_params.h,
 //       bwd_set_deterministic). Unset: the forward's rule.
+//   GNA_PDL = 0 | 1
+//       1: every kernel (forward, backward and its passes; sm90 and sm100) launches with
+//       programmatic stream serialization (PDL, common/kernel_launch.h): its CTAs may start
+//       while the kernel before it on the stream ends, and wait at their entry for it to
+//       complete (common/grid_dependency.cuh), so the launch and scheduling overlap its tail.
+//       Unset: 0. Compiled, not yet timed or tested on a GPU.
 //   GNA_SM90_DQ_BUFFERS = 1 | 2 | 3 | 4
 //       Copies of the sm90 backward's dQ accumulator in deterministic mode (bwd_params.h).
 //       Unset: 1 (sm90/arch.h).
@@ -66,6 +72,12 @@ inline int digit_knob(const char* name, char lo, char hi, const char* expected) 
 // GNA_SM90_PERSISTENT: 0 or 1, or -1 when unset (or ignored).
 inline int sm90_persistent() {
   static const int value = digit_knob("GNA_SM90_PERSISTENT", '0', '1', "0 or 1");
+  return value;
+}
+
+// GNA_PDL: whether set to 1.
+inline bool pdl() {
+  static const bool value = digit_knob("GNA_PDL", '0', '1', "0 or 1") == 1;
   return value;
 }
 

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 #include <cutlass/numeric_types.h>
 
+#include "dev_knobs.h"
 #include "gna/problem.h"
 
 namespace gna {
@@ -28,6 +29,19 @@ template <>
 struct ElementOf<DType::kE4M3> {
   using type = cutlass::float_e4m3_t;
 };
+
+// The attributes of every kernel launch, into `config` (`attrs` holds them): programmatic stream
+// serialization (PDL: the kernel may start while the previous one on the stream ends; its entry
+// point waits for it, grid_dependency.cuh) where the development knob GNA_PDL asks for it.
+inline void set_launch_attributes(cudaLaunchConfig_t& config, cudaLaunchAttribute (&attrs)[1]) {
+  config.attrs = attrs;
+  config.numAttrs = 0;
+  if (dev_knobs::pdl()) {
+    attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[0].val.programmaticStreamSerializationAllowed = 1;
+    config.numAttrs = 1;
+  }
+}
 
 // Launches `kernel` with `threads` threads per CTA, `grid` CTAs and `smem_bytes` of dynamic
 // shared memory on `stream`. The dynamic smem limit is a per-device function attribute: it is
@@ -62,6 +76,8 @@ cudaError_t launch_with_smem(void (*kernel)(Params...), size_t smem_bytes, int t
   config.blockDim = dim3(threads, 1, 1);
   config.dynamicSmemBytes = smem_bytes;
   config.stream = stream;
+  cudaLaunchAttribute attrs[1];
+  set_launch_attributes(config, attrs);
   return cudaLaunchKernelEx(&config, kernel, args...);
 }
 

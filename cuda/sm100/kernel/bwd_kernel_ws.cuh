@@ -39,6 +39,7 @@
 
 #include "../../common/bwd_params.h"
 #include "../../common/fwd_device.cuh"
+#include "../../common/grid_dependency.cuh"
 #include "../../common/shared_storage.cuh"
 #include "../bwd_config.h"
 #include "debug_checks.cuh"
@@ -585,6 +586,7 @@ __global__ void __launch_bounds__(Kernel::kThreads, 1)
     gna_bwd_sm100_kernel(const __grid_constant__ BwdMaps maps,
                          const __grid_constant__ BwdParams params) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM100_ALL)
+  enter_after_prior_grids();  // PDL (grid_dependency.cuh)
   extern __shared__ char smem[];
   Kernel::run(maps, params, smem);
 #else

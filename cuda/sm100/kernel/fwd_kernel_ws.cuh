@@ -38,6 +38,7 @@
 
 #include "../../common/exact_row.h"
 #include "../../common/fwd_device.cuh"
+#include "../../common/grid_dependency.cuh"
 #include "../../common/shared_storage.cuh"
 #include "../fwd_config.h"
 #include "debug_checks.cuh"
@@ -474,6 +475,7 @@ __global__ void __launch_bounds__(Kernel::kThreads, 1)
     gna_fwd_sm100_kernel(const __grid_constant__ FwdMaps maps,
                          const __grid_constant__ FwdParams params) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM100_ALL)
+  enter_after_prior_grids();  // PDL (grid_dependency.cuh)
   extern __shared__ char smem[];
   Kernel::run(maps, params, smem);
 #else

@@ -40,6 +40,7 @@
 #include <cutlass/pipeline/pipeline.hpp>
 
 #include "../../common/fwd_device.cuh"
+#include "../../common/grid_dependency.cuh"
 #include "../../common/shared_storage.cuh"
 #include "../fwd_config.h"
 #include "consumer_turns.cuh"
@@ -649,6 +650,7 @@ __global__ void __launch_bounds__(Kernel::kThreads, 1)
     gna_fwd_sm90_kernel(const __grid_constant__ FwdMaps maps,
                         const __grid_constant__ FwdParams params) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  enter_after_prior_grids();  // PDL (grid_dependency.cuh)
   extern __shared__ char smem[];
   Kernel::run(maps, params, smem);
 #else
