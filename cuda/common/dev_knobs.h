@@ -36,12 +36,12 @@
 //       softmaxes alternate too. Unset: 1. On an H100, 2 ran 5-6% (FP8) and 2-3% (16-bit) slower
 //       than 1 (docs/history.md).
 //   GNA_SM90_FWD_OVERLAP_ITEMS (compile time: -DGNA_SM90_FWD_OVERLAP_ITEMS=<o>, o = 0, 1)
-//       1: a CTA of the sm90 16-bit forward (head dims <= 128) issues a work item's last P V in
-//       the same GEMM turn as its next item's first S GEMM and runs the item's epilogue after
-//       that turn, so that the tensor cores have work across an item boundary (persistent
-//       grids; sm90/fwd_config.h, fwd_overlap_items). Unset: 0 (each item ends with a turn and
-//       an epilogue of its own). Compiled and checked for spills, not yet timed or tested on a
-//       GPU.
+//       1: a CTA of the sm90 forward (16-bit and FP8, head dims <= 128) issues a work item's
+//       last P V in the same GEMM turn as its next item's first S GEMM and runs the item's
+//       epilogue after that turn, so that the tensor cores have work across an item boundary
+//       (persistent grids; sm90/fwd_config.h, fwd_overlap_items). Unset: 0 (each item ends with
+//       a turn and an epilogue of its own). Compiled and checked for spills, not yet timed or
+//       tested on a GPU.
 //   GNA_SM90_FWD_TRACE (compile time: -DGNA_SM90_FWD_TRACE)
 //       Clock stamps of the sm90 forward's consumer warpgroups per visit (16-bit and FP8
 //       kernels), printed after each launch (sm90/kernel/fwd_trace.cuh; benchmarks/fwd_trace.py

@@ -56,13 +56,12 @@ constexpr FwdTileConfig fwd_tile_config(int rank, int head_dim, int index) {
   return fwd_tile_configs(rank, head_dim).config[index];
 }
 
-// Whether a 16-bit forward CTA issues an item's last P V in the same GEMM turn as the next
-// item's first S GEMM and runs the item's epilogue after that turn (kernel/fwd_kernel_ws.cuh,
+// Whether a forward CTA (16-bit and FP8 kernels) issues an item's last P V in the same GEMM turn
+// as the next item's first S GEMM and runs the item's epilogue after that turn (their
 // consumer()), or ends each item with a turn and an epilogue of its own: the development knob
 // GNA_SM90_FWD_OVERLAP_ITEMS (common/dev_knobs.h), off unless set. Never at head dim 256: O's
 // 128 registers a thread leave no room for the next item's S beside the epilogue (ptxas
-// spills in the tile loop). The FP8 kernel has no such path: with its two P buffers in 216
-// registers, the same order spilled in its tile loop.
+// spills in the tile loop).
 constexpr bool fwd_overlap_items(int head_dim) {
 #if defined(GNA_SM90_FWD_OVERLAP_ITEMS)
   static_assert(GNA_SM90_FWD_OVERLAP_ITEMS == 0 || GNA_SM90_FWD_OVERLAP_ITEMS == 1,

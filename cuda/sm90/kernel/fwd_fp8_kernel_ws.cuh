@@ -135,10 +135,13 @@ struct FwdFp8Kernel {
   static constexpr int kProducerWarps = 4;
   static constexpr int kThreads = 384;
   static constexpr int kProducerThreads = 128;
+  // An item's last P V in the next item's first GEMM turn (fwd_config.h, consumer()).
+  static constexpr bool kOverlapItems = fwd_overlap_items(kHeadDim);
   // Registers per thread after the split (128 x producer + 256 x consumer <= 64K): at d256 O
-  // alone takes 128 of a consumer's, so the producer gives up 8 more.
-  static constexpr int kProducerRegs = kHeadDim == 256 ? 56 : 64;
-  static constexpr int kConsumerRegs = kHeadDim == 256 ? 224 : 216;
+  // alone takes 128 of a consumer's, and with kOverlapItems the epilogue runs beside the next
+  // item's S (at 216 ptxas spilled in the tile loop), so there the producer gives up 8 more.
+  static constexpr int kProducerRegs = kHeadDim == 256 || kOverlapItems ? 56 : 64;
+  static constexpr int kConsumerRegs = kHeadDim == 256 || kOverlapItems ? 224 : 216;
   static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 65536, "the register file");
   // P = exp2(S * scale log2 e - running max + kPOffsetLog2): at most 2^kPOffsetLog2 against
   // the tile's max, at most kMaxP against a running max the softmax did not raise (consumer(),
@@ -475,17 +478,19 @@ struct FwdFp8Kernel {
     cute::warpgroup_fence_operand(tA);
   }
 
-  // One work item; the pipeline states carry over to the next. Returns whether a row of this
-  // thread's came out non-finite (nonfinite_rows.cuh).
-  template <class StateK, class StateVt>
-  static CUTLASS_DEVICE bool consumer(const FwdParams& p, const Work& w, int count,
-                                      SharedStorage& ss, PipelineK& pipe_k, PipelineVt& pipe_vt,
-                                      StateK& state_k, StateVt& state_vt) {
+  // Every work item of the CTA, the pipeline states carried from one to the next; where
+  // kOverlapItems, an item's last P V shares a GEMM turn with the next item's first S GEMM (as
+  // in the 16-bit kernel). Returns whether a row of this thread's came out non-finite
+  // (nonfinite_rows.cuh).
+  static CUTLASS_DEVICE bool consumer(const FwdParams& p, SharedStorage& ss, PipelineK& pipe_k,
+                                      PipelineVt& pipe_vt) {
     using namespace cute;
     constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
     const int ctid = threadIdx.x - 128;  // 0..255 over both consumer warpgroups
     const int wg = ctid / 128;
+    typename PipelineK::PipelineState state_k;
+    typename PipelineVt::PipelineState state_vt;
 
     TiledMmaQK mma_qk;
     TiledMmaPV mma_pv;
@@ -518,27 +523,28 @@ struct FwdFp8Kernel {
     const int col_base = 2 * (lane & 3);
     static_assert(kK2 % 8 == 0, "the n8 column blocks of S must not straddle a KV tile row");
 
+    // The two rows this thread owns: their windows per axis (set at each item's start).
     int row_win_lo[2][3], row_win_len[2][3];
-    CUTLASS_PRAGMA_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      int o[3];
-      fwd_device::tile_offsets<kQ0, kQ1, kQ2>(row_base + 8 * r, o);
-      row_window(w, q_tile, o, row_win_lo[r], row_win_len[r]);
-    }
 
-    // The descales of this item's query head (k and v: of its key/value head, per query head).
-    const float q_descale = p.descale[w.head];
-    const float k_descale = p.descale[p.heads + w.head];
-    const float v_descale = p.descale[2 * p.heads + w.head];
-    const float scale_log2 = p.scale_log2 * (q_descale * k_descale);
-
+    // The current item's descales (of its query head; k and v: of its key/value head, per query
+    // head) and softmax state, set by start_item once the previous item's epilogue has its own.
+    float v_descale = 1.f, scale_log2 = 1.f, mult = 1.f;
+    bool prescale = false;
     float row_max[2] = {-INFINITY, -INFINITY};
     float row_sum[2] = {0.f, 0.f};
-    // Scores enter exp2 as S * mult - max * mult (one FFMA). A non-positive
-    // scale would flip the max, so such scores are scaled before the mask.
-    const bool prescale = !(scale_log2 > 0.f);
-    const float mult = prescale ? 1.f : scale_log2;
-    clear(tOrO);
+    auto start_item = [&](const Work& w) {
+      const float q_descale = p.descale[w.head];
+      const float k_descale = p.descale[p.heads + w.head];
+      v_descale = p.descale[2 * p.heads + w.head];
+      scale_log2 = p.scale_log2 * (q_descale * k_descale);
+      // Scores enter exp2 as S * mult - max * mult (one FFMA). A non-positive
+      // scale would flip the max, so such scores are scaled before the mask.
+      prescale = !(scale_log2 > 0.f);
+      mult = prescale ? 1.f : scale_log2;
+      row_max[0] = row_max[1] = -INFINITY;
+      row_sum[0] = row_sum[1] = 0.f;
+      clear(tOrO);
+    };
 
     // The softmax of the 16-bit kernel (see there), with P offset by 2^kPOffsetLog2 and
     // written in the A operand's register order.
@@ -648,36 +654,143 @@ struct FwdFp8Kernel {
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= corr[(i >> 1) & 1];
     };
-    int tile[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
-    auto tile_info = [&](int* origin) {
-      bool full = true;
-      CUTLASS_PRAGMA_UNROLL
-      for (int a = 0; a < 3; ++a) {
-        origin[a] = tile[a] * kv_tile[a];
-        full &= w.full[a].start <= tile[a] && tile[a] < w.full[a].end;
-      }
-      w.box.next(tile);
-      return !full;
-    };
-
-    const int n = w.box.size();
     auto release_q = [&] { cutlass::arch::ClusterBarrier::arrive(&ss.q_empty); };
     auto take_turn = [&] { ConsumerTurns::take_gemm(wg); };
     auto pass_turn = [&] { ConsumerTurns::pass_gemm(wg); };
+    int count = 0;  // the CTA's items run so far (barrier phases, trace)
     auto stamp = [&](int visit, int k) { fwd_trace::stamp(ctid, count, visit, k); };
-    fwd_trace::stamp_item(ctid, count, fwd_trace::kItemEntry);
-    cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, count & 1);
-    fwd_trace::stamp_item(ctid, count, fwd_trace::kItemQLanded);
 
-    if (kView && n == 0) {
-      release_q();
-    } else {
+    // The item whose last P V and epilogue are still to come (its P in tOrP0, its V^T at
+    // state_vt): where its rows go and what they are scaled by, set at its end (the next item's
+    // descales replace its own).
+    bool pending = false;
+    int64_t out_token[2] = {-1, -1};  // per row: token index, or -1 outside the grid
+    int out_head = 0;
+    float out_inv[2], out_lse[2], out_sum[2];
+    int out_count = 0;
+    int out_visits = 0;
+    // Normalise (times v_descale), LSE (without P's offset).
+    auto set_out = [&](const Work& w, int n) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        float s = row_sum[r];
+        s += __shfl_xor_sync(0xffffffff, s, 1);
+        s += __shfl_xor_sync(0xffffffff, s, 2);
+        out_sum[r] = s;
+        out_inv[r] = s > 0.f ? v_descale / s : 0.f;
+        const float m_scaled = row_max[r] == -INFINITY ? 0.f : row_max[r] * mult;
+        out_lse[r] = s > 0.f ? (m_scaled - float(kPOffsetLog2) + __log2f(s)) * 0.69314718055994531f
+                             : -INFINITY;
+        out_token[r] = fwd_device::q_row_token<kQ0, kQ1, kQ2>(p, w, row_base + 8 * r);
+      }
+      out_head = w.head;
+      out_count = count;
+      out_visits = n;
+    };
+    bool seen = false;  // a row of this thread's came out non-finite
+
+    // Epilogue of the pending item, once its last P V landed: O from registers to global memory,
+    // and the LSE. `empty` (std::true_type): an item without keys, O = 0 and lse = -inf
+    // (written without touching tOrO, which must not be written outside the GEMMs' stages).
+    auto epilogue = [&](auto empty) {
+      constexpr bool kEmpty = decltype(empty)::value;
+      if constexpr (!kEmpty) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= out_inv[(i >> 1) & 1];
+      }
+      if ((ctid & 3) == 0) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          if (out_token[r] >= 0)
+            p.lse[out_token[r] * p.heads + out_head] = kEmpty ? -INFINITY : out_lse[r];
+        }
+      }
+      cutlass::NumericArrayConverter<OutElement, float, 2> cvt;
+      using Pair = cutlass::Array<OutElement, 2>;
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        if (out_token[r] < 0) continue;
+        OutElement* row_out =
+            static_cast<OutElement*>(p.out) + (out_token[r] * p.heads + out_head) * kHeadDim;
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 2 * r; i < size(tOrO); i += 4) {
+          *reinterpret_cast<Pair*>(row_out + 8 * (i >> 2) + col_base) =
+              kEmpty ? Pair{} : cvt(cutlass::Array<float, 2>{tOrO(i), tOrO(i + 1)});
+        }
+      }
+      fwd_trace::stamp_item(ctid, out_count, fwd_trace::kItemDone);
+      // A row that a non-finite input of its tiles reached: recomputed after the last item.
+      if constexpr (!kEmpty) seen |= has_nonfinite_row(tOrO, out_sum);
+      pending = false;
+    };
+    // The pending item's last P V, issued in the current GEMM turn once its V^T landed.
+    auto pending_pv = [&] { gemm_pv(mma_pv, tOrP0, tOrV(_, _, _, state_vt.index()), tOrO); };
+    // The pending item's last P V in a turn of its own (no next item to pair it with).
+    auto finish_pending = [&] {
+      fwd_trace::stamp(ctid, out_count, out_visits, 0);
+      pipe_vt.consumer_wait(state_vt);
+      take_turn();
+      fwd_trace::stamp(ctid, out_count, out_visits, 1);
+      pending_pv();
+      pass_turn();
+      fwd_trace::stamp(ctid, out_count, out_visits, 2);
+      warpgroup_wait<0>();
+      fwd_trace::stamp(ctid, out_count, out_visits, 3);
+      fwd_trace::stamp(ctid, out_count, out_visits, 4);
+      pipe_vt.consumer_release(state_vt);
+      ++state_vt;
+      fwd_trace::stamp(ctid, out_count, out_visits, 5);
+      epilogue(std::false_type{});
+    };
+
+    for (int item = blockIdx.x; item < p.num_items; item += gridDim.x) {
+      const Work w = decode_work(p, item);
+      // Items without a query of their dilation group are skipped by every role alike.
+      if (!w.valid) continue;
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        int o[3];
+        fwd_device::tile_offsets<kQ0, kQ1, kQ2>(row_base + 8 * r, o);
+        row_window(w, q_tile, o, row_win_lo[r], row_win_len[r]);
+      }
+      int tile[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
+      auto tile_info = [&](int* origin) {
+        bool full = true;
+        CUTLASS_PRAGMA_UNROLL
+        for (int a = 0; a < 3; ++a) {
+          origin[a] = tile[a] * kv_tile[a];
+          full &= w.full[a].start <= tile[a] && tile[a] < w.full[a].end;
+        }
+        w.box.next(tile);
+        return !full;
+      };
+      const int n = w.box.size();
+
+      fwd_trace::stamp_item(ctid, count, fwd_trace::kItemEntry);
+      cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, count & 1);
+      fwd_trace::stamp_item(ctid, count, fwd_trace::kItemQLanded);
+
+      if (kView && n == 0) {
+        if (kOverlapItems && pending) finish_pending();
+        release_q();
+        set_out(w, n);
+        epilogue(std::true_type{});
+        ++count;
+        continue;
+      }
+      // Tile 0: S = Q K0^T, with the pending item's last P V in the same turn; that item's
+      // epilogue; this item's descales and the softmax.
       {
         stamp(0, 0);
         pipe_k.consumer_wait(state_k);
         take_turn();
         stamp(0, 1);
         gemm_qk(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), tSrS);
+        // The pending item's V^T (transposed by the producer warps) can come after K_0.
+        if (kOverlapItems && pending) {
+          pipe_vt.consumer_wait(state_vt);
+          pending_pv();
+        }
         pass_turn();
         stamp(0, 2);
         int origin[3];
@@ -687,6 +800,12 @@ struct FwdFp8Kernel {
         pipe_k.consumer_release(state_k);
         ++state_k;
         if (n == 1) release_q();
+        if (kOverlapItems && pending) {
+          pipe_vt.consumer_release(state_vt);
+          ++state_vt;
+          epilogue(std::false_type{});
+        }
+        start_item(w);
         float corr[2];
         ConsumerTurns::take_softmax(wg);
         softmax_step(tOrP0, partial, origin, corr, /*speculate=*/false);
@@ -733,67 +852,19 @@ struct FwdFp8Kernel {
         visit(j, tOrP1, tOrP0);
         if (j + 1 < n) visit(j + 1, tOrP0, tOrP1);
       }
-      auto last_pv = [&](auto& p) {
-        stamp(n, 0);
-        pipe_vt.consumer_wait(state_vt);
-        take_turn();
-        stamp(n, 1);
-        gemm_pv(mma_pv, p, tOrV(_, _, _, state_vt.index()), tOrO);
-        pass_turn();
-        stamp(n, 2);
-        warpgroup_wait<0>();
-        stamp(n, 3);
-        stamp(n, 4);
-        stamp(n, 5);
-        pipe_vt.consumer_release(state_vt);
-        ++state_vt;
-      };
-      if ((n - 1) % 2 == 0)
-        last_pv(tOrP0);
-      else
-        last_pv(tOrP1);
-    }
-
-    // Epilogue: normalise (times v_descale), LSE (without P's offset), O to global memory.
-    float inv[2], lse[2], sum[2];
-    CUTLASS_PRAGMA_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      float s = row_sum[r];
-      s += __shfl_xor_sync(0xffffffff, s, 1);
-      s += __shfl_xor_sync(0xffffffff, s, 2);
-      sum[r] = s;
-      inv[r] = s > 0.f ? v_descale / s : 0.f;
-      const float m_scaled = row_max[r] == -INFINITY ? 0.f : row_max[r] * mult;
-      lse[r] = s > 0.f ? (m_scaled - float(kPOffsetLog2) + __log2f(s)) * 0.69314718055994531f
-                       : -INFINITY;
-    }
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= inv[(i >> 1) & 1];
-
-    auto row_token = [&](int row) { return fwd_device::q_row_token<kQ0, kQ1, kQ2>(p, w, row); };
-    if ((ctid & 3) == 0) {
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        const int64_t token = row_token(row_base + 8 * r);
-        if (token >= 0) p.lse[token * p.heads + w.head] = lse[r];
+      // Where this item's rows go and their scales, set only now: the registers are live from
+      // here to its epilogue only. Its last P into tOrP0 (the pending P V reads it there).
+      set_out(w, n);
+      if ((n - 1) % 2 != 0) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(tOrP0); ++i) tOrP0(i) = tOrP1(i);
       }
+      pending = true;
+      if constexpr (!kOverlapItems) finish_pending();
+      ++count;
     }
-    cutlass::NumericArrayConverter<OutElement, float, 2> cvt;
-    using Pair = cutlass::Array<OutElement, 2>;
-    CUTLASS_PRAGMA_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      const int64_t token = row_token(row_base + 8 * r);
-      if (token < 0) continue;
-      OutElement* row_out = static_cast<OutElement*>(p.out) + (token * p.heads + w.head) * kHeadDim;
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 2 * r; i < size(tOrO); i += 4) {
-        *reinterpret_cast<Pair*>(row_out + 8 * (i >> 2) + col_base) =
-            cvt(cutlass::Array<float, 2>{tOrO(i), tOrO(i + 1)});
-      }
-    }
-    fwd_trace::stamp_item(ctid, count, fwd_trace::kItemDone);
-    // A row that a non-finite input of its tiles reached: recomputed after the last item.
-    return has_nonfinite_row(tOrO, sum);
+    if (pending) finish_pending();
+    return seen;
   }
 
   static CUTLASS_DEVICE void run(const FwdMaps& maps, const FwdParams& p, char* smem_raw) {
@@ -844,16 +915,8 @@ struct FwdFp8Kernel {
       }
     } else {
       cutlass::arch::warpgroup_reg_alloc<kConsumerRegs>();
-      typename PipelineK::PipelineState state_k;
-      typename PipelineVt::PipelineState state_vt;
       ConsumerTurns::start(threadIdx.x - 128);
-      int count = 0;
-      bool seen = false;  // a row of this thread's came out non-finite
-      for (int item = blockIdx.x; item < p.num_items; item += gridDim.x) {
-        const Work w = decode_work(p, item);
-        if (!w.valid) continue;
-        seen |= consumer(p, w, count++, ss, pipe_k, pipe_vt, state_k, state_vt);
-      }
+      const bool seen = consumer(p, ss, pipe_k, pipe_vt);
       // This thread's rows of every item: those that came out non-finite, recomputed each over
       // its own window (rare: only after a non-finite input).
       rewrite_nonfinite_rows<FwdFp8Kernel, OutElement>(p, seen);
