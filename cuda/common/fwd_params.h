@@ -180,6 +180,26 @@ GNA_HOST_DEVICE void row_window(const FwdWork& w, const int q_tile[3], const int
   }
 }
 
+// The KV tiles of work item `w`'s box, one after another in box order (last axis fastest, as
+// the producers load them): next() gives a tile's origin (group positions of a `kv_tile`-shaped
+// tile) and whether it is partial (outside w.full along an axis: masked per element).
+struct KvTileWalk {
+  int tile[3];
+
+  GNA_HOST_DEVICE explicit KvTileWalk(const FwdWork& w)
+      : tile{w.box.begin[0], w.box.begin[1], w.box.begin[2]} {}
+  GNA_HOST_DEVICE bool next(const FwdWork& w, const int kv_tile[3], int origin[3]) {
+    bool full = true;
+    GNA_UNROLL
+    for (int a = 0; a < 3; ++a) {
+      origin[a] = tile[a] * kv_tile[a];
+      full &= w.full[a].start <= tile[a] && tile[a] < w.full[a].end;
+    }
+    w.box.next(tile);
+    return !full;
+  }
+};
+
 // Token `r` of a tile of shape `tile` (row-major over the kernel axes, last axis fastest) as
 // per-axis offsets. The kernels pass compile-time shapes (their divisions fold away).
 GNA_HOST_DEVICE void tile_offsets(const int tile[3], int r, int o[3]) {

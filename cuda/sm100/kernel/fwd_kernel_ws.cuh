@@ -277,17 +277,11 @@ struct FwdKernel {
     const float mult = prescale ? 1.f : p.scale_log2;
     Tensor sP = make_tensor(make_smem_ptr(ss.p), SmemLayoutP{});
 
-    int tile[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
+    KvTileWalk kv_tiles(w);
     const int n = w.box.size();
     for (int j = 0; j < n; ++j) {
       int origin[3];
-      bool full = true;
-      CUTLASS_PRAGMA_UNROLL
-      for (int a = 0; a < 3; ++a) {
-        origin[a] = tile[a] * kv_tile[a];
-        full &= w.full[a].start <= tile[a] && tile[a] < w.full[a].end;
-      }
-      w.box.next(tile);
+      const bool full = !kv_tiles.next(w, kv_tile, origin);
 
       // S_j into registers; the buffer is then free for S_{j+2}.
       uint32_t s_bits[kTileKV];

@@ -44,6 +44,7 @@
 #include "../fwd_config.h"
 #include "consumer_turns.cuh"
 #include "fp8_exp2.cuh"
+#include "fwd_out_rows.cuh"
 #include "fwd_trace.cuh"
 #include "gna/tile_box.h"
 #include "nonfinite_rows.cuh"
@@ -138,10 +139,9 @@ struct FwdFp8Kernel {
   // An item's last P V in the next item's first GEMM turn (fwd_config.h, consumer()).
   static constexpr bool kOverlapItems = fwd_overlap_items(kHeadDim);
   // Registers per thread after the split (128 x producer + 256 x consumer <= 64K): at d256 O
-  // alone takes 128 of a consumer's, and with kOverlapItems the epilogue runs beside the next
-  // item's S (at 216 ptxas spilled in the tile loop), so there the producer gives up 8 more.
-  static constexpr int kProducerRegs = kHeadDim == 256 || kOverlapItems ? 56 : 64;
-  static constexpr int kConsumerRegs = kHeadDim == 256 || kOverlapItems ? 224 : 216;
+  // alone takes 128 of a consumer's, so the producer gives up 8 more.
+  static constexpr int kProducerRegs = kHeadDim == 256 ? 56 : 64;
+  static constexpr int kConsumerRegs = kHeadDim == 256 ? 224 : 216;
   static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 65536, "the register file");
   // P = exp2(S * scale log2 e - running max + kPOffsetLog2): at most 2^kPOffsetLog2 against
   // the tile's max, at most kMaxP against a running max the softmax did not raise (consumer(),
@@ -661,66 +661,23 @@ struct FwdFp8Kernel {
     auto stamp = [&](int visit, int k) { fwd_trace::stamp(ctid, count, visit, k); };
 
     // The item whose last P V and epilogue are still to come (its P in tOrP0, its V^T at
-    // state_vt): where its rows go and what they are scaled by, set at its end (the next item's
-    // descales replace its own).
+    // state_vt): its rows (fwd_out_rows.cuh; set at its end, as the next item's descales replace
+    // its own), its count and visits (for the trace).
     bool pending = false;
-    int64_t out_token[2] = {-1, -1};  // per row: token index, or -1 outside the grid
-    int out_head = 0;
-    float out_inv[2], out_lse[2], out_sum[2];
-    int out_count = 0;
-    int out_visits = 0;
-    // Normalise (times v_descale), LSE (without P's offset).
+    OutRows out;
+    int out_count = 0, out_visits = 0;
     auto set_out = [&](const Work& w, int n) {
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        float s = row_sum[r];
-        s += __shfl_xor_sync(0xffffffff, s, 1);
-        s += __shfl_xor_sync(0xffffffff, s, 2);
-        out_sum[r] = s;
-        out_inv[r] = s > 0.f ? v_descale / s : 0.f;
-        const float m_scaled = row_max[r] == -INFINITY ? 0.f : row_max[r] * mult;
-        out_lse[r] = s > 0.f ? (m_scaled - float(kPOffsetLog2) + __log2f(s)) * 0.69314718055994531f
-                             : -INFINITY;
-        out_token[r] = fwd_device::q_row_token<kQ0, kQ1, kQ2>(p, w, row_base + 8 * r);
-      }
-      out_head = w.head;
+      out.set<kQ0, kQ1, kQ2>(p, w);
+      out.scale(row_sum, row_max, mult, v_descale, kPOffsetLog2);
       out_count = count;
       out_visits = n;
     };
     bool seen = false;  // a row of this thread's came out non-finite
-
-    // Epilogue of the pending item, once its last P V landed: O from registers to global memory,
-    // and the LSE. `empty` (std::true_type): an item without keys, O = 0 and lse = -inf
-    // (written without touching tOrO, which must not be written outside the GEMMs' stages).
+    // The pending item's epilogue, once its last P V landed (`empty`, std::true_type: an item
+    // without keys). A row that a non-finite input reached is recomputed after the last item.
     auto epilogue = [&](auto empty) {
-      constexpr bool kEmpty = decltype(empty)::value;
-      if constexpr (!kEmpty) {
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= out_inv[(i >> 1) & 1];
-      }
-      if ((ctid & 3) == 0) {
-        CUTLASS_PRAGMA_UNROLL
-        for (int r = 0; r < 2; ++r) {
-          if (out_token[r] >= 0)
-            p.lse[out_token[r] * p.heads + out_head] = kEmpty ? -INFINITY : out_lse[r];
-        }
-      }
-      cutlass::NumericArrayConverter<OutElement, float, 2> cvt;
-      using Pair = cutlass::Array<OutElement, 2>;
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        if (out_token[r] < 0) continue;
-        OutElement* row_out =
-            static_cast<OutElement*>(p.out) + (out_token[r] * p.heads + out_head) * kHeadDim;
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 2 * r; i < size(tOrO); i += 4) {
-          *reinterpret_cast<Pair*>(row_out + 8 * (i >> 2) + col_base) =
-              kEmpty ? Pair{} : cvt(cutlass::Array<float, 2>{tOrO(i), tOrO(i + 1)});
-        }
-      }
+      seen |= out.store<decltype(empty)::value, kHeadDim, OutElement>(p, tOrO);
       fwd_trace::stamp_item(ctid, out_count, fwd_trace::kItemDone);
-      // A row that a non-finite input of its tiles reached: recomputed after the last item.
-      if constexpr (!kEmpty) seen |= has_nonfinite_row(tOrO, out_sum);
       pending = false;
     };
     // The pending item's last P V, issued in the current GEMM turn once its V^T landed.
@@ -753,17 +710,7 @@ struct FwdFp8Kernel {
         fwd_device::tile_offsets<kQ0, kQ1, kQ2>(row_base + 8 * r, o);
         row_window(w, q_tile, o, row_win_lo[r], row_win_len[r]);
       }
-      int tile[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
-      auto tile_info = [&](int* origin) {
-        bool full = true;
-        CUTLASS_PRAGMA_UNROLL
-        for (int a = 0; a < 3; ++a) {
-          origin[a] = tile[a] * kv_tile[a];
-          full &= w.full[a].start <= tile[a] && tile[a] < w.full[a].end;
-        }
-        w.box.next(tile);
-        return !full;
-      };
+      KvTileWalk kv_tiles(w);
       const int n = w.box.size();
 
       fwd_trace::stamp_item(ctid, count, fwd_trace::kItemEntry);
@@ -794,7 +741,7 @@ struct FwdFp8Kernel {
         pass_turn();
         stamp(0, 2);
         int origin[3];
-        const bool partial = tile_info(origin);
+        const bool partial = kv_tiles.next(w, kv_tile, origin);
         warpgroup_wait<0>();
         stamp(0, 3);
         pipe_k.consumer_release(state_k);
@@ -828,7 +775,7 @@ struct FwdFp8Kernel {
         pass_turn();
         stamp(j, 2);
         int origin[3];
-        const bool partial = tile_info(origin);
+        const bool partial = kv_tiles.next(w, kv_tile, origin);
         warpgroup_wait<1>();  // S (the older batch)
         stamp(j, 3);
         pipe_k.consumer_release(state_k);

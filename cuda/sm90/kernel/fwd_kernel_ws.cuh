@@ -44,6 +44,7 @@
 #include "../../common/shared_storage.cuh"
 #include "../fwd_config.h"
 #include "consumer_turns.cuh"
+#include "fwd_out_rows.cuh"
 #include "fwd_trace.cuh"
 #include "gna/tile_box.h"
 #include "nonfinite_rows.cuh"
@@ -399,68 +400,22 @@ struct FwdKernel {
     auto stamp = [&](int visit, int k) { fwd_trace::stamp(ctid, count, visit, k); };
 
     // The item whose last P V and epilogue are still to come (its P in tOrP, its V at state_v):
-    // where its rows go.
+    // its rows (fwd_out_rows.cuh), its count and visits (for the trace).
     bool pending = false;
-    int64_t out_token[2] = {-1, -1};  // per row: token index, or -1 outside the grid
-    int out_head = 0;
-    int out_count = 0;
-    int out_visits = 0;
+    OutRows out;
+    int out_count = 0, out_visits = 0;
     auto set_out = [&](const Work& w, int n) {
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r)
-        out_token[r] = fwd_device::q_row_token<kQ0, kQ1, kQ2>(p, w, row_base + 8 * r);
-      out_head = w.head;
+      out.set<kQ0, kQ1, kQ2>(p, w);
       out_count = count;
       out_visits = n;
     };
     bool seen = false;  // a row of this thread's came out non-finite
-
-    // Epilogue of the pending item, once its last P V landed: normalise, LSE, O from registers
-    // to global memory. `empty` (std::true_type): an item without keys, O = 0 and lse = -inf
-    // (written without touching tOrO, which must not be written outside the GEMMs' stages).
+    // The pending item's epilogue, once its last P V landed (`empty`, std::true_type: an item
+    // without keys). A row that a non-finite input reached is recomputed after the last item.
     auto epilogue = [&](auto empty) {
-      constexpr bool kEmpty = decltype(empty)::value;
-      float inv[2], lse[2], sum[2];
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        float s = row_sum[r];
-        s += __shfl_xor_sync(0xffffffff, s, 1);
-        s += __shfl_xor_sync(0xffffffff, s, 2);
-        sum[r] = s;
-        inv[r] = s > 0.f ? 1.f / s : 0.f;
-        const float m_scaled = row_max[r] == -INFINITY ? 0.f : row_max[r] * mult;
-        lse[r] = s > 0.f && !kEmpty ? (m_scaled + __log2f(s)) * 0.69314718055994531f : -INFINITY;
-      }
-      if constexpr (!kEmpty) {
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= inv[(i >> 1) & 1];
-      }
-
-      if ((ctid & 3) == 0) {
-        CUTLASS_PRAGMA_UNROLL
-        for (int r = 0; r < 2; ++r) {
-          if (out_token[r] >= 0) p.lse[out_token[r] * p.heads + out_head] = lse[r];
-        }
-      }
-
-      // Each thread stores its pairs of neighbouring columns (one 32-bit word each): the four
-      // threads of a row write 16 contiguous bytes per 8-column block.
-      cutlass::NumericArrayConverter<Element, float, 2> cvt;
-      using Pair = cutlass::Array<Element, 2>;
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        if (out_token[r] < 0) continue;
-        Element* row_out =
-            static_cast<Element*>(p.out) + (out_token[r] * p.heads + out_head) * kHeadDim;
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 2 * r; i < size(tOrO); i += 4) {  // element i: row 8 r, column 8 (i >> 2)
-          *reinterpret_cast<Pair*>(row_out + 8 * (i >> 2) + col_base) =
-              kEmpty ? Pair{} : cvt(cutlass::Array<float, 2>{tOrO(i), tOrO(i + 1)});
-        }
-      }
+      out.scale(row_sum, row_max, mult, 1.f, 0);  // the pending item's: the next one resets them
+      seen |= out.store<decltype(empty)::value, kHeadDim, Element>(p, tOrO);
       fwd_trace::stamp_item(ctid, out_count, fwd_trace::kItemDone);
-      // A row that a non-finite input of its tiles reached: recomputed after the last item.
-      if constexpr (!kEmpty) seen |= has_nonfinite_row(tOrO, sum);
       pending = false;
     };
     // The pending item's last P V in a turn of its own (no next item to pair it with).
@@ -497,17 +452,7 @@ struct FwdKernel {
         row_window(w, q_tile, o, row_win_lo[r], row_win_len[r]);
       }
       // KV tiles in box order (last axis fastest, as the producer loads them).
-      int tile[3] = {w.box.begin[0], w.box.begin[1], w.box.begin[2]};
-      auto tile_info = [&](int* origin) {
-        bool full = true;
-        CUTLASS_PRAGMA_UNROLL
-        for (int a = 0; a < 3; ++a) {
-          origin[a] = tile[a] * kv_tile[a];
-          full &= w.full[a].start <= tile[a] && tile[a] < w.full[a].end;
-        }
-        w.box.next(tile);
-        return !full;  // partial: mask per element
-      };
+      KvTileWalk kv_tiles(w);
       const int n = w.box.size();
 
       fwd_trace::stamp_item(ctid, count, fwd_trace::kItemEntry);
@@ -538,7 +483,7 @@ struct FwdKernel {
         pass_turn();
         stamp(0, 2);
         int origin[3];
-        const bool partial = tile_info(origin);
+        const bool partial = kv_tiles.next(w, kv_tile, origin);
         warpgroup_wait<0>();
         stamp(0, 3);
         pipe_k.consumer_release(state_k);
@@ -568,7 +513,7 @@ struct FwdKernel {
         pass_turn();
         stamp(j, 2);
         int origin[3];
-        const bool partial = tile_info(origin);
+        const bool partial = kv_tiles.next(w, kv_tile, origin);
         // S_j ready and P_{j-1} V_{j-1} done: P is rewritten by the softmax, O rescaled. (The
         // compiler would wait for P V here anyway, to interleave P's conversion with the
         // exponentials.)
