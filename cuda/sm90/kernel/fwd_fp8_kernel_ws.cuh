@@ -44,6 +44,7 @@
 #include "../fwd_config.h"
 #include "consumer_turns.cuh"
 #include "fp8_exp2.cuh"
+#include "fwd_gemms.cuh"
 #include "fwd_out_rows.cuh"
 #include "fwd_trace.cuh"
 #include "gna/tile_box.h"
@@ -447,35 +448,6 @@ struct FwdFp8Kernel {
       transpose_next(ss, pipes, st, tid);
       load_next();
     }
-  }
-
-  template <class TA, class TB, class TC>
-  static CUTLASS_DEVICE void gemm_qk(TiledMmaQK& mma, const TA& tA, const TB& tB, TC& tC) {
-    cute::warpgroup_fence_operand(tC);
-    cute::warpgroup_arrive();
-    mma.accumulate_ = cute::GMMA::ScaleOut::Zero;
-    CUTLASS_PRAGMA_UNROLL
-    for (int kb = 0; kb < cute::size<2>(tA); ++kb) {
-      cute::gemm(mma, tA(cute::_, cute::_, kb), tB(cute::_, cute::_, kb), tC);
-      mma.accumulate_ = cute::GMMA::ScaleOut::One;
-    }
-    cute::warpgroup_commit_batch();
-    cute::warpgroup_fence_operand(tC);
-  }
-
-  template <class TA, class TB, class TC>
-  static CUTLASS_DEVICE void gemm_pv(TiledMmaPV& mma, TA& tA, const TB& tB, TC& tC) {
-    cute::warpgroup_fence_operand(tA);
-    cute::warpgroup_fence_operand(tC);
-    cute::warpgroup_arrive();
-    mma.accumulate_ = cute::GMMA::ScaleOut::One;
-    CUTLASS_PRAGMA_UNROLL
-    for (int kb = 0; kb < cute::size<2>(tA); ++kb) {
-      cute::gemm(mma, tA(cute::_, cute::_, kb), tB(cute::_, cute::_, kb), tC);
-    }
-    cute::warpgroup_commit_batch();
-    cute::warpgroup_fence_operand(tC);
-    cute::warpgroup_fence_operand(tA);
   }
 
   // Every work item of the CTA, the pipeline states carried from one to the next; where

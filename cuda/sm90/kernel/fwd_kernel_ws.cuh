@@ -44,6 +44,7 @@
 #include "../../common/shared_storage.cuh"
 #include "../fwd_config.h"
 #include "consumer_turns.cuh"
+#include "fwd_gemms.cuh"
 #include "fwd_out_rows.cuh"
 #include "fwd_trace.cuh"
 #include "gna/tile_box.h"
@@ -177,35 +178,6 @@ struct FwdKernel {
           ss.v + state_v.index() * kTileKV * kHeadDim, kChunkBytesKV, fwd_device::kEvictLast);
       ++state_v;
     }
-  }
-
-  template <class TA, class TB, class TC>
-  static CUTLASS_DEVICE void gemm_qk(TiledMmaQK& mma, const TA& tA, const TB& tB, TC& tC) {
-    cute::warpgroup_fence_operand(tC);
-    cute::warpgroup_arrive();
-    mma.accumulate_ = cute::GMMA::ScaleOut::Zero;
-    CUTLASS_PRAGMA_UNROLL
-    for (int kb = 0; kb < cute::size<2>(tA); ++kb) {
-      cute::gemm(mma, tA(cute::_, cute::_, kb), tB(cute::_, cute::_, kb), tC);
-      mma.accumulate_ = cute::GMMA::ScaleOut::One;
-    }
-    cute::warpgroup_commit_batch();
-    cute::warpgroup_fence_operand(tC);
-  }
-
-  template <class TA, class TB, class TC>
-  static CUTLASS_DEVICE void gemm_pv(TiledMmaPV& mma, TA& tA, const TB& tB, TC& tC) {
-    cute::warpgroup_fence_operand(tA);
-    cute::warpgroup_fence_operand(tC);
-    cute::warpgroup_arrive();
-    mma.accumulate_ = cute::GMMA::ScaleOut::One;
-    CUTLASS_PRAGMA_UNROLL
-    for (int kb = 0; kb < cute::size<2>(tA); ++kb) {
-      cute::gemm(mma, tA(cute::_, cute::_, kb), tB(cute::_, cute::_, kb), tC);
-    }
-    cute::warpgroup_commit_batch();
-    cute::warpgroup_fence_operand(tC);
-    cute::warpgroup_fence_operand(tA);
   }
 
   // Every work item of the CTA, the pipeline states carried from one to the next. Each item ends

@@ -73,15 +73,18 @@ struct OutRows {
     CUTLASS_PRAGMA_UNROLL
     for (int r = 0; r < 2; ++r) {
       if (token[r] < 0) continue;
-      OutElement* row_out = static_cast<OutElement*>(p.out) + (token[r] * p.heads + head) * kHeadDim;
+      OutElement* row_out =
+          static_cast<OutElement*>(p.out) + (token[r] * p.heads + head) * kHeadDim;
       CUTLASS_PRAGMA_UNROLL
       for (int i = 2 * r; i < cute::size(o); i += 4) {  // element i: row 8 r, column 8 (i >> 2)
         *reinterpret_cast<Pair*>(row_out + 8 * (i >> 2) + col_base) =
             kEmpty ? Pair{} : cvt(cutlass::Array<float, 2>{o(i), o(i + 1)});
       }
     }
-    if constexpr (kEmpty) return false;
-    else return has_nonfinite_row(o, sum);
+    if constexpr (kEmpty)
+      return false;
+    else
+      return has_nonfinite_row(o, sum);
   }
 };
 
