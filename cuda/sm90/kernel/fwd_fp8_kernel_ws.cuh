@@ -499,12 +499,11 @@ struct FwdFp8Kernel {
     int row_win_lo[2][3], row_win_len[2][3];
 
     // The current item's descales (of its query head; k and v: of its key/value head, per query
-    // head) and softmax state, set by start_item once the previous item's epilogue has its own.
+    // head), set at its start (the previous item's epilogue has its own in OutRows), and its
+    // softmax state, reset by start_item once the previous item's epilogue is done.
     float v_descale = 1.f, scale_log2 = 1.f, mult = 1.f;
     bool prescale = false;
-    float row_max[2] = {-INFINITY, -INFINITY};
-    float row_sum[2] = {0.f, 0.f};
-    auto start_item = [&](const Work& w) {
+    auto set_descales = [&](const Work& w) {
       const float q_descale = p.descale[w.head];
       const float k_descale = p.descale[p.heads + w.head];
       v_descale = p.descale[2 * p.heads + w.head];
@@ -513,6 +512,10 @@ struct FwdFp8Kernel {
       // scale would flip the max, so such scores are scaled before the mask.
       prescale = !(scale_log2 > 0.f);
       mult = prescale ? 1.f : scale_log2;
+    };
+    float row_max[2] = {-INFINITY, -INFINITY};
+    float row_sum[2] = {0.f, 0.f};
+    auto start_item = [&] {
       row_max[0] = row_max[1] = -INFINITY;
       row_sum[0] = row_sum[1] = 0.f;
       clear(tOrO);
@@ -684,6 +687,7 @@ struct FwdFp8Kernel {
       }
       KvTileWalk kv_tiles(w);
       const int n = w.box.size();
+      set_descales(w);
 
       fwd_trace::stamp_item(ctid, count, fwd_trace::kItemEntry);
       cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, count & 1);
@@ -724,7 +728,7 @@ struct FwdFp8Kernel {
           ++state_vt;
           epilogue(std::false_type{});
         }
-        start_item(w);
+        start_item();
         float corr[2];
         ConsumerTurns::take_softmax(wg);
         softmax_step(tOrP0, partial, origin, corr, /*speculate=*/false);
