@@ -168,8 +168,9 @@ def gna(
       q_descale: float8 inputs only (``query``, ``key``, ``value`` all ``float8_e4m3fn`` or all
         ``float8_e5m2``): the query is read as ``query.astype(float32) * q_descale``. A float32
         scalar (per tensor) or array ``[H]`` (per query head); None means 1. Must be finite.
-        Float8 calls run on the Hopper FP8 kernel (``"cuda"``: ``float8_e4m3fn``, head dim
-        64, 128 or 256) or on ``"xla"``/``"reference"`` in float32 on the dequantised values, return
+        Float8 calls run on the FP8 kernels (``"cuda"``: ``float8_e4m3fn``, head dim 64, 128 or
+        256 on Hopper, 64 or 128 on Blackwell, never run there) or on ``"xla"``/``"reference"``
+        in float32 on the dequantised values, return
         ``out`` in bfloat16 unless ``out_dtype`` says otherwise, and are forward only:
         differentiating through one raises (compute gradients in bf16/fp16). Extra tokens
         are in the same float8 dtype and take ``k_descale``/``v_descale``.

@@ -7,7 +7,8 @@ as in JAX's FP8 attention and FlashAttention-3: ``q_descale``, ``k_descale``, ``
 ``q_descale``, per key/value head for the others). The value attention sees is
 ``x.astype(float32) * descale``; extra tokens are in the same float8 dtype and take
 ``k_descale``/``v_descale``. The ``cuda`` implementation computes float8_e4m3fn in FP8 on Hopper
-(its FP8 forward kernel takes the descales, `descale_rows`); the ``xla`` and ``reference``
+(and on Blackwell, built but never run; its FP8 forward kernels take the descales,
+`descale_rows`); the ``xla`` and ``reference``
 implementations attend to the dequantised float32 values. The output is bfloat16
 (`FP8_OUT_DTYPE`) unless the call's ``out_dtype`` says otherwise (never float8). FP8 attention
 is forward only (`dequantize` and `forward_only` make differentiation raise).

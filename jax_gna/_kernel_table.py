@@ -18,11 +18,12 @@ import dataclasses
 # The dtypes every kernel family compiles, as NumPy names and as the C++ `gna::DType`.
 DTYPES = {"float16": "kF16", "bfloat16": "kBF16"}
 
-# FP8 forward kernels (cuda/sm90/kernel/fwd_fp8_kernel_ws.cuh: float8_e4m3fn inputs with
-# descales, bfloat16 output), per arch the head dims that have them, in every tile configuration
-# of the 16-bit forward of that head dim. Never in the smoke set.
+# FP8 forward kernels (float8_e4m3fn inputs with descales, bfloat16 output; sm90:
+# cuda/sm90/kernel/fwd_fp8_kernel_ws.cuh, sm100: the 16-bit kernel's template), per arch the head
+# dims that have them, in every tile configuration of the 16-bit forward of that head dim. Never
+# in the smoke set.
 FP8_DTYPES = {"float8_e4m3fn": "kE4M3"}
-FP8_FORWARD = {"sm90": (64, 128, 256)}
+FP8_FORWARD = {"sm90": (64, 128, 256), "sm100": (64, 128)}
 
 
 def cxx_dtype(dtype: str) -> str:

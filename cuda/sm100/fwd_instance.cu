@@ -1,5 +1,6 @@
 // One sm100 forward kernel per translation unit, so that a build compiles the kernels in
-// parallel. The build defines which one: GNA_FWD_DTYPE (kF16 | kBF16), GNA_FWD_HEAD_DIM,
+// parallel. The build defines which one: GNA_FWD_DTYPE (kF16 | kBF16 | kE4M3: FP8 inputs,
+// bfloat16 output), GNA_FWD_HEAD_DIM,
 // GNA_FWD_RANK and GNA_FWD_CONFIG (the tile configuration's index in fwd_config.h's table)
 // (the kernel table, jax_gna/_kernel_table.py, lists them).
 #include "../common/kernel_instance.cuh"

@@ -93,6 +93,16 @@ inline constexpr KernelRow kFwdKernels[] = {
     {DType::kBF16, 128, 2, 1, false},
     {DType::kBF16, 128, 3, 0, true},
     {DType::kBF16, 128, 3, 1, false},
+    {DType::kE4M3, 64, 1, 0, false},
+    {DType::kE4M3, 64, 2, 0, false},
+    {DType::kE4M3, 64, 2, 1, false},
+    {DType::kE4M3, 64, 3, 0, false},
+    {DType::kE4M3, 64, 3, 1, false},
+    {DType::kE4M3, 128, 1, 0, false},
+    {DType::kE4M3, 128, 2, 0, false},
+    {DType::kE4M3, 128, 2, 1, false},
+    {DType::kE4M3, 128, 3, 0, false},
+    {DType::kE4M3, 128, 3, 1, false},
 };
 
 // Every backward kernel of the full set: dtype, head dim, rank, config, smoke.
@@ -119,7 +129,7 @@ inline constexpr KernelRow kBwdKernels[] = {
 
 // The head dims of the FP8 (float8_e4m3fn) forward kernels of the full set.
 constexpr bool fwd_fp8_head_dim(int head_dim) {
-  return head_dim < 0;
+  return head_dim == 64 || head_dim == 128;
 }
 
 // Whether this build holds the kernel (the shared dispatchers ask, through arch.h).
@@ -139,7 +149,7 @@ struct KernelTable {
   static constexpr const auto& kBwdHeadDims = sm100::kBwdHeadDims;
   static constexpr auto fwd_kernel_built = &sm100::fwd_kernel_built;
   static constexpr auto fwd_fp8_head_dim = &sm100::fwd_fp8_head_dim;
-  static constexpr bool kFwdTakesFp8 = false;
+  static constexpr bool kFwdTakesFp8 = true;
   static constexpr auto bwd_kernel_built = &sm100::bwd_kernel_built;
 };
 

@@ -11,7 +11,8 @@
 //   warps 0-3 (Softmax): thread t owns query row t, which is TMEM lane t (an M = 128 UMMA
 //     accumulator holds row m in lane m). Per KV tile j: S_j from TMEM into registers, mask
 //     (partial tiles only), running max, rescale O in TMEM when a row's max grew, P_j = exp2
-//     into shared memory (bf16/f16); at the end O / rowsum to global memory and the LSE.
+//     into shared memory (bf16/f16, or e4m3 for FP8 inputs); at the end O / rowsum to global
+//     memory and the LSE.
 //   warp 4 (Mma): allocates TMEM; one elected thread issues S_{j+1} = Q K_{j+1}^T (SS UMMA into
 //     the S buffer (j+1) % 2) before O += P_j V_j (SS UMMA, P from shared memory), so the
 //     tensor core computes the next S while the softmax works on the current one.
@@ -23,7 +24,9 @@
 // spatial axis with element stride = dilation, so a box lands only the tokens of the CTA's
 // group. Tokens outside the grid (TMA zero-fill, or the next batch entry where the batch is
 // folded into the first axis) are masked by coordinates and query rows outside the grid are
-// never stored. A row that sees no key gets O = 0 and LSE = -inf. A row that comes out
+// never stored. A row that sees no key gets O = 0 and LSE = -inf. FP8 inputs (float8_e4m3fn)
+// run the same kernel: kind::f8f6f4 UMMAs, the descales of FwdParams, P in e4m3 offset by
+// 2^kPOffsetLog2, O in bfloat16. A row that comes out
 // non-finite is computed again key by key over its own window (cuda/common/exact_row.h), so a
 // non-finite input reaches only the queries whose window holds it.
 #pragma once
@@ -54,9 +57,17 @@ namespace gna::sm100 {
 enum class WarpRole : int { Softmax = 0, Mma = 4, Load = 5 };
 
 // kConfig_: which of fwd_tile_configs(kRank, kHeadDim) (fwd_config.h) the kernel runs.
+// Element_: float16, bfloat16, or float8_e4m3fn (FP8: descales from FwdParams::descale, P in
+// float8_e4m3fn, O in bfloat16).
 template <class Element_, int kHeadDim_, int kRank_, int kConfig_>
 struct FwdKernel {
   using Element = Element_;
+  static constexpr bool kFp8 = sizeof(Element) == 1;
+  using OutElement = cute::conditional_t<kFp8, cutlass::bfloat16_t, Element>;
+  // FP8: P = exp2(S - max + kPOffsetLog2) <= 2^kPOffsetLog2 (the tile's max is always taken),
+  // inside float8_e4m3fn's range (448) and far above its smallest normal (2^-6); the offset
+  // cancels in O / row sum and is taken out of the LSE.
+  static constexpr int kPOffsetLog2 = kFp8 ? 8 : 0;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kRank = kRank_;
   static constexpr FwdTileConfig kTiles = fwd_tile_config(kRank, kHeadDim, kConfig_);
@@ -77,13 +88,15 @@ struct FwdKernel {
   static constexpr int kTmemColumns = 512;
   static_assert(kTmemO + kHeadDim <= kTmemColumns, "S0, S1 and O must fit in TMEM");
 
-  // Smem tiles are loaded in chunks of 64 elements (128 B, SW128) along D, or
-  // one 32-element chunk (64 B, SW64) for d32.
-  static constexpr int kChunk = kHeadDim >= 64 ? 64 : 32;
+  // Smem tiles are loaded in chunks of 128 B along D (SW128: 64 16-bit or 128 FP8 elements),
+  // or one 64-byte chunk (SW64) where the head dim holds less (fwd_host.h, load_chunk).
+  static constexpr int kChunk = cute::min(128 / int(sizeof(Element)), kHeadDim);
   static constexpr int kChunks = kHeadDim / kChunk;
-  using AtomK = cute::conditional_t<kChunk == 64, cute::UMMA::Layout_K_SW128_Atom<Element>,
+  static constexpr bool kSw128 = kChunk * int(sizeof(Element)) == 128;
+  static_assert(kSw128 || kChunk * int(sizeof(Element)) == 64, "128- or 64-byte chunks");
+  using AtomK = cute::conditional_t<kSw128, cute::UMMA::Layout_K_SW128_Atom<Element>,
                                     cute::UMMA::Layout_K_SW64_Atom<Element>>;
-  using AtomMN = cute::conditional_t<kChunk == 64, cute::UMMA::Layout_MN_SW128_Atom<Element>,
+  using AtomMN = cute::conditional_t<kSw128, cute::UMMA::Layout_MN_SW128_Atom<Element>,
                                      cute::UMMA::Layout_MN_SW64_Atom<Element>>;
   // Q, K: K-major (token rows, D contiguous), D chunks after all rows of a chunk:
   // exactly where consecutive TMA boxes of kChunk x tile tokens land.
@@ -100,14 +113,26 @@ struct FwdKernel {
   using SmemLayoutP =
       decltype(cute::tile_to_shape(cute::UMMA::Layout_K_SW128_Atom<Element>{},
                                    cute::Shape<cute::Int<kTileQ>, cute::Int<kTileKV>>{}));
-  static_assert(column_runs_contiguous<SmemLayoutP, kTileQ, kTileKV, 8>(), "P 16-byte stores");
+  static constexpr int kPVector = 16 / int(sizeof(Element));  // P elements per 16-byte store
+  static_assert(column_runs_contiguous<SmemLayoutP, kTileQ, kTileKV, kPVector>(),
+                "P 16-byte stores");
 
+  // One UMMA atom of M x N (fp32 accumulators in TMEM) with A and B of the given majors:
+  // kind::f16 for 16-bit inputs, kind::f8f6f4 for FP8.
+  template <int M, int N, cute::UMMA::Major A, cute::UMMA::Major B>
+  using Umma = cute::conditional_t<
+      kFp8,
+      cute::MMA_Atom<
+          cute::MMA_Traits<cute::SM100_MMA_F8F6F4_SS, Element, Element, float, cute::C<M>,
+                           cute::C<N>, cute::integral_constant<cute::UMMA::Major, A>,
+                           cute::integral_constant<cute::UMMA::Major, B>,
+                           cute::integral_constant<cute::UMMA::ScaleIn, cute::UMMA::ScaleIn::One>,
+                           cute::integral_constant<cute::UMMA::ScaleIn, cute::UMMA::ScaleIn::One>>>,
+      cute::SM100_MMA_F16BF16_SS<Element, Element, float, M, N, A, B>>;
   using TiledMmaQK = decltype(cute::make_tiled_mma(
-      cute::SM100_MMA_F16BF16_SS<Element, Element, float, kTileQ, kTileKV, cute::UMMA::Major::K,
-                                 cute::UMMA::Major::K>{}));
+      Umma<kTileQ, kTileKV, cute::UMMA::Major::K, cute::UMMA::Major::K>{}));
   using TiledMmaPV = decltype(cute::make_tiled_mma(
-      cute::SM100_MMA_F16BF16_SS<Element, Element, float, kTileQ, kHeadDim, cute::UMMA::Major::K,
-                                 cute::UMMA::Major::MN>{}));
+      Umma<kTileQ, kHeadDim, cute::UMMA::Major::K, cute::UMMA::Major::MN>{}));
 
   struct SharedStorage {
     alignas(1024) Element q[kTileQ * kHeadDim];
@@ -271,10 +296,17 @@ struct FwdKernel {
 
     float row_max = -INFINITY;
     float row_sum = 0.f;
+    // The scores' scale (FP8: times the q and k descales of this item's query head) and the
+    // values' (the v descale).
+    float scale_log2 = p.scale_log2, v_scale = 1.f;
+    if constexpr (kFp8) {
+      scale_log2 *= p.descale[w.head] * p.descale[p.heads + w.head];
+      v_scale = p.descale[2 * p.heads + w.head];
+    }
     // Scores enter exp2 as S * mult - max * mult (one FFMA). A non-positive
     // scale would flip the max, so such scores are scaled before the mask.
-    const bool prescale = p.prescale != 0;
-    const float mult = prescale ? 1.f : p.scale_log2;
+    const bool prescale = kFp8 ? !(scale_log2 > 0.f) : p.prescale != 0;
+    const float mult = prescale ? 1.f : scale_log2;
     Tensor sP = make_tensor(make_smem_ptr(ss.p), SmemLayoutP{});
 
     KvTileWalk kv_tiles(w);
@@ -299,7 +331,7 @@ struct FwdKernel {
 
       if (prescale) {
         CUTLASS_PRAGMA_UNROLL
-        for (int c = 0; c < kTileKV; ++c) s[c] *= p.scale_log2;
+        for (int c = 0; c < kTileKV; ++c) s[c] *= scale_log2;
       }
       if (!full) {
         // Column c is KV token c of the tile: its per-axis offsets are compile-time.
@@ -323,9 +355,10 @@ struct FwdKernel {
       const float corr = exp2_approx(row_max * mult - m_scaled);
       row_max = m;
       float sp[4] = {0.f, 0.f, 0.f, 0.f};
+      const float m_p = m_scaled - float(kPOffsetLog2);  // FP8: P offset by 2^kPOffsetLog2
       CUTLASS_PRAGMA_UNROLL
       for (int c = 0; c < kTileKV; ++c) {
-        s[c] = exp2_approx(s[c] * mult - m_scaled);
+        s[c] = exp2_approx(s[c] * mult - m_p);
         sp[c & 3] += s[c];
       }
       row_sum = row_sum * corr + ((sp[0] + sp[1]) + (sp[2] + sp[3]));
@@ -350,14 +383,15 @@ struct FwdKernel {
           cutlass::arch::fence_view_async_tmem_store();
         }
       }
-      // P_j: 8 elements (16 bytes) at a time into this row of the swizzled P tile.
-      cutlass::NumericArrayConverter<Element, float, 8> cvt;
+      // P_j: 16 bytes (8 16-bit or 16 FP8 elements) at a time into this row of the swizzled P
+      // tile.
+      cutlass::NumericArrayConverter<Element, float, kPVector> cvt;
       CUTLASS_PRAGMA_UNROLL
-      for (int c = 0; c < kTileKV; c += 8) {
-        cutlass::Array<float, 8> f;
+      for (int c = 0; c < kTileKV; c += kPVector) {
+        cutlass::Array<float, kPVector> f;
         CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < 8; ++i) f[i] = s[c + i];
-        const cutlass::Array<Element, 8> h = cvt(f);
+        for (int i = 0; i < kPVector; ++i) f[i] = s[c + i];
+        const cutlass::Array<Element, kPVector> h = cvt(f);
         // cute's swizzled address is an integer: a plain store would be a generic one.
         store_shared_16b(raw_pointer_cast(&sP(row, c)), *reinterpret_cast<const uint4*>(&h));
       }
@@ -370,12 +404,13 @@ struct FwdKernel {
     GNA_FWD_WAIT(&ss.o_done, (n - 1) & 1, "o_done", -1, n);
     __syncwarp();
     tcgen05_after_thread_sync();
-    const float inv = row_sum > 0.f ? 1.f / row_sum : 0.f;
+    const float inv = row_sum > 0.f ? v_scale / row_sum : 0.f;
     const float m_scaled = row_max == -INFINITY ? 0.f : row_max * mult;
     const float lse =
-        row_sum > 0.f ? (m_scaled + __log2f(row_sum)) * 0.69314718055994531f : -INFINITY;
+        row_sum > 0.f ? (m_scaled - float(kPOffsetLog2) + __log2f(row_sum)) * 0.69314718055994531f
+                      : -INFINITY;
     const int64_t token = q_row_token<kQ0, kQ1, kQ2>(p, w, row);
-    Element* out = static_cast<Element*>(p.out) + (token * p.heads + w.head) * kHeadDim;
+    OutElement* out = static_cast<OutElement*>(p.out) + (token * p.heads + w.head) * kHeadDim;
     // x * 0 is 0 for a finite x, nan otherwise: whether the row came out non-finite.
     float probe = row_sum * 0.f;
     CUTLASS_PRAGMA_NO_UNROLL
@@ -392,7 +427,7 @@ struct FwdKernel {
             f[i] = __uint_as_float(o_bits[8 * v + i]) * inv;
             probe = fmaf(f[i], 0.f, probe);
           }
-          *reinterpret_cast<uint4*>(out + 32 * c + 8 * v) = pack8<Element>(f);
+          *reinterpret_cast<uint4*>(out + 32 * c + 8 * v) = pack8<OutElement>(f);
         }
       }
     }
@@ -405,7 +440,7 @@ struct FwdKernel {
   // Row `row` (token `token`, output row `out`) of work item `w` recomputed over its own window
   // by its thread alone, 32 columns at a time, and stored again with its LSE.
   static CUTLASS_DEVICE void rewrite_row(const FwdParams& p, const FwdWork& w, int row,
-                                         int64_t token, Element* out) {
+                                         int64_t token, OutElement* out) {
     constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     const ExactRow r = exact_row(p, w, q_tile, row, token, kHeadDim);
     const Element* q = static_cast<const Element*>(p.q);
@@ -421,7 +456,7 @@ struct FwdKernel {
       exact_row_values(r, stats, q, k, v, all, alone, cols, [&](int j) -> float& { return f[j]; });
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < 32; i += 8)
-        *reinterpret_cast<uint4*>(out + c + i) = fwd_device::pack8<Element>(f + i);
+        *reinterpret_cast<uint4*>(out + c + i) = fwd_device::pack8<OutElement>(f + i);
     }
     p.lse[token * p.heads + w.head] = exact_row_lse(stats);
   }
