@@ -60,20 +60,12 @@ def test_random_problems_match_the_reference_on_dequantized_inputs(rank, chunk):
         hopper._check(cases[i], seed=i, tiles=cases[i]["tiles"])
 
 
-COMPILED = [
-    (rank, dim, cfg)
-    for rank in (1, 2, 3)
-    for dim in HEAD_DIMS
-    for cfg in _tiles.supported_tiles(rank, dim, "bfloat16")
-]
+COMPILED = hopper.compiled_configurations(HEAD_DIMS)
 
 
 @pytest.mark.parametrize("rank,dim,tiles", COMPILED, ids=lambda x: str(x))
 def test_every_compiled_configuration(rank, dim, tiles):
-    for i, problem in enumerate(hopper.CONFIG_PROBLEMS[rank]):
-        case = dict(problem, batch=(2,), heads=4, heads_kv=2, dim=dim, scale=None, extra=0,
-                    descales="head")  # fmt: skip
-        hopper._check(case, seed=100 + i, tiles=tiles)
+    hopper.test_every_compiled_configuration(rank, dim, tiles)
 
 
 @pytest.mark.parametrize("per_head", [False, True], ids=["per_tensor", "per_head"])
