@@ -77,10 +77,13 @@ KNOBBED = [
 
 @pytest.mark.parametrize("kernel", KNOBBED, ids=lambda k: k.file_stem)
 def test_forward_development_knobs_compile(tmp_path, kernel):
-    """Softmax turns (GNA_SM90_FWD_TURNS=2) and the clock-stamp trace (GNA_SM90_FWD_TRACE,
-    benchmarks/fwd_trace.py): code that only a performance experiment builds, kept compiling."""
+    """Softmax turns (GNA_SM90_FWD_TURNS=2), the clock-stamp trace (GNA_SM90_FWD_TRACE,
+    benchmarks/fwd_trace.py) and item boundaries overlapped (GNA_SM90_FWD_OVERLAP_ITEMS=1): code
+    that only a performance experiment builds, kept compiling."""
     defines = dict(d.split("=") for d in generate_kernel_table.defines(kernel))
-    defines |= {"GNA_SM90_FWD_TURNS": "2", "GNA_SM90_FWD_TRACE": "1"}
+    defines |= {
+        "GNA_SM90_FWD_TURNS": "2", "GNA_SM90_FWD_TRACE": "1", "GNA_SM90_FWD_OVERLAP_ITEMS": "1"
+    }  # fmt: skip
     ptx = nvcc_build.kernel_ptx(
         tmp_path, kernel.arch, kernel.direction, defines, extra=("-Xcicc", "-O0")
     )
