@@ -65,12 +65,9 @@ GNA_HOST_DEVICE ExactRow exact_row(const FwdParams& p, const FwdWork& w, const i
   r.kv_heads = p.heads / p.kv_group;
   r.kv_head = w.head / p.kv_group;
   r.head_dim = head_dim;
-  r.scale_log2 = p.scale_log2;
-  r.v_scale = 1.f;
-  if (p.descale != nullptr) {
-    r.scale_log2 *= p.descale[w.head] * p.descale[p.heads + w.head];
-    r.v_scale = p.descale[2 * p.heads + w.head];
-  }
+  const HeadScales scales = head_scales(p, w.head);
+  r.scale_log2 = scales.scale_log2;
+  r.v_scale = scales.v_scale;
   return r;
 }
 

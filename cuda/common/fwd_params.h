@@ -225,6 +225,19 @@ GNA_HOST_DEVICE int64_t q_row_token(const FwdParams& p, const FwdWork& w, const 
   return token;
 }
 
+// The scores' scale (log2 units) and the values' of query head `head`: an FP8 launch
+// (FwdParams::descale set) multiplies the scores by the head's q and k descales and the values by
+// its v descale; any other, scale_log2 and 1.
+struct HeadScales {
+  float scale_log2;
+  float v_scale;
+};
+GNA_HOST_DEVICE HeadScales head_scales(const FwdParams& p, int head) {
+  if (p.descale == nullptr) return {p.scale_log2, 1.f};
+  return {p.scale_log2 * (p.descale[head] * p.descale[p.heads + head]),
+          p.descale[2 * p.heads + head]};
+}
+
 // Host only from here: what a dispatcher derives from a Problem.
 
 // The problem in kernel axes: a rank-r problem is left-padded with trivial

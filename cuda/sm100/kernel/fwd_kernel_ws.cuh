@@ -298,11 +298,9 @@ struct FwdKernel {
     float row_sum = 0.f;
     // The scores' scale (FP8: times the q and k descales of this item's query head) and the
     // values' (the v descale).
-    float scale_log2 = p.scale_log2, v_scale = 1.f;
-    if constexpr (kFp8) {
-      scale_log2 *= p.descale[w.head] * p.descale[p.heads + w.head];
-      v_scale = p.descale[2 * p.heads + w.head];
-    }
+    HeadScales scales{p.scale_log2, 1.f};
+    if constexpr (kFp8) scales = head_scales(p, w.head);
+    const float scale_log2 = scales.scale_log2, v_scale = scales.v_scale;
     // Scores enter exp2 as S * mult - max * mult (one FFMA). A non-positive
     // scale would flip the max, so such scores are scaled before the mask.
     const bool prescale = kFp8 ? !(scale_log2 > 0.f) : p.prescale != 0;

@@ -457,7 +457,6 @@ struct FwdFp8Kernel {
   static CUTLASS_DEVICE bool consumer(const FwdParams& p, SharedStorage& ss, PipelineK& pipe_k,
                                       PipelineVt& pipe_vt) {
     using namespace cute;
-    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
     const int ctid = threadIdx.x - 128;  // 0..255 over both consumer warpgroups
     const int wg = ctid / 128;
@@ -491,7 +490,6 @@ struct FwdFp8Kernel {
     // 16 * warp + lane / 4 + 8 * ((i >> 1) & 1) of the warpgroup's 64 rows and at
     // column 8 * (i >> 2) + 2 * (lane % 4) + (i & 1).
     const int lane = threadIdx.x & 31;
-    const int row_base = fragment_row0();
     const int col_base = 2 * (lane & 3);
     static_assert(kK2 % 8 == 0, "the n8 column blocks of S must not straddle a KV tile row");
 
@@ -504,10 +502,9 @@ struct FwdFp8Kernel {
     float v_descale = 1.f, scale_log2 = 1.f, mult = 1.f;
     bool prescale = false;
     auto set_descales = [&](const Work& w) {
-      const float q_descale = p.descale[w.head];
-      const float k_descale = p.descale[p.heads + w.head];
-      v_descale = p.descale[2 * p.heads + w.head];
-      scale_log2 = p.scale_log2 * (q_descale * k_descale);
+      const HeadScales scales = head_scales(p, w.head);
+      scale_log2 = scales.scale_log2;
+      v_descale = scales.v_scale;
       // Scores enter exp2 as S * mult - max * mult (one FFMA). A non-positive
       // scale would flip the max, so such scores are scaled before the mask.
       prescale = !(scale_log2 > 0.f);
@@ -679,12 +676,7 @@ struct FwdFp8Kernel {
       const Work w = decode_work(p, item);
       // Items without a query of their dilation group are skipped by every role alike.
       if (!w.valid) continue;
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        int o[3];
-        fwd_device::tile_offsets<kQ0, kQ1, kQ2>(row_base + 8 * r, o);
-        row_window(w, q_tile, o, row_win_lo[r], row_win_len[r]);
-      }
+      fragment_row_windows<kQ0, kQ1, kQ2>(w, row_win_lo, row_win_len);
       KvTileWalk kv_tiles(w);
       const int n = w.box.size();
       set_descales(w);

@@ -190,7 +190,6 @@ struct FwdKernel {
   static CUTLASS_DEVICE bool consumer(const FwdParams& p, SharedStorage& ss, PipelineKV& pipe_k,
                                       PipelineKV& pipe_v) {
     using namespace cute;
-    constexpr int q_tile[3] = {kQ0, kQ1, kQ2};
     constexpr int kv_tile[3] = {kK0, kK1, kK2};
     const int ctid = threadIdx.x - 128;  // 0..255 over both consumer warpgroups
     const int wg = ctid / 128;
@@ -221,7 +220,6 @@ struct FwdKernel {
     // 16 * warp + lane / 4 + 8 * ((i >> 1) & 1) of the warpgroup's 64 rows and at
     // column 8 * (i >> 2) + 2 * (lane % 4) + (i & 1).
     const int lane = threadIdx.x & 31;
-    const int row_base = fragment_row0();
     const int col_base = 2 * (lane & 3);
     static_assert(kK2 % 8 == 0, "the n8 column blocks of S must not straddle a KV tile row");
 
@@ -417,12 +415,7 @@ struct FwdKernel {
       const Work w = decode_work(p, item);
       // Items without a query of their dilation group are skipped by every role alike.
       if (!w.valid) continue;
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        int o[3];
-        fwd_device::tile_offsets<kQ0, kQ1, kQ2>(row_base + 8 * r, o);
-        row_window(w, q_tile, o, row_win_lo[r], row_win_len[r]);
-      }
+      fragment_row_windows<kQ0, kQ1, kQ2>(w, row_win_lo, row_win_len);
       // KV tiles in box order (last axis fastest, as the producer loads them).
       KvTileWalk kv_tiles(w);
       const int n = w.box.size();

@@ -20,6 +20,19 @@ CUTLASS_DEVICE int fragment_row0() {
   return 64 * (ctid / 128) + 16 * ((ctid / 32) & 3) + (threadIdx.x & 31) / 4;
 }
 
+// The windows of this consumer thread's two rows (fragment_row0() and 8 on) of the T0 x T1 x T2
+// Q tile of item `w`, per axis cut to the valid keys (row_window).
+template <int T0, int T1, int T2>
+CUTLASS_DEVICE void fragment_row_windows(const FwdWork& w, int (&lo)[2][3], int (&len)[2][3]) {
+  constexpr int q_tile[3] = {T0, T1, T2};
+  CUTLASS_PRAGMA_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    int o[3];
+    fwd_device::tile_offsets<T0, T1, T2>(fragment_row0() + 8 * r, o);
+    row_window(w, q_tile, o, lo[r], len[r]);
+  }
+}
+
 // Whether a row of this thread's came out non-finite: an element of `o` (the normalised O
 // fragment) or a row sum `sum` is not finite. One FFMA per element: x * 0 is 0 for a finite x
 // and nan otherwise (no fast-math flag lets the compiler fold it).
